@@ -1,0 +1,207 @@
+//! Content headers (spec 4.2.6.1) kept as raw bytes, with a read-only view of the basic properties.
+//!
+//! The broker forwards the property bytes exactly as the publisher sent them (field order, type tags and
+//! non-UTF-8 strings included) and only looks inside for the few properties it acts on.
+
+use amq_protocol::types::{parsing::parse_field_table, FieldTable};
+use bytes::Bytes;
+
+/// A content header frame's payload: class, body size and the untouched property list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentHeader {
+    pub class_id: u16,
+    pub body_size: u64,
+    /// Property flags followed by the property values, as received.
+    pub properties: Bytes,
+}
+
+/// Why a content header or its properties are malformed (502 SYNTAX_ERROR / 505 UNEXPECTED_FRAME).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ContentError {
+    #[error("content header shorter than 14 octets")]
+    TooShort,
+    #[error("malformed basic properties")]
+    BadProperties,
+}
+
+impl ContentHeader {
+    pub fn parse(payload: Bytes) -> Result<Self, ContentError> {
+        if payload.len() < 14 {
+            return Err(ContentError::TooShort);
+        }
+        let class_id = u16::from_be_bytes([payload[0], payload[1]]);
+        let body_size = u64::from_be_bytes([
+            payload[4], payload[5], payload[6], payload[7], payload[8], payload[9], payload[10], payload[11],
+        ]);
+        let properties = payload.slice(12..);
+        BasicProperties::parse(&properties)?;
+        Ok(ContentHeader { class_id, body_size, properties })
+    }
+}
+
+/// Offsets of the basic-class properties inside a raw property list; values are read on demand.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BasicProperties<'a> {
+    pub content_type: Option<&'a [u8]>,
+    pub content_encoding: Option<&'a [u8]>,
+    /// The headers field table's encoded bytes (without its length prefix).
+    pub headers: Option<&'a [u8]>,
+    pub delivery_mode: Option<u8>,
+    pub priority: Option<u8>,
+    pub correlation_id: Option<&'a [u8]>,
+    pub reply_to: Option<&'a [u8]>,
+    pub expiration: Option<&'a [u8]>,
+    pub message_id: Option<&'a [u8]>,
+    pub timestamp: Option<u64>,
+    pub kind: Option<&'a [u8]>,
+    pub user_id: Option<&'a [u8]>,
+    pub app_id: Option<&'a [u8]>,
+    pub cluster_id: Option<&'a [u8]>,
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ContentError> {
+        if self.buf.len() < n {
+            return Err(ContentError::BadProperties);
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, ContentError> {
+        Ok(self.take(1)?[0])
+    }
+    fn short_str(&mut self) -> Result<&'a [u8], ContentError> {
+        let n = self.u8()? as usize;
+        self.take(n)
+    }
+    fn table(&mut self) -> Result<&'a [u8], ContentError> {
+        let n = self.take(4)?;
+        let n = u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize;
+        self.take(n)
+    }
+    fn u64(&mut self) -> Result<u64, ContentError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_be_bytes(a))
+    }
+}
+
+impl<'a> BasicProperties<'a> {
+    /// Locates every property present in `raw` (flags + values). Extra flag words (bit 0 set) carry no
+    /// basic-class properties, so they are skipped.
+    pub fn parse(raw: &'a [u8]) -> Result<Self, ContentError> {
+        let mut r = Reader { buf: raw };
+        let head = r.take(2)?;
+        let flags = u16::from_be_bytes([head[0], head[1]]);
+        let mut more = flags & 1 != 0;
+        while more {
+            let w = r.take(2)?;
+            more = w[1] & 1 != 0;
+        }
+        let has = |bit: u16| flags & (1 << (15 - bit)) != 0;
+        let mut p = BasicProperties::default();
+        if has(0) {
+            p.content_type = Some(r.short_str()?);
+        }
+        if has(1) {
+            p.content_encoding = Some(r.short_str()?);
+        }
+        if has(2) {
+            let table = r.table()?;
+            p.headers = Some(table);
+        }
+        if has(3) {
+            p.delivery_mode = Some(r.u8()?);
+        }
+        if has(4) {
+            p.priority = Some(r.u8()?);
+        }
+        if has(5) {
+            p.correlation_id = Some(r.short_str()?);
+        }
+        if has(6) {
+            p.reply_to = Some(r.short_str()?);
+        }
+        if has(7) {
+            p.expiration = Some(r.short_str()?);
+        }
+        if has(8) {
+            p.message_id = Some(r.short_str()?);
+        }
+        if has(9) {
+            p.timestamp = Some(r.u64()?);
+        }
+        if has(10) {
+            p.kind = Some(r.short_str()?);
+        }
+        if has(11) {
+            p.user_id = Some(r.short_str()?);
+        }
+        if has(12) {
+            p.app_id = Some(r.short_str()?);
+        }
+        if has(13) {
+            p.cluster_id = Some(r.short_str()?);
+        }
+        Ok(p)
+    }
+
+    /// The headers table decoded, for routing on headers exchanges. `None` when absent or malformed.
+    pub fn headers_table(&self) -> Option<FieldTable> {
+        let inner = self.headers?;
+        let mut framed = Vec::with_capacity(inner.len() + 4);
+        framed.extend_from_slice(&(inner.len() as u32).to_be_bytes());
+        framed.extend_from_slice(inner);
+        parse_field_table(framed.as_slice()).ok().map(|(_, t)| t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amq_protocol::frame::WriteContext;
+    use amq_protocol::protocol::basic::{gen_properties, AMQPProperties};
+    use amq_protocol::types::{AMQPValue, LongString};
+
+    fn encode(props: &AMQPProperties) -> Vec<u8> {
+        gen_properties(props)(WriteContext::from(Vec::new())).unwrap().write
+    }
+
+    #[test]
+    fn finds_every_property() {
+        let mut headers = FieldTable::default();
+        headers.insert("k".into(), AMQPValue::LongString(LongString::from("v")));
+        let props = AMQPProperties::default()
+            .with_content_type("text/plain".into())
+            .with_headers(headers.clone())
+            .with_delivery_mode(2)
+            .with_priority(7)
+            .with_expiration("1000".into())
+            .with_timestamp(99)
+            .with_user_id("admin".into())
+            .with_cluster_id("c".into());
+        let raw = encode(&props);
+        let p = BasicProperties::parse(&raw).unwrap();
+        assert_eq!(p.content_type, Some(&b"text/plain"[..]));
+        assert_eq!(p.delivery_mode, Some(2));
+        assert_eq!(p.priority, Some(7));
+        assert_eq!(p.expiration, Some(&b"1000"[..]));
+        assert_eq!(p.timestamp, Some(99));
+        assert_eq!(p.user_id, Some(&b"admin"[..]));
+        assert_eq!(p.cluster_id, Some(&b"c"[..]));
+        assert_eq!(p.headers_table(), Some(headers));
+    }
+
+    #[test]
+    fn truncated_properties_are_refused() {
+        let raw = encode(&AMQPProperties::default().with_app_id("app".into()));
+        assert_eq!(BasicProperties::parse(&raw[..raw.len() - 1]), Err(ContentError::BadProperties));
+        assert!(ContentHeader::parse(Bytes::from_static(&[0, 60, 0, 0])).is_err());
+    }
+}
