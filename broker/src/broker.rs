@@ -1,0 +1,55 @@
+//! The broker's shared state: configuration, vhosts and users. One `Arc<Broker>` is handed to every
+//! connection task; nothing here is global.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use parking_lot::RwLock;
+
+use crate::config::Config;
+use crate::queue::consumer::ConnectionId;
+use crate::users::User;
+use crate::vhost::Vhost;
+
+pub struct Broker {
+    pub config: Arc<Config>,
+    vhosts: DashMap<String, Arc<Vhost>>,
+    users: RwLock<HashMap<String, Arc<User>>>,
+    next_connection: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("user {user}: {source}")]
+pub struct UserSetupError {
+    user: String,
+    source: regex::Error,
+}
+
+impl Broker {
+    pub fn new(config: Arc<Config>) -> Result<Arc<Self>, UserSetupError> {
+        let vhosts = DashMap::new();
+        for name in &config.vhosts {
+            vhosts.insert(name.clone(), Vhost::new(name));
+        }
+        let mut users = HashMap::new();
+        for u in &config.users {
+            let user = User::from_config(u).map_err(|source| UserSetupError { user: u.name.clone(), source })?;
+            users.insert(u.name.clone(), Arc::new(user));
+        }
+        Ok(Arc::new(Broker { config, vhosts, users: RwLock::new(users), next_connection: AtomicU64::new(1) }))
+    }
+
+    pub fn vhost(&self, name: &str) -> Option<Arc<Vhost>> {
+        self.vhosts.get(name).map(|v| v.clone())
+    }
+
+    pub fn user(&self, name: &str) -> Option<Arc<User>> {
+        self.users.read().get(name).cloned()
+    }
+
+    pub fn next_connection_id(&self) -> ConnectionId {
+        ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed))
+    }
+}

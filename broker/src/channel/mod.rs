@@ -1,0 +1,168 @@
+//! A channel's state machine: method dispatch, content assembly for basic.publish, consumers, unacked
+//! deliveries and publisher confirms. Owned by the connection task, so nothing here is locked.
+
+mod basic;
+mod confirm;
+mod exchange;
+mod publish;
+mod queue;
+pub mod unacked;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use amq_protocol::protocol::{access, channel as chan, AMQPClass};
+use bytes::Bytes;
+use warren_protocol::method::method_ids;
+
+use crate::connection::session::Session;
+use crate::error::{AmqpError, AmqpResult};
+use crate::queue::consumer::{ChannelCredit, Consumer};
+use crate::queue::Queue;
+use confirm::Confirms;
+use publish::Assembly;
+use unacked::Unacked;
+
+/// A consumer registered on this channel and the queue it consumes from.
+struct Registration {
+    consumer: Arc<Consumer>,
+    queue: Arc<Queue>,
+}
+
+pub struct Channel {
+    pub id: u16,
+    assembly: Assembly,
+    consumers: HashMap<Arc<str>, Registration>,
+    credit: Arc<ChannelCredit>,
+    /// basic.qos(global=false): the prefetch given to consumers created from now on.
+    consumer_prefetch: u32,
+    unacked: Unacked,
+    next_delivery_tag: u64,
+    confirms: Option<Confirms>,
+    /// The last queue declared on this channel: an empty queue name in later methods means it.
+    last_queue: Option<String>,
+    /// Credit was released in this batch: consumers' queues get a dispatch pass at its end.
+    needs_dispatch: bool,
+}
+
+impl Channel {
+    pub fn new(id: u16) -> Self {
+        Channel {
+            id,
+            assembly: Assembly::Idle,
+            consumers: HashMap::new(),
+            credit: Arc::new(ChannelCredit::default()),
+            consumer_prefetch: 0,
+            unacked: Unacked::default(),
+            next_delivery_tag: 1,
+            confirms: None,
+            last_queue: None,
+            needs_dispatch: false,
+        }
+    }
+
+    pub fn handle_method(&mut self, s: &mut Session, method: AMQPClass, payload: &[u8]) -> AmqpResult<()> {
+        let ids = method_ids(payload);
+        self.dispatch_method(s, method, payload).map_err(|e| e.during(ids))
+    }
+
+    fn dispatch_method(&mut self, s: &mut Session, method: AMQPClass, payload: &[u8]) -> AmqpResult<()> {
+        self.assembly.expect_method()?;
+        match method {
+            AMQPClass::Channel(m) => self.channel_method(s, m),
+            AMQPClass::Exchange(m) => self.exchange_method(s, m),
+            AMQPClass::Queue(m) => self.queue_method(s, m),
+            AMQPClass::Basic(m) => self.basic_method(s, m, payload),
+            AMQPClass::Confirm(m) => self.confirm_method(s, m),
+            AMQPClass::Access(access::AMQPMethod::Request(_)) => {
+                s.send(self.id, AMQPClass::Access(access::AMQPMethod::RequestOk(access::RequestOk {})));
+                Ok(())
+            }
+            AMQPClass::Tx(_) => Err(AmqpError::not_implemented("transactions (tx.select) are not supported yet")),
+            AMQPClass::Connection(_) | AMQPClass::Access(_) => Err(AmqpError::command_invalid("unimplemented method")),
+        }
+    }
+
+    fn channel_method(&mut self, s: &mut Session, method: chan::AMQPMethod) -> AmqpResult<()> {
+        match method {
+            chan::AMQPMethod::Open(_) => Err(AmqpError::channel_error("second 'channel.open' seen")),
+            chan::AMQPMethod::Flow(flow) => {
+                self.credit.flow_active.store(flow.active, std::sync::atomic::Ordering::Release);
+                if flow.active {
+                    self.needs_dispatch = true;
+                }
+                s.send(self.id, AMQPClass::Channel(chan::AMQPMethod::FlowOk(chan::FlowOk { active: flow.active })));
+                Ok(())
+            }
+            // Replies to methods the server never sends on an open channel: ignore, as RabbitMQ does.
+            chan::AMQPMethod::FlowOk(_) | chan::AMQPMethod::CloseOk(_) => Ok(()),
+            chan::AMQPMethod::OpenOk(_) | chan::AMQPMethod::Close(_) => Err(AmqpError::command_invalid("unimplemented method")),
+        }
+    }
+
+    pub fn handle_header(&mut self, s: &mut Session, payload: Bytes) -> AmqpResult<()> {
+        self.content_header(s, payload)
+    }
+
+    pub fn handle_body(&mut self, s: &mut Session, payload: Bytes) -> AmqpResult<()> {
+        self.content_body(s, payload)
+    }
+
+    /// Resolves a queue name from a method: empty means the last queue declared on this channel.
+    fn queue_name(&self, name: &str) -> AmqpResult<String> {
+        if !name.is_empty() {
+            return Ok(name.to_string());
+        }
+        self.last_queue.clone().ok_or_else(|| AmqpError::not_found("no previously declared queue"))
+    }
+
+    /// End of a burst of frames: send coalesced confirms and let queues push to freed-up consumers.
+    pub fn after_batch(&mut self, s: &mut Session) {
+        if let Some(confirms) = &mut self.confirms {
+            confirms.flush(s, self.id);
+        }
+        if std::mem::take(&mut self.needs_dispatch) {
+            let mut seen: Vec<&Arc<Queue>> = Vec::new();
+            for reg in self.consumers.values() {
+                if !seen.iter().any(|q| Arc::ptr_eq(q, &reg.queue)) {
+                    seen.push(&reg.queue);
+                    reg.queue.dispatch();
+                }
+            }
+        }
+    }
+
+    /// Releases everything the channel holds: consumers leave their queues (auto-delete queues may go)
+    /// and unacked deliveries return to their queues, redelivered, in order.
+    pub fn close(&mut self, s: &mut Session) {
+        for (_, reg) in self.consumers.drain() {
+            remove_consumer(s, &reg);
+        }
+        let pending = self.unacked.take_all();
+        requeue(pending);
+    }
+}
+
+/// Takes a consumer off its queue, deleting an auto-delete queue whose last consumer this was.
+fn remove_consumer(s: &Session, reg: &Registration) {
+    if reg.queue.remove_consumer(&reg.consumer) == crate::queue::ConsumerRemoval::RemovedLastOfAutoDelete {
+        s.vhost.remove_queue(&reg.queue);
+    }
+}
+
+/// Returns settled-with-requeue deliveries to their queues, grouped per queue to keep their order.
+fn requeue(deliveries: Vec<unacked::Delivered>) {
+    let mut by_queue: Vec<(Arc<Queue>, Vec<crate::queue::Entry>)> = Vec::new();
+    for d in deliveries {
+        if let Some(c) = &d.consumer {
+            c.release_credit(1);
+        }
+        match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &d.queue)) {
+            Some((_, entries)) => entries.push(d.entry),
+            None => by_queue.push((d.queue, vec![d.entry])),
+        }
+    }
+    for (queue, entries) in by_queue {
+        queue.requeue(entries);
+    }
+}

@@ -1,0 +1,227 @@
+//! basic.publish: assembling method + content header + body frames into a message (spec 4.2.6), then
+//! routing it, enqueueing it, returning it if unroutable and mandatory, and confirming it.
+
+use std::sync::Arc;
+
+use amq_protocol::protocol::{basic, AMQPClass};
+use bytes::{Bytes, BytesMut};
+use warren_protocol::content::{BasicProperties, ContentHeader};
+
+use super::Channel;
+use crate::connection::session::Session;
+use crate::error::{AmqpError, AmqpResult};
+use crate::exchange::{Exchange, RouteInput};
+use crate::message::Message;
+
+/// A basic.publish waiting for its content.
+pub struct Pending {
+    /// None for the default exchange.
+    exchange: Option<Arc<Exchange>>,
+    exchange_name: String,
+    routing_key: String,
+    mandatory: bool,
+}
+
+/// Where the channel is in the method → header → body sequence.
+pub enum Assembly {
+    Idle,
+    Header(Pending),
+    Body { pending: Pending, header: ContentHeader, body: Body },
+}
+
+/// Body frames received so far; a single-frame body is kept as the frame's own bytes (no copy).
+pub enum Body {
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Body {
+    fn len(&self) -> u64 {
+        match self {
+            Body::Empty => 0,
+            Body::One(b) => b.len() as u64,
+            Body::Many(b) => b.len() as u64,
+        }
+    }
+
+    fn push(&mut self, frame: Bytes, total: u64) {
+        *self = match std::mem::replace(self, Body::Empty) {
+            Body::Empty => Body::One(frame),
+            Body::One(first) => {
+                // `total` was checked against max_message_size, so this allocation is bounded.
+                let mut all = BytesMut::with_capacity(total as usize);
+                all.extend_from_slice(&first);
+                all.extend_from_slice(&frame);
+                Body::Many(all)
+            }
+            Body::Many(mut all) => {
+                all.extend_from_slice(&frame);
+                Body::Many(all)
+            }
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Body::Empty => Bytes::new(),
+            Body::One(b) => b,
+            Body::Many(b) => b.freeze(),
+        }
+    }
+}
+
+const PUBLISH: (u16, u16) = (60, 40);
+
+impl Assembly {
+    /// A method frame arrived: only valid when no content is pending (rabbit_command_assembler).
+    pub fn expect_method(&self) -> AmqpResult<()> {
+        match self {
+            Assembly::Idle => Ok(()),
+            Assembly::Header(_) => Err(AmqpError::unexpected_frame(
+                "expected content header for class 60, got non content header frame instead",
+            )
+            .during(PUBLISH)),
+            Assembly::Body { .. } => {
+                Err(AmqpError::unexpected_frame("expected content body, got non content body frame instead").during(PUBLISH))
+            }
+        }
+    }
+}
+
+impl Channel {
+    pub(super) fn start_publish(&mut self, s: &mut Session, p: basic::Publish) -> AmqpResult<()> {
+        if p.immediate {
+            return Err(AmqpError::not_implemented("immediate=true"));
+        }
+        let name = p.exchange.as_str();
+        let exchange = if name.is_empty() {
+            None
+        } else {
+            let x = s.vhost.exchange(name)?;
+            if x.spec.internal {
+                return Err(AmqpError::access_refused(format!(
+                    "cannot publish to internal exchange '{name}' in vhost '{}'",
+                    s.vhost.name
+                )));
+            }
+            Some(x)
+        };
+        self.assembly = Assembly::Header(Pending {
+            exchange,
+            exchange_name: name.to_string(),
+            routing_key: p.routing_key.as_str().to_string(),
+            mandatory: p.mandatory,
+        });
+        Ok(())
+    }
+
+    pub(super) fn content_header(&mut self, s: &mut Session, payload: Bytes) -> AmqpResult<()> {
+        let pending = match std::mem::replace(&mut self.assembly, Assembly::Idle) {
+            Assembly::Header(p) => p,
+            Assembly::Idle => {
+                return Err(AmqpError::unexpected_frame("expected method frame, got non method frame instead"));
+            }
+            Assembly::Body { .. } => {
+                return Err(AmqpError::unexpected_frame("expected content body, got non content body frame instead")
+                    .during(PUBLISH));
+            }
+        };
+        let class_id = if payload.len() >= 2 { u16::from_be_bytes([payload[0], payload[1]]) } else { 0 };
+        if class_id != 60 {
+            return Err(AmqpError::unexpected_frame(format!(
+                "expected content header for class 60, got one for class {class_id} instead"
+            ))
+            .during(PUBLISH));
+        }
+        let header = ContentHeader::parse(payload)
+            .map_err(|e| AmqpError::frame_error(format!("cannot decode content header: {e}")).during(PUBLISH))?;
+        let max = s.broker.config.limits.max_message_size;
+        if header.body_size > max {
+            return Err(AmqpError::precondition(format!(
+                "message size {} is larger than configured max size {max}",
+                header.body_size
+            ))
+            .during(PUBLISH));
+        }
+        if header.body_size == 0 {
+            return self.publish_complete(s, pending, header, Bytes::new());
+        }
+        self.assembly = Assembly::Body { pending, header, body: Body::Empty };
+        Ok(())
+    }
+
+    pub(super) fn content_body(&mut self, s: &mut Session, payload: Bytes) -> AmqpResult<()> {
+        let Assembly::Body { body, header, .. } = &mut self.assembly else {
+            return Err(match self.assembly {
+                Assembly::Header(_) => AmqpError::unexpected_frame(
+                    "expected content header for class 60, got non content header frame instead",
+                )
+                .during(PUBLISH),
+                _ => AmqpError::unexpected_frame("expected method frame, got non method frame instead"),
+            });
+        };
+        let total = header.body_size;
+        if body.len() + payload.len() as u64 > total {
+            return Err(AmqpError::unexpected_frame(format!(
+                "content body exceeds the declared size of {total} octets"
+            ))
+            .during(PUBLISH));
+        }
+        body.push(payload, total);
+        if body.len() < total {
+            return Ok(());
+        }
+        let Assembly::Body { pending, header, body } = std::mem::replace(&mut self.assembly, Assembly::Idle) else {
+            return Ok(()); // unreachable: matched above
+        };
+        self.publish_complete(s, pending, header, body.into_bytes())
+    }
+
+    fn publish_complete(&mut self, s: &mut Session, p: Pending, header: ContentHeader, body: Bytes) -> AmqpResult<()> {
+        let props = BasicProperties::parse(&header.properties)
+            .map_err(|e| AmqpError::frame_error(format!("cannot decode content header: {e}")).during(PUBLISH))?;
+        if let Some(user_id) = props.user_id {
+            if user_id != s.user.name.as_bytes() {
+                return Err(AmqpError::precondition(format!(
+                    "user_id property set to '{}' but authenticated user was '{}'",
+                    String::from_utf8_lossy(user_id),
+                    s.user.name
+                ))
+                .during(PUBLISH));
+            }
+        }
+        let seq = self.confirms.as_mut().map(|c| c.next());
+        let message = Arc::new(Message {
+            exchange: p.exchange_name,
+            routing_key: p.routing_key,
+            properties: header.properties.clone(),
+            body,
+        });
+        let queues = match &p.exchange {
+            None => s.vhost.find_queue(&message.routing_key).into_iter().collect(),
+            Some(x) => {
+                let headers = || props.headers_table();
+                s.vhost.route(x, &RouteInput { routing_key: &message.routing_key, headers: &headers })
+            }
+        };
+        let mut routed = false;
+        for q in &queues {
+            routed |= q.publish(message.clone());
+        }
+        if !routed && p.mandatory {
+            let ret = basic::Return {
+                reply_code: warren_protocol::constants::reply::NO_ROUTE,
+                reply_text: "NO_ROUTE".into(),
+                exchange: message.exchange.as_str().into(),
+                routing_key: message.routing_key.as_str().into(),
+            };
+            s.send(self.id, AMQPClass::Basic(basic::AMQPMethod::Return(ret)));
+            s.send_content(self.id, &message);
+        }
+        if let (Some(confirms), Some(seq)) = (self.confirms.as_mut(), seq) {
+            confirms.ack(seq);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,54 @@
+//! Deliveries a channel made in manual-ack mode and not yet settled, by delivery tag.
+//! Tags increase, so the common case (acking the oldest, or `multiple`) pops from the front.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::queue::consumer::Consumer;
+use crate::queue::{Entry, Queue};
+
+#[derive(Debug)]
+pub struct Delivered {
+    pub tag: u64,
+    pub queue: Arc<Queue>,
+    pub entry: Entry,
+    /// The consumer whose credit this delivery holds (None for basic.get).
+    pub consumer: Option<Arc<Consumer>>,
+}
+
+#[derive(Debug, Default)]
+pub struct Unacked {
+    list: VecDeque<Delivered>,
+}
+
+impl Unacked {
+    pub fn push(&mut self, d: Delivered) {
+        self.list.push_back(d);
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Removes the deliveries an ack/nack/reject names: with `multiple`, every tag up to `tag` (all of them
+    /// for tag 0); otherwise exactly `tag`. None if the tag is not outstanding (RabbitMQ then settles nothing).
+    pub fn take(&mut self, tag: u64, multiple: bool) -> Option<Vec<Delivered>> {
+        if multiple && tag == 0 {
+            return Some(self.list.drain(..).collect());
+        }
+        let at = self.list.binary_search_by_key(&tag, |d| d.tag).ok()?;
+        if multiple {
+            Some(self.list.drain(..=at).collect())
+        } else {
+            self.list.remove(at).map(|d| vec![d])
+        }
+    }
+
+    pub fn take_all(&mut self) -> Vec<Delivered> {
+        self.list.drain(..).collect()
+    }
+}

@@ -1,0 +1,207 @@
+//! Typed configuration: one serde tree with defaults in code, unknown keys rejected (the TOML parser
+//! reports line and column), and a `validate()` pass. `--dev` builds the same structure in code.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Addresses to listen on with TLS (the management network only). There is no plaintext listener.
+    pub listen: Vec<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub tls: TlsConfig,
+    pub limits: Limits,
+    /// Virtual hosts created at start.
+    pub vhosts: Vec<String>,
+    /// Users (certificate identities) and their permissions, created at start.
+    pub users: Vec<UserConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM bundle of the CA(s) client certificates must chain to. System roots are never used.
+    pub ca_bundle: PathBuf,
+    /// PEM server certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key; must be mode 0600 (or stricter) and owned by the broker's user.
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest frame the broker accepts and proposes in connection.tune (octets, at least 4096).
+    pub frame_max: u32,
+    /// Highest channel number proposed in connection.tune.
+    pub channel_max: u16,
+    /// Heartbeat interval proposed in connection.tune (seconds; 0 disables).
+    pub heartbeat: u16,
+    /// Time allowed for the TLS handshake (milliseconds).
+    pub tls_handshake_timeout_ms: u64,
+    /// Time allowed from the protocol header to connection.open-ok (milliseconds).
+    pub amqp_handshake_timeout_ms: u64,
+    /// Largest message body accepted (octets); larger publishes fail with 406 as in RabbitMQ.
+    pub max_message_size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub permissions: Vec<PermissionConfig>,
+}
+
+/// RabbitMQ-style permission: three regular expressions over resource names in one vhost.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PermissionConfig {
+    pub vhost: String,
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 5671))],
+            data_dir: PathBuf::from("/var/lib/warren"),
+            tls: TlsConfig::default(),
+            limits: Limits::default(),
+            vhosts: vec!["/".to_string()],
+            users: Vec::new(),
+        }
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            ca_bundle: PathBuf::from("/etc/warren/ca.pem"),
+            cert: PathBuf::from("/etc/warren/server.pem"),
+            key: PathBuf::from("/etc/warren/server.key"),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            frame_max: 131_072,
+            channel_max: 2047,
+            heartbeat: 60,
+            tls_handshake_timeout_ms: 5_000,
+            amqp_handshake_timeout_ms: 10_000,
+            max_message_size: 16 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let config: Config =
+            toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source: Box::new(source) })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |s: String| Err(ConfigError::Invalid(s));
+        if self.listen.is_empty() {
+            return invalid("listen: at least one address is required".into());
+        }
+        if self.limits.frame_max < 4096 {
+            return invalid(format!("limits.frame_max: {} is below the AMQP minimum of 4096", self.limits.frame_max));
+        }
+        if self.limits.channel_max == 0 {
+            return invalid("limits.channel_max: must be at least 1".into());
+        }
+        for user in &self.users {
+            if user.name.is_empty() || user.name.chars().any(char::is_control) {
+                return invalid(format!("users: invalid user name {:?}", user.name));
+            }
+            for p in &user.permissions {
+                if !self.vhosts.contains(&p.vhost) {
+                    return invalid(format!("users.{}: permission for unknown vhost '{}'", user.name, p.vhost));
+                }
+                for re in [&p.configure, &p.write, &p.read] {
+                    if let Err(e) = regex::Regex::new(re) {
+                        return invalid(format!("users.{}: bad permission pattern {re:?}: {e}", user.name));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The configuration `warren --dev` runs with: its own PKI under `data_dir/tls`, vhost `/`, and the
+    /// user `admin` with full permissions there.
+    pub fn dev(data_dir: &Path, listen: SocketAddr) -> Self {
+        let pki = crate::pki::DevPki::in_dir(&data_dir.join("tls"));
+        Config {
+            listen: vec![listen],
+            data_dir: data_dir.to_path_buf(),
+            tls: TlsConfig { ca_bundle: pki.ca_cert, cert: pki.server_cert, key: pki.server_key },
+            limits: Limits::default(),
+            vhosts: vec!["/".to_string()],
+            users: vec![UserConfig {
+                name: "admin".to_string(),
+                tags: vec!["administrator".to_string()],
+                permissions: vec![PermissionConfig {
+                    vhost: "/".into(),
+                    configure: ".*".into(),
+                    write: ".*".into(),
+                    read: ".*".into(),
+                }],
+            }],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_rejected_with_position() {
+        let err = toml::from_str::<Config>("listen = [\"127.0.0.1:5671\"]\nlisten_plain = true\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("listen_plain") && text.contains("line 2"), "{text}");
+    }
+
+    #[test]
+    fn defaults_round_trip_and_validate() {
+        let text = toml::to_string(&Config::default()).unwrap();
+        let back: Config = toml::from_str(&text).unwrap();
+        back.validate().unwrap();
+        assert_eq!(back.limits.frame_max, 131_072);
+    }
+
+    #[test]
+    fn validation_catches_bad_limits_and_patterns() {
+        let mut c = Config::default();
+        c.limits.frame_max = 1000;
+        assert!(c.validate().is_err());
+        let mut c = Config::dev(Path::new("/tmp/x"), "127.0.0.1:0".parse().unwrap());
+        c.users[0].permissions[0].read = "(".into();
+        assert!(c.validate().unwrap_err().to_string().contains("bad permission pattern"));
+    }
+}

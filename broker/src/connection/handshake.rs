@@ -1,0 +1,237 @@
+//! Connection negotiation (spec 2.2.4): protocol header, start/start-ok with SASL EXTERNAL, tune/tune-ok,
+//! open/open-ok. The whole exchange must finish within the AMQP handshake timeout, and frames are
+//! limited to 4096 octets until tune-ok.
+
+use std::net::SocketAddr;
+
+use amq_protocol::protocol::{connection, AMQPClass};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString};
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tracing::{info, warn};
+use warren_protocol::constants::{FRAME_MIN_SIZE, PROTOCOL_HEADER};
+use warren_protocol::frame::{decode_frame, FrameError, FrameKind, RawFrame};
+use warren_protocol::method::{decode_method, encode_method};
+
+use crate::broker::Broker;
+use crate::connection::session::ClientCapabilities;
+use crate::error::AmqpError;
+use crate::users::User;
+use crate::vhost::Vhost;
+use std::sync::Arc;
+
+/// What a successful negotiation settled.
+pub struct Negotiated {
+    pub user: Arc<User>,
+    pub vhost: Arc<Vhost>,
+    pub frame_max: u32,
+    pub channel_max: u16,
+    pub heartbeat: u16,
+    pub capabilities: ClientCapabilities,
+}
+
+/// Why negotiation ended without an open connection.
+pub enum HandshakeError {
+    /// The socket closed or failed; nothing more to send.
+    Gone,
+    /// A bad protocol header: answer with ours and close.
+    BadHeader,
+    /// Close with connection.close carrying this error.
+    Refused(AmqpError),
+}
+
+/// Bytes sent to the client and the read buffer, shared with the caller so pipelined frames survive.
+pub struct Io<'a, R> {
+    pub reader: &'a mut R,
+    pub rbuf: &'a mut BytesMut,
+    pub out: &'a mut BytesMut,
+    pub writer: &'a mpsc::Sender<Bytes>,
+}
+
+impl<R: AsyncRead + Unpin> Io<'_, R> {
+    async fn flush(&mut self) -> Result<(), HandshakeError> {
+        if !self.out.is_empty() {
+            self.writer.send(self.out.split().freeze()).await.map_err(|_| HandshakeError::Gone)?;
+        }
+        Ok(())
+    }
+
+    async fn read_frame(&mut self, frame_max: u32) -> Result<RawFrame, HandshakeError> {
+        loop {
+            match decode_frame(self.rbuf, frame_max) {
+                Ok(Some(f)) if f.kind == FrameKind::Heartbeat => continue,
+                Ok(Some(f)) => return Ok(f),
+                Ok(None) => {}
+                Err(FrameError::TooLarge { size, max }) => {
+                    return Err(HandshakeError::Refused(AmqpError::frame_error(format!(
+                        "type 1, all octets = <<>>: {{frame_too_large,{},{}}}",
+                        size - 8,
+                        max - 8
+                    ))))
+                }
+                Err(e) => return Err(HandshakeError::Refused(AmqpError::frame_error(e))),
+            }
+            self.rbuf.reserve(4096);
+            match self.reader.read_buf(self.rbuf).await {
+                Ok(0) | Err(_) => return Err(HandshakeError::Gone),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Reads the next method on channel 0, which must be `expected` (class 10, method id).
+    async fn read_connection_method(&mut self, frame_max: u32, expected: &str) -> Result<connection::AMQPMethod, HandshakeError> {
+        let frame = self.read_frame(frame_max).await?;
+        let unexpected = || {
+            HandshakeError::Refused(AmqpError::command_invalid(format!("expected '{expected}'")))
+        };
+        if frame.kind != FrameKind::Method || frame.channel != 0 {
+            return Err(unexpected());
+        }
+        match decode_method(&frame.payload) {
+            Ok(AMQPClass::Connection(m)) => Ok(m),
+            Ok(_) => Err(unexpected()),
+            Err(e) => Err(HandshakeError::Refused(AmqpError::syntax_error(e))),
+        }
+    }
+}
+
+/// RabbitMQ 3.13's server properties, with the capabilities Warren really implements.
+fn server_properties() -> FieldTable {
+    let mut caps = FieldTable::default();
+    for cap in [
+        "publisher_confirms",
+        "exchange_exchange_bindings",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "connection.blocked",
+        "authentication_failure_close",
+        "per_consumer_qos",
+    ] {
+        caps.insert(cap.into(), AMQPValue::Boolean(true));
+    }
+    let mut props = FieldTable::default();
+    let text = |s: &str| AMQPValue::LongString(LongString::from(s));
+    props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
+    props.insert("cluster_name".into(), text("warren"));
+    props.insert("copyright".into(), text("Copyright (c) the Warren authors"));
+    props.insert("information".into(), text("Licensed under the Apache License 2.0"));
+    props.insert("platform".into(), text("Rust"));
+    props.insert("product".into(), text("Warren"));
+    props.insert("version".into(), text(env!("CARGO_PKG_VERSION")));
+    props
+}
+
+fn client_capabilities(props: &FieldTable) -> ClientCapabilities {
+    let Some(AMQPValue::FieldTable(caps)) = props.inner().get("capabilities") else {
+        return ClientCapabilities::default();
+    };
+    let on = |k: &str| matches!(caps.inner().get(k), Some(AMQPValue::Boolean(true)));
+    ClientCapabilities { consumer_cancel_notify: on("consumer_cancel_notify"), connection_blocked: on("connection.blocked") }
+}
+
+fn login_refused() -> AmqpError {
+    AmqpError::access_refused("Login was refused using authentication mechanism EXTERNAL. For details see the broker logfile.")
+}
+
+/// Runs the negotiation. `identity` is the certificate identity, or why there is none.
+pub async fn negotiate<R: AsyncRead + Unpin>(
+    broker: &Broker,
+    io: &mut Io<'_, R>,
+    identity: Result<String, String>,
+    peer: SocketAddr,
+) -> Result<Negotiated, HandshakeError> {
+    while io.rbuf.len() < 8 {
+        match io.reader.read_buf(io.rbuf).await {
+            Ok(0) | Err(_) => {
+                return Err(if io.rbuf.is_empty() { HandshakeError::Gone } else { HandshakeError::BadHeader });
+            }
+            Ok(_) => {}
+        }
+    }
+    if &io.rbuf[..8] != PROTOCOL_HEADER {
+        return Err(HandshakeError::BadHeader);
+    }
+    let _ = io.rbuf.split_to(8);
+    let start = connection::Start {
+        version_major: 0,
+        version_minor: 9,
+        server_properties: server_properties(),
+        mechanisms: LongString::from("EXTERNAL"),
+        locales: LongString::from("en_US"),
+    };
+    encode_method(io.out, 0, &AMQPClass::Connection(connection::AMQPMethod::Start(start)));
+    io.flush().await?;
+
+    let start_ok = match io.read_connection_method(FRAME_MIN_SIZE, "connection.start-ok").await? {
+        connection::AMQPMethod::StartOk(s) => s,
+        _ => return Err(HandshakeError::Refused(AmqpError::command_invalid("expected 'connection.start-ok'"))),
+    };
+    if start_ok.mechanism.as_str() != "EXTERNAL" {
+        warn!(%peer, mechanism = start_ok.mechanism.as_str(), "login refused: only EXTERNAL is offered");
+        return Err(HandshakeError::Refused(AmqpError::access_refused(format!(
+            "Login was refused using authentication mechanism {}. For details see the broker logfile.",
+            start_ok.mechanism.as_str()
+        ))));
+    }
+    let name = match identity {
+        Ok(name) => name,
+        Err(why) => {
+            warn!(%peer, reason = %why, "EXTERNAL login refused");
+            return Err(HandshakeError::Refused(login_refused()));
+        }
+    };
+    // SASL EXTERNAL may carry an authorisation identity; it must then be the certificate's own.
+    let requested = start_ok.response.as_bytes();
+    if !requested.is_empty() && requested != name.as_bytes() {
+        warn!(%peer, user = %name, "EXTERNAL login refused: requested identity differs from certificate");
+        return Err(HandshakeError::Refused(login_refused()));
+    }
+    let Some(user) = broker.user(&name) else {
+        warn!(%peer, user = %name, "EXTERNAL login refused: no such user");
+        return Err(HandshakeError::Refused(login_refused()));
+    };
+    let capabilities = client_capabilities(&start_ok.client_properties);
+
+    let limits = &broker.config.limits;
+    let tune = connection::Tune { channel_max: limits.channel_max, frame_max: limits.frame_max, heartbeat: limits.heartbeat };
+    encode_method(io.out, 0, &AMQPClass::Connection(connection::AMQPMethod::Tune(tune)));
+    io.flush().await?;
+    let tune_ok = match io.read_connection_method(FRAME_MIN_SIZE, "connection.tune-ok").await? {
+        connection::AMQPMethod::TuneOk(t) => t,
+        _ => return Err(HandshakeError::Refused(AmqpError::command_invalid("expected 'connection.tune-ok'"))),
+    };
+    // 0 means "no limit" from the client's side: the server's limit applies.
+    let frame_max = if tune_ok.frame_max == 0 { limits.frame_max } else { tune_ok.frame_max };
+    let channel_max = if tune_ok.channel_max == 0 { limits.channel_max } else { tune_ok.channel_max };
+    if frame_max < FRAME_MIN_SIZE || frame_max > limits.frame_max {
+        return Err(HandshakeError::Refused(AmqpError::not_allowed(format!(
+            "negotiated frame_max = {frame_max} is outside the allowed range ({FRAME_MIN_SIZE} to {})",
+            limits.frame_max
+        ))));
+    }
+    if channel_max > limits.channel_max {
+        return Err(HandshakeError::Refused(AmqpError::not_allowed(format!(
+            "negotiated channel_max = {channel_max} is higher than the maximum allowed value ({})",
+            limits.channel_max
+        ))));
+    }
+
+    let open = match io.read_connection_method(frame_max, "connection.open").await? {
+        connection::AMQPMethod::Open(o) => o,
+        _ => return Err(HandshakeError::Refused(AmqpError::command_invalid("expected 'connection.open'"))),
+    };
+    let vhost_name = open.virtual_host.as_str();
+    let Some(vhost) = broker.vhost(vhost_name) else {
+        return Err(HandshakeError::Refused(AmqpError::not_allowed(format!("vhost {vhost_name} not found")).during((10, 40))));
+    };
+    if !user.can_access_vhost(vhost_name) {
+        return Err(HandshakeError::Refused(
+            AmqpError::not_allowed(format!("access to vhost '{vhost_name}' refused for user '{name}'")).during((10, 40)),
+        ));
+    }
+    encode_method(io.out, 0, &AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})));
+    info!(%peer, user = %name, vhost = %vhost_name, "connection opened");
+    Ok(Negotiated { user, vhost, frame_max, channel_max, heartbeat: tune_ok.heartbeat, capabilities })
+}

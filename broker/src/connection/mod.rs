@@ -1,0 +1,471 @@
+//! One task per connection owns the socket's read side and every channel's state: it decodes frames,
+//! runs the channel state machines, takes deliveries pushed by queues, and hands encoded frames to the
+//! writer task in batches (one batch per burst of input, so frames coalesce into few TLS records).
+
+pub mod handshake;
+pub mod outbound;
+pub mod session;
+pub mod writer;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use amq_protocol::protocol::{channel as chan, connection, AMQPClass};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::server::TlsStream;
+use tracing::{debug, info, warn, Instrument};
+use warren_protocol::constants::{reply, CLASS_CONNECTION, FRAME_OVERHEAD, PROTOCOL_HEADER};
+use warren_protocol::frame::{decode_frame, encode_heartbeat, FrameError, FrameKind, RawFrame};
+use warren_protocol::method::{decode_method, method_ids, MethodError};
+
+use crate::broker::Broker;
+use crate::channel::Channel;
+use crate::error::{octets_snippet, AmqpError};
+use crate::identity::identity_from_certificate;
+use crate::queue::consumer::Limit;
+use handshake::{HandshakeError, Io};
+use outbound::Outbound;
+use session::{Session, NO_ACK_WRITE_BUDGET};
+
+/// How long a closing connection waits for the client's close-ok.
+const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
+/// Deliveries taken from the outbox before the batch is written out.
+const OUTBOX_BATCH: usize = 512;
+
+/// A channel number's state: open, or closed by the server and waiting for the client's close-ok.
+enum Slot {
+    Open(Box<Channel>),
+    AwaitingCloseOk,
+}
+
+/// Serves one TLS connection from protocol header to close.
+pub async fn serve(broker: Arc<Broker>, stream: TlsStream<TcpStream>, peer: SocketAddr, stop: watch::Receiver<bool>) {
+    let identity = match stream.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+        Some(cert) => identity_from_certificate(cert).map_err(|e| e.to_string()),
+        None => Err("no client certificate".to_string()),
+    };
+    let span = tracing::info_span!("conn", %peer, user = tracing::field::Empty);
+    async move {
+        let (mut reader, write_half) = tokio::io::split(stream);
+        let (batches, batch_rx) = mpsc::channel::<Bytes>(writer::WRITE_QUEUE_BATCHES);
+        let writer_task = tokio::spawn(writer::run(write_half, batch_rx));
+        let mut rbuf = BytesMut::with_capacity(16 * 1024);
+        let mut out = BytesMut::with_capacity(16 * 1024);
+        let timeout = Duration::from_millis(broker.config.limits.amqp_handshake_timeout_ms);
+        let negotiated = {
+            let mut io = Io { reader: &mut reader, rbuf: &mut rbuf, out: &mut out, writer: &batches };
+            match tokio::time::timeout(timeout, handshake::negotiate(&broker, &mut io, identity, peer)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    info!("AMQP handshake timed out");
+                    Err(HandshakeError::Gone)
+                }
+            }
+        };
+        match negotiated {
+            Ok(n) => {
+                tracing::Span::current().record("user", n.user.name.as_str());
+                let (outbox, outbox_rx) = mpsc::unbounded_channel();
+                let session = Session {
+                    broker: broker.clone(),
+                    id: broker.next_connection_id(),
+                    user: n.user,
+                    vhost: n.vhost,
+                    frame_max: n.frame_max,
+                    capabilities: n.capabilities,
+                    out,
+                    outbox,
+                    write_budget: Arc::new(Limit::new(NO_ACK_WRITE_BUDGET)),
+                };
+                let conn = Connection {
+                    s: session,
+                    channels: HashMap::new(),
+                    channel_max: n.channel_max,
+                    heartbeat: n.heartbeat,
+                    batches: batches.clone(),
+                    last_sent: Instant::now(),
+                    last_received: Instant::now(),
+                };
+                conn.run(reader, rbuf, outbox_rx, stop).await;
+            }
+            Err(HandshakeError::BadHeader) => {
+                out.extend_from_slice(PROTOCOL_HEADER);
+                let _ = batches.send(out.split().freeze()).await;
+            }
+            Err(HandshakeError::Refused(e)) => {
+                info!(code = e.code, text = %e.text, "connection refused during negotiation");
+                encode_close(&mut out, &e);
+                let _ = batches.send(out.split().freeze()).await;
+                // Give the client a moment to read the close before the socket goes (RabbitMQ waits too).
+                wait_close_ok(&mut reader, &mut rbuf).await;
+            }
+            Err(HandshakeError::Gone) => {}
+        }
+        drop(batches);
+        let _ = writer_task.await;
+    }
+    .instrument(span)
+    .await
+}
+
+fn encode_close(out: &mut BytesMut, e: &AmqpError) {
+    let close = connection::Close {
+        reply_code: e.code,
+        reply_text: e.text.as_str().into(),
+        class_id: e.class_id,
+        method_id: e.method_id,
+    };
+    warren_protocol::method::encode_method(out, 0, &AMQPClass::Connection(connection::AMQPMethod::Close(close)));
+}
+
+/// After sending connection.close, reads (and ignores) frames until close-ok, EOF or the timeout.
+async fn wait_close_ok<R: AsyncRead + Unpin>(reader: &mut R, rbuf: &mut BytesMut) {
+    let wait = async {
+        loop {
+            while let Ok(Some(frame)) = decode_frame(rbuf, 0) {
+                if frame.kind == FrameKind::Method && frame.channel == 0 {
+                    if let Ok(AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))) = decode_method(&frame.payload) {
+                        return;
+                    }
+                }
+            }
+            if decode_frame(rbuf, 0).is_err() {
+                return;
+            }
+            rbuf.reserve(4096);
+            match reader.read_buf(rbuf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_OK_TIMEOUT, wait).await;
+}
+
+/// How the main loop ends.
+enum Ending {
+    /// The client closed the connection (close-ok already queued) or the socket went away.
+    Done,
+    /// The server closes with this error: send connection.close, await close-ok.
+    Close(AmqpError),
+    /// Heartbeats missed: drop the socket without a close (RabbitMQ does the same).
+    Silent,
+}
+
+struct Connection {
+    s: Session,
+    channels: HashMap<u16, Slot>,
+    channel_max: u16,
+    heartbeat: u16,
+    batches: mpsc::Sender<Bytes>,
+    last_sent: Instant,
+    last_received: Instant,
+}
+
+impl Connection {
+    async fn run<R: AsyncRead + Unpin>(
+        mut self,
+        mut reader: R,
+        mut rbuf: BytesMut,
+        mut outbox_rx: mpsc::UnboundedReceiver<Outbound>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let tick = if self.heartbeat > 0 { Duration::from_millis(u64::from(self.heartbeat) * 500) } else { Duration::from_secs(3600) };
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Frames pipelined behind connection.open are already buffered.
+        let mut ending = self.process_frames(&mut rbuf);
+        while ending.is_none() {
+            if !self.flush().await {
+                ending = Some(Ending::Done);
+                break;
+            }
+            tokio::select! {
+                read = reader.read_buf(&mut rbuf) => {
+                    match read {
+                        Ok(0) | Err(_) => { ending = Some(Ending::Done); }
+                        Ok(_) => {
+                            self.last_received = Instant::now();
+                            ending = self.process_frames(&mut rbuf);
+                        }
+                    }
+                    if rbuf.capacity() - rbuf.len() < 4096 {
+                        rbuf.reserve(64 * 1024);
+                    }
+                }
+                Some(first) = outbox_rx.recv() => {
+                    self.handle_outbound(first);
+                    for _ in 0..OUTBOX_BATCH {
+                        match outbox_rx.try_recv() {
+                            Ok(more) => self.handle_outbound(more),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = ticker.tick() => ending = self.heartbeat_tick(),
+                _ = stop.changed() => {
+                    ending = Some(Ending::Close(AmqpError::new(
+                        reply::CONNECTION_FORCED,
+                        "broker forced connection closure with reason 'shutdown'",
+                    )));
+                }
+            }
+        }
+        // Nothing more reaches this connection: release every channel, then whatever is still in flight.
+        self.close_all_channels();
+        outbox_rx.close();
+        while let Ok(pending) = outbox_rx.try_recv() {
+            self.handle_outbound(pending);
+        }
+        for queue in self.s.vhost.queues_owned_by(self.s.id) {
+            self.s.vhost.remove_queue(&queue);
+        }
+        match ending {
+            Some(Ending::Close(e)) => {
+                info!(code = e.code, text = %e.text, "closing connection");
+                self.s.out.clear();
+                encode_close(&mut self.s.out, &e);
+                if self.flush().await {
+                    wait_close_ok(&mut reader, &mut rbuf).await;
+                }
+            }
+            Some(Ending::Silent) => self.s.out.clear(),
+            _ => {
+                self.flush().await;
+            }
+        }
+        debug!("connection finished");
+    }
+
+    /// Hands the encoded frames to the writer; false if the writer is gone.
+    async fn flush(&mut self) -> bool {
+        if self.s.out.is_empty() {
+            return true;
+        }
+        self.last_sent = Instant::now();
+        self.batches.send(self.s.out.split().freeze()).await.is_ok()
+    }
+
+    fn heartbeat_tick(&mut self) -> Option<Ending> {
+        let interval = Duration::from_secs(u64::from(self.heartbeat));
+        if self.heartbeat == 0 {
+            return None;
+        }
+        if self.last_received.elapsed() > interval * 2 {
+            warn!(timeout_s = self.heartbeat, "missed heartbeats from client");
+            return Some(Ending::Silent);
+        }
+        if self.last_sent.elapsed() >= interval / 2 {
+            encode_heartbeat(&mut self.s.out);
+        }
+        None
+    }
+
+    fn frame_max(&self) -> u32 {
+        self.s.frame_max
+    }
+
+    /// Decodes and handles every complete frame in `rbuf`; returns how the connection ends, if it does.
+    fn process_frames(&mut self, rbuf: &mut BytesMut) -> Option<Ending> {
+        loop {
+            let frame = match decode_frame(rbuf, self.frame_max()) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(FrameError::TooLarge { size, max }) => {
+                    return Some(Ending::Close(AmqpError::frame_error(format!(
+                        "type {}, all octets = <<>>: {{frame_too_large,{},{}}}",
+                        rbuf[0],
+                        size - u64::from(FRAME_OVERHEAD),
+                        max - FRAME_OVERHEAD
+                    ))));
+                }
+                Err(FrameError::BadFrameEnd(b)) => {
+                    return Some(Ending::Close(AmqpError::frame_error(format!(
+                        "type {}, {}: {{invalid_frame_end_marker,{b}}}",
+                        rbuf[0],
+                        octets_snippet(&rbuf[7..rbuf.len().min(23)])
+                    ))));
+                }
+                Err(FrameError::UnknownType(t)) => {
+                    return Some(Ending::Close(AmqpError::frame_error(format!("type {t}, all octets = <<>>: unknown_frame"))));
+                }
+            };
+            if let Some(ending) = self.handle_frame(frame) {
+                return Some(ending);
+            }
+        }
+        self.after_batch();
+        None
+    }
+
+    /// Work deferred to the end of a burst of frames: coalesced confirms and dispatch after acks.
+    fn after_batch(&mut self) {
+        for slot in self.channels.values_mut() {
+            if let Slot::Open(ch) = slot {
+                ch.after_batch(&mut self.s);
+            }
+        }
+    }
+
+    fn handle_frame(&mut self, frame: RawFrame) -> Option<Ending> {
+        if frame.channel == 0 {
+            return self.handle_channel_zero(frame);
+        }
+        if frame.kind == FrameKind::Heartbeat {
+            return Some(Ending::Close(AmqpError::unexpected_frame(format!("type 8, {}", octets_snippet(&frame.payload)))));
+        }
+        let id = frame.channel;
+        match self.channels.get_mut(&id) {
+            None => self.handle_unopened(frame),
+            Some(Slot::AwaitingCloseOk) => {
+                // A closing channel ignores everything but channel.close and channel.close-ok (RabbitMQ).
+                if frame.kind == FrameKind::Method {
+                    match decode_method(&frame.payload) {
+                        Ok(AMQPClass::Channel(chan::AMQPMethod::CloseOk(_))) => {
+                            self.channels.remove(&id);
+                        }
+                        Ok(AMQPClass::Channel(chan::AMQPMethod::Close(_))) => {
+                            self.s.send(id, AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})));
+                            self.channels.remove(&id);
+                        }
+                        _ => {}
+                    }
+                }
+                None
+            }
+            Some(Slot::Open(ch)) => {
+                let result = match frame.kind {
+                    FrameKind::Method => match decode_method(&frame.payload) {
+                        Ok(AMQPClass::Channel(chan::AMQPMethod::Close(_))) => {
+                            let Some(Slot::Open(mut ch)) = self.channels.remove(&id) else { return None };
+                            ch.close(&mut self.s);
+                            self.s.send(id, AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})));
+                            return None;
+                        }
+                        Ok(method) => ch.handle_method(&mut self.s, method, &frame.payload),
+                        Err(e) => Err(method_error(e, &frame.payload)),
+                    },
+                    FrameKind::Header => ch.handle_header(&mut self.s, frame.payload),
+                    FrameKind::Body => ch.handle_body(&mut self.s, frame.payload),
+                    FrameKind::Heartbeat => Ok(()),
+                };
+                match result {
+                    Ok(()) => None,
+                    Err(e) if e.is_soft() => {
+                        self.close_channel(id, e);
+                        None
+                    }
+                    Err(e) => Some(Ending::Close(e)),
+                }
+            }
+        }
+    }
+
+    fn handle_unopened(&mut self, frame: RawFrame) -> Option<Ending> {
+        let ids = method_ids(&frame.payload);
+        if frame.kind != FrameKind::Method {
+            return Some(Ending::Close(AmqpError::unexpected_frame("expected method frame, got non method frame instead")));
+        }
+        match decode_method(&frame.payload) {
+            Ok(AMQPClass::Channel(chan::AMQPMethod::Open(_))) => {
+                if frame.channel > self.channel_max {
+                    return Some(Ending::Close(
+                        AmqpError::channel_error(format!(
+                            "channel number {} is higher than the negotiated channel_max ({})",
+                            frame.channel, self.channel_max
+                        ))
+                        .during(ids),
+                    ));
+                }
+                let channel = Channel::new(frame.channel);
+                self.channels.insert(frame.channel, Slot::Open(Box::new(channel)));
+                self.s.send(frame.channel, AMQPClass::Channel(chan::AMQPMethod::OpenOk(chan::OpenOk {})));
+                None
+            }
+            Ok(_) => Some(Ending::Close(AmqpError::channel_error("expected 'channel.open'").during(ids))),
+            Err(e) => Some(Ending::Close(method_error(e, &frame.payload))),
+        }
+    }
+
+    fn handle_channel_zero(&mut self, frame: RawFrame) -> Option<Ending> {
+        match frame.kind {
+            FrameKind::Heartbeat => return None,
+            FrameKind::Header | FrameKind::Body => {
+                let t = if frame.kind == FrameKind::Header { 2 } else { 3 };
+                return Some(Ending::Close(AmqpError::unexpected_frame(format!("type {t}, {}", octets_snippet(&frame.payload)))));
+            }
+            FrameKind::Method => {}
+        }
+        let ids = method_ids(&frame.payload);
+        match decode_method(&frame.payload) {
+            Ok(AMQPClass::Connection(connection::AMQPMethod::Close(close))) => {
+                debug!(code = close.reply_code, text = close.reply_text.as_str(), "client closed the connection");
+                self.close_all_channels();
+                self.s.send(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})));
+                Some(Ending::Done)
+            }
+            Ok(AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))) => Some(Ending::Done),
+            Ok(AMQPClass::Connection(connection::AMQPMethod::Blocked(_) | connection::AMQPMethod::Unblocked(_))) => None,
+            Ok(AMQPClass::Connection(_)) if ids.0 == CLASS_CONNECTION => {
+                Some(Ending::Close(AmqpError::command_invalid("unexpected method in connection state running").during(ids)))
+            }
+            Ok(_) => Some(Ending::Close(AmqpError::channel_error("unexpected method in connection state running").during(ids))),
+            Err(e) => Some(Ending::Close(method_error(e, &frame.payload))),
+        }
+    }
+
+    /// Closes a channel for a soft error: release its state now, then wait for the client's close-ok.
+    fn close_channel(&mut self, id: u16, e: AmqpError) {
+        if let Some(Slot::Open(mut ch)) = self.channels.remove(&id) {
+            ch.close(&mut self.s);
+        }
+        debug!(channel = id, code = e.code, text = %e.text, "closing channel");
+        let close = chan::Close { reply_code: e.code, reply_text: e.text.as_str().into(), class_id: e.class_id, method_id: e.method_id };
+        self.s.send(id, AMQPClass::Channel(chan::AMQPMethod::Close(close)));
+        self.channels.insert(id, Slot::AwaitingCloseOk);
+    }
+
+    fn close_all_channels(&mut self) {
+        for (_, slot) in self.channels.drain() {
+            if let Slot::Open(mut ch) = slot {
+                ch.close(&mut self.s);
+            }
+        }
+    }
+
+    fn handle_outbound(&mut self, message: Outbound) {
+        match message {
+            Outbound::Deliver { consumer, queue, entry } => match self.channels.get_mut(&consumer.channel) {
+                Some(Slot::Open(ch)) if ch.has_consumer(&consumer) => ch.deliver(&mut self.s, consumer, queue, entry),
+                // The consumer was cancelled or its channel closed while this was in flight: the message
+                // never reached the client, so it goes back as it was.
+                _ => {
+                    consumer.release_credit(1);
+                    queue.return_undelivered(entry);
+                }
+            },
+            Outbound::Cancelled { channel, consumer } => {
+                if let Some(Slot::Open(ch)) = self.channels.get_mut(&channel) {
+                    ch.consumer_cancelled_by_server(&mut self.s, &consumer);
+                }
+            }
+        }
+    }
+}
+
+/// Maps a method decoding failure to RabbitMQ's errors.
+fn method_error(e: MethodError, payload: &[u8]) -> AmqpError {
+    match e {
+        MethodError::Unknown { class_id, method_id } => {
+            AmqpError::not_implemented(format!("unknown method {{{class_id},{method_id}}}")).during((class_id, method_id))
+        }
+        MethodError::Malformed { class_id, method_id } => {
+            AmqpError::frame_error(format!("cannot decode {}", octets_snippet(payload))).during((class_id, method_id))
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! Messages other tasks send to a connection task: deliveries pushed by queues and server-initiated
+//! consumer cancellations. The connection owns channel state, so it alone assigns delivery tags.
+
+use std::sync::Arc;
+
+use crate::queue::consumer::Consumer;
+use crate::queue::{Entry, Queue};
+
+#[derive(Debug)]
+pub enum Outbound {
+    /// A queue hands `entry` to `consumer`; one unit of the consumer's credit is already taken.
+    Deliver { consumer: Arc<Consumer>, queue: Arc<Queue>, entry: Entry },
+    /// The consumed queue was deleted: tell the client with basic.cancel (consumer_cancel_notify).
+    Cancelled { channel: u16, consumer: Arc<Consumer> },
+}

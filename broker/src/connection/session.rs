@@ -1,0 +1,53 @@
+//! What every channel of a connection shares: who is connected to which vhost, the negotiated limits,
+//! the outgoing frame buffer, and the sender queues use to push deliveries to this connection.
+
+use std::sync::Arc;
+
+use amq_protocol::protocol::AMQPClass;
+use bytes::BytesMut;
+use tokio::sync::mpsc::UnboundedSender;
+use warren_protocol::frame::{encode_body, encode_content_header};
+use warren_protocol::method::encode_method;
+
+use crate::broker::Broker;
+use crate::connection::outbound::Outbound;
+use crate::message::Message;
+use crate::queue::consumer::{ConnectionId, Limit};
+use crate::users::User;
+use crate::vhost::Vhost;
+
+/// Client capabilities from connection.start-ok that change what the broker sends.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientCapabilities {
+    pub consumer_cancel_notify: bool,
+    pub connection_blocked: bool,
+}
+
+pub struct Session {
+    pub broker: Arc<Broker>,
+    pub id: ConnectionId,
+    pub user: Arc<User>,
+    pub vhost: Arc<Vhost>,
+    pub frame_max: u32,
+    pub capabilities: ClientCapabilities,
+    /// Frames encoded but not yet handed to the writer.
+    pub out: BytesMut,
+    pub outbox: UnboundedSender<Outbound>,
+    /// No-ack deliveries queued to this connection but not yet encoded (bounds memory for slow clients).
+    pub write_budget: Arc<Limit>,
+}
+
+/// No-ack deliveries a connection may have in flight between queues and its socket.
+pub const NO_ACK_WRITE_BUDGET: u32 = 2048;
+
+impl Session {
+    pub fn send(&mut self, channel: u16, method: AMQPClass) {
+        encode_method(&mut self.out, channel, &method);
+    }
+
+    /// Appends the content header and body frames of `message`.
+    pub fn send_content(&mut self, channel: u16, message: &Message) {
+        encode_content_header(&mut self.out, channel, 60, message.body_size(), &message.properties);
+        encode_body(&mut self.out, channel, &message.body, self.frame_max);
+    }
+}

@@ -1,0 +1,23 @@
+//! Warren's broker: TLS listener, SASL EXTERNAL, connections and channels, and the routing core
+//! (vhosts, exchanges, bindings, queues, consumers).
+//!
+//! Crate rule: this is where protocol/ (wire format) and storage/ (durable state) are wired together;
+//! neither of those knows about the other. Binaries stay thin: `main.rs` parses flags and calls
+//! [`server::run`] with a bound listener and a shutdown future, which is also how tests start brokers.
+
+pub mod broker;
+pub mod channel;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod exchange;
+pub mod identity;
+pub mod message;
+pub mod pki;
+pub mod queue;
+pub mod server;
+pub mod tls;
+pub mod users;
+pub mod vhost;
+
+pub use server::{run, Server};

@@ -1,0 +1,151 @@
+//! `warren`: parse flags, set up logging, build the configuration (from a file, or the embedded `--dev`
+//! default with its own CA), bind the listener and run the broker until SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::net::TcpListener;
+use warren_broker::config::Config;
+use warren_broker::pki::DevPki;
+
+#[derive(Parser, Debug)]
+#[command(name = "warren", version, about = "A TLS-only AMQP 0-9-1 broker for OpenStack's control plane")]
+struct Args {
+    /// Run the embedded development broker: its own CA, a localhost server certificate and an `admin`
+    /// client certificate under DATA_DIR/tls, vhost `/`, user `admin`.
+    #[arg(long, conflicts_with = "config")]
+    dev: bool,
+    /// Data directory for --dev.
+    #[arg(long, default_value = "./warren-dev", requires = "dev")]
+    data_dir: PathBuf,
+    /// Listen address for --dev.
+    #[arg(long, default_value = "127.0.0.1:5671", requires = "dev")]
+    listen: SocketAddr,
+    /// Production configuration file (TOML).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the default configuration as TOML and exit.
+    #[arg(long)]
+    print_default_config: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.print_default_config {
+        print!("{}", toml::to_string_pretty(&Config::default())?);
+        return Ok(());
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let config = if args.dev {
+        dev_config(&args.data_dir, args.listen)?
+    } else if let Some(path) = &args.config {
+        Config::load(path)?
+    } else {
+        anyhow::bail!("nothing to run: pass --dev for the embedded development broker or --config FILE");
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(serve(Arc::new(config), args.dev))
+}
+
+fn dev_config(data_dir: &Path, listen: SocketAddr) -> anyhow::Result<Config> {
+    let (_, created) = DevPki::ensure(&data_dir.join("tls")).context("creating the development PKI")?;
+    if created {
+        eprintln!("warren --dev: created a CA and certificates in {}", data_dir.join("tls").display());
+    }
+    let config = Config::dev(data_dir, listen);
+    config.validate()?;
+    Ok(config)
+}
+
+async fn serve(config: Arc<Config>, dev: bool) -> anyhow::Result<()> {
+    let addr = config.listen[0];
+    let server = warren_broker::Server::new(config.clone())?;
+    let mut listeners = Vec::new();
+    for addr in &config.listen {
+        listeners.push(TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?);
+    }
+    let bound = listeners[0].local_addr()?;
+    if dev {
+        print_dev_instructions(&config, bound);
+    }
+    println!("Warren listening on {bound} (TLS only, client certificates required)");
+    tracing::info!(%addr, "listening");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = Arc::new(server);
+    let mut tasks = tokio::task::JoinSet::new();
+    for listener in listeners {
+        let server = server.clone();
+        let mut stop = stop_rx.clone();
+        tasks.spawn(async move {
+            server.serve(listener, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+        });
+    }
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn print_dev_instructions(config: &Config, bound: SocketAddr) {
+    let pki = DevPki::in_dir(&config.data_dir.join("tls"));
+    let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string();
+    let (ca, cert, key) = (abs(&pki.ca_cert), abs(&pki.admin_cert), abs(&pki.admin_key));
+    let port = bound.port();
+    println!(
+        r#"Warren development broker: vhost '/', user 'admin' (certificate identity, SASL EXTERNAL).
+
+Connect with pika:
+
+    import ssl, pika
+    ctx = ssl.create_default_context(cafile="{ca}")
+    ctx.load_cert_chain("{cert}", "{key}")
+    params = pika.ConnectionParameters(
+        host="localhost", port={port}, virtual_host="/",
+        ssl_options=pika.SSLOptions(ctx, "localhost"),
+        credentials=pika.credentials.ExternalCredentials())
+    conn = pika.BlockingConnection(params)
+    ch = conn.channel()
+    ch.queue_declare("hello")
+    ch.basic_publish("", "hello", b"Hello from Warren")
+    print(ch.basic_get("hello", auto_ack=True))
+    conn.close()
+
+OpenStack (oslo.messaging), in each service's configuration:
+
+    [DEFAULT]
+    transport_url = rabbit://admin@localhost:{port}/
+
+    [oslo_messaging_rabbit]
+    ssl = True
+    ssl_ca_file = {ca}
+    ssl_cert_file = {cert}
+    ssl_key_file = {key}
+    rabbit_login_method = EXTERNAL
+"#
+    );
+}

@@ -1,0 +1,180 @@
+//! An internal certificate authority (rcgen): the CA `warren --dev` creates, and the server and client
+//! certificates it issues. The same code issues test fixtures (foreign CAs, expired certificates).
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use time::{Duration, OffsetDateTime};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io { path: path.to_path_buf(), source }
+}
+
+/// A certificate and its private key, both PEM.
+#[derive(Debug, Clone)]
+pub struct Pem {
+    pub cert: String,
+    pub key: String,
+}
+
+/// A CA able to issue certificates.
+pub struct CertificateAuthority {
+    pub pem: Pem,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+/// Validity window of an issued certificate.
+#[derive(Debug, Clone, Copy)]
+pub struct Validity {
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
+impl Validity {
+    /// From an hour ago (clock skew) for `days` days.
+    pub fn days(days: i64) -> Self {
+        let now = OffsetDateTime::now_utc();
+        Validity { not_before: now - Duration::hours(1), not_after: now + Duration::days(days) }
+    }
+}
+
+fn subject(common_name: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "Warren");
+    dn.push(DnType::CommonName, common_name);
+    dn
+}
+
+impl CertificateAuthority {
+    /// Creates a new self-signed CA valid for ten years.
+    pub fn create(common_name: &str) -> Result<Self, PkiError> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = subject(common_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let v = Validity::days(3650);
+        params.not_before = v.not_before;
+        params.not_after = v.not_after;
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        let pem = Pem { cert: cert.pem(), key: key.serialize_pem() };
+        Ok(CertificateAuthority { pem, issuer: Issuer::new(params, key) })
+    }
+
+    /// Loads a CA from its PEM certificate and key.
+    pub fn from_pem(pem: Pem) -> Result<Self, PkiError> {
+        let key = KeyPair::from_pem(&pem.key)?;
+        let issuer = Issuer::from_ca_cert_pem(&pem.cert, key)?;
+        Ok(CertificateAuthority { pem, issuer })
+    }
+
+    /// Issues a server certificate for the given DNS names and IP addresses.
+    pub fn issue_server(&self, common_name: &str, names: &[&str], validity: Validity) -> Result<Pem, PkiError> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        for name in names {
+            params.subject_alt_names.push(match name.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName((*name).try_into()?),
+            });
+        }
+        params.distinguished_name = subject(common_name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.sign(params, validity)
+    }
+
+    /// Issues a client certificate whose subject is built by `dn` (normally one CN: the user's name).
+    pub fn issue_client_with(&self, dn: DistinguishedName, validity: Validity) -> Result<Pem, PkiError> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = dn;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params, validity)
+    }
+
+    /// Issues a client certificate for user `common_name`.
+    pub fn issue_client(&self, common_name: &str, validity: Validity) -> Result<Pem, PkiError> {
+        self.issue_client_with(subject(common_name), validity)
+    }
+
+    fn sign(&self, mut params: CertificateParams, validity: Validity) -> Result<Pem, PkiError> {
+        params.not_before = validity.not_before;
+        params.not_after = validity.not_after;
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Pem { cert: cert.pem(), key: key.serialize_pem() })
+    }
+}
+
+/// Where `warren --dev` keeps its PKI, under `DATA_DIR/tls/`.
+#[derive(Debug, Clone)]
+pub struct DevPki {
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub admin_cert: PathBuf,
+    pub admin_key: PathBuf,
+}
+
+impl DevPki {
+    pub fn in_dir(tls_dir: &Path) -> Self {
+        DevPki {
+            ca_cert: tls_dir.join("ca.pem"),
+            ca_key: tls_dir.join("ca.key"),
+            server_cert: tls_dir.join("server.pem"),
+            server_key: tls_dir.join("server.key"),
+            admin_cert: tls_dir.join("admin.pem"),
+            admin_key: tls_dir.join("admin.key"),
+        }
+    }
+
+    /// Creates whatever is missing: the CA first, then the server and admin certificates it signs.
+    /// Existing files are reused, so a restarted dev broker keeps its clients' certificates valid.
+    /// Returns whether anything was created.
+    pub fn ensure(tls_dir: &Path) -> Result<(Self, bool), PkiError> {
+        let pki = DevPki::in_dir(tls_dir);
+        std::fs::create_dir_all(tls_dir).map_err(io_err(tls_dir))?;
+        let ca = if pki.ca_cert.exists() && pki.ca_key.exists() {
+            let cert = std::fs::read_to_string(&pki.ca_cert).map_err(io_err(&pki.ca_cert))?;
+            let key = std::fs::read_to_string(&pki.ca_key).map_err(io_err(&pki.ca_key))?;
+            CertificateAuthority::from_pem(Pem { cert, key })?
+        } else {
+            let ca = CertificateAuthority::create("Warren dev CA")?;
+            write_pair(&pki.ca_cert, &pki.ca_key, &ca.pem)?;
+            // A new CA invalidates certificates signed by a previous one.
+            let _ = std::fs::remove_file(&pki.server_cert);
+            let _ = std::fs::remove_file(&pki.admin_cert);
+            ca
+        };
+        let mut created = false;
+        if !(pki.server_cert.exists() && pki.server_key.exists()) {
+            let pem = ca.issue_server("localhost", &["localhost", "127.0.0.1", "::1"], Validity::days(825))?;
+            write_pair(&pki.server_cert, &pki.server_key, &pem)?;
+            created = true;
+        }
+        if !(pki.admin_cert.exists() && pki.admin_key.exists()) {
+            let pem = ca.issue_client("admin", Validity::days(825))?;
+            write_pair(&pki.admin_cert, &pki.admin_key, &pem)?;
+            created = true;
+        }
+        Ok((pki, created))
+    }
+}
+
+/// Writes a certificate (0644) and its key (0600), each atomically.
+pub fn write_pair(cert_path: &Path, key_path: &Path, pem: &Pem) -> Result<(), PkiError> {
+    warren_storage::write_atomic(key_path, pem.key.as_bytes(), 0o600).map_err(io_err(key_path))?;
+    warren_storage::write_atomic(cert_path, pem.cert.as_bytes(), 0o644).map_err(io_err(cert_path))
+}

@@ -1,0 +1,128 @@
+//! Consumers and the credit that bounds what a queue may push to them (basic.qos, channel.flow).
+//!
+//! A queue hands a message to a consumer only after taking one unit of credit, so the number of messages
+//! between a queue and a client is bounded by prefetch (ack mode) or by the connection's write budget
+//! (no-ack mode), never by the speed of the client's socket.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::connection::outbound::Outbound;
+
+/// A counter with an optional ceiling (0 = unlimited), shared between queues and a connection.
+#[derive(Debug, Default)]
+pub struct Limit {
+    limit: AtomicU32,
+    used: AtomicU32,
+}
+
+impl Limit {
+    pub fn new(limit: u32) -> Self {
+        Limit { limit: AtomicU32::new(limit), used: AtomicU32::new(0) }
+    }
+
+    pub fn set_limit(&self, limit: u32) {
+        self.limit.store(limit, Ordering::Release);
+    }
+
+    pub fn limit(&self) -> u32 {
+        self.limit.load(Ordering::Acquire)
+    }
+
+    /// Takes one unit if the ceiling allows it.
+    pub fn try_take(&self) -> bool {
+        let limit = self.limit.load(Ordering::Acquire);
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| (limit == 0 || used < limit).then_some(used + 1))
+            .is_ok()
+    }
+
+    /// Gives back `n` units (saturating: a release never underflows).
+    pub fn release(&self, n: u32) {
+        let _ = self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| Some(used.saturating_sub(n)));
+    }
+
+    pub fn used(&self) -> u32 {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
+/// Credit shared by all consumers of one channel: the global prefetch and channel.flow.
+#[derive(Debug)]
+pub struct ChannelCredit {
+    pub global: Limit,
+    pub flow_active: AtomicBool,
+}
+
+impl Default for ChannelCredit {
+    fn default() -> Self {
+        ChannelCredit { global: Limit::new(0), flow_active: AtomicBool::new(true) }
+    }
+}
+
+/// Identifies a connection for exclusivity checks and delivery routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnectionId(pub u64);
+
+/// A basic.consume registration, shared by the queue (to push) and the channel (to cancel and credit).
+#[derive(Debug)]
+pub struct Consumer {
+    pub tag: Arc<str>,
+    pub connection: ConnectionId,
+    pub channel: u16,
+    pub no_ack: bool,
+    pub exclusive: bool,
+    /// Per-consumer prefetch (basic.qos with global=false before the consume).
+    pub prefetch: Limit,
+    pub channel_credit: Arc<ChannelCredit>,
+    /// The connection's budget of no-ack deliveries not yet written to its socket.
+    pub write_budget: Arc<Limit>,
+    pub outbox: UnboundedSender<Outbound>,
+}
+
+impl Consumer {
+    /// Takes the credit one delivery needs; false if the consumer must wait.
+    pub fn try_take_credit(&self) -> bool {
+        if !self.channel_credit.flow_active.load(Ordering::Acquire) {
+            return false;
+        }
+        if self.no_ack {
+            return self.write_budget.try_take();
+        }
+        if !self.prefetch.try_take() {
+            return false;
+        }
+        if !self.channel_credit.global.try_take() {
+            self.prefetch.release(1);
+            return false;
+        }
+        true
+    }
+
+    /// Returns the credit of `n` deliveries (acked, rejected, requeued, or written for no-ack).
+    pub fn release_credit(&self, n: u32) {
+        if self.no_ack {
+            self.write_budget.release(n);
+        } else {
+            self.prefetch.release(n);
+            self.channel_credit.global.release(n);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_take_up_to_the_ceiling_and_release_saturates() {
+        let l = Limit::new(2);
+        assert!(l.try_take() && l.try_take() && !l.try_take());
+        l.release(5);
+        assert_eq!(l.used(), 0);
+        let unlimited = Limit::new(0);
+        assert!((0..1000).all(|_| unlimited.try_take()));
+    }
+}

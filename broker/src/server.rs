@@ -1,0 +1,82 @@
+//! The listener: accept TCP, complete the TLS handshake (client certificate mandatory) within its
+//! timeout, then hand the stream to a connection task. Plain TCP or a refused certificate never reaches
+//! AMQP code. On shutdown every connection is closed with 320 CONNECTION_FORCED.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::connection;
+
+/// A configured broker ready to serve listeners.
+pub struct Server {
+    pub broker: Arc<Broker>,
+    acceptor: TlsAcceptor,
+}
+
+impl Server {
+    /// Loads TLS material (refusing unsafe key files) and builds the broker state.
+    pub fn new(config: Arc<Config>) -> anyhow::Result<Self> {
+        let tls = crate::tls::server_config(&config.tls)?;
+        let broker = Broker::new(config)?;
+        Ok(Server { broker, acceptor: TlsAcceptor::from(tls) })
+    }
+
+    /// Serves `listener` until `shutdown` completes, then closes every connection and returns once they
+    /// are gone (or after a grace period).
+    pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut connections = JoinSet::new();
+        tokio::pin!(shutdown);
+        let tls_timeout = Duration::from_millis(self.broker.config.limits.tls_handshake_timeout_ms);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => {
+                    let (tcp, peer) = match accepted {
+                        Ok(x) => x,
+                        Err(e) => {
+                            // EMFILE and friends: back off instead of spinning.
+                            warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = tcp.set_nodelay(true);
+                    let acceptor = self.acceptor.clone();
+                    let broker = self.broker.clone();
+                    let stop = stop_rx.clone();
+                    connections.spawn(async move {
+                        match tokio::time::timeout(tls_timeout, acceptor.accept(tcp)).await {
+                            Ok(Ok(stream)) => connection::serve(broker, stream, peer, stop).await,
+                            Ok(Err(e)) => info!(%peer, error = %e, "TLS handshake refused"),
+                            Err(_) => info!(%peer, "TLS handshake timed out"),
+                        }
+                    });
+                }
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+        debug!("shutting down: closing connections");
+        let _ = stop_tx.send(true);
+        let drain = async { while connections.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+            connections.abort_all();
+        }
+    }
+}
+
+/// Builds a server from `config` and serves `listener` until `shutdown`.
+pub async fn run(config: Arc<Config>, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let server = Server::new(config)?;
+    server.serve(listener, shutdown).await;
+    Ok(())
+}

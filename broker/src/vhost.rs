@@ -1,0 +1,325 @@
+//! A virtual host: its exchanges and queues, and the topology operations with RabbitMQ's checks and texts.
+//!
+//! Exchanges and queues live in sharded maps read without a vhost-wide lock on the publish path. Topology
+//! changes (declare, delete, bind) take the vhost's `topology` mutex so that check-then-act sequences
+//! (exclusivity, if-unused, "bind needs both ends") are atomic; publishes never take it.
+
+use std::fmt;
+use std::sync::Arc;
+
+use amq_protocol::types::FieldTable;
+use dashmap::DashMap;
+use parking_lot::Mutex;
+
+use crate::error::{AmqpError, AmqpResult};
+use crate::exchange::{Binding, Destination, Exchange, ExchangeKind, ExchangeSpec, RouteInput};
+use crate::queue::consumer::ConnectionId;
+use crate::queue::{Queue, QueueSpec};
+
+/// The pre-declared exchanges of every vhost (RabbitMQ's `amq.*` set, minus the deprecated rabbitmq ones).
+const STANDARD_EXCHANGES: &[(&str, ExchangeKind)] = &[
+    ("amq.direct", ExchangeKind::Direct),
+    ("amq.fanout", ExchangeKind::Fanout),
+    ("amq.topic", ExchangeKind::Topic),
+    ("amq.headers", ExchangeKind::Headers),
+    ("amq.match", ExchangeKind::Headers),
+];
+
+#[derive(Debug)]
+pub struct Vhost {
+    pub name: String,
+    exchanges: DashMap<String, Arc<Exchange>>,
+    queues: DashMap<String, Arc<Queue>>,
+    topology: Mutex<()>,
+}
+
+/// "queue 'q' in vhost '/'": RabbitMQ's `rabbit_misc:rs/1` rendering of a resource.
+pub struct Resource<'a>(pub &'static str, pub &'a str, pub &'a str);
+
+impl fmt::Display for Resource<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} '{}' in vhost '{}'", self.0, self.1, self.2)
+    }
+}
+
+fn inequivalent(field: &str, resource: Resource<'_>, received: impl fmt::Display, current: impl fmt::Display) -> AmqpError {
+    AmqpError::precondition(format!("inequivalent arg '{field}' for {resource}: received '{received}' but current is '{current}'"))
+}
+
+/// Outcome of queue.declare.
+pub struct DeclaredQueue {
+    pub queue: Arc<Queue>,
+    pub created: bool,
+}
+
+impl Vhost {
+    pub fn new(name: &str) -> Arc<Self> {
+        let vhost = Vhost { name: name.to_string(), exchanges: DashMap::new(), queues: DashMap::new(), topology: Mutex::new(()) };
+        for (name, kind) in STANDARD_EXCHANGES {
+            let spec = ExchangeSpec {
+                name: (*name).to_string(),
+                kind: *kind,
+                durable: true,
+                auto_delete: false,
+                internal: false,
+                arguments: FieldTable::default(),
+            };
+            vhost.exchanges.insert((*name).to_string(), Exchange::new(spec));
+        }
+        Arc::new(vhost)
+    }
+
+    fn resource<'a>(&'a self, kind: &'static str, name: &'a str) -> Resource<'a> {
+        Resource(kind, name, &self.name)
+    }
+
+    pub fn no_exchange(&self, name: &str) -> AmqpError {
+        AmqpError::not_found(format!("no {}", self.resource("exchange", name)))
+    }
+
+    pub fn no_queue(&self, name: &str) -> AmqpError {
+        AmqpError::not_found(format!("no {}", self.resource("queue", name)))
+    }
+
+    pub fn exchange(&self, name: &str) -> AmqpResult<Arc<Exchange>> {
+        self.exchanges.get(name).map(|e| e.clone()).ok_or_else(|| self.no_exchange(name))
+    }
+
+    pub fn find_queue(&self, name: &str) -> Option<Arc<Queue>> {
+        self.queues.get(name).map(|q| q.clone())
+    }
+
+    /// Looks a queue up for use by `connection`, enforcing exclusivity (405 RESOURCE_LOCKED).
+    pub fn queue(&self, name: &str, connection: ConnectionId) -> AmqpResult<Arc<Queue>> {
+        let queue = self.find_queue(name).ok_or_else(|| self.no_queue(name))?;
+        self.check_exclusive(&queue, Some(connection), false)?;
+        Ok(queue)
+    }
+
+    /// RabbitMQ's `check_exclusive_access`: another connection's exclusive queue is locked; in strict mode
+    /// (redeclare) a different exclusivity is too.
+    fn check_exclusive(&self, queue: &Queue, owner: Option<ConnectionId>, strict: bool) -> AmqpResult<()> {
+        let locked = match (queue.spec.exclusive_owner, owner) {
+            (Some(existing), Some(requester)) => existing != requester,
+            (Some(_), None) => true,
+            (None, Some(_)) => strict,
+            (None, None) => false,
+        };
+        if locked {
+            return Err(AmqpError::resource_locked(format!(
+                "cannot obtain exclusive access to locked {}. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+                self.resource("queue", queue.name())
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn declare_exchange(&self, spec: ExchangeSpec, passive: bool) -> AmqpResult<Arc<Exchange>> {
+        if passive {
+            return self.exchange(&spec.name);
+        }
+        if spec.name.is_empty() {
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+        }
+        let _topology = self.topology.lock();
+        let existing = match self.exchanges.get(&spec.name) {
+            Some(found) => found.clone(),
+            None => {
+                check_name("exchange", &spec.name)?;
+                let exchange = Exchange::new(spec);
+                self.exchanges.insert(exchange.name().to_string(), exchange.clone());
+                return Ok(exchange);
+            }
+        };
+        let current = &existing.spec;
+        let res = || self.resource("exchange", &spec.name);
+        if current.kind != spec.kind {
+            return Err(inequivalent("type", res(), spec.kind.as_str(), current.kind.as_str()));
+        }
+        if current.durable != spec.durable {
+            return Err(inequivalent("durable", res(), spec.durable, current.durable));
+        }
+        if current.auto_delete != spec.auto_delete {
+            return Err(inequivalent("auto_delete", res(), spec.auto_delete, current.auto_delete));
+        }
+        if current.internal != spec.internal {
+            return Err(inequivalent("internal", res(), spec.internal, current.internal));
+        }
+        Ok(existing)
+    }
+
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> AmqpResult<()> {
+        if name.is_empty() {
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+        }
+        if name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "deletion of system exchange '{name}' in vhost '{}' not allowed",
+                self.name
+            )));
+        }
+        let _topology = self.topology.lock();
+        // Deleting an exchange that does not exist succeeds (rabbit_channel: exchange.delete is idempotent).
+        let Some(exchange) = self.exchanges.get(name).map(|e| e.clone()) else {
+            return Ok(());
+        };
+        if if_unused && (exchange.binding_count() > 0 || self.has_bindings_to(&Destination::Exchange(name.into()))) {
+            return Err(AmqpError::precondition(format!("{} in use", self.resource("exchange", name))));
+        }
+        self.exchanges.remove(name);
+        self.remove_bindings_to(&Destination::Exchange(name.into()));
+        Ok(())
+    }
+
+    pub fn declare_queue(&self, spec: QueueSpec, passive: bool, connection: ConnectionId) -> AmqpResult<DeclaredQueue> {
+        if passive {
+            return Ok(DeclaredQueue { queue: self.queue(&spec.name, connection)?, created: false });
+        }
+        check_name("queue", &spec.name)?;
+        let _topology = self.topology.lock();
+        if let Some(existing) = self.find_queue(&spec.name) {
+            self.check_exclusive(&existing, spec.exclusive_owner, true)?;
+            let current = &existing.spec;
+            let res = || self.resource("queue", &spec.name);
+            if current.durable != spec.durable {
+                return Err(inequivalent("durable", res(), spec.durable, current.durable));
+            }
+            if current.auto_delete != spec.auto_delete {
+                return Err(inequivalent("auto_delete", res(), spec.auto_delete, current.auto_delete));
+            }
+            return Ok(DeclaredQueue { queue: existing, created: false });
+        }
+        let queue = Queue::new(&self.name, spec);
+        self.queues.insert(queue.name().to_string(), queue.clone());
+        Ok(DeclaredQueue { queue, created: true })
+    }
+
+    /// Deletes a queue with queue.delete's checks; returns the number of ready messages dropped.
+    pub fn delete_queue(&self, name: &str, if_unused: bool, if_empty: bool, connection: ConnectionId) -> AmqpResult<u32> {
+        let _topology = self.topology.lock();
+        let Some(queue) = self.find_queue(name) else {
+            return Ok(0);
+        };
+        self.check_exclusive(&queue, Some(connection), false)?;
+        // A classic queue checks if-empty before if-unused (rabbit_amqqueue_process).
+        if if_empty && queue.message_count() > 0 {
+            return Err(AmqpError::precondition(format!("{} not empty", self.resource("queue", name))));
+        }
+        if if_unused && queue.consumer_count() > 0 {
+            return Err(AmqpError::precondition(format!("{} in use", self.resource("queue", name))));
+        }
+        Ok(self.remove_queue_locked(&queue))
+    }
+
+    /// Deletes a queue without checks (exclusive owner gone, auto-delete), if it is still this one.
+    pub fn remove_queue(&self, queue: &Arc<Queue>) {
+        let _topology = self.topology.lock();
+        self.remove_queue_locked(queue);
+    }
+
+    fn remove_queue_locked(&self, queue: &Arc<Queue>) -> u32 {
+        self.queues.remove_if(queue.name(), |_, q| Arc::ptr_eq(q, queue));
+        self.remove_bindings_to(&Destination::Queue(queue.clone()));
+        let (count, consumers) = queue.mark_deleted();
+        for consumer in consumers {
+            let _ = consumer.outbox.send(crate::connection::outbound::Outbound::Cancelled {
+                channel: consumer.channel,
+                consumer: consumer.clone(),
+            });
+        }
+        count
+    }
+
+    fn has_bindings_to(&self, destination: &Destination) -> bool {
+        self.exchanges.iter().any(|e| e.bindings().iter().any(|b| &b.destination == destination))
+    }
+
+    fn remove_bindings_to(&self, destination: &Destination) {
+        for exchange in self.exchanges.iter() {
+            exchange.unbind_destination(destination);
+        }
+    }
+
+    /// queue.bind / exchange.bind: both ends must exist; the default exchange takes no bindings.
+    pub fn bind(&self, source: &str, destination: Destination, routing_key: &str, arguments: FieldTable) -> AmqpResult<()> {
+        self.binding_action(source, destination, routing_key, arguments, true)
+    }
+
+    pub fn unbind(&self, source: &str, destination: Destination, routing_key: &str, arguments: FieldTable) -> AmqpResult<()> {
+        self.binding_action(source, destination, routing_key, arguments, false)
+    }
+
+    fn binding_action(&self, source: &str, destination: Destination, routing_key: &str, arguments: FieldTable, add: bool) -> AmqpResult<()> {
+        if source.is_empty() || matches!(&destination, Destination::Exchange(d) if d.is_empty()) {
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+        }
+        let _topology = self.topology.lock();
+        let binding = Binding { destination, routing_key: routing_key.to_string(), arguments };
+        if !add {
+            // Unbinding what does not exist, even between missing objects, succeeds (rabbit_db_binding).
+            if let Some(exchange) = self.exchanges.get(source) {
+                exchange.unbind(&binding);
+            }
+            return Ok(());
+        }
+        // The source is reported first when both ends are missing.
+        let exchange = self.exchange(source)?;
+        match &binding.destination {
+            Destination::Exchange(name) => {
+                self.exchange(name)?;
+            }
+            Destination::Queue(q) if q.is_deleted() => return Err(self.no_queue(q.name())),
+            Destination::Queue(_) => {}
+        }
+        exchange.bind(binding);
+        Ok(())
+    }
+
+    /// Routes a message published to `exchange`, following exchange-to-exchange bindings once each, and
+    /// returns each matched queue once (a diamond of bindings never delivers twice).
+    pub fn route(&self, exchange: &Arc<Exchange>, input: &RouteInput<'_>) -> Vec<Arc<Queue>> {
+        let mut queues: Vec<Arc<Queue>> = Vec::new();
+        let mut visited: Vec<Arc<str>> = Vec::new();
+        let mut pending: Vec<Arc<Exchange>> = vec![exchange.clone()];
+        let mut hits = Vec::new();
+        while let Some(x) = pending.pop() {
+            hits.clear();
+            x.route(input, &mut hits);
+            for hit in hits.drain(..) {
+                match hit {
+                    Destination::Queue(q) => {
+                        if !queues.iter().any(|seen| Arc::ptr_eq(seen, &q)) {
+                            queues.push(q);
+                        }
+                    }
+                    Destination::Exchange(name) => {
+                        if name.as_ref() != exchange.name() && !visited.contains(&name) {
+                            if let Some(next) = self.exchanges.get(name.as_ref()) {
+                                pending.push(next.clone());
+                            }
+                            visited.push(name);
+                        }
+                    }
+                }
+            }
+        }
+        queues
+    }
+
+    /// Exclusive queues owned by a closing connection.
+    pub fn queues_owned_by(&self, connection: ConnectionId) -> Vec<Arc<Queue>> {
+        self.queues.iter().filter(|q| q.spec.exclusive_owner == Some(connection)).map(|q| q.clone()).collect()
+    }
+
+    pub fn queue_names(&self) -> Vec<String> {
+        self.queues.iter().map(|q| q.key().clone()).collect()
+    }
+}
+
+/// RabbitMQ reserves the `amq.` prefix for broker-defined objects (`rabbit_channel:check_name`).
+fn check_name(kind: &str, name: &str) -> AmqpResult<()> {
+    if name.starts_with("amq.") {
+        return Err(AmqpError::access_refused(format!("{kind} name '{name}' contains reserved prefix 'amq.*'")));
+    }
+    Ok(())
+}
