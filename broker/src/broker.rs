@@ -35,10 +35,18 @@ impl Broker {
         }
         let mut users = HashMap::new();
         for u in &config.users {
-            let user = User::from_config(u).map_err(|source| UserSetupError { user: u.name.clone(), source })?;
+            let user = User::from_config(u).map_err(|source| UserSetupError {
+                user: u.name.clone(),
+                source,
+            })?;
             users.insert(u.name.clone(), Arc::new(user));
         }
-        Ok(Arc::new(Broker { config, vhosts, users: RwLock::new(users), next_connection: AtomicU64::new(1) }))
+        Ok(Arc::new(Broker {
+            config,
+            vhosts,
+            users: RwLock::new(users),
+            next_connection: AtomicU64::new(1),
+        }))
     }
 
     pub fn vhost(&self, name: &str) -> Option<Arc<Vhost>> {

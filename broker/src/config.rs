@@ -107,18 +107,29 @@ impl Default for Limits {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {source}")]
-    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
 
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        let config: Config =
-            toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source: Box::new(source) })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -129,7 +140,10 @@ impl Config {
             return invalid("listen: at least one address is required".into());
         }
         if self.limits.frame_max < 4096 {
-            return invalid(format!("limits.frame_max: {} is below the AMQP minimum of 4096", self.limits.frame_max));
+            return invalid(format!(
+                "limits.frame_max: {} is below the AMQP minimum of 4096",
+                self.limits.frame_max
+            ));
         }
         if self.limits.channel_max == 0 {
             return invalid("limits.channel_max: must be at least 1".into());
@@ -140,11 +154,17 @@ impl Config {
             }
             for p in &user.permissions {
                 if !self.vhosts.contains(&p.vhost) {
-                    return invalid(format!("users.{}: permission for unknown vhost '{}'", user.name, p.vhost));
+                    return invalid(format!(
+                        "users.{}: permission for unknown vhost '{}'",
+                        user.name, p.vhost
+                    ));
                 }
                 for re in [&p.configure, &p.write, &p.read] {
                     if let Err(e) = regex::Regex::new(re) {
-                        return invalid(format!("users.{}: bad permission pattern {re:?}: {e}", user.name));
+                        return invalid(format!(
+                            "users.{}: bad permission pattern {re:?}: {e}",
+                            user.name
+                        ));
                     }
                 }
             }
@@ -159,7 +179,11 @@ impl Config {
         Config {
             listen: vec![listen],
             data_dir: data_dir.to_path_buf(),
-            tls: TlsConfig { ca_bundle: pki.ca_cert, cert: pki.server_cert, key: pki.server_key },
+            tls: TlsConfig {
+                ca_bundle: pki.ca_cert,
+                cert: pki.server_cert,
+                key: pki.server_key,
+            },
             limits: Limits::default(),
             vhosts: vec!["/".to_string()],
             users: vec![UserConfig {
@@ -182,9 +206,13 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_rejected_with_position() {
-        let err = toml::from_str::<Config>("listen = [\"127.0.0.1:5671\"]\nlisten_plain = true\n").unwrap_err();
+        let err = toml::from_str::<Config>("listen = [\"127.0.0.1:5671\"]\nlisten_plain = true\n")
+            .unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("listen_plain") && text.contains("line 2"), "{text}");
+        assert!(
+            text.contains("listen_plain") && text.contains("line 2"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -202,6 +230,10 @@ mod tests {
         assert!(c.validate().is_err());
         let mut c = Config::dev(Path::new("/tmp/x"), "127.0.0.1:0".parse().unwrap());
         c.users[0].permissions[0].read = "(".into();
-        assert!(c.validate().unwrap_err().to_string().contains("bad permission pattern"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("bad permission pattern"));
     }
 }

@@ -20,7 +20,12 @@ impl AmqpError {
     pub fn new(code: u16, detail: impl fmt::Display) -> Self {
         let mut text = format!("{} - {}", reply::name(code), detail);
         truncate_short_str(&mut text);
-        AmqpError { code, text, class_id: 0, method_id: 0 }
+        AmqpError {
+            code,
+            text,
+            class_id: 0,
+            method_id: 0,
+        }
     }
 
     /// Records the method that caused the error (the class-id/method-id fields of the close).
@@ -98,12 +103,23 @@ pub type AmqpResult<T> = Result<T, AmqpError>;
 /// Renders up to 16 octets the way RabbitMQ's frame errors print a payload (`all octets = <<"abc">>` or
 /// `first 16 octets = <<1,2,3>>`), so texts read the same as RabbitMQ's.
 pub fn octets_snippet(payload: &[u8]) -> String {
-    let (label, shown) = if payload.len() > 16 { ("first 16", &payload[..16]) } else { ("all", payload) };
-    let printable = !shown.is_empty() && shown.iter().all(|b| (0x20..0x7f).contains(b) && *b != b'"' && *b != b'\\');
+    let (label, shown) = if payload.len() > 16 {
+        ("first 16", &payload[..16])
+    } else {
+        ("all", payload)
+    };
+    let printable = !shown.is_empty()
+        && shown
+            .iter()
+            .all(|b| (0x20..0x7f).contains(b) && *b != b'"' && *b != b'\\');
     let body = if printable {
         format!("\"{}\"", String::from_utf8_lossy(shown))
     } else {
-        shown.iter().map(u8::to_string).collect::<Vec<_>>().join(",")
+        shown
+            .iter()
+            .map(u8::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
     };
     format!("{label} octets = <<{body}>>")
 }
@@ -122,6 +138,9 @@ mod tests {
         assert!(long.text.len() <= 255 && !long.is_soft());
         assert_eq!(octets_snippet(b"hello"), "all octets = <<\"hello\">>");
         assert_eq!(octets_snippet(&[1, 2]), "all octets = <<1,2>>");
-        assert_eq!(octets_snippet(&[0; 20]).split(" = ").next(), Some("first 16 octets"));
+        assert_eq!(
+            octets_snippet(&[0; 20]).split(" = ").next(),
+            Some("first 16 octets")
+        );
     }
 }

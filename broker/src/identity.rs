@@ -12,7 +12,9 @@ pub enum IdentityError {
     NoCommonName,
     #[error("client certificate subject has {0} CNs; exactly one is required")]
     SeveralCommonNames(usize),
-    #[error("client certificate CN is not a valid identity (not UTF-8 or contains control characters)")]
+    #[error(
+        "client certificate CN is not a valid identity (not UTF-8 or contains control characters)"
+    )]
     BadCommonName,
 }
 
@@ -41,7 +43,9 @@ mod tests {
     use rustls::pki_types::{pem::PemObject, CertificateDer};
 
     fn der(pem: &str) -> Vec<u8> {
-        CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().to_vec()
+        CertificateDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .to_vec()
     }
 
     #[test]
@@ -53,9 +57,15 @@ mod tests {
         let mut none = DistinguishedName::new();
         none.push(DnType::OrganizationName, "x");
         let none = ca.issue_client_with(none, Validity::days(1)).unwrap();
-        assert_eq!(identity_from_certificate(&der(&none.cert)), Err(IdentityError::NoCommonName));
+        assert_eq!(
+            identity_from_certificate(&der(&none.cert)),
+            Err(IdentityError::NoCommonName)
+        );
 
         let ctl = ca.issue_client("ad\nmin", Validity::days(1)).unwrap();
-        assert_eq!(identity_from_certificate(&der(&ctl.cert)), Err(IdentityError::BadCommonName));
+        assert_eq!(
+            identity_from_certificate(&der(&ctl.cert)),
+            Err(IdentityError::BadCommonName)
+        );
     }
 }

@@ -12,7 +12,11 @@ use warren_broker::config::Config;
 use warren_broker::pki::DevPki;
 
 #[derive(Parser, Debug)]
-#[command(name = "warren", version, about = "A TLS-only AMQP 0-9-1 broker for OpenStack's control plane")]
+#[command(
+    name = "warren",
+    version,
+    about = "A TLS-only AMQP 0-9-1 broker for OpenStack's control plane"
+)]
 struct Args {
     /// Run the embedded development broker: its own CA, a localhost server certificate and an `admin`
     /// client certificate under DATA_DIR/tls, vhost `/`, user `admin`.
@@ -40,7 +44,8 @@ fn main() -> anyhow::Result<()> {
     }
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -50,16 +55,24 @@ fn main() -> anyhow::Result<()> {
     } else if let Some(path) = &args.config {
         Config::load(path)?
     } else {
-        anyhow::bail!("nothing to run: pass --dev for the embedded development broker or --config FILE");
+        anyhow::bail!(
+            "nothing to run: pass --dev for the embedded development broker or --config FILE"
+        );
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(serve(Arc::new(config), args.dev))
 }
 
 fn dev_config(data_dir: &Path, listen: SocketAddr) -> anyhow::Result<Config> {
-    let (_, created) = DevPki::ensure(&data_dir.join("tls")).context("creating the development PKI")?;
+    let (_, created) =
+        DevPki::ensure(&data_dir.join("tls")).context("creating the development PKI")?;
     if created {
-        eprintln!("warren --dev: created a CA and certificates in {}", data_dir.join("tls").display());
+        eprintln!(
+            "warren --dev: created a CA and certificates in {}",
+            data_dir.join("tls").display()
+        );
     }
     let config = Config::dev(data_dir, listen);
     config.validate()?;
@@ -71,7 +84,11 @@ async fn serve(config: Arc<Config>, dev: bool) -> anyhow::Result<()> {
     let server = warren_broker::Server::new(config.clone())?;
     let mut listeners = Vec::new();
     for addr in &config.listen {
-        listeners.push(TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?);
+        listeners.push(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?,
+        );
     }
     let bound = listeners[0].local_addr()?;
     if dev {
@@ -86,10 +103,11 @@ async fn serve(config: Arc<Config>, dev: bool) -> anyhow::Result<()> {
         let server = server.clone();
         let mut stop = stop_rx.clone();
         tasks.spawn(async move {
-            server.serve(listener, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
+            server
+                .serve(listener, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
         });
     }
     shutdown_signal().await;
@@ -113,7 +131,12 @@ async fn shutdown_signal() {
 
 fn print_dev_instructions(config: &Config, bound: SocketAddr) {
     let pki = DevPki::in_dir(&config.data_dir.join("tls"));
-    let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string();
+    let abs = |p: &Path| {
+        std::fs::canonicalize(p)
+            .unwrap_or_else(|_| p.to_path_buf())
+            .display()
+            .to_string()
+    };
     let (ca, cert, key) = (abs(&pki.ca_cert), abs(&pki.admin_cert), abs(&pki.admin_key));
     let port = bound.port();
     println!(

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -14,11 +14,17 @@ pub enum PkiError {
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
-    move |source| PkiError::Io { path: path.to_path_buf(), source }
+    move |source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// A certificate and its private key, both PEM.
@@ -45,7 +51,10 @@ impl Validity {
     /// From an hour ago (clock skew) for `days` days.
     pub fn days(days: i64) -> Self {
         let now = OffsetDateTime::now_utc();
-        Validity { not_before: now - Duration::hours(1), not_after: now + Duration::days(days) }
+        Validity {
+            not_before: now - Duration::hours(1),
+            not_after: now + Duration::days(days),
+        }
     }
 }
 
@@ -62,14 +71,24 @@ impl CertificateAuthority {
         let mut params = CertificateParams::default();
         params.distinguished_name = subject(common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let v = Validity::days(3650);
         params.not_before = v.not_before;
         params.not_after = v.not_after;
         let key = KeyPair::generate()?;
         let cert = params.self_signed(&key)?;
-        let pem = Pem { cert: cert.pem(), key: key.serialize_pem() };
-        Ok(CertificateAuthority { pem, issuer: Issuer::new(params, key) })
+        let pem = Pem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        };
+        Ok(CertificateAuthority {
+            pem,
+            issuer: Issuer::new(params, key),
+        })
     }
 
     /// Loads a CA from its PEM certificate and key.
@@ -80,13 +99,20 @@ impl CertificateAuthority {
     }
 
     /// Issues a server certificate for the given DNS names and IP addresses.
-    pub fn issue_server(&self, common_name: &str, names: &[&str], validity: Validity) -> Result<Pem, PkiError> {
+    pub fn issue_server(
+        &self,
+        common_name: &str,
+        names: &[&str],
+        validity: Validity,
+    ) -> Result<Pem, PkiError> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         for name in names {
-            params.subject_alt_names.push(match name.parse::<std::net::IpAddr>() {
-                Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName((*name).try_into()?),
-            });
+            params
+                .subject_alt_names
+                .push(match name.parse::<std::net::IpAddr>() {
+                    Ok(ip) => SanType::IpAddress(ip),
+                    Err(_) => SanType::DnsName((*name).try_into()?),
+                });
         }
         params.distinguished_name = subject(common_name);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -94,7 +120,11 @@ impl CertificateAuthority {
     }
 
     /// Issues a client certificate whose subject is built by `dn` (normally one CN: the user's name).
-    pub fn issue_client_with(&self, dn: DistinguishedName, validity: Validity) -> Result<Pem, PkiError> {
+    pub fn issue_client_with(
+        &self,
+        dn: DistinguishedName,
+        validity: Validity,
+    ) -> Result<Pem, PkiError> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name = dn;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -110,10 +140,16 @@ impl CertificateAuthority {
         params.not_before = validity.not_before;
         params.not_after = validity.not_after;
         params.use_authority_key_identifier_extension = true;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(Pem { cert: cert.pem(), key: key.serialize_pem() })
+        Ok(Pem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        })
     }
 }
 
@@ -160,7 +196,11 @@ impl DevPki {
         };
         let mut created = false;
         if !(pki.server_cert.exists() && pki.server_key.exists()) {
-            let pem = ca.issue_server("localhost", &["localhost", "127.0.0.1", "::1"], Validity::days(825))?;
+            let pem = ca.issue_server(
+                "localhost",
+                &["localhost", "127.0.0.1", "::1"],
+                Validity::days(825),
+            )?;
             write_pair(&pki.server_cert, &pki.server_key, &pem)?;
             created = true;
         }

@@ -27,7 +27,10 @@ impl Server {
     pub fn new(config: Arc<Config>) -> anyhow::Result<Self> {
         let tls = crate::tls::server_config(&config.tls)?;
         let broker = Broker::new(config)?;
-        Ok(Server { broker, acceptor: TlsAcceptor::from(tls) })
+        Ok(Server {
+            broker,
+            acceptor: TlsAcceptor::from(tls),
+        })
     }
 
     /// Serves `listener` until `shutdown` completes, then closes every connection and returns once they
@@ -68,14 +71,21 @@ impl Server {
         debug!("shutting down: closing connections");
         let _ = stop_tx.send(true);
         let drain = async { while connections.join_next().await.is_some() {} };
-        if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), drain)
+            .await
+            .is_err()
+        {
             connections.abort_all();
         }
     }
 }
 
 /// Builds a server from `config` and serves `listener` until `shutdown`.
-pub async fn run(config: Arc<Config>, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    config: Arc<Config>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let server = Server::new(config)?;
     server.serve(listener, shutdown).await;
     Ok(())

@@ -17,9 +17,16 @@ use crate::config::TlsConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: no PEM {what} found ({detail})")]
-    Pem { path: PathBuf, what: &'static str, detail: String },
+    Pem {
+        path: PathBuf,
+        what: &'static str,
+        detail: String,
+    },
     #[error(
         "refusing to start: key file {path} has mode {mode:04o}; it must not be readable by group or others (chmod 600 {path})"
     )]
@@ -34,25 +41,46 @@ pub enum TlsError {
 
 /// Refuses a private key readable by group or others, or owned by another user.
 pub fn check_key_file(path: &Path) -> Result<(), TlsError> {
-    let meta = fs::metadata(path).map_err(|source| TlsError::Read { path: path.to_path_buf(), source })?;
+    let meta = fs::metadata(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
-        return Err(TlsError::KeyPermissions { path: path.to_path_buf(), mode });
+        return Err(TlsError::KeyPermissions {
+            path: path.to_path_buf(),
+            mode,
+        });
     }
     let me = rustix::process::geteuid().as_raw();
     if meta.uid() != me {
-        return Err(TlsError::KeyOwner { path: path.to_path_buf(), owner: meta.uid(), me });
+        return Err(TlsError::KeyOwner {
+            path: path.to_path_buf(),
+            owner: meta.uid(),
+            me,
+        });
     }
     Ok(())
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let data = fs::read(path).map_err(|source| TlsError::Read { path: path.to_path_buf(), source })?;
+    let data = fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let certs = CertificateDer::pem_slice_iter(&data)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Pem { path: path.to_path_buf(), what: "certificate", detail: e.to_string() })?;
+        .map_err(|e| TlsError::Pem {
+            path: path.to_path_buf(),
+            what: "certificate",
+            detail: e.to_string(),
+        })?;
     if certs.is_empty() {
-        return Err(TlsError::Pem { path: path.to_path_buf(), what: "certificate", detail: "empty".into() });
+        return Err(TlsError::Pem {
+            path: path.to_path_buf(),
+            what: "certificate",
+            detail: "empty".into(),
+        });
     }
     Ok(certs)
 }
@@ -62,16 +90,28 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
     check_key_file(&tls.key)?;
     let mut roots = RootCertStore::empty();
     for ca in read_certs(&tls.ca_bundle)? {
-        roots.add(ca).map_err(|e| TlsError::CaBundle { path: tls.ca_bundle.clone(), detail: e.to_string() })?;
+        roots.add(ca).map_err(|e| TlsError::CaBundle {
+            path: tls.ca_bundle.clone(),
+            detail: e.to_string(),
+        })?;
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
-        .map_err(|e| TlsError::CaBundle { path: tls.ca_bundle.clone(), detail: e.to_string() })?;
+        .map_err(|e| TlsError::CaBundle {
+            path: tls.ca_bundle.clone(),
+            detail: e.to_string(),
+        })?;
     let chain = read_certs(&tls.cert)?;
-    let key_data = fs::read(&tls.key).map_err(|source| TlsError::Read { path: tls.key.clone(), source })?;
-    let key = PrivateKeyDer::from_pem_slice(&key_data)
-        .map_err(|e| TlsError::Pem { path: tls.key.clone(), what: "private key", detail: e.to_string() })?;
+    let key_data = fs::read(&tls.key).map_err(|source| TlsError::Read {
+        path: tls.key.clone(),
+        source,
+    })?;
+    let key = PrivateKeyDer::from_pem_slice(&key_data).map_err(|e| TlsError::Pem {
+        path: tls.key.clone(),
+        what: "private key",
+        detail: e.to_string(),
+    })?;
     let config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_client_cert_verifier(verifier)

@@ -33,10 +33,18 @@ impl User {
         for p in &config.permissions {
             permissions.insert(
                 p.vhost.clone(),
-                Permission { configure: anchored(&p.configure)?, write: anchored(&p.write)?, read: anchored(&p.read)? },
+                Permission {
+                    configure: anchored(&p.configure)?,
+                    write: anchored(&p.write)?,
+                    read: anchored(&p.read)?,
+                },
             );
         }
-        Ok(User { name: config.name.clone(), tags: config.tags.clone(), permissions })
+        Ok(User {
+            name: config.name.clone(),
+            tags: config.tags.clone(),
+            permissions,
+        })
     }
 
     /// connection.open is allowed when the user has any permission entry on the vhost.

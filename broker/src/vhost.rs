@@ -42,7 +42,12 @@ impl fmt::Display for Resource<'_> {
     }
 }
 
-fn inequivalent(field: &str, resource: Resource<'_>, received: impl fmt::Display, current: impl fmt::Display) -> AmqpError {
+fn inequivalent(
+    field: &str,
+    resource: Resource<'_>,
+    received: impl fmt::Display,
+    current: impl fmt::Display,
+) -> AmqpError {
     AmqpError::precondition(format!("inequivalent arg '{field}' for {resource}: received '{received}' but current is '{current}'"))
 }
 
@@ -54,7 +59,12 @@ pub struct DeclaredQueue {
 
 impl Vhost {
     pub fn new(name: &str) -> Arc<Self> {
-        let vhost = Vhost { name: name.to_string(), exchanges: DashMap::new(), queues: DashMap::new(), topology: Mutex::new(()) };
+        let vhost = Vhost {
+            name: name.to_string(),
+            exchanges: DashMap::new(),
+            queues: DashMap::new(),
+            topology: Mutex::new(()),
+        };
         for (name, kind) in STANDARD_EXCHANGES {
             let spec = ExchangeSpec {
                 name: (*name).to_string(),
@@ -64,7 +74,9 @@ impl Vhost {
                 internal: false,
                 arguments: FieldTable::default(),
             };
-            vhost.exchanges.insert((*name).to_string(), Exchange::new(spec));
+            vhost
+                .exchanges
+                .insert((*name).to_string(), Exchange::new(spec));
         }
         Arc::new(vhost)
     }
@@ -82,7 +94,10 @@ impl Vhost {
     }
 
     pub fn exchange(&self, name: &str) -> AmqpResult<Arc<Exchange>> {
-        self.exchanges.get(name).map(|e| e.clone()).ok_or_else(|| self.no_exchange(name))
+        self.exchanges
+            .get(name)
+            .map(|e| e.clone())
+            .ok_or_else(|| self.no_exchange(name))
     }
 
     pub fn find_queue(&self, name: &str) -> Option<Arc<Queue>> {
@@ -98,7 +113,12 @@ impl Vhost {
 
     /// RabbitMQ's `check_exclusive_access`: another connection's exclusive queue is locked; in strict mode
     /// (redeclare) a different exclusivity is too.
-    fn check_exclusive(&self, queue: &Queue, owner: Option<ConnectionId>, strict: bool) -> AmqpResult<()> {
+    fn check_exclusive(
+        &self,
+        queue: &Queue,
+        owner: Option<ConnectionId>,
+        strict: bool,
+    ) -> AmqpResult<()> {
         let locked = match (queue.spec.exclusive_owner, owner) {
             (Some(existing), Some(requester)) => existing != requester,
             (Some(_), None) => true,
@@ -119,7 +139,9 @@ impl Vhost {
             return self.exchange(&spec.name);
         }
         if spec.name.is_empty() {
-            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
         }
         let _topology = self.topology.lock();
         let existing = match self.exchanges.get(&spec.name) {
@@ -127,30 +149,53 @@ impl Vhost {
             None => {
                 check_name("exchange", &spec.name)?;
                 let exchange = Exchange::new(spec);
-                self.exchanges.insert(exchange.name().to_string(), exchange.clone());
+                self.exchanges
+                    .insert(exchange.name().to_string(), exchange.clone());
                 return Ok(exchange);
             }
         };
         let current = &existing.spec;
         let res = || self.resource("exchange", &spec.name);
         if current.kind != spec.kind {
-            return Err(inequivalent("type", res(), spec.kind.as_str(), current.kind.as_str()));
+            return Err(inequivalent(
+                "type",
+                res(),
+                spec.kind.as_str(),
+                current.kind.as_str(),
+            ));
         }
         if current.durable != spec.durable {
-            return Err(inequivalent("durable", res(), spec.durable, current.durable));
+            return Err(inequivalent(
+                "durable",
+                res(),
+                spec.durable,
+                current.durable,
+            ));
         }
         if current.auto_delete != spec.auto_delete {
-            return Err(inequivalent("auto_delete", res(), spec.auto_delete, current.auto_delete));
+            return Err(inequivalent(
+                "auto_delete",
+                res(),
+                spec.auto_delete,
+                current.auto_delete,
+            ));
         }
         if current.internal != spec.internal {
-            return Err(inequivalent("internal", res(), spec.internal, current.internal));
+            return Err(inequivalent(
+                "internal",
+                res(),
+                spec.internal,
+                current.internal,
+            ));
         }
         Ok(existing)
     }
 
     pub fn delete_exchange(&self, name: &str, if_unused: bool) -> AmqpResult<()> {
         if name.is_empty() {
-            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
         }
         if name.starts_with("amq.") {
             return Err(AmqpError::access_refused(format!(
@@ -163,17 +208,31 @@ impl Vhost {
         let Some(exchange) = self.exchanges.get(name).map(|e| e.clone()) else {
             return Ok(());
         };
-        if if_unused && (exchange.binding_count() > 0 || self.has_bindings_to(&Destination::Exchange(name.into()))) {
-            return Err(AmqpError::precondition(format!("{} in use", self.resource("exchange", name))));
+        if if_unused
+            && (exchange.binding_count() > 0
+                || self.has_bindings_to(&Destination::Exchange(name.into())))
+        {
+            return Err(AmqpError::precondition(format!(
+                "{} in use",
+                self.resource("exchange", name)
+            )));
         }
         self.exchanges.remove(name);
         self.remove_bindings_to(&Destination::Exchange(name.into()));
         Ok(())
     }
 
-    pub fn declare_queue(&self, spec: QueueSpec, passive: bool, connection: ConnectionId) -> AmqpResult<DeclaredQueue> {
+    pub fn declare_queue(
+        &self,
+        spec: QueueSpec,
+        passive: bool,
+        connection: ConnectionId,
+    ) -> AmqpResult<DeclaredQueue> {
         if passive {
-            return Ok(DeclaredQueue { queue: self.queue(&spec.name, connection)?, created: false });
+            return Ok(DeclaredQueue {
+                queue: self.queue(&spec.name, connection)?,
+                created: false,
+            });
         }
         check_name("queue", &spec.name)?;
         let _topology = self.topology.lock();
@@ -182,20 +241,42 @@ impl Vhost {
             let current = &existing.spec;
             let res = || self.resource("queue", &spec.name);
             if current.durable != spec.durable {
-                return Err(inequivalent("durable", res(), spec.durable, current.durable));
+                return Err(inequivalent(
+                    "durable",
+                    res(),
+                    spec.durable,
+                    current.durable,
+                ));
             }
             if current.auto_delete != spec.auto_delete {
-                return Err(inequivalent("auto_delete", res(), spec.auto_delete, current.auto_delete));
+                return Err(inequivalent(
+                    "auto_delete",
+                    res(),
+                    spec.auto_delete,
+                    current.auto_delete,
+                ));
             }
-            return Ok(DeclaredQueue { queue: existing, created: false });
+            return Ok(DeclaredQueue {
+                queue: existing,
+                created: false,
+            });
         }
         let queue = Queue::new(&self.name, spec);
         self.queues.insert(queue.name().to_string(), queue.clone());
-        Ok(DeclaredQueue { queue, created: true })
+        Ok(DeclaredQueue {
+            queue,
+            created: true,
+        })
     }
 
     /// Deletes a queue with queue.delete's checks; returns the number of ready messages dropped.
-    pub fn delete_queue(&self, name: &str, if_unused: bool, if_empty: bool, connection: ConnectionId) -> AmqpResult<u32> {
+    pub fn delete_queue(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        connection: ConnectionId,
+    ) -> AmqpResult<u32> {
         let _topology = self.topology.lock();
         let Some(queue) = self.find_queue(name) else {
             return Ok(0);
@@ -203,10 +284,16 @@ impl Vhost {
         self.check_exclusive(&queue, Some(connection), false)?;
         // A classic queue checks if-empty before if-unused (rabbit_amqqueue_process).
         if if_empty && queue.message_count() > 0 {
-            return Err(AmqpError::precondition(format!("{} not empty", self.resource("queue", name))));
+            return Err(AmqpError::precondition(format!(
+                "{} not empty",
+                self.resource("queue", name)
+            )));
         }
         if if_unused && queue.consumer_count() > 0 {
-            return Err(AmqpError::precondition(format!("{} in use", self.resource("queue", name))));
+            return Err(AmqpError::precondition(format!(
+                "{} in use",
+                self.resource("queue", name)
+            )));
         }
         Ok(self.remove_queue_locked(&queue))
     }
@@ -218,20 +305,25 @@ impl Vhost {
     }
 
     fn remove_queue_locked(&self, queue: &Arc<Queue>) -> u32 {
-        self.queues.remove_if(queue.name(), |_, q| Arc::ptr_eq(q, queue));
+        self.queues
+            .remove_if(queue.name(), |_, q| Arc::ptr_eq(q, queue));
         self.remove_bindings_to(&Destination::Queue(queue.clone()));
         let (count, consumers) = queue.mark_deleted();
         for consumer in consumers {
-            let _ = consumer.outbox.send(crate::connection::outbound::Outbound::Cancelled {
-                channel: consumer.channel,
-                consumer: consumer.clone(),
-            });
+            let _ = consumer
+                .outbox
+                .send(crate::connection::outbound::Outbound::Cancelled {
+                    channel: consumer.channel,
+                    consumer: consumer.clone(),
+                });
         }
         count
     }
 
     fn has_bindings_to(&self, destination: &Destination) -> bool {
-        self.exchanges.iter().any(|e| e.bindings().iter().any(|b| &b.destination == destination))
+        self.exchanges
+            .iter()
+            .any(|e| e.bindings().iter().any(|b| &b.destination == destination))
     }
 
     fn remove_bindings_to(&self, destination: &Destination) {
@@ -241,20 +333,45 @@ impl Vhost {
     }
 
     /// queue.bind / exchange.bind: both ends must exist; the default exchange takes no bindings.
-    pub fn bind(&self, source: &str, destination: Destination, routing_key: &str, arguments: FieldTable) -> AmqpResult<()> {
+    pub fn bind(
+        &self,
+        source: &str,
+        destination: Destination,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> AmqpResult<()> {
         self.binding_action(source, destination, routing_key, arguments, true)
     }
 
-    pub fn unbind(&self, source: &str, destination: Destination, routing_key: &str, arguments: FieldTable) -> AmqpResult<()> {
+    pub fn unbind(
+        &self,
+        source: &str,
+        destination: Destination,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> AmqpResult<()> {
         self.binding_action(source, destination, routing_key, arguments, false)
     }
 
-    fn binding_action(&self, source: &str, destination: Destination, routing_key: &str, arguments: FieldTable, add: bool) -> AmqpResult<()> {
+    fn binding_action(
+        &self,
+        source: &str,
+        destination: Destination,
+        routing_key: &str,
+        arguments: FieldTable,
+        add: bool,
+    ) -> AmqpResult<()> {
         if source.is_empty() || matches!(&destination, Destination::Exchange(d) if d.is_empty()) {
-            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
         }
         let _topology = self.topology.lock();
-        let binding = Binding { destination, routing_key: routing_key.to_string(), arguments };
+        let binding = Binding {
+            destination,
+            routing_key: routing_key.to_string(),
+            arguments,
+        };
         if !add {
             // Unbinding what does not exist, even between missing objects, succeeds (rabbit_db_binding).
             if let Some(exchange) = self.exchanges.get(source) {
@@ -308,7 +425,11 @@ impl Vhost {
 
     /// Exclusive queues owned by a closing connection.
     pub fn queues_owned_by(&self, connection: ConnectionId) -> Vec<Arc<Queue>> {
-        self.queues.iter().filter(|q| q.spec.exclusive_owner == Some(connection)).map(|q| q.clone()).collect()
+        self.queues
+            .iter()
+            .filter(|q| q.spec.exclusive_owner == Some(connection))
+            .map(|q| q.clone())
+            .collect()
     }
 
     pub fn queue_names(&self) -> Vec<String> {
@@ -319,7 +440,9 @@ impl Vhost {
 /// RabbitMQ reserves the `amq.` prefix for broker-defined objects (`rabbit_channel:check_name`).
 fn check_name(kind: &str, name: &str) -> AmqpResult<()> {
     if name.starts_with("amq.") {
-        return Err(AmqpError::access_refused(format!("{kind} name '{name}' contains reserved prefix 'amq.*'")));
+        return Err(AmqpError::access_refused(format!(
+            "{kind} name '{name}' contains reserved prefix 'amq.*'"
+        )));
     }
     Ok(())
 }

@@ -31,11 +31,22 @@ impl ContentHeader {
         }
         let class_id = u16::from_be_bytes([payload[0], payload[1]]);
         let body_size = u64::from_be_bytes([
-            payload[4], payload[5], payload[6], payload[7], payload[8], payload[9], payload[10], payload[11],
+            payload[4],
+            payload[5],
+            payload[6],
+            payload[7],
+            payload[8],
+            payload[9],
+            payload[10],
+            payload[11],
         ]);
         let properties = payload.slice(12..);
         BasicProperties::parse(&properties)?;
-        Ok(ContentHeader { class_id, body_size, properties })
+        Ok(ContentHeader {
+            class_id,
+            body_size,
+            properties,
+        })
     }
 }
 
@@ -170,7 +181,9 @@ mod tests {
     use amq_protocol::types::{AMQPValue, LongString};
 
     fn encode(props: &AMQPProperties) -> Vec<u8> {
-        gen_properties(props)(WriteContext::from(Vec::new())).unwrap().write
+        gen_properties(props)(WriteContext::from(Vec::new()))
+            .unwrap()
+            .write
     }
 
     #[test]
@@ -201,7 +214,10 @@ mod tests {
     #[test]
     fn truncated_properties_are_refused() {
         let raw = encode(&AMQPProperties::default().with_app_id("app".into()));
-        assert_eq!(BasicProperties::parse(&raw[..raw.len() - 1]), Err(ContentError::BadProperties));
+        assert_eq!(
+            BasicProperties::parse(&raw[..raw.len() - 1]),
+            Err(ContentError::BadProperties)
+        );
         assert!(ContentHeader::parse(Bytes::from_static(&[0, 60, 0, 0])).is_err());
     }
 }

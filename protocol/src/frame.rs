@@ -55,7 +55,10 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<RawFram
     let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]);
     let total = u64::from(size) + u64::from(FRAME_OVERHEAD);
     if frame_max != 0 && total > u64::from(frame_max) {
-        return Err(FrameError::TooLarge { size: total, max: frame_max });
+        return Err(FrameError::TooLarge {
+            size: total,
+            max: frame_max,
+        });
     }
     // `total` fits in usize: it is at most frame_max + 8 on any platform this builds for.
     let total = total as usize;
@@ -70,11 +73,20 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<RawFram
     buf.advance(7);
     let payload = buf.split_to(size as usize).freeze();
     buf.advance(1);
-    Ok(Some(RawFrame { kind, channel, payload }))
+    Ok(Some(RawFrame {
+        kind,
+        channel,
+        payload,
+    }))
 }
 
 /// Appends a frame whose payload is written by `write_payload`, patching the size in afterwards.
-pub fn encode_frame_with(out: &mut BytesMut, frame_type: u8, channel: u16, write_payload: impl FnOnce(&mut BytesMut)) {
+pub fn encode_frame_with(
+    out: &mut BytesMut,
+    frame_type: u8,
+    channel: u16,
+    write_payload: impl FnOnce(&mut BytesMut),
+) {
     out.put_u8(frame_type);
     out.put_u16(channel);
     let size_at = out.len();
@@ -92,7 +104,13 @@ pub fn encode_heartbeat(out: &mut BytesMut) {
 }
 
 /// Appends a content header frame: class, weight 0, body size, and the properties exactly as given.
-pub fn encode_content_header(out: &mut BytesMut, channel: u16, class_id: u16, body_size: u64, raw_properties: &[u8]) {
+pub fn encode_content_header(
+    out: &mut BytesMut,
+    channel: u16,
+    class_id: u16,
+    body_size: u64,
+    raw_properties: &[u8],
+) {
     encode_frame_with(out, FRAME_HEADER, channel, |b| {
         b.put_u16(class_id);
         b.put_u16(0);
@@ -132,14 +150,23 @@ mod tests {
         assert!(decode_frame(&mut partial, 4096).unwrap().is_none());
         partial.unsplit(whole);
         let f = decode_frame(&mut partial, 4096).unwrap().unwrap();
-        assert_eq!((f.kind, f.channel, &f.payload[..]), (FrameKind::Body, 3, &b"hello"[..]));
+        assert_eq!(
+            (f.kind, f.channel, &f.payload[..]),
+            (FrameKind::Body, 3, &b"hello"[..])
+        );
         assert!(partial.is_empty());
     }
 
     #[test]
     fn rejects_oversized_frames_before_reading_the_payload() {
         let mut b = BytesMut::from(&[FRAME_METHOD, 0, 1, 0, 0, 0x10, 0x00][..]);
-        assert_eq!(decode_frame(&mut b, 4096).unwrap_err(), FrameError::TooLarge { size: 4104, max: 4096 });
+        assert_eq!(
+            decode_frame(&mut b, 4096).unwrap_err(),
+            FrameError::TooLarge {
+                size: 4104,
+                max: 4096
+            }
+        );
     }
 
     #[test]
@@ -147,9 +174,15 @@ mod tests {
         let mut b = frame(FRAME_METHOD, 1, b"x");
         let last = b.len() - 1;
         b[last] = 0;
-        assert_eq!(decode_frame(&mut b, 4096).unwrap_err(), FrameError::BadFrameEnd(0));
+        assert_eq!(
+            decode_frame(&mut b, 4096).unwrap_err(),
+            FrameError::BadFrameEnd(0)
+        );
         let mut b = frame(9, 1, b"x");
-        assert_eq!(decode_frame(&mut b, 4096).unwrap_err(), FrameError::UnknownType(9));
+        assert_eq!(
+            decode_frame(&mut b, 4096).unwrap_err(),
+            FrameError::UnknownType(9)
+        );
     }
 
     #[test]

@@ -24,7 +24,10 @@ pub fn method_ids(payload: &[u8]) -> (u16, u16) {
     if payload.len() < 4 {
         return (0, 0);
     }
-    (u16::from_be_bytes([payload[0], payload[1]]), u16::from_be_bytes([payload[2], payload[3]]))
+    (
+        u16::from_be_bytes([payload[0], payload[1]]),
+        u16::from_be_bytes([payload[2], payload[3]]),
+    )
 }
 
 /// Decodes a method frame's payload. Trailing bytes after the arguments are a syntax error.
@@ -32,8 +35,14 @@ pub fn decode_method(payload: &[u8]) -> Result<AMQPClass, MethodError> {
     let (class_id, method_id) = method_ids(payload);
     match parse_class(payload) {
         Ok((rest, class)) if rest.is_empty() => Ok(class),
-        _ if is_known(class_id, method_id) => Err(MethodError::Malformed { class_id, method_id }),
-        _ => Err(MethodError::Unknown { class_id, method_id }),
+        _ if is_known(class_id, method_id) => Err(MethodError::Malformed {
+            class_id,
+            method_id,
+        }),
+        _ => Err(MethodError::Unknown {
+            class_id,
+            method_id,
+        }),
     }
 }
 
@@ -44,7 +53,9 @@ fn is_known(class_id: u16, method_id: u16) -> bool {
         30 => &[10, 11],
         CLASS_EXCHANGE => &[10, 11, 20, 21, 30, 31, 40, 51],
         CLASS_QUEUE => &[10, 11, 20, 21, 30, 31, 40, 41, 50, 51],
-        CLASS_BASIC => &[10, 11, 20, 21, 30, 31, 40, 50, 60, 70, 71, 72, 80, 90, 100, 110, 111, 120],
+        CLASS_BASIC => &[
+            10, 11, 20, 21, 30, 31, 40, 50, 60, 70, 71, 72, 80, 90, 100, 110, 111, 120,
+        ],
         CLASS_CONFIRM => &[10, 11],
         CLASS_TX => &[10, 11, 20, 21, 30, 31],
         _ => &[],
@@ -113,7 +124,13 @@ pub fn encode_get_ok(
 }
 
 /// Appends a publisher-confirm basic.ack (60/80) or basic.nack (60/120).
-pub fn encode_confirm(out: &mut BytesMut, channel: u16, delivery_tag: u64, multiple: bool, ack: bool) {
+pub fn encode_confirm(
+    out: &mut BytesMut,
+    channel: u16,
+    delivery_tag: u64,
+    multiple: bool,
+    ack: bool,
+) {
     encode_frame_with(out, FRAME_METHOD, channel, |b| {
         b.put_u16(CLASS_BASIC);
         if ack {
@@ -154,18 +171,37 @@ mod tests {
             exchange: "amq.topic".into(),
             routing_key: "a.b".into(),
         };
-        encode_method(&mut generic, 5, &AMQPClass::Basic(basic::AMQPMethod::Deliver(deliver)));
+        encode_method(
+            &mut generic,
+            5,
+            &AMQPClass::Basic(basic::AMQPMethod::Deliver(deliver)),
+        );
         assert_eq!(fast, generic);
     }
 
     #[test]
     fn round_trips_and_classifies_errors() {
         let mut out = BytesMut::new();
-        let qos = AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos { prefetch_count: 10, global: true }));
+        let qos = AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos {
+            prefetch_count: 10,
+            global: true,
+        }));
         encode_method(&mut out, 1, &qos);
         let frame = decode_frame(&mut out, 4096).unwrap().unwrap();
         assert_eq!(decode_method(&frame.payload).unwrap(), qos);
-        assert_eq!(decode_method(&[0, 60, 0, 10]), Err(MethodError::Malformed { class_id: 60, method_id: 10 }));
-        assert_eq!(decode_method(&[0, 61, 0, 10]), Err(MethodError::Unknown { class_id: 61, method_id: 10 }));
+        assert_eq!(
+            decode_method(&[0, 60, 0, 10]),
+            Err(MethodError::Malformed {
+                class_id: 60,
+                method_id: 10
+            })
+        );
+        assert_eq!(
+            decode_method(&[0, 61, 0, 10]),
+            Err(MethodError::Unknown {
+                class_id: 61,
+                method_id: 10
+            })
+        );
     }
 }

@@ -15,7 +15,12 @@ use crate::queue::consumer::{Consumer, Limit};
 use crate::queue::{Entry, Queue};
 
 impl Channel {
-    pub(super) fn basic_method(&mut self, s: &mut Session, method: basic::AMQPMethod, payload: &[u8]) -> AmqpResult<()> {
+    pub(super) fn basic_method(
+        &mut self,
+        s: &mut Session,
+        method: basic::AMQPMethod,
+        payload: &[u8],
+    ) -> AmqpResult<()> {
         match method {
             basic::AMQPMethod::Publish(p) => self.start_publish(s, p),
             basic::AMQPMethod::Ack(a) => self.settle(a.delivery_tag, a.multiple, None),
@@ -28,14 +33,22 @@ impl Channel {
                     remove_consumer(s, &reg);
                 }
                 if !c.nowait {
-                    s.send(self.id, AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk { consumer_tag: c.consumer_tag })));
+                    s.send(
+                        self.id,
+                        AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
+                            consumer_tag: c.consumer_tag,
+                        })),
+                    );
                 }
                 Ok(())
             }
             basic::AMQPMethod::Get(g) => self.get(s, g),
             basic::AMQPMethod::Recover(r) => {
                 self.recover(r.requeue)?;
-                s.send(self.id, AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})));
+                s.send(
+                    self.id,
+                    AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
+                );
                 Ok(())
             }
             basic::AMQPMethod::RecoverAsync(r) => self.recover(r.requeue),
@@ -45,9 +58,13 @@ impl Channel {
 
     fn qos(&mut self, s: &mut Session, q: basic::Qos, payload: &[u8]) -> AmqpResult<()> {
         // amq-protocol drops prefetch-size; RabbitMQ refuses a non-zero one, so read it from the payload.
-        let prefetch_size = payload.get(4..8).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        let prefetch_size = payload
+            .get(4..8)
+            .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
         if prefetch_size != 0 {
-            return Err(AmqpError::not_implemented(format!("prefetch_size!=0 ({prefetch_size})")));
+            return Err(AmqpError::not_implemented(format!(
+                "prefetch_size!=0 ({prefetch_size})"
+            )));
         }
         if q.global {
             self.credit.global.set_limit(u32::from(q.prefetch_count));
@@ -55,7 +72,10 @@ impl Channel {
         } else {
             self.consumer_prefetch = u32::from(q.prefetch_count);
         }
-        s.send(self.id, AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})));
+        s.send(
+            self.id,
+            AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
+        );
         Ok(())
     }
 
@@ -68,7 +88,9 @@ impl Channel {
             c.consumer_tag.as_str().into()
         };
         if self.consumers.contains_key(&tag) {
-            return Err(AmqpError::not_allowed(format!("attempt to reuse consumer tag '{tag}'")));
+            return Err(AmqpError::not_allowed(format!(
+                "attempt to reuse consumer tag '{tag}'"
+            )));
         }
         let consumer = Arc::new(Consumer {
             tag: tag.clone(),
@@ -83,13 +105,27 @@ impl Channel {
         });
         // consume-ok is encoded now; deliveries the queue pushes meanwhile arrive through the outbox, so
         // the client always sees consume-ok first.
-        self.consumers.insert(tag.clone(), Registration { consumer: consumer.clone(), queue: queue.clone() });
+        self.consumers.insert(
+            tag.clone(),
+            Registration {
+                consumer: consumer.clone(),
+                queue: queue.clone(),
+            },
+        );
         if !queue.add_consumer(consumer) {
             self.consumers.remove(&tag);
-            return Err(AmqpError::access_refused(format!("queue '{}' in vhost '{}' in exclusive use", name, s.vhost.name)));
+            return Err(AmqpError::access_refused(format!(
+                "queue '{}' in vhost '{}' in exclusive use",
+                name, s.vhost.name
+            )));
         }
         if !c.nowait {
-            s.send(self.id, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk { consumer_tag: tag.as_ref().into() })));
+            s.send(
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                    consumer_tag: tag.as_ref().into(),
+                })),
+            );
         }
         Ok(())
     }
@@ -98,15 +134,31 @@ impl Channel {
         let name = self.queue_name(g.queue.as_str())?;
         let queue = s.vhost.queue(&name, s.id)?;
         let Some((entry, message_count)) = queue.get() else {
-            s.send(self.id, AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})));
+            s.send(
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
+            );
             return Ok(());
         };
         let tag = self.next_tag();
         let m = &entry.message;
-        encode_get_ok(&mut s.out, self.id, tag, entry.redelivered, m.exchange.as_bytes(), m.routing_key.as_bytes(), message_count);
+        encode_get_ok(
+            &mut s.out,
+            self.id,
+            tag,
+            entry.redelivered,
+            m.exchange.as_bytes(),
+            m.routing_key.as_bytes(),
+            message_count,
+        );
         s.send_content(self.id, m);
         if !g.no_ack {
-            self.unacked.push(Delivered { tag, queue, entry, consumer: None });
+            self.unacked.push(Delivered {
+                tag,
+                queue,
+                entry,
+                consumer: None,
+            });
         }
         Ok(())
     }
@@ -119,8 +171,10 @@ impl Channel {
 
     /// basic.ack (requeue None), basic.nack and basic.reject (requeue Some).
     fn settle(&mut self, tag: u64, multiple: bool, requeue_to: Option<bool>) -> AmqpResult<()> {
-        let settled =
-            self.unacked.take(tag, multiple).ok_or_else(|| AmqpError::precondition(format!("unknown delivery tag {tag}")))?;
+        let settled = self
+            .unacked
+            .take(tag, multiple)
+            .ok_or_else(|| AmqpError::precondition(format!("unknown delivery tag {tag}")))?;
         self.needs_dispatch = true;
         if requeue_to == Some(true) {
             requeue(settled);
@@ -143,19 +197,40 @@ impl Channel {
     }
 
     pub fn has_consumer(&self, consumer: &Arc<Consumer>) -> bool {
-        self.consumers.get(&consumer.tag).is_some_and(|r| Arc::ptr_eq(&r.consumer, consumer))
+        self.consumers
+            .get(&consumer.tag)
+            .is_some_and(|r| Arc::ptr_eq(&r.consumer, consumer))
     }
 
     /// Writes a delivery pushed by a queue and records it for acknowledgement.
-    pub fn deliver(&mut self, s: &mut Session, consumer: Arc<Consumer>, queue: Arc<Queue>, entry: Entry) {
+    pub fn deliver(
+        &mut self,
+        s: &mut Session,
+        consumer: Arc<Consumer>,
+        queue: Arc<Queue>,
+        entry: Entry,
+    ) {
         let tag = self.next_tag();
         let m = &entry.message;
-        encode_deliver(&mut s.out, self.id, consumer.tag.as_bytes(), tag, entry.redelivered, m.exchange.as_bytes(), m.routing_key.as_bytes());
+        encode_deliver(
+            &mut s.out,
+            self.id,
+            consumer.tag.as_bytes(),
+            tag,
+            entry.redelivered,
+            m.exchange.as_bytes(),
+            m.routing_key.as_bytes(),
+        );
         s.send_content(self.id, m);
         if consumer.no_ack {
             consumer.release_credit(1);
         } else {
-            self.unacked.push(Delivered { tag, queue, entry, consumer: Some(consumer) });
+            self.unacked.push(Delivered {
+                tag,
+                queue,
+                entry,
+                consumer: Some(consumer),
+            });
         }
     }
 
@@ -166,7 +241,10 @@ impl Channel {
         }
         self.consumers.remove(&consumer.tag);
         if s.capabilities.consumer_cancel_notify {
-            let cancel = basic::Cancel { consumer_tag: consumer.tag.as_ref().into(), nowait: true };
+            let cancel = basic::Cancel {
+                consumer_tag: consumer.tag.as_ref().into(),
+                nowait: true,
+            };
             s.send(self.id, AMQPClass::Basic(basic::AMQPMethod::Cancel(cancel)));
         }
     }

@@ -42,16 +42,25 @@ impl Confirms {
 }
 
 impl Channel {
-    pub(super) fn confirm_method(&mut self, s: &mut Session, method: confirm::AMQPMethod) -> AmqpResult<()> {
+    pub(super) fn confirm_method(
+        &mut self,
+        s: &mut Session,
+        method: confirm::AMQPMethod,
+    ) -> AmqpResult<()> {
         match method {
             confirm::AMQPMethod::Select(select) => {
                 self.confirms.get_or_insert_with(Confirms::default);
                 if !select.nowait {
-                    s.send(self.id, AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})));
+                    s.send(
+                        self.id,
+                        AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+                    );
                 }
                 Ok(())
             }
-            confirm::AMQPMethod::SelectOk(_) => Err(crate::error::AmqpError::command_invalid("unimplemented method")),
+            confirm::AMQPMethod::SelectOk(_) => Err(crate::error::AmqpError::command_invalid(
+                "unimplemented method",
+            )),
         }
     }
 }

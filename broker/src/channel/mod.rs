@@ -61,12 +61,23 @@ impl Channel {
         }
     }
 
-    pub fn handle_method(&mut self, s: &mut Session, method: AMQPClass, payload: &[u8]) -> AmqpResult<()> {
+    pub fn handle_method(
+        &mut self,
+        s: &mut Session,
+        method: AMQPClass,
+        payload: &[u8],
+    ) -> AmqpResult<()> {
         let ids = method_ids(payload);
-        self.dispatch_method(s, method, payload).map_err(|e| e.during(ids))
+        self.dispatch_method(s, method, payload)
+            .map_err(|e| e.during(ids))
     }
 
-    fn dispatch_method(&mut self, s: &mut Session, method: AMQPClass, payload: &[u8]) -> AmqpResult<()> {
+    fn dispatch_method(
+        &mut self,
+        s: &mut Session,
+        method: AMQPClass,
+        payload: &[u8],
+    ) -> AmqpResult<()> {
         self.assembly.expect_method()?;
         match method {
             AMQPClass::Channel(m) => self.channel_method(s, m),
@@ -75,28 +86,46 @@ impl Channel {
             AMQPClass::Basic(m) => self.basic_method(s, m, payload),
             AMQPClass::Confirm(m) => self.confirm_method(s, m),
             AMQPClass::Access(access::AMQPMethod::Request(_)) => {
-                s.send(self.id, AMQPClass::Access(access::AMQPMethod::RequestOk(access::RequestOk {})));
+                s.send(
+                    self.id,
+                    AMQPClass::Access(access::AMQPMethod::RequestOk(access::RequestOk {})),
+                );
                 Ok(())
             }
-            AMQPClass::Tx(_) => Err(AmqpError::not_implemented("transactions (tx.select) are not supported yet")),
-            AMQPClass::Connection(_) | AMQPClass::Access(_) => Err(AmqpError::command_invalid("unimplemented method")),
+            AMQPClass::Tx(_) => Err(AmqpError::not_implemented(
+                "transactions (tx.select) are not supported yet",
+            )),
+            AMQPClass::Connection(_) | AMQPClass::Access(_) => {
+                Err(AmqpError::command_invalid("unimplemented method"))
+            }
         }
     }
 
     fn channel_method(&mut self, s: &mut Session, method: chan::AMQPMethod) -> AmqpResult<()> {
         match method {
-            chan::AMQPMethod::Open(_) => Err(AmqpError::channel_error("second 'channel.open' seen")),
+            chan::AMQPMethod::Open(_) => {
+                Err(AmqpError::channel_error("second 'channel.open' seen"))
+            }
             chan::AMQPMethod::Flow(flow) => {
-                self.credit.flow_active.store(flow.active, std::sync::atomic::Ordering::Release);
+                self.credit
+                    .flow_active
+                    .store(flow.active, std::sync::atomic::Ordering::Release);
                 if flow.active {
                     self.needs_dispatch = true;
                 }
-                s.send(self.id, AMQPClass::Channel(chan::AMQPMethod::FlowOk(chan::FlowOk { active: flow.active })));
+                s.send(
+                    self.id,
+                    AMQPClass::Channel(chan::AMQPMethod::FlowOk(chan::FlowOk {
+                        active: flow.active,
+                    })),
+                );
                 Ok(())
             }
             // Replies to methods the server never sends on an open channel: ignore, as RabbitMQ does.
             chan::AMQPMethod::FlowOk(_) | chan::AMQPMethod::CloseOk(_) => Ok(()),
-            chan::AMQPMethod::OpenOk(_) | chan::AMQPMethod::Close(_) => Err(AmqpError::command_invalid("unimplemented method")),
+            chan::AMQPMethod::OpenOk(_) | chan::AMQPMethod::Close(_) => {
+                Err(AmqpError::command_invalid("unimplemented method"))
+            }
         }
     }
 
@@ -113,7 +142,9 @@ impl Channel {
         if !name.is_empty() {
             return Ok(name.to_string());
         }
-        self.last_queue.clone().ok_or_else(|| AmqpError::not_found("no previously declared queue"))
+        self.last_queue
+            .clone()
+            .ok_or_else(|| AmqpError::not_found("no previously declared queue"))
     }
 
     /// End of a burst of frames: send coalesced confirms and let queues push to freed-up consumers.
@@ -145,7 +176,9 @@ impl Channel {
 
 /// Takes a consumer off its queue, deleting an auto-delete queue whose last consumer this was.
 fn remove_consumer(s: &Session, reg: &Registration) {
-    if reg.queue.remove_consumer(&reg.consumer) == crate::queue::ConsumerRemoval::RemovedLastOfAutoDelete {
+    if reg.queue.remove_consumer(&reg.consumer)
+        == crate::queue::ConsumerRemoval::RemovedLastOfAutoDelete
+    {
         s.vhost.remove_queue(&reg.queue);
     }
 }

@@ -26,7 +26,11 @@ pub struct Pending {
 pub enum Assembly {
     Idle,
     Header(Pending),
-    Body { pending: Pending, header: ContentHeader, body: Body },
+    Body {
+        pending: Pending,
+        header: ContentHeader,
+        body: Body,
+    },
 }
 
 /// Body frames received so far; a single-frame body is kept as the frame's own bytes (no copy).
@@ -82,9 +86,10 @@ impl Assembly {
                 "expected content header for class 60, got non content header frame instead",
             )
             .during(PUBLISH)),
-            Assembly::Body { .. } => {
-                Err(AmqpError::unexpected_frame("expected content body, got non content body frame instead").during(PUBLISH))
-            }
+            Assembly::Body { .. } => Err(AmqpError::unexpected_frame(
+                "expected content body, got non content body frame instead",
+            )
+            .during(PUBLISH)),
         }
     }
 }
@@ -120,22 +125,31 @@ impl Channel {
         let pending = match std::mem::replace(&mut self.assembly, Assembly::Idle) {
             Assembly::Header(p) => p,
             Assembly::Idle => {
-                return Err(AmqpError::unexpected_frame("expected method frame, got non method frame instead"));
+                return Err(AmqpError::unexpected_frame(
+                    "expected method frame, got non method frame instead",
+                ));
             }
             Assembly::Body { .. } => {
-                return Err(AmqpError::unexpected_frame("expected content body, got non content body frame instead")
-                    .during(PUBLISH));
+                return Err(AmqpError::unexpected_frame(
+                    "expected content body, got non content body frame instead",
+                )
+                .during(PUBLISH));
             }
         };
-        let class_id = if payload.len() >= 2 { u16::from_be_bytes([payload[0], payload[1]]) } else { 0 };
+        let class_id = if payload.len() >= 2 {
+            u16::from_be_bytes([payload[0], payload[1]])
+        } else {
+            0
+        };
         if class_id != 60 {
             return Err(AmqpError::unexpected_frame(format!(
                 "expected content header for class 60, got one for class {class_id} instead"
             ))
             .during(PUBLISH));
         }
-        let header = ContentHeader::parse(payload)
-            .map_err(|e| AmqpError::frame_error(format!("cannot decode content header: {e}")).during(PUBLISH))?;
+        let header = ContentHeader::parse(payload).map_err(|e| {
+            AmqpError::frame_error(format!("cannot decode content header: {e}")).during(PUBLISH)
+        })?;
         let max = s.broker.config.limits.max_message_size;
         if header.body_size > max {
             return Err(AmqpError::precondition(format!(
@@ -147,7 +161,11 @@ impl Channel {
         if header.body_size == 0 {
             return self.publish_complete(s, pending, header, Bytes::new());
         }
-        self.assembly = Assembly::Body { pending, header, body: Body::Empty };
+        self.assembly = Assembly::Body {
+            pending,
+            header,
+            body: Body::Empty,
+        };
         Ok(())
     }
 
@@ -158,7 +176,9 @@ impl Channel {
                     "expected content header for class 60, got non content header frame instead",
                 )
                 .during(PUBLISH),
-                _ => AmqpError::unexpected_frame("expected method frame, got non method frame instead"),
+                _ => AmqpError::unexpected_frame(
+                    "expected method frame, got non method frame instead",
+                ),
             });
         };
         let total = header.body_size;
@@ -172,15 +192,27 @@ impl Channel {
         if body.len() < total {
             return Ok(());
         }
-        let Assembly::Body { pending, header, body } = std::mem::replace(&mut self.assembly, Assembly::Idle) else {
+        let Assembly::Body {
+            pending,
+            header,
+            body,
+        } = std::mem::replace(&mut self.assembly, Assembly::Idle)
+        else {
             return Ok(()); // unreachable: matched above
         };
         self.publish_complete(s, pending, header, body.into_bytes())
     }
 
-    fn publish_complete(&mut self, s: &mut Session, p: Pending, header: ContentHeader, body: Bytes) -> AmqpResult<()> {
-        let props = BasicProperties::parse(&header.properties)
-            .map_err(|e| AmqpError::frame_error(format!("cannot decode content header: {e}")).during(PUBLISH))?;
+    fn publish_complete(
+        &mut self,
+        s: &mut Session,
+        p: Pending,
+        header: ContentHeader,
+        body: Bytes,
+    ) -> AmqpResult<()> {
+        let props = BasicProperties::parse(&header.properties).map_err(|e| {
+            AmqpError::frame_error(format!("cannot decode content header: {e}")).during(PUBLISH)
+        })?;
         if let Some(user_id) = props.user_id {
             if user_id != s.user.name.as_bytes() {
                 return Err(AmqpError::precondition(format!(
@@ -199,10 +231,20 @@ impl Channel {
             body,
         });
         let queues = match &p.exchange {
-            None => s.vhost.find_queue(&message.routing_key).into_iter().collect(),
+            None => s
+                .vhost
+                .find_queue(&message.routing_key)
+                .into_iter()
+                .collect(),
             Some(x) => {
                 let headers = || props.headers_table();
-                s.vhost.route(x, &RouteInput { routing_key: &message.routing_key, headers: &headers })
+                s.vhost.route(
+                    x,
+                    &RouteInput {
+                        routing_key: &message.routing_key,
+                        headers: &headers,
+                    },
+                )
             }
         };
         let mut routed = false;

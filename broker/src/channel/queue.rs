@@ -23,7 +23,11 @@ pub fn generated_name(prefix: &str) -> String {
 }
 
 impl Channel {
-    pub(super) fn queue_method(&mut self, s: &mut Session, method: queue::AMQPMethod) -> AmqpResult<()> {
+    pub(super) fn queue_method(
+        &mut self,
+        s: &mut Session,
+        method: queue::AMQPMethod,
+    ) -> AmqpResult<()> {
         let id = self.id;
         let reply = |s: &mut Session, nowait: bool, m: queue::AMQPMethod| {
             if !nowait {
@@ -61,16 +65,28 @@ impl Channel {
                     s.vhost.exchange(b.exchange.as_str())?;
                 }
                 let q = s.vhost.queue(&name, s.id)?;
-                s.vhost.bind(b.exchange.as_str(), Destination::Queue(q), b.routing_key.as_str(), b.arguments)?;
+                s.vhost.bind(
+                    b.exchange.as_str(),
+                    Destination::Queue(q),
+                    b.routing_key.as_str(),
+                    b.arguments,
+                )?;
                 reply(s, b.nowait, queue::AMQPMethod::BindOk(queue::BindOk {}));
             }
             queue::AMQPMethod::Unbind(u) => {
                 let name = self.queue_name(u.queue.as_str())?;
                 if u.exchange.as_str().is_empty() {
-                    return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+                    return Err(AmqpError::access_refused(
+                        "operation not permitted on the default exchange",
+                    ));
                 }
                 if let Some(q) = s.vhost.find_queue(&name) {
-                    s.vhost.unbind(u.exchange.as_str(), Destination::Queue(q), u.routing_key.as_str(), u.arguments)?;
+                    s.vhost.unbind(
+                        u.exchange.as_str(),
+                        Destination::Queue(q),
+                        u.routing_key.as_str(),
+                        u.arguments,
+                    )?;
                 }
                 reply(s, false, queue::AMQPMethod::UnbindOk(queue::UnbindOk {}));
             }
@@ -78,12 +94,20 @@ impl Channel {
                 let name = self.queue_name(p.queue.as_str())?;
                 let q = s.vhost.queue(&name, s.id)?;
                 let message_count = q.purge();
-                reply(s, p.nowait, queue::AMQPMethod::PurgeOk(queue::PurgeOk { message_count }));
+                reply(
+                    s,
+                    p.nowait,
+                    queue::AMQPMethod::PurgeOk(queue::PurgeOk { message_count }),
+                );
             }
             queue::AMQPMethod::Delete(d) => {
                 let name = self.queue_name(d.queue.as_str())?;
                 let message_count = s.vhost.delete_queue(&name, d.if_unused, d.if_empty, s.id)?;
-                reply(s, d.nowait, queue::AMQPMethod::DeleteOk(queue::DeleteOk { message_count }));
+                reply(
+                    s,
+                    d.nowait,
+                    queue::AMQPMethod::DeleteOk(queue::DeleteOk { message_count }),
+                );
             }
             _ => return Err(AmqpError::command_invalid("unimplemented method")),
         }

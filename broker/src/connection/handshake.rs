@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use amq_protocol::protocol::{connection, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use bytes::{Bytes, BytesMut};
-use tokio::sync::mpsc;
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 use warren_protocol::constants::{FRAME_MIN_SIZE, PROTOCOL_HEADER};
 use warren_protocol::frame::{decode_frame, FrameError, FrameKind, RawFrame};
@@ -52,7 +52,10 @@ pub struct Io<'a, R> {
 impl<R: AsyncRead + Unpin> Io<'_, R> {
     async fn flush(&mut self) -> Result<(), HandshakeError> {
         if !self.out.is_empty() {
-            self.writer.send(self.out.split().freeze()).await.map_err(|_| HandshakeError::Gone)?;
+            self.writer
+                .send(self.out.split().freeze())
+                .await
+                .map_err(|_| HandshakeError::Gone)?;
         }
         Ok(())
     }
@@ -81,7 +84,11 @@ impl<R: AsyncRead + Unpin> Io<'_, R> {
     }
 
     /// Reads the next method on channel 0, which must be `expected` (class 10, method id).
-    async fn read_connection_method(&mut self, frame_max: u32, expected: &str) -> Result<connection::AMQPMethod, HandshakeError> {
+    async fn read_connection_method(
+        &mut self,
+        frame_max: u32,
+        expected: &str,
+    ) -> Result<connection::AMQPMethod, HandshakeError> {
         let frame = self.read_frame(frame_max).await?;
         let unexpected = || {
             HandshakeError::Refused(AmqpError::command_invalid(format!("expected '{expected}'")))
@@ -116,7 +123,10 @@ fn server_properties() -> FieldTable {
     props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
     props.insert("cluster_name".into(), text("warren"));
     props.insert("copyright".into(), text("Copyright (c) the Warren authors"));
-    props.insert("information".into(), text("Licensed under the Apache License 2.0"));
+    props.insert(
+        "information".into(),
+        text("Licensed under the Apache License 2.0"),
+    );
     props.insert("platform".into(), text("Rust"));
     props.insert("product".into(), text("Warren"));
     props.insert("version".into(), text(env!("CARGO_PKG_VERSION")));
@@ -128,7 +138,10 @@ fn client_capabilities(props: &FieldTable) -> ClientCapabilities {
         return ClientCapabilities::default();
     };
     let on = |k: &str| matches!(caps.inner().get(k), Some(AMQPValue::Boolean(true)));
-    ClientCapabilities { consumer_cancel_notify: on("consumer_cancel_notify"), connection_blocked: on("connection.blocked") }
+    ClientCapabilities {
+        consumer_cancel_notify: on("consumer_cancel_notify"),
+        connection_blocked: on("connection.blocked"),
+    }
 }
 
 fn login_refused() -> AmqpError {
@@ -145,7 +158,11 @@ pub async fn negotiate<R: AsyncRead + Unpin>(
     while io.rbuf.len() < 8 {
         match io.reader.read_buf(io.rbuf).await {
             Ok(0) | Err(_) => {
-                return Err(if io.rbuf.is_empty() { HandshakeError::Gone } else { HandshakeError::BadHeader });
+                return Err(if io.rbuf.is_empty() {
+                    HandshakeError::Gone
+                } else {
+                    HandshakeError::BadHeader
+                });
             }
             Ok(_) => {}
         }
@@ -161,12 +178,23 @@ pub async fn negotiate<R: AsyncRead + Unpin>(
         mechanisms: LongString::from("EXTERNAL"),
         locales: LongString::from("en_US"),
     };
-    encode_method(io.out, 0, &AMQPClass::Connection(connection::AMQPMethod::Start(start)));
+    encode_method(
+        io.out,
+        0,
+        &AMQPClass::Connection(connection::AMQPMethod::Start(start)),
+    );
     io.flush().await?;
 
-    let start_ok = match io.read_connection_method(FRAME_MIN_SIZE, "connection.start-ok").await? {
+    let start_ok = match io
+        .read_connection_method(FRAME_MIN_SIZE, "connection.start-ok")
+        .await?
+    {
         connection::AMQPMethod::StartOk(s) => s,
-        _ => return Err(HandshakeError::Refused(AmqpError::command_invalid("expected 'connection.start-ok'"))),
+        _ => {
+            return Err(HandshakeError::Refused(AmqpError::command_invalid(
+                "expected 'connection.start-ok'",
+            )))
+        }
     };
     if start_ok.mechanism.as_str() != "EXTERNAL" {
         warn!(%peer, mechanism = start_ok.mechanism.as_str(), "login refused: only EXTERNAL is offered");
@@ -195,16 +223,39 @@ pub async fn negotiate<R: AsyncRead + Unpin>(
     let capabilities = client_capabilities(&start_ok.client_properties);
 
     let limits = &broker.config.limits;
-    let tune = connection::Tune { channel_max: limits.channel_max, frame_max: limits.frame_max, heartbeat: limits.heartbeat };
-    encode_method(io.out, 0, &AMQPClass::Connection(connection::AMQPMethod::Tune(tune)));
+    let tune = connection::Tune {
+        channel_max: limits.channel_max,
+        frame_max: limits.frame_max,
+        heartbeat: limits.heartbeat,
+    };
+    encode_method(
+        io.out,
+        0,
+        &AMQPClass::Connection(connection::AMQPMethod::Tune(tune)),
+    );
     io.flush().await?;
-    let tune_ok = match io.read_connection_method(FRAME_MIN_SIZE, "connection.tune-ok").await? {
+    let tune_ok = match io
+        .read_connection_method(FRAME_MIN_SIZE, "connection.tune-ok")
+        .await?
+    {
         connection::AMQPMethod::TuneOk(t) => t,
-        _ => return Err(HandshakeError::Refused(AmqpError::command_invalid("expected 'connection.tune-ok'"))),
+        _ => {
+            return Err(HandshakeError::Refused(AmqpError::command_invalid(
+                "expected 'connection.tune-ok'",
+            )))
+        }
     };
     // 0 means "no limit" from the client's side: the server's limit applies.
-    let frame_max = if tune_ok.frame_max == 0 { limits.frame_max } else { tune_ok.frame_max };
-    let channel_max = if tune_ok.channel_max == 0 { limits.channel_max } else { tune_ok.channel_max };
+    let frame_max = if tune_ok.frame_max == 0 {
+        limits.frame_max
+    } else {
+        tune_ok.frame_max
+    };
+    let channel_max = if tune_ok.channel_max == 0 {
+        limits.channel_max
+    } else {
+        tune_ok.channel_max
+    };
     if frame_max < FRAME_MIN_SIZE || frame_max > limits.frame_max {
         return Err(HandshakeError::Refused(AmqpError::not_allowed(format!(
             "negotiated frame_max = {frame_max} is outside the allowed range ({FRAME_MIN_SIZE} to {})",
@@ -218,20 +269,43 @@ pub async fn negotiate<R: AsyncRead + Unpin>(
         ))));
     }
 
-    let open = match io.read_connection_method(frame_max, "connection.open").await? {
+    let open = match io
+        .read_connection_method(frame_max, "connection.open")
+        .await?
+    {
         connection::AMQPMethod::Open(o) => o,
-        _ => return Err(HandshakeError::Refused(AmqpError::command_invalid("expected 'connection.open'"))),
+        _ => {
+            return Err(HandshakeError::Refused(AmqpError::command_invalid(
+                "expected 'connection.open'",
+            )))
+        }
     };
     let vhost_name = open.virtual_host.as_str();
     let Some(vhost) = broker.vhost(vhost_name) else {
-        return Err(HandshakeError::Refused(AmqpError::not_allowed(format!("vhost {vhost_name} not found")).during((10, 40))));
+        return Err(HandshakeError::Refused(
+            AmqpError::not_allowed(format!("vhost {vhost_name} not found")).during((10, 40)),
+        ));
     };
     if !user.can_access_vhost(vhost_name) {
         return Err(HandshakeError::Refused(
-            AmqpError::not_allowed(format!("access to vhost '{vhost_name}' refused for user '{name}'")).during((10, 40)),
+            AmqpError::not_allowed(format!(
+                "access to vhost '{vhost_name}' refused for user '{name}'"
+            ))
+            .during((10, 40)),
         ));
     }
-    encode_method(io.out, 0, &AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})));
+    encode_method(
+        io.out,
+        0,
+        &AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
+    );
     info!(%peer, user = %name, vhost = %vhost_name, "connection opened");
-    Ok(Negotiated { user, vhost, frame_max, channel_max, heartbeat: tune_ok.heartbeat, capabilities })
+    Ok(Negotiated {
+        user,
+        vhost,
+        frame_max,
+        channel_max,
+        heartbeat: tune_ok.heartbeat,
+        capabilities,
+    })
 }

@@ -44,8 +44,18 @@ enum Slot {
 }
 
 /// Serves one TLS connection from protocol header to close.
-pub async fn serve(broker: Arc<Broker>, stream: TlsStream<TcpStream>, peer: SocketAddr, stop: watch::Receiver<bool>) {
-    let identity = match stream.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+pub async fn serve(
+    broker: Arc<Broker>,
+    stream: TlsStream<TcpStream>,
+    peer: SocketAddr,
+    stop: watch::Receiver<bool>,
+) {
+    let identity = match stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+    {
         Some(cert) => identity_from_certificate(cert).map_err(|e| e.to_string()),
         None => Err("no client certificate".to_string()),
     };
@@ -58,8 +68,18 @@ pub async fn serve(broker: Arc<Broker>, stream: TlsStream<TcpStream>, peer: Sock
         let mut out = BytesMut::with_capacity(16 * 1024);
         let timeout = Duration::from_millis(broker.config.limits.amqp_handshake_timeout_ms);
         let negotiated = {
-            let mut io = Io { reader: &mut reader, rbuf: &mut rbuf, out: &mut out, writer: &batches };
-            match tokio::time::timeout(timeout, handshake::negotiate(&broker, &mut io, identity, peer)).await {
+            let mut io = Io {
+                reader: &mut reader,
+                rbuf: &mut rbuf,
+                out: &mut out,
+                writer: &batches,
+            };
+            match tokio::time::timeout(
+                timeout,
+                handshake::negotiate(&broker, &mut io, identity, peer),
+            )
+            .await
+            {
                 Ok(r) => r,
                 Err(_) => {
                     info!("AMQP handshake timed out");
@@ -120,7 +140,11 @@ fn encode_close(out: &mut BytesMut, e: &AmqpError) {
         class_id: e.class_id,
         method_id: e.method_id,
     };
-    warren_protocol::method::encode_method(out, 0, &AMQPClass::Connection(connection::AMQPMethod::Close(close)));
+    warren_protocol::method::encode_method(
+        out,
+        0,
+        &AMQPClass::Connection(connection::AMQPMethod::Close(close)),
+    );
 }
 
 /// After sending connection.close, reads (and ignores) frames until close-ok, EOF or the timeout.
@@ -129,7 +153,9 @@ async fn wait_close_ok<R: AsyncRead + Unpin>(reader: &mut R, rbuf: &mut BytesMut
         loop {
             while let Ok(Some(frame)) = decode_frame(rbuf, 0) {
                 if frame.kind == FrameKind::Method && frame.channel == 0 {
-                    if let Ok(AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))) = decode_method(&frame.payload) {
+                    if let Ok(AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))) =
+                        decode_method(&frame.payload)
+                    {
                         return;
                     }
                 }
@@ -175,7 +201,11 @@ impl Connection {
         mut outbox_rx: mpsc::UnboundedReceiver<Outbound>,
         mut stop: watch::Receiver<bool>,
     ) {
-        let tick = if self.heartbeat > 0 { Duration::from_millis(u64::from(self.heartbeat) * 500) } else { Duration::from_secs(3600) };
+        let tick = if self.heartbeat > 0 {
+            Duration::from_millis(u64::from(self.heartbeat) * 500)
+        } else {
+            Duration::from_secs(3600)
+        };
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Frames pipelined behind connection.open are already buffered.
@@ -292,7 +322,9 @@ impl Connection {
                     ))));
                 }
                 Err(FrameError::UnknownType(t)) => {
-                    return Some(Ending::Close(AmqpError::frame_error(format!("type {t}, all octets = <<>>: unknown_frame"))));
+                    return Some(Ending::Close(AmqpError::frame_error(format!(
+                        "type {t}, all octets = <<>>: unknown_frame"
+                    ))));
                 }
             };
             if let Some(ending) = self.handle_frame(frame) {
@@ -317,7 +349,10 @@ impl Connection {
             return self.handle_channel_zero(frame);
         }
         if frame.kind == FrameKind::Heartbeat {
-            return Some(Ending::Close(AmqpError::unexpected_frame(format!("type 8, {}", octets_snippet(&frame.payload)))));
+            return Some(Ending::Close(AmqpError::unexpected_frame(format!(
+                "type 8, {}",
+                octets_snippet(&frame.payload)
+            ))));
         }
         let id = frame.channel;
         match self.channels.get_mut(&id) {
@@ -330,7 +365,10 @@ impl Connection {
                             self.channels.remove(&id);
                         }
                         Ok(AMQPClass::Channel(chan::AMQPMethod::Close(_))) => {
-                            self.s.send(id, AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})));
+                            self.s.send(
+                                id,
+                                AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
+                            );
                             self.channels.remove(&id);
                         }
                         _ => {}
@@ -342,9 +380,14 @@ impl Connection {
                 let result = match frame.kind {
                     FrameKind::Method => match decode_method(&frame.payload) {
                         Ok(AMQPClass::Channel(chan::AMQPMethod::Close(_))) => {
-                            let Some(Slot::Open(mut ch)) = self.channels.remove(&id) else { return None };
+                            let Some(Slot::Open(mut ch)) = self.channels.remove(&id) else {
+                                return None;
+                            };
                             ch.close(&mut self.s);
-                            self.s.send(id, AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})));
+                            self.s.send(
+                                id,
+                                AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
+                            );
                             return None;
                         }
                         Ok(method) => ch.handle_method(&mut self.s, method, &frame.payload),
@@ -369,7 +412,9 @@ impl Connection {
     fn handle_unopened(&mut self, frame: RawFrame) -> Option<Ending> {
         let ids = method_ids(&frame.payload);
         if frame.kind != FrameKind::Method {
-            return Some(Ending::Close(AmqpError::unexpected_frame("expected method frame, got non method frame instead")));
+            return Some(Ending::Close(AmqpError::unexpected_frame(
+                "expected method frame, got non method frame instead",
+            )));
         }
         match decode_method(&frame.payload) {
             Ok(AMQPClass::Channel(chan::AMQPMethod::Open(_))) => {
@@ -383,11 +428,17 @@ impl Connection {
                     ));
                 }
                 let channel = Channel::new(frame.channel);
-                self.channels.insert(frame.channel, Slot::Open(Box::new(channel)));
-                self.s.send(frame.channel, AMQPClass::Channel(chan::AMQPMethod::OpenOk(chan::OpenOk {})));
+                self.channels
+                    .insert(frame.channel, Slot::Open(Box::new(channel)));
+                self.s.send(
+                    frame.channel,
+                    AMQPClass::Channel(chan::AMQPMethod::OpenOk(chan::OpenOk {})),
+                );
                 None
             }
-            Ok(_) => Some(Ending::Close(AmqpError::channel_error("expected 'channel.open'").during(ids))),
+            Ok(_) => Some(Ending::Close(
+                AmqpError::channel_error("expected 'channel.open'").during(ids),
+            )),
             Err(e) => Some(Ending::Close(method_error(e, &frame.payload))),
         }
     }
@@ -396,25 +447,45 @@ impl Connection {
         match frame.kind {
             FrameKind::Heartbeat => return None,
             FrameKind::Header | FrameKind::Body => {
-                let t = if frame.kind == FrameKind::Header { 2 } else { 3 };
-                return Some(Ending::Close(AmqpError::unexpected_frame(format!("type {t}, {}", octets_snippet(&frame.payload)))));
+                let t = if frame.kind == FrameKind::Header {
+                    2
+                } else {
+                    3
+                };
+                return Some(Ending::Close(AmqpError::unexpected_frame(format!(
+                    "type {t}, {}",
+                    octets_snippet(&frame.payload)
+                ))));
             }
             FrameKind::Method => {}
         }
         let ids = method_ids(&frame.payload);
         match decode_method(&frame.payload) {
             Ok(AMQPClass::Connection(connection::AMQPMethod::Close(close))) => {
-                debug!(code = close.reply_code, text = close.reply_text.as_str(), "client closed the connection");
+                debug!(
+                    code = close.reply_code,
+                    text = close.reply_text.as_str(),
+                    "client closed the connection"
+                );
                 self.close_all_channels();
-                self.s.send(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})));
+                self.s.send(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+                );
                 Some(Ending::Done)
             }
             Ok(AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))) => Some(Ending::Done),
-            Ok(AMQPClass::Connection(connection::AMQPMethod::Blocked(_) | connection::AMQPMethod::Unblocked(_))) => None,
-            Ok(AMQPClass::Connection(_)) if ids.0 == CLASS_CONNECTION => {
-                Some(Ending::Close(AmqpError::command_invalid("unexpected method in connection state running").during(ids)))
-            }
-            Ok(_) => Some(Ending::Close(AmqpError::channel_error("unexpected method in connection state running").during(ids))),
+            Ok(AMQPClass::Connection(
+                connection::AMQPMethod::Blocked(_) | connection::AMQPMethod::Unblocked(_),
+            )) => None,
+            Ok(AMQPClass::Connection(_)) if ids.0 == CLASS_CONNECTION => Some(Ending::Close(
+                AmqpError::command_invalid("unexpected method in connection state running")
+                    .during(ids),
+            )),
+            Ok(_) => Some(Ending::Close(
+                AmqpError::channel_error("unexpected method in connection state running")
+                    .during(ids),
+            )),
             Err(e) => Some(Ending::Close(method_error(e, &frame.payload))),
         }
     }
@@ -425,8 +496,14 @@ impl Connection {
             ch.close(&mut self.s);
         }
         debug!(channel = id, code = e.code, text = %e.text, "closing channel");
-        let close = chan::Close { reply_code: e.code, reply_text: e.text.as_str().into(), class_id: e.class_id, method_id: e.method_id };
-        self.s.send(id, AMQPClass::Channel(chan::AMQPMethod::Close(close)));
+        let close = chan::Close {
+            reply_code: e.code,
+            reply_text: e.text.as_str().into(),
+            class_id: e.class_id,
+            method_id: e.method_id,
+        };
+        self.s
+            .send(id, AMQPClass::Channel(chan::AMQPMethod::Close(close)));
         self.channels.insert(id, Slot::AwaitingCloseOk);
     }
 
@@ -440,8 +517,14 @@ impl Connection {
 
     fn handle_outbound(&mut self, message: Outbound) {
         match message {
-            Outbound::Deliver { consumer, queue, entry } => match self.channels.get_mut(&consumer.channel) {
-                Some(Slot::Open(ch)) if ch.has_consumer(&consumer) => ch.deliver(&mut self.s, consumer, queue, entry),
+            Outbound::Deliver {
+                consumer,
+                queue,
+                entry,
+            } => match self.channels.get_mut(&consumer.channel) {
+                Some(Slot::Open(ch)) if ch.has_consumer(&consumer) => {
+                    ch.deliver(&mut self.s, consumer, queue, entry)
+                }
                 // The consumer was cancelled or its channel closed while this was in flight: the message
                 // never reached the client, so it goes back as it was.
                 _ => {
@@ -461,11 +544,15 @@ impl Connection {
 /// Maps a method decoding failure to RabbitMQ's errors.
 fn method_error(e: MethodError, payload: &[u8]) -> AmqpError {
     match e {
-        MethodError::Unknown { class_id, method_id } => {
-            AmqpError::not_implemented(format!("unknown method {{{class_id},{method_id}}}")).during((class_id, method_id))
-        }
-        MethodError::Malformed { class_id, method_id } => {
-            AmqpError::frame_error(format!("cannot decode {}", octets_snippet(payload))).during((class_id, method_id))
-        }
+        MethodError::Unknown {
+            class_id,
+            method_id,
+        } => AmqpError::not_implemented(format!("unknown method {{{class_id},{method_id}}}"))
+            .during((class_id, method_id)),
+        MethodError::Malformed {
+            class_id,
+            method_id,
+        } => AmqpError::frame_error(format!("cannot decode {}", octets_snippet(payload)))
+            .during((class_id, method_id)),
     }
 }

@@ -9,7 +9,14 @@ use crate::queue::{Entry, Queue};
 #[derive(Debug)]
 pub enum Outbound {
     /// A queue hands `entry` to `consumer`; one unit of the consumer's credit is already taken.
-    Deliver { consumer: Arc<Consumer>, queue: Arc<Queue>, entry: Entry },
+    Deliver {
+        consumer: Arc<Consumer>,
+        queue: Arc<Queue>,
+        entry: Entry,
+    },
     /// The consumed queue was deleted: tell the client with basic.cancel (consumer_cancel_notify).
-    Cancelled { channel: u16, consumer: Arc<Consumer> },
+    Cancelled {
+        channel: u16,
+        consumer: Arc<Consumer>,
+    },
 }

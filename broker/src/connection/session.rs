@@ -47,7 +47,13 @@ impl Session {
 
     /// Appends the content header and body frames of `message`.
     pub fn send_content(&mut self, channel: u16, message: &Message) {
-        encode_content_header(&mut self.out, channel, 60, message.body_size(), &message.properties);
+        encode_content_header(
+            &mut self.out,
+            channel,
+            60,
+            message.body_size(),
+            &message.properties,
+        );
         encode_body(&mut self.out, channel, &message.body, self.frame_max);
     }
 }

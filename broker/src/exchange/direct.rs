@@ -11,7 +11,10 @@ pub struct DirectRoutes {
 
 impl DirectRoutes {
     pub fn add(&mut self, key: &str, destination: Destination) {
-        self.by_key.entry(key.to_string()).or_default().push(destination);
+        self.by_key
+            .entry(key.to_string())
+            .or_default()
+            .push(destination);
     }
 
     pub fn remove(&mut self, key: &str, destination: &Destination) {

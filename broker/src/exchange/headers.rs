@@ -89,9 +89,16 @@ fn as_bytes(v: &AMQPValue) -> Option<&[u8]> {
 
 fn binding_matches(binding: &HeadersBinding, headers: &FieldTable) -> bool {
     let with_x = matches!(binding.kind, MatchKind::AllWithX | MatchKind::AnyWithX);
-    let mut considered = binding.arguments.inner().iter().filter(|(k, _)| with_x || !k.as_str().starts_with("x-"));
+    let mut considered = binding
+        .arguments
+        .inner()
+        .iter()
+        .filter(|(k, _)| k.as_str() != "x-match" && (with_x || !k.as_str().starts_with("x-")));
     let hit = |(k, pattern): (&amq_protocol::types::ShortString, &AMQPValue)| {
-        headers.inner().get(k).is_some_and(|value| value_matches(pattern, value))
+        headers
+            .inner()
+            .get(k)
+            .is_some_and(|value| value_matches(pattern, value))
     };
     match binding.kind {
         MatchKind::All | MatchKind::AllWithX => considered.all(hit),
@@ -101,17 +108,30 @@ fn binding_matches(binding: &HeadersBinding, headers: &FieldTable) -> bool {
 
 impl HeadersRoutes {
     pub fn add(&mut self, arguments: &FieldTable, destination: Destination) {
-        self.bindings.push(HeadersBinding { arguments: arguments.clone(), kind: match_kind(arguments), destination });
+        self.bindings.push(HeadersBinding {
+            arguments: arguments.clone(),
+            kind: match_kind(arguments),
+            destination,
+        });
     }
 
     pub fn remove(&mut self, arguments: &FieldTable, destination: &Destination) {
-        if let Some(at) = self.bindings.iter().position(|b| &b.destination == destination && &b.arguments == arguments) {
+        if let Some(at) = self
+            .bindings
+            .iter()
+            .position(|b| &b.destination == destination && &b.arguments == arguments)
+        {
             self.bindings.remove(at);
         }
     }
 
     pub fn route(&self, headers: &FieldTable, out: &mut Vec<Destination>) {
-        out.extend(self.bindings.iter().filter(|b| binding_matches(b, headers)).map(|b| b.destination.clone()));
+        out.extend(
+            self.bindings
+                .iter()
+                .filter(|b| binding_matches(b, headers))
+                .map(|b| b.destination.clone()),
+        );
     }
 }
 
@@ -139,16 +159,38 @@ mod tests {
     #[test]
     fn all_any_void_and_numeric_classes() {
         let s = |x: &str| AMQPValue::LongString(LongString::from(x));
-        let all = table(&[("x-match", s("all")), ("a", s("1")), ("b", AMQPValue::LongInt(2))]);
-        assert!(routes(all.clone(), table(&[("a", s("1")), ("b", AMQPValue::ShortShortInt(2))])));
+        let all = table(&[
+            ("x-match", s("all")),
+            ("a", s("1")),
+            ("b", AMQPValue::LongInt(2)),
+        ]);
+        assert!(routes(
+            all.clone(),
+            table(&[("a", s("1")), ("b", AMQPValue::ShortShortInt(2))])
+        ));
         assert!(!routes(all.clone(), table(&[("a", s("1"))])));
         let any = table(&[("x-match", s("any")), ("a", s("1")), ("b", s("2"))]);
         assert!(routes(any.clone(), table(&[("b", s("2"))])));
         assert!(!routes(any, table(&[("b", s("3"))])));
-        assert!(routes(table(&[("a", AMQPValue::Void)]), table(&[("a", s("anything"))])));
-        assert!(routes(table(&[("x-match", s("all"))]), FieldTable::default()), "no conditions: all matches");
-        assert!(!routes(table(&[("x-match", s("any"))]), FieldTable::default()), "no conditions: any fails");
-        assert!(!routes(table(&[("a", s("1"))]), table(&[("a", AMQPValue::LongInt(1))])), "type classes differ");
+        assert!(routes(
+            table(&[("a", AMQPValue::Void)]),
+            table(&[("a", s("anything"))])
+        ));
+        assert!(
+            routes(table(&[("x-match", s("all"))]), FieldTable::default()),
+            "no conditions: all matches"
+        );
+        assert!(
+            !routes(table(&[("x-match", s("any"))]), FieldTable::default()),
+            "no conditions: any fails"
+        );
+        assert!(
+            !routes(
+                table(&[("a", s("1"))]),
+                table(&[("a", AMQPValue::LongInt(1))])
+            ),
+            "type classes differ"
+        );
         let with_x = table(&[("x-match", s("all-with-x")), ("x-k", s("v"))]);
         assert!(routes(with_x.clone(), table(&[("x-k", s("v"))])));
         assert!(!routes(with_x, FieldTable::default()));

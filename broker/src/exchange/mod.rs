@@ -114,7 +114,11 @@ impl Exchange {
             ExchangeKind::Topic => Routes::Topic(Default::default()),
             ExchangeKind::Headers => Routes::Headers(Default::default()),
         };
-        Arc::new(Exchange { spec, bindings: Mutex::new(Vec::new()), routes: RwLock::new(routes) })
+        Arc::new(Exchange {
+            spec,
+            bindings: Mutex::new(Vec::new()),
+            routes: RwLock::new(routes),
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -160,7 +164,9 @@ impl Exchange {
     /// Removes every binding to `destination` (its queue or exchange was deleted).
     pub fn unbind_destination(&self, destination: &Destination) -> usize {
         let mut bindings = self.bindings.lock();
-        let (gone, kept): (Vec<_>, Vec<_>) = bindings.drain(..).partition(|b| &b.destination == destination);
+        let (gone, kept): (Vec<_>, Vec<_>) = bindings
+            .drain(..)
+            .partition(|b| &b.destination == destination);
         *bindings = kept;
         for b in &gone {
             self.remove_route(b);

@@ -21,7 +21,10 @@ struct Node {
 
 impl Node {
     fn is_empty(&self) -> bool {
-        self.words.is_empty() && self.star.is_none() && self.hash.is_none() && self.destinations.is_empty()
+        self.words.is_empty()
+            && self.star.is_none()
+            && self.hash.is_none()
+            && self.destinations.is_empty()
     }
 }
 
@@ -65,17 +68,29 @@ fn remove_at(node: &mut Node, path: &[&str], destination: &Destination) -> bool 
             }
         }
         Some((&"*", rest)) => {
-            if node.star.as_mut().is_some_and(|c| remove_at(c, rest, destination)) {
+            if node
+                .star
+                .as_mut()
+                .is_some_and(|c| remove_at(c, rest, destination))
+            {
                 node.star = None;
             }
         }
         Some((&"#", rest)) => {
-            if node.hash.as_mut().is_some_and(|c| remove_at(c, rest, destination)) {
+            if node
+                .hash
+                .as_mut()
+                .is_some_and(|c| remove_at(c, rest, destination))
+            {
                 node.hash = None;
             }
         }
         Some((word, rest)) => {
-            if node.words.get_mut(*word).is_some_and(|c| remove_at(c, rest, destination)) {
+            if node
+                .words
+                .get_mut(*word)
+                .is_some_and(|c| remove_at(c, rest, destination))
+            {
                 node.words.remove(*word);
             }
         }
@@ -142,7 +157,11 @@ mod tests {
             ("a.*", "a.", true),
         ];
         for (binding, key, expected) in cases {
-            assert_eq!(matches(binding, key), expected, "binding {binding:?} key {key:?}");
+            assert_eq!(
+                matches(binding, key),
+                expected,
+                "binding {binding:?} key {key:?}"
+            );
         }
     }
 

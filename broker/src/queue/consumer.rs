@@ -20,7 +20,10 @@ pub struct Limit {
 
 impl Limit {
     pub fn new(limit: u32) -> Self {
-        Limit { limit: AtomicU32::new(limit), used: AtomicU32::new(0) }
+        Limit {
+            limit: AtomicU32::new(limit),
+            used: AtomicU32::new(0),
+        }
     }
 
     pub fn set_limit(&self, limit: u32) {
@@ -35,13 +38,19 @@ impl Limit {
     pub fn try_take(&self) -> bool {
         let limit = self.limit.load(Ordering::Acquire);
         self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| (limit == 0 || used < limit).then_some(used + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (limit == 0 || used < limit).then_some(used + 1)
+            })
             .is_ok()
     }
 
     /// Gives back `n` units (saturating: a release never underflows).
     pub fn release(&self, n: u32) {
-        let _ = self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| Some(used.saturating_sub(n)));
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(n))
+            });
     }
 
     pub fn used(&self) -> u32 {
@@ -58,7 +67,10 @@ pub struct ChannelCredit {
 
 impl Default for ChannelCredit {
     fn default() -> Self {
-        ChannelCredit { global: Limit::new(0), flow_active: AtomicBool::new(true) }
+        ChannelCredit {
+            global: Limit::new(0),
+            flow_active: AtomicBool::new(true),
+        }
     }
 }
 

@@ -63,7 +63,11 @@ pub enum ConsumerRemoval {
 
 impl Queue {
     pub fn new(vhost: &str, spec: QueueSpec) -> Arc<Self> {
-        Arc::new(Queue { spec, vhost: vhost.to_string(), state: Mutex::new(State::default()) })
+        Arc::new(Queue {
+            spec,
+            vhost: vhost.to_string(),
+            state: Mutex::new(State::default()),
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -78,7 +82,11 @@ impl Queue {
         }
         let seq = st.next_seq;
         st.next_seq += 1;
-        st.ready.push_back(Entry { seq, message, redelivered: false });
+        st.ready.push_back(Entry {
+            seq,
+            message,
+            redelivered: false,
+        });
         self.dispatch_locked(&mut st);
         true
     }
@@ -124,14 +132,22 @@ impl Queue {
     fn dispatch_locked(self: &Arc<Self>, st: &mut State) {
         while !st.ready.is_empty() && !st.consumers.is_empty() {
             let n = st.consumers.len();
-            let Some(idx) = (0..n).map(|i| (st.next_consumer + i) % n).find(|&i| st.consumers[i].try_take_credit())
+            let Some(idx) = (0..n)
+                .map(|i| (st.next_consumer + i) % n)
+                .find(|&i| st.consumers[i].try_take_credit())
             else {
                 return;
             };
-            let Some(entry) = st.ready.pop_front() else { return };
+            let Some(entry) = st.ready.pop_front() else {
+                return;
+            };
             let consumer = st.consumers[idx].clone();
             st.next_consumer = idx + 1;
-            if let Err(failed) = consumer.outbox.send(Outbound::Deliver { consumer: consumer.clone(), queue: self.clone(), entry }) {
+            if let Err(failed) = consumer.outbox.send(Outbound::Deliver {
+                consumer: consumer.clone(),
+                queue: self.clone(),
+                entry,
+            }) {
                 // The connection is gone; its cleanup will also remove the consumer.
                 consumer.release_credit(1);
                 if let Outbound::Deliver { entry, .. } = failed.0 {
@@ -146,7 +162,9 @@ impl Queue {
     /// and nobody joins a queue that has one). Returns false when refused.
     pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>) -> bool {
         let mut st = self.state.lock();
-        if st.consumers.iter().any(|c| c.exclusive) || (consumer.exclusive && !st.consumers.is_empty()) {
+        if st.consumers.iter().any(|c| c.exclusive)
+            || (consumer.exclusive && !st.consumers.is_empty())
+        {
             return false;
         }
         st.consumers.push(consumer);
