@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import socket
 import time
+import uuid
 from decimal import Decimal
 
 import amqp
@@ -28,6 +29,15 @@ def conn(broker):
 @pytest.fixture
 def ch(conn):
     return conn.channel()
+
+
+def new_queue(ch, **kw):
+    """Declare a uniquely named queue (server-named queues have their own test)."""
+    kw.setdefault("exclusive", True)
+    name = f"pyamqp.{uuid.uuid4().hex[:12]}"
+    ok = ch.queue_declare(name, **kw)
+    assert ok.queue == name
+    return name
 
 
 def get_all(ch, queue, no_ack=True, limit=1000):
@@ -99,7 +109,7 @@ HEADERS = {
 
 
 def test_publish_get_roundtrip(ch):
-    q, _, _ = ch.queue_declare("", exclusive=True)
+    q = new_queue(ch, exclusive=True)
     msg = amqp.Message(
         b"\x00binary\xff body",
         content_type="text/plain", content_encoding="utf-8",
@@ -121,7 +131,7 @@ def test_publish_get_roundtrip(ch):
 
 
 def test_large_body(ch):
-    q, _, _ = ch.queue_declare("", exclusive=True)
+    q = new_queue(ch, exclusive=True)
     body = bytes(range(256)) * 1200  # 300 KiB, several frames
     ch.basic_publish(amqp.Message(body), routing_key=q)
     ch.basic_publish(amqp.Message(b""), routing_key=q)
@@ -131,7 +141,7 @@ def test_large_body(ch):
 
 
 def test_consume_drain_events_and_ack(conn, ch):
-    q, _, _ = ch.queue_declare("", exclusive=True, auto_delete=False)
+    q = new_queue(ch, exclusive=True, auto_delete=False)
     got = []
     tag = ch.basic_consume(q, callback=got.append)
     assert tag.startswith("amq.ctag-"), tag  # server-generated consumer tag
@@ -149,7 +159,7 @@ def test_consume_drain_events_and_ack(conn, ch):
 
 
 def test_consumer_cancel_notification(conn, ch):
-    q, _, _ = ch.queue_declare("", auto_delete=False, exclusive=True)
+    q = new_queue(ch, auto_delete=False, exclusive=True)
     cancelled = []
     tag = ch.basic_consume(q, callback=lambda m: None, on_cancel=cancelled.append)
     conn.channel().queue_delete(q)
@@ -187,7 +197,7 @@ def test_server_named_queue_and_counts(ch):
 
 
 def test_per_message_ttl_expires(ch):
-    q, _, _ = ch.queue_declare("", exclusive=True)
+    q = new_queue(ch, exclusive=True)
     ch.basic_publish(amqp.Message(b"short", expiration="1"), routing_key=q)
     ch.basic_publish(amqp.Message(b"long", expiration="60000"), routing_key=q)
     time.sleep(0.2)
@@ -195,8 +205,8 @@ def test_per_message_ttl_expires(ch):
 
 
 def test_queue_ttl_and_dead_lettering(ch):
-    dlq, _, _ = ch.queue_declare("", exclusive=True)
-    q, _, _ = ch.queue_declare("", exclusive=True, arguments={
+    dlq = new_queue(ch, exclusive=True)
+    q = new_queue(ch, exclusive=True, arguments={
         "x-message-ttl": 50, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq})
     ch.basic_publish(amqp.Message(b"will die", application_headers={"keep": "me"}), routing_key=q)
     deadline = time.monotonic() + DELIVERY_TIMEOUT
@@ -224,9 +234,9 @@ def test_queue_ttl_and_dead_lettering(ch):
 def test_reject_dead_letters(ch):
     dlx = "pyamqp-dlx-" + str(time.monotonic_ns())
     ch.exchange_declare(dlx, "fanout", auto_delete=True)
-    dlq, _, _ = ch.queue_declare("", exclusive=True)
+    dlq = new_queue(ch, exclusive=True)
     ch.queue_bind(dlq, dlx)
-    q, _, _ = ch.queue_declare("", exclusive=True, arguments={"x-dead-letter-exchange": dlx})
+    q = new_queue(ch, exclusive=True, arguments={"x-dead-letter-exchange": dlx})
     ch.basic_publish(amqp.Message(b"rejected"), routing_key=q)
     m = ch.basic_get(q)
     ch.basic_reject(m.delivery_tag, requeue=False)
@@ -243,14 +253,14 @@ def test_reject_dead_letters(ch):
 
 
 def test_max_length_drops_head(ch):
-    q, _, _ = ch.queue_declare("", exclusive=True, arguments={"x-max-length": 2})
+    q = new_queue(ch, exclusive=True, arguments={"x-max-length": 2})
     for i in range(5):
         ch.basic_publish(amqp.Message(b"%d" % i), routing_key=q)
     assert [m.body for m in get_all(ch, q)] == [b"3", b"4"]
 
 
 def test_transactions(conn, ch):
-    q, _, _ = conn.channel().queue_declare("", exclusive=True)
+    q = new_queue(conn.channel(), exclusive=True)
     tx = conn.channel()
     tx.tx_select()
     tx._basic_publish(amqp.Message(b"rolled back"), routing_key=q)
@@ -340,7 +350,7 @@ def test_inequivalent_queue_argument(conn):
 
 
 def test_resource_locked_from_other_connection(broker, conn, ch):
-    q, _, _ = ch.queue_declare("", exclusive=True)
+    q = new_queue(ch, exclusive=True)
     other = broker.amqp_connection()
     try:
         with pytest.raises(amqp.exceptions.ResourceLocked) as ei:
@@ -357,7 +367,7 @@ def test_reused_consumer_tag_is_a_connection_error(broker):
     c = broker.amqp_connection()
     try:
         ch = c.channel()
-        q, _, _ = ch.queue_declare("", exclusive=True)
+        q = new_queue(ch, exclusive=True)
         ch.basic_consume(q, consumer_tag="same", callback=lambda m: None)
         with pytest.raises(amqp.exceptions.NotAllowed) as ei:
             ch.basic_consume(q, consumer_tag="same", callback=lambda m: None)
@@ -374,7 +384,7 @@ def test_recover_without_requeue_not_implemented(broker):
         ch = c.channel()
         with pytest.raises(amqp.exceptions.AMQPNotImplementedError) as ei:
             ch.basic_recover(requeue=False)
-            ch.queue_declare("", exclusive=True)
+            new_queue(ch)  # sync point in case the error arrives late
         check_error(ei, amqp.exceptions.AMQPNotImplementedError, 540, "NOT_IMPLEMENTED - requeue=false")
     finally:
         c.collect()

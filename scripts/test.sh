@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs every check and test Warren has, installing what they need first (the Python venv with pika,
+# kombu, py-amqp and oslo.messaging). Usage: scripts/test.sh   (from anywhere)
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "Python environment for the client-library tests"
+bash tests/python/setup_venv.sh
+venv="${WARREN_VENV:-$root/target/python-venv}"
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test (unit tests and the end-to-end suite)"
+cargo test --workspace
+
+step "building the warren binary for the Python suite"
+cargo build --bin warren
+export WARREN_BIN="$root/target/debug/warren"
+
+step "Python suite: pika, kombu, py-amqp, oslo.messaging against a real broker"
+timeout 900 "$venv/bin/python" -m pytest tests/python -q -p no:cacheprovider
