@@ -118,3 +118,40 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
         .with_single_cert(chain, key)?;
     Ok(Arc::new(config))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_files_readable_by_others_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("server.key");
+        std::fs::write(&key, "x").unwrap();
+        for (mode, ok) in [
+            (0o600, true),
+            (0o400, true),
+            (0o640, false),
+            (0o604, false),
+            (0o644, false),
+        ] {
+            fs::set_permissions(&key, fs::Permissions::from_mode(mode)).unwrap();
+            let result = check_key_file(&key);
+            assert_eq!(result.is_ok(), ok, "mode {mode:o}: {result:?}");
+            if let Err(e) = result {
+                assert!(e.to_string().contains("chmod 600"), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn missing_files_are_clear_errors() {
+        let tls = TlsConfig {
+            ca_bundle: "/nonexistent/ca.pem".into(),
+            cert: "/nonexistent/s.pem".into(),
+            key: "/nonexistent/s.key".into(),
+        };
+        let e = server_config(&tls).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/s.key"), "{e}");
+    }
+}

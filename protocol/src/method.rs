@@ -3,7 +3,7 @@
 
 use amq_protocol::frame::WriteContext;
 use amq_protocol::protocol::{gen_class, parse_class, AMQPClass};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 
 use crate::constants::*;
 use crate::frame::encode_frame_with;
@@ -144,13 +144,6 @@ pub fn encode_confirm(
             b.put_u8(u8::from(multiple));
         }
     });
-}
-
-/// A method payload as a cheaply clonable value, for tests and tools that build frames by hand.
-pub fn method_payload(method: &AMQPClass) -> Bytes {
-    let mut out = BytesMut::new();
-    encode_method(&mut out, 0, method);
-    out.split_off(7).split_to(out.len() - 8).freeze()
 }
 
 #[cfg(test)]
