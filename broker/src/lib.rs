@@ -13,7 +13,6 @@ pub mod error;
 pub mod exchange;
 pub mod identity;
 pub mod message;
-pub mod pki;
 pub mod queue;
 pub mod server;
 pub mod tls;
@@ -21,3 +20,5 @@ pub mod users;
 pub mod vhost;
 
 pub use server::{run, Server};
+/// The internal CA, re-exported for `--dev` and for tests that issue their own certificates.
+pub use warren_pki as pki;

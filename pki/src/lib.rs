@@ -1,5 +1,8 @@
-//! An internal certificate authority (rcgen): the CA `warren --dev` creates, and the server and client
-//! certificates it issues. The same code issues test fixtures (foreign CAs, expired certificates).
+//! Warren's internal certificate authority (rcgen): the CA `warren --dev` creates, the server and client
+//! certificates it issues, and `brokerctl ca` for operators issuing per-service certificates. The same
+//! code issues test fixtures (foreign CAs, expired certificates).
+//!
+//! Crate rule: files and certificates only; it knows nothing of AMQP or of the broker.
 
 use std::path::{Path, PathBuf};
 
