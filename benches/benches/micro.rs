@@ -103,7 +103,7 @@ fn topic_matching(c: &mut Criterion) {
             arguments: FieldTable::default(),
         };
         let q = vhost
-            .declare_queue(spec, false, ConnectionId(1))
+            .declare_queue(spec, false, false, ConnectionId(1))
             .unwrap()
             .queue;
         let key = match i % 4 {
@@ -138,7 +138,7 @@ fn publish_path(c: &mut Criterion) {
         arguments: FieldTable::default(),
     };
     let q = vhost
-        .declare_queue(spec, false, ConnectionId(1))
+        .declare_queue(spec, false, false, ConnectionId(1))
         .unwrap()
         .queue;
     vhost

@@ -87,14 +87,16 @@ impl fmt::Display for AmqpError {
 
 impl std::error::Error for AmqpError {}
 
-/// Reply texts are short strings: cut at 255 octets on a character boundary.
+/// Reply texts are short strings: RabbitMQ keeps the first 252 octets and appends "..."
+/// (`rabbit_binary_generator:amqp_exception_explanation`); the cut respects character boundaries.
 fn truncate_short_str(text: &mut String) {
     if text.len() > 255 {
-        let mut end = 255;
+        let mut end = 252;
         while !text.is_char_boundary(end) {
             end -= 1;
         }
         text.truncate(end);
+        text.push_str("...");
     }
 }
 
@@ -135,7 +137,7 @@ mod tests {
         assert!(e.is_soft());
         assert_eq!((e.class_id, e.method_id), (50, 10));
         let long = AmqpError::frame_error("é".repeat(300));
-        assert!(long.text.len() <= 255 && !long.is_soft());
+        assert!(long.text.len() <= 255 && long.text.ends_with("...") && !long.is_soft());
         assert_eq!(octets_snippet(b"hello"), "all octets = <<\"hello\">>");
         assert_eq!(octets_snippet(&[1, 2]), "all octets = <<1,2>>");
         assert_eq!(

@@ -156,6 +156,21 @@ def test_rpc_call_and_cast(rpc_transport, servers):
     assert client.prepare(server="s1").call({}, "add", a=1, b=1) == 2
 
 
+def test_transport_url_with_user_name(broker, oslo_conf, servers):
+    # Warren's --dev instructions put the user in the URL; with EXTERNAL the
+    # certificate decides, and the URL's user name is not used.
+    url = f"rabbit://admin@{broker.server_name}:{broker.port}/"
+    transport = messaging.get_rpc_transport(oslo_conf, url=url)
+    try:
+        t = topic("userurl")
+        servers.start(rpc_server(transport, t, "s1", CalcEndpoint("s1")))
+        client = messaging.get_rpc_client(transport, messaging.Target(topic=t), timeout=RPC_TIMEOUT)
+        assert client.call({}, "add", a=20, b=22) == 42
+    finally:
+        servers.stop_all()
+        transport.cleanup()
+
+
 def test_rpc_call_remote_exception(rpc_transport, servers):
     t = topic("fail")
     servers.start(rpc_server(rpc_transport, t, "s1", CalcEndpoint("s1")))

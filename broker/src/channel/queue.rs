@@ -36,11 +36,8 @@ impl Channel {
         };
         match method {
             queue::AMQPMethod::Declare(d) => {
-                let name = if d.queue.as_str().is_empty() && !d.passive {
-                    generated_name("amq.gen")
-                } else {
-                    self.queue_name(d.queue.as_str())?
-                };
+                let server_named = d.queue.as_str().is_empty() && !d.passive;
+                let name = if server_named { generated_name("amq.gen") } else { self.queue_name(d.queue.as_str())? };
                 let spec = QueueSpec {
                     name,
                     durable: d.durable,
@@ -48,7 +45,7 @@ impl Channel {
                     auto_delete: d.auto_delete,
                     arguments: d.arguments,
                 };
-                let declared = s.vhost.declare_queue(spec, d.passive, s.id)?;
+                let declared = s.vhost.declare_queue(spec, d.passive, server_named, s.id)?;
                 let q = declared.queue;
                 self.last_queue = Some(q.name().to_string());
                 let ok = queue::DeclareOk {
