@@ -2,7 +2,8 @@
 
 use bytes::Bytes;
 
-/// Exchange, routing key, the raw content-header properties and the body, exactly as published.
+/// Exchange, routing key, the raw content-header properties and the body, exactly as published, plus
+/// the few properties queues act on, decoded once at publish.
 #[derive(Debug)]
 pub struct Message {
     pub exchange: String,
@@ -10,10 +11,41 @@ pub struct Message {
     /// Property flags and values as the publisher encoded them (forwarded byte-for-byte).
     pub properties: Bytes,
     pub body: Bytes,
+    /// The `priority` property (0 when absent).
+    pub priority: u8,
+    /// The `expiration` property in milliseconds (per-message TTL).
+    pub expiration_ms: Option<u64>,
 }
 
 impl Message {
     pub fn body_size(&self) -> u64 {
         self.body.len() as u64
+    }
+}
+
+/// Parses the `expiration` property as RabbitMQ does: a non-negative decimal integer of milliseconds.
+/// The error is RabbitMQ's reason term, for the 406 text.
+pub fn parse_expiration(raw: &[u8]) -> Result<u64, String> {
+    let text = std::str::from_utf8(raw).map_err(|_| "no_integer".to_string())?;
+    let value: i128 = text.trim().parse().map_err(|_| "no_integer".to_string())?;
+    if value < 0 {
+        return Err(format!("{{value_negative,{value}}}"));
+    }
+    if value > 4_294_967_295 {
+        return Err(format!("{{value_too_large,{value},4294967295}}"));
+    }
+    Ok(value as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiration_is_a_non_negative_integer() {
+        assert_eq!(parse_expiration(b"60000"), Ok(60000));
+        assert_eq!(parse_expiration(b"0"), Ok(0));
+        assert_eq!(parse_expiration(b"-1"), Err("{value_negative,-1}".into()));
+        assert_eq!(parse_expiration(b"soon"), Err("no_integer".into()));
     }
 }

@@ -3,8 +3,64 @@
 //! The broker forwards the property bytes exactly as the publisher sent them (field order, type tags and
 //! non-UTF-8 strings included) and only looks inside for the few properties it acts on.
 
+use amq_protocol::frame::WriteContext;
+use amq_protocol::protocol::basic::{gen_properties, parse_properties, AMQPProperties};
 use amq_protocol::types::{parsing::parse_field_table, FieldTable};
 use bytes::Bytes;
+
+/// Re-encodes raw properties with the headers table replaced by `headers` and, if asked, the expiration
+/// removed. Used where the broker must change a message (dead-lettering writes `x-death` and drops the
+/// per-message TTL); the ordinary path never re-encodes.
+pub fn rewrite_properties(
+    raw: &[u8],
+    headers: FieldTable,
+    drop_expiration: bool,
+) -> Result<Bytes, ContentError> {
+    let (_, old) = parse_properties(raw).map_err(|_| ContentError::BadProperties)?;
+    let mut new = AMQPProperties::default().with_headers(headers);
+    if let Some(v) = old.content_type() {
+        new = new.with_content_type(v.clone());
+    }
+    if let Some(v) = old.content_encoding() {
+        new = new.with_content_encoding(v.clone());
+    }
+    if let Some(v) = old.delivery_mode() {
+        new = new.with_delivery_mode(*v);
+    }
+    if let Some(v) = old.priority() {
+        new = new.with_priority(*v);
+    }
+    if let Some(v) = old.correlation_id() {
+        new = new.with_correlation_id(v.clone());
+    }
+    if let Some(v) = old.reply_to() {
+        new = new.with_reply_to(v.clone());
+    }
+    if let (Some(v), false) = (old.expiration(), drop_expiration) {
+        new = new.with_expiration(v.clone());
+    }
+    if let Some(v) = old.message_id() {
+        new = new.with_message_id(v.clone());
+    }
+    if let Some(v) = old.timestamp() {
+        new = new.with_timestamp(*v);
+    }
+    if let Some(v) = old.kind() {
+        new = new.with_type(v.clone());
+    }
+    if let Some(v) = old.user_id() {
+        new = new.with_user_id(v.clone());
+    }
+    if let Some(v) = old.app_id() {
+        new = new.with_app_id(v.clone());
+    }
+    if let Some(v) = old.cluster_id() {
+        new = new.with_cluster_id(v.clone());
+    }
+    let ctx = gen_properties(&new)(WriteContext::from(Vec::with_capacity(raw.len() + 128)))
+        .map_err(|_| ContentError::BadProperties)?;
+    Ok(Bytes::from(ctx.write))
+}
 
 /// A content header frame's payload: class, body size and the untouched property list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,6 +265,19 @@ mod tests {
         assert_eq!(p.user_id, Some(&b"admin"[..]));
         assert_eq!(p.cluster_id, Some(&b"c"[..]));
         assert_eq!(p.headers_table(), Some(headers));
+    }
+
+    #[test]
+    fn rewriting_changes_only_what_the_edit_touches() {
+        let raw = encode(
+            &AMQPProperties::default()
+                .with_app_id("app".into())
+                .with_expiration("5".into()),
+        );
+        let out = rewrite_properties(&raw, FieldTable::default(), true).unwrap();
+        let p = BasicProperties::parse(&out).unwrap();
+        assert_eq!((p.app_id, p.expiration), (Some(&b"app"[..]), None));
+        assert_eq!(p.headers_table(), Some(FieldTable::default()));
     }
 
     #[test]

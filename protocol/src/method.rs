@@ -34,7 +34,7 @@ pub fn method_ids(payload: &[u8]) -> (u16, u16) {
 pub fn decode_method(payload: &[u8]) -> Result<AMQPClass, MethodError> {
     let (class_id, method_id) = method_ids(payload);
     match parse_class(payload) {
-        Ok((rest, class)) if rest.is_empty() => Ok(class),
+        Ok(([], class)) => Ok(class),
         _ if is_known(class_id, method_id) => Err(MethodError::Malformed {
             class_id,
             method_id,

@@ -39,11 +39,6 @@ import rabbitmq_target  # noqa: E402
 
 TARGET = os.environ.get("WARREN_TEST_TARGET", "warren").strip().lower() or "warren"
 
-
-def not_built_yet(issue: int, what: str):
-    """Marks a RabbitMQ behaviour Warren does not have yet (an open issue). Strict: once Warren has it,
-    the test passes, the XPASS fails the run, and the marker must be removed."""
-    return pytest.mark.xfail(TARGET == "warren", strict=True, reason=f"issue #{issue}: {what} not built yet")
 SERVER_NAME = "localhost"
 HOST = "127.0.0.1"
 

@@ -15,7 +15,7 @@ import pika
 import pika.exceptions
 import pytest
 
-from conftest import DELIVERY_TIMEOUT, amqp_reply_text, not_built_yet, wait_until
+from conftest import DELIVERY_TIMEOUT, amqp_reply_text, wait_until
 
 
 # --------------------------------------------------------------------------
@@ -576,7 +576,6 @@ def test_exchange_to_exchange_bindings(ch, name):
         ch.exchange_delete(ex)
 
 
-@not_built_yet(4, 'auto-delete exchanges')
 def test_auto_delete_exchange_deleted_with_last_binding(conn, ch, name):
     ex, ex2 = name("ad"), name("ad2")
     ch.exchange_declare(ex, "fanout", auto_delete=True)
@@ -608,7 +607,6 @@ def test_queue_bind_missing_queue_or_exchange(conn, ch, name):
         ch.queue_bind(q, missing_ex, routing_key="x")
 
 
-@not_built_yet(4, 'alternate-exchange')
 def test_alternate_exchange(ch, name):
     ex, ae = name("ex"), name("ae")
     ch.exchange_declare(ae, "fanout", auto_delete=True)

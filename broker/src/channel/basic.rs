@@ -11,8 +11,23 @@ use super::unacked::Delivered;
 use super::{remove_consumer, requeue, Channel, Registration};
 use crate::connection::session::Session;
 use crate::error::{AmqpError, AmqpResult};
+use crate::queue::arguments::{as_int, type_name};
 use crate::queue::consumer::{Consumer, Limit};
 use crate::queue::{Entry, Queue};
+use amq_protocol::types::FieldTable;
+
+/// The `x-priority` consumer argument: any integer (RabbitMQ's check_int_arg), default 0.
+fn consumer_priority(args: &FieldTable, queue: &str, vhost: &str) -> AmqpResult<i64> {
+    match args.inner().get("x-priority") {
+        None => Ok(0),
+        Some(v) => as_int(v).map(|p| p.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64).ok_or_else(|| {
+            AmqpError::precondition(format!(
+                "invalid arg 'x-priority' for queue '{queue}' in vhost '{vhost}': \"expected integer, got {}\"",
+                type_name(v)
+            ))
+        }),
+    }
+}
 
 impl Channel {
     pub(super) fn basic_method(
@@ -98,6 +113,7 @@ impl Channel {
             channel: self.id,
             no_ack: c.no_ack,
             exclusive: c.exclusive,
+            priority: consumer_priority(&c.arguments, &name, &s.vhost.name)?,
             prefetch: Limit::new(self.consumer_prefetch),
             channel_credit: self.credit.clone(),
             write_budget: s.write_budget.clone(),
@@ -112,7 +128,7 @@ impl Channel {
                 queue: queue.clone(),
             },
         );
-        if !queue.add_consumer(consumer) {
+        if queue.add_consumer(consumer).is_err() {
             self.consumers.remove(&tag);
             return Err(AmqpError::access_refused(format!(
                 "queue '{}' in vhost '{}' in exclusive use",
@@ -169,23 +185,42 @@ impl Channel {
         tag
     }
 
-    /// basic.ack (requeue None), basic.nack and basic.reject (requeue Some).
+    /// basic.ack (requeue None), basic.nack and basic.reject (requeue Some). In a transaction the
+    /// settlement waits for tx.commit, but an unknown tag fails at once, as in RabbitMQ.
     fn settle(&mut self, tag: u64, multiple: bool, requeue_to: Option<bool>) -> AmqpResult<()> {
         let settled = self
             .unacked
             .take(tag, multiple)
             .ok_or_else(|| AmqpError::precondition(format!("unknown delivery tag {tag}")))?;
+        match &mut self.tx {
+            Some(tx) => tx.settles.push((settled, requeue_to)),
+            None => self.apply_settle(settled, requeue_to),
+        }
+        Ok(())
+    }
+
+    /// Settles deliveries: ack drops them, requeue returns them, reject/nack dead-letters them.
+    pub(super) fn apply_settle(&mut self, settled: Vec<Delivered>, requeue_to: Option<bool>) {
         self.needs_dispatch = true;
         if requeue_to == Some(true) {
             requeue(settled);
-        } else {
-            for d in settled {
-                if let Some(c) = &d.consumer {
-                    c.release_credit(1);
+            return;
+        }
+        let mut rejected: Vec<(Arc<Queue>, Vec<Entry>)> = Vec::new();
+        for d in settled {
+            if let Some(c) = &d.consumer {
+                c.release_credit(1);
+            }
+            if requeue_to == Some(false) {
+                match rejected.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &d.queue)) {
+                    Some((_, entries)) => entries.push(d.entry),
+                    None => rejected.push((d.queue, vec![d.entry])),
                 }
             }
         }
-        Ok(())
+        for (queue, entries) in rejected {
+            queue.reject(entries);
+        }
     }
 
     fn recover(&mut self, requeue_all: bool) -> AmqpResult<()> {

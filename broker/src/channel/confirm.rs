@@ -31,6 +31,15 @@ impl Confirms {
         self.ready_through = seq;
     }
 
+    /// The publish `seq` was refused: earlier acks go out first so the nack stays in order.
+    pub fn nack(&mut self, s: &mut Session, channel: u16, seq: u64) {
+        self.ready_through = seq - 1;
+        self.flush(s, channel);
+        encode_confirm(&mut s.out, channel, seq, false, false);
+        self.settled_through = seq;
+        self.ready_through = seq;
+    }
+
     /// Sends one ack for everything confirmed since the last one.
     pub fn flush(&mut self, s: &mut Session, channel: u16) {
         if self.ready_through > self.settled_through {
@@ -49,6 +58,11 @@ impl Channel {
     ) -> AmqpResult<()> {
         match method {
             confirm::AMQPMethod::Select(select) => {
+                if self.tx.is_some() {
+                    return Err(crate::error::AmqpError::precondition(
+                        "cannot switch from tx to confirm mode",
+                    ));
+                }
                 self.confirms.get_or_insert_with(Confirms::default);
                 if !select.nowait {
                     s.send(

@@ -6,6 +6,7 @@ mod confirm;
 mod exchange;
 mod publish;
 mod queue;
+mod tx;
 pub mod unacked;
 
 use std::collections::HashMap;
@@ -21,6 +22,7 @@ use crate::queue::consumer::{ChannelCredit, Consumer};
 use crate::queue::Queue;
 use confirm::Confirms;
 use publish::Assembly;
+use tx::Transaction;
 use unacked::Unacked;
 
 /// A consumer registered on this channel and the queue it consumes from.
@@ -39,6 +41,8 @@ pub struct Channel {
     unacked: Unacked,
     next_delivery_tag: u64,
     confirms: Option<Confirms>,
+    /// Set by tx.select: publishes and settlements wait for tx.commit.
+    tx: Option<Transaction>,
     /// The last queue declared on this channel: an empty queue name in later methods means it.
     last_queue: Option<String>,
     /// Credit was released in this batch: consumers' queues get a dispatch pass at its end.
@@ -56,6 +60,7 @@ impl Channel {
             unacked: Unacked::default(),
             next_delivery_tag: 1,
             confirms: None,
+            tx: None,
             last_queue: None,
             needs_dispatch: false,
         }
@@ -92,9 +97,7 @@ impl Channel {
                 );
                 Ok(())
             }
-            AMQPClass::Tx(_) => Err(AmqpError::not_implemented(
-                "transactions (tx.select) are not supported yet",
-            )),
+            AMQPClass::Tx(m) => self.tx_method(s, m),
             AMQPClass::Connection(_) | AMQPClass::Access(_) => {
                 Err(AmqpError::command_invalid("unimplemented method"))
             }

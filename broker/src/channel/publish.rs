@@ -12,6 +12,7 @@ use crate::connection::session::Session;
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Exchange, RouteInput};
 use crate::message::Message;
+use crate::queue::Enqueued;
 
 /// A basic.publish waiting for its content.
 pub struct Pending {
@@ -223,13 +224,59 @@ impl Channel {
                 .during(PUBLISH));
             }
         }
-        let seq = self.confirms.as_mut().map(|c| c.next());
+        let expiration_ms = match props.expiration {
+            None => None,
+            Some(raw) => Some(crate::message::parse_expiration(raw).map_err(|reason| {
+                AmqpError::precondition(format!(
+                    "invalid expiration '{}': {reason}",
+                    String::from_utf8_lossy(raw)
+                ))
+                .during(PUBLISH)
+            })?),
+        };
         let message = Arc::new(Message {
             exchange: p.exchange_name,
             routing_key: p.routing_key,
             properties: header.properties.clone(),
             body,
+            priority: props.priority.unwrap_or(0),
+            expiration_ms,
         });
+        let publication = Publication {
+            exchange: p.exchange,
+            message,
+            mandatory: p.mandatory,
+        };
+        match &mut self.tx {
+            Some(tx) => tx.publishes.push(publication),
+            None => {
+                let seq = self.confirms.as_mut().map(|c| c.next());
+                let accepted = self.route_and_enqueue(s, &publication);
+                if let (Some(confirms), Some(seq)) = (self.confirms.as_mut(), seq) {
+                    if accepted {
+                        confirms.ack(seq);
+                    } else {
+                        confirms.nack(s, self.id, seq);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A complete message waiting to be routed (at once, or at tx.commit).
+pub struct Publication {
+    exchange: Option<Arc<Exchange>>,
+    message: Arc<Message>,
+    mandatory: bool,
+}
+
+impl Channel {
+    /// Routes and enqueues a publication, returning it with basic.return when it is mandatory and
+    /// unroutable. Returns false when a queue refused it (`x-overflow = reject-publish`).
+    pub(super) fn route_and_enqueue(&mut self, s: &mut Session, p: &Publication) -> bool {
+        let message = &p.message;
         let queues = match &p.exchange {
             None => s
                 .vhost
@@ -237,7 +284,11 @@ impl Channel {
                 .into_iter()
                 .collect(),
             Some(x) => {
-                let headers = || props.headers_table();
+                let headers = || {
+                    BasicProperties::parse(&message.properties)
+                        .ok()
+                        .and_then(|p| p.headers_table())
+                };
                 s.vhost.route(
                     x,
                     &RouteInput {
@@ -248,8 +299,16 @@ impl Channel {
             }
         };
         let mut routed = false;
+        let mut accepted = true;
         for q in &queues {
-            routed |= q.publish(message.clone());
+            match q.publish(message.clone()) {
+                Enqueued::Yes => routed = true,
+                Enqueued::Rejected => {
+                    routed = true;
+                    accepted = false;
+                }
+                Enqueued::Gone => {}
+            }
         }
         if !routed && p.mandatory {
             let ret = basic::Return {
@@ -259,11 +318,8 @@ impl Channel {
                 routing_key: message.routing_key.as_str().into(),
             };
             s.send(self.id, AMQPClass::Basic(basic::AMQPMethod::Return(ret)));
-            s.send_content(self.id, &message);
+            s.send_content(self.id, message);
         }
-        if let (Some(confirms), Some(seq)) = (self.confirms.as_mut(), seq) {
-            confirms.ack(seq);
-        }
-        Ok(())
+        accepted
     }
 }

@@ -37,7 +37,11 @@ impl Channel {
         match method {
             queue::AMQPMethod::Declare(d) => {
                 let server_named = d.queue.as_str().is_empty() && !d.passive;
-                let name = if server_named { generated_name("amq.gen") } else { self.queue_name(d.queue.as_str())? };
+                let name = if server_named {
+                    generated_name("amq.gen")
+                } else {
+                    self.queue_name(d.queue.as_str())?
+                };
                 let spec = QueueSpec {
                     name,
                     durable: d.durable,

@@ -48,6 +48,14 @@ impl Unacked {
         }
     }
 
+    /// Returns deliveries taken earlier (a rolled-back transaction's acks) to their places.
+    pub fn put_back(&mut self, deliveries: Vec<Delivered>) {
+        for d in deliveries {
+            let at = self.list.partition_point(|x| x.tag < d.tag);
+            self.list.insert(at, d);
+        }
+    }
+
     pub fn take_all(&mut self) -> Vec<Delivered> {
         self.list.drain(..).collect()
     }

@@ -94,6 +94,8 @@ enum Routes {
 #[derive(Debug)]
 pub struct Exchange {
     pub spec: ExchangeSpec,
+    /// The `alternate-exchange` argument: where unroutable messages go.
+    pub alternate: Option<Arc<str>>,
     /// Bindings in declaration order; the writer side of `routes`.
     bindings: Mutex<Vec<Binding>>,
     routes: RwLock<Routes>,
@@ -114,7 +116,14 @@ impl Exchange {
             ExchangeKind::Topic => Routes::Topic(Default::default()),
             ExchangeKind::Headers => Routes::Headers(Default::default()),
         };
+        let alternate = spec
+            .arguments
+            .inner()
+            .get("alternate-exchange")
+            .and_then(crate::queue::arguments::as_text)
+            .map(Arc::from);
         Arc::new(Exchange {
+            alternate,
             spec,
             bindings: Mutex::new(Vec::new()),
             routes: RwLock::new(routes),

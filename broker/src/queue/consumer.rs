@@ -86,6 +86,8 @@ pub struct Consumer {
     pub channel: u16,
     pub no_ack: bool,
     pub exclusive: bool,
+    /// Consumer priority (`x-priority`): higher priorities get messages first.
+    pub priority: i64,
     /// Per-consumer prefetch (basic.qos with global=false before the consume).
     pub prefetch: Limit,
     pub channel_credit: Arc<ChannelCredit>,

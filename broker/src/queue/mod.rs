@@ -1,27 +1,55 @@
-//! A queue: ready messages in order, its consumers, and the dispatch loop that pushes to them.
+//! A queue: ready messages in delivery order, its consumers, and the dispatch loop that pushes to them,
+//! with RabbitMQ's queue features: message TTL, queue expiry, length limits, priorities, dead-lettering,
+//! delivery limits, consumer priorities and single active consumer.
 //!
 //! Each queue has its own lock and shares none with other queues (DESIGN: "a queue never needs a lock
-//! shared with other queues"). Ready messages are kept sorted by their enqueue sequence number, so a
-//! requeued message goes back to its original place (RabbitMQ requeues in original order).
+//! shared with other queues"). Ready messages are kept sorted by (priority descending, enqueue sequence),
+//! so a requeued message goes back to its original place (RabbitMQ requeues in original order).
+//! Messages leaving for the dead-letter exchange are collected under the lock and republished after it
+//! is released, because a dead-letter route may lead back to the same queue.
 
+pub mod arguments;
 pub mod consumer;
+pub mod dead_letter;
 
+use std::cmp::Reverse;
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use amq_protocol::types::FieldTable;
 use parking_lot::Mutex;
+use tokio::sync::Notify;
 
 use crate::connection::outbound::Outbound;
 use crate::message::Message;
+use crate::vhost::Vhost;
+use arguments::{Overflow, QueueArguments};
 use consumer::{ConnectionId, Consumer};
+use dead_letter::{DeadLetters, Reason};
 
-/// A message in a queue, with its position and whether it was delivered before.
+/// A message in a queue, with its position, priority, deadline and delivery history.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub seq: u64,
     pub message: Arc<Message>,
     pub redelivered: bool,
+    /// Effective priority (0 unless the queue has `x-max-priority`).
+    pub priority: u8,
+    /// When the message expires (queue TTL or per-message expiration, whichever is sooner).
+    pub expires_at: Option<Instant>,
+    /// How many times the message came back to the queue after a delivery (for `x-delivery-limit`).
+    pub returns: u64,
+}
+
+impl Entry {
+    fn order(&self) -> (Reverse<u8>, u64) {
+        (Reverse(self.priority), self.seq)
+    }
+
+    fn expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
 }
 
 /// Declaration properties, compared on redeclare (RabbitMQ's equivalence check).
@@ -34,22 +62,31 @@ pub struct QueueSpec {
     pub arguments: FieldTable,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     ready: VecDeque<Entry>,
+    ready_bytes: u64,
+    /// Ordered by consumer priority (highest first), then registration.
     consumers: Vec<Arc<Consumer>>,
     next_consumer: usize,
     next_seq: u64,
     deleted: bool,
     /// Auto-delete queues are deleted when their last consumer goes, but only once they had one.
     had_consumer: bool,
+    /// Last basic.get, redeclare, or consumer change: `x-expires` counts from here.
+    last_used: Instant,
+    /// Whether the TTL task is running for this queue.
+    ttl_task: bool,
 }
 
 #[derive(Debug)]
 pub struct Queue {
     pub spec: QueueSpec,
-    pub vhost: String,
+    pub args: QueueArguments,
+    pub vhost: Weak<Vhost>,
     state: Mutex<State>,
+    /// Wakes the TTL task when a message with an earlier deadline reaches the head.
+    ttl_wakeup: Notify,
 }
 
 /// What removing a consumer left behind.
@@ -61,116 +98,322 @@ pub enum ConsumerRemoval {
     RemovedLastOfAutoDelete,
 }
 
+/// What a publish did to this queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    Yes,
+    /// Refused by `x-overflow = reject-publish(-dlx)`: the publisher's confirm is a nack.
+    Rejected,
+    /// The queue was deleted meanwhile.
+    Gone,
+}
+
+/// Why a consumer cannot join.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ConsumeRefused {
+    ExclusiveUse,
+}
+
 impl Queue {
-    pub fn new(vhost: &str, spec: QueueSpec) -> Arc<Self> {
-        Arc::new(Queue {
+    pub fn new(vhost: Weak<Vhost>, spec: QueueSpec, args: QueueArguments) -> Arc<Self> {
+        let queue = Arc::new(Queue {
             spec,
-            vhost: vhost.to_string(),
-            state: Mutex::new(State::default()),
-        })
+            args,
+            vhost,
+            state: Mutex::new(State {
+                ready: VecDeque::new(),
+                ready_bytes: 0,
+                consumers: Vec::new(),
+                next_consumer: 0,
+                next_seq: 0,
+                deleted: false,
+                had_consumer: false,
+                last_used: Instant::now(),
+                ttl_task: false,
+            }),
+            ttl_wakeup: Notify::new(),
+        });
+        if let Some(ms) = queue.args.expires_ms {
+            spawn_expiry_task(&queue, Duration::from_millis(ms));
+        }
+        queue
     }
 
     pub fn name(&self) -> &str {
         &self.spec.name
     }
 
-    /// Appends a message and pushes what consumers can take. False if the queue was deleted meanwhile.
-    pub fn publish(self: &Arc<Self>, message: Arc<Message>) -> bool {
-        let mut st = self.state.lock();
-        if st.deleted {
-            return false;
-        }
+    /// Enqueues a message, pushes what consumers can take, and applies length limits.
+    pub fn publish(self: &Arc<Self>, message: Arc<Message>) -> Enqueued {
+        let mut dead = DeadLetters::new();
+        let outcome = {
+            let mut st = self.state.lock();
+            if st.deleted {
+                return Enqueued::Gone;
+            }
+            let now = Instant::now();
+            let size = message.body_size();
+            if self.args.overflow != Overflow::DropHead && self.over_limit(&st, 1, size) {
+                if self.args.overflow == Overflow::RejectPublishDlx {
+                    let entry = self.entry(&mut st, message, now);
+                    dead.push((entry, Reason::Maxlen));
+                }
+                Enqueued::Rejected
+            } else {
+                let entry = self.entry(&mut st, message, now);
+                let has_deadline = entry.expires_at.is_some();
+                let at = st.ready.partition_point(|e| e.order() < entry.order());
+                st.ready.insert(at, entry);
+                st.ready_bytes += size;
+                self.dispatch_locked(&mut st, &mut dead);
+                self.drop_head_over_limit(&mut st, &mut dead);
+                if has_deadline && at == 0 {
+                    self.watch_ttl(&mut st);
+                }
+                Enqueued::Yes
+            }
+        };
+        dead_letter::dead_letter(self, dead);
+        outcome
+    }
+
+    fn entry(&self, st: &mut State, message: Arc<Message>, now: Instant) -> Entry {
         let seq = st.next_seq;
         st.next_seq += 1;
-        st.ready.push_back(Entry {
+        let ttl = match (self.args.message_ttl_ms, message.expiration_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let priority = self
+            .args
+            .max_priority
+            .map_or(0, |max| message.priority.min(max));
+        Entry {
             seq,
             message,
             redelivered: false,
-        });
-        self.dispatch_locked(&mut st);
-        true
+            priority,
+            expires_at: ttl.map(|ms| now + Duration::from_millis(ms)),
+            returns: 0,
+        }
     }
 
-    /// Puts delivered-but-unsettled messages back in their original positions, flagged redelivered.
-    pub fn requeue(self: &Arc<Self>, entries: impl IntoIterator<Item = Entry>) {
-        let mut st = self.state.lock();
-        if st.deleted {
+    /// Whether adding `count` messages of `bytes` would pass `x-max-length` / `x-max-length-bytes`.
+    fn over_limit(&self, st: &State, count: u64, bytes: u64) -> bool {
+        self.args
+            .max_length
+            .is_some_and(|max| st.ready.len() as u64 + count > max)
+            || self
+                .args
+                .max_length_bytes
+                .is_some_and(|max| st.ready_bytes + bytes > max)
+    }
+
+    fn drop_head_over_limit(&self, st: &mut State, dead: &mut DeadLetters) {
+        if self.args.overflow != Overflow::DropHead {
             return;
         }
-        for mut entry in entries {
-            entry.redelivered = true;
-            let at = st.ready.partition_point(|e| e.seq < entry.seq);
-            st.ready.insert(at, entry);
-        }
-        self.dispatch_locked(&mut st);
-    }
-
-    /// Puts back a message that was pushed to a consumer but never reached the client, unchanged.
-    pub fn return_undelivered(self: &Arc<Self>, entry: Entry) {
-        let mut st = self.state.lock();
-        if st.deleted {
-            return;
-        }
-        let at = st.ready.partition_point(|e| e.seq < entry.seq);
-        st.ready.insert(at, entry);
-        self.dispatch_locked(&mut st);
-    }
-
-    /// Takes the head message for basic.get, with the count of messages left.
-    pub fn get(&self) -> Option<(Entry, u32)> {
-        let mut st = self.state.lock();
-        let entry = st.ready.pop_front()?;
-        Some((entry, st.ready.len() as u32))
-    }
-
-    /// Pushes ready messages to consumers with credit (after an ack, qos change or flow resume).
-    pub fn dispatch(self: &Arc<Self>) {
-        let mut st = self.state.lock();
-        self.dispatch_locked(&mut st);
-    }
-
-    fn dispatch_locked(self: &Arc<Self>, st: &mut State) {
-        while !st.ready.is_empty() && !st.consumers.is_empty() {
-            let n = st.consumers.len();
-            let Some(idx) = (0..n)
-                .map(|i| (st.next_consumer + i) % n)
-                .find(|&i| st.consumers[i].try_take_credit())
-            else {
-                return;
-            };
-            let Some(entry) = st.ready.pop_front() else {
-                return;
-            };
-            let consumer = st.consumers[idx].clone();
-            st.next_consumer = idx + 1;
-            if let Err(failed) = consumer.outbox.send(Outbound::Deliver {
-                consumer: consumer.clone(),
-                queue: self.clone(),
-                entry,
-            }) {
-                // The connection is gone; its cleanup will also remove the consumer.
-                consumer.release_credit(1);
-                if let Outbound::Deliver { entry, .. } = failed.0 {
-                    st.ready.push_front(entry);
-                }
-                st.consumers.remove(idx);
+        while !st.ready.is_empty() && self.over_limit(st, 0, 0) {
+            if let Some(e) = self.pop_front(st) {
+                dead.push((e, Reason::Maxlen));
             }
         }
     }
 
-    /// Registers a consumer unless exclusivity forbids it (an exclusive consumer wants the queue alone,
-    /// and nobody joins a queue that has one). Returns false when refused.
-    pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>) -> bool {
-        let mut st = self.state.lock();
-        if st.consumers.iter().any(|c| c.exclusive)
-            || (consumer.exclusive && !st.consumers.is_empty())
-        {
-            return false;
+    fn pop_front(&self, st: &mut State) -> Option<Entry> {
+        let e = st.ready.pop_front()?;
+        st.ready_bytes -= e.message.body_size();
+        Some(e)
+    }
+
+    /// Removes expired messages from the head (RabbitMQ expires messages when they reach the head).
+    fn expire_head(&self, st: &mut State, dead: &mut DeadLetters) {
+        let now = Instant::now();
+        while st.ready.front().is_some_and(|e| e.expired(now)) {
+            if let Some(e) = self.pop_front(st) {
+                dead.push((e, Reason::Expired));
+            }
         }
-        st.consumers.push(consumer);
-        st.had_consumer = true;
-        self.dispatch_locked(&mut st);
-        true
+    }
+
+    /// Puts delivered-but-unsettled messages back in their original positions, flagged redelivered;
+    /// a message over its delivery limit is dead-lettered instead.
+    pub fn requeue(self: &Arc<Self>, entries: impl IntoIterator<Item = Entry>) {
+        let mut dead = DeadLetters::new();
+        {
+            let mut st = self.state.lock();
+            if st.deleted {
+                return;
+            }
+            for mut entry in entries {
+                entry.redelivered = true;
+                entry.returns += 1;
+                if self
+                    .args
+                    .delivery_limit
+                    .is_some_and(|limit| entry.returns > limit)
+                {
+                    dead.push((entry, Reason::DeliveryLimit));
+                    continue;
+                }
+                self.insert(&mut st, entry);
+            }
+            self.dispatch_locked(&mut st, &mut dead);
+        }
+        dead_letter::dead_letter(self, dead);
+    }
+
+    /// Puts back a message that was pushed to a consumer but never reached the client, unchanged.
+    pub fn return_undelivered(self: &Arc<Self>, entry: Entry) {
+        let mut dead = DeadLetters::new();
+        {
+            let mut st = self.state.lock();
+            if st.deleted {
+                return;
+            }
+            self.insert(&mut st, entry);
+            self.dispatch_locked(&mut st, &mut dead);
+        }
+        dead_letter::dead_letter(self, dead);
+    }
+
+    fn insert(self: &Arc<Self>, st: &mut State, entry: Entry) {
+        let at = st.ready.partition_point(|e| e.order() < entry.order());
+        st.ready_bytes += entry.message.body_size();
+        let has_deadline = entry.expires_at.is_some();
+        st.ready.insert(at, entry);
+        if has_deadline && at == 0 {
+            self.watch_ttl(st);
+        }
+    }
+
+    /// Messages rejected or nacked without requeue: dead-lettered if the queue has a DLX.
+    pub fn reject(self: &Arc<Self>, entries: Vec<Entry>) {
+        if self.args.dead_letter_exchange.is_some() {
+            dead_letter::dead_letter(
+                self,
+                entries.into_iter().map(|e| (e, Reason::Rejected)).collect(),
+            );
+        }
+    }
+
+    /// Takes the head message for basic.get, with the count of messages left.
+    pub fn get(self: &Arc<Self>) -> Option<(Entry, u32)> {
+        let mut dead = DeadLetters::new();
+        let got = {
+            let mut st = self.state.lock();
+            st.last_used = Instant::now();
+            self.expire_head(&mut st, &mut dead);
+            let got = self.pop_front(&mut st).map(|e| (e, st.ready.len() as u32));
+            if !st.ttl_task && st.ready.front().is_some_and(|e| e.expires_at.is_some()) {
+                self.watch_ttl(&mut st);
+            }
+            got
+        };
+        dead_letter::dead_letter(self, dead);
+        got
+    }
+
+    /// Pushes ready messages to consumers with credit (after an ack, qos change or flow resume).
+    pub fn dispatch(self: &Arc<Self>) {
+        let mut dead = DeadLetters::new();
+        {
+            let mut st = self.state.lock();
+            self.dispatch_locked(&mut st, &mut dead);
+        }
+        dead_letter::dead_letter(self, dead);
+    }
+
+    /// Picks the consumer for the next message: the highest consumer priority with credit, round-robin
+    /// within a priority; with single active consumer, only the first registered one.
+    fn pick_consumer(&self, st: &mut State) -> Option<usize> {
+        if self.args.single_active_consumer {
+            return st
+                .consumers
+                .first()
+                .filter(|c| c.try_take_credit())
+                .map(|_| 0);
+        }
+        let n = st.consumers.len();
+        let mut start = 0;
+        while start < n {
+            let priority = st.consumers[start].priority;
+            let end = start
+                + st.consumers[start..]
+                    .iter()
+                    .take_while(|c| c.priority == priority)
+                    .count();
+            let len = end - start;
+            let first = if (start..end).contains(&st.next_consumer) {
+                st.next_consumer - start
+            } else {
+                0
+            };
+            for i in 0..len {
+                let idx = start + (first + i) % len;
+                if st.consumers[idx].try_take_credit() {
+                    return Some(idx);
+                }
+            }
+            start = end;
+        }
+        None
+    }
+
+    fn dispatch_locked(self: &Arc<Self>, st: &mut State, dead: &mut DeadLetters) {
+        self.expire_head(st, dead);
+        while !st.ready.is_empty() && !st.consumers.is_empty() {
+            let Some(idx) = self.pick_consumer(st) else {
+                return;
+            };
+            let Some(entry) = self.pop_front(st) else {
+                st.consumers[idx].release_credit(1);
+                return;
+            };
+            let consumer = st.consumers[idx].clone();
+            st.next_consumer = idx + 1;
+            let delivery = Outbound::Deliver {
+                consumer: consumer.clone(),
+                queue: self.clone(),
+                entry,
+            };
+            if let Err(failed) = consumer.outbox.send(delivery) {
+                // The connection is gone; its cleanup would remove the consumer too.
+                consumer.release_credit(1);
+                if let Outbound::Deliver { entry, .. } = failed.0 {
+                    st.ready_bytes += entry.message.body_size();
+                    st.ready.push_front(entry);
+                }
+                st.consumers.remove(idx);
+            }
+            self.expire_head(st, dead);
+        }
+        if !st.ttl_task && st.ready.front().is_some_and(|e| e.expires_at.is_some()) {
+            self.watch_ttl(st);
+        }
+    }
+
+    /// Registers a consumer unless exclusivity forbids it (an exclusive consumer wants the queue alone,
+    /// and nobody joins a queue that has one).
+    pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>) -> Result<(), ConsumeRefused> {
+        let mut dead = DeadLetters::new();
+        {
+            let mut st = self.state.lock();
+            if st.consumers.iter().any(|c| c.exclusive)
+                || (consumer.exclusive && !st.consumers.is_empty())
+            {
+                return Err(ConsumeRefused::ExclusiveUse);
+            }
+            let at = st
+                .consumers
+                .partition_point(|c| c.priority >= consumer.priority);
+            st.consumers.insert(at, consumer);
+            st.had_consumer = true;
+            st.last_used = Instant::now();
+            self.dispatch_locked(&mut st, &mut dead);
+        }
+        dead_letter::dead_letter(self, dead);
+        Ok(())
     }
 
     pub fn remove_consumer(&self, consumer: &Arc<Consumer>) -> ConsumerRemoval {
@@ -179,6 +422,7 @@ impl Queue {
             return ConsumerRemoval::NotFound;
         };
         st.consumers.remove(idx);
+        st.last_used = Instant::now();
         if st.consumers.is_empty() && self.spec.auto_delete && st.had_consumer && !st.deleted {
             ConsumerRemoval::RemovedLastOfAutoDelete
         } else {
@@ -186,8 +430,9 @@ impl Queue {
         }
     }
 
-    pub fn has_exclusive_consumer(&self) -> bool {
-        self.state.lock().consumers.iter().any(|c| c.exclusive)
+    /// A redeclare counts as use for `x-expires`.
+    pub fn touch(&self) {
+        self.state.lock().last_used = Instant::now();
     }
 
     pub fn message_count(&self) -> u32 {
@@ -203,6 +448,7 @@ impl Queue {
         let mut st = self.state.lock();
         let n = st.ready.len() as u32;
         st.ready.clear();
+        st.ready_bytes = 0;
         n
     }
 
@@ -212,10 +458,85 @@ impl Queue {
         st.deleted = true;
         let n = st.ready.len() as u32;
         st.ready.clear();
+        st.ready_bytes = 0;
+        self.ttl_wakeup.notify_one();
         (n, std::mem::take(&mut st.consumers))
     }
 
     pub fn is_deleted(&self) -> bool {
         self.state.lock().deleted
     }
+
+    /// Makes sure a task expires the head message at its deadline.
+    fn watch_ttl(self: &Arc<Self>, st: &mut State) {
+        if st.ttl_task {
+            self.ttl_wakeup.notify_one();
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        st.ttl_task = true;
+        let weak = Arc::downgrade(self);
+        runtime.spawn(async move {
+            loop {
+                let Some(queue) = weak.upgrade() else { return };
+                let mut dead = DeadLetters::new();
+                let next = {
+                    let mut st = queue.state.lock();
+                    if st.deleted {
+                        return;
+                    }
+                    queue.dispatch_locked(&mut st, &mut dead);
+                    // Only the head expires (RabbitMQ): later deadlines wait until they reach it.
+                    let next = st.ready.front().and_then(|e| e.expires_at);
+                    if next.is_none() {
+                        st.ttl_task = false;
+                    }
+                    next
+                };
+                dead_letter::dead_letter(&queue, dead);
+                let Some(deadline) = next else { return };
+                // Holding the queue while asleep is fine: deleting it wakes this task.
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline.into()) => {}
+                    _ = queue.ttl_wakeup.notified() => {}
+                }
+            }
+        });
+    }
+}
+
+/// Deletes the queue once it has been unused (no consumers, no basic.get, no redeclare) for `after`.
+fn spawn_expiry_task(queue: &Arc<Queue>, after: Duration) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let weak = Arc::downgrade(queue);
+    runtime.spawn(async move {
+        loop {
+            let deadline = {
+                let Some(queue) = weak.upgrade() else { return };
+                let st = queue.state.lock();
+                if st.deleted {
+                    return;
+                }
+                if st.consumers.is_empty() && st.last_used.elapsed() >= after {
+                    drop(st);
+                    if let Some(vhost) = queue.vhost.upgrade() {
+                        tracing::debug!(queue = queue.name(), "queue expired (x-expires)");
+                        vhost.remove_queue(&queue);
+                    }
+                    return;
+                }
+                st.last_used + after
+            };
+            tokio::time::sleep_until(
+                deadline
+                    .max(Instant::now() + Duration::from_millis(10))
+                    .into(),
+            )
+            .await;
+        }
+    });
 }

@@ -1,0 +1,57 @@
+//! Transactions (tx.select / commit / rollback): publishes and settlements are held until commit.
+//! A rollback discards the publishes and puts the acknowledged deliveries back as unacked (RabbitMQ).
+
+use amq_protocol::protocol::{tx, AMQPClass};
+
+use super::publish::Publication;
+use super::unacked::Delivered;
+use super::Channel;
+use crate::connection::session::Session;
+use crate::error::{AmqpError, AmqpResult};
+
+#[derive(Default)]
+pub struct Transaction {
+    pub publishes: Vec<Publication>,
+    /// Settlements in arrival order, with basic.ack (None) or the requeue flag of nack/reject.
+    pub settles: Vec<(Vec<Delivered>, Option<bool>)>,
+}
+
+impl Channel {
+    pub(super) fn tx_method(&mut self, s: &mut Session, method: tx::AMQPMethod) -> AmqpResult<()> {
+        let reply = match method {
+            tx::AMQPMethod::Select(_) => {
+                if self.confirms.is_some() {
+                    return Err(AmqpError::precondition(
+                        "cannot switch from confirm to tx mode",
+                    ));
+                }
+                self.tx.get_or_insert_with(Transaction::default);
+                tx::AMQPMethod::SelectOk(tx::SelectOk {})
+            }
+            tx::AMQPMethod::Commit(_) => {
+                let done = std::mem::take(self.tx.as_mut().ok_or_else(not_transactional)?);
+                for publication in &done.publishes {
+                    self.route_and_enqueue(s, publication);
+                }
+                for (settled, requeue) in done.settles {
+                    self.apply_settle(settled, requeue);
+                }
+                tx::AMQPMethod::CommitOk(tx::CommitOk {})
+            }
+            tx::AMQPMethod::Rollback(_) => {
+                let undone = std::mem::take(self.tx.as_mut().ok_or_else(not_transactional)?);
+                for (settled, _) in undone.settles {
+                    self.unacked.put_back(settled);
+                }
+                tx::AMQPMethod::RollbackOk(tx::RollbackOk {})
+            }
+            _ => return Err(AmqpError::command_invalid("unimplemented method")),
+        };
+        s.send(self.id, AMQPClass::Tx(reply));
+        Ok(())
+    }
+}
+
+fn not_transactional() -> AmqpError {
+    AmqpError::precondition("channel is not transactional")
+}

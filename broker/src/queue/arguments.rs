@@ -1,0 +1,418 @@
+//! Queue arguments (`x-*`): RabbitMQ's validation (type and range, with its error terms in the 406 text)
+//! and its equivalence check on redeclare, and the typed view the queue acts on.
+
+use std::fmt;
+
+use amq_protocol::types::{AMQPValue, FieldTable};
+
+use crate::error::{AmqpError, AmqpResult};
+use crate::vhost::Resource;
+
+/// What a queue does when a length limit is reached (`x-overflow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    #[default]
+    DropHead,
+    RejectPublish,
+    RejectPublishDlx,
+}
+
+/// The arguments Warren acts on, validated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueArguments {
+    pub message_ttl_ms: Option<u64>,
+    pub expires_ms: Option<u64>,
+    pub dead_letter_exchange: Option<String>,
+    pub dead_letter_routing_key: Option<String>,
+    pub max_length: Option<u64>,
+    pub max_length_bytes: Option<u64>,
+    pub overflow: Overflow,
+    pub max_priority: Option<u8>,
+    pub single_active_consumer: bool,
+    pub delivery_limit: Option<u64>,
+    pub quorum: bool,
+}
+
+/// RabbitMQ's `?MAX_EXPIRY_TIMER`.
+const MAX_EXPIRY: i128 = 4_294_967_295;
+
+/// The type names RabbitMQ's table parser gives values (used in its error texts).
+pub fn type_name(v: &AMQPValue) -> &'static str {
+    match v {
+        AMQPValue::Boolean(_) => "bool",
+        AMQPValue::ShortShortInt(_) => "byte",
+        AMQPValue::ShortShortUInt(_) => "unsignedbyte",
+        AMQPValue::ShortInt(_) => "short",
+        AMQPValue::ShortUInt(_) => "unsignedshort",
+        AMQPValue::LongInt(_) => "signedint",
+        AMQPValue::LongUInt(_) => "unsignedint",
+        AMQPValue::LongLongInt(_) => "long",
+        AMQPValue::Float(_) => "float",
+        AMQPValue::Double(_) => "double",
+        AMQPValue::DecimalValue(_) => "decimal",
+        AMQPValue::ShortString(_) | AMQPValue::LongString(_) => "longstr",
+        AMQPValue::FieldArray(_) => "array",
+        AMQPValue::Timestamp(_) => "timestamp",
+        AMQPValue::FieldTable(_) => "table",
+        AMQPValue::ByteArray(_) => "binary",
+        AMQPValue::Void => "void",
+    }
+}
+
+pub fn as_int(v: &AMQPValue) -> Option<i128> {
+    Some(match v {
+        AMQPValue::ShortShortInt(x) => i128::from(*x),
+        AMQPValue::ShortShortUInt(x) => i128::from(*x),
+        AMQPValue::ShortInt(x) => i128::from(*x),
+        AMQPValue::ShortUInt(x) => i128::from(*x),
+        AMQPValue::LongInt(x) => i128::from(*x),
+        AMQPValue::LongUInt(x) => i128::from(*x),
+        AMQPValue::LongLongInt(x) => i128::from(*x),
+        _ => return None,
+    })
+}
+
+pub fn as_text(v: &AMQPValue) -> Option<String> {
+    match v {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+        _ => None,
+    }
+}
+
+/// A value as RabbitMQ prints it inside quotes.
+struct Bare<'a>(&'a AMQPValue);
+
+impl fmt::Display for Bare<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(i) = as_int(self.0) {
+            return write!(f, "{i}");
+        }
+        if let Some(t) = as_text(self.0) {
+            return f.write_str(&t);
+        }
+        match self.0 {
+            AMQPValue::Boolean(b) => write!(f, "{b}"),
+            AMQPValue::Timestamp(t) => write!(f, "{t}"),
+            AMQPValue::Float(x) => write!(f, "{x}"),
+            AMQPValue::Double(x) => write!(f, "{x}"),
+            other => write!(f, "{other:?}"),
+        }
+    }
+}
+
+fn type_class(v: &AMQPValue) -> &'static str {
+    if as_int(v).is_some() {
+        "int"
+    } else if matches!(v, AMQPValue::Float(_) | AMQPValue::Double(_)) {
+        "float"
+    } else {
+        type_name(v)
+    }
+}
+
+fn same_value(a: &AMQPValue, b: &AMQPValue) -> bool {
+    match (as_int(a), as_int(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => match (as_text(a), as_text(b)) {
+            (Some(x), Some(y)) => x == y,
+            _ => a == b,
+        },
+    }
+}
+
+/// The error term RabbitMQ prints with `~p` after "invalid arg 'x' for queue ...: ".
+fn invalid(key: &str, resource: &Resource<'_>, term: impl fmt::Display) -> AmqpError {
+    AmqpError::precondition(format!("invalid arg '{key}' for {resource}: {term}"))
+}
+
+fn int_arg(key: &str, v: &AMQPValue, resource: &Resource<'_>) -> AmqpResult<i128> {
+    as_int(v).ok_or_else(|| {
+        invalid(
+            key,
+            resource,
+            format_args!("{{unacceptable_type,{}}}", type_name(v)),
+        )
+    })
+}
+
+fn non_negative(key: &str, v: &AMQPValue, resource: &Resource<'_>) -> AmqpResult<u64> {
+    let n = int_arg(key, v, resource)?;
+    if n < 0 {
+        return Err(invalid(
+            key,
+            resource,
+            format_args!("{{value_negative,{n}}}"),
+        ));
+    }
+    Ok(n as u64)
+}
+
+fn expiry(key: &str, n: i128, resource: &Resource<'_>) -> AmqpResult<u64> {
+    if n < 0 {
+        return Err(invalid(
+            key,
+            resource,
+            format_args!("{{value_negative,{n}}}"),
+        ));
+    }
+    if n > MAX_EXPIRY {
+        return Err(invalid(
+            key,
+            resource,
+            format_args!("{{value_too_large,{n},{MAX_EXPIRY}}}"),
+        ));
+    }
+    Ok(n as u64)
+}
+
+fn text_arg(key: &str, v: &AMQPValue, resource: &Resource<'_>) -> AmqpResult<String> {
+    as_text(v).ok_or_else(|| {
+        invalid(
+            key,
+            resource,
+            format_args!("{{unacceptable_type,{}}}", type_name(v)),
+        )
+    })
+}
+
+/// Validates `args` as RabbitMQ's `rabbit_amqqueue:check_declare_arguments` does and returns the typed
+/// view. Unknown keys are accepted and ignored (as RabbitMQ does), including `x-ha-policy` and the
+/// in-memory limits oslo.messaging may send.
+pub fn parse(args: &FieldTable, resource: &Resource<'_>) -> AmqpResult<QueueArguments> {
+    let mut out = QueueArguments::default();
+    let get = |k: &str| args.inner().get(k);
+    if let Some(v) = get("x-expires") {
+        let n = int_arg("x-expires", v, resource)?;
+        if n == 0 {
+            return Err(invalid("x-expires", resource, "{value_zero,0}"));
+        }
+        out.expires_ms = Some(expiry("x-expires", n, resource)?);
+    }
+    if let Some(v) = get("x-message-ttl") {
+        let n = int_arg("x-message-ttl", v, resource)?;
+        out.message_ttl_ms = Some(expiry("x-message-ttl", n, resource)?);
+    }
+    if let Some(v) = get("x-dead-letter-exchange") {
+        out.dead_letter_exchange = Some(text_arg("x-dead-letter-exchange", v, resource)?);
+    }
+    if let Some(v) = get("x-dead-letter-routing-key") {
+        let key = text_arg("x-dead-letter-routing-key", v, resource)?;
+        if out.dead_letter_exchange.is_none() {
+            return Err(invalid(
+                "x-dead-letter-routing-key",
+                resource,
+                "routing_key_but_no_dlx_defined",
+            ));
+        }
+        out.dead_letter_routing_key = Some(key);
+    }
+    for key in [
+        "x-max-length",
+        "x-max-length-bytes",
+        "x-max-in-memory-length",
+        "x-max-in-memory-bytes",
+        "x-delivery-limit",
+    ] {
+        if let Some(v) = get(key) {
+            let n = non_negative(key, v, resource)?;
+            match key {
+                "x-max-length" => out.max_length = Some(n),
+                "x-max-length-bytes" => out.max_length_bytes = Some(n),
+                "x-delivery-limit" => out.delivery_limit = Some(n),
+                _ => {}
+            }
+        }
+    }
+    if let Some(v) = get("x-max-priority") {
+        let n = non_negative("x-max-priority", v, resource)?;
+        if n > 255 {
+            return Err(invalid(
+                "x-max-priority",
+                resource,
+                format_args!("{{max_value_exceeded,{n}}}"),
+            ));
+        }
+        out.max_priority = Some(n as u8);
+    }
+    if let Some(v) = get("x-overflow") {
+        out.overflow = match text_arg("x-overflow", v, resource)?.as_str() {
+            "drop-head" => Overflow::DropHead,
+            "reject-publish" => Overflow::RejectPublish,
+            "reject-publish-dlx" => Overflow::RejectPublishDlx,
+            _ => return Err(invalid("x-overflow", resource, "invalid_overflow")),
+        };
+    }
+    if let Some(v) = get("x-single-active-consumer") {
+        match v {
+            AMQPValue::Boolean(b) => out.single_active_consumer = *b,
+            other => {
+                return Err(invalid(
+                    "x-single-active-consumer",
+                    resource,
+                    format_args!("{{unacceptable_type,{}}}", type_name(other)),
+                ))
+            }
+        }
+    }
+    if let Some(v) = get("x-queue-type") {
+        match text_arg("x-queue-type", v, resource)?.as_str() {
+            "classic" => {}
+            "quorum" => out.quorum = true,
+            "stream" => {
+                return Err(invalid(
+                    "x-queue-type",
+                    resource,
+                    "\"stream queues are not supported by Warren; set rabbit_stream_fanout = false in [oslo_messaging_rabbit]\"",
+                ))
+            }
+            other => return Err(invalid("x-queue-type", resource, format_args!("\"unsupported queue type '{other}'\""))),
+        }
+    }
+    Ok(out)
+}
+
+/// The arguments compared on redeclare (the classic queue type's `queue_arguments`, plus the quorum
+/// delivery limit); other keys may differ freely.
+const EQUIVALENCE_KEYS: &[&str] = &[
+    "x-expires",
+    "x-message-ttl",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-queue-mode",
+    "x-queue-version",
+    "x-single-active-consumer",
+    "x-queue-type",
+    "x-queue-master-locator",
+    "x-delivery-limit",
+];
+
+/// RabbitMQ's `val/1`: a value with its type, or `none`.
+fn tagged(v: Option<&AMQPValue>) -> String {
+    match v {
+        None => "none".to_string(),
+        Some(v) => format!("the value '{}' of type '{}'", Bare(v), type_name(v)),
+    }
+}
+
+/// `rabbit_misc:assert_args_equivalence` for queues: the first compared key whose values differ gives 406.
+pub fn check_equivalent(
+    received: &FieldTable,
+    current: &FieldTable,
+    resource: &Resource<'_>,
+) -> AmqpResult<()> {
+    check_keys_equivalent(EQUIVALENCE_KEYS, received, current, resource)
+}
+
+/// `rabbit_misc:assert_args_equivalence` over the given keys.
+pub fn check_keys_equivalent(
+    keys: &[&str],
+    received: &FieldTable,
+    current: &FieldTable,
+    resource: &Resource<'_>,
+) -> AmqpResult<()> {
+    for key in keys {
+        let (new, old) = (received.inner().get(*key), current.inner().get(*key));
+        let classic = |v: Option<&AMQPValue>| v.and_then(as_text).is_some_and(|t| t == "classic");
+        let equal = match (new, old) {
+            (None, None) => true,
+            (Some(a), Some(b)) => type_class(a) == type_class(b) && same_value(a, b),
+            // A missing x-queue-type and "classic" are the same thing.
+            (a, b) => *key == "x-queue-type" && (classic(a) || classic(b)),
+        };
+        if equal {
+            continue;
+        }
+        let (shown_new, shown_old) = match (new, old) {
+            (Some(a), Some(b)) if type_class(a) == type_class(b) => {
+                (format!("'{}'", Bare(a)), format!("'{}'", Bare(b)))
+            }
+            _ => (tagged(new), tagged(old)),
+        };
+        return Err(AmqpError::precondition(format!(
+            "inequivalent arg '{key}' for {resource}: received {shown_new} but current is {shown_old}"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amq_protocol::types::LongString;
+
+    fn table(pairs: &[(&str, AMQPValue)]) -> FieldTable {
+        let mut t = FieldTable::default();
+        for (k, v) in pairs {
+            t.insert((*k).into(), v.clone());
+        }
+        t
+    }
+    const R: Resource<'static> = Resource("queue", "q", "/");
+
+    #[test]
+    fn validation_texts_follow_rabbitmq() {
+        let err = |pairs: &[(&str, AMQPValue)]| parse(&table(pairs), &R).unwrap_err().text;
+        assert_eq!(
+            err(&[("x-max-length", AMQPValue::LongInt(-5))]),
+            "PRECONDITION_FAILED - invalid arg 'x-max-length' for queue 'q' in vhost '/': {value_negative,-5}"
+        );
+        assert_eq!(
+            err(&[("x-message-ttl", AMQPValue::LongString(LongString::from("10")))]),
+            "PRECONDITION_FAILED - invalid arg 'x-message-ttl' for queue 'q' in vhost '/': {unacceptable_type,longstr}"
+        );
+        assert!(err(&[("x-expires", AMQPValue::LongInt(0))]).ends_with("{value_zero,0}"));
+        assert!(err(&[(
+            "x-queue-type",
+            AMQPValue::LongString(LongString::from("stream"))
+        )])
+        .contains("rabbit_stream_fanout"));
+        let ok = parse(
+            &table(&[
+                ("x-message-ttl", AMQPValue::ShortShortUInt(200)),
+                (
+                    "x-ha-policy",
+                    AMQPValue::LongString(LongString::from("all")),
+                ),
+                (
+                    "x-queue-type",
+                    AMQPValue::LongString(LongString::from("quorum")),
+                ),
+            ]),
+            &R,
+        )
+        .unwrap();
+        assert_eq!((ok.message_ttl_ms, ok.quorum), (Some(200), true));
+    }
+
+    #[test]
+    fn equivalence_compares_known_keys_by_type_class() {
+        let ten = table(&[("x-max-length", AMQPValue::LongInt(10))]);
+        let ten_long = table(&[("x-max-length", AMQPValue::LongLongInt(10))]);
+        let twenty = table(&[("x-max-length", AMQPValue::LongInt(20))]);
+        check_equivalent(&ten_long, &ten, &R).unwrap();
+        assert_eq!(
+            check_equivalent(&twenty, &ten, &R).unwrap_err().text,
+            "PRECONDITION_FAILED - inequivalent arg 'x-max-length' for queue 'q' in vhost '/': received '20' but current is '10'"
+        );
+        assert_eq!(
+            check_equivalent(&ten, &FieldTable::default(), &R).unwrap_err().text,
+            "PRECONDITION_FAILED - inequivalent arg 'x-max-length' for queue 'q' in vhost '/': received the value '10' of type 'signedint' but current is none"
+        );
+        let classic = table(&[(
+            "x-queue-type",
+            AMQPValue::LongString(LongString::from("classic")),
+        )]);
+        check_equivalent(&classic, &FieldTable::default(), &R).unwrap();
+        check_equivalent(
+            &table(&[("x-whatever", AMQPValue::Boolean(true))]),
+            &FieldTable::default(),
+            &R,
+        )
+        .unwrap();
+    }
+}

@@ -1,0 +1,191 @@
+//! Dead-lettering (RabbitMQ semantics): messages rejected without requeue, expired, dropped by a length
+//! limit or over their delivery limit are republished to the queue's dead-letter exchange with an
+//! `x-death` history, unless that would close a cycle of automatic dead-lettering.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString};
+use warren_protocol::content::{rewrite_properties, BasicProperties};
+
+use super::arguments::as_text;
+use super::{Entry, Queue};
+use crate::exchange::RouteInput;
+use crate::message::Message;
+
+/// Why a message left its queue for the dead-letter exchange (the `reason` in `x-death`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Rejected,
+    Expired,
+    Maxlen,
+    DeliveryLimit,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Rejected => "rejected",
+            Reason::Expired => "expired",
+            Reason::Maxlen => "maxlen",
+            Reason::DeliveryLimit => "delivery_limit",
+        }
+    }
+}
+
+/// Messages leaving a queue, collected under the queue's lock and dead-lettered after it is released
+/// (a dead-letter route may lead back to the same queue).
+pub type DeadLetters = Vec<(Entry, Reason)>;
+
+fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+fn field(t: &FieldTable, k: &str) -> Option<String> {
+    t.inner().get(k).and_then(as_text)
+}
+
+/// The new `x-death` list (most recent first) and the rest of the headers, as RabbitMQ 3.13 writes them.
+fn with_death(
+    message: &Message,
+    headers: Option<FieldTable>,
+    queue: &str,
+    reason: Reason,
+) -> FieldTable {
+    let mut headers = headers.unwrap_or_default();
+    let mut deaths: Vec<AMQPValue> = match headers.inner().get("x-death") {
+        Some(AMQPValue::FieldArray(a)) => a.as_slice().to_vec(),
+        _ => Vec::new(),
+    };
+    let existing = deaths.iter().position(|d| match d {
+        AMQPValue::FieldTable(t) => {
+            field(t, "queue").as_deref() == Some(queue)
+                && field(t, "reason").as_deref() == Some(reason.as_str())
+        }
+        _ => false,
+    });
+    let entry = match existing.map(|i| deaths.remove(i)) {
+        Some(AMQPValue::FieldTable(mut t)) => {
+            let count = match t.inner().get("count") {
+                Some(AMQPValue::LongLongInt(n)) => *n + 1,
+                _ => 1,
+            };
+            t.insert("count".into(), AMQPValue::LongLongInt(count));
+            t
+        }
+        _ => {
+            let mut t = FieldTable::default();
+            t.insert("count".into(), AMQPValue::LongLongInt(1));
+            t.insert("reason".into(), text(reason.as_str()));
+            t.insert("queue".into(), text(queue));
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            t.insert("time".into(), AMQPValue::Timestamp(now));
+            t.insert("exchange".into(), text(&message.exchange));
+            t.insert(
+                "routing-keys".into(),
+                AMQPValue::FieldArray(FieldArray::from(vec![text(&message.routing_key)])),
+            );
+            if let Some(ms) = message.expiration_ms {
+                t.insert("original-expiration".into(), text(&ms.to_string()));
+            }
+            t
+        }
+    };
+    deaths.insert(0, AMQPValue::FieldTable(entry));
+    headers.insert(
+        "x-death".into(),
+        AMQPValue::FieldArray(FieldArray::from(deaths)),
+    );
+    for (k, v) in [
+        ("reason", reason.as_str()),
+        ("queue", queue),
+        ("exchange", message.exchange.as_str()),
+    ] {
+        let first = format!("x-first-death-{k}");
+        if !headers.inner().contains_key(first.as_str()) {
+            headers.insert(first.into(), text(v));
+        }
+        headers.insert(format!("x-last-death-{k}").into(), text(v));
+    }
+    headers
+}
+
+/// RabbitMQ's `is_cycle`: dead-lettering to `target` closes a cycle when `target` already appears in the
+/// history and no death since (and including) that one was a rejection.
+fn is_cycle(target: &str, headers: &FieldTable) -> bool {
+    let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else {
+        return false;
+    };
+    let mut reasons = Vec::new();
+    for d in deaths.as_slice() {
+        let AMQPValue::FieldTable(t) = d else {
+            continue;
+        };
+        reasons.push(field(t, "reason"));
+        if field(t, "queue").as_deref() == Some(target) {
+            return reasons.iter().all(|r| r.as_deref() != Some("rejected"));
+        }
+    }
+    false
+}
+
+/// Republishes `letters` to `queue`'s dead-letter exchange; without one (or if it is gone) they are dropped.
+pub fn dead_letter(queue: &Arc<Queue>, letters: DeadLetters) {
+    let Some(dlx) = &queue.args.dead_letter_exchange else {
+        return;
+    };
+    let Some(vhost) = queue.vhost.upgrade() else {
+        return;
+    };
+    let exchange = if dlx.is_empty() {
+        None
+    } else {
+        match vhost.exchange(dlx) {
+            Ok(x) => Some(x),
+            Err(_) => return,
+        }
+    };
+    for (entry, reason) in letters {
+        let old = &entry.message;
+        let Ok(props) = BasicProperties::parse(&old.properties) else {
+            continue;
+        };
+        let headers = with_death(old, props.headers_table(), queue.name(), reason);
+        let Ok(properties) = rewrite_properties(&old.properties, headers.clone(), true) else {
+            continue;
+        };
+        let routing_key = queue
+            .args
+            .dead_letter_routing_key
+            .clone()
+            .unwrap_or_else(|| old.routing_key.clone());
+        let message = Arc::new(Message {
+            exchange: dlx.clone(),
+            routing_key,
+            properties,
+            body: old.body.clone(),
+            priority: old.priority,
+            expiration_ms: None,
+        });
+        let targets = match &exchange {
+            None => vhost.find_queue(&message.routing_key).into_iter().collect(),
+            Some(x) => {
+                let h = || Some(headers.clone());
+                vhost.route(
+                    x,
+                    &RouteInput {
+                        routing_key: &message.routing_key,
+                        headers: &h,
+                    },
+                )
+            }
+        };
+        for target in targets {
+            if !is_cycle(target.name(), &headers) {
+                target.publish(message.clone());
+            }
+        }
+    }
+}
