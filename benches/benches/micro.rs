@@ -13,7 +13,7 @@ use warren_broker::exchange::{Destination, ExchangeKind, ExchangeSpec, RouteInpu
 use warren_broker::message::Message;
 use warren_broker::queue::consumer::ConnectionId;
 use warren_broker::queue::QueueSpec;
-use warren_broker::vhost::Vhost;
+use warren_broker::vhost::{Vhost, VhostLimits};
 use warren_protocol::frame::{decode_frame, encode_body, encode_content_header};
 use warren_protocol::method::{decode_method, encode_deliver, encode_method};
 
@@ -83,7 +83,7 @@ fn frames(c: &mut Criterion) {
 }
 
 fn topic_matching(c: &mut Criterion) {
-    let vhost = Vhost::new("/");
+    let vhost = Vhost::new("/", VhostLimits::default());
     let x = vhost
         .declare_exchange(
             ExchangeSpec {
@@ -132,7 +132,7 @@ fn topic_matching(c: &mut Criterion) {
 }
 
 fn publish_path(c: &mut Criterion) {
-    let vhost = Vhost::new("/");
+    let vhost = Vhost::new("/", VhostLimits::default());
     let spec = QueueSpec {
         name: "q".into(),
         durable: false,
@@ -168,6 +168,7 @@ fn publish_path(c: &mut Criterion) {
                 body: body.clone(),
                 priority: 0,
                 expiration_ms: None,
+                charge: None,
             });
             for queue in vhost.route(&x, &input) {
                 queue.publish(m.clone());

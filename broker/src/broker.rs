@@ -9,12 +9,14 @@ use dashmap::DashMap;
 use parking_lot::RwLock;
 
 use crate::config::Config;
+use crate::memory::MemoryMonitor;
 use crate::queue::consumer::ConnectionId;
 use crate::users::User;
-use crate::vhost::Vhost;
+use crate::vhost::{Vhost, VhostLimits};
 
 pub struct Broker {
     pub config: Arc<Config>,
+    pub memory: Arc<MemoryMonitor>,
     vhosts: DashMap<String, Arc<Vhost>>,
     users: RwLock<HashMap<String, Arc<User>>>,
     next_connection: AtomicU64,
@@ -30,8 +32,12 @@ pub struct UserSetupError {
 impl Broker {
     pub fn new(config: Arc<Config>) -> Result<Arc<Self>, UserSetupError> {
         let vhosts = DashMap::new();
+        let limits = VhostLimits {
+            max_queues: config.limits.max_queues_per_vhost,
+            max_connections: config.limits.max_connections_per_vhost,
+        };
         for name in &config.vhosts {
-            vhosts.insert(name.clone(), Vhost::new(name));
+            vhosts.insert(name.clone(), Vhost::new(name, limits));
         }
         let mut users = HashMap::new();
         for u in &config.users {
@@ -41,7 +47,13 @@ impl Broker {
             })?;
             users.insert(u.name.clone(), Arc::new(user));
         }
+        let limits = &config.limits;
+        let threshold = MemoryMonitor::threshold(
+            limits.memory_high_watermark,
+            limits.memory_high_watermark_bytes,
+        );
         Ok(Arc::new(Broker {
+            memory: Arc::new(MemoryMonitor::new(threshold)),
             config,
             vhosts,
             users: RwLock::new(users),

@@ -46,6 +46,20 @@ pub struct Limits {
     pub amqp_handshake_timeout_ms: u64,
     /// Largest message body accepted (octets); larger publishes fail with 406 as in RabbitMQ.
     pub max_message_size: u64,
+    /// Consumers one channel may hold (unset: unlimited, as RabbitMQ's default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_consumers_per_channel: Option<u32>,
+    /// Queues one vhost may hold (unset: unlimited).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_queues_per_vhost: Option<u32>,
+    /// Connections one vhost may have open (unset: unlimited).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_vhost: Option<u32>,
+    /// Memory alarm threshold as a fraction of the machine's RAM (RabbitMQ's vm_memory_high_watermark).
+    pub memory_high_watermark: f64,
+    /// Memory alarm threshold in bytes; overrides `memory_high_watermark` when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_high_watermark_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -100,6 +114,11 @@ impl Default for Limits {
             tls_handshake_timeout_ms: 5_000,
             amqp_handshake_timeout_ms: 10_000,
             max_message_size: 16 * 1024 * 1024,
+            max_consumers_per_channel: None,
+            max_queues_per_vhost: None,
+            max_connections_per_vhost: None,
+            memory_high_watermark: 0.4,
+            memory_high_watermark_bytes: None,
         }
     }
 }
@@ -144,6 +163,17 @@ impl Config {
                 "limits.frame_max: {} is below the AMQP minimum of 4096",
                 self.limits.frame_max
             ));
+        }
+        let wm = self.limits.memory_high_watermark;
+        if !(wm > 0.0 && wm <= 1.0) {
+            return invalid(format!(
+                "limits.memory_high_watermark: {wm} must be a fraction in (0, 1]"
+            ));
+        }
+        if self.limits.max_message_size > 512 * 1024 * 1024 {
+            return invalid(
+                "limits.max_message_size: at most 536870912 (512 MiB, RabbitMQ's ceiling)".into(),
+            );
         }
         if self.limits.channel_max == 0 {
             return invalid("limits.channel_max: must be at least 1".into());

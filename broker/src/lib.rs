@@ -12,6 +12,7 @@ pub mod connection;
 pub mod error;
 pub mod exchange;
 pub mod identity;
+pub mod memory;
 pub mod message;
 pub mod queue;
 pub mod server;

@@ -2,6 +2,8 @@
 
 use bytes::Bytes;
 
+use crate::memory::Charge;
+
 /// Exchange, routing key, the raw content-header properties and the body, exactly as published, plus
 /// the few properties queues act on, decoded once at publish.
 #[derive(Debug)]
@@ -15,6 +17,8 @@ pub struct Message {
     pub priority: u8,
     /// The `expiration` property in milliseconds (per-message TTL).
     pub expiration_ms: Option<u64>,
+    /// This message's share of the memory alarm's count (None only in benchmarks and unit tests).
+    pub charge: Option<Charge>,
 }
 
 impl Message {

@@ -5,6 +5,7 @@
 //! (exclusivity, if-unused, "bind needs both ends") are atomic; publishes never take it.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use amq_protocol::types::FieldTable;
@@ -28,6 +29,8 @@ const STANDARD_EXCHANGES: &[(&str, ExchangeKind)] = &[
 #[derive(Debug)]
 pub struct Vhost {
     pub name: String,
+    limits: VhostLimits,
+    connections: AtomicU32,
     exchanges: DashMap<String, Arc<Exchange>>,
     queues: DashMap<String, Arc<Queue>>,
     topology: Mutex<()>,
@@ -51,6 +54,23 @@ fn inequivalent(
     AmqpError::precondition(format!("inequivalent arg '{field}' for {resource}: received '{received}' but current is '{current}'"))
 }
 
+/// Per-vhost limits (RabbitMQ's vhost limits `max-queues` and `max-connections`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VhostLimits {
+    pub max_queues: Option<u32>,
+    pub max_connections: Option<u32>,
+}
+
+/// A connection counted into a vhost; dropping it counts the connection out.
+#[derive(Debug)]
+pub struct VhostConnection(Arc<Vhost>);
+
+impl Drop for VhostConnection {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Outcome of queue.declare.
 pub struct DeclaredQueue {
     pub queue: Arc<Queue>,
@@ -58,9 +78,11 @@ pub struct DeclaredQueue {
 }
 
 impl Vhost {
-    pub fn new(name: &str) -> Arc<Self> {
+    pub fn new(name: &str, limits: VhostLimits) -> Arc<Self> {
         let vhost = Vhost {
             name: name.to_string(),
+            limits,
+            connections: AtomicU32::new(0),
             exchanges: DashMap::new(),
             queues: DashMap::new(),
             topology: Mutex::new(()),
@@ -79,6 +101,24 @@ impl Vhost {
                 .insert((*name).to_string(), Exchange::new(spec));
         }
         Arc::new(vhost)
+    }
+
+    /// Counts a connection into the vhost, refusing it over `max_connections` (530, RabbitMQ's text).
+    pub fn open_connection(self: &Arc<Self>, user: &str) -> AmqpResult<VhostConnection> {
+        let max = self.limits.max_connections;
+        let admitted = self
+            .connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                max.is_none_or(|max| n < max).then_some(n + 1)
+            });
+        match admitted {
+            Ok(_) => Ok(VhostConnection(self.clone())),
+            Err(_) => Err(AmqpError::not_allowed(format!(
+                "access to vhost '{}' refused for user '{user}': connection limit ({}) is reached",
+                self.name,
+                max.unwrap_or_default()
+            ))),
+        }
     }
 
     fn resource<'a>(&'a self, kind: &'static str, name: &'a str) -> Resource<'a> {
@@ -281,6 +321,14 @@ impl Vhost {
                 queue: existing,
                 created: false,
             });
+        }
+        if let Some(max) = self.limits.max_queues {
+            if self.queues.len() >= max as usize {
+                return Err(AmqpError::precondition(format!(
+                    "cannot declare queue '{}': queue limit in vhost '{}' ({max}) is reached",
+                    spec.name, self.name
+                )));
+            }
         }
         let queue = Queue::new(Arc::downgrade(self), spec, args);
         self.queues.insert(queue.name().to_string(), queue.clone());

@@ -102,6 +102,13 @@ impl Channel {
         } else {
             c.consumer_tag.as_str().into()
         };
+        if let Some(max) = s.broker.config.limits.max_consumers_per_channel {
+            if self.consumers.len() >= max as usize && !self.consumers.contains_key(&tag) {
+                return Err(AmqpError::not_allowed(format!(
+                    "reached maximum ({max}) of consumers per channel"
+                )));
+            }
+        }
         if self.consumers.contains_key(&tag) {
             return Err(AmqpError::not_allowed(format!(
                 "attempt to reuse consumer tag '{tag}'"

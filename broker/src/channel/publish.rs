@@ -11,6 +11,7 @@ use super::Channel;
 use crate::connection::session::Session;
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Exchange, RouteInput};
+use crate::memory::Charge;
 use crate::message::Message;
 use crate::queue::Enqueued;
 
@@ -234,6 +235,8 @@ impl Channel {
                 .during(PUBLISH)
             })?),
         };
+        s.published = true;
+        let body_len = body.len();
         let message = Arc::new(Message {
             exchange: p.exchange_name,
             routing_key: p.routing_key,
@@ -241,6 +244,10 @@ impl Channel {
             body,
             priority: props.priority.unwrap_or(0),
             expiration_ms,
+            charge: Some(Charge::new(
+                &s.broker.memory,
+                (header.properties.len() + body_len) as u64,
+            )),
         });
         let publication = Publication {
             exchange: p.exchange,

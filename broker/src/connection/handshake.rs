@@ -18,12 +18,14 @@ use crate::broker::Broker;
 use crate::connection::session::ClientCapabilities;
 use crate::error::AmqpError;
 use crate::users::User;
-use crate::vhost::Vhost;
+use crate::vhost::{Vhost, VhostConnection};
 use std::sync::Arc;
 
 /// What a successful negotiation settled.
 pub struct Negotiated {
     pub user: Arc<User>,
+    /// Holds the connection's place in the vhost's connection count.
+    pub vhost_connection: VhostConnection,
     pub vhost: Arc<Vhost>,
     pub frame_max: u32,
     pub channel_max: u16,
@@ -295,6 +297,9 @@ pub async fn negotiate<R: AsyncRead + Unpin>(
             .during((10, 40)),
         ));
     }
+    let vhost_connection = vhost
+        .open_connection(&name)
+        .map_err(|e| HandshakeError::Refused(e.during((10, 40))))?;
     encode_method(
         io.out,
         0,
@@ -303,6 +308,7 @@ pub async fn negotiate<R: AsyncRead + Unpin>(
     info!(%peer, user = %name, vhost = %vhost_name, "connection opened");
     Ok(Negotiated {
         user,
+        vhost_connection,
         vhost,
         frame_max,
         channel_max,

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::server::TlsStream;
 use tracing::{debug, info, warn, Instrument};
-use warren_protocol::constants::{reply, CLASS_CONNECTION, FRAME_OVERHEAD, PROTOCOL_HEADER};
+use warren_protocol::constants::{reply, FRAME_OVERHEAD, PROTOCOL_HEADER};
 use warren_protocol::frame::{decode_frame, encode_heartbeat, FrameError, FrameKind, RawFrame};
 use warren_protocol::method::{decode_method, method_ids, MethodError};
 
@@ -101,6 +101,7 @@ pub async fn serve(
                     out,
                     outbox,
                     write_budget: Arc::new(Limit::new(NO_ACK_WRITE_BUDGET)),
+                    published: false,
                 };
                 let conn = Connection {
                     s: session,
@@ -110,6 +111,8 @@ pub async fn serve(
                     batches: batches.clone(),
                     last_sent: Instant::now(),
                     last_received: Instant::now(),
+                    blocked: false,
+                    _vhost_connection: n.vhost_connection,
                 };
                 conn.run(reader, rbuf, outbox_rx, stop).await;
             }
@@ -191,6 +194,9 @@ struct Connection {
     batches: mpsc::Sender<Bytes>,
     last_sent: Instant,
     last_received: Instant,
+    /// Not reading from the socket because the memory alarm is on and this connection publishes.
+    blocked: bool,
+    _vhost_connection: crate::vhost::VhostConnection,
 }
 
 impl Connection {
@@ -206,6 +212,7 @@ impl Connection {
         } else {
             Duration::from_secs(3600)
         };
+        let mut alarm = self.s.broker.memory.subscribe();
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Frames pipelined behind connection.open are already buffered.
@@ -216,12 +223,13 @@ impl Connection {
                 break;
             }
             tokio::select! {
-                read = reader.read_buf(&mut rbuf) => {
+                read = reader.read_buf(&mut rbuf), if !self.blocked => {
                     match read {
                         Ok(0) | Err(_) => { ending = Some(Ending::Done); }
                         Ok(_) => {
                             self.last_received = Instant::now();
                             ending = self.process_frames(&mut rbuf);
+                            self.block_if_alarmed();
                         }
                     }
                     if rbuf.capacity() - rbuf.len() < 4096 {
@@ -235,6 +243,19 @@ impl Connection {
                             Ok(more) => self.handle_outbound(more),
                             Err(_) => break,
                         }
+                    }
+                }
+                Ok(()) = alarm.changed() => {
+                    let on = *alarm.borrow_and_update();
+                    if !on && self.blocked {
+                        self.blocked = false;
+                        self.last_received = Instant::now();
+                        if self.s.capabilities.connection_blocked {
+                            self.s.send(0, AMQPClass::Connection(connection::AMQPMethod::Unblocked(connection::Unblocked {})));
+                        }
+                        // Frames that arrived while blocked are already buffered.
+                        ending = self.process_frames(&mut rbuf);
+                        self.block_if_alarmed();
                     }
                 }
                 _ = ticker.tick() => ending = self.heartbeat_tick(),
@@ -281,12 +302,31 @@ impl Connection {
         self.batches.send(self.s.out.split().freeze()).await.is_ok()
     }
 
+    /// RabbitMQ's resource alarm: a connection that publishes while the alarm is on stops being read
+    /// (consumers elsewhere keep draining), after connection.blocked for clients that understand it.
+    fn block_if_alarmed(&mut self) {
+        if std::mem::take(&mut self.s.published) && !self.blocked && self.s.broker.memory.in_alarm()
+        {
+            self.blocked = true;
+            if self.s.capabilities.connection_blocked {
+                let blocked = connection::Blocked {
+                    reason: "low on memory".into(),
+                };
+                self.s.send(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::Blocked(blocked)),
+                );
+            }
+        }
+    }
+
     fn heartbeat_tick(&mut self) -> Option<Ending> {
         let interval = Duration::from_secs(u64::from(self.heartbeat));
         if self.heartbeat == 0 {
             return None;
         }
-        if self.last_received.elapsed() > interval * 2 {
+        // A blocked connection is not read, so its silence proves nothing (RabbitMQ pauses the check too).
+        if !self.blocked && self.last_received.elapsed() > interval * 2 {
             warn!(timeout_s = self.heartbeat, "missed heartbeats from client");
             return Some(Ending::Silent);
         }
@@ -478,10 +518,16 @@ impl Connection {
             Ok(AMQPClass::Connection(
                 connection::AMQPMethod::Blocked(_) | connection::AMQPMethod::Unblocked(_),
             )) => None,
-            Ok(AMQPClass::Connection(_)) if ids.0 == CLASS_CONNECTION => Some(Ending::Close(
-                AmqpError::command_invalid("unexpected method in connection state running")
-                    .during(ids),
-            )),
+            // Certificate identities have no secret to rotate: accept, as RabbitMQ's internal backend does.
+            Ok(AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(_))) => {
+                self.s.send(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(
+                        connection::UpdateSecretOk {},
+                    )),
+                );
+                None
+            }
             Ok(_) => Some(Ending::Close(
                 AmqpError::channel_error("unexpected method in connection state running")
                     .during(ids),

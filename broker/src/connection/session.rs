@@ -35,6 +35,8 @@ pub struct Session {
     pub outbox: UnboundedSender<Outbound>,
     /// No-ack deliveries queued to this connection but not yet encoded (bounds memory for slow clients).
     pub write_budget: Arc<Limit>,
+    /// A basic.publish completed since the connection last looked (the memory alarm blocks publishers).
+    pub published: bool,
 }
 
 /// No-ack deliveries a connection may have in flight between queues and its socket.

@@ -161,6 +161,10 @@ pub fn dead_letter(queue: &Arc<Queue>, letters: DeadLetters) {
             .dead_letter_routing_key
             .clone()
             .unwrap_or_else(|| old.routing_key.clone());
+        let charge = old
+            .charge
+            .as_ref()
+            .map(|c| c.sibling((properties.len() + old.body.len()) as u64));
         let message = Arc::new(Message {
             exchange: dlx.clone(),
             routing_key,
@@ -168,6 +172,7 @@ pub fn dead_letter(queue: &Arc<Queue>, letters: DeadLetters) {
             body: old.body.clone(),
             priority: old.priority,
             expiration_ms: None,
+            charge,
         });
         let targets = match &exchange {
             None => vhost.find_queue(&message.routing_key).into_iter().collect(),
