@@ -26,3 +26,12 @@ export WARREN_BIN="$root/target/debug/warren"
 
 step "Python suite: pika, kombu, py-amqp, oslo.messaging against a real broker"
 timeout 900 "$venv/bin/python" -m pytest tests/python -q -p no:cacheprovider
+
+step "Differential run: the same Python suite against RabbitMQ (Debian's package, on loopback)"
+# Every expectation above must also hold against real RabbitMQ; the target installs rabbitmq-server
+# with apt-get when it is missing and runs a private node on 127.0.0.1.
+if [ "${WARREN_SKIP_RABBITMQ:-0}" = "1" ]; then
+  echo "skipped (WARREN_SKIP_RABBITMQ=1)"
+else
+  WARREN_TEST_TARGET=rabbitmq timeout 900 "$venv/bin/python" -m pytest tests/python -q -p no:cacheprovider
+fi
