@@ -70,6 +70,19 @@ pub struct UserConfig {
     pub tags: Vec<String>,
     #[serde(default)]
     pub permissions: Vec<PermissionConfig>,
+    #[serde(default)]
+    pub topic_permissions: Vec<TopicPermissionConfig>,
+}
+
+/// RabbitMQ-style topic permission: patterns over routing keys published to (write) or bound from
+/// (read) one topic exchange. `{username}` and `{vhost}` are expanded.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TopicPermissionConfig {
+    pub vhost: String,
+    pub exchange: String,
+    pub write: String,
+    pub read: String,
 }
 
 /// RabbitMQ-style permission: three regular expressions over resource names in one vhost.
@@ -182,6 +195,19 @@ impl Config {
             if user.name.is_empty() || user.name.chars().any(char::is_control) {
                 return invalid(format!("users: invalid user name {:?}", user.name));
             }
+            for t in &user.topic_permissions {
+                for re in [&t.write, &t.read] {
+                    let re = &re
+                        .replace("{username}", &user.name)
+                        .replace("{vhost}", &t.vhost);
+                    if let Err(e) = regex::Regex::new(re) {
+                        return invalid(format!(
+                            "users.{}: bad topic permission pattern {re:?}: {e}",
+                            user.name
+                        ));
+                    }
+                }
+            }
             for p in &user.permissions {
                 if !self.vhosts.contains(&p.vhost) {
                     return invalid(format!(
@@ -225,6 +251,7 @@ impl Config {
                     write: ".*".into(),
                     read: ".*".into(),
                 }],
+                topic_permissions: Vec::new(),
             }],
         }
     }

@@ -14,6 +14,7 @@ pub mod exchange;
 pub mod identity;
 pub mod memory;
 pub mod message;
+pub mod permissions;
 pub mod queue;
 pub mod server;
 pub mod tls;

@@ -124,7 +124,10 @@ mod tests {
         m.charge(60);
         assert!(m.in_alarm() && *rx.borrow());
         m.release(15);
-        assert!(m.in_alarm(), "105 bytes: still above the 90-byte clearing point");
+        assert!(
+            m.in_alarm(),
+            "105 bytes: still above the 90-byte clearing point"
+        );
         m.release(15);
         assert!(!m.in_alarm() && !*rx.borrow());
         assert!(MemoryMonitor::threshold(0.4, None) > 0);

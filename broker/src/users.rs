@@ -7,8 +7,9 @@ use regex::Regex;
 
 use crate::config::UserConfig;
 
-/// One vhost's configure/write/read patterns, compiled. RabbitMQ anchors them: a name is permitted when
-/// the whole name matches.
+/// One vhost's configure/write/read patterns, compiled. As in RabbitMQ they are unanchored (a name is
+/// permitted when the pattern matches anywhere in it; use `^...$` to anchor) and the empty pattern
+/// means `^$`, i.e. nothing.
 #[derive(Debug, Clone)]
 pub struct Permission {
     pub configure: Regex,
@@ -21,10 +22,20 @@ pub struct User {
     pub name: String,
     pub tags: Vec<String>,
     permissions: HashMap<String, Permission>,
+    /// By (vhost, exchange).
+    topic_permissions: HashMap<(String, String), TopicPermission>,
 }
 
-fn anchored(pattern: &str) -> Result<Regex, regex::Error> {
-    Regex::new(&format!("^(?:{pattern})$"))
+fn pattern(p: &str) -> Result<Regex, regex::Error> {
+    Regex::new(if p.is_empty() { "^$" } else { p })
+}
+
+/// A topic permission: patterns over routing keys for one topic exchange, with `{username}` and
+/// `{vhost}` already expanded.
+#[derive(Debug, Clone)]
+pub struct TopicPermission {
+    pub write: Regex,
+    pub read: Regex,
 }
 
 impl User {
@@ -34,9 +45,23 @@ impl User {
             permissions.insert(
                 p.vhost.clone(),
                 Permission {
-                    configure: anchored(&p.configure)?,
-                    write: anchored(&p.write)?,
-                    read: anchored(&p.read)?,
+                    configure: pattern(&p.configure)?,
+                    write: pattern(&p.write)?,
+                    read: pattern(&p.read)?,
+                },
+            );
+        }
+        let mut topic_permissions = HashMap::new();
+        for t in &config.topic_permissions {
+            let expand = |p: &str| {
+                p.replace("{username}", &config.name)
+                    .replace("{vhost}", &t.vhost)
+            };
+            topic_permissions.insert(
+                (t.vhost.clone(), t.exchange.clone()),
+                TopicPermission {
+                    write: pattern(&expand(&t.write))?,
+                    read: pattern(&expand(&t.read))?,
                 },
             );
         }
@@ -44,6 +69,7 @@ impl User {
             name: config.name.clone(),
             tags: config.tags.clone(),
             permissions,
+            topic_permissions,
         })
     }
 
@@ -55,18 +81,29 @@ impl User {
     pub fn permission(&self, vhost: &str) -> Option<&Permission> {
         self.permissions.get(vhost)
     }
+
+    pub fn topic_permission(&self, vhost: &str, exchange: &str) -> Option<&TopicPermission> {
+        self.topic_permissions
+            .get(&(vhost.to_string(), exchange.to_string()))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::PermissionConfig;
+    use crate::config::{PermissionConfig, TopicPermissionConfig};
 
     #[test]
     fn patterns_match_whole_names_and_access_is_deny_by_default() {
         let user = User::from_config(&UserConfig {
             name: "nova".into(),
             tags: vec![],
+            topic_permissions: vec![TopicPermissionConfig {
+                vhost: "/".into(),
+                exchange: "amq.topic".into(),
+                write: "^{username}\\.".into(),
+                read: ".*".into(),
+            }],
             permissions: vec![PermissionConfig {
                 vhost: "/".into(),
                 configure: "nova.*".into(),
@@ -77,7 +114,11 @@ mod tests {
         .unwrap();
         assert!(user.can_access_vhost("/") && !user.can_access_vhost("other"));
         let p = user.permission("/").unwrap();
-        assert!(p.configure.is_match("nova_compute") && !p.configure.is_match("xnova"));
+        // Unanchored, as in RabbitMQ; the empty pattern matches only the empty name.
+        assert!(p.configure.is_match("nova_compute") && p.configure.is_match("xnova"));
+        assert!(!p.configure.is_match("neutron"));
         assert!(!p.write.is_match("anything") && p.write.is_match(""));
+        let t = user.topic_permission("/", "amq.topic").unwrap();
+        assert!(t.write.is_match("nova.compute") && !t.write.is_match("neutron.agent"));
     }
 }

@@ -11,6 +11,7 @@ use super::unacked::Delivered;
 use super::{remove_consumer, requeue, Channel, Registration};
 use crate::connection::session::Session;
 use crate::error::{AmqpError, AmqpResult};
+use crate::permissions::{self, Access, Kind};
 use crate::queue::arguments::{as_int, type_name};
 use crate::queue::consumer::{Consumer, Limit};
 use crate::queue::{Entry, Queue};
@@ -96,6 +97,7 @@ impl Channel {
 
     fn consume(&mut self, s: &mut Session, c: basic::Consume) -> AmqpResult<()> {
         let name = self.queue_name(c.queue.as_str())?;
+        permissions::check(s, Access::Read, Kind::Queue, &name)?;
         let queue = s.vhost.queue(&name, s.id)?;
         let tag: Arc<str> = if c.consumer_tag.as_str().is_empty() {
             generated_name("amq.ctag").into()
@@ -155,6 +157,7 @@ impl Channel {
 
     fn get(&mut self, s: &mut Session, g: basic::Get) -> AmqpResult<()> {
         let name = self.queue_name(g.queue.as_str())?;
+        permissions::check(s, Access::Read, Kind::Queue, &name)?;
         let queue = s.vhost.queue(&name, s.id)?;
         let Some((entry, message_count)) = queue.get() else {
             s.send(

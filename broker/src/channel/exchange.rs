@@ -6,8 +6,32 @@ use super::Channel;
 use crate::connection::session::Session;
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Destination, ExchangeKind, ExchangeSpec};
+use crate::permissions::{self, Access, Kind};
+use crate::queue::arguments::as_text;
 
 impl Channel {
+    /// exchange.bind/unbind: write on the destination, read on the source, and the topic read
+    /// permission on the key when the source is a topic exchange (rabbit_channel:binding_action).
+    fn check_exchange_binding(
+        &self,
+        s: &Session,
+        source: &str,
+        destination: &str,
+        key: &str,
+    ) -> AmqpResult<()> {
+        permissions::check(s, Access::Write, Kind::Exchange, destination)?;
+        if source.is_empty() || destination.is_empty() {
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        permissions::check(s, Access::Read, Kind::Exchange, source)?;
+        if let Ok(x) = s.vhost.exchange(source) {
+            permissions::check_topic(s, Access::Read, &x, key)?;
+        }
+        Ok(())
+    }
+
     pub(super) fn exchange_method(
         &mut self,
         s: &mut Session,
@@ -28,6 +52,7 @@ impl Channel {
                     ));
                 }
                 if d.passive {
+                    permissions::check_any(s, Kind::Exchange, name)?;
                     s.vhost.exchange(name)?;
                 } else {
                     // The type is checked before anything else, even for an existing exchange (RabbitMQ).
@@ -37,6 +62,16 @@ impl Channel {
                             d.kind.as_str()
                         ))
                     })?;
+                    permissions::check(s, Access::Configure, Kind::Exchange, name)?;
+                    if let Some(ae) = d
+                        .arguments
+                        .inner()
+                        .get("alternate-exchange")
+                        .and_then(as_text)
+                    {
+                        permissions::check(s, Access::Write, Kind::Exchange, &ae)?;
+                        permissions::check(s, Access::Read, Kind::Exchange, name)?;
+                    }
                     let spec = ExchangeSpec {
                         name: name.to_string(),
                         kind,
@@ -54,6 +89,11 @@ impl Channel {
                 );
             }
             exchange::AMQPMethod::Delete(d) => {
+                let name = d.exchange.as_str();
+                // The default and amq.* exchanges are refused first (by the vhost), as in RabbitMQ.
+                if !name.is_empty() && !name.starts_with("amq.") {
+                    permissions::check(s, Access::Configure, Kind::Exchange, name)?;
+                }
                 s.vhost.delete_exchange(d.exchange.as_str(), d.if_unused)?;
                 reply(
                     s,
@@ -62,6 +102,12 @@ impl Channel {
                 );
             }
             exchange::AMQPMethod::Bind(b) => {
+                self.check_exchange_binding(
+                    s,
+                    b.source.as_str(),
+                    b.destination.as_str(),
+                    b.routing_key.as_str(),
+                )?;
                 let destination = Destination::Exchange(b.destination.as_str().into());
                 s.vhost.bind(
                     b.source.as_str(),
@@ -76,6 +122,12 @@ impl Channel {
                 );
             }
             exchange::AMQPMethod::Unbind(u) => {
+                self.check_exchange_binding(
+                    s,
+                    u.source.as_str(),
+                    u.destination.as_str(),
+                    u.routing_key.as_str(),
+                )?;
                 let destination = Destination::Exchange(u.destination.as_str().into());
                 s.vhost.unbind(
                     u.source.as_str(),

@@ -13,6 +13,7 @@ use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Exchange, RouteInput};
 use crate::memory::Charge;
 use crate::message::Message;
+use crate::permissions::{self, Access, Kind};
 use crate::queue::Enqueued;
 
 /// A basic.publish waiting for its content.
@@ -102,6 +103,8 @@ impl Channel {
             return Err(AmqpError::not_implemented("immediate=true"));
         }
         let name = p.exchange.as_str();
+        // RabbitMQ checks write permission before the exchange lookup.
+        permissions::check(s, Access::Write, Kind::Exchange, name)?;
         let exchange = if name.is_empty() {
             None
         } else {
@@ -112,6 +115,7 @@ impl Channel {
                     s.vhost.name
                 )));
             }
+            permissions::check_topic(s, Access::Write, &x, p.routing_key.as_str())?;
             Some(x)
         };
         self.assembly = Assembly::Header(Pending {

@@ -6,6 +6,8 @@ use super::Channel;
 use crate::connection::session::Session;
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::Destination;
+use crate::permissions::{self, Access, Kind};
+use crate::queue::arguments::as_text;
 use crate::queue::QueueSpec;
 
 /// A server-generated name: `prefix` and 22 characters of URL-safe base64 over 128 random bits, like
@@ -20,6 +22,22 @@ pub fn generated_name(prefix: &str) -> String {
         name.push(ALPHABET[((bits >> (i * 6)) & 63) as usize] as char);
     }
     name
+}
+
+/// queue.bind/unbind, in rabbit_channel:binding_action's order: write on the queue, the default-exchange
+/// refusal, read on the exchange, then the topic read permission on the binding key.
+fn check_queue_binding(s: &Session, exchange: &str, queue: &str, key: &str) -> AmqpResult<()> {
+    permissions::check(s, Access::Write, Kind::Queue, queue)?;
+    if exchange.is_empty() {
+        return Err(AmqpError::access_refused(
+            "operation not permitted on the default exchange",
+        ));
+    }
+    permissions::check(s, Access::Read, Kind::Exchange, exchange)?;
+    if let Ok(x) = s.vhost.exchange(exchange) {
+        permissions::check_topic(s, Access::Read, &x, key)?;
+    }
+    Ok(())
 }
 
 impl Channel {
@@ -42,6 +60,21 @@ impl Channel {
                 } else {
                     self.queue_name(d.queue.as_str())?
                 };
+                if d.passive {
+                    permissions::check_any(s, Kind::Queue, &name)?;
+                } else if server_named || !name.starts_with("amq.") {
+                    // (A client-chosen amq.* name is refused by the vhost before any permission check.)
+                    permissions::check(s, Access::Configure, Kind::Queue, &name)?;
+                    if let Some(dlx) = d
+                        .arguments
+                        .inner()
+                        .get("x-dead-letter-exchange")
+                        .and_then(as_text)
+                    {
+                        permissions::check(s, Access::Write, Kind::Exchange, &dlx)?;
+                        permissions::check(s, Access::Read, Kind::Queue, &name)?;
+                    }
+                }
                 let spec = QueueSpec {
                     name,
                     durable: d.durable,
@@ -61,6 +94,7 @@ impl Channel {
             }
             queue::AMQPMethod::Bind(b) => {
                 let name = self.queue_name(b.queue.as_str())?;
+                check_queue_binding(s, b.exchange.as_str(), &name, b.routing_key.as_str())?;
                 // A missing source is reported before a missing queue (rabbit_db_binding).
                 if !b.exchange.as_str().is_empty() {
                     s.vhost.exchange(b.exchange.as_str())?;
@@ -76,11 +110,7 @@ impl Channel {
             }
             queue::AMQPMethod::Unbind(u) => {
                 let name = self.queue_name(u.queue.as_str())?;
-                if u.exchange.as_str().is_empty() {
-                    return Err(AmqpError::access_refused(
-                        "operation not permitted on the default exchange",
-                    ));
-                }
+                check_queue_binding(s, u.exchange.as_str(), &name, u.routing_key.as_str())?;
                 if let Some(q) = s.vhost.find_queue(&name) {
                     s.vhost.unbind(
                         u.exchange.as_str(),
@@ -93,6 +123,7 @@ impl Channel {
             }
             queue::AMQPMethod::Purge(p) => {
                 let name = self.queue_name(p.queue.as_str())?;
+                permissions::check(s, Access::Read, Kind::Queue, &name)?;
                 let q = s.vhost.queue(&name, s.id)?;
                 let message_count = q.purge();
                 reply(
@@ -103,6 +134,7 @@ impl Channel {
             }
             queue::AMQPMethod::Delete(d) => {
                 let name = self.queue_name(d.queue.as_str())?;
+                permissions::check(s, Access::Configure, Kind::Queue, &name)?;
                 let message_count = s.vhost.delete_queue(&name, d.if_unused, d.if_empty, s.id)?;
                 reply(
                     s,
