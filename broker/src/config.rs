@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::identity::{CertLoginFrom, IdentityRule, SanType};
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -14,6 +16,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub tls: TlsConfig,
     pub limits: Limits,
+    pub auth: AuthConfig,
     /// Virtual hosts created at start.
     pub vhosts: Vec<String>,
     /// Users (certificate identities) and their permissions, created at start.
@@ -62,6 +65,28 @@ pub struct Limits {
     pub memory_high_watermark_bytes: Option<u64>,
 }
 
+/// How clients are identified.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `common_name` (default), `distinguished_name` or `subject_alternative_name`.
+    pub cert_login_from: CertLoginFrom,
+    /// With `subject_alternative_name`: `dns`, `email` or `uri`.
+    pub cert_login_san_type: SanType,
+    /// With `subject_alternative_name`: which name of that type (0 = the first).
+    pub cert_login_san_index: usize,
+}
+
+impl AuthConfig {
+    pub fn identity_rule(&self) -> IdentityRule {
+        IdentityRule {
+            from: self.cert_login_from,
+            san_type: self.cert_login_san_type,
+            san_index: self.cert_login_san_index,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
@@ -102,6 +127,7 @@ impl Default for Config {
             data_dir: PathBuf::from("/var/lib/warren"),
             tls: TlsConfig::default(),
             limits: Limits::default(),
+            auth: AuthConfig::default(),
             vhosts: vec!["/".to_string()],
             users: Vec::new(),
         }
@@ -241,6 +267,7 @@ impl Config {
                 key: pki.server_key,
             },
             limits: Limits::default(),
+            auth: AuthConfig::default(),
             vhosts: vec!["/".to_string()],
             users: vec![UserConfig {
                 name: "admin".to_string(),

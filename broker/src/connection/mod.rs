@@ -56,7 +56,8 @@ pub async fn serve(
         .peer_certificates()
         .and_then(|c| c.first())
     {
-        Some(cert) => identity_from_certificate(cert).map_err(|e| e.to_string()),
+        Some(cert) => identity_from_certificate(cert, &broker.config.auth.identity_rule())
+            .map_err(|e| e.to_string()),
         None => Err("no client certificate".to_string()),
     };
     let span = tracing::info_span!("conn", %peer, user = tracing::field::Empty);
