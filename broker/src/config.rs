@@ -17,6 +17,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub limits: Limits,
     pub auth: AuthConfig,
+    pub network: NetworkConfig,
     /// Virtual hosts created at start.
     pub vhosts: Vec<String>,
     /// Users (certificate identities) and their permissions, created at start.
@@ -32,6 +33,9 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// PEM private key; must be mode 0600 (or stricter) and owned by the broker's user.
     pub key: PathBuf,
+    /// PEM certificate revocation lists checked for client certificates (reloaded with SIGHUP).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crls: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,11 +62,24 @@ pub struct Limits {
     /// Connections one vhost may have open (unset: unlimited).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections_per_vhost: Option<u32>,
+    /// Connections that have not finished negotiating (accept to connection.open-ok), in total.
+    pub max_pending_connections: usize,
+    /// Connections that have not finished negotiating, per source address.
+    pub max_pending_per_ip: usize,
     /// Memory alarm threshold as a fraction of the machine's RAM (RabbitMQ's vm_memory_high_watermark).
     pub memory_high_watermark: f64,
     /// Memory alarm threshold in bytes; overrides `memory_high_watermark` when set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_high_watermark_bytes: Option<u64>,
+}
+
+/// Which peers may connect at all.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Source networks (CIDR) allowed to connect, checked before the TLS handshake; empty allows all
+    /// (the listen address already limits who can reach the broker).
+    pub allow: Vec<ipnet::IpNet>,
 }
 
 /// How clients are identified.
@@ -128,6 +145,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             limits: Limits::default(),
             auth: AuthConfig::default(),
+            network: NetworkConfig::default(),
             vhosts: vec!["/".to_string()],
             users: Vec::new(),
         }
@@ -140,6 +158,7 @@ impl Default for TlsConfig {
             ca_bundle: PathBuf::from("/etc/warren/ca.pem"),
             cert: PathBuf::from("/etc/warren/server.pem"),
             key: PathBuf::from("/etc/warren/server.key"),
+            crls: Vec::new(),
         }
     }
 }
@@ -156,6 +175,8 @@ impl Default for Limits {
             max_consumers_per_channel: None,
             max_queues_per_vhost: None,
             max_connections_per_vhost: None,
+            max_pending_connections: 1024,
+            max_pending_per_ip: 64,
             memory_high_watermark: 0.4,
             memory_high_watermark_bytes: None,
         }
@@ -265,9 +286,11 @@ impl Config {
                 ca_bundle: pki.ca_cert,
                 cert: pki.server_cert,
                 key: pki.server_key,
+                crls: Vec::new(),
             },
             limits: Limits::default(),
             auth: AuthConfig::default(),
+            network: NetworkConfig::default(),
             vhosts: vec!["/".to_string()],
             users: vec![UserConfig {
                 name: "admin".to_string(),

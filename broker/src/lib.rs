@@ -5,6 +5,7 @@
 //! neither of those knows about the other. Binaries stay thin: `main.rs` parses flags and calls
 //! [`server::run`] with a bound listener and a shutdown future, which is also how tests start brokers.
 
+pub mod admission;
 pub mod broker;
 pub mod channel;
 pub mod config;

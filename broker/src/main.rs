@@ -108,6 +108,23 @@ async fn serve(config: Arc<Config>, dev: bool) -> anyhow::Result<()> {
     tracing::info!(%addr, "listening");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = Arc::new(server);
+    let reloader = server.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            match reloader.reload_tls() {
+                Ok(()) => {
+                    tracing::info!("SIGHUP: reloaded the CA bundle, certificate, key and CRLs")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: reload failed; the previous TLS configuration stays in force")
+                }
+            }
+        }
+    });
     let mut tasks = tokio::task::JoinSet::new();
     for listener in listeners {
         let server = server.clone();

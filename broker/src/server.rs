@@ -6,12 +6,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::RwLock;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
+use crate::admission::Admission;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::connection;
@@ -19,18 +21,35 @@ use crate::connection;
 /// A configured broker ready to serve listeners.
 pub struct Server {
     pub broker: Arc<Broker>,
-    acceptor: TlsAcceptor,
+    /// Replaced as a whole on reload (SIGHUP); connections already open keep their sessions.
+    acceptor: RwLock<TlsAcceptor>,
+    admission: Arc<Admission>,
 }
 
 impl Server {
     /// Loads TLS material (refusing unsafe key files) and builds the broker state.
     pub fn new(config: Arc<Config>) -> anyhow::Result<Self> {
         let tls = crate::tls::server_config(&config.tls)?;
+        let limits = &config.limits;
+        let admission = Admission::new(
+            config.network.allow.clone(),
+            limits.max_pending_connections,
+            limits.max_pending_per_ip,
+        );
         let broker = Broker::new(config)?;
         Ok(Server {
             broker,
-            acceptor: TlsAcceptor::from(tls),
+            acceptor: RwLock::new(TlsAcceptor::from(tls)),
+            admission,
         })
+    }
+
+    /// Re-reads the CA bundle, server certificate, key and CRLs (SIGHUP). On any error the running
+    /// configuration stays in force and the error is returned for the log.
+    pub fn reload_tls(&self) -> Result<(), crate::tls::TlsError> {
+        let tls = crate::tls::server_config(&self.broker.config.tls)?;
+        *self.acceptor.write() = TlsAcceptor::from(tls);
+        Ok(())
     }
 
     /// Serves `listener` until `shutdown` completes, then closes every connection and returns once they
@@ -53,13 +72,21 @@ impl Server {
                             continue;
                         }
                     };
+                    let slot = match self.admission.admit(peer.ip()) {
+                        Ok(slot) => slot,
+                        Err(why) => {
+                            // Dropped before any TLS work: a refused peer costs an accept and a close.
+                            info!(%peer, reason = ?why, "connection refused before TLS");
+                            continue;
+                        }
+                    };
                     let _ = tcp.set_nodelay(true);
-                    let acceptor = self.acceptor.clone();
+                    let acceptor = self.acceptor.read().clone();
                     let broker = self.broker.clone();
                     let stop = stop_rx.clone();
                     connections.spawn(async move {
                         match tokio::time::timeout(tls_timeout, acceptor.accept(tcp)).await {
-                            Ok(Ok(stream)) => connection::serve(broker, stream, peer, stop).await,
+                            Ok(Ok(stream)) => connection::serve(broker, stream, peer, stop, slot).await,
                             Ok(Err(e)) => info!(%peer, error = %e, "TLS handshake refused"),
                             Err(_) => info!(%peer, "TLS handshake timed out"),
                         }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 
@@ -96,7 +96,22 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
         })?;
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut crls = Vec::new();
+    for path in &tls.crls {
+        let data = fs::read(path).map_err(|source| TlsError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        for crl in CertificateRevocationListDer::pem_slice_iter(&data) {
+            crls.push(crl.map_err(|e| TlsError::Pem {
+                path: path.clone(),
+                what: "CRL",
+                detail: e.to_string(),
+            })?);
+        }
+    }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .with_crls(crls)
         .build()
         .map_err(|e| TlsError::CaBundle {
             path: tls.ca_bundle.clone(),
@@ -150,6 +165,7 @@ mod tests {
             ca_bundle: "/nonexistent/ca.pem".into(),
             cert: "/nonexistent/s.pem".into(),
             key: "/nonexistent/s.key".into(),
+            crls: Vec::new(),
         };
         let e = server_config(&tls).unwrap_err().to_string();
         assert!(e.contains("/nonexistent/s.key"), "{e}");

@@ -23,6 +23,7 @@ use warren_protocol::constants::{reply, FRAME_OVERHEAD, PROTOCOL_HEADER};
 use warren_protocol::frame::{decode_frame, encode_heartbeat, FrameError, FrameKind, RawFrame};
 use warren_protocol::method::{decode_method, method_ids, MethodError};
 
+use crate::admission::PendingSlot;
 use crate::broker::Broker;
 use crate::channel::Channel;
 use crate::error::{octets_snippet, AmqpError};
@@ -49,6 +50,7 @@ pub async fn serve(
     stream: TlsStream<TcpStream>,
     peer: SocketAddr,
     stop: watch::Receiver<bool>,
+    pending: PendingSlot,
 ) {
     let identity = match stream
         .get_ref()
@@ -90,6 +92,8 @@ pub async fn serve(
         };
         match negotiated {
             Ok(n) => {
+                // Negotiated: the connection no longer counts against the pre-authentication caps.
+                drop(pending);
                 tracing::Span::current().record("user", n.user.name.as_str());
                 let (outbox, outbox_rx) = mpsc::unbounded_channel();
                 let session = Session {
