@@ -8,6 +8,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use parking_lot::RwLock;
 
+use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::memory::MemoryMonitor;
 use crate::queue::consumer::ConnectionId;
@@ -16,6 +17,7 @@ use crate::vhost::{Vhost, VhostLimits};
 
 pub struct Broker {
     pub config: Arc<Config>,
+    pub audit: AuditLog,
     pub memory: Arc<MemoryMonitor>,
     vhosts: DashMap<String, Arc<Vhost>>,
     users: RwLock<HashMap<String, Arc<User>>>,
@@ -23,14 +25,18 @@ pub struct Broker {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("user {user}: {source}")]
-pub struct UserSetupError {
-    user: String,
-    source: regex::Error,
+pub enum SetupError {
+    #[error("user {user}: {source}")]
+    User { user: String, source: regex::Error },
+    #[error("cannot open the audit log {path}: {source}")]
+    Audit {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl Broker {
-    pub fn new(config: Arc<Config>) -> Result<Arc<Self>, UserSetupError> {
+    pub fn new(config: Arc<Config>) -> Result<Arc<Self>, SetupError> {
         let vhosts = DashMap::new();
         let limits = VhostLimits {
             max_queues: config.limits.max_queues_per_vhost,
@@ -41,7 +47,7 @@ impl Broker {
         }
         let mut users = HashMap::new();
         for u in &config.users {
-            let user = User::from_config(u).map_err(|source| UserSetupError {
+            let user = User::from_config(u).map_err(|source| SetupError::User {
                 user: u.name.clone(),
                 source,
             })?;
@@ -52,7 +58,12 @@ impl Broker {
             limits.memory_high_watermark,
             limits.memory_high_watermark_bytes,
         );
+        let audit = AuditLog::open(&config.audit.path).map_err(|e| SetupError::Audit {
+            path: config.audit.path.clone(),
+            source: e,
+        })?;
         Ok(Arc::new(Broker {
+            audit,
             memory: Arc::new(MemoryMonitor::new(threshold)),
             config,
             vhosts,

@@ -18,6 +18,7 @@ pub struct Config {
     pub limits: Limits,
     pub auth: AuthConfig,
     pub network: NetworkConfig,
+    pub audit: AuditConfig,
     /// Virtual hosts created at start.
     pub vhosts: Vec<String>,
     /// Users (certificate identities) and their permissions, created at start.
@@ -71,6 +72,22 @@ pub struct Limits {
     /// Memory alarm threshold in bytes; overrides `memory_high_watermark` when set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_high_watermark_bytes: Option<u64>,
+}
+
+/// Where the audit log goes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// `"stderr"` or a file path (created 0600, appended to).
+    pub path: String,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            path: "stderr".to_string(),
+        }
+    }
 }
 
 /// Which peers may connect at all.
@@ -146,6 +163,7 @@ impl Default for Config {
             limits: Limits::default(),
             auth: AuthConfig::default(),
             network: NetworkConfig::default(),
+            audit: AuditConfig::default(),
             vhosts: vec!["/".to_string()],
             users: Vec::new(),
         }
@@ -291,6 +309,7 @@ impl Config {
             limits: Limits::default(),
             auth: AuthConfig::default(),
             network: NetworkConfig::default(),
+            audit: AuditConfig::default(),
             vhosts: vec!["/".to_string()],
             users: vec![UserConfig {
                 name: "admin".to_string(),

@@ -6,6 +6,7 @@
 //! [`server::run`] with a bound listener and a shutdown future, which is also how tests start brokers.
 
 pub mod admission;
+pub mod audit;
 pub mod broker;
 pub mod channel;
 pub mod config;

@@ -2,6 +2,7 @@
 //! each operation, and topic permissions on routing keys for topic exchanges. The user is looked up for
 //! every check, so a permission change applies to open connections at once.
 
+use crate::audit::Event;
 use crate::connection::session::Session;
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Exchange, ExchangeKind};
@@ -64,6 +65,21 @@ fn allowed(user: &User, vhost: &str, access: Access, name: &str) -> bool {
     })
 }
 
+/// Audits a denial and turns it into the client's 403.
+fn denied(s: &Session, user: &User, text: String) -> AmqpError {
+    let source = s.peer.to_string();
+    s.broker.audit.record(&Event {
+        kind: "authorisation",
+        action: &text,
+        user: &user.name,
+        source: &source,
+        vhost: Some(&s.vhost.name),
+        result: "denied",
+        detail: None,
+    });
+    AmqpError::access_refused(text)
+}
+
 /// `ACCESS_REFUSED - write access to exchange 'x' in vhost '/' refused for user 'bob'` unless permitted.
 pub fn check(s: &Session, access: Access, kind: Kind, name: &str) -> AmqpResult<()> {
     let user = current_user(s)?;
@@ -71,13 +87,14 @@ pub fn check(s: &Session, access: Access, kind: Kind, name: &str) -> AmqpResult<
     if allowed(&user, &s.vhost.name, access, name) {
         return Ok(());
     }
-    Err(AmqpError::access_refused(format!(
+    let text = format!(
         "{} access to {} '{name}' in vhost '{}' refused for user '{}'",
         access.as_str(),
         kind_str(kind),
         s.vhost.name,
         user.name
-    )))
+    );
+    Err(denied(s, &user, text))
 }
 
 /// A passive declare needs some permission on the resource; the denial names configure access.
@@ -116,11 +133,12 @@ pub fn check_topic(
     if re.is_match(routing_key) {
         return Ok(());
     }
-    Err(AmqpError::access_refused(format!(
+    let text = format!(
         "{} access to topic '{routing_key}' in exchange '{}' in vhost '{}' refused for user '{}'",
         access.as_str(),
         exchange.name(),
         s.vhost.name,
         user.name
-    )))
+    );
+    Err(denied(s, &user, text))
 }

@@ -14,6 +14,7 @@ use warren_protocol::constants::{FRAME_MIN_SIZE, PROTOCOL_HEADER};
 use warren_protocol::frame::{decode_frame, FrameError, FrameKind, RawFrame};
 use warren_protocol::method::{decode_method, encode_method};
 
+use crate::audit::Event;
 use crate::broker::Broker;
 use crate::connection::session::ClientCapabilities;
 use crate::error::AmqpError;
@@ -147,10 +148,6 @@ fn client_capabilities(props: &FieldTable) -> ClientCapabilities {
     }
 }
 
-fn login_refused() -> AmqpError {
-    AmqpError::access_refused("Login was refused using authentication mechanism EXTERNAL. For details see the broker logfile.")
-}
-
 /// Runs the negotiation. `identity` is the certificate identity, or why there is none.
 pub async fn negotiate<R: AsyncRead + Unpin>(
     broker: &Broker,
@@ -199,30 +196,7 @@ pub async fn negotiate<R: AsyncRead + Unpin>(
             )))
         }
     };
-    if start_ok.mechanism.as_str() != "EXTERNAL" {
-        warn!(%peer, mechanism = start_ok.mechanism.as_str(), "login refused: only EXTERNAL is offered");
-        return Err(HandshakeError::Refused(AmqpError::access_refused(format!(
-            "Login was refused using authentication mechanism {}. For details see the broker logfile.",
-            start_ok.mechanism.as_str()
-        ))));
-    }
-    let name = match identity {
-        Ok(name) => name,
-        Err(why) => {
-            warn!(%peer, reason = %why, "EXTERNAL login refused");
-            return Err(HandshakeError::Refused(login_refused()));
-        }
-    };
-    // SASL EXTERNAL may carry an authorisation identity; it must then be the certificate's own.
-    let requested = start_ok.response.as_bytes();
-    if !requested.is_empty() && requested != name.as_bytes() {
-        warn!(%peer, user = %name, "EXTERNAL login refused: requested identity differs from certificate");
-        return Err(HandshakeError::Refused(login_refused()));
-    }
-    let Some(user) = broker.user(&name) else {
-        warn!(%peer, user = %name, "EXTERNAL login refused: no such user");
-        return Err(HandshakeError::Refused(login_refused()));
-    };
+    let (name, user) = authenticate(broker, &start_ok, identity, peer)?;
     let capabilities = client_capabilities(&start_ok.client_properties);
 
     let limits = &broker.config.limits;
@@ -284,22 +258,30 @@ pub async fn negotiate<R: AsyncRead + Unpin>(
         }
     };
     let vhost_name = open.virtual_host.as_str();
+    let source = peer.to_string();
+    let refuse_open = |e: AmqpError| {
+        broker.audit.record(&Event {
+            kind: "authorisation",
+            action: "open vhost",
+            user: &name,
+            source: &source,
+            vhost: Some(vhost_name),
+            result: "denied",
+            detail: Some(&e.text),
+        });
+        HandshakeError::Refused(e.during((10, 40)))
+    };
     let Some(vhost) = broker.vhost(vhost_name) else {
-        return Err(HandshakeError::Refused(
-            AmqpError::not_allowed(format!("vhost {vhost_name} not found")).during((10, 40)),
-        ));
+        return Err(refuse_open(AmqpError::not_allowed(format!(
+            "vhost {vhost_name} not found"
+        ))));
     };
     if !user.can_access_vhost(vhost_name) {
-        return Err(HandshakeError::Refused(
-            AmqpError::not_allowed(format!(
-                "access to vhost '{vhost_name}' refused for user '{name}'"
-            ))
-            .during((10, 40)),
-        ));
+        return Err(refuse_open(AmqpError::not_allowed(format!(
+            "access to vhost '{vhost_name}' refused for user '{name}'"
+        ))));
     }
-    let vhost_connection = vhost
-        .open_connection(&name)
-        .map_err(|e| HandshakeError::Refused(e.during((10, 40))))?;
+    let vhost_connection = vhost.open_connection(&name).map_err(refuse_open)?;
     encode_method(
         io.out,
         0,
@@ -315,4 +297,54 @@ pub async fn negotiate<R: AsyncRead + Unpin>(
         heartbeat: tune_ok.heartbeat,
         capabilities,
     })
+}
+
+/// SASL EXTERNAL: the identity comes from the certificate; the user must exist. Every outcome is
+/// audited; the client only ever sees RabbitMQ's generic refusal.
+fn authenticate(
+    broker: &Broker,
+    start_ok: &connection::StartOk,
+    identity: Result<String, String>,
+    peer: SocketAddr,
+) -> Result<(String, Arc<User>), HandshakeError> {
+    let source = peer.to_string();
+    let mechanism = start_ok.mechanism.as_str();
+    let audit = |user: &str, result: &'static str, detail: Option<&str>| {
+        broker.audit.record(&Event {
+            kind: "authentication",
+            action: "login",
+            user,
+            source: &source,
+            vhost: None,
+            result,
+            detail,
+        });
+    };
+    let refuse = |user: &str, detail: &str| {
+        warn!(%peer, user, reason = detail, "login refused");
+        audit(user, "failure", Some(detail));
+        HandshakeError::Refused(AmqpError::access_refused(format!(
+            "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
+        )))
+    };
+    if mechanism != "EXTERNAL" {
+        return Err(refuse(
+            "",
+            &format!("mechanism {mechanism} is not offered (only EXTERNAL)"),
+        ));
+    }
+    let name = identity.map_err(|why| refuse("", &why))?;
+    // SASL EXTERNAL may carry an authorisation identity; it must then be the certificate's own.
+    let requested = start_ok.response.as_bytes();
+    if !requested.is_empty() && requested != name.as_bytes() {
+        return Err(refuse(
+            &name,
+            "requested identity differs from the certificate's",
+        ));
+    }
+    let user = broker
+        .user(&name)
+        .ok_or_else(|| refuse(&name, "no such user"))?;
+    audit(&name, "success", None);
+    Ok((name, user))
 }

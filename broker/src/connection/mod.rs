@@ -99,6 +99,7 @@ pub async fn serve(
                 let session = Session {
                     broker: broker.clone(),
                     id: broker.next_connection_id(),
+                    peer,
                     user: n.user,
                     vhost: n.vhost,
                     frame_max: n.frame_max,

@@ -26,6 +26,7 @@ pub struct ClientCapabilities {
 pub struct Session {
     pub broker: Arc<Broker>,
     pub id: ConnectionId,
+    pub peer: std::net::SocketAddr,
     pub user: Arc<User>,
     pub vhost: Arc<Vhost>,
     pub frame_max: u32,

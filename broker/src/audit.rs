@@ -1,0 +1,125 @@
+//! The audit log: one JSON line per authentication success or failure, authorisation denial and
+//! administrative change (who, from where, what, result), to a file or stderr. Separate from the
+//! diagnostic log so an auditor can keep, ship and parse it on its own.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// One audited event.
+#[derive(Debug, Serialize)]
+pub struct Event<'a> {
+    /// `authentication`, `authorisation` or `admin`.
+    pub kind: &'static str,
+    /// What was attempted, e.g. `login`, `configure queue 'q'`, `add_user nova`.
+    pub action: &'a str,
+    pub user: &'a str,
+    /// The peer address, or `admin-socket` for brokerctl.
+    pub source: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vhost: Option<&'a str>,
+    /// `success`, `failure` or `denied`.
+    pub result: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    time: String,
+    #[serde(flatten)]
+    event: &'a Event<'a>,
+}
+
+/// Where audit lines go.
+pub struct AuditLog {
+    sink: Mutex<Box<dyn Write + Send>>,
+}
+
+impl AuditLog {
+    /// `"stderr"` or a file path (created 0600, appended to).
+    pub fn open(target: &str) -> std::io::Result<Self> {
+        let sink: Box<dyn Write + Send> = if target == "stderr" {
+            Box::new(std::io::stderr())
+        } else {
+            Box::new(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(Path::new(target))?,
+            )
+        };
+        Ok(AuditLog {
+            sink: Mutex::new(sink),
+        })
+    }
+
+    pub fn to_writer(writer: Box<dyn Write + Send>) -> Self {
+        AuditLog {
+            sink: Mutex::new(writer),
+        }
+    }
+
+    pub fn record(&self, event: &Event<'_>) {
+        let time = OffsetDateTime::now_utc()
+            .format(&Rfc3339)
+            .unwrap_or_default();
+        let Ok(mut line) = serde_json::to_vec(&Line { time, event }) else {
+            return;
+        };
+        line.push(b'\n');
+        let mut sink = self.sink.lock();
+        if let Err(e) = sink.write_all(&line).and_then(|()| sink.flush()) {
+            tracing::error!(error = %e, "cannot write the audit log");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn one_json_object_per_line() {
+        let buf = Shared::default();
+        let log = AuditLog::to_writer(Box::new(buf.clone()));
+        let event = Event {
+            kind: "authentication",
+            action: "login",
+            user: "nova\"x",
+            source: "127.0.0.1:5000",
+            vhost: Some("/"),
+            result: "failure",
+            detail: Some("no such user"),
+        };
+        log.record(&event);
+        log.record(&event);
+        let text = String::from_utf8(buf.0.lock().clone()).unwrap();
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(v["user"], "nova\"x");
+        assert_eq!(v["result"], "failure");
+        assert!(v["time"].as_str().unwrap().contains('T'));
+    }
+}
