@@ -1,7 +1,10 @@
-//! `brokerctl`: the operator's CLI. Crate rule: it never reaches into the broker's internals; user, vhost
-//! and permission verbs go through the broker's admin API. The `ca` verbs work on files only: they run
-//! the internal CA that issues per-service and per-node certificates (the Security Guide's "internally
+//! `brokerctl`: the operator's CLI, with rabbitmqctl's verbs (`add_user`, `set_permissions -p / ...`).
+//! Crate rule: it never reaches into the broker's internals; user, vhost, permission and listing verbs
+//! are JSON requests on the broker's admin socket. The `ca` verbs work on files only: they run the
+//! internal CA that issues per-service and per-node certificates (the Security Guide's "internally
 //! managed CA").
+
+mod admin;
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +15,9 @@ use warren_pki::{write_pair, CertificateAuthority, Pem, Validity};
 #[derive(Parser, Debug)]
 #[command(name = "brokerctl", version, about = "Manage a Warren broker")]
 struct Args {
+    /// The broker's admin socket (default: $WARREN_ADMIN_SOCKET, else /var/lib/warren/admin.sock).
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -23,6 +29,8 @@ enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    #[command(flatten)]
+    Admin(admin::AdminCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -62,9 +70,18 @@ enum CaCommand {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    match Args::parse().command {
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let result = match args.command {
         Command::Ca { command } => ca(command),
+        Command::Admin(command) => admin::run(args.socket, command),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 

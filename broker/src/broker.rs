@@ -1,26 +1,48 @@
-//! The broker's shared state: configuration, vhosts and users. One `Arc<Broker>` is handed to every
-//! connection task; nothing here is global.
+//! The broker's shared state: configuration, vhosts, users, open connections, the memory alarm and the
+//! audit log. One `Arc<Broker>` is handed to every connection task; nothing here is global.
+//!
+//! Definitions (vhosts, users, permissions) persist in `DATA_DIR/definitions.json`; the configuration's
+//! vhosts and users are applied on top at every start. Every change made through the admin API rewrites
+//! the file while holding `definitions`, which serialises administrative changes.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::mpsc::UnboundedSender;
+use warren_storage::definitions::Definitions;
 
 use crate::audit::AuditLog;
 use crate::config::Config;
+use crate::connection::outbound::Outbound;
 use crate::memory::MemoryMonitor;
 use crate::queue::consumer::ConnectionId;
 use crate::users::User;
 use crate::vhost::{Vhost, VhostLimits};
 
+/// What the broker knows about an open connection, for listing and for closing it from outside.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    pub peer: SocketAddr,
+    pub user: String,
+    pub vhost: String,
+    pub outbox: UnboundedSender<Outbound>,
+}
+
 pub struct Broker {
     pub config: Arc<Config>,
     pub audit: AuditLog,
     pub memory: Arc<MemoryMonitor>,
-    vhosts: DashMap<String, Arc<Vhost>>,
-    users: RwLock<HashMap<String, Arc<User>>>,
+    pub(crate) vhosts: DashMap<String, Arc<Vhost>>,
+    pub(crate) users: RwLock<HashMap<String, Arc<User>>>,
+    /// The persisted document; held while an administrative change is applied and saved.
+    pub(crate) definitions: Mutex<Definitions>,
+    pub(crate) definitions_path: PathBuf,
+    pub(crate) connections: DashMap<ConnectionId, ConnectionInfo>,
     next_connection: AtomicU64,
 }
 
@@ -33,20 +55,39 @@ pub enum SetupError {
         path: String,
         source: std::io::Error,
     },
+    #[error("definitions {path}: {source}")]
+    Definitions {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl Broker {
     pub fn new(config: Arc<Config>) -> Result<Arc<Self>, SetupError> {
-        let vhosts = DashMap::new();
-        let limits = VhostLimits {
-            max_queues: config.limits.max_queues_per_vhost,
-            max_connections: config.limits.max_connections_per_vhost,
+        let definitions_path = config.data_dir.join("definitions.json");
+        let defs_err = |source| SetupError::Definitions {
+            path: definitions_path.clone(),
+            source,
         };
-        for name in &config.vhosts {
-            vhosts.insert(name.clone(), Vhost::new(name, limits));
+        std::fs::create_dir_all(&config.data_dir).map_err(defs_err)?;
+        let mut definitions = Definitions::load(&definitions_path).map_err(defs_err)?;
+        for vhost in &config.vhosts {
+            if !definitions.vhosts.contains(vhost) {
+                definitions.vhosts.push(vhost.clone());
+            }
+        }
+        for user in &config.users {
+            definitions.users.retain(|u| u.name != user.name);
+            definitions.users.push(user.clone());
+        }
+        definitions.save(&definitions_path).map_err(defs_err)?;
+
+        let vhosts = DashMap::new();
+        for name in &definitions.vhosts {
+            vhosts.insert(name.clone(), Vhost::new(name, vhost_limits(&config)));
         }
         let mut users = HashMap::new();
-        for u in &config.users {
+        for u in &definitions.users {
             let user = User::from_config(u).map_err(|source| SetupError::User {
                 user: u.name.clone(),
                 source,
@@ -68,6 +109,9 @@ impl Broker {
             config,
             vhosts,
             users: RwLock::new(users),
+            definitions: Mutex::new(definitions),
+            definitions_path,
+            connections: DashMap::new(),
             next_connection: AtomicU64::new(1),
         }))
     }
@@ -82,5 +126,37 @@ impl Broker {
 
     pub fn next_connection_id(&self) -> ConnectionId {
         ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Records an open connection; the returned guard removes it when the connection ends.
+    pub fn register_connection(
+        self: &Arc<Self>,
+        id: ConnectionId,
+        info: ConnectionInfo,
+    ) -> Registered {
+        self.connections.insert(id, info);
+        Registered {
+            broker: self.clone(),
+            id,
+        }
+    }
+}
+
+pub(crate) fn vhost_limits(config: &Config) -> VhostLimits {
+    VhostLimits {
+        max_queues: config.limits.max_queues_per_vhost,
+        max_connections: config.limits.max_connections_per_vhost,
+    }
+}
+
+/// An entry in the connection registry, removed on drop.
+pub struct Registered {
+    broker: Arc<Broker>,
+    id: ConnectionId,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.broker.connections.remove(&self.id);
     }
 }

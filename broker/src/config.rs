@@ -19,6 +19,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub network: NetworkConfig,
     pub audit: AuditConfig,
+    pub admin: AdminConfig,
     /// Virtual hosts created at start.
     pub vhosts: Vec<String>,
     /// Users (certificate identities) and their permissions, created at start.
@@ -74,6 +75,24 @@ pub struct Limits {
     pub memory_high_watermark_bytes: Option<u64>,
 }
 
+/// The admin API brokerctl talks to.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Unix socket path (mode 0600); default `DATA_DIR/admin.sock`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+}
+
+impl Config {
+    pub fn admin_socket(&self) -> PathBuf {
+        self.admin
+            .socket
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("admin.sock"))
+    }
+}
+
 /// Where the audit log goes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -109,6 +128,10 @@ pub struct AuthConfig {
     pub cert_login_san_type: SanType,
     /// With `subject_alternative_name`: which name of that type (0 = the first).
     pub cert_login_san_index: usize,
+    /// Also offer PLAIN and AMQPLAIN, for OpenStack configurations that cannot switch to EXTERNAL: the
+    /// user name must equal the certificate's identity and the password must match the hash set with
+    /// `brokerctl change_password`. Off by default; a password never replaces a certificate.
+    pub password_bridge: bool,
 }
 
 impl AuthConfig {
@@ -121,38 +144,12 @@ impl AuthConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UserConfig {
-    pub name: String,
-    #[serde(default)]
-    pub tags: Vec<String>,
-    #[serde(default)]
-    pub permissions: Vec<PermissionConfig>,
-    #[serde(default)]
-    pub topic_permissions: Vec<TopicPermissionConfig>,
-}
-
-/// RabbitMQ-style topic permission: patterns over routing keys published to (write) or bound from
-/// (read) one topic exchange. `{username}` and `{vhost}` are expanded.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct TopicPermissionConfig {
-    pub vhost: String,
-    pub exchange: String,
-    pub write: String,
-    pub read: String,
-}
-
-/// RabbitMQ-style permission: three regular expressions over resource names in one vhost.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct PermissionConfig {
-    pub vhost: String,
-    pub configure: String,
-    pub write: String,
-    pub read: String,
-}
+/// Users declared in the configuration are (re)created at every start; users added with brokerctl
+/// live in the definitions file. The types are the storage crate's definitions.
+pub use warren_storage::definitions::{
+    PermissionDefinition as PermissionConfig, TopicPermissionDefinition as TopicPermissionConfig,
+    UserDefinition as UserConfig,
+};
 
 impl Default for Config {
     fn default() -> Self {
@@ -164,6 +161,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             network: NetworkConfig::default(),
             audit: AuditConfig::default(),
+            admin: AdminConfig::default(),
             vhosts: vec!["/".to_string()],
             users: Vec::new(),
         }
@@ -310,6 +308,7 @@ impl Config {
             auth: AuthConfig::default(),
             network: NetworkConfig::default(),
             audit: AuditConfig::default(),
+            admin: AdminConfig::default(),
             vhosts: vec!["/".to_string()],
             users: vec![UserConfig {
                 name: "admin".to_string(),
@@ -321,6 +320,7 @@ impl Config {
                     read: ".*".into(),
                 }],
                 topic_permissions: Vec::new(),
+                password_hash: None,
             }],
         }
     }

@@ -5,6 +5,7 @@
 //! neither of those knows about the other. Binaries stay thin: `main.rs` parses flags and calls
 //! [`server::run`] with a bound listener and a shutdown future, which is also how tests start brokers.
 
+pub mod admin;
 pub mod admission;
 pub mod audit;
 pub mod broker;
@@ -16,8 +17,10 @@ pub mod exchange;
 pub mod identity;
 pub mod memory;
 pub mod message;
+pub mod password;
 pub mod permissions;
 pub mod queue;
+pub mod sasl;
 pub mod server;
 pub mod tls;
 pub mod users;

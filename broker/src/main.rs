@@ -91,7 +91,11 @@ fn dev_config(data_dir: &Path, listen: SocketAddr) -> anyhow::Result<Config> {
 
 async fn serve(config: Arc<Config>, dev: bool) -> anyhow::Result<()> {
     let addr = config.listen[0];
-    let server = warren_broker::Server::new(config.clone())?;
+    let server = Arc::new(warren_broker::Server::new(config.clone())?);
+    let socket = config.admin_socket();
+    let admin = warren_broker::admin::bind(&socket)
+        .with_context(|| format!("cannot create the admin socket {}", socket.display()))?;
+    tokio::spawn(warren_broker::admin::serve(server.broker.clone(), admin));
     let mut listeners = Vec::new();
     for addr in &config.listen {
         listeners.push(
@@ -107,7 +111,6 @@ async fn serve(config: Arc<Config>, dev: bool) -> anyhow::Result<()> {
     println!("Warren listening on {bound} (TLS only, client certificates required)");
     tracing::info!(%addr, "listening");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = Arc::new(server);
     let reloader = server.clone();
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
@@ -166,6 +169,8 @@ fn print_dev_instructions(config: &Config, bound: SocketAddr) {
     };
     let (ca, cert, key) = (abs(&pki.ca_cert), abs(&pki.admin_cert), abs(&pki.admin_key));
     let port = bound.port();
+    let socket = abs(&config.admin_socket());
+    let tls_dir = abs(&config.data_dir.join("tls"));
     println!(
         r#"Warren development broker: vhost '/', user 'admin' (certificate identity, SASL EXTERNAL).
 
@@ -184,6 +189,12 @@ Connect with pika:
     ch.basic_publish("", "hello", b"Hello from Warren")
     print(ch.basic_get("hello", auto_ack=True))
     conn.close()
+
+Manage it (users are certificate identities; issue their certificates from the same CA):
+
+    brokerctl --socket {socket} add_user nova
+    brokerctl --socket {socket} set_permissions -p / nova ".*" ".*" ".*"
+    brokerctl ca issue-client nova --dir {tls_dir}
 
 OpenStack (oslo.messaging), in each service's configuration:
 

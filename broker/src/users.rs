@@ -21,6 +21,8 @@ pub struct Permission {
 pub struct User {
     pub name: String,
     pub tags: Vec<String>,
+    /// argon2id hash for the optional password bridge.
+    pub password_hash: Option<String>,
     permissions: HashMap<String, Permission>,
     /// By (vhost, exchange).
     topic_permissions: HashMap<(String, String), TopicPermission>,
@@ -68,6 +70,7 @@ impl User {
         Ok(User {
             name: config.name.clone(),
             tags: config.tags.clone(),
+            password_hash: config.password_hash.clone(),
             permissions,
             topic_permissions,
         })
@@ -98,6 +101,7 @@ mod tests {
         let user = User::from_config(&UserConfig {
             name: "nova".into(),
             tags: vec![],
+            password_hash: None,
             topic_permissions: vec![TopicPermissionConfig {
                 vhost: "/".into(),
                 exchange: "amq.topic".into(),

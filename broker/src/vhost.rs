@@ -517,6 +517,14 @@ impl Vhost {
             .collect()
     }
 
+    pub fn exchange_list(&self) -> Vec<Arc<Exchange>> {
+        self.exchanges.iter().map(|e| e.clone()).collect()
+    }
+
+    pub fn queue_list(&self) -> Vec<Arc<Queue>> {
+        self.queues.iter().map(|q| q.clone()).collect()
+    }
+
     pub fn queue_names(&self) -> Vec<String> {
         self.queues.iter().map(|q| q.key().clone()).collect()
     }

@@ -175,7 +175,11 @@ pub async fn negotiate<R: AsyncRead + Unpin>(
         version_major: 0,
         version_minor: 9,
         server_properties: server_properties(),
-        mechanisms: LongString::from("EXTERNAL"),
+        mechanisms: LongString::from(if broker.config.auth.password_bridge {
+            "EXTERNAL PLAIN AMQPLAIN"
+        } else {
+            "EXTERNAL"
+        }),
         locales: LongString::from("en_US"),
     };
     encode_method(
@@ -327,24 +331,45 @@ fn authenticate(
             "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
         )))
     };
-    if mechanism != "EXTERNAL" {
-        return Err(refuse(
-            "",
-            &format!("mechanism {mechanism} is not offered (only EXTERNAL)"),
-        ));
-    }
     let name = identity.map_err(|why| refuse("", &why))?;
-    // SASL EXTERNAL may carry an authorisation identity; it must then be the certificate's own.
-    let requested = start_ok.response.as_bytes();
-    if !requested.is_empty() && requested != name.as_bytes() {
-        return Err(refuse(
-            &name,
-            "requested identity differs from the certificate's",
-        ));
-    }
+    let response = start_ok.response.as_bytes();
+    let password = match mechanism {
+        "EXTERNAL" => {
+            // SASL EXTERNAL may carry an authorisation identity; it must then be the certificate's own.
+            if !response.is_empty() && response != name.as_bytes() {
+                return Err(refuse(
+                    &name,
+                    "requested identity differs from the certificate's",
+                ));
+            }
+            None
+        }
+        "PLAIN" | "AMQPLAIN" if broker.config.auth.password_bridge => {
+            let (login, password) = crate::sasl::parse_password_response(mechanism, response)
+                .ok_or_else(|| refuse(&name, "malformed password response"))?;
+            // The bridge adds a password to the certificate; it never replaces it.
+            if login != name {
+                return Err(refuse(
+                    &name,
+                    &format!("user name '{login}' is not the certificate's identity"),
+                ));
+            }
+            Some(password)
+        }
+        other => return Err(refuse(&name, &format!("mechanism {other} is not offered"))),
+    };
     let user = broker
         .user(&name)
         .ok_or_else(|| refuse(&name, "no such user"))?;
+    if let Some(password) = password {
+        let verified = user
+            .password_hash
+            .as_deref()
+            .is_some_and(|h| crate::password::verify(h, &password));
+        if !verified {
+            return Err(refuse(&name, "invalid credentials"));
+        }
+    }
     audit(&name, "success", None);
     Ok((name, user))
 }

@@ -24,7 +24,7 @@ use warren_protocol::frame::{decode_frame, encode_heartbeat, FrameError, FrameKi
 use warren_protocol::method::{decode_method, method_ids, MethodError};
 
 use crate::admission::PendingSlot;
-use crate::broker::Broker;
+use crate::broker::{Broker, ConnectionInfo};
 use crate::channel::Channel;
 use crate::error::{octets_snippet, AmqpError};
 use crate::identity::identity_from_certificate;
@@ -96,9 +96,19 @@ pub async fn serve(
                 drop(pending);
                 tracing::Span::current().record("user", n.user.name.as_str());
                 let (outbox, outbox_rx) = mpsc::unbounded_channel();
+                let id = broker.next_connection_id();
+                let _registered = broker.register_connection(
+                    id,
+                    ConnectionInfo {
+                        peer,
+                        user: n.user.name.clone(),
+                        vhost: n.vhost.name.clone(),
+                        outbox: outbox.clone(),
+                    },
+                );
                 let session = Session {
                     broker: broker.clone(),
-                    id: broker.next_connection_id(),
+                    id,
                     peer,
                     user: n.user,
                     vhost: n.vhost,
@@ -243,10 +253,13 @@ impl Connection {
                     }
                 }
                 Some(first) = outbox_rx.recv() => {
-                    self.handle_outbound(first);
+                    ending = self.handle_outbound(first);
                     for _ in 0..OUTBOX_BATCH {
+                        if ending.is_some() {
+                            break;
+                        }
                         match outbox_rx.try_recv() {
-                            Ok(more) => self.handle_outbound(more),
+                            Ok(more) => ending = self.handle_outbound(more),
                             Err(_) => break,
                         }
                     }
@@ -277,7 +290,8 @@ impl Connection {
         self.close_all_channels();
         outbox_rx.close();
         while let Ok(pending) = outbox_rx.try_recv() {
-            self.handle_outbound(pending);
+            // Deliveries go back to their queues; a second close request changes nothing.
+            let _ = self.handle_outbound(pending);
         }
         for queue in self.s.vhost.queues_owned_by(self.s.id) {
             self.s.vhost.remove_queue(&queue);
@@ -368,8 +382,12 @@ impl Connection {
                     ))));
                 }
                 Err(FrameError::UnknownType(t)) => {
+                    // RabbitMQ reads the whole frame before judging its type, so its text shows the payload.
+                    let size = u32::from_be_bytes([rbuf[3], rbuf[4], rbuf[5], rbuf[6]]) as usize;
+                    let payload = &rbuf[7..rbuf.len().min(7 + size)];
                     return Some(Ending::Close(AmqpError::frame_error(format!(
-                        "type {t}, all octets = <<>>: unknown_frame"
+                        "type {t}, {}: unknown_frame",
+                        octets_snippet(payload)
                     ))));
                 }
             };
@@ -545,6 +563,8 @@ impl Connection {
     /// Closes a channel for a soft error: release its state now, then wait for the client's close-ok.
     fn close_channel(&mut self, id: u16, e: AmqpError) {
         if let Some(Slot::Open(mut ch)) = self.channels.remove(&id) {
+            // Publishes accepted earlier in this burst are confirmed before the channel closes.
+            ch.after_batch(&mut self.s);
             ch.close(&mut self.s);
         }
         debug!(channel = id, code = e.code, text = %e.text, "closing channel");
@@ -567,7 +587,7 @@ impl Connection {
         }
     }
 
-    fn handle_outbound(&mut self, message: Outbound) {
+    fn handle_outbound(&mut self, message: Outbound) -> Option<Ending> {
         match message {
             Outbound::Deliver {
                 consumer,
@@ -589,12 +609,21 @@ impl Connection {
                     ch.consumer_cancelled_by_server(&mut self.s, &consumer);
                 }
             }
+            Outbound::ForceClose(e) => return Some(Ending::Close(e)),
         }
+        None
     }
 }
 
 /// Maps a method decoding failure to RabbitMQ's errors.
 fn method_error(e: MethodError, payload: &[u8]) -> AmqpError {
+    if payload.len() < 4 {
+        // Too short to hold class and method ids: RabbitMQ's reader calls it an unknown frame.
+        return AmqpError::frame_error(format!(
+            "type 1, {}: unknown_frame",
+            octets_snippet(payload)
+        ));
+    }
     match e {
         MethodError::Unknown {
             class_id,
@@ -604,7 +633,11 @@ fn method_error(e: MethodError, payload: &[u8]) -> AmqpError {
         MethodError::Malformed {
             class_id,
             method_id,
-        } => AmqpError::frame_error(format!("cannot decode {}", octets_snippet(payload)))
-            .during((class_id, method_id)),
+        } => {
+            // `rabbit_misc:frame_error`: "cannot decode ~w" over the argument bytes after the ids.
+            let args: Vec<String> = payload[4..].iter().map(u8::to_string).collect();
+            AmqpError::frame_error(format!("cannot decode <<{}>>", args.join(",")))
+                .during((class_id, method_id))
+        }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::error::AmqpError;
 use crate::queue::consumer::Consumer;
 use crate::queue::{Entry, Queue};
 
@@ -19,4 +20,6 @@ pub enum Outbound {
         channel: u16,
         consumer: Arc<Consumer>,
     },
+    /// An operator closes the connection (its user or vhost was deleted): connection.close with this.
+    ForceClose(AmqpError),
 }

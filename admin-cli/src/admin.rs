@@ -1,0 +1,287 @@
+//! The verbs that talk to a running broker: one JSON request line on its admin socket, one JSON answer.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use serde_json::{json, Value};
+
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Add a user (a certificate identity: the CN of its client certificate). No permissions yet.
+    #[command(name = "add_user", alias = "add-user")]
+    AddUser {
+        name: String,
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+    },
+    #[command(name = "delete_user", alias = "delete-user")]
+    DeleteUser {
+        name: String,
+    },
+    #[command(name = "list_users", alias = "list-users")]
+    ListUsers,
+    #[command(name = "set_user_tags", alias = "set-user-tags")]
+    SetUserTags {
+        name: String,
+        tags: Vec<String>,
+    },
+    /// Set the password for the optional PLAIN/AMQPLAIN bridge (stored as an argon2id hash).
+    #[command(name = "change_password", alias = "change-password")]
+    ChangePassword {
+        name: String,
+        password: String,
+    },
+    #[command(name = "clear_password", alias = "clear-password")]
+    ClearPassword {
+        name: String,
+    },
+    #[command(name = "add_vhost", alias = "add-vhost")]
+    AddVhost {
+        name: String,
+    },
+    #[command(name = "delete_vhost", alias = "delete-vhost")]
+    DeleteVhost {
+        name: String,
+    },
+    #[command(name = "list_vhosts", alias = "list-vhosts")]
+    ListVhosts,
+    /// Set a user's configure, write and read patterns in a vhost.
+    #[command(name = "set_permissions", alias = "set-permissions")]
+    SetPermissions {
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+        user: String,
+        configure: String,
+        write: String,
+        read: String,
+    },
+    #[command(name = "clear_permissions", alias = "clear-permissions")]
+    ClearPermissions {
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+        user: String,
+    },
+    #[command(name = "list_permissions", alias = "list-permissions")]
+    ListPermissions {
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+    },
+    /// Set a user's routing-key patterns for one topic exchange ({username} and {vhost} are expanded).
+    #[command(name = "set_topic_permissions", alias = "set-topic-permissions")]
+    SetTopicPermissions {
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+        user: String,
+        exchange: String,
+        write: String,
+        read: String,
+    },
+    #[command(name = "clear_topic_permissions", alias = "clear-topic-permissions")]
+    ClearTopicPermissions {
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+        user: String,
+        exchange: Option<String>,
+    },
+    #[command(name = "list_topic_permissions", alias = "list-topic-permissions")]
+    ListTopicPermissions {
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+    },
+    #[command(name = "list_queues", alias = "list-queues")]
+    ListQueues {
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+    },
+    #[command(name = "list_exchanges", alias = "list-exchanges")]
+    ListExchanges {
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+    },
+    #[command(name = "list_bindings", alias = "list-bindings")]
+    ListBindings {
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+    },
+    #[command(name = "list_connections", alias = "list-connections")]
+    ListConnections,
+    Status,
+}
+
+impl AdminCommand {
+    /// The JSON request and, for listings, the columns to print.
+    fn request(&self) -> (Value, &'static [&'static str]) {
+        use AdminCommand::*;
+        match self {
+            AddUser { name, tags } => (
+                json!({"command": "add_user", "name": name, "tags": tags}),
+                &[],
+            ),
+            DeleteUser { name } => (json!({"command": "delete_user", "name": name}), &[]),
+            ListUsers => (
+                json!({"command": "list_users"}),
+                &["name", "tags", "password"],
+            ),
+            SetUserTags { name, tags } => (
+                json!({"command": "set_user_tags", "name": name, "tags": tags}),
+                &[],
+            ),
+            ChangePassword { name, password } => (
+                json!({"command": "change_password", "name": name, "password": password}),
+                &[],
+            ),
+            ClearPassword { name } => (json!({"command": "clear_password", "name": name}), &[]),
+            AddVhost { name } => (json!({"command": "add_vhost", "name": name}), &[]),
+            DeleteVhost { name } => (json!({"command": "delete_vhost", "name": name}), &[]),
+            ListVhosts => (json!({"command": "list_vhosts"}), &[]),
+            SetPermissions {
+                vhost,
+                user,
+                configure,
+                write,
+                read,
+            } => (
+                json!({"command": "set_permissions", "vhost": vhost, "user": user,
+                       "configure": configure, "write": write, "read": read}),
+                &[],
+            ),
+            ClearPermissions { vhost, user } => (
+                json!({"command": "clear_permissions", "vhost": vhost, "user": user}),
+                &[],
+            ),
+            ListPermissions { vhost } => (
+                json!({"command": "list_permissions", "vhost": vhost}),
+                &["user", "configure", "write", "read"],
+            ),
+            SetTopicPermissions {
+                vhost,
+                user,
+                exchange,
+                write,
+                read,
+            } => (
+                json!({"command": "set_topic_permissions", "vhost": vhost, "user": user,
+                       "exchange": exchange, "write": write, "read": read}),
+                &[],
+            ),
+            ClearTopicPermissions {
+                vhost,
+                user,
+                exchange,
+            } => (
+                json!({"command": "clear_topic_permissions", "vhost": vhost, "user": user, "exchange": exchange}),
+                &[],
+            ),
+            ListTopicPermissions { vhost } => (
+                json!({"command": "list_topic_permissions", "vhost": vhost}),
+                &["user", "exchange", "write", "read"],
+            ),
+            ListQueues { vhost } => (
+                json!({"command": "list_queues", "vhost": vhost}),
+                &[
+                    "name",
+                    "messages",
+                    "consumers",
+                    "durable",
+                    "exclusive",
+                    "auto_delete",
+                ],
+            ),
+            ListExchanges { vhost } => (
+                json!({"command": "list_exchanges", "vhost": vhost}),
+                &[
+                    "name",
+                    "type",
+                    "durable",
+                    "auto_delete",
+                    "internal",
+                    "alternate_exchange",
+                ],
+            ),
+            ListBindings { vhost } => (
+                json!({"command": "list_bindings", "vhost": vhost}),
+                &["source", "destination", "destination_type", "routing_key"],
+            ),
+            ListConnections => (
+                json!({"command": "list_connections"}),
+                &["peer", "user", "vhost"],
+            ),
+            Status => (json!({"command": "status"}), &[]),
+        }
+    }
+}
+
+fn socket_path(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| std::env::var_os("WARREN_ADMIN_SOCKET").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/var/lib/warren/admin.sock"))
+}
+
+/// Sends one request and returns the broker's `result`, or its error as this command's error.
+fn call(socket: &PathBuf, request: &Value) -> anyhow::Result<Value> {
+    let mut stream = UnixStream::connect(socket).with_context(|| {
+        format!(
+            "cannot reach the broker's admin socket {}",
+            socket.display()
+        )
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut line = serde_json::to_vec(request)?;
+    line.push(b'\n');
+    stream.write_all(&line)?;
+    let mut answer = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut answer)
+        .context("no answer from the broker")?;
+    if answer.is_empty() {
+        bail!("the broker closed the admin connection (is this user root or the broker's user?)");
+    }
+    let answer: Value =
+        serde_json::from_str(&answer).context("unreadable answer from the broker")?;
+    if answer["ok"] == Value::Bool(true) {
+        Ok(answer["result"].clone())
+    } else {
+        bail!(
+            "{}",
+            answer["error"]
+                .as_str()
+                .unwrap_or("the broker refused the request")
+        )
+    }
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+pub fn run(socket: Option<PathBuf>, command: AdminCommand) -> anyhow::Result<()> {
+    let (request, columns) = command.request();
+    let result = call(&socket_path(socket), &request)?;
+    match (&result, columns.is_empty()) {
+        (Value::Array(rows), false) => {
+            println!("{}", columns.join("\t"));
+            for row in rows {
+                println!(
+                    "{}",
+                    columns
+                        .iter()
+                        .map(|c| cell(&row[*c]))
+                        .collect::<Vec<_>>()
+                        .join("\t")
+                );
+            }
+        }
+        (Value::Array(items), true) => items.iter().for_each(|i| println!("{}", cell(i))),
+        (Value::Null, _) => {}
+        (other, _) => println!("{}", serde_json::to_string_pretty(other)?),
+    }
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! The admin API: a Unix socket (0600, peers must be root or the broker's own user, checked with
+//! SO_PEERCRED) speaking one JSON request and one JSON response per line. `brokerctl` is its client.
+//! Every change is audited.
+
+pub mod definitions;
+pub mod requests;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tracing::warn;
+
+use crate::broker::Broker;
+
+/// Longest request line accepted (a request is a few hundred bytes; this bounds a misbehaving client).
+const MAX_REQUEST: usize = 64 * 1024;
+
+/// Binds the admin socket at `path` (replacing a stale one) with mode 0600.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if path.exists() {
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves admin clients until the task is dropped.
+pub async fn serve(broker: Arc<Broker>, listener: UnixListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let broker = broker.clone();
+        tokio::spawn(async move { client(broker, stream).await });
+    }
+}
+
+async fn client(broker: Arc<Broker>, stream: UnixStream) {
+    let me = rustix::process::geteuid().as_raw();
+    let uid = match stream.peer_cred() {
+        Ok(cred) if cred.uid() == me || cred.uid() == 0 => cred.uid(),
+        Ok(cred) => {
+            warn!(
+                uid = cred.uid(),
+                "admin socket: refused a peer that is neither root nor the broker's user"
+            );
+            return;
+        }
+        Err(_) => return,
+    };
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).take(MAX_REQUEST as u64 * 16);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match lines.read_line(&mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) if n > MAX_REQUEST => return,
+            Ok(_) => {}
+        }
+        let response = requests::handle(&broker, line.trim_end(), uid);
+        let Ok(mut out) = serde_json::to_vec(&response) else {
+            return;
+        };
+        out.push(b'\n');
+        if write.write_all(&out).await.is_err() {
+            return;
+        }
+        tracing::debug!(uid, "admin request served");
+    }
+}

@@ -1,0 +1,272 @@
+//! The admin API's requests (rabbitmqctl's verbs as JSON) and their answers.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::definitions::AdminError;
+use crate::audit::Event;
+use crate::broker::Broker;
+use crate::exchange::Destination;
+use crate::queue::arguments::as_text;
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    AddUser {
+        name: String,
+        #[serde(default)]
+        tags: Vec<String>,
+    },
+    DeleteUser {
+        name: String,
+    },
+    ListUsers,
+    SetUserTags {
+        name: String,
+        tags: Vec<String>,
+    },
+    ChangePassword {
+        name: String,
+        password: String,
+    },
+    ClearPassword {
+        name: String,
+    },
+    AddVhost {
+        name: String,
+    },
+    DeleteVhost {
+        name: String,
+    },
+    ListVhosts,
+    SetPermissions {
+        vhost: String,
+        user: String,
+        configure: String,
+        write: String,
+        read: String,
+    },
+    ClearPermissions {
+        vhost: String,
+        user: String,
+    },
+    ListPermissions {
+        vhost: String,
+    },
+    SetTopicPermissions {
+        vhost: String,
+        user: String,
+        exchange: String,
+        write: String,
+        read: String,
+    },
+    ClearTopicPermissions {
+        vhost: String,
+        user: String,
+        #[serde(default)]
+        exchange: Option<String>,
+    },
+    ListTopicPermissions {
+        vhost: String,
+    },
+    ListQueues {
+        vhost: String,
+    },
+    ListExchanges {
+        vhost: String,
+    },
+    ListBindings {
+        vhost: String,
+    },
+    ListConnections,
+    Status,
+}
+
+impl Request {
+    /// Changes are audited; listings are not.
+    fn is_change(&self) -> bool {
+        !matches!(
+            self,
+            Request::ListUsers
+                | Request::ListVhosts
+                | Request::ListPermissions { .. }
+                | Request::ListTopicPermissions { .. }
+                | Request::ListQueues { .. }
+                | Request::ListExchanges { .. }
+                | Request::ListBindings { .. }
+                | Request::ListConnections
+                | Request::Status
+        )
+    }
+
+    /// What the audit log records (never a password).
+    fn describe(&self) -> String {
+        match self {
+            Request::ChangePassword { name, .. } => format!("change_password {name}"),
+            other => format!("{other:?}"),
+        }
+    }
+}
+
+/// Answers one request line: `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`.
+pub fn handle(broker: &Broker, line: &str, uid: u32) -> Value {
+    let request: Request = match serde_json::from_str(line) {
+        Ok(r) => r,
+        Err(e) => return json!({"ok": false, "error": format!("bad request: {e}")}),
+    };
+    let change = request.is_change();
+    let action = if change {
+        request.describe()
+    } else {
+        String::new()
+    };
+    let result = execute(broker, request);
+    if change {
+        let who = format!("uid {uid}");
+        let detail = result.as_ref().err().map(|e| e.0.clone());
+        broker.audit.record(&Event {
+            kind: "admin",
+            action: &action,
+            user: &who,
+            source: "admin-socket",
+            vhost: None,
+            result: if result.is_ok() { "success" } else { "failure" },
+            detail: detail.as_deref(),
+        });
+    }
+    match result {
+        Ok(v) => json!({"ok": true, "result": v}),
+        Err(e) => json!({"ok": false, "error": e.0}),
+    }
+}
+
+fn vhost(broker: &Broker, name: &str) -> Result<std::sync::Arc<crate::vhost::Vhost>, AdminError> {
+    broker
+        .vhost(name)
+        .ok_or_else(|| AdminError(format!("no such vhost '{name}'")))
+}
+
+fn execute(broker: &Broker, request: Request) -> Result<Value, AdminError> {
+    let done = |r: Result<(), AdminError>| r.map(|()| Value::Null);
+    match request {
+        Request::AddUser { name, tags } => done(broker.add_user(&name, tags)),
+        Request::DeleteUser { name } => done(broker.delete_user(&name)),
+        Request::SetUserTags { name, tags } => done(broker.set_user_tags(&name, tags)),
+        Request::ChangePassword { name, password } => {
+            let hash = crate::password::hash(&password).map_err(|e| AdminError(e.to_string()))?;
+            done(broker.set_password_hash(&name, Some(hash)))
+        }
+        Request::ClearPassword { name } => done(broker.set_password_hash(&name, None)),
+        Request::AddVhost { name } => done(broker.add_vhost(&name)),
+        Request::DeleteVhost { name } => done(broker.delete_vhost(&name)),
+        Request::SetPermissions { vhost, user, configure, write, read } => {
+            done(broker.set_permissions(&vhost, &user, &configure, &write, &read))
+        }
+        Request::ClearPermissions { vhost, user } => done(broker.clear_permissions(&vhost, &user)),
+        Request::SetTopicPermissions { vhost, user, exchange, write, read } => {
+            done(broker.set_topic_permissions(&vhost, &user, &exchange, &write, &read))
+        }
+        Request::ClearTopicPermissions { vhost, user, exchange } => {
+            done(broker.clear_topic_permissions(&vhost, &user, exchange.as_deref()))
+        }
+        Request::ListUsers => Ok(Value::Array(
+            broker
+                .definitions()
+                .users
+                .iter()
+                .map(|u| json!({"name": u.name, "tags": u.tags, "password": u.password_hash.is_some()}))
+                .collect(),
+        )),
+        Request::ListVhosts => Ok(json!(broker.definitions().vhosts)),
+        Request::ListPermissions { vhost: v } => {
+            vhost(broker, &v)?;
+            let mut rows = Vec::new();
+            for u in broker.definitions().users {
+                for p in u.permissions.iter().filter(|p| p.vhost == v) {
+                    rows.push(json!({"user": u.name, "configure": p.configure, "write": p.write, "read": p.read}));
+                }
+            }
+            Ok(Value::Array(rows))
+        }
+        Request::ListTopicPermissions { vhost: v } => {
+            vhost(broker, &v)?;
+            let mut rows = Vec::new();
+            for u in broker.definitions().users {
+                for p in u.topic_permissions.iter().filter(|p| p.vhost == v) {
+                    rows.push(json!({"user": u.name, "exchange": p.exchange, "write": p.write, "read": p.read}));
+                }
+            }
+            Ok(Value::Array(rows))
+        }
+        Request::ListQueues { vhost: v } => {
+            let mut rows: Vec<Value> = vhost(broker, &v)?
+                .queue_list()
+                .iter()
+                .map(|q| {
+                    json!({
+                        "name": q.name(),
+                        "messages": q.message_count(),
+                        "consumers": q.consumer_count(),
+                        "durable": q.spec.durable,
+                        "exclusive": q.spec.exclusive_owner.is_some(),
+                        "auto_delete": q.spec.auto_delete,
+                    })
+                })
+                .collect();
+            rows.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+            Ok(Value::Array(rows))
+        }
+        Request::ListExchanges { vhost: v } => {
+            let mut rows: Vec<Value> = vhost(broker, &v)?
+                .exchange_list()
+                .iter()
+                .map(|x| {
+                    json!({
+                        "name": x.name(),
+                        "type": x.spec.kind.as_str(),
+                        "durable": x.spec.durable,
+                        "auto_delete": x.spec.auto_delete,
+                        "internal": x.spec.internal,
+                        "alternate_exchange": x.spec.arguments.inner().get("alternate-exchange").and_then(as_text),
+                    })
+                })
+                .collect();
+            rows.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+            Ok(Value::Array(rows))
+        }
+        Request::ListBindings { vhost: v } => {
+            let mut rows = Vec::new();
+            for x in vhost(broker, &v)?.exchange_list() {
+                for b in x.bindings() {
+                    let (kind, name) = match &b.destination {
+                        Destination::Queue(q) => ("queue", q.name().to_string()),
+                        Destination::Exchange(e) => ("exchange", e.to_string()),
+                    };
+                    rows.push(json!({
+                        "source": x.name(),
+                        "destination": name,
+                        "destination_type": kind,
+                        "routing_key": b.routing_key,
+                    }));
+                }
+            }
+            Ok(Value::Array(rows))
+        }
+        Request::ListConnections => Ok(Value::Array(
+            broker
+                .connections
+                .iter()
+                .map(|c| json!({"peer": c.peer.to_string(), "user": c.user, "vhost": c.vhost}))
+                .collect(),
+        )),
+        Request::Status => Ok(json!({
+            "product": "Warren",
+            "version": env!("CARGO_PKG_VERSION"),
+            "listeners": broker.config.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "connections": broker.connections.len(),
+            "vhosts": broker.definitions().vhosts,
+            "memory_used": broker.memory.used(),
+            "memory_alarm": broker.memory.in_alarm(),
+        })),
+    }
+}

@@ -1,0 +1,108 @@
+//! The broker's definitions that must survive a restart: vhosts, users (certificate identities, tags,
+//! optional password hash) and their permissions, as one JSON document replaced atomically on every
+//! change. Small and rarely written, so a whole-file rewrite is the simplest crash-safe form.
+
+use std::io;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::write_atomic;
+
+/// configure/write/read patterns of one user in one vhost (RabbitMQ's permission triple).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PermissionDefinition {
+    pub vhost: String,
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+}
+
+/// Routing-key patterns of one user for one topic exchange of one vhost.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TopicPermissionDefinition {
+    pub vhost: String,
+    pub exchange: String,
+    pub write: String,
+    pub read: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UserDefinition {
+    pub name: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub permissions: Vec<PermissionDefinition>,
+    #[serde(default)]
+    pub topic_permissions: Vec<TopicPermissionDefinition>,
+    /// PHC-format argon2id hash for the optional password bridge; never the password itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Definitions {
+    pub vhosts: Vec<String>,
+    pub users: Vec<UserDefinition>,
+}
+
+impl Definitions {
+    /// Reads the file; a missing file is an empty set of definitions.
+    pub fn load(path: &Path) -> io::Result<Self> {
+        match std::fs::read(path) {
+            Ok(data) => serde_json::from_slice(&data).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: {e}", path.display()),
+                )
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Definitions::default()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Replaces the file atomically, readable by the broker's user only (it may hold password hashes).
+    pub fn save(&self, path: &Path) -> io::Result<()> {
+        let data = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
+        write_atomic(path, &data, 0o600)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_missing_file_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("definitions.json");
+        assert_eq!(Definitions::load(&path).unwrap(), Definitions::default());
+        let defs = Definitions {
+            vhosts: vec!["/".into()],
+            users: vec![UserDefinition {
+                name: "nova".into(),
+                tags: vec![],
+                permissions: vec![PermissionDefinition {
+                    vhost: "/".into(),
+                    configure: ".*".into(),
+                    write: ".*".into(),
+                    read: ".*".into(),
+                }],
+                topic_permissions: vec![],
+                password_hash: None,
+            }],
+        };
+        defs.save(&path).unwrap();
+        assert_eq!(Definitions::load(&path).unwrap(), defs);
+        std::fs::write(&path, "{not json").unwrap();
+        assert!(Definitions::load(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("definitions.json"));
+    }
+}

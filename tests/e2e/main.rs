@@ -1,0 +1,12 @@
+//! Warren end to end: one test binary, one module per AMQP area. Each test starts its own broker
+//! in-process on 127.0.0.1:0 (see the `warren_tests` harness) and talks to it over mutual TLS.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod basic;
+mod channel;
+mod confirm;
+mod errors;
+mod exchange;
+mod handshake;
+mod queue;
+mod tls;
