@@ -307,7 +307,7 @@ impl Config {
             limits: Limits::default(),
             auth: AuthConfig::default(),
             network: NetworkConfig::default(),
-            audit: AuditConfig::default(),
+            audit: AuditConfig { path: data_dir.join("audit.log").display().to_string() },
             admin: AdminConfig::default(),
             vhosts: vec!["/".to_string()],
             users: vec![UserConfig {

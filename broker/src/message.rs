@@ -4,6 +4,10 @@ use bytes::Bytes;
 
 use crate::memory::Charge;
 
+/// The header in which Warren records the authenticated identity of every message's publisher
+/// (replacing any value the client sent), so consumers can verify who placed a message.
+pub const PUBLISHER_HEADER: &str = "x-warren-publisher";
+
 /// Exchange, routing key, the raw content-header properties and the body, exactly as published, plus
 /// the few properties queues act on, decoded once at publish.
 #[derive(Debug)]

@@ -5,7 +5,8 @@
 
 use amq_protocol::frame::WriteContext;
 use amq_protocol::protocol::basic::{gen_properties, parse_properties, AMQPProperties};
-use amq_protocol::types::{parsing::parse_field_table, FieldTable};
+use amq_protocol::types::parsing::{parse_field_table, parse_value};
+use amq_protocol::types::FieldTable;
 use bytes::Bytes;
 
 /// Re-encodes raw properties with the headers table replaced by `headers` and, if asked, the expiration
@@ -60,6 +61,59 @@ pub fn rewrite_properties(
     let ctx = gen_properties(&new)(WriteContext::from(Vec::with_capacity(raw.len() + 128)))
         .map_err(|_| ContentError::BadProperties)?;
     Ok(Bytes::from(ctx.write))
+}
+
+/// Returns the raw properties with the header `key` set to the long string `value`: entries already
+/// carrying that key are removed and the new one appended; every other byte stays as the publisher sent
+/// it (the broker uses this to stamp the authenticated publisher into each message).
+pub fn stamp_header(raw: &[u8], key: &str, value: &[u8]) -> Result<Bytes, ContentError> {
+    let mut r = Reader { buf: raw };
+    let head = r.take(2)?;
+    let flags = u16::from_be_bytes([head[0], head[1]]);
+    let mut more = flags & 1 != 0;
+    while more {
+        let w = r.take(2)?;
+        more = w[1] & 1 != 0;
+    }
+    let has = |bit: u16| flags & (1 << (15 - bit)) != 0;
+    if has(0) {
+        r.short_str()?;
+    }
+    if has(1) {
+        r.short_str()?;
+    }
+    let headers_start = raw.len() - r.buf.len();
+    let old = if has(2) { Some(r.table()?) } else { None };
+    let headers_end = raw.len() - r.buf.len();
+
+    let mut table = Vec::with_capacity(old.map_or(0, <[u8]>::len) + key.len() + value.len() + 6);
+    let mut rest = old.unwrap_or_default();
+    while let Some((&klen, tail)) = rest.split_first() {
+        let klen = klen as usize;
+        if tail.len() < klen {
+            return Err(ContentError::BadProperties);
+        }
+        let (after_value, _) =
+            parse_value(&tail[klen..]).map_err(|_| ContentError::BadProperties)?;
+        let entry_len = rest.len() - after_value.len();
+        if &tail[..klen] != key.as_bytes() {
+            table.extend_from_slice(&rest[..entry_len]);
+        }
+        rest = after_value;
+    }
+    table.push(key.len() as u8);
+    table.extend_from_slice(key.as_bytes());
+    table.push(b'S');
+    table.extend_from_slice(&(value.len() as u32).to_be_bytes());
+    table.extend_from_slice(value);
+
+    let mut out = Vec::with_capacity(raw.len() + table.len() + 4);
+    out.extend_from_slice(&raw[..headers_start]);
+    out[..2].copy_from_slice(&(flags | 1 << 13).to_be_bytes());
+    out.extend_from_slice(&(table.len() as u32).to_be_bytes());
+    out.extend_from_slice(&table);
+    out.extend_from_slice(&raw[headers_end..]);
+    Ok(Bytes::from(out))
 }
 
 /// A content header frame's payload: class, body size and the untouched property list.
@@ -278,6 +332,51 @@ mod tests {
         let p = BasicProperties::parse(&out).unwrap();
         assert_eq!((p.app_id, p.expiration), (Some(&b"app"[..]), None));
         assert_eq!(p.headers_table(), Some(FieldTable::default()));
+    }
+
+    #[test]
+    fn stamping_replaces_only_the_stamped_header() {
+        let s = |x: &str| AMQPValue::LongString(LongString::from(x));
+        // Publisher's table in its own order, with a forged stamp in the middle.
+        let mut headers = FieldTable::default();
+        headers.insert("a".into(), s("1"));
+        headers.insert("x-warren-publisher".into(), s("forged"));
+        headers.insert("z".into(), AMQPValue::LongLongInt(7));
+        let raw = encode(
+            &AMQPProperties::default()
+                .with_content_type("t".into())
+                .with_headers(headers)
+                .with_app_id("x".into()),
+        );
+        let out = stamp_header(&raw, "x-warren-publisher", b"nova").unwrap();
+        let p = BasicProperties::parse(&out).unwrap();
+        let t = p.headers_table().unwrap();
+        assert_eq!(t.inner().get("x-warren-publisher"), Some(&s("nova")));
+        assert_eq!(t.inner().get("a"), Some(&s("1")));
+        assert_eq!(t.inner().get("z"), Some(&AMQPValue::LongLongInt(7)));
+        assert_eq!(
+            (p.content_type, p.app_id),
+            (Some(&b"t"[..]), Some(&b"x"[..]))
+        );
+
+        // No headers at all: the flag is set and the table inserted in its place.
+        let raw = encode(
+            &AMQPProperties::default()
+                .with_content_type("t".into())
+                .with_delivery_mode(2),
+        );
+        let out = stamp_header(&raw, "x-warren-publisher", b"nova").unwrap();
+        let p = BasicProperties::parse(&out).unwrap();
+        assert_eq!(
+            (p.content_type, p.delivery_mode),
+            (Some(&b"t"[..]), Some(2))
+        );
+        assert_eq!(p.headers_table().unwrap().inner().len(), 1);
+        // A table cut short is refused (fields after the table are validated when the header arrives).
+        let mut headers = FieldTable::default();
+        headers.insert("a".into(), s("1"));
+        let raw = encode(&AMQPProperties::default().with_headers(headers));
+        assert!(stamp_header(&raw[..raw.len() - 2], "k", b"v").is_err());
     }
 
     #[test]

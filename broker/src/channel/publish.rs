@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use amq_protocol::protocol::{basic, AMQPClass};
 use bytes::{Bytes, BytesMut};
-use warren_protocol::content::{BasicProperties, ContentHeader};
+use warren_protocol::content::{stamp_header, BasicProperties, ContentHeader};
 
 use super::Channel;
 use crate::connection::session::Session;
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Exchange, RouteInput};
 use crate::memory::Charge;
-use crate::message::Message;
+use crate::message::{Message, PUBLISHER_HEADER};
 use crate::permissions::{self, Access, Kind};
 use crate::queue::Enqueued;
 
@@ -240,17 +240,23 @@ impl Channel {
             })?),
         };
         s.published = true;
+        // The publisher is provable: its authenticated identity replaces any value the client sent.
+        let properties = stamp_header(&header.properties, PUBLISHER_HEADER, s.user.name.as_bytes())
+            .map_err(|e| {
+                AmqpError::frame_error(format!("cannot decode content header: {e}")).during(PUBLISH)
+            })?;
         let body_len = body.len();
+        let properties_len = properties.len();
         let message = Arc::new(Message {
             exchange: p.exchange_name,
             routing_key: p.routing_key,
-            properties: header.properties.clone(),
+            properties,
             body,
             priority: props.priority.unwrap_or(0),
             expiration_ms,
             charge: Some(Charge::new(
                 &s.broker.memory,
-                (header.properties.len() + body_len) as u64,
+                (properties_len + body_len) as u64,
             )),
         });
         let publication = Publication {

@@ -53,7 +53,10 @@ async fn properties_and_headers_reach_the_consumer() {
         Some("application/json")
     );
     assert_eq!(p.content_encoding().map(String::as_str), Some("utf-8"));
-    assert_eq!(p.headers(), Some(&headers));
+    // Every header arrives, plus the broker's stamp of the authenticated publisher.
+    let mut stamped = headers.clone();
+    stamped.insert("x-warren-publisher".try_into().unwrap(), sv("admin"));
+    assert_eq!(p.headers(), Some(&stamped));
     assert_eq!(p.delivery_mode(), Some(2));
     assert_eq!(p.priority(), Some(5));
     assert_eq!(p.correlation_id().map(String::as_str), Some("corr-1"));
@@ -104,8 +107,10 @@ async fn properties_are_forwarded_byte_for_byte() {
     let mut array = vec![b'S'];
     array.extend(long_str(b"a"));
     array.extend([b'I', 0, 0, 0, 7]);
-    // Keys in no particular order, every RabbitMQ field type, a non-UTF-8 long string.
-    let headers = raw_table(&[
+    // Keys in no particular order, every RabbitMQ field type, a non-UTF-8 long string, and a forged
+    // publisher stamp that the broker must replace with the authenticated identity.
+    let forged = ("x-warren-publisher", b'S', long_str(b"mallory"));
+    let kept = [
         ("zeta", b'S', long_str(&[0xff, 0xfe, b'x'])),
         ("alpha", b'I', (-5i32).to_be_bytes().to_vec()),
         ("flag", b't', vec![1]),
@@ -123,21 +128,32 @@ async fn properties_are_forwarded_byte_for_byte() {
         ("u16", b'u', 65_535u16.to_be_bytes().to_vec()),
         ("u32", b'i', 4_000_000_000u32.to_be_bytes().to_vec()),
         ("void", b'V', vec![]),
-    ]);
-    let mut props = 0xFFFCu16.to_be_bytes().to_vec();
-    props.extend(short_str("application/octet-stream"));
-    props.extend(short_str("identity"));
-    props.extend(&headers);
-    props.extend([2, 9]);
-    props.extend(short_str("corr"));
-    props.extend(short_str("reply"));
-    props.extend(short_str("60000"));
-    props.extend(short_str("mid"));
-    props.extend(1_700_000_001u64.to_be_bytes());
-    props.extend(short_str("type"));
-    props.extend(short_str("admin"));
-    props.extend(short_str("app"));
-    props.extend(short_str("cluster"));
+    ];
+    let mut sent = kept[..3].to_vec();
+    sent.push(forged);
+    sent.extend_from_slice(&kept[3..]);
+    let mut stamped = kept.to_vec();
+    stamped.push(("x-warren-publisher", b'S', long_str(b"admin")));
+    let properties = |headers: Vec<u8>| {
+        let mut props = 0xFFFCu16.to_be_bytes().to_vec();
+        props.extend(short_str("application/octet-stream"));
+        props.extend(short_str("identity"));
+        props.extend(&headers);
+        props.extend([2, 9]);
+        props.extend(short_str("corr"));
+        props.extend(short_str("reply"));
+        props.extend(short_str("60000"));
+        props.extend(short_str("mid"));
+        props.extend(1_700_000_001u64.to_be_bytes());
+        props.extend(short_str("type"));
+        props.extend(short_str("admin"));
+        props.extend(short_str("app"));
+        props.extend(short_str("cluster"));
+        props
+    };
+    let props = properties(raw_table(&sent));
+    // Every byte as sent, except the stamp: the forged entry is gone and the real one is appended.
+    let expected = properties(raw_table(&stamped));
 
     raw.publish(1, "", "bytes-q", false, &props, b"payload")
         .await;
@@ -154,7 +170,7 @@ async fn properties_are_forwarded_byte_for_byte() {
     );
     assert_eq!(
         &msg.properties[..],
-        &props[..],
+        &expected[..],
         "properties changed in transit"
     );
     assert_eq!(msg.body, b"payload");
