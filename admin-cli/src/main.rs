@@ -54,6 +54,19 @@ enum CaCommand {
         #[arg(long, default_value_t = 365)]
         days: i64,
     },
+    /// Issue a cluster node certificate (node-to-node mutual TLS; never accepted as a user login),
+    /// valid for each --host: writes OUT/NAME.pem and OUT/NAME.key (0600).
+    IssueNode {
+        name: String,
+        #[arg(long, required = true)]
+        host: Vec<String>,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value_t = 825)]
+        days: i64,
+    },
     /// Issue a server certificate for the broker, valid for each --host (DNS name or IP address).
     IssueServer {
         #[arg(long, required = true)]
@@ -149,6 +162,19 @@ fn ca(command: CaCommand) -> anyhow::Result<()> {
             check_name(&name)?;
             let ca = load_ca(&dir)?;
             let pem = ca.issue_client(&name, Validity::days(days))?;
+            write(out.as_deref().unwrap_or(&dir), &name, &pem)
+        }
+        CaCommand::IssueNode {
+            name,
+            host,
+            dir,
+            out,
+            days,
+        } => {
+            check_name(&name)?;
+            let ca = load_ca(&dir)?;
+            let hosts: Vec<&str> = host.iter().map(String::as_str).collect();
+            let pem = ca.issue_node(&name, &hosts, Validity::days(days))?;
             write(out.as_deref().unwrap_or(&dir), &name, &pem)
         }
         CaCommand::IssueServer {

@@ -307,7 +307,9 @@ impl Config {
             limits: Limits::default(),
             auth: AuthConfig::default(),
             network: NetworkConfig::default(),
-            audit: AuditConfig { path: data_dir.join("audit.log").display().to_string() },
+            audit: AuditConfig {
+                path: data_dir.join("audit.log").display().to_string(),
+            },
             admin: AdminConfig::default(),
             vhosts: vec!["/".to_string()],
             users: vec![UserConfig {

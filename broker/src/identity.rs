@@ -45,6 +45,8 @@ pub enum IdentityError {
     SeveralCommonNames(usize),
     #[error("client certificate has no {0:?} subject alternative name at index {1}")]
     NoSan(SanType, usize),
+    #[error("a cluster node certificate cannot log in as a user")]
+    NodeCertificate,
     #[error("client certificate identity is not valid (empty, not UTF-8, or contains control characters)")]
     BadIdentity,
 }
@@ -52,6 +54,14 @@ pub enum IdentityError {
 /// Extracts the user name from a DER client certificate by `rule`.
 pub fn identity_from_certificate(der: &[u8], rule: &IdentityRule) -> Result<String, IdentityError> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|_| IdentityError::Unparsable)?;
+    // A cluster node certificate never logs in as a user.
+    if cert
+        .subject()
+        .iter_organizational_unit()
+        .any(|ou| ou.as_str() == Ok(warren_pki::NODE_UNIT))
+    {
+        return Err(IdentityError::NodeCertificate);
+    }
     let name = match rule.from {
         CertLoginFrom::CommonName => common_name(cert.subject())?,
         CertLoginFrom::DistinguishedName => distinguished_name(cert.subject())?,
@@ -208,5 +218,13 @@ mod tests {
             Err(IdentityError::NoSan(SanType::Email, 0))
         );
         assert_eq!(escape_rdn_value("a,b"), "a\\,b");
+        let node = der(&ca
+            .issue_node("node1", &["node1.example"], Validity::days(1))
+            .unwrap()
+            .cert);
+        assert_eq!(
+            identity_from_certificate(&node, &IdentityRule::default()),
+            Err(IdentityError::NodeCertificate)
+        );
     }
 }

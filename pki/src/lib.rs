@@ -61,6 +61,9 @@ impl Validity {
     }
 }
 
+/// The organisational unit that marks cluster node certificates.
+pub const NODE_UNIT: &str = "warren-node";
+
 fn subject(common_name: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "Warren");
@@ -119,6 +122,36 @@ impl CertificateAuthority {
         }
         params.distinguished_name = subject(common_name);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.sign(params, validity)
+    }
+
+    /// Issues a cluster node certificate: usable for both ends of node-to-node mutual TLS, valid for
+    /// `hosts`, and marked with the organisational unit [`NODE_UNIT`] so that the broker never accepts it
+    /// as a user login (and a user's certificate can never join the cluster).
+    pub fn issue_node(
+        &self,
+        node: &str,
+        hosts: &[&str],
+        validity: Validity,
+    ) -> Result<Pem, PkiError> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        for host in hosts {
+            params
+                .subject_alt_names
+                .push(match host.parse::<std::net::IpAddr>() {
+                    Ok(ip) => SanType::IpAddress(ip),
+                    Err(_) => SanType::DnsName((*host).try_into()?),
+                });
+        }
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "Warren");
+        dn.push(DnType::OrganizationalUnitName, NODE_UNIT);
+        dn.push(DnType::CommonName, node);
+        params.distinguished_name = dn;
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         self.sign(params, validity)
     }
 
