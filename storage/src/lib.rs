@@ -1,10 +1,14 @@
 //! Warren's durable state. Rule of this crate: it knows nothing of AMQP framing or sockets.
 //!
-//! Today it holds the crash-safe file primitive every persistent artefact goes through (the internal CA's
-//! keys and certificates) and the definitions document (vhosts, users, permissions); the message log
-//! with group commit builds on them.
+//! - `atomic_file`: crash-safe whole-file replacement (keys, certificates, the definitions file).
+//! - `definitions`: vhosts, users and permissions as one JSON document.
+//! - `log`: the command log (definitions and persistent messages as CRC-checked records in segments)
+//!   over a [`log::medium::Medium`]: files, memory, or a fault-injecting medium for crash tests.
+//! - `store`: the log on its own thread with group commit.
 
 pub mod atomic_file;
 pub mod definitions;
+pub mod log;
+pub mod store;
 
 pub use atomic_file::write_atomic;

@@ -1,0 +1,325 @@
+//! Where segments live. The log is written against this trait so that one contract suite can run it
+//! over real files, plain memory, and a fault-injecting medium that forgets everything not synced when
+//! it "loses power" (optionally leaving a torn last write behind).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+/// Segment storage: numbered append-only files.
+pub trait Medium: Send + 'static {
+    /// Existing segment ids, ascending.
+    fn list(&mut self) -> io::Result<Vec<u64>>;
+    fn read(&mut self, id: u64) -> io::Result<Bytes>;
+    /// Creates an empty segment; durable once this returns.
+    fn create(&mut self, id: u64) -> io::Result<()>;
+    fn append(&mut self, id: u64, data: &[u8]) -> io::Result<()>;
+    /// Makes every byte appended to `id` so far durable (fdatasync).
+    fn sync(&mut self, id: u64) -> io::Result<()>;
+    /// Cuts `id` to `len` bytes (a torn tail, or a failed append) durably.
+    fn truncate(&mut self, id: u64, len: u64) -> io::Result<()>;
+    /// Deletes a segment durably.
+    fn remove(&mut self, id: u64) -> io::Result<()>;
+    /// A human-readable location for error messages.
+    fn describe(&self, id: u64) -> String;
+}
+
+/// Segments as files `NNNNNNNNNNNNNNNNNNNN.seg` in one directory.
+pub struct DiskMedium {
+    dir: PathBuf,
+    open: Option<(u64, File)>,
+}
+
+impl DiskMedium {
+    pub fn new(dir: &Path) -> io::Result<Self> {
+        fs::create_dir_all(dir)?;
+        Ok(DiskMedium {
+            dir: dir.to_path_buf(),
+            open: None,
+        })
+    }
+
+    fn path(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("{id:020}.seg"))
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        File::open(&self.dir)?.sync_all()
+    }
+
+    fn file(&mut self, id: u64) -> io::Result<&mut File> {
+        if self.open.as_ref().map(|(open, _)| *open) != Some(id) {
+            let f = OpenOptions::new().append(true).open(self.path(id))?;
+            self.open = Some((id, f));
+        }
+        match &mut self.open {
+            Some((_, f)) => Ok(f),
+            None => Err(io::Error::other("segment not open")),
+        }
+    }
+}
+
+impl Medium for DiskMedium {
+    fn list(&mut self) -> io::Result<Vec<u64>> {
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(id) = name
+                .strip_suffix(".seg")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    fn read(&mut self, id: u64) -> io::Result<Bytes> {
+        fs::read(self.path(id)).map(Bytes::from)
+    }
+
+    fn create(&mut self, id: u64) -> io::Result<()> {
+        OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .mode(0o600)
+            .open(self.path(id))?
+            .sync_all()?;
+        self.sync_dir()
+    }
+
+    fn append(&mut self, id: u64, data: &[u8]) -> io::Result<()> {
+        self.file(id)?.write_all(data)
+    }
+
+    fn sync(&mut self, id: u64) -> io::Result<()> {
+        self.file(id)?.sync_data()
+    }
+
+    fn truncate(&mut self, id: u64, len: u64) -> io::Result<()> {
+        let f = OpenOptions::new().write(true).open(self.path(id))?;
+        f.set_len(len)?;
+        f.sync_all()
+    }
+
+    fn remove(&mut self, id: u64) -> io::Result<()> {
+        if self.open.as_ref().map(|(open, _)| *open) == Some(id) {
+            self.open = None;
+        }
+        fs::remove_file(self.path(id))?;
+        self.sync_dir()
+    }
+
+    fn describe(&self, id: u64) -> String {
+        self.path(id).display().to_string()
+    }
+}
+
+/// Segments in memory; every write is immediately "durable". Shared between clones, so a test can
+/// reopen the log over the same contents.
+#[derive(Clone, Default)]
+pub struct MemoryMedium {
+    segments: Arc<Mutex<BTreeMap<u64, Vec<u8>>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> io::Result<std::sync::MutexGuard<'_, T>> {
+    m.lock()
+        .map_err(|_| io::Error::other("medium lock poisoned"))
+}
+
+fn missing(id: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("segment {id} does not exist"),
+    )
+}
+
+impl Medium for MemoryMedium {
+    fn list(&mut self) -> io::Result<Vec<u64>> {
+        Ok(lock(&self.segments)?.keys().copied().collect())
+    }
+    fn read(&mut self, id: u64) -> io::Result<Bytes> {
+        lock(&self.segments)?
+            .get(&id)
+            .map(|s| Bytes::from(s.clone()))
+            .ok_or_else(|| missing(id))
+    }
+    fn create(&mut self, id: u64) -> io::Result<()> {
+        lock(&self.segments)?.insert(id, Vec::new());
+        Ok(())
+    }
+    fn append(&mut self, id: u64, data: &[u8]) -> io::Result<()> {
+        lock(&self.segments)?
+            .get_mut(&id)
+            .ok_or_else(|| missing(id))?
+            .extend_from_slice(data);
+        Ok(())
+    }
+    fn sync(&mut self, _id: u64) -> io::Result<()> {
+        Ok(())
+    }
+    fn truncate(&mut self, id: u64, len: u64) -> io::Result<()> {
+        lock(&self.segments)?
+            .get_mut(&id)
+            .ok_or_else(|| missing(id))?
+            .truncate(len as usize);
+        Ok(())
+    }
+    fn remove(&mut self, id: u64) -> io::Result<()> {
+        lock(&self.segments)?.remove(&id);
+        Ok(())
+    }
+    fn describe(&self, id: u64) -> String {
+        format!("memory segment {id}")
+    }
+}
+
+#[derive(Default)]
+struct FaultyState {
+    /// What survives a power loss.
+    durable: BTreeMap<u64, Vec<u8>>,
+    /// What the running process sees (durable plus unsynced appends).
+    visible: BTreeMap<u64, Vec<u8>>,
+    /// Fail appends once this many more bytes have been written (a full disk).
+    space_left: Option<usize>,
+    fail_sync: bool,
+    /// Incremented by every crash; handles from before it are dead (their process "died").
+    epoch: u64,
+}
+
+/// A medium that models a page cache: appends are visible at once but survive a simulated power loss
+/// only after `sync`. `crash` drops unsynced bytes, optionally keeping a torn prefix of them; a disk
+/// can be made full or made to fail its next fsync.
+#[derive(Clone, Default)]
+pub struct FaultyMedium {
+    state: Arc<Mutex<FaultyState>>,
+    epoch: u64,
+}
+
+impl FaultyMedium {
+    /// Power loss: every segment falls back to its synced bytes, plus `torn` bytes of what followed
+    /// (a partially written sector). Segments created but never synced keep their synced (empty) state.
+    pub fn crash(&self, torn: usize) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        let st = &mut *st;
+        for (id, visible) in &st.visible {
+            let durable = st.durable.entry(*id).or_default();
+            let extra = visible.len().saturating_sub(durable.len()).min(torn);
+            let keep = durable.len() + extra;
+            *durable = visible[..keep].to_vec();
+        }
+        st.durable.retain(|id, _| st.visible.contains_key(id));
+        st.visible = st.durable.clone();
+        st.epoch += 1;
+    }
+
+    /// A handle for the process that starts after the last crash (older handles fail every call).
+    pub fn reopen(&self) -> FaultyMedium {
+        let epoch = self.state.lock().map_or(0, |st| st.epoch);
+        FaultyMedium {
+            state: self.state.clone(),
+            epoch,
+        }
+    }
+
+    fn live(&self) -> io::Result<std::sync::MutexGuard<'_, FaultyState>> {
+        let st = lock(&self.state)?;
+        if st.epoch != self.epoch {
+            return Err(io::Error::other("this process crashed"));
+        }
+        Ok(st)
+    }
+
+    /// Appends fail with ENOSPC after `bytes` more bytes (None: unlimited).
+    pub fn set_space(&self, bytes: Option<usize>) {
+        if let Ok(mut st) = self.state.lock() {
+            st.space_left = bytes;
+        }
+    }
+
+    pub fn fail_next_sync(&self) {
+        if let Ok(mut st) = self.state.lock() {
+            st.fail_sync = true;
+        }
+    }
+}
+
+impl Medium for FaultyMedium {
+    fn list(&mut self) -> io::Result<Vec<u64>> {
+        Ok(self.live()?.visible.keys().copied().collect())
+    }
+    fn read(&mut self, id: u64) -> io::Result<Bytes> {
+        self.live()?
+            .visible
+            .get(&id)
+            .map(|s| Bytes::from(s.clone()))
+            .ok_or_else(|| missing(id))
+    }
+    fn create(&mut self, id: u64) -> io::Result<()> {
+        let mut st = self.live()?;
+        st.visible.insert(id, Vec::new());
+        st.durable.insert(id, Vec::new());
+        Ok(())
+    }
+    fn append(&mut self, id: u64, data: &[u8]) -> io::Result<()> {
+        let mut st = self.live()?;
+        if let Some(left) = st.space_left {
+            if data.len() > left {
+                // A full disk takes what fits, then fails, like write(2) returning a short count.
+                st.space_left = Some(0);
+                let fits = data[..left].to_vec();
+                st.visible
+                    .get_mut(&id)
+                    .ok_or_else(|| missing(id))?
+                    .extend_from_slice(&fits);
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "no space left on device",
+                ));
+            }
+            st.space_left = Some(left - data.len());
+        }
+        st.visible
+            .get_mut(&id)
+            .ok_or_else(|| missing(id))?
+            .extend_from_slice(data);
+        Ok(())
+    }
+    fn sync(&mut self, id: u64) -> io::Result<()> {
+        let mut st = self.live()?;
+        if std::mem::take(&mut st.fail_sync) {
+            return Err(io::Error::other("fsync failed (injected)"));
+        }
+        let visible = st.visible.get(&id).ok_or_else(|| missing(id))?.clone();
+        st.durable.insert(id, visible);
+        Ok(())
+    }
+    fn truncate(&mut self, id: u64, len: u64) -> io::Result<()> {
+        let mut guard = self.live()?;
+        let st = &mut *guard;
+        for map in [&mut st.visible, &mut st.durable] {
+            if let Some(s) = map.get_mut(&id) {
+                s.truncate(len as usize);
+            }
+        }
+        Ok(())
+    }
+    fn remove(&mut self, id: u64) -> io::Result<()> {
+        let mut st = self.live()?;
+        st.visible.remove(&id);
+        st.durable.remove(&id);
+        Ok(())
+    }
+    fn describe(&self, id: u64) -> String {
+        format!("faulty segment {id}")
+    }
+}

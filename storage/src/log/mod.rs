@@ -1,0 +1,310 @@
+//! The command log: definitions and persistent messages as records appended to numbered segments,
+//! replayed at start to the exact state of the last sync.
+//!
+//! Space follows the live backlog, not the history: every record's segment is tracked while it matters
+//! (a message until it is removed, a definition until it is replaced or deleted). The oldest segment is
+//! deleted once nothing in it is live; if a few live messages pin it while newer segments pile up, they
+//! are copied forward first. Segments are only ever deleted oldest-first, so a removal or deletion record
+//! never disappears before the older record it cancels.
+
+pub mod medium;
+pub mod record;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+
+use bytes::Bytes;
+
+use medium::Medium;
+use record::{read_at, Read, Record};
+
+/// What recovery found: definitions and each queue's messages (id order), as of the last sync.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    pub definitions: BTreeMap<String, Bytes>,
+    pub queues: BTreeMap<String, BTreeMap<u64, Bytes>>,
+    /// One more than the highest message id ever seen.
+    pub next_id: u64,
+    /// A torn or corrupt tail that was cut off: (segment description, offset, bytes dropped).
+    pub truncated: Option<(String, u64, u64)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("storage I/O error: {0}")]
+    Io(#[from] io::Error),
+    #[error(
+        "corrupt record in {segment} at offset {offset}, before the end of the log; refusing to start \
+         (restore the file, or move it away to discard what it holds)"
+    )]
+    Corrupt { segment: String, offset: u64 },
+}
+
+#[derive(Debug, Default)]
+struct Segment {
+    len: u64,
+    /// Messages enqueued in this segment and not yet removed, and their payload bytes.
+    live_messages: u64,
+    live_bytes: u64,
+    /// Definitions whose current value was written in this segment.
+    live_definitions: u64,
+}
+
+/// The log over a medium. Not thread-safe by itself: the [`crate::store::Store`] owns it on one thread.
+pub struct Log<M: Medium> {
+    medium: M,
+    segments: BTreeMap<u64, Segment>,
+    /// Where each live message was written: queue → id → (segment, payload bytes).
+    messages: HashMap<String, HashMap<u64, (u64, u64)>>,
+    /// Current definitions and the segment holding each.
+    definitions: HashMap<String, (Bytes, u64)>,
+    segment_limit: u64,
+    /// Sealed segments tolerated behind a pinned oldest one before its live messages are copied forward.
+    compact_after: usize,
+}
+
+impl<M: Medium> Log<M> {
+    /// Opens the log, replaying every segment. A bad record at the end of the last segment (a torn
+    /// write) is cut off and reported; a bad record anywhere else is an error.
+    pub fn open(mut medium: M, segment_limit: u64) -> Result<(Self, Recovered), LogError> {
+        let ids = medium.list()?;
+        let mut log = Log {
+            medium,
+            segments: BTreeMap::new(),
+            messages: HashMap::new(),
+            definitions: HashMap::new(),
+            segment_limit: segment_limit.max(4096),
+            compact_after: 3,
+        };
+        let mut recovered = Recovered::default();
+        for (i, id) in ids.iter().enumerate() {
+            let data = log.medium.read(*id)?;
+            let mut offset = 0;
+            loop {
+                match read_at(&data, offset) {
+                    Read::Record(r, next) => {
+                        log.apply(*id, &r, &mut recovered);
+                        offset = next;
+                    }
+                    Read::End => break,
+                    Read::Invalid if i + 1 == ids.len() => {
+                        log.medium.truncate(*id, offset as u64)?;
+                        recovered.truncated = Some((
+                            log.medium.describe(*id),
+                            offset as u64,
+                            (data.len() - offset) as u64,
+                        ));
+                        break;
+                    }
+                    Read::Invalid => {
+                        return Err(LogError::Corrupt {
+                            segment: log.medium.describe(*id),
+                            offset: offset as u64,
+                        })
+                    }
+                }
+            }
+            log.segments.entry(*id).or_default().len = offset as u64;
+        }
+        if log.segments.is_empty() {
+            log.medium.create(1)?;
+            log.segments.insert(1, Segment::default());
+        }
+        Ok((log, recovered))
+    }
+
+    fn active(&self) -> u64 {
+        self.segments.keys().next_back().copied().unwrap_or(1)
+    }
+
+    /// Tracks a record written to `segment` (during replay also builds `recovered`).
+    fn apply(&mut self, segment: u64, record: &Record, recovered: &mut Recovered) {
+        self.track(segment, record);
+        match record {
+            Record::Put { key, value } => {
+                recovered.definitions.insert(key.clone(), value.clone());
+            }
+            Record::Delete { key } => {
+                recovered.definitions.remove(key);
+            }
+            Record::Enqueue { queue, id, payload } => {
+                recovered
+                    .queues
+                    .entry(queue.clone())
+                    .or_default()
+                    .insert(*id, payload.clone());
+                recovered.next_id = recovered.next_id.max(id + 1);
+            }
+            Record::Remove { queue, id } => {
+                if let Some(q) = recovered.queues.get_mut(queue) {
+                    q.remove(id);
+                }
+            }
+            Record::DropQueue { queue } => {
+                recovered.queues.remove(queue);
+            }
+        }
+    }
+
+    fn release_definition(&mut self, segment: u64) {
+        if let Some(s) = self.segments.get_mut(&segment) {
+            s.live_definitions = s.live_definitions.saturating_sub(1);
+        }
+    }
+
+    fn release_message(&mut self, (segment, bytes): (u64, u64)) {
+        if let Some(s) = self.segments.get_mut(&segment) {
+            s.live_messages = s.live_messages.saturating_sub(1);
+            s.live_bytes = s.live_bytes.saturating_sub(bytes);
+        }
+    }
+
+    fn track(&mut self, segment: u64, record: &Record) {
+        match record {
+            Record::Put { key, value } => {
+                if let Some((_, old)) = self
+                    .definitions
+                    .insert(key.clone(), (value.clone(), segment))
+                {
+                    self.release_definition(old);
+                }
+                self.segments.entry(segment).or_default().live_definitions += 1;
+            }
+            Record::Delete { key } => {
+                if let Some((_, old)) = self.definitions.remove(key) {
+                    self.release_definition(old);
+                }
+            }
+            Record::Enqueue { queue, id, payload } => {
+                let bytes = payload.len() as u64;
+                if let Some(old) = self
+                    .messages
+                    .entry(queue.clone())
+                    .or_default()
+                    .insert(*id, (segment, bytes))
+                {
+                    self.release_message(old);
+                }
+                let seg = self.segments.entry(segment).or_default();
+                seg.live_messages += 1;
+                seg.live_bytes += bytes;
+            }
+            Record::Remove { queue, id } => {
+                if let Some(old) = self.messages.get_mut(queue).and_then(|q| q.remove(id)) {
+                    self.release_message(old);
+                }
+            }
+            Record::DropQueue { queue } => {
+                for (_, old) in self.messages.remove(queue).unwrap_or_default() {
+                    self.release_message(old);
+                }
+            }
+        }
+    }
+
+    /// Appends records to the active segment (starting a new one when it is full). Not durable until
+    /// [`Log::sync`]. On a failed write the segment is cut back, so the log stays well-formed.
+    pub fn append(&mut self, records: &[Record]) -> io::Result<()> {
+        let mut buf = Vec::new();
+        for r in records {
+            r.encode(&mut buf);
+        }
+        let mut active = self.active();
+        let len = self.segments.get(&active).map_or(0, |s| s.len);
+        if len > 0 && len + buf.len() as u64 > self.segment_limit {
+            self.medium.sync(active)?;
+            active += 1;
+            self.medium.create(active)?;
+            self.segments.insert(active, Segment::default());
+        }
+        let len = self.segments.get(&active).map_or(0, |s| s.len);
+        if let Err(e) = self.medium.append(active, &buf) {
+            let _ = self.medium.truncate(active, len);
+            return Err(e);
+        }
+        if let Some(s) = self.segments.get_mut(&active) {
+            s.len += buf.len() as u64;
+        }
+        for r in records {
+            self.track(active, r);
+        }
+        Ok(())
+    }
+
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.medium.sync(self.active())
+    }
+
+    /// Deletes leading segments that hold nothing live. When too many segments wait behind an oldest
+    /// one that is mostly dead (under a quarter of a segment still live), copies its live records
+    /// forward — at most once per call, so the work per batch stays bounded. Call after a sync.
+    pub fn reclaim(&mut self) -> io::Result<()> {
+        let mut copied = false;
+        loop {
+            let active = self.active();
+            let Some((&oldest, seg)) = self.segments.iter().next() else {
+                return Ok(());
+            };
+            if oldest == active {
+                return Ok(());
+            }
+            if seg.live_messages == 0 && seg.live_definitions == 0 {
+                self.medium.remove(oldest)?;
+                self.segments.remove(&oldest);
+                continue;
+            }
+            let sparse = seg.live_bytes < self.segment_limit / 4;
+            if copied || !sparse || self.segments.len() <= self.compact_after + 1 {
+                return Ok(());
+            }
+            self.copy_forward(oldest)?;
+            copied = true;
+        }
+    }
+
+    /// Re-appends the live records of segment `id` to the active segment and syncs them.
+    fn copy_forward(&mut self, id: u64) -> io::Result<()> {
+        let data = self.medium.read(id)?;
+        let mut live = Vec::new();
+        let mut offset = 0;
+        while let Read::Record(r, next) = read_at(&data, offset) {
+            offset = next;
+            let is_live = match &r {
+                Record::Put { key, .. } => {
+                    self.definitions.get(key).is_some_and(|(_, seg)| *seg == id)
+                }
+                Record::Enqueue { queue, id: msg, .. } => self
+                    .messages
+                    .get(queue)
+                    .and_then(|q| q.get(msg))
+                    .is_some_and(|(seg, _)| *seg == id),
+                _ => false,
+            };
+            if is_live {
+                live.push(r);
+            }
+        }
+        self.append(&live)?;
+        self.sync()?;
+        if let Some(s) = self.segments.get_mut(&id) {
+            // Everything live was re-tracked in the active segment by `append`.
+            s.live_messages = 0;
+            s.live_bytes = 0;
+            s.live_definitions = 0;
+        }
+        Ok(())
+    }
+
+    /// Segment ids currently on the medium (for tests and status).
+    pub fn segment_ids(&self) -> Vec<u64> {
+        self.segments.keys().copied().collect()
+    }
+
+    #[cfg(test)]
+    fn set_compact_after(&mut self, n: usize) {
+        self.compact_after = n;
+    }
+}
+
+#[cfg(test)]
+mod tests;

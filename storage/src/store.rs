@@ -1,0 +1,156 @@
+//! The store: the log on its own thread with group commit. Writers hand over records with an optional
+//! completion; the thread appends everything queued, issues one fdatasync for the whole batch, then
+//! runs the completions — so durability costs one fsync per batch, not per message, however many
+//! connections publish. A failed write fails its batch; a failed fsync poisons the store (the state of
+//! the page cache is unknown afterwards), and every later write fails until restart.
+
+use std::io;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::thread::JoinHandle;
+
+use crate::log::medium::Medium;
+use crate::log::record::Record;
+use crate::log::{Log, LogError, Recovered};
+
+/// Called once the records are durable (`Ok`) or known not to be (`Err`).
+pub type Completion = Box<dyn FnOnce(io::Result<()>) + Send>;
+
+enum Command {
+    Write {
+        records: Vec<Record>,
+        done: Option<Completion>,
+    },
+    /// Runs after everything queued before it is durable.
+    Barrier(Completion),
+}
+
+/// Tuning for the store.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// Segment size before a new one is started.
+    pub segment_bytes: u64,
+    /// Most commands gathered into one batch.
+    pub max_batch: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            segment_bytes: 64 << 20,
+            max_batch: 8192,
+        }
+    }
+}
+
+/// A handle to the store thread; dropping the last one flushes and stops it.
+pub struct Store {
+    tx: Option<Sender<Command>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Store {
+    /// Opens (recovering) the log on `medium` and starts the commit thread.
+    pub fn open<M: Medium>(
+        medium: M,
+        options: StoreOptions,
+    ) -> Result<(Store, Recovered), LogError> {
+        let (log, recovered) = Log::open(medium, options.segment_bytes)?;
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("warren-store".into())
+            .spawn(move || run(log, rx, options.max_batch))
+            .map_err(LogError::Io)?;
+        Ok((
+            Store {
+                tx: Some(tx),
+                thread: Some(thread),
+            },
+            recovered,
+        ))
+    }
+
+    /// Queues records; `done` runs once they are durable (or have failed).
+    pub fn write(&self, records: Vec<Record>, done: Option<Completion>) {
+        let command = Command::Write { records, done };
+        if let Some(Command::Write {
+            done: Some(done), ..
+        }) = self
+            .tx
+            .as_ref()
+            .and_then(|tx| tx.send(command).err())
+            .map(|e| e.0)
+        {
+            done(Err(io::Error::other("the store has stopped")));
+        }
+    }
+
+    /// Blocks until everything written so far is durable.
+    pub fn flush(&self) -> io::Result<()> {
+        let (tx, rx) = mpsc::channel();
+        let command = Command::Barrier(Box::new(move |r| {
+            let _ = tx.send(r);
+        }));
+        self.tx
+            .as_ref()
+            .ok_or_else(|| io::Error::other("the store has stopped"))?
+            .send(command)
+            .map_err(|_| io::Error::other("the store has stopped"))?;
+        rx.recv()
+            .map_err(|_| io::Error::other("the store has stopped"))?
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run<M: Medium>(mut log: Log<M>, rx: Receiver<Command>, max_batch: usize) {
+    let mut poisoned: Option<String> = None;
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        let mut records = Vec::new();
+        let mut completions = Vec::new();
+        for command in batch {
+            match command {
+                Command::Write { records: r, done } => {
+                    records.extend(r);
+                    completions.extend(done);
+                }
+                Command::Barrier(done) => completions.push(done),
+            }
+        }
+        let result = match &poisoned {
+            Some(why) => Err(io::Error::other(why.clone())),
+            None => log.append(&records).and_then(|()| log.sync()).map_err(|e| {
+                if e.kind() != io::ErrorKind::StorageFull {
+                    // After a failed fsync nothing written since the last good one can be trusted.
+                    poisoned = Some(format!("storage failed earlier: {e}"));
+                }
+                e
+            }),
+        };
+        let ok = result.is_ok();
+        let error = result.err();
+        for done in completions {
+            done(match &error {
+                None => Ok(()),
+                Some(e) => Err(io::Error::new(e.kind(), e.to_string())),
+            });
+        }
+        if ok {
+            let _ = log.reclaim();
+        }
+    }
+    let _ = log.sync();
+}
