@@ -83,7 +83,7 @@ fn frames(c: &mut Criterion) {
 }
 
 fn topic_matching(c: &mut Criterion) {
-    let vhost = Vhost::new("/", VhostLimits::default());
+    let vhost = Vhost::new("/", VhostLimits::default(), None);
     let x = vhost
         .declare_exchange(
             ExchangeSpec {
@@ -132,7 +132,7 @@ fn topic_matching(c: &mut Criterion) {
 }
 
 fn publish_path(c: &mut Criterion) {
-    let vhost = Vhost::new("/", VhostLimits::default());
+    let vhost = Vhost::new("/", VhostLimits::default(), None);
     let spec = QueueSpec {
         name: "q".into(),
         durable: false,
@@ -169,9 +169,12 @@ fn publish_path(c: &mut Criterion) {
                 priority: 0,
                 expiration_ms: None,
                 charge: None,
+                persistent: false,
+                published_at_ms: 0,
+                stored: Default::default(),
             });
             for queue in vhost.route(&x, &input) {
-                queue.publish(m.clone());
+                queue.publish(m.clone(), None);
             }
             if q.message_count() > 100_000 {
                 q.purge();

@@ -19,10 +19,16 @@ use warren_storage::definitions::Definitions;
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::connection::outbound::Outbound;
-use crate::memory::MemoryMonitor;
+use crate::memory::{Charge, MemoryMonitor};
+use crate::message::Message;
+use crate::persist::{decode_message, Durability, StoredExchange, StoredQueue};
 use crate::queue::consumer::ConnectionId;
 use crate::users::User;
 use crate::vhost::{Vhost, VhostLimits};
+use amq_protocol::types::FieldTable;
+use std::sync::OnceLock;
+use warren_storage::log::record::Record;
+use warren_storage::log::{LogError, Recovered};
 
 /// What the broker knows about an open connection, for listing and for closing it from outside.
 #[derive(Debug, Clone)]
@@ -43,6 +49,8 @@ pub struct Broker {
     pub(crate) definitions: Mutex<Definitions>,
     pub(crate) definitions_path: PathBuf,
     pub(crate) connections: DashMap<ConnectionId, ConnectionInfo>,
+    /// The command log: durable definitions and persistent messages.
+    pub durability: Arc<Durability>,
     next_connection: AtomicU64,
 }
 
@@ -60,6 +68,8 @@ pub enum SetupError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Log(#[from] LogError),
 }
 
 impl Broker {
@@ -82,9 +92,16 @@ impl Broker {
         }
         definitions.save(&definitions_path).map_err(defs_err)?;
 
+        let (durability, recovered) = Durability::open(&config.data_dir)?;
+        if let Some((segment, offset, dropped)) = &recovered.truncated {
+            tracing::warn!(%segment, offset, dropped, "cut a torn or corrupt record off the end of the log (an unfinished write at a crash)");
+        }
         let vhosts = DashMap::new();
         for name in &definitions.vhosts {
-            vhosts.insert(name.clone(), Vhost::new(name, vhost_limits(&config)));
+            vhosts.insert(
+                name.clone(),
+                Vhost::new(name, vhost_limits(&config), Some(durability.clone())),
+            );
         }
         let mut users = HashMap::new();
         for u in &definitions.users {
@@ -103,7 +120,7 @@ impl Broker {
             path: config.audit.path.clone(),
             source: e,
         })?;
-        Ok(Arc::new(Broker {
+        let broker = Arc::new(Broker {
             audit,
             memory: Arc::new(MemoryMonitor::new(threshold)),
             config,
@@ -112,8 +129,87 @@ impl Broker {
             definitions: Mutex::new(definitions),
             definitions_path,
             connections: DashMap::new(),
+            durability,
             next_connection: AtomicU64::new(1),
-        }))
+        });
+        broker.restore(recovered);
+        Ok(broker)
+    }
+
+    /// Rebuilds durable exchanges, queues, bindings and stored messages from the log.
+    fn restore(&self, recovered: Recovered) {
+        let mut bindings = Vec::new();
+        let mut queues = Vec::new();
+        for (key, value) in &recovered.definitions {
+            let Ok(parts) = serde_json::from_str::<Vec<String>>(key) else {
+                continue;
+            };
+            let vhost = parts.get(1).and_then(|v| self.vhost(v));
+            match (parts.first().map(String::as_str), vhost) {
+                (Some("exchange"), Some(vhost)) if parts.len() == 3 => {
+                    if let Ok(x) = serde_json::from_slice::<StoredExchange>(value) {
+                        vhost.restore_exchange(&parts[2], x);
+                    }
+                }
+                (Some("queue"), Some(vhost)) if parts.len() == 3 => {
+                    if let Ok(q) = serde_json::from_slice::<StoredQueue>(value) {
+                        queues.push((vhost, parts[2].clone(), q));
+                    }
+                }
+                (Some("binding"), Some(vhost)) if parts.len() == 7 => {
+                    if let Ok(args) = serde_json::from_slice::<FieldTable>(value) {
+                        bindings.push((vhost, parts, args));
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (vhost, name, q) in queues {
+            vhost.restore_queue(&name, q);
+        }
+        for (vhost, parts, args) in bindings {
+            vhost.restore_binding(&parts[2], &parts[3], &parts[4], &parts[5], args);
+        }
+        let mut restored = 0usize;
+        for (name, messages) in recovered.queues {
+            let queue = serde_json::from_str::<Vec<String>>(&name)
+                .ok()
+                .filter(|p| p.len() == 2)
+                .and_then(|p| self.vhost(&p[0]).and_then(|v| v.find_queue(&p[1])));
+            let Some(queue) = queue else {
+                // Messages of a queue whose definition is gone: drop them from the log too.
+                self.durability
+                    .write(vec![Record::DropQueue { queue: name }], None);
+                continue;
+            };
+            let mut batch = Vec::with_capacity(messages.len());
+            for (id, payload) in messages {
+                let Some(m) = decode_message(&payload) else {
+                    continue;
+                };
+                let charge = Charge::new(&self.memory, (m.properties.len() + m.body.len()) as u64);
+                batch.push((
+                    id,
+                    Arc::new(Message {
+                        exchange: m.exchange,
+                        routing_key: m.routing_key,
+                        properties: m.properties,
+                        body: m.body,
+                        priority: m.priority,
+                        expiration_ms: m.expiration_ms,
+                        charge: Some(charge),
+                        persistent: true,
+                        published_at_ms: m.published_at_ms,
+                        stored: OnceLock::from(payload),
+                    }),
+                ));
+            }
+            restored += batch.len();
+            queue.restore(batch);
+        }
+        if restored > 0 {
+            tracing::info!(messages = restored, "recovered persistent messages");
+        }
     }
 
     pub fn vhost(&self, name: &str) -> Option<Arc<Vhost>> {

@@ -19,6 +19,7 @@ pub mod memory;
 pub mod message;
 pub mod password;
 pub mod permissions;
+pub mod persist;
 pub mod queue;
 pub mod sasl;
 pub mod server;

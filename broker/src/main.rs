@@ -144,6 +144,9 @@ async fn serve(config: Arc<Config>, dev: bool) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
+    if let Err(e) = server.broker.durability.flush() {
+        tracing::error!(error = %e, "could not flush the log at shutdown");
+    }
     Ok(())
 }
 

@@ -1,5 +1,7 @@
 //! A published message as queues hold it: shared by every queue it was routed to, never copied.
 
+use std::sync::OnceLock;
+
 use bytes::Bytes;
 
 use crate::memory::Charge;
@@ -23,11 +25,34 @@ pub struct Message {
     pub expiration_ms: Option<u64>,
     /// This message's share of the memory alarm's count (None only in benchmarks and unit tests).
     pub charge: Option<Charge>,
+    /// delivery_mode 2: stored when routed to a durable queue.
+    pub persistent: bool,
+    /// Wall-clock publish time; TTL deadlines are recomputed from it after a restart.
+    pub published_at_ms: u64,
+    /// The stored form, encoded once however many durable queues hold the message.
+    pub stored: OnceLock<Bytes>,
 }
 
 impl Message {
     pub fn body_size(&self) -> u64 {
         self.body.len() as u64
+    }
+
+    /// The record payload this message is stored as.
+    pub fn stored_form(&self) -> Bytes {
+        self.stored
+            .get_or_init(|| {
+                crate::persist::encode_message(&crate::persist::StoredMessage {
+                    published_at_ms: self.published_at_ms,
+                    priority: self.priority,
+                    expiration_ms: self.expiration_ms,
+                    exchange: self.exchange.clone(),
+                    routing_key: self.routing_key.clone(),
+                    properties: self.properties.clone(),
+                    body: self.body.clone(),
+                })
+            })
+            .clone()
     }
 }
 

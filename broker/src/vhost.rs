@@ -14,8 +14,10 @@ use parking_lot::Mutex;
 
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind, ExchangeSpec, RouteInput};
+use crate::persist::{self, Durability, StoredExchange, StoredQueue};
 use crate::queue::consumer::ConnectionId;
 use crate::queue::{arguments, Queue, QueueSpec};
+use warren_storage::log::record::Record;
 
 /// The pre-declared exchanges of every vhost (RabbitMQ's `amq.*` set, minus the deprecated rabbitmq ones).
 const STANDARD_EXCHANGES: &[(&str, ExchangeKind)] = &[
@@ -29,6 +31,8 @@ const STANDARD_EXCHANGES: &[(&str, ExchangeKind)] = &[
 #[derive(Debug)]
 pub struct Vhost {
     pub name: String,
+    /// The command log, where durable definitions and persistent messages go.
+    durability: Option<Arc<Durability>>,
     limits: VhostLimits,
     connections: AtomicU32,
     exchanges: DashMap<String, Arc<Exchange>>,
@@ -78,9 +82,10 @@ pub struct DeclaredQueue {
 }
 
 impl Vhost {
-    pub fn new(name: &str, limits: VhostLimits) -> Arc<Self> {
+    pub fn new(name: &str, limits: VhostLimits, durability: Option<Arc<Durability>>) -> Arc<Self> {
         let vhost = Vhost {
             name: name.to_string(),
+            durability,
             limits,
             connections: AtomicU32::new(0),
             exchanges: DashMap::new(),
@@ -101,6 +106,67 @@ impl Vhost {
                 .insert((*name).to_string(), Exchange::new(spec));
         }
         Arc::new(vhost)
+    }
+
+    /// Re-creates a durable exchange read back from the log (nothing is written).
+    pub fn restore_exchange(&self, name: &str, stored: StoredExchange) {
+        let Some(kind) = ExchangeKind::parse(&stored.kind) else {
+            return;
+        };
+        let spec = ExchangeSpec {
+            name: name.to_string(),
+            kind,
+            durable: true,
+            auto_delete: stored.auto_delete,
+            internal: stored.internal,
+            arguments: stored.arguments,
+        };
+        self.exchanges.insert(name.to_string(), Exchange::new(spec));
+    }
+
+    /// Re-creates a durable queue read back from the log (nothing is written).
+    pub fn restore_queue(self: &Arc<Self>, name: &str, stored: StoredQueue) {
+        let spec = QueueSpec {
+            name: name.to_string(),
+            durable: true,
+            exclusive_owner: None,
+            auto_delete: stored.auto_delete,
+            arguments: stored.arguments,
+        };
+        let Ok(args) = arguments::parse(&spec.arguments, &self.resource("queue", name)) else {
+            return;
+        };
+        let durability = self
+            .durability
+            .clone()
+            .map(|d| (d, persist::message_queue(&self.name, name)));
+        let queue = Queue::new(Arc::downgrade(self), spec, args, durability);
+        self.queues.insert(name.to_string(), queue);
+    }
+
+    /// Re-creates a binding between durable objects read back from the log (nothing is written).
+    pub fn restore_binding(
+        &self,
+        source: &str,
+        kind: &str,
+        dest: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) {
+        let destination = match kind {
+            "queue" => match self.find_queue(dest) {
+                Some(q) => Destination::Queue(q),
+                None => return,
+            },
+            _ => Destination::Exchange(dest.into()),
+        };
+        if let Some(x) = self.exchanges.get(source) {
+            x.bind(Binding {
+                destination,
+                routing_key: routing_key.to_string(),
+                arguments,
+            });
+        }
     }
 
     /// Counts a connection into the vhost, refusing it over `max_connections` (530, RabbitMQ's text).
@@ -189,6 +255,12 @@ impl Vhost {
             None => {
                 check_name("exchange", &spec.name)?;
                 let exchange = Exchange::new(spec);
+                if let (Some(d), true) = (&self.durability, exchange.spec.durable) {
+                    d.put(
+                        persist::exchange_key(&self.name, exchange.name()),
+                        &StoredExchange::of(&exchange.spec),
+                    );
+                }
                 self.exchanges
                     .insert(exchange.name().to_string(), exchange.clone());
                 return Ok(exchange);
@@ -267,8 +339,47 @@ impl Vhost {
     }
 
     fn delete_exchange_locked(&self, name: &str) {
-        self.exchanges.remove(name);
+        if let Some((_, exchange)) = self.exchanges.remove(name) {
+            for b in exchange.bindings() {
+                self.persist_binding(&exchange, &b, false);
+            }
+            if let (Some(d), true) = (&self.durability, exchange.spec.durable) {
+                d.delete(persist::exchange_key(&self.name, name));
+            }
+        }
         self.remove_bindings_to(&Destination::Exchange(name.into()));
+    }
+
+    /// Records a binding between durable objects in the log (or its removal).
+    fn persist_binding(&self, source: &Exchange, binding: &Binding, add: bool) {
+        let Some(d) = &self.durability else { return };
+        let (kind, dest, durable) = match &binding.destination {
+            Destination::Queue(q) => ("queue", q.name().to_string(), q.spec.durable),
+            Destination::Exchange(x) => (
+                "exchange",
+                x.to_string(),
+                self.exchanges
+                    .get(x.as_ref())
+                    .is_none_or(|e| e.spec.durable),
+            ),
+        };
+        if !(source.spec.durable && durable) {
+            return;
+        }
+        let args = serde_json::to_string(&binding.arguments).unwrap_or_default();
+        let key = persist::binding_key(
+            &self.name,
+            source.name(),
+            kind,
+            &dest,
+            &binding.routing_key,
+            &args,
+        );
+        if add {
+            d.put(key, &binding.arguments);
+        } else {
+            d.delete(key);
+        }
     }
 
     /// queue.declare. `server_named` names were generated by the broker and skip the `amq.` check, which
@@ -330,7 +441,17 @@ impl Vhost {
                 )));
             }
         }
-        let queue = Queue::new(Arc::downgrade(self), spec, args);
+        let durability = match &self.durability {
+            Some(d) if spec.durable => {
+                d.put(
+                    persist::queue_key(&self.name, &spec.name),
+                    &StoredQueue::of(&spec),
+                );
+                Some((d.clone(), persist::message_queue(&self.name, &spec.name)))
+            }
+            _ => None,
+        };
+        let queue = Queue::new(Arc::downgrade(self), spec, args, durability);
         self.queues.insert(queue.name().to_string(), queue.clone());
         Ok(DeclaredQueue {
             queue,
@@ -376,6 +497,19 @@ impl Vhost {
     fn remove_queue_locked(&self, queue: &Arc<Queue>) -> u32 {
         self.queues
             .remove_if(queue.name(), |_, q| Arc::ptr_eq(q, queue));
+        if let (Some(d), true) = (&self.durability, queue.spec.durable) {
+            d.write(
+                vec![
+                    Record::Delete {
+                        key: persist::queue_key(&self.name, queue.name()),
+                    },
+                    Record::DropQueue {
+                        queue: persist::message_queue(&self.name, queue.name()),
+                    },
+                ],
+                None,
+            );
+        }
         self.remove_bindings_to(&Destination::Queue(queue.clone()));
         let (count, consumers) = queue.mark_deleted();
         for consumer in consumers {
@@ -394,7 +528,11 @@ impl Vhost {
     fn remove_bindings_to(&self, destination: &Destination) {
         let mut emptied = Vec::new();
         for exchange in self.exchanges.iter() {
-            if exchange.unbind_destination(destination) > 0 && self.unused_auto_delete(&exchange) {
+            let gone = exchange.unbind_destination(destination);
+            for b in &gone {
+                self.persist_binding(&exchange, b, false);
+            }
+            if !gone.is_empty() && self.unused_auto_delete(&exchange) {
                 emptied.push(exchange.name().to_string());
             }
         }
@@ -449,10 +587,13 @@ impl Vhost {
         };
         if !add {
             // Unbinding what does not exist, even between missing objects, succeeds (rabbit_db_binding).
-            let emptied = self
-                .exchanges
-                .get(source)
-                .is_some_and(|x| x.unbind(&binding) && self.unused_auto_delete(&x));
+            let emptied = self.exchanges.get(source).is_some_and(|x| {
+                let removed = x.unbind(&binding);
+                if removed {
+                    self.persist_binding(&x, &binding, false);
+                }
+                removed && self.unused_auto_delete(&x)
+            });
             if emptied {
                 self.delete_exchange_locked(source);
             }
@@ -467,7 +608,9 @@ impl Vhost {
             Destination::Queue(q) if q.is_deleted() => return Err(self.no_queue(q.name())),
             Destination::Queue(_) => {}
         }
-        exchange.bind(binding);
+        if exchange.bind(binding.clone()) {
+            self.persist_binding(&exchange, &binding, true);
+        }
         Ok(())
     }
 

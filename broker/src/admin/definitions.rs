@@ -156,7 +156,11 @@ impl Broker {
         })?;
         self.vhosts.insert(
             name.to_string(),
-            Vhost::new(name, vhost_limits(&self.config)),
+            Vhost::new(
+                name,
+                vhost_limits(&self.config),
+                Some(self.durability.clone()),
+            ),
         );
         Ok(())
     }

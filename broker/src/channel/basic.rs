@@ -178,7 +178,9 @@ impl Channel {
             message_count,
         );
         s.send_content(self.id, m);
-        if !g.no_ack {
+        if g.no_ack {
+            queue.forget([&entry]);
+        } else {
             self.unacked.push(Delivered {
                 tag,
                 queue,
@@ -216,20 +218,23 @@ impl Channel {
             requeue(settled);
             return;
         }
-        let mut rejected: Vec<(Arc<Queue>, Vec<Entry>)> = Vec::new();
+        // Grouped per queue: one log write per queue for a `multiple` settlement.
+        let mut by_queue: Vec<(Arc<Queue>, Vec<Entry>)> = Vec::new();
         for d in settled {
             if let Some(c) = &d.consumer {
                 c.release_credit(1);
             }
-            if requeue_to == Some(false) {
-                match rejected.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &d.queue)) {
-                    Some((_, entries)) => entries.push(d.entry),
-                    None => rejected.push((d.queue, vec![d.entry])),
-                }
+            match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &d.queue)) {
+                Some((_, entries)) => entries.push(d.entry),
+                None => by_queue.push((d.queue, vec![d.entry])),
             }
         }
-        for (queue, entries) in rejected {
-            queue.reject(entries);
+        for (queue, entries) in by_queue {
+            if requeue_to == Some(false) {
+                queue.reject(entries);
+            } else {
+                queue.forget(&entries);
+            }
         }
     }
 
@@ -269,6 +274,7 @@ impl Channel {
         s.send_content(self.id, m);
         if consumer.no_ack {
             consumer.release_credit(1);
+            queue.forget([&entry]);
         } else {
             self.unacked.push(Delivered {
                 tag,

@@ -2,6 +2,8 @@
 //! is acked once every queue it was routed to holds it. Acks are coalesced per burst of input into one
 //! basic.ack with `multiple`, which clients handle exactly like the individual acks.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use amq_protocol::protocol::{confirm, AMQPClass};
 use warren_protocol::method::encode_confirm;
 
@@ -13,10 +15,10 @@ use crate::error::AmqpResult;
 pub struct Confirms {
     /// Sequence number of the last publish (the first publish is 1).
     last_seq: u64,
-    /// Highest sequence number covered by an ack or nack already sent.
-    settled_through: u64,
-    /// Highest sequence number confirmed so far (all below it are confirmed too).
-    ready_through: u64,
+    /// Publishes waiting for their durable writes.
+    waiting: BTreeSet<u64>,
+    /// Publishes decided (true = ack) but not yet told to the client.
+    decided: BTreeMap<u64, bool>,
 }
 
 impl Confirms {
@@ -26,26 +28,43 @@ impl Confirms {
         self.last_seq
     }
 
-    /// The publish `seq` is safely enqueued.
-    pub fn ack(&mut self, seq: u64) {
-        self.ready_through = seq;
+    /// The publish `seq` is settled now: enqueued everywhere (ack) or refused (nack).
+    pub fn decide(&mut self, seq: u64, ok: bool) {
+        self.decided.insert(seq, ok);
     }
 
-    /// The publish `seq` was refused: earlier acks go out first so the nack stays in order.
-    pub fn nack(&mut self, s: &mut Session, channel: u16, seq: u64) {
-        self.ready_through = seq - 1;
-        self.flush(s, channel);
-        encode_confirm(&mut s.out, channel, seq, false, false);
-        self.settled_through = seq;
-        self.ready_through = seq;
+    /// The publish `seq` waits for durable writes.
+    pub fn wait(&mut self, seq: u64) {
+        self.waiting.insert(seq);
     }
 
-    /// Sends one ack for everything confirmed since the last one.
+    /// The durable writes of `seq` finished.
+    pub fn durable(&mut self, seq: u64, ok: bool) {
+        if self.waiting.remove(&seq) {
+            self.decided.insert(seq, ok);
+        }
+    }
+
+    /// Tells the client every decision below the oldest publish still waiting, in order: runs of acks
+    /// as one basic.ack with `multiple`, nacks one by one. Everything below what is sent is settled,
+    /// so `multiple` never acknowledges a publish that is still waiting.
     pub fn flush(&mut self, s: &mut Session, channel: u16) {
-        if self.ready_through > self.settled_through {
-            let multiple = self.ready_through - self.settled_through > 1;
-            encode_confirm(&mut s.out, channel, self.ready_through, multiple, true);
-            self.settled_through = self.ready_through;
+        let limit = self.waiting.first().copied().unwrap_or(u64::MAX);
+        let mut run: Option<(u64, u64)> = None;
+        let ready: Vec<(u64, bool)> = self.decided.range(..limit).map(|(k, v)| (*k, *v)).collect();
+        for (seq, ok) in ready {
+            self.decided.remove(&seq);
+            if ok {
+                run = Some(run.map_or((seq, seq), |(first, _)| (first, seq)));
+            } else {
+                if let Some((first, last)) = run.take() {
+                    encode_confirm(&mut s.out, channel, last, last > first, true);
+                }
+                encode_confirm(&mut s.out, channel, seq, false, false);
+            }
+        }
+        if let Some((first, last)) = run {
+            encode_confirm(&mut s.out, channel, last, last > first, true);
         }
     }
 }

@@ -33,6 +33,9 @@ struct Registration {
 
 pub struct Channel {
     pub id: u16,
+    /// Distinguishes this channel from earlier ones with the same number on the connection (late
+    /// durable confirms for a closed channel must not reach its successor).
+    pub incarnation: u64,
     assembly: Assembly,
     consumers: HashMap<Arc<str>, Registration>,
     credit: Arc<ChannelCredit>,
@@ -50,9 +53,10 @@ pub struct Channel {
 }
 
 impl Channel {
-    pub fn new(id: u16) -> Self {
+    pub fn new(id: u16, incarnation: u64) -> Self {
         Channel {
             id,
+            incarnation,
             assembly: Assembly::Idle,
             consumers: HashMap::new(),
             credit: Arc::new(ChannelCredit::default()),
@@ -148,6 +152,14 @@ impl Channel {
         self.last_queue
             .clone()
             .ok_or_else(|| AmqpError::not_found("no previously declared queue"))
+    }
+
+    /// The durable writes of publish `seq` finished.
+    pub fn confirm_durable(&mut self, s: &mut Session, seq: u64, ok: bool) {
+        if let Some(confirms) = &mut self.confirms {
+            confirms.durable(seq, ok);
+            confirms.flush(s, self.id);
+        }
     }
 
     /// End of a burst of frames: send coalesced confirms and let queues push to freed-up consumers.

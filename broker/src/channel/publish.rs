@@ -14,6 +14,7 @@ use crate::exchange::{Exchange, RouteInput};
 use crate::memory::Charge;
 use crate::message::{Message, PUBLISHER_HEADER};
 use crate::permissions::{self, Access, Kind};
+use crate::persist::PendingConfirm;
 use crate::queue::Enqueued;
 
 /// A basic.publish waiting for its content.
@@ -258,6 +259,9 @@ impl Channel {
                 &s.broker.memory,
                 (properties_len + body_len) as u64,
             )),
+            persistent: props.delivery_mode == Some(2),
+            published_at_ms: crate::persist::now_ms(),
+            stored: Default::default(),
         });
         let publication = Publication {
             exchange: p.exchange,
@@ -268,12 +272,21 @@ impl Channel {
             Some(tx) => tx.publishes.push(publication),
             None => {
                 let seq = self.confirms.as_mut().map(|c| c.next());
-                let accepted = self.route_and_enqueue(s, &publication);
-                if let (Some(confirms), Some(seq)) = (self.confirms.as_mut(), seq) {
-                    if accepted {
-                        confirms.ack(seq);
+                let tracker = seq.map(|seq| {
+                    PendingConfirm::new(s.outbox.clone(), self.id, self.incarnation, seq)
+                });
+                let accepted = self.route_and_enqueue(s, &publication, tracker.as_ref());
+                if let (Some(confirms), Some(seq), Some(tracker)) =
+                    (self.confirms.as_mut(), seq, tracker)
+                {
+                    let stored = tracker.release();
+                    if !accepted {
+                        confirms.decide(seq, false);
+                    } else if stored {
+                        confirms.decide(seq, true);
                     } else {
-                        confirms.nack(s, self.id, seq);
+                        // Persistent in a durable queue: confirmed once fsynced (Outbound::Confirmed).
+                        confirms.wait(seq);
                     }
                 }
             }
@@ -292,7 +305,12 @@ pub struct Publication {
 impl Channel {
     /// Routes and enqueues a publication, returning it with basic.return when it is mandatory and
     /// unroutable. Returns false when a queue refused it (`x-overflow = reject-publish`).
-    pub(super) fn route_and_enqueue(&mut self, s: &mut Session, p: &Publication) -> bool {
+    pub(super) fn route_and_enqueue(
+        &mut self,
+        s: &mut Session,
+        p: &Publication,
+        confirm: Option<&Arc<PendingConfirm>>,
+    ) -> bool {
         let message = &p.message;
         let queues = match &p.exchange {
             None => s
@@ -318,7 +336,7 @@ impl Channel {
         let mut routed = false;
         let mut accepted = true;
         for q in &queues {
-            match q.publish(message.clone()) {
+            match q.publish(message.clone(), confirm) {
                 Enqueued::Yes => routed = true,
                 Enqueued::Rejected => {
                     routed = true;

@@ -31,7 +31,7 @@ impl Channel {
             tx::AMQPMethod::Commit(_) => {
                 let done = std::mem::take(self.tx.as_mut().ok_or_else(not_transactional)?);
                 for publication in &done.publishes {
-                    self.route_and_enqueue(s, publication);
+                    self.route_and_enqueue(s, publication, None);
                 }
                 for (settled, requeue) in done.settles {
                     self.apply_settle(settled, requeue);

@@ -128,6 +128,7 @@ pub async fn serve(
                     last_sent: Instant::now(),
                     last_received: Instant::now(),
                     blocked: false,
+                    incarnations: 0,
                     _vhost_connection: n.vhost_connection,
                 };
                 conn.run(reader, rbuf, outbox_rx, stop).await;
@@ -212,6 +213,8 @@ struct Connection {
     last_received: Instant,
     /// Not reading from the socket because the memory alarm is on and this connection publishes.
     blocked: bool,
+    /// Channels opened so far (each gets a distinct incarnation number).
+    incarnations: u64,
     _vhost_connection: crate::vhost::VhostConnection,
 }
 
@@ -491,7 +494,8 @@ impl Connection {
                         .during(ids),
                     ));
                 }
-                let channel = Channel::new(frame.channel);
+                self.incarnations += 1;
+                let channel = Channel::new(frame.channel, self.incarnations);
                 self.channels
                     .insert(frame.channel, Slot::Open(Box::new(channel)));
                 self.s.send(
@@ -607,6 +611,18 @@ impl Connection {
             Outbound::Cancelled { channel, consumer } => {
                 if let Some(Slot::Open(ch)) = self.channels.get_mut(&channel) {
                     ch.consumer_cancelled_by_server(&mut self.s, &consumer);
+                }
+            }
+            Outbound::Confirmed {
+                channel,
+                incarnation,
+                seq,
+                ok,
+            } => {
+                if let Some(Slot::Open(ch)) = self.channels.get_mut(&channel) {
+                    if ch.incarnation == incarnation {
+                        ch.confirm_durable(&mut self.s, seq, ok);
+                    }
                 }
             }
             Outbound::ForceClose(e) => return Some(Ending::Close(e)),

@@ -20,6 +20,13 @@ pub enum Outbound {
         channel: u16,
         consumer: Arc<Consumer>,
     },
+    /// The durable writes of publish `seq` on channel `channel` (that incarnation of it) are done.
+    Confirmed {
+        channel: u16,
+        incarnation: u64,
+        seq: u64,
+        ok: bool,
+    },
     /// An operator closes the connection (its user or vhost was deleted): connection.close with this.
     ForceClose(AmqpError),
 }

@@ -171,7 +171,7 @@ impl Exchange {
     }
 
     /// Removes every binding to `destination` (its queue or exchange was deleted).
-    pub fn unbind_destination(&self, destination: &Destination) -> usize {
+    pub fn unbind_destination(&self, destination: &Destination) -> Vec<Binding> {
         let mut bindings = self.bindings.lock();
         let (gone, kept): (Vec<_>, Vec<_>) = bindings
             .drain(..)
@@ -180,7 +180,7 @@ impl Exchange {
         for b in &gone {
             self.remove_route(b);
         }
-        gone.len()
+        gone
     }
 
     pub fn binding_count(&self) -> usize {

@@ -133,6 +133,10 @@ fn is_cycle(target: &str, headers: &FieldTable) -> bool {
 
 /// Republishes `letters` to `queue`'s dead-letter exchange; without one (or if it is gone) they are dropped.
 pub fn dead_letter(queue: &Arc<Queue>, letters: DeadLetters) {
+    if letters.is_empty() {
+        return;
+    }
+    queue.forget(letters.iter().map(|(e, _)| e));
     let Some(dlx) = &queue.args.dead_letter_exchange else {
         return;
     };
@@ -173,6 +177,9 @@ pub fn dead_letter(queue: &Arc<Queue>, letters: DeadLetters) {
             priority: old.priority,
             expiration_ms: None,
             charge,
+            persistent: old.persistent,
+            published_at_ms: crate::persist::now_ms(),
+            stored: Default::default(),
         });
         let targets = match &exchange {
             None => vhost.find_queue(&message.routing_key).into_iter().collect(),
@@ -189,7 +196,7 @@ pub fn dead_letter(queue: &Arc<Queue>, letters: DeadLetters) {
         };
         for target in targets {
             if !is_cycle(target.name(), &headers) {
-                target.publish(message.clone());
+                target.publish(message.clone(), None);
             }
         }
     }

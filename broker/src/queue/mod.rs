@@ -23,10 +23,12 @@ use tokio::sync::Notify;
 
 use crate::connection::outbound::Outbound;
 use crate::message::Message;
+use crate::persist::{Durability, PendingConfirm};
 use crate::vhost::Vhost;
 use arguments::{Overflow, QueueArguments};
 use consumer::{ConnectionId, Consumer};
 use dead_letter::{DeadLetters, Reason};
+use warren_storage::log::record::Record;
 
 /// A message in a queue, with its position, priority, deadline and delivery history.
 #[derive(Debug, Clone)]
@@ -40,6 +42,8 @@ pub struct Entry {
     pub expires_at: Option<Instant>,
     /// How many times the message came back to the queue after a delivery (for `x-delivery-limit`).
     pub returns: u64,
+    /// The message's id in the command log, when this queue stored it.
+    pub store_id: Option<u64>,
 }
 
 impl Entry {
@@ -84,6 +88,8 @@ pub struct Queue {
     pub spec: QueueSpec,
     pub args: QueueArguments,
     pub vhost: Weak<Vhost>,
+    /// Set for durable queues: where persistent messages are stored, and under which name.
+    durability: Option<(Arc<Durability>, String)>,
     state: Mutex<State>,
     /// Wakes the TTL task when a message with an earlier deadline reaches the head.
     ttl_wakeup: Notify,
@@ -115,11 +121,17 @@ pub enum ConsumeRefused {
 }
 
 impl Queue {
-    pub fn new(vhost: Weak<Vhost>, spec: QueueSpec, args: QueueArguments) -> Arc<Self> {
+    pub fn new(
+        vhost: Weak<Vhost>,
+        spec: QueueSpec,
+        args: QueueArguments,
+        durability: Option<(Arc<Durability>, String)>,
+    ) -> Arc<Self> {
         let queue = Arc::new(Queue {
             spec,
             args,
             vhost,
+            durability,
             state: Mutex::new(State {
                 ready: VecDeque::new(),
                 ready_bytes: 0,
@@ -144,7 +156,19 @@ impl Queue {
     }
 
     /// Enqueues a message, pushes what consumers can take, and applies length limits.
-    pub fn publish(self: &Arc<Self>, message: Arc<Message>) -> Enqueued {
+    /// Enqueues a message, pushes what consumers can take, and applies length limits. A persistent
+    /// message in a durable queue is stored; `confirm` (if any) then waits for that write.
+    pub fn publish(
+        self: &Arc<Self>,
+        message: Arc<Message>,
+        confirm: Option<&Arc<PendingConfirm>>,
+    ) -> Enqueued {
+        let stored = match &self.durability {
+            Some((durability, _)) if message.persistent => {
+                Some((durability, message.stored_form()))
+            }
+            _ => None,
+        };
         let mut dead = DeadLetters::new();
         let outcome = {
             let mut st = self.state.lock();
@@ -160,7 +184,18 @@ impl Queue {
                 }
                 Enqueued::Rejected
             } else {
-                let entry = self.entry(&mut st, message, now);
+                let mut entry = self.entry(&mut st, message, now);
+                if let (Some((durability, payload)), Some((_, name))) = (stored, &self.durability) {
+                    // Written while the queue is locked, so the record precedes any removal of it.
+                    let id = durability.next_id();
+                    entry.store_id = Some(id);
+                    let record = Record::Enqueue {
+                        queue: name.clone(),
+                        id,
+                        payload,
+                    };
+                    durability.write(vec![record], confirm.map(|c| c.hold()));
+                }
                 let has_deadline = entry.expires_at.is_some();
                 let at = st.ready.partition_point(|e| e.order() < entry.order());
                 st.ready.insert(at, entry);
@@ -195,7 +230,50 @@ impl Queue {
             priority,
             expires_at: ttl.map(|ms| now + Duration::from_millis(ms)),
             returns: 0,
+            store_id: None,
         }
+    }
+
+    /// Stored messages leave the log once they leave the queue (acked, expired, dropped, consumed
+    /// without ack). Removals need no fsync: one lost in a crash brings the message back once more.
+    pub fn forget<'a>(&self, entries: impl IntoIterator<Item = &'a Entry>) {
+        let Some((durability, name)) = &self.durability else {
+            return;
+        };
+        let records: Vec<Record> = entries
+            .into_iter()
+            .filter_map(|e| e.store_id)
+            .map(|id| Record::Remove {
+                queue: name.clone(),
+                id,
+            })
+            .collect();
+        if !records.is_empty() {
+            durability.write(records, None);
+        }
+    }
+
+    /// Puts back messages recovered from the log at start-up: in id order, flagged redelivered (they
+    /// may have been delivered before the crash), with TTL deadlines counted from their publish time.
+    pub fn restore(self: &Arc<Self>, messages: Vec<(u64, Arc<Message>)>) {
+        let mut dead = DeadLetters::new();
+        {
+            let mut st = self.state.lock();
+            let now = Instant::now();
+            let wall = crate::persist::now_ms();
+            for (id, message) in messages {
+                let age = Duration::from_millis(wall.saturating_sub(message.published_at_ms));
+                let mut entry = self.entry(&mut st, message, now);
+                entry.redelivered = true;
+                entry.store_id = Some(id);
+                entry.expires_at = entry.expires_at.map(|t| t.checked_sub(age).unwrap_or(now));
+                st.ready_bytes += entry.message.body_size();
+                let at = st.ready.partition_point(|e| e.order() < entry.order());
+                st.ready.insert(at, entry);
+            }
+            self.dispatch_locked(&mut st, &mut dead);
+        }
+        dead_letter::dead_letter(self, dead);
     }
 
     /// Whether adding `count` messages of `bytes` would pass `x-max-length` / `x-max-length-bytes`.
@@ -289,12 +367,10 @@ impl Queue {
 
     /// Messages rejected or nacked without requeue: dead-lettered if the queue has a DLX.
     pub fn reject(self: &Arc<Self>, entries: Vec<Entry>) {
-        if self.args.dead_letter_exchange.is_some() {
-            dead_letter::dead_letter(
-                self,
-                entries.into_iter().map(|e| (e, Reason::Rejected)).collect(),
-            );
-        }
+        dead_letter::dead_letter(
+            self,
+            entries.into_iter().map(|e| (e, Reason::Rejected)).collect(),
+        );
     }
 
     /// Takes the head message for basic.get, with the count of messages left.
@@ -445,11 +521,13 @@ impl Queue {
 
     /// Drops every ready message (queue.purge); unacked deliveries are not touched, as in RabbitMQ.
     pub fn purge(&self) -> u32 {
-        let mut st = self.state.lock();
-        let n = st.ready.len() as u32;
-        st.ready.clear();
-        st.ready_bytes = 0;
-        n
+        let purged: Vec<Entry> = {
+            let mut st = self.state.lock();
+            st.ready_bytes = 0;
+            st.ready.drain(..).collect()
+        };
+        self.forget(&purged);
+        purged.len() as u32
     }
 
     /// Marks the queue deleted, returning its ready count and the consumers to notify.
