@@ -16,10 +16,10 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc::UnboundedSender;
 use warren_storage::definitions::Definitions;
 
+use crate::alarms::{Alarms, Charge};
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::connection::outbound::Outbound;
-use crate::memory::{Charge, MemoryMonitor};
 use crate::message::Message;
 use crate::persist::{decode_message, Durability, StoredExchange, StoredQueue};
 use crate::queue::consumer::ConnectionId;
@@ -42,7 +42,7 @@ pub struct ConnectionInfo {
 pub struct Broker {
     pub config: Arc<Config>,
     pub audit: AuditLog,
-    pub memory: Arc<MemoryMonitor>,
+    pub alarms: Arc<Alarms>,
     pub(crate) vhosts: DashMap<String, Arc<Vhost>>,
     pub(crate) users: RwLock<HashMap<String, Arc<User>>>,
     /// The persisted document; held while an administrative change is applied and saved.
@@ -112,7 +112,7 @@ impl Broker {
             users.insert(u.name.clone(), Arc::new(user));
         }
         let limits = &config.limits;
-        let threshold = MemoryMonitor::threshold(
+        let threshold = Alarms::threshold(
             limits.memory_high_watermark,
             limits.memory_high_watermark_bytes,
         );
@@ -122,7 +122,7 @@ impl Broker {
         })?;
         let broker = Arc::new(Broker {
             audit,
-            memory: Arc::new(MemoryMonitor::new(threshold)),
+            alarms: Arc::new(Alarms::new(threshold)),
             config,
             vhosts,
             users: RwLock::new(users),
@@ -132,6 +132,17 @@ impl Broker {
             durability,
             next_connection: AtomicU64::new(1),
         });
+        let disk_limit = broker
+            .config
+            .limits
+            .disk_free_limit_bytes
+            .unwrap_or(threshold.max(1 << 30));
+        crate::alarms::spawn_disk_monitor(
+            &broker.alarms,
+            broker.config.data_dir.clone(),
+            disk_limit,
+            std::time::Duration::from_secs(1),
+        );
         broker.restore(recovered);
         Ok(broker)
     }
@@ -187,7 +198,7 @@ impl Broker {
                 let Some(m) = decode_message(&payload) else {
                     continue;
                 };
-                let charge = Charge::new(&self.memory, (m.properties.len() + m.body.len()) as u64);
+                let charge = Charge::new(&self.alarms, (m.properties.len() + m.body.len()) as u64);
                 batch.push((
                     id,
                     Arc::new(Message {

@@ -70,6 +70,10 @@ pub struct Limits {
     pub max_pending_per_ip: usize,
     /// Memory alarm threshold as a fraction of the machine's RAM (RabbitMQ's vm_memory_high_watermark).
     pub memory_high_watermark: f64,
+    /// Free disk space below which publishers are blocked (default: 1 GiB or the memory threshold,
+    /// whichever is larger — RabbitMQ's advice).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_free_limit_bytes: Option<u64>,
     /// Memory alarm threshold in bytes; overrides `memory_high_watermark` when set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_high_watermark_bytes: Option<u64>,
@@ -193,6 +197,7 @@ impl Default for Limits {
             max_connections_per_vhost: None,
             max_pending_connections: 1024,
             max_pending_per_ip: 64,
+            disk_free_limit_bytes: None,
             memory_high_watermark: 0.4,
             memory_high_watermark_bytes: None,
         }
@@ -291,8 +296,9 @@ impl Config {
         Ok(())
     }
 
-    /// The configuration `warren --dev` runs with: its own PKI under `data_dir/tls`, vhost `/`, and the
-    /// user `admin` with full permissions there.
+    /// The configuration `warren --dev` runs with: its own PKI under `data_dir/tls`, vhost `/`, the
+    /// user `admin` with full permissions there, the audit log in `data_dir/audit.log`, and a 64 MiB
+    /// free-disk limit.
     pub fn dev(data_dir: &Path, listen: SocketAddr) -> Self {
         let pki = crate::pki::DevPki::in_dir(&data_dir.join("tls"));
         Config {
@@ -304,7 +310,11 @@ impl Config {
                 key: pki.server_key,
                 crls: Vec::new(),
             },
-            limits: Limits::default(),
+            // A development broker should not refuse to work on a laptop with a few GiB free.
+            limits: Limits {
+                disk_free_limit_bytes: Some(64 << 20),
+                ..Limits::default()
+            },
             auth: AuthConfig::default(),
             network: NetworkConfig::default(),
             audit: AuditConfig {

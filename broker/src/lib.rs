@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod alarms;
 pub mod audit;
 pub mod broker;
 pub mod channel;
@@ -15,7 +16,6 @@ pub mod connection;
 pub mod error;
 pub mod exchange;
 pub mod identity;
-pub mod memory;
 pub mod message;
 pub mod password;
 pub mod permissions;

@@ -4,7 +4,7 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 
-use crate::memory::Charge;
+use crate::alarms::Charge;
 
 /// The header in which Warren records the authenticated identity of every message's publisher
 /// (replacing any value the client sent), so consumers can verify who placed a message.

@@ -142,6 +142,13 @@ fn run<M: Medium>(mut log: Log<M>, rx: Receiver<Command>, max_batch: usize) {
         };
         let ok = result.is_ok();
         let error = result.err();
+        if error
+            .as_ref()
+            .is_some_and(|e| e.kind() == io::ErrorKind::StorageFull)
+        {
+            log.account_unwritten_removals(&records);
+            let _ = log.reclaim();
+        }
         for done in completions {
             done(match &error {
                 None => Ok(()),

@@ -265,8 +265,8 @@ fn execute(broker: &Broker, request: Request) -> Result<Value, AdminError> {
             "listeners": broker.config.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "connections": broker.connections.len(),
             "vhosts": broker.definitions().vhosts,
-            "memory_used": broker.memory.used(),
-            "memory_alarm": broker.memory.in_alarm(),
+            "memory_used": broker.alarms.used(),
+            "memory_alarm": broker.alarms.in_alarm(),
         })),
     }
 }

@@ -8,10 +8,10 @@ use bytes::{Bytes, BytesMut};
 use warren_protocol::content::{stamp_header, BasicProperties, ContentHeader};
 
 use super::Channel;
+use crate::alarms::Charge;
 use crate::connection::session::Session;
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Exchange, RouteInput};
-use crate::memory::Charge;
 use crate::message::{Message, PUBLISHER_HEADER};
 use crate::permissions::{self, Access, Kind};
 use crate::persist::PendingConfirm;
@@ -256,7 +256,7 @@ impl Channel {
             priority: props.priority.unwrap_or(0),
             expiration_ms,
             charge: Some(Charge::new(
-                &s.broker.memory,
+                &s.broker.alarms,
                 (properties_len + body_len) as u64,
             )),
             persistent: props.delivery_mode == Some(2),

@@ -231,7 +231,7 @@ impl Connection {
         } else {
             Duration::from_secs(3600)
         };
-        let mut alarm = self.s.broker.memory.subscribe();
+        let mut alarm = self.s.broker.alarms.subscribe();
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Frames pipelined behind connection.open are already buffered.
@@ -328,12 +328,12 @@ impl Connection {
     /// RabbitMQ's resource alarm: a connection that publishes while the alarm is on stops being read
     /// (consumers elsewhere keep draining), after connection.blocked for clients that understand it.
     fn block_if_alarmed(&mut self) {
-        if std::mem::take(&mut self.s.published) && !self.blocked && self.s.broker.memory.in_alarm()
+        if std::mem::take(&mut self.s.published) && !self.blocked && self.s.broker.alarms.in_alarm()
         {
             self.blocked = true;
             if self.s.capabilities.connection_blocked {
                 let blocked = connection::Blocked {
-                    reason: "low on memory".into(),
+                    reason: self.s.broker.alarms.reason().into(),
                 };
                 self.s.send(
                     0,

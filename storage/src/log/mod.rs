@@ -231,6 +231,18 @@ impl<M: Medium> Log<M> {
         Ok(())
     }
 
+    /// After a write failed for lack of space: removals in it still count for space accounting, so
+    /// reclaiming can free the segments they empty. Safe because deleting a segment is itself the
+    /// removal; if the segment stays, a crash can only bring such a message back once more (allowed).
+    pub fn account_unwritten_removals(&mut self, records: &[Record]) {
+        let active = self.active();
+        for r in records {
+            if matches!(r, Record::Remove { .. } | Record::DropQueue { .. }) {
+                self.track(active, r);
+            }
+        }
+    }
+
     pub fn sync(&mut self) -> io::Result<()> {
         self.medium.sync(self.active())
     }
@@ -239,6 +251,17 @@ impl<M: Medium> Log<M> {
     /// one that is mostly dead (under a quarter of a segment still live), copies its live records
     /// forward — at most once per call, so the work per batch stays bounded. Call after a sync.
     pub fn reclaim(&mut self) -> io::Result<()> {
+        // A large active segment that is mostly dead is retired too (its few live records copied into a
+        // fresh segment), so acked messages free their space even when traffic never fills a segment
+        // (a small disk, a quiet broker).
+        let active = self.active();
+        if let Some(seg) = self.segments.get(&active) {
+            if seg.len > (self.segment_limit / 4).min(1 << 20) && seg.live_bytes < seg.len / 8 {
+                self.medium.create(active + 1)?;
+                self.segments.insert(active + 1, Segment::default());
+                self.copy_forward(active)?;
+            }
+        }
         let mut copied = false;
         loop {
             let active = self.active();
@@ -253,8 +276,12 @@ impl<M: Medium> Log<M> {
                 self.segments.remove(&oldest);
                 continue;
             }
+            // Only definitions left (tiny): always worth copying. A few live messages: only once enough
+            // segments wait behind this one.
+            let only_definitions = seg.live_messages == 0;
             let sparse = seg.live_bytes < self.segment_limit / 4;
-            if copied || !sparse || self.segments.len() <= self.compact_after + 1 {
+            let crowded = self.segments.len() > self.compact_after + 1;
+            if copied || !(only_definitions || sparse && crowded) {
                 return Ok(());
             }
             self.copy_forward(oldest)?;

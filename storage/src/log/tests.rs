@@ -356,3 +356,63 @@ fn compaction_copies_pinned_messages_forward() {
     let (_, r) = Log::open(medium, 4096).unwrap();
     assert_eq!(r.queues["a"].keys().copied().collect::<Vec<_>>(), vec![0]);
 }
+
+#[test]
+fn a_dead_active_segment_is_retired() {
+    let medium = MemoryMedium::default();
+    let (mut log, _) = Log::open(medium.clone(), 64 << 10).unwrap();
+    log.append(&[put("q/a", "definition")]).unwrap();
+    for id in 0..60 {
+        log.append(&[enqueue("a", id, &"v".repeat(500))]).unwrap();
+    }
+    let ids: Vec<Record> = (0..60).map(|id| remove("a", id)).collect();
+    log.append(&ids).unwrap();
+    log.sync().unwrap();
+    let before = log.segment_ids();
+    log.reclaim().unwrap();
+    let after = log.segment_ids();
+    assert_eq!(after.len(), 1, "{before:?} -> {after:?}");
+    assert_ne!(
+        after, before,
+        "the dead segment was replaced by a fresh one"
+    );
+    drop(log);
+    let (_, r) = Log::open(medium, 64 << 10).unwrap();
+    assert_eq!(
+        r.definitions["q/a"],
+        Bytes::from("definition"),
+        "live definitions were carried over"
+    );
+    assert!(r.queues.get("a").is_none_or(|q| q.is_empty()));
+}
+
+#[test]
+fn removals_free_space_even_on_a_full_disk() {
+    let medium = FaultyMedium::default();
+    let (store, _) = Store::open(
+        medium.clone(),
+        StoreOptions {
+            segment_bytes: 64 << 10,
+            max_batch: 64,
+        },
+    )
+    .unwrap();
+    for id in 0..50 {
+        store.write(vec![enqueue("q", id, &"f".repeat(1000))], None);
+    }
+    store.flush().unwrap();
+    medium.set_space(Some(0));
+    // The disk is full: the removals cannot be written, yet acknowledging everything frees the segment.
+    let (tx, rx) = std::sync::mpsc::channel();
+    store.write(
+        (0..50).map(|id| remove("q", id)).collect(),
+        Some(Box::new(move |r| tx.send(r.is_ok()).unwrap())),
+    );
+    assert!(!rx.recv().unwrap(), "the removals could not be written");
+    medium.set_space(Some(10_000));
+    store.write(vec![enqueue("q", 100, "fits again")], None);
+    store.flush().unwrap();
+    drop(store);
+    let (_, r) = Log::open(medium.reopen(), 64 << 10).unwrap();
+    assert_eq!(r.queues["q"].keys().copied().collect::<Vec<_>>(), vec![100]);
+}
