@@ -45,6 +45,8 @@ pub struct Broker {
     pub alarms: Arc<Alarms>,
     pub(crate) vhosts: DashMap<String, Arc<Vhost>>,
     pub(crate) users: RwLock<HashMap<String, Arc<User>>>,
+    /// Moves whenever a user or its permissions change (invalidates per-connection permission caches).
+    pub(crate) users_generation: AtomicU64,
     /// The persisted document; held while an administrative change is applied and saved.
     pub(crate) definitions: Mutex<Definitions>,
     pub(crate) definitions_path: PathBuf,
@@ -126,6 +128,7 @@ impl Broker {
             config,
             vhosts,
             users: RwLock::new(users),
+            users_generation: AtomicU64::new(0),
             definitions: Mutex::new(definitions),
             definitions_path,
             connections: DashMap::new(),
@@ -229,6 +232,10 @@ impl Broker {
 
     pub fn user(&self, name: &str) -> Option<Arc<User>> {
         self.users.read().get(name).cloned()
+    }
+
+    pub fn users_generation(&self) -> u64 {
+        self.users_generation.load(Ordering::Acquire)
     }
 
     pub fn next_connection_id(&self) -> ConnectionId {

@@ -27,7 +27,7 @@ impl Access {
 }
 
 /// What a resource is, for the check and for the denial text.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Queue,
     Exchange,
@@ -82,11 +82,21 @@ fn denied(s: &Session, user: &User, text: String) -> AmqpError {
 
 /// `ACCESS_REFUSED - write access to exchange 'x' in vhost '/' refused for user 'bob'` unless permitted.
 pub fn check(s: &Session, access: Access, kind: Kind, name: &str) -> AmqpResult<()> {
+    // The publish path checks the same exchange again and again: remember the last grant until any
+    // user's permissions change (the generation moves).
+    let generation = s.broker.users_generation();
+    if let Some((g, a, k, n)) = &*s.last_grant.borrow() {
+        if *g == generation && *a == access && *k == kind && n == name {
+            return Ok(());
+        }
+    }
     let user = current_user(s)?;
-    let name = resource_name(kind, name);
-    if allowed(&user, &s.vhost.name, access, name) {
+    let resource = resource_name(kind, name);
+    if allowed(&user, &s.vhost.name, access, resource) {
+        *s.last_grant.borrow_mut() = Some((generation, access, kind, name.to_string()));
         return Ok(());
     }
+    let name = resource;
     let text = format!(
         "{} access to {} '{name}' in vhost '{}' refused for user '{}'",
         access.as_str(),

@@ -102,12 +102,20 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
             path: path.clone(),
             source,
         })?;
+        let before = crls.len();
         for crl in CertificateRevocationListDer::pem_slice_iter(&data) {
             crls.push(crl.map_err(|e| TlsError::Pem {
                 path: path.clone(),
                 what: "CRL",
                 detail: e.to_string(),
             })?);
+        }
+        if crls.len() == before {
+            return Err(TlsError::Pem {
+                path: path.clone(),
+                what: "CRL",
+                detail: "the file holds none".into(),
+            });
         }
     }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())

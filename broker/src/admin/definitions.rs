@@ -61,6 +61,8 @@ impl Broker {
     /// Rebuilds the running user from its definition (or removes it).
     fn refresh_user(&self, defs: &Definitions, name: &str) -> Result<(), AdminError> {
         let mut users = self.users.write();
+        self.users_generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         match defs.users.iter().find(|u| u.name == name) {
             Some(def) => {
                 let user = User::from_config(def).map_err(|e| AdminError(e.to_string()))?;

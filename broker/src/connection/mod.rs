@@ -118,6 +118,7 @@ pub async fn serve(
                     outbox,
                     write_budget: Arc::new(Limit::new(NO_ACK_WRITE_BUDGET)),
                     published: false,
+                    last_grant: Default::default(),
                 };
                 let conn = Connection {
                     s: session,

@@ -12,6 +12,7 @@ use warren_protocol::method::encode_method;
 use crate::broker::Broker;
 use crate::connection::outbound::Outbound;
 use crate::message::Message;
+use crate::permissions::{Access, Kind};
 use crate::queue::consumer::{ConnectionId, Limit};
 use crate::users::User;
 use crate::vhost::Vhost;
@@ -38,6 +39,8 @@ pub struct Session {
     pub write_budget: Arc<Limit>,
     /// A basic.publish completed since the connection last looked (the memory alarm blocks publishers).
     pub published: bool,
+    /// The last permission granted, with the users' generation it was granted under.
+    pub last_grant: std::cell::RefCell<Option<(u64, Access, Kind, String)>>,
 }
 
 /// No-ack deliveries a connection may have in flight between queues and its socket.
