@@ -1,14 +1,16 @@
 //! Warren's internal certificate authority (rcgen): the CA `warren --dev` creates, the server and client
 //! certificates it issues, and `brokerctl ca` for operators issuing per-service certificates. The same
-//! code issues test fixtures (foreign CAs, expired certificates).
+//! code issues test fixtures (foreign CAs, expired certificates, client certificates with subject
+//! alternative names or chosen serial numbers, and CRLs revoking them).
 //!
 //! Crate rule: files and certificates only; it knows nothing of AMQP or of the broker.
 
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevocationReason, RevokedCertParams, SanType, SerialNumber,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -35,6 +37,23 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
 pub struct Pem {
     pub cert: String,
     pub key: String,
+}
+
+/// A subject alternative name of a client certificate (what `cert_login_from = subject_alternative_name`
+/// reads).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientSan {
+    Dns(String),
+    Email(String),
+    Uri(String),
+}
+
+/// What a client certificate may carry besides its subject: subject alternative names, in order, and
+/// a chosen serial number (so a CRL can revoke it; otherwise the serial is derived from the key).
+#[derive(Debug, Clone, Default)]
+pub struct ClientExtras {
+    pub subject_alt_names: Vec<ClientSan>,
+    pub serial_number: Option<u64>,
 }
 
 /// A CA able to issue certificates.
@@ -161,10 +180,56 @@ impl CertificateAuthority {
         dn: DistinguishedName,
         validity: Validity,
     ) -> Result<Pem, PkiError> {
+        self.issue_client_with_extras(dn, &ClientExtras::default(), validity)
+    }
+
+    /// Issues a client certificate with subject `dn` plus the given subject alternative names and
+    /// serial number.
+    pub fn issue_client_with_extras(
+        &self,
+        dn: DistinguishedName,
+        extras: &ClientExtras,
+        validity: Validity,
+    ) -> Result<Pem, PkiError> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name = dn;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        for san in &extras.subject_alt_names {
+            params.subject_alt_names.push(match san {
+                ClientSan::Dns(v) => SanType::DnsName(v.as_str().try_into()?),
+                ClientSan::Email(v) => SanType::Rfc822Name(v.as_str().try_into()?),
+                ClientSan::Uri(v) => SanType::URI(v.as_str().try_into()?),
+            });
+        }
+        params.serial_number = extras.serial_number.map(SerialNumber::from);
         self.sign(params, validity)
+    }
+
+    /// A PEM certificate revocation list signed by this CA (number `crl_number`, valid over
+    /// `validity`) revoking the certificates with the given serial numbers.
+    pub fn revocation_list(
+        &self,
+        crl_number: u64,
+        revoked_serials: &[u64],
+        validity: Validity,
+    ) -> Result<String, PkiError> {
+        let params = CertificateRevocationListParams {
+            this_update: validity.not_before,
+            next_update: validity.not_after,
+            crl_number: SerialNumber::from(crl_number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked_serials
+                .iter()
+                .map(|serial| RevokedCertParams {
+                    serial_number: SerialNumber::from(*serial),
+                    revocation_time: validity.not_before,
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
     }
 
     /// Issues a client certificate for user `common_name`.
@@ -253,4 +318,74 @@ impl DevPki {
 pub fn write_pair(cert_path: &Path, key_path: &Path, pem: &Pem) -> Result<(), PkiError> {
     warren_storage::write_atomic(key_path, pem.key.as_bytes(), 0o600).map_err(io_err(key_path))?;
     warren_storage::write_atomic(cert_path, pem.cert.as_bytes(), 0o644).map_err(io_err(cert_path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use x509_parser::extensions::GeneralName;
+    use x509_parser::pem::parse_x509_pem;
+    use x509_parser::prelude::{parse_x509_crl, FromDer, X509Certificate};
+
+    fn der(pem: &str) -> Vec<u8> {
+        parse_x509_pem(pem.as_bytes()).unwrap().1.contents
+    }
+
+    #[test]
+    fn client_extras_set_the_serial_and_subject_alternative_names() {
+        let ca = CertificateAuthority::create("test CA").unwrap();
+        let extras = ClientExtras {
+            subject_alt_names: vec![
+                ClientSan::Email("bob@example.com".into()),
+                ClientSan::Uri("spiffe://example/bob".into()),
+                ClientSan::Dns("bob.example".into()),
+            ],
+            serial_number: Some(4242),
+        };
+        let pem = ca
+            .issue_client_with_extras(subject("bob"), &extras, Validity::days(1))
+            .unwrap();
+        let cert_der = der(&pem.cert);
+        let (_, cert) = X509Certificate::from_der(&cert_der).unwrap();
+        assert_eq!(cert.raw_serial(), &[0x10, 0x92]);
+        let sans = &cert
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names;
+        assert_eq!(
+            sans,
+            &vec![
+                GeneralName::RFC822Name("bob@example.com"),
+                GeneralName::URI("spiffe://example/bob"),
+                GeneralName::DNSName("bob.example"),
+            ]
+        );
+        // Without extras the serial is still set (derived from the key) and there are no SANs.
+        let plain = der(&ca.issue_client("bob", Validity::days(1)).unwrap().cert);
+        let (_, plain) = X509Certificate::from_der(&plain).unwrap();
+        assert!(plain.subject_alternative_name().unwrap().is_none());
+    }
+
+    #[test]
+    fn revocation_lists_name_the_ca_and_the_revoked_serials() {
+        let ca = CertificateAuthority::create("test CA").unwrap();
+        let crl = ca
+            .revocation_list(7, &[4242, 1], Validity::days(1))
+            .unwrap();
+        assert!(crl.starts_with("-----BEGIN X509 CRL-----"), "{crl}");
+        let crl_der = der(&crl);
+        let (_, crl) = parse_x509_crl(&crl_der).unwrap();
+        assert_eq!(crl.issuer().to_string(), "O=Warren, CN=test CA");
+        let serials: Vec<_> = crl
+            .iter_revoked_certificates()
+            .map(|r| r.raw_serial().to_vec())
+            .collect();
+        assert_eq!(serials, vec![vec![0x10, 0x92], vec![0x01]]);
+        assert!(
+            ca.revocation_list(8, &[], Validity::days(1)).is_ok(),
+            "an empty CRL"
+        );
+    }
 }

@@ -2,11 +2,18 @@
 //! in-process on 127.0.0.1:0 (see the `warren_tests` harness) and talks to it over mutual TLS.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin;
+mod audit;
 mod basic;
 mod channel;
 mod confirm;
 mod errors;
 mod exchange;
 mod handshake;
+mod hardening;
+mod identity;
+mod password_bridge;
+mod permissions;
+mod publisher;
 mod queue;
 mod tls;

@@ -1,5 +1,7 @@
 //! [`TestBroker`]: one broker per test, in its own temporary directory with its own dev PKI, serving a
-//! listener bound to `127.0.0.1:0` (no port races) on the test's tokio runtime until dropped.
+//! listener bound to `127.0.0.1:0` (no port races) and its admin socket (`DATA_DIR/admin.sock`) on the
+//! test's tokio runtime until dropped. [`TestBroker::restart`] starts a new broker on the same data
+//! directory, as an operator's restart would.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,10 +20,14 @@ pub struct TestBroker {
     pub port: u16,
     pub pki: DevPki,
     pub config: Arc<Config>,
+    /// The broker itself: `server.broker` for its state, `server.reload_tls()` for a SIGHUP.
+    pub server: Arc<Server>,
     pub(crate) ca: CertificateAuthority,
-    dir: TempDir,
+    /// Always Some; an Option only so that [`TestBroker::restart`] can move it to the next broker.
+    dir: Option<TempDir>,
     shutdown: Option<oneshot::Sender<()>>,
     served: Option<JoinHandle<()>>,
+    admin: Option<JoinHandle<()>>,
 }
 
 impl TestBroker {
@@ -30,21 +36,29 @@ impl TestBroker {
         Self::start_with(|_| {}).await
     }
 
-    /// A broker whose configuration `adjust` changes first (limits, vhosts, users).
+    /// A broker whose configuration `adjust` changes first (limits, vhosts, users). When `adjust`
+    /// runs, `config.data_dir` is the broker's directory and the dev PKI already exists under
+    /// `DATA_DIR/tls` (see [`crate::certs::dev_ca`] for files that must exist before the start).
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let (pki, _) = DevPki::ensure(&dir.path().join("tls")).expect("dev PKI");
+        DevPki::ensure(&dir.path().join("tls")).expect("dev PKI");
         let mut config = Config::dev(dir.path(), "127.0.0.1:0".parse().unwrap());
         adjust(&mut config);
         config.validate().expect("test configuration is valid");
-        let config = Arc::new(config);
+        Self::launch(dir, Arc::new(config)).await
+    }
 
+    async fn launch(dir: TempDir, config: Arc<Config>) -> Self {
+        let (pki, _) = DevPki::ensure(&dir.path().join("tls")).expect("dev PKI");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("local address").port();
-        let server = Server::new(config.clone()).expect("broker starts");
+        let server = Arc::new(Server::new(config.clone()).expect("broker starts"));
+        let socket = warren_broker::admin::bind(&config.admin_socket()).expect("admin socket");
+        let admin = tokio::spawn(warren_broker::admin::serve(server.broker.clone(), socket));
         let (shutdown, stop) = oneshot::channel::<()>();
+        let serving = server.clone();
         let served = tokio::spawn(async move {
-            server
+            serving
                 .serve(listener, async {
                     let _ = stop.await;
                 })
@@ -60,25 +74,43 @@ impl TestBroker {
             port,
             pki,
             config,
+            server,
             ca,
-            dir,
+            dir: Some(dir),
             shutdown: Some(shutdown),
             served: Some(served),
+            admin: Some(admin),
         }
     }
 
     /// The broker's data directory (also where tests write extra PEM files).
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        self.dir.as_ref().expect("the data directory").path()
     }
 
     /// A path for a test file inside the broker's temporary directory.
     pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.dir().join(name)
     }
 
     /// Shuts the broker down and waits for `serve` to return (it closes every connection first).
     pub async fn stop(mut self) {
+        self.shut_down().await;
+    }
+
+    /// Stops this broker, then starts a new one with the same configuration on the same data
+    /// directory (definitions, PKI and audit log carry over; the port is new).
+    pub async fn restart(mut self) -> Self {
+        self.shut_down().await;
+        let dir = self.dir.take().expect("the data directory");
+        Self::launch(dir, self.config.clone()).await
+    }
+
+    async fn shut_down(&mut self) {
+        if let Some(admin) = self.admin.take() {
+            admin.abort();
+            let _ = admin.await;
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -93,6 +125,9 @@ impl TestBroker {
 
 impl Drop for TestBroker {
     fn drop(&mut self) {
+        if let Some(admin) = self.admin.take() {
+            admin.abort();
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

@@ -167,6 +167,43 @@ impl TestBroker {
         key: &Path,
         heartbeat: Option<u16>,
     ) -> Result<Client, amqprs::error::Error> {
+        self.open(
+            cert,
+            key,
+            heartbeat,
+            "/",
+            SecurityCredentials::new_external(),
+        )
+        .await
+    }
+
+    /// Connects as `name` with a fresh certificate from the broker's CA (EXTERNAL, vhost `/`).
+    pub async fn connect_user(&self, name: &str) -> Client {
+        let (cert, key) = self.user_cert_files(name);
+        self.connect_as(&cert, &key, None)
+            .await
+            .unwrap_or_else(|e| panic!("{name} connects: {e}"))
+    }
+
+    /// Connects with the given certificate to `vhost`, authenticating with `credentials` (EXTERNAL,
+    /// or PLAIN/AMQPLAIN through the password bridge).
+    pub async fn connect_with(
+        &self,
+        (cert, key): (&Path, &Path),
+        vhost: &str,
+        credentials: SecurityCredentials,
+    ) -> Result<Client, amqprs::error::Error> {
+        self.open(cert, key, None, vhost, credentials).await
+    }
+
+    async fn open(
+        &self,
+        cert: &Path,
+        key: &Path,
+        heartbeat: Option<u16>,
+        vhost: &str,
+        credentials: SecurityCredentials,
+    ) -> Result<Client, amqprs::error::Error> {
         let tls = TlsAdaptor::with_client_auth(
             Some(&self.pki.ca_cert),
             cert,
@@ -175,7 +212,8 @@ impl TestBroker {
         )
         .expect("TLS adaptor");
         let mut args = OpenConnectionArguments::new("127.0.0.1", self.port, "", "");
-        args.credentials(SecurityCredentials::new_external())
+        args.credentials(credentials)
+            .virtual_host(vhost)
             .tls_adaptor(tls);
         if let Some(heartbeat) = heartbeat {
             args.heartbeat(heartbeat);
@@ -383,6 +421,17 @@ pub struct Delivery {
     pub message_count: Option<u32>,
     pub properties: BasicProperties,
     pub body: Vec<u8>,
+}
+
+impl Delivery {
+    /// A header's value when it is a long string (None when absent or of another type).
+    pub fn header(&self, key: &str) -> Option<String> {
+        let key: amqprs::FieldName = key.try_into().expect("a short header name");
+        match self.properties.headers()?.get(&key)? {
+            amqprs::FieldValue::S(value) => Some(value.to_string()),
+            _ => None,
+        }
+    }
 }
 
 /// Deliveries to one consumer.

@@ -1,18 +1,22 @@
 //! Harness for Warren's end-to-end tests: the real broker served in-process on `127.0.0.1:0` with a
 //! fresh dev PKI ([`TestBroker`]), an amqprs client over mutual TLS ([`client`]) for what applications
-//! see, and a raw frame client ([`raw`]) for protocol-level checks (frame order, exact bytes, errors).
+//! see, a raw frame client ([`raw`]) for protocol-level checks (frame order, exact bytes, errors), and
+//! the admin API ([`admin`]: JSON on the admin socket, or the real `brokerctl`).
 //!
 //! Every wait is bounded by [`TIMEOUT`], so a broker that hangs fails a test instead of stalling the run.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod admin;
 pub mod broker;
 pub mod certs;
 pub mod client;
 pub mod raw;
+pub mod users;
 
 use std::future::Future;
 use std::time::Duration;
 
+pub use admin::{Admin, CtlOutput};
 pub use broker::TestBroker;
 pub use client::{ChannelEvent, Client, CloseInfo, Consumer, Delivery, TestChannel};
 pub use raw::{Identity, RawClient, Tuning};

@@ -4,6 +4,7 @@
 use amq_protocol::frame::WriteContext;
 use amq_protocol::protocol::basic::{gen_properties, AMQPProperties};
 use amq_protocol::protocol::{basic, channel, confirm, exchange, queue, AMQPClass};
+use amq_protocol::types::{AMQPValue, FieldTable};
 use bytes::BytesMut;
 use warren_protocol::frame::{encode_body, encode_content_header};
 use warren_protocol::method::encode_method;
@@ -75,6 +76,95 @@ pub fn exchange_declare(name: &str, kind: &str) -> AMQPClass {
     }))
 }
 
+/// queue.declare with arguments (`passive` for a passive declare).
+pub fn queue_declare_with(name: &str, passive: bool, arguments: FieldTable) -> AMQPClass {
+    AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+        queue: name.into(),
+        passive,
+        arguments,
+        ..Default::default()
+    }))
+}
+
+pub fn queue_delete(name: &str) -> AMQPClass {
+    AMQPClass::Queue(queue::AMQPMethod::Delete(queue::Delete {
+        queue: name.into(),
+        ..Default::default()
+    }))
+}
+
+pub fn queue_purge(name: &str) -> AMQPClass {
+    AMQPClass::Queue(queue::AMQPMethod::Purge(queue::Purge {
+        queue: name.into(),
+        nowait: false,
+    }))
+}
+
+pub fn queue_unbind(queue: &str, exchange: &str, routing_key: &str) -> AMQPClass {
+    AMQPClass::Queue(queue::AMQPMethod::Unbind(queue::Unbind {
+        queue: queue.into(),
+        exchange: exchange.into(),
+        routing_key: routing_key.into(),
+        ..Default::default()
+    }))
+}
+
+/// exchange.declare with arguments (`passive` for a passive declare).
+pub fn exchange_declare_with(
+    name: &str,
+    kind: &str,
+    passive: bool,
+    arguments: FieldTable,
+) -> AMQPClass {
+    AMQPClass::Exchange(exchange::AMQPMethod::Declare(exchange::Declare {
+        exchange: name.into(),
+        kind: kind.into(),
+        passive,
+        arguments,
+        ..Default::default()
+    }))
+}
+
+pub fn exchange_delete(name: &str) -> AMQPClass {
+    AMQPClass::Exchange(exchange::AMQPMethod::Delete(exchange::Delete {
+        exchange: name.into(),
+        ..Default::default()
+    }))
+}
+
+/// exchange.bind `destination` to `source`.
+pub fn exchange_bind(destination: &str, source: &str, routing_key: &str) -> AMQPClass {
+    AMQPClass::Exchange(exchange::AMQPMethod::Bind(exchange::Bind {
+        destination: destination.into(),
+        source: source.into(),
+        routing_key: routing_key.into(),
+        ..Default::default()
+    }))
+}
+
+pub fn exchange_unbind(destination: &str, source: &str, routing_key: &str) -> AMQPClass {
+    AMQPClass::Exchange(exchange::AMQPMethod::Unbind(exchange::Unbind {
+        destination: destination.into(),
+        source: source.into(),
+        routing_key: routing_key.into(),
+        ..Default::default()
+    }))
+}
+
+pub fn basic_get(queue: &str, no_ack: bool) -> AMQPClass {
+    AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get {
+        queue: queue.into(),
+        no_ack,
+    }))
+}
+
+/// A field table with one long-string entry (`x-dead-letter-exchange`, `alternate-exchange`, ...).
+pub fn text_argument(key: &str, value: &str) -> FieldTable {
+    let mut table = FieldTable::default();
+    table.insert(key.into(), AMQPValue::LongString(value.into()));
+    table
+}
+
 pub fn basic_publish(exchange: &str, routing_key: &str, mandatory: bool) -> AMQPClass {
     AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
         exchange: exchange.into(),
@@ -117,4 +207,29 @@ pub fn content_header_payload(body_size: u64, properties: &[u8]) -> Vec<u8> {
     encode_content_header(&mut out, 0, 60, body_size, properties);
     // strip the 7-octet frame header and the frame-end octet
     out[7..out.len() - 1].to_vec()
+}
+
+/// The SASL PLAIN response: `authzid NUL login NUL password` with an empty authzid.
+pub fn plain_response(login: &str, password: &str) -> Vec<u8> {
+    format!("\0{login}\0{password}").into_bytes()
+}
+
+/// The SASL AMQPLAIN response: a field table with LOGIN and PASSWORD, without its length prefix (as
+/// py-amqp and amqprs send it).
+pub fn amqplain_response(login: &str, password: &str) -> Vec<u8> {
+    use amq_protocol::types::generation::gen_field_table;
+    use amq_protocol::types::LongString;
+    let mut table = FieldTable::default();
+    table.insert(
+        "LOGIN".into(),
+        AMQPValue::LongString(LongString::from(login)),
+    );
+    table.insert(
+        "PASSWORD".into(),
+        AMQPValue::LongString(LongString::from(password)),
+    );
+    let encoded = gen_field_table(&table)(WriteContext::from(Vec::new()))
+        .expect("field table encodes")
+        .write;
+    encoded[4..].to_vec()
 }

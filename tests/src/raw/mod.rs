@@ -3,6 +3,7 @@
 //! warren-protocol (methods are amq-protocol's `AMQPClass`), so the tests speak the same wire format
 //! the broker does without sharing any of its state machines.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -25,6 +26,7 @@ use warren_protocol::method::{decode_method, encode_method};
 
 use crate::{CloseInfo, TestBroker, TIMEOUT};
 
+mod attempt;
 mod build;
 pub use build::*;
 
@@ -47,6 +49,10 @@ pub struct Tuning {
     pub vhost: String,
     /// Advertise consumer_cancel_notify (and the other usual client capabilities) in start-ok.
     pub capabilities: bool,
+    /// The SASL mechanism and response of start-ok (EXTERNAL with an empty response by default; see
+    /// [`plain_response`] and [`amqplain_response`] for the password bridge).
+    pub mechanism: String,
+    pub response: Vec<u8>,
 }
 
 impl Default for Tuning {
@@ -57,6 +63,8 @@ impl Default for Tuning {
             heartbeat: 0,
             vhost: "/".to_string(),
             capabilities: true,
+            mechanism: "EXTERNAL".to_string(),
+            response: Vec::new(),
         }
     }
 }
@@ -114,6 +122,9 @@ fn tls_config(ca: &Path, identity: Option<&Pem>) -> Arc<ClientConfig> {
     Arc::new(config)
 }
 
+/// Channels opened by [`RawClient::attempt`] start here, clear of the numbers tests pick by hand.
+const FIRST_ATTEMPT_CHANNEL: u16 = 1000;
+
 /// A TLS connection driven frame by frame.
 pub struct RawClient {
     stream: TlsStream<TcpStream>,
@@ -122,6 +133,8 @@ pub struct RawClient {
     pub frame_max: u32,
     /// Heartbeat frames skipped by the `next_*` readers so far.
     pub heartbeats_seen: usize,
+    /// The channel [`Self::attempt`] opens next.
+    next_attempt_channel: u16,
 }
 
 impl TestBroker {
@@ -145,6 +158,23 @@ impl RawClient {
     /// certificate after the client's handshake completes, so a refused certificate may only show as
     /// a closed connection on the first read.
     pub async fn connect(broker: &TestBroker, identity: Identity) -> std::io::Result<Self> {
+        Self::connect_tcp(broker, identity, None).await
+    }
+
+    /// Like [`Self::connect`], from the local address `source` (e.g. 127.0.0.2, for the allowlist).
+    pub async fn connect_from(
+        broker: &TestBroker,
+        identity: Identity,
+        source: IpAddr,
+    ) -> std::io::Result<Self> {
+        Self::connect_tcp(broker, identity, Some(source)).await
+    }
+
+    async fn connect_tcp(
+        broker: &TestBroker,
+        identity: Identity,
+        source: Option<IpAddr>,
+    ) -> std::io::Result<Self> {
         let pem = match identity {
             Identity::Admin => Some(broker.admin_cert()),
             Identity::Cert(pem) => Some(pem),
@@ -152,7 +182,7 @@ impl RawClient {
         };
         let config = tls_config(&broker.pki.ca_cert, pem.as_ref());
         let connect = async {
-            let tcp = TcpStream::connect(("127.0.0.1", broker.port)).await?;
+            let tcp = tcp_connect(broker.port, source).await?;
             tcp.set_nodelay(true)?;
             let name = ServerName::try_from("localhost").expect("server name");
             TlsConnector::from(config).connect(name, tcp).await
@@ -165,7 +195,24 @@ impl RawClient {
             rbuf: BytesMut::with_capacity(64 * 1024),
             frame_max: 4096,
             heartbeats_seen: 0,
+            next_attempt_channel: FIRST_ATTEMPT_CHANNEL,
         })
+    }
+
+    /// This client's end of the TCP connection (what the broker sees as the peer).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream.get_ref().0.local_addr().expect("local address")
+    }
+
+    /// The certificate the broker presented in the TLS handshake (DER).
+    pub fn server_certificate(&self) -> Vec<u8> {
+        self.stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .expect("the broker presented a certificate")
+            .to_vec()
     }
 
     // ---- writing -------------------------------------------------------------------------------
@@ -367,6 +414,16 @@ impl RawClient {
 
     /// connection.start-ok with SASL EXTERNAL and an empty response (identity from the certificate).
     pub async fn send_start_ok(&mut self, capabilities: bool) {
+        self.send_start_ok_with(capabilities, "EXTERNAL", b"").await;
+    }
+
+    /// connection.start-ok with any mechanism and response.
+    pub async fn send_start_ok_with(
+        &mut self,
+        capabilities: bool,
+        mechanism: &str,
+        response: &[u8],
+    ) {
         let mut props = FieldTable::default();
         props.insert(
             "product".into(),
@@ -386,8 +443,8 @@ impl RawClient {
         }
         let start_ok = connection::StartOk {
             client_properties: props,
-            mechanism: "EXTERNAL".into(),
-            response: LongString::from(""),
+            mechanism: mechanism.into(),
+            response: LongString::from(response.to_vec()),
             locale: "en_US".into(),
         };
         self.send_method(
@@ -411,10 +468,69 @@ impl RawClient {
         handshake
     }
 
+    /// The whole negotiation, or the connection.close the broker answers with instead of tune (a
+    /// refused login) or open-ok (a refused vhost); the close is answered with close-ok.
+    pub async fn try_handshake(&mut self, tuning: &Tuning) -> Result<Handshake, CloseInfo> {
+        let start = self.start().await;
+        self.send_start_ok_with(tuning.capabilities, &tuning.mechanism, &tuning.response)
+            .await;
+        let tune = match self.next_method().await {
+            (0, AMQPClass::Connection(connection::AMQPMethod::Tune(tune))) => tune,
+            (0, AMQPClass::Connection(connection::AMQPMethod::Close(close))) => {
+                return Err(self.answer_connection_close(close).await)
+            }
+            other => panic!("expected connection.tune or close, got {other:?}"),
+        };
+        let tune_ok = connection::TuneOk {
+            channel_max: tuning.channel_max.unwrap_or(tune.channel_max),
+            frame_max: tuning.frame_max.unwrap_or(tune.frame_max),
+            heartbeat: tuning.heartbeat,
+        };
+        self.frame_max = tune_ok.frame_max;
+        self.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::TuneOk(tune_ok)),
+        )
+        .await;
+        self.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
+                virtual_host: tuning.vhost.as_str().into(),
+            })),
+        )
+        .await;
+        match self.next_method().await {
+            (0, AMQPClass::Connection(connection::AMQPMethod::OpenOk(_))) => {
+                Ok(Handshake { start, tune })
+            }
+            (0, AMQPClass::Connection(connection::AMQPMethod::Close(close))) => {
+                Err(self.answer_connection_close(close).await)
+            }
+            other => panic!("expected connection.open-ok or close, got {other:?}"),
+        }
+    }
+
+    async fn answer_connection_close(&mut self, close: connection::Close) -> CloseInfo {
+        let mut out = BytesMut::new();
+        encode_method(
+            &mut out,
+            0,
+            &AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+        );
+        let _ = self.try_send(&out).await;
+        CloseInfo {
+            code: close.reply_code,
+            text: close.reply_text.as_str().to_string(),
+            class_id: close.class_id,
+            method_id: close.method_id,
+        }
+    }
+
     /// The negotiation up to and including sending connection.open (the answer is left unread).
     pub async fn negotiate(&mut self, tuning: &Tuning) -> Handshake {
         let start = self.start().await;
-        self.send_start_ok(tuning.capabilities).await;
+        self.send_start_ok_with(tuning.capabilities, &tuning.mechanism, &tuning.response)
+            .await;
         let tune = match self.expect_method(0).await {
             AMQPClass::Connection(connection::AMQPMethod::Tune(tune)) => tune,
             other => panic!("expected connection.tune, got {other:?}"),
@@ -523,6 +639,19 @@ impl RawClient {
                 (0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))) => return,
                 _ => continue,
             }
+        }
+    }
+}
+
+/// A TCP connection to the broker on 127.0.0.1, optionally from a chosen local address.
+pub async fn tcp_connect(port: u16, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let broker = SocketAddr::from(([127, 0, 0, 1], port));
+    match source {
+        None => TcpStream::connect(broker).await,
+        Some(ip) => {
+            let socket = TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(ip, 0))?;
+            socket.connect(broker).await
         }
     }
 }
