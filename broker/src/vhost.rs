@@ -49,6 +49,20 @@ impl fmt::Display for Resource<'_> {
     }
 }
 
+/// RabbitMQ's `assert_field_equivalence`: a redeclare must repeat the original value.
+fn ensure_same<T: PartialEq + fmt::Display>(
+    field: &str,
+    resource: Resource<'_>,
+    received: T,
+    current: T,
+) -> AmqpResult<()> {
+    if received == current {
+        Ok(())
+    } else {
+        Err(inequivalent(field, resource, received, current))
+    }
+}
+
 fn inequivalent(
     field: &str,
     resource: Resource<'_>,
@@ -268,38 +282,10 @@ impl Vhost {
         };
         let current = &existing.spec;
         let res = || self.resource("exchange", &spec.name);
-        if current.kind != spec.kind {
-            return Err(inequivalent(
-                "type",
-                res(),
-                spec.kind.as_str(),
-                current.kind.as_str(),
-            ));
-        }
-        if current.durable != spec.durable {
-            return Err(inequivalent(
-                "durable",
-                res(),
-                spec.durable,
-                current.durable,
-            ));
-        }
-        if current.auto_delete != spec.auto_delete {
-            return Err(inequivalent(
-                "auto_delete",
-                res(),
-                spec.auto_delete,
-                current.auto_delete,
-            ));
-        }
-        if current.internal != spec.internal {
-            return Err(inequivalent(
-                "internal",
-                res(),
-                spec.internal,
-                current.internal,
-            ));
-        }
+        ensure_same("type", res(), spec.kind.as_str(), current.kind.as_str())?;
+        ensure_same("durable", res(), spec.durable, current.durable)?;
+        ensure_same("auto_delete", res(), spec.auto_delete, current.auto_delete)?;
+        ensure_same("internal", res(), spec.internal, current.internal)?;
         // Only alternate-exchange is compared among exchange arguments (rabbit_exchange).
         arguments::check_keys_equivalent(
             &["alternate-exchange"],
@@ -410,22 +396,8 @@ impl Vhost {
             self.check_exclusive(&existing, spec.exclusive_owner, true)?;
             let current = &existing.spec;
             let res = || self.resource("queue", &spec.name);
-            if current.durable != spec.durable {
-                return Err(inequivalent(
-                    "durable",
-                    res(),
-                    spec.durable,
-                    current.durable,
-                ));
-            }
-            if current.auto_delete != spec.auto_delete {
-                return Err(inequivalent(
-                    "auto_delete",
-                    res(),
-                    spec.auto_delete,
-                    current.auto_delete,
-                ));
-            }
+            ensure_same("durable", res(), spec.durable, current.durable)?;
+            ensure_same("auto_delete", res(), spec.auto_delete, current.auto_delete)?;
             arguments::check_equivalent(&spec.arguments, &current.arguments, &res())?;
             existing.touch();
             return Ok(DeclaredQueue {
