@@ -106,7 +106,7 @@ fn topic_matching(c: &mut Criterion) {
             arguments: FieldTable::default(),
         };
         let q = vhost
-            .declare_queue(spec, false, false, ConnectionId(1))
+            .declare_queue(spec, false, false, ConnectionId(1), || Ok(()))
             .unwrap()
             .queue;
         let key = match i % 4 {
@@ -141,7 +141,7 @@ fn publish_path(c: &mut Criterion) {
         arguments: FieldTable::default(),
     };
     let q = vhost
-        .declare_queue(spec, false, false, ConnectionId(1))
+        .declare_queue(spec, false, false, ConnectionId(1), || Ok(()))
         .unwrap()
         .queue;
     vhost

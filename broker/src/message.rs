@@ -56,11 +56,35 @@ impl Message {
     }
 }
 
-/// Parses the `expiration` property as RabbitMQ does: a non-negative decimal integer of milliseconds.
-/// The error is RabbitMQ's reason term, for the 406 text.
+/// A header holding an array of strings (CC, BCC), as a list; anything else is no list.
+pub fn string_list(headers: &amq_protocol::types::FieldTable, key: &str) -> Vec<String> {
+    match headers.inner().get(key) {
+        Some(amq_protocol::types::AMQPValue::FieldArray(items)) => items
+            .as_slice()
+            .iter()
+            .filter_map(crate::queue::arguments::as_text)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Parses the `expiration` property as RabbitMQ does (`string:to_integer` then range checks): an
+/// optional sign and decimal digits, nothing else. The error is RabbitMQ's reason term, for the 406 text.
 pub fn parse_expiration(raw: &[u8]) -> Result<u64, String> {
-    let text = std::str::from_utf8(raw).map_err(|_| "no_integer".to_string())?;
-    let value: i128 = text.trim().parse().map_err(|_| "no_integer".to_string())?;
+    let text = String::from_utf8_lossy(raw);
+    let digits_from = usize::from(text.starts_with('-') || text.starts_with('+'));
+    let digits = text[digits_from..]
+        .bytes()
+        .take_while(u8::is_ascii_digit)
+        .count();
+    if digits == 0 {
+        return Err("no_integer".to_string());
+    }
+    let end = digits_from + digits;
+    if end < text.len() {
+        return Err(format!("{{leftover_string,\"{}\"}}", &text[end..]));
+    }
+    let value: i128 = text[..end].parse().map_err(|_| "no_integer".to_string())?;
     if value < 0 {
         return Err(format!("{{value_negative,{value}}}"));
     }
@@ -80,5 +104,10 @@ mod tests {
         assert_eq!(parse_expiration(b"0"), Ok(0));
         assert_eq!(parse_expiration(b"-1"), Err("{value_negative,-1}".into()));
         assert_eq!(parse_expiration(b"soon"), Err("no_integer".into()));
+        assert_eq!(parse_expiration(b" 5"), Err("no_integer".into()));
+        assert_eq!(
+            parse_expiration(b"1.5"),
+            Err("{leftover_string,\".5\"}".into())
+        );
     }
 }

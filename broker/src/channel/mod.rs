@@ -184,6 +184,12 @@ impl Channel {
         for (_, reg) in self.consumers.drain() {
             remove_consumer(s, &reg);
         }
+        // Acknowledgements of an uncommitted transaction are void: those deliveries are unacked again.
+        if let Some(tx) = self.tx.take() {
+            for (settled, _) in tx.settles {
+                self.unacked.put_back(settled);
+            }
+        }
         let pending = self.unacked.take_all();
         requeue(pending);
     }

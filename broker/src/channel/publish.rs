@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use amq_protocol::protocol::{basic, AMQPClass};
 use bytes::{Bytes, BytesMut};
-use warren_protocol::content::{stamp_header, BasicProperties, ContentHeader};
+use warren_protocol::content::{edit_headers, BasicProperties, ContentHeader};
 
 use super::Channel;
 use crate::alarms::Charge;
 use crate::connection::session::Session;
 use crate::error::{AmqpError, AmqpResult};
-use crate::exchange::{Exchange, RouteInput};
+use crate::exchange::Exchange;
 use crate::message::{Message, PUBLISHER_HEADER};
 use crate::permissions::{self, Access, Kind};
 use crate::persist::PendingConfirm;
@@ -241,11 +241,25 @@ impl Channel {
             })?),
         };
         s.published = true;
+        // Sender-selected distribution (RabbitMQ): CC and BCC headers add routing keys; BCC is not
+        // delivered.
+        let (cc, bcc) = sender_selected(&props);
         // The publisher is provable: its authenticated identity replaces any value the client sent.
-        let properties = stamp_header(&header.properties, PUBLISHER_HEADER, s.user.name.as_bytes())
-            .map_err(|e| {
-                AmqpError::frame_error(format!("cannot decode content header: {e}")).during(PUBLISH)
-            })?;
+        let remove: &[&str] = if bcc.is_empty() {
+            &[PUBLISHER_HEADER]
+        } else {
+            &[PUBLISHER_HEADER, "BCC"]
+        };
+        let properties = edit_headers(
+            &header.properties,
+            remove,
+            Some((PUBLISHER_HEADER, s.user.name.as_bytes())),
+        )
+        .map_err(|e| {
+            AmqpError::frame_error(format!("cannot decode content header: {e}")).during(PUBLISH)
+        })?;
+        let mut extra_keys = cc;
+        extra_keys.extend(bcc);
         let body_len = body.len();
         let properties_len = properties.len();
         let message = Arc::new(Message {
@@ -267,6 +281,7 @@ impl Channel {
             exchange: p.exchange,
             message,
             mandatory: p.mandatory,
+            extra_keys,
         };
         match &mut self.tx {
             Some(tx) => tx.publishes.push(publication),
@@ -300,6 +315,26 @@ pub struct Publication {
     exchange: Option<Arc<Exchange>>,
     message: Arc<Message>,
     mandatory: bool,
+    /// Routing keys from the CC and BCC headers, routed besides the message's own.
+    extra_keys: Vec<String>,
+}
+
+/// The CC and BCC headers (arrays of strings), read only when the headers table holds such keys.
+fn sender_selected(props: &BasicProperties<'_>) -> (Vec<String>, Vec<String>) {
+    let Some(raw) = props.headers else {
+        return (Vec::new(), Vec::new());
+    };
+    let mentions = |key: &[u8]| raw.windows(key.len()).any(|w| w == key);
+    if !mentions(b"\x02CC") && !mentions(b"\x03BCC") {
+        return (Vec::new(), Vec::new());
+    }
+    let Some(table) = props.headers_table() else {
+        return (Vec::new(), Vec::new());
+    };
+    (
+        crate::message::string_list(&table, "CC"),
+        crate::message::string_list(&table, "BCC"),
+    )
 }
 
 impl Channel {
@@ -312,27 +347,9 @@ impl Channel {
         confirm: Option<&Arc<PendingConfirm>>,
     ) -> bool {
         let message = &p.message;
-        let queues = match &p.exchange {
-            None => s
-                .vhost
-                .find_queue(&message.routing_key)
-                .into_iter()
-                .collect(),
-            Some(x) => {
-                let headers = || {
-                    BasicProperties::parse(&message.properties)
-                        .ok()
-                        .and_then(|p| p.headers_table())
-                };
-                s.vhost.route(
-                    x,
-                    &RouteInput {
-                        routing_key: &message.routing_key,
-                        headers: &headers,
-                    },
-                )
-            }
-        };
+        let keys = std::iter::once(&message.routing_key).chain(&p.extra_keys);
+        let queues =
+            crate::vhost::route_keys(&s.vhost, p.exchange.as_ref(), &message.properties, keys);
         let mut routed = false;
         let mut accepted = true;
         for q in &queues {

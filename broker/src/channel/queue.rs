@@ -7,7 +7,7 @@ use crate::connection::session::Session;
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::Destination;
 use crate::permissions::{self, Access, Kind};
-use crate::queue::arguments::as_text;
+use crate::queue::arguments::{as_text, type_name};
 use crate::queue::QueueSpec;
 
 /// A server-generated name: `prefix` and 22 characters of URL-safe base64 over 128 random bits, like
@@ -65,15 +65,6 @@ impl Channel {
                 } else if server_named || !name.starts_with("amq.") {
                     // (A client-chosen amq.* name is refused by the vhost before any permission check.)
                     permissions::check(s, Access::Configure, Kind::Queue, &name)?;
-                    if let Some(dlx) = d
-                        .arguments
-                        .inner()
-                        .get("x-dead-letter-exchange")
-                        .and_then(as_text)
-                    {
-                        permissions::check(s, Access::Write, Kind::Exchange, &dlx)?;
-                        permissions::check(s, Access::Read, Kind::Queue, &name)?;
-                    }
                 }
                 let spec = QueueSpec {
                     name,
@@ -82,7 +73,27 @@ impl Channel {
                     auto_delete: d.auto_delete,
                     arguments: d.arguments,
                 };
-                let declared = s.vhost.declare_queue(spec, d.passive, server_named, s.id)?;
+                let dead_letter_exchange = spec
+                    .arguments
+                    .inner()
+                    .get("x-dead-letter-exchange")
+                    .cloned();
+                let vhost = s.vhost.clone();
+                let queue_name = spec.name.clone();
+                let session: &Session = s;
+                let declared = vhost.declare_queue(spec, d.passive, server_named, s.id, || {
+                    let Some(dlx) = dead_letter_exchange else { return Ok(()) };
+                    // rabbit_channel: the DLX must be a string; then read on the queue, write on the DLX.
+                    let Some(dlx_name) = as_text(&dlx) else {
+                        return Err(AmqpError::precondition(format!(
+                            "invalid type '{}' for arg 'x-dead-letter-exchange' in queue '{queue_name}' in vhost '{}'",
+                            type_name(&dlx),
+                            session.vhost.name
+                        )));
+                    };
+                    permissions::check(session, Access::Read, Kind::Queue, &queue_name)?;
+                    permissions::check(session, Access::Write, Kind::Exchange, &dlx_name)
+                })?;
                 let q = declared.queue;
                 self.last_queue = Some(q.name().to_string());
                 let ok = queue::DeclareOk {

@@ -127,11 +127,12 @@ fn invalid(key: &str, resource: &Resource<'_>, term: impl fmt::Display) -> AmqpE
 }
 
 fn int_arg(key: &str, v: &AMQPValue, resource: &Resource<'_>) -> AmqpResult<i128> {
+    // rabbit_amqqueue:check_int_arg returns a formatted string, which `~p` prints in quotes.
     as_int(v).ok_or_else(|| {
         invalid(
             key,
             resource,
-            format_args!("{{unacceptable_type,{}}}", type_name(v)),
+            format_args!("\"expected integer, got {}\"", type_name(v)),
         )
     })
 }
@@ -327,10 +328,10 @@ pub fn check_keys_equivalent(
         if equal {
             continue;
         }
+        // Both present: the bare values (even of different types, as RabbitMQ prints them); one
+        // missing: the tagged form against `none`.
         let (shown_new, shown_old) = match (new, old) {
-            (Some(a), Some(b)) if type_class(a) == type_class(b) => {
-                (format!("'{}'", Bare(a)), format!("'{}'", Bare(b)))
-            }
+            (Some(a), Some(b)) => (format!("'{}'", Bare(a)), format!("'{}'", Bare(b))),
             _ => (tagged(new), tagged(old)),
         };
         return Err(AmqpError::precondition(format!(
@@ -363,7 +364,7 @@ mod tests {
         );
         assert_eq!(
             err(&[("x-message-ttl", AMQPValue::LongString(LongString::from("10")))]),
-            "PRECONDITION_FAILED - invalid arg 'x-message-ttl' for queue 'q' in vhost '/': {unacceptable_type,longstr}"
+            "PRECONDITION_FAILED - invalid arg 'x-message-ttl' for queue 'q' in vhost '/': \"expected integer, got longstr\""
         );
         assert!(err(&[("x-expires", AMQPValue::LongInt(0))]).ends_with("{value_zero,0}"));
         assert!(err(&[(

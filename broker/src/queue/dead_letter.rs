@@ -10,8 +10,7 @@ use warren_protocol::content::{rewrite_properties, BasicProperties};
 
 use super::arguments::as_text;
 use super::{Entry, Queue};
-use crate::exchange::RouteInput;
-use crate::message::Message;
+use crate::message::{string_list, Message};
 
 /// Why a message left its queue for the dead-letter exchange (the `reason` in `x-death`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +84,12 @@ fn with_death(
             t.insert("exchange".into(), text(&message.exchange));
             t.insert(
                 "routing-keys".into(),
-                AMQPValue::FieldArray(FieldArray::from(vec![text(&message.routing_key)])),
+                AMQPValue::FieldArray(FieldArray::from(
+                    std::iter::once(message.routing_key.clone())
+                        .chain(string_list(&headers, "CC"))
+                        .map(|k| text(&k))
+                        .collect::<Vec<_>>(),
+                )),
             );
             if let Some(ms) = message.expiration_ms {
                 t.insert("original-expiration".into(), text(&ms.to_string()));
@@ -156,7 +160,20 @@ pub fn dead_letter(queue: &Arc<Queue>, letters: DeadLetters) {
         let Ok(props) = BasicProperties::parse(&old.properties) else {
             continue;
         };
-        let headers = with_death(old, props.headers_table(), queue.name(), reason);
+        let mut headers = with_death(old, props.headers_table(), queue.name(), reason);
+        // RabbitMQ routes a dead letter by the DLX routing key alone when one is set (dropping CC),
+        // otherwise by its original routing key and CC keys.
+        let keys: Vec<String> = match &queue.args.dead_letter_routing_key {
+            Some(key) => {
+                let mut map = headers.inner().clone();
+                map.remove("CC");
+                headers = FieldTable::from(map);
+                vec![key.clone()]
+            }
+            None => std::iter::once(old.routing_key.clone())
+                .chain(string_list(&headers, "CC"))
+                .collect(),
+        };
         let Ok(properties) = rewrite_properties(&old.properties, headers.clone(), true) else {
             continue;
         };
@@ -181,19 +198,8 @@ pub fn dead_letter(queue: &Arc<Queue>, letters: DeadLetters) {
             published_at_ms: crate::persist::now_ms(),
             stored: Default::default(),
         });
-        let targets = match &exchange {
-            None => vhost.find_queue(&message.routing_key).into_iter().collect(),
-            Some(x) => {
-                let h = || Some(headers.clone());
-                vhost.route(
-                    x,
-                    &RouteInput {
-                        routing_key: &message.routing_key,
-                        headers: &h,
-                    },
-                )
-            }
-        };
+        let targets =
+            crate::vhost::route_keys(&vhost, exchange.as_ref(), &message.properties, keys.iter());
         for target in targets {
             if !is_cycle(target.name(), &headers) {
                 target.publish(message.clone(), None);

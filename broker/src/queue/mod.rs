@@ -51,8 +51,10 @@ impl Entry {
         (Reverse(self.priority), self.seq)
     }
 
+    /// Past its deadline at `now`. Strict, so a TTL of 0 still reaches a consumer ready at the very
+    /// instant of the publish (RabbitMQ's semantics for `expiration: 0`), and nothing later.
     fn expired(&self, now: Instant) -> bool {
-        self.expires_at.is_some_and(|t| t <= now)
+        self.expires_at.is_some_and(|t| t < now)
     }
 }
 
@@ -200,7 +202,7 @@ impl Queue {
                 let at = st.ready.partition_point(|e| e.order() < entry.order());
                 st.ready.insert(at, entry);
                 st.ready_bytes += size;
-                self.dispatch_locked(&mut st, &mut dead);
+                self.dispatch_at(&mut st, &mut dead, now);
                 self.drop_head_over_limit(&mut st, &mut dead);
                 if has_deadline && at == 0 {
                     self.watch_ttl(&mut st);
@@ -305,8 +307,7 @@ impl Queue {
     }
 
     /// Removes expired messages from the head (RabbitMQ expires messages when they reach the head).
-    fn expire_head(&self, st: &mut State, dead: &mut DeadLetters) {
-        let now = Instant::now();
+    fn expire_head(&self, st: &mut State, dead: &mut DeadLetters, now: Instant) {
         while st.ready.front().is_some_and(|e| e.expired(now)) {
             if let Some(e) = self.pop_front(st) {
                 dead.push((e, Reason::Expired));
@@ -379,7 +380,7 @@ impl Queue {
         let got = {
             let mut st = self.state.lock();
             st.last_used = Instant::now();
-            self.expire_head(&mut st, &mut dead);
+            self.expire_head(&mut st, &mut dead, Instant::now());
             let got = self.pop_front(&mut st).map(|e| (e, st.ready.len() as u32));
             if !st.ttl_task && st.ready.front().is_some_and(|e| e.expires_at.is_some()) {
                 self.watch_ttl(&mut st);
@@ -437,7 +438,12 @@ impl Queue {
     }
 
     fn dispatch_locked(self: &Arc<Self>, st: &mut State, dead: &mut DeadLetters) {
-        self.expire_head(st, dead);
+        self.dispatch_at(st, dead, Instant::now());
+    }
+
+    /// Dispatches as of `now` (the publish instant when called from `publish`).
+    fn dispatch_at(self: &Arc<Self>, st: &mut State, dead: &mut DeadLetters, now: Instant) {
+        self.expire_head(st, dead, now);
         while !st.ready.is_empty() && !st.consumers.is_empty() {
             let Some(idx) = self.pick_consumer(st) else {
                 return;
@@ -462,7 +468,7 @@ impl Queue {
                 }
                 st.consumers.remove(idx);
             }
-            self.expire_head(st, dead);
+            self.expire_head(st, dead, now);
         }
         if !st.ttl_task && st.ready.front().is_some_and(|e| e.expires_at.is_some()) {
             self.watch_ttl(st);
