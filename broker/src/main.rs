@@ -197,7 +197,7 @@ Manage it (users are certificate identities; issue their certificates from the s
 
     brokerctl --socket {socket} add_user nova
     brokerctl --socket {socket} set_permissions -p / nova ".*" ".*" ".*"
-    brokerctl ca issue-client nova --dir {tls_dir}
+    brokerctl ca issue --dir {tls_dir} --name nova --out .
 
 OpenStack (oslo.messaging), in each service's configuration:
 

@@ -5,6 +5,9 @@
 //!
 //! Crate rule: files and certificates only; it knows nothing of AMQP or of the broker.
 
+/// rcgen's name types, for callers building subjects.
+pub use rcgen;
+
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -153,7 +156,19 @@ impl CertificateAuthority {
         hosts: &[&str],
         validity: Validity,
     ) -> Result<Pem, PkiError> {
+        self.issue_node_with_serial(node, hosts, validity, None)
+    }
+
+    /// [`Self::issue_node`] with a chosen serial number (so a CRL can revoke it).
+    pub fn issue_node_with_serial(
+        &self,
+        node: &str,
+        hosts: &[&str],
+        validity: Validity,
+        serial: Option<u64>,
+    ) -> Result<Pem, PkiError> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.serial_number = serial.map(SerialNumber::from);
         for host in hosts {
             params
                 .subject_alt_names

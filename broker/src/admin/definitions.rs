@@ -86,6 +86,21 @@ impl Broker {
         }
     }
 
+    /// Closes the connections from `peer` with 320 CONNECTION_FORCED and `reason`; returns how many.
+    pub fn close_connections_from(&self, peer: &str, reason: &str) -> usize {
+        let mut closed = 0;
+        for c in self.connections.iter() {
+            if c.peer.to_string() == peer {
+                let _ = c.outbox.send(Outbound::ForceClose(AmqpError::new(
+                    reply::CONNECTION_FORCED,
+                    reason,
+                )));
+                closed += 1;
+            }
+        }
+        closed
+    }
+
     pub fn add_user(&self, name: &str, tags: Vec<String>) -> Result<(), AdminError> {
         check_name("user", name)?;
         let defs = self.change_definitions(|d| {

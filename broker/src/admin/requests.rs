@@ -79,6 +79,10 @@ pub enum Request {
         vhost: String,
     },
     ListConnections,
+    CloseConnection {
+        peer: String,
+        reason: String,
+    },
     Status,
 }
 
@@ -259,6 +263,13 @@ fn execute(broker: &Broker, request: Request) -> Result<Value, AdminError> {
                 .map(|c| json!({"peer": c.peer.to_string(), "user": c.user, "vhost": c.vhost}))
                 .collect(),
         )),
+        Request::CloseConnection { peer, reason } => {
+            let closed = broker.close_connections_from(&peer, &reason);
+            if closed == 0 {
+                return Err(AdminError(format!("no connection from {peer}")));
+            }
+            Ok(json!(closed))
+        }
         Request::Status => Ok(json!({
             "product": "Warren",
             "version": env!("CARGO_PKG_VERSION"),
