@@ -15,7 +15,7 @@ import amqp.exceptions
 import pytest
 
 import rabbitmq_target
-from conftest import RPC_TIMEOUT
+from conftest import RPC_TIMEOUT, TARGET
 
 AMQP_HEADER = b"AMQP\x00\x00\x09\x01"
 
@@ -71,8 +71,8 @@ def tls_exchange(broker, ctx):
         raw.close()
 
 
-def make_client_cert(broker, tmp_path, cn, ca_dir=None):
-    """A client certificate for `cn` signed by the broker's CA (or another one)."""
+def make_client_cert(broker, tmp_path, cn, ca_dir=None, extra_cns=()):
+    """A client certificate for `cn` (plus any `extra_cns`) signed by the broker's CA (or another one)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -84,7 +84,7 @@ def make_client_cert(broker, tmp_path, cn, ca_dir=None):
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
     cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, n) for n in (cn, *extra_cns)]))
             .issuer_name(ca_cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
@@ -180,3 +180,18 @@ def test_user_is_certificate_common_name(broker, tmp_path):
         assert ch.basic_get(q, no_ack=True).body == b"x"
     finally:
         c.close()
+
+
+@pytest.mark.skipif(TARGET == "rabbitmq", reason="RabbitMQ takes the first CN; Warren requires exactly one")
+def test_certificate_with_two_common_names_is_refused(broker, tmp_path):
+    cert, key = make_client_cert(broker, tmp_path, "admin", extra_cns=("nova",))
+    with pytest.raises(amqp.exceptions.AccessRefused) as ei:
+        c = amqp.Connection(host=f"{broker.server_name}:{broker.port}", login_method="EXTERNAL",
+                            connect_timeout=RPC_TIMEOUT, read_timeout=RPC_TIMEOUT,
+                            ssl={"ca_certs": broker.ca_file, "certfile": cert, "keyfile": key,
+                                 "cert_reqs": ssl.CERT_REQUIRED, "server_hostname": broker.server_name})
+        try:
+            c.connect()
+        finally:
+            c.collect()
+    assert ei.value.reply_code == 403
