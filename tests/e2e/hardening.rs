@@ -443,3 +443,56 @@ async fn the_broker_refuses_to_start_with_a_crl_file_holding_no_crl() {
     let crl = dir.path().join("crl.pem").display().to_string();
     assert!(error.contains(&crl), "the refusal must name {crl}: {error}");
 }
+
+#[tokio::test]
+async fn a_flood_of_idle_tcp_and_tls_connections_does_not_stop_an_open_client_publishing() {
+    let broker = TestBroker::start_with(|c| {
+        c.limits.max_pending_connections = 16;
+        c.limits.max_pending_per_ip = 8;
+        c.limits.tls_handshake_timeout_ms = SLOW_TLS_TIMEOUT_MS;
+    })
+    .await;
+    let mut publisher = broker.raw_open().await;
+    publisher.open_channel(1).await;
+    publisher.call(1, queue_declare("flooded")).await;
+    publisher.call(1, warren_tests::raw::confirm_select()).await;
+
+    // The flood: idle TCP connections and TLS sessions that never speak AMQP, far past the caps.
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        if let Ok(tcp) = tcp_connect(broker.port, None).await {
+            idle.push(tcp);
+        }
+    }
+    let mut silent_tls = Vec::new();
+    for _ in 0..4 {
+        if let Ok(raw) = RawClient::connect(&broker, Identity::Admin).await {
+            silent_tls.push(raw);
+        }
+    }
+
+    // The negotiated client is not a pending connection: it keeps publishing and getting confirms.
+    for _ in 0..100 {
+        publisher
+            .publish(1, "", "flooded", false, &[0, 0], b"still here")
+            .await;
+    }
+    let mut confirmed = 0;
+    while confirmed < 100 {
+        match publisher.expect_method(1).await {
+            amq_protocol::protocol::AMQPClass::Basic(
+                amq_protocol::protocol::basic::AMQPMethod::Ack(ack),
+            ) => {
+                confirmed = ack.delivery_tag;
+            }
+            other => panic!("expected publisher confirms, got {other:?}"),
+        }
+    }
+    // The flood is still held at the cap: one more idle connection is closed at once.
+    let mut one_more = tcp_connect(broker.port, None).await.expect("TCP");
+    assert!(
+        closed_without_a_byte(&mut one_more).await,
+        "an idle connection past max_pending_per_ip was kept open during the flood"
+    );
+    drop((idle, silent_tls));
+}
