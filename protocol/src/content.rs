@@ -67,6 +67,16 @@ pub fn rewrite_properties(
 /// carrying that key are removed and the new one appended; every other byte stays as the publisher sent
 /// it (the broker uses this to stamp the authenticated publisher into each message).
 pub fn stamp_header(raw: &[u8], key: &str, value: &[u8]) -> Result<Bytes, ContentError> {
+    edit_headers(raw, &[key], Some((key, value)))
+}
+
+/// Returns the raw properties with every header entry named in `remove` dropped and, if given, one
+/// long-string entry appended (the headers table is created if absent). Every other byte stays as sent.
+pub fn edit_headers(
+    raw: &[u8],
+    remove: &[&str],
+    append: Option<(&str, &[u8])>,
+) -> Result<Bytes, ContentError> {
     let mut r = Reader { buf: raw };
     let head = r.take(2)?;
     let flags = u16::from_be_bytes([head[0], head[1]]);
@@ -86,7 +96,9 @@ pub fn stamp_header(raw: &[u8], key: &str, value: &[u8]) -> Result<Bytes, Conten
     let old = if has(2) { Some(r.table()?) } else { None };
     let headers_end = raw.len() - r.buf.len();
 
-    let mut table = Vec::with_capacity(old.map_or(0, <[u8]>::len) + key.len() + value.len() + 6);
+    let mut table = Vec::with_capacity(
+        old.map_or(0, <[u8]>::len) + append.map_or(0, |(k, v)| k.len() + v.len() + 6),
+    );
     let mut rest = old.unwrap_or_default();
     while let Some((&klen, tail)) = rest.split_first() {
         let klen = klen as usize;
@@ -96,16 +108,18 @@ pub fn stamp_header(raw: &[u8], key: &str, value: &[u8]) -> Result<Bytes, Conten
         let (after_value, _) =
             parse_value(&tail[klen..]).map_err(|_| ContentError::BadProperties)?;
         let entry_len = rest.len() - after_value.len();
-        if &tail[..klen] != key.as_bytes() {
+        if !remove.iter().any(|k| k.as_bytes() == &tail[..klen]) {
             table.extend_from_slice(&rest[..entry_len]);
         }
         rest = after_value;
     }
-    table.push(key.len() as u8);
-    table.extend_from_slice(key.as_bytes());
-    table.push(b'S');
-    table.extend_from_slice(&(value.len() as u32).to_be_bytes());
-    table.extend_from_slice(value);
+    if let Some((key, value)) = append {
+        table.push(key.len() as u8);
+        table.extend_from_slice(key.as_bytes());
+        table.push(b'S');
+        table.extend_from_slice(&(value.len() as u32).to_be_bytes());
+        table.extend_from_slice(value);
+    }
 
     let mut out = Vec::with_capacity(raw.len() + table.len() + 4);
     out.extend_from_slice(&raw[..headers_start]);
