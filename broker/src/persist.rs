@@ -238,7 +238,8 @@ pub struct PendingConfirm {
     outbox: UnboundedSender<Outbound>,
     channel: u16,
     incarnation: u64,
-    seq: u64,
+    /// The publish's confirm sequence number, or None for a tx.commit waiting for its publishes.
+    seq: Option<u64>,
 }
 
 impl PendingConfirm {
@@ -246,7 +247,7 @@ impl PendingConfirm {
         outbox: UnboundedSender<Outbound>,
         channel: u16,
         incarnation: u64,
-        seq: u64,
+        seq: Option<u64>,
     ) -> Arc<Self> {
         Arc::new(PendingConfirm {
             count: AtomicUsize::new(1),
@@ -269,19 +270,30 @@ impl PendingConfirm {
             }
             if me.count.fetch_sub(1, Ordering::AcqRel) == 1 {
                 let ok = !me.failed.load(Ordering::Acquire);
-                let _ = me.outbox.send(Outbound::Confirmed {
-                    channel: me.channel,
-                    incarnation: me.incarnation,
-                    seq: me.seq,
-                    ok,
+                let (channel, incarnation) = (me.channel, me.incarnation);
+                let _ = me.outbox.send(match me.seq {
+                    Some(seq) => Outbound::Confirmed {
+                        channel,
+                        incarnation,
+                        seq,
+                        ok,
+                    },
+                    None => Outbound::Committed {
+                        channel,
+                        incarnation,
+                        ok,
+                    },
                 });
             }
         })
     }
 
-    /// The channel's own count. Returns whether nothing is pending any more (settle right away).
-    pub fn release(&self) -> bool {
-        self.count.fetch_sub(1, Ordering::AcqRel) == 1
+    /// The channel's own count. `Some(ok)` when nothing is pending any more (settle right away with
+    /// that outcome: a write may already have failed), `None` while writes are in flight (their last
+    /// completion settles it through the outbox).
+    pub fn release(&self) -> Option<bool> {
+        (self.count.fetch_sub(1, Ordering::AcqRel) == 1)
+            .then(|| !self.failed.load(Ordering::Acquire))
     }
 }
 

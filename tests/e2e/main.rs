@@ -3,17 +3,24 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admin;
+mod arguments;
 mod audit;
 mod basic;
 mod channel;
 mod confirm;
+mod dead_letter;
 mod errors;
 mod exchange;
+mod exchanges;
+mod flow;
 mod handshake;
 mod hardening;
 mod identity;
+mod limits;
 mod password_bridge;
 mod permissions;
 mod publisher;
 mod queue;
 mod tls;
+mod ttl;
+mod tx;

@@ -267,7 +267,8 @@ disk_free_limit.absolute = 10MB
             if cp.returncode != 0 or self.proc.poll() is not None:
                 raise RuntimeError(f"RabbitMQ did not start: {cp.stdout}")
             self.version = self.ctl("version").stdout.strip()
-            password = secrets.token_urlsafe(24)
+            # never a leading "-": rabbitmqctl would take the password for an option
+            password = "p" + secrets.token_urlsafe(24)
             self.ctl("add_user", "admin", password)
             self.ctl("set_user_tags", "admin", "administrator")
             self.ctl("set_permissions", "-p", "/", "admin", ".*", ".*", ".*")

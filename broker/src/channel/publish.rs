@@ -288,20 +288,18 @@ impl Channel {
             None => {
                 let seq = self.confirms.as_mut().map(|c| c.next());
                 let tracker = seq.map(|seq| {
-                    PendingConfirm::new(s.outbox.clone(), self.id, self.incarnation, seq)
+                    PendingConfirm::new(s.outbox.clone(), self.id, self.incarnation, Some(seq))
                 });
                 let accepted = self.route_and_enqueue(s, &publication, tracker.as_ref());
                 if let (Some(confirms), Some(seq), Some(tracker)) =
                     (self.confirms.as_mut(), seq, tracker)
                 {
-                    let stored = tracker.release();
-                    if !accepted {
-                        confirms.decide(seq, false);
-                    } else if stored {
-                        confirms.decide(seq, true);
-                    } else {
+                    match tracker.release() {
+                        // Refused by a queue, or a write already failed: nack.
+                        _ if !accepted => confirms.decide(seq, false),
+                        Some(ok) => confirms.decide(seq, ok),
                         // Persistent in a durable queue: confirmed once fsynced (Outbound::Confirmed).
-                        confirms.wait(seq);
+                        None => confirms.wait(seq),
                     }
                 }
             }

@@ -8,6 +8,7 @@ use super::unacked::Delivered;
 use super::Channel;
 use crate::connection::session::Session;
 use crate::error::{AmqpError, AmqpResult};
+use crate::persist::PendingConfirm;
 
 #[derive(Default)]
 pub struct Transaction {
@@ -30,13 +31,21 @@ impl Channel {
             }
             tx::AMQPMethod::Commit(_) => {
                 let done = std::mem::take(self.tx.as_mut().ok_or_else(not_transactional)?);
+                // commit-ok waits until the committed persistent messages are on disk (as RabbitMQ).
+                let tracker =
+                    PendingConfirm::new(s.outbox.clone(), self.id, self.incarnation, None);
                 for publication in &done.publishes {
-                    self.route_and_enqueue(s, publication, None);
+                    self.route_and_enqueue(s, publication, Some(&tracker));
                 }
                 for (settled, requeue) in done.settles {
                     self.apply_settle(settled, requeue);
                 }
-                tx::AMQPMethod::CommitOk(tx::CommitOk {})
+                match tracker.release() {
+                    Some(true) => tx::AMQPMethod::CommitOk(tx::CommitOk {}),
+                    Some(false) => return Err(commit_failed()),
+                    // Outbound::Committed sends commit-ok (or the error) once the writes are done.
+                    None => return Ok(()),
+                }
             }
             tx::AMQPMethod::Rollback(_) => {
                 let undone = std::mem::take(self.tx.as_mut().ok_or_else(not_transactional)?);
@@ -48,6 +57,26 @@ impl Channel {
             _ => return Err(AmqpError::command_invalid("unimplemented method")),
         };
         s.send(self.id, AMQPClass::Tx(reply));
+        Ok(())
+    }
+}
+
+/// A committed message could not be stored: the client must not believe the commit succeeded.
+pub fn commit_failed() -> AmqpError {
+    AmqpError::internal("tx.commit failed: the committed messages could not be stored")
+        .during((90, 20))
+}
+
+impl Channel {
+    /// The durable writes of a tx.commit finished: commit-ok, or the error that closes the connection.
+    pub fn commit_durable(&mut self, s: &mut Session, ok: bool) -> AmqpResult<()> {
+        if !ok {
+            return Err(commit_failed());
+        }
+        s.send(
+            self.id,
+            AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
+        );
         Ok(())
     }
 }

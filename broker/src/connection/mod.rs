@@ -626,6 +626,19 @@ impl Connection {
                     }
                 }
             }
+            Outbound::Committed {
+                channel,
+                incarnation,
+                ok,
+            } => {
+                if let Some(Slot::Open(ch)) = self.channels.get_mut(&channel) {
+                    if ch.incarnation == incarnation {
+                        if let Err(e) = ch.commit_durable(&mut self.s, ok) {
+                            return Some(Ending::Close(e));
+                        }
+                    }
+                }
+            }
             Outbound::ForceClose(e) => return Some(Ending::Close(e)),
         }
         None

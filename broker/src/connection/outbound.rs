@@ -27,6 +27,12 @@ pub enum Outbound {
         seq: u64,
         ok: bool,
     },
+    /// The durable writes of a tx.commit on `channel` are done: commit-ok (or an error) goes out.
+    Committed {
+        channel: u16,
+        incarnation: u64,
+        ok: bool,
+    },
     /// An operator closes the connection (its user or vhost was deleted): connection.close with this.
     ForceClose(AmqpError),
 }

@@ -49,6 +49,9 @@ pub struct Tuning {
     pub vhost: String,
     /// Advertise consumer_cancel_notify (and the other usual client capabilities) in start-ok.
     pub capabilities: bool,
+    /// Also advertise `connection.blocked` (only with `capabilities`): the broker then tells this
+    /// connection when a resource alarm blocks it and when it is released.
+    pub connection_blocked: bool,
     /// The SASL mechanism and response of start-ok (EXTERNAL with an empty response by default; see
     /// [`plain_response`] and [`amqplain_response`] for the password bridge).
     pub mechanism: String,
@@ -63,6 +66,7 @@ impl Default for Tuning {
             heartbeat: 0,
             vhost: "/".to_string(),
             capabilities: true,
+            connection_blocked: false,
             mechanism: "EXTERNAL".to_string(),
             response: Vec::new(),
         }
@@ -424,6 +428,19 @@ impl RawClient {
         mechanism: &str,
         response: &[u8],
     ) {
+        self.send_start_ok_full(capabilities, false, mechanism, response)
+            .await;
+    }
+
+    /// connection.start-ok with any mechanism and response, advertising `connection.blocked` too
+    /// when `connection_blocked` (and `capabilities`) is set.
+    pub async fn send_start_ok_full(
+        &mut self,
+        capabilities: bool,
+        connection_blocked: bool,
+        mechanism: &str,
+        response: &[u8],
+    ) {
         let mut props = FieldTable::default();
         props.insert(
             "product".into(),
@@ -438,6 +455,9 @@ impl RawClient {
                 "authentication_failure_close",
             ] {
                 caps.insert(cap.into(), AMQPValue::Boolean(true));
+            }
+            if connection_blocked {
+                caps.insert("connection.blocked".into(), AMQPValue::Boolean(true));
             }
             props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
         }
@@ -472,8 +492,13 @@ impl RawClient {
     /// refused login) or open-ok (a refused vhost); the close is answered with close-ok.
     pub async fn try_handshake(&mut self, tuning: &Tuning) -> Result<Handshake, CloseInfo> {
         let start = self.start().await;
-        self.send_start_ok_with(tuning.capabilities, &tuning.mechanism, &tuning.response)
-            .await;
+        self.send_start_ok_full(
+            tuning.capabilities,
+            tuning.connection_blocked,
+            &tuning.mechanism,
+            &tuning.response,
+        )
+        .await;
         let tune = match self.next_method().await {
             (0, AMQPClass::Connection(connection::AMQPMethod::Tune(tune))) => tune,
             (0, AMQPClass::Connection(connection::AMQPMethod::Close(close))) => {
@@ -529,8 +554,13 @@ impl RawClient {
     /// The negotiation up to and including sending connection.open (the answer is left unread).
     pub async fn negotiate(&mut self, tuning: &Tuning) -> Handshake {
         let start = self.start().await;
-        self.send_start_ok_with(tuning.capabilities, &tuning.mechanism, &tuning.response)
-            .await;
+        self.send_start_ok_full(
+            tuning.capabilities,
+            tuning.connection_blocked,
+            &tuning.mechanism,
+            &tuning.response,
+        )
+        .await;
         let tune = match self.expect_method(0).await {
             AMQPClass::Connection(connection::AMQPMethod::Tune(tune)) => tune,
             other => panic!("expected connection.tune, got {other:?}"),
