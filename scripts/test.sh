@@ -20,8 +20,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test (unit tests and the end-to-end suite)"
 cargo test --workspace
 
-step "building the warren binary for the Python suite"
-cargo build --bin warren
+step "building warren and brokerctl for the Python suite"
+cargo build --bin warren --bin brokerctl
 export WARREN_BIN="$root/target/debug/warren"
 
 step "Python suite: pika, kombu, py-amqp, oslo.messaging against a real broker"

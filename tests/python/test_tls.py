@@ -195,3 +195,35 @@ def test_certificate_with_two_common_names_is_refused(broker, tmp_path):
         finally:
             c.collect()
     assert ei.value.reply_code == 403
+
+
+@pytest.mark.skipif(TARGET == "rabbitmq", reason="Warren's node certificates (brokerctl ca issue --node)")
+def test_node_certificate_cannot_log_in_as_a_user(broker, tmp_path):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from conftest import REPO_ROOT
+    warren = os.environ.get("WARREN_BIN") or str(REPO_ROOT / "target" / "debug" / "warren")
+    brokerctl = str(Path(warren).with_name("brokerctl"))
+    ca_dir = tmp_path / "ca"
+    ca_dir.mkdir()
+    # A CA directory holding the broker's CA, so the node certificate chains to the trusted root.
+    for f in ("ca.pem", "ca.key"):
+        (ca_dir / f).write_bytes((broker.tls_dir / f).read_bytes())
+        os.chmod(ca_dir / f, 0o600)
+    # The node is named like an existing user: the node mark alone must keep it out.
+    subprocess.run([brokerctl, "ca", "issue", "--dir", str(ca_dir), "--name", "admin", "--node",
+                    "--host", "node1.example", "--days", "1", "--out", str(tmp_path / "out")],
+                   check=True, timeout=30, capture_output=True)
+    cert, key = str(tmp_path / "out" / "admin.pem"), str(tmp_path / "out" / "admin.key")
+    with pytest.raises(amqp.exceptions.AccessRefused) as ei:
+        c = amqp.Connection(host=f"{broker.server_name}:{broker.port}", login_method="EXTERNAL",
+                            connect_timeout=RPC_TIMEOUT, read_timeout=RPC_TIMEOUT,
+                            ssl={"ca_certs": broker.ca_file, "certfile": cert, "keyfile": key,
+                                 "cert_reqs": ssl.CERT_REQUIRED, "server_hostname": broker.server_name})
+        try:
+            c.connect()
+        finally:
+            c.collect()
+    assert ei.value.reply_code == 403
