@@ -61,7 +61,7 @@ pub enum CaCommand {
         /// File name stem of the written files.
         #[arg(long, default_value = "server")]
         stem: String,
-        #[arg(long, default_value_t = 825)]
+        #[arg(long, default_value_t = 365)]
         days: i64,
     },
     /// Revoke every certificate issued to NAME and rewrite CA_DIR/crl.pem (then SIGHUP the broker).

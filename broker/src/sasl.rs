@@ -20,6 +20,8 @@ pub fn parse_password_response(mechanism: &str, response: &[u8]) -> Option<(Stri
             Some((login.to_string(), password.to_string()))
         }
         "AMQPLAIN" => {
+            // Pre-authentication input: bound its nesting before the recursive parser sees it.
+            warren_protocol::nesting::check_table(response).ok()?;
             let mut framed = (response.len() as u32).to_be_bytes().to_vec();
             framed.extend_from_slice(response);
             let (_, table) = parse_field_table(framed.as_slice()).ok()?;

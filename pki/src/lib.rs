@@ -315,13 +315,13 @@ impl DevPki {
             let pem = ca.issue_server(
                 "localhost",
                 &["localhost", "127.0.0.1", "::1"],
-                Validity::days(825),
+                Validity::days(365),
             )?;
             write_pair(&pki.server_cert, &pki.server_key, &pem)?;
             created = true;
         }
         if !(pki.admin_cert.exists() && pki.admin_key.exists()) {
-            let pem = ca.issue_client("admin", Validity::days(825))?;
+            let pem = ca.issue_client("admin", Validity::days(365))?;
             write_pair(&pki.admin_cert, &pki.admin_key, &pem)?;
             created = true;
         }

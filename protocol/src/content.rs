@@ -17,6 +17,8 @@ pub fn rewrite_properties(
     headers: FieldTable,
     drop_expiration: bool,
 ) -> Result<Bytes, ContentError> {
+    // Bound the nesting before the recursive parser runs (see `nesting`).
+    BasicProperties::parse(raw)?;
     let (_, old) = parse_properties(raw).map_err(|_| ContentError::BadProperties)?;
     let mut new = AMQPProperties::default().with_headers(headers);
     if let Some(v) = old.content_type() {
@@ -94,6 +96,9 @@ pub fn edit_headers(
     }
     let headers_start = raw.len() - r.buf.len();
     let old = if has(2) { Some(r.table()?) } else { None };
+    if let Some(table) = old {
+        crate::nesting::check_table(table).map_err(|_| ContentError::BadProperties)?;
+    }
     let headers_end = raw.len() - r.buf.len();
 
     let mut table = Vec::with_capacity(
@@ -249,6 +254,8 @@ impl<'a> BasicProperties<'a> {
         }
         if has(2) {
             let table = r.table()?;
+            // Every later decode of these headers relies on this bound (see `nesting`).
+            crate::nesting::check_table(table).map_err(|_| ContentError::BadProperties)?;
             p.headers = Some(table);
         }
         if has(3) {

@@ -8,6 +8,7 @@ pub mod constants;
 pub mod content;
 pub mod frame;
 pub mod method;
+pub mod nesting;
 
 pub use amq_protocol::protocol as spec;
 pub use amq_protocol::types;

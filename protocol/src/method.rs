@@ -33,6 +33,13 @@ pub fn method_ids(payload: &[u8]) -> (u16, u16) {
 /// Decodes a method frame's payload. Trailing bytes after the arguments are a syntax error.
 pub fn decode_method(payload: &[u8]) -> Result<AMQPClass, MethodError> {
     let (class_id, method_id) = method_ids(payload);
+    // Tables nested beyond any real use would overflow the recursive parser: refuse them first.
+    if crate::nesting::check_method(payload).is_err() {
+        return Err(MethodError::Malformed {
+            class_id,
+            method_id,
+        });
+    }
     match parse_class(payload) {
         Ok(([], class)) => Ok(class),
         _ if is_known(class_id, method_id) => Err(MethodError::Malformed {
