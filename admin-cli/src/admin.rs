@@ -16,7 +16,8 @@ pub enum AdminCommand {
     #[command(name = "add_user", alias = "add-user")]
     AddUser {
         name: String,
-        #[arg(long = "tag")]
+        /// Tags such as administrator or monitoring (`--tags a b` or `--tag a --tag b`).
+        #[arg(long = "tags", alias = "tag", num_args = 1..)]
         tags: Vec<String>,
     },
     #[command(name = "delete_user", alias = "delete-user")]
