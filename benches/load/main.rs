@@ -1,0 +1,299 @@
+//! `warren-load`: the load generator of `benches/load.sh`.
+//!
+//! `warren-load run` drives one broker (already started, pinned to core 0 by the script) through the
+//! chosen scenarios and appends one JSON line per scenario to `--out`; run it pinned to core 1
+//! (`taskset -c 1`). It runs on a single-threaded tokio runtime, so it uses exactly one core.
+//! `warren-load report` turns the Warren and RabbitMQ result files into the Markdown table and the
+//! JSON line of `benches/results/`.
+
+mod client;
+mod procfs;
+mod report;
+mod scenarios;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use crate::scenarios::{Ctx, Outcome};
+
+#[derive(Parser)]
+#[command(about = "Warren's load benchmark client (see benches/README.md)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run scenarios against one broker.
+    Run(RunArgs),
+    /// Build the Markdown table and the JSON run record from the results of both brokers.
+    Report(report::ReportArgs),
+    /// List the scenario names.
+    List,
+}
+
+#[derive(Parser)]
+struct RunArgs {
+    /// Name recorded with the results (warren, rabbitmq).
+    #[arg(long)]
+    broker: String,
+    #[arg(long)]
+    port: u16,
+    /// The broker's process id (CPU and RSS are read from /proc/PID).
+    #[arg(long)]
+    pid: u32,
+    /// Directory with ca.pem, admin.pem, admin.key.
+    #[arg(long)]
+    tls_dir: PathBuf,
+    /// Comma-separated scenarios, in order (see `warren-load list`).
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Vec<String>,
+    /// Body sizes for the message scenarios.
+    #[arg(long, value_delimiter = ',', default_value = "16,1024")]
+    sizes: Vec<usize>,
+    /// Measured window per scenario (seconds).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Warm-up before each window (seconds).
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Idle connections to open in `idle-conns`.
+    #[arg(long, default_value_t = 10_000)]
+    idle_conns: usize,
+    /// Queues to declare in `queues`.
+    #[arg(long, default_value_t = 10_000)]
+    queues: usize,
+    /// Time allowed for opening the idle connections (seconds).
+    #[arg(long, default_value_t = 60.0)]
+    open_budget: f64,
+    /// Pause before reading RSS (seconds).
+    #[arg(long, default_value_t = 5.0)]
+    settle: f64,
+    /// Messages a publisher may be ahead of its consumers in publish + consume scenarios (0: no
+    /// limit; for diagnostics — queues then grow when consumers are slower).
+    #[arg(long, default_value_t = 10_000)]
+    inflight_cap: u64,
+    /// Pause between scenarios (seconds).
+    #[arg(long, default_value_t = 1.0)]
+    gap: f64,
+    /// File the JSON lines are appended to.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Every scenario, in the order `load.sh` runs them.
+pub const SCENARIOS: &[(&str, &str)] = &[
+    ("idle-rss", "RSS of the fresh broker, idle"),
+    (
+        "idle-conns",
+        "RSS with N idle TLS connections (60 s heartbeats), and the time to open them",
+    ),
+    (
+        "queues",
+        "RSS with N queues each bound to a topic exchange, and the time to declare them",
+    ),
+    ("publish", "publish-only to one queue"),
+    ("pubsub", "publish + consume, auto-ack"),
+    (
+        "confirms",
+        "publisher confirms (window 1000) + manual ack, prefetch 100",
+    ),
+    ("fanout", "fanout exchange to 10 queues, 10 consumers"),
+    (
+        "topic",
+        "topic exchange, 1,000 bindings over 10 queues, 10 consumers",
+    ),
+    (
+        "persistent",
+        "delivery_mode 2 into a durable queue, confirms (window 1000) + manual ack",
+    ),
+    ("rpc-1x1", "oslo-style RPC, 1 client, 1 server"),
+    ("rpc-8x2", "oslo-style RPC, 8 clients, 2 servers"),
+    ("latency", "end-to-end latency at 5,000 msg/s"),
+    (
+        "churn-1",
+        "connection churn, 1 worker (TLS, EXTERNAL, open, close)",
+    ),
+    ("churn-4", "connection churn, 4 workers"),
+    (
+        "amqprs-publish",
+        "calibration: publish-only with amqprs 2.1 (16 B)",
+    ),
+];
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Run(args) => run(args),
+        Cmd::Report(args) => report::report(args),
+        Cmd::List => {
+            for (name, what) in SCENARIOS {
+                println!("{name:16} {what}");
+            }
+            Ok(())
+        }
+    };
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("warren-load: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    for s in &args.scenarios {
+        if !SCENARIOS.iter().any(|(n, _)| n == s) {
+            bail!("unknown scenario {s:?} (see `warren-load list`)");
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_async(args))
+}
+
+async fn run_async(args: RunArgs) -> Result<()> {
+    let target = Arc::new(client::Target::new(args.port, &args.tls_dir)?);
+    let ctx = Ctx {
+        broker: args.broker.clone(),
+        target: target.clone(),
+        pid: args.pid,
+        port: args.port,
+        tls_dir: args.tls_dir.clone(),
+        warmup: Duration::from_secs_f64(args.warmup),
+        duration: Duration::from_secs_f64(args.duration),
+        uniq: format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() % 1_000_000)
+                .unwrap_or(0)
+        ),
+        idle_conns: args.idle_conns,
+        queues: args.queues,
+        open_budget: Duration::from_secs_f64(args.open_budget),
+        settle: Duration::from_secs_f64(args.settle),
+        inflight_cap: (args.inflight_cap > 0).then_some(args.inflight_cap),
+    };
+    let mut out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&args.out)
+        .with_context(|| args.out.display().to_string())?;
+    // What the connection negotiated, for the record.
+    let probe = client::Conn::open(&target, 60)
+        .await
+        .context("first connection")?;
+    let (tls_version, cipher) = probe.tls_info();
+    probe.close().await?;
+    let meta = json!({
+        "broker": args.broker, "scenario": "_meta", "tls_version": tls_version, "cipher": cipher,
+        "broker_threads": procfs::threads(args.pid), "loadavg_at_start": procfs::loadavg(),
+        "duration": args.duration, "warmup": args.warmup,
+    });
+    writeln!(out, "{meta}")?;
+    eprintln!("  [{}] {tls_version} {cipher}", args.broker);
+    let mut first = true;
+    for name in &args.scenarios {
+        let sizes: Vec<usize> = match name.as_str() {
+            "publish" | "pubsub" | "confirms" | "fanout" | "topic" | "persistent" | "rpc-1x1"
+            | "rpc-8x2" | "latency" => args.sizes.clone(),
+            "amqprs-publish" => vec![16],
+            _ => vec![0],
+        };
+        for size in sizes {
+            if !first {
+                tokio::time::sleep(Duration::from_secs_f64(args.gap)).await;
+            }
+            first = false;
+            // Re-apply the pinning: every thread of the broker on core 0.
+            procfs::pin(args.pid, 0)?;
+            let load = procfs::loadavg();
+            let r = tokio::time::timeout(
+                ctx.warmup + ctx.duration + ctx.open_budget + Duration::from_secs(240),
+                run_one(&ctx, name, size),
+            )
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("scenario timed out")));
+            let o = match r {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("  [{}] {name} {size}: FAILED: {e:#}", args.broker);
+                    let mut o = Outcome {
+                        broker: args.broker.clone(),
+                        scenario: name.clone(),
+                        body: size,
+                        ..Outcome::default()
+                    };
+                    o.extra.insert("error".into(), json!(format!("{e:#}")));
+                    o
+                }
+            };
+            let mut o = o;
+            o.extra.insert("loadavg_before".into(), json!(load));
+            summary(&o);
+            writeln!(out, "{}", serde_json::to_string(&o)?)?;
+            out.flush()?;
+        }
+    }
+    Ok(())
+}
+
+async fn run_one(ctx: &Ctx, name: &str, size: usize) -> Result<Outcome> {
+    match name {
+        "idle-rss" => scenarios::idle_rss(ctx).await,
+        "idle-conns" => scenarios::idle_conns(ctx).await,
+        "queues" => scenarios::queues(ctx).await,
+        "publish" => scenarios::publish_only(ctx, size, false).await,
+        "amqprs-publish" => scenarios::publish_only(ctx, size, true).await,
+        "pubsub" | "confirms" | "fanout" | "topic" | "persistent" | "latency" => {
+            scenarios::pubsub(ctx, name, size).await
+        }
+        "rpc-1x1" => scenarios::rpc(ctx, 1, 1, size).await,
+        "rpc-8x2" => scenarios::rpc(ctx, 8, 2, size).await,
+        "churn-1" => scenarios::churn(ctx, 1).await,
+        "churn-4" => scenarios::churn(ctx, 4).await,
+        other => bail!("unknown scenario {other}"),
+    }
+}
+
+fn summary(o: &Outcome) {
+    if o.extra.contains_key("error") {
+        return;
+    }
+    let mut line = format!(
+        "  [{}] {:<15} {:>5} B  {:>10.0} {}/s  {:>7.2} µs CPU/{}  broker {:>3.0}%  client {:>3.0}%",
+        o.broker,
+        o.scenario,
+        o.body,
+        o.rate,
+        o.unit,
+        o.cpu_us_per_op,
+        o.unit,
+        o.broker_core_pct,
+        o.client_core_pct
+    );
+    if let (Some(p50), Some(p99)) = (o.p50_us, o.p99_us) {
+        line += &format!("  p50 {p50:.0} µs p99 {p99:.0} µs");
+    }
+    if let Some(rss) = o.rss_kib {
+        line += &format!("  RSS {:.1} MiB", rss as f64 / 1024.0);
+    }
+    if let Some(n) = o.items {
+        line += &format!("  ({n} in {:.1} s)", o.setup_secs.unwrap_or(0.0));
+    }
+    if let Some(w) = o.extra.get("warning") {
+        line += &format!("  WARNING: {w}");
+    }
+    eprintln!("{line}");
+}
