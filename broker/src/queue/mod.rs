@@ -58,6 +58,16 @@ impl Entry {
     }
 }
 
+/// Where `entry` belongs in the ready list. A fresh publish almost always goes last (its sequence
+/// number is the highest), so that is checked before searching.
+fn position(ready: &VecDeque<Entry>, entry: &Entry) -> usize {
+    match ready.back() {
+        None => 0,
+        Some(last) if last.order() < entry.order() => ready.len(),
+        Some(_) => ready.partition_point(|e| e.order() < entry.order()),
+    }
+}
+
 /// Declaration properties, compared on redeclare (RabbitMQ's equivalence check).
 #[derive(Debug, Clone)]
 pub struct QueueSpec {
@@ -199,7 +209,7 @@ impl Queue {
                     durability.write(vec![record], confirm.map(|c| c.hold()));
                 }
                 let has_deadline = entry.expires_at.is_some();
-                let at = st.ready.partition_point(|e| e.order() < entry.order());
+                let at = position(&st.ready, &entry);
                 st.ready.insert(at, entry);
                 st.ready_bytes += size;
                 self.dispatch_at(&mut st, &mut dead, now);
@@ -270,7 +280,7 @@ impl Queue {
                 entry.store_id = Some(id);
                 entry.expires_at = entry.expires_at.map(|t| t.checked_sub(age).unwrap_or(now));
                 st.ready_bytes += entry.message.body_size();
-                let at = st.ready.partition_point(|e| e.order() < entry.order());
+                let at = position(&st.ready, &entry);
                 st.ready.insert(at, entry);
             }
             self.dispatch_locked(&mut st, &mut dead);
@@ -357,7 +367,7 @@ impl Queue {
     }
 
     fn insert(self: &Arc<Self>, st: &mut State, entry: Entry) {
-        let at = st.ready.partition_point(|e| e.order() < entry.order());
+        let at = position(&st.ready, &entry);
         st.ready_bytes += entry.message.body_size();
         let has_deadline = entry.expires_at.is_some();
         st.ready.insert(at, entry);
