@@ -135,11 +135,11 @@ fn write_list(path: &Path, list: &[Value]) -> anyhow::Result<()> {
     replace_file(path, &data)
 }
 
-/// Atomic replacement (write a temporary file, rename) without pulling the storage crate in.
+/// Crash-safe replacement (the storage crate's temp file, fsync, rename, fsync dir), readable by all:
+/// these files hold serial numbers and CRLs, no secrets.
 fn replace_file(path: &Path, data: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))
+    warren_storage::write_atomic(path, data, 0o644)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// A fresh, random, positive 63-bit serial number.

@@ -8,7 +8,7 @@ use warren_protocol::method::{encode_deliver, encode_get_ok};
 
 use super::queue::generated_name;
 use super::unacked::Delivered;
-use super::{remove_consumer, requeue, Channel, Registration};
+use super::{remove_consumer, requeue, settle_by_queue, Channel, Registration};
 use crate::connection::session::Session;
 use crate::error::{AmqpError, AmqpResult};
 use crate::permissions::{self, Access, Kind};
@@ -218,18 +218,7 @@ impl Channel {
             requeue(settled);
             return;
         }
-        // Grouped per queue: one log write per queue for a `multiple` settlement.
-        let mut by_queue: Vec<(Arc<Queue>, Vec<Entry>)> = Vec::new();
-        for d in settled {
-            if let Some(c) = &d.consumer {
-                c.release_credit(1);
-            }
-            match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &d.queue)) {
-                Some((_, entries)) => entries.push(d.entry),
-                None => by_queue.push((d.queue, vec![d.entry])),
-            }
-        }
-        for (queue, entries) in by_queue {
+        for (queue, entries) in settle_by_queue(settled) {
             if requeue_to == Some(false) {
                 queue.reject(entries);
             } else {

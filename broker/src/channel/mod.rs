@@ -204,8 +204,11 @@ fn remove_consumer(s: &Session, reg: &Registration) {
     }
 }
 
-/// Returns settled-with-requeue deliveries to their queues, grouped per queue to keep their order.
-fn requeue(deliveries: Vec<unacked::Delivered>) {
+/// Releases the credit of settled deliveries and groups their entries per queue (in order), so each
+/// queue is locked, and written to the log, once per settlement.
+fn settle_by_queue(
+    deliveries: Vec<unacked::Delivered>,
+) -> Vec<(Arc<Queue>, Vec<crate::queue::Entry>)> {
     let mut by_queue: Vec<(Arc<Queue>, Vec<crate::queue::Entry>)> = Vec::new();
     for d in deliveries {
         if let Some(c) = &d.consumer {
@@ -216,7 +219,12 @@ fn requeue(deliveries: Vec<unacked::Delivered>) {
             None => by_queue.push((d.queue, vec![d.entry])),
         }
     }
-    for (queue, entries) in by_queue {
+    by_queue
+}
+
+/// Returns settled-with-requeue deliveries to their queues, keeping their order.
+fn requeue(deliveries: Vec<unacked::Delivered>) {
+    for (queue, entries) in settle_by_queue(deliveries) {
         queue.requeue(entries);
     }
 }
