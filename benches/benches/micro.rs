@@ -83,7 +83,7 @@ fn frames(c: &mut Criterion) {
 }
 
 fn topic_matching(c: &mut Criterion) {
-    let vhost = Vhost::new("/", VhostLimits::default(), None);
+    let vhost = Vhost::new("/", VhostLimits::default(), None, None);
     let x = vhost
         .declare_exchange(
             ExchangeSpec {
@@ -132,7 +132,7 @@ fn topic_matching(c: &mut Criterion) {
 }
 
 fn publish_path(c: &mut Criterion) {
-    let vhost = Vhost::new("/", VhostLimits::default(), None);
+    let vhost = Vhost::new("/", VhostLimits::default(), None, None);
     let spec = QueueSpec {
         name: "q".into(),
         durable: false,

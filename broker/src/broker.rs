@@ -23,6 +23,7 @@ use crate::connection::outbound::Outbound;
 use crate::message::Message;
 use crate::persist::{decode_message, Durability, StoredExchange, StoredQueue};
 use crate::queue::consumer::ConnectionId;
+use crate::queue::paging::Paging;
 use crate::users::User;
 use crate::vhost::{Vhost, VhostLimits};
 use amq_protocol::types::FieldTable;
@@ -53,6 +54,8 @@ pub struct Broker {
     pub(crate) connections: DashMap<ConnectionId, ConnectionInfo>,
     /// The command log: durable definitions and persistent messages.
     pub durability: Arc<Durability>,
+    /// Spill files for queue backlogs past their memory budget.
+    pub paging: Arc<Paging>,
     next_connection: AtomicU64,
 }
 
@@ -72,6 +75,11 @@ pub enum SetupError {
     },
     #[error("{0}")]
     Log(#[from] LogError),
+    #[error("spill directory {path}: {source}")]
+    Spill {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl Broker {
@@ -98,11 +106,33 @@ impl Broker {
         if let Some((segment, offset, dropped)) = &recovered.truncated {
             tracing::warn!(%segment, offset, dropped, "cut a torn or corrupt record off the end of the log (an unfinished write at a crash)");
         }
+        let limits = &config.limits;
+        let threshold = Alarms::threshold(
+            limits.memory_high_watermark,
+            limits.memory_high_watermark_bytes,
+        );
+        let alarms = Arc::new(Alarms::new(threshold));
+        let spill_dir = config.data_dir.join("spill");
+        let paging = Paging::new(
+            &spill_dir,
+            limits.queue_memory_budget_bytes,
+            alarms.clone(),
+            limits.memory_paging_ratio,
+        )
+        .map_err(|source| SetupError::Spill {
+            path: spill_dir,
+            source,
+        })?;
         let vhosts = DashMap::new();
         for name in &definitions.vhosts {
             vhosts.insert(
                 name.clone(),
-                Vhost::new(name, vhost_limits(&config), Some(durability.clone())),
+                Vhost::new(
+                    name,
+                    vhost_limits(&config),
+                    Some(durability.clone()),
+                    Some(paging.clone()),
+                ),
             );
         }
         let mut users = HashMap::new();
@@ -113,18 +143,13 @@ impl Broker {
             })?;
             users.insert(u.name.clone(), Arc::new(user));
         }
-        let limits = &config.limits;
-        let threshold = Alarms::threshold(
-            limits.memory_high_watermark,
-            limits.memory_high_watermark_bytes,
-        );
         let audit = AuditLog::open(&config.audit.path).map_err(|e| SetupError::Audit {
             path: config.audit.path.clone(),
             source: e,
         })?;
         let broker = Arc::new(Broker {
             audit,
-            alarms: Arc::new(Alarms::new(threshold)),
+            alarms,
             config,
             vhosts,
             users: RwLock::new(users),
@@ -133,6 +158,7 @@ impl Broker {
             definitions_path,
             connections: DashMap::new(),
             durability,
+            paging,
             next_connection: AtomicU64::new(1),
         });
         let disk_limit = broker

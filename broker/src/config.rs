@@ -77,6 +77,13 @@ pub struct Limits {
     /// Memory alarm threshold in bytes; overrides `memory_high_watermark` when set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_high_watermark_bytes: Option<u64>,
+    /// Memory a queue may give its ready messages before it pages newer ones out to spill files
+    /// under `DATA_DIR/spill` and keeps only counters for them (a queue can lower it with
+    /// `x-max-in-memory-bytes`, `x-max-in-memory-length` or `x-queue-mode: lazy`).
+    pub queue_memory_budget_bytes: u64,
+    /// Above this fraction of the memory alarm's mark, every queue with a backlog pages its new
+    /// messages (RabbitMQ's vm_memory_high_watermark_paging_ratio). Above 1, only budgets page.
+    pub memory_paging_ratio: f64,
 }
 
 /// The admin API brokerctl talks to.
@@ -200,6 +207,8 @@ impl Default for Limits {
             disk_free_limit_bytes: None,
             memory_high_watermark: 0.4,
             memory_high_watermark_bytes: None,
+            queue_memory_budget_bytes: 32 << 20,
+            memory_paging_ratio: 0.5,
         }
     }
 }
@@ -249,6 +258,12 @@ impl Config {
         if !(wm > 0.0 && wm <= 1.0) {
             return invalid(format!(
                 "limits.memory_high_watermark: {wm} must be a fraction in (0, 1]"
+            ));
+        }
+        let ratio = self.limits.memory_paging_ratio;
+        if !(ratio > 0.0 && ratio <= 10.0) {
+            return invalid(format!(
+                "limits.memory_paging_ratio: {ratio} must be in (0, 10]"
             ));
         }
         if self.limits.max_message_size > 512 * 1024 * 1024 {

@@ -16,6 +16,7 @@ use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind, ExchangeSpec, RouteInput};
 use crate::persist::{self, Durability, StoredExchange, StoredQueue};
 use crate::queue::consumer::ConnectionId;
+use crate::queue::paging::Paging;
 use crate::queue::{arguments, Queue, QueueSpec};
 use warren_protocol::content::BasicProperties;
 use warren_storage::log::record::Record;
@@ -34,6 +35,8 @@ pub struct Vhost {
     pub name: String,
     /// The command log, where durable definitions and persistent messages go.
     durability: Option<Arc<Durability>>,
+    /// Where queues page their backlog past their memory budget (None: all in memory).
+    paging: Option<Arc<Paging>>,
     limits: VhostLimits,
     connections: AtomicU32,
     exchanges: DashMap<String, Arc<Exchange>>,
@@ -97,10 +100,16 @@ pub struct DeclaredQueue {
 }
 
 impl Vhost {
-    pub fn new(name: &str, limits: VhostLimits, durability: Option<Arc<Durability>>) -> Arc<Self> {
+    pub fn new(
+        name: &str,
+        limits: VhostLimits,
+        durability: Option<Arc<Durability>>,
+        paging: Option<Arc<Paging>>,
+    ) -> Arc<Self> {
         let vhost = Vhost {
             name: name.to_string(),
             durability,
+            paging,
             limits,
             connections: AtomicU32::new(0),
             exchanges: DashMap::new(),
@@ -155,7 +164,13 @@ impl Vhost {
             .durability
             .clone()
             .map(|d| (d, persist::message_queue(&self.name, name)));
-        let queue = Queue::new(Arc::downgrade(self), spec, args, durability);
+        let queue = Queue::new(
+            Arc::downgrade(self),
+            spec,
+            args,
+            durability,
+            self.paging.clone(),
+        );
         self.queues.insert(name.to_string(), queue);
     }
 
@@ -429,7 +444,13 @@ impl Vhost {
             }
             _ => None,
         };
-        let queue = Queue::new(Arc::downgrade(self), spec, args, durability);
+        let queue = Queue::new(
+            Arc::downgrade(self),
+            spec,
+            args,
+            durability,
+            self.paging.clone(),
+        );
         self.queues.insert(queue.name().to_string(), queue.clone());
         Ok(DeclaredQueue {
             queue,

@@ -5,10 +5,12 @@
 //! - `log`: the command log (definitions and persistent messages as CRC-checked records in segments)
 //!   over a [`log::medium::Medium`]: files, memory, or a fault-injecting medium for crash tests.
 //! - `store`: the log on its own thread with group commit.
+//! - `spill`: scratch FIFO files for queue backlogs past their memory budget (not durable).
 
 pub mod atomic_file;
 pub mod definitions;
 pub mod log;
+pub mod spill;
 pub mod store;
 
 pub use atomic_file::write_atomic;

@@ -119,6 +119,12 @@ async fn invalid_queue_arguments_are_refused_with_rabbitmq_texts() {
             "\"unsupported queue type 'bogus'\"",
         ),
         (
+            "x-queue-mode",
+            s("bogus"),
+            "\"unsupported queue mode 'bogus'\"",
+        ),
+        ("x-queue-mode", i(1), "{unacceptable_type,signedint}"),
+        (
             "x-single-active-consumer",
             s("yes"),
             "{unacceptable_type,longstr}",

@@ -38,6 +38,8 @@ fn number(body: &[u8]) -> u32 {
 async fn memory_alarm_blocks_the_publisher_until_a_consumer_drains() {
     let broker = TestBroker::start_with(|c| {
         c.limits.memory_high_watermark_bytes = Some(WATERMARK);
+        // Keep the backlog in memory: this test is about the alarm, not about paging it away.
+        c.limits.memory_paging_ratio = 2.0;
     })
     .await;
     let mut publisher = broker.raw().await;

@@ -17,6 +17,7 @@ mod handshake;
 mod hardening;
 mod identity;
 mod limits;
+mod paging;
 mod password_bridge;
 mod permissions;
 mod publisher;

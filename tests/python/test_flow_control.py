@@ -96,6 +96,9 @@ key = "{t / 'server.key'}"
 
 [limits]
 memory_high_watermark_bytes = {WARREN_MEMORY_HIGH_WATERMARK}
+# The backlog stays in memory so that it raises the alarm (not paged away: see test_paging.py).
+memory_paging_ratio = 2.0
+queue_memory_budget_bytes = {4 * WARREN_MEMORY_HIGH_WATERMARK}
 max_queues_per_vhost = {MAX_QUEUES}
 max_connections_per_vhost = {MAX_CONNECTIONS}
 max_consumers_per_channel = {MAX_CONSUMERS_PER_CHANNEL}

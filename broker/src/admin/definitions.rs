@@ -177,6 +177,7 @@ impl Broker {
                 name,
                 vhost_limits(&self.config),
                 Some(self.durability.clone()),
+                Some(self.paging.clone()),
             ),
         );
         Ok(())

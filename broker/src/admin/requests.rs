@@ -210,6 +210,7 @@ fn execute(broker: &Broker, request: Request) -> Result<Value, AdminError> {
                     json!({
                         "name": q.name(),
                         "messages": q.message_count(),
+                        "messages_paged_out": q.paged_count(),
                         "consumers": q.consumer_count(),
                         "durable": q.spec.durable,
                         "exclusive": q.spec.exclusive_owner.is_some(),

@@ -31,6 +31,11 @@ pub struct QueueArguments {
     pub single_active_consumer: bool,
     pub delivery_limit: Option<u64>,
     pub quorum: bool,
+    /// `x-queue-mode: lazy`: page messages out as soon as more than one waits.
+    pub lazy: bool,
+    /// `x-max-in-memory-bytes` / `x-max-in-memory-length`: a lower memory budget for this queue.
+    pub max_in_memory_bytes: Option<u64>,
+    pub max_in_memory_length: Option<u64>,
 }
 
 /// RabbitMQ's `?MAX_EXPIRY_TIMER`.
@@ -221,7 +226,8 @@ pub fn parse(args: &FieldTable, resource: &Resource<'_>) -> AmqpResult<QueueArgu
                 "x-max-length" => out.max_length = Some(n),
                 "x-max-length-bytes" => out.max_length_bytes = Some(n),
                 "x-delivery-limit" => out.delivery_limit = Some(n),
-                _ => {}
+                "x-max-in-memory-length" => out.max_in_memory_length = Some(n),
+                _ => out.max_in_memory_bytes = Some(n),
             }
         }
     }
@@ -242,6 +248,19 @@ pub fn parse(args: &FieldTable, resource: &Resource<'_>) -> AmqpResult<QueueArgu
             "reject-publish" => Overflow::RejectPublish,
             "reject-publish-dlx" => Overflow::RejectPublishDlx,
             _ => return Err(invalid("x-overflow", resource, "invalid_overflow")),
+        };
+    }
+    if let Some(v) = get("x-queue-mode") {
+        out.lazy = match text_arg("x-queue-mode", v, resource)?.as_str() {
+            "default" => false,
+            "lazy" => true,
+            other => {
+                return Err(invalid(
+                    "x-queue-mode",
+                    resource,
+                    format_args!("\"unsupported queue mode '{other}'\""),
+                ))
+            }
         };
     }
     if let Some(v) = get("x-single-active-consumer") {

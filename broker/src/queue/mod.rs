@@ -11,9 +11,10 @@
 pub mod arguments;
 pub mod consumer;
 pub mod dead_letter;
+pub mod paging;
+pub mod ready;
 
 use std::cmp::Reverse;
-use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,8 @@ use crate::vhost::Vhost;
 use arguments::{Overflow, QueueArguments};
 use consumer::{ConnectionId, Consumer};
 use dead_letter::{DeadLetters, Reason};
+use paging::Paging;
+use ready::Ready;
 use warren_storage::log::record::Record;
 
 /// A message in a queue, with its position, priority, deadline and delivery history.
@@ -58,16 +61,6 @@ impl Entry {
     }
 }
 
-/// Where `entry` belongs in the ready list. A fresh publish almost always goes last (its sequence
-/// number is the highest), so that is checked before searching.
-fn position(ready: &VecDeque<Entry>, entry: &Entry) -> usize {
-    match ready.back() {
-        None => 0,
-        Some(last) if last.order() < entry.order() => ready.len(),
-        Some(_) => ready.partition_point(|e| e.order() < entry.order()),
-    }
-}
-
 /// Declaration properties, compared on redeclare (RabbitMQ's equivalence check).
 #[derive(Debug, Clone)]
 pub struct QueueSpec {
@@ -80,8 +73,7 @@ pub struct QueueSpec {
 
 #[derive(Debug)]
 struct State {
-    ready: VecDeque<Entry>,
-    ready_bytes: u64,
+    ready: Ready,
     /// Ordered by consumer priority (highest first), then registration.
     consumers: Vec<Arc<Consumer>>,
     next_consumer: usize,
@@ -138,15 +130,29 @@ impl Queue {
         spec: QueueSpec,
         args: QueueArguments,
         durability: Option<(Arc<Durability>, String)>,
+        paging: Option<Arc<Paging>>,
     ) -> Arc<Self> {
+        let budget = paging.as_ref().map(|p| {
+            p.budget(
+                args.lazy,
+                args.max_in_memory_bytes,
+                args.max_in_memory_length,
+            )
+        });
+        let ready = Ready::new(
+            paging,
+            budget.unwrap_or(paging::Budget {
+                bytes: u64::MAX,
+                messages: None,
+            }),
+        );
         let queue = Arc::new(Queue {
             spec,
             args,
             vhost,
             durability,
             state: Mutex::new(State {
-                ready: VecDeque::new(),
-                ready_bytes: 0,
+                ready,
                 consumers: Vec::new(),
                 next_consumer: 0,
                 next_seq: 0,
@@ -167,7 +173,6 @@ impl Queue {
         &self.spec.name
     }
 
-    /// Enqueues a message, pushes what consumers can take, and applies length limits.
     /// Enqueues a message, pushes what consumers can take, and applies length limits. A persistent
     /// message in a durable queue is stored; `confirm` (if any) then waits for that write.
     pub fn publish(
@@ -209,12 +214,10 @@ impl Queue {
                     durability.write(vec![record], confirm.map(|c| c.hold()));
                 }
                 let has_deadline = entry.expires_at.is_some();
-                let at = position(&st.ready, &entry);
-                st.ready.insert(at, entry);
-                st.ready_bytes += size;
+                let head = st.ready.push(entry);
                 self.dispatch_at(&mut st, &mut dead, now);
                 self.drop_head_over_limit(&mut st, &mut dead);
-                if has_deadline && at == 0 {
+                if has_deadline && head {
                     self.watch_ttl(&mut st);
                 }
                 Enqueued::Yes
@@ -249,12 +252,15 @@ impl Queue {
     /// Stored messages leave the log once they leave the queue (acked, expired, dropped, consumed
     /// without ack). Removals need no fsync: one lost in a crash brings the message back once more.
     pub fn forget<'a>(&self, entries: impl IntoIterator<Item = &'a Entry>) {
+        self.forget_ids(entries.into_iter().filter_map(|e| e.store_id));
+    }
+
+    fn forget_ids(&self, ids: impl IntoIterator<Item = u64>) {
         let Some((durability, name)) = &self.durability else {
             return;
         };
-        let records: Vec<Record> = entries
+        let records: Vec<Record> = ids
             .into_iter()
-            .filter_map(|e| e.store_id)
             .map(|id| Record::Remove {
                 queue: name.clone(),
                 id,
@@ -279,9 +285,7 @@ impl Queue {
                 entry.redelivered = true;
                 entry.store_id = Some(id);
                 entry.expires_at = entry.expires_at.map(|t| t.checked_sub(age).unwrap_or(now));
-                st.ready_bytes += entry.message.body_size();
-                let at = position(&st.ready, &entry);
-                st.ready.insert(at, entry);
+                st.ready.push(entry);
             }
             self.dispatch_locked(&mut st, &mut dead);
         }
@@ -292,11 +296,11 @@ impl Queue {
     fn over_limit(&self, st: &State, count: u64, bytes: u64) -> bool {
         self.args
             .max_length
-            .is_some_and(|max| st.ready.len() as u64 + count > max)
+            .is_some_and(|max| st.ready.len() + count > max)
             || self
                 .args
                 .max_length_bytes
-                .is_some_and(|max| st.ready_bytes + bytes > max)
+                .is_some_and(|max| st.ready.bytes() + bytes > max)
     }
 
     fn drop_head_over_limit(&self, st: &mut State, dead: &mut DeadLetters) {
@@ -311,9 +315,7 @@ impl Queue {
     }
 
     fn pop_front(&self, st: &mut State) -> Option<Entry> {
-        let e = st.ready.pop_front()?;
-        st.ready_bytes -= e.message.body_size();
-        Some(e)
+        st.ready.pop_front()
     }
 
     /// Removes expired messages from the head (RabbitMQ expires messages when they reach the head).
@@ -367,11 +369,8 @@ impl Queue {
     }
 
     fn insert(self: &Arc<Self>, st: &mut State, entry: Entry) {
-        let at = position(&st.ready, &entry);
-        st.ready_bytes += entry.message.body_size();
         let has_deadline = entry.expires_at.is_some();
-        st.ready.insert(at, entry);
-        if has_deadline && at == 0 {
+        if st.ready.insert(entry) && has_deadline {
             self.watch_ttl(st);
         }
     }
@@ -391,7 +390,9 @@ impl Queue {
             let mut st = self.state.lock();
             st.last_used = Instant::now();
             self.expire_head(&mut st, &mut dead, Instant::now());
-            let got = self.pop_front(&mut st).map(|e| (e, st.ready.len() as u32));
+            let got = self
+                .pop_front(&mut st)
+                .map(|e| (e, st.ready.len().min(u64::from(u32::MAX)) as u32));
             if !st.ttl_task && st.ready.front().is_some_and(|e| e.expires_at.is_some()) {
                 self.watch_ttl(&mut st);
             }
@@ -473,8 +474,7 @@ impl Queue {
                 // The connection is gone; its cleanup would remove the consumer too.
                 consumer.release_credit(1);
                 if let Outbound::Deliver { entry, .. } = failed.0 {
-                    st.ready_bytes += entry.message.body_size();
-                    st.ready.push_front(entry);
+                    st.ready.insert(entry);
                 }
                 st.consumers.remove(idx);
             }
@@ -528,7 +528,12 @@ impl Queue {
     }
 
     pub fn message_count(&self) -> u32 {
-        self.state.lock().ready.len() as u32
+        self.state.lock().ready.len().min(u64::from(u32::MAX)) as u32
+    }
+
+    /// Ready messages held in spill files rather than memory.
+    pub fn paged_count(&self) -> u64 {
+        self.state.lock().ready.paged()
     }
 
     pub fn consumer_count(&self) -> u32 {
@@ -537,22 +542,23 @@ impl Queue {
 
     /// Drops every ready message (queue.purge); unacked deliveries are not touched, as in RabbitMQ.
     pub fn purge(&self) -> u32 {
-        let purged: Vec<Entry> = {
+        let (purged, paged_ids, count) = {
             let mut st = self.state.lock();
-            st.ready_bytes = 0;
-            st.ready.drain(..).collect()
+            let count = st.ready.len();
+            let (entries, ids) = st.ready.clear(self.durability.is_some());
+            (entries, ids, count)
         };
         self.forget(&purged);
-        purged.len() as u32
+        self.forget_ids(paged_ids);
+        count.min(u64::from(u32::MAX)) as u32
     }
 
     /// Marks the queue deleted, returning its ready count and the consumers to notify.
     pub fn mark_deleted(&self) -> (u32, Vec<Arc<Consumer>>) {
         let mut st = self.state.lock();
         st.deleted = true;
-        let n = st.ready.len() as u32;
-        st.ready.clear();
-        st.ready_bytes = 0;
+        let n = st.ready.len().min(u64::from(u32::MAX)) as u32;
+        st.ready.clear(false);
         self.ttl_wakeup.notify_one();
         (n, std::mem::take(&mut st.consumers))
     }
