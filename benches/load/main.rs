@@ -286,6 +286,9 @@ fn summary(o: &Outcome) {
     if let (Some(p50), Some(p99)) = (o.p50_us, o.p99_us) {
         line += &format!("  p50 {p50:.0} µs p99 {p99:.0} µs");
     }
+    if let (Some(p50), Some(p99)) = (o.confirm_p50_us, o.confirm_p99_us) {
+        line += &format!("  confirm p50 {p50:.0} µs p99 {p99:.0} µs");
+    }
     if let Some(rss) = o.rss_kib {
         line += &format!("  RSS {:.1} MiB", rss as f64 / 1024.0);
     }

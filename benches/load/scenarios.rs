@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -75,6 +75,15 @@ pub struct Outcome {
     pub p999_us: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_us: Option<f64>,
+    /// Publisher confirm latency (publish written → basic.ack read), scenarios with confirms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confirm_p50_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confirm_p99_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confirm_p999_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confirm_max_us: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_kib: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -161,20 +170,80 @@ fn outcome(ctx: &Ctx, scenario: &str, body: usize, unit: &str, a: &Snap, b: &Sna
     }
 }
 
-fn percentiles(out: &mut Outcome, mut samples: Vec<u64>) {
+/// p50, p99, p99.9 and max in µs of samples in ns (None without samples).
+fn quantiles(mut samples: Vec<u64>) -> Option<[f64; 4]> {
     if samples.is_empty() {
-        return;
+        return None;
     }
     samples.sort_unstable();
     let at = |q: f64| {
         let i = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
         samples[i] as f64 / 1000.0
     };
-    out.p50_us = Some(at(0.50));
-    out.p99_us = Some(at(0.99));
-    out.p999_us = Some(at(0.999));
-    out.max_us = Some(at(1.0));
-    out.extra.insert("samples".into(), json!(samples.len()));
+    Some([at(0.50), at(0.99), at(0.999), at(1.0)])
+}
+
+/// The latency percentiles of a row (delivery or call latency), from samples in ns.
+fn percentiles(out: &mut Outcome, samples: Vec<u64>) {
+    let n = samples.len();
+    if let Some([p50, p99, p999, max]) = quantiles(samples) {
+        (out.p50_us, out.p99_us, out.p999_us, out.max_us) =
+            (Some(p50), Some(p99), Some(p999), Some(max));
+        out.extra.insert("samples".into(), json!(n));
+    }
+}
+
+/// The publisher confirm latency percentiles of a row.
+fn confirm_percentiles(out: &mut Outcome, samples: Micros) {
+    let n = samples.len();
+    if let Some([p50, p99, p999, max]) = quantiles(samples.into_ns()) {
+        (
+            out.confirm_p50_us,
+            out.confirm_p99_us,
+            out.confirm_p999_us,
+            out.confirm_max_us,
+        ) = (Some(p50), Some(p99), Some(p999), Some(max));
+        out.extra.insert("confirm_samples".into(), json!(n));
+    }
+}
+
+/// Latency samples in whole µs, stored in fixed-size chunks: a push never moves what is already
+/// stored, so the measured window has no reallocation pauses (a few million samples per row).
+#[derive(Default)]
+struct Micros {
+    chunks: Vec<Vec<u32>>,
+}
+
+impl Micros {
+    const CHUNK: usize = 1 << 16;
+
+    fn push_ns(&mut self, ns: u64) {
+        let us = u32::try_from(ns.saturating_add(500) / 1000).unwrap_or(u32::MAX);
+        match self.chunks.last_mut() {
+            Some(c) if c.len() < Self::CHUNK => c.push(us),
+            _ => {
+                let mut c = Vec::with_capacity(Self::CHUNK);
+                c.push(us);
+                self.chunks.push(c);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.chunks.iter().map(Vec::len).sum()
+    }
+
+    fn append(&mut self, other: Micros) {
+        self.chunks.extend(other.chunks);
+    }
+
+    fn into_ns(self) -> Vec<u64> {
+        let mut ns = Vec::with_capacity(self.len());
+        for c in self.chunks {
+            ns.extend(c.into_iter().map(|us| u64::from(us) * 1000));
+        }
+        ns
+    }
 }
 
 /// Warm-up, then the measured window; `count` reads the operation counter.
@@ -206,21 +275,31 @@ fn check(counters: &Counters) -> Result<()> {
     Ok(())
 }
 
-/// Waits (bounded) for tasks and closes the connections they hand back.
-async fn finish(tasks: Vec<JoinHandle<Result<TaskOut>>>) -> Vec<u64> {
+/// Waits (bounded) for tasks and closes the connections they hand back; returns their samples.
+async fn finish(tasks: Vec<JoinHandle<Result<TaskOut>>>) -> Samples {
     let (samples, conns) = join(tasks).await;
     close_all(conns).await;
     samples
 }
 
-/// Waits (bounded) for tasks; returns their latency samples and (still open) connections.
-async fn join(tasks: Vec<JoinHandle<Result<TaskOut>>>) -> (Vec<u64>, Vec<Conn>) {
-    let mut samples = Vec::new();
+/// Every task's samples, merged.
+#[derive(Default)]
+struct Samples {
+    /// Delivery latency or call round trip, ns.
+    latency: Vec<u64>,
+    /// Publisher confirm latency.
+    confirm: Micros,
+}
+
+/// Waits (bounded) for tasks; returns their samples and (still open) connections.
+async fn join(tasks: Vec<JoinHandle<Result<TaskOut>>>) -> (Samples, Vec<Conn>) {
+    let mut samples = Samples::default();
     let mut conns = Vec::new();
     for t in tasks {
         match tokio::time::timeout(Duration::from_secs(10), t).await {
             Ok(Ok(Ok(out))) => {
-                samples.extend(out.samples);
+                samples.latency.extend(out.samples);
+                samples.confirm.append(out.confirm_samples);
                 conns.extend(out.conn);
             }
             Ok(Ok(Err(e))) => eprintln!("    task ended with: {e:#}"),
@@ -242,7 +321,10 @@ async fn close_all(conns: Vec<Conn>) {
 #[derive(Default)]
 struct TaskOut {
     conn: Option<Conn>,
+    /// Delivery latency or call round trip (ns), inside the window.
     samples: Vec<u64>,
+    /// Publisher confirm latency, inside the window.
+    confirm_samples: Micros,
 }
 
 async fn connect(ctx: &Ctx) -> Result<Conn> {
@@ -276,40 +358,65 @@ struct PubSpec {
     max_msgs: Option<u64>,
 }
 
-/// Tracks which publish sequence numbers are confirmed (acks may be single or multiple).
-#[derive(Default)]
+/// Tracks which publish sequence numbers are confirmed (acks may be single or multiple) and when each
+/// was sent. Shared by a publisher's writer (`sent`) and reader (`settle`) tasks.
 struct ConfirmTracker {
+    /// Sequence number of `pending[0]` (the channel's first publish is 1).
     base: u64,
-    acked: VecDeque<bool>,
+    /// Per sequence number from `base` on: when it was sent (`now_ns`), and whether it is settled.
+    pending: VecDeque<(u64, bool)>,
 }
 
 impl ConfirmTracker {
-    /// Marks `tag` (or every tag up to it); returns how many were newly confirmed.
-    fn ack(&mut self, tag: u64, multiple: bool) -> u64 {
-        if self.base == 0 {
-            self.base = 1;
+    fn new() -> Self {
+        ConfirmTracker {
+            base: 1,
+            pending: VecDeque::with_capacity(2 * CONFIRM_WINDOW as usize),
         }
+    }
+
+    /// The next `n` sequence numbers are being written now (`at`).
+    fn sent(&mut self, n: u64, at: u64) {
+        self.pending
+            .extend(std::iter::repeat_n((at, false), n as usize));
+    }
+
+    /// Marks `tag` (or, with `multiple`, every tag up to it) settled; returns how many were newly
+    /// settled. With `sample` (the time the ack was read), each of them adds its latency.
+    fn settle(
+        &mut self,
+        tag: u64,
+        multiple: bool,
+        mut sample: Option<(u64, &mut Micros)>,
+    ) -> Result<u64> {
         if tag < self.base {
-            return 0;
+            return Ok(0);
         }
         let idx = (tag - self.base) as usize;
-        while self.acked.len() <= idx {
-            self.acked.push_back(false);
+        if idx >= self.pending.len() {
+            bail!("broker confirmed sequence number {tag}, which was not published");
         }
-        let mut n = 0;
         let from = if multiple { 0 } else { idx };
-        for slot in self.acked.iter_mut().take(idx + 1).skip(from) {
-            if !*slot {
-                *slot = true;
+        let mut n = 0;
+        for (sent, settled) in self.pending.range_mut(from..=idx) {
+            if !*settled {
+                *settled = true;
                 n += 1;
+                if let Some((now, samples)) = sample.as_mut() {
+                    samples.push_ns(now.saturating_sub(*sent));
+                }
             }
         }
-        while self.acked.front() == Some(&true) {
-            self.acked.pop_front();
+        while self.pending.front().is_some_and(|p| p.1) {
+            self.pending.pop_front();
             self.base += 1;
         }
-        n
+        Ok(n)
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Starts a publisher on its own connection; its reader half runs as a second task (confirms,
@@ -329,8 +436,12 @@ async fn start_publisher(
     let rc = counters.clone();
     let mut rstop = stop.clone();
     let confirms = spec.confirms;
+    let tracker = Arc::new(Mutex::new(ConfirmTracker::new()));
+    let rtracker = tracker.clone();
     let read_task = tokio::spawn(async move {
-        let mut tracker = ConfirmTracker::default();
+        // Confirm latency: each publish's send time to the time the read holding its basic.ack
+        // returned; every message a multiple ack settles is one sample. Nacks give no sample.
+        let mut confirm_samples = Micros::default();
         let r: Result<()> = async {
             loop {
                 tokio::select! {
@@ -338,14 +449,18 @@ async fn start_publisher(
                     _ = rstop.changed() => break,
                     r = reader.fill() => r?,
                 }
+                let now = now_ns();
+                let record = confirms && rc.recording.load(Relaxed);
                 while let Some(ev) = reader.try_event()? {
                     match ev {
                         Event::Ack { tag, multiple } if confirms => {
-                            rc.confirmed.fetch_add(tracker.ack(tag, multiple), Relaxed);
+                            let sample = record.then_some((now, &mut confirm_samples));
+                            let n = lock(&rtracker).settle(tag, multiple, sample)?;
+                            rc.confirmed.fetch_add(n, Relaxed);
                             rc.progress.notify_one();
                         }
                         Event::Nack { tag, multiple } if confirms => {
-                            let n = tracker.ack(tag, multiple);
+                            let n = lock(&rtracker).settle(tag, multiple, None)?;
                             rc.confirmed.fetch_add(n, Relaxed);
                             rc.nacked.fetch_add(n, Relaxed);
                             rc.progress.notify_one();
@@ -360,7 +475,7 @@ async fn start_publisher(
         if let Err(e) = &r {
             rc.error(e);
         }
-        r.map(|()| reader)
+        r.map(|()| (reader, confirm_samples))
     });
     let pc = counters;
     let mut pstop = stop;
@@ -429,6 +544,10 @@ async fn start_publisher(
                     key = (key + 1) % spec.keys.len();
                     n += 1;
                 }
+                if spec.confirms {
+                    // Registered before the write, so no ack can arrive for an unknown number.
+                    lock(&tracker).sent(n, now_ns());
+                }
                 writer.write(&buf).await?;
                 buf.clear();
                 pc.published.fetch_add(n, Relaxed);
@@ -442,10 +561,11 @@ async fn start_publisher(
         }
         r?;
         // The reader stops on the stop signal; the connection is then closed whole.
-        let reader = read_task.await??;
+        let (reader, confirm_samples) = read_task.await??;
         Ok(TaskOut {
             conn: Some(Conn::unsplit(reader, writer)),
             samples: Vec::new(),
+            confirm_samples,
         })
     });
     Ok(task)
@@ -509,6 +629,7 @@ async fn start_consumer(
             Ok(()) => Ok(TaskOut {
                 conn: Some(conn),
                 samples,
+                ..TaskOut::default()
             }),
             Err(e) => {
                 counters.error(&e);
@@ -825,7 +946,8 @@ pub async fn pubsub(ctx: &Ctx, scenario: &str, size: usize) -> Result<Outcome> {
     let _ = stop_tx.send(true);
     let samples = finish(tasks).await;
     let mut out = outcome(ctx, scenario, size, "msg", &a, &b);
-    percentiles(&mut out, samples);
+    percentiles(&mut out, samples.latency);
+    confirm_percentiles(&mut out, samples.confirm);
     out.extra
         .insert("published".into(), json!(counters.published.load(Relaxed)));
     out.extra
@@ -915,7 +1037,7 @@ pub async fn rpc(ctx: &Ctx, clients: usize, servers: usize, size: usize) -> Resu
             match r {
                 Ok(()) => Ok(TaskOut {
                     conn: Some(conn),
-                    samples: Vec::new(),
+                    ..TaskOut::default()
                 }),
                 Err(e) => {
                     counters.error(&e);
@@ -999,6 +1121,7 @@ pub async fn rpc(ctx: &Ctx, clients: usize, servers: usize, size: usize) -> Resu
                 Ok(()) => Ok(TaskOut {
                     conn: Some(conn),
                     samples,
+                    ..TaskOut::default()
                 }),
                 Err(e) => {
                     counters.error(&e);
@@ -1012,7 +1135,7 @@ pub async fn rpc(ctx: &Ctx, clients: usize, servers: usize, size: usize) -> Resu
     let samples = finish(client_tasks).await;
     let _ = finish(tasks).await;
     let mut out = outcome(ctx, &scenario, size, "call", &a, &b);
-    percentiles(&mut out, samples);
+    percentiles(&mut out, samples.latency);
     control.delete_queue(1, &request_q).await?;
     control.close().await?;
     Ok(out)

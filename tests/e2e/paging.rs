@@ -152,10 +152,22 @@ async fn past_half_the_memory_mark_backlogs_are_paged_instead_of_raising_the_ala
     for i in 0..1000 {
         ch.publish("", "backlog", &body(i)).await;
     }
-    assert_eq!(ch.message_count("backlog").await, 1000, "1 MB, five times the mark");
+    assert_eq!(
+        ch.message_count("backlog").await,
+        1000,
+        "1 MB, five times the mark"
+    );
     let alarms = &broker.server.broker.alarms;
-    assert!(!alarms.in_alarm(), "message memory: {} bytes", alarms.used());
-    assert!(alarms.used() <= 120_000, "{} bytes in memory", alarms.used());
+    assert!(
+        !alarms.in_alarm(),
+        "message memory: {} bytes",
+        alarms.used()
+    );
+    assert!(
+        alarms.used() <= 120_000,
+        "{} bytes in memory",
+        alarms.used()
+    );
     assert!(paged(&broker, "backlog") > 880);
     let (_, mut consumer) = ch.consume("backlog", "c", false).await;
     for (i, d) in consumer.recv_n(1000).await.iter().enumerate() {
