@@ -24,6 +24,7 @@ use crate::message::Message;
 use crate::persist::{decode_message, Durability, StoredExchange, StoredQueue};
 use crate::queue::consumer::ConnectionId;
 use crate::queue::paging::Paging;
+use crate::queue::Queue;
 use crate::users::User;
 use crate::vhost::{Vhost, VhostLimits};
 use amq_protocol::types::FieldTable;
@@ -39,6 +40,9 @@ pub struct ConnectionInfo {
     pub vhost: String,
     pub outbox: UnboundedSender<Outbound>,
 }
+
+/// Stored messages read back from the log at once during start-up.
+const RESTORE_BATCH: usize = 4096;
 
 pub struct Broker {
     pub config: Arc<Config>,
@@ -172,12 +176,12 @@ impl Broker {
             disk_limit,
             std::time::Duration::from_secs(1),
         );
-        broker.restore(recovered);
+        broker.restore(recovered)?;
         Ok(broker)
     }
 
     /// Rebuilds durable exchanges, queues, bindings and stored messages from the log.
-    fn restore(&self, recovered: Recovered) {
+    fn restore(&self, recovered: Recovered) -> Result<(), SetupError> {
         let mut bindings = Vec::new();
         let mut queues = Vec::new();
         for (key, value) in &recovered.definitions {
@@ -222,34 +226,56 @@ impl Broker {
                     .write(vec![Record::DropQueue { queue: name }], None);
                 continue;
             };
-            let mut batch = Vec::with_capacity(messages.len());
-            for (id, payload) in messages {
-                let Some(m) = decode_message(&payload) else {
-                    continue;
-                };
-                let charge = Charge::new(&self.alarms, (m.properties.len() + m.body.len()) as u64);
-                batch.push((
-                    id,
-                    Arc::new(Message {
-                        exchange: m.exchange,
-                        routing_key: m.routing_key,
-                        properties: m.properties,
-                        body: m.body,
-                        priority: m.priority,
-                        expiration_ms: m.expiration_ms,
-                        charge: Some(charge),
-                        persistent: true,
-                        published_at_ms: m.published_at_ms,
-                        stored: OnceLock::from(payload),
-                    }),
-                ));
+            let ids: Vec<u64> = messages.into_keys().collect();
+            for chunk in ids.chunks(RESTORE_BATCH) {
+                restored += self.restore_messages(&queue, &name, chunk.to_vec())?;
             }
-            restored += batch.len();
-            queue.restore(batch);
         }
         if restored > 0 {
             tracing::info!(messages = restored, "recovered persistent messages");
         }
+        Ok(())
+    }
+
+    /// Reads one batch of a queue's stored messages back from the log and puts them in the queue
+    /// (which pages them out again past its budget, so a long backlog is never in memory at once).
+    fn restore_messages(
+        &self,
+        queue: &Arc<Queue>,
+        name: &str,
+        ids: Vec<u64>,
+    ) -> Result<usize, SetupError> {
+        let stored = self.durability.read(name, ids).map_err(LogError::Io)?;
+        let mut batch = Vec::with_capacity(stored.len());
+        for (id, payload) in stored {
+            let Some(m) = decode_message(&payload) else {
+                tracing::error!(
+                    queue = name,
+                    id,
+                    "a stored message does not decode; skipped"
+                );
+                continue;
+            };
+            let charge = Charge::new(&self.alarms, (m.properties.len() + m.body.len()) as u64);
+            batch.push((
+                id,
+                Arc::new(Message {
+                    exchange: m.exchange,
+                    routing_key: m.routing_key,
+                    properties: m.properties,
+                    body: m.body,
+                    priority: m.priority,
+                    expiration_ms: m.expiration_ms,
+                    charge: Some(charge),
+                    persistent: true,
+                    published_at_ms: m.published_at_ms,
+                    stored: OnceLock::from(payload),
+                }),
+            ));
+        }
+        let n = batch.len();
+        queue.restore(batch);
+        Ok(n)
     }
 
     pub fn vhost(&self, name: &str) -> Option<Arc<Vhost>> {

@@ -46,10 +46,15 @@ pub fn now_ms() -> u64 {
 }
 
 impl Durability {
-    /// Opens (and replays) the log under `DATA_DIR/log`.
+    /// Opens (and replays) the log under `DATA_DIR/log`. Recovered messages are listed by id only:
+    /// [`Durability::read`] brings their payloads back a batch at a time.
     pub fn open(data_dir: &Path) -> Result<(Arc<Self>, Recovered), LogError> {
         let medium = DiskMedium::new(&data_dir.join("log"))?;
-        let (store, recovered) = Store::open(medium, StoreOptions::default())?;
+        let options = StoreOptions {
+            recover_payloads: false,
+            ..StoreOptions::default()
+        };
+        let (store, recovered) = Store::open(medium, options)?;
         let next_id = AtomicU64::new(recovered.next_id);
         Ok((Arc::new(Durability { store, next_id }), recovered))
     }
@@ -60,6 +65,11 @@ impl Durability {
 
     pub fn write(&self, records: Vec<Record>, done: Option<Completion>) {
         self.store.write(records, done);
+    }
+
+    /// Reads back stored messages of `queue` (start-up), in the order of `ids`.
+    pub fn read(&self, queue: &str, ids: Vec<u64>) -> std::io::Result<Vec<(u64, Bytes)>> {
+        self.store.read(queue, ids)
     }
 
     /// Blocks until everything written is durable (shutdown).

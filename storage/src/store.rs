@@ -8,6 +8,8 @@ use std::io;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 
+use bytes::Bytes;
+
 use crate::log::medium::Medium;
 use crate::log::record::Record;
 use crate::log::{Log, LogError, Recovered};
@@ -22,6 +24,12 @@ enum Command {
     },
     /// Runs after everything queued before it is durable.
     Barrier(Completion),
+    /// Reads back live messages (recovery), after the writes queued before it.
+    Read {
+        queue: String,
+        ids: Vec<u64>,
+        reply: Sender<io::Result<Vec<(u64, Bytes)>>>,
+    },
 }
 
 /// Tuning for the store.
@@ -31,6 +39,9 @@ pub struct StoreOptions {
     pub segment_bytes: u64,
     /// Most commands gathered into one batch.
     pub max_batch: usize,
+    /// Whether recovery returns message payloads, or ids only, to be read back with
+    /// [`Store::read`] batch by batch (so a long backlog is never in memory at once).
+    pub recover_payloads: bool,
 }
 
 impl Default for StoreOptions {
@@ -38,6 +49,7 @@ impl Default for StoreOptions {
         StoreOptions {
             segment_bytes: 64 << 20,
             max_batch: 8192,
+            recover_payloads: true,
         }
     }
 }
@@ -54,7 +66,8 @@ impl Store {
         medium: M,
         options: StoreOptions,
     ) -> Result<(Store, Recovered), LogError> {
-        let (log, recovered) = Log::open(medium, options.segment_bytes)?;
+        let (log, recovered) =
+            Log::open_with(medium, options.segment_bytes, options.recover_payloads)?;
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("warren-store".into())
@@ -82,6 +95,24 @@ impl Store {
         {
             done(Err(io::Error::other("the store has stopped")));
         }
+    }
+
+    /// Reads back the live messages among `ids` of `queue` (blocking): those still stored, in the
+    /// order asked.
+    pub fn read(&self, queue: &str, ids: Vec<u64>) -> io::Result<Vec<(u64, Bytes)>> {
+        let (reply, rx) = mpsc::channel();
+        let command = Command::Read {
+            queue: queue.to_string(),
+            ids,
+            reply,
+        };
+        self.tx
+            .as_ref()
+            .ok_or_else(|| io::Error::other("the store has stopped"))?
+            .send(command)
+            .map_err(|_| io::Error::other("the store has stopped"))?;
+        rx.recv()
+            .map_err(|_| io::Error::other("the store has stopped"))?
     }
 
     /// Blocks until everything written so far is durable.
@@ -121,6 +152,7 @@ fn run<M: Medium>(mut log: Log<M>, rx: Receiver<Command>, max_batch: usize) {
         }
         let mut records = Vec::new();
         let mut completions = Vec::new();
+        let mut reads = Vec::new();
         for command in batch {
             match command {
                 Command::Write { records: r, done } => {
@@ -128,9 +160,11 @@ fn run<M: Medium>(mut log: Log<M>, rx: Receiver<Command>, max_batch: usize) {
                     completions.extend(done);
                 }
                 Command::Barrier(done) => completions.push(done),
+                Command::Read { queue, ids, reply } => reads.push((queue, ids, reply)),
             }
         }
         let result = match &poisoned {
+            _ if records.is_empty() && completions.is_empty() => Ok(()),
             Some(why) => Err(io::Error::other(why.clone())),
             None => log.append(&records).and_then(|()| log.sync()).map_err(|e| {
                 if e.kind() != io::ErrorKind::StorageFull {
@@ -154,6 +188,23 @@ fn run<M: Medium>(mut log: Log<M>, rx: Receiver<Command>, max_batch: usize) {
                 None => Ok(()),
                 Some(e) => Err(io::Error::new(e.kind(), e.to_string())),
             });
+        }
+        // Reads are answered after the batch's writes (so a removal queued before one is seen),
+        // before reclaiming, which may move records.
+        for (queue, ids, reply) in reads {
+            let mut out = Vec::with_capacity(ids.len());
+            let mut result = Ok(());
+            for id in ids {
+                match log.read_message(&queue, id) {
+                    Ok(Some(payload)) => out.push((id, payload)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            let _ = reply.send(result.map(|()| out));
         }
         if ok {
             let _ = log.reclaim();

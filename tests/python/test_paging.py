@@ -7,8 +7,10 @@ can grow without growing the broker's RSS.
   queue nobody consumes. Its RSS stays under 80 MiB (it starts near 11 MiB; unbounded, the backlog
   alone would be over 250 MiB), brokerctl shows the messages paged out, and a consumer then receives
   every message, in order, intact, while RSS stays bounded; the spill files are gone at the end.
-* ``test_paged_persistent_messages_survive_a_restart``: persistent messages in a durable queue past
-  its budget come back after a restart, all of them, in order, flagged redelivered.
+* ``test_paged_persistent_messages_survive_a_restart``: 100,000 persistent 1 KiB messages in a
+  durable queue past its budget come back after a restart, all of them, in order, flagged
+  redelivered, and recovering them does not take the broker's RSS past the same bound (the log is
+  read back in batches and paged out again).
 
 Warren only: the budget is Warren's configuration, and RSS is read from /proc for the broker process.
 """
@@ -165,7 +167,7 @@ def test_unconsumed_backlog_does_not_grow_rss(paging_node):
 
 def test_paged_persistent_messages_survive_a_restart(paging_node):
     node = paging_node
-    count = 20_000
+    count = 100_000
     node.config = _config(node.data_dir, node.tls_base / "tls", budget=1 << 20)
     node.start()
     conn = node.broker().pika_connection()
@@ -183,6 +185,9 @@ def test_paged_persistent_messages_survive_a_restart(paging_node):
     node.start()
     row = wait_for_count(node, "paged.durable", count)
     assert row["messages"] == count, row
+    after = rss_mib(node)
+    print(f"RSS after recovering {count} persistent messages ({count * BODY >> 20} MiB): {after:.1f} MiB")
+    assert after < RSS_LIMIT_MIB, "recovery reads the log back in batches and pages past the budget"
     conn = node.broker().pika_connection()
     try:
         state = consume_in_order(conn.channel(), "paged.durable", count, persistent=True)

@@ -16,6 +16,18 @@ pub trait Medium: Send + 'static {
     /// Existing segment ids, ascending.
     fn list(&mut self) -> io::Result<Vec<u64>>;
     fn read(&mut self, id: u64) -> io::Result<Bytes>;
+    /// `len` bytes of segment `id` from `offset` (one record read back).
+    fn read_at(&mut self, id: u64, offset: u64, len: usize) -> io::Result<Bytes> {
+        let data = self.read(id)?;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        match start.checked_add(len) {
+            Some(end) if end <= data.len() => Ok(data.slice(start..end)),
+            _ => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} ends before offset {offset} + {len}", self.describe(id)),
+            )),
+        }
+    }
     /// Creates an empty segment; durable once this returns.
     fn create(&mut self, id: u64) -> io::Result<()>;
     fn append(&mut self, id: u64, data: &[u8]) -> io::Result<()>;
@@ -33,6 +45,8 @@ pub trait Medium: Send + 'static {
 pub struct DiskMedium {
     dir: PathBuf,
     open: Option<(u64, File)>,
+    /// The segment last read from with `read_at` (recovery reads runs of records from one segment).
+    reading: Option<(u64, File)>,
 }
 
 impl DiskMedium {
@@ -41,6 +55,7 @@ impl DiskMedium {
         Ok(DiskMedium {
             dir: dir.to_path_buf(),
             open: None,
+            reading: None,
         })
     }
 
@@ -85,6 +100,19 @@ impl Medium for DiskMedium {
         fs::read(self.path(id)).map(Bytes::from)
     }
 
+    fn read_at(&mut self, id: u64, offset: u64, len: usize) -> io::Result<Bytes> {
+        use std::os::unix::fs::FileExt;
+        if self.reading.as_ref().map(|(r, _)| *r) != Some(id) {
+            self.reading = Some((id, File::open(self.path(id))?));
+        }
+        let Some((_, file)) = &self.reading else {
+            return Err(io::Error::other("segment not open"));
+        };
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, offset)?;
+        Ok(Bytes::from(buf))
+    }
+
     fn create(&mut self, id: u64) -> io::Result<()> {
         OpenOptions::new()
             .create_new(true)
@@ -112,6 +140,9 @@ impl Medium for DiskMedium {
     fn remove(&mut self, id: u64) -> io::Result<()> {
         if self.open.as_ref().map(|(open, _)| *open) == Some(id) {
             self.open = None;
+        }
+        if self.reading.as_ref().map(|(r, _)| *r) == Some(id) {
+            self.reading = None;
         }
         fs::remove_file(self.path(id))?;
         self.sync_dir()

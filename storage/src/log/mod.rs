@@ -22,6 +22,8 @@ use record::{read_at, Read, Record};
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Recovered {
     pub definitions: BTreeMap<String, Bytes>,
+    /// Each queue's messages by id: their payloads, or (when opened with `payloads` false) empty
+    /// placeholders, the payloads to be read back with [`Log::read_message`] in batches.
     pub queues: BTreeMap<String, BTreeMap<u64, Bytes>>,
     /// One more than the highest message id ever seen.
     pub next_id: u64,
@@ -54,8 +56,8 @@ struct Segment {
 pub struct Log<M: Medium> {
     medium: M,
     segments: BTreeMap<u64, Segment>,
-    /// Where each live message was written: queue → id → (segment, payload bytes).
-    messages: HashMap<String, HashMap<u64, (u64, u64)>>,
+    /// Where each live message was written: queue → id → its record's place.
+    messages: HashMap<String, HashMap<u64, Place>>,
     /// Current definitions and the segment holding each.
     definitions: HashMap<String, (Bytes, u64)>,
     segment_limit: u64,
@@ -63,10 +65,28 @@ pub struct Log<M: Medium> {
     compact_after: usize,
 }
 
+/// Where a record is: segment, offset and framed length.
+#[derive(Debug, Clone, Copy)]
+struct Place {
+    segment: u64,
+    offset: u64,
+    len: u64,
+}
+
 impl<M: Medium> Log<M> {
     /// Opens the log, replaying every segment. A bad record at the end of the last segment (a torn
     /// write) is cut off and reported; a bad record anywhere else is an error.
-    pub fn open(mut medium: M, segment_limit: u64) -> Result<(Self, Recovered), LogError> {
+    pub fn open(medium: M, segment_limit: u64) -> Result<(Self, Recovered), LogError> {
+        Self::open_with(medium, segment_limit, true)
+    }
+
+    /// [`Log::open`]; without `payloads`, recovered messages are listed by id only, so recovery
+    /// holds one segment at a time in memory rather than the whole backlog.
+    pub fn open_with(
+        mut medium: M,
+        segment_limit: u64,
+        payloads: bool,
+    ) -> Result<(Self, Recovered), LogError> {
         let ids = medium.list()?;
         let mut log = Log {
             medium,
@@ -83,7 +103,12 @@ impl<M: Medium> Log<M> {
             loop {
                 match read_at(&data, offset) {
                     Read::Record(r, next) => {
-                        log.apply(*id, &r, &mut recovered);
+                        let place = Place {
+                            segment: *id,
+                            offset: offset as u64,
+                            len: (next - offset) as u64,
+                        };
+                        log.apply(place, &r, &mut recovered, payloads);
                         offset = next;
                     }
                     Read::End => break,
@@ -117,22 +142,28 @@ impl<M: Medium> Log<M> {
         self.segments.keys().next_back().copied().unwrap_or(1)
     }
 
-    /// Tracks a record written to `segment` (during replay also builds `recovered`).
-    fn apply(&mut self, segment: u64, record: &Record, recovered: &mut Recovered) {
-        self.track(segment, record);
+    /// Tracks a record written at `place` (during replay also builds `recovered`).
+    fn apply(&mut self, place: Place, record: &Record, recovered: &mut Recovered, payloads: bool) {
+        self.track(place, record);
         match record {
             Record::Put { key, value } => {
-                recovered.definitions.insert(key.clone(), value.clone());
+                // Copied: a slice would keep the whole segment read at replay in memory.
+                recovered
+                    .definitions
+                    .insert(key.clone(), Bytes::copy_from_slice(value));
             }
             Record::Delete { key } => {
                 recovered.definitions.remove(key);
             }
             Record::Enqueue { queue, id, payload } => {
-                recovered
-                    .queues
-                    .entry(queue.clone())
-                    .or_default()
-                    .insert(*id, payload.clone());
+                recovered.queues.entry(queue.clone()).or_default().insert(
+                    *id,
+                    if payloads {
+                        payload.clone()
+                    } else {
+                        Bytes::new()
+                    },
+                );
                 recovered.next_id = recovered.next_id.max(id + 1);
             }
             Record::Remove { queue, id } => {
@@ -152,19 +183,41 @@ impl<M: Medium> Log<M> {
         }
     }
 
-    fn release_message(&mut self, (segment, bytes): (u64, u64)) {
-        if let Some(s) = self.segments.get_mut(&segment) {
+    fn release_message(&mut self, place: Place) {
+        if let Some(s) = self.segments.get_mut(&place.segment) {
             s.live_messages = s.live_messages.saturating_sub(1);
-            s.live_bytes = s.live_bytes.saturating_sub(bytes);
+            s.live_bytes = s.live_bytes.saturating_sub(place.len);
         }
     }
 
-    fn track(&mut self, segment: u64, record: &Record) {
+    /// Reads back the payload of a live message (None if it is not live).
+    pub fn read_message(&mut self, queue: &str, id: u64) -> io::Result<Option<Bytes>> {
+        let Some(place) = self.messages.get(queue).and_then(|q| q.get(&id)).copied() else {
+            return Ok(None);
+        };
+        let data = self
+            .medium
+            .read_at(place.segment, place.offset, place.len as usize)?;
+        match read_at(&data, 0) {
+            Read::Record(Record::Enqueue { payload, .. }, _) => Ok(Some(payload)),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} at offset {}: the message record no longer reads back",
+                    self.medium.describe(place.segment),
+                    place.offset
+                ),
+            )),
+        }
+    }
+
+    fn track(&mut self, place: Place, record: &Record) {
+        let segment = place.segment;
         match record {
             Record::Put { key, value } => {
                 if let Some((_, old)) = self
                     .definitions
-                    .insert(key.clone(), (value.clone(), segment))
+                    .insert(key.clone(), (Bytes::copy_from_slice(value), segment))
                 {
                     self.release_definition(old);
                 }
@@ -175,19 +228,18 @@ impl<M: Medium> Log<M> {
                     self.release_definition(old);
                 }
             }
-            Record::Enqueue { queue, id, payload } => {
-                let bytes = payload.len() as u64;
+            Record::Enqueue { queue, id, .. } => {
                 if let Some(old) = self
                     .messages
                     .entry(queue.clone())
                     .or_default()
-                    .insert(*id, (segment, bytes))
+                    .insert(*id, place)
                 {
                     self.release_message(old);
                 }
                 let seg = self.segments.entry(segment).or_default();
                 seg.live_messages += 1;
-                seg.live_bytes += bytes;
+                seg.live_bytes += place.len;
             }
             Record::Remove { queue, id } => {
                 if let Some(old) = self.messages.get_mut(queue).and_then(|q| q.remove(id)) {
@@ -206,8 +258,11 @@ impl<M: Medium> Log<M> {
     /// [`Log::sync`]. On a failed write the segment is cut back, so the log stays well-formed.
     pub fn append(&mut self, records: &[Record]) -> io::Result<()> {
         let mut buf = Vec::new();
+        let mut spans = Vec::with_capacity(records.len());
         for r in records {
+            let start = buf.len();
             r.encode(&mut buf);
+            spans.push((start as u64, (buf.len() - start) as u64));
         }
         let mut active = self.active();
         let len = self.segments.get(&active).map_or(0, |s| s.len);
@@ -225,8 +280,13 @@ impl<M: Medium> Log<M> {
         if let Some(s) = self.segments.get_mut(&active) {
             s.len += buf.len() as u64;
         }
-        for r in records {
-            self.track(active, r);
+        for (r, (start, size)) in records.iter().zip(spans) {
+            let place = Place {
+                segment: active,
+                offset: len + start,
+                len: size,
+            };
+            self.track(place, r);
         }
         Ok(())
     }
@@ -238,7 +298,12 @@ impl<M: Medium> Log<M> {
         let active = self.active();
         for r in records {
             if matches!(r, Record::Remove { .. } | Record::DropQueue { .. }) {
-                self.track(active, r);
+                let place = Place {
+                    segment: active,
+                    offset: 0,
+                    len: 0,
+                };
+                self.track(place, r);
             }
         }
     }
@@ -304,7 +369,7 @@ impl<M: Medium> Log<M> {
                     .messages
                     .get(queue)
                     .and_then(|q| q.get(msg))
-                    .is_some_and(|(seg, _)| *seg == id),
+                    .is_some_and(|place| place.segment == id),
                 _ => false,
             };
             if is_live {
