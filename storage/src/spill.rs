@@ -90,6 +90,11 @@ impl Spill {
         self.bytes
     }
 
+    /// Framed bytes appended but not yet written to a file.
+    pub fn buffered(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Appends a record made of `parts` (concatenated). The record is kept even when this fails (the
     /// error says the write to disk did not happen yet; it is retried by the next append or read).
     pub fn push(&mut self, parts: &[&[u8]]) -> io::Result<()> {

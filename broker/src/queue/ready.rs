@@ -28,6 +28,8 @@ pub struct Ready {
     paged: u64,
     budget: Budget,
     paging: Option<Arc<Paging>>,
+    /// Spill writes are failing (logged once, until they succeed again).
+    spill_failing: bool,
 }
 
 /// Where `entry` belongs in memory. A fresh publish almost always goes last (its sequence number is
@@ -51,6 +53,7 @@ impl Ready {
             paged: 0,
             budget,
             paging,
+            spill_failing: false,
         }
     }
 
@@ -80,9 +83,17 @@ impl Ready {
         if let Some(paging) = &self.paging {
             if self.runs.contains_key(&level) || self.over_budget(paging, &entry) {
                 let run = self.runs.entry(level).or_insert_with(|| paging.new_run());
-                if let Err(e) = paging.write(run, &entry) {
+                match paging.write(run, &entry) {
                     // Kept in the run's write buffer all the same (see Spill::push).
-                    tracing::warn!(error = %e, "cannot write a queue's backlog to its spill file; it stays in memory until the write succeeds");
+                    Err(e) if !self.spill_failing => {
+                        self.spill_failing = true;
+                        tracing::warn!(error = %e, "cannot write a queue's backlog to its spill file; it stays in memory until a write succeeds");
+                    }
+                    Ok(()) if self.spill_failing && run.buffered() == 0 => {
+                        self.spill_failing = false;
+                        tracing::info!("a queue's spill file takes writes again");
+                    }
+                    _ => {}
                 }
                 self.paged += 1;
                 return false;
