@@ -14,6 +14,9 @@ use crate::log::medium::Medium;
 use crate::log::record::Record;
 use crate::log::{Log, LogError, Recovered};
 
+/// How long the store waits for work before reclaiming space on its own.
+const IDLE_RECLAIM: std::time::Duration = std::time::Duration::from_millis(1100);
+
 /// Called once the records are durable (`Ok`) or known not to be (`Err`).
 pub type Completion = Box<dyn FnOnce(io::Result<()>) + Send>;
 
@@ -142,7 +145,18 @@ impl Drop for Store {
 
 fn run<M: Medium>(mut log: Log<M>, rx: Receiver<Command>, max_batch: usize) {
     let mut poisoned: Option<String> = None;
-    while let Ok(first) = rx.recv() {
+    loop {
+        let first = match rx.recv_timeout(IDLE_RECLAIM) {
+            Ok(first) => first,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // A quiet log still gets its dead active segment retired (see Log::reclaim).
+                if poisoned.is_none() {
+                    let _ = log.reclaim();
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         let mut batch = vec![first];
         while batch.len() < max_batch {
             match rx.try_recv() {

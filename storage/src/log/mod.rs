@@ -12,6 +12,7 @@ pub mod record;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -63,7 +64,15 @@ pub struct Log<M: Medium> {
     segment_limit: u64,
     /// Sealed segments tolerated behind a pinned oldest one before its live messages are copied forward.
     compact_after: usize,
+    /// When the active segment was last retired: under steady traffic full segments roll over by
+    /// themselves, so retiring (two directory fsyncs) is kept to once per [`RETIRE_INTERVAL`].
+    last_retired: Option<Instant>,
+    /// The last write failed for lack of space: reclaim without waiting.
+    space_short: bool,
 }
+
+/// Least time between two retirements of a mostly dead active segment (unless space is short).
+const RETIRE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Where a record is: segment, offset and framed length.
 #[derive(Debug, Clone, Copy)]
@@ -95,6 +104,8 @@ impl<M: Medium> Log<M> {
             definitions: HashMap::new(),
             segment_limit: segment_limit.max(4096),
             compact_after: 3,
+            last_retired: None,
+            space_short: false,
         };
         let mut recovered = Recovered::default();
         for (i, id) in ids.iter().enumerate() {
@@ -288,6 +299,7 @@ impl<M: Medium> Log<M> {
             };
             self.track(place, r);
         }
+        self.space_short = false;
         Ok(())
     }
 
@@ -295,6 +307,7 @@ impl<M: Medium> Log<M> {
     /// reclaiming can free the segments they empty. Safe because deleting a segment is itself the
     /// removal; if the segment stays, a crash can only bring such a message back once more (allowed).
     pub fn account_unwritten_removals(&mut self, records: &[Record]) {
+        self.space_short = true;
         let active = self.active();
         for r in records {
             if matches!(r, Record::Remove { .. } | Record::DropQueue { .. }) {
@@ -320,8 +333,16 @@ impl<M: Medium> Log<M> {
         // fresh segment), so acked messages free their space even when traffic never fills a segment
         // (a small disk, a quiet broker).
         let active = self.active();
+        let due = self.space_short
+            || self
+                .last_retired
+                .is_none_or(|t| t.elapsed() >= RETIRE_INTERVAL);
         if let Some(seg) = self.segments.get(&active) {
-            if seg.len > (self.segment_limit / 4).min(1 << 20) && seg.live_bytes < seg.len / 8 {
+            if due
+                && seg.len > (self.segment_limit / 4).min(1 << 20)
+                && seg.live_bytes < seg.len / 8
+            {
+                self.last_retired = Some(Instant::now());
                 self.medium.create(active + 1)?;
                 self.segments.insert(active + 1, Segment::default());
                 self.copy_forward(active)?;
