@@ -2,6 +2,8 @@
 # Warren vs RabbitMQ load benchmark: builds (release) the broker and warren-load, then runs every
 # selected scenario against Warren and against a private RabbitMQ node, both TLS-only on 127.0.0.1
 # with client certificates and SASL EXTERNAL, both pinned to core 0 with the load generator on core 1.
+# The floor rows (floor-rpc, floor-latency) run once, against warren-load's own TLS echo server
+# started on core 0 the same way: what loopback TLS costs without any broker.
 # Writes benches/results/<date>.md (the table) and appends one JSON line to benches/results/runs.jsonl.
 # See benches/README.md.
 set -euo pipefail
@@ -12,7 +14,8 @@ usage: benches/load.sh [options]
 
   --quick               ~2 s per scenario, 500 idle connections, no queues row, one broker start
   --scenarios LIST      comma-separated subset (benches/load.sh --list shows the names)
-  --brokers LIST        warren,rabbitmq (default both)
+  --brokers LIST        warren,rabbitmq (default both); the floor-* rows (TLS echo server, no
+                        broker) run once whenever they are selected, whatever this says
   --sizes LIST          body sizes for message scenarios (default 16,1024)
   --duration SECS       measured window per scenario (default 10, quick 2)
   --idle-conns N        idle connections for idle-conns (default 10000, quick 500)
@@ -101,7 +104,10 @@ pick() { # the selected scenarios among $1, in the order of $1
     for s in ${1//,/ }; do case ",$SCENARIOS," in *",$s,"*) out="$out,$s" ;; esac; done
     echo "${out#,}"
 }
-LOAD_SCENARIOS=$(echo "$ALL" | tr , '\n' | grep -vxE 'idle-rss|idle-conns|queues' | paste -sd, -)
+LOAD_SCENARIOS=$(echo "$ALL" | tr , '\n' | grep -vxE 'idle-rss|idle-conns|queues|floor-.*' | paste -sd, -)
+# The floor rows: against the echo server (no broker), once, after the brokers.
+FLOOR_SCENARIOS=$(pick "$(echo "$ALL" | tr , '\n' | grep -xE 'floor-.*' | paste -sd, -)")
+BROKER_SCENARIOS=$(echo "$SCENARIOS" | tr , '\n' | grep -vxE 'floor-.*' | paste -sd, -) || true
 if [ "$QUICK" = 1 ]; then
     # One broker start per broker: the memory rows first, on the fresh broker.
     GROUPS_=("$(pick "idle-rss,idle-conns,queues,$LOAD_SCENARIOS")")
@@ -124,6 +130,7 @@ RMQ_PID=""
 RMQ_PGID=""
 RMQ_EPMD_PORT=""
 RMQ_BASE=""
+ECHO_PID=""
 
 cleanup() {
     local rc=$?
@@ -131,6 +138,7 @@ cleanup() {
     if [ -n "$LOAD_PID" ]; then kill -TERM "$LOAD_PID" 2>/dev/null || true; wait "$LOAD_PID" 2>/dev/null || true; fi
     stop_warren || true
     stop_rabbitmq || true
+    stop_floor || true
     rm -rf "$TMP"
     exit "$rc"
 }
@@ -299,8 +307,33 @@ stop_rabbitmq() {
     RMQ_PGID="" RMQ_PID=""
 }
 
+# ---- the floor: a TLS echo server (no broker) ------------------------------------------------------
+# warren-load's own minimal server (benches/load/echo.rs), started exactly like the brokers: under
+# `taskset -c 0` (so its tokio runtime has one worker), then `taskset -acp 0`; the run's server
+# certificate and key, client certificates verified against the run's CA.
+start_floor() {
+    ECHO_PORT=$(free_port 20000 26000)
+    taskset -c 0 "$LOAD" echo-server --port "$ECHO_PORT" \
+        --cert "$TMP/tls/server.pem" --key "$TMP/tls/server.key" --ca "$TMP/tls/ca.pem" \
+        >"$TMP/echo.stdout" 2>"$TMP/echo.stderr" </dev/null &
+    ECHO_PID=$!
+    if ! wait_port "$ECHO_PORT" "$ECHO_PID" 30; then
+        tail -n 30 "$TMP/echo.stderr" >&2; return 1
+    fi
+    taskset -acp 0 "$ECHO_PID" >/dev/null
+    BROKER_PID=$ECHO_PID BROKER_PORT=$ECHO_PORT
+    log "floor: TLS echo server pid $ECHO_PID on 127.0.0.1:$ECHO_PORT (core 0)"
+}
+stop_floor() {
+    [ -n "$ECHO_PID" ] || return 0
+    stop_pid "$ECHO_PID" 10
+    ECHO_PID=""
+}
+
 # ---- run -----------------------------------------------------------------------------------------
-case ",$BROKERS," in *,rabbitmq,*) ensure_rabbitmq ;; esac
+if [ -n "$BROKER_SCENARIOS" ]; then
+    case ",$BROKERS," in *,rabbitmq,*) ensure_rabbitmq ;; esac
+fi
 
 if [ "$WAIT_IDLE" -gt 0 ]; then
     deadline=$(( SECONDS + WAIT_IDLE ))
@@ -315,7 +348,7 @@ ps -eo pid,pcpu,comm --sort=-pcpu | head -n 6 >&2
 run_group() { # run_group BROKER SCENARIOS
     local broker=$1 list=$2
     [ -n "$list" ] || return 0
-    case ",$BROKERS," in *",$broker,"*) ;; *) return 0 ;; esac
+    [ "$broker" = floor ] || case ",$BROKERS," in *",$broker,"*) ;; *) return 0 ;; esac
     log "$broker: $list"
     "start_$broker"
     # In the background and waited for, so that a signal reaches the cleanup trap at once.
@@ -341,6 +374,11 @@ for g in "${GROUPS_[@]}"; do
     run_group warren "$g"
     run_group rabbitmq "$g"
 done
+if [ -n "$FLOOR_SCENARIOS" ]; then
+    # The certificates come from Warren's first start; with the floor rows alone, start it once.
+    [ -d "$TMP/tls" ] || { start_warren; stop_warren; }
+    run_group floor "$FLOOR_SCENARIOS"
+fi
 
 # ---- report --------------------------------------------------------------------------------------
 mkdir -p "$RESULTS"
@@ -361,7 +399,8 @@ cat >"$TMP/meta.json" <<EOF
  "scenarios": $(json_str "$SCENARIOS"), "sizes": $(json_str "$SIZES"),
  "idle_conns": $IDLE_CONNS, "queues": $QUEUES, "loadavg_end": $(json_str "$(cut -d' ' -f1-3 /proc/loadavg)")}
 EOF
-touch "$TMP/warren.jsonl" "$TMP/rabbitmq.jsonl"
-"$LOAD" report --warren "$TMP/warren.jsonl" --rabbitmq "$TMP/rabbitmq.jsonl" --meta "$TMP/meta.json" \
+touch "$TMP/warren.jsonl" "$TMP/rabbitmq.jsonl" "$TMP/floor.jsonl"
+"$LOAD" report --warren "$TMP/warren.jsonl" --rabbitmq "$TMP/rabbitmq.jsonl" --floor "$TMP/floor.jsonl" \
+    --meta "$TMP/meta.json" \
     --md "$RESULTS/$STAMP.md" --jsonl "$RESULTS/runs.jsonl"
 log "wrote $RESULTS/$STAMP.md and appended to $RESULTS/runs.jsonl"

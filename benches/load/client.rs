@@ -76,6 +76,35 @@ impl Target {
     }
 }
 
+impl Target {
+    /// TCP connect (TCP_NODELAY, as the brokers set on their side) and the TLS handshake with the
+    /// client certificate. AMQP connections start with this; the floor rows use the bare stream.
+    pub async fn connect_tls(&self) -> Result<Stream> {
+        let tcp = TcpStream::connect(self.addr)
+            .await
+            .with_context(|| format!("connecting to {}", self.addr))?;
+        tcp.set_nodelay(true)?;
+        self.connector
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .context("TLS handshake")
+    }
+}
+
+/// The negotiated TLS version and cipher suite of a connection, for the record.
+pub fn tls_info(stream: &Stream) -> (String, String) {
+    let session = stream.get_ref().1;
+    let version = session
+        .protocol_version()
+        .map(|v| format!("{v:?}"))
+        .unwrap_or_default();
+    let suite = session
+        .negotiated_cipher_suite()
+        .map(|s| format!("{:?}", s.suite()))
+        .unwrap_or_default();
+    (version, suite)
+}
+
 /// A broker-initiated close, as an error.
 #[derive(Debug)]
 pub struct Closed {
@@ -107,15 +136,7 @@ impl Conn {
     }
 
     async fn open_inner(target: &Target, heartbeat: u16) -> Result<Conn> {
-        let tcp = TcpStream::connect(target.addr)
-            .await
-            .with_context(|| format!("connecting to {}", target.addr))?;
-        tcp.set_nodelay(true)?;
-        let stream = target
-            .connector
-            .connect(target.server_name.clone(), tcp)
-            .await
-            .context("TLS handshake")?;
+        let stream = target.connect_tls().await?;
         let mut c = Conn {
             stream,
             rbuf: BytesMut::with_capacity(4096),
@@ -165,16 +186,7 @@ impl Conn {
 
     /// The negotiated TLS version and cipher suite, for the record.
     pub fn tls_info(&self) -> (String, String) {
-        let session = self.stream.get_ref().1;
-        let version = session
-            .protocol_version()
-            .map(|v| format!("{v:?}"))
-            .unwrap_or_default();
-        let suite = session
-            .negotiated_cipher_suite()
-            .map(|s| format!("{:?}", s.suite()))
-            .unwrap_or_default();
-        (version, suite)
+        tls_info(&self.stream)
     }
 
     pub async fn write(&mut self, bytes: &[u8]) -> Result<()> {
@@ -408,7 +420,8 @@ impl Conn {
     }
 }
 
-async fn fill<R: tokio::io::AsyncRead + Unpin>(rd: &mut R, rbuf: &mut BytesMut) -> Result<()> {
+/// Reads once from `rd` into `rbuf` (at least 16 KiB free; cancel-safe); EOF is an error.
+pub async fn fill<R: tokio::io::AsyncRead + Unpin>(rd: &mut R, rbuf: &mut BytesMut) -> Result<()> {
     if rbuf.capacity() - rbuf.len() < 16 * 1024 {
         rbuf.reserve(64 * 1024);
     }

@@ -3,10 +3,13 @@
 //! `warren-load run` drives one broker (already started, pinned to core 0 by the script) through the
 //! chosen scenarios and appends one JSON line per scenario to `--out`; run it pinned to core 1
 //! (`taskset -c 1`). It runs on a single-threaded tokio runtime, so it uses exactly one core.
-//! `warren-load report` turns the Warren and RabbitMQ result files into the Markdown table and the
-//! JSON line of `benches/results/`.
+//! `warren-load echo-server` is the broker stand-in of the floor rows (`floor-rpc`, `floor-latency`):
+//! a minimal TLS echo server, started by the script on core 0 like the brokers.
+//! `warren-load report` turns the Warren, RabbitMQ and floor result files into the Markdown table and
+//! the JSON line of `benches/results/`.
 
 mod client;
+mod echo;
 mod procfs;
 mod report;
 mod scenarios;
@@ -19,6 +22,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::json;
+use tokio::io::AsyncWriteExt;
 
 use crate::scenarios::{Ctx, Outcome};
 
@@ -31,8 +35,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run scenarios against one broker.
+    /// Run scenarios against one broker (or, for the floor-* scenarios, against `echo-server`).
     Run(RunArgs),
+    /// The minimal TLS echo server the floor rows measure (no broker).
+    EchoServer(echo::EchoArgs),
     /// Build the Markdown table and the JSON run record from the results of both brokers.
     Report(report::ReportArgs),
     /// List the scenario names.
@@ -41,12 +47,12 @@ enum Cmd {
 
 #[derive(Parser)]
 struct RunArgs {
-    /// Name recorded with the results (warren, rabbitmq).
+    /// Name recorded with the results (warren, rabbitmq; floor for the echo server).
     #[arg(long)]
     broker: String,
     #[arg(long)]
     port: u16,
-    /// The broker's process id (CPU and RSS are read from /proc/PID).
+    /// The broker's (or echo server's) process id (CPU and RSS are read from /proc/PID).
     #[arg(long)]
     pid: u32,
     /// Directory with ca.pem, admin.pem, admin.key.
@@ -126,12 +132,26 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "amqprs-publish",
         "calibration: publish-only with amqprs 2.1 (16 B)",
     ),
+    (
+        "floor-rpc",
+        "floor, no broker: TLS echo ping-pong, one message outstanding",
+    ),
+    (
+        "floor-latency",
+        "floor, no broker: TLS echo at 5,000 msg/s, paced as latency",
+    ),
 ];
+
+/// Scenarios run against `warren-load echo-server` instead of a broker.
+pub fn is_floor(scenario: &str) -> bool {
+    scenario.starts_with("floor-")
+}
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Run(args) => run(args),
+        Cmd::EchoServer(args) => echo::echo_server(args),
         Cmd::Report(args) => report::report(args),
         Cmd::List => {
             for (name, what) in SCENARIOS {
@@ -154,6 +174,10 @@ fn run(args: RunArgs) -> Result<()> {
         if !SCENARIOS.iter().any(|(n, _)| n == s) {
             bail!("unknown scenario {s:?} (see `warren-load list`)");
         }
+    }
+    let floor = args.scenarios.iter().filter(|s| is_floor(s)).count();
+    if floor > 0 && floor < args.scenarios.len() {
+        bail!("the floor-* scenarios run against `warren-load echo-server`, not with broker scenarios");
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -191,11 +215,19 @@ async fn run_async(args: RunArgs) -> Result<()> {
         .open(&args.out)
         .with_context(|| args.out.display().to_string())?;
     // What the connection negotiated, for the record.
-    let probe = client::Conn::open(&target, 60)
-        .await
-        .context("first connection")?;
-    let (tls_version, cipher) = probe.tls_info();
-    probe.close().await?;
+    let (tls_version, cipher) = if args.scenarios.iter().any(|s| is_floor(s)) {
+        let mut probe = target.connect_tls().await.context("first connection")?;
+        let info = client::tls_info(&probe);
+        let _ = tokio::time::timeout(Duration::from_secs(1), probe.shutdown()).await;
+        info
+    } else {
+        let probe = client::Conn::open(&target, 60)
+            .await
+            .context("first connection")?;
+        let info = probe.tls_info();
+        probe.close().await?;
+        info
+    };
     let meta = json!({
         "broker": args.broker, "scenario": "_meta", "tls_version": tls_version, "cipher": cipher,
         "broker_threads": procfs::threads(args.pid), "loadavg_at_start": procfs::loadavg(),
@@ -207,7 +239,7 @@ async fn run_async(args: RunArgs) -> Result<()> {
     for name in &args.scenarios {
         let sizes: Vec<usize> = match name.as_str() {
             "publish" | "pubsub" | "confirms" | "fanout" | "topic" | "persistent" | "rpc-1x1"
-            | "rpc-8x2" | "latency" => args.sizes.clone(),
+            | "rpc-8x2" | "latency" | "floor-rpc" | "floor-latency" => args.sizes.clone(),
             "amqprs-publish" => vec![16],
             _ => vec![0],
         };
@@ -263,6 +295,8 @@ async fn run_one(ctx: &Ctx, name: &str, size: usize) -> Result<Outcome> {
         "rpc-8x2" => scenarios::rpc(ctx, 8, 2, size).await,
         "churn-1" => scenarios::churn(ctx, 1).await,
         "churn-4" => scenarios::churn(ctx, 4).await,
+        "floor-rpc" => scenarios::floor_rpc(ctx, size).await,
+        "floor-latency" => scenarios::floor_latency(ctx, size).await,
         other => bail!("unknown scenario {other}"),
     }
 }
@@ -271,8 +305,13 @@ fn summary(o: &Outcome) {
     if o.extra.contains_key("error") {
         return;
     }
+    let server = if o.broker == "floor" {
+        "echo"
+    } else {
+        "broker"
+    };
     let mut line = format!(
-        "  [{}] {:<15} {:>5} B  {:>10.0} {}/s  {:>7.2} µs CPU/{}  broker {:>3.0}%  client {:>3.0}%",
+        "  [{}] {:<15} {:>5} B  {:>10.0} {}/s  {:>7.2} µs CPU/{}  {server} {:>3.0}%  client {:>3.0}%",
         o.broker,
         o.scenario,
         o.body,

@@ -17,6 +17,9 @@ pub struct ReportArgs {
     /// RabbitMQ's results.
     #[arg(long)]
     rabbitmq: PathBuf,
+    /// The floor rows' results (`warren-load run --broker floor` against `echo-server`), if any.
+    #[arg(long)]
+    floor: Option<PathBuf>,
     /// A JSON object describing the run (date, versions, machine), written by load.sh.
     #[arg(long)]
     meta: PathBuf,
@@ -125,6 +128,10 @@ struct Target {
 pub fn report(args: ReportArgs) -> Result<()> {
     let w = load(&args.warren)?;
     let r = load(&args.rabbitmq)?;
+    let fl = match &args.floor {
+        Some(p) => load(p)?,
+        None => Vec::new(),
+    };
     let meta: Value = std::fs::read_to_string(&args.meta)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
@@ -137,6 +144,7 @@ pub fn report(args: ReportArgs) -> Result<()> {
     };
     let wi = index(&w);
     let ri = index(&r);
+    let fi = index(&fl);
     let wmeta = w.iter().find(|r| key(r).0 == "_meta");
     let rmeta = r.iter().find(|r| key(r).0 == "_meta");
     // Scenario order as in SCENARIOS, sizes ascending.
@@ -401,10 +409,16 @@ pub fn report(args: ReportArgs) -> Result<()> {
         );
     }
 
+    // ---- floor
+    if !fi.is_empty() {
+        floor_tables(&mut md, &fi, &wi, &ri);
+    }
+
     // ---- errors
     let errors: Vec<String> = w
         .iter()
         .chain(r.iter())
+        .chain(fl.iter())
         .filter_map(|row| {
             let e = row
                 .get("extra")?
@@ -437,6 +451,7 @@ pub fn report(args: ReportArgs) -> Result<()> {
         "meta": meta,
         "warren": w,
         "rabbitmq": r,
+        "floor": fl,
         "targets": targets.iter().map(|t| json!({"what": t.what, "met": t.met, "detail": t.detail})).collect::<Vec<_>>(),
     });
     let mut jl = std::fs::OpenOptions::new()
@@ -446,6 +461,168 @@ pub fn report(args: ReportArgs) -> Result<()> {
         .with_context(|| args.jsonl.display().to_string())?;
     writeln!(jl, "{record}")?;
     Ok(())
+}
+
+/// The floor rows (TLS echo, no broker), then the brokers' `rpc-1x1` and `latency` rows against them.
+fn floor_tables(
+    md: &mut String,
+    fi: &BTreeMap<(String, u64), Row>,
+    wi: &BTreeMap<(String, u64), Row>,
+    ri: &BTreeMap<(String, u64), Row>,
+) {
+    let _ = writeln!(md, "\n## Floor (TLS echo, no broker)\n");
+    let _ = writeln!(md, "What the machine costs without a broker: `warren-load echo-server` (tokio with one worker thread, rustls with the same certificates, client-certificate verification and TLS versions as the brokers; it writes back every read at once) on core 0 like the brokers, the same client on core 1. `floor-rpc`: one connection, one message of the body size outstanding, ping-pong; rate in round trips/s, CPU is the echo server's per round trip, latency the round trip. `floor-latency`: paced as `latency` (5,000 msg/s in 1 ms ticks, one burst per tick), send → echo read. Nothing here is Warren or RabbitMQ.\n");
+    let _ = writeln!(md, "| row | body | rate /s | echo µs CPU/op | core % echo (client) | p50 µs | p99 µs | p99.9 / max µs |");
+    let _ = writeln!(md, "|---|---|--:|--:|--:|--:|--:|--:|");
+    let mut floor_keys: Vec<&(String, u64)> = fi.keys().collect();
+    floor_keys.sort_by_key(|(s, b)| {
+        (
+            crate::SCENARIOS
+                .iter()
+                .position(|(n, _)| n == s)
+                .unwrap_or(usize::MAX),
+            *b,
+        )
+    });
+    for k in floor_keys {
+        let row = &fi[k];
+        let what = match k.0.as_str() {
+            "floor-rpc" => "floor-rpc (round trips)",
+            "floor-latency" => "floor-latency (msg)",
+            other => other,
+        };
+        let r = Some(row);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} ({}) | {} | {} | {} / {} |",
+            what,
+            body_label(k.1),
+            f(num(r, "rate"), 0),
+            f(num(r, "cpu_us_per_op"), 2),
+            f(num(r, "broker_core_pct"), 0),
+            f(num(r, "client_core_pct"), 0),
+            f(num(r, "p50_us"), 0),
+            f(num(r, "p99_us"), 0),
+            f(num(r, "p999_us"), 0),
+            f(num(r, "max_us"), 0),
+        );
+    }
+
+    // Brokers against the floor: an RPC call is two echo round trips (caller → broker → server,
+    // server → broker → caller); a `latency` message is one hop, as a `floor-latency` message.
+    let _ = writeln!(md, "\n### Brokers against the floor\n");
+    let _ = writeln!(md, "An RPC call through a broker is two hops (caller → broker → server, server → broker → caller), so its floor is two echo round trips: twice the echo CPU and round-trip time, half the round-trip rate (the doubled p99 is an approximation: it is not the p99 of a sum). A `latency` message is one hop, as a `floor-latency` message. − floor: how far above the floor the broker is; ÷ floor: as a multiple.\n");
+    let _ = writeln!(md, "| row | body | floor | Warren | W − floor | W ÷ floor | RabbitMQ | R − floor | R ÷ floor |");
+    let _ = writeln!(md, "|---|---|--:|--:|--:|--:|--:|--:|--:|");
+    let sizes: Vec<u64> = {
+        let mut s: Vec<u64> = fi.keys().map(|k| k.1).collect();
+        s.sort_unstable();
+        s.dedup();
+        s
+    };
+    // (label, broker scenario, broker field, floor scenario, floor field, floor multiplier, digits)
+    let rows: [(&str, &str, &str, &str, &str, f64, usize); 8] = [
+        (
+            "rpc-1x1 µs CPU/call (floor: 2 round trips)",
+            "rpc-1x1",
+            "cpu_us_per_op",
+            "floor-rpc",
+            "cpu_us_per_op",
+            2.0,
+            1,
+        ),
+        (
+            "rpc-1x1 calls/s (floor: round trips/s ÷ 2)",
+            "rpc-1x1",
+            "rate",
+            "floor-rpc",
+            "rate",
+            0.5,
+            0,
+        ),
+        (
+            "rpc-1x1 call p50 µs (floor: 2 × RTT p50)",
+            "rpc-1x1",
+            "p50_us",
+            "floor-rpc",
+            "p50_us",
+            2.0,
+            0,
+        ),
+        (
+            "rpc-1x1 call p99 µs (floor: 2 × RTT p99)",
+            "rpc-1x1",
+            "p99_us",
+            "floor-rpc",
+            "p99_us",
+            2.0,
+            0,
+        ),
+        (
+            "latency µs CPU/msg (floor: echo CPU/msg)",
+            "latency",
+            "cpu_us_per_op",
+            "floor-latency",
+            "cpu_us_per_op",
+            1.0,
+            1,
+        ),
+        (
+            "latency p50 µs",
+            "latency",
+            "p50_us",
+            "floor-latency",
+            "p50_us",
+            1.0,
+            0,
+        ),
+        (
+            "latency p99 µs",
+            "latency",
+            "p99_us",
+            "floor-latency",
+            "p99_us",
+            1.0,
+            0,
+        ),
+        (
+            "latency p99.9 µs",
+            "latency",
+            "p999_us",
+            "floor-latency",
+            "p999_us",
+            1.0,
+            0,
+        ),
+    ];
+    for size in sizes {
+        for (label, scenario, field, floor_scenario, floor_field, times, digits) in rows {
+            let fk = (floor_scenario.to_string(), size);
+            if !fi.contains_key(&fk) {
+                continue;
+            }
+            let bk = (scenario.to_string(), size);
+            let floor = num(fi.get(&fk), floor_field).map(|v| v * times);
+            let (wv, rv) = (num(wi.get(&bk), field), num(ri.get(&bk), field));
+            let minus = |v: Option<f64>| match (v, floor) {
+                (Some(v), Some(fv)) => Some(v - fv),
+                _ => None,
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                label,
+                body_label(size),
+                f(floor, digits),
+                f(wv, digits),
+                f(minus(wv), digits),
+                x(ratio(wv, floor)),
+                f(rv, digits),
+                f(minus(rv), digits),
+                x(ratio(rv, floor)),
+            );
+        }
+    }
 }
 
 fn mark(met: Option<bool>) -> &'static str {
