@@ -71,6 +71,10 @@ pub struct Log<M: Medium> {
     space_short: bool,
 }
 
+/// Reading one record at its place costs about as much as reading this many bytes sequentially;
+/// copying forward reads records one by one while that is cheaper than reading the segment whole.
+const PLACE_READ_COST: u64 = 2048;
+
 /// Least time between two retirements of a mostly dead active segment (unless space is short).
 const RETIRE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -375,26 +379,67 @@ impl<M: Medium> Log<M> {
         }
     }
 
-    /// Re-appends the live records of segment `id` to the active segment and syncs them.
+    /// Re-appends the live records of segment `id` to the active segment and syncs them. Live
+    /// definitions come from memory and live messages are read one by one at their places, so a
+    /// large segment pinned by a few records is never read whole (a 64 MiB read stalled every
+    /// commit behind it by ~40 ms); with many live messages, one sequential read of the segment is
+    /// cheaper.
     fn copy_forward(&mut self, id: u64) -> io::Result<()> {
-        let data = self.medium.read(id)?;
-        let mut live = Vec::new();
-        let mut offset = 0;
-        while let Read::Record(r, next) = read_at(&data, offset) {
-            offset = next;
-            let is_live = match &r {
-                Record::Put { key, .. } => {
-                    self.definitions.get(key).is_some_and(|(_, seg)| *seg == id)
+        let mut live: Vec<Record> = self
+            .definitions
+            .iter()
+            .filter(|(_, (_, seg))| *seg == id)
+            .map(|(key, (value, _))| Record::Put {
+                key: key.clone(),
+                value: value.clone(),
+            })
+            .collect();
+        let (live_messages, len) = self
+            .segments
+            .get(&id)
+            .map_or((0, 0), |s| (s.live_messages, s.len));
+        if live_messages.saturating_mul(PLACE_READ_COST) > len {
+            let data = self.medium.read(id)?;
+            let mut offset = 0;
+            while let Read::Record(r, next) = read_at(&data, offset) {
+                offset = next;
+                if let Record::Enqueue { queue, id: msg, .. } = &r {
+                    let here = self
+                        .messages
+                        .get(queue)
+                        .and_then(|q| q.get(msg))
+                        .is_some_and(|place| place.segment == id);
+                    if here {
+                        live.push(r);
+                    }
                 }
-                Record::Enqueue { queue, id: msg, .. } => self
-                    .messages
-                    .get(queue)
-                    .and_then(|q| q.get(msg))
-                    .is_some_and(|place| place.segment == id),
-                _ => false,
-            };
-            if is_live {
-                live.push(r);
+            }
+        } else if live_messages > 0 {
+            let mut places: Vec<Place> = self
+                .messages
+                .values()
+                .flat_map(|q| q.values())
+                .filter(|place| place.segment == id)
+                .copied()
+                .collect();
+            places.sort_unstable_by_key(|p| p.offset);
+            for place in places {
+                let data = self
+                    .medium
+                    .read_at(place.segment, place.offset, place.len as usize)?;
+                match read_at(&data, 0) {
+                    Read::Record(r @ Record::Enqueue { .. }, _) => live.push(r),
+                    _ => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "{} at offset {}: a live message record no longer reads back",
+                                self.medium.describe(id),
+                                place.offset
+                            ),
+                        ))
+                    }
+                }
             }
         }
         self.append(&live)?;
