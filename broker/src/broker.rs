@@ -16,11 +16,10 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc::UnboundedSender;
 use warren_storage::definitions::Definitions;
 
-use crate::alarms::{Alarms, Charge};
+use crate::alarms::Alarms;
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::connection::outbound::Outbound;
-use crate::message::Message;
 use crate::persist::{decode_message, Durability, StoredExchange, StoredQueue};
 use crate::queue::consumer::ConnectionId;
 use crate::queue::paging::Paging;
@@ -28,7 +27,6 @@ use crate::queue::Queue;
 use crate::users::User;
 use crate::vhost::{Vhost, VhostLimits};
 use amq_protocol::types::FieldTable;
-use std::sync::OnceLock;
 use warren_storage::log::record::Record;
 use warren_storage::log::{LogError, Recovered};
 
@@ -256,22 +254,8 @@ impl Broker {
                 );
                 continue;
             };
-            let charge = Charge::new(&self.alarms, (m.properties.len() + m.body.len()) as u64);
-            batch.push((
-                id,
-                Arc::new(Message {
-                    exchange: m.exchange,
-                    routing_key: m.routing_key,
-                    properties: m.properties,
-                    body: m.body,
-                    priority: m.priority,
-                    expiration_ms: m.expiration_ms,
-                    charge: Some(charge),
-                    persistent: true,
-                    published_at_ms: m.published_at_ms,
-                    stored: OnceLock::from(payload),
-                }),
-            ));
+            let message = m.into_message(&self.alarms, true, Some(payload));
+            batch.push((id, Arc::new(message)));
         }
         let n = batch.len();
         queue.restore(batch);

@@ -171,6 +171,32 @@ pub struct StoredMessage {
     pub body: Bytes,
 }
 
+impl StoredMessage {
+    /// The message as queues hold it, charged to the memory alarm; `stored` is its stored form when
+    /// it is persistent (so it is not encoded again).
+    pub fn into_message(
+        self,
+        alarms: &Arc<crate::alarms::Alarms>,
+        persistent: bool,
+        stored: Option<Bytes>,
+    ) -> crate::message::Message {
+        let charge =
+            crate::alarms::Charge::new(alarms, (self.properties.len() + self.body.len()) as u64);
+        crate::message::Message {
+            exchange: self.exchange,
+            routing_key: self.routing_key,
+            properties: self.properties,
+            body: self.body,
+            priority: self.priority,
+            expiration_ms: self.expiration_ms,
+            charge: Some(charge),
+            persistent,
+            published_at_ms: self.published_at_ms,
+            stored: stored.map_or_else(std::sync::OnceLock::new, std::sync::OnceLock::from),
+        }
+    }
+}
+
 const MESSAGE_FORMAT: u8 = 1;
 
 /// `format:u8 published_at:u64 priority:u8 has_expiration:u8 expiration:u64 exchange:str8 key:str8

@@ -103,34 +103,32 @@ impl Store {
     /// Reads back the live messages among `ids` of `queue` (blocking): those still stored, in the
     /// order asked.
     pub fn read(&self, queue: &str, ids: Vec<u64>) -> io::Result<Vec<(u64, Bytes)>> {
-        let (reply, rx) = mpsc::channel();
-        let command = Command::Read {
+        self.call(|reply| Command::Read {
             queue: queue.to_string(),
             ids,
             reply,
-        };
-        self.tx
-            .as_ref()
-            .ok_or_else(|| io::Error::other("the store has stopped"))?
-            .send(command)
-            .map_err(|_| io::Error::other("the store has stopped"))?;
-        rx.recv()
-            .map_err(|_| io::Error::other("the store has stopped"))?
+        })
     }
 
     /// Blocks until everything written so far is durable.
     pub fn flush(&self) -> io::Result<()> {
-        let (tx, rx) = mpsc::channel();
-        let command = Command::Barrier(Box::new(move |r| {
-            let _ = tx.send(r);
-        }));
+        self.call(|reply| {
+            Command::Barrier(Box::new(move |r| {
+                let _ = reply.send(r);
+            }))
+        })
+    }
+
+    /// Sends the command `make` builds around a reply channel and waits for the reply.
+    fn call<T>(&self, make: impl FnOnce(Sender<io::Result<T>>) -> Command) -> io::Result<T> {
+        let stopped = || io::Error::other("the store has stopped");
+        let (reply, rx) = mpsc::channel();
         self.tx
             .as_ref()
-            .ok_or_else(|| io::Error::other("the store has stopped"))?
-            .send(command)
-            .map_err(|_| io::Error::other("the store has stopped"))?;
-        rx.recv()
-            .map_err(|_| io::Error::other("the store has stopped"))?
+            .ok_or_else(stopped)?
+            .send(make(reply))
+            .map_err(|_| stopped())?;
+        rx.recv().map_err(|_| stopped())?
     }
 }
 

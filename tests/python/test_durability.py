@@ -647,13 +647,16 @@ def test_sigterm_closes_clients_with_320_and_keeps_confirmed(nodes):
 # (d) a full disk
 # --------------------------------------------------------------------------
 
-def _disk_config(disk: Path, session_tls: Path):
-    """warren --config with the data directory on `disk` and disk_free_limit_bytes = 4 MiB."""
+def node_config(data_dir: Path, session_tls: Path, **limits):
+    """warren --config (a function of the port, for WarrenNode) with `data_dir`, the session's dev
+    PKI, the user admin, and `limits` as the [limits] table."""
+    table = "\n".join(f"{k} = {v}" for k, v in limits.items())
+
     def config(port: int) -> str:
         t = session_tls
         return f"""\
 listen = ["{HOST}:{port}"]
-data_dir = "{disk}"
+data_dir = "{data_dir}"
 vhosts = ["/"]
 
 [tls]
@@ -662,7 +665,7 @@ cert = "{t / 'server.pem'}"
 key = "{t / 'server.key'}"
 
 [limits]
-disk_free_limit_bytes = {DISK_FREE_LIMIT}
+{table}
 
 [[users]]
 name = "admin"
@@ -670,6 +673,11 @@ tags = ["administrator"]
 permissions = [{{ vhost = "/", configure = ".*", write = ".*", read = ".*" }}]
 """
     return config
+
+
+def _disk_config(disk: Path, session_tls: Path):
+    """warren --config with the data directory on `disk` and disk_free_limit_bytes = 4 MiB."""
+    return node_config(disk, session_tls, disk_free_limit_bytes=DISK_FREE_LIMIT)
 
 
 @pytest.fixture

@@ -23,8 +23,8 @@ import time
 import pika
 import pytest
 
-from conftest import HOST, TARGET
-from test_durability import WarrenNode
+from conftest import TARGET
+from test_durability import WarrenNode, node_config
 
 pytestmark = pytest.mark.skipif(TARGET != "warren", reason="Warren's configuration and process")
 
@@ -35,26 +35,7 @@ RSS_LIMIT_MIB = 80
 
 
 def _config(data_dir, tls_dir, budget=BUDGET):
-    def config(port: int) -> str:
-        return f"""\
-listen = ["{HOST}:{port}"]
-data_dir = "{data_dir}"
-vhosts = ["/"]
-
-[tls]
-ca_bundle = "{tls_dir / 'ca.pem'}"
-cert = "{tls_dir / 'server.pem'}"
-key = "{tls_dir / 'server.key'}"
-
-[limits]
-queue_memory_budget_bytes = {budget}
-
-[[users]]
-name = "admin"
-tags = ["administrator"]
-permissions = [{{ vhost = "/", configure = ".*", write = ".*", read = ".*" }}]
-"""
-    return config
+    return node_config(data_dir, tls_dir, queue_memory_budget_bytes=budget)
 
 
 @pytest.fixture

@@ -15,15 +15,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use warren_storage::spill::{self, Spill};
 
 use super::Entry;
-use crate::alarms::{Alarms, Charge};
-use crate::message::Message;
+use crate::alarms::Alarms;
 use crate::persist::{decode_message, encode_message, StoredMessage};
 
 /// Spill chunk files are started afresh at this size, so a run that never empties still frees disk.
@@ -144,23 +143,7 @@ impl Paging {
         let deadline = record.get_u64();
         let m = decode_message(&record)?;
         let persistent = flags & 2 != 0;
-        let charge = Charge::new(&self.alarms, (m.properties.len() + m.body.len()) as u64);
-        let message = Message {
-            exchange: m.exchange,
-            routing_key: m.routing_key,
-            properties: m.properties,
-            body: m.body,
-            priority: m.priority,
-            expiration_ms: m.expiration_ms,
-            charge: Some(charge),
-            persistent,
-            published_at_ms: m.published_at_ms,
-            stored: if persistent {
-                OnceLock::from(record)
-            } else {
-                OnceLock::new()
-            },
-        };
+        let message = m.into_message(&self.alarms, persistent, persistent.then_some(record));
         Some(Entry {
             seq,
             message: Arc::new(message),
