@@ -38,21 +38,22 @@ impl Message {
         self.body.len() as u64
     }
 
-    /// The record payload this message is stored as.
+    /// The record payload this message is stored as, encoded once and kept.
     pub fn stored_form(&self) -> Bytes {
-        self.stored
-            .get_or_init(|| {
-                crate::persist::encode_message(&crate::persist::StoredMessage {
-                    published_at_ms: self.published_at_ms,
-                    priority: self.priority,
-                    expiration_ms: self.expiration_ms,
-                    exchange: self.exchange.clone(),
-                    routing_key: self.routing_key.clone(),
-                    properties: self.properties.clone(),
-                    body: self.body.clone(),
-                })
-            })
-            .clone()
+        self.stored.get_or_init(|| self.encode_stored()).clone()
+    }
+
+    /// The record payload, encoded afresh (for a copy that need not be kept with the message).
+    pub fn encode_stored(&self) -> Bytes {
+        crate::persist::encode_message(&crate::persist::StoredMessage {
+            published_at_ms: self.published_at_ms,
+            priority: self.priority,
+            expiration_ms: self.expiration_ms,
+            exchange: self.exchange.clone(),
+            routing_key: self.routing_key.clone(),
+            properties: self.properties.clone(),
+            body: self.body.clone(),
+        })
     }
 }
 

@@ -132,20 +132,14 @@ impl Queue {
         durability: Option<(Arc<Durability>, String)>,
         paging: Option<Arc<Paging>>,
     ) -> Arc<Self> {
-        let budget = paging.as_ref().map(|p| {
-            p.budget(
+        let ready = Ready::new(paging.map(|p| {
+            let budget = p.budget(
                 args.lazy,
                 args.max_in_memory_bytes,
                 args.max_in_memory_length,
-            )
-        });
-        let ready = Ready::new(
-            paging,
-            budget.unwrap_or(paging::Budget {
-                bytes: u64::MAX,
-                messages: None,
-            }),
-        );
+            );
+            (p, budget)
+        }));
         let queue = Arc::new(Queue {
             spec,
             args,
@@ -390,9 +384,7 @@ impl Queue {
             let mut st = self.state.lock();
             st.last_used = Instant::now();
             self.expire_head(&mut st, &mut dead, Instant::now());
-            let got = self
-                .pop_front(&mut st)
-                .map(|e| (e, st.ready.len().min(u64::from(u32::MAX)) as u32));
+            let got = self.pop_front(&mut st).map(|e| (e, st.ready.len_u32()));
             if !st.ttl_task && st.ready.front().is_some_and(|e| e.expires_at.is_some()) {
                 self.watch_ttl(&mut st);
             }
@@ -528,7 +520,7 @@ impl Queue {
     }
 
     pub fn message_count(&self) -> u32 {
-        self.state.lock().ready.len().min(u64::from(u32::MAX)) as u32
+        self.state.lock().ready.len_u32()
     }
 
     /// Ready messages held in spill files rather than memory.
@@ -544,20 +536,20 @@ impl Queue {
     pub fn purge(&self) -> u32 {
         let (purged, paged_ids, count) = {
             let mut st = self.state.lock();
-            let count = st.ready.len();
+            let count = st.ready.len_u32();
             let (entries, ids) = st.ready.clear(self.durability.is_some());
             (entries, ids, count)
         };
         self.forget(&purged);
         self.forget_ids(paged_ids);
-        count.min(u64::from(u32::MAX)) as u32
+        count
     }
 
     /// Marks the queue deleted, returning its ready count and the consumers to notify.
     pub fn mark_deleted(&self) -> (u32, Vec<Arc<Consumer>>) {
         let mut st = self.state.lock();
         st.deleted = true;
-        let n = st.ready.len().min(u64::from(u32::MAX)) as u32;
+        let n = st.ready.len_u32();
         st.ready.clear(false);
         self.ttl_wakeup.notify_one();
         (n, std::mem::take(&mut st.consumers))

@@ -23,7 +23,7 @@ use warren_storage::spill::{self, Spill};
 
 use super::Entry;
 use crate::alarms::Alarms;
-use crate::persist::{decode_message, encode_message, StoredMessage};
+use crate::persist::decode_message;
 
 /// Spill chunk files are started afresh at this size, so a run that never empties still frees disk.
 const CHUNK_BYTES: u64 = 64 << 20;
@@ -80,9 +80,9 @@ impl Paging {
         max_in_memory_length: Option<u64>,
     ) -> Budget {
         let bytes = if lazy { 0 } else { self.default_budget };
-        // A queue's own limit can lower the operator's budget, never raise it.
+        // A queue's own limit can lower its budget, never raise it.
         Budget {
-            bytes: max_in_memory_bytes.map_or(bytes, |b| b.min(self.default_budget)),
+            bytes: max_in_memory_bytes.map_or(bytes, |b| b.min(bytes)),
             messages: max_in_memory_length,
         }
     }
@@ -115,18 +115,8 @@ impl Paging {
             t.saturating_duration_since(self.epoch).as_nanos() as u64
         });
         head.put_u64(deadline);
-        let stored = match m.stored.get() {
-            Some(stored) => stored.clone(),
-            None => encode_message(&StoredMessage {
-                published_at_ms: m.published_at_ms,
-                priority: m.priority,
-                expiration_ms: m.expiration_ms,
-                exchange: m.exchange.clone(),
-                routing_key: m.routing_key.clone(),
-                properties: m.properties.clone(),
-                body: m.body.clone(),
-            }),
-        };
+        // Not cached in the message when it was not stored already: other queues may hold it.
+        let stored = m.stored.get().cloned().unwrap_or_else(|| m.encode_stored());
         run.push(&[&head, &stored])
     }
 
@@ -158,14 +148,15 @@ impl Paging {
     /// The log id of a paged entry, without decoding the message (for purging a durable queue).
     pub fn store_id(record: &Bytes) -> Option<u64> {
         (record.len() >= HEAD_LEN && record[0] & 4 != 0).then(|| {
-            let mut at = &record[18..26];
+            let mut at = &record[STORE_ID_AT..STORE_ID_AT + 8];
             at.get_u64()
         })
     }
 }
 
 /// flags:u8 seq:u64 priority:u8 returns:u64 store_id:u64 deadline_ns:u64, then the stored message.
-const HEAD_LEN: usize = 1 + 8 + 1 + 8 + 8 + 8;
+const HEAD_LEN: usize = STORE_ID_AT + 8 + 8;
+const STORE_ID_AT: usize = 1 + 8 + 1 + 8;
 
 /// The memory an entry is counted for against its queue's budget.
 pub fn cost(entry: &Entry) -> u64 {

@@ -25,9 +25,8 @@ pub struct Ready {
     bytes: u64,
     /// Paged entries by priority, highest first; a run is removed when it empties.
     runs: BTreeMap<Reverse<u8>, Spill>,
-    paged: u64,
-    budget: Budget,
-    paging: Option<Arc<Paging>>,
+    /// Where to page and the queue's budget (None: everything stays in memory).
+    paging: Option<(Arc<Paging>, Budget)>,
     /// Spill writes are failing (logged once, until they succeed again).
     spill_failing: bool,
 }
@@ -44,25 +43,29 @@ fn position(memory: &VecDeque<Entry>, entry: &Entry) -> usize {
 
 impl Ready {
     /// Without `paging`, everything stays in memory (unit tests, benchmarks).
-    pub fn new(paging: Option<Arc<Paging>>, budget: Budget) -> Self {
+    pub fn new(paging: Option<(Arc<Paging>, Budget)>) -> Self {
         Ready {
             memory: VecDeque::new(),
             memory_cost: 0,
             bytes: 0,
             runs: BTreeMap::new(),
-            paged: 0,
-            budget,
             paging,
             spill_failing: false,
         }
     }
 
     pub fn len(&self) -> u64 {
-        self.memory.len() as u64 + self.paged
+        self.memory.len() as u64 + self.paged()
+    }
+
+    /// [`Ready::len`] as AMQP's 32-bit message counts carry it (saturating).
+    pub fn len_u32(&self) -> u32 {
+        u32::try_from(self.len()).unwrap_or(u32::MAX)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        // A run is removed when it empties.
+        self.memory.is_empty() && self.runs.is_empty()
     }
 
     /// Body bytes of every ready message.
@@ -72,7 +75,7 @@ impl Ready {
 
     /// Entries held on disk rather than in memory.
     pub fn paged(&self) -> u64 {
-        self.paged
+        self.runs.values().map(Spill::len).sum()
     }
 
     /// Adds a new message (a publish, or one recovered at start-up). Returns whether it became the
@@ -80,8 +83,8 @@ impl Ready {
     pub fn push(&mut self, entry: Entry) -> bool {
         self.bytes += entry.message.body_size();
         let level = Reverse(entry.priority);
-        if let Some(paging) = &self.paging {
-            if self.runs.contains_key(&level) || self.over_budget(paging, &entry) {
+        if let Some((paging, budget)) = &self.paging {
+            if self.runs.contains_key(&level) || self.over_budget(paging, budget, &entry) {
                 let run = self.runs.entry(level).or_insert_with(|| paging.new_run());
                 match paging.write(run, &entry) {
                     // Kept in the run's write buffer all the same (see Spill::push).
@@ -95,7 +98,6 @@ impl Ready {
                     }
                     _ => {}
                 }
-                self.paged += 1;
                 return false;
             }
         }
@@ -109,12 +111,11 @@ impl Ready {
         self.keep_in_memory(entry) == 0
     }
 
-    fn over_budget(&self, paging: &Paging, entry: &Entry) -> bool {
+    fn over_budget(&self, paging: &Paging, budget: &Budget, entry: &Entry) -> bool {
         // One entry is always let in, so a consumer that keeps up never waits for the disk.
         !self.memory.is_empty()
-            && (self.memory_cost + cost(entry) > self.budget.bytes
-                || self
-                    .budget
+            && (self.memory_cost + cost(entry) > budget.bytes
+                || budget
                     .messages
                     .is_some_and(|max| self.memory.len() as u64 >= max)
                 || paging.under_pressure())
@@ -148,10 +149,12 @@ impl Ready {
 
     /// Reads a batch of the run of priority `level` into memory.
     fn page_in(&mut self, level: u8) {
-        let (Some(paging), Some(run)) = (&self.paging, self.runs.get_mut(&Reverse(level))) else {
+        let (Some((paging, budget)), Some(run)) =
+            (&self.paging, self.runs.get_mut(&Reverse(level)))
+        else {
             return;
         };
-        let batch = (self.budget.bytes / 4).clamp(16 << 10, 1 << 20) as usize;
+        let batch = (budget.bytes / 4).clamp(16 << 10, 1 << 20) as usize;
         let mut lost = 0u64;
         let mut entries = Vec::new();
         match run.pop(batch) {
@@ -172,16 +175,12 @@ impl Ready {
         if run.is_empty() {
             self.runs.remove(&Reverse(level));
         }
-        self.paged -= entries.len() as u64 + lost;
         for e in entries {
             self.keep_in_memory(e);
         }
-        if lost > 0 {
-            // Their sizes are unknown now; the byte count is only kept exact for what is left.
-            let left: u64 = self.memory.iter().map(|e| e.message.body_size()).sum();
-            if self.paged == 0 {
-                self.bytes = left;
-            }
+        if lost > 0 && self.runs.is_empty() {
+            // The lost messages' sizes are unknown; with nothing left on disk the count is exact again.
+            self.bytes = self.memory.iter().map(|e| e.message.body_size()).sum();
         }
     }
 
@@ -190,7 +189,8 @@ impl Ready {
     pub fn clear(&mut self, want_ids: bool) -> (Vec<Entry>, Vec<u64>) {
         let entries: Vec<Entry> = self.memory.drain(..).collect();
         let mut ids = Vec::new();
-        for run in self.runs.values_mut() {
+        // Dropping a run deletes its files.
+        for (_, mut run) in std::mem::take(&mut self.runs) {
             while want_ids && !run.is_empty() {
                 match run.pop(1 << 20) {
                     Ok(records) => ids.extend(records.iter().filter_map(Paging::store_id)),
@@ -200,10 +200,7 @@ impl Ready {
                     }
                 }
             }
-            run.clear();
         }
-        self.runs.clear();
-        self.paged = 0;
         self.memory_cost = 0;
         self.bytes = 0;
         (entries, ids)

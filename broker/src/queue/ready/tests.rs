@@ -37,7 +37,7 @@ fn setup(budget: u64) -> (tempfile::TempDir, Arc<Alarms>, Ready) {
     let dir = tempfile::tempdir().unwrap();
     let alarms = Arc::new(Alarms::new(1 << 40));
     let paging = Paging::new(&dir.path().join("spill"), budget, alarms.clone(), 0.5).unwrap();
-    let ready = Ready::new(Some(paging.clone()), paging.budget(false, None, None));
+    let ready = Ready::new(Some((paging.clone(), paging.budget(false, None, None))));
     (dir, alarms, ready)
 }
 
@@ -150,12 +150,12 @@ fn a_lazy_queue_keeps_one_message_in_memory_and_a_length_budget_counts_messages(
     let dir = tempfile::tempdir().unwrap();
     let alarms = Arc::new(Alarms::new(1 << 40));
     let paging = Paging::new(&dir.path().join("spill"), 1 << 30, alarms, 0.5).unwrap();
-    let mut lazy = Ready::new(Some(paging.clone()), paging.budget(true, None, None));
+    let mut lazy = Ready::new(Some((paging.clone(), paging.budget(true, None, None))));
     for seq in 0..10 {
         lazy.push(entry(seq, 0));
     }
     assert_eq!((lazy.len(), lazy.paged()), (10, 9));
-    let mut short = Ready::new(Some(paging.clone()), paging.budget(false, None, Some(3)));
+    let mut short = Ready::new(Some((paging.clone(), paging.budget(false, None, Some(3)))));
     for seq in 0..10 {
         short.push(entry(seq, 0));
     }
@@ -165,6 +165,11 @@ fn a_lazy_queue_keeps_one_message_in_memory_and_a_length_budget_counts_messages(
         1 << 30,
         "a queue cannot raise the operator's budget"
     );
+    assert_eq!(
+        paging.budget(true, Some(1000), None).bytes,
+        0,
+        "nor raise a lazy queue's"
+    );
 }
 
 #[test]
@@ -172,7 +177,7 @@ fn memory_pressure_pages_new_arrivals_of_any_queue_with_a_backlog() {
     let dir = tempfile::tempdir().unwrap();
     let alarms = Arc::new(Alarms::new(10_000));
     let paging = Paging::new(&dir.path().join("spill"), 1 << 30, alarms.clone(), 0.5).unwrap();
-    let mut ready = Ready::new(Some(paging.clone()), paging.budget(false, None, None));
+    let mut ready = Ready::new(Some((paging.clone(), paging.budget(false, None, None))));
     ready.push(entry(0, 0));
     ready.push(entry(1, 0));
     assert_eq!(ready.paged(), 0);
