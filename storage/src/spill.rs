@@ -22,7 +22,8 @@ use std::path::{Path, PathBuf};
 
 use bytes::{Buf, Bytes, BytesMut};
 
-const HEADER: usize = 8;
+use crate::frame::{self, Frame, HEADER};
+
 /// Buffered bytes written out at once.
 const WRITE_BATCH: usize = 64 << 10;
 /// Bytes read from a chunk at once, at least (more when one record is larger).
@@ -106,9 +107,8 @@ impl Spill {
             crc.update(p);
         }
         self.pending.reserve(HEADER + size);
-        self.pending.extend_from_slice(&len.to_be_bytes());
         self.pending
-            .extend_from_slice(&crc.finalize().to_be_bytes());
+            .extend_from_slice(&frame::header(len, crc.finalize()));
         for p in parts {
             self.pending.extend_from_slice(p);
         }
@@ -221,40 +221,28 @@ impl Spill {
             return Ok(());
         }
         let want = (max_bytes.max(READ_BATCH) as u64).min(unread) as usize;
-        let mut buf = vec![0u8; want];
-        chunk.file.read_exact_at(&mut buf, chunk.read)?;
-        let mut data = Bytes::from(buf);
-        let mut consumed = 0u64;
+        let mut data = read_at(&chunk.file, chunk.read, want)?;
+        let mut consumed = 0;
         loop {
-            match frame(&data) {
-                Frame::Record(payload, size) => {
+            match frame::parse(&data, consumed) {
+                Frame::Whole { payload, end } => {
                     out.push(payload);
-                    data.advance(size);
-                    consumed += size as u64;
+                    consumed = end;
                 }
-                Frame::Incomplete(size) if consumed == 0 => {
-                    // One record larger than the batch: read exactly it.
-                    if size as u64 > unread {
-                        break;
-                    }
-                    let mut whole = vec![0u8; size];
-                    chunk.file.read_exact_at(&mut whole, chunk.read)?;
-                    match frame(&Bytes::from(whole)) {
-                        Frame::Record(payload, _) => {
-                            out.push(payload);
-                            consumed = size as u64;
-                        }
-                        _ => break,
-                    }
-                    break;
+                // One record larger than the batch: read exactly it.
+                Frame::Short { end }
+                    if consumed == 0 && data.len() < end && end as u64 <= unread =>
+                {
+                    data = read_at(&chunk.file, chunk.read, end)?;
                 }
-                Frame::Incomplete(_) => break,
+                Frame::Short { .. } => break,
                 Frame::Corrupt => {
-                    let at = chunk.read + consumed;
+                    let at = chunk.read + consumed as u64;
                     return Err(self.damaged(&format!("corrupt record at offset {at}")));
                 }
             }
         }
+        let consumed = consumed as u64;
         if consumed == 0 {
             let at = chunk.read;
             return Err(self.damaged(&format!("truncated record at offset {at}")));
@@ -267,8 +255,7 @@ impl Spill {
     fn pop_pending(&mut self, max_bytes: usize, out: &mut Vec<Bytes>) -> io::Result<()> {
         let mut taken = 0;
         while self.pending.len() >= HEADER && (taken == 0 || taken < max_bytes) {
-            let p = &self.pending;
-            let size = HEADER + u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize;
+            let size = HEADER + frame::declared_len(&self.pending);
             if size > self.pending.len() {
                 return Err(self.damaged("truncated buffered record"));
             }
@@ -302,29 +289,11 @@ impl Drop for Spill {
     }
 }
 
-enum Frame {
-    /// A checked payload and the framed size.
-    Record(Bytes, usize),
-    /// More bytes are needed: the framed size when the header is there (else the header's size).
-    Incomplete(usize),
-    Corrupt,
-}
-
-fn frame(data: &Bytes) -> Frame {
-    if data.len() < HEADER {
-        return Frame::Incomplete(HEADER);
-    }
-    let len = u32::from_be_bytes([data[0], data[1], data[2], data[3]]) as usize;
-    let crc = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
-    let size = HEADER + len;
-    if data.len() < size {
-        return Frame::Incomplete(size);
-    }
-    let payload = data.slice(HEADER..size);
-    if crc32fast::hash(&payload) != crc {
-        return Frame::Corrupt;
-    }
-    Frame::Record(payload, size)
+/// `len` bytes of `file` from `offset`.
+fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Bytes> {
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, offset)?;
+    Ok(Bytes::from(buf))
 }
 
 /// Deletes spill files left by an earlier run of the broker (they are scratch space).

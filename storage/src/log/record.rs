@@ -4,6 +4,8 @@
 
 use bytes::Bytes;
 
+use crate::frame::Frame;
+
 /// One entry of the command log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
@@ -30,7 +32,7 @@ const REMOVE: u8 = 4;
 const DROP_QUEUE: u8 = 5;
 
 /// Frame header: payload length and CRC-32 of the payload.
-pub const HEADER: usize = 8;
+pub use crate::frame::HEADER;
 /// The largest payload a record may declare (a message is at most 512 MiB in the broker).
 pub const MAX_PAYLOAD: usize = 600 << 20;
 
@@ -75,10 +77,9 @@ impl Record {
                 put_str(out, queue);
             }
         }
-        let payload_len = out.len() - start - HEADER;
+        let payload_len = (out.len() - start - HEADER) as u32;
         let crc = crc32fast::hash(&out[start + HEADER..]);
-        out[start..start + 4].copy_from_slice(&(payload_len as u32).to_be_bytes());
-        out[start + 4..start + 8].copy_from_slice(&crc.to_be_bytes());
+        out[start..start + HEADER].copy_from_slice(&crate::frame::header(payload_len, crc));
     }
 
     /// Decodes a payload whose CRC was already checked.
@@ -154,22 +155,15 @@ pub fn read_at(segment: &Bytes, offset: usize) -> Read {
     if offset == segment.len() {
         return Read::End;
     }
-    if segment.len() - offset < HEADER {
-        return Read::Invalid;
-    }
-    let h = &segment[offset..offset + HEADER];
-    let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
-    let crc = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
-    if len == 0 || len > MAX_PAYLOAD || segment.len() - offset - HEADER < len {
-        return Read::Invalid;
-    }
-    let payload = segment.slice(offset + HEADER..offset + HEADER + len);
-    if crc32fast::hash(&payload) != crc {
-        return Read::Invalid;
-    }
-    match Record::decode(&payload) {
-        Some(r) => Read::Record(r, offset + HEADER + len),
-        None => Read::Invalid,
+    match crate::frame::parse(segment, offset) {
+        Frame::Whole { payload, end } if !payload.is_empty() && payload.len() <= MAX_PAYLOAD => {
+            match Record::decode(&payload) {
+                Some(r) => Read::Record(r, end),
+                None => Read::Invalid,
+            }
+        }
+        // Torn (short), damaged, empty or oversized.
+        _ => Read::Invalid,
     }
 }
 
