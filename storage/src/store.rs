@@ -14,8 +14,10 @@ use crate::log::medium::Medium;
 use crate::log::record::Record;
 use crate::log::{Log, LogError, Recovered};
 
-/// How long the store waits for work before reclaiming space on its own.
-const IDLE_RECLAIM: std::time::Duration = std::time::Duration::from_millis(1100);
+/// How long the store waits for work before reclaiming space on its own: just past the log's
+/// retirement interval, so a quiet log's dead active segment goes at the first idle reclaim.
+const IDLE_RECLAIM: std::time::Duration =
+    crate::log::RETIRE_INTERVAL.saturating_add(std::time::Duration::from_millis(100));
 
 /// Called once the records are durable (`Ok`) or known not to be (`Err`).
 pub type Completion = Box<dyn FnOnce(io::Result<()>) + Send>;

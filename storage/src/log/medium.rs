@@ -154,25 +154,27 @@ impl Medium for DiskMedium {
         if self.reading.as_ref().map(|(r, _)| *r) == Some(id) {
             self.reading = None;
         }
-        if self.deleter.is_none() {
-            let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
-            let dir = self.dir.clone();
-            let thread = std::thread::Builder::new()
-                .name("warren-unlink".into())
-                .spawn(move || {
-                    while let Ok(path) = rx.recv() {
-                        if fs::remove_file(&path).is_ok() {
-                            let _ = File::open(&dir).and_then(|d| d.sync_all());
-                        }
-                    }
-                })?;
-            self.deleter = Some((tx, thread));
-        }
         let path = self.path(id);
-        match &self.deleter {
-            Some((tx, _)) => tx.send(path).map_err(|_| io::Error::other("deleter gone")),
-            None => Err(io::Error::other("deleter gone")),
-        }
+        let deleter = match &mut self.deleter {
+            Some((tx, _)) => tx,
+            None => {
+                let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
+                let dir = self.dir.clone();
+                let thread = std::thread::Builder::new()
+                    .name("warren-unlink".into())
+                    .spawn(move || {
+                        while let Ok(path) = rx.recv() {
+                            if fs::remove_file(&path).is_ok() {
+                                let _ = File::open(&dir).and_then(|d| d.sync_all());
+                            }
+                        }
+                    })?;
+                &self.deleter.insert((tx, thread)).0
+            }
+        };
+        deleter
+            .send(path)
+            .map_err(|_| io::Error::other("deleter gone"))
     }
 
     fn describe(&self, id: u64) -> String {

@@ -76,7 +76,7 @@ pub struct Log<M: Medium> {
 const PLACE_READ_COST: u64 = 2048;
 
 /// Least time between two retirements of a mostly dead active segment (unless space is short).
-const RETIRE_INTERVAL: Duration = Duration::from_secs(1);
+pub const RETIRE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Where a record is: segment, offset and framed length.
 #[derive(Debug, Clone, Copy)]
