@@ -129,6 +129,14 @@ impl Counters {
             first.get_or_insert_with(|| format!("{e:#}"));
         }
     }
+
+    /// Passes `r` on, counting its error if it is one.
+    fn noted<T>(&self, r: Result<T>) -> Result<T> {
+        if let Err(e) = &r {
+            self.error(e);
+        }
+        r
+    }
 }
 
 struct Snap {
@@ -473,10 +481,7 @@ async fn start_publisher(
             Ok(())
         }
         .await;
-        if let Err(e) = &r {
-            rc.error(e);
-        }
-        r.map(|()| (reader, confirm_samples))
+        rc.noted(r).map(|()| (reader, confirm_samples))
     });
     let pc = counters;
     let mut pstop = stop;
@@ -555,10 +560,7 @@ async fn start_publisher(
             Ok(())
         }
         .await;
-        if let Err(e) = &r {
-            pc.error(e);
-        }
-        r?;
+        pc.noted(r)?;
         // The reader stops on the stop signal; the connection is then closed whole.
         let (reader, confirm_samples) = read_task.await??;
         Ok(TaskOut {
@@ -855,9 +857,7 @@ async fn start_amqprs_publisher(
             Ok(())
         }
         .await;
-        if let Err(e) = &r {
-            counters.error(e);
-        }
+        let r = counters.noted(r);
         let _ = tokio::time::timeout(Duration::from_secs(120), release.notified()).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), ch.close()).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), conn.close()).await;
@@ -1307,10 +1307,7 @@ pub async fn floor_latency(ctx: &Ctx, size: usize) -> Result<Outcome> {
             Ok(())
         }
         .await;
-        if let Err(e) = &r {
-            rc.error(e);
-        }
-        r.map(|()| (rd, samples))
+        rc.noted(r).map(|()| (rd, samples))
     });
     let pc = counters.clone();
     let mut pstop = stop;
@@ -1346,10 +1343,7 @@ pub async fn floor_latency(ctx: &Ctx, size: usize) -> Result<Outcome> {
             Ok(())
         }
         .await;
-        if let Err(e) = &r {
-            pc.error(e);
-        }
-        r?;
+        pc.noted(r)?;
         let (rd, samples) = read_task.await??;
         let mut stream = rd.unsplit(wr);
         let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
