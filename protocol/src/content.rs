@@ -79,14 +79,7 @@ pub fn edit_headers(
     remove: &[&str],
     append: Option<(&str, &[u8])>,
 ) -> Result<Bytes, ContentError> {
-    let mut r = Reader { buf: raw };
-    let head = r.take(2)?;
-    let flags = u16::from_be_bytes([head[0], head[1]]);
-    let mut more = flags & 1 != 0;
-    while more {
-        let w = r.take(2)?;
-        more = w[1] & 1 != 0;
-    }
+    let (flags, mut r) = Reader::after_flags(raw)?;
     let has = |bit: u16| flags & (1 << (15 - bit)) != 0;
     if has(0) {
         r.short_str()?;
@@ -204,6 +197,20 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// The first property-flags word of `raw` (the only one with basic-class bits) and a reader at
+    /// the first property value, past any further flag words.
+    fn after_flags(raw: &'a [u8]) -> Result<(u16, Self), ContentError> {
+        let mut r = Reader { buf: raw };
+        let head = r.take(2)?;
+        let flags = u16::from_be_bytes([head[0], head[1]]);
+        let mut more = flags & 1 != 0;
+        while more {
+            let w = r.take(2)?;
+            more = w[1] & 1 != 0;
+        }
+        Ok((flags, r))
+    }
+
     fn take(&mut self, n: usize) -> Result<&'a [u8], ContentError> {
         if self.buf.len() < n {
             return Err(ContentError::BadProperties);
@@ -236,14 +243,7 @@ impl<'a> BasicProperties<'a> {
     /// Locates every property present in `raw` (flags + values). Extra flag words (bit 0 set) carry no
     /// basic-class properties, so they are skipped.
     pub fn parse(raw: &'a [u8]) -> Result<Self, ContentError> {
-        let mut r = Reader { buf: raw };
-        let head = r.take(2)?;
-        let flags = u16::from_be_bytes([head[0], head[1]]);
-        let mut more = flags & 1 != 0;
-        while more {
-            let w = r.take(2)?;
-            more = w[1] & 1 != 0;
-        }
+        let (flags, mut r) = Reader::after_flags(raw)?;
         let has = |bit: u16| flags & (1 << (15 - bit)) != 0;
         let mut p = BasicProperties::default();
         if has(0) {
