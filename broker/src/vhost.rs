@@ -160,18 +160,26 @@ impl Vhost {
         let Ok(args) = arguments::parse(&spec.arguments, &self.resource("queue", name)) else {
             return;
         };
-        let durability = self
-            .durability
-            .clone()
-            .map(|d| (d, persist::message_queue(&self.name, name)));
-        let queue = Queue::new(
+        let queue = self.new_queue(spec, args);
+        self.queues.insert(name.to_string(), queue);
+    }
+
+    /// A queue of this vhost: stored messages go to the log when it is durable, and its backlog
+    /// pages to spill files past its budget.
+    fn new_queue(self: &Arc<Self>, spec: QueueSpec, args: arguments::QueueArguments) -> Arc<Queue> {
+        let durability = match &self.durability {
+            Some(d) if spec.durable => {
+                Some((d.clone(), persist::message_queue(&self.name, &spec.name)))
+            }
+            _ => None,
+        };
+        Queue::new(
             Arc::downgrade(self),
             spec,
             args,
             durability,
             self.paging.clone(),
-        );
-        self.queues.insert(name.to_string(), queue);
+        )
     }
 
     /// Re-creates a binding between durable objects read back from the log (nothing is written).
@@ -434,23 +442,13 @@ impl Vhost {
         // RabbitMQ's order for a new queue: the limit, the caller's checks (DLX), then validation.
         before_create()?;
         let args = arguments::parse(&spec.arguments, &self.resource("queue", &spec.name))?;
-        let durability = match &self.durability {
-            Some(d) if spec.durable => {
-                d.put(
-                    persist::queue_key(&self.name, &spec.name),
-                    &StoredQueue::of(&spec),
-                );
-                Some((d.clone(), persist::message_queue(&self.name, &spec.name)))
-            }
-            _ => None,
-        };
-        let queue = Queue::new(
-            Arc::downgrade(self),
-            spec,
-            args,
-            durability,
-            self.paging.clone(),
-        );
+        if let (Some(d), true) = (&self.durability, spec.durable) {
+            d.put(
+                persist::queue_key(&self.name, &spec.name),
+                &StoredQueue::of(&spec),
+            );
+        }
+        let queue = self.new_queue(spec, args);
         self.queues.insert(queue.name().to_string(), queue.clone());
         Ok(DeclaredQueue {
             queue,
