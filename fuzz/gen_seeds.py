@@ -74,9 +74,9 @@ def table(entries) -> bytes:
     return struct.pack(">I", len(body)) + body
 
 
-def nested_table(depth: int) -> bytes:
+def nested_table(depth: int, first: bytes = b"") -> bytes:
     """A table whose one value is nested `depth` deep, alternately in arrays and tables (built
-    from the inside out: no recursion)."""
+    from the inside out: no recursion), after the raw entries `first`."""
     v = value(("S", "bottom"))
     for i in range(depth):
         if i % 2:
@@ -84,7 +84,7 @@ def nested_table(depth: int) -> bytes:
         else:
             entry = shortstr("n") + v
             v = b"F" + struct.pack(">I", len(entry)) + entry
-    entry = shortstr("deep") + v
+    entry = first + shortstr("deep") + v
     return struct.pack(">I", len(entry)) + entry
 
 
@@ -205,6 +205,9 @@ def known_crashes() -> dict[str, bytes]:
     inside the negotiated frame_max of 131072), a debug build at about 220 (1.3 KB).
     """
     deep = nested_table(1300)
+    # PROBE F1: a `U` (the spec's short int, which the parser accepts) once stopped the nesting scan,
+    # so everything after it reached the recursive parser unchecked. 18,000 levels fit in a frame.
+    hidden = nested_table(18000, shortstr("a") + b"U\x00\x00")
     return {
         # queue.declare whose arguments table is nested 1300 deep: decode_method
         "stack-overflow-queue-declare-arguments": frame(METHOD, 1, method(
@@ -212,6 +215,14 @@ def known_crashes() -> dict[str, bytes]:
         # a content header whose headers table is nested 1300 deep: headers_table, edit_headers,
         # stamp_header, rewrite_properties
         "stack-overflow-nested-headers": frame(HEADER, 1, content_header(0, props({2: deep}))),
+        "stack-overflow-U-then-queue-declare-arguments": frame(METHOD, 1, method(
+            50, 10, b"\x00\x00" + shortstr("x") + b"\x00" + hidden)),
+        "stack-overflow-U-then-nested-headers": frame(HEADER, 1, content_header(
+            0, props({2: nested_table(2000, shortstr("a") + b"U\x00\x00")}))),
+        # connection.start sent by a client: its server-properties table is parsed before the
+        # handshake refuses the method, so it needs the same bound
+        "stack-overflow-client-sent-connection-start": frame(METHOD, 0, method(
+            10, 10, b"\x00\x09" + hidden + longstr("EXTERNAL") + longstr("en_US"))),
     }
 
 

@@ -1,6 +1,5 @@
 //! Decoding the PLAIN and AMQPLAIN SASL responses used by the optional password bridge.
 
-use amq_protocol::types::parsing::parse_field_table;
 use amq_protocol::types::AMQPValue;
 
 use crate::queue::arguments::as_text;
@@ -20,11 +19,8 @@ pub fn parse_password_response(mechanism: &str, response: &[u8]) -> Option<(Stri
             Some((login.to_string(), password.to_string()))
         }
         "AMQPLAIN" => {
-            // Pre-authentication input: bound its nesting before the recursive parser sees it.
-            warren_protocol::nesting::check_table(response).ok()?;
-            let mut framed = (response.len() as u32).to_be_bytes().to_vec();
-            framed.extend_from_slice(response);
-            let (_, table) = parse_field_table(framed.as_slice()).ok()?;
+            // Pre-authentication input: the guarded parser bounds its nesting.
+            let table = warren_protocol::nesting::parse_table(response).ok()?;
             let get = |k: &str| table.inner().get(k).and_then(|v: &AMQPValue| as_text(v));
             Some((get("LOGIN")?, get("PASSWORD")?))
         }

@@ -5,7 +5,7 @@
 
 use amq_protocol::frame::WriteContext;
 use amq_protocol::protocol::basic::{gen_properties, parse_properties, AMQPProperties};
-use amq_protocol::types::parsing::{parse_field_table, parse_value};
+use amq_protocol::types::parsing::parse_value;
 use amq_protocol::types::FieldTable;
 use bytes::Bytes;
 
@@ -296,11 +296,7 @@ impl<'a> BasicProperties<'a> {
 
     /// The headers table decoded, for routing on headers exchanges. `None` when absent or malformed.
     pub fn headers_table(&self) -> Option<FieldTable> {
-        let inner = self.headers?;
-        let mut framed = Vec::with_capacity(inner.len() + 4);
-        framed.extend_from_slice(&(inner.len() as u32).to_be_bytes());
-        framed.extend_from_slice(inner);
-        parse_field_table(framed.as_slice()).ok().map(|(_, t)| t)
+        crate::nesting::parse_table(self.headers?).ok()
     }
 }
 

@@ -4,112 +4,133 @@
 //! thousand deep would overflow a worker's stack and take the whole broker down. AMQP puts no limit on
 //! nesting; real clients use two or three levels. This scanner walks the encoding without allocating,
 //! with its own recursion capped at [`MAX_DEPTH`], and refuses anything deeper.
+//!
+//! It fails closed: it understands every field type the parser accepts (amq-protocol's
+//! `AMQPType::from_id`, including the spec's `U` short int that RabbitMQ does not send) and refuses any
+//! other tag and any truncated value, so the parser never sees bytes this scan did not walk. (A scan that
+//! stopped at an unknown tag once let a `U` entry hide 18,000 levels of tables behind it.)
+
+use amq_protocol::types::parsing::parse_field_table;
+use amq_protocol::types::FieldTable;
 
 use crate::constants::*;
 
 /// Deepest nesting of tables/arrays accepted (the outermost table is depth 1).
 pub const MAX_DEPTH: usize = 64;
 
-/// Why a table was refused.
+/// Why a table was refused before parsing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("field tables nested deeper than {MAX_DEPTH} levels")]
-pub struct TooDeep;
+pub enum TableError {
+    /// Nesting beyond [`MAX_DEPTH`].
+    #[error("field tables nested deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+    /// A field type the decoder does not know, or a value cut short.
+    #[error("malformed field table")]
+    Malformed,
+}
 
 struct Cursor<'a> {
     buf: &'a [u8],
 }
 
 impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], TableError> {
         if self.buf.len() < n {
-            return None;
+            return Err(TableError::Malformed);
         }
         let (head, tail) = self.buf.split_at(n);
         self.buf = tail;
-        Some(head)
+        Ok(head)
     }
-    fn u32(&mut self) -> Option<usize> {
+    fn u32(&mut self) -> Result<usize, TableError> {
         let b = self.take(4)?;
-        Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
     }
 }
 
-/// Checks the body of a field table (the bytes after its length prefix). Malformed encodings are
-/// accepted here: the real parser rejects them; only excessive depth is this function's business.
-pub fn check_table(body: &[u8]) -> Result<(), TooDeep> {
+/// Checks the body of a field table (the bytes after its length prefix): every entry must be well
+/// formed and no table or array may nest deeper than [`MAX_DEPTH`].
+pub fn check_table(body: &[u8]) -> Result<(), TableError> {
     table(body, 1)
 }
 
-fn table(body: &[u8], depth: usize) -> Result<(), TooDeep> {
+fn table(body: &[u8], depth: usize) -> Result<(), TableError> {
     if depth > MAX_DEPTH {
-        return Err(TooDeep);
+        return Err(TableError::TooDeep);
     }
     let mut c = Cursor { buf: body };
     while !c.buf.is_empty() {
-        let Some(klen) = c.take(1) else { return Ok(()) };
-        if c.take(klen[0] as usize).is_none() {
-            return Ok(());
-        }
-        if !value(&mut c, depth)? {
-            return Ok(());
-        }
+        let klen = c.take(1)?[0] as usize;
+        c.take(klen)?;
+        value(&mut c, depth)?;
     }
     Ok(())
 }
 
-fn array(body: &[u8], depth: usize) -> Result<(), TooDeep> {
+fn array(body: &[u8], depth: usize) -> Result<(), TableError> {
     if depth > MAX_DEPTH {
-        return Err(TooDeep);
+        return Err(TableError::TooDeep);
     }
     let mut c = Cursor { buf: body };
     while !c.buf.is_empty() {
-        if !value(&mut c, depth)? {
-            return Ok(());
-        }
+        value(&mut c, depth)?;
     }
     Ok(())
 }
 
-/// Skips one tagged value; false when the encoding ends or is not understood (left to the parser).
-fn value(c: &mut Cursor<'_>, depth: usize) -> Result<bool, TooDeep> {
-    let Some(tag) = c.take(1) else {
-        return Ok(false);
-    };
-    let fixed = match tag[0] {
+/// Skips one tagged value. The tags are exactly those of amq-protocol's `AMQPType::from_id`.
+fn value(c: &mut Cursor<'_>, depth: usize) -> Result<(), TableError> {
+    let tag = c.take(1)?[0];
+    let fixed = match tag {
         b't' | b'b' | b'B' => 1,
-        b's' | b'u' => 2,
+        b's' | b'U' | b'u' => 2,
         b'I' | b'i' | b'f' => 4,
         b'l' | b'L' | b'd' | b'T' => 8,
         b'D' => 5,
         b'V' => 0,
-        b'S' | b'x' => match c.u32() {
-            Some(n) => n,
-            None => return Ok(false),
-        },
+        b'S' | b'x' => c.u32()?,
         b'F' | b'A' => {
-            let Some(n) = c.u32() else { return Ok(false) };
-            let Some(inner) = c.take(n) else {
-                return Ok(false);
-            };
-            if tag[0] == b'F' {
-                table(inner, depth + 1)?;
+            let n = c.u32()?;
+            let inner = c.take(n)?;
+            return if tag == b'F' {
+                table(inner, depth + 1)
             } else {
-                array(inner, depth + 1)?;
-            }
-            return Ok(true);
+                array(inner, depth + 1)
+            };
         }
-        _ => return Ok(false),
+        _ => return Err(TableError::Malformed),
     };
-    Ok(c.take(fixed).is_some())
+    c.take(fixed).map(|_| ())
 }
 
-/// Where the field-table argument of a client-sent method starts, for the methods that carry one
-/// (connection.start-ok, exchange.declare/bind/unbind, queue.declare/bind/unbind, basic.consume).
-fn table_offset(payload: &[u8]) -> Option<usize> {
-    let class = u16::from_be_bytes([*payload.first()?, *payload.get(1)?]);
-    let method = u16::from_be_bytes([*payload.get(2)?, *payload.get(3)?]);
-    // The fields before the table: 's' short string, 'h' u16 (ticket), 'b' one octet of bits.
-    let layout: &[u8] = match (class, method) {
+/// Decodes a field-table body (the bytes after its length prefix) after [`check_table`]: the one way
+/// this workspace turns untrusted table bytes into a `FieldTable`.
+pub fn parse_table(body: &[u8]) -> Result<FieldTable, TableError> {
+    check_table(body)?;
+    let mut framed = Vec::with_capacity(body.len() + 4);
+    framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    framed.extend_from_slice(body);
+    match parse_field_table(framed.as_slice()) {
+        Ok(([], table)) => Ok(table),
+        _ => Err(TableError::Malformed),
+    }
+}
+
+/// Where the field-table argument of a method starts, for every method whose arguments include one
+/// (amq-protocol decodes all of them, whichever side may send them: a client sending connection.start
+/// still has its table parsed before the state machine refuses it). `Ok(None)`: the method has no
+/// table; an error: it has one but the payload ends before it.
+fn table_offset(payload: &[u8]) -> Result<Option<usize>, TableError> {
+    let (Some(class), Some(method)) = (payload.get(..2), payload.get(2..4)) else {
+        return Ok(None);
+    };
+    let ids = (
+        u16::from_be_bytes([class[0], class[1]]),
+        u16::from_be_bytes([method[0], method[1]]),
+    );
+    // The fields before the table: 's' short string, 'h' u16 (ticket), 'b' one octet (bits, versions).
+    let layout: &[u8] = match ids {
+        (CLASS_CONNECTION, 10) => b"bb",
         (CLASS_CONNECTION, 11) => b"",
         (CLASS_EXCHANGE, 10) => b"hssb",
         (CLASS_EXCHANGE, 30) | (CLASS_EXCHANGE, 40) => b"hsssb",
@@ -117,40 +138,37 @@ fn table_offset(payload: &[u8]) -> Option<usize> {
         (CLASS_QUEUE, 20) => b"hsssb",
         (CLASS_QUEUE, 50) => b"hsss",
         (CLASS_BASIC, 20) => b"hssb",
-        _ => return None,
+        _ => return Ok(None),
     };
     let mut at = 4;
     for field in layout {
         at += match field {
-            b's' => 1 + *payload.get(at)? as usize,
+            b's' => 1 + *payload.get(at).ok_or(TableError::Malformed)? as usize,
             b'h' => 2,
             _ => 1,
         };
     }
-    Some(at)
+    Ok(Some(at))
 }
 
-/// Refuses a method whose table argument nests too deeply (other methods carry no table).
-pub fn check_method(payload: &[u8]) -> Result<(), TooDeep> {
-    let Some(at) = table_offset(payload) else {
+/// Checks the table argument of a method payload (methods without one pass).
+pub fn check_method(payload: &[u8]) -> Result<(), TableError> {
+    let Some(at) = table_offset(payload)? else {
         return Ok(());
     };
-    let Some(len) = payload.get(at..at + 4) else {
-        return Ok(());
+    let mut c = Cursor {
+        buf: payload.get(at..).ok_or(TableError::Malformed)?,
     };
-    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-    match payload.get(at + 4..).and_then(|rest| rest.get(..len)) {
-        Some(body) => check_table(body),
-        None => Ok(()),
-    }
+    let len = c.u32()?;
+    check_table(c.take(len)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A table holding one key whose value is a table, `depth` levels deep in all.
-    fn nested(depth: usize) -> Vec<u8> {
+    /// `prefix` then one key whose value is a table, `depth` levels deep in all.
+    fn nested_after(prefix: &[u8], depth: usize) -> Vec<u8> {
         let mut body = b"\x01kS\x00\x00\x00\x01v".to_vec();
         for _ in 1..depth {
             let mut outer = b"\x01kF".to_vec();
@@ -158,29 +176,118 @@ mod tests {
             outer.extend_from_slice(&body);
             body = outer;
         }
-        body
+        let mut all = prefix.to_vec();
+        all.extend_from_slice(&body);
+        all
+    }
+
+    fn nested(depth: usize) -> Vec<u8> {
+        nested_after(b"", depth)
     }
 
     #[test]
     fn depth_is_bounded_without_deep_recursion() {
         assert_eq!(check_table(&nested(MAX_DEPTH)), Ok(()));
-        assert_eq!(check_table(&nested(MAX_DEPTH + 1)), Err(TooDeep));
-        // Far deeper than any stack could parse recursively: refused, not overflowed.
-        assert_eq!(check_table(&nested(20_000)), Err(TooDeep));
         assert_eq!(
-            check_table(b"\x05short"),
-            Ok(()),
-            "malformed input is left to the parser"
+            check_table(&nested(MAX_DEPTH + 1)),
+            Err(TableError::TooDeep)
         );
+        // Far deeper than any stack could parse recursively: refused, not overflowed.
+        assert_eq!(check_table(&nested(20_000)), Err(TableError::TooDeep));
     }
 
     #[test]
-    fn finds_the_table_argument_of_queue_declare() {
-        let mut payload = vec![0, 50, 0, 10, 0, 0, 1, b'q', 0];
-        let table = nested(200);
+    fn every_tag_the_parser_accepts_is_walked() {
+        // One entry of each type the decoder knows (`U` is the spec's short int), then deep tables:
+        // the scan must reach them (PROBE F1: it once stopped at `U`).
+        let entries: &[&[u8]] = &[
+            b"\x01at\x01",
+            b"\x01bb\x01",
+            b"\x01cB\x01",
+            b"\x01ds\x00\x01",
+            b"\x01eU\x00\x01",
+            b"\x01fu\x00\x01",
+            b"\x01gI\x00\x00\x00\x01",
+            b"\x01hi\x00\x00\x00\x01",
+            b"\x01if\x00\x00\x00\x01",
+            b"\x01jl\x00\x00\x00\x00\x00\x00\x00\x01",
+            b"\x01kL\x00\x00\x00\x00\x00\x00\x00\x01",
+            b"\x01ld\x00\x00\x00\x00\x00\x00\x00\x01",
+            b"\x01mT\x00\x00\x00\x00\x00\x00\x00\x01",
+            b"\x01nD\x02\x00\x00\x00\x01",
+            b"\x01oV",
+            b"\x01pS\x00\x00\x00\x01z",
+            b"\x01qx\x00\x00\x00\x01z",
+            b"\x01rA\x00\x00\x00\x03U\x00\x01",
+            b"\x01sF\x00\x00\x00\x00",
+        ];
+        for entry in entries {
+            assert_eq!(check_table(&nested_after(entry, 3)), Ok(()), "{entry:?}");
+            assert_eq!(
+                check_table(&nested_after(entry, 18_000)),
+                Err(TableError::TooDeep),
+                "{entry:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_tags_and_truncation_are_refused() {
+        assert_eq!(check_table(b"\x01aZ\x00"), Err(TableError::Malformed));
+        assert_eq!(
+            check_table(&nested_after(b"\x01aZ", 18_000)),
+            Err(TableError::Malformed)
+        );
+        assert_eq!(check_table(b"\x05short"), Err(TableError::Malformed));
+        assert_eq!(
+            check_table(b"\x01aS\x00\x00\x00\x09ab"),
+            Err(TableError::Malformed)
+        );
+        assert_eq!(check_table(b"\x01aI\x00"), Err(TableError::Malformed));
+        assert_eq!(check_table(b""), Ok(()));
+    }
+
+    fn method(class: u16, method: u16, before: &[u8], table: &[u8]) -> Vec<u8> {
+        let mut payload = class.to_be_bytes().to_vec();
+        payload.extend_from_slice(&method.to_be_bytes());
+        payload.extend_from_slice(before);
         payload.extend_from_slice(&(table.len() as u32).to_be_bytes());
-        payload.extend_from_slice(&table);
-        assert_eq!(check_method(&payload), Err(TooDeep));
+        payload.extend_from_slice(table);
+        payload
+    }
+
+    #[test]
+    fn finds_the_table_of_every_method_that_has_one() {
+        let deep = nested_after(b"\x01aU\x00\x00", 200);
+        let cases: &[(u16, u16, &[u8])] = &[
+            (CLASS_CONNECTION, 10, b"\x00\x09"),
+            (CLASS_CONNECTION, 11, b""),
+            (CLASS_EXCHANGE, 10, b"\x00\x00\x01x\x05topic\x00"),
+            (CLASS_EXCHANGE, 30, b"\x00\x00\x01x\x01y\x01k\x00"),
+            (CLASS_EXCHANGE, 40, b"\x00\x00\x01x\x01y\x01k\x00"),
+            (CLASS_QUEUE, 10, b"\x00\x00\x01q\x00"),
+            (CLASS_QUEUE, 20, b"\x00\x00\x01q\x01x\x01k\x00"),
+            (CLASS_QUEUE, 50, b"\x00\x00\x01q\x01x\x01k"),
+            (CLASS_BASIC, 20, b"\x00\x00\x01q\x01c\x00"),
+        ];
+        for &(class, id, before) in cases {
+            assert_eq!(
+                check_method(&method(class, id, before, &deep)),
+                Err(TableError::TooDeep),
+                "{class}.{id}"
+            );
+            assert_eq!(
+                check_method(&method(class, id, before, &nested(3))),
+                Ok(()),
+                "{class}.{id}"
+            );
+            // Cut short before or inside the table: refused, never half-scanned.
+            let whole = method(class, id, before, &nested(3));
+            assert_eq!(
+                check_method(&whole[..whole.len() - 1]),
+                Err(TableError::Malformed)
+            );
+        }
         assert_eq!(
             check_method(&[0, 60, 0, 40, 0, 0]),
             Ok(()),

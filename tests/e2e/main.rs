@@ -15,6 +15,7 @@ mod exchanges;
 mod flow;
 mod handshake;
 mod hardening;
+mod hostile_tables;
 mod identity;
 mod limits;
 mod paging;
