@@ -9,7 +9,7 @@ use amq_protocol::protocol::{basic, AMQPClass};
 use amq_protocol::types::FieldTable;
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use warren_broker::exchange::{Destination, ExchangeKind, ExchangeSpec, RouteInput};
+use warren_broker::exchange::{AllowAll, Destination, ExchangeKind, ExchangeSpec, RouteInput};
 use warren_broker::message::Message;
 use warren_broker::queue::consumer::ConnectionId;
 use warren_broker::queue::QueueSpec;
@@ -83,7 +83,7 @@ fn frames(c: &mut Criterion) {
 }
 
 fn topic_matching(c: &mut Criterion) {
-    let vhost = Vhost::new("/", VhostLimits::default(), None, None);
+    let vhost = Vhost::new("/", VhostLimits::default(), None, None, Arc::new(AllowAll));
     let x = vhost
         .declare_exchange(
             ExchangeSpec {
@@ -125,6 +125,8 @@ fn topic_matching(c: &mut Criterion) {
             let input = RouteInput {
                 routing_key: "svc7.host507.info",
                 headers: &no_headers,
+                on_behalf_of: "nova",
+                entry_authorised: true,
             };
             std::hint::black_box(vhost.route(&x, &input).len())
         })
@@ -132,7 +134,7 @@ fn topic_matching(c: &mut Criterion) {
 }
 
 fn publish_path(c: &mut Criterion) {
-    let vhost = Vhost::new("/", VhostLimits::default(), None, None);
+    let vhost = Vhost::new("/", VhostLimits::default(), None, None, Arc::new(AllowAll));
     let spec = QueueSpec {
         name: "q".into(),
         durable: false,
@@ -155,15 +157,19 @@ fn publish_path(c: &mut Criterion) {
     let x = vhost.exchange("amq.direct").unwrap();
     let body = Bytes::from(vec![b'x'; 1024]);
     let no_headers = || None;
+    let publisher: Arc<str> = Arc::from("nova");
     c.bench_function("publish_route_enqueue_1k", |b| {
         b.iter(|| {
             let input = RouteInput {
                 routing_key: "rk",
                 headers: &no_headers,
+                on_behalf_of: "nova",
+                entry_authorised: true,
             };
             let m = Arc::new(Message {
                 exchange: "amq.direct".into(),
                 routing_key: "rk".into(),
+                publisher: publisher.clone(),
                 properties: Bytes::from_static(&[0, 0]),
                 body: body.clone(),
                 priority: 0,

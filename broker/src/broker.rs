@@ -20,6 +20,8 @@ use crate::alarms::Alarms;
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::connection::outbound::Outbound;
+use crate::exchange::RouteGuard;
+use crate::permissions::TopicGuard;
 use crate::persist::{decode_message, Durability, StoredExchange, StoredQueue};
 use crate::queue::consumer::ConnectionId;
 use crate::queue::paging::Paging;
@@ -44,10 +46,12 @@ const RESTORE_BATCH: usize = 4096;
 
 pub struct Broker {
     pub config: Arc<Config>,
-    pub audit: AuditLog,
+    pub audit: Arc<AuditLog>,
     pub alarms: Arc<Alarms>,
     pub(crate) vhosts: DashMap<String, Arc<Vhost>>,
-    pub(crate) users: RwLock<HashMap<String, Arc<User>>>,
+    pub(crate) users: Arc<RwLock<HashMap<String, Arc<User>>>>,
+    /// What every vhost asks before a message enters a topic exchange by a hop (users' topic writes).
+    pub(crate) route_guard: Arc<dyn RouteGuard>,
     /// Moves whenever a user or its permissions change (invalidates per-connection permission caches).
     pub(crate) users_generation: AtomicU64,
     /// The persisted document; held while an administrative change is applied and saved.
@@ -125,6 +129,26 @@ impl Broker {
             path: spill_dir,
             source,
         })?;
+        let mut users = HashMap::new();
+        for u in &definitions.users {
+            let user = User::from_config(u).map_err(|source| SetupError::User {
+                user: u.name.clone(),
+                source,
+            })?;
+            users.insert(u.name.clone(), Arc::new(user));
+        }
+        let audit =
+            Arc::new(
+                AuditLog::open(&config.audit.path).map_err(|e| SetupError::Audit {
+                    path: config.audit.path.clone(),
+                    source: e,
+                })?,
+            );
+        let users = Arc::new(RwLock::new(users));
+        let route_guard: Arc<dyn RouteGuard> = Arc::new(TopicGuard {
+            users: users.clone(),
+            audit: audit.clone(),
+        });
         let vhosts = DashMap::new();
         for name in &definitions.vhosts {
             vhosts.insert(
@@ -134,27 +158,17 @@ impl Broker {
                     vhost_limits(&config),
                     Some(durability.clone()),
                     Some(paging.clone()),
+                    route_guard.clone(),
                 ),
             );
         }
-        let mut users = HashMap::new();
-        for u in &definitions.users {
-            let user = User::from_config(u).map_err(|source| SetupError::User {
-                user: u.name.clone(),
-                source,
-            })?;
-            users.insert(u.name.clone(), Arc::new(user));
-        }
-        let audit = AuditLog::open(&config.audit.path).map_err(|e| SetupError::Audit {
-            path: config.audit.path.clone(),
-            source: e,
-        })?;
         let broker = Arc::new(Broker {
             audit,
             alarms,
             config,
             vhosts,
-            users: RwLock::new(users),
+            users,
+            route_guard,
             users_generation: AtomicU64::new(0),
             definitions: Mutex::new(definitions),
             definitions_path,

@@ -24,6 +24,16 @@ pub struct Config {
     pub vhosts: Vec<String>,
     /// Users (certificate identities) and their permissions, created at start.
     pub users: Vec<UserConfig>,
+    /// Vhosts whose every delivery carries the publisher's identity.
+    pub publisher_header: PublisherHeaderConfig,
+}
+
+/// Where every delivery carries the `x-warren-publisher` header (the publisher's authenticated
+/// identity). Elsewhere a consumer asks for it with the `x-warren-publisher` consume or queue argument.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublisherHeaderConfig {
+    pub vhosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -175,6 +185,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             vhosts: vec!["/".to_string()],
             users: Vec::new(),
+            publisher_header: PublisherHeaderConfig::default(),
         }
     }
 }
@@ -349,6 +360,7 @@ impl Config {
                 topic_permissions: Vec::new(),
                 password_hash: None,
             }],
+            publisher_header: PublisherHeaderConfig::default(),
         }
     }
 }

@@ -193,6 +193,13 @@ Connect with pika:
     print(ch.basic_get("hello", auto_ack=True))
     conn.close()
 
+Who published a message: a consumer that asks gets the publisher's authenticated identity in the
+x-warren-publisher header (a client cannot forge it; nobody else sees it):
+
+    ch.basic_consume("hello", on_message, arguments={{"x-warren-publisher": True}})
+
+(or declare the queue with that argument, or list the vhost under [publisher_header] vhosts).
+
 Manage it (users are certificate identities; issue their certificates from the same CA):
 
     brokerctl --socket {socket} add_user nova

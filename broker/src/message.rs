@@ -1,13 +1,13 @@
 //! A published message as queues hold it: shared by every queue it was routed to, never copied.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
 use crate::alarms::Charge;
 
-/// The header in which Warren records the authenticated identity of every message's publisher
-/// (replacing any value the client sent), so consumers can verify who placed a message.
+/// The header in which Warren gives a consumer that asks for it the authenticated identity of a
+/// message's publisher. A client-sent header of that name is removed at publish, so it cannot be forged.
 pub const PUBLISHER_HEADER: &str = "x-warren-publisher";
 
 /// Exchange, routing key, the raw content-header properties and the body, exactly as published, plus
@@ -16,6 +16,8 @@ pub const PUBLISHER_HEADER: &str = "x-warren-publisher";
 pub struct Message {
     pub exchange: String,
     pub routing_key: String,
+    /// The authenticated user who published it (kept through dead-lettering, paging and the log).
+    pub publisher: Arc<str>,
     /// Property flags and values as the publisher encoded them (forwarded byte-for-byte).
     pub properties: Bytes,
     pub body: Bytes,
@@ -51,6 +53,7 @@ impl Message {
             expiration_ms: self.expiration_ms,
             exchange: self.exchange.clone(),
             routing_key: self.routing_key.clone(),
+            publisher: self.publisher.to_string(),
             properties: self.properties.clone(),
             body: self.body.clone(),
         })

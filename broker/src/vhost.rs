@@ -13,7 +13,9 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 
 use crate::error::{AmqpError, AmqpResult};
-use crate::exchange::{Binding, Destination, Exchange, ExchangeKind, ExchangeSpec, RouteInput};
+use crate::exchange::{
+    Binding, Destination, Exchange, ExchangeKind, ExchangeSpec, RouteGuard, RouteInput,
+};
 use crate::persist::{self, Durability, StoredExchange, StoredQueue};
 use crate::queue::consumer::ConnectionId;
 use crate::queue::paging::Paging;
@@ -42,6 +44,8 @@ pub struct Vhost {
     exchanges: DashMap<String, Arc<Exchange>>,
     queues: DashMap<String, Arc<Queue>>,
     topology: Mutex<()>,
+    /// Topic write permission for hops into topic exchanges the publisher did not name.
+    guard: Arc<dyn RouteGuard>,
 }
 
 /// "queue 'q' in vhost '/'": RabbitMQ's `rabbit_misc:rs/1` rendering of a resource.
@@ -105,8 +109,10 @@ impl Vhost {
         limits: VhostLimits,
         durability: Option<Arc<Durability>>,
         paging: Option<Arc<Paging>>,
+        guard: Arc<dyn RouteGuard>,
     ) -> Arc<Self> {
         let vhost = Vhost {
+            guard,
             name: name.to_string(),
             durability,
             paging,
@@ -611,10 +617,22 @@ impl Vhost {
         Ok(())
     }
 
+    /// Whether the message may enter topic exchange `x` with its key on its publisher's behalf.
+    fn may_enter(&self, x: &Exchange, input: &RouteInput<'_>) -> bool {
+        x.spec.kind != ExchangeKind::Topic
+            || self
+                .guard
+                .may_enter(&self.name, input.on_behalf_of, x, input.routing_key)
+    }
+
     /// Routes a message published to `exchange`, following exchange-to-exchange bindings once each, and
-    /// returns each matched queue once (a diamond of bindings never delivers twice).
+    /// returns each matched queue once (a diamond of bindings never delivers twice). Every exchange the
+    /// message enters other than by the publisher's own checked key passes the route guard first.
     pub fn route(&self, exchange: &Arc<Exchange>, input: &RouteInput<'_>) -> Vec<Arc<Queue>> {
         let mut queues: Vec<Arc<Queue>> = Vec::new();
+        if !input.entry_authorised && !self.may_enter(exchange, input) {
+            return queues;
+        }
         let mut visited: Vec<Arc<str>> = Vec::new();
         let mut pending: Vec<Arc<Exchange>> = vec![exchange.clone()];
         let mut hits = Vec::new();
@@ -637,7 +655,9 @@ impl Vhost {
                     Destination::Exchange(name) => {
                         if name.as_ref() != exchange.name() && !visited.contains(&name) {
                             if let Some(next) = self.exchanges.get(name.as_ref()) {
-                                pending.push(next.clone());
+                                if self.may_enter(&next, input) {
+                                    pending.push(next.clone());
+                                }
                             }
                             visited.push(name);
                         }
@@ -670,13 +690,15 @@ impl Vhost {
     }
 }
 
-/// Routes a message under several routing keys (its own plus CC/BCC) and returns each queue once. The
-/// default exchange (`None`) routes a key to the queue of that name.
+/// Routes a message under several routing keys (its own plus CC/BCC), each with whether entering the
+/// exchange with it is already authorised, and returns each queue once. The default exchange (`None`)
+/// routes a key to the queue of that name.
 pub fn route_keys<'a>(
     vhost: &Vhost,
     exchange: Option<&Arc<Exchange>>,
     properties: &[u8],
-    keys: impl Iterator<Item = &'a String>,
+    on_behalf_of: &str,
+    keys: impl Iterator<Item = (&'a str, bool)>,
 ) -> Vec<Arc<Queue>> {
     let mut queues: Vec<Arc<Queue>> = Vec::new();
     let headers = || {
@@ -684,7 +706,7 @@ pub fn route_keys<'a>(
             .ok()
             .and_then(|p| p.headers_table())
     };
-    for key in keys {
+    for (key, entry_authorised) in keys {
         let found = match exchange {
             None => vhost.find_queue(key).into_iter().collect(),
             Some(x) => vhost.route(
@@ -692,6 +714,8 @@ pub fn route_keys<'a>(
                 &RouteInput {
                     routing_key: key,
                     headers: &headers,
+                    on_behalf_of,
+                    entry_authorised,
                 },
             ),
         };

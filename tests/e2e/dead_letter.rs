@@ -13,7 +13,7 @@ use amqprs::channel::{
 use amqprs::{BasicProperties, FieldTable};
 use warren_tests::client::bodies;
 use warren_tests::features::{
-    first_death, int, stamped, table, text, texts, with_expiration, with_headers, ExpectedDeath,
+    first_death, header_map, int, table, text, texts, with_expiration, with_headers, ExpectedDeath,
 };
 use warren_tests::{Client, Delivery, TestBroker, TestChannel, Timely};
 
@@ -97,7 +97,10 @@ async fn x_death_when_a_per_message_ttl_expires() {
         original_expiration: Some("50"),
     });
     let [a, b, c] = first_death("q", "expired", "ex");
-    assert_eq!(d.other_headers(), stamped([("app", text("nova")), a, b, c]));
+    assert_eq!(
+        d.other_headers(),
+        header_map([("app", text("nova")), a, b, c])
+    );
 }
 
 #[tokio::test]
@@ -122,7 +125,10 @@ async fn x_death_when_the_queue_ttl_expires() {
         routing_keys: &["q"],
         original_expiration: None,
     });
-    assert_eq!(d.other_headers(), stamped(first_death("q", "expired", "")));
+    assert_eq!(
+        d.other_headers(),
+        header_map(first_death("q", "expired", ""))
+    );
 }
 
 async fn dead_letter_on_reject(with_nack: bool) {
@@ -159,7 +165,7 @@ async fn dead_letter_on_reject(with_nack: bool) {
         original_expiration: None,
     });
     let [a, b, c] = first_death("q", "rejected", "amq.direct");
-    assert_eq!(d.other_headers(), stamped([("k", text("v")), a, b, c]));
+    assert_eq!(d.other_headers(), header_map([("k", text("v")), a, b, c]));
     assert!(ch.get("q", true).await.is_none());
 }
 
@@ -216,7 +222,7 @@ async fn requeue_does_not_dead_letter() {
     let d = ch.get_one("q", true).await;
     assert_eq!((d.body.as_slice(), d.redelivered), (&b"again"[..], true));
     assert!(d.deaths().is_empty());
-    assert_eq!(d.other_headers(), stamped([]));
+    assert_eq!(d.other_headers(), header_map([]));
     assert!(ch.get("dlq", true).await.is_none());
 }
 
@@ -335,7 +341,7 @@ async fn x_death_count_goes_up_around_a_reject_cycle() {
     });
     assert_eq!(
         d.other_headers(),
-        stamped(first_death("q1", "rejected", ""))
+        header_map(first_death("q1", "rejected", ""))
     );
 }
 
@@ -416,7 +422,7 @@ async fn a_cycle_with_a_reject_goes_around_again() {
     });
     assert_eq!(
         d.other_headers(),
-        stamped(first_death("q1", "rejected", ""))
+        header_map(first_death("q1", "rejected", ""))
     );
 }
 
@@ -453,7 +459,7 @@ async fn cc_routes_and_is_kept_bcc_routes_and_is_removed() {
         assert_eq!(got[0].routing_key, "k1", "{q}");
         assert_eq!(
             got[0].other_headers(),
-            stamped([("CC", texts(&["k2"]))]),
+            header_map([("CC", texts(&["k2"]))]),
             "{q}"
         );
     }
@@ -474,7 +480,7 @@ async fn a_queue_reached_by_key_and_bcc_gets_one_copy_without_bcc() {
     )
     .await;
     let d = ch.get_one("q", true).await;
-    assert_eq!(d.other_headers(), stamped([("CC", texts(&["k2"]))]));
+    assert_eq!(d.other_headers(), header_map([("CC", texts(&["k2"]))]));
     // routed to k1 and k3, delivered once
     assert!(ch.get("q", true).await.is_none());
 }
@@ -544,6 +550,6 @@ async fn a_dead_letter_routing_key_drops_cc() {
     // no CC left
     assert_eq!(
         d.other_headers(),
-        stamped(first_death("q", "rejected", "amq.direct"))
+        header_map(first_death("q", "rejected", "amq.direct"))
     );
 }

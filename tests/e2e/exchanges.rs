@@ -13,7 +13,7 @@ use amqprs::channel::{
 use amqprs::{BasicProperties, FieldTable};
 use tokio::time::Instant;
 use warren_tests::client::bodies;
-use warren_tests::features::{int, stamped, table, text, with_headers, Confirm};
+use warren_tests::features::{header_map, int, table, text, with_headers, Confirm};
 use warren_tests::{ChannelEvent, Client, CloseInfo, TestBroker, TestChannel, Timely, TIMEOUT};
 
 async fn declare_x(ch: &TestChannel, name: &str, kind: &str, arguments: FieldTable) {
@@ -135,7 +135,7 @@ async fn alternate_exchange_takes_unroutable_messages() {
             .collect::<Vec<_>>(),
         [("main", "other", "unroutable".to_string())]
     );
-    assert_eq!(got[0].other_headers(), stamped([("h", int(1))]));
+    assert_eq!(got[0].other_headers(), header_map([("h", int(1))]));
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@ use warren_tests::{Client, CloseInfo, Identity, RawClient, TestBroker, Tuning};
 const LOGIN_REFUSED: &str = "ACCESS_REFUSED - Login was refused using authentication mechanism EXTERNAL. For details see the broker logfile.";
 
 /// Connects with `pem` (amqprs, EXTERNAL); the identity the broker gave the connection is the
-/// `x-warren-publisher` of a message it publishes.
+/// `x-warren-publisher` of a message it publishes (to a queue that asks for it).
 async fn identity_of(broker: &TestBroker, label: &str, pem: &Pem) -> String {
     let (cert, key) = broker.write_pem(label, pem);
     let client: Client = broker
@@ -20,7 +20,7 @@ async fn identity_of(broker: &TestBroker, label: &str, pem: &Pem) -> String {
         .await
         .unwrap_or_else(|e| panic!("{label} connects: {e}"));
     let ch = client.channel().await;
-    let (queue, _, _) = ch.declare_queue("").await;
+    let queue = ch.declare_queue_showing_publisher("").await;
     ch.publish("", &queue, b"who am I").await;
     let got = ch.get(&queue, true).await.expect("the message");
     client.close().await;

@@ -12,7 +12,7 @@ use amqprs::channel::{
 use amqprs::BasicProperties;
 use warren_tests::client::bodies;
 use warren_tests::features::{
-    boolean, first_death, int, stamped, table, text, with_priority, Confirm, ExpectedDeath,
+    boolean, first_death, header_map, int, table, text, with_priority, Confirm, ExpectedDeath,
 };
 use warren_tests::{Client, TestBroker, TestChannel, Timely};
 
@@ -72,7 +72,7 @@ async fn max_length_dead_letters_the_dropped_head_as_maxlen() {
     });
     assert_eq!(
         got[0].other_headers(),
-        stamped(first_death("q", "maxlen", ""))
+        header_map(first_death("q", "maxlen", ""))
     );
     assert_eq!(bodies(&ch.drain("q").await), ["2"]);
 }
@@ -179,7 +179,10 @@ async fn reject_publish_dlx_dead_letters_the_refused_message() {
         routing_keys: &["q"],
         original_expiration: None,
     });
-    assert_eq!(d.other_headers(), stamped(first_death("q", "maxlen", "")));
+    assert_eq!(
+        d.other_headers(),
+        header_map(first_death("q", "maxlen", ""))
+    );
     assert_eq!(bodies(&ch.drain("q").await), ["old"]);
 }
 

@@ -99,7 +99,7 @@ async fn plain_logs_in_with_the_certificate_identity_and_its_password() {
         .await
         .expect("bob logs in with PLAIN");
     let ch = client.channel().await;
-    ch.declare_queue("plain").await;
+    ch.declare_queue_showing_publisher("plain").await;
     ch.publish("", "plain", b"hi").await;
     let got = ch.get("plain", true).await.expect("the message");
     assert_eq!(got.header("x-warren-publisher").as_deref(), Some("bob"));

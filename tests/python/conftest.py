@@ -39,16 +39,9 @@ import rabbitmq_target  # noqa: E402
 
 TARGET = os.environ.get("WARREN_TEST_TARGET", "warren").strip().lower() or "warren"
 
-#: The header in which Warren records the authenticated publisher of every message.
+#: The header in which Warren gives consumers that ask (consume or queue argument of that name, or
+#: the vhost's configuration) the authenticated publisher of a message. Nobody else sees it.
 PUBLISHER_HEADER = "x-warren-publisher"
-
-
-def stamped(headers, user: str = "admin"):
-    """Headers as a consumer receives them. Warren adds the publisher's authenticated identity
-    (replacing any value the publisher sent); RabbitMQ passes headers through unchanged."""
-    if TARGET == "rabbitmq":
-        return headers
-    return {**(headers or {}), PUBLISHER_HEADER: user}
 
 SERVER_NAME = "localhost"
 HOST = "127.0.0.1"

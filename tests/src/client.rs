@@ -334,6 +334,21 @@ impl TestChannel {
         }
     }
 
+    /// Declares a queue whose deliveries carry the publisher (`x-warren-publisher: true`).
+    pub async fn declare_queue_showing_publisher(&self, name: &str) -> String {
+        let mut args = QueueDeclareArguments::new(name);
+        let mut table = amqprs::FieldTable::new();
+        table.insert(
+            "x-warren-publisher".try_into().expect("a field name"),
+            amqprs::FieldValue::t(true),
+        );
+        args.arguments(table);
+        match self.queue_declare(args).timely().await {
+            Ok(ok) => ok.expect("declare-ok").0,
+            Err(e) => self.fail(&format!("queue.declare {name:?}"), e).await,
+        }
+    }
+
     /// Publishes `body` with no properties.
     pub async fn publish(&self, exchange: &str, routing_key: &str, body: &[u8]) {
         self.publish_with(

@@ -12,9 +12,6 @@ use tokio::time::Instant;
 
 use crate::{ChannelEvent, CloseInfo, Delivery, TestChannel, Timely, TIMEOUT};
 
-/// The header Warren stamps on every message: the publisher's authenticated user name.
-pub const PUBLISHER_HEADER: &str = "x-warren-publisher";
-
 // ---- field values -------------------------------------------------------------------------------
 
 /// A field table from `(key, value)` pairs.
@@ -265,14 +262,14 @@ impl Delivery {
     }
 }
 
-/// Headers as a consumer receives them from Warren: `headers` plus the publisher's identity.
-pub fn stamped<const N: usize>(headers: [(&str, FieldValue); N]) -> BTreeMap<String, FieldValue> {
-    let mut out: BTreeMap<String, FieldValue> = headers
+/// Headers as a consumer receives them: exactly the given ones.
+pub fn header_map<const N: usize>(
+    headers: [(&str, FieldValue); N],
+) -> BTreeMap<String, FieldValue> {
+    headers
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
-        .collect();
-    out.insert(PUBLISHER_HEADER.to_string(), text("admin"));
-    out
+        .collect()
 }
 
 // ---- channel operations -------------------------------------------------------------------------

@@ -178,6 +178,7 @@ impl Broker {
                 vhost_limits(&self.config),
                 Some(self.durability.clone()),
                 Some(self.paging.clone()),
+                self.route_guard.clone(),
             ),
         );
         Ok(())

@@ -12,9 +12,10 @@ use super::{remove_consumer, requeue, settle_by_queue, Channel, Registration};
 use crate::connection::session::Session;
 use crate::error::{AmqpError, AmqpResult};
 use crate::permissions::{self, Access, Kind};
-use crate::queue::arguments::{as_int, type_name};
+use crate::queue::arguments::{as_int, bool_arg, type_name, PUBLISHER_ARGUMENT};
 use crate::queue::consumer::{Consumer, Limit};
 use crate::queue::{Entry, Queue};
+use crate::vhost::Resource;
 use amq_protocol::types::FieldTable;
 
 /// The `x-priority` consumer argument: any integer (RabbitMQ's check_int_arg), default 0.
@@ -28,6 +29,25 @@ fn consumer_priority(args: &FieldTable, queue: &str, vhost: &str) -> AmqpResult<
             ))
         }),
     }
+}
+
+/// The `x-warren-publisher` consumer argument: a boolean, default false.
+fn consumer_wants_publisher(args: &FieldTable, queue: &str, vhost: &str) -> AmqpResult<bool> {
+    match args.inner().get(PUBLISHER_ARGUMENT) {
+        None => Ok(false),
+        Some(v) => bool_arg(PUBLISHER_ARGUMENT, v, &Resource("queue", queue, vhost)),
+    }
+}
+
+/// Whether every delivery from `queue` carries the publisher: its own argument or its vhost's setting.
+fn wants_publisher(s: &Session, queue: &Queue) -> bool {
+    queue.args.publisher_header
+        || s.broker
+            .config
+            .publisher_header
+            .vhosts
+            .iter()
+            .any(|v| *v == s.vhost.name)
 }
 
 impl Channel {
@@ -122,6 +142,8 @@ impl Channel {
             channel: self.id,
             no_ack: c.no_ack,
             exclusive: c.exclusive,
+            publisher_header: wants_publisher(s, &queue)
+                || consumer_wants_publisher(&c.arguments, &name, &s.vhost.name)?,
             priority: consumer_priority(&c.arguments, &name, &s.vhost.name)?,
             prefetch: Limit::new(self.consumer_prefetch),
             channel_credit: self.credit.clone(),
@@ -177,7 +199,11 @@ impl Channel {
             m.routing_key.as_bytes(),
             message_count,
         );
-        s.send_content(self.id, m);
+        if wants_publisher(s, &queue) {
+            s.send_content_with_publisher(self.id, m);
+        } else {
+            s.send_content(self.id, m);
+        }
         if g.no_ack {
             queue.forget([&entry]);
         } else {
@@ -260,7 +286,11 @@ impl Channel {
             m.exchange.as_bytes(),
             m.routing_key.as_bytes(),
         );
-        s.send_content(self.id, m);
+        if consumer.publisher_header {
+            s.send_content_with_publisher(self.id, m);
+        } else {
+            s.send_content(self.id, m);
+        }
         if consumer.no_ack {
             consumer.release_credit(1);
             queue.forget([&entry]);

@@ -244,20 +244,23 @@ impl Channel {
         // Sender-selected distribution (RabbitMQ): CC and BCC headers add routing keys; BCC is not
         // delivered.
         let (cc, bcc) = sender_selected(&props);
-        // The publisher is provable: its authenticated identity replaces any value the client sent.
-        let remove: &[&str] = if bcc.is_empty() {
-            &[PUBLISHER_HEADER]
+        // Every other byte is delivered as published. The publisher is recorded beside the message
+        // (and written into the headers only for consumers that ask), so a client-sent header of that
+        // name is dropped: it can never be forged.
+        let mut remove: Vec<&str> = Vec::new();
+        if mentions(&props, PUBLISHER_HEADER) {
+            remove.push(PUBLISHER_HEADER);
+        }
+        if !bcc.is_empty() {
+            remove.push("BCC");
+        }
+        let properties = if remove.is_empty() {
+            header.properties.clone()
         } else {
-            &[PUBLISHER_HEADER, "BCC"]
+            edit_headers(&header.properties, &remove, None).map_err(|e| {
+                AmqpError::frame_error(format!("cannot decode content header: {e}")).during(PUBLISH)
+            })?
         };
-        let properties = edit_headers(
-            &header.properties,
-            remove,
-            Some((PUBLISHER_HEADER, s.user.name.as_bytes())),
-        )
-        .map_err(|e| {
-            AmqpError::frame_error(format!("cannot decode content header: {e}")).during(PUBLISH)
-        })?;
         let mut extra_keys = cc;
         extra_keys.extend(bcc);
         let body_len = body.len();
@@ -265,6 +268,7 @@ impl Channel {
         let message = Arc::new(Message {
             exchange: p.exchange_name,
             routing_key: p.routing_key,
+            publisher: s.publisher.clone(),
             properties,
             body,
             priority: props.priority.unwrap_or(0),
@@ -317,13 +321,20 @@ pub struct Publication {
     extra_keys: Vec<String>,
 }
 
+/// Whether the raw headers table may hold an entry named `key` (its length-prefixed bytes occur
+/// somewhere in it): a cheap test that spares decoding headers on the usual path.
+fn mentions(props: &BasicProperties<'_>, key: &str) -> bool {
+    let Some(raw) = props.headers else {
+        return false;
+    };
+    let mut wanted = vec![key.len() as u8];
+    wanted.extend_from_slice(key.as_bytes());
+    raw.windows(wanted.len()).any(|w| w == wanted)
+}
+
 /// The CC and BCC headers (arrays of strings), read only when the headers table holds such keys.
 fn sender_selected(props: &BasicProperties<'_>) -> (Vec<String>, Vec<String>) {
-    let Some(raw) = props.headers else {
-        return (Vec::new(), Vec::new());
-    };
-    let mentions = |key: &[u8]| raw.windows(key.len()).any(|w| w == key);
-    if !mentions(b"\x02CC") && !mentions(b"\x03BCC") {
+    if !mentions(props, "CC") && !mentions(props, "BCC") {
         return (Vec::new(), Vec::new());
     }
     let Some(table) = props.headers_table() else {
@@ -345,9 +356,16 @@ impl Channel {
         confirm: Option<&Arc<PendingConfirm>>,
     ) -> bool {
         let message = &p.message;
-        let keys = std::iter::once(&message.routing_key).chain(&p.extra_keys);
-        let queues =
-            crate::vhost::route_keys(&s.vhost, p.exchange.as_ref(), &message.properties, keys);
+        // The routing key was authorised at basic.publish; CC and BCC keys are checked as they route.
+        let keys = std::iter::once((message.routing_key.as_str(), true))
+            .chain(p.extra_keys.iter().map(|k| (k.as_str(), false)));
+        let queues = crate::vhost::route_keys(
+            &s.vhost,
+            p.exchange.as_ref(),
+            &message.properties,
+            &message.publisher,
+            keys,
+        );
         let mut routed = false;
         let mut accepted = true;
         for q in &queues {

@@ -78,6 +78,11 @@ impl Channel {
                     .inner()
                     .get("x-dead-letter-exchange")
                     .cloned();
+                let dead_letter_key = spec
+                    .arguments
+                    .inner()
+                    .get("x-dead-letter-routing-key")
+                    .and_then(as_text);
                 let vhost = s.vhost.clone();
                 let queue_name = spec.name.clone();
                 let session: &Session = s;
@@ -92,7 +97,13 @@ impl Channel {
                         )));
                     };
                     permissions::check(session, Access::Read, Kind::Queue, &queue_name)?;
-                    permissions::check(session, Access::Write, Kind::Exchange, &dlx_name)
+                    permissions::check(session, Access::Write, Kind::Exchange, &dlx_name)?;
+                    // Beyond RabbitMQ: a fixed dead-letter key is one the declarer chooses for every
+                    // message, so it must pass the declarer's topic write permission on the DLX.
+                    match &dead_letter_key {
+                        Some(key) => permissions::check_topic_write_by_name(session, &dlx_name, key),
+                        None => Ok(()),
+                    }
                 })?;
                 let q = declared.queue;
                 self.last_queue = Some(q.name().to_string());

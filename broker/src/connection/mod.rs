@@ -110,6 +110,7 @@ pub async fn serve(
                     broker: broker.clone(),
                     id,
                     peer,
+                    publisher: Arc::from(n.user.name.as_str()),
                     user: n.user,
                     vhost: n.vhost,
                     frame_max: n.frame_max,

@@ -11,11 +11,12 @@ use warren_protocol::method::encode_method;
 
 use crate::broker::Broker;
 use crate::connection::outbound::Outbound;
-use crate::message::Message;
+use crate::message::{Message, PUBLISHER_HEADER};
 use crate::permissions::{Access, Kind};
 use crate::queue::consumer::{ConnectionId, Limit};
 use crate::users::User;
 use crate::vhost::Vhost;
+use warren_protocol::content::edit_headers;
 
 /// Client capabilities from connection.start-ok that change what the broker sends.
 #[derive(Debug, Clone, Copy, Default)]
@@ -29,6 +30,8 @@ pub struct Session {
     pub id: ConnectionId,
     pub peer: std::net::SocketAddr,
     pub user: Arc<User>,
+    /// The user's name, shared by every message this connection publishes (their recorded publisher).
+    pub publisher: Arc<str>,
     pub vhost: Arc<Vhost>,
     pub frame_max: u32,
     pub capabilities: ClientCapabilities,
@@ -60,6 +63,21 @@ impl Session {
             message.body_size(),
             &message.properties,
         );
+        encode_body(&mut self.out, channel, &message.body, self.frame_max);
+    }
+
+    /// As [`Self::send_content`], with the publisher's authenticated identity added to the headers as
+    /// `x-warren-publisher` (any value the client sent was removed at publish).
+    pub fn send_content_with_publisher(&mut self, channel: u16, message: &Message) {
+        let stamped = edit_headers(
+            &message.properties,
+            &[PUBLISHER_HEADER],
+            Some((PUBLISHER_HEADER, message.publisher.as_bytes())),
+        );
+        // The properties were parsed at publish (or when stored), so the edit cannot fail; if it did,
+        // the message goes out as published rather than not at all.
+        let properties = stamped.as_deref().unwrap_or(&message.properties);
+        encode_content_header(&mut self.out, channel, 60, message.body_size(), properties);
         encode_body(&mut self.out, channel, &message.body, self.frame_max);
     }
 }

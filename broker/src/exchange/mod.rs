@@ -106,6 +106,28 @@ pub struct RouteInput<'a> {
     pub routing_key: &'a str,
     /// Decoded message headers, only needed (and only computed) for headers exchanges.
     pub headers: &'a dyn Fn() -> Option<FieldTable>,
+    /// The authenticated user on whose behalf the message travels (its publisher).
+    pub on_behalf_of: &'a str,
+    /// Whether entering the first exchange with this key was already authorised (a publish's own
+    /// routing key is checked with a 403 before routing; CC/BCC keys and dead letters are not).
+    pub entry_authorised: bool,
+}
+
+/// Topic write permission for the hops a publisher does not name itself: an alternate exchange, an
+/// exchange-to-exchange binding, a dead-letter exchange, or a CC/BCC key. Routing asks before a message
+/// enters a topic exchange that way; a refusal drops that route only (and the guard audits it).
+pub trait RouteGuard: Send + Sync + std::fmt::Debug {
+    fn may_enter(&self, vhost: &str, on_behalf_of: &str, exchange: &Exchange, key: &str) -> bool;
+}
+
+/// Lets every hop through: for benchmarks and unit tests that have no users.
+#[derive(Debug)]
+pub struct AllowAll;
+
+impl RouteGuard for AllowAll {
+    fn may_enter(&self, _: &str, _: &str, _: &Exchange, _: &str) -> bool {
+        true
+    }
 }
 
 impl Exchange {

@@ -36,6 +36,24 @@ pub struct QueueArguments {
     /// `x-max-in-memory-bytes` / `x-max-in-memory-length`: a lower memory budget for this queue.
     pub max_in_memory_bytes: Option<u64>,
     pub max_in_memory_length: Option<u64>,
+    /// `x-warren-publisher: true`: every delivery from this queue (consumers and basic.get) carries
+    /// the publisher's authenticated identity in the `x-warren-publisher` header.
+    pub publisher_header: bool,
+}
+
+/// The queue and consumer argument that asks for the publisher's identity in delivered headers.
+pub const PUBLISHER_ARGUMENT: &str = "x-warren-publisher";
+
+/// A boolean argument (`x-single-active-consumer`, `x-warren-publisher`), RabbitMQ's type error else.
+pub fn bool_arg(key: &str, v: &AMQPValue, resource: &Resource<'_>) -> AmqpResult<bool> {
+    match v {
+        AMQPValue::Boolean(b) => Ok(*b),
+        other => Err(invalid(
+            key,
+            resource,
+            format_args!("{{unacceptable_type,{}}}", type_name(other)),
+        )),
+    }
 }
 
 /// RabbitMQ's `?MAX_EXPIRY_TIMER`.
@@ -264,16 +282,10 @@ pub fn parse(args: &FieldTable, resource: &Resource<'_>) -> AmqpResult<QueueArgu
         };
     }
     if let Some(v) = get("x-single-active-consumer") {
-        match v {
-            AMQPValue::Boolean(b) => out.single_active_consumer = *b,
-            other => {
-                return Err(invalid(
-                    "x-single-active-consumer",
-                    resource,
-                    format_args!("{{unacceptable_type,{}}}", type_name(other)),
-                ))
-            }
-        }
+        out.single_active_consumer = bool_arg("x-single-active-consumer", v, resource)?;
+    }
+    if let Some(v) = get(PUBLISHER_ARGUMENT) {
+        out.publisher_header = bool_arg(PUBLISHER_ARGUMENT, v, resource)?;
     }
     if let Some(v) = get("x-queue-type") {
         match text_arg("x-queue-type", v, resource)?.as_str() {
@@ -309,6 +321,7 @@ const EQUIVALENCE_KEYS: &[&str] = &[
     "x-queue-type",
     "x-queue-master-locator",
     "x-delivery-limit",
+    PUBLISHER_ARGUMENT,
 ];
 
 /// RabbitMQ's `val/1`: a value with its type, or `none`.

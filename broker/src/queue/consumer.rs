@@ -86,6 +86,9 @@ pub struct Consumer {
     pub channel: u16,
     pub no_ack: bool,
     pub exclusive: bool,
+    /// Deliveries carry the publisher's identity in the `x-warren-publisher` header (asked for by the
+    /// consumer, its queue or its vhost's configuration).
+    pub publisher_header: bool,
     /// Consumer priority (`x-priority`): higher priorities get messages first.
     pub priority: i64,
     /// Per-consumer prefetch (basic.qos with global=false before the consume).

@@ -189,6 +189,7 @@ pub fn dead_letter(queue: &Arc<Queue>, letters: DeadLetters) {
         let message = Arc::new(Message {
             exchange: dlx.clone(),
             routing_key,
+            publisher: old.publisher.clone(),
             properties,
             body: old.body.clone(),
             priority: old.priority,
@@ -198,8 +199,17 @@ pub fn dead_letter(queue: &Arc<Queue>, letters: DeadLetters) {
             published_at_ms: crate::persist::now_ms(),
             stored: Default::default(),
         });
-        let targets =
-            crate::vhost::route_keys(&vhost, exchange.as_ref(), &message.properties, keys.iter());
+        // A dead letter travels on its publisher's behalf: its original keys must pass the topic write
+        // permission of the dead-letter exchange (and of every hop after it). A fixed
+        // x-dead-letter-routing-key was authorised for the queue's declarer at queue.declare.
+        let fixed_key = queue.args.dead_letter_routing_key.is_some();
+        let targets = crate::vhost::route_keys(
+            &vhost,
+            exchange.as_ref(),
+            &message.properties,
+            &message.publisher,
+            keys.iter().map(|k| (k.as_str(), fixed_key)),
+        );
         for target in targets {
             if !is_cycle(target.name(), &headers) {
                 target.publish(message.clone(), None);

@@ -6,6 +6,7 @@
 mod declare;
 mod routing;
 mod topic;
+mod topic_hops;
 
 use amq_protocol::protocol::AMQPClass;
 use warren_broker::config::UserConfig;

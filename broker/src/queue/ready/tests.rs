@@ -10,6 +10,7 @@ fn message(n: u64, priority: u8, persistent: bool) -> Arc<Message> {
     Arc::new(Message {
         exchange: "x".into(),
         routing_key: format!("k{n}"),
+        publisher: Arc::from("nova"),
         properties: Bytes::from_static(&[0x10, 0x00, 0x02]),
         body: Bytes::from(format!("body-{n:08}").repeat(10)),
         priority,
@@ -66,6 +67,7 @@ fn a_backlog_past_the_budget_is_paged_and_comes_back_whole_and_in_order() {
         assert_eq!(e.message.body, want.message.body);
         assert_eq!(e.message.routing_key, want.message.routing_key);
         assert_eq!(e.message.properties, want.message.properties);
+        assert_eq!(e.message.publisher, want.message.publisher);
         assert_eq!(e.message.persistent, want.message.persistent);
         assert_eq!(e.message.published_at_ms, want.message.published_at_ms);
         assert!(
