@@ -3,7 +3,8 @@
 
 use amq_protocol::protocol::{channel, queue, AMQPClass};
 use warren_tests::raw::{
-    basic_publish, channel_open, content_header_payload, frame_type, queue_declare, NO_PROPERTIES,
+    basic_publish, channel_close, channel_open, content_header_payload, frame_type, queue_declare,
+    NO_PROPERTIES,
 };
 use warren_tests::{CloseInfo, TestBroker, Tuning, QUIET};
 
@@ -91,21 +92,65 @@ async fn second_channel_open_is_a_channel_error() {
     );
 }
 
+/// RabbitMQ counts open channels against channel_max, whatever their numbers.
 #[tokio::test]
-async fn channel_number_above_channel_max_closes_the_connection() {
+async fn channel_max_limits_how_many_channels_are_open_not_their_numbers() {
     let broker = TestBroker::start().await;
     let mut raw = broker.raw().await;
     raw.handshake_with(Tuning {
-        channel_max: Some(10),
+        channel_max: Some(3),
         ..Tuning::default()
     })
     .await;
-    raw.open_channel(10).await;
-    raw.send_method(11, channel_open()).await;
-    let close = raw.expect_connection_close().await;
-    assert_eq!(close.code, 504, "{close:?}");
-    assert!(close.text.starts_with("CHANNEL_ERROR - "), "{close:?}");
-    assert_eq!((close.class_id, close.method_id), (20, 10));
+    raw.open_channel(1).await;
+    raw.open_channel(65535).await;
+    raw.open_channel(40000).await;
+    // Closing one frees a slot for any number.
+    raw.send_method(40000, channel_close()).await;
+    raw.expect_method(40000).await;
+    raw.open_channel(1000).await;
+    raw.send_method(2, channel_open()).await;
+    assert_eq!(
+        raw.expect_connection_close().await,
+        CloseInfo::new(
+            530,
+            "NOT_ALLOWED - number of channels opened (3) has reached the negotiated channel_max (3)",
+            0,
+            0
+        )
+    );
+}
+
+/// The server closes a channel (a denied publish) while the client closes it too: both closes get a
+/// close-ok, the client's late close-ok is absorbed, and the connection carries on (PROBE F6).
+#[tokio::test]
+async fn crossed_channel_closes_are_a_normal_close() {
+    let broker = TestBroker::start().await;
+    let mut raw = broker.raw_open().await;
+    raw.open_channel(1).await;
+    raw.send_method(1, basic_publish("no-such-exchange", "k", false))
+        .await;
+    raw.send_method(1, channel_close()).await;
+    // The server's close (404), then its close-ok for ours.
+    let close = raw.expect_method(1).await;
+    assert!(
+        matches!(&close, AMQPClass::Channel(channel::AMQPMethod::Close(c)) if c.reply_code == 404),
+        "{close:?}"
+    );
+    let ok = raw.expect_method(1).await;
+    assert!(
+        matches!(ok, AMQPClass::Channel(channel::AMQPMethod::CloseOk(_))),
+        "{ok:?}"
+    );
+    // The client acknowledges the server's close late; nothing more happens.
+    raw.send_method(
+        1,
+        AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+    )
+    .await;
+    raw.open_channel(1).await;
+    raw.open_channel(2).await;
+    raw.call(2, queue_declare("still-open")).await;
 }
 
 #[tokio::test]

@@ -559,3 +559,46 @@ def test_update_secret_answered(conn, name):
     ch.confirm_delivery()
     ch.basic_publish("", q, b"still works")
     assert bodies(ch, q) == [b"still works"]
+
+
+# --------------------------------------------------------------------------
+# channel_max and crossed channel.close (client fidelity)
+# --------------------------------------------------------------------------
+
+def test_channel_max_counts_open_channels_not_their_numbers(broker):
+    """RabbitMQ limits how many channels are open: any number 1..65535 may be used while fewer
+    than channel_max are open; one more closes the connection with 530."""
+    c = broker.pika_connection(channel_max=3)
+    try:
+        first = c.channel(channel_number=1)
+        c.channel(channel_number=65535)
+        c.channel(channel_number=40000)
+        first.close()
+        c.channel(channel_number=1000)
+        with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as e:
+            c.channel(channel_number=7)
+        assert (e.value.reply_code, e.value.reply_text) == (
+            530, "NOT_ALLOWED - number of channels opened (3) has reached the negotiated channel_max (3)")
+    finally:
+        if c.is_open:
+            c.close()
+
+
+def test_closing_right_after_a_refused_publish_is_a_normal_close(broker, name):
+    """The broker closes the channel (404 no exchange) while pika closes it too: both sides' closes
+    cross, and the connection still closes cleanly (no 504 for pika's late close-ok)."""
+    for _ in range(10):
+        c = broker.pika_connection()
+        ch = c.channel()
+        ch.basic_publish(name("missing"), "k", b"x")
+        c.close()
+        assert c.is_closed
+    c = broker.pika_connection()
+    ch = c.channel()
+    ch.basic_publish(name("missing"), "k", b"x")
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker):
+        ch.close()
+    c.process_data_events(time_limit=0.2)
+    assert c.is_open, "one channel's close must not take the connection down"
+    c.channel().queue_declare(name("alive"), exclusive=True)
+    c.close()

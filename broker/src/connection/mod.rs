@@ -427,7 +427,10 @@ impl Connection {
         match self.channels.get_mut(&id) {
             None => self.handle_unopened(frame),
             Some(Slot::AwaitingCloseOk) => {
-                // A closing channel ignores everything but channel.close and channel.close-ok (RabbitMQ).
+                // A closing channel ignores everything but channel.close and channel.close-ok
+                // (spec 4.2.6, rabbit_reader). A channel.close crossing ours is answered with
+                // close-ok, and the channel stays closing until our close is acknowledged: the
+                // client's close-ok for it is still on its way (pika sends it after a denied publish).
                 if frame.kind == FrameKind::Method {
                     match decode_method(&frame.payload) {
                         Ok(AMQPClass::Channel(chan::AMQPMethod::CloseOk(_))) => {
@@ -438,7 +441,6 @@ impl Connection {
                                 id,
                                 AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
                             );
-                            self.channels.remove(&id);
                         }
                         _ => {}
                     }
@@ -485,17 +487,17 @@ impl Connection {
                 "expected method frame, got non method frame instead",
             )));
         }
+        // channel_max bounds how many channels are open (closing ones included), not their numbers:
+        // any id may be opened while fewer are open (rabbit_reader:create_channel).
+        let open = self.channels.len();
+        if self.channel_max != 0 && open >= usize::from(self.channel_max) {
+            return Some(Ending::Close(AmqpError::not_allowed(format!(
+                "number of channels opened ({open}) has reached the negotiated channel_max ({})",
+                self.channel_max
+            ))));
+        }
         match decode_method(&frame.payload) {
             Ok(AMQPClass::Channel(chan::AMQPMethod::Open(_))) => {
-                if frame.channel > self.channel_max {
-                    return Some(Ending::Close(
-                        AmqpError::channel_error(format!(
-                            "channel number {} is higher than the negotiated channel_max ({})",
-                            frame.channel, self.channel_max
-                        ))
-                        .during(ids),
-                    ));
-                }
                 self.incarnations += 1;
                 let channel = Channel::new(frame.channel, self.incarnations);
                 self.channels
