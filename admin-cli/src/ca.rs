@@ -155,20 +155,13 @@ fn record_issue(dir: &Path, name: &str, kind: &str, serial: u64, days: i64) -> a
 }
 
 fn write_crl(dir: &Path, ca: &CertificateAuthority) -> anyhow::Result<usize> {
-    let revoked = read_list(&dir.join("revoked.json"))?;
-    let serials: Vec<u64> = revoked
-        .iter()
-        .filter_map(|r| r["serial"].as_u64())
-        .collect();
-    let number = read_list(&dir.join("revoked.json"))?.len() as u64 + 1;
-    let pem = ca.revocation_list(number, &serials, Validity::days(30))?;
-    replace_file(&dir.join("crl.pem"), pem.as_bytes())?;
+    let revoked = warren_pki::ca_dir::write_crl(dir, ca)?;
     println!(
-        "wrote {} ({} revoked)",
+        "wrote {} ({revoked} revoked; valid for {} days; reload the broker with SIGHUP)",
         dir.join("crl.pem").display(),
-        serials.len()
+        warren_pki::ca_dir::CRL_DAYS
     );
-    Ok(serials.len())
+    Ok(revoked)
 }
 
 pub fn run(command: CaCommand) -> anyhow::Result<()> {

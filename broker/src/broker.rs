@@ -15,6 +15,7 @@ use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc::UnboundedSender;
 use warren_storage::definitions::Definitions;
+use warren_storage::dir_lock::{DirLock, DirLockError};
 
 use crate::alarms::Alarms;
 use crate::audit::AuditLog;
@@ -63,6 +64,8 @@ pub struct Broker {
     /// Spill files for queue backlogs past their memory budget.
     pub paging: Arc<Paging>,
     next_connection: AtomicU64,
+    /// This broker's exclusive hold on its data directory, released when the broker is dropped.
+    _dir_lock: DirLock,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +89,10 @@ pub enum SetupError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    DataDir(#[from] crate::tls::TlsError),
+    #[error("{0}")]
+    Locked(#[from] DirLockError),
 }
 
 impl Broker {
@@ -96,6 +103,9 @@ impl Broker {
             source,
         };
         std::fs::create_dir_all(&config.data_dir).map_err(defs_err)?;
+        // Whoever could write the data directory could replace the definitions or the log.
+        crate::tls::check_trusted_path(&config.data_dir)?;
+        let dir_lock = DirLock::acquire(&config.data_dir)?;
         let mut definitions = Definitions::load(&definitions_path).map_err(defs_err)?;
         for vhost in &config.vhosts {
             if !definitions.vhosts.contains(vhost) {
@@ -176,6 +186,7 @@ impl Broker {
             durability,
             paging,
             next_connection: AtomicU64::new(1),
+            _dir_lock: dir_lock,
         });
         let disk_limit = broker
             .config

@@ -48,6 +48,10 @@ pub struct TlsConfig {
     /// PEM certificate revocation lists checked for client certificates (reloaded with SIGHUP).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub crls: Vec<PathBuf>,
+    /// A CRL past its nextUpdate: "warn" (use it, log a warning) or "refuse" (do not start; a
+    /// reload keeps the running configuration).
+    #[serde(default)]
+    pub crl_expired: crate::crl::ExpiredCrl,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -197,6 +201,7 @@ impl Default for TlsConfig {
             cert: PathBuf::from("/etc/warren/server.pem"),
             key: PathBuf::from("/etc/warren/server.key"),
             crls: Vec::new(),
+            crl_expired: Default::default(),
         }
     }
 }
@@ -334,7 +339,10 @@ impl Config {
                 ca_bundle: pki.ca_cert,
                 cert: pki.server_cert,
                 key: pki.server_key,
-                crls: Vec::new(),
+                // The dev CA's own CRL: `brokerctl ca revoke --dir DATA_DIR/tls` and a SIGHUP
+                // refuse a certificate exactly as in production.
+                crls: vec![pki.crl],
+                crl_expired: Default::default(),
             },
             // A development broker should not refuse to work on a laptop with a few GiB free.
             limits: Limits {

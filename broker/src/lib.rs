@@ -13,6 +13,7 @@ pub mod broker;
 pub mod channel;
 pub mod config;
 pub mod connection;
+pub mod crl;
 pub mod error;
 pub mod exchange;
 pub mod identity;

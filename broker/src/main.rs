@@ -76,13 +76,16 @@ fn run() -> anyhow::Result<()> {
 }
 
 fn dev_config(data_dir: &Path, listen: SocketAddr) -> anyhow::Result<Config> {
-    let (_, created) =
-        DevPki::ensure(&data_dir.join("tls")).context("creating the development PKI")?;
-    if created {
+    let (_, changes) =
+        DevPki::ensure_fresh(&data_dir.join("tls")).context("creating the development PKI")?;
+    if changes.created {
         eprintln!(
             "warren --dev: created a CA and certificates in {}",
             data_dir.join("tls").display()
         );
+    }
+    for renewed in &changes.renewed {
+        eprintln!("warren --dev: {renewed}");
     }
     let config = Config::dev(data_dir, listen);
     config.validate()?;
@@ -120,7 +123,11 @@ async fn serve(config: Arc<Config>, dev: bool) -> anyhow::Result<()> {
         while hangup.recv().await.is_some() {
             match reloader.reload_tls() {
                 Ok(()) => {
-                    tracing::info!("SIGHUP: reloaded the CA bundle, certificate, key and CRLs")
+                    let crls = reloader.broker.config.tls.crls.len();
+                    tracing::info!(
+                        crl_files = crls,
+                        "SIGHUP: reloaded the CA bundle, certificate, key and CRLs"
+                    )
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "SIGHUP: reload failed; the previous TLS configuration stays in force")

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -17,19 +17,55 @@ use crate::admission::Admission;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::connection;
+use crate::crl::CrlNumbers;
 
 /// A configured broker ready to serve listeners.
 pub struct Server {
     pub broker: Arc<Broker>,
     /// Replaced as a whole on reload (SIGHUP); connections already open keep their sessions.
     acceptor: RwLock<TlsAcceptor>,
+    /// The CRL numbers of the configuration in force: a reload may not go back to an older CRL.
+    crl_numbers: Mutex<CrlNumbers>,
     admission: Arc<Admission>,
+}
+
+/// Records a handshake refused for the client's certificate (none, an unknown CA, expired, revoked,
+/// the wrong key usage...) in the audit log: a stolen but revoked certificate being tried must show
+/// there, not only in the broker log. Handshakes that fail for other reasons (not TLS at all, a
+/// cipher mismatch, a dropped connection) are not authentication attempts and stay in the broker log.
+fn audit_refused_certificate(broker: &Broker, peer: std::net::SocketAddr, error: &std::io::Error) {
+    let Some(tls) = error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    else {
+        return;
+    };
+    let certificate_problem = matches!(
+        tls,
+        rustls::Error::InvalidCertificate(_)
+            | rustls::Error::NoCertificatesPresented
+            | rustls::Error::InvalidCertRevocationList(_)
+    );
+    if !certificate_problem {
+        return;
+    }
+    let detail = tls.to_string();
+    let source = peer.to_string();
+    broker.audit.record(&crate::audit::Event {
+        kind: "authentication",
+        action: "tls handshake",
+        user: "",
+        source: &source,
+        vhost: None,
+        result: "failure",
+        detail: Some(&detail),
+    });
 }
 
 impl Server {
     /// Loads TLS material (refusing unsafe key files) and builds the broker state.
     pub fn new(config: Arc<Config>) -> anyhow::Result<Self> {
-        let tls = crate::tls::server_config(&config.tls)?;
+        let tls = crate::tls::server_config(&config.tls, &CrlNumbers::default())?;
         let limits = &config.limits;
         let admission = Admission::new(
             config.network.allow.clone(),
@@ -39,7 +75,8 @@ impl Server {
         let broker = Broker::new(config)?;
         Ok(Server {
             broker,
-            acceptor: RwLock::new(TlsAcceptor::from(tls)),
+            acceptor: RwLock::new(TlsAcceptor::from(tls.config)),
+            crl_numbers: Mutex::new(tls.crl_numbers),
             admission,
         })
     }
@@ -47,8 +84,10 @@ impl Server {
     /// Re-reads the CA bundle, server certificate, key and CRLs (SIGHUP). On any error the running
     /// configuration stays in force and the error is returned for the log.
     pub fn reload_tls(&self) -> Result<(), crate::tls::TlsError> {
-        let tls = crate::tls::server_config(&self.broker.config.tls)?;
-        *self.acceptor.write() = TlsAcceptor::from(tls);
+        let mut in_force = self.crl_numbers.lock();
+        let tls = crate::tls::server_config(&self.broker.config.tls, &in_force)?;
+        *self.acceptor.write() = TlsAcceptor::from(tls.config);
+        *in_force = tls.crl_numbers;
         Ok(())
     }
 
@@ -87,7 +126,10 @@ impl Server {
                     connections.spawn(async move {
                         match tokio::time::timeout(tls_timeout, acceptor.accept(tcp)).await {
                             Ok(Ok(stream)) => connection::serve(broker, stream, peer, stop, slot).await,
-                            Ok(Err(e)) => info!(%peer, error = %e, "TLS handshake refused"),
+                            Ok(Err(e)) => {
+                                info!(%peer, error = %e, "TLS handshake refused");
+                                audit_refused_certificate(&broker, peer, &e);
+                            }
                             Err(_) => info!(%peer, "TLS handshake timed out"),
                         }
                     });

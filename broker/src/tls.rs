@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 
 use crate::config::TlsConfig;
+use crate::crl::{CrlError, CrlNumbers};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -37,6 +38,40 @@ pub enum TlsError {
     CaBundle { path: PathBuf, detail: String },
     #[error("invalid server certificate or key: {0}")]
     Config(#[from] rustls::Error),
+    #[error(transparent)]
+    Crl(#[from] CrlError),
+    #[error(
+        "refusing to start: {path} has mode {mode:04o}; group or others could write it (chmod go-w {path})"
+    )]
+    Writable { path: PathBuf, mode: u32 },
+    #[error("refusing to start: {path} is owned by uid {owner}, neither root nor the broker's user (uid {me})")]
+    Owner { path: PathBuf, owner: u32, me: u32 },
+}
+
+/// Refuses a file or directory the broker trusts (the CA bundle, a CRL, the data directory) when
+/// someone other than root or the broker's user owns it, or group or others may write it: whoever
+/// can write the CA bundle can add a trust anchor, and the data directory holds the definitions.
+pub fn check_trusted_path(path: &Path) -> Result<(), TlsError> {
+    let meta = fs::metadata(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(TlsError::Writable {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(TlsError::Owner {
+            path: path.to_path_buf(),
+            owner: meta.uid(),
+            me,
+        });
+    }
+    Ok(())
 }
 
 /// Refuses a private key readable by group or others, or owned by another user.
@@ -85,39 +120,30 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
-/// Builds the server configuration from the configured files (checked first).
-pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
+/// The server configuration, and the CRL numbers it put in force (see [`crate::crl`]).
+pub struct Loaded {
+    pub config: Arc<ServerConfig>,
+    pub crl_numbers: CrlNumbers,
+}
+
+/// Builds the server configuration from the configured files (checked first). `in_force` holds the
+/// CRL numbers of the configuration being replaced (empty at start).
+pub fn server_config(tls: &TlsConfig, in_force: &CrlNumbers) -> Result<Loaded, TlsError> {
     check_key_file(&tls.key)?;
+    check_trusted_path(&tls.ca_bundle)?;
+    for path in &tls.crls {
+        check_trusted_path(path)?;
+    }
+    let cas = read_certs(&tls.ca_bundle)?;
     let mut roots = RootCertStore::empty();
-    for ca in read_certs(&tls.ca_bundle)? {
-        roots.add(ca).map_err(|e| TlsError::CaBundle {
+    for ca in &cas {
+        roots.add(ca.clone()).map_err(|e| TlsError::CaBundle {
             path: tls.ca_bundle.clone(),
             detail: e.to_string(),
         })?;
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut crls = Vec::new();
-    for path in &tls.crls {
-        let data = fs::read(path).map_err(|source| TlsError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        let before = crls.len();
-        for crl in CertificateRevocationListDer::pem_slice_iter(&data) {
-            crls.push(crl.map_err(|e| TlsError::Pem {
-                path: path.clone(),
-                what: "CRL",
-                detail: e.to_string(),
-            })?);
-        }
-        if crls.len() == before {
-            return Err(TlsError::Pem {
-                path: path.clone(),
-                what: "CRL",
-                detail: "the file holds none".into(),
-            });
-        }
-    }
+    let (crls, crl_numbers) = crate::crl::load(&tls.crls, &cas, tls.crl_expired, in_force)?;
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .with_crls(crls)
         .build()
@@ -139,7 +165,10 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
-    Ok(Arc::new(config))
+    Ok(Loaded {
+        config: Arc::new(config),
+        crl_numbers,
+    })
 }
 
 #[cfg(test)]
@@ -174,8 +203,12 @@ mod tests {
             cert: "/nonexistent/s.pem".into(),
             key: "/nonexistent/s.key".into(),
             crls: Vec::new(),
+            crl_expired: Default::default(),
         };
-        let e = server_config(&tls).unwrap_err().to_string();
+        let e = match server_config(&tls, &CrlNumbers::default()) {
+            Ok(_) => panic!("loaded without files"),
+            Err(e) => e.to_string(),
+        };
         assert!(e.contains("/nonexistent/s.key"), "{e}");
     }
 }

@@ -17,6 +17,8 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
+pub mod ca_dir;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     #[error("certificate generation failed: {0}")]
@@ -278,6 +280,29 @@ pub struct DevPki {
     pub server_key: PathBuf,
     pub admin_cert: PathBuf,
     pub admin_key: PathBuf,
+    /// The CA's CRL (revoking what `brokerctl ca revoke --dir DATA_DIR/tls` recorded).
+    pub crl: PathBuf,
+}
+
+/// Certificates `warren --dev` renews when they have less than this left.
+const RENEW_BEFORE_DAYS: i64 = 30;
+/// The CRL is refreshed when it has less than this left (it is valid for 30 days).
+const REFRESH_CRL_BEFORE_DAYS: i64 = 7;
+
+/// What [`DevPki::ensure`] did, for the broker to tell the developer.
+#[derive(Debug, Default)]
+pub struct DevPkiChanges {
+    pub created: bool,
+    /// One line per renewed certificate or refreshed CRL.
+    pub renewed: Vec<String>,
+}
+
+/// Whether the PEM file at `path` has less than `days` left (or cannot be read).
+fn expiring(path: &Path, days: i64) -> bool {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|pem| ca_dir::seconds_left(&pem))
+        .is_none_or(|left| left < days * 86_400)
 }
 
 impl DevPki {
@@ -289,6 +314,7 @@ impl DevPki {
             server_key: tls_dir.join("server.key"),
             admin_cert: tls_dir.join("admin.pem"),
             admin_key: tls_dir.join("admin.key"),
+            crl: tls_dir.join("crl.pem"),
         }
     }
 
@@ -296,6 +322,63 @@ impl DevPki {
     /// Existing files are reused, so a restarted dev broker keeps its clients' certificates valid.
     /// Returns whether anything was created.
     pub fn ensure(tls_dir: &Path) -> Result<(Self, bool), PkiError> {
+        let (pki, changes) = Self::ensure_fresh(tls_dir)?;
+        Ok((pki, changes.created))
+    }
+
+    /// [`Self::ensure`], and also: the server and admin certificates are renewed when they have less
+    /// than 30 days left, and the CA's CRL (`crl.pem`, revoking what `revoked.json` lists) is
+    /// written when missing or within 7 days of its nextUpdate, so the development broker can load
+    /// it exactly as a production broker loads `[tls] crls`.
+    pub fn ensure_fresh(tls_dir: &Path) -> Result<(Self, DevPkiChanges), PkiError> {
+        let (pki, created) = Self::ensure_created(tls_dir)?;
+        let mut changes = DevPkiChanges {
+            created,
+            renewed: Vec::new(),
+        };
+        let ca = pki.load_ca()?;
+        if expiring(&pki.server_cert, RENEW_BEFORE_DAYS) {
+            let pem = ca.issue_server(
+                "localhost",
+                &["localhost", "127.0.0.1", "::1"],
+                Validity::days(365),
+            )?;
+            write_pair(&pki.server_cert, &pki.server_key, &pem)?;
+            changes.renewed.push(format!(
+                "renewed {} (less than {RENEW_BEFORE_DAYS} days left; valid for a year)",
+                pki.server_cert.display()
+            ));
+        }
+        if expiring(&pki.admin_cert, RENEW_BEFORE_DAYS) {
+            let pem = ca.issue_client("admin", Validity::days(365))?;
+            write_pair(&pki.admin_cert, &pki.admin_key, &pem)?;
+            changes.renewed.push(format!(
+                "renewed {} (less than {RENEW_BEFORE_DAYS} days left; valid for a year): clients using the old one keep working until it expires",
+                pki.admin_cert.display()
+            ));
+        }
+        if expiring(&pki.crl, REFRESH_CRL_BEFORE_DAYS) {
+            let had = pki.crl.exists();
+            let revoked = ca_dir::write_crl(tls_dir, &ca)?;
+            if had {
+                changes.renewed.push(format!(
+                    "refreshed {} ({revoked} revoked; valid for {} days)",
+                    pki.crl.display(),
+                    ca_dir::CRL_DAYS
+                ));
+            }
+        }
+        Ok((pki, changes))
+    }
+
+    /// The dev CA, from its files.
+    pub fn load_ca(&self) -> Result<CertificateAuthority, PkiError> {
+        let cert = std::fs::read_to_string(&self.ca_cert).map_err(io_err(&self.ca_cert))?;
+        let key = std::fs::read_to_string(&self.ca_key).map_err(io_err(&self.ca_key))?;
+        CertificateAuthority::from_pem(Pem { cert, key })
+    }
+
+    fn ensure_created(tls_dir: &Path) -> Result<(Self, bool), PkiError> {
         let pki = DevPki::in_dir(tls_dir);
         std::fs::create_dir_all(tls_dir).map_err(io_err(tls_dir))?;
         let ca = if pki.ca_cert.exists() && pki.ca_key.exists() {
@@ -308,6 +391,7 @@ impl DevPki {
             // A new CA invalidates certificates signed by a previous one.
             let _ = std::fs::remove_file(&pki.server_cert);
             let _ = std::fs::remove_file(&pki.admin_cert);
+            let _ = std::fs::remove_file(&pki.crl);
             ca
         };
         let mut created = false;

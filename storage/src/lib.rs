@@ -2,6 +2,7 @@
 //!
 //! - `atomic_file`: crash-safe whole-file replacement (keys, certificates, the definitions file).
 //! - `definitions`: vhosts, users and permissions as one JSON document.
+//! - `dir_lock`: the exclusive lock a broker holds on its data directory.
 //! - `frame`: the CRC framing the log and spill runs share.
 //! - `log`: the command log (definitions and persistent messages as CRC-checked records in segments)
 //!   over a [`log::medium::Medium`]: files, memory, or a fault-injecting medium for crash tests.
@@ -10,6 +11,7 @@
 
 pub mod atomic_file;
 pub mod definitions;
+pub mod dir_lock;
 pub mod frame;
 pub mod log;
 pub mod spill;

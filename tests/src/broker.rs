@@ -103,7 +103,10 @@ impl TestBroker {
     pub async fn restart(mut self) -> Self {
         self.shut_down().await;
         let dir = self.dir.take().expect("the data directory");
-        Self::launch(dir, self.config.clone()).await
+        let config = self.config.clone();
+        // The old broker must be gone before the new one takes the data directory's lock.
+        drop(self);
+        Self::launch(dir, config).await
     }
 
     async fn shut_down(&mut self) {

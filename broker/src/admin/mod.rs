@@ -17,10 +17,20 @@ use crate::broker::Broker;
 /// Longest request line accepted (a request is a few hundred bytes; this bounds a misbehaving client).
 const MAX_REQUEST: usize = 64 * 1024;
 
-/// Binds the admin socket at `path` (replacing a stale one) with mode 0600.
+/// Binds the admin socket at `path` (replacing a stale one) with mode 0600. A socket some process
+/// still answers on is never unlinked: that would hand its brokerctl users to this broker.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!(
+                    "the admin socket {} is in use by a running broker",
+                    path.display()
+                ),
+            ));
+        }
         std::fs::remove_file(path)?;
     }
     let listener = UnixListener::bind(path)?;
