@@ -203,32 +203,57 @@ impl Broker {
         Ok(broker)
     }
 
-    /// Rebuilds durable exchanges, queues, bindings and stored messages from the log.
+    /// Rebuilds durable exchanges, queues, bindings and stored messages from the log. A record this
+    /// version cannot use is reported at error level and left in the log as it is; the stored
+    /// messages of a queue whose record exists are never deleted because it could not be restored.
     fn restore(&self, recovered: Recovered) -> Result<(), SetupError> {
         let mut bindings = Vec::new();
         let mut queues = Vec::new();
+        // Message-queue names (persist::message_queue) of queue records that were not restored.
+        let mut unrestored = std::collections::HashSet::new();
+        let unusable = |key: &str, why: &str| {
+            tracing::error!(
+                key = ?key,
+                why,
+                "a stored definition cannot be restored: it is skipped and stays in the log as it is"
+            );
+        };
         for (key, value) in &recovered.definitions {
             let Ok(parts) = serde_json::from_str::<Vec<String>>(key) else {
+                unusable(key, "its key does not parse");
                 continue;
             };
             let vhost = parts.get(1).and_then(|v| self.vhost(v));
+            if parts.first().map(String::as_str) == Some("queue") && parts.len() == 3 {
+                let restorable =
+                    vhost.is_some() && serde_json::from_slice::<StoredQueue>(value).is_ok();
+                if !restorable {
+                    unrestored.insert(crate::persist::message_queue(&parts[1], &parts[2]));
+                }
+            }
             match (parts.first().map(String::as_str), vhost) {
                 (Some("exchange"), Some(vhost)) if parts.len() == 3 => {
-                    if let Ok(x) = serde_json::from_slice::<StoredExchange>(value) {
-                        vhost.restore_exchange(&parts[2], x);
+                    match serde_json::from_slice::<StoredExchange>(value) {
+                        Ok(x) => vhost.restore_exchange(&parts[2], x),
+                        Err(e) => unusable(key, &e.to_string()),
                     }
                 }
                 (Some("queue"), Some(vhost)) if parts.len() == 3 => {
-                    if let Ok(q) = serde_json::from_slice::<StoredQueue>(value) {
-                        queues.push((vhost, parts[2].clone(), q));
+                    match serde_json::from_slice::<StoredQueue>(value) {
+                        Ok(q) => queues.push((vhost, parts[2].clone(), q)),
+                        Err(e) => unusable(key, &e.to_string()),
                     }
                 }
                 (Some("binding"), Some(vhost)) if parts.len() == 7 => {
-                    if let Ok(args) = serde_json::from_slice::<FieldTable>(value) {
-                        bindings.push((vhost, parts, args));
+                    match serde_json::from_slice::<FieldTable>(value) {
+                        Ok(args) => bindings.push((vhost, parts, args)),
+                        Err(e) => unusable(key, &e.to_string()),
                     }
                 }
-                _ => {}
+                (Some("exchange" | "queue" | "binding"), None) => {
+                    unusable(key, "its vhost is not in definitions.json")
+                }
+                _ => unusable(key, "it is not a definition this version knows"),
             }
         }
         for (vhost, name, q) in queues {
@@ -244,7 +269,20 @@ impl Broker {
                 .filter(|p| p.len() == 2)
                 .and_then(|p| self.vhost(&p[0]).and_then(|v| v.find_queue(&p[1])));
             let Some(queue) = queue else {
-                // Messages of a queue whose definition is gone: drop them from the log too.
+                if unrestored.contains(&name) {
+                    tracing::error!(
+                        queue = ?name,
+                        messages = messages.len(),
+                        "keeping the stored messages of a queue whose definition could not be restored"
+                    );
+                    continue;
+                }
+                // Messages of a queue whose definition was deleted: drop them from the log too.
+                tracing::warn!(
+                    queue = ?name,
+                    messages = messages.len(),
+                    "dropping stored messages of a queue that no longer exists"
+                );
                 self.durability
                     .write(vec![Record::DropQueue { queue: name }], None);
                 continue;

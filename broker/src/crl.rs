@@ -233,7 +233,13 @@ mod tests {
             "stale.pem",
             &ca.revocation_list(3, &[], past).unwrap(),
         );
-        let e = load(std::slice::from_ref(&stale), &cas, ExpiredCrl::Refuse, &none).unwrap_err();
+        let e = load(
+            std::slice::from_ref(&stale),
+            &cas,
+            ExpiredCrl::Refuse,
+            &none,
+        )
+        .unwrap_err();
         assert!(matches!(e, CrlError::Expired { .. }), "{e}");
         assert!(load(&[stale], &cas, ExpiredCrl::Warn, &none).is_ok());
 
@@ -242,7 +248,13 @@ mod tests {
             "newer.pem",
             &ca.revocation_list(5, &[1], Validity::days(30)).unwrap(),
         );
-        let (_, in_force) = load(std::slice::from_ref(&newer), &cas, ExpiredCrl::Refuse, &none).unwrap();
+        let (_, in_force) = load(
+            std::slice::from_ref(&newer),
+            &cas,
+            ExpiredCrl::Refuse,
+            &none,
+        )
+        .unwrap();
         let older = write(
             dir.path(),
             "older.pem",

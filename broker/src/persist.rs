@@ -439,6 +439,33 @@ mod tests {
         assert!(headers.inner().is_empty(), "{headers:?}");
     }
 
+    /// Arguments are stored as JSON, which serde_json reads back only up to 128 levels: every table
+    /// the nesting bound lets in must come back (a queue whose record did not parse was once dropped
+    /// with its messages at recovery).
+    #[test]
+    fn the_deepest_accepted_arguments_are_read_back() {
+        use amq_protocol::types::AMQPValue;
+        let mut t = FieldTable::default();
+        t.insert("k".into(), AMQPValue::LongString("v".into()));
+        let mut array = AMQPValue::FieldTable(t.clone());
+        for _ in 1..warren_protocol::nesting::MAX_DEPTH {
+            let mut outer = FieldTable::default();
+            outer.insert("k".into(), AMQPValue::FieldTable(t));
+            t = outer;
+            array = AMQPValue::FieldArray(vec![array].into());
+        }
+        let mut with_arrays = FieldTable::default();
+        with_arrays.insert("a".into(), array);
+        for arguments in [t, with_arrays] {
+            let json = serde_json::to_vec(&StoredQueue {
+                auto_delete: false,
+                arguments,
+            })
+            .unwrap();
+            serde_json::from_slice::<StoredQueue>(&json).expect("read back");
+        }
+    }
+
     #[test]
     fn keys_are_unambiguous() {
         assert_ne!(queue_key("a\"b", "c"), queue_key("a", "\"bc"));

@@ -138,9 +138,16 @@ impl Vhost {
         Arc::new(vhost)
     }
 
-    /// Re-creates a durable exchange read back from the log (nothing is written).
+    /// Re-creates a durable exchange read back from the log (nothing is written). An exchange of a
+    /// kind this version does not know is left in the log, untouched, and reported.
     pub fn restore_exchange(&self, name: &str, stored: StoredExchange) {
         let Some(kind) = ExchangeKind::parse(&stored.kind) else {
+            tracing::error!(
+                exchange = ?name,
+                vhost = ?self.name,
+                kind = ?stored.kind,
+                "a stored exchange has a kind this version does not know: it is not restored (its record stays in the log)"
+            );
             return;
         };
         let spec = ExchangeSpec {
@@ -154,7 +161,9 @@ impl Vhost {
         self.exchanges.insert(name.to_string(), Exchange::new(spec));
     }
 
-    /// Re-creates a durable queue read back from the log (nothing is written).
+    /// Re-creates a durable queue read back from the log (nothing is written). Arguments that today's
+    /// validation refuses are reported and not acted on, but the queue keeps them as stored (a
+    /// redeclare compares against them) and keeps its messages.
     pub fn restore_queue(self: &Arc<Self>, name: &str, stored: StoredQueue) {
         let spec = QueueSpec {
             name: name.to_string(),
@@ -163,9 +172,16 @@ impl Vhost {
             auto_delete: stored.auto_delete,
             arguments: stored.arguments,
         };
-        let Ok(args) = arguments::parse(&spec.arguments, &self.resource("queue", name)) else {
-            return;
-        };
+        let (args, refused) =
+            arguments::parse_stored(&spec.arguments, &self.resource("queue", name));
+        for e in refused {
+            tracing::error!(
+                queue = ?name,
+                vhost = ?self.name,
+                refusal = %e.text,
+                "a stored queue has an argument this version refuses: the queue and its messages are kept, the argument is not applied"
+            );
+        }
         let queue = self.new_queue(spec, args);
         self.queues.insert(name.to_string(), queue);
     }

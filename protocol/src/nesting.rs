@@ -15,8 +15,10 @@ use amq_protocol::types::FieldTable;
 
 use crate::constants::*;
 
-/// Deepest nesting of tables/arrays accepted (the outermost table is depth 1).
-pub const MAX_DEPTH: usize = 64;
+/// Deepest nesting of tables/arrays accepted (the outermost table is depth 1). Real clients use two or
+/// three levels (x-death: headers, array, table). 32 also keeps a durable queue's or binding's
+/// arguments readable when stored as JSON: two JSON levels per table, under serde_json's limit of 128.
+pub const MAX_DEPTH: usize = 32;
 
 /// Why a table was refused before parsing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -24,6 +24,7 @@ mod password_bridge;
 mod permissions;
 mod publisher;
 mod queue;
+mod recovery;
 mod revocation;
 mod tls;
 mod ttl;

@@ -109,6 +109,16 @@ impl TestBroker {
         Self::launch(dir, config).await
     }
 
+    /// [`Self::restart`], running `between` on the data directory while no broker holds it.
+    pub async fn restart_after(mut self, between: impl FnOnce(&Path)) -> Self {
+        self.shut_down().await;
+        let dir = self.dir.take().expect("the data directory");
+        let config = self.config.clone();
+        drop(self);
+        between(dir.path());
+        Self::launch(dir, config).await
+    }
+
     async fn shut_down(&mut self) {
         if let Some(admin) = self.admin.take() {
             admin.abort();

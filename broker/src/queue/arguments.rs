@@ -304,6 +304,31 @@ pub fn parse(args: &FieldTable, resource: &Resource<'_>) -> AmqpResult<QueueArgu
     Ok(out)
 }
 
+/// For a queue read back from the log: its arguments validated one by one, keeping every key today's
+/// rules accept and returning the refusal of each one they do not (a rule tightened between versions
+/// must not cost the queue or its messages). Keys are tried in table order, which puts
+/// `x-dead-letter-exchange` before `x-dead-letter-routing-key`.
+pub fn parse_stored(
+    args: &FieldTable,
+    resource: &Resource<'_>,
+) -> (QueueArguments, Vec<AmqpError>) {
+    if let Ok(parsed) = parse(args, resource) {
+        return (parsed, Vec::new());
+    }
+    let mut accepted = FieldTable::default();
+    let mut refused = Vec::new();
+    for (key, value) in args.inner() {
+        let mut with = accepted.clone();
+        with.insert(key.clone(), value.clone());
+        match parse(&with, resource) {
+            Ok(_) => accepted = with,
+            Err(e) => refused.push(e),
+        }
+    }
+    // Every key kept parsed together just now, so this is the same typed view.
+    (parse(&accepted, resource).unwrap_or_default(), refused)
+}
+
 /// The arguments compared on redeclare (the classic queue type's `queue_arguments`, plus the quorum
 /// delivery limit); other keys may differ freely.
 const EQUIVALENCE_KEYS: &[&str] = &[
