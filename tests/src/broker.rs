@@ -132,6 +132,12 @@ impl TestBroker {
                 .await
                 .expect("broker shut down within 15 s")
                 .expect("broker task did not panic");
+            // As `warren` does at shutdown: everything written so far is on disk before a restart.
+            self.server
+                .broker
+                .durability
+                .flush()
+                .expect("log flushed at shutdown");
         }
     }
 }
