@@ -14,7 +14,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc::UnboundedSender;
-use warren_storage::definitions::Definitions;
+use warren_storage::definitions::{Definitions, Seeding};
 use warren_storage::dir_lock::{DirLock, DirLockError};
 
 use crate::alarms::Alarms;
@@ -112,9 +112,20 @@ impl Broker {
                 definitions.vhosts.push(vhost.clone());
             }
         }
-        for user in &config.users {
-            definitions.users.retain(|u| u.name != user.name);
-            definitions.users.push(user.clone());
+        for note in definitions.seed_users(&config.users) {
+            match note {
+                Seeding::Created(user) => {
+                    tracing::info!(user = ?user, "created a user of the configuration file")
+                }
+                Seeding::Differs(user) => tracing::warn!(
+                    user = ?user,
+                    "the configuration file and the broker differ for this user (changed with brokerctl since it was created?): the broker's definition stays in force; change it with brokerctl"
+                ),
+                Seeding::Deleted(user) => tracing::warn!(
+                    user = ?user,
+                    "this user of the configuration file was deleted with brokerctl: it is not created again"
+                ),
+            }
         }
         definitions.save(&definitions_path).map_err(defs_err)?;
 

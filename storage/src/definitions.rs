@@ -49,9 +49,47 @@ pub struct UserDefinition {
 pub struct Definitions {
     pub vhosts: Vec<String>,
     pub users: Vec<UserDefinition>,
+    /// Users once created from the configuration file: never created again, even when deleted since.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seeded_users: Vec<String>,
+}
+
+/// How a user of the configuration file compares with the broker's definitions at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seeding {
+    /// Not seen before: created as configured.
+    Created(String),
+    /// Changed since it was seeded (brokerctl): the broker's definition is kept.
+    Differs(String),
+    /// Seeded once and deleted since: not created again.
+    Deleted(String),
 }
 
 impl Definitions {
+    /// Seeds the users of the configuration file: a user is created at the first start that lists it,
+    /// and later starts never override what was changed since (with brokerctl), nor re-create a user
+    /// deleted since. Returns what differs, for the broker to report.
+    pub fn seed_users(&mut self, configured: &[UserDefinition]) -> Vec<Seeding> {
+        let mut notes = Vec::new();
+        for user in configured {
+            let existing = self.users.iter().find(|u| u.name == user.name);
+            let seeded = self.seeded_users.contains(&user.name);
+            match existing {
+                None if seeded => notes.push(Seeding::Deleted(user.name.clone())),
+                None => {
+                    self.users.push(user.clone());
+                    notes.push(Seeding::Created(user.name.clone()));
+                }
+                Some(current) if current != user => notes.push(Seeding::Differs(user.name.clone())),
+                Some(_) => {}
+            }
+            if !seeded {
+                self.seeded_users.push(user.name.clone());
+            }
+        }
+        notes
+    }
+
     /// Reads the file; a missing file is an empty set of definitions.
     pub fn load(path: &Path) -> io::Result<Self> {
         match std::fs::read(path) {
@@ -96,6 +134,7 @@ mod tests {
                 topic_permissions: vec![],
                 password_hash: None,
             }],
+            seeded_users: vec!["nova".into()],
         };
         defs.save(&path).unwrap();
         assert_eq!(Definitions::load(&path).unwrap(), defs);
@@ -104,5 +143,60 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("definitions.json"));
+    }
+
+    fn user(name: &str, write: &str) -> UserDefinition {
+        UserDefinition {
+            name: name.into(),
+            tags: vec![],
+            permissions: vec![PermissionDefinition {
+                vhost: "/".into(),
+                configure: ".*".into(),
+                write: write.into(),
+                read: ".*".into(),
+            }],
+            topic_permissions: vec![],
+            password_hash: None,
+        }
+    }
+
+    #[test]
+    fn configured_users_are_seeded_once() {
+        let configured = [user("nova", ".*"), user("glance", ".*")];
+        let mut defs = Definitions::default();
+        assert_eq!(
+            defs.seed_users(&configured),
+            [
+                Seeding::Created("nova".into()),
+                Seeding::Created("glance".into())
+            ]
+        );
+        assert!(defs.seed_users(&configured).is_empty(), "nothing changed");
+        // brokerctl narrows nova's write permission and deletes glance.
+        defs.users[0] = user("nova", "^nova");
+        defs.users.retain(|u| u.name != "glance");
+        assert_eq!(
+            defs.seed_users(&configured),
+            [
+                Seeding::Differs("nova".into()),
+                Seeding::Deleted("glance".into())
+            ]
+        );
+        assert_eq!(
+            defs.users,
+            [user("nova", "^nova")],
+            "brokerctl's changes stand"
+        );
+        // A data directory from before seeding was recorded: its users count as seeded.
+        let mut old = Definitions {
+            vhosts: vec![],
+            users: vec![user("nova", "^nova")],
+            seeded_users: vec![],
+        };
+        assert_eq!(
+            old.seed_users(&configured[..1]),
+            [Seeding::Differs("nova".into())]
+        );
+        assert_eq!(old.seeded_users, ["nova"]);
     }
 }

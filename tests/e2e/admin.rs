@@ -591,3 +591,50 @@ async fn definitions_persist_across_a_restart() {
         "definitions.json mode after restart {mode:o}"
     );
 }
+
+/// Users of the configuration file are created at the first start only: what brokerctl changes or
+/// deletes afterwards stands across restarts (issue 11 point 4).
+#[tokio::test]
+async fn configured_users_are_seeded_not_reimposed() {
+    let broker = TestBroker::start_with(|c| {
+        c.users.push(warren_tests::users::full_access("nova"));
+        c.users.push(warren_tests::users::full_access("glance"));
+    })
+    .await;
+    let admin = broker.admin();
+    admin
+        .set_permissions("/", "nova", ("^nova", "^nova", "^nova"))
+        .await;
+    admin
+        .ok(json!({"command": "delete_user", "name": "glance"}))
+        .await;
+
+    let broker = broker.restart().await;
+    let admin = broker.admin();
+    let users = admin.ok(json!({"command": "list_users"})).await;
+    let names: Vec<&str> = users
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|u| u["name"].as_str().or(u["user"].as_str()))
+        .collect();
+    assert!(names.contains(&"nova"), "{users}");
+    assert!(
+        !names.contains(&"glance"),
+        "a deleted user came back: {users}"
+    );
+    let perms = admin
+        .ok(json!({"command": "list_permissions", "vhost": "/"}))
+        .await;
+    let nova = perms
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|p| p["user"] == "nova")
+        .unwrap_or_else(|| panic!("nova has no permissions: {perms}"));
+    assert_eq!(
+        (&nova["configure"], &nova["write"], &nova["read"]),
+        (&json!("^nova"), &json!("^nova"), &json!("^nova")),
+        "brokerctl's permissions were replaced by the file's: {perms}"
+    );
+}
