@@ -689,7 +689,8 @@ def disk_node(tmp_path, broker):
         pytest.skip("mounting a tmpfs needs root")
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    cp = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_SIZE}", "tmpfs", str(mnt)],
+    # mode=0700: the broker refuses a data directory that group or others may write.
+    cp = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_SIZE},mode=0700", "tmpfs", str(mnt)],
                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=30)
     if cp.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs: {cp.stdout.strip()}")

@@ -231,6 +231,29 @@ def test_passive_declare_missing_queue_raises(conn):
     assert ei.value.reply_text == f"NOT_FOUND - no queue '{name}' in vhost '/'"
 
 
+def test_delivered_properties_are_exactly_those_sent(conn):
+    """kombu's Message.properties and headers, compared whole against what kombu put on the wire
+    (on RabbitMQ and on Warren alike): the broker adds nothing and drops nothing."""
+    sent_headers = {"h-int": 5, "h-str": "v", "h-nested": {"a": [True, False]}, "x-trace": "t-1"}
+    q = Queue(uid("exact"), exchange=Exchange(uid("exact-ex"), type="direct", auto_delete=True),
+              routing_key="k", auto_delete=True)
+    received = []
+    with Consumer(conn, queues=[q], callbacks=[lambda body, m: (received.append(m), m.ack())],
+                  accept=["json"]):
+        producer = Producer(conn.channel(), exchange=q.exchange, serializer="json")
+        producer.publish({"n": 1}, routing_key="k", headers=sent_headers, priority=3,
+                         correlation_id="corr", reply_to="reply", message_id="m-1",
+                         timestamp=1_700_000_000, type="kind", app_id="nova", retry=False)
+        drain(conn, received, 1)
+    m = received[0]
+    assert m.headers == sent_headers
+    assert {k: v for k, v in m.properties.items() if k != "application_headers"} == {
+        "content_type": "application/json", "content_encoding": "utf-8", "delivery_mode": 2, "priority": 3,
+        "correlation_id": "corr", "reply_to": "reply", "message_id": "m-1",
+        "timestamp": 1_700_000_000, "type": "kind", "app_id": "nova",
+    }, m.properties
+
+
 def test_mandatory_publish_to_nowhere_is_returned(conn):
     returned = []
     ch = conn.channel()
