@@ -52,46 +52,46 @@ pub enum TlsError {
 /// someone other than root or the broker's user owns it, or group or others may write it: whoever
 /// can write the CA bundle can add a trust anchor, and the data directory holds the definitions.
 pub fn check_trusted_path(path: &Path) -> Result<(), TlsError> {
-    let meta = fs::metadata(path).map_err(|source| TlsError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mode = meta.permissions().mode() & 0o7777;
+    let (owner, mode, me) = ownership(path)?;
     if mode & 0o022 != 0 {
         return Err(TlsError::Writable {
             path: path.to_path_buf(),
             mode,
         });
     }
-    let me = rustix::process::geteuid().as_raw();
-    if meta.uid() != me && meta.uid() != 0 {
+    if owner != me && owner != 0 {
         return Err(TlsError::Owner {
             path: path.to_path_buf(),
-            owner: meta.uid(),
+            owner,
             me,
         });
     }
     Ok(())
 }
 
-/// Refuses a private key readable by group or others, or owned by another user.
-pub fn check_key_file(path: &Path) -> Result<(), TlsError> {
+/// The owner and permission bits of `path` (links followed), and the broker's own uid.
+fn ownership(path: &Path) -> Result<(u32, u32, u32), TlsError> {
     let meta = fs::metadata(path).map_err(|source| TlsError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    let mode = meta.permissions().mode() & 0o7777;
+    let me = rustix::process::geteuid().as_raw();
+    Ok((meta.uid(), meta.permissions().mode() & 0o7777, me))
+}
+
+/// Refuses a private key readable by group or others, or owned by another user.
+pub fn check_key_file(path: &Path) -> Result<(), TlsError> {
+    let (owner, mode, me) = ownership(path)?;
     if mode & 0o077 != 0 {
         return Err(TlsError::KeyPermissions {
             path: path.to_path_buf(),
             mode,
         });
     }
-    let me = rustix::process::geteuid().as_raw();
-    if meta.uid() != me {
+    if owner != me {
         return Err(TlsError::KeyOwner {
             path: path.to_path_buf(),
-            owner: meta.uid(),
+            owner,
             me,
         });
     }

@@ -338,20 +338,14 @@ impl DevPki {
         };
         let ca = pki.load_ca()?;
         if expiring(&pki.server_cert, RENEW_BEFORE_DAYS) {
-            let pem = ca.issue_server(
-                "localhost",
-                &["localhost", "127.0.0.1", "::1"],
-                Validity::days(365),
-            )?;
-            write_pair(&pki.server_cert, &pki.server_key, &pem)?;
+            pki.issue_server(&ca)?;
             changes.renewed.push(format!(
                 "renewed {} (less than {RENEW_BEFORE_DAYS} days left; valid for a year)",
                 pki.server_cert.display()
             ));
         }
         if expiring(&pki.admin_cert, RENEW_BEFORE_DAYS) {
-            let pem = ca.issue_client("admin", Validity::days(365))?;
-            write_pair(&pki.admin_cert, &pki.admin_key, &pem)?;
+            pki.issue_admin(&ca)?;
             changes.renewed.push(format!(
                 "renewed {} (less than {RENEW_BEFORE_DAYS} days left; valid for a year): clients using the old one keep working until it expires",
                 pki.admin_cert.display()
@@ -369,6 +363,22 @@ impl DevPki {
             }
         }
         Ok((pki, changes))
+    }
+
+    /// The server certificate for localhost, valid for a year.
+    fn issue_server(&self, ca: &CertificateAuthority) -> Result<(), PkiError> {
+        let pem = ca.issue_server(
+            "localhost",
+            &["localhost", "127.0.0.1", "::1"],
+            Validity::days(365),
+        )?;
+        write_pair(&self.server_cert, &self.server_key, &pem)
+    }
+
+    /// The `admin` user's client certificate, valid for a year.
+    fn issue_admin(&self, ca: &CertificateAuthority) -> Result<(), PkiError> {
+        let pem = ca.issue_client("admin", Validity::days(365))?;
+        write_pair(&self.admin_cert, &self.admin_key, &pem)
     }
 
     /// The dev CA, from its files.
@@ -396,17 +406,11 @@ impl DevPki {
         };
         let mut created = false;
         if !(pki.server_cert.exists() && pki.server_key.exists()) {
-            let pem = ca.issue_server(
-                "localhost",
-                &["localhost", "127.0.0.1", "::1"],
-                Validity::days(365),
-            )?;
-            write_pair(&pki.server_cert, &pki.server_key, &pem)?;
+            pki.issue_server(&ca)?;
             created = true;
         }
         if !(pki.admin_cert.exists() && pki.admin_key.exists()) {
-            let pem = ca.issue_client("admin", Validity::days(365))?;
-            write_pair(&pki.admin_cert, &pki.admin_key, &pem)?;
+            pki.issue_admin(&ca)?;
             created = true;
         }
         Ok((pki, created))
