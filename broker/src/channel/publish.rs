@@ -327,9 +327,9 @@ fn mentions(props: &BasicProperties<'_>, key: &str) -> bool {
     let Some(raw) = props.headers else {
         return false;
     };
-    let mut wanted = vec![key.len() as u8];
-    wanted.extend_from_slice(key.as_bytes());
-    raw.windows(wanted.len()).any(|w| w == wanted)
+    let key = key.as_bytes();
+    raw.windows(key.len() + 1)
+        .any(|w| usize::from(w[0]) == key.len() && &w[1..] == key)
 }
 
 /// The CC and BCC headers (arrays of strings), read only when the headers table holds such keys.
