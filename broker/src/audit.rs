@@ -38,6 +38,32 @@ struct Line<'a> {
 }
 
 /// Where audit lines go.
+/// JSON as serde_json writes it, but with every invisible character (format characters such as the
+/// bidirectional override U+202E, line separators: `warren_storage::names::is_invisible`) written as a
+/// `\uXXXX` escape, so a client-chosen name in an audit line cannot disguise itself (PROBE F12).
+struct EscapeInvisible;
+
+impl serde_json::ser::Formatter for EscapeInvisible {
+    fn write_string_fragment<W: ?Sized + Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        let mut start = 0;
+        for (at, c) in fragment.char_indices() {
+            if warren_storage::names::is_invisible(c) {
+                writer.write_all(&fragment.as_bytes()[start..at])?;
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    write!(writer, "\\u{unit:04x}")?;
+                }
+                start = at + c.len_utf8();
+            }
+        }
+        writer.write_all(&fragment.as_bytes()[start..])
+    }
+}
+
 pub struct AuditLog {
     sink: Mutex<Box<dyn Write + Send>>,
 }
@@ -71,9 +97,11 @@ impl AuditLog {
         let time = OffsetDateTime::now_utc()
             .format(&Rfc3339)
             .unwrap_or_default();
-        let Ok(mut line) = serde_json::to_vec(&Line { time, event }) else {
+        let mut line = Vec::with_capacity(256);
+        let mut json = serde_json::Serializer::with_formatter(&mut line, EscapeInvisible);
+        if serde::Serialize::serialize(&Line { time, event }, &mut json).is_err() {
             return;
-        };
+        }
         line.push(b'\n');
         let mut sink = self.sink.lock();
         if let Err(e) = sink.write_all(&line).and_then(|()| sink.flush()) {
@@ -121,5 +149,34 @@ mod tests {
         assert_eq!(v["user"], "nova\"x");
         assert_eq!(v["result"], "failure");
         assert!(v["time"].as_str().unwrap().contains('T'));
+    }
+
+    #[test]
+    fn invisible_characters_are_escaped() {
+        let buf = Shared::default();
+        let log = AuditLog::to_writer(Box::new(buf.clone()));
+        log.record(&Event {
+            kind: "authorisation",
+            action: "configure queue 'ev\u{202e}il\u{2028}x' \u{e0041}",
+            user: "café",
+            source: "127.0.0.1:5000",
+            vhost: Some("/"),
+            result: "denied",
+            detail: None,
+        });
+        let line = String::from_utf8(buf.0.lock().clone()).unwrap();
+        assert!(
+            line.contains("ev\\u202eil\\u2028x' \\udb40\\udc41"),
+            "{line}"
+        );
+        assert!(
+            line.contains("café"),
+            "printable text stays as it is: {line}"
+        );
+        let v: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
+        assert_eq!(
+            v["action"],
+            "configure queue 'ev\u{202e}il\u{2028}x' \u{e0041}"
+        );
     }
 }

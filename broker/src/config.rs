@@ -176,6 +176,12 @@ pub use warren_storage::definitions::{
     UserDefinition as UserConfig,
 };
 
+/// The first value `items` yields twice.
+fn first_duplicate<'a>(items: impl Iterator<Item = &'a String>) -> Option<&'a String> {
+    let mut seen = std::collections::HashSet::new();
+    items.into_iter().find(|item| !seen.insert(*item))
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -290,15 +296,26 @@ impl Config {
         if self.limits.channel_max == 0 {
             return invalid("limits.channel_max: must be at least 1".into());
         }
+        for vhost in &self.vhosts {
+            if let Err(why) = warren_storage::names::check(vhost) {
+                return invalid(format!("vhosts: invalid vhost name {vhost:?}: {why}"));
+            }
+        }
+        if let Some(dup) = first_duplicate(self.vhosts.iter()) {
+            return invalid(format!("vhosts: {dup:?} is listed twice"));
+        }
+        if let Some(dup) = first_duplicate(self.users.iter().map(|u| &u.name)) {
+            return invalid(format!(
+                "users: {dup:?} is defined twice (one [[users]] entry per user)"
+            ));
+        }
         for user in &self.users {
-            if user.name.is_empty() || user.name.chars().any(char::is_control) {
-                return invalid(format!("users: invalid user name {:?}", user.name));
+            if let Err(why) = warren_storage::names::check(&user.name) {
+                return invalid(format!("users: invalid user name {:?}: {why}", user.name));
             }
             for t in &user.topic_permissions {
                 for re in [&t.write, &t.read] {
-                    let re = &re
-                        .replace("{username}", &user.name)
-                        .replace("{vhost}", &t.vhost);
+                    let re = &crate::users::expand_topic_pattern(re, &user.name, &t.vhost);
                     if let Err(e) = regex::Regex::new(re) {
                         return invalid(format!(
                             "users.{}: bad topic permission pattern {re:?}: {e}",
@@ -408,5 +425,24 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("bad permission pattern"));
+    }
+
+    #[test]
+    fn duplicate_and_invisible_names_are_refused() {
+        let mut c = Config::dev(Path::new("/tmp/x"), "127.0.0.1:0".parse().unwrap());
+        c.users.push(c.users[0].clone());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("\"admin\" is defined twice"), "{e}");
+        let mut c = Config::dev(Path::new("/tmp/x"), "127.0.0.1:0".parse().unwrap());
+        c.vhosts.push("/".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("listed twice"), "{e}");
+        let mut c = Config::dev(Path::new("/tmp/x"), "127.0.0.1:0".parse().unwrap());
+        c.users[0].name = "ad\u{202e}min".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("invisible"), "{e}");
+        let mut c = Config::dev(Path::new("/tmp/x"), "127.0.0.1:0".parse().unwrap());
+        c.vhosts.push("a\u{2028}b".into());
+        assert!(c.validate().is_err());
     }
 }

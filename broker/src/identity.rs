@@ -67,7 +67,8 @@ pub fn identity_from_certificate(der: &[u8], rule: &IdentityRule) -> Result<Stri
         CertLoginFrom::DistinguishedName => distinguished_name(cert.subject())?,
         CertLoginFrom::SubjectAlternativeName => san(&cert, rule.san_type, rule.san_index)?,
     };
-    if name.is_empty() || name.chars().any(char::is_control) {
+    // Control and format characters (U+202E and the like) could make one identity look like another.
+    if warren_storage::names::check(&name).is_err() {
         return Err(IdentityError::BadIdentity);
     }
     Ok(name)

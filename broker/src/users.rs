@@ -40,6 +40,14 @@ pub struct TopicPermission {
     pub read: Regex,
 }
 
+/// A topic-permission pattern with `{username}` and `{vhost}` replaced by the names, escaped so that
+/// they match only themselves (user `al.ce` with `^{username}\.` must not match `alxce.x`).
+pub fn expand_topic_pattern(pattern: &str, user: &str, vhost: &str) -> String {
+    pattern
+        .replace("{username}", &regex::escape(user))
+        .replace("{vhost}", &regex::escape(vhost))
+}
+
 impl User {
     pub fn from_config(config: &UserConfig) -> Result<Self, regex::Error> {
         let mut permissions = HashMap::new();
@@ -55,10 +63,7 @@ impl User {
         }
         let mut topic_permissions = HashMap::new();
         for t in &config.topic_permissions {
-            let expand = |p: &str| {
-                p.replace("{username}", &config.name)
-                    .replace("{vhost}", &t.vhost)
-            };
+            let expand = |p: &str| expand_topic_pattern(p, &config.name, &t.vhost);
             topic_permissions.insert(
                 (t.vhost.clone(), t.exchange.clone()),
                 TopicPermission {
@@ -124,5 +129,27 @@ mod tests {
         assert!(!p.write.is_match("anything") && p.write.is_match(""));
         let t = user.topic_permission("/", "amq.topic").unwrap();
         assert!(t.write.is_match("nova.compute") && !t.write.is_match("neutron.agent"));
+    }
+
+    /// PROBE F12: `{username}` is the name itself, not a pattern (`al.ce` must not match `alxce`).
+    #[test]
+    fn expanded_names_match_only_themselves() {
+        let user = User::from_config(&UserConfig {
+            name: "al.ce".into(),
+            tags: vec![],
+            password_hash: None,
+            topic_permissions: vec![TopicPermissionConfig {
+                vhost: "v+1".into(),
+                exchange: "amq.topic".into(),
+                write: "^{username}\\.".into(),
+                read: "^{vhost}$".into(),
+            }],
+            permissions: vec![],
+        })
+        .unwrap();
+        let t = user.topic_permission("v+1", "amq.topic").unwrap();
+        assert!(t.write.is_match("al.ce.x"));
+        assert!(!t.write.is_match("alxce.x"));
+        assert!(t.read.is_match("v+1") && !t.read.is_match("vv1"));
     }
 }

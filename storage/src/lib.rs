@@ -4,6 +4,7 @@
 //! - `definitions`: vhosts, users and permissions as one JSON document.
 //! - `dir_lock`: the exclusive lock a broker holds on its data directory.
 //! - `frame`: the CRC framing the log and spill runs share.
+//! - `names`: what user and vhost names and certificate identities may contain.
 //! - `log`: the command log (definitions and persistent messages as CRC-checked records in segments)
 //!   over a [`log::medium::Medium`]: files, memory, or a fault-injecting medium for crash tests.
 //! - `store`: the log on its own thread with group commit.
@@ -14,6 +15,7 @@ pub mod definitions;
 pub mod dir_lock;
 pub mod frame;
 pub mod log;
+pub mod names;
 pub mod spill;
 pub mod store;
 

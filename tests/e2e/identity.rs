@@ -175,3 +175,29 @@ async fn the_san_index_counts_names_of_the_chosen_type_only() {
     );
     login_refused(&broker, one).await;
 }
+
+/// PROBE F12: invisible characters (a bidirectional override, a line separator, a zero-width space)
+/// in a certificate's name are refused like control characters, and brokerctl cannot create such a
+/// user or vhost: "admin\u{202e}" must never pass for a user an operator reads as "admin".
+#[tokio::test]
+async fn names_with_invisible_characters_are_refused() {
+    let broker = TestBroker::start().await;
+    for cn in ["admin\u{202e}", "ad\u{2028}min", "ad\u{200b}min"] {
+        login_refused(&broker, broker.client_cert(cn)).await;
+    }
+    let admin = broker.admin();
+    for (command, name) in [
+        ("add_user", "ev\u{202e}il"),
+        ("add_user", "a\u{2029}b"),
+        ("add_vhost", "v\u{feff}"),
+    ] {
+        let refused = admin
+            .call(serde_json::json!({"command": command, "name": name}))
+            .await
+            .expect_err("an invisible character is refused");
+        assert!(
+            refused.contains("invisible"),
+            "{command} {name:?}: {refused}"
+        );
+    }
+}

@@ -25,12 +25,12 @@ fn fail<T>(message: impl Into<String>) -> Result<T, AdminError> {
     Err(AdminError(message.into()))
 }
 
-/// Names of users and vhosts: non-empty, no control characters.
+/// Names of users and vhosts: printable, at most 255 bytes (see `warren_storage::names`).
 fn check_name(kind: &str, name: &str) -> Result<(), AdminError> {
-    if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
-        return fail(format!("invalid {kind} name {name:?}"));
+    match warren_storage::names::check(name) {
+        Ok(()) => Ok(()),
+        Err(why) => fail(format!("invalid {kind} name {name:?}: {why}")),
     }
-    Ok(())
 }
 
 fn check_pattern(pattern: &str) -> Result<(), AdminError> {
@@ -264,7 +264,7 @@ impl Broker {
     ) -> Result<(), AdminError> {
         self.check_vhost(vhost)?;
         for p in [write, read] {
-            check_pattern(&p.replace("{username}", user).replace("{vhost}", vhost))?;
+            check_pattern(&crate::users::expand_topic_pattern(p, user, vhost))?;
         }
         self.update_user(user, |u| {
             u.topic_permissions

@@ -291,7 +291,7 @@ pub async fn negotiate<R: AsyncRead + Unpin>(
         0,
         &AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
     );
-    info!(%peer, user = %name, vhost = %vhost_name, "connection opened");
+    info!(%peer, user = ?name, vhost = ?vhost_name, "connection opened");
     Ok(Negotiated {
         user,
         vhost_connection,

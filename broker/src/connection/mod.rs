@@ -140,7 +140,7 @@ pub async fn serve(
                 let _ = batches.send(out.split().freeze()).await;
             }
             Err(HandshakeError::Refused(e)) => {
-                info!(code = e.code, text = %e.text, "connection refused during negotiation");
+                info!(code = e.code, text = ?e.text, "connection refused during negotiation");
                 encode_close(&mut out, &e);
                 let _ = batches.send(out.split().freeze()).await;
                 // Give the client a moment to read the close before the socket goes (RabbitMQ waits too).
@@ -303,7 +303,7 @@ impl Connection {
         }
         match ending {
             Some(Ending::Close(e)) => {
-                info!(code = e.code, text = %e.text, "closing connection");
+                info!(code = e.code, text = ?e.text, "closing connection");
                 self.s.out.clear();
                 encode_close(&mut self.s.out, &e);
                 if self.flush().await {
@@ -575,7 +575,7 @@ impl Connection {
             ch.after_batch(&mut self.s);
             ch.close(&mut self.s);
         }
-        debug!(channel = id, code = e.code, text = %e.text, "closing channel");
+        debug!(channel = id, code = e.code, text = ?e.text, "closing channel");
         let close = chan::Close {
             reply_code: e.code,
             reply_text: e.text.as_str().into(),
