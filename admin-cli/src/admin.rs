@@ -35,7 +35,9 @@ pub enum AdminCommand {
     #[command(name = "change_password", alias = "change-password")]
     ChangePassword {
         name: String,
-        password: String,
+        /// The password; omit it to read it from standard input (one line), which keeps it out of
+        /// `ps` and the shell history.
+        password: Option<String>,
     },
     #[command(name = "clear_password", alias = "clear-password")]
     ClearPassword {
@@ -275,9 +277,28 @@ fn call(socket: &PathBuf, request: &Value) -> anyhow::Result<Value> {
     }
 }
 
+/// A table cell: names are escaped (`\t`, `\n`, `\\`, `\u{202e}`...) so that no name can break a
+/// row into two or a cell into columns, nor hide what it is.
+fn escaped(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if warren_storage::names::is_invisible(c) => {
+                out.push_str(&format!("\\u{{{:x}}}", u32::from(c)))
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 fn cell(v: &Value) -> String {
     match v {
-        Value::String(s) => s.clone(),
+        Value::String(s) => escaped(s),
         Value::Null => String::new(),
         Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join(","),
         other => other.to_string(),
@@ -291,7 +312,27 @@ pub enum Format {
     Json,
 }
 
-pub fn run(socket: Option<PathBuf>, format: Format, command: AdminCommand) -> anyhow::Result<()> {
+/// The password of `change_password NAME` without PASSWORD: the first line of standard input.
+fn password_from_stdin() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        anyhow::bail!("no password on standard input (change_password NAME reads one line)");
+    }
+    Ok(password.to_string())
+}
+
+pub fn run(
+    socket: Option<PathBuf>,
+    format: Format,
+    mut command: AdminCommand,
+) -> anyhow::Result<()> {
+    if let AdminCommand::ChangePassword { password, .. } = &mut command {
+        if password.is_none() {
+            *password = Some(password_from_stdin()?);
+        }
+    }
     let (request, columns) = command.request();
     let result = call(&socket_path(socket), &request)?;
     if format == Format::Json {

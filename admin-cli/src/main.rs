@@ -45,11 +45,23 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("Error: {e:#}");
+            eprintln!("Error: {}", describe(&e));
             match e.downcast_ref::<admin::Failure>() {
                 Some(admin::Failure::Unavailable(_)) => std::process::ExitCode::from(69),
                 _ => std::process::ExitCode::FAILURE,
             }
         }
     }
+}
+
+/// The error and its causes, each once: a message that already quotes its cause (thiserror's
+/// `"{path}: {source}"`) is not followed by that cause again (PROBE F14: "os error 2: os error 2").
+fn describe(e: &anyhow::Error) -> String {
+    e.chain()
+        .map(|c| c.to_string())
+        .fold(String::new(), |all, c| match all.is_empty() {
+            true => c,
+            false if all.contains(&c) => all,
+            false => format!("{all}: {c}"),
+        })
 }

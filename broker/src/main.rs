@@ -40,10 +40,22 @@ fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("warren: {e:#}");
+            eprintln!("warren: {}", describe(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each once: a message that already quotes its cause (thiserror's
+/// `"{path}: {source}"`) is not followed by that cause again (PROBE F14: "os error 2: os error 2").
+fn describe(e: &anyhow::Error) -> String {
+    e.chain()
+        .map(|c| c.to_string())
+        .fold(String::new(), |all, c| match all.is_empty() {
+            true => c,
+            false if all.contains(&c) => all,
+            false => format!("{all}: {c}"),
+        })
 }
 
 fn run() -> anyhow::Result<()> {

@@ -638,3 +638,87 @@ async fn configured_users_are_seeded_not_reimposed() {
         "brokerctl's permissions were replaced by the file's: {perms}"
     );
 }
+
+/// PROBE F10: a queue name with tabs or newlines cannot forge rows or columns in brokerctl's tables.
+#[tokio::test]
+async fn table_output_escapes_names() {
+    let broker = TestBroker::start().await;
+    let client = broker.connect().await;
+    let ch = client.channel().await;
+    for name in [
+        "evil\t999\t0\ttrue\nfakequeue",
+        "alice.x\nbob.private",
+        "back\\slash",
+    ] {
+        ch.declare_queue(name).await;
+    }
+    let table = broker.brokerctl(&["list_queues"]).await.ok();
+    let names: Vec<&str> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split('\t').next())
+        .collect();
+    for forged in ["fakequeue", "bob.private"] {
+        assert!(!names.contains(&forged), "a forged row: {table}");
+    }
+    assert!(
+        names.contains(&"evil\\t999\\t0\\ttrue\\nfakequeue"),
+        "{table}"
+    );
+    assert!(names.contains(&"alice.x\\nbob.private"), "{table}");
+    assert!(names.contains(&"back\\\\slash"), "{table}");
+    let header_columns = table.lines().next().unwrap_or_default().split('\t').count();
+    assert!(
+        table
+            .lines()
+            .all(|l| l.split('\t').count() == header_columns),
+        "every row has the header's columns: {table}"
+    );
+    client.close().await;
+}
+
+/// PROBE F13: change_password reads the password from standard input when it is not given, so it
+/// appears neither in `ps` nor in the shell history.
+#[tokio::test]
+async fn change_password_reads_the_password_from_standard_input() {
+    let broker =
+        TestBroker::start_with(|c| c.users.push(warren_tests::users::full_access("bob"))).await;
+    broker
+        .brokerctl_with_input(&["change_password", "bob"], b"s3cret from stdin\n")
+        .await
+        .ok();
+    let text = std::fs::read_to_string(broker.path("definitions.json")).expect("definitions");
+    assert!(text.contains("$argon2id$"), "{text}");
+    let empty = broker
+        .brokerctl_with_input(&["change_password", "bob"], b"")
+        .await;
+    assert!(
+        !empty.success && empty.stderr.contains("no password"),
+        "{empty:?}"
+    );
+}
+
+/// PROBE F14: a peer the admin socket refuses (neither root nor the broker's user) is told why,
+/// instead of seeing "connection reset by peer".
+#[tokio::test]
+async fn a_refused_admin_peer_is_told_why() {
+    use std::os::unix::fs::PermissionsExt;
+    let broker = TestBroker::start().await;
+    let socket = broker.config.admin_socket();
+    // Only the SO_PEERCRED check stands between another user and the socket now.
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let output = tokio::process::Command::new(warren_tests::admin::brokerctl_path().await)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("list_users")
+        .uid(4242)
+        .output()
+        .await
+        .expect("brokerctl runs as uid 4242");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("refused: uid 4242 is neither root nor the broker's user"),
+        "{stderr}"
+    );
+}

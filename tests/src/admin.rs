@@ -28,14 +28,29 @@ impl TestBroker {
 
     /// Runs `brokerctl --socket DATA_DIR/admin.sock ARGS...` and returns what it printed.
     pub async fn brokerctl(&self, args: &[&str]) -> CtlOutput {
+        self.brokerctl_with_input(args, b"").await
+    }
+
+    /// [`Self::brokerctl`] with `input` on its standard input.
+    pub async fn brokerctl_with_input(&self, args: &[&str], input: &[u8]) -> CtlOutput {
+        use tokio::io::AsyncWriteExt as _;
         let exe = brokerctl_binary().await;
         let socket = self.config.admin_socket();
-        let output = Command::new(exe)
+        let mut child = Command::new(exe)
             .arg("--socket")
             .arg(&socket)
             .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
-            .output()
+            .spawn()
+            .expect("brokerctl starts");
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(input).await;
+        }
+        let output = child
+            .wait_with_output()
             .timely()
             .await
             .expect("brokerctl runs");
@@ -127,6 +142,11 @@ impl Admin {
 const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// `brokerctl` next to this test executable (TARGET/PROFILE/deps/e2e-HASH), built once per run.
+/// The brokerctl binary these tests run (built on first use).
+pub async fn brokerctl_path() -> PathBuf {
+    brokerctl_binary().await
+}
+
 async fn brokerctl_binary() -> PathBuf {
     static BINARY: OnceCell<PathBuf> = OnceCell::const_new();
     BINARY

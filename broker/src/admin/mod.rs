@@ -38,6 +38,25 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// Tells a refused peer why (it would otherwise see only "connection reset"): its request line is
+/// read first (bounded, for at most a second), so that closing does not reset the answer away.
+async fn refuse(stream: UnixStream, uid: u32, me: u32) {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        reader.read_line(&mut line),
+    )
+    .await;
+    let answer = serde_json::json!({
+        "ok": false,
+        "error": format!("refused: uid {uid} is neither root nor the broker's user (uid {me})"),
+    });
+    let _ = write.write_all(format!("{answer}\n").as_bytes()).await;
+    let _ = write.shutdown().await;
+}
+
 /// Serves admin clients until the task is dropped.
 pub async fn serve(broker: Arc<Broker>, listener: UnixListener) {
     loop {
@@ -58,6 +77,7 @@ async fn client(broker: Arc<Broker>, stream: UnixStream) {
                 uid = cred.uid(),
                 "admin socket: refused a peer that is neither root nor the broker's user"
             );
+            refuse(stream, cred.uid(), me).await;
             return;
         }
         Err(_) => return,
