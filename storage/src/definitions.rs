@@ -93,15 +93,20 @@ impl Definitions {
     /// Reads the file; a missing file is an empty set of definitions.
     pub fn load(path: &Path) -> io::Result<Self> {
         match std::fs::read(path) {
-            Ok(data) => serde_json::from_slice(&data).map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{}: {e}", path.display()),
-                )
-            }),
+            Ok(data) => Self::from_slice(&data, path),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Definitions::default()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Parses the contents of a definitions file (`path` is only named in errors).
+    pub fn from_slice(data: &[u8], path: &Path) -> io::Result<Self> {
+        serde_json::from_slice(data).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        })
     }
 
     /// Replaces the file atomically, readable by the broker's user only (it may hold password hashes).

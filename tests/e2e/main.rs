@@ -14,6 +14,7 @@ mod errors;
 mod exchange;
 mod exchanges;
 mod flow;
+mod fuzz_corpora;
 mod handshake;
 mod hardening;
 mod hostile_tables;

@@ -112,6 +112,14 @@ impl Request {
     }
 }
 
+/// Parses one request line as [`handle`] does, and describes it as the audit log would: for fuzzing
+/// the admin socket's parsing without a broker. `None` when the line is not a request.
+#[doc(hidden)]
+pub fn parse_for_fuzzing(line: &str) -> Option<(bool, String)> {
+    let request: Request = serde_json::from_str(line).ok()?;
+    Some((request.is_change(), request.describe()))
+}
+
 /// Answers one request line: `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`.
 pub fn handle(broker: &Broker, line: &str, uid: u32) -> Value {
     let request: Request = match serde_json::from_str(line) {

@@ -137,7 +137,8 @@ fn server_properties() -> FieldTable {
     props
 }
 
-fn client_capabilities(props: &FieldTable) -> ClientCapabilities {
+/// What a client's connection.start-ok properties say it understands (consumer_cancel_notify, ...).
+pub fn client_capabilities(props: &FieldTable) -> ClientCapabilities {
     let Some(AMQPValue::FieldTable(caps)) = props.inner().get("capabilities") else {
         return ClientCapabilities::default();
     };

@@ -1,0 +1,9 @@
+//! Fuzz target: one line of the admin socket, parsed as the broker parses it (see ../targets.rs).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+#[path = "../targets.rs"]
+mod targets;
+
+fuzz_target!(|data: &[u8]| targets::admin_request(data));

@@ -1,0 +1,9 @@
+//! Fuzz target: a definitions.json, parsed and printed back (see ../targets.rs).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+#[path = "../targets.rs"]
+mod targets;
+
+fuzz_target!(|data: &[u8]| targets::definitions(data));

@@ -1,0 +1,9 @@
+//! Fuzz target: stored log records and payloads as recovery reads them (see ../targets.rs).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+#[path = "../targets.rs"]
+mod targets;
+
+fuzz_target!(|data: &[u8]| targets::log_records(data));

@@ -1,0 +1,9 @@
+//! Fuzz target: SASL responses (PLAIN, AMQPLAIN) and connection.start-ok's client properties (see ../targets.rs).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+#[path = "../targets.rs"]
+mod targets;
+
+fuzz_target!(|data: &[u8]| targets::sasl(data));

@@ -1,0 +1,101 @@
+// The inputs the broker parses besides frames: one function per fuzz target, shared by the cargo-fuzz
+// targets (fuzz/fuzz_targets/*.rs) and the corpus replay test (tests/e2e/fuzz_corpora.rs), both of
+// which bring it in with `#[path = ...] mod targets;`. Nothing here may panic on any input; the
+// asserts are properties the broker relies on.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use warren_broker::persist::{decode_message, encode_message, StoredExchange, StoredQueue};
+use warren_protocol::method::decode_method;
+use warren_protocol::spec::{connection, AMQPClass};
+use warren_protocol::types::FieldTable;
+use warren_storage::log::medium::{Medium, MemoryMedium};
+use warren_storage::log::record::{read_at, Read};
+
+/// The SASL responses of the password bridge (PLAIN, AMQPLAIN: a field table without its length)
+/// and connection.start-ok as a whole: its client properties, as the handshake reads them.
+pub fn sasl(data: &[u8]) {
+    for mechanism in ["PLAIN", "AMQPLAIN", "EXTERNAL"] {
+        if let Some((login, password)) =
+            warren_broker::sasl::parse_password_response(mechanism, data)
+        {
+            assert!(mechanism != "EXTERNAL");
+            assert!(
+                login.len() + password.len() <= data.len(),
+                "parsed more than was sent"
+            );
+        }
+    }
+    let mut payload = vec![0, 10, 0, 11];
+    payload.extend_from_slice(data);
+    if let Ok(AMQPClass::Connection(connection::AMQPMethod::StartOk(ok))) = decode_method(&payload)
+    {
+        let _ = warren_broker::connection::handshake::client_capabilities(&ok.client_properties);
+    }
+}
+
+/// One line of the admin socket, parsed as the broker parses it.
+pub fn admin_request(data: &[u8]) {
+    let Ok(line) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Some((_change, description)) = warren_broker::admin::requests::parse_for_fuzzing(line) {
+        assert!(
+            !description.contains("\"password\""),
+            "a password reached the audit description: {description}"
+        );
+    }
+}
+
+/// A `warren.toml`, parsed and validated; a valid one prints and parses back to a valid one.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let path = Path::new("warren.toml");
+    if let Ok(config) = warren_broker::config::Config::from_toml(text, path) {
+        let printed = toml::to_string(&config).expect("a valid configuration prints");
+        warren_broker::config::Config::from_toml(&printed, path)
+            .expect("a printed configuration parses back");
+    }
+}
+
+/// A `definitions.json`; what parses prints and parses back to the same definitions.
+pub fn definitions(data: &[u8]) {
+    let path = Path::new("definitions.json");
+    if let Ok(defs) = warren_storage::definitions::Definitions::from_slice(data, path) {
+        let printed = serde_json::to_vec(&defs).expect("definitions print");
+        let back = warren_storage::definitions::Definitions::from_slice(&printed, path)
+            .expect("printed definitions parse back");
+        assert_eq!(back, defs);
+    }
+}
+
+/// Stored records as recovery reads them: the records framed in a segment, the log opened over
+/// that segment (replay), and each payload decoded as the broker decodes stored messages and
+/// definitions.
+pub fn log_records(data: &[u8]) {
+    let segment = Bytes::copy_from_slice(data);
+    let mut offset = 0;
+    while let Read::Record(_, next) = read_at(&segment, offset) {
+        assert!(next > offset && next <= segment.len());
+        offset = next;
+    }
+    let mut medium = MemoryMedium::default();
+    if medium.create(1).is_ok() && medium.append(1, data).is_ok() {
+        let _ = warren_storage::log::Log::open(medium, 64 << 20);
+    }
+    if let Some(message) = decode_message(&segment) {
+        let again =
+            decode_message(&encode_message(&message)).expect("a decoded message re-encodes");
+        assert_eq!(
+            (&again.properties, &again.body, &again.publisher),
+            (&message.properties, &message.body, &message.publisher)
+        );
+    }
+    let _ = serde_json::from_slice::<StoredQueue>(data);
+    let _ = serde_json::from_slice::<StoredExchange>(data);
+    let _ = serde_json::from_slice::<FieldTable>(data);
+    let _ = serde_json::from_slice::<Vec<String>>(data);
+}
