@@ -4,6 +4,7 @@
 use libfuzzer_sys::fuzz_target;
 
 #[path = "../targets.rs"]
+#[allow(dead_code)] // each target uses one of the shared functions
 mod targets;
 
 fuzz_target!(|data: &[u8]| targets::log_records(data));

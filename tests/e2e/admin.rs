@@ -467,7 +467,7 @@ async fn admin_errors_are_reported_and_change_nothing() {
         ),
         (
             json!({"command": "add_user", "name": ""}),
-            "invalid user name \"\"",
+            "invalid user name \"\": it is empty",
         ),
         (
             json!({"command": "change_password", "name": "admin", "password": ""}),
