@@ -11,6 +11,7 @@ use warren_protocol::content::{
 };
 use warren_protocol::frame::{decode_frame, FrameError, FrameKind};
 use warren_protocol::method::{decode_method, encode_method, method_ids, MethodError};
+use warren_protocol::spec::basic::parse_properties;
 use warren_protocol::types::{AMQPValue, FieldTable, LongString};
 
 /// The smallest frame_max (the limit before tune-ok) and the broker's default.
@@ -159,7 +160,26 @@ pub fn header(payload: Bytes) {
 pub fn properties(raw: &[u8]) {
     let parsed = BasicProperties::parse(raw);
     if let Ok(p) = &parsed {
-        let _ = p.headers_table();
+        // Every decoder must see what Warren saw: amq-protocol (the re-encoder) and, like it,
+        // RabbitMQ and py-amqp read the same properties from the same bytes (a continuation flag
+        // or trailing bytes once made the views differ). amq-protocol alone refuses non-UTF-8
+        // short strings, which Warren forwards as they are: then it decodes nothing at all.
+        if let Ok((rest, theirs)) = parse_properties(raw) {
+            assert!(rest.is_empty(), "amq-protocol left {} bytes", rest.len());
+            assert_eq!(p.headers_table().as_ref(), theirs.headers().as_ref());
+            assert_eq!(
+                p.content_type,
+                theirs
+                    .content_type()
+                    .as_ref()
+                    .map(|s| s.as_str().as_bytes())
+            );
+            assert_eq!(p.priority, *theirs.priority());
+            assert_eq!(
+                p.user_id,
+                theirs.user_id().as_ref().map(|s| s.as_str().as_bytes())
+            );
+        }
     }
     let _ = rewrite_properties(raw, FieldTable::default(), true);
 

@@ -277,13 +277,14 @@ fn call(socket: &PathBuf, request: &Value) -> anyhow::Result<Value> {
     }
 }
 
-/// A table cell: names are escaped (`\t`, `\n`, `\\`, `\u{202e}`...) so that no name can break a
-/// row into two or a cell into columns, nor hide what it is.
+/// A table cell: control and invisible characters are escaped (`\t`, `\n`, `\u{202e}`...) so that no
+/// name can break a row into two or a cell into columns, nor hide what it is. Backslashes stay as
+/// they are, as rabbitmqctl prints them: permission patterns such as `^amq\.default` must read back
+/// unchanged (deployment tools compare them to decide whether to set them again).
 fn escaped(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
-            '\\' => out.push_str("\\\\"),
             '\t' => out.push_str("\\t"),
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),

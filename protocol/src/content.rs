@@ -197,16 +197,18 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    /// The first property-flags word of `raw` (the only one with basic-class bits) and a reader at
-    /// the first property value, past any further flag words.
+    /// The property-flags word of `raw` and a reader at the first property value. A continuation
+    /// flag (bit 0) is refused: the basic class has 14 properties, so no client needs a second flag
+    /// word, and decoders disagree on what follows one (RabbitMQ, py-amqp and amq-protocol ignore the
+    /// bit and read the next word as property data). Accepting it would let the bytes Warren checks
+    /// differ from the bytes a consumer or the re-encoder decodes: a forged header, or a nesting
+    /// bound checked on one table while another is parsed.
     fn after_flags(raw: &'a [u8]) -> Result<(u16, Self), ContentError> {
         let mut r = Reader { buf: raw };
         let head = r.take(2)?;
         let flags = u16::from_be_bytes([head[0], head[1]]);
-        let mut more = flags & 1 != 0;
-        while more {
-            let w = r.take(2)?;
-            more = w[1] & 1 != 0;
+        if flags & 1 != 0 {
+            return Err(ContentError::BadProperties);
         }
         Ok((flags, r))
     }
@@ -240,8 +242,8 @@ impl<'a> Reader<'a> {
 }
 
 impl<'a> BasicProperties<'a> {
-    /// Locates every property present in `raw` (flags + values). Extra flag words (bit 0 set) carry no
-    /// basic-class properties, so they are skipped.
+    /// Locates every property present in `raw` (flags + values). A continuation flag or bytes after
+    /// the last property are refused, so that every decoder sees exactly the properties Warren saw.
     pub fn parse(raw: &'a [u8]) -> Result<Self, ContentError> {
         let (flags, mut r) = Reader::after_flags(raw)?;
         let has = |bit: u16| flags & (1 << (15 - bit)) != 0;
@@ -290,6 +292,9 @@ impl<'a> BasicProperties<'a> {
         }
         if has(13) {
             p.cluster_id = Some(r.short_str()?);
+        }
+        if !r.buf.is_empty() {
+            return Err(ContentError::BadProperties);
         }
         Ok(p)
     }

@@ -553,3 +553,56 @@ async fn a_dead_letter_routing_key_drops_cc() {
         header_map(first_death("q", "rejected", "amq.direct"))
     );
 }
+
+/// A message whose properties cannot take an x-death entry (here a content type that is not UTF-8:
+/// Warren forwards it as RabbitMQ does, but cannot re-encode it) is dead-lettered unchanged rather
+/// than lost (issue 11 point 7: never drop data because something failed to parse).
+#[tokio::test]
+async fn a_dead_letter_that_cannot_take_x_death_arrives_unchanged() {
+    use amq_protocol::types::{AMQPValue, FieldTable as RawTable, LongString};
+    let broker = TestBroker::start().await;
+    let mut raw = broker.raw_open().await;
+    raw.attempt(warren_tests::raw::queue_declare("dlq"))
+        .await
+        .expect("declare dlq");
+    let mut args = RawTable::default();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(LongString::from("")),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(LongString::from("dlq")),
+    );
+    args.insert("x-message-ttl".into(), AMQPValue::LongInt(0));
+    raw.attempt(warren_tests::raw::queue_declare_with("q", false, args))
+        .await
+        .expect("declare q");
+    // content_type "\xff\xfe" (flags: bit 15), then nothing else.
+    let properties = [0x80, 0x00, 2, 0xff, 0xfe];
+    raw.attempt_publish("", "q", &properties, b"kept")
+        .await
+        .expect("publish");
+    raw.open_channel(1).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let got = loop {
+        raw.send_method(1, warren_tests::raw::basic_get("dlq", true))
+            .await;
+        let method = raw.expect_method(1).await;
+        if matches!(
+            method,
+            amq_protocol::protocol::AMQPClass::Basic(
+                amq_protocol::protocol::basic::AMQPMethod::GetOk(_)
+            )
+        ) {
+            break raw.expect_content(1, method).await;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(got.body, b"kept");
+    assert_eq!(&got.properties[..], &properties[..]);
+}

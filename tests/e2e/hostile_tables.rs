@@ -143,3 +143,34 @@ async fn unknown_field_types_are_refused_not_skipped() {
     );
     others_still_served(&broker).await;
 }
+
+/// Properties every decoder must read alike (review of PROBE F1's fix): a continuation flag word,
+/// which RabbitMQ, py-amqp and amq-protocol ignore and read as property data, once let a deep table
+/// reach the re-encoder at dead-lettering (a crash) and let trailing bytes carry a header that
+/// py-amqp consumers saw and Warren did not (a forged x-warren-publisher). Both are refused at
+/// publish now, as are bytes after the last property.
+#[tokio::test]
+async fn properties_that_decoders_would_read_differently_are_refused() {
+    let broker = broker().await;
+    let deep = deep_table(b"", 5_000);
+    let mut continued = vec![0xA0, 0x01, 0x06, 0x00, 0x00, 0, 0, 0, 0];
+    continued.extend_from_slice(&deep);
+    let mut trailing = vec![0x10, 0x00, 0x02];
+    trailing.extend_from_slice(b"\x01a");
+    for properties in [continued, trailing] {
+        let mut raw = broker.raw_open().await;
+        raw.open_channel(1).await;
+        raw.send_method(1, warren_tests::raw::basic_publish("", "q", false))
+            .await;
+        let mut header = vec![0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        header.extend_from_slice(&properties);
+        raw.send_frame(HEADER, 1, &header).await;
+        let close = raw.expect_connection_close().await;
+        assert_eq!(close.code, 501, "{close:?}");
+        assert!(
+            close.text.contains("cannot decode content header"),
+            "{close:?}"
+        );
+    }
+    others_still_served(&broker).await;
+}

@@ -135,6 +135,38 @@ fn is_cycle(target: &str, headers: &FieldTable) -> bool {
     false
 }
 
+/// Dead-letters a message whose properties cannot take an `x-death` entry (stored by an older version
+/// under rules since tightened, or holding a non-UTF-8 short string the re-encoder refuses) as it
+/// is, rather than losing it. Without x-death there is no cycle detection, so it never goes back to
+/// the queue it left.
+fn unchanged(
+    queue: &Arc<Queue>,
+    vhost: &crate::vhost::Vhost,
+    exchange: Option<&Arc<crate::exchange::Exchange>>,
+    old: &Arc<Message>,
+    why: &str,
+) {
+    tracing::error!(
+        queue = ?queue.name(),
+        why,
+        "a dead letter's properties cannot take x-death: it is dead-lettered unchanged"
+    );
+    let fixed = queue.args.dead_letter_routing_key.as_deref();
+    let key = fixed.unwrap_or(&old.routing_key);
+    let targets = crate::vhost::route_keys(
+        vhost,
+        exchange,
+        &old.properties,
+        &old.publisher,
+        std::iter::once((key, fixed.is_some())),
+    );
+    for target in targets {
+        if !Arc::ptr_eq(&target, queue) {
+            target.publish(old.clone(), None);
+        }
+    }
+}
+
 /// Republishes `letters` to `queue`'s dead-letter exchange; without one (or if it is gone) they are dropped.
 pub fn dead_letter(queue: &Arc<Queue>, letters: DeadLetters) {
     if letters.is_empty() {
@@ -157,10 +189,17 @@ pub fn dead_letter(queue: &Arc<Queue>, letters: DeadLetters) {
     };
     for (entry, reason) in letters {
         let old = &entry.message;
-        let Ok(props) = BasicProperties::parse(&old.properties) else {
+        // Properties stored by an older version that today's rules refuse (a deeper nesting, a
+        // continuation flag) cannot take an x-death entry: the message is dead-lettered as it is
+        // rather than lost.
+        let headers = BasicProperties::parse(&old.properties)
+            .ok()
+            .map(|props| props.headers_table());
+        let Some(headers) = headers else {
+            unchanged(queue, &vhost, exchange.as_ref(), old, "do not parse");
             continue;
         };
-        let mut headers = with_death(old, props.headers_table(), queue.name(), reason);
+        let mut headers = with_death(old, headers, queue.name(), reason);
         // RabbitMQ routes a dead letter by the DLX routing key alone when one is set (dropping CC),
         // otherwise by its original routing key and CC keys.
         let keys: Vec<String> = match &queue.args.dead_letter_routing_key {
@@ -175,6 +214,13 @@ pub fn dead_letter(queue: &Arc<Queue>, letters: DeadLetters) {
                 .collect(),
         };
         let Ok(properties) = rewrite_properties(&old.properties, headers.clone(), true) else {
+            unchanged(
+                queue,
+                &vhost,
+                exchange.as_ref(),
+                old,
+                "cannot be re-encoded",
+            );
             continue;
         };
         let routing_key = queue
