@@ -95,6 +95,16 @@ pub enum SetupError {
     Locked(#[from] DirLockError),
 }
 
+/// Creates `dir` (and missing parents) as 0700, whatever the umask: a group-writable data directory
+/// would be refused by the next check.
+pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 impl Broker {
     pub fn new(config: Arc<Config>) -> Result<Arc<Self>, SetupError> {
         let definitions_path = config.data_dir.join("definitions.json");
@@ -102,7 +112,7 @@ impl Broker {
             path: definitions_path.clone(),
             source,
         };
-        std::fs::create_dir_all(&config.data_dir).map_err(defs_err)?;
+        create_private_dir(&config.data_dir).map_err(defs_err)?;
         // Whoever could write the data directory could replace the definitions or the log.
         crate::tls::check_trusted_path(&config.data_dir)?;
         let dir_lock = DirLock::acquire(&config.data_dir)?;

@@ -88,6 +88,8 @@ fn run() -> anyhow::Result<()> {
 }
 
 fn dev_config(data_dir: &Path, listen: SocketAddr) -> anyhow::Result<Config> {
+    warren_broker::broker::create_private_dir(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
     let (_, changes) =
         DevPki::ensure_fresh(&data_dir.join("tls")).context("creating the development PKI")?;
     if changes.created {

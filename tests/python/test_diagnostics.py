@@ -32,3 +32,25 @@ def test_a_toml_syntax_error_is_reported_once_with_its_position(tmp_path):
     assert str(path) in err
     assert err.count("TOML parse error") == 1, err
     assert "line" in err, err
+
+
+def test_the_dev_broker_starts_under_a_group_writable_umask(tmp_path):
+    """Ubuntu and Fedora give users umask 002: the data directory the broker creates must still be
+    one it accepts (0700), not group-writable."""
+    import os
+    import signal
+    import time
+
+    import rabbitmq_target
+    port = rabbitmq_target.free_port()
+    data = tmp_path / "fresh" / "data"
+    proc = subprocess.Popen([conftest._warren_exe(), "--dev", "--data-dir", str(data), "--listen",
+                             f"{conftest.HOST}:{port}"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, preexec_fn=lambda: os.umask(0o002))
+    try:
+        rabbitmq_target.wait_for_port(conftest.HOST, port, time.monotonic() + 30, proc)
+        assert oct(data.stat().st_mode & 0o777) == "0o700"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=30)[0].decode(errors="replace")
+    assert "refusing" not in out, out
