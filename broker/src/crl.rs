@@ -3,7 +3,8 @@
 //! configuration): rustls would otherwise accept it at load and fail every handshake after, locking
 //! everyone out (PROBE F4). A CRL past its nextUpdate is refused or warned about as configured, and on
 //! reload a CRL whose number is lower than the one in force for its CA is refused, so an older, validly
-//! signed CRL cannot re-admit a revoked certificate (PROBE F8).
+//! signed CRL cannot re-admit a revoked certificate (PROBE F8). The numbers in force are kept in
+//! `DATA_DIR/crl-numbers.json`, so the rule holds across restarts too.
 
 use std::collections::HashMap;
 use std::fs;
@@ -42,6 +43,10 @@ pub enum CrlError {
     UnknownIssuer { path: PathBuf, issuer: String },
     #[error("refusing CRL {path}: it expired at {next_update} (nextUpdate); issue a fresh one (brokerctl ca crl), or set [tls] crl_expired = \"warn\"")]
     Expired { path: PathBuf, next_update: String },
+    #[error("refusing CRL {path}: it has no CRL number, while a numbered CRL of '{issuer}' was in force; an older CRL could re-admit revoked certificates")]
+    Unnumbered { path: PathBuf, issuer: String },
+    #[error("{path}: {detail} (delete it to accept any CRL number again)")]
+    Numbers { path: PathBuf, detail: String },
     #[error("refusing CRL {path}: its number {number} is lower than that of the CRL in force for '{issuer}' ({in_force}); an older CRL could re-admit revoked certificates")]
     RolledBack {
         path: PathBuf,
@@ -51,9 +56,79 @@ pub enum CrlError {
     },
 }
 
-/// The CRL number in force per issuing CA (its DER subject), to refuse a rollback on reload.
-#[derive(Debug, Clone, Default)]
+/// The CRL number in force per issuing CA (its DER subject), to refuse a rollback.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CrlNumbers(HashMap<Vec<u8>, BigUint>);
+
+/// Where the numbers in force are kept, in the data directory.
+pub const NUMBERS_FILE: &str = "crl-numbers.json";
+
+impl CrlNumbers {
+    /// The numbers kept at `path` (none when the file does not exist).
+    pub fn read(path: &Path) -> Result<Self, CrlError> {
+        let numbers_error = |detail: String| CrlError::Numbers {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let data = match fs::read(path) {
+            Ok(data) => data,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(numbers_error(e.to_string())),
+        };
+        let map: HashMap<String, String> =
+            serde_json::from_slice(&data).map_err(|e| numbers_error(e.to_string()))?;
+        let mut numbers = HashMap::new();
+        for (issuer, number) in map {
+            let issuer = hex_decode(&issuer).ok_or_else(|| numbers_error("bad issuer".into()))?;
+            let number = number
+                .parse::<BigUint>()
+                .map_err(|e| numbers_error(e.to_string()))?;
+            numbers.insert(issuer, number);
+        }
+        Ok(CrlNumbers(numbers))
+    }
+
+    /// Keeps the highest number per issuer of `self` and `newer` at `path` (written atomically).
+    pub fn merge_and_write(&self, newer: &CrlNumbers, path: &Path) -> std::io::Result<CrlNumbers> {
+        let mut merged = self.0.clone();
+        for (issuer, number) in &newer.0 {
+            let kept = merged.entry(issuer.clone()).or_default();
+            if number > kept {
+                *kept = number.clone();
+            }
+        }
+        let text: HashMap<String, String> = merged
+            .iter()
+            .map(|(issuer, number)| (hex_encode(issuer), number.to_string()))
+            .collect();
+        let data = serde_json::to_vec_pretty(&text).map_err(std::io::Error::other)?;
+        warren_storage::write_atomic(path, &data, 0o600)?;
+        Ok(CrlNumbers(merged))
+    }
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hex_decode(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// What one load saw of an issuer: its highest CRL number, and a file without a number.
+#[derive(Default)]
+struct Seen {
+    highest: Option<BigUint>,
+    unnumbered: Option<PathBuf>,
+    last_path: PathBuf,
+    name: String,
+}
 
 /// Reads every CRL of `paths`, each verified against `cas` and checked for freshness and rollback.
 pub fn load(
@@ -67,7 +142,7 @@ pub fn load(
         .filter_map(|der| X509Certificate::from_der(der).ok().map(|(_, c)| c))
         .collect();
     let mut crls = Vec::new();
-    let mut numbers = CrlNumbers::default();
+    let mut seen: HashMap<Vec<u8>, Seen> = HashMap::new();
     for path in paths {
         let data = fs::read(path).map_err(|source| CrlError::Read {
             path: path.clone(),
@@ -76,11 +151,37 @@ pub fn load(
         let before = crls.len();
         for crl in CertificateRevocationListDer::pem_slice_iter(&data) {
             let crl = crl.map_err(|e| invalid(path, e))?;
-            check(path, &crl, &cas, expired, in_force, &mut numbers)?;
+            check(path, &crl, &cas, expired, &mut seen)?;
             crls.push(crl);
         }
         if crls.len() == before {
             return Err(invalid(path, "the file holds no PEM CRL"));
+        }
+    }
+    // Per issuer, the newest CRL of the set must not be older than the one in force.
+    let mut numbers = CrlNumbers::default();
+    for (issuer, s) in seen {
+        if let Some(current) = in_force.0.get(&issuer) {
+            match &s.highest {
+                Some(highest) if highest < current => {
+                    return Err(CrlError::RolledBack {
+                        path: s.last_path,
+                        issuer: s.name,
+                        number: highest.clone(),
+                        in_force: current.clone(),
+                    })
+                }
+                None => {
+                    return Err(CrlError::Unnumbered {
+                        path: s.unnumbered.unwrap_or(s.last_path),
+                        issuer: s.name,
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(highest) = s.highest {
+            numbers.0.insert(issuer, highest);
         }
     }
     Ok((crls, numbers))
@@ -98,8 +199,7 @@ fn check(
     der: &[u8],
     cas: &[X509Certificate<'_>],
     expired: ExpiredCrl,
-    in_force: &CrlNumbers,
-    numbers: &mut CrlNumbers,
+    seen: &mut HashMap<Vec<u8>, Seen>,
 ) -> Result<(), CrlError> {
     let (_, crl) = parse_x509_crl(der).map_err(|e| invalid(path, e))?;
     let issuer = crl.issuer();
@@ -141,22 +241,16 @@ fn check(
             }
         }
     }
-    if let Some(number) = crl.crl_number() {
-        let key = issuer.as_raw().to_vec();
-        if let Some(current) = in_force.0.get(&key) {
-            if number < current {
-                return Err(CrlError::RolledBack {
-                    path: path.to_path_buf(),
-                    issuer: name,
-                    number: number.clone(),
-                    in_force: current.clone(),
-                });
+    let s = seen.entry(issuer.as_raw().to_vec()).or_default();
+    s.last_path = path.to_path_buf();
+    s.name = name;
+    match crl.crl_number() {
+        Some(number) => {
+            if s.highest.as_ref().is_none_or(|h| number > h) {
+                s.highest = Some(number.clone());
             }
         }
-        let newest = numbers.0.entry(key).or_default();
-        if number > newest {
-            *newest = number.clone();
-        }
+        None => s.unnumbered = Some(path.to_path_buf()),
     }
     Ok(())
 }
@@ -263,6 +357,24 @@ mod tests {
         let e = load(&[older], &cas, ExpiredCrl::Refuse, &in_force).unwrap_err();
         assert!(matches!(e, CrlError::RolledBack { .. }), "{e}");
         // The same CRL again (a plain SIGHUP) is fine.
-        assert!(load(&[newer], &cas, ExpiredCrl::Refuse, &in_force).is_ok());
+        assert!(load(
+            std::slice::from_ref(&newer),
+            &cas,
+            ExpiredCrl::Refuse,
+            &in_force
+        )
+        .is_ok());
+        // Two files of one CA: the newest counts, whatever the order.
+        let older = write(
+            dir.path(),
+            "older2.pem",
+            &ca.revocation_list(2, &[], Validity::days(30)).unwrap(),
+        );
+        let (_, both) = load(&[older, newer], &cas, ExpiredCrl::Refuse, &in_force).unwrap();
+        assert_eq!(both, in_force);
+        // Kept across restarts.
+        let kept = dir.path().join(NUMBERS_FILE);
+        let written = CrlNumbers::default().merge_and_write(&both, &kept).unwrap();
+        assert_eq!(CrlNumbers::read(&kept).unwrap(), written);
     }
 }

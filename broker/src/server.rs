@@ -65,7 +65,10 @@ fn audit_refused_certificate(broker: &Broker, peer: std::net::SocketAddr, error:
 impl Server {
     /// Loads TLS material (refusing unsafe key files) and builds the broker state.
     pub fn new(config: Arc<Config>) -> anyhow::Result<Self> {
-        let tls = crate::tls::server_config(&config.tls, &CrlNumbers::default())?;
+        // The CRL numbers in force when the broker last ran: no restart goes back to an older CRL.
+        let numbers_path = config.data_dir.join(crate::crl::NUMBERS_FILE);
+        let kept = CrlNumbers::read(&numbers_path)?;
+        let tls = crate::tls::server_config(&config.tls, &kept)?;
         let limits = &config.limits;
         let admission = Admission::new(
             config.network.allow.clone(),
@@ -73,10 +76,12 @@ impl Server {
             limits.max_pending_per_ip,
         );
         let broker = Broker::new(config)?;
+        // Written once this broker holds the data directory.
+        let in_force = kept.merge_and_write(&tls.crl_numbers, &numbers_path)?;
         Ok(Server {
             broker,
             acceptor: RwLock::new(TlsAcceptor::from(tls.config)),
-            crl_numbers: Mutex::new(tls.crl_numbers),
+            crl_numbers: Mutex::new(in_force),
             admission,
         })
     }
@@ -86,8 +91,17 @@ impl Server {
     pub fn reload_tls(&self) -> Result<(), crate::tls::TlsError> {
         let mut in_force = self.crl_numbers.lock();
         let tls = crate::tls::server_config(&self.broker.config.tls, &in_force)?;
+        let path = self.broker.config.data_dir.join(crate::crl::NUMBERS_FILE);
+        let merged = in_force
+            .merge_and_write(&tls.crl_numbers, &path)
+            .map_err(|e| {
+                crate::tls::TlsError::Crl(crate::crl::CrlError::Numbers {
+                    path,
+                    detail: format!("cannot write: {e}"),
+                })
+            })?;
         *self.acceptor.write() = TlsAcceptor::from(tls.config);
-        *in_force = tls.crl_numbers;
+        *in_force = merged;
         Ok(())
     }
 
