@@ -104,6 +104,7 @@ fn topic_matching(c: &mut Criterion) {
             exclusive_owner: None,
             auto_delete: false,
             arguments: FieldTable::default(),
+            declared_by: None,
         };
         let q = vhost
             .declare_queue(spec, false, false, ConnectionId(1), || Ok(()))
@@ -141,6 +142,7 @@ fn publish_path(c: &mut Criterion) {
         exclusive_owner: None,
         auto_delete: false,
         arguments: FieldTable::default(),
+        declared_by: None,
     };
     let q = vhost
         .declare_queue(spec, false, false, ConnectionId(1), || Ok(()))

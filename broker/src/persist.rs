@@ -149,6 +149,9 @@ impl StoredExchange {
 pub struct StoredQueue {
     pub auto_delete: bool,
     pub arguments: FieldTable,
+    /// Who declared it (absent in records written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub declared_by: Option<String>,
 }
 
 impl StoredQueue {
@@ -156,6 +159,7 @@ impl StoredQueue {
         StoredQueue {
             auto_delete: spec.auto_delete,
             arguments: spec.arguments.clone(),
+            declared_by: spec.declared_by.as_deref().map(str::to_string),
         }
     }
 }
@@ -460,6 +464,7 @@ mod tests {
             let json = serde_json::to_vec(&StoredQueue {
                 auto_delete: false,
                 arguments,
+                declared_by: None,
             })
             .unwrap();
             serde_json::from_slice::<StoredQueue>(&json).expect("read back");

@@ -171,6 +171,7 @@ impl Vhost {
             exclusive_owner: None,
             auto_delete: stored.auto_delete,
             arguments: stored.arguments,
+            declared_by: stored.declared_by.map(Arc::from),
         };
         let (args, refused) =
             arguments::parse_stored(&spec.arguments, &self.resource("queue", name));

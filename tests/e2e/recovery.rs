@@ -58,6 +58,7 @@ async fn a_stored_queue_with_an_argument_now_refused_keeps_its_messages() {
                 &StoredQueue {
                     auto_delete: false,
                     arguments,
+                    declared_by: None,
                 },
             );
             store(

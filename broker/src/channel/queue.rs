@@ -72,6 +72,7 @@ impl Channel {
                     exclusive_owner: d.exclusive.then_some(s.id),
                     auto_delete: d.auto_delete,
                     arguments: d.arguments,
+                    declared_by: Some(s.publisher.clone()),
                 };
                 let dead_letter_exchange = spec
                     .arguments

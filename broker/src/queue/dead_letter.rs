@@ -153,12 +153,16 @@ fn unchanged(
     );
     let fixed = queue.args.dead_letter_routing_key.as_deref();
     let key = fixed.unwrap_or(&old.routing_key);
+    let on_behalf_of = match (fixed, &queue.spec.declared_by) {
+        (Some(_), Some(declarer)) => declarer.clone(),
+        _ => old.publisher.clone(),
+    };
     let targets = crate::vhost::route_keys(
         vhost,
         exchange,
         &old.properties,
-        &old.publisher,
-        std::iter::once((key, fixed.is_some())),
+        &on_behalf_of,
+        std::iter::once((key, false)),
     );
     for target in targets {
         if !Arc::ptr_eq(&target, queue) {
@@ -247,14 +251,19 @@ pub fn dead_letter(queue: &Arc<Queue>, letters: DeadLetters) {
         });
         // A dead letter travels on its publisher's behalf: its original keys must pass the topic write
         // permission of the dead-letter exchange (and of every hop after it). A fixed
-        // x-dead-letter-routing-key was authorised for the queue's declarer at queue.declare.
-        let fixed_key = queue.args.dead_letter_routing_key.is_some();
+        // x-dead-letter-routing-key is the declarer's choice: checked at queue.declare, and again
+        // here on the declarer's behalf, so narrowing their permission (or a queue declared before
+        // this check existed) takes effect.
+        let on_behalf_of = match (&queue.args.dead_letter_routing_key, &queue.spec.declared_by) {
+            (Some(_), Some(declarer)) => declarer.clone(),
+            _ => message.publisher.clone(),
+        };
         let targets = crate::vhost::route_keys(
             &vhost,
             exchange.as_ref(),
             &message.properties,
-            &message.publisher,
-            keys.iter().map(|k| (k.as_str(), fixed_key)),
+            &on_behalf_of,
+            keys.iter().map(|k| (k.as_str(), false)),
         );
         for target in targets {
             if !is_cycle(target.name(), &headers) {

@@ -69,6 +69,9 @@ pub struct QueueSpec {
     pub exclusive_owner: Option<ConnectionId>,
     pub auto_delete: bool,
     pub arguments: FieldTable,
+    /// The user who declared it: a fixed `x-dead-letter-routing-key` routes on this user's behalf.
+    /// None for queues stored before it was recorded (their dead letters go on the publisher's).
+    pub declared_by: Option<Arc<str>>,
 }
 
 #[derive(Debug)]

@@ -237,3 +237,46 @@ async fn a_fixed_dead_letter_key_is_checked_for_the_declarer_at_declare() {
             .await,
     );
 }
+
+/// A fixed dead-letter key is checked again when it routes, on the declarer's behalf: narrowing the
+/// declarer's topic permission after the declare takes effect (review of PROBE F2's fix).
+#[tokio::test]
+async fn a_fixed_dead_letter_key_follows_the_declarers_permission_as_it_changes() {
+    let broker = broker().await;
+    let mut alice = login(&broker, "alice", "/").await;
+    granted("alice.sink", alice.attempt(queue_declare("alice.sink")).await);
+    granted(
+        "bind alice.#",
+        alice
+            .attempt(queue_bind("alice.sink", "amq.topic", "alice.#"))
+            .await,
+    );
+    let args = table(&[
+        ("x-dead-letter-exchange", text("amq.topic")),
+        ("x-dead-letter-routing-key", text("alice.dead")),
+        ("x-message-ttl", AMQPValue::LongInt(1)),
+    ]);
+    granted(
+        "alice.d9",
+        alice
+            .attempt(queue_declare_with("alice.d9", false, args))
+            .await,
+    );
+    // admin publishes into alice's queue; the dead letters go on alice's behalf.
+    let admin = broker.connect().await;
+    let ch = admin.channel().await;
+    ch.publish("", "alice.d9", b"first").await;
+    assert_eq!(bodies(&broker, "alice.sink", 1).await, ["first"]);
+    broker
+        .admin()
+        .ok(serde_json::json!({"command": "set_topic_permissions", "vhost": "/", "user": "alice",
+                               "exchange": "amq.topic", "write": "^nothing$", "read": "^alice\\."}))
+        .await;
+    ch.publish("", "alice.d9", b"second").await;
+    assert_eq!(
+        bodies(&broker, "alice.sink", 0).await,
+        Vec::<String>::new(),
+        "alice may no longer write alice.dead: the dead letter is dropped"
+    );
+    admin.close().await;
+}
