@@ -66,6 +66,20 @@ impl serde_json::ser::Formatter for EscapeInvisible {
 
 pub struct AuditLog {
     sink: Mutex<Box<dyn Write + Send>>,
+    /// Per source of repeatable events (a user's dropped hops, a peer's refused handshakes): the
+    /// current one-second window and how many lines it wrote and suppressed.
+    limits: Mutex<std::collections::HashMap<String, Window>>,
+}
+
+/// Lines one source may write per second with [`AuditLog::record_limited`].
+const LINES_PER_SECOND: u32 = 20;
+/// Sources tracked at once; past it the table is cleared (a flood of new sources resets it).
+const TRACKED_SOURCES: usize = 4096;
+
+struct Window {
+    started: std::time::Instant,
+    written: u32,
+    suppressed: u64,
 }
 
 impl AuditLog {
@@ -84,13 +98,54 @@ impl AuditLog {
         };
         Ok(AuditLog {
             sink: Mutex::new(sink),
+            limits: Mutex::default(),
         })
     }
 
     pub fn to_writer(writer: Box<dyn Write + Send>) -> Self {
         AuditLog {
             sink: Mutex::new(writer),
+            limits: Mutex::default(),
         }
+    }
+
+    /// [`Self::record`] for events anyone can repeat at will (a CC header with thousands of refused
+    /// keys, a peer retrying a revoked certificate): at most 20 lines a second per `source`; the
+    /// next line after a suppressed burst says how many similar lines were left out.
+    pub fn record_limited(&self, source: &str, event: &Event<'_>) {
+        let suppressed = {
+            let mut limits = self.limits.lock();
+            if limits.len() >= TRACKED_SOURCES && !limits.contains_key(source) {
+                limits.clear();
+            }
+            let now = std::time::Instant::now();
+            let w = limits.entry(source.to_string()).or_insert(Window {
+                started: now,
+                written: 0,
+                suppressed: 0,
+            });
+            if now.duration_since(w.started) >= std::time::Duration::from_secs(1) {
+                w.started = now;
+                w.written = 0;
+            }
+            if w.written >= LINES_PER_SECOND {
+                w.suppressed += 1;
+                return;
+            }
+            w.written += 1;
+            std::mem::take(&mut w.suppressed)
+        };
+        if suppressed == 0 {
+            return self.record(event);
+        }
+        let detail = format!(
+            "{}{suppressed} similar lines from this source were suppressed before this one",
+            event.detail.map(|d| format!("{d}; ")).unwrap_or_default()
+        );
+        self.record(&Event {
+            detail: Some(&detail),
+            ..*event
+        });
     }
 
     pub fn record(&self, event: &Event<'_>) {
@@ -178,5 +233,36 @@ mod tests {
             v["action"],
             "configure queue 'ev\u{202e}il\u{2028}x' \u{e0041}"
         );
+    }
+
+    #[test]
+    fn repeatable_events_are_rate_limited_per_source() {
+        let buf = Shared::default();
+        let log = AuditLog::to_writer(Box::new(buf.clone()));
+        let event = Event {
+            kind: "authorisation",
+            action: "write access to topic 'bob.x' ...",
+            user: "alice",
+            source: "routing",
+            vhost: Some("/"),
+            result: "denied",
+            detail: None,
+        };
+        for _ in 0..100 {
+            log.record_limited("alice", &event);
+        }
+        log.record_limited("carol", &event);
+        let count = |b: &Shared| {
+            String::from_utf8(b.0.lock().clone())
+                .unwrap()
+                .lines()
+                .count()
+        };
+        assert_eq!(count(&buf), LINES_PER_SECOND as usize + 1);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        log.record_limited("alice", &event);
+        let text = String::from_utf8(buf.0.lock().clone()).unwrap();
+        let last = text.lines().last().unwrap();
+        assert!(last.contains("80 similar lines"), "{last}");
     }
 }

@@ -205,7 +205,7 @@ impl RouteGuard for TopicGuard {
         };
         if !allowed {
             let text = topic_text(Access::Write, key, exchange.name(), vhost, on_behalf_of);
-            self.audit.record(&Event {
+            self.audit.record_limited(on_behalf_of, &Event {
                 kind: "authorisation",
                 action: &text,
                 user: on_behalf_of,

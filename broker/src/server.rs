@@ -51,15 +51,18 @@ fn audit_refused_certificate(broker: &Broker, peer: std::net::SocketAddr, error:
     }
     let detail = tls.to_string();
     let source = peer.to_string();
-    broker.audit.record(&crate::audit::Event {
-        kind: "authentication",
-        action: "tls handshake",
-        user: "",
-        source: &source,
-        vhost: None,
-        result: "failure",
-        detail: Some(&detail),
-    });
+    broker.audit.record_limited(
+        &peer.ip().to_string(),
+        &crate::audit::Event {
+            kind: "authentication",
+            action: "tls handshake",
+            user: "",
+            source: &source,
+            vhost: None,
+            result: "failure",
+            detail: Some(&detail),
+        },
+    );
 }
 
 impl Server {

@@ -244,7 +244,10 @@ async fn a_fixed_dead_letter_key_is_checked_for_the_declarer_at_declare() {
 async fn a_fixed_dead_letter_key_follows_the_declarers_permission_as_it_changes() {
     let broker = broker().await;
     let mut alice = login(&broker, "alice", "/").await;
-    granted("alice.sink", alice.attempt(queue_declare("alice.sink")).await);
+    granted(
+        "alice.sink",
+        alice.attempt(queue_declare("alice.sink")).await,
+    );
     granted(
         "bind alice.#",
         alice
@@ -269,8 +272,10 @@ async fn a_fixed_dead_letter_key_follows_the_declarers_permission_as_it_changes(
     assert_eq!(bodies(&broker, "alice.sink", 1).await, ["first"]);
     broker
         .admin()
-        .ok(serde_json::json!({"command": "set_topic_permissions", "vhost": "/", "user": "alice",
-                               "exchange": "amq.topic", "write": "^nothing$", "read": "^alice\\."}))
+        .ok(
+            serde_json::json!({"command": "set_topic_permissions", "vhost": "/", "user": "alice",
+                               "exchange": "amq.topic", "write": "^nothing$", "read": "^alice\\."}),
+        )
         .await;
     ch.publish("", "alice.d9", b"second").await;
     assert_eq!(
