@@ -214,19 +214,31 @@ impl Vhost {
         routing_key: &str,
         arguments: FieldTable,
     ) {
+        let unrestored = |missing: &str| {
+            tracing::error!(
+                source = ?source,
+                destination = ?dest,
+                vhost = ?self.name,
+                missing,
+                "a stored binding is not restored: one of its ends was not (its record stays in the log)"
+            );
+        };
         let destination = match kind {
             "queue" => match self.find_queue(dest) {
                 Some(q) => Destination::Queue(q),
-                None => return,
+                None => return unrestored("the queue"),
             },
             _ => Destination::Exchange(dest.into()),
         };
-        if let Some(x) = self.exchanges.get(source) {
-            x.bind(Binding {
-                destination,
-                routing_key: routing_key.to_string(),
-                arguments,
-            });
+        match self.exchanges.get(source) {
+            Some(x) => {
+                x.bind(Binding {
+                    destination,
+                    routing_key: routing_key.to_string(),
+                    arguments,
+                });
+            }
+            None => unrestored("the source exchange"),
         }
     }
 
