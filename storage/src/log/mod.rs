@@ -179,7 +179,8 @@ impl<M: Medium> Log<M> {
                         Bytes::new()
                     },
                 );
-                recovered.next_id = recovered.next_id.max(id + 1);
+                // A corrupt but checksummed record may hold any id: never overflow on it.
+                recovered.next_id = recovered.next_id.max(id.saturating_add(1));
             }
             Record::Remove { queue, id } => {
                 if let Some(q) = recovered.queues.get_mut(queue) {

@@ -536,3 +536,16 @@ fn a_quiet_store_retires_its_dead_active_segment_on_its_own() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// A checksummed record holding the largest id (only a corrupt log has one) does not overflow the
+/// next id at recovery (found by a fuzzing helper: a panic in debug builds, a wrap in release).
+#[test]
+fn the_largest_message_id_does_not_overflow_recovery() {
+    let memory = MemoryMedium::default();
+    let (mut log, _) = Log::open(memory.clone(), 1 << 20).unwrap();
+    log.append(&[enqueue("q", u64::MAX, "x")]).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let (_, recovered) = Log::open(memory, 1 << 20).unwrap();
+    assert_eq!(recovered.next_id, u64::MAX);
+}
