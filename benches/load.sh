@@ -23,6 +23,8 @@ usage: benches/load.sh [options]
   --open-budget SECS    time allowed to open the idle connections (default 90)
   --wait-idle SECS      first wait up to SECS for the 1-min load average to drop below 0.5
   --results DIR         where the .md and runs.jsonl go (default benches/results)
+  --runaway-ahead N     diagnostics: in the runaway row, keep the runaway publisher at most N
+                        messages ahead of its slow consumer (what ideal flow control would do)
   --debug               debug build (development only: the numbers mean nothing)
   --list                list the scenarios and exit
 EOF
@@ -32,6 +34,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 QUICK=0
 SCENARIOS=""
 BROKERS="warren,rabbitmq"
+RUNAWAY_AHEAD=""
 SIZES="16,1024"
 DURATION=""
 IDLE_CONNS=""
@@ -55,6 +58,7 @@ while [ $# -gt 0 ]; do
         --open-budget) OPEN_BUDGET="$2"; shift ;;
         --wait-idle) WAIT_IDLE="$2"; shift ;;
         --results) RESULTS="$2"; shift ;;
+        --runaway-ahead) RUNAWAY_AHEAD="$2"; shift ;;
         --debug) PROFILE=debug ;;
         --list) LIST=1 ;;
         -h|--help) usage; exit 0 ;;
@@ -194,7 +198,7 @@ start_warren() {
     fi
     [ -d "$TMP/tls" ] || cp -a "$data/tls" "$TMP/tls"
     taskset -acp 0 "$WARREN_PID" >/dev/null
-    BROKER_PID=$WARREN_PID BROKER_PORT=$WARREN_PORT
+    BROKER_PID=$WARREN_PID BROKER_PORT=$WARREN_PORT BROKER_ADMIN=(--admin-socket "$data/admin.sock")
     log "warren pid $WARREN_PID on 127.0.0.1:$WARREN_PORT (core 0)"
 }
 stop_warren() {
@@ -291,7 +295,7 @@ EOF
     rmqctl delete_user guest >/dev/null 2>&1 || true
     wait_port "$RMQ_PORT" "$RMQ_PID" 60
     taskset -acp 0 "$RMQ_PID" >/dev/null
-    BROKER_PID=$RMQ_PID BROKER_PORT=$RMQ_PORT
+    BROKER_PID=$RMQ_PID BROKER_PORT=$RMQ_PORT BROKER_ADMIN=()
     log "rabbitmq beam.smp pid $RMQ_PID on 127.0.0.1:$RMQ_PORT (core 0)"
 }
 stop_rabbitmq() {
@@ -321,7 +325,7 @@ start_floor() {
         tail -n 30 "$TMP/echo.stderr" >&2; return 1
     fi
     taskset -acp 0 "$ECHO_PID" >/dev/null
-    BROKER_PID=$ECHO_PID BROKER_PORT=$ECHO_PORT
+    BROKER_PID=$ECHO_PID BROKER_PORT=$ECHO_PORT BROKER_ADMIN=()
     log "floor: TLS echo server pid $ECHO_PID on 127.0.0.1:$ECHO_PORT (core 0)"
 }
 stop_floor() {
@@ -356,7 +360,7 @@ run_group() { # run_group BROKER SCENARIOS
         --tls-dir "$TMP/tls" --scenarios "$list" --sizes "$SIZES" \
         --duration "$DURATION" --warmup "$WARMUP" --settle "$SETTLE" --gap "$GAP" \
         --idle-conns "$IDLE_CONNS" --queues "$QUEUES" --open-budget "$OPEN_BUDGET" \
-        --out "$TMP/$broker.jsonl" </dev/null &
+        "${BROKER_ADMIN[@]}" ${RUNAWAY_AHEAD:+--runaway-ahead "$RUNAWAY_AHEAD"} --out "$TMP/$broker.jsonl" </dev/null &
     LOAD_PID=$!
     local rc=0
     wait "$LOAD_PID" || rc=$?

@@ -89,6 +89,13 @@ struct RunArgs {
     /// Pause between scenarios (seconds).
     #[arg(long, default_value_t = 1.0)]
     gap: f64,
+    /// Warren's admin socket (the `runaway` row reads messages paged out from it).
+    #[arg(long)]
+    admin_socket: Option<PathBuf>,
+    /// Diagnostics for `runaway`: keep the runaway publisher at most N messages ahead of its slow
+    /// consumer (what ideal flow control would do); 0, the default, is the row as defined.
+    #[arg(long, default_value_t = 0)]
+    runaway_ahead: u64,
     /// File the JSON lines are appended to.
     #[arg(long)]
     out: PathBuf,
@@ -119,6 +126,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     (
         "persistent",
         "delivery_mode 2 into a durable queue, confirms (window 1000) + manual ack",
+    ),
+    (
+        "runaway",
+        "isolation: a publisher/consumer pair alone, then beside a confirming publisher 10x faster than its consumer",
     ),
     ("rpc-1x1", "oslo-style RPC, 1 client, 1 server"),
     ("rpc-8x2", "oslo-style RPC, 8 clients, 2 servers"),
@@ -208,6 +219,8 @@ async fn run_async(args: RunArgs) -> Result<()> {
         open_budget: Duration::from_secs_f64(args.open_budget),
         settle: Duration::from_secs_f64(args.settle),
         inflight_cap: (args.inflight_cap > 0).then_some(args.inflight_cap),
+        admin_socket: args.admin_socket.clone(),
+        runaway_ahead: (args.runaway_ahead > 0).then_some(args.runaway_ahead),
     };
     let mut out = std::fs::OpenOptions::new()
         .create(true)
@@ -241,6 +254,8 @@ async fn run_async(args: RunArgs) -> Result<()> {
             "publish" | "pubsub" | "confirms" | "fanout" | "topic" | "persistent" | "rpc-1x1"
             | "rpc-8x2" | "latency" | "floor-rpc" | "floor-latency" => args.sizes.clone(),
             "amqprs-publish" => vec![16],
+            // One size: the row runs two windows, and its question is about backlogs, not bodies.
+            "runaway" => vec![1024],
             _ => vec![0],
         };
         for size in sizes {
@@ -252,7 +267,7 @@ async fn run_async(args: RunArgs) -> Result<()> {
             procfs::pin(args.pid, 0)?;
             let load = procfs::loadavg();
             let r = tokio::time::timeout(
-                ctx.warmup + ctx.duration + ctx.open_budget + Duration::from_secs(240),
+                2 * (ctx.warmup + ctx.duration) + ctx.open_budget + Duration::from_secs(240),
                 run_one(&ctx, name, size),
             )
             .await
@@ -291,6 +306,7 @@ async fn run_one(ctx: &Ctx, name: &str, size: usize) -> Result<Outcome> {
         "pubsub" | "confirms" | "fanout" | "topic" | "persistent" | "latency" => {
             scenarios::pubsub(ctx, name, size).await
         }
+        "runaway" => scenarios::runaway(ctx, size).await,
         "rpc-1x1" => scenarios::rpc(ctx, 1, 1, size).await,
         "rpc-8x2" => scenarios::rpc(ctx, 8, 2, size).await,
         "churn-1" => scenarios::churn(ctx, 1).await,

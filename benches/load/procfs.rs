@@ -61,6 +61,15 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
         .ok_or_else(|| anyhow!("{path}: no VmRSS"))
 }
 
+/// Bytes `pid` has caused to be written to storage so far (`write_bytes` of /proc/PID/io; None when
+/// unreadable).
+pub fn io_write_bytes(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Number of threads of `pid`.
 pub fn threads(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())

@@ -290,6 +290,47 @@ pub fn report(args: ReportArgs) -> Result<()> {
         );
     }
 
+    // ---- isolation
+    if keys.iter().any(|k| k.0 == "runaway") {
+        let _ = writeln!(md, "\n## Isolation (runaway publisher)\n");
+        let _ = writeln!(md, "`runaway`: queue B (confirming publisher, auto-ack consumer) measured alone, then beside queue A, whose confirming publisher has no cap and whose consumer acks a tenth of B's solo rate. B ratio = B's rate beside A ÷ alone (target ≥ 0.80). A's backlog, paged count (Warren, from the admin socket), disk written and peak RSS are over the second window.\n");
+        let _ = writeln!(md, "| broker | body | B alone /s | B beside A /s | B ratio | A publish /s | A consumed /s | A backlog | A paged | disk written MiB | peak RSS MiB | broker core % | target: B ≥ 0.8 of alone |");
+        let _ = writeln!(md, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|");
+        for k in keys.iter().filter(|k| k.0 == "runaway") {
+            for (name, row) in [("Warren", wi.get(k)), ("RabbitMQ", ri.get(k))] {
+                let Some(row) = row else { continue };
+                let e = |f: &str| num(Some(row), f);
+                let b_ratio = e("b_ratio");
+                let met = b_ratio.map(|v| v >= 0.8);
+                targets.push(Target {
+                    what: format!(
+                        "runaway {} {}: B within 20% of alone",
+                        body_label(k.1),
+                        name
+                    ),
+                    met,
+                    detail: format!("B ratio {}", f(b_ratio, 2)),
+                });
+                let _ = writeln!(
+                    md,
+                    "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    body_label(k.1),
+                    f(e("b_solo_rate"), 0),
+                    f(num(Some(row), "rate"), 0),
+                    f(b_ratio, 2),
+                    f(e("a_publish_rate"), 0),
+                    f(e("a_consume_rate"), 0),
+                    f(e("a_depth_end"), 0),
+                    f(e("a_paged_end"), 0),
+                    f(e("broker_disk_write_bytes").map(|b| b / 1048576.0), 0),
+                    f(e("rss_kib_max").map(|v| v / 1024.0), 0),
+                    f(num(Some(row), "broker_core_pct"), 0),
+                    mark(met)
+                );
+            }
+        }
+    }
+
     // ---- churn
     let _ = writeln!(md, "\n## Connection churn\n");
     let _ = writeln!(md, "Each cycle: TCP connect, full TLS handshake with client certificate (no resumption), SASL EXTERNAL, connection.open, connection.close.\n");

@@ -23,6 +23,9 @@ use crate::client::{
 };
 use crate::procfs;
 
+mod runaway;
+pub use runaway::runaway;
+
 /// Publisher confirm window.
 const CONFIRM_WINDOW: u64 = 1_000;
 /// Prefetch of manual-ack consumers.
@@ -50,6 +53,11 @@ pub struct Ctx {
     /// Messages a publisher may be ahead of its consumers in publish + consume scenarios (None: no
     /// limit, the queue grows when consumers are slower).
     pub inflight_cap: Option<u64>,
+    /// Warren's admin socket, for figures only the broker knows (messages paged out).
+    pub admin_socket: Option<std::path::PathBuf>,
+    /// `runaway` diagnostics: keep A's publisher this many messages ahead of its consumer at most
+    /// (None: the row as defined, no cap).
+    pub runaway_ahead: Option<u64>,
 }
 
 /// One scenario's result: one JSON line.

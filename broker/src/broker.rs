@@ -49,6 +49,8 @@ pub struct Broker {
     pub config: Arc<Config>,
     pub audit: Arc<AuditLog>,
     pub alarms: Arc<Alarms>,
+    /// When messages last moved through healthy queues (per-publisher flow control, see flow.rs).
+    pub flow_activity: crate::flow::Activity,
     pub(crate) vhosts: DashMap<String, Arc<Vhost>>,
     pub(crate) users: Arc<RwLock<HashMap<String, Arc<User>>>>,
     /// What every vhost asks before a message enters a topic exchange by a hop (users' topic writes).
@@ -196,6 +198,7 @@ impl Broker {
         let broker = Arc::new(Broker {
             audit,
             alarms,
+            flow_activity: Default::default(),
             config,
             vhosts,
             users,

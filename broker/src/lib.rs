@@ -16,6 +16,7 @@ pub mod connection;
 pub mod crl;
 pub mod error;
 pub mod exchange;
+pub mod flow;
 pub mod identity;
 pub mod message;
 pub mod password;

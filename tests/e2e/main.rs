@@ -27,6 +27,7 @@ mod publisher;
 mod queue;
 mod recovery;
 mod revocation;
+mod runaway;
 mod tls;
 mod ttl;
 mod tx;

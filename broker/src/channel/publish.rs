@@ -370,7 +370,10 @@ impl Channel {
         let mut accepted = true;
         for q in &queues {
             match q.publish(message.clone(), confirm) {
-                Enqueued::Yes => routed = true,
+                Enqueued::Yes => {
+                    routed = true;
+                    s.flow.published(q.flow(), std::time::Instant::now);
+                }
                 Enqueued::Rejected => {
                     routed = true;
                     accepted = false;

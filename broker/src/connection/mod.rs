@@ -27,6 +27,7 @@ use crate::admission::PendingSlot;
 use crate::broker::{Broker, ConnectionInfo};
 use crate::channel::Channel;
 use crate::error::{octets_snippet, AmqpError};
+use crate::flow;
 use crate::identity::identity_from_certificate;
 use crate::queue::consumer::Limit;
 use handshake::{HandshakeError, Io};
@@ -120,6 +121,7 @@ pub async fn serve(
                     write_budget: Arc::new(Limit::new(NO_ACK_WRITE_BUDGET)),
                     published: false,
                     last_grant: Default::default(),
+                    flow: Default::default(),
                 };
                 let conn = Connection {
                     s: session,
@@ -130,6 +132,7 @@ pub async fn serve(
                     last_sent: Instant::now(),
                     last_received: Instant::now(),
                     blocked: false,
+                    paused: None,
                     incarnations: 0,
                     _vhost_connection: n.vhost_connection,
                 };
@@ -215,6 +218,8 @@ struct Connection {
     last_received: Instant,
     /// Not reading from the socket because the memory alarm is on and this connection publishes.
     blocked: bool,
+    /// Not reading from the socket since then: per-publisher flow control (crate::flow).
+    paused: Option<Instant>,
     /// Channels opened so far (each gets a distinct incarnation number).
     incarnations: u64,
     _vhost_connection: crate::vhost::VhostConnection,
@@ -244,13 +249,14 @@ impl Connection {
                 break;
             }
             tokio::select! {
-                read = reader.read_buf(&mut rbuf), if !self.blocked => {
+                read = reader.read_buf(&mut rbuf), if !self.blocked && self.paused.is_none() => {
                     match read {
                         Ok(0) | Err(_) => { ending = Some(Ending::Done); }
                         Ok(_) => {
                             self.last_received = Instant::now();
                             ending = self.process_frames(&mut rbuf);
                             self.block_if_alarmed();
+                            self.pause_if_behind();
                         }
                     }
                     if rbuf.capacity() - rbuf.len() < 4096 {
@@ -268,6 +274,23 @@ impl Connection {
                             Err(_) => break,
                         }
                     }
+                    self.s.flow.end_burst(&self.s.broker.flow_activity, Instant::now());
+                }
+                _ = tokio::time::sleep(flow::POLL), if self.paused.is_some() => {
+                    let now = Instant::now();
+                    let since = self.paused.unwrap_or(now);
+                    if now.saturating_duration_since(since) >= flow::MAX_PAUSE
+                        || self.s.flow.may_resume(&self.s.broker.flow_activity, now)
+                    {
+                        self.paused = None;
+                        self.last_received = now;
+                        if !self.blocked {
+                            // Frames that arrived before the pause are already buffered. No new
+                            // pause before the socket has been read once: MAX_PAUSE is a bound.
+                            ending = self.process_frames(&mut rbuf);
+                            self.block_if_alarmed();
+                        }
+                    }
                 }
                 Ok(()) = alarm.changed() => {
                     let on = *alarm.borrow_and_update();
@@ -280,6 +303,7 @@ impl Connection {
                         // Frames that arrived while blocked are already buffered.
                         ending = self.process_frames(&mut rbuf);
                         self.block_if_alarmed();
+                        self.pause_if_behind();
                     }
                 }
                 _ = ticker.tick() => ending = self.heartbeat_tick(),
@@ -345,13 +369,25 @@ impl Connection {
         }
     }
 
+    /// Per-publisher flow control (crate::flow): after a burst of input, stop reading while a behind
+    /// queue this connection feeds has had more than its credit and other traffic is moving. Silent,
+    /// unlike the alarm: the pause is short and bounded, and clients need not know.
+    fn pause_if_behind(&mut self) {
+        let now = Instant::now();
+        let activity = &self.s.broker.flow_activity;
+        self.s.flow.end_burst(activity, now);
+        if self.paused.is_none() && self.s.flow.should_pause(activity, now) {
+            self.paused = Some(now);
+        }
+    }
+
     fn heartbeat_tick(&mut self) -> Option<Ending> {
         let interval = Duration::from_secs(u64::from(self.heartbeat));
         if self.heartbeat == 0 {
             return None;
         }
         // A blocked connection is not read, so its silence proves nothing (RabbitMQ pauses the check too).
-        if !self.blocked && self.last_received.elapsed() > interval * 2 {
+        if !self.blocked && self.paused.is_none() && self.last_received.elapsed() > interval * 2 {
             warn!(timeout_s = self.heartbeat, "missed heartbeats from client");
             return Some(Ending::Silent);
         }
@@ -603,6 +639,7 @@ impl Connection {
                 entry,
             } => match self.channels.get_mut(&consumer.channel) {
                 Some(Slot::Open(ch)) if ch.has_consumer(&consumer) => {
+                    self.s.flow.delivered();
                     ch.deliver(&mut self.s, consumer, queue, entry)
                 }
                 // The consumer was cancelled or its channel closed while this was in flight: the message

@@ -42,6 +42,8 @@ pub struct Session {
     pub write_budget: Arc<Limit>,
     /// A basic.publish completed since the connection last looked (the memory alarm blocks publishers).
     pub published: bool,
+    /// Credit with the behind queues this connection publishes to (see crate::flow).
+    pub flow: crate::flow::PublisherFlow,
     /// The last permission granted, with the users' generation it was granted under.
     pub last_grant: std::cell::RefCell<Option<(u64, Access, Kind, String)>>,
 }

@@ -100,6 +100,8 @@ pub struct Queue {
     state: Mutex<State>,
     /// Wakes the TTL task when a message with an earlier deadline reaches the head.
     ttl_wakeup: Notify,
+    /// The ready counters publishers' flow control reads without the lock (shared with `ready`).
+    flow: Arc<crate::flow::QueueFlow>,
 }
 
 /// What removing a consumer left behind.
@@ -143,7 +145,9 @@ impl Queue {
             );
             (p, budget)
         }));
+        let flow = ready.flow().clone();
         let queue = Arc::new(Queue {
+            flow,
             spec,
             args,
             vhost,
@@ -168,6 +172,11 @@ impl Queue {
 
     pub fn name(&self) -> &str {
         &self.spec.name
+    }
+
+    /// Arrival and departure counters for per-publisher flow control (see crate::flow).
+    pub fn flow(&self) -> &Arc<crate::flow::QueueFlow> {
+        &self.flow
     }
 
     /// Enqueues a message, pushes what consumers can take, and applies length limits. A persistent

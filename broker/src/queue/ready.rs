@@ -15,6 +15,7 @@ use warren_storage::spill::Spill;
 
 use super::paging::{cost, Budget, Paging};
 use super::Entry;
+use crate::flow::QueueFlow;
 
 #[derive(Debug)]
 pub struct Ready {
@@ -29,6 +30,8 @@ pub struct Ready {
     paging: Option<(Arc<Paging>, Budget)>,
     /// Spill writes are failing (logged once, until they succeed again).
     spill_failing: bool,
+    /// Arrivals and departures, readable without the queue's lock (flow control).
+    flow: Arc<QueueFlow>,
 }
 
 /// Where `entry` belongs in memory. A fresh publish almost always goes last (its sequence number is
@@ -51,7 +54,13 @@ impl Ready {
             runs: BTreeMap::new(),
             paging,
             spill_failing: false,
+            flow: Arc::default(),
         }
+    }
+
+    /// The counters flow control reads (ready = arrived − departed).
+    pub fn flow(&self) -> &Arc<QueueFlow> {
+        &self.flow
     }
 
     pub fn len(&self) -> u64 {
@@ -82,6 +91,7 @@ impl Ready {
     /// head (its deadline then needs watching).
     pub fn push(&mut self, entry: Entry) -> bool {
         self.bytes += entry.message.body_size();
+        self.flow.arrive(1);
         let level = Reverse(entry.priority);
         if let Some((paging, budget)) = &self.paging {
             if self.runs.contains_key(&level) || self.over_budget(paging, budget, &entry) {
@@ -108,6 +118,7 @@ impl Ready {
     /// original place. Returns whether it became the head.
     pub fn insert(&mut self, entry: Entry) -> bool {
         self.bytes += entry.message.body_size();
+        self.flow.arrive(1);
         self.keep_in_memory(entry) == 0
     }
 
@@ -144,6 +155,7 @@ impl Ready {
         let e = self.memory.pop_front()?;
         self.memory_cost -= cost(&e);
         self.bytes -= e.message.body_size();
+        self.flow.depart(1);
         Some(e)
     }
 
@@ -178,6 +190,7 @@ impl Ready {
         for e in entries {
             self.keep_in_memory(e);
         }
+        self.flow.depart(lost);
         if lost > 0 && self.runs.is_empty() {
             // The lost messages' sizes are unknown; with nothing left on disk the count is exact again.
             self.bytes = self.memory.iter().map(|e| e.message.body_size()).sum();
@@ -187,6 +200,7 @@ impl Ready {
     /// Drops every ready entry. Returns those that were in memory and, when `want_ids`, the log ids of
     /// the paged ones (read from their records), so a durable queue can forget them.
     pub fn clear(&mut self, want_ids: bool) -> (Vec<Entry>, Vec<u64>) {
+        self.flow.depart(self.len());
         let entries: Vec<Entry> = self.memory.drain(..).collect();
         let mut ids = Vec::new();
         // Dropping a run deletes its files.
