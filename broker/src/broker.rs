@@ -198,7 +198,7 @@ impl Broker {
         let broker = Arc::new(Broker {
             audit,
             alarms,
-            flow_activity: Default::default(),
+            flow_activity: crate::flow::Activity::new((&config.flow).into()),
             config,
             vhosts,
             users,

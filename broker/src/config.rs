@@ -26,6 +26,39 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     /// Vhosts whose every delivery carries the publisher's identity.
     pub publisher_header: PublisherHeaderConfig,
+    /// Per-publisher flow control: how far a publisher may run ahead of a queue's consumers.
+    pub flow: FlowConfig,
+}
+
+/// Per-publisher flow control (broker/src/flow.rs, docs/operations.md): a connection publishing into
+/// a queue that is behind gets `credit` messages there, returned one per message the queue moves out
+/// plus `growth_per_second`; while it has none left and other connections move messages, its socket
+/// is not read for up to `max_pause_ms` at a time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlowConfig {
+    /// Off: publishers are never paused (only the memory alarm holds them back).
+    pub enabled: bool,
+    /// A queue is behind with more than this many ready messages (in memory or paged).
+    pub behind_messages: u64,
+    /// Messages a publisher may add to a behind queue before it must wait for credit.
+    pub credit: u32,
+    /// Growth of a behind queue allowed per publisher per second beyond what leaves it.
+    pub growth_per_second: u32,
+    /// The longest a connection goes unread for flow control before it reads again.
+    pub max_pause_ms: u64,
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        FlowConfig {
+            enabled: true,
+            behind_messages: 16_384,
+            credit: 2_048,
+            growth_per_second: 2_000,
+            max_pause_ms: 200,
+        }
+    }
 }
 
 /// Where every delivery carries the `x-warren-publisher` header (the publisher's authenticated
@@ -196,6 +229,7 @@ impl Default for Config {
             vhosts: vec!["/".to_string()],
             users: Vec::new(),
             publisher_header: PublisherHeaderConfig::default(),
+            flow: FlowConfig::default(),
         }
     }
 }
@@ -298,6 +332,18 @@ impl Config {
                 "limits.max_message_size: at most 536870912 (512 MiB, RabbitMQ's ceiling)".into(),
             );
         }
+        let flow = &self.flow;
+        if flow.credit == 0 || flow.growth_per_second == 0 {
+            return invalid(
+                "flow.credit and flow.growth_per_second: must be at least 1 (turn flow control off with flow.enabled = false)".into(),
+            );
+        }
+        if !(1..=10_000).contains(&flow.max_pause_ms) {
+            return invalid(format!(
+                "flow.max_pause_ms: {} must be between 1 and 10000 (a longer pause would miss heartbeats)",
+                flow.max_pause_ms
+            ));
+        }
         if self.limits.channel_max == 0 {
             return invalid("limits.channel_max: must be at least 1".into());
         }
@@ -391,6 +437,7 @@ impl Config {
                 password_hash: None,
             }],
             publisher_header: PublisherHeaderConfig::default(),
+            flow: FlowConfig::default(),
         }
     }
 }
@@ -430,6 +477,29 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("bad permission pattern"));
+    }
+
+    #[test]
+    fn flow_settings_are_read_and_checked() {
+        let text =
+            "listen = [\"127.0.0.1:5671\"]\n[flow]\nbehind_messages = 1000\nmax_pause_ms = 50\n";
+        let c: Config = toml::from_str(text).unwrap();
+        assert_eq!(c.flow.behind_messages, 1000);
+        assert_eq!(c.flow.credit, FlowConfig::default().credit);
+        let mut c = Config::dev(Path::new("/tmp/x"), "127.0.0.1:0".parse().unwrap());
+        c.flow.max_pause_ms = 60_000;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("flow.max_pause_ms"));
+        c.flow.max_pause_ms = 200;
+        c.flow.credit = 0;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("flow.credit"));
     }
 
     #[test]

@@ -7,30 +7,60 @@
 //!
 //! The accounting is RabbitMQ's credit flow (credit_flow.erl) per (connection, queue), with credit
 //! coming back from two sources: every message that leaves the queue (delivered, dropped, expired,
-//! purged) returns one, and time returns [`GROWTH_PER_SEC`] per second, so a queue nobody consumes
-//! still grows — at a bounded rate — and never blocks its publisher for long. A pause lasts until
-//! [`RESUME`] credit is back, until nobody else has moved a message for [`CONTENTION_WINDOW`] (then
-//! there is nobody to protect: a lone publisher pages as fast as it likes), or [`MAX_PAUSE`] at most.
-//! The publish path costs two relaxed atomic loads per routed queue; the rest is per read burst.
+//! purged) returns one, and time returns `growth_per_second`, so a queue nobody consumes still grows
+//! — at a bounded rate — and never blocks its publisher for long. A pause lasts until an eighth of
+//! the credit is back, until nobody else has moved a message for [`CONTENTION_WINDOW`] (then there
+//! is nobody to protect: a lone publisher pages as fast as it likes), or `max_pause_ms` at most.
+//! The thresholds are `[flow]` in warren.toml ([`FlowConfig`]). The publish path costs two relaxed
+//! atomic loads per routed queue; the rest is per read burst.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A queue is behind when this many messages are ready (in memory or paged).
-pub const BEHIND: u64 = 16_384;
-/// Credit a publisher has per behind queue when it starts, and at most.
-pub const BURST: i64 = 2_048;
-/// Backlog growth allowed per (connection, queue) per second beyond what the queue moves out.
-pub const GROWTH_PER_SEC: f64 = 2_000.0;
-/// A paused connection is read again once its credit is back to this.
-pub const RESUME: i64 = 256;
+pub use crate::config::FlowConfig;
+
 /// Another connection moved a message this recently: the broker is shared, so pauses apply.
 pub const CONTENTION_WINDOW: Duration = Duration::from_millis(100);
-/// The longest a connection stays unread for flow control (then it reads one burst at least).
-pub const MAX_PAUSE: Duration = Duration::from_millis(200);
 /// How often a paused connection looks at its credit again.
 pub const POLL: Duration = Duration::from_millis(5);
+
+/// [`FlowConfig`] in the units the accounting uses.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Off: nobody is ever paused (the counters still run).
+    enabled: bool,
+    /// A queue is behind when more than this many messages are ready (in memory or paged).
+    behind: u64,
+    /// Credit a publisher has per behind queue when it starts, and at most.
+    burst: i64,
+    /// A paused connection is read again once its credit is back to this.
+    resume: i64,
+    /// Backlog growth allowed per (connection, queue) per second beyond what the queue moves out.
+    growth_per_sec: f64,
+    /// The longest a connection stays unread for flow control (then it reads one burst at least).
+    pub max_pause: Duration,
+}
+
+impl From<&FlowConfig> for Settings {
+    fn from(c: &FlowConfig) -> Self {
+        let burst = i64::from(c.credit);
+        Settings {
+            enabled: c.enabled,
+            behind: c.behind_messages,
+            burst,
+            resume: (burst / 8).max(1),
+            growth_per_sec: f64::from(c.growth_per_second),
+            max_pause: Duration::from_millis(c.max_pause_ms),
+        }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings::from(&FlowConfig::default())
+    }
+}
 
 /// A queue's message counters, read without its lock: ready = arrived − departed.
 #[derive(Debug, Default)]
@@ -57,29 +87,35 @@ impl QueueFlow {
         self.arrived.load(Relaxed).saturating_sub(self.departed())
     }
 
-    pub fn behind(&self) -> bool {
-        self.backlog() > BEHIND
+    pub fn behind(&self, settings: &Settings) -> bool {
+        self.backlog() > settings.behind
     }
 }
 
-/// Broker-wide: when a message last moved through a queue that is not behind (a publish into it, or
-/// a delivery from any queue). Stored as milliseconds since `epoch`.
+/// Broker-wide: the settings, and when a message last moved through a queue that is not behind (a
+/// publish into it, or a delivery from any queue), stored as milliseconds since `epoch`.
 #[derive(Debug)]
 pub struct Activity {
+    pub settings: Settings,
     epoch: Instant,
     last_ms: AtomicU64,
 }
 
 impl Default for Activity {
     fn default() -> Self {
-        Activity {
-            epoch: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
+        Activity::new(Settings::default())
     }
 }
 
 impl Activity {
+    pub fn new(settings: Settings) -> Self {
+        Activity {
+            settings,
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
     fn ms(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
     }
@@ -105,12 +141,17 @@ struct Credit {
 }
 
 impl Credit {
+    /// The queue still exists (someone besides this entry holds its counters) and is behind.
+    fn live_and_behind(&self, settings: &Settings) -> bool {
+        Arc::strong_count(&self.queue) > 1 && self.queue.behind(settings)
+    }
+
     /// Returns what the queue moved out and what time allows since the last refill.
-    fn refill(&mut self, now: Instant) {
+    fn refill(&mut self, settings: &Settings, now: Instant) {
         let departed = self.queue.departed();
         let moved = departed.saturating_sub(self.departed);
         let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
-        let by_time = (elapsed * GROWTH_PER_SEC) as i64;
+        let by_time = (elapsed * settings.growth_per_sec) as i64;
         self.departed = departed;
         // Time is only counted in whole messages, so short intervals do not round it away.
         if by_time > 0 || moved > 0 {
@@ -119,7 +160,7 @@ impl Credit {
         let back = i64::try_from(moved)
             .unwrap_or(i64::MAX)
             .saturating_add(by_time);
-        self.credit = self.credit.saturating_add(back).min(BURST);
+        self.credit = self.credit.saturating_add(back).min(settings.burst);
     }
 }
 
@@ -133,8 +174,14 @@ pub struct PublisherFlow {
 
 impl PublisherFlow {
     /// A message of this connection entered `queue` (the hot path).
-    pub fn published(&mut self, queue: &Arc<QueueFlow>, now: impl FnOnce() -> Instant) {
-        if !queue.behind() {
+    pub fn published(
+        &mut self,
+        activity: &Activity,
+        queue: &Arc<QueueFlow>,
+        now: impl FnOnce() -> Instant,
+    ) {
+        let settings = &activity.settings;
+        if !queue.behind(settings) {
             self.moved = true;
             return;
         }
@@ -146,7 +193,7 @@ impl PublisherFlow {
             Some(c) => c.credit -= 1,
             None => self.credits.push(Credit {
                 queue: queue.clone(),
-                credit: BURST - 1,
+                credit: settings.burst - 1,
                 departed: queue.departed(),
                 refilled: now(),
             }),
@@ -170,14 +217,15 @@ impl PublisherFlow {
     /// up while nobody else moved messages is forgiven: it harmed nobody, and repaying it later would
     /// pause a publisher for as long as it had been alone.
     pub fn should_pause(&mut self, activity: &Activity, now: Instant) -> bool {
-        if self.credits.is_empty() {
+        let settings = &activity.settings;
+        if self.credits.is_empty() || !settings.enabled {
             return false;
         }
-        self.credits.retain(|c| c.queue.behind());
+        self.credits.retain(|c| c.live_and_behind(settings));
         let contended = activity.contended(now);
         let mut spent = false;
         for c in &mut self.credits {
-            c.refill(now);
+            c.refill(settings, now);
             if !contended {
                 c.credit = c.credit.max(0);
             }
@@ -188,11 +236,12 @@ impl PublisherFlow {
 
     /// Whether a paused connection may read again.
     pub fn may_resume(&mut self, activity: &Activity, now: Instant) -> bool {
-        self.credits.retain(|c| c.queue.behind());
+        let settings = &activity.settings;
+        self.credits.retain(|c| c.live_and_behind(settings));
         let mut ready = true;
         for c in &mut self.credits {
-            c.refill(now);
-            ready &= c.credit >= RESUME;
+            c.refill(settings, now);
+            ready &= c.credit >= settings.resume;
         }
         ready || !activity.contended(now)
     }
@@ -201,6 +250,23 @@ impl PublisherFlow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const S: Settings = Settings {
+        enabled: true,
+        behind: 16_384,
+        burst: 2_048,
+        resume: 256,
+        growth_per_sec: 2_000.0,
+        max_pause: Duration::from_millis(200),
+    };
+    const BEHIND: u64 = S.behind;
+    const BURST: i64 = S.burst;
+    const RESUME: i64 = S.resume;
+    const GROWTH_PER_SEC: f64 = S.growth_per_sec;
+
+    fn activity() -> Activity {
+        Activity::new(S)
+    }
 
     fn behind_queue() -> Arc<QueueFlow> {
         let q = Arc::new(QueueFlow::default());
@@ -212,12 +278,12 @@ mod tests {
     fn a_queue_that_keeps_up_costs_no_credit() {
         let q = Arc::new(QueueFlow::default());
         q.arrive(BEHIND);
-        let activity = Activity::default();
+        let activity = activity();
         let mut flow = PublisherFlow::default();
         let now = Instant::now();
         activity.mark(now);
         for _ in 0..10 * BURST {
-            flow.published(&q, || now);
+            flow.published(&activity, &q, || now);
         }
         assert!(flow.credits.is_empty());
         assert!(!flow.should_pause(&activity, now));
@@ -226,18 +292,18 @@ mod tests {
     #[test]
     fn spent_credit_pauses_only_while_others_move_messages() {
         let q = behind_queue();
-        let activity = Activity::default();
+        let activity = activity();
         let mut flow = PublisherFlow::default();
         let t0 = Instant::now();
         for _ in 0..BURST {
-            flow.published(&q, || t0);
+            flow.published(&activity, &q, || t0);
         }
         assert!(
             !flow.should_pause(&activity, t0),
             "nobody else moves messages: a lone publisher is never paused"
         );
         assert_eq!(flow.credits[0].credit, 0, "its debt is forgiven");
-        flow.published(&q, || t0);
+        flow.published(&activity, &q, || t0);
         activity.mark(t0);
         assert!(flow.should_pause(&activity, t0));
         // Others go quiet: the pause ends, credit or not.
@@ -248,11 +314,11 @@ mod tests {
     #[test]
     fn credit_comes_back_with_departures_and_with_time() {
         let q = behind_queue();
-        let activity = Activity::default();
+        let activity = activity();
         let mut flow = PublisherFlow::default();
         let t0 = Instant::now();
         for _ in 0..BURST + 100 {
-            flow.published(&q, || t0);
+            flow.published(&activity, &q, || t0);
         }
         activity.mark(t0);
         assert!(flow.should_pause(&activity, t0));
@@ -265,7 +331,7 @@ mod tests {
         assert_eq!(flow.credits[0].credit, RESUME);
         // Time alone: GROWTH_PER_SEC a second, never more than BURST.
         for _ in 0..RESUME {
-            flow.published(&q, || t0);
+            flow.published(&activity, &q, || t0);
         }
         assert!(!flow.may_resume(&activity, t0));
         let wait = 1.5 * RESUME as f64 / GROWTH_PER_SEC;
@@ -279,13 +345,58 @@ mod tests {
     }
 
     #[test]
-    fn a_queue_that_catches_up_is_forgotten() {
+    fn the_defaults_are_what_these_tests_and_the_docs_assume() {
+        let d = Settings::default();
+        assert_eq!(
+            (
+                d.enabled,
+                d.behind,
+                d.burst,
+                d.resume,
+                d.growth_per_sec,
+                d.max_pause
+            ),
+            (
+                S.enabled,
+                S.behind,
+                S.burst,
+                S.resume,
+                S.growth_per_sec,
+                S.max_pause
+            )
+        );
+    }
+
+    #[test]
+    fn off_never_pauses_and_a_deleted_queue_is_forgotten() {
         let q = behind_queue();
-        let activity = Activity::default();
+        let activity = Activity::new(Settings {
+            enabled: false,
+            ..S
+        });
         let mut flow = PublisherFlow::default();
         let t0 = Instant::now();
         for _ in 0..2 * BURST {
-            flow.published(&q, || t0);
+            flow.published(&activity, &q, || t0);
+        }
+        activity.mark(t0);
+        assert!(!flow.should_pause(&activity, t0));
+        let activity = Activity::new(S);
+        activity.mark(t0);
+        assert!(flow.should_pause(&activity, t0));
+        drop(q);
+        assert!(flow.may_resume(&activity, t0));
+        assert!(flow.credits.is_empty(), "the queue is gone: its entry too");
+    }
+
+    #[test]
+    fn a_queue_that_catches_up_is_forgotten() {
+        let q = behind_queue();
+        let activity = activity();
+        let mut flow = PublisherFlow::default();
+        let t0 = Instant::now();
+        for _ in 0..2 * BURST {
+            flow.published(&activity, &q, || t0);
         }
         activity.mark(t0);
         assert!(flow.should_pause(&activity, t0));

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use warren_broker::flow::{BEHIND, BURST, GROWTH_PER_SEC};
+use warren_broker::flow::FlowConfig;
 use warren_tests::raw::{encode_publish, queue_declare, NO_PROPERTIES};
 use warren_tests::TestBroker;
 
@@ -40,8 +40,22 @@ async fn wait_for(broker: &TestBroker, queue: &str, n: u64, limit: Duration) -> 
 #[tokio::test]
 async fn a_runaway_publisher_is_held_back_while_others_move_messages_and_its_queue_still_takes_the_backlog(
 ) {
-    let broker = TestBroker::start().await;
+    runaway_beside_a_pair(true).await;
+}
+
+/// The same with `[flow] enabled = false`: nothing holds the runaway back (the measurement above can
+/// fail, and the setting is honoured).
+#[tokio::test]
+async fn with_flow_control_off_the_runaway_is_not_held_back() {
+    runaway_beside_a_pair(false).await;
+}
+
+async fn runaway_beside_a_pair(enabled: bool) {
+    let broker = TestBroker::start_with(|c| c.flow.enabled = enabled).await;
     let body = vec![b'r'; 100];
+    let flow = FlowConfig::default();
+    let (behind, credit) = (flow.behind_messages, u64::from(flow.credit));
+    let growth = u64::from(flow.growth_per_second);
 
     // The unrelated pair: ~4,000 msg/s into `steady`, consumed as they come.
     let client = broker.connect().await;
@@ -106,7 +120,7 @@ async fn a_runaway_publisher_is_held_back_while_others_move_messages_and_its_que
     });
 
     // Once `backlog` is behind and the runaway's credit is spent, it grows at GROWTH_PER_SEC.
-    let behind = BEHIND + BURST as u64 + 2_000;
+    let behind = behind + credit + 2_000;
     assert!(
         wait_for(&broker, "backlog", behind, Duration::from_secs(30))
             .await
@@ -118,9 +132,22 @@ async fn a_runaway_publisher_is_held_back_while_others_move_messages_and_its_que
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (c1, d1) = (ready(&broker, "backlog"), delivered.load(Relaxed));
     let held = c1 - c0;
+    eprintln!(
+        "flow enabled={enabled}: backlog grew {held} in 1 s, pair moved {}",
+        d1 - d0
+    );
+    if !enabled {
+        assert!(
+            held > 2 * growth,
+            "with flow control off the runaway's queue grew by only {held} in 1 s"
+        );
+        stop_pair.store(true, Relaxed);
+        consuming.abort();
+        return;
+    }
     assert!(
-        held <= 2 * GROWTH_PER_SEC as u64,
-        "behind and sharing the broker, the runaway's queue grew by {held} in 1 s (bound {GROWTH_PER_SEC}/s)"
+        held <= 2 * growth,
+        "behind and sharing the broker, the runaway's queue grew by {held} in 1 s (bound {growth}/s)"
     );
     assert!(
         d1 - d0 >= 1_000,

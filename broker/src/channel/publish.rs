@@ -372,7 +372,8 @@ impl Channel {
             match q.publish(message.clone(), confirm) {
                 Enqueued::Yes => {
                     routed = true;
-                    s.flow.published(q.flow(), std::time::Instant::now);
+                    s.flow
+                        .published(&s.broker.flow_activity, q.flow(), std::time::Instant::now);
                 }
                 Enqueued::Rejected => {
                     routed = true;

@@ -279,7 +279,7 @@ impl Connection {
                 _ = tokio::time::sleep(flow::POLL), if self.paused.is_some() => {
                     let now = Instant::now();
                     let since = self.paused.unwrap_or(now);
-                    if now.saturating_duration_since(since) >= flow::MAX_PAUSE
+                    if now.saturating_duration_since(since) >= self.s.broker.flow_activity.settings.max_pause
                         || self.s.flow.may_resume(&self.s.broker.flow_activity, now)
                     {
                         self.paused = None;

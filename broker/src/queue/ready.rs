@@ -156,6 +156,7 @@ impl Ready {
         self.memory_cost -= cost(&e);
         self.bytes -= e.message.body_size();
         self.flow.depart(1);
+        debug_assert_eq!(self.flow.backlog(), self.len(), "flow counters track len()");
         Some(e)
     }
 
