@@ -269,6 +269,14 @@ impl Default for Limits {
     }
 }
 
+/// A topic-permission pattern with `{username}` and `{vhost}` replaced by the names, escaped so that
+/// they match only themselves (user `al.ce` with `^{username}\.` must not match `alxce.x`).
+pub fn expand_topic_pattern(pattern: &str, user: &str, vhost: &str) -> String {
+    pattern
+        .replace("{username}", &regex::escape(user))
+        .replace("{vhost}", &regex::escape(vhost))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
@@ -366,7 +374,7 @@ impl Config {
             }
             for t in &user.topic_permissions {
                 for re in [&t.write, &t.read] {
-                    let re = &crate::users::expand_topic_pattern(re, &user.name, &t.vhost);
+                    let re = &expand_topic_pattern(re, &user.name, &t.vhost);
                     if let Err(e) = regex::Regex::new(re) {
                         return invalid(format!(
                             "users.{}: bad topic permission pattern {re:?}: {e}",

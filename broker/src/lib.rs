@@ -5,6 +5,7 @@
 //! neither of those knows about the other. Binaries stay thin: `main.rs` parses flags and calls
 //! [`server::run`] with a bound listener and a shutdown future, which is also how tests start brokers.
 
+pub mod access;
 pub mod admin;
 pub mod admission;
 pub mod alarms;
@@ -26,6 +27,7 @@ pub mod queue;
 pub mod sasl;
 pub mod server;
 pub mod tls;
+pub mod topic_guard;
 pub mod users;
 pub mod vhost;
 

@@ -2,40 +2,15 @@
 //! each operation, and topic permissions on routing keys for topic exchanges. The user is looked up for
 //! every check, so a permission change applies to open connections at once.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use parking_lot::RwLock;
-
-use crate::audit::{AuditLog, Event};
+use crate::access::topic_text;
+pub use crate::access::{Access, Kind};
+use crate::audit::Event;
 use crate::connection::session::Session;
 use crate::error::{AmqpError, AmqpResult};
-use crate::exchange::{Exchange, ExchangeKind, RouteGuard};
+use crate::exchange::{Exchange, ExchangeKind};
 use crate::users::User;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    Configure,
-    Write,
-    Read,
-}
-
-impl Access {
-    fn as_str(self) -> &'static str {
-        match self {
-            Access::Configure => "configure",
-            Access::Write => "write",
-            Access::Read => "read",
-        }
-    }
-}
-
-/// What a resource is, for the check and for the denial text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Queue,
-    Exchange,
-}
 
 fn current_user(s: &Session) -> AmqpResult<Arc<User>> {
     s.broker.user(&s.user.name).ok_or_else(|| {
@@ -147,13 +122,6 @@ pub fn check_topic_write_by_name(s: &Session, exchange: &str, routing_key: &str)
     }
 }
 
-fn topic_text(access: Access, key: &str, exchange: &str, vhost: &str, user: &str) -> String {
-    format!(
-        "{} access to topic '{key}' in exchange '{exchange}' in vhost '{vhost}' refused for user '{user}'",
-        access.as_str(),
-    )
-}
-
 fn check_topic_named(
     s: &Session,
     access: Access,
@@ -174,47 +142,4 @@ fn check_topic_named(
     }
     let text = topic_text(access, routing_key, exchange, &s.vhost.name, &user.name);
     Err(denied(s, &user, text))
-}
-
-/// The users' topic write permissions, asked by routing for hops the publisher did not name (see
-/// [`RouteGuard`]). A refused hop is audited; the message still takes its other routes.
-pub struct TopicGuard {
-    pub users: Arc<RwLock<HashMap<String, Arc<User>>>>,
-    pub audit: Arc<AuditLog>,
-}
-
-impl std::fmt::Debug for TopicGuard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TopicGuard")
-    }
-}
-
-impl RouteGuard for TopicGuard {
-    fn may_enter(&self, vhost: &str, on_behalf_of: &str, exchange: &Exchange, key: &str) -> bool {
-        // Messages stored before Warren recorded publishers have no identity to check.
-        if on_behalf_of.is_empty() {
-            return true;
-        }
-        let user = self.users.read().get(on_behalf_of).cloned();
-        let allowed = match &user {
-            // A deleted user keeps no rights: its messages do not enter a topic exchange this way.
-            None => false,
-            Some(u) => u
-                .topic_permission(vhost, exchange.name())
-                .is_none_or(|t| t.write.is_match(key)),
-        };
-        if !allowed {
-            let text = topic_text(Access::Write, key, exchange.name(), vhost, on_behalf_of);
-            self.audit.record_limited(on_behalf_of, &Event {
-                kind: "authorisation",
-                action: &text,
-                user: on_behalf_of,
-                source: "routing",
-                vhost: Some(vhost),
-                result: "denied",
-                detail: Some("route dropped (alternate exchange, exchange binding, dead-letter or CC/BCC hop)"),
-            });
-        }
-        allowed
-    }
 }

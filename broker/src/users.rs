@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use regex::Regex;
 
-use crate::config::UserConfig;
+use crate::config::{expand_topic_pattern, UserConfig};
 
 /// One vhost's configure/write/read patterns, compiled. As in RabbitMQ they are unanchored (a name is
 /// permitted when the pattern matches anywhere in it; use `^...$` to anchor) and the empty pattern
@@ -38,14 +38,6 @@ fn pattern(p: &str) -> Result<Regex, regex::Error> {
 pub struct TopicPermission {
     pub write: Regex,
     pub read: Regex,
-}
-
-/// A topic-permission pattern with `{username}` and `{vhost}` replaced by the names, escaped so that
-/// they match only themselves (user `al.ce` with `^{username}\.` must not match `alxce.x`).
-pub fn expand_topic_pattern(pattern: &str, user: &str, vhost: &str) -> String {
-    pattern
-        .replace("{username}", &regex::escape(user))
-        .replace("{vhost}", &regex::escape(vhost))
 }
 
 impl User {

@@ -14,6 +14,11 @@ pub fn header(len: u32, crc: u32) -> [u8; HEADER] {
     h
 }
 
+/// The header that frames `payload` (its length and checksum).
+pub fn header_for(payload: &[u8]) -> [u8; HEADER] {
+    header(payload.len() as u32, crc32fast::hash(payload))
+}
+
 /// The payload length a header declares (`head` holds at least the first 4 bytes of a frame).
 pub fn declared_len(head: &[u8]) -> usize {
     u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize

@@ -12,12 +12,7 @@ use warren_tests::features::{int, table, text};
 use warren_tests::{TestBroker, Timely};
 
 fn paged(broker: &TestBroker, queue: &str) -> u64 {
-    broker
-        .server
-        .broker
-        .vhost("/")
-        .and_then(|v| v.find_queue(queue))
-        .map_or(0, |q| q.paged_count())
+    broker.queue(queue).map_or(0, |q| q.paged_count())
 }
 
 fn body(i: usize) -> Vec<u8> {

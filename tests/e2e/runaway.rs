@@ -18,10 +18,7 @@ const BATCH: u64 = 500;
 
 fn ready(broker: &TestBroker, queue: &str) -> u64 {
     broker
-        .server
-        .broker
-        .vhost("/")
-        .and_then(|v| v.find_queue(queue))
+        .queue(queue)
         .map_or(0, |q| u64::from(q.message_count()))
 }
 

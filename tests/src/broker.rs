@@ -84,6 +84,11 @@ impl TestBroker {
     }
 
     /// The broker's data directory (also where tests write extra PEM files).
+    /// Queue `name` of vhost `/`, to read its state directly (depth, paged count).
+    pub fn queue(&self, name: &str) -> Option<Arc<warren_broker::queue::Queue>> {
+        self.server.broker.vhost("/")?.find_queue(name)
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.as_ref().expect("the data directory").path()
     }

@@ -264,7 +264,7 @@ impl Broker {
     ) -> Result<(), AdminError> {
         self.check_vhost(vhost)?;
         for p in [write, read] {
-            check_pattern(&crate::users::expand_topic_pattern(p, user, vhost))?;
+            check_pattern(&crate::config::expand_topic_pattern(p, user, vhost))?;
         }
         self.update_user(user, |u| {
             u.topic_permissions

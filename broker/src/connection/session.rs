@@ -9,10 +9,10 @@ use tokio::sync::mpsc::UnboundedSender;
 use warren_protocol::frame::{encode_body, encode_content_header};
 use warren_protocol::method::encode_method;
 
+use crate::access::{Access, Kind};
 use crate::broker::Broker;
 use crate::connection::outbound::Outbound;
 use crate::message::{Message, PUBLISHER_HEADER};
-use crate::permissions::{Access, Kind};
 use crate::queue::consumer::{ConnectionId, Limit};
 use crate::users::User;
 use crate::vhost::Vhost;

@@ -77,9 +77,8 @@ impl Record {
                 put_str(out, queue);
             }
         }
-        let payload_len = (out.len() - start - HEADER) as u32;
-        let crc = crc32fast::hash(&out[start + HEADER..]);
-        out[start..start + HEADER].copy_from_slice(&crate::frame::header(payload_len, crc));
+        let header = crate::frame::header_for(&out[start + HEADER..]);
+        out[start..start + HEADER].copy_from_slice(&header);
     }
 
     /// Decodes a payload whose CRC was already checked.

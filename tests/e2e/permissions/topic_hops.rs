@@ -14,7 +14,7 @@ use warren_tests::raw::{
     queue_declare, queue_declare_with, NO_PROPERTIES,
 };
 use warren_tests::users::{topic, user};
-use warren_tests::TestBroker;
+use warren_tests::{RawClient, TestBroker};
 
 use super::{granted, login, refused, QUEUE_DECLARE};
 
@@ -45,6 +45,22 @@ async fn broker() -> TestBroker {
         c.users.push(confined("bob"));
     })
     .await
+}
+
+/// alice logged in, her queue `alice.sink` bound to amq.topic with `alice.#`.
+async fn alice_with_her_sink(broker: &TestBroker) -> RawClient {
+    let mut alice = login(broker, "alice", "/").await;
+    granted(
+        "alice.sink",
+        alice.attempt(queue_declare("alice.sink")).await,
+    );
+    granted(
+        "bind alice.#",
+        alice
+            .attempt(queue_bind("alice.sink", "amq.topic", "alice.#"))
+            .await,
+    );
+    alice
 }
 
 /// The bodies in `queue` (drained by admin), waiting until `expected` arrived or 3 s passed.
@@ -91,17 +107,7 @@ async fn no_hop_carries_a_confined_key_into_a_topic_exchange() {
         bob.attempt(queue_bind("bob.private", "amq.topic", "bob.#"))
             .await,
     );
-    let mut alice = login(&broker, "alice", "/").await;
-    granted(
-        "alice.sink",
-        alice.attempt(queue_declare("alice.sink")).await,
-    );
-    granted(
-        "bind alice.#",
-        alice
-            .attempt(queue_bind("alice.sink", "amq.topic", "alice.#"))
-            .await,
-    );
+    let mut alice = alice_with_her_sink(&broker).await;
 
     // 1. A dead-letter exchange without a fixed key: the original key is checked when it dead-letters.
     granted(
@@ -243,17 +249,7 @@ async fn a_fixed_dead_letter_key_is_checked_for_the_declarer_at_declare() {
 #[tokio::test]
 async fn a_fixed_dead_letter_key_follows_the_declarers_permission_as_it_changes() {
     let broker = broker().await;
-    let mut alice = login(&broker, "alice", "/").await;
-    granted(
-        "alice.sink",
-        alice.attempt(queue_declare("alice.sink")).await,
-    );
-    granted(
-        "bind alice.#",
-        alice
-            .attempt(queue_bind("alice.sink", "amq.topic", "alice.#"))
-            .await,
-    );
+    let mut alice = alice_with_her_sink(&broker).await;
     let args = table(&[
         ("x-dead-letter-exchange", text("amq.topic")),
         ("x-dead-letter-routing-key", text("alice.dead")),
