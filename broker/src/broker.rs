@@ -109,6 +109,13 @@ pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
 
 impl Broker {
     pub fn new(config: Arc<Config>) -> Result<Arc<Self>, SetupError> {
+        Self::open(config, None)
+    }
+
+    /// As [`Broker::new`], with the data directory's lock already taken (`warren --dev` takes it
+    /// before it refreshes the development PKI, so a second broker never rewrites the first one's
+    /// certificates).
+    pub fn open(config: Arc<Config>, lock: Option<DirLock>) -> Result<Arc<Self>, SetupError> {
         let definitions_path = config.data_dir.join("definitions.json");
         let defs_err = |source| SetupError::Definitions {
             path: definitions_path.clone(),
@@ -117,7 +124,10 @@ impl Broker {
         create_private_dir(&config.data_dir).map_err(defs_err)?;
         // Whoever could write the data directory could replace the definitions or the log.
         crate::tls::check_trusted_path(&config.data_dir)?;
-        let dir_lock = DirLock::acquire(&config.data_dir)?;
+        let dir_lock = match lock {
+            Some(lock) => lock,
+            None => DirLock::acquire(&config.data_dir)?,
+        };
         let mut definitions = Definitions::load(&definitions_path).map_err(defs_err)?;
         for vhost in &config.vhosts {
             if !definitions.vhosts.contains(vhost) {

@@ -10,6 +10,7 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use warren_broker::config::Config;
 use warren_broker::pki::DevPki;
+use warren_storage::dir_lock::DirLock;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -72,10 +73,10 @@ fn run() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let config = if args.dev {
+    let (config, lock) = if args.dev {
         dev_config(&args.data_dir, args.listen)?
     } else if let Some(path) = &args.config {
-        Config::load(path)?
+        (Config::load(path)?, None)
     } else {
         anyhow::bail!(
             "nothing to run: pass --dev for the embedded development broker or --config FILE"
@@ -84,12 +85,15 @@ fn run() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve(Arc::new(config), args.dev))
+    runtime.block_on(serve(Arc::new(config), args.dev, lock))
 }
 
-fn dev_config(data_dir: &Path, listen: SocketAddr) -> anyhow::Result<Config> {
+/// The `--dev` configuration, its PKI created or refreshed under the data directory's lock (taken
+/// first, so a second `warren --dev` on the same directory refuses before it rewrites anything).
+fn dev_config(data_dir: &Path, listen: SocketAddr) -> anyhow::Result<(Config, Option<DirLock>)> {
     warren_broker::broker::create_private_dir(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
+    let lock = DirLock::acquire(data_dir)?;
     let (_, changes) =
         DevPki::ensure_fresh(&data_dir.join("tls")).context("creating the development PKI")?;
     if changes.created {
@@ -103,12 +107,12 @@ fn dev_config(data_dir: &Path, listen: SocketAddr) -> anyhow::Result<Config> {
     }
     let config = Config::dev(data_dir, listen);
     config.validate()?;
-    Ok(config)
+    Ok((config, Some(lock)))
 }
 
-async fn serve(config: Arc<Config>, dev: bool) -> anyhow::Result<()> {
+async fn serve(config: Arc<Config>, dev: bool, lock: Option<DirLock>) -> anyhow::Result<()> {
     let addr = config.listen[0];
-    let server = Arc::new(warren_broker::Server::new(config.clone())?);
+    let server = Arc::new(warren_broker::Server::open(config.clone(), lock)?);
     let socket = config.admin_socket();
     let admin = warren_broker::admin::bind(&socket)
         .with_context(|| format!("cannot create the admin socket {}", socket.display()))?;

@@ -68,6 +68,14 @@ fn audit_refused_certificate(broker: &Broker, peer: std::net::SocketAddr, error:
 impl Server {
     /// Loads TLS material (refusing unsafe key files) and builds the broker state.
     pub fn new(config: Arc<Config>) -> anyhow::Result<Self> {
+        Self::open(config, None)
+    }
+
+    /// As [`Server::new`], holding a data-directory lock taken earlier (see [`Broker::open`]).
+    pub fn open(
+        config: Arc<Config>,
+        lock: Option<warren_storage::dir_lock::DirLock>,
+    ) -> anyhow::Result<Self> {
         // The CRL numbers in force when the broker last ran: no restart goes back to an older CRL.
         let numbers_path = config.data_dir.join(crate::crl::NUMBERS_FILE);
         let kept = CrlNumbers::read(&numbers_path)?;
@@ -78,7 +86,7 @@ impl Server {
             limits.max_pending_connections,
             limits.max_pending_per_ip,
         );
-        let broker = Broker::new(config)?;
+        let broker = Broker::open(config, lock)?;
         // Written once this broker holds the data directory.
         let in_force = kept.merge_and_write(&tls.crl_numbers, &numbers_path)?;
         Ok(Server {

@@ -97,3 +97,24 @@ def test_certificates_about_to_expire_are_renewed_at_start(tmp_path):
         login(node, str(tls / "admin.pem"), str(tls / "admin.key"))
     finally:
         node.kill()
+
+
+def test_a_second_dev_broker_refuses_before_it_touches_the_first_ones_certificates(tmp_path):
+    """The data directory's lock is taken before the PKI refresh: a second ``warren --dev`` on the
+    same directory exits naming the lock, and renews nothing under the running broker."""
+    node = WarrenNode(tmp_path)
+    node.start()
+    try:
+        tls = node.data_dir / "tls"
+        brokerctl(node, "ca", "issue", "--dir", str(tls), "--name", "admin", "--days", "10",
+                  "--out", str(tls))
+        before = (tls / "admin.pem").read_bytes()
+        cp = subprocess.run([node.exe, "--dev", "--data-dir", str(node.data_dir), "--listen", "127.0.0.1:0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
+        assert cp.returncode != 0, cp.stdout + cp.stderr
+        assert "another Warren broker is using the data directory" in cp.stderr, cp.stderr
+        assert "renewed" not in cp.stdout + cp.stderr
+        assert (tls / "admin.pem").read_bytes() == before, "the second broker rewrote admin.pem"
+        login(node, str(tls / "admin.pem"), str(tls / "admin.key"))
+    finally:
+        node.kill()
