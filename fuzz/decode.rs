@@ -7,12 +7,12 @@
 
 use bytes::{Bytes, BytesMut};
 use warren_protocol::content::{
-    edit_headers, rewrite_properties, stamp_header, BasicProperties, ContentHeader,
+    edit_headers, header_entries, splice_properties, stamp_header, BasicProperties, ContentHeader,
 };
 use warren_protocol::frame::{decode_frame, FrameError, FrameKind};
 use warren_protocol::method::{decode_method, encode_method, method_ids, MethodError};
 use warren_protocol::spec::basic::parse_properties;
-use warren_protocol::types::{AMQPValue, FieldTable, LongString};
+use warren_protocol::types::{AMQPValue, LongString};
 
 /// The smallest frame_max (the limit before tune-ok) and the broker's default.
 pub const FRAME_MAXES: [u32; 2] = [4096, 131072];
@@ -185,7 +185,31 @@ pub fn properties(raw: &[u8]) {
             );
         }
     }
-    let _ = rewrite_properties(raw, FieldTable::default(), true);
+    // Dead-lettering: read the entries it needs, add its own, drop the expiration.
+    let dead = header_entries(raw, &["x-death", "CC"]).map(|found| {
+        let mut add = found;
+        add.insert(
+            "x-first-death-queue".into(),
+            AMQPValue::LongString(LongString::from("q")),
+        );
+        splice_properties(raw, &["x-death"], &add, true)
+    });
+    if let (Ok(Ok(out)), Ok(before)) = (&dead, &parsed) {
+        let after = BasicProperties::parse(out)
+            .unwrap_or_else(|e| panic!("dead-lettered properties do not parse: {e}"));
+        assert_eq!(
+            BasicProperties {
+                headers: None,
+                expiration: None,
+                ..before.clone()
+            },
+            BasicProperties {
+                headers: None,
+                ..after.clone()
+            },
+            "dead-lettering changed a property other than headers and expiration"
+        );
+    }
 
     let stamped = stamp_header(raw, STAMP_KEY, b"admin");
     let removed = edit_headers(raw, &[STAMP_KEY, "x-death"], None);

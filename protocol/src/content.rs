@@ -4,66 +4,9 @@
 //! non-UTF-8 strings included) and only looks inside for the few properties it acts on.
 
 use amq_protocol::frame::WriteContext;
-use amq_protocol::protocol::basic::{gen_properties, parse_properties, AMQPProperties};
-use amq_protocol::types::parsing::parse_value;
+use amq_protocol::types::generation::gen_field_table;
 use amq_protocol::types::FieldTable;
 use bytes::Bytes;
-
-/// Re-encodes raw properties with the headers table replaced by `headers` and, if asked, the expiration
-/// removed. Used where the broker must change a message (dead-lettering writes `x-death` and drops the
-/// per-message TTL); the ordinary path never re-encodes.
-pub fn rewrite_properties(
-    raw: &[u8],
-    headers: FieldTable,
-    drop_expiration: bool,
-) -> Result<Bytes, ContentError> {
-    // Bound the nesting before the recursive parser runs (see `nesting`).
-    BasicProperties::parse(raw)?;
-    let (_, old) = parse_properties(raw).map_err(|_| ContentError::BadProperties)?;
-    let mut new = AMQPProperties::default().with_headers(headers);
-    if let Some(v) = old.content_type() {
-        new = new.with_content_type(v.clone());
-    }
-    if let Some(v) = old.content_encoding() {
-        new = new.with_content_encoding(v.clone());
-    }
-    if let Some(v) = old.delivery_mode() {
-        new = new.with_delivery_mode(*v);
-    }
-    if let Some(v) = old.priority() {
-        new = new.with_priority(*v);
-    }
-    if let Some(v) = old.correlation_id() {
-        new = new.with_correlation_id(v.clone());
-    }
-    if let Some(v) = old.reply_to() {
-        new = new.with_reply_to(v.clone());
-    }
-    if let (Some(v), false) = (old.expiration(), drop_expiration) {
-        new = new.with_expiration(v.clone());
-    }
-    if let Some(v) = old.message_id() {
-        new = new.with_message_id(v.clone());
-    }
-    if let Some(v) = old.timestamp() {
-        new = new.with_timestamp(*v);
-    }
-    if let Some(v) = old.kind() {
-        new = new.with_type(v.clone());
-    }
-    if let Some(v) = old.user_id() {
-        new = new.with_user_id(v.clone());
-    }
-    if let Some(v) = old.app_id() {
-        new = new.with_app_id(v.clone());
-    }
-    if let Some(v) = old.cluster_id() {
-        new = new.with_cluster_id(v.clone());
-    }
-    let ctx = gen_properties(&new)(WriteContext::from(Vec::with_capacity(raw.len() + 128)))
-        .map_err(|_| ContentError::BadProperties)?;
-    Ok(Bytes::from(ctx.write))
-}
 
 /// Returns the raw properties with the header `key` set to the long string `value`: entries already
 /// carrying that key are removed and the new one appended; every other byte stays as the publisher sent
@@ -79,6 +22,20 @@ pub fn edit_headers(
     remove: &[&str],
     append: Option<(&str, &[u8])>,
 ) -> Result<Bytes, ContentError> {
+    let mut entry = Vec::new();
+    if let Some((key, value)) = append {
+        entry.push(key.len() as u8);
+        entry.extend_from_slice(key.as_bytes());
+        entry.push(b'S');
+        entry.extend_from_slice(&(value.len() as u32).to_be_bytes());
+        entry.extend_from_slice(value);
+    }
+    splice_headers(raw, remove, &entry).map(Bytes::from)
+}
+
+/// The raw properties with the header entries named in `remove` dropped and `append` (encoded
+/// entries, see [`encode_entries`]) added at the end of the headers table, which is created if absent.
+fn splice_headers(raw: &[u8], remove: &[&str], append: &[u8]) -> Result<Vec<u8>, ContentError> {
     let (flags, mut r) = Reader::after_flags(raw)?;
     let has = |bit: u16| flags & (1 << (15 - bit)) != 0;
     if has(0) {
@@ -94,38 +51,71 @@ pub fn edit_headers(
     }
     let headers_end = raw.len() - r.buf.len();
 
-    let mut table = Vec::with_capacity(
-        old.map_or(0, <[u8]>::len) + append.map_or(0, |(k, v)| k.len() + v.len() + 6),
-    );
-    let mut rest = old.unwrap_or_default();
-    while let Some((&klen, tail)) = rest.split_first() {
-        let klen = klen as usize;
-        if tail.len() < klen {
-            return Err(ContentError::BadProperties);
+    let mut table = Vec::with_capacity(old.map_or(0, <[u8]>::len) + append.len());
+    for entry in entries(old.unwrap_or_default())? {
+        if !remove.iter().any(|k| k.as_bytes() == entry.key) {
+            table.extend_from_slice(entry.bytes);
         }
-        let (after_value, _) =
-            parse_value(&tail[klen..]).map_err(|_| ContentError::BadProperties)?;
-        let entry_len = rest.len() - after_value.len();
-        if !remove.iter().any(|k| k.as_bytes() == &tail[..klen]) {
-            table.extend_from_slice(&rest[..entry_len]);
-        }
-        rest = after_value;
     }
-    if let Some((key, value)) = append {
-        table.push(key.len() as u8);
-        table.extend_from_slice(key.as_bytes());
-        table.push(b'S');
-        table.extend_from_slice(&(value.len() as u32).to_be_bytes());
-        table.extend_from_slice(value);
-    }
+    table.extend_from_slice(append);
+    let len = u32::try_from(table.len()).map_err(|_| ContentError::BadProperties)?;
 
-    let mut out = Vec::with_capacity(raw.len() + table.len() + 4);
+    let mut out = Vec::with_capacity(raw.len() + append.len() + 4);
     out.extend_from_slice(&raw[..headers_start]);
     out[..2].copy_from_slice(&(flags | 1 << 13).to_be_bytes());
-    out.extend_from_slice(&(table.len() as u32).to_be_bytes());
+    out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(&table);
     out.extend_from_slice(&raw[headers_end..]);
-    Ok(Bytes::from(out))
+    Ok(out)
+}
+
+/// The entries of a headers table (see [`crate::nesting::entries`]).
+fn entries(body: &[u8]) -> Result<Vec<crate::nesting::Entry<'_>>, ContentError> {
+    crate::nesting::entries(body).map_err(|_| ContentError::BadProperties)
+}
+
+/// The header entries named in `keys`, each decoded on its own: one whose value does not decode (a
+/// non-UTF-8 string inside, which the broker forwards but cannot read) is left out, the rest kept.
+/// Empty when there are no headers.
+pub fn header_entries(raw: &[u8], keys: &[&str]) -> Result<FieldTable, ContentError> {
+    let p = BasicProperties::parse(raw)?;
+    let mut found = FieldTable::default();
+    for entry in entries(p.headers.unwrap_or_default())? {
+        if !keys.iter().any(|k| k.as_bytes() == entry.key) {
+            continue;
+        }
+        if let Ok(t) = crate::nesting::parse_table(entry.bytes) {
+            for (k, v) in t.inner() {
+                found.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The entries of `table` encoded as they appear inside a headers table (no length prefix).
+pub fn encode_entries(table: &FieldTable) -> Result<Vec<u8>, ContentError> {
+    let ctx = gen_field_table(table)(WriteContext::from(Vec::new()))
+        .map_err(|_| ContentError::BadProperties)?;
+    Ok(ctx.write.get(4..).unwrap_or_default().to_vec())
+}
+
+/// Raw properties changed as dead-lettering changes a message: the header entries named in `remove`
+/// dropped, the entries of `append` added, and the expiration (the per-message TTL) dropped when
+/// asked. Every other byte stays as the publisher sent it, non-UTF-8 strings included, so a
+/// consumer of the dead letter sees what was published plus the broker's own headers.
+pub fn splice_properties(
+    raw: &[u8],
+    remove: &[&str],
+    append: &FieldTable,
+    drop_expiration: bool,
+) -> Result<Bytes, ContentError> {
+    let spliced = splice_headers(raw, remove, &encode_entries(append)?)?;
+    let p = BasicProperties::parse(&spliced)?;
+    if !drop_expiration || p.expiration.is_none() {
+        return Ok(Bytes::from(spliced));
+    }
+    Ok(Bytes::from(p.encode_without_expiration()))
 }
 
 /// A content header frame's payload: class, body size and the untouched property list.
@@ -299,6 +289,60 @@ impl<'a> BasicProperties<'a> {
         Ok(p)
     }
 
+    /// The property list again, byte for byte, without the expiration.
+    fn encode_without_expiration(&self) -> Vec<u8> {
+        let mut flags = 0u16;
+        let mut out = vec![0, 0];
+        let short = |out: &mut Vec<u8>, v: &[u8]| {
+            out.push(v.len() as u8);
+            out.extend_from_slice(v);
+        };
+        for (bit, v) in [(0, self.content_type), (1, self.content_encoding)] {
+            if let Some(v) = v {
+                flags |= 1 << (15 - bit);
+                short(&mut out, v);
+            }
+        }
+        if let Some(t) = self.headers {
+            flags |= 1 << 13;
+            out.extend_from_slice(&(t.len() as u32).to_be_bytes());
+            out.extend_from_slice(t);
+        }
+        for (bit, v) in [(3, self.delivery_mode), (4, self.priority)] {
+            if let Some(v) = v {
+                flags |= 1 << (15 - bit);
+                out.push(v);
+            }
+        }
+        for (bit, v) in [
+            (5, self.correlation_id),
+            (6, self.reply_to),
+            (8, self.message_id),
+        ] {
+            if let Some(v) = v {
+                flags |= 1 << (15 - bit);
+                short(&mut out, v);
+            }
+        }
+        if let Some(v) = self.timestamp {
+            flags |= 1 << 6;
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        for (bit, v) in [
+            (10, self.kind),
+            (11, self.user_id),
+            (12, self.app_id),
+            (13, self.cluster_id),
+        ] {
+            if let Some(v) = v {
+                flags |= 1 << (15 - bit);
+                short(&mut out, v);
+            }
+        }
+        out[..2].copy_from_slice(&flags.to_be_bytes());
+        out
+    }
+
     /// The headers table decoded, for routing on headers exchanges. `None` when absent or malformed.
     pub fn headers_table(&self) -> Option<FieldTable> {
         crate::nesting::parse_table(self.headers?).ok()
@@ -344,16 +388,69 @@ mod tests {
     }
 
     #[test]
-    fn rewriting_changes_only_what_the_edit_touches() {
+    fn splicing_changes_only_what_the_edit_touches() {
         let raw = encode(
             &AMQPProperties::default()
                 .with_app_id("app".into())
                 .with_expiration("5".into()),
         );
-        let out = rewrite_properties(&raw, FieldTable::default(), true).unwrap();
+        let out = splice_properties(&raw, &[], &FieldTable::default(), true).unwrap();
         let p = BasicProperties::parse(&out).unwrap();
         assert_eq!((p.app_id, p.expiration), (Some(&b"app"[..]), None));
         assert_eq!(p.headers_table(), Some(FieldTable::default()));
+        let kept = splice_properties(&raw, &[], &FieldTable::default(), false).unwrap();
+        assert_eq!(
+            BasicProperties::parse(&kept).unwrap().expiration,
+            Some(&b"5"[..])
+        );
+    }
+
+    /// What amq-protocol cannot decode (a non-UTF-8 short string, here in content-type and in a
+    /// header) survives a splice byte for byte, and the entries asked for are read around it.
+    #[test]
+    fn splicing_keeps_bytes_no_decoder_reads() {
+        let mut raw = vec![0b1110_0001, 0b0000_0000]; // content-type, encoding, headers, expiration
+        raw.extend_from_slice(b"\x02\xff\xfe"); // content-type: not UTF-8
+        raw.extend_from_slice(b"\x04gzip");
+        let mut table = Vec::new();
+        table.extend_from_slice(b"\x03badF\x00\x00\x00\x08\x02\xc3\x28S\x00\x00\x00\x00"); // a key not UTF-8
+        table.extend_from_slice(b"\x07x-deathA\x00\x00\x00\x00"); // empty array
+        table.extend_from_slice(b"\x02CCA\x00\x00\x00\x06S\x00\x00\x00\x01k");
+        raw.extend_from_slice(&(table.len() as u32).to_be_bytes());
+        raw.extend_from_slice(&table);
+        raw.extend_from_slice(b"\x0260");
+        assert!(BasicProperties::parse(&raw)
+            .unwrap()
+            .headers_table()
+            .is_none());
+
+        let found = header_entries(&raw, &["x-death", "CC", "bad", "absent"]).unwrap();
+        let names: Vec<&str> = found.inner().keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["CC", "x-death"],
+            "the undecodable entry is left out"
+        );
+
+        let mut add = FieldTable::default();
+        add.insert(
+            "x-death".into(),
+            AMQPValue::LongString(LongString::from("d")),
+        );
+        let out = splice_properties(&raw, &["x-death"], &add, true).unwrap();
+        let p = BasicProperties::parse(&out).unwrap();
+        assert_eq!(p.content_type, Some(&b"\xff\xfe"[..]));
+        assert_eq!(p.content_encoding, Some(&b"gzip"[..]));
+        assert_eq!(p.expiration, None);
+        let headers = p.headers.unwrap();
+        assert!(
+            headers.starts_with(b"\x03badF\x00\x00\x00\x08\x02\xc3\x28S\x00\x00\x00\x00\x02CCA"),
+            "{headers:?}"
+        );
+        assert!(
+            headers.ends_with(b"\x07x-deathS\x00\x00\x00\x01d"),
+            "{headers:?}"
+        );
     }
 
     #[test]

@@ -105,6 +105,33 @@ fn value(c: &mut Cursor<'_>, depth: usize) -> Result<(), TableError> {
     c.take(fixed).map(|_| ())
 }
 
+/// One entry of an encoded field table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry<'a> {
+    pub key: &'a [u8],
+    /// The whole entry: key length, key, type tag and value.
+    pub bytes: &'a [u8],
+}
+
+/// The entries of a field-table body, checked as [`check_table`] does: each key with the bytes of its
+/// whole entry (key length, key, tag and value), nothing decoded, so keys and strings no decoder
+/// accepts (a non-UTF-8 key) are walked like any other.
+pub fn entries(body: &[u8]) -> Result<Vec<Entry<'_>>, TableError> {
+    let mut c = Cursor { buf: body };
+    let mut out = Vec::new();
+    while !c.buf.is_empty() {
+        let start = c.buf;
+        let klen = c.take(1)?[0] as usize;
+        let key = c.take(klen)?;
+        value(&mut c, 1)?;
+        out.push(Entry {
+            key,
+            bytes: &start[..start.len() - c.buf.len()],
+        });
+    }
+    Ok(out)
+}
+
 /// Decodes a field-table body (the bytes after its length prefix) after [`check_table`]: the one way
 /// this workspace turns untrusted table bytes into a `FieldTable`.
 pub fn parse_table(body: &[u8]) -> Result<FieldTable, TableError> {

@@ -384,6 +384,82 @@ async fn a_cycle_of_expiries_is_dropped() {
     assert_eq!(ch.message_count("q2").await, 0);
 }
 
+/// Properties no decoder reads (a content-type and a header key that are not UTF-8: RabbitMQ and
+/// Warren forward them, amq-protocol refuses them) are dead-lettered byte for byte with `x-death`
+/// spliced in, so the cycle of expiries above still ends. (They once went on unchanged, without
+/// x-death, and so round the cycle for ever.)
+#[tokio::test]
+async fn undecodable_properties_are_dead_lettered_byte_for_byte_and_their_cycle_ends() {
+    use warren_protocol::content::{header_entries, BasicProperties};
+    use warren_tests::raw::{
+        basic_get, exchange_declare, queue_bind, queue_declare, queue_declare_with,
+    };
+    let broker = TestBroker::start().await;
+    let mut raw = broker.raw_open().await;
+    raw.open_channel(1).await;
+    raw.call(1, exchange_declare("fan", "fanout")).await;
+    raw.call(1, queue_declare("obs")).await;
+    let args = |ttl: i32, dlx: &str, key: Option<&str>| {
+        let mut t = amq_protocol::types::FieldTable::default();
+        t.insert(
+            "x-message-ttl".into(),
+            amq_protocol::types::AMQPValue::LongInt(ttl),
+        );
+        let text = |s: &str| amq_protocol::types::AMQPValue::LongString(s.into());
+        t.insert("x-dead-letter-exchange".into(), text(dlx));
+        if let Some(key) = key {
+            t.insert("x-dead-letter-routing-key".into(), text(key));
+        }
+        t
+    };
+    raw.call(1, queue_declare_with("q1", false, args(20, "", Some("q2"))))
+        .await;
+    raw.call(1, queue_declare_with("q2", false, args(20, "fan", None)))
+        .await;
+    raw.call(1, queue_bind("q1", "fan", "")).await;
+    raw.call(1, queue_bind("obs", "fan", "")).await;
+
+    // content-type, headers, expiration
+    let mut props = vec![0xA1, 0x00, 2, 0xff, 0xfe];
+    let odd_entry = b"\x02\xc3\x28S\x00\x00\x00\x01v";
+    props.extend_from_slice(&(odd_entry.len() as u32).to_be_bytes());
+    props.extend_from_slice(odd_entry);
+    props.extend_from_slice(b"\x0560000");
+    raw.publish(1, "", "q1", false, &props, b"loop").await;
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let count = |q: &str| broker.queue(q).map_or(0, |q| q.message_count());
+    assert_eq!(
+        (count("obs"), count("q1"), count("q2")),
+        (1, 0, 0),
+        "one copy for the observer, nothing left going round"
+    );
+    raw.send_method(1, basic_get("obs", true)).await;
+    let m = raw.expect_message(1).await;
+    assert_eq!(m.body, b"loop");
+    let p = BasicProperties::parse(&m.properties).expect("properties");
+    assert_eq!(
+        p.content_type,
+        Some(&b"\xff\xfe"[..]),
+        "content-type as published"
+    );
+    assert_eq!(
+        p.expiration, None,
+        "the per-message TTL is dropped, as RabbitMQ does"
+    );
+    let headers = p.headers.expect("headers");
+    assert!(
+        headers.starts_with(odd_entry),
+        "the odd entry first, as published: {headers:?}"
+    );
+    let deaths = header_entries(&m.properties, &["x-death"]).expect("entries");
+    let Some(amq_protocol::types::AMQPValue::FieldArray(deaths)) = deaths.inner().get("x-death")
+    else {
+        panic!("no x-death: {deaths:?}")
+    };
+    assert_eq!(deaths.as_slice().len(), 2, "{deaths:?}");
+}
+
 #[tokio::test]
 async fn a_cycle_with_a_reject_goes_around_again() {
     // q1 --rejected--> q2 --expired--> q1: the cycle contains a reject, so the message comes back.
@@ -554,11 +630,11 @@ async fn a_dead_letter_routing_key_drops_cc() {
     );
 }
 
-/// A message whose properties cannot take an x-death entry (here a content type that is not UTF-8:
-/// Warren forwards it as RabbitMQ does, but cannot re-encode it) is dead-lettered unchanged rather
-/// than lost (issue 11 point 7: never drop data because something failed to parse).
+/// A message whose properties no decoder reads (here a content type that is not UTF-8: Warren
+/// forwards it as RabbitMQ does) is dead-lettered, not lost (issue 11 point 7: never drop data
+/// because something failed to parse), its bytes kept and x-death spliced in after them.
 #[tokio::test]
-async fn a_dead_letter_that_cannot_take_x_death_arrives_unchanged() {
+async fn a_dead_letter_with_a_content_type_no_decoder_reads_keeps_it_and_gains_x_death() {
     use amq_protocol::types::{AMQPValue, FieldTable as RawTable, LongString};
     let broker = TestBroker::start().await;
     let mut raw = broker.raw_open().await;
@@ -604,5 +680,8 @@ async fn a_dead_letter_that_cannot_take_x_death_arrives_unchanged() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(got.body, b"kept");
-    assert_eq!(&got.properties[..], &properties[..]);
+    // content-type and headers flags, the content type as published, then the headers table
+    assert_eq!(&got.properties[..5], &[0xA0, 0x00, 2, 0xff, 0xfe]);
+    let found = warren_protocol::content::header_entries(&got.properties, &["x-death"]);
+    assert!(found.expect("headers").inner().contains_key("x-death"));
 }

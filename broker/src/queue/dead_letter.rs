@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString};
-use warren_protocol::content::{rewrite_properties, BasicProperties};
+use warren_protocol::content::{header_entries, splice_properties};
 
 use super::arguments::as_text;
 use super::{Entry, Queue};
@@ -31,6 +31,18 @@ impl Reason {
         }
     }
 }
+
+/// The header entries dead-lettering reads (the history, CC keys) and writes.
+const DEATH_HEADERS: [&str; 8] = [
+    "x-death",
+    "CC",
+    "x-first-death-reason",
+    "x-first-death-queue",
+    "x-first-death-exchange",
+    "x-last-death-reason",
+    "x-last-death-queue",
+    "x-last-death-exchange",
+];
 
 /// Messages leaving a queue, collected under the queue's lock and dead-lettered after it is released
 /// (a dead-letter route may lead back to the same queue).
@@ -136,8 +148,8 @@ fn is_cycle(target: &str, headers: &FieldTable) -> bool {
 }
 
 /// Dead-letters a message whose properties cannot take an `x-death` entry (stored by an older version
-/// under rules since tightened, or holding a non-UTF-8 short string the re-encoder refuses) as it
-/// is, rather than losing it. Without x-death there is no cycle detection, so it never goes back to
+/// under rules since tightened; publish refuses such properties today) as it is, rather than
+/// losing it. Without x-death there is no cycle detection, so it never goes back to
 /// the queue it left.
 fn unchanged(
     queue: &Arc<Queue>,
@@ -193,31 +205,35 @@ pub fn dead_letter(queue: &Arc<Queue>, letters: DeadLetters) {
     };
     for (entry, reason) in letters {
         let old = &entry.message;
-        // Properties stored by an older version that today's rules refuse (a deeper nesting, a
-        // continuation flag) cannot take an x-death entry: the message is dead-lettered as it is
-        // rather than lost.
-        let headers = BasicProperties::parse(&old.properties)
-            .ok()
-            .map(|props| props.headers_table());
-        let Some(headers) = headers else {
+        // Only the entries dead-lettering reads are decoded; everything else is spliced through
+        // byte for byte (strings no decoder accepts included). Properties stored by an older
+        // version that today's rules refuse (a deeper nesting, a continuation flag) cannot be read
+        // at all: the message is dead-lettered as it is rather than lost.
+        let Ok(found) = header_entries(&old.properties, &DEATH_HEADERS) else {
             unchanged(queue, &vhost, exchange.as_ref(), old, "do not parse");
             continue;
         };
-        let mut headers = with_death(old, headers, queue.name(), reason);
+        let headers = with_death(old, Some(found), queue.name(), reason);
         // RabbitMQ routes a dead letter by the DLX routing key alone when one is set (dropping CC),
         // otherwise by its original routing key and CC keys.
+        let fixed = queue.args.dead_letter_routing_key.is_some();
         let keys: Vec<String> = match &queue.args.dead_letter_routing_key {
-            Some(key) => {
-                let mut map = headers.inner().clone();
-                map.remove("CC");
-                headers = FieldTable::from(map);
-                vec![key.clone()]
-            }
+            Some(key) => vec![key.clone()],
             None => std::iter::once(old.routing_key.clone())
                 .chain(string_list(&headers, "CC"))
                 .collect(),
         };
-        let Ok(properties) = rewrite_properties(&old.properties, headers.clone(), true) else {
+        // The broker's own entries are written anew; CC stays as published, or goes with a fixed key.
+        let mut written = headers.inner().clone();
+        written.remove("CC");
+        let replaced: Vec<&str> = DEATH_HEADERS
+            .iter()
+            .copied()
+            .filter(|k| fixed || *k != "CC")
+            .collect();
+        let spliced =
+            splice_properties(&old.properties, &replaced, &FieldTable::from(written), true);
+        let Ok(properties) = spliced else {
             unchanged(
                 queue,
                 &vhost,
