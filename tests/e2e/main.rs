@@ -31,3 +31,4 @@ mod runaway;
 mod tls;
 mod ttl;
 mod tx;
+mod upgrade;

@@ -1,0 +1,156 @@
+//! A data directory written by an earlier Warren opens in today's broker with every queue, argument,
+//! binding, message, user and permission in it: an upgrade must never lose one. The fixture
+//! (tests/fixtures/data-dir-v1, written by its `populate.py`) is the storage format of 2026-12:
+//! definition keys as JSON arrays in the command log, definitions.json for vhosts, users and
+//! permissions, stored messages in format 2. A change of format keeps this test passing.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use amqprs::channel::QueueDeclareArguments;
+use amqprs::security::SecurityCredentials;
+use warren_tests::client::bodies;
+use warren_tests::features::{int, table, text, with_headers};
+use warren_tests::TestBroker;
+
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/data-dir-v1");
+
+/// Replaces the fresh broker's definitions and log with the fixture's (the PKI stays the test's).
+fn install_fixture(dir: &Path) {
+    let log = dir.join("log");
+    std::fs::remove_dir_all(&log).expect("remove the fresh log");
+    std::fs::create_dir(&log).expect("log directory");
+    let fixture = Path::new(FIXTURE);
+    let mut files = vec![("definitions.json".to_string(), dir.join("definitions.json"))];
+    for entry in std::fs::read_dir(fixture.join("log")).expect("fixture log") {
+        let name = entry
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        files.push((format!("log/{name}"), log.join(&name)));
+    }
+    for (from, to) in files {
+        std::fs::copy(fixture.join(&from), &to).expect("copy the fixture");
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+}
+
+#[tokio::test]
+async fn the_data_directory_of_2026_12_opens_with_everything_in_it() {
+    let broker = TestBroker::start()
+        .await
+        .restart_after(install_fixture)
+        .await;
+
+    // Users and permissions (definitions.json).
+    let permissions = broker
+        .brokerctl(&["list_permissions", "-p", "openstack"])
+        .await
+        .ok();
+    assert!(
+        permissions.contains("nova\t^nova\t^(nova|amq\\.topic)\t^nova"),
+        "{permissions}"
+    );
+    let topics = broker
+        .brokerctl(&["list_topic_permissions", "-p", "openstack"])
+        .await
+        .ok();
+    assert!(
+        topics.contains("nova\tamq.topic\t^nova\\.\t^nova\\."),
+        "{topics}"
+    );
+
+    let pki = &broker.pki;
+    let client = broker
+        .connect_with(
+            (&pki.admin_cert, &pki.admin_key),
+            "openstack",
+            SecurityCredentials::new_external(),
+        )
+        .await
+        .expect("admin connects to openstack");
+    let ch = client.channel().await;
+
+    // Every durable queue with its messages (persistent ones only; the deleted queue stays gone).
+    for (queue, count) in [
+        ("nova.scheduler", 3),
+        ("nova.dead", 1),
+        ("nova.retry", 1),
+        ("nova.fan", 1),
+        ("nova.hdr", 1),
+        ("nova.unrouted", 1),
+        ("nova.lazy", 3),
+    ] {
+        assert_eq!(ch.message_count(queue).await, count, "{queue}");
+    }
+    let mut passive = QueueDeclareArguments::new("nova.gone");
+    passive.passive(true);
+    assert_eq!(
+        ch.try_declare(passive).await.expect_err("nova.gone").code,
+        404
+    );
+
+    // Arguments kept: redeclaring with them is equivalent, without them is not.
+    let ch = client.channel().await;
+    let mut same = QueueDeclareArguments::durable_client_named("nova.scheduler");
+    same.arguments(table([
+        ("x-max-priority", int(5)),
+        ("x-max-length", int(1000)),
+    ]));
+    assert_eq!(ch.declare(same).await.1, 3);
+    let mut durable = QueueDeclareArguments::durable_client_named("nova.retry");
+    durable.arguments(table([("x-message-ttl", int(1))]));
+    assert_eq!(
+        ch.try_declare(durable)
+            .await
+            .expect_err("inequivalent")
+            .code,
+        406
+    );
+
+    // Messages as published: priority order, properties and headers, publisher recorded.
+    let ch = client.channel().await;
+    let sched = ch.drain("nova.scheduler").await;
+    assert_eq!(bodies(&sched), ["sched-1", "sched-2", "sched-0"]);
+    let first = &sched[0];
+    assert_eq!(first.properties.priority(), Some(5));
+    assert_eq!(
+        first.properties.content_type().map(String::as_str),
+        Some("application/json")
+    );
+    assert_eq!(
+        first.properties.message_id().map(String::as_str),
+        Some("m1")
+    );
+    assert_eq!(first.header("s").as_deref(), Some("text"));
+    let dead = ch.get_one("nova.dead", true).await;
+    assert_eq!(dead.body, b"already-dead");
+    assert_eq!(
+        dead.properties.correlation_id().map(String::as_str),
+        Some("c1")
+    );
+    assert_eq!(
+        bodies(&ch.drain("nova.lazy").await),
+        ["lazy-0", "lazy-1", "lazy-2"]
+    );
+    assert_eq!(ch.get_one("nova.retry", true).await.body, b"retry-me");
+
+    // Bindings still route: topic, exchange-to-exchange, headers, alternate exchange.
+    ch.publish("nova", "nova.scheduler.again", b"t").await;
+    ch.publish("nova", "nova.fan.again", b"f").await;
+    ch.publish_with(
+        "nova.headers",
+        "",
+        with_headers(table([("service", text("nova"))])),
+        b"h",
+        false,
+    )
+    .await;
+    ch.publish("nova.direct", "nowhere", b"ae").await;
+    assert_eq!(ch.get_one("nova.scheduler", true).await.body, b"t");
+    assert_eq!(bodies(&ch.drain("nova.fan").await), ["fanned", "f"]);
+    assert_eq!(bodies(&ch.drain("nova.hdr").await), ["by-headers", "h"]);
+    assert_eq!(bodies(&ch.drain("nova.unrouted").await), ["unrouted", "ae"]);
+    client.close().await;
+}
