@@ -60,18 +60,6 @@ impl Message {
     }
 }
 
-/// A header holding an array of strings (CC, BCC), as a list; anything else is no list.
-pub fn string_list(headers: &amq_protocol::types::FieldTable, key: &str) -> Vec<String> {
-    match headers.inner().get(key) {
-        Some(amq_protocol::types::AMQPValue::FieldArray(items)) => items
-            .as_slice()
-            .iter()
-            .filter_map(crate::queue::arguments::as_text)
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
 /// Parses the `expiration` property as RabbitMQ does (`string:to_integer` then range checks): an
 /// optional sign and decimal digits, nothing else. The error is RabbitMQ's reason term, for the 406 text.
 pub fn parse_expiration(raw: &[u8]) -> Result<u64, String> {

@@ -301,7 +301,7 @@ fn unstamp(properties: Bytes) -> (String, Bytes) {
         .and_then(|t| {
             t.inner()
                 .get(header)
-                .and_then(crate::queue::arguments::as_text)
+                .and_then(warren_protocol::field::as_text)
         });
     match publisher {
         Some(name) => match edit_headers(&properties, &[header], None) {

@@ -2,7 +2,7 @@
 
 use amq_protocol::types::AMQPValue;
 
-use crate::queue::arguments::as_text;
+use warren_protocol::field::as_text;
 
 /// Returns (login, password) from a PLAIN (`authzid NUL login NUL password`) or AMQPLAIN (a field
 /// table with LOGIN and PASSWORD, sent without its length prefix) response.

@@ -7,7 +7,7 @@ use super::definitions::AdminError;
 use crate::audit::Event;
 use crate::broker::Broker;
 use crate::exchange::Destination;
-use crate::queue::arguments::as_text;
+use warren_protocol::field::as_text;
 
 #[derive(Debug, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]

@@ -7,7 +7,7 @@ use crate::connection::session::Session;
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Destination, ExchangeKind, ExchangeSpec};
 use crate::permissions::{self, Access, Kind};
-use crate::queue::arguments::as_text;
+use warren_protocol::field::as_text;
 
 impl Channel {
     /// exchange.bind/unbind: write on the destination, read on the source, and the topic read

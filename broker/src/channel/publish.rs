@@ -341,8 +341,8 @@ fn sender_selected(props: &BasicProperties<'_>) -> (Vec<String>, Vec<String>) {
         return (Vec::new(), Vec::new());
     };
     (
-        crate::message::string_list(&table, "CC"),
-        crate::message::string_list(&table, "BCC"),
+        warren_protocol::field::string_list(&table, "CC"),
+        warren_protocol::field::string_list(&table, "BCC"),
     )
 }
 

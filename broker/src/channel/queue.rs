@@ -7,8 +7,8 @@ use crate::connection::session::Session;
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::Destination;
 use crate::permissions::{self, Access, Kind};
-use crate::queue::arguments::{as_text, type_name};
 use crate::queue::QueueSpec;
+use warren_protocol::field::{as_text, type_name};
 
 /// A server-generated name: `prefix` and 22 characters of URL-safe base64 over 128 random bits, like
 /// RabbitMQ's `rabbit_guid:binary(gen_secure(), Prefix)`.

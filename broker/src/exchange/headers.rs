@@ -3,6 +3,7 @@
 //! binding value of type void matches any value for that key; numbers compare across integer widths.
 
 use amq_protocol::types::{AMQPValue, FieldTable};
+use warren_protocol::field::{as_bytes, as_number};
 
 use super::Destination;
 
@@ -46,7 +47,7 @@ fn value_matches(pattern: &AMQPValue, value: &AMQPValue) -> bool {
     if matches!(pattern, AMQPValue::Void) {
         return true;
     }
-    match (as_int(pattern), as_int(value)) {
+    match (as_number(pattern), as_number(value)) {
         (Some(a), Some(b)) => return a == b,
         (Some(_), None) | (None, Some(_)) => return false,
         _ => {}
@@ -62,28 +63,6 @@ fn value_matches(pattern: &AMQPValue, value: &AMQPValue) -> bool {
         (AMQPValue::Float(a), AMQPValue::Double(b)) => f64::from(*a) == *b,
         (AMQPValue::Double(a), AMQPValue::Float(b)) => *a == f64::from(*b),
         (a, b) => a == b,
-    }
-}
-
-fn as_int(v: &AMQPValue) -> Option<i128> {
-    Some(match v {
-        AMQPValue::ShortShortInt(x) => i128::from(*x),
-        AMQPValue::ShortShortUInt(x) => i128::from(*x),
-        AMQPValue::ShortInt(x) => i128::from(*x),
-        AMQPValue::ShortUInt(x) => i128::from(*x),
-        AMQPValue::LongInt(x) => i128::from(*x),
-        AMQPValue::LongUInt(x) => i128::from(*x),
-        AMQPValue::LongLongInt(x) => i128::from(*x),
-        AMQPValue::Timestamp(x) => i128::from(*x),
-        _ => return None,
-    })
-}
-
-fn as_bytes(v: &AMQPValue) -> Option<&[u8]> {
-    match v {
-        AMQPValue::LongString(s) => Some(s.as_bytes()),
-        AMQPValue::ShortString(s) => Some(s.as_str().as_bytes()),
-        _ => None,
     }
 }
 

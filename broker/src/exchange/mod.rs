@@ -142,7 +142,7 @@ impl Exchange {
             .arguments
             .inner()
             .get("alternate-exchange")
-            .and_then(crate::queue::arguments::as_text)
+            .and_then(warren_protocol::field::as_text)
             .map(Arc::from);
         Arc::new(Exchange {
             alternate,

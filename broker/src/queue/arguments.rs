@@ -4,6 +4,7 @@
 use std::fmt;
 
 use amq_protocol::types::{AMQPValue, FieldTable};
+use warren_protocol::field::{as_int, as_text, type_name};
 
 use crate::error::{AmqpError, AmqpResult};
 use crate::vhost::Resource;
@@ -58,50 +59,6 @@ pub fn bool_arg(key: &str, v: &AMQPValue, resource: &Resource<'_>) -> AmqpResult
 
 /// RabbitMQ's `?MAX_EXPIRY_TIMER`.
 const MAX_EXPIRY: i128 = 4_294_967_295;
-
-/// The type names RabbitMQ's table parser gives values (used in its error texts).
-pub fn type_name(v: &AMQPValue) -> &'static str {
-    match v {
-        AMQPValue::Boolean(_) => "bool",
-        AMQPValue::ShortShortInt(_) => "byte",
-        AMQPValue::ShortShortUInt(_) => "unsignedbyte",
-        AMQPValue::ShortInt(_) => "short",
-        AMQPValue::ShortUInt(_) => "unsignedshort",
-        AMQPValue::LongInt(_) => "signedint",
-        AMQPValue::LongUInt(_) => "unsignedint",
-        AMQPValue::LongLongInt(_) => "long",
-        AMQPValue::Float(_) => "float",
-        AMQPValue::Double(_) => "double",
-        AMQPValue::DecimalValue(_) => "decimal",
-        AMQPValue::ShortString(_) | AMQPValue::LongString(_) => "longstr",
-        AMQPValue::FieldArray(_) => "array",
-        AMQPValue::Timestamp(_) => "timestamp",
-        AMQPValue::FieldTable(_) => "table",
-        AMQPValue::ByteArray(_) => "binary",
-        AMQPValue::Void => "void",
-    }
-}
-
-pub fn as_int(v: &AMQPValue) -> Option<i128> {
-    Some(match v {
-        AMQPValue::ShortShortInt(x) => i128::from(*x),
-        AMQPValue::ShortShortUInt(x) => i128::from(*x),
-        AMQPValue::ShortInt(x) => i128::from(*x),
-        AMQPValue::ShortUInt(x) => i128::from(*x),
-        AMQPValue::LongInt(x) => i128::from(*x),
-        AMQPValue::LongUInt(x) => i128::from(*x),
-        AMQPValue::LongLongInt(x) => i128::from(*x),
-        _ => return None,
-    })
-}
-
-pub fn as_text(v: &AMQPValue) -> Option<String> {
-    match v {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
-        _ => None,
-    }
-}
 
 /// A value as RabbitMQ prints it inside quotes.
 struct Bare<'a>(&'a AMQPValue);

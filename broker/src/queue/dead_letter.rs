@@ -8,9 +8,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString};
 use warren_protocol::content::{header_entries, splice_properties};
 
-use super::arguments::as_text;
 use super::{Entry, Queue};
-use crate::message::{string_list, Message};
+use crate::message::Message;
+use warren_protocol::field::{as_text, string_list};
 
 /// Why a message left its queue for the dead-letter exchange (the `reason` in `x-death`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
