@@ -6,6 +6,7 @@
 
 pub mod constants;
 pub mod content;
+pub mod error;
 pub mod field;
 pub mod frame;
 pub mod method;
