@@ -24,6 +24,7 @@ pub mod password;
 pub mod permissions;
 pub mod persist;
 pub mod queue;
+pub mod resource;
 pub mod sasl;
 pub mod server;
 pub mod tls;

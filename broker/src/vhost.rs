@@ -4,7 +4,6 @@
 //! changes (declare, delete, bind) take the vhost's `topology` mutex so that check-then-act sequences
 //! (exclusivity, if-unused, "bind needs both ends") are atomic; publishes never take it.
 
-use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -20,6 +19,7 @@ use crate::persist::{self, Durability, StoredExchange, StoredQueue};
 use crate::queue::consumer::ConnectionId;
 use crate::queue::paging::Paging;
 use crate::queue::{arguments, Queue, QueueSpec};
+use crate::resource::{check_name, ensure_same, Resource};
 use warren_protocol::content::BasicProperties;
 use warren_storage::log::record::Record;
 
@@ -46,38 +46,6 @@ pub struct Vhost {
     topology: Mutex<()>,
     /// Topic write permission for hops into topic exchanges the publisher did not name.
     guard: Arc<dyn RouteGuard>,
-}
-
-/// "queue 'q' in vhost '/'": RabbitMQ's `rabbit_misc:rs/1` rendering of a resource.
-pub struct Resource<'a>(pub &'static str, pub &'a str, pub &'a str);
-
-impl fmt::Display for Resource<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} '{}' in vhost '{}'", self.0, self.1, self.2)
-    }
-}
-
-/// RabbitMQ's `assert_field_equivalence`: a redeclare must repeat the original value.
-fn ensure_same<T: PartialEq + fmt::Display>(
-    field: &str,
-    resource: Resource<'_>,
-    received: T,
-    current: T,
-) -> AmqpResult<()> {
-    if received == current {
-        Ok(())
-    } else {
-        Err(inequivalent(field, resource, received, current))
-    }
-}
-
-fn inequivalent(
-    field: &str,
-    resource: Resource<'_>,
-    received: impl fmt::Display,
-    current: impl fmt::Display,
-) -> AmqpError {
-    AmqpError::precondition(format!("inequivalent arg '{field}' for {resource}: received '{received}' but current is '{current}'"))
 }
 
 /// Per-vhost limits (RabbitMQ's vhost limits `max-queues` and `max-connections`).
@@ -261,7 +229,11 @@ impl Vhost {
     }
 
     fn resource<'a>(&'a self, kind: &'static str, name: &'a str) -> Resource<'a> {
-        Resource(kind, name, &self.name)
+        Resource {
+            kind,
+            name,
+            vhost: &self.name,
+        }
     }
 
     pub fn no_exchange(&self, name: &str) -> AmqpError {
@@ -755,14 +727,4 @@ pub fn route_keys<'a>(
         }
     }
     queues
-}
-
-/// RabbitMQ reserves the `amq.` prefix for broker-defined objects (`rabbit_channel:check_name`).
-fn check_name(kind: &str, name: &str) -> AmqpResult<()> {
-    if name.starts_with("amq.") {
-        return Err(AmqpError::access_refused(format!(
-            "{kind} name '{name}' contains reserved prefix 'amq.*'"
-        )));
-    }
-    Ok(())
 }

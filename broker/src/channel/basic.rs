@@ -15,7 +15,7 @@ use crate::permissions::{self, Access, Kind};
 use crate::queue::arguments::{bool_arg, PUBLISHER_ARGUMENT};
 use crate::queue::consumer::{Consumer, Limit};
 use crate::queue::{Entry, Queue};
-use crate::vhost::Resource;
+use crate::resource::Resource;
 use amq_protocol::types::FieldTable;
 use warren_protocol::field::{as_int, type_name};
 
@@ -36,7 +36,7 @@ fn consumer_priority(args: &FieldTable, queue: &str, vhost: &str) -> AmqpResult<
 fn consumer_wants_publisher(args: &FieldTable, queue: &str, vhost: &str) -> AmqpResult<bool> {
     match args.inner().get(PUBLISHER_ARGUMENT) {
         None => Ok(false),
-        Some(v) => bool_arg(PUBLISHER_ARGUMENT, v, &Resource("queue", queue, vhost)),
+        Some(v) => bool_arg(PUBLISHER_ARGUMENT, v, &Resource::queue(queue, vhost)),
     }
 }
 

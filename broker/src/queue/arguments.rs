@@ -7,7 +7,7 @@ use amq_protocol::types::{AMQPValue, FieldTable};
 use warren_protocol::field::{as_int, as_text, type_name};
 
 use crate::error::{AmqpError, AmqpResult};
-use crate::vhost::Resource;
+use crate::resource::Resource;
 
 /// What a queue does when a length limit is reached (`x-overflow`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -367,7 +367,11 @@ mod tests {
         }
         t
     }
-    const R: Resource<'static> = Resource("queue", "q", "/");
+    const R: Resource<'static> = Resource {
+        kind: "queue",
+        name: "q",
+        vhost: "/",
+    };
 
     #[test]
     fn validation_texts_follow_rabbitmq() {
