@@ -6,7 +6,8 @@
 use std::path::Path;
 
 use bytes::Bytes;
-use warren_broker::persist::{decode_message, encode_message, StoredExchange, StoredQueue};
+use warren_broker::message::codec::{decode_message, encode_message};
+use warren_broker::persist::{StoredExchange, StoredQueue};
 use warren_protocol::method::decode_method;
 use warren_protocol::spec::{connection, AMQPClass};
 use warren_protocol::types::FieldTable;

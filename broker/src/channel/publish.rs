@@ -278,7 +278,7 @@ impl Channel {
                 (properties_len + body_len) as u64,
             )),
             persistent: props.delivery_mode == Some(2),
-            published_at_ms: crate::persist::now_ms(),
+            published_at_ms: crate::message::now_ms(),
             stored: Default::default(),
         });
         let publication = Publication {

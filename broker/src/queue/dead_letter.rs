@@ -262,7 +262,7 @@ pub fn dead_letter(queue: &Arc<Queue>, letters: DeadLetters) {
             expiration_ms: None,
             charge,
             persistent: old.persistent,
-            published_at_ms: crate::persist::now_ms(),
+            published_at_ms: crate::message::now_ms(),
             stored: Default::default(),
         });
         // A dead letter travels on its publisher's behalf: its original keys must pass the topic write

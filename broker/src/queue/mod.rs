@@ -284,7 +284,7 @@ impl Queue {
         {
             let mut st = self.state.lock();
             let now = Instant::now();
-            let wall = crate::persist::now_ms();
+            let wall = crate::message::now_ms();
             for (id, message) in messages {
                 let age = Duration::from_millis(wall.saturating_sub(message.published_at_ms));
                 let mut entry = self.entry(&mut st, message, now);

@@ -23,7 +23,7 @@ use warren_storage::spill::{self, Spill};
 
 use super::Entry;
 use crate::alarms::Alarms;
-use crate::persist::decode_message;
+use crate::message::codec::decode_message;
 
 /// Spill chunk files are started afresh at this size, so a run that never empties still frees disk.
 const CHUNK_BYTES: u64 = 64 << 20;

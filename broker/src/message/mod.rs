@@ -6,6 +6,8 @@ use bytes::Bytes;
 
 use crate::alarms::Charge;
 
+pub mod codec;
+
 /// The header in which Warren gives a consumer that asks for it the authenticated identity of a
 /// message's publisher. A client-sent header of that name is removed at publish, so it cannot be forged.
 pub const PUBLISHER_HEADER: &str = "x-warren-publisher";
@@ -47,7 +49,7 @@ impl Message {
 
     /// The record payload, encoded afresh (for a copy that need not be kept with the message).
     pub fn encode_stored(&self) -> Bytes {
-        crate::persist::encode_message(&crate::persist::StoredMessage {
+        codec::encode_message(&codec::StoredMessage {
             published_at_ms: self.published_at_ms,
             priority: self.priority,
             expiration_ms: self.expiration_ms,
@@ -84,6 +86,13 @@ pub fn parse_expiration(raw: &[u8]) -> Result<u64, String> {
         return Err(format!("{{value_too_large,{value},4294967295}}"));
     }
     Ok(value as u64)
+}
+
+/// Milliseconds since the epoch (message publish times survive restarts in this form).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]
