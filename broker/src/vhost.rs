@@ -517,12 +517,7 @@ impl Vhost {
         self.remove_bindings_to(&Destination::Queue(queue.clone()));
         let (count, consumers) = queue.mark_deleted();
         for consumer in consumers {
-            let _ = consumer
-                .outbox
-                .send(crate::connection::outbound::Outbound::Cancelled {
-                    channel: consumer.channel,
-                    consumer: consumer.clone(),
-                });
+            consumer.sink.cancelled(consumer.clone());
         }
         count
     }

@@ -30,6 +30,7 @@ use crate::error::{octets_snippet, AmqpError};
 use crate::flow;
 use crate::identity::identity_from_certificate;
 use crate::queue::consumer::Limit;
+use crate::queue::sink::Delivery;
 use handshake::{HandshakeError, Io};
 use outbound::Outbound;
 use session::{Session, NO_ACK_WRITE_BUDGET};
@@ -633,11 +634,11 @@ impl Connection {
 
     fn handle_outbound(&mut self, message: Outbound) -> Option<Ending> {
         match message {
-            Outbound::Deliver {
+            Outbound::Deliver(Delivery {
                 consumer,
                 queue,
                 entry,
-            } => match self.channels.get_mut(&consumer.channel) {
+            }) => match self.channels.get_mut(&consumer.channel) {
                 Some(Slot::Open(ch)) if ch.has_consumer(&consumer) => {
                     self.s.flow.delivered();
                     ch.deliver(&mut self.s, consumer, queue, entry)

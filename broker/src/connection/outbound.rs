@@ -1,20 +1,20 @@
 //! Messages other tasks send to a connection task: deliveries pushed by queues and server-initiated
-//! consumer cancellations. The connection owns channel state, so it alone assigns delivery tags.
+//! consumer cancellations (through the queues' [`DeliverySink`], which the outbox implements),
+//! confirms after durable writes, and forced closes. The connection owns channel state, so it alone
+//! assigns delivery tags.
 
 use std::sync::Arc;
 
 use crate::error::AmqpError;
+use tokio::sync::mpsc::UnboundedSender;
+
 use crate::queue::consumer::Consumer;
-use crate::queue::{Entry, Queue};
+use crate::queue::sink::{Delivery, DeliverySink};
 
 #[derive(Debug)]
 pub enum Outbound {
-    /// A queue hands `entry` to `consumer`; one unit of the consumer's credit is already taken.
-    Deliver {
-        consumer: Arc<Consumer>,
-        queue: Arc<Queue>,
-        entry: Entry,
-    },
+    /// A queue hands a message to one of this connection's consumers (its credit already taken).
+    Deliver(Delivery),
     /// The consumed queue was deleted: tell the client with basic.cancel (consumer_cancel_notify).
     Cancelled {
         channel: u16,
@@ -35,4 +35,25 @@ pub enum Outbound {
     },
     /// An operator closes the connection (its user or vhost was deleted): connection.close with this.
     ForceClose(AmqpError),
+}
+
+/// A connection's outbox is where its consumers' queues deliver.
+impl DeliverySink for UnboundedSender<Outbound> {
+    fn deliver(&self, delivery: Delivery) -> Result<(), Delivery> {
+        match self.send(Outbound::Deliver(delivery)) {
+            Ok(()) => Ok(()),
+            // The connection is gone: what was sent comes back.
+            Err(failed) => match failed.0 {
+                Outbound::Deliver(delivery) => Err(delivery),
+                _ => Ok(()),
+            },
+        }
+    }
+
+    fn cancelled(&self, consumer: Arc<Consumer>) {
+        let _ = self.send(Outbound::Cancelled {
+            channel: consumer.channel,
+            consumer,
+        });
+    }
 }

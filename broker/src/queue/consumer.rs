@@ -7,9 +7,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::mpsc::UnboundedSender;
-
-use crate::connection::outbound::Outbound;
+use super::sink::DeliverySink;
 
 /// A counter with an optional ceiling (0 = unlimited), shared between queues and a connection.
 #[derive(Debug, Default)]
@@ -96,7 +94,8 @@ pub struct Consumer {
     pub channel_credit: Arc<ChannelCredit>,
     /// The connection's budget of no-ack deliveries not yet written to its socket.
     pub write_budget: Arc<Limit>,
-    pub outbox: UnboundedSender<Outbound>,
+    /// Where its deliveries and a server-side cancel go (its connection).
+    pub sink: Arc<dyn DeliverySink>,
 }
 
 impl Consumer {

@@ -13,6 +13,7 @@ pub mod consumer;
 pub mod dead_letter;
 pub mod paging;
 pub mod ready;
+pub mod sink;
 
 use std::cmp::Reverse;
 use std::sync::{Arc, Weak};
@@ -22,7 +23,6 @@ use amq_protocol::types::FieldTable;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::connection::outbound::Outbound;
 use crate::message::Message;
 use crate::persist::{Durability, PendingConfirm};
 use crate::vhost::Vhost;
@@ -31,6 +31,7 @@ use consumer::{ConnectionId, Consumer};
 use dead_letter::{DeadLetters, Reason};
 use paging::Paging;
 use ready::Ready;
+use sink::Delivery;
 use warren_storage::log::record::Record;
 
 /// A message in a queue, with its position, priority, deadline and delivery history.
@@ -469,17 +470,15 @@ impl Queue {
             };
             let consumer = st.consumers[idx].clone();
             st.next_consumer = idx + 1;
-            let delivery = Outbound::Deliver {
+            let delivery = Delivery {
                 consumer: consumer.clone(),
                 queue: self.clone(),
                 entry,
             };
-            if let Err(failed) = consumer.outbox.send(delivery) {
+            if let Err(back) = consumer.sink.deliver(delivery) {
                 // The connection is gone; its cleanup would remove the consumer too.
                 consumer.release_credit(1);
-                if let Outbound::Deliver { entry, .. } = failed.0 {
-                    st.ready.insert(entry);
-                }
+                st.ready.insert(back.entry);
                 st.consumers.remove(idx);
             }
             self.expire_head(st, dead, now);
