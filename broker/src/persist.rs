@@ -7,21 +7,16 @@
 //! publish is waiting for and tells the publishing connection when the last one is durable.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use amq_protocol::types::FieldTable;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc::UnboundedSender;
 use warren_storage::log::medium::DiskMedium;
 use warren_storage::log::record::Record;
 use warren_storage::log::{LogError, Recovered};
 use warren_storage::store::{Completion, Store, StoreOptions};
-
-use crate::connection::outbound::Outbound;
-use crate::exchange::ExchangeSpec;
-use crate::queue::QueueSpec;
 
 /// The open store and the id sequence of stored messages.
 pub struct Durability {
@@ -125,17 +120,6 @@ pub struct StoredExchange {
     pub arguments: FieldTable,
 }
 
-impl StoredExchange {
-    pub fn of(spec: &ExchangeSpec) -> Self {
-        StoredExchange {
-            kind: spec.kind.as_str().to_string(),
-            auto_delete: spec.auto_delete,
-            internal: spec.internal,
-            arguments: spec.arguments.clone(),
-        }
-    }
-}
-
 /// A durable queue as stored.
 #[derive(Serialize, Deserialize)]
 pub struct StoredQueue {
@@ -144,83 +128,6 @@ pub struct StoredQueue {
     /// Who declared it (absent in records written before it was recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub declared_by: Option<String>,
-}
-
-impl StoredQueue {
-    pub fn of(spec: &QueueSpec) -> Self {
-        StoredQueue {
-            auto_delete: spec.auto_delete,
-            arguments: spec.arguments.clone(),
-            declared_by: spec.declared_by.as_deref().map(str::to_string),
-        }
-    }
-}
-
-/// A publish waiting for durable writes before its confirm. The channel holds one count while it
-/// routes; each durable write holds one until it completes. Whoever drops the last count settles it.
-pub struct PendingConfirm {
-    count: AtomicUsize,
-    failed: AtomicBool,
-    outbox: UnboundedSender<Outbound>,
-    channel: u16,
-    incarnation: u64,
-    /// The publish's confirm sequence number, or None for a tx.commit waiting for its publishes.
-    seq: Option<u64>,
-}
-
-impl PendingConfirm {
-    pub fn new(
-        outbox: UnboundedSender<Outbound>,
-        channel: u16,
-        incarnation: u64,
-        seq: Option<u64>,
-    ) -> Arc<Self> {
-        Arc::new(PendingConfirm {
-            count: AtomicUsize::new(1),
-            failed: AtomicBool::new(false),
-            outbox,
-            channel,
-            incarnation,
-            seq,
-        })
-    }
-
-    /// A completion for one more durable write of this publish.
-    pub fn hold(self: &Arc<Self>) -> Completion {
-        self.count.fetch_add(1, Ordering::AcqRel);
-        let me = self.clone();
-        Box::new(move |result| {
-            if let Err(e) = result {
-                tracing::error!(error = %e, "a persistent message could not be stored: its publisher gets a nack");
-                me.failed.store(true, Ordering::Release);
-            }
-            if me.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-                let ok = !me.failed.load(Ordering::Acquire);
-                let (channel, incarnation) = (me.channel, me.incarnation);
-                let _ = me.outbox.send(match me.seq {
-                    Some(seq) => Outbound::Confirmed {
-                        channel,
-                        incarnation,
-                        seq,
-                        ok,
-                    },
-                    None => Outbound::Committed {
-                        channel,
-                        incarnation,
-                        ok,
-                    },
-                });
-            }
-        })
-    }
-
-    /// The channel's own count. `Some(ok)` when nothing is pending any more (settle right away with
-    /// that outcome: a write may already have failed), `None` while writes are in flight (their last
-    /// completion settles it through the outbox).
-    pub fn release(&self) -> Option<bool> {
-        (self.count.fetch_sub(1, Ordering::AcqRel) == 1)
-            .then(|| !self.failed.load(Ordering::Acquire))
-    }
 }
 
 #[cfg(test)]

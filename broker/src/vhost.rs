@@ -303,7 +303,7 @@ impl Vhost {
                 if let (Some(d), true) = (&self.durability, exchange.spec.durable) {
                     d.put(
                         persist::exchange_key(&self.name, exchange.name()),
-                        &StoredExchange::of(&exchange.spec),
+                        &stored_exchange(&exchange.spec),
                     );
                 }
                 self.exchanges
@@ -452,7 +452,7 @@ impl Vhost {
         if let (Some(d), true) = (&self.durability, spec.durable) {
             d.put(
                 persist::queue_key(&self.name, &spec.name),
-                &StoredQueue::of(&spec),
+                &stored_queue(&spec),
             );
         }
         let queue = self.new_queue(spec, args);
@@ -722,4 +722,23 @@ pub fn route_keys<'a>(
         }
     }
     queues
+}
+
+/// A durable exchange as its record stores it.
+fn stored_exchange(spec: &ExchangeSpec) -> StoredExchange {
+    StoredExchange {
+        kind: spec.kind.as_str().to_string(),
+        auto_delete: spec.auto_delete,
+        internal: spec.internal,
+        arguments: spec.arguments.clone(),
+    }
+}
+
+/// A durable queue as its record stores it.
+fn stored_queue(spec: &QueueSpec) -> StoredQueue {
+    StoredQueue {
+        auto_delete: spec.auto_delete,
+        arguments: spec.arguments.clone(),
+        declared_by: spec.declared_by.as_deref().map(str::to_string),
+    }
 }

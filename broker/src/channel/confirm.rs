@@ -7,9 +7,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use amq_protocol::protocol::{confirm, AMQPClass};
 use warren_protocol::method::encode_confirm;
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::mpsc::UnboundedSender;
+use warren_storage::store::Completion;
+
 use super::Channel;
+use crate::connection::outbound::Outbound;
 use crate::connection::session::Session;
 use crate::error::AmqpResult;
+use crate::queue::sink::WaitsForWrites;
 
 #[derive(Debug, Default)]
 pub struct Confirms {
@@ -95,5 +103,79 @@ impl Channel {
                 "unimplemented method",
             )),
         }
+    }
+}
+
+/// A publish waiting for durable writes before its confirm. The channel holds one count while it
+/// routes; each durable write holds one until it completes. Whoever drops the last count settles it.
+pub struct PendingConfirm {
+    count: AtomicUsize,
+    failed: AtomicBool,
+    outbox: UnboundedSender<Outbound>,
+    channel: u16,
+    incarnation: u64,
+    /// The publish's confirm sequence number, or None for a tx.commit waiting for its publishes.
+    seq: Option<u64>,
+}
+
+impl PendingConfirm {
+    pub fn new(
+        outbox: UnboundedSender<Outbound>,
+        channel: u16,
+        incarnation: u64,
+        seq: Option<u64>,
+    ) -> Arc<Self> {
+        Arc::new(PendingConfirm {
+            count: AtomicUsize::new(1),
+            failed: AtomicBool::new(false),
+            outbox,
+            channel,
+            incarnation,
+            seq,
+        })
+    }
+
+    /// A completion for one more durable write of this publish.
+    fn hold_one(self: &Arc<Self>) -> Completion {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        let me = self.clone();
+        Box::new(move |result| {
+            if let Err(e) = result {
+                tracing::error!(error = %e, "a persistent message could not be stored: its publisher gets a nack");
+                me.failed.store(true, Ordering::Release);
+            }
+            if me.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+                let ok = !me.failed.load(Ordering::Acquire);
+                let (channel, incarnation) = (me.channel, me.incarnation);
+                let _ = me.outbox.send(match me.seq {
+                    Some(seq) => Outbound::Confirmed {
+                        channel,
+                        incarnation,
+                        seq,
+                        ok,
+                    },
+                    None => Outbound::Committed {
+                        channel,
+                        incarnation,
+                        ok,
+                    },
+                });
+            }
+        })
+    }
+
+    /// The channel's own count. `Some(ok)` when nothing is pending any more (settle right away with
+    /// that outcome: a write may already have failed), `None` while writes are in flight (their last
+    /// completion settles it through the outbox).
+    pub fn release(&self) -> Option<bool> {
+        (self.count.fetch_sub(1, Ordering::AcqRel) == 1)
+            .then(|| !self.failed.load(Ordering::Acquire))
+    }
+}
+
+/// Each queue that stores the publish waits for its write through the publish's pending confirm.
+impl WaitsForWrites for Arc<PendingConfirm> {
+    fn hold(&self) -> Completion {
+        self.hold_one()
     }
 }

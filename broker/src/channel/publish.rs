@@ -7,6 +7,7 @@ use amq_protocol::protocol::{basic, AMQPClass};
 use bytes::{Bytes, BytesMut};
 use warren_protocol::content::{edit_headers, BasicProperties, ContentHeader};
 
+use super::confirm::PendingConfirm;
 use super::Channel;
 use crate::alarms::Charge;
 use crate::connection::session::Session;
@@ -14,7 +15,7 @@ use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::Exchange;
 use crate::message::{Message, PUBLISHER_HEADER};
 use crate::permissions::{self, Access, Kind};
-use crate::persist::PendingConfirm;
+use crate::queue::sink::WaitsForWrites;
 use crate::queue::Enqueued;
 
 /// A basic.publish waiting for its content.
@@ -369,7 +370,7 @@ impl Channel {
         let mut routed = false;
         let mut accepted = true;
         for q in &queues {
-            match q.publish(message.clone(), confirm) {
+            match q.publish(message.clone(), confirm.map(|c| c as &dyn WaitsForWrites)) {
                 Enqueued::Yes => {
                     routed = true;
                     s.flow

@@ -3,12 +3,12 @@
 
 use amq_protocol::protocol::{tx, AMQPClass};
 
+use super::confirm::PendingConfirm;
 use super::publish::Publication;
 use super::unacked::Delivered;
 use super::Channel;
 use crate::connection::session::Session;
 use crate::error::{AmqpError, AmqpResult};
-use crate::persist::PendingConfirm;
 
 #[derive(Default)]
 pub struct Transaction {

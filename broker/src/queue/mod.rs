@@ -24,7 +24,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::message::Message;
-use crate::persist::{Durability, PendingConfirm};
+use crate::persist::Durability;
 use crate::vhost::Vhost;
 use arguments::{Overflow, QueueArguments};
 use consumer::{ConnectionId, Consumer};
@@ -185,7 +185,7 @@ impl Queue {
     pub fn publish(
         self: &Arc<Self>,
         message: Arc<Message>,
-        confirm: Option<&Arc<PendingConfirm>>,
+        confirm: Option<&dyn sink::WaitsForWrites>,
     ) -> Enqueued {
         let stored = match &self.durability {
             Some((durability, _)) if message.persistent => {

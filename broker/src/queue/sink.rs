@@ -1,9 +1,12 @@
-//! Where a queue's deliveries and consumer cancellations go: a trait the queue defines and the
-//! connection layer implements (its outbox), so that queues know nothing of connections. A
+//! Where a queue's effects on its clients go: deliveries and consumer cancellations (a trait the
+//! queue defines and the connection layer implements: its outbox), and the completion of a durable
+//! write a publisher's confirm waits for. So queues know nothing of connections or channels. A
 //! replicated queue's remote consumers will be another implementation (HA.md: `RemoteSink`).
 
 use std::fmt;
 use std::sync::Arc;
+
+use warren_storage::store::Completion;
 
 use super::consumer::Consumer;
 use super::{Entry, Queue};
@@ -22,4 +25,10 @@ pub trait DeliverySink: Send + Sync + fmt::Debug {
     /// The consumed queue was deleted: the consumer's client is told (basic.cancel, when it asked
     /// for consumer_cancel_notify).
     fn cancelled(&self, consumer: Arc<Consumer>);
+}
+
+/// A publish whose confirm (or tx.commit) waits for the durable writes of the queues it entered:
+/// each queue that stores the message takes one completion, called once its record is on disk.
+pub trait WaitsForWrites: Send + Sync {
+    fn hold(&self) -> Completion;
 }
