@@ -25,7 +25,6 @@ use tokio::sync::Notify;
 
 use crate::message::Message;
 use crate::persist::Durability;
-use crate::vhost::Vhost;
 use arguments::{Overflow, QueueArguments};
 use consumer::{ConnectionId, Consumer};
 use dead_letter::{DeadLetters, Reason};
@@ -95,7 +94,8 @@ struct State {
 pub struct Queue {
     pub spec: QueueSpec,
     pub args: QueueArguments,
-    pub vhost: Weak<Vhost>,
+    /// The vhost that holds it (republishes its dead letters, deletes it when it expires).
+    pub owner: Weak<dyn sink::QueueOwner>,
     /// Set for durable queues: where persistent messages are stored, and under which name.
     durability: Option<(Arc<Durability>, String)>,
     state: Mutex<State>,
@@ -132,7 +132,7 @@ pub enum ConsumeRefused {
 
 impl Queue {
     pub fn new(
-        vhost: Weak<Vhost>,
+        owner: Weak<dyn sink::QueueOwner>,
         spec: QueueSpec,
         args: QueueArguments,
         durability: Option<(Arc<Durability>, String)>,
@@ -151,7 +151,7 @@ impl Queue {
             flow,
             spec,
             args,
-            vhost,
+            owner,
             durability,
             state: Mutex::new(State {
                 ready,
@@ -230,7 +230,7 @@ impl Queue {
                 Enqueued::Yes
             }
         };
-        dead_letter::dead_letter(self, dead);
+        self.dead_letter(dead);
         outcome
     }
 
@@ -258,6 +258,21 @@ impl Queue {
 
     /// Stored messages leave the log once they leave the queue (acked, expired, dropped, consumed
     /// without ack). Removals need no fsync: one lost in a crash brings the message back once more.
+    /// Messages that left for the dead-letter exchange: forgotten by the log, then handed to the
+    /// owner to republish (dropped when the queue has no dead-letter exchange).
+    fn dead_letter(self: &Arc<Self>, letters: DeadLetters) {
+        if letters.is_empty() {
+            return;
+        }
+        self.forget(letters.iter().map(|(e, _)| e));
+        if self.args.dead_letter_exchange.is_none() {
+            return;
+        }
+        if let Some(owner) = self.owner.upgrade() {
+            owner.dead_letter(self, letters);
+        }
+    }
+
     pub fn forget<'a>(&self, entries: impl IntoIterator<Item = &'a Entry>) {
         self.forget_ids(entries.into_iter().filter_map(|e| e.store_id));
     }
@@ -296,7 +311,7 @@ impl Queue {
             }
             self.dispatch_locked(&mut st, &mut dead);
         }
-        dead_letter::dead_letter(self, dead);
+        self.dead_letter(dead);
     }
 
     /// Whether adding `count` messages of `bytes` would pass `x-max-length` / `x-max-length-bytes`.
@@ -358,7 +373,7 @@ impl Queue {
             }
             self.dispatch_locked(&mut st, &mut dead);
         }
-        dead_letter::dead_letter(self, dead);
+        self.dead_letter(dead);
     }
 
     /// Puts back a message that was pushed to a consumer but never reached the client, unchanged.
@@ -372,7 +387,7 @@ impl Queue {
             self.insert(&mut st, entry);
             self.dispatch_locked(&mut st, &mut dead);
         }
-        dead_letter::dead_letter(self, dead);
+        self.dead_letter(dead);
     }
 
     fn insert(self: &Arc<Self>, st: &mut State, entry: Entry) {
@@ -384,10 +399,7 @@ impl Queue {
 
     /// Messages rejected or nacked without requeue: dead-lettered if the queue has a DLX.
     pub fn reject(self: &Arc<Self>, entries: Vec<Entry>) {
-        dead_letter::dead_letter(
-            self,
-            entries.into_iter().map(|e| (e, Reason::Rejected)).collect(),
-        );
+        self.dead_letter(entries.into_iter().map(|e| (e, Reason::Rejected)).collect());
     }
 
     /// Takes the head message for basic.get, with the count of messages left.
@@ -403,7 +415,7 @@ impl Queue {
             }
             got
         };
-        dead_letter::dead_letter(self, dead);
+        self.dead_letter(dead);
         got
     }
 
@@ -414,7 +426,7 @@ impl Queue {
             let mut st = self.state.lock();
             self.dispatch_locked(&mut st, &mut dead);
         }
-        dead_letter::dead_letter(self, dead);
+        self.dead_letter(dead);
     }
 
     /// Picks the consumer for the next message: the highest consumer priority with credit, round-robin
@@ -507,7 +519,7 @@ impl Queue {
             st.last_used = Instant::now();
             self.dispatch_locked(&mut st, &mut dead);
         }
-        dead_letter::dead_letter(self, dead);
+        self.dead_letter(dead);
         Ok(())
     }
 
@@ -598,7 +610,7 @@ impl Queue {
                     }
                     next
                 };
-                dead_letter::dead_letter(&queue, dead);
+                queue.dead_letter(dead);
                 let Some(deadline) = next else { return };
                 // Holding the queue while asleep is fine: deleting it wakes this task.
                 tokio::select! {
@@ -626,9 +638,9 @@ fn spawn_expiry_task(queue: &Arc<Queue>, after: Duration) {
                 }
                 if st.consumers.is_empty() && st.last_used.elapsed() >= after {
                     drop(st);
-                    if let Some(vhost) = queue.vhost.upgrade() {
+                    if let Some(owner) = queue.owner.upgrade() {
                         tracing::debug!(queue = queue.name(), "queue expired (x-expires)");
-                        vhost.remove_queue(&queue);
+                        owner.expire(&queue);
                     }
                     return;
                 }

@@ -32,3 +32,11 @@ pub trait DeliverySink: Send + Sync + fmt::Debug {
 pub trait WaitsForWrites: Send + Sync {
     fn hold(&self) -> Completion;
 }
+
+/// What a queue asks of whoever holds it (its vhost), after its lock is released: republish dead
+/// letters through its dead-letter exchange, and delete it once `x-expires` found it unused. The
+/// vhost implements it, so queues never import the vhost.
+pub trait QueueOwner: Send + Sync {
+    fn dead_letter(&self, queue: &Arc<Queue>, letters: super::dead_letter::DeadLetters);
+    fn expire(&self, queue: &Arc<Queue>);
+}

@@ -4,6 +4,8 @@
 //! changes (declare, delete, bind) take the vhost's `topology` mutex so that check-then-act sequences
 //! (exclusivity, if-unused, "bind needs both ends") are atomic; publishes never take it.
 
+mod dead_letter;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -17,7 +19,9 @@ use crate::exchange::{
 };
 use crate::persist::{self, Durability, StoredExchange, StoredQueue};
 use crate::queue::consumer::ConnectionId;
+use crate::queue::dead_letter::DeadLetters;
 use crate::queue::paging::Paging;
+use crate::queue::sink::QueueOwner;
 use crate::queue::{arguments, Queue, QueueSpec};
 use crate::resource::{check_name, ensure_same, Resource};
 use warren_protocol::content::BasicProperties;
@@ -164,8 +168,9 @@ impl Vhost {
             }
             _ => None,
         };
+        let owner: Arc<dyn QueueOwner> = self.clone();
         Queue::new(
-            Arc::downgrade(self),
+            Arc::downgrade(&owner),
             spec,
             args,
             durability,
@@ -740,5 +745,16 @@ fn stored_queue(spec: &QueueSpec) -> StoredQueue {
         auto_delete: spec.auto_delete,
         arguments: spec.arguments.clone(),
         declared_by: spec.declared_by.as_deref().map(str::to_string),
+    }
+}
+
+/// The vhost holds its queues: it republishes their dead letters and deletes them when they expire.
+impl QueueOwner for Vhost {
+    fn dead_letter(&self, queue: &Arc<Queue>, letters: DeadLetters) {
+        dead_letter::republish(self, queue, letters);
+    }
+
+    fn expire(&self, queue: &Arc<Queue>) {
+        self.remove_queue(queue);
     }
 }
