@@ -9,7 +9,7 @@ use crate::error::AmqpError;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::queue::consumer::Consumer;
-use crate::queue::sink::{Delivery, DeliverySink};
+use crate::queue::consumer::{Delivery, DeliverySink};
 
 #[derive(Debug)]
 pub enum Outbound {

@@ -4,10 +4,11 @@
 //! between a queue and a client is bounded by prefetch (ack mode) or by the connection's write budget
 //! (no-ack mode), never by the speed of the client's socket.
 
+use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
-use super::sink::DeliverySink;
+use super::{Entry, Queue};
 
 /// A counter with an optional ceiling (0 = unlimited), shared between queues and a connection.
 #[derive(Debug, Default)]
@@ -75,6 +76,24 @@ impl Default for ChannelCredit {
 /// Identifies a connection for exclusivity checks and delivery routing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnectionId(pub u64);
+
+/// A message a queue hands to one of its consumers; one unit of the consumer's credit is taken.
+#[derive(Debug)]
+pub struct Delivery {
+    pub consumer: Arc<Consumer>,
+    pub queue: Arc<Queue>,
+    pub entry: Entry,
+}
+
+/// Where a consumer's deliveries go: its connection's outbox (connection/outbound.rs); a replicated
+/// queue's remote consumers will be another implementation (HA.md: `RemoteSink`).
+pub trait DeliverySink: Send + Sync + fmt::Debug {
+    /// Hands `delivery` to the consumer's connection, or gives it back when that is gone.
+    fn deliver(&self, delivery: Delivery) -> Result<(), Delivery>;
+    /// The consumed queue was deleted: the consumer's client is told (basic.cancel, when it asked
+    /// for consumer_cancel_notify).
+    fn cancelled(&self, consumer: Arc<Consumer>);
+}
 
 /// A basic.consume registration, shared by the queue (to push) and the channel (to cancel and credit).
 #[derive(Debug)]

@@ -26,11 +26,11 @@ use tokio::sync::Notify;
 use crate::message::Message;
 use crate::persist::Durability;
 use arguments::{Overflow, QueueArguments};
+use consumer::Delivery;
 use consumer::{ConnectionId, Consumer};
 use dead_letter::{DeadLetters, Reason};
 use paging::Paging;
 use ready::Ready;
-use sink::Delivery;
 use warren_storage::log::record::Record;
 
 /// A message in a queue, with its position, priority, deadline and delivery history.

@@ -4,7 +4,7 @@
 //! Each queue gets a budget (the broker's `limits.queue_memory_budget_bytes`, or the queue's own
 //! `x-max-in-memory-bytes` / `x-max-in-memory-length`, or 0 for `x-queue-mode: lazy`). Past it, new
 //! messages are appended to a [`Spill`] run instead of memory and read back in batches as consumers
-//! reach them (see [`super::ready`]), so a queue nobody consumes costs a few counters of memory
+//! reach them (see `ready.rs`), so a queue nobody consumes costs a few counters of memory
 //! however long it grows. When messages as a whole take more than half the memory alarm's high-water
 //! mark, every queue with a backlog pages its new arrivals too (RabbitMQ pages at 50% of the
 //! watermark), so many moderately long queues do not add up to an alarm either.

@@ -1,31 +1,13 @@
-//! Where a queue's effects on its clients go: deliveries and consumer cancellations (a trait the
-//! queue defines and the connection layer implements: its outbox), and the completion of a durable
-//! write a publisher's confirm waits for. So queues know nothing of connections or channels. A
-//! replicated queue's remote consumers will be another implementation (HA.md: `RemoteSink`).
+//! What a queue asks of those around it, as traits it owns: the completion of a durable write a
+//! publisher's confirm waits for (a channel's pending confirm), and dead letters and expiry for the
+//! vhost that holds it. Deliveries go through the consumer's `DeliverySink` (consumer.rs). So queues
+//! know nothing of connections, channels or vhosts.
 
-use std::fmt;
 use std::sync::Arc;
 
 use warren_storage::store::Completion;
 
-use super::consumer::Consumer;
-use super::{Entry, Queue};
-
-/// A message a queue hands to one of its consumers; one unit of the consumer's credit is taken.
-#[derive(Debug)]
-pub struct Delivery {
-    pub consumer: Arc<Consumer>,
-    pub queue: Arc<Queue>,
-    pub entry: Entry,
-}
-
-pub trait DeliverySink: Send + Sync + fmt::Debug {
-    /// Hands `delivery` to the consumer's connection, or gives it back when that is gone.
-    fn deliver(&self, delivery: Delivery) -> Result<(), Delivery>;
-    /// The consumed queue was deleted: the consumer's client is told (basic.cancel, when it asked
-    /// for consumer_cancel_notify).
-    fn cancelled(&self, consumer: Arc<Consumer>);
-}
+use super::Queue;
 
 /// A publish whose confirm (or tx.commit) waits for the durable writes of the queues it entered:
 /// each queue that stores the message takes one completion, called once its record is on disk.

@@ -53,7 +53,7 @@ struct Segment {
     live_definitions: u64,
 }
 
-/// The log over a medium. Not thread-safe by itself: the [`crate::store::Store`] owns it on one thread.
+/// The log over a medium. Not thread-safe by itself: the store (`store.rs`, its thread) owns it on one thread.
 pub struct Log<M: Medium> {
     medium: M,
     segments: BTreeMap<u64, Segment>,
