@@ -15,6 +15,8 @@
 //! atomic loads per routed queue; the rest is per read burst.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+pub use crate::queue::counters::ReadyCounters;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,39 +58,16 @@ impl From<&FlowConfig> for Settings {
     }
 }
 
+impl Settings {
+    /// More than `behind_messages` ready.
+    fn is_behind(&self, queue: &ReadyCounters) -> bool {
+        queue.backlog() > self.behind
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings::from(&FlowConfig::default())
-    }
-}
-
-/// A queue's message counters, read without its lock: ready = arrived − departed.
-#[derive(Debug, Default)]
-pub struct QueueFlow {
-    arrived: AtomicU64,
-    departed: AtomicU64,
-}
-
-impl QueueFlow {
-    pub fn arrive(&self, n: u64) {
-        self.arrived.fetch_add(n, Relaxed);
-    }
-
-    pub fn depart(&self, n: u64) {
-        self.departed.fetch_add(n, Relaxed);
-    }
-
-    pub fn departed(&self) -> u64 {
-        self.departed.load(Relaxed)
-    }
-
-    /// Ready messages (approximate while other threads change the queue).
-    pub fn backlog(&self) -> u64 {
-        self.arrived.load(Relaxed).saturating_sub(self.departed())
-    }
-
-    pub fn behind(&self, settings: &Settings) -> bool {
-        self.backlog() > settings.behind
     }
 }
 
@@ -133,7 +112,7 @@ impl Activity {
 
 #[derive(Debug)]
 struct Credit {
-    queue: Arc<QueueFlow>,
+    queue: Arc<ReadyCounters>,
     credit: i64,
     /// The queue's departed count when credit was last returned.
     departed: u64,
@@ -143,7 +122,7 @@ struct Credit {
 impl Credit {
     /// The queue still exists (someone besides this entry holds its counters) and is behind.
     fn live_and_behind(&self, settings: &Settings) -> bool {
-        Arc::strong_count(&self.queue) > 1 && self.queue.behind(settings)
+        Arc::strong_count(&self.queue) > 1 && settings.is_behind(&self.queue)
     }
 
     /// Returns what the queue moved out and what time allows since the last refill.
@@ -177,11 +156,11 @@ impl PublisherFlow {
     pub fn published(
         &mut self,
         activity: &Activity,
-        queue: &Arc<QueueFlow>,
+        queue: &Arc<ReadyCounters>,
         now: impl FnOnce() -> Instant,
     ) {
         let settings = &activity.settings;
-        if !queue.behind(settings) {
+        if !settings.is_behind(queue) {
             self.moved = true;
             return;
         }
@@ -268,15 +247,15 @@ mod tests {
         Activity::new(S)
     }
 
-    fn behind_queue() -> Arc<QueueFlow> {
-        let q = Arc::new(QueueFlow::default());
+    fn behind_queue() -> Arc<ReadyCounters> {
+        let q = Arc::new(ReadyCounters::default());
         q.arrive(2 * BEHIND);
         q
     }
 
     #[test]
     fn a_queue_that_keeps_up_costs_no_credit() {
-        let q = Arc::new(QueueFlow::default());
+        let q = Arc::new(ReadyCounters::default());
         q.arrive(BEHIND);
         let activity = activity();
         let mut flow = PublisherFlow::default();

@@ -10,6 +10,7 @@
 
 pub mod arguments;
 pub mod consumer;
+pub mod counters;
 pub mod dead_letter;
 pub mod paging;
 pub mod ready;
@@ -102,7 +103,7 @@ pub struct Queue {
     /// Wakes the TTL task when a message with an earlier deadline reaches the head.
     ttl_wakeup: Notify,
     /// The ready counters publishers' flow control reads without the lock (shared with `ready`).
-    flow: Arc<crate::flow::QueueFlow>,
+    flow: Arc<counters::ReadyCounters>,
 }
 
 /// What removing a consumer left behind.
@@ -175,8 +176,8 @@ impl Queue {
         &self.spec.name
     }
 
-    /// Arrival and departure counters for per-publisher flow control (see crate::flow).
-    pub fn flow(&self) -> &Arc<crate::flow::QueueFlow> {
+    /// Arrival and departure counters, read without the lock (per-publisher flow control).
+    pub fn flow(&self) -> &Arc<counters::ReadyCounters> {
         &self.flow
     }
 

@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use warren_storage::spill::Spill;
 
+use super::counters::ReadyCounters;
 use super::paging::{cost, Budget, Paging};
 use super::Entry;
-use crate::flow::QueueFlow;
 
 #[derive(Debug)]
 pub struct Ready {
@@ -31,7 +31,7 @@ pub struct Ready {
     /// Spill writes are failing (logged once, until they succeed again).
     spill_failing: bool,
     /// Arrivals and departures, readable without the queue's lock (flow control).
-    flow: Arc<QueueFlow>,
+    flow: Arc<ReadyCounters>,
 }
 
 /// Where `entry` belongs in memory. A fresh publish almost always goes last (its sequence number is
@@ -59,7 +59,7 @@ impl Ready {
     }
 
     /// The counters flow control reads (ready = arrived − departed).
-    pub fn flow(&self) -> &Arc<QueueFlow> {
+    pub fn flow(&self) -> &Arc<ReadyCounters> {
         &self.flow
     }
 
