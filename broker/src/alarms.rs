@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::message::memory::MemoryAccount;
+
 #[derive(Debug)]
 pub struct Alarms {
     used: AtomicU64,
@@ -127,32 +129,22 @@ pub fn spawn_disk_monitor(alarms: &Arc<Alarms>, dir: PathBuf, limit: u64, every:
     });
 }
 
-/// Bytes a message holds, counted while it lives: created with the message, released when its last
-/// reference is dropped.
-#[derive(Debug)]
-pub struct Charge {
-    monitor: Arc<Alarms>,
-    bytes: u64,
-}
-
-impl Charge {
-    pub fn new(monitor: &Arc<Alarms>, bytes: u64) -> Self {
-        monitor.charge(bytes);
-        Charge {
-            monitor: monitor.clone(),
-            bytes,
-        }
+/// The memory alarm counts what messages hold.
+impl MemoryAccount for Alarms {
+    fn charge(&self, bytes: u64) {
+        Alarms::charge(self, bytes);
     }
 
-    /// A charge of `bytes` to the same monitor (for a message derived from this one).
-    pub fn sibling(&self, bytes: u64) -> Self {
-        Charge::new(&self.monitor, bytes)
+    fn release(&self, bytes: u64) {
+        Alarms::release(self, bytes);
     }
-}
 
-impl Drop for Charge {
-    fn drop(&mut self) {
-        self.monitor.release(self.bytes);
+    fn used(&self) -> u64 {
+        Alarms::used(self)
+    }
+
+    fn high_watermark(&self) -> u64 {
+        Alarms::high_watermark(self)
     }
 }
 

@@ -352,7 +352,7 @@ impl Broker {
                 );
                 continue;
             };
-            let message = m.into_message(&self.alarms, true, Some(payload));
+            let message = m.into_message(self.alarms.clone(), true, Some(payload));
             batch.push((id, Arc::new(message)));
         }
         let n = batch.len();

@@ -9,10 +9,10 @@ use warren_protocol::content::{edit_headers, BasicProperties, ContentHeader};
 
 use super::confirm::PendingConfirm;
 use super::Channel;
-use crate::alarms::Charge;
 use crate::connection::session::Session;
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::Exchange;
+use crate::message::memory::Charge;
 use crate::message::{Message, PUBLISHER_HEADER};
 use crate::permissions::{self, Access, Kind};
 use crate::queue::sink::WaitsForWrites;
@@ -275,7 +275,7 @@ impl Channel {
             priority: props.priority.unwrap_or(0),
             expiration_ms,
             charge: Some(Charge::new(
-                &s.broker.alarms,
+                s.broker.alarms.clone(),
                 (properties_len + body_len) as u64,
             )),
             persistent: props.delivery_mode == Some(2),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::memory::{Charge, MemoryAccount};
 use super::Message;
 
 /// A stored message, decoded.
@@ -26,12 +27,11 @@ impl StoredMessage {
     /// it is persistent (so it is not encoded again).
     pub fn into_message(
         self,
-        alarms: &Arc<crate::alarms::Alarms>,
+        account: Arc<dyn MemoryAccount>,
         persistent: bool,
         stored: Option<Bytes>,
     ) -> Message {
-        let charge =
-            crate::alarms::Charge::new(alarms, (self.properties.len() + self.body.len()) as u64);
+        let charge = Charge::new(account, (self.properties.len() + self.body.len()) as u64);
         Message {
             exchange: self.exchange,
             routing_key: self.routing_key,

@@ -4,9 +4,10 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
-use crate::alarms::Charge;
-
 pub mod codec;
+pub mod memory;
+
+use memory::Charge;
 
 /// The header in which Warren gives a consumer that asks for it the authenticated identity of a
 /// message's publisher. A client-sent header of that name is removed at publish, so it cannot be forged.

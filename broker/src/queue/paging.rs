@@ -22,8 +22,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use warren_storage::spill::{self, Spill};
 
 use super::Entry;
-use crate::alarms::Alarms;
 use crate::message::codec::decode_message;
+use crate::message::memory::MemoryAccount;
 
 /// Spill chunk files are started afresh at this size, so a run that never empties still frees disk.
 const CHUNK_BYTES: u64 = 64 << 20;
@@ -44,7 +44,7 @@ pub struct Budget {
 pub struct Paging {
     dir: PathBuf,
     default_budget: u64,
-    alarms: Arc<Alarms>,
+    alarms: Arc<dyn MemoryAccount>,
     /// Message bytes above which every queue with a backlog pages.
     pressure: u64,
     next_run: AtomicU64,
@@ -58,7 +58,7 @@ impl Paging {
     pub fn new(
         dir: &Path,
         default_budget: u64,
-        alarms: Arc<Alarms>,
+        alarms: Arc<dyn MemoryAccount>,
         paging_ratio: f64,
     ) -> std::io::Result<Arc<Self>> {
         spill::clear_dir(dir)?;
@@ -133,7 +133,11 @@ impl Paging {
         let deadline = record.get_u64();
         let m = decode_message(&record)?;
         let persistent = flags & 2 != 0;
-        let message = m.into_message(&self.alarms, persistent, persistent.then_some(record));
+        let message = m.into_message(
+            self.alarms.clone(),
+            persistent,
+            persistent.then_some(record),
+        );
         Some(Entry {
             seq,
             message: Arc::new(message),
