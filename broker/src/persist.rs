@@ -130,6 +130,17 @@ pub struct StoredQueue {
     pub declared_by: Option<String>,
 }
 
+/// The local log is where durable queues journal their messages.
+impl crate::queue::sink::Journal for Durability {
+    fn next_id(&self) -> u64 {
+        Durability::next_id(self)
+    }
+
+    fn write(&self, records: Vec<Record>, done: Option<Completion>) {
+        Durability::write(self, records, done);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

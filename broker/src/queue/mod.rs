@@ -25,7 +25,6 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::message::Message;
-use crate::persist::Durability;
 use arguments::{Overflow, QueueArguments};
 use consumer::Delivery;
 use consumer::{ConnectionId, Consumer};
@@ -98,7 +97,7 @@ pub struct Queue {
     /// The vhost that holds it (republishes its dead letters, deletes it when it expires).
     pub owner: Weak<dyn sink::QueueOwner>,
     /// Set for durable queues: where persistent messages are stored, and under which name.
-    durability: Option<(Arc<Durability>, String)>,
+    durability: Option<(Arc<dyn sink::Journal>, String)>,
     state: Mutex<State>,
     /// Wakes the TTL task when a message with an earlier deadline reaches the head.
     ttl_wakeup: Notify,
@@ -136,7 +135,7 @@ impl Queue {
         owner: Weak<dyn sink::QueueOwner>,
         spec: QueueSpec,
         args: QueueArguments,
-        durability: Option<(Arc<Durability>, String)>,
+        durability: Option<(Arc<dyn sink::Journal>, String)>,
         paging: Option<Arc<Paging>>,
     ) -> Arc<Self> {
         let ready = Ready::new(paging.map(|p| {

@@ -1,10 +1,11 @@
-//! What a queue asks of those around it, as traits it owns: the completion of a durable write a
-//! publisher's confirm waits for (a channel's pending confirm), and dead letters and expiry for the
-//! vhost that holds it. Deliveries go through the consumer's `DeliverySink` (consumer.rs). So queues
+//! What a queue asks of those around it, as traits it owns: a journal for its durable message
+//! records (the local log), the completion of a durable write a publisher's confirm waits for (a
+//! channel's pending confirm), and dead letters and expiry for the vhost that holds it. Deliveries go through the consumer's `DeliverySink` (consumer.rs). So queues
 //! know nothing of connections, channels or vhosts.
 
 use std::sync::Arc;
 
+use warren_storage::log::record::Record;
 use warren_storage::store::Completion;
 
 use super::Queue;
@@ -21,4 +22,14 @@ pub trait WaitsForWrites: Send + Sync {
 pub trait QueueOwner: Send + Sync {
     fn dead_letter(&self, queue: &Arc<Queue>, letters: super::dead_letter::DeadLetters);
     fn expire(&self, queue: &Arc<Queue>);
+}
+
+/// Where a durable queue writes its message records (`Enqueue`, `Remove`, `DropQueue`): the local
+/// command log today (persist.rs `Durability`), a Raft log for a replicated queue. The queue writes
+/// while it holds its lock, so a message's `Enqueue` always precedes its `Remove`.
+pub trait Journal: Send + Sync + std::fmt::Debug {
+    /// A fresh message id (unique in the log, increasing).
+    fn next_id(&self) -> u64;
+    /// Appends `records`; `done` is called once they are durable (or failed).
+    fn write(&self, records: Vec<Record>, done: Option<Completion>);
 }

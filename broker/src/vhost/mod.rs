@@ -21,7 +21,7 @@ use crate::persist::{self, Durability, StoredExchange, StoredQueue};
 use crate::queue::consumer::ConnectionId;
 use crate::queue::dead_letter::DeadLetters;
 use crate::queue::paging::Paging;
-use crate::queue::sink::QueueOwner;
+use crate::queue::sink::{Journal, QueueOwner};
 use crate::queue::{arguments, Queue, QueueSpec};
 use crate::resource::{check_name, ensure_same, Resource};
 use warren_protocol::content::BasicProperties;
@@ -164,7 +164,8 @@ impl Vhost {
     fn new_queue(self: &Arc<Self>, spec: QueueSpec, args: arguments::QueueArguments) -> Arc<Queue> {
         let durability = match &self.durability {
             Some(d) if spec.durable => {
-                Some((d.clone(), persist::message_queue(&self.name, &spec.name)))
+                let journal: Arc<dyn Journal> = d.clone();
+                Some((journal, persist::message_queue(&self.name, &spec.name)))
             }
             _ => None,
         };
