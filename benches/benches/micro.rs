@@ -13,6 +13,7 @@ use warren_broker::exchange::{AllowAll, Destination, ExchangeKind, ExchangeSpec,
 use warren_broker::message::Message;
 use warren_broker::queue::consumer::ConnectionId;
 use warren_broker::queue::QueueSpec;
+use warren_broker::timers::RuntimeTimers;
 use warren_broker::vhost::{Vhost, VhostLimits};
 use warren_protocol::frame::{decode_frame, encode_body, encode_content_header};
 use warren_protocol::method::{decode_method, encode_deliver, encode_method};
@@ -83,7 +84,14 @@ fn frames(c: &mut Criterion) {
 }
 
 fn topic_matching(c: &mut Criterion) {
-    let vhost = Vhost::new("/", VhostLimits::default(), None, None, Arc::new(AllowAll));
+    let vhost = Vhost::new(
+        "/",
+        VhostLimits::default(),
+        None,
+        None,
+        Arc::new(AllowAll),
+        Arc::new(RuntimeTimers),
+    );
     let x = vhost
         .declare_exchange(
             ExchangeSpec {
@@ -135,7 +143,14 @@ fn topic_matching(c: &mut Criterion) {
 }
 
 fn publish_path(c: &mut Criterion) {
-    let vhost = Vhost::new("/", VhostLimits::default(), None, None, Arc::new(AllowAll));
+    let vhost = Vhost::new(
+        "/",
+        VhostLimits::default(),
+        None,
+        None,
+        Arc::new(AllowAll),
+        Arc::new(RuntimeTimers),
+    );
     let spec = QueueSpec {
         name: "q".into(),
         durable: false,

@@ -203,6 +203,7 @@ impl Broker {
                     Some(durability.clone()),
                     Some(paging.clone()),
                     route_guard.clone(),
+                    Arc::new(crate::timers::RuntimeTimers),
                 ),
             );
         }

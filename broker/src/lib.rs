@@ -27,6 +27,7 @@ pub mod queue;
 pub mod resource;
 pub mod sasl;
 pub mod server;
+pub mod timers;
 pub mod tls;
 pub mod topic_guard;
 pub mod users;

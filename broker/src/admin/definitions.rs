@@ -179,6 +179,7 @@ impl Broker {
                 Some(self.durability.clone()),
                 Some(self.paging.clone()),
                 self.route_guard.clone(),
+                Arc::new(crate::timers::RuntimeTimers),
             ),
         );
         Ok(())

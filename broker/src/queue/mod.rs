@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use amq_protocol::types::FieldTable;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 
 use crate::message::Message;
 use arguments::{Overflow, QueueArguments};
@@ -87,7 +86,8 @@ struct State {
     /// Last basic.get, redeclare, or consumer change: `x-expires` counts from here.
     last_used: Instant,
     /// Whether the TTL task is running for this queue.
-    ttl_task: bool,
+    /// The head deadline a timer is set for (None: no timer).
+    ttl_armed: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -100,7 +100,8 @@ pub struct Queue {
     durability: Option<(Arc<dyn sink::Journal>, String)>,
     state: Mutex<State>,
     /// Wakes the TTL task when a message with an earlier deadline reaches the head.
-    ttl_wakeup: Notify,
+    /// Wakes the queue at its head's TTL deadline and for its x-expires check.
+    timers: Arc<dyn sink::QueueTimers>,
     /// The ready counters publishers' flow control reads without the lock (shared with `ready`).
     flow: Arc<counters::ReadyCounters>,
 }
@@ -137,6 +138,7 @@ impl Queue {
         args: QueueArguments,
         durability: Option<(Arc<dyn sink::Journal>, String)>,
         paging: Option<Arc<Paging>>,
+        timers: Arc<dyn sink::QueueTimers>,
     ) -> Arc<Self> {
         let ready = Ready::new(paging.map(|p| {
             let budget = p.budget(
@@ -161,12 +163,15 @@ impl Queue {
                 deleted: false,
                 had_consumer: false,
                 last_used: Instant::now(),
-                ttl_task: false,
+                ttl_armed: None,
             }),
-            ttl_wakeup: Notify::new(),
+            timers,
         });
         if let Some(ms) = queue.args.expires_ms {
-            spawn_expiry_task(&queue, Duration::from_millis(ms));
+            let after = Duration::from_millis(ms);
+            queue
+                .timers
+                .wake_at(&queue, Wake::Expiry(after), Instant::now() + after);
         }
         queue
     }
@@ -225,7 +230,7 @@ impl Queue {
                 self.dispatch_at(&mut st, &mut dead, now);
                 self.drop_head_over_limit(&mut st, &mut dead);
                 if has_deadline && head {
-                    self.watch_ttl(&mut st);
+                    self.arm_ttl(&mut st);
                 }
                 Enqueued::Yes
             }
@@ -393,7 +398,7 @@ impl Queue {
     fn insert(self: &Arc<Self>, st: &mut State, entry: Entry) {
         let has_deadline = entry.expires_at.is_some();
         if st.ready.insert(entry) && has_deadline {
-            self.watch_ttl(st);
+            self.arm_ttl(st);
         }
     }
 
@@ -410,9 +415,7 @@ impl Queue {
             st.last_used = Instant::now();
             self.expire_head(&mut st, &mut dead, Instant::now());
             let got = self.pop_front(&mut st).map(|e| (e, st.ready.len_u32()));
-            if !st.ttl_task && st.ready.front().is_some_and(|e| e.expires_at.is_some()) {
-                self.watch_ttl(&mut st);
-            }
+            self.arm_ttl(&mut st);
             got
         };
         self.dead_letter(dead);
@@ -495,9 +498,7 @@ impl Queue {
             }
             self.expire_head(st, dead, now);
         }
-        if !st.ttl_task && st.ready.front().is_some_and(|e| e.expires_at.is_some()) {
-            self.watch_ttl(st);
-        }
+        self.arm_ttl(st);
     }
 
     /// Registers a consumer unless exclusivity forbids it (an exclusive consumer wants the queue alone,
@@ -574,84 +575,77 @@ impl Queue {
         st.deleted = true;
         let n = st.ready.len_u32();
         st.ready.clear(false);
-        self.ttl_wakeup.notify_one();
         (n, std::mem::take(&mut st.consumers))
     }
 
     pub fn is_deleted(&self) -> bool {
         self.state.lock().deleted
     }
-
-    /// Makes sure a task expires the head message at its deadline.
-    fn watch_ttl(self: &Arc<Self>, st: &mut State) {
-        if st.ttl_task {
-            self.ttl_wakeup.notify_one();
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+    /// Sets a timer for the head's TTL deadline unless one is set for that time or earlier.
+    fn arm_ttl(self: &Arc<Self>, st: &mut State) {
+        let Some(deadline) = st.ready.front().and_then(|e| e.expires_at) else {
             return;
         };
-        st.ttl_task = true;
-        let weak = Arc::downgrade(self);
-        runtime.spawn(async move {
-            loop {
-                let Some(queue) = weak.upgrade() else { return };
+        if st.ttl_armed.is_some_and(|armed| armed <= deadline) {
+            return;
+        }
+        st.ttl_armed = Some(deadline);
+        self.timers.wake_at(self, Wake::Ttl, deadline);
+    }
+
+    /// A timer set by this queue went off at `at` (see [`QueueTimers`](sink::QueueTimers)): expires
+    /// what is due and sets the next TTL timer, or deletes the queue if x-expires finds it unused
+    /// (else sets the next check).
+    pub fn woken(self: &Arc<Self>, wake: Wake, at: Instant) {
+        match wake {
+            Wake::Ttl => {
                 let mut dead = DeadLetters::new();
-                let next = {
-                    let mut st = queue.state.lock();
+                {
+                    let mut st = self.state.lock();
                     if st.deleted {
                         return;
                     }
-                    queue.dispatch_locked(&mut st, &mut dead);
-                    // Only the head expires (RabbitMQ): later deadlines wait until they reach it.
-                    let next = st.ready.front().and_then(|e| e.expires_at);
-                    if next.is_none() {
-                        st.ttl_task = false;
+                    // A timer set for a later deadline than the one now armed is stale: it expires
+                    // what is due like any other, but the armed one stays.
+                    if st.ttl_armed == Some(at) {
+                        st.ttl_armed = None;
                     }
-                    next
+                    // Only the head expires (RabbitMQ): later deadlines wait until they reach it.
+                    self.dispatch_locked(&mut st, &mut dead);
+                }
+                self.dead_letter(dead);
+            }
+            Wake::Expiry(after) => {
+                let next = {
+                    let st = self.state.lock();
+                    if st.deleted {
+                        return;
+                    }
+                    if st.consumers.is_empty() && st.last_used.elapsed() >= after {
+                        None
+                    } else {
+                        Some(st.last_used + after)
+                    }
                 };
-                queue.dead_letter(dead);
-                let Some(deadline) = next else { return };
-                // Holding the queue while asleep is fine: deleting it wakes this task.
-                tokio::select! {
-                    _ = tokio::time::sleep_until(deadline.into()) => {}
-                    _ = queue.ttl_wakeup.notified() => {}
+                match next {
+                    Some(next) => self.timers.wake_at(self, Wake::Expiry(after), next),
+                    None => {
+                        if let Some(owner) = self.owner.upgrade() {
+                            tracing::debug!(queue = self.name(), "queue expired (x-expires)");
+                            owner.expire(self);
+                        }
+                    }
                 }
             }
-        });
+        }
     }
 }
 
-/// Deletes the queue once it has been unused (no consumers, no basic.get, no redeclare) for `after`.
-fn spawn_expiry_task(queue: &Arc<Queue>, after: Duration) {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    let weak = Arc::downgrade(queue);
-    runtime.spawn(async move {
-        loop {
-            let deadline = {
-                let Some(queue) = weak.upgrade() else { return };
-                let st = queue.state.lock();
-                if st.deleted {
-                    return;
-                }
-                if st.consumers.is_empty() && st.last_used.elapsed() >= after {
-                    drop(st);
-                    if let Some(owner) = queue.owner.upgrade() {
-                        tracing::debug!(queue = queue.name(), "queue expired (x-expires)");
-                        owner.expire(&queue);
-                    }
-                    return;
-                }
-                st.last_used + after
-            };
-            tokio::time::sleep_until(
-                deadline
-                    .max(Instant::now() + Duration::from_millis(10))
-                    .into(),
-            )
-            .await;
-        }
-    });
+/// Why a queue's timer was set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// The head message's TTL deadline.
+    Ttl,
+    /// The x-expires check: the queue goes once unused for this long.
+    Expiry(Duration),
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use warren_storage::log::record::Record;
 use warren_storage::store::Completion;
 
-use super::Queue;
+use super::{Queue, Wake};
 
 /// A publish whose confirm (or tx.commit) waits for the durable writes of the queues it entered:
 /// each queue that stores the message takes one completion, called once its record is on disk.
@@ -32,4 +32,13 @@ pub trait Journal: Send + Sync + std::fmt::Debug {
     fn next_id(&self) -> u64;
     /// Appends `records`; `done` is called once they are durable (or failed).
     fn write(&self, records: Vec<Record>, done: Option<Completion>);
+}
+
+/// Wakes a queue when time has passed: at its head message's TTL deadline, and for its x-expires
+/// check. The broker implements it on its runtime (timers.rs), so a queue starts no task and reads
+/// no clock to sleep.
+pub trait QueueTimers: Send + Sync + std::fmt::Debug {
+    /// Calls `queue.woken(wake, at)` at `at` (soon, if that has passed) unless the queue is gone
+    /// by then. The queue does not ask twice for what it already asked.
+    fn wake_at(&self, queue: &Arc<Queue>, wake: Wake, at: std::time::Instant);
 }

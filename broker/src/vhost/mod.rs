@@ -21,7 +21,7 @@ use crate::persist::{self, Durability, StoredExchange, StoredQueue};
 use crate::queue::consumer::ConnectionId;
 use crate::queue::dead_letter::DeadLetters;
 use crate::queue::paging::Paging;
-use crate::queue::sink::{Journal, QueueOwner};
+use crate::queue::sink::{Journal, QueueOwner, QueueTimers};
 use crate::queue::{arguments, Queue, QueueSpec};
 use crate::resource::{check_name, ensure_same, Resource};
 use warren_protocol::content::BasicProperties;
@@ -50,6 +50,8 @@ pub struct Vhost {
     topology: Mutex<()>,
     /// Topic write permission for hops into topic exchanges the publisher did not name.
     guard: Arc<dyn RouteGuard>,
+    /// Wakes its queues for TTL and x-expires.
+    timers: Arc<dyn QueueTimers>,
 }
 
 /// Per-vhost limits (RabbitMQ's vhost limits `max-queues` and `max-connections`).
@@ -82,9 +84,11 @@ impl Vhost {
         durability: Option<Arc<Durability>>,
         paging: Option<Arc<Paging>>,
         guard: Arc<dyn RouteGuard>,
+        timers: Arc<dyn QueueTimers>,
     ) -> Arc<Self> {
         let vhost = Vhost {
             guard,
+            timers,
             name: name.to_string(),
             durability,
             paging,
@@ -176,6 +180,7 @@ impl Vhost {
             args,
             durability,
             self.paging.clone(),
+            self.timers.clone(),
         )
     }
 
