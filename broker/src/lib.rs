@@ -1,8 +1,9 @@
-//! Warren's broker: TLS listener, SASL EXTERNAL, connections and channels, and the routing core
-//! (vhosts, exchanges, bindings, queues, consumers).
+//! Warren's broker: TLS listener, SASL EXTERNAL, connections and channels, admin, configuration,
+//! alarms and timers, wired to the routing core (warren-routing: vhosts, exchanges, queues).
 //!
-//! Crate rule: this is where protocol/ (wire format) and storage/ (durable state) are wired together;
-//! neither of those knows about the other. Binaries stay thin: `main.rs` parses flags and calls
+//! Crate rule: this is where protocol/ (wire format), storage/ (durable state) and routing/ (the
+//! core) are wired together; none of those knows about this crate. It implements the core's traits
+//! (the outbox as `DeliverySink`, the log as `Journal`, pending confirms, timers, the memory alarm). Binaries stay thin: `main.rs` parses flags and calls
 //! [`server::run`] with a bound listener and a shutdown future, which is also how tests start brokers.
 
 pub mod access;
@@ -16,23 +17,20 @@ pub mod config;
 pub mod connection;
 pub mod crl;
 pub mod error;
-pub mod exchange;
 pub mod flow;
 pub mod identity;
-pub mod message;
 pub mod password;
 pub mod permissions;
-pub mod persist;
-pub mod queue;
-pub mod resource;
 pub mod sasl;
 pub mod server;
 pub mod timers;
 pub mod tls;
 pub mod topic_guard;
 pub mod users;
-pub mod vhost;
 
 pub use server::{run, Server};
 /// The internal CA, re-exported for `--dev` and for tests that issue their own certificates.
 pub use warren_pki as pki;
+
+// The routing core, under the paths the broker has always used for it.
+pub use warren_routing::{exchange, message, persist, queue, resource, vhost};

@@ -149,7 +149,7 @@ impl Channel {
             prefetch: Limit::new(self.consumer_prefetch),
             channel_credit: self.credit.clone(),
             write_budget: s.write_budget.clone(),
-            sink: Arc::new(s.outbox.clone()),
+            sink: Arc::new(crate::connection::outbound::Outbox(s.outbox.clone())),
         });
         // consume-ok is encoded now; deliveries the queue pushes meanwhile arrive through the outbox, so
         // the client always sees consume-ok first.

@@ -173,9 +173,11 @@ impl PendingConfirm {
     }
 }
 
-/// Each queue that stores the publish waits for its write through the publish's pending confirm.
-impl WaitsForWrites for Arc<PendingConfirm> {
+/// A pending confirm as queues see it: each queue that stores the publish waits for its write.
+pub struct Holds<'a>(pub &'a Arc<PendingConfirm>);
+
+impl WaitsForWrites for Holds<'_> {
     fn hold(&self) -> Completion {
-        self.hold_one()
+        self.0.hold_one()
     }
 }

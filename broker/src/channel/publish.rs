@@ -7,7 +7,7 @@ use amq_protocol::protocol::{basic, AMQPClass};
 use bytes::{Bytes, BytesMut};
 use warren_protocol::content::{edit_headers, BasicProperties, ContentHeader};
 
-use super::confirm::PendingConfirm;
+use super::confirm::{Holds, PendingConfirm};
 use super::Channel;
 use crate::connection::session::Session;
 use crate::error::{AmqpError, AmqpResult};
@@ -367,10 +367,14 @@ impl Channel {
             &message.publisher,
             keys,
         );
+        let holds = confirm.map(Holds);
         let mut routed = false;
         let mut accepted = true;
         for q in &queues {
-            match q.publish(message.clone(), confirm.map(|c| c as &dyn WaitsForWrites)) {
+            match q.publish(
+                message.clone(),
+                holds.as_ref().map(|h| h as &dyn WaitsForWrites),
+            ) {
                 Enqueued::Yes => {
                     routed = true;
                     s.flow

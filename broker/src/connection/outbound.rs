@@ -37,10 +37,13 @@ pub enum Outbound {
     ForceClose(AmqpError),
 }
 
-/// A connection's outbox is where its consumers' queues deliver.
-impl DeliverySink for UnboundedSender<Outbound> {
+/// A connection's outbox, where its consumers' queues deliver.
+#[derive(Debug, Clone)]
+pub struct Outbox(pub UnboundedSender<Outbound>);
+
+impl DeliverySink for Outbox {
     fn deliver(&self, delivery: Delivery) -> Result<(), Delivery> {
-        match self.send(Outbound::Deliver(delivery)) {
+        match self.0.send(Outbound::Deliver(delivery)) {
             Ok(()) => Ok(()),
             // The connection is gone: what was sent comes back.
             Err(failed) => match failed.0 {
@@ -51,7 +54,7 @@ impl DeliverySink for UnboundedSender<Outbound> {
     }
 
     fn cancelled(&self, consumer: Arc<Consumer>) {
-        let _ = self.send(Outbound::Cancelled {
+        let _ = self.0.send(Outbound::Cancelled {
             channel: consumer.channel,
             consumer,
         });

@@ -3,7 +3,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::*;
-use crate::alarms::Alarms;
+use crate::message::memory::MemoryAccount;
 use crate::message::Message;
 
 fn message(n: u64, priority: u8, persistent: bool) -> Arc<Message> {
@@ -34,9 +34,9 @@ fn entry(seq: u64, priority: u8) -> Entry {
     }
 }
 
-fn setup(budget: u64) -> (tempfile::TempDir, Arc<Alarms>, Ready) {
+fn setup(budget: u64) -> (tempfile::TempDir, Arc<Account>, Ready) {
     let dir = tempfile::tempdir().unwrap();
-    let alarms = Arc::new(Alarms::new(1 << 40));
+    let alarms = Arc::new(Account::new(1 << 40));
     let paging = Paging::new(&dir.path().join("spill"), budget, alarms.clone(), 0.5).unwrap();
     let ready = Ready::new(Some((paging.clone(), paging.budget(false, None, None))));
     (dir, alarms, ready)
@@ -150,7 +150,7 @@ fn clearing_returns_the_log_ids_of_paged_entries_and_deletes_the_files() {
 #[test]
 fn a_lazy_queue_keeps_one_message_in_memory_and_a_length_budget_counts_messages() {
     let dir = tempfile::tempdir().unwrap();
-    let alarms = Arc::new(Alarms::new(1 << 40));
+    let alarms = Arc::new(Account::new(1 << 40));
     let paging = Paging::new(&dir.path().join("spill"), 1 << 30, alarms, 0.5).unwrap();
     let mut lazy = Ready::new(Some((paging.clone(), paging.budget(true, None, None))));
     for seq in 0..10 {
@@ -177,7 +177,7 @@ fn a_lazy_queue_keeps_one_message_in_memory_and_a_length_budget_counts_messages(
 #[test]
 fn memory_pressure_pages_new_arrivals_of_any_queue_with_a_backlog() {
     let dir = tempfile::tempdir().unwrap();
-    let alarms = Arc::new(Alarms::new(10_000));
+    let alarms = Arc::new(Account::new(10_000));
     let paging = Paging::new(&dir.path().join("spill"), 1 << 30, alarms.clone(), 0.5).unwrap();
     let mut ready = Ready::new(Some((paging.clone(), paging.budget(false, None, None))));
     ready.push(entry(0, 0));
@@ -187,4 +187,40 @@ fn memory_pressure_pages_new_arrivals_of_any_queue_with_a_backlog() {
     ready.push(entry(2, 0));
     assert_eq!(ready.paged(), 1);
     alarms.release(6_000);
+}
+
+/// A memory account that only counts (the broker's is its memory alarm).
+#[derive(Debug)]
+struct Account {
+    used: std::sync::atomic::AtomicU64,
+    high_watermark: u64,
+}
+
+impl Account {
+    fn new(high_watermark: u64) -> Self {
+        Account {
+            used: std::sync::atomic::AtomicU64::new(0),
+            high_watermark,
+        }
+    }
+}
+
+impl MemoryAccount for Account {
+    fn charge(&self, bytes: u64) {
+        self.used
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn release(&self, bytes: u64) {
+        self.used
+            .fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn used(&self) -> u64 {
+        self.used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn high_watermark(&self) -> u64 {
+        self.high_watermark
+    }
 }

@@ -1,0 +1,28 @@
+//! Warren's routing core: vhosts with their exchanges and bindings, routing, queues (the ready list,
+//! consumers and credit, TTL, expiry, length limits, priorities, dead-lettering, paging) and
+//! messages with their stored form.
+//!
+//! Rule of this crate: it knows nothing of sockets, TLS, tokio tasks, frames, connections, channels,
+//! users or configuration files. It uses warren-protocol's value types (properties, field tables,
+//! `AmqpError`) and warren-storage (records, spill runs). What a queue needs from around it is a
+//! trait it owns, implemented by warren-broker: `DeliverySink` (where a consumer's deliveries go:
+//! the connection's outbox), `Journal` (the log its durable messages go to), `WaitsForWrites` (a
+//! publisher's pending confirm), `QueueOwner` (the vhost: dead letters, expiry), `QueueTimers` (the
+//! runtime's timers), `MemoryAccount` (the memory alarm) and `RouteGuard` (topic permissions on
+//! routing hops). So the same code can serve a local queue, recovery, and (next) a replicated one.
+//!
+//! - `vhost`: exchanges and queues of a vhost, declare/delete/bind with RabbitMQ's checks, routing.
+//! - `exchange`: one routing table per exchange type.
+//! - `queue`: queue state and dispatch.
+//! - `message`: a published message as queues share it, its stored form and its memory charge.
+//! - `persist`: the definition records and the local log handle the vhost writes through.
+//! - `resource`: naming a queue or exchange in RabbitMQ's reply texts.
+
+pub use warren_protocol::error;
+
+pub mod exchange;
+pub mod message;
+pub mod persist;
+pub mod queue;
+pub mod resource;
+pub mod vhost;
