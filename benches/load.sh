@@ -25,6 +25,8 @@ usage: benches/load.sh [options]
   --results DIR         where the .md and runs.jsonl go (default benches/results)
   --runaway-ahead N     diagnostics: in the runaway row, keep the runaway publisher at most N
                         messages ahead of its slow consumer (what ideal flow control would do)
+  --warren-bin PATH     run this warren binary instead of building the checkout's (benches/compare.sh
+                        uses it to measure an older commit's build in the same way)
   --debug               debug build (development only: the numbers mean nothing)
   --list                list the scenarios and exit
 EOF
@@ -35,6 +37,7 @@ QUICK=0
 SCENARIOS=""
 BROKERS="warren,rabbitmq"
 RUNAWAY_AHEAD=""
+WARREN_BIN=""
 SIZES="16,1024"
 DURATION=""
 IDLE_CONNS=""
@@ -59,6 +62,7 @@ while [ $# -gt 0 ]; do
         --wait-idle) WAIT_IDLE="$2"; shift ;;
         --results) RESULTS="$2"; shift ;;
         --runaway-ahead) RUNAWAY_AHEAD="$2"; shift ;;
+        --warren-bin) WARREN_BIN="$2"; shift ;;
         --debug) PROFILE=debug ;;
         --list) LIST=1 ;;
         -h|--help) usage; exit 0 ;;
@@ -86,7 +90,7 @@ cargo build "${CARGO_FLAGS[@]}" -q -p warren-broker --bin warren -p warren-bench
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
     sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 : "${TARGET_DIR:=$ROOT/target}"
-WARREN="$TARGET_DIR/$PROFILE/warren"
+WARREN="${WARREN_BIN:-$TARGET_DIR/$PROFILE/warren}"
 LOAD="$TARGET_DIR/$PROFILE/warren-load"
 
 if [ "$LIST" = 1 ]; then "$LOAD" list; exit 0; fi
@@ -394,7 +398,7 @@ json_str() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g')";
 cat >"$TMP/meta.json" <<EOF
 {"date": $(json_str "$(date -u +%Y-%m-%dT%H:%M:%SZ)"), "command": $(json_str "$COMMAND"),
  "quick": $([ "$QUICK" = 1 ] && echo true || echo false), "profile": $(json_str "$PROFILE"),
- "warren_commit": $(json_str "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown) (+ uncommitted changes)"),
+ "warren_commit": $(json_str "${WARREN_BIN:+$WARREN_BIN, }$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown) (+ uncommitted changes)"),
  "warren_build": $(json_str "$PROFILE"),
  "rabbitmq_version": $(json_str "$RMQ_VERSION"), "erlang_version": $(json_str "$ERL_VERSION"),
  "cpu": $(json_str "$(nproc) x $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)"),
