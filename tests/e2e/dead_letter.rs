@@ -15,7 +15,7 @@ use warren_tests::client::bodies;
 use warren_tests::features::{
     first_death, header_map, int, table, text, texts, with_expiration, with_headers, ExpectedDeath,
 };
-use warren_tests::{Client, Delivery, TestBroker, TestChannel, Timely};
+use warren_tests::{Delivery, TestBroker, TestChannel, Timely};
 
 async fn exchange(ch: &TestChannel, name: &str, kind: &str) {
     ch.exchange_declare(ExchangeDeclareArguments::new(name, kind))
@@ -53,18 +53,10 @@ fn dlx_to(dlq: &str) -> [(&'static str, amqprs::FieldValue); 2] {
     ]
 }
 
-async fn setup(broker: &TestBroker) -> (Client, TestChannel, TestChannel) {
-    let client = broker.connect().await;
-    let ch = client.channel().await;
-    let pch = client.channel().await;
-    pch.select_confirms().await;
-    (client, ch, pch)
-}
-
 #[tokio::test]
 async fn x_death_when_a_per_message_ttl_expires() {
     let broker = TestBroker::start().await;
-    let (_c, ch, pch) = setup(&broker).await;
+    let (_c, ch, pch) = broker.connect_with_confirming_channel().await;
     exchange(&ch, "ex", "direct").await;
     exchange(&ch, "dlx", "fanout").await;
     ch.declare_queue("dlq").await;
@@ -106,7 +98,7 @@ async fn x_death_when_a_per_message_ttl_expires() {
 #[tokio::test]
 async fn x_death_when_the_queue_ttl_expires() {
     let broker = TestBroker::start().await;
-    let (_c, ch, pch) = setup(&broker).await;
+    let (_c, ch, pch) = broker.connect_with_confirming_channel().await;
     ch.declare_queue("dlq").await;
     let [x, k] = dlx_to("dlq");
     ch.declare_queue_with("q", table([("x-message-ttl", int(50)), x, k]))
@@ -133,7 +125,7 @@ async fn x_death_when_the_queue_ttl_expires() {
 
 async fn dead_letter_on_reject(with_nack: bool) {
     let broker = TestBroker::start().await;
-    let (_c, ch, pch) = setup(&broker).await;
+    let (_c, ch, pch) = broker.connect_with_confirming_channel().await;
     ch.declare_queue("dlq").await;
     ch.declare_queue_with("q", table(dlx_to("dlq"))).await;
     bind(&ch, "q", "amq.direct", "orig").await;
@@ -182,7 +174,7 @@ async fn x_death_when_nacked() {
 #[tokio::test]
 async fn nack_multiple_dead_letters_each_in_order() {
     let broker = TestBroker::start().await;
-    let (_c, ch, pch) = setup(&broker).await;
+    let (_c, ch, pch) = broker.connect_with_confirming_channel().await;
     ch.declare_queue("dlq").await;
     ch.declare_queue_with("q", table(dlx_to("dlq"))).await;
     for i in 0..3 {
@@ -209,7 +201,7 @@ async fn nack_multiple_dead_letters_each_in_order() {
 #[tokio::test]
 async fn requeue_does_not_dead_letter() {
     let broker = TestBroker::start().await;
-    let (_c, ch, pch) = setup(&broker).await;
+    let (_c, ch, pch) = broker.connect_with_confirming_channel().await;
     ch.declare_queue("dlq").await;
     ch.declare_queue_with("q", table(dlx_to("dlq"))).await;
     pch.publish_acked("", "q", BasicProperties::default(), b"again")
@@ -229,7 +221,7 @@ async fn requeue_does_not_dead_letter() {
 #[tokio::test]
 async fn dead_letter_exchange_with_the_original_routing_key() {
     let broker = TestBroker::start().await;
-    let (_c, ch, pch) = setup(&broker).await;
+    let (_c, ch, pch) = broker.connect_with_confirming_channel().await;
     exchange(&ch, "dlx", "direct").await;
     for (q, k) in [("dlq-a", "a"), ("dlq-b", "b")] {
         ch.declare_queue(q).await;
@@ -258,7 +250,7 @@ async fn dead_letter_exchange_with_the_original_routing_key() {
 #[tokio::test]
 async fn a_missing_dead_letter_exchange_drops_the_message() {
     let broker = TestBroker::start().await;
-    let (_c, ch, pch) = setup(&broker).await;
+    let (_c, ch, pch) = broker.connect_with_confirming_channel().await;
     ch.declare_queue_with("q", table([("x-dead-letter-exchange", text("missing"))]))
         .await;
     pch.publish_acked("", "q", BasicProperties::default(), b"nowhere to go")
@@ -272,7 +264,7 @@ async fn a_missing_dead_letter_exchange_drops_the_message() {
 #[tokio::test]
 async fn delivery_limit_dead_letters_after_that_many_returns() {
     let broker = TestBroker::start().await;
-    let (_c, ch, pch) = setup(&broker).await;
+    let (_c, ch, pch) = broker.connect_with_confirming_channel().await;
     ch.declare_queue("dlq").await;
     let [x, k] = dlx_to("dlq");
     ch.declare_queue_with("q", table([("x-delivery-limit", int(2)), x, k]))
@@ -303,7 +295,7 @@ async fn x_death_count_goes_up_around_a_reject_cycle() {
     // q1 and q2 dead-letter into each other; every hop is a reject, so the message may go around
     // again, and the (queue, reason) entry that comes back is counted up and moved to the front.
     let broker = TestBroker::start().await;
-    let (_c, ch, pch) = setup(&broker).await;
+    let (_c, ch, pch) = broker.connect_with_confirming_channel().await;
     ch.declare_queue_with("q1", table(dlx_to("q2"))).await;
     ch.declare_queue_with("q2", table(dlx_to("q1"))).await;
     pch.publish_acked("", "q1", BasicProperties::default(), b"round and round")
@@ -350,7 +342,7 @@ async fn a_cycle_of_expiries_is_dropped() {
     // q1 --expired--> q2 --expired--> fanout to q1 and an observer: the copy for q1 would close a
     // cycle of expiries and is dropped (no endless loop); the observer, not in the cycle, gets one.
     let broker = TestBroker::start().await;
-    let (_c, ch, pch) = setup(&broker).await;
+    let (_c, ch, pch) = broker.connect_with_confirming_channel().await;
     exchange(&ch, "fan", "fanout").await;
     ch.declare_queue("obs").await;
     let [x, k] = dlx_to("q2");
@@ -464,7 +456,7 @@ async fn undecodable_properties_are_dead_lettered_byte_for_byte_and_their_cycle_
 async fn a_cycle_with_a_reject_goes_around_again() {
     // q1 --rejected--> q2 --expired--> q1: the cycle contains a reject, so the message comes back.
     let broker = TestBroker::start().await;
-    let (_c, ch, pch) = setup(&broker).await;
+    let (_c, ch, pch) = broker.connect_with_confirming_channel().await;
     ch.declare_queue_with("q1", table(dlx_to("q2"))).await;
     let [x, k] = dlx_to("q1");
     ch.declare_queue_with("q2", table([("x-message-ttl", int(50)), x, k]))
@@ -516,7 +508,7 @@ fn cc_headers(cc: &[&str], bcc: &[&str]) -> FieldTable {
 #[tokio::test]
 async fn cc_routes_and_is_kept_bcc_routes_and_is_removed() {
     let broker = TestBroker::start().await;
-    let (_c, ch, pch) = setup(&broker).await;
+    let (_c, ch, pch) = broker.connect_with_confirming_channel().await;
     for (q, k) in [("qa", "k1"), ("qb", "k2"), ("qc", "k3")] {
         ch.declare_queue(q).await;
         bind(&ch, q, "amq.direct", k).await;
@@ -544,7 +536,7 @@ async fn cc_routes_and_is_kept_bcc_routes_and_is_removed() {
 #[tokio::test]
 async fn a_queue_reached_by_key_and_bcc_gets_one_copy_without_bcc() {
     let broker = TestBroker::start().await;
-    let (_c, ch, pch) = setup(&broker).await;
+    let (_c, ch, pch) = broker.connect_with_confirming_channel().await;
     ch.declare_queue("q").await;
     bind(&ch, "q", "amq.direct", "k1").await;
     bind(&ch, "q", "amq.direct", "k3").await;
@@ -563,7 +555,7 @@ async fn a_queue_reached_by_key_and_bcc_gets_one_copy_without_bcc() {
 
 /// Publishes with CC to a queue bound under both keys, rejects it, and returns the dead letter.
 async fn dead_letter_with_cc(broker: &TestBroker, dlrk: Option<&str>) -> Delivery {
-    let (_c, ch, pch) = setup(broker).await;
+    let (_c, ch, pch) = broker.connect_with_confirming_channel().await;
     exchange(&ch, "dlx", "direct").await;
     ch.declare_queue("dlq").await;
     bind(&ch, "dlq", "dlx", dlrk.unwrap_or("k1")).await;

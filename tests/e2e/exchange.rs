@@ -36,14 +36,6 @@ async fn bind_x(ch: &TestChannel, destination: &str, source: &str, key: &str) {
 }
 
 /// Runs an operation the broker must refuse with channel.close, and returns that close.
-async fn refused<T: std::fmt::Debug>(
-    ch: &TestChannel,
-    result: Result<T, amqprs::error::Error>,
-) -> CloseInfo {
-    assert!(result.is_err(), "expected a refusal, got {result:?}");
-    ch.expect_close().await
-}
-
 /// Opens a channel, declares `queues` and returns it with the connection.
 async fn setup(broker: &TestBroker, queues: &[&str]) -> (Client, TestChannel) {
     let client = broker.connect().await;
@@ -179,7 +171,7 @@ async fn passive_declare_of_a_missing_exchange_is_404() {
     passive.passive(true);
     let r = ch.exchange_declare(passive).timely().await;
     assert_eq!(
-        refused(&ch, r).await,
+        ch.refused(r).await,
         CloseInfo::new(404, "NOT_FOUND - no exchange 'nope' in vhost '/'", 40, 10)
     );
     // A soft error closes only the channel.
@@ -203,7 +195,7 @@ async fn redeclare_with_different_properties_is_406() {
     let ch = client.channel().await;
     let r = ch.exchange_declare(declare("x", "fanout")).timely().await;
     assert_eq!(
-        refused(&ch, r).await,
+        ch.refused(r).await,
         CloseInfo::new(
             406,
             "PRECONDITION_FAILED - inequivalent arg 'type' for exchange 'x' in vhost '/': received 'fanout' but current is 'direct'",
@@ -217,7 +209,7 @@ async fn redeclare_with_different_properties_is_406() {
     durable.durable(true);
     let r = ch.exchange_declare(durable).timely().await;
     assert_eq!(
-        refused(&ch, r).await,
+        ch.refused(r).await,
         CloseInfo::new(
             406,
             "PRECONDITION_FAILED - inequivalent arg 'durable' for exchange 'x' in vhost '/': received 'true' but current is 'false'",
@@ -237,7 +229,7 @@ async fn amq_prefix_is_reserved() {
         .timely()
         .await;
     assert_eq!(
-        refused(&ch, r).await,
+        ch.refused(r).await,
         CloseInfo::new(
             403,
             "ACCESS_REFUSED - exchange name 'amq.foo' contains reserved prefix 'amq.*'",
@@ -252,7 +244,7 @@ async fn amq_prefix_is_reserved() {
         .timely()
         .await;
     assert_eq!(
-        refused(&ch, r).await,
+        ch.refused(r).await,
         CloseInfo::new(
             403,
             "ACCESS_REFUSED - deletion of system exchange 'amq.direct' in vhost '/' not allowed",
@@ -270,14 +262,14 @@ async fn default_exchange_cannot_be_declared_deleted_or_bound() {
 
     let ch = client.channel().await;
     let r = ch.exchange_declare(declare("", "direct")).timely().await;
-    assert_eq!(refused(&ch, r).await, CloseInfo::new(403, text, 40, 10));
+    assert_eq!(ch.refused(r).await, CloseInfo::new(403, text, 40, 10));
 
     let ch = client.channel().await;
     let r = ch
         .exchange_delete(ExchangeDeleteArguments::new(""))
         .timely()
         .await;
-    assert_eq!(refused(&ch, r).await, CloseInfo::new(403, text, 40, 20));
+    assert_eq!(ch.refused(r).await, CloseInfo::new(403, text, 40, 20));
 
     let ch = client.channel().await;
     ch.declare_queue("dq").await;
@@ -285,14 +277,14 @@ async fn default_exchange_cannot_be_declared_deleted_or_bound() {
         .queue_bind(QueueBindArguments::new("dq", "", "dq"))
         .timely()
         .await;
-    assert_eq!(refused(&ch, r).await, CloseInfo::new(403, text, 50, 20));
+    assert_eq!(ch.refused(r).await, CloseInfo::new(403, text, 50, 20));
 
     let ch = client.channel().await;
     let r = ch
         .exchange_bind(ExchangeBindArguments::new("amq.fanout", "", "k"))
         .timely()
         .await;
-    assert_eq!(refused(&ch, r).await, CloseInfo::new(403, text, 40, 30));
+    assert_eq!(ch.refused(r).await, CloseInfo::new(403, text, 40, 30));
 
     // Publishing through the default exchange is what it is for.
     let ch = client.channel().await;
@@ -312,7 +304,7 @@ async fn unknown_exchange_type_is_406() {
     );
     let ch = client.channel().await;
     let r = ch.exchange_declare(declare("x-foo", "foo")).timely().await;
-    assert_eq!(refused(&ch, r).await, expected);
+    assert_eq!(ch.refused(r).await, expected);
 
     // The type is checked before equivalence, so an existing exchange gives the same answer.
     let ch = client.channel().await;
@@ -324,7 +316,7 @@ async fn unknown_exchange_type_is_406() {
         .exchange_declare(declare("x-existing", "foo"))
         .timely()
         .await;
-    assert_eq!(refused(&ch, r).await, expected);
+    assert_eq!(ch.refused(r).await, expected);
 }
 
 #[tokio::test]
@@ -343,7 +335,7 @@ async fn delete_and_if_unused() {
     if_unused.if_unused(true);
     let r = ch.exchange_delete(if_unused.clone()).timely().await;
     assert_eq!(
-        refused(&ch, r).await,
+        ch.refused(r).await,
         CloseInfo::new(
             406,
             "PRECONDITION_FAILED - exchange 'x-del' in vhost '/' in use",
@@ -361,7 +353,7 @@ async fn delete_and_if_unused() {
     let mut passive = declare("x-del", "fanout");
     passive.passive(true);
     let r = ch.exchange_declare(passive).timely().await;
-    assert_eq!(refused(&ch, r).await.code, 404);
+    assert_eq!(ch.refused(r).await.code, 404);
 
     // Deleting what does not exist succeeds.
     let ch = client.channel().await;

@@ -85,18 +85,10 @@ async fn exchange_exists(client: &Client, exchange: &str) -> bool {
     }
 }
 
-async fn setup(broker: &TestBroker) -> (Client, TestChannel, TestChannel) {
-    let client = broker.connect().await;
-    let ch = client.channel().await;
-    let pch = client.channel().await;
-    pch.select_confirms().await;
-    (client, ch, pch)
-}
-
 #[tokio::test]
 async fn alternate_exchange_takes_unroutable_messages() {
     let broker = TestBroker::start().await;
-    let (_c, ch, pch) = setup(&broker).await;
+    let (_c, ch, pch) = broker.connect_with_confirming_channel().await;
     declare_x(&ch, "ae", "fanout", FieldTable::new()).await;
     ch.declare_queue("aq").await;
     bind(&ch, "aq", "ae", "").await;
@@ -141,7 +133,7 @@ async fn alternate_exchange_takes_unroutable_messages() {
 #[tokio::test]
 async fn alternate_exchanges_chain() {
     let broker = TestBroker::start().await;
-    let (_c, ch, pch) = setup(&broker).await;
+    let (_c, ch, pch) = broker.connect_with_confirming_channel().await;
     declare_x(&ch, "ae2", "fanout", FieldTable::new()).await;
     declare_x(
         &ch,
@@ -181,7 +173,7 @@ async fn alternate_exchanges_chain() {
 #[tokio::test]
 async fn a_missing_alternate_exchange_returns_a_mandatory_message() {
     let broker = TestBroker::start().await;
-    let (_c, ch, pch) = setup(&broker).await;
+    let (_c, ch, pch) = broker.connect_with_confirming_channel().await;
     declare_x(
         &ch,
         "main",
@@ -216,7 +208,7 @@ async fn a_missing_alternate_exchange_returns_a_mandatory_message() {
 #[tokio::test]
 async fn a_mandatory_message_its_alternate_exchange_cannot_route_either_is_returned() {
     let broker = TestBroker::start().await;
-    let (_c, ch, pch) = setup(&broker).await;
+    let (_c, ch, pch) = broker.connect_with_confirming_channel().await;
     declare_x(&ch, "ae", "direct", FieldTable::new()).await;
     declare_x(
         &ch,
@@ -246,7 +238,7 @@ async fn a_mandatory_message_its_alternate_exchange_cannot_route_either_is_retur
 #[tokio::test]
 async fn internal_exchange_refuses_publishes_but_is_reachable_by_binding_and_as_alternate() {
     let broker = TestBroker::start().await;
-    let (client, ch, pch) = setup(&broker).await;
+    let (client, ch, pch) = broker.connect_with_confirming_channel().await;
     declare_x(&ch, "src", "topic", FieldTable::new()).await;
     let mut internal = ExchangeDeclareArguments::new("internal", "direct");
     internal.internal(true);
@@ -292,7 +284,7 @@ async fn internal_exchange_refuses_publishes_but_is_reachable_by_binding_and_as_
 #[tokio::test]
 async fn auto_delete_exchange_goes_with_its_last_queue_binding() {
     let broker = TestBroker::start().await;
-    let (client, ch, _pch) = setup(&broker).await;
+    let (client, ch, _pch) = broker.connect_with_confirming_channel().await;
     declare_x_with(&ch, auto_delete("ad", "direct")).await;
     // never bound: stays
     assert!(exchange_exists(&client, "ad").await);
@@ -309,7 +301,7 @@ async fn auto_delete_exchange_goes_with_its_last_queue_binding() {
 #[tokio::test]
 async fn auto_delete_exchange_goes_with_its_last_bound_queue() {
     let broker = TestBroker::start().await;
-    let (client, ch, _pch) = setup(&broker).await;
+    let (client, ch, _pch) = broker.connect_with_confirming_channel().await;
     declare_x_with(&ch, auto_delete("ad", "direct")).await;
     ch.declare_queue("q").await;
     bind(&ch, "q", "ad", "k1").await;
@@ -346,7 +338,7 @@ async fn auto_delete_exchange_goes_when_its_exclusive_queue_goes() {
 #[tokio::test]
 async fn auto_delete_exchange_counts_only_bindings_where_it_is_the_source() {
     let broker = TestBroker::start().await;
-    let (client, ch, _pch) = setup(&broker).await;
+    let (client, ch, _pch) = broker.connect_with_confirming_channel().await;
     declare_x(&ch, "other", "fanout", FieldTable::new()).await;
     // as the source: deleted with its last binding
     declare_x_with(&ch, auto_delete("ad", "direct")).await;
@@ -367,7 +359,7 @@ async fn auto_delete_exchange_counts_only_bindings_where_it_is_the_source() {
 #[tokio::test]
 async fn exchange_to_exchange_bindings_deliver_one_copy_per_queue() {
     let broker = TestBroker::start().await;
-    let (_c, ch, pch) = setup(&broker).await;
+    let (_c, ch, pch) = broker.connect_with_confirming_channel().await;
     declare_x(&ch, "src", "topic", FieldTable::new()).await;
     declare_x(&ch, "dst", "direct", FieldTable::new()).await;
     bind_x(&ch, "dst", "src", "a.*").await;
@@ -397,7 +389,7 @@ async fn exchange_to_exchange_bindings_deliver_one_copy_per_queue() {
 #[tokio::test]
 async fn an_exchange_binding_cycle_delivers_once() {
     let broker = TestBroker::start().await;
-    let (_c, ch, pch) = setup(&broker).await;
+    let (_c, ch, pch) = broker.connect_with_confirming_channel().await;
     declare_x_with(&ch, auto_delete("x1", "fanout")).await;
     declare_x_with(&ch, auto_delete("x2", "fanout")).await;
     bind_x(&ch, "x2", "x1", "").await;

@@ -14,15 +14,7 @@ use warren_tests::client::bodies;
 use warren_tests::features::{
     boolean, first_death, header_map, int, table, text, with_priority, Confirm, ExpectedDeath,
 };
-use warren_tests::{Client, TestBroker, TestChannel, Timely};
-
-async fn setup(broker: &TestBroker) -> (Client, TestChannel, TestChannel) {
-    let client = broker.connect().await;
-    let ch = client.channel().await;
-    let pch = client.channel().await;
-    pch.select_confirms().await;
-    (client, ch, pch)
-}
+use warren_tests::{TestBroker, TestChannel, Timely};
 
 async fn publish_all(pch: &TestChannel, queue: &str, messages: &[&str]) {
     for m in messages {
@@ -41,7 +33,7 @@ fn dlx_to(dlq: &str) -> [(&'static str, amqprs::FieldValue); 2] {
 #[tokio::test]
 async fn max_length_drops_the_head() {
     let broker = TestBroker::start().await;
-    let (_c, ch, pch) = setup(&broker).await;
+    let (_c, ch, pch) = broker.connect_with_confirming_channel().await;
     ch.declare_queue_with("q", table([("x-max-length", int(2))]))
         .await;
     publish_all(&pch, "q", &["0", "1", "2", "3", "4"]).await;
@@ -52,7 +44,7 @@ async fn max_length_drops_the_head() {
 #[tokio::test]
 async fn max_length_dead_letters_the_dropped_head_as_maxlen() {
     let broker = TestBroker::start().await;
-    let (_c, ch, pch) = setup(&broker).await;
+    let (_c, ch, pch) = broker.connect_with_confirming_channel().await;
     ch.declare_queue("dlq").await;
     let [x, k] = dlx_to("dlq");
     ch.declare_queue_with("q", table([("x-max-length", int(1)), x, k]))
@@ -80,7 +72,7 @@ async fn max_length_dead_letters_the_dropped_head_as_maxlen() {
 #[tokio::test]
 async fn max_length_bytes_drops_the_head() {
     let broker = TestBroker::start().await;
-    let (_c, ch, pch) = setup(&broker).await;
+    let (_c, ch, pch) = broker.connect_with_confirming_channel().await;
     ch.declare_queue_with("q", table([("x-max-length-bytes", int(10))]))
         .await;
     publish_all(&pch, "q", &["aaaa", "bbbb", "cccc", "dd"]).await;
@@ -90,7 +82,7 @@ async fn max_length_bytes_drops_the_head() {
 #[tokio::test]
 async fn max_length_bytes_dead_letters_as_maxlen() {
     let broker = TestBroker::start().await;
-    let (_c, ch, pch) = setup(&broker).await;
+    let (_c, ch, pch) = broker.connect_with_confirming_channel().await;
     ch.declare_queue("dlq").await;
     let [x, k] = dlx_to("dlq");
     ch.declare_queue_with("q", table([("x-max-length-bytes", int(6)), x, k]))
@@ -105,7 +97,7 @@ async fn max_length_bytes_dead_letters_as_maxlen() {
 #[tokio::test]
 async fn reject_publish_nacks_and_keeps_the_old_messages() {
     let broker = TestBroker::start().await;
-    let (_c, ch, pch) = setup(&broker).await;
+    let (_c, ch, pch) = broker.connect_with_confirming_channel().await;
     ch.declare_queue_with(
         "q",
         table([
@@ -148,7 +140,7 @@ async fn reject_publish_without_confirms_drops_the_new_message() {
 #[tokio::test]
 async fn reject_publish_dlx_dead_letters_the_refused_message() {
     let broker = TestBroker::start().await;
-    let (_c, ch, pch) = setup(&broker).await;
+    let (_c, ch, pch) = broker.connect_with_confirming_channel().await;
     ch.declare_queue("dlq").await;
     let [x, k] = dlx_to("dlq");
     ch.declare_queue_with(
@@ -189,7 +181,7 @@ async fn reject_publish_dlx_dead_letters_the_refused_message() {
 #[tokio::test]
 async fn priority_queue_delivers_higher_first_fifo_within_and_caps_at_the_maximum() {
     let broker = TestBroker::start().await;
-    let (_c, ch, pch) = setup(&broker).await;
+    let (_c, ch, pch) = broker.connect_with_confirming_channel().await;
     ch.declare_queue_with("q", table([("x-max-priority", int(5))]))
         .await;
     // priorities above the maximum count as the maximum; no priority is 0
@@ -230,7 +222,7 @@ async fn priority_queue_delivers_higher_first_fifo_within_and_caps_at_the_maximu
 #[tokio::test]
 async fn priority_queue_to_a_consumer() {
     let broker = TestBroker::start().await;
-    let (client, ch, pch) = setup(&broker).await;
+    let (client, ch, pch) = broker.connect_with_confirming_channel().await;
     ch.declare_queue_with("q", table([("x-max-priority", int(10))]))
         .await;
     for (i, prio) in [0u8, 10, 5, 10, 0].into_iter().enumerate() {
@@ -245,7 +237,7 @@ async fn priority_queue_to_a_consumer() {
 #[tokio::test]
 async fn a_queue_without_max_priority_ignores_priorities() {
     let broker = TestBroker::start().await;
-    let (_c, ch, pch) = setup(&broker).await;
+    let (_c, ch, pch) = broker.connect_with_confirming_channel().await;
     ch.declare_queue("q").await;
     for (i, prio) in [0u8, 9, 5].into_iter().enumerate() {
         pch.publish_acked("", "q", with_priority(prio), format!("{i}").as_bytes())
@@ -257,7 +249,7 @@ async fn a_queue_without_max_priority_ignores_priorities() {
 #[tokio::test]
 async fn consumer_priority_prefers_the_higher_consumer_while_it_has_room() {
     let broker = TestBroker::start().await;
-    let (client, ch, pch) = setup(&broker).await;
+    let (client, ch, pch) = broker.connect_with_confirming_channel().await;
     ch.declare_queue("q").await;
     let low = client.channel().await;
     low.basic_qos(BasicQosArguments::new(0, 10, false))
@@ -293,7 +285,7 @@ async fn consumer_priority_prefers_the_higher_consumer_while_it_has_room() {
 #[tokio::test]
 async fn single_active_consumer_gets_everything_until_it_cancels() {
     let broker = TestBroker::start().await;
-    let (client, ch, pch) = setup(&broker).await;
+    let (client, ch, pch) = broker.connect_with_confirming_channel().await;
     ch.declare_queue_with("q", table([("x-single-active-consumer", boolean(true))]))
         .await;
     let first_ch = client.channel().await;
@@ -320,7 +312,7 @@ async fn single_active_consumer_gets_everything_until_it_cancels() {
 #[tokio::test]
 async fn single_active_consumer_hands_over_unacked_messages_when_its_channel_closes() {
     let broker = TestBroker::start().await;
-    let (client, ch, pch) = setup(&broker).await;
+    let (client, ch, pch) = broker.connect_with_confirming_channel().await;
     ch.declare_queue_with("q", table([("x-single-active-consumer", boolean(true))]))
         .await;
     let first_ch = client.channel().await;

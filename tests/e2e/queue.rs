@@ -6,17 +6,9 @@ use amqprs::channel::{
     QueuePurgeArguments, QueueUnbindArguments,
 };
 use warren_tests::client::bodies;
-use warren_tests::{Client, CloseInfo, TestBroker, TestChannel, Timely};
+use warren_tests::{Client, CloseInfo, TestBroker, Timely};
 
 const LOCKED: &str = "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue 'excl' in vhost '/'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.";
-
-async fn refused<T: std::fmt::Debug>(
-    ch: &TestChannel,
-    result: Result<T, amqprs::error::Error>,
-) -> CloseInfo {
-    assert!(result.is_err(), "expected a refusal, got {result:?}");
-    ch.expect_close().await
-}
 
 fn passive(name: &str) -> QueueDeclareArguments {
     let mut args = QueueDeclareArguments::new(name);
@@ -92,7 +84,7 @@ async fn empty_name_without_a_previous_declare_is_404() {
         .timely()
         .await;
     assert_eq!(
-        refused(&ch, r).await,
+        ch.refused(r).await,
         CloseInfo::new(404, "NOT_FOUND - no previously declared queue", 50, 20)
     );
 }
@@ -119,7 +111,7 @@ async fn redeclare_with_different_flags_is_406() {
     durable.durable(true);
     let r = ch.queue_declare(durable).timely().await;
     assert_eq!(
-        refused(&ch, r).await,
+        ch.refused(r).await,
         CloseInfo::new(
             406,
             "PRECONDITION_FAILED - inequivalent arg 'durable' for queue 'q' in vhost '/': received 'true' but current is 'false'",
@@ -134,7 +126,7 @@ async fn redeclare_with_different_flags_is_406() {
         .timely()
         .await;
     assert_eq!(
-        refused(&ch, r).await,
+        ch.refused(r).await,
         CloseInfo::new(
             406,
             "PRECONDITION_FAILED - inequivalent arg 'auto_delete' for queue 'q-ad' in vhost '/': received 'false' but current is 'true'",
@@ -154,7 +146,7 @@ async fn amq_prefix_is_reserved_for_queues() {
         .timely()
         .await;
     assert_eq!(
-        refused(&ch, r).await,
+        ch.refused(r).await,
         CloseInfo::new(
             403,
             "ACCESS_REFUSED - queue name 'amq.foo' contains reserved prefix 'amq.*'",
@@ -181,14 +173,14 @@ async fn exclusive_queue_is_locked_to_its_connection() {
     );
     let o = other.channel().await;
     let r = o.queue_declare(excl).timely().await;
-    assert_eq!(refused(&o, r).await, CloseInfo::new(405, LOCKED, 50, 10));
+    assert_eq!(o.refused(r).await, CloseInfo::new(405, LOCKED, 50, 10));
     let o = other.channel().await;
     let r = o
         .basic_consume_rx(amqprs::channel::BasicConsumeArguments::new("excl", ""))
         .timely()
         .await;
     assert_eq!(
-        refused(&o, r.map(|(tag, _)| tag)).await,
+        o.refused(r.map(|(tag, _)| tag)).await,
         CloseInfo::new(405, LOCKED, 60, 20)
     );
     let o = other.channel().await;
@@ -196,13 +188,13 @@ async fn exclusive_queue_is_locked_to_its_connection() {
         .queue_purge(QueuePurgeArguments::new("excl"))
         .timely()
         .await;
-    assert_eq!(refused(&o, r).await, CloseInfo::new(405, LOCKED, 50, 30));
+    assert_eq!(o.refused(r).await, CloseInfo::new(405, LOCKED, 50, 30));
     let o = other.channel().await;
     let r = o
         .queue_delete(QueueDeleteArguments::new("excl"))
         .timely()
         .await;
-    assert_eq!(refused(&o, r).await, CloseInfo::new(405, LOCKED, 50, 40));
+    assert_eq!(o.refused(r).await, CloseInfo::new(405, LOCKED, 50, 40));
     // The owner still has its queue and its message.
     assert_eq!(probe(&owner, "excl").await, Ok((1, 0)));
 }
@@ -262,7 +254,7 @@ async fn delete_if_empty_and_if_unused() {
     if_empty.if_empty(true);
     let r = ch.queue_delete(if_empty).timely().await;
     assert_eq!(
-        refused(&ch, r).await,
+        ch.refused(r).await,
         CloseInfo::new(
             406,
             "PRECONDITION_FAILED - queue 'q' in vhost '/' not empty",
@@ -279,7 +271,7 @@ async fn delete_if_empty_and_if_unused() {
     if_unused.if_unused(true);
     let r = ch.queue_delete(if_unused).timely().await;
     assert_eq!(
-        refused(&ch, r).await,
+        ch.refused(r).await,
         CloseInfo::new(
             406,
             "PRECONDITION_FAILED - queue 'busy' in vhost '/' in use",
@@ -358,7 +350,7 @@ async fn bind_reports_the_missing_end() {
         .timely()
         .await;
     assert_eq!(
-        refused(&ch, r).await,
+        ch.refused(r).await,
         CloseInfo::new(404, "NOT_FOUND - no queue 'nope' in vhost '/'", 50, 20)
     );
     let ch = client.channel().await;
@@ -367,7 +359,7 @@ async fn bind_reports_the_missing_end() {
         .timely()
         .await;
     assert_eq!(
-        refused(&ch, r).await,
+        ch.refused(r).await,
         CloseInfo::new(404, "NOT_FOUND - no exchange 'no-x' in vhost '/'", 50, 20)
     );
     // Both missing: the exchange (the source) is reported.
@@ -377,7 +369,7 @@ async fn bind_reports_the_missing_end() {
         .timely()
         .await;
     assert_eq!(
-        refused(&ch, r).await,
+        ch.refused(r).await,
         CloseInfo::new(404, "NOT_FOUND - no exchange 'no-x' in vhost '/'", 50, 20)
     );
 }

@@ -160,6 +160,16 @@ impl TestBroker {
             .expect("admin connects")
     }
 
+    /// The admin's connection with two channels: one for declaring and consuming, one in confirm
+    /// mode for publishing (the usual set-up of a feature test).
+    pub async fn connect_with_confirming_channel(&self) -> (Client, TestChannel, TestChannel) {
+        let client = self.connect().await;
+        let ch = client.channel().await;
+        let pch = client.channel().await;
+        pch.select_confirms().await;
+        (client, ch, pch)
+    }
+
     /// Connects with the given client certificate; the error is whatever amqprs reports.
     pub async fn connect_as(
         &self,
@@ -308,6 +318,16 @@ impl TestChannel {
                 other => panic!("expected channel.close, got {other:?}"),
             }
         }
+    }
+
+    /// The channel.close that refused a call: `result` must be an error (the call was refused), and
+    /// the broker's close is returned for the test to compare.
+    pub async fn refused<T: std::fmt::Debug>(
+        &self,
+        result: Result<T, amqprs::error::Error>,
+    ) -> CloseInfo {
+        assert!(result.is_err(), "expected a refusal, got {result:?}");
+        self.expect_close().await
     }
 
     /// Panics for a failed amqprs call, naming the channel.close that caused it if one arrives.

@@ -1,7 +1,8 @@
 //! What a queue asks of those around it, as traits it owns: a journal for its durable message
 //! records (the local log), the completion of a durable write a publisher's confirm waits for (a
-//! channel's pending confirm), and dead letters and expiry for the vhost that holds it. Deliveries go through the consumer's `DeliverySink` (consumer.rs). So queues
-//! know nothing of connections, channels or vhosts.
+//! channel's pending confirm), dead letters and expiry for the vhost that holds it, and timers.
+//! Deliveries go through the consumer's `DeliverySink` (consumer.rs). So queues know nothing of
+//! connections, channels, vhosts or the runtime.
 
 use std::sync::Arc;
 
@@ -39,6 +40,6 @@ pub trait Journal: Send + Sync + std::fmt::Debug {
 /// no clock to sleep.
 pub trait QueueTimers: Send + Sync + std::fmt::Debug {
     /// Calls `queue.woken(wake, at)` at `at` (soon, if that has passed) unless the queue is gone
-    /// by then. The queue does not ask twice for what it already asked.
+    /// by then. A queue asks again only for an earlier TTL deadline than the one it waits for.
     fn wake_at(&self, queue: &Arc<Queue>, wake: Wake, at: std::time::Instant);
 }

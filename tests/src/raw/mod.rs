@@ -491,6 +491,28 @@ impl RawClient {
     /// The whole negotiation, or the connection.close the broker answers with instead of tune (a
     /// refused login) or open-ok (a refused vhost); the close is answered with close-ok.
     pub async fn try_handshake(&mut self, tuning: &Tuning) -> Result<Handshake, CloseInfo> {
+        let start = self.start_and_start_ok(tuning).await;
+        let tune = match self.next_method().await {
+            (0, AMQPClass::Connection(connection::AMQPMethod::Tune(tune))) => tune,
+            (0, AMQPClass::Connection(connection::AMQPMethod::Close(close))) => {
+                return Err(self.answer_connection_close(close).await)
+            }
+            other => panic!("expected connection.tune or close, got {other:?}"),
+        };
+        self.tune_ok_and_open(tuning, &tune).await;
+        match self.next_method().await {
+            (0, AMQPClass::Connection(connection::AMQPMethod::OpenOk(_))) => {
+                Ok(Handshake { start, tune })
+            }
+            (0, AMQPClass::Connection(connection::AMQPMethod::Close(close))) => {
+                Err(self.answer_connection_close(close).await)
+            }
+            other => panic!("expected connection.open-ok or close, got {other:?}"),
+        }
+    }
+
+    /// connection.start read, start-ok sent as `tuning` says.
+    async fn start_and_start_ok(&mut self, tuning: &Tuning) -> connection::Start {
         let start = self.start().await;
         self.send_start_ok_full(
             tuning.capabilities,
@@ -499,13 +521,12 @@ impl RawClient {
             &tuning.response,
         )
         .await;
-        let tune = match self.next_method().await {
-            (0, AMQPClass::Connection(connection::AMQPMethod::Tune(tune))) => tune,
-            (0, AMQPClass::Connection(connection::AMQPMethod::Close(close))) => {
-                return Err(self.answer_connection_close(close).await)
-            }
-            other => panic!("expected connection.tune or close, got {other:?}"),
-        };
+        start
+    }
+
+    /// Answers connection.tune as `tuning` asks (the server's values where it asks nothing) and
+    /// sends connection.open.
+    async fn tune_ok_and_open(&mut self, tuning: &Tuning, tune: &connection::Tune) {
         let tune_ok = connection::TuneOk {
             channel_max: tuning.channel_max.unwrap_or(tune.channel_max),
             frame_max: tuning.frame_max.unwrap_or(tune.frame_max),
@@ -524,15 +545,6 @@ impl RawClient {
             })),
         )
         .await;
-        match self.next_method().await {
-            (0, AMQPClass::Connection(connection::AMQPMethod::OpenOk(_))) => {
-                Ok(Handshake { start, tune })
-            }
-            (0, AMQPClass::Connection(connection::AMQPMethod::Close(close))) => {
-                Err(self.answer_connection_close(close).await)
-            }
-            other => panic!("expected connection.open-ok or close, got {other:?}"),
-        }
     }
 
     async fn answer_connection_close(&mut self, close: connection::Close) -> CloseInfo {
@@ -553,36 +565,12 @@ impl RawClient {
 
     /// The negotiation up to and including sending connection.open (the answer is left unread).
     pub async fn negotiate(&mut self, tuning: &Tuning) -> Handshake {
-        let start = self.start().await;
-        self.send_start_ok_full(
-            tuning.capabilities,
-            tuning.connection_blocked,
-            &tuning.mechanism,
-            &tuning.response,
-        )
-        .await;
+        let start = self.start_and_start_ok(tuning).await;
         let tune = match self.expect_method(0).await {
             AMQPClass::Connection(connection::AMQPMethod::Tune(tune)) => tune,
             other => panic!("expected connection.tune, got {other:?}"),
         };
-        let tune_ok = connection::TuneOk {
-            channel_max: tuning.channel_max.unwrap_or(tune.channel_max),
-            frame_max: tuning.frame_max.unwrap_or(tune.frame_max),
-            heartbeat: tuning.heartbeat,
-        };
-        self.frame_max = tune_ok.frame_max;
-        self.send_method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::TuneOk(tune_ok)),
-        )
-        .await;
-        self.send_method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
-                virtual_host: tuning.vhost.as_str().into(),
-            })),
-        )
-        .await;
+        self.tune_ok_and_open(tuning, &tune).await;
         Handshake { start, tune }
     }
 
