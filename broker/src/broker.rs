@@ -24,13 +24,13 @@ use crate::connection::outbound::Outbound;
 use crate::exchange::RouteGuard;
 use crate::message::codec::decode_message;
 use crate::persist::{Durability, StoredExchange, StoredQueue};
-use crate::queue::consumer::ConnectionId;
 use crate::queue::paging::Paging;
 use crate::queue::Queue;
 use crate::topic_guard::TopicGuard;
 use crate::users::User;
 use crate::vhost::{Vhost, VhostLimits};
 use amq_protocol::types::FieldTable;
+use warren_routing::ids::ConnectionId;
 use warren_storage::log::record::Record;
 use warren_storage::log::{LogError, Recovered};
 

@@ -16,11 +16,13 @@
 //! - `queue`: queue state and dispatch.
 //! - `message`: a published message as queues share it, its stored form and its memory charge.
 //! - `persist`: the definition records and the local log handle the vhost writes through.
+//! - `ids`: connection, channel and consumer identities.
 //! - `resource`: naming a queue or exchange in RabbitMQ's reply texts.
 
 pub use warren_protocol::error;
 
 pub mod exchange;
+pub mod ids;
 pub mod message;
 pub mod persist;
 pub mod queue;

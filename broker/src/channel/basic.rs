@@ -18,6 +18,7 @@ use crate::queue::{Entry, Queue};
 use crate::resource::Resource;
 use amq_protocol::types::FieldTable;
 use warren_protocol::field::{as_int, type_name};
+use warren_routing::ids::{ChannelId, ConsumerTag};
 
 /// The `x-priority` consumer argument: any integer (RabbitMQ's check_int_arg), default 0.
 fn consumer_priority(args: &FieldTable, queue: &str, vhost: &str) -> AmqpResult<i64> {
@@ -138,9 +139,9 @@ impl Channel {
             )));
         }
         let consumer = Arc::new(Consumer {
-            tag: tag.clone(),
+            tag: ConsumerTag::from(tag.clone()),
             connection: s.id,
-            channel: self.id,
+            channel: ChannelId(self.id),
             no_ack: c.no_ack,
             exclusive: c.exclusive,
             publisher_header: wants_publisher(s, &queue)
@@ -264,7 +265,7 @@ impl Channel {
 
     pub fn has_consumer(&self, consumer: &Arc<Consumer>) -> bool {
         self.consumers
-            .get(&consumer.tag)
+            .get(consumer.tag.as_str())
             .is_some_and(|r| Arc::ptr_eq(&r.consumer, consumer))
     }
 
@@ -310,10 +311,10 @@ impl Channel {
         if !self.has_consumer(consumer) {
             return;
         }
-        self.consumers.remove(&consumer.tag);
+        self.consumers.remove(consumer.tag.as_str());
         if s.capabilities.consumer_cancel_notify {
             let cancel = basic::Cancel {
-                consumer_tag: consumer.tag.as_ref().into(),
+                consumer_tag: consumer.tag.as_str().into(),
                 nowait: true,
             };
             s.send(self.id, AMQPClass::Basic(basic::AMQPMethod::Cancel(cancel)));

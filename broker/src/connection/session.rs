@@ -13,10 +13,11 @@ use crate::access::{Access, Kind};
 use crate::broker::Broker;
 use crate::connection::outbound::Outbound;
 use crate::message::{Message, PUBLISHER_HEADER};
-use crate::queue::consumer::{ConnectionId, Limit};
+use crate::queue::consumer::Limit;
 use crate::users::User;
 use crate::vhost::Vhost;
 use warren_protocol::content::edit_headers;
+use warren_routing::ids::ConnectionId;
 
 /// Client capabilities from connection.start-ok that change what the broker sends.
 #[derive(Debug, Clone, Copy, Default)]

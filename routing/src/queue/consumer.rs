@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use super::{Entry, Queue};
+use crate::ids::{ChannelId, ConnectionId, ConsumerTag};
 
 /// A counter with an optional ceiling (0 = unlimited), shared between queues and a connection.
 #[derive(Debug, Default)]
@@ -73,10 +74,6 @@ impl Default for ChannelCredit {
     }
 }
 
-/// Identifies a connection for exclusivity checks and delivery routing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ConnectionId(pub u64);
-
 /// A message a queue hands to one of its consumers; one unit of the consumer's credit is taken.
 #[derive(Debug)]
 pub struct Delivery {
@@ -98,9 +95,9 @@ pub trait DeliverySink: Send + Sync + fmt::Debug {
 /// A basic.consume registration, shared by the queue (to push) and the channel (to cancel and credit).
 #[derive(Debug)]
 pub struct Consumer {
-    pub tag: Arc<str>,
+    pub tag: ConsumerTag,
     pub connection: ConnectionId,
-    pub channel: u16,
+    pub channel: ChannelId,
     pub no_ack: bool,
     pub exclusive: bool,
     /// Deliveries carry the publisher's identity in the `x-warren-publisher` header (asked for by the

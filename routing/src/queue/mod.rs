@@ -23,10 +23,11 @@ use std::time::{Duration, Instant};
 use amq_protocol::types::FieldTable;
 use parking_lot::Mutex;
 
+use crate::ids::ConnectionId;
 use crate::message::Message;
 use arguments::{Overflow, QueueArguments};
+use consumer::Consumer;
 use consumer::Delivery;
-use consumer::{ConnectionId, Consumer};
 use dead_letter::{DeadLetters, Reason};
 use paging::Paging;
 use ready::Ready;

@@ -17,8 +17,8 @@ use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{
     Binding, Destination, Exchange, ExchangeKind, ExchangeSpec, RouteGuard, RouteInput,
 };
+use crate::ids::ConnectionId;
 use crate::persist::{self, Durability, StoredExchange, StoredQueue};
-use crate::queue::consumer::ConnectionId;
 use crate::queue::dead_letter::DeadLetters;
 use crate::queue::paging::Paging;
 use crate::queue::sink::{Journal, QueueOwner, QueueTimers};
