@@ -13,6 +13,7 @@ use warren_broker::exchange::{AllowAll, Destination, ExchangeKind, ExchangeSpec,
 use warren_broker::ids::ConnectionId;
 use warren_broker::message::Message;
 use warren_broker::queue::QueueSpec;
+use warren_broker::time::Now;
 use warren_broker::timers::RuntimeTimers;
 use warren_broker::vhost::{Vhost, VhostLimits};
 use warren_protocol::frame::{decode_frame, encode_body, encode_content_header};
@@ -115,7 +116,7 @@ fn topic_matching(c: &mut Criterion) {
             declared_by: None,
         };
         let q = vhost
-            .declare_queue(spec, false, false, ConnectionId(1), || Ok(()))
+            .declare_queue(spec, false, false, ConnectionId(1), || Ok(()), Now::read())
             .unwrap()
             .queue;
         let key = match i % 4 {
@@ -160,7 +161,7 @@ fn publish_path(c: &mut Criterion) {
         declared_by: None,
     };
     let q = vhost
-        .declare_queue(spec, false, false, ConnectionId(1), || Ok(()))
+        .declare_queue(spec, false, false, ConnectionId(1), || Ok(()), Now::read())
         .unwrap()
         .queue;
     vhost
@@ -196,8 +197,9 @@ fn publish_path(c: &mut Criterion) {
                 published_at_ms: 0,
                 stored: Default::default(),
             });
+            let now = Now::read();
             for queue in vhost.route(&x, &input) {
-                queue.publish(m.clone(), None);
+                queue.publish(m.clone(), None, now);
             }
             if q.message_count() > 100_000 {
                 q.purge();

@@ -168,6 +168,7 @@ impl Broker {
             limits.queue_memory_budget_bytes,
             alarms.clone(),
             limits.memory_paging_ratio,
+            std::time::Instant::now(),
         )
         .map_err(|source| SetupError::Spill {
             path: spill_dir,
@@ -292,8 +293,9 @@ impl Broker {
                 _ => unusable(key, "it is not a definition this version knows"),
             }
         }
+        let now = warren_routing::time::Now::read();
         for (vhost, name, q) in queues {
-            vhost.restore_queue(&name, q);
+            vhost.restore_queue(&name, q, now);
         }
         for (vhost, parts, args) in bindings {
             vhost.restore_binding(&parts[2], &parts[3], &parts[4], &parts[5], args);
@@ -357,7 +359,7 @@ impl Broker {
             batch.push((id, Arc::new(message)));
         }
         let n = batch.len();
-        queue.restore(batch);
+        queue.restore(batch, warren_routing::time::Now::read());
         Ok(n)
     }
 

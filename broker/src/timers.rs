@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::queue::sink::QueueTimers;
 use crate::queue::{Queue, Wake};
+use warren_routing::time::Now;
 
 /// An x-expires check never polls faster than this (a queue with consumers is checked again).
 const EXPIRY_POLL: Duration = Duration::from_millis(10);
@@ -29,7 +30,7 @@ impl QueueTimers for RuntimeTimers {
         runtime.spawn(async move {
             tokio::time::sleep_until(sleep_until.into()).await;
             if let Some(queue) = weak.upgrade() {
-                queue.woken(wake, at);
+                queue.woken(wake, at, Now::read());
             }
         });
     }

@@ -17,6 +17,7 @@
 //! - `message`: a published message as queues share it, its stored form and its memory charge.
 //! - `persist`: the definition records and the local log handle the vhost writes through.
 //! - `ids`: connection, channel and consumer identities.
+//! - `time`: `Now`, the time every operation is given (the core reads no clock).
 //! - `resource`: naming a queue or exchange in RabbitMQ's reply texts.
 
 pub use warren_protocol::error;
@@ -27,4 +28,5 @@ pub mod message;
 pub mod persist;
 pub mod queue;
 pub mod resource;
+pub mod time;
 pub mod vhost;

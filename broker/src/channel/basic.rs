@@ -19,6 +19,7 @@ use crate::resource::Resource;
 use amq_protocol::types::FieldTable;
 use warren_protocol::field::{as_int, type_name};
 use warren_routing::ids::{ChannelId, ConsumerTag};
+use warren_routing::time::Now;
 
 /// The `x-priority` consumer argument: any integer (RabbitMQ's check_int_arg), default 0.
 fn consumer_priority(args: &FieldTable, queue: &str, vhost: &str) -> AmqpResult<i64> {
@@ -161,7 +162,7 @@ impl Channel {
                 queue: queue.clone(),
             },
         );
-        if queue.add_consumer(consumer).is_err() {
+        if queue.add_consumer(consumer, Now::read()).is_err() {
             self.consumers.remove(&tag);
             return Err(AmqpError::access_refused(format!(
                 "queue '{}' in vhost '{}' in exclusive use",
@@ -183,7 +184,7 @@ impl Channel {
         let name = self.queue_name(g.queue.as_str())?;
         permissions::check(s, Access::Read, Kind::Queue, &name)?;
         let queue = s.vhost.queue(&name, s.id)?;
-        let Some((entry, message_count)) = queue.get() else {
+        let Some((entry, message_count)) = queue.get(Now::read()) else {
             s.send(
                 self.id,
                 AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
@@ -248,7 +249,7 @@ impl Channel {
         }
         for (queue, entries) in settle_by_queue(settled) {
             if requeue_to == Some(false) {
-                queue.reject(entries);
+                queue.reject(entries, Now::read());
             } else {
                 queue.forget(&entries);
             }

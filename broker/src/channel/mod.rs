@@ -24,6 +24,7 @@ use confirm::Confirms;
 use publish::Assembly;
 use tx::Transaction;
 use unacked::Unacked;
+use warren_routing::time::Now;
 
 /// A consumer registered on this channel and the queue it consumes from.
 struct Registration {
@@ -172,7 +173,7 @@ impl Channel {
             for reg in self.consumers.values() {
                 if !seen.iter().any(|q| Arc::ptr_eq(q, &reg.queue)) {
                     seen.push(&reg.queue);
-                    reg.queue.dispatch();
+                    reg.queue.dispatch(Now::read());
                 }
             }
         }
@@ -197,7 +198,7 @@ impl Channel {
 
 /// Takes a consumer off its queue, deleting an auto-delete queue whose last consumer this was.
 fn remove_consumer(s: &Session, reg: &Registration) {
-    if reg.queue.remove_consumer(&reg.consumer)
+    if reg.queue.remove_consumer(&reg.consumer, Now::read())
         == crate::queue::ConsumerRemoval::RemovedLastOfAutoDelete
     {
         s.vhost.remove_queue(&reg.queue);
@@ -224,7 +225,8 @@ fn settle_by_queue(
 
 /// Returns settled-with-requeue deliveries to their queues, keeping their order.
 fn requeue(deliveries: Vec<unacked::Delivered>) {
+    let now = Now::read();
     for (queue, entries) in settle_by_queue(deliveries) {
-        queue.requeue(entries);
+        queue.requeue(entries, now);
     }
 }

@@ -17,6 +17,7 @@ use crate::message::{Message, PUBLISHER_HEADER};
 use crate::permissions::{self, Access, Kind};
 use crate::queue::sink::WaitsForWrites;
 use crate::queue::Enqueued;
+use warren_routing::time::Now;
 
 /// A basic.publish waiting for its content.
 pub struct Pending {
@@ -279,7 +280,7 @@ impl Channel {
                 (properties_len + body_len) as u64,
             )),
             persistent: props.delivery_mode == Some(2),
-            published_at_ms: crate::message::now_ms(),
+            published_at_ms: Now::read().wall_ms,
             stored: Default::default(),
         });
         let publication = Publication {
@@ -368,12 +369,14 @@ impl Channel {
             keys,
         );
         let holds = confirm.map(Holds);
+        let now = Now::read();
         let mut routed = false;
         let mut accepted = true;
         for q in &queues {
             match q.publish(
                 message.clone(),
                 holds.as_ref().map(|h| h as &dyn WaitsForWrites),
+                now,
             ) {
                 Enqueued::Yes => {
                     routed = true;

@@ -9,6 +9,7 @@ use crate::exchange::Destination;
 use crate::permissions::{self, Access, Kind};
 use crate::queue::QueueSpec;
 use warren_protocol::field::{as_text, type_name};
+use warren_routing::time::Now;
 
 /// A server-generated name: `prefix` and 22 characters of URL-safe base64 over 128 random bits, like
 /// RabbitMQ's `rabbit_guid:binary(gen_secure(), Prefix)`.
@@ -105,7 +106,7 @@ impl Channel {
                         Some(key) => permissions::check_topic_write_by_name(session, &dlx_name, key),
                         None => Ok(()),
                     }
-                })?;
+                }, Now::read())?;
                 let q = declared.queue;
                 self.last_queue = Some(q.name().to_string());
                 let ok = queue::DeclareOk {

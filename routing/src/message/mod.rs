@@ -89,13 +89,6 @@ pub fn parse_expiration(raw: &[u8]) -> Result<u64, String> {
     Ok(value as u64)
 }
 
-/// Milliseconds since the epoch (message publish times survive restarts in this form).
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

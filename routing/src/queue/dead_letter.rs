@@ -3,8 +3,6 @@
 //! `x-death` history, unless that would close a cycle of automatic dead-lettering. This file holds
 //! the history (`x-death`, the cycle rule); the queue's owner republishes (vhost/dead_letter.rs).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString};
 
 use super::Entry;
@@ -55,12 +53,14 @@ fn field(t: &FieldTable, k: &str) -> Option<String> {
     t.inner().get(k).and_then(as_text)
 }
 
-/// The new `x-death` list (most recent first) and the rest of the headers, as RabbitMQ 3.13 writes them.
+/// The new `x-death` list (most recent first) and the rest of the headers, as RabbitMQ 3.13 writes
+/// them; `wall_ms` is when the message died (its `time`).
 pub(crate) fn with_death(
     message: &Message,
     headers: Option<FieldTable>,
     queue: &str,
     reason: Reason,
+    wall_ms: u64,
 ) -> FieldTable {
     let mut headers = headers.unwrap_or_default();
     let mut deaths: Vec<AMQPValue> = match headers.inner().get("x-death") {
@@ -88,10 +88,7 @@ pub(crate) fn with_death(
             t.insert("count".into(), AMQPValue::LongLongInt(1));
             t.insert("reason".into(), text(reason.as_str()));
             t.insert("queue".into(), text(queue));
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            t.insert("time".into(), AMQPValue::Timestamp(now));
+            t.insert("time".into(), AMQPValue::Timestamp(wall_ms / 1000));
             t.insert("exchange".into(), text(&message.exchange));
             t.insert(
                 "routing-keys".into(),

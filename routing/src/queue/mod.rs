@@ -25,6 +25,7 @@ use parking_lot::Mutex;
 
 use crate::ids::ConnectionId;
 use crate::message::Message;
+use crate::time::Now;
 use arguments::{Overflow, QueueArguments};
 use consumer::Consumer;
 use consumer::Delivery;
@@ -140,6 +141,7 @@ impl Queue {
         durability: Option<(Arc<dyn sink::Journal>, String)>,
         paging: Option<Arc<Paging>>,
         timers: Arc<dyn sink::QueueTimers>,
+        now: Now,
     ) -> Arc<Self> {
         let ready = Ready::new(paging.map(|p| {
             let budget = p.budget(
@@ -163,7 +165,7 @@ impl Queue {
                 next_seq: 0,
                 deleted: false,
                 had_consumer: false,
-                last_used: Instant::now(),
+                last_used: now.instant,
                 ttl_armed: None,
             }),
             timers,
@@ -172,7 +174,7 @@ impl Queue {
             let after = Duration::from_millis(ms);
             queue
                 .timers
-                .wake_at(&queue, Wake::Expiry(after), Instant::now() + after);
+                .wake_at(&queue, Wake::Expiry(after), now.instant + after);
         }
         queue
     }
@@ -192,6 +194,7 @@ impl Queue {
         self: &Arc<Self>,
         message: Arc<Message>,
         confirm: Option<&dyn sink::WaitsForWrites>,
+        now: Now,
     ) -> Enqueued {
         let stored = match &self.durability {
             Some((durability, _)) if message.persistent => {
@@ -205,16 +208,16 @@ impl Queue {
             if st.deleted {
                 return Enqueued::Gone;
             }
-            let now = Instant::now();
+            let at = now.instant;
             let size = message.body_size();
             if self.args.overflow != Overflow::DropHead && self.over_limit(&st, 1, size) {
                 if self.args.overflow == Overflow::RejectPublishDlx {
-                    let entry = self.entry(&mut st, message, now);
+                    let entry = self.entry(&mut st, message, at);
                     dead.push((entry, Reason::Maxlen));
                 }
                 Enqueued::Rejected
             } else {
-                let mut entry = self.entry(&mut st, message, now);
+                let mut entry = self.entry(&mut st, message, at);
                 if let (Some((durability, payload)), Some((_, name))) = (stored, &self.durability) {
                     // Written while the queue is locked, so the record precedes any removal of it.
                     let id = durability.next_id();
@@ -228,7 +231,7 @@ impl Queue {
                 }
                 let has_deadline = entry.expires_at.is_some();
                 let head = st.ready.push(entry);
-                self.dispatch_at(&mut st, &mut dead, now);
+                self.dispatch_locked(&mut st, &mut dead, at);
                 self.drop_head_over_limit(&mut st, &mut dead);
                 if has_deadline && head {
                     self.arm_ttl(&mut st);
@@ -236,7 +239,7 @@ impl Queue {
                 Enqueued::Yes
             }
         };
-        self.dead_letter(dead);
+        self.dead_letter(dead, now);
         outcome
     }
 
@@ -266,7 +269,7 @@ impl Queue {
     /// without ack). Removals need no fsync: one lost in a crash brings the message back once more.
     /// Messages that left for the dead-letter exchange: forgotten by the log, then handed to the
     /// owner to republish (dropped when the queue has no dead-letter exchange).
-    fn dead_letter(self: &Arc<Self>, letters: DeadLetters) {
+    fn dead_letter(self: &Arc<Self>, letters: DeadLetters, now: Now) {
         if letters.is_empty() {
             return;
         }
@@ -275,7 +278,7 @@ impl Queue {
             return;
         }
         if let Some(owner) = self.owner.upgrade() {
-            owner.dead_letter(self, letters);
+            owner.dead_letter(self, letters, now);
         }
     }
 
@@ -301,23 +304,23 @@ impl Queue {
 
     /// Puts back messages recovered from the log at start-up: in id order, flagged redelivered (they
     /// may have been delivered before the crash), with TTL deadlines counted from their publish time.
-    pub fn restore(self: &Arc<Self>, messages: Vec<(u64, Arc<Message>)>) {
+    pub fn restore(self: &Arc<Self>, messages: Vec<(u64, Arc<Message>)>, now: Now) {
         let mut dead = DeadLetters::new();
         {
             let mut st = self.state.lock();
-            let now = Instant::now();
-            let wall = crate::message::now_ms();
+            let at = now.instant;
             for (id, message) in messages {
-                let age = Duration::from_millis(wall.saturating_sub(message.published_at_ms));
-                let mut entry = self.entry(&mut st, message, now);
+                let age =
+                    Duration::from_millis(now.wall_ms.saturating_sub(message.published_at_ms));
+                let mut entry = self.entry(&mut st, message, at);
                 entry.redelivered = true;
                 entry.store_id = Some(id);
-                entry.expires_at = entry.expires_at.map(|t| t.checked_sub(age).unwrap_or(now));
+                entry.expires_at = entry.expires_at.map(|t| t.checked_sub(age).unwrap_or(at));
                 st.ready.push(entry);
             }
-            self.dispatch_locked(&mut st, &mut dead);
+            self.dispatch_locked(&mut st, &mut dead, at);
         }
-        self.dead_letter(dead);
+        self.dead_letter(dead, now);
     }
 
     /// Whether adding `count` messages of `bytes` would pass `x-max-length` / `x-max-length-bytes`.
@@ -357,7 +360,7 @@ impl Queue {
 
     /// Puts delivered-but-unsettled messages back in their original positions, flagged redelivered;
     /// a message over its delivery limit is dead-lettered instead.
-    pub fn requeue(self: &Arc<Self>, entries: impl IntoIterator<Item = Entry>) {
+    pub fn requeue(self: &Arc<Self>, entries: impl IntoIterator<Item = Entry>, now: Now) {
         let mut dead = DeadLetters::new();
         {
             let mut st = self.state.lock();
@@ -377,13 +380,13 @@ impl Queue {
                 }
                 self.insert(&mut st, entry);
             }
-            self.dispatch_locked(&mut st, &mut dead);
+            self.dispatch_locked(&mut st, &mut dead, now.instant);
         }
-        self.dead_letter(dead);
+        self.dead_letter(dead, now);
     }
 
     /// Puts back a message that was pushed to a consumer but never reached the client, unchanged.
-    pub fn return_undelivered(self: &Arc<Self>, entry: Entry) {
+    pub fn return_undelivered(self: &Arc<Self>, entry: Entry, now: Now) {
         let mut dead = DeadLetters::new();
         {
             let mut st = self.state.lock();
@@ -391,9 +394,9 @@ impl Queue {
                 return;
             }
             self.insert(&mut st, entry);
-            self.dispatch_locked(&mut st, &mut dead);
+            self.dispatch_locked(&mut st, &mut dead, now.instant);
         }
-        self.dead_letter(dead);
+        self.dead_letter(dead, now);
     }
 
     fn insert(self: &Arc<Self>, st: &mut State, entry: Entry) {
@@ -404,33 +407,36 @@ impl Queue {
     }
 
     /// Messages rejected or nacked without requeue: dead-lettered if the queue has a DLX.
-    pub fn reject(self: &Arc<Self>, entries: Vec<Entry>) {
-        self.dead_letter(entries.into_iter().map(|e| (e, Reason::Rejected)).collect());
+    pub fn reject(self: &Arc<Self>, entries: Vec<Entry>, now: Now) {
+        self.dead_letter(
+            entries.into_iter().map(|e| (e, Reason::Rejected)).collect(),
+            now,
+        );
     }
 
     /// Takes the head message for basic.get, with the count of messages left.
-    pub fn get(self: &Arc<Self>) -> Option<(Entry, u32)> {
+    pub fn get(self: &Arc<Self>, now: Now) -> Option<(Entry, u32)> {
         let mut dead = DeadLetters::new();
         let got = {
             let mut st = self.state.lock();
-            st.last_used = Instant::now();
-            self.expire_head(&mut st, &mut dead, Instant::now());
+            st.last_used = now.instant;
+            self.expire_head(&mut st, &mut dead, now.instant);
             let got = self.pop_front(&mut st).map(|e| (e, st.ready.len_u32()));
             self.arm_ttl(&mut st);
             got
         };
-        self.dead_letter(dead);
+        self.dead_letter(dead, now);
         got
     }
 
     /// Pushes ready messages to consumers with credit (after an ack, qos change or flow resume).
-    pub fn dispatch(self: &Arc<Self>) {
+    pub fn dispatch(self: &Arc<Self>, now: Now) {
         let mut dead = DeadLetters::new();
         {
             let mut st = self.state.lock();
-            self.dispatch_locked(&mut st, &mut dead);
+            self.dispatch_locked(&mut st, &mut dead, now.instant);
         }
-        self.dead_letter(dead);
+        self.dead_letter(dead, now);
     }
 
     /// Picks the consumer for the next message: the highest consumer priority with credit, round-robin
@@ -469,12 +475,8 @@ impl Queue {
         None
     }
 
-    fn dispatch_locked(self: &Arc<Self>, st: &mut State, dead: &mut DeadLetters) {
-        self.dispatch_at(st, dead, Instant::now());
-    }
-
-    /// Dispatches as of `now` (the publish instant when called from `publish`).
-    fn dispatch_at(self: &Arc<Self>, st: &mut State, dead: &mut DeadLetters, now: Instant) {
+    /// Expires what is due at `now`, then pushes ready messages to consumers with credit.
+    fn dispatch_locked(self: &Arc<Self>, st: &mut State, dead: &mut DeadLetters, now: Instant) {
         self.expire_head(st, dead, now);
         while !st.ready.is_empty() && !st.consumers.is_empty() {
             let Some(idx) = self.pick_consumer(st) else {
@@ -504,7 +506,11 @@ impl Queue {
 
     /// Registers a consumer unless exclusivity forbids it (an exclusive consumer wants the queue alone,
     /// and nobody joins a queue that has one).
-    pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>) -> Result<(), ConsumeRefused> {
+    pub fn add_consumer(
+        self: &Arc<Self>,
+        consumer: Arc<Consumer>,
+        now: Now,
+    ) -> Result<(), ConsumeRefused> {
         let mut dead = DeadLetters::new();
         {
             let mut st = self.state.lock();
@@ -518,20 +524,20 @@ impl Queue {
                 .partition_point(|c| c.priority >= consumer.priority);
             st.consumers.insert(at, consumer);
             st.had_consumer = true;
-            st.last_used = Instant::now();
-            self.dispatch_locked(&mut st, &mut dead);
+            st.last_used = now.instant;
+            self.dispatch_locked(&mut st, &mut dead, now.instant);
         }
-        self.dead_letter(dead);
+        self.dead_letter(dead, now);
         Ok(())
     }
 
-    pub fn remove_consumer(&self, consumer: &Arc<Consumer>) -> ConsumerRemoval {
+    pub fn remove_consumer(&self, consumer: &Arc<Consumer>, now: Now) -> ConsumerRemoval {
         let mut st = self.state.lock();
         let Some(idx) = st.consumers.iter().position(|c| Arc::ptr_eq(c, consumer)) else {
             return ConsumerRemoval::NotFound;
         };
         st.consumers.remove(idx);
-        st.last_used = Instant::now();
+        st.last_used = now.instant;
         if st.consumers.is_empty() && self.spec.auto_delete && st.had_consumer && !st.deleted {
             ConsumerRemoval::RemovedLastOfAutoDelete
         } else {
@@ -540,8 +546,8 @@ impl Queue {
     }
 
     /// A redeclare counts as use for `x-expires`.
-    pub fn touch(&self) {
-        self.state.lock().last_used = Instant::now();
+    pub fn touch(&self, now: Now) {
+        self.state.lock().last_used = now.instant;
     }
 
     pub fn message_count(&self) -> u32 {
@@ -594,10 +600,10 @@ impl Queue {
         self.timers.wake_at(self, Wake::Ttl, deadline);
     }
 
-    /// A timer set by this queue went off at `at` (see [`QueueTimers`](sink::QueueTimers)): expires
-    /// what is due and sets the next TTL timer, or deletes the queue if x-expires finds it unused
-    /// (else sets the next check).
-    pub fn woken(self: &Arc<Self>, wake: Wake, at: Instant) {
+    /// A timer set by this queue for `at` went off (see [`QueueTimers`](sink::QueueTimers)), and it
+    /// is `now`: expires what is due and sets the next TTL timer, or deletes the queue if x-expires
+    /// finds it unused (else sets the next check).
+    pub fn woken(self: &Arc<Self>, wake: Wake, at: Instant, now: Now) {
         match wake {
             Wake::Ttl => {
                 let mut dead = DeadLetters::new();
@@ -612,9 +618,9 @@ impl Queue {
                         st.ttl_armed = None;
                     }
                     // Only the head expires (RabbitMQ): later deadlines wait until they reach it.
-                    self.dispatch_locked(&mut st, &mut dead);
+                    self.dispatch_locked(&mut st, &mut dead, now.instant);
                 }
-                self.dead_letter(dead);
+                self.dead_letter(dead, now);
             }
             Wake::Expiry(after) => {
                 let next = {
@@ -622,7 +628,8 @@ impl Queue {
                     if st.deleted {
                         return;
                     }
-                    if st.consumers.is_empty() && st.last_used.elapsed() >= after {
+                    let unused = now.instant.saturating_duration_since(st.last_used);
+                    if st.consumers.is_empty() && unused >= after {
                         None
                     } else {
                         Some(st.last_used + after)

@@ -54,12 +54,14 @@ pub struct Paging {
 
 impl Paging {
     /// Clears `dir` of an earlier run's spill files and pages into it from now on; `paging_ratio` is
-    /// the fraction of the memory alarm's mark above which every queue with a backlog pages.
+    /// the fraction of the memory alarm's mark above which every queue with a backlog pages; spilled
+    /// TTL deadlines are written as offsets from `epoch` (any fixed instant: the core reads no clock).
     pub fn new(
         dir: &Path,
         default_budget: u64,
         alarms: Arc<dyn MemoryAccount>,
         paging_ratio: f64,
+        epoch: Instant,
     ) -> std::io::Result<Arc<Self>> {
         spill::clear_dir(dir)?;
         Ok(Arc::new(Paging {
@@ -68,7 +70,7 @@ impl Paging {
             pressure: (alarms.high_watermark() as f64 * paging_ratio) as u64,
             alarms,
             next_run: AtomicU64::new(0),
-            epoch: Instant::now(),
+            epoch,
         }))
     }
 

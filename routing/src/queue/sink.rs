@@ -21,7 +21,12 @@ pub trait WaitsForWrites: Send + Sync {
 /// letters through its dead-letter exchange, and delete it once `x-expires` found it unused. The
 /// vhost implements it, so queues never import the vhost.
 pub trait QueueOwner: Send + Sync {
-    fn dead_letter(&self, queue: &Arc<Queue>, letters: super::dead_letter::DeadLetters);
+    fn dead_letter(
+        &self,
+        queue: &Arc<Queue>,
+        letters: super::dead_letter::DeadLetters,
+        now: crate::time::Now,
+    );
     fn expire(&self, queue: &Arc<Queue>);
 }
 

@@ -13,6 +13,7 @@ use super::Vhost;
 use crate::message::Message;
 use crate::queue::dead_letter::{is_cycle, with_death, DeadLetters, DEATH_HEADERS};
 use crate::queue::Queue;
+use crate::time::Now;
 
 /// Dead-letters a message whose properties cannot take an `x-death` entry (stored by an older version
 /// under rules since tightened; publish refuses such properties today) as it is, rather than
@@ -24,6 +25,7 @@ fn unchanged(
     exchange: Option<&Arc<crate::exchange::Exchange>>,
     old: &Arc<Message>,
     why: &str,
+    now: Now,
 ) {
     tracing::error!(
         queue = ?queue.name(),
@@ -45,13 +47,13 @@ fn unchanged(
     );
     for target in targets {
         if !Arc::ptr_eq(&target, queue) {
-            target.publish(old.clone(), None);
+            target.publish(old.clone(), None, now);
         }
     }
 }
 
 /// Republishes `letters` to `queue`'s dead-letter exchange; without one (or if it is gone) they are dropped.
-pub fn republish(vhost: &Vhost, queue: &Arc<Queue>, letters: DeadLetters) {
+pub fn republish(vhost: &Vhost, queue: &Arc<Queue>, letters: DeadLetters, now: Now) {
     let Some(dlx) = &queue.args.dead_letter_exchange else {
         return;
     };
@@ -70,10 +72,10 @@ pub fn republish(vhost: &Vhost, queue: &Arc<Queue>, letters: DeadLetters) {
         // version that today's rules refuse (a deeper nesting, a continuation flag) cannot be read
         // at all: the message is dead-lettered as it is rather than lost.
         let Ok(found) = header_entries(&old.properties, &DEATH_HEADERS) else {
-            unchanged(queue, vhost, exchange.as_ref(), old, "do not parse");
+            unchanged(queue, vhost, exchange.as_ref(), old, "do not parse", now);
             continue;
         };
-        let headers = with_death(old, Some(found), queue.name(), reason);
+        let headers = with_death(old, Some(found), queue.name(), reason, now.wall_ms);
         // RabbitMQ routes a dead letter by the DLX routing key alone when one is set (dropping CC),
         // otherwise by its original routing key and CC keys.
         let fixed = queue.args.dead_letter_routing_key.is_some();
@@ -94,7 +96,14 @@ pub fn republish(vhost: &Vhost, queue: &Arc<Queue>, letters: DeadLetters) {
         let spliced =
             splice_properties(&old.properties, &replaced, &FieldTable::from(written), true);
         let Ok(properties) = spliced else {
-            unchanged(queue, vhost, exchange.as_ref(), old, "cannot be re-encoded");
+            unchanged(
+                queue,
+                vhost,
+                exchange.as_ref(),
+                old,
+                "cannot be re-encoded",
+                now,
+            );
             continue;
         };
         let routing_key = queue
@@ -116,7 +125,7 @@ pub fn republish(vhost: &Vhost, queue: &Arc<Queue>, letters: DeadLetters) {
             expiration_ms: None,
             charge,
             persistent: old.persistent,
-            published_at_ms: crate::message::now_ms(),
+            published_at_ms: now.wall_ms,
             stored: Default::default(),
         });
         // A dead letter travels on its publisher's behalf: its original keys must pass the topic write
@@ -137,7 +146,7 @@ pub fn republish(vhost: &Vhost, queue: &Arc<Queue>, letters: DeadLetters) {
         );
         for target in targets {
             if !is_cycle(target.name(), &headers) {
-                target.publish(message.clone(), None);
+                target.publish(message.clone(), None, now);
             }
         }
     }

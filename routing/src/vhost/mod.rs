@@ -24,6 +24,7 @@ use crate::queue::paging::Paging;
 use crate::queue::sink::{Journal, QueueOwner, QueueTimers};
 use crate::queue::{arguments, Queue, QueueSpec};
 use crate::resource::{check_name, ensure_same, Resource};
+use crate::time::Now;
 use warren_protocol::content::BasicProperties;
 use warren_storage::log::record::Record;
 
@@ -140,7 +141,7 @@ impl Vhost {
     /// Re-creates a durable queue read back from the log (nothing is written). Arguments that today's
     /// validation refuses are reported and not acted on, but the queue keeps them as stored (a
     /// redeclare compares against them) and keeps its messages.
-    pub fn restore_queue(self: &Arc<Self>, name: &str, stored: StoredQueue) {
+    pub fn restore_queue(self: &Arc<Self>, name: &str, stored: StoredQueue, now: Now) {
         let spec = QueueSpec {
             name: name.to_string(),
             durable: true,
@@ -159,13 +160,18 @@ impl Vhost {
                 "a stored queue has an argument this version refuses: the queue and its messages are kept, the argument is not applied"
             );
         }
-        let queue = self.new_queue(spec, args);
+        let queue = self.new_queue(spec, args, now);
         self.queues.insert(name.to_string(), queue);
     }
 
     /// A queue of this vhost: stored messages go to the log when it is durable, and its backlog
     /// pages to spill files past its budget.
-    fn new_queue(self: &Arc<Self>, spec: QueueSpec, args: arguments::QueueArguments) -> Arc<Queue> {
+    fn new_queue(
+        self: &Arc<Self>,
+        spec: QueueSpec,
+        args: arguments::QueueArguments,
+        now: Now,
+    ) -> Arc<Queue> {
         let durability = match &self.durability {
             Some(d) if spec.durable => {
                 let journal: Arc<dyn Journal> = d.clone();
@@ -181,6 +187,7 @@ impl Vhost {
             durability,
             self.paging.clone(),
             self.timers.clone(),
+            now,
         )
     }
 
@@ -421,10 +428,11 @@ impl Vhost {
         server_named: bool,
         connection: ConnectionId,
         before_create: impl FnOnce() -> AmqpResult<()>,
+        now: Now,
     ) -> AmqpResult<DeclaredQueue> {
         if passive {
             let queue = self.queue(&spec.name, connection)?;
-            queue.touch();
+            queue.touch(now);
             return Ok(DeclaredQueue {
                 queue,
                 created: false,
@@ -443,7 +451,7 @@ impl Vhost {
             ensure_same("durable", res(), spec.durable, current.durable)?;
             ensure_same("auto_delete", res(), spec.auto_delete, current.auto_delete)?;
             arguments::check_equivalent(&spec.arguments, &current.arguments, &res())?;
-            existing.touch();
+            existing.touch(now);
             return Ok(DeclaredQueue {
                 queue: existing,
                 created: false,
@@ -466,7 +474,7 @@ impl Vhost {
                 &stored_queue(&spec),
             );
         }
-        let queue = self.new_queue(spec, args);
+        let queue = self.new_queue(spec, args, now);
         self.queues.insert(queue.name().to_string(), queue.clone());
         Ok(DeclaredQueue {
             queue,
@@ -756,8 +764,8 @@ fn stored_queue(spec: &QueueSpec) -> StoredQueue {
 
 /// The vhost holds its queues: it republishes their dead letters and deletes them when they expire.
 impl QueueOwner for Vhost {
-    fn dead_letter(&self, queue: &Arc<Queue>, letters: DeadLetters) {
-        dead_letter::republish(self, queue, letters);
+    fn dead_letter(&self, queue: &Arc<Queue>, letters: DeadLetters, now: Now) {
+        dead_letter::republish(self, queue, letters, now);
     }
 
     fn expire(&self, queue: &Arc<Queue>) {

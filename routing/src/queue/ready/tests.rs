@@ -37,7 +37,14 @@ fn entry(seq: u64, priority: u8) -> Entry {
 fn setup(budget: u64) -> (tempfile::TempDir, Arc<Account>, Ready) {
     let dir = tempfile::tempdir().unwrap();
     let alarms = Arc::new(Account::new(1 << 40));
-    let paging = Paging::new(&dir.path().join("spill"), budget, alarms.clone(), 0.5).unwrap();
+    let paging = Paging::new(
+        &dir.path().join("spill"),
+        budget,
+        alarms.clone(),
+        0.5,
+        Instant::now(),
+    )
+    .unwrap();
     let ready = Ready::new(Some((paging.clone(), paging.budget(false, None, None))));
     (dir, alarms, ready)
 }
@@ -151,7 +158,14 @@ fn clearing_returns_the_log_ids_of_paged_entries_and_deletes_the_files() {
 fn a_lazy_queue_keeps_one_message_in_memory_and_a_length_budget_counts_messages() {
     let dir = tempfile::tempdir().unwrap();
     let alarms = Arc::new(Account::new(1 << 40));
-    let paging = Paging::new(&dir.path().join("spill"), 1 << 30, alarms, 0.5).unwrap();
+    let paging = Paging::new(
+        &dir.path().join("spill"),
+        1 << 30,
+        alarms,
+        0.5,
+        Instant::now(),
+    )
+    .unwrap();
     let mut lazy = Ready::new(Some((paging.clone(), paging.budget(true, None, None))));
     for seq in 0..10 {
         lazy.push(entry(seq, 0));
@@ -178,7 +192,14 @@ fn a_lazy_queue_keeps_one_message_in_memory_and_a_length_budget_counts_messages(
 fn memory_pressure_pages_new_arrivals_of_any_queue_with_a_backlog() {
     let dir = tempfile::tempdir().unwrap();
     let alarms = Arc::new(Account::new(10_000));
-    let paging = Paging::new(&dir.path().join("spill"), 1 << 30, alarms.clone(), 0.5).unwrap();
+    let paging = Paging::new(
+        &dir.path().join("spill"),
+        1 << 30,
+        alarms.clone(),
+        0.5,
+        Instant::now(),
+    )
+    .unwrap();
     let mut ready = Ready::new(Some((paging.clone(), paging.budget(false, None, None))));
     ready.push(entry(0, 0));
     ready.push(entry(1, 0));
