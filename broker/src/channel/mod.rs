@@ -170,10 +170,11 @@ impl Channel {
         }
         if std::mem::take(&mut self.needs_dispatch) {
             let mut seen: Vec<&Arc<Queue>> = Vec::new();
+            let now = Now::read();
             for reg in self.consumers.values() {
                 if !seen.iter().any(|q| Arc::ptr_eq(q, &reg.queue)) {
                     seen.push(&reg.queue);
-                    reg.queue.dispatch(Now::read());
+                    reg.queue.dispatch(now);
                 }
             }
         }

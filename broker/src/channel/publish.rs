@@ -267,6 +267,8 @@ impl Channel {
         extra_keys.extend(bcc);
         let body_len = body.len();
         let properties_len = properties.len();
+        // One reading of the clocks per publish: its publish time, and the time it enters its queues.
+        let now = Now::read();
         let message = Arc::new(Message {
             exchange: p.exchange_name,
             routing_key: p.routing_key,
@@ -280,7 +282,7 @@ impl Channel {
                 (properties_len + body_len) as u64,
             )),
             persistent: props.delivery_mode == Some(2),
-            published_at_ms: Now::read().wall_ms,
+            published_at_ms: now.wall_ms,
             stored: Default::default(),
         });
         let publication = Publication {
@@ -296,7 +298,7 @@ impl Channel {
                 let tracker = seq.map(|seq| {
                     PendingConfirm::new(s.outbox.clone(), self.id, self.incarnation, Some(seq))
                 });
-                let accepted = self.route_and_enqueue(s, &publication, tracker.as_ref());
+                let accepted = self.route_and_enqueue(s, &publication, tracker.as_ref(), now);
                 if let (Some(confirms), Some(seq), Some(tracker)) =
                     (self.confirms.as_mut(), seq, tracker)
                 {
@@ -356,6 +358,7 @@ impl Channel {
         s: &mut Session,
         p: &Publication,
         confirm: Option<&Arc<PendingConfirm>>,
+        now: Now,
     ) -> bool {
         let message = &p.message;
         // The routing key was authorised at basic.publish; CC and BCC keys are checked as they route.
@@ -369,7 +372,6 @@ impl Channel {
             keys,
         );
         let holds = confirm.map(Holds);
-        let now = Now::read();
         let mut routed = false;
         let mut accepted = true;
         for q in &queues {

@@ -34,8 +34,9 @@ impl Channel {
                 // commit-ok waits until the committed persistent messages are on disk (as RabbitMQ).
                 let tracker =
                     PendingConfirm::new(s.outbox.clone(), self.id, self.incarnation, None);
+                let now = warren_routing::time::Now::read();
                 for publication in &done.publishes {
-                    self.route_and_enqueue(s, publication, Some(&tracker));
+                    self.route_and_enqueue(s, publication, Some(&tracker), now);
                 }
                 for (settled, requeue) in done.settles {
                     self.apply_settle(settled, requeue);
