@@ -10,6 +10,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BASE=${1:?usage: benches/compare.sh BASE [--rounds N] [--scenarios LIST] [--sizes LIST] [--duration SECS]}
+COMMAND="benches/compare.sh $*"
 shift
 ROUNDS=2
 SCENARIOS="publish,pubsub,confirms,fanout,topic,persistent,rpc-8x2"
@@ -53,7 +54,7 @@ done
 
 mkdir -p "$ROOT/benches/results"
 OUT="$ROOT/benches/results/compare-$(date +%Y-%m-%d-%H%M%S).md"
-python3 - "$WORK" "$ROUNDS" "$BASE_SHA" "$HEAD_SHA" "benches/compare.sh $BASE $*" >"$OUT" <<'PY'
+python3 - "$WORK" "$ROUNDS" "$BASE_SHA" "$HEAD_SHA" "$COMMAND" >"$OUT" <<'PY'
 import json, sys, statistics
 from pathlib import Path
 work, rounds, base, head, command = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
