@@ -80,10 +80,8 @@ pub fn definitions(data: &[u8]) {
 pub fn log_records(data: &[u8]) {
     // As read, and with every frame's checksum set right: random bytes almost never carry a valid
     // CRC-32, so without the second pass the records behind it would never be decoded or replayed.
-    for segment in [
-        Bytes::copy_from_slice(data),
-        Bytes::from(with_valid_checksums(data)),
-    ] {
+    let as_read = Bytes::copy_from_slice(data);
+    for segment in [as_read.clone(), Bytes::from(with_valid_checksums(data))] {
         let mut offset = 0;
         while let Read::Record(record, next) = read_at(&segment, offset) {
             assert!(next > offset && next <= segment.len());
@@ -102,8 +100,7 @@ pub fn log_records(data: &[u8]) {
             let _ = warren_storage::log::Log::open(medium, 64 << 20);
         }
     }
-    let segment = Bytes::copy_from_slice(data);
-    message_payload(&segment);
+    message_payload(&as_read);
     definition_value(data);
 }
 

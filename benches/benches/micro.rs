@@ -84,15 +84,20 @@ fn frames(c: &mut Criterion) {
     g.finish();
 }
 
-fn topic_matching(c: &mut Criterion) {
-    let vhost = Vhost::new(
+/// A vhost with nothing stored and no paging: routing and queues alone.
+fn memory_vhost() -> Arc<Vhost> {
+    Vhost::new(
         "/",
         VhostLimits::default(),
         None,
         None,
         Arc::new(AllowAll),
         Arc::new(RuntimeTimers),
-    );
+    )
+}
+
+fn topic_matching(c: &mut Criterion) {
+    let vhost = memory_vhost();
     let x = vhost
         .declare_exchange(
             ExchangeSpec {
@@ -144,14 +149,7 @@ fn topic_matching(c: &mut Criterion) {
 }
 
 fn publish_path(c: &mut Criterion) {
-    let vhost = Vhost::new(
-        "/",
-        VhostLimits::default(),
-        None,
-        None,
-        Arc::new(AllowAll),
-        Arc::new(RuntimeTimers),
-    );
+    let vhost = memory_vhost();
     let spec = QueueSpec {
         name: "q".into(),
         durable: false,

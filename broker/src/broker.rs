@@ -22,6 +22,7 @@ use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::connection::outbound::Outbound;
 use crate::exchange::RouteGuard;
+use crate::ids::ConnectionId;
 use crate::message::codec::decode_message;
 use crate::persist::{Durability, StoredExchange, StoredQueue};
 use crate::queue::paging::Paging;
@@ -30,7 +31,6 @@ use crate::topic_guard::TopicGuard;
 use crate::users::User;
 use crate::vhost::{Vhost, VhostLimits};
 use amq_protocol::types::FieldTable;
-use warren_routing::ids::ConnectionId;
 use warren_storage::log::record::Record;
 use warren_storage::log::{LogError, Recovered};
 
@@ -293,7 +293,7 @@ impl Broker {
                 _ => unusable(key, "it is not a definition this version knows"),
             }
         }
-        let now = warren_routing::time::Now::read();
+        let now = crate::time::Now::read();
         for (vhost, name, q) in queues {
             vhost.restore_queue(&name, q, now);
         }
@@ -359,7 +359,7 @@ impl Broker {
             batch.push((id, Arc::new(message)));
         }
         let n = batch.len();
-        queue.restore(batch, warren_routing::time::Now::read());
+        queue.restore(batch, crate::time::Now::read());
         Ok(n)
     }
 

@@ -153,12 +153,7 @@ pub struct PublisherFlow {
 
 impl PublisherFlow {
     /// A message of this connection entered `queue` (the hot path).
-    pub fn published(
-        &mut self,
-        activity: &Activity,
-        queue: &Arc<ReadyCounters>,
-        now: impl FnOnce() -> Instant,
-    ) {
+    pub fn published(&mut self, activity: &Activity, queue: &Arc<ReadyCounters>, now: Instant) {
         let settings = &activity.settings;
         if !settings.is_behind(queue) {
             self.moved = true;
@@ -174,7 +169,7 @@ impl PublisherFlow {
                 queue: queue.clone(),
                 credit: settings.burst - 1,
                 departed: queue.departed(),
-                refilled: now(),
+                refilled: now,
             }),
         }
     }
@@ -262,7 +257,7 @@ mod tests {
         let now = Instant::now();
         activity.mark(now);
         for _ in 0..10 * BURST {
-            flow.published(&activity, &q, || now);
+            flow.published(&activity, &q, now);
         }
         assert!(flow.credits.is_empty());
         assert!(!flow.should_pause(&activity, now));
@@ -275,14 +270,14 @@ mod tests {
         let mut flow = PublisherFlow::default();
         let t0 = Instant::now();
         for _ in 0..BURST {
-            flow.published(&activity, &q, || t0);
+            flow.published(&activity, &q, t0);
         }
         assert!(
             !flow.should_pause(&activity, t0),
             "nobody else moves messages: a lone publisher is never paused"
         );
         assert_eq!(flow.credits[0].credit, 0, "its debt is forgiven");
-        flow.published(&activity, &q, || t0);
+        flow.published(&activity, &q, t0);
         activity.mark(t0);
         assert!(flow.should_pause(&activity, t0));
         // Others go quiet: the pause ends, credit or not.
@@ -297,7 +292,7 @@ mod tests {
         let mut flow = PublisherFlow::default();
         let t0 = Instant::now();
         for _ in 0..BURST + 100 {
-            flow.published(&activity, &q, || t0);
+            flow.published(&activity, &q, t0);
         }
         activity.mark(t0);
         assert!(flow.should_pause(&activity, t0));
@@ -310,7 +305,7 @@ mod tests {
         assert_eq!(flow.credits[0].credit, RESUME);
         // Time alone: GROWTH_PER_SEC a second, never more than BURST.
         for _ in 0..RESUME {
-            flow.published(&activity, &q, || t0);
+            flow.published(&activity, &q, t0);
         }
         assert!(!flow.may_resume(&activity, t0));
         let wait = 1.5 * RESUME as f64 / GROWTH_PER_SEC;
@@ -356,7 +351,7 @@ mod tests {
         let mut flow = PublisherFlow::default();
         let t0 = Instant::now();
         for _ in 0..2 * BURST {
-            flow.published(&activity, &q, || t0);
+            flow.published(&activity, &q, t0);
         }
         activity.mark(t0);
         assert!(!flow.should_pause(&activity, t0));
@@ -375,7 +370,7 @@ mod tests {
         let mut flow = PublisherFlow::default();
         let t0 = Instant::now();
         for _ in 0..2 * BURST {
-            flow.published(&activity, &q, || t0);
+            flow.published(&activity, &q, t0);
         }
         activity.mark(t0);
         assert!(flow.should_pause(&activity, t0));

@@ -3,7 +3,8 @@
 //!
 //! Crate rule: this is where protocol/ (wire format), storage/ (durable state) and routing/ (the
 //! core) are wired together; none of those knows about this crate. It implements the core's traits
-//! (the outbox as `DeliverySink`, the log as `Journal`, pending confirms, timers, the memory alarm). Binaries stay thin: `main.rs` parses flags and calls
+//! (the outbox as `DeliverySink`, the log as `Journal`, pending confirms, timers, the memory alarm).
+//! Binaries stay thin: `main.rs` parses flags and calls
 //! [`server::run`] with a bound listener and a shutdown future, which is also how tests start brokers.
 
 pub mod access;

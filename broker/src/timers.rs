@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::queue::sink::QueueTimers;
 use crate::queue::{Queue, Wake};
-use warren_routing::time::Now;
+use crate::time::Now;
 
 /// An x-expires check never polls faster than this (a queue with consumers is checked again).
 const EXPIRY_POLL: Duration = Duration::from_millis(10);

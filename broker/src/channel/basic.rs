@@ -11,15 +11,15 @@ use super::unacked::Delivered;
 use super::{remove_consumer, requeue, settle_by_queue, Channel, Registration};
 use crate::connection::session::Session;
 use crate::error::{AmqpError, AmqpResult};
+use crate::ids::{ChannelId, ConsumerTag};
 use crate::permissions::{self, Access, Kind};
 use crate::queue::arguments::{bool_arg, PUBLISHER_ARGUMENT};
 use crate::queue::consumer::{Consumer, Limit};
 use crate::queue::{Entry, Queue};
 use crate::resource::Resource;
+use crate::time::Now;
 use amq_protocol::types::FieldTable;
 use warren_protocol::field::{as_int, type_name};
-use warren_routing::ids::{ChannelId, ConsumerTag};
-use warren_routing::time::Now;
 
 /// The `x-priority` consumer argument: any integer (RabbitMQ's check_int_arg), default 0.
 fn consumer_priority(args: &FieldTable, queue: &str, vhost: &str) -> AmqpResult<i64> {

@@ -20,11 +20,11 @@ use crate::connection::session::Session;
 use crate::error::{AmqpError, AmqpResult};
 use crate::queue::consumer::{ChannelCredit, Consumer};
 use crate::queue::Queue;
+use crate::time::Now;
 use confirm::Confirms;
 use publish::Assembly;
 use tx::Transaction;
 use unacked::Unacked;
-use warren_routing::time::Now;
 
 /// A consumer registered on this channel and the queue it consumes from.
 struct Registration {

@@ -17,7 +17,7 @@ use crate::message::{Message, PUBLISHER_HEADER};
 use crate::permissions::{self, Access, Kind};
 use crate::queue::sink::WaitsForWrites;
 use crate::queue::Enqueued;
-use warren_routing::time::Now;
+use crate::time::Now;
 
 /// A basic.publish waiting for its content.
 pub struct Pending {
@@ -383,7 +383,7 @@ impl Channel {
                 Enqueued::Yes => {
                     routed = true;
                     s.flow
-                        .published(&s.broker.flow_activity, q.flow(), std::time::Instant::now);
+                        .published(&s.broker.flow_activity, q.flow(), now.instant);
                 }
                 Enqueued::Rejected => {
                     routed = true;

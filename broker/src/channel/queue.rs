@@ -8,8 +8,8 @@ use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::Destination;
 use crate::permissions::{self, Access, Kind};
 use crate::queue::QueueSpec;
+use crate::time::Now;
 use warren_protocol::field::{as_text, type_name};
-use warren_routing::time::Now;
 
 /// A server-generated name: `prefix` and 22 characters of URL-safe base64 over 128 random bits, like
 /// RabbitMQ's `rabbit_guid:binary(gen_secure(), Prefix)`.

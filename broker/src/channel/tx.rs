@@ -34,7 +34,7 @@ impl Channel {
                 // commit-ok waits until the committed persistent messages are on disk (as RabbitMQ).
                 let tracker =
                     PendingConfirm::new(s.outbox.clone(), self.id, self.incarnation, None);
-                let now = warren_routing::time::Now::read();
+                let now = crate::time::Now::read();
                 for publication in &done.publishes {
                     self.route_and_enqueue(s, publication, Some(&tracker), now);
                 }

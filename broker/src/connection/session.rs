@@ -12,12 +12,12 @@ use warren_protocol::method::encode_method;
 use crate::access::{Access, Kind};
 use crate::broker::Broker;
 use crate::connection::outbound::Outbound;
+use crate::ids::ConnectionId;
 use crate::message::{Message, PUBLISHER_HEADER};
 use crate::queue::consumer::Limit;
 use crate::users::User;
 use crate::vhost::Vhost;
 use warren_protocol::content::edit_headers;
-use warren_routing::ids::ConnectionId;
 
 /// Client capabilities from connection.start-ok that change what the broker sends.
 #[derive(Debug, Clone, Copy, Default)]

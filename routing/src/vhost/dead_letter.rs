@@ -15,6 +15,16 @@ use crate::queue::dead_letter::{is_cycle, with_death, DeadLetters, DEATH_HEADERS
 use crate::queue::Queue;
 use crate::time::Now;
 
+/// On whose behalf a dead letter travels into topic exchanges: its publisher, whose keys they are;
+/// with a fixed x-dead-letter-routing-key, the queue's declarer, whose choice that key was (checked
+/// at queue.declare, and again here so that narrowing their permission takes effect).
+fn on_behalf_of(queue: &Queue, publisher: &Arc<str>) -> Arc<str> {
+    match (&queue.args.dead_letter_routing_key, &queue.spec.declared_by) {
+        (Some(_), Some(declarer)) => declarer.clone(),
+        _ => publisher.clone(),
+    }
+}
+
 /// Dead-letters a message whose properties cannot take an `x-death` entry (stored by an older version
 /// under rules since tightened; publish refuses such properties today) as it is, rather than
 /// losing it. Without x-death there is no cycle detection, so it never goes back to
@@ -34,10 +44,7 @@ fn unchanged(
     );
     let fixed = queue.args.dead_letter_routing_key.as_deref();
     let key = fixed.unwrap_or(&old.routing_key);
-    let on_behalf_of = match (fixed, &queue.spec.declared_by) {
-        (Some(_), Some(declarer)) => declarer.clone(),
-        _ => old.publisher.clone(),
-    };
+    let on_behalf_of = on_behalf_of(queue, &old.publisher);
     let targets = super::route_keys(
         vhost,
         exchange,
@@ -128,15 +135,9 @@ pub fn republish(vhost: &Vhost, queue: &Arc<Queue>, letters: DeadLetters, now: N
             published_at_ms: now.wall_ms,
             stored: Default::default(),
         });
-        // A dead letter travels on its publisher's behalf: its original keys must pass the topic write
-        // permission of the dead-letter exchange (and of every hop after it). A fixed
-        // x-dead-letter-routing-key is the declarer's choice: checked at queue.declare, and again
-        // here on the declarer's behalf, so narrowing their permission (or a queue declared before
-        // this check existed) takes effect.
-        let on_behalf_of = match (&queue.args.dead_letter_routing_key, &queue.spec.declared_by) {
-            (Some(_), Some(declarer)) => declarer.clone(),
-            _ => message.publisher.clone(),
-        };
+        // Each hop into a topic exchange (the dead-letter exchange and every one after it) passes
+        // the topic write permission of the user on whose behalf the dead letter travels.
+        let on_behalf_of = on_behalf_of(queue, &message.publisher);
         let targets = super::route_keys(
             vhost,
             exchange.as_ref(),
