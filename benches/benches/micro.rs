@@ -205,7 +205,7 @@ fn publish_path(c: &mut Criterion) {
                 queue.publish(m.clone(), None, now);
             }
             if q.message_count() > 100_000 {
-                q.purge();
+                q.purge(now);
             }
         })
     });

@@ -201,7 +201,7 @@ impl Broker {
         if let Some((_, vhost)) = self.vhosts.remove(name) {
             for queue in vhost.queue_names() {
                 if let Some(q) = vhost.find_queue(&queue) {
-                    vhost.remove_queue(&q);
+                    vhost.remove_queue(&q, crate::time::Now::read());
                 }
             }
         }

@@ -208,7 +208,7 @@ impl Channel {
             s.send_content(self.id, m);
         }
         if g.no_ack {
-            queue.forget([&entry]);
+            queue.settle([&entry], Now::read());
         } else {
             self.unacked.push(Delivered {
                 tag,
@@ -251,7 +251,7 @@ impl Channel {
             if requeue_to == Some(false) {
                 queue.reject(entries, Now::read());
             } else {
-                queue.forget(&entries);
+                queue.settle(&entries, Now::read());
             }
         }
     }
@@ -296,7 +296,7 @@ impl Channel {
         }
         if consumer.no_ack {
             consumer.release_credit(1);
-            queue.forget([&entry]);
+            queue.settle([&entry], Now::read());
         } else {
             self.unacked.push(Delivered {
                 tag,

@@ -202,7 +202,7 @@ fn remove_consumer(s: &Session, reg: &Registration) {
     if reg.queue.remove_consumer(&reg.consumer, Now::read())
         == crate::queue::ConsumerRemoval::RemovedLastOfAutoDelete
     {
-        s.vhost.remove_queue(&reg.queue);
+        s.vhost.remove_queue(&reg.queue, Now::read());
     }
 }
 

@@ -149,7 +149,7 @@ impl Channel {
                 let name = self.queue_name(p.queue.as_str())?;
                 permissions::check(s, Access::Read, Kind::Queue, &name)?;
                 let q = s.vhost.queue(&name, s.id)?;
-                let message_count = q.purge();
+                let message_count = q.purge(Now::read());
                 reply(
                     s,
                     p.nowait,
@@ -159,7 +159,9 @@ impl Channel {
             queue::AMQPMethod::Delete(d) => {
                 let name = self.queue_name(d.queue.as_str())?;
                 permissions::check(s, Access::Configure, Kind::Queue, &name)?;
-                let message_count = s.vhost.delete_queue(&name, d.if_unused, d.if_empty, s.id)?;
+                let message_count =
+                    s.vhost
+                        .delete_queue(&name, d.if_unused, d.if_empty, s.id, Now::read())?;
                 reply(
                     s,
                     d.nowait,

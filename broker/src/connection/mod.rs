@@ -323,8 +323,9 @@ impl Connection {
             // Deliveries go back to their queues; a second close request changes nothing.
             let _ = self.handle_outbound(pending);
         }
+        let now = crate::time::Now::read();
         for queue in self.s.vhost.queues_owned_by(self.s.id) {
-            self.s.vhost.remove_queue(&queue);
+            self.s.vhost.remove_queue(&queue, now);
         }
         match ending {
             Some(Ending::Close(e)) => {

@@ -144,6 +144,19 @@ impl Consumer {
     }
 }
 
+/// A registration is itself: two consumers with equal fields are still two.
+impl super::state::ConsumerHandle for Arc<Consumer> {
+    fn is(&self, other: &Self) -> bool {
+        Arc::ptr_eq(self, other)
+    }
+    fn priority(&self) -> i64 {
+        self.priority
+    }
+    fn exclusive(&self) -> bool {
+        self.exclusive
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

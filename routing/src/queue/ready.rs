@@ -198,6 +198,46 @@ impl Ready {
         }
     }
 
+    /// Every ready entry in delivery order, for a snapshot. Paged entries are read back for it and
+    /// written to fresh runs, so they stay paged.
+    pub fn entries(&mut self) -> Vec<Entry> {
+        let mut all: Vec<Entry> = self.memory.iter().cloned().collect();
+        let mut lost = 0;
+        if let Some((paging, _)) = &self.paging {
+            for run in self.runs.values_mut() {
+                let mut fresh = paging.new_run();
+                while !run.is_empty() {
+                    let records = match run.pop(1 << 20) {
+                        Ok(records) => records,
+                        Err(e) => {
+                            tracing::error!(error = %e, messages = run.len(), "cannot read a queue's backlog back from its spill file for a snapshot; those messages are lost (persistent ones return from the log at the next start)");
+                            lost += run.len();
+                            run.clear();
+                            break;
+                        }
+                    };
+                    for record in records {
+                        let Some(entry) = paging.read(record.clone()) else {
+                            lost += 1;
+                            continue;
+                        };
+                        all.push(entry);
+                        // Kept in the run's write buffer when the write fails (see Spill::push).
+                        if let Err(e) = fresh.push(&[&record]) {
+                            tracing::warn!(error = %e, "cannot rewrite a queue's spill file for a snapshot");
+                        }
+                    }
+                }
+                *run = fresh;
+            }
+        }
+        // A run is removed when it empties.
+        self.runs.retain(|_, run| !run.is_empty());
+        self.flow.depart(lost);
+        all.sort_by_key(Entry::order);
+        all
+    }
+
     /// Drops every ready entry. Returns those that were in memory and, when `want_ids`, the log ids of
     /// the paged ones (read from their records), so a durable queue can forget them.
     pub fn clear(&mut self, want_ids: bool) -> (Vec<Entry>, Vec<u64>) {

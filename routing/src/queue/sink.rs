@@ -27,7 +27,7 @@ pub trait QueueOwner: Send + Sync {
         letters: super::dead_letter::DeadLetters,
         now: crate::time::Now,
     );
-    fn expire(&self, queue: &Arc<Queue>);
+    fn expire(&self, queue: &Arc<Queue>, now: crate::time::Now);
 }
 
 /// Where a durable queue writes its message records (`Enqueue`, `Remove`, `DropQueue`): the local

@@ -489,6 +489,7 @@ impl Vhost {
         if_unused: bool,
         if_empty: bool,
         connection: ConnectionId,
+        now: Now,
     ) -> AmqpResult<u32> {
         let _topology = self.topology.lock();
         let Some(queue) = self.find_queue(name) else {
@@ -508,16 +509,16 @@ impl Vhost {
                 self.resource("queue", name)
             )));
         }
-        Ok(self.remove_queue_locked(&queue))
+        Ok(self.remove_queue_locked(&queue, now))
     }
 
     /// Deletes a queue without checks (exclusive owner gone, auto-delete), if it is still this one.
-    pub fn remove_queue(&self, queue: &Arc<Queue>) {
+    pub fn remove_queue(&self, queue: &Arc<Queue>, now: Now) {
         let _topology = self.topology.lock();
-        self.remove_queue_locked(queue);
+        self.remove_queue_locked(queue, now);
     }
 
-    fn remove_queue_locked(&self, queue: &Arc<Queue>) -> u32 {
+    fn remove_queue_locked(&self, queue: &Arc<Queue>, now: Now) -> u32 {
         self.queues
             .remove_if(queue.name(), |_, q| Arc::ptr_eq(q, queue));
         if let (Some(d), true) = (&self.durability, queue.spec.durable) {
@@ -534,7 +535,7 @@ impl Vhost {
             );
         }
         self.remove_bindings_to(&Destination::Queue(queue.clone()));
-        let (count, consumers) = queue.mark_deleted();
+        let (count, consumers) = queue.mark_deleted(now);
         for consumer in consumers {
             consumer.sink.cancelled(consumer.clone());
         }
@@ -768,7 +769,7 @@ impl QueueOwner for Vhost {
         dead_letter::republish(self, queue, letters, now);
     }
 
-    fn expire(&self, queue: &Arc<Queue>) {
-        self.remove_queue(queue);
+    fn expire(&self, queue: &Arc<Queue>, now: Now) {
+        self.remove_queue(queue, now);
     }
 }
