@@ -7,7 +7,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use warren_broker::message::codec::{decode_message, encode_message};
-use warren_broker::persist::{StoredExchange, StoredQueue};
+use warren_broker::meta::{codec, legacy};
 use warren_protocol::method::decode_method;
 use warren_protocol::spec::{connection, AMQPClass};
 use warren_protocol::types::FieldTable;
@@ -142,10 +142,21 @@ fn message_payload(payload: &Bytes) {
     }
 }
 
-/// A stored definition, as each kind of definition record is read back.
+/// A stored definition, as recovery reads it back: a metadata command (which must encode to a
+/// record that decodes to the same command), or an earlier version's JSON record under each kind
+/// of key.
 fn definition_value(value: &[u8]) {
-    let _ = serde_json::from_slice::<StoredQueue>(value);
-    let _ = serde_json::from_slice::<StoredExchange>(value);
+    if let Ok(command) = codec::decode(value) {
+        let again = codec::decode(&codec::encode(&command)).expect("a decoded command re-encodes");
+        assert_eq!(again, command);
+    }
+    for key in [
+        r#"["queue","/","q"]"#,
+        r#"["exchange","/","x"]"#,
+        r#"["binding","/","x","queue","q","k","{}"]"#,
+    ] {
+        let _ = legacy::command(key, value);
+    }
     let _ = serde_json::from_slice::<FieldTable>(value);
     let _ = serde_json::from_slice::<Vec<String>>(value);
 }

@@ -1,9 +1,11 @@
 //! The broker's shared state: configuration, vhosts, users, open connections, the memory alarm and the
 //! audit log. One `Arc<Broker>` is handed to every connection task; nothing here is global.
 //!
-//! Definitions (vhosts, users, permissions) persist in `DATA_DIR/definitions.json`; the configuration's
-//! vhosts and users are applied on top at every start. Every change made through the admin API rewrites
-//! the file while holding `definitions`, which serialises administrative changes.
+//! Definitions (vhosts, users, permissions) persist as metadata commands in the command log, beside
+//! durable exchanges, queues and bindings (routing's meta/); the configuration's vhosts and users are
+//! applied on top at every start. Every change made through the admin API is written as commands,
+//! and applied once durable, while holding `definitions`, which serialises administrative changes.
+//! A `definitions.json` of an earlier version is imported once and renamed.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,13 +26,13 @@ use crate::connection::outbound::Outbound;
 use crate::exchange::RouteGuard;
 use crate::ids::ConnectionId;
 use crate::message::codec::decode_message;
-use crate::persist::{Durability, StoredExchange, StoredQueue};
+use crate::meta::{codec, legacy, records, MetaCommand};
+use crate::persist::Durability;
 use crate::queue::paging::Paging;
 use crate::queue::Queue;
 use crate::topic_guard::TopicGuard;
 use crate::users::User;
 use crate::vhost::{Vhost, VhostLimits};
-use amq_protocol::types::FieldTable;
 use warren_storage::log::record::Record;
 use warren_storage::log::{LogError, Recovered};
 
@@ -58,9 +60,9 @@ pub struct Broker {
     pub(crate) route_guard: Arc<dyn RouteGuard>,
     /// Moves whenever a user or its permissions change (invalidates per-connection permission caches).
     pub(crate) users_generation: AtomicU64,
-    /// The persisted document; held while an administrative change is applied and saved.
+    /// Vhosts, users and permissions as the log's commands built them; held while an administrative
+    /// change is written and applied.
     pub(crate) definitions: Mutex<Definitions>,
-    pub(crate) definitions_path: PathBuf,
     pub(crate) connections: DashMap<ConnectionId, ConnectionInfo>,
     /// The command log: durable definitions and persistent messages.
     pub durability: Arc<Durability>,
@@ -96,6 +98,88 @@ pub enum SetupError {
     DataDir(#[from] crate::tls::TlsError),
     #[error("{0}")]
     Locked(#[from] DirLockError),
+    #[error("cannot store the configuration's vhosts and users: {0}")]
+    Seeding(crate::admin::definitions::AdminError),
+}
+
+/// The metadata commands recovery found in the log, in the order they apply.
+struct FoundMeta {
+    commands: Vec<MetaCommand>,
+    /// Some record could not be read: stored messages of unknown queues are kept, not dropped.
+    unreadable: bool,
+}
+
+/// Decodes every live definition record of the log. Records of an earlier version (JSON under
+/// JSON-array keys) become commands and are rewritten as such; a record this version cannot read is
+/// reported and left in the log as it is.
+fn read_meta(recovered: &Recovered, durability: &Durability) -> FoundMeta {
+    let mut commands = Vec::new();
+    let mut rewrite = Vec::new();
+    let mut unreadable = false;
+    for (key, value) in &recovered.definitions {
+        let command = if legacy::is_legacy(value) {
+            legacy::command(key, value).inspect(|c| {
+                let record = records::record(c);
+                if matches!(&record, Record::Put { key: new, .. } if new != key) {
+                    rewrite.push(Record::Delete { key: key.clone() });
+                }
+                rewrite.push(record);
+            })
+        } else {
+            codec::decode(value).map_err(|e| e.to_string())
+        };
+        match command {
+            Ok(c) => commands.push(c),
+            Err(why) => {
+                unreadable = true;
+                tracing::error!(
+                    key = ?key,
+                    why,
+                    "a stored definition cannot be restored: it is skipped and stays in the log as it is"
+                );
+            }
+        }
+    }
+    if !rewrite.is_empty() {
+        tracing::info!(
+            records = rewrite.len(),
+            "rewriting definition records of an earlier version as metadata commands"
+        );
+        durability.write(rewrite, None);
+    }
+    commands.sort_by_key(MetaCommand::recovery_rank);
+    FoundMeta {
+        commands,
+        unreadable,
+    }
+}
+
+/// Imports the `definitions.json` of an earlier version (vhosts, users, permissions) as commands,
+/// unless the log already holds definitions (an import that was cut short before the rename), then
+/// renames it `definitions.json.imported` so it is read once.
+fn import_definitions_file(
+    path: &std::path::Path,
+    definitions: &mut Definitions,
+    durability: &Durability,
+) -> std::io::Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let file = Definitions::load(path)?;
+    if *definitions == Definitions::default() {
+        let commands = crate::meta::definitions::commands_for(&file);
+        crate::admin::definitions::commit(durability, definitions, &commands)
+            .map_err(|e| std::io::Error::other(e.0))?;
+        tracing::info!(
+            vhosts = file.vhosts.len(),
+            users = file.users.len(),
+            "imported the definitions file of an earlier version into the log"
+        );
+    }
+    let imported = path.with_extension("json.imported");
+    std::fs::rename(path, &imported)?;
+    tracing::info!(file = %imported.display(), "the definitions file was renamed: the log holds its definitions now");
+    Ok(())
 }
 
 /// Creates `dir` (and missing parents) as 0700, whatever the umask: a group-writable data directory
@@ -129,13 +213,32 @@ impl Broker {
             Some(lock) => lock,
             None => DirLock::acquire(&config.data_dir)?,
         };
-        let mut definitions = Definitions::load(&definitions_path).map_err(defs_err)?;
-        for vhost in &config.vhosts {
-            if !definitions.vhosts.contains(vhost) {
-                definitions.vhosts.push(vhost.clone());
+        let (durability, recovered) = Durability::open(&config.data_dir)?;
+        if let Some((segment, offset, dropped)) = &recovered.truncated {
+            tracing::warn!(%segment, offset, dropped, "cut a torn or corrupt record off the end of the log (an unfinished write at a crash)");
+        }
+        let found = read_meta(&recovered, &durability);
+        let mut definitions = Definitions::default();
+        let (broker_commands, topology): (Vec<_>, Vec<_>) = found
+            .commands
+            .into_iter()
+            .partition(|c| c.vhost().is_none());
+        for command in &broker_commands {
+            if let Err(why) = crate::meta::definitions::apply(&mut definitions, command) {
+                tracing::error!(command = ?command, why, "a stored definition does not apply");
             }
         }
-        for note in definitions.seed_users(&config.users) {
+        import_definitions_file(&definitions_path, &mut definitions, &durability)
+            .map_err(defs_err)?;
+        let mut commands: Vec<MetaCommand> = config
+            .vhosts
+            .iter()
+            .filter(|v| !definitions.vhosts.contains(v))
+            .map(|v| MetaCommand::AddVhost { vhost: v.clone() })
+            .collect();
+        let (seeds, notes) = crate::meta::definitions::seeding(&definitions, &config.users);
+        commands.extend(seeds);
+        for note in notes {
             match note {
                 Seeding::Created(user) => {
                     tracing::info!(user = ?user, "created a user of the configuration file")
@@ -150,12 +253,9 @@ impl Broker {
                 ),
             }
         }
-        definitions.save(&definitions_path).map_err(defs_err)?;
+        crate::admin::definitions::commit(&durability, &mut definitions, &commands)
+            .map_err(SetupError::Seeding)?;
 
-        let (durability, recovered) = Durability::open(&config.data_dir)?;
-        if let Some((segment, offset, dropped)) = &recovered.truncated {
-            tracing::warn!(%segment, offset, dropped, "cut a torn or corrupt record off the end of the log (an unfinished write at a crash)");
-        }
         let limits = &config.limits;
         let threshold = Alarms::threshold(
             limits.memory_high_watermark,
@@ -218,7 +318,6 @@ impl Broker {
             route_guard,
             users_generation: AtomicU64::new(0),
             definitions: Mutex::new(definitions),
-            definitions_path,
             connections: DashMap::new(),
             durability,
             paging,
@@ -236,78 +335,45 @@ impl Broker {
             disk_limit,
             std::time::Duration::from_secs(1),
         );
-        broker.restore(recovered)?;
+        broker.restore(topology, found.unreadable, recovered)?;
         Ok(broker)
     }
 
-    /// Rebuilds durable exchanges, queues, bindings and stored messages from the log. A record this
-    /// version cannot use is reported at error level and left in the log as it is; the stored
-    /// messages of a queue whose record exists are never deleted because it could not be restored.
-    fn restore(&self, recovered: Recovered) -> Result<(), SetupError> {
-        let mut bindings = Vec::new();
-        let mut queues = Vec::new();
-        // Message-queue names (persist::message_queue) of queue records that were not restored.
+    /// Rebuilds durable exchanges, queues, bindings (`topology`, in recovery order) and stored
+    /// messages from the log. The stored messages of a queue whose record exists are never deleted
+    /// because it could not be restored, nor any when a record could not be read (`unreadable`).
+    fn restore(
+        &self,
+        topology: Vec<MetaCommand>,
+        unreadable: bool,
+        recovered: Recovered,
+    ) -> Result<(), SetupError> {
+        let now = crate::time::Now::read();
+        // Message-queue names of queue records that were not restored.
         let mut unrestored = std::collections::HashSet::new();
-        let unusable = |key: &str, why: &str| {
-            tracing::error!(
-                key = ?key,
-                why,
-                "a stored definition cannot be restored: it is skipped and stays in the log as it is"
-            );
-        };
-        for (key, value) in &recovered.definitions {
-            let Ok(parts) = serde_json::from_str::<Vec<String>>(key) else {
-                unusable(key, "its key does not parse");
+        for command in topology {
+            let Some(vhost) = command.vhost().and_then(|v| self.vhost(v)) else {
+                if let MetaCommand::DeclareQueue { vhost, queue, .. } = &command {
+                    unrestored.insert(records::message_queue(vhost, queue));
+                }
+                tracing::error!(
+                    command = ?command,
+                    "a stored definition cannot be restored: its vhost does not exist (its record stays in the log)"
+                );
                 continue;
             };
-            let vhost = parts.get(1).and_then(|v| self.vhost(v));
-            if parts.first().map(String::as_str) == Some("queue") && parts.len() == 3 {
-                let restorable =
-                    vhost.is_some() && serde_json::from_slice::<StoredQueue>(value).is_ok();
-                if !restorable {
-                    unrestored.insert(crate::persist::message_queue(&parts[1], &parts[2]));
-                }
-            }
-            match (parts.first().map(String::as_str), vhost) {
-                (Some("exchange"), Some(vhost)) if parts.len() == 3 => {
-                    match serde_json::from_slice::<StoredExchange>(value) {
-                        Ok(x) => vhost.restore_exchange(&parts[2], x),
-                        Err(e) => unusable(key, &e.to_string()),
-                    }
-                }
-                (Some("queue"), Some(vhost)) if parts.len() == 3 => {
-                    match serde_json::from_slice::<StoredQueue>(value) {
-                        Ok(q) => queues.push((vhost, parts[2].clone(), q)),
-                        Err(e) => unusable(key, &e.to_string()),
-                    }
-                }
-                (Some("binding"), Some(vhost)) if parts.len() == 7 => {
-                    match serde_json::from_slice::<FieldTable>(value) {
-                        Ok(args) => bindings.push((vhost, parts, args)),
-                        Err(e) => unusable(key, &e.to_string()),
-                    }
-                }
-                (Some("exchange" | "queue" | "binding"), None) => {
-                    unusable(key, "its vhost is not in definitions.json")
-                }
-                _ => unusable(key, "it is not a definition this version knows"),
-            }
+            vhost.restore(command, now);
         }
-        let now = crate::time::Now::read();
-        for (vhost, name, q) in queues {
-            vhost.restore_queue(&name, q, now);
-        }
-        for (vhost, parts, args) in bindings {
-            vhost.restore_binding(&parts[2], &parts[3], &parts[4], &parts[5], args);
+        let mut by_stored_name = HashMap::new();
+        for vhost in self.vhosts.iter() {
+            for queue in vhost.queue_list() {
+                by_stored_name.insert(records::message_queue(&vhost.name, queue.name()), queue);
+            }
         }
         let mut restored = 0usize;
         for (name, messages) in recovered.queues {
-            let queue = serde_json::from_str::<Vec<String>>(&name)
-                .ok()
-                .filter(|p| p.len() == 2)
-                .and_then(|p| self.vhost(&p[0]).and_then(|v| v.find_queue(&p[1])));
-            let Some(queue) = queue else {
-                if unrestored.contains(&name) {
+            let Some(queue) = by_stored_name.get(&name).cloned() else {
+                if unreadable || unrestored.contains(&name) {
                     tracing::error!(
                         queue = ?name,
                         messages = messages.len(),

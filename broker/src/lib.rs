@@ -34,4 +34,4 @@ pub use server::{run, Server};
 pub use warren_pki as pki;
 
 // The routing core, under the paths the broker has always used for it.
-pub use warren_routing::{exchange, ids, message, persist, queue, resource, time, vhost};
+pub use warren_routing::{exchange, ids, message, meta, persist, queue, resource, time, vhost};

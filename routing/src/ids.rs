@@ -13,6 +13,22 @@ pub struct ConnectionId(pub u64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ChannelId(pub u16);
 
+/// A delivery's number on its channel: from 1, increasing. In a `multiple` acknowledgement,
+/// [`DeliveryTag::ALL`] (0) names every outstanding delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DeliveryTag(pub u64);
+
+impl DeliveryTag {
+    pub const ALL: DeliveryTag = DeliveryTag(0);
+    pub const FIRST: DeliveryTag = DeliveryTag(1);
+}
+
+impl fmt::Display for DeliveryTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// A consumer's tag, unique within its channel (chosen by the client, or `amq.ctag-...`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ConsumerTag(Arc<str>);

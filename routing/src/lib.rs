@@ -3,7 +3,7 @@
 //! messages with their stored form.
 //!
 //! Rule of this crate: it knows nothing of sockets, TLS, tokio tasks, frames, connections, channels,
-//! users or configuration files. It uses warren-protocol's value types (properties, field tables,
+//! authentication or configuration files (user definitions appear only as metadata commands). It uses warren-protocol's value types (properties, field tables,
 //! `AmqpError`) and warren-storage (records, spill runs). What a queue needs from around it is a
 //! trait it owns, implemented by warren-broker: `DeliverySink` (where a consumer's deliveries go:
 //! the connection's outbox), `Journal` (the log its durable messages go to), `WaitsForWrites` (a
@@ -13,9 +13,11 @@
 //!
 //! - `vhost`: exchanges and queues of a vhost, declare/delete/bind with RabbitMQ's checks, routing.
 //! - `exchange`: one routing table per exchange type.
-//! - `queue`: queue state and dispatch.
+//! - `queue`: a queue as a deterministic state machine (`state`, `command`) and its live form with
+//!   dispatch under the queue's lock.
+//! - `meta`: durable metadata changes as typed commands, their binary records and their apply.
 //! - `message`: a published message as queues share it, its stored form and its memory charge.
-//! - `persist`: the definition records and the local log handle the vhost writes through.
+//! - `persist`: the local log handle the vhost and queues write through.
 //! - `ids`: connection, channel and consumer identities.
 //! - `time`: `Now`, the time every operation is given (the core reads no clock).
 //! - `resource`: naming a queue or exchange in RabbitMQ's reply texts.
@@ -25,6 +27,7 @@ pub use warren_protocol::error;
 pub mod exchange;
 pub mod ids;
 pub mod message;
+pub mod meta;
 pub mod persist;
 pub mod queue;
 pub mod resource;

@@ -1,22 +1,22 @@
 //! Durability: what the broker writes to the command log and how it reads it back.
 //!
-//! Durable exchanges, queues and bindings between durable objects are stored as definitions (JSON
-//! values under JSON-array keys); persistent messages (delivery_mode 2) in durable queues are stored
-//! as `Enqueue` records and removed when they leave the queue. A publisher confirm for such a message
-//! waits until its record is fsynced (the store's group commit): [`PendingConfirm`] counts the writes a
-//! publish is waiting for and tells the publishing connection when the last one is durable.
+//! Durable metadata — vhosts, users and permissions, durable exchanges, queues and bindings between
+//! durable objects — is stored as typed commands (meta/); persistent messages (delivery_mode 2) in
+//! durable queues are stored as `Enqueue` records and removed when they leave the queue. A publisher
+//! confirm for such a message waits until its record is fsynced (the store's group commit): the
+//! channel's pending confirm counts the writes a publish is waiting for.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use amq_protocol::types::FieldTable;
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use warren_storage::log::medium::DiskMedium;
 use warren_storage::log::record::Record;
 use warren_storage::log::{LogError, Recovered};
 use warren_storage::store::{Completion, Store, StoreOptions};
+
+use crate::meta::{records, MetaCommand};
 
 /// The open store and the id sequence of stored messages.
 pub struct Durability {
@@ -64,70 +64,27 @@ impl Durability {
         self.store.flush()
     }
 
-    pub fn put(&self, key: String, value: &impl Serialize) {
-        match serde_json::to_vec(value) {
-            Ok(v) => self.write(
-                vec![Record::Put {
-                    key,
-                    value: Bytes::from(v),
-                }],
-                None,
-            ),
-            Err(e) => tracing::error!(%key, error = %e, "cannot store a definition"),
+    /// Writes the record of a metadata change about one object (a declaration, a deletion).
+    pub fn meta(&self, command: &MetaCommand) {
+        self.write(vec![records::record(command)], None);
+    }
+
+    /// Writes `records` and waits until they are durable (an administrative change is applied
+    /// only once it will survive a crash).
+    pub fn write_durable(&self, records: Vec<Record>) -> std::io::Result<()> {
+        if records.is_empty() {
+            return Ok(());
         }
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.write(
+            records,
+            Some(Box::new(move |result| {
+                let _ = tx.send(result);
+            })),
+        );
+        rx.recv()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the store stopped")))
     }
-
-    pub fn delete(&self, key: String) {
-        self.write(vec![Record::Delete { key }], None);
-    }
-}
-
-/// The log key of a durable definition: a JSON array, so names with any characters stay unambiguous.
-pub fn key(parts: &[&str]) -> String {
-    serde_json::to_string(parts).unwrap_or_default()
-}
-
-pub fn exchange_key(vhost: &str, name: &str) -> String {
-    key(&["exchange", vhost, name])
-}
-
-pub fn queue_key(vhost: &str, name: &str) -> String {
-    key(&["queue", vhost, name])
-}
-
-/// The name messages of a queue are stored under.
-pub fn message_queue(vhost: &str, name: &str) -> String {
-    key(&[vhost, name])
-}
-
-pub fn binding_key(
-    vhost: &str,
-    source: &str,
-    dest_kind: &str,
-    dest: &str,
-    routing_key: &str,
-    args: &str,
-) -> String {
-    key(&["binding", vhost, source, dest_kind, dest, routing_key, args])
-}
-
-/// A durable exchange as stored.
-#[derive(Serialize, Deserialize)]
-pub struct StoredExchange {
-    pub kind: String,
-    pub auto_delete: bool,
-    pub internal: bool,
-    pub arguments: FieldTable,
-}
-
-/// A durable queue as stored.
-#[derive(Serialize, Deserialize)]
-pub struct StoredQueue {
-    pub auto_delete: bool,
-    pub arguments: FieldTable,
-    /// Who declared it (absent in records written before it was recorded).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub declared_by: Option<String>,
 }
 
 /// The local log is where durable queues journal their messages.
@@ -138,47 +95,5 @@ impl crate::queue::sink::Journal for Durability {
 
     fn write(&self, records: Vec<Record>, done: Option<Completion>) {
         Durability::write(self, records, done);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Arguments are stored as JSON, which serde_json reads back only up to 128 levels: every table
-    /// the nesting bound lets in must come back (a queue whose record did not parse was once dropped
-    /// with its messages at recovery).
-    #[test]
-    fn the_deepest_accepted_arguments_are_read_back() {
-        use amq_protocol::types::AMQPValue;
-        let mut t = FieldTable::default();
-        t.insert("k".into(), AMQPValue::LongString("v".into()));
-        let mut array = AMQPValue::FieldTable(t.clone());
-        for _ in 1..warren_protocol::nesting::MAX_DEPTH {
-            let mut outer = FieldTable::default();
-            outer.insert("k".into(), AMQPValue::FieldTable(t));
-            t = outer;
-            array = AMQPValue::FieldArray(vec![array].into());
-        }
-        let mut with_arrays = FieldTable::default();
-        with_arrays.insert("a".into(), array);
-        for arguments in [t, with_arrays] {
-            let json = serde_json::to_vec(&StoredQueue {
-                auto_delete: false,
-                arguments,
-                declared_by: None,
-            })
-            .unwrap();
-            serde_json::from_slice::<StoredQueue>(&json).expect("read back");
-        }
-    }
-
-    #[test]
-    fn keys_are_unambiguous() {
-        assert_ne!(queue_key("a\"b", "c"), queue_key("a", "\"bc"));
-        assert_ne!(
-            binding_key("/", "x", "queue", "q", "", ""),
-            binding_key("/", "x", "exchange", "q", "", "")
-        );
     }
 }

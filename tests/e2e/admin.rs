@@ -424,7 +424,7 @@ async fn listings_show_what_the_broker_holds() {
 async fn admin_errors_are_reported_and_change_nothing() {
     let broker = TestBroker::start().await;
     let admin = broker.admin();
-    let before = std::fs::read(broker.path("definitions.json")).expect("definitions.json");
+    let before = broker.log_segments();
 
     let failed = broker.brokerctl(&["add_user", "admin"]).await;
     assert!(!failed.success, "{failed:?}");
@@ -498,9 +498,9 @@ async fn admin_errors_are_reported_and_change_nothing() {
     }
 
     // Nothing was changed or written, and admin still works with full permissions.
-    assert_eq!(
-        std::fs::read(broker.path("definitions.json")).expect("definitions.json"),
-        before
+    assert!(
+        broker.log_segments() == before,
+        "a refused change wrote to the log"
     );
     let client = broker.connect().await;
     let ch = client.channel().await;
@@ -533,18 +533,20 @@ async fn definitions_persist_across_a_restart() {
         .ok(json!({"command": "delete_user", "name": "carol"}))
         .await;
 
-    let path = broker.path("definitions.json");
-    let mode = std::fs::metadata(&path)
-        .expect("definitions.json")
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o777, 0o600, "definitions.json mode {mode:o}");
-    let text = std::fs::read_to_string(&path).expect("definitions.json");
-    assert!(text.contains("$argon2id$"), "{text}");
+    // The definitions are commands in the log: owner-only files, a hash, never the password.
+    let segments = broker.log_segments();
+    let stored: Vec<u8> = segments
+        .iter()
+        .flat_map(|(bytes, _)| bytes.clone())
+        .collect();
+    assert!(segments.iter().all(|(_, mode)| *mode == 0o600), "log modes");
+    let text = String::from_utf8_lossy(&stored);
+    assert!(text.contains("$argon2id$"), "no password hash in the log");
     assert!(
         !text.contains("correct horse"),
-        "a password in plain text: {text}"
+        "a password in plain text in the log"
     );
+    assert!(!broker.path("definitions.json").exists());
 
     let broker = broker.restart().await;
     let admin = broker.admin();
@@ -581,14 +583,9 @@ async fn definitions_persist_across_a_restart() {
     );
     let (_, refused) = open_as(&broker, "carol", "/").await;
     assert_eq!(refused, Some(CloseInfo::new(403, LOGIN_REFUSED, 0, 0)));
-    let mode = std::fs::metadata(&path)
-        .expect("definitions.json")
-        .permissions()
-        .mode();
-    assert_eq!(
-        mode & 0o777,
-        0o600,
-        "definitions.json mode after restart {mode:o}"
+    assert!(
+        broker.log_segments().iter().all(|(_, mode)| *mode == 0o600),
+        "log modes after restart"
     );
 }
 
@@ -690,8 +687,15 @@ async fn change_password_reads_the_password_from_standard_input() {
         .brokerctl_with_input(&["change_password", "bob"], b"s3cret from stdin\n")
         .await
         .ok();
-    let text = std::fs::read_to_string(broker.path("definitions.json")).expect("definitions");
-    assert!(text.contains("$argon2id$"), "{text}");
+    let stored: Vec<u8> = broker
+        .log_segments()
+        .into_iter()
+        .flat_map(|(b, _)| b)
+        .collect();
+    assert!(
+        String::from_utf8_lossy(&stored).contains("$argon2id$"),
+        "no hash in the log"
+    );
     let empty = broker
         .brokerctl_with_input(&["change_password", "bob"], b"")
         .await;

@@ -9,13 +9,21 @@ use std::path::Path;
 use amq_protocol::types::{AMQPValue, FieldTable};
 use amqprs::channel::QueueDeclareArguments;
 use amqprs::BasicProperties;
-use warren_broker::persist::{exchange_key, queue_key, Durability, StoredExchange, StoredQueue};
+use warren_broker::meta::legacy::{StoredExchange, StoredQueue};
+use warren_broker::meta::records::{exchange_key, queue_key};
+use warren_broker::meta::{codec, MetaCommand};
+use warren_broker::persist::Durability;
 use warren_tests::TestBroker;
 
-/// Writes `key` = `value` into the log of the (stopped) broker in `dir`.
+/// Writes `key` = `value` as an earlier version stored definitions (JSON) into the log of the
+/// (stopped) broker in `dir`.
 fn store(dir: &Path, key: String, value: &impl serde::Serialize) {
     let (log, _) = Durability::open(dir).expect("open the log");
-    log.put(key, value);
+    let value = bytes::Bytes::from(serde_json::to_vec(value).expect("json"));
+    log.write(
+        vec![warren_storage::log::record::Record::Put { key, value }],
+        None,
+    );
     log.flush().expect("flush");
 }
 
@@ -103,5 +111,83 @@ async fn a_stored_queue_with_an_argument_now_refused_keeps_its_messages() {
         0,
         "the queue is still restored"
     );
+    client.close().await;
+}
+
+/// A definition record this version cannot read (a later version's command) is reported and left
+/// in the log, and no stored message is dropped meanwhile, even of the queue it stood for: once the
+/// record reads again, the queue comes back with its messages.
+#[tokio::test]
+async fn an_unreadable_command_record_loses_no_message() {
+    let broker = TestBroker::start().await;
+    let client = broker.connect().await;
+    let ch = client.channel().await;
+    ch.select_confirms().await;
+    let mut args = QueueDeclareArguments::new("orphaned");
+    args.durable(true);
+    ch.declare(args).await;
+    let mut persistent = BasicProperties::default();
+    persistent.with_delivery_mode(2);
+    for i in 0..2 {
+        ch.publish_acked(
+            "",
+            "orphaned",
+            persistent.clone(),
+            format!("o{i}").as_bytes(),
+        )
+        .await;
+    }
+    client.close().await;
+
+    let put = |dir: &Path, value: Vec<u8>| {
+        let (log, _) = Durability::open(dir).expect("open the log");
+        log.write(
+            vec![warren_storage::log::record::Record::Put {
+                key: queue_key("/", "orphaned"),
+                value: bytes::Bytes::from(value),
+            }],
+            None,
+        );
+        log.flush().expect("flush");
+    };
+    // A command tag this version does not know, under the queue's key.
+    let broker = broker
+        .restart_after(|dir| put(dir, vec![codec::FORMAT, 250, 0, 0]))
+        .await;
+    let client = broker.connect().await;
+    let ch = client.channel().await;
+    assert_eq!(
+        ch.try_declare({
+            let mut passive = QueueDeclareArguments::new("orphaned");
+            passive.passive(true);
+            passive
+        })
+        .await
+        .unwrap_err()
+        .code,
+        404,
+        "not restored while its record does not read"
+    );
+    client.close().await;
+
+    let declare = MetaCommand::DeclareQueue {
+        vhost: "/".into(),
+        queue: "orphaned".into(),
+        auto_delete: false,
+        arguments: FieldTable::default(),
+        declared_by: None,
+    };
+    let broker = broker
+        .restart_after(|dir| put(dir, codec::encode(&declare)))
+        .await;
+    let client = broker.connect().await;
+    let ch = client.channel().await;
+    let bodies: Vec<String> = ch
+        .drain("orphaned")
+        .await
+        .iter()
+        .map(|d| String::from_utf8_lossy(&d.body).into_owned())
+        .collect();
+    assert_eq!(bodies, ["o0", "o1"], "the messages were kept");
     client.close().await;
 }

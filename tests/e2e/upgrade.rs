@@ -2,13 +2,17 @@
 //! binding, message, user and permission in it: an upgrade must never lose one. The fixture
 //! (tests/fixtures/data-dir-v1, written by its `populate.py`) is the storage format of 2026-12:
 //! definition keys as JSON arrays in the command log, definitions.json for vhosts, users and
-//! permissions, stored messages in format 2. A change of format keeps this test passing.
+//! permissions, stored messages in format 2. A change of format keeps this test passing: since the
+//! metadata commands (issue 12), the first start imports and rewrites the old records, and the
+//! second start reads only commands.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use amqprs::channel::QueueDeclareArguments;
 use amqprs::security::SecurityCredentials;
+use warren_broker::meta::{codec, MetaCommand};
+use warren_broker::persist::Durability;
 use warren_tests::client::bodies;
 use warren_tests::features::{int, table, text, with_headers};
 use warren_tests::TestBroker;
@@ -152,5 +156,45 @@ async fn the_data_directory_of_2026_12_opens_with_everything_in_it() {
     assert_eq!(bodies(&ch.drain("nova.fan").await), ["fanned", "f"]);
     assert_eq!(bodies(&ch.drain("nova.hdr").await), ["by-headers", "h"]);
     assert_eq!(bodies(&ch.drain("nova.unrouted").await), ["unrouted", "ae"]);
+    client.close().await;
+
+    // The first start rewrote everything as metadata commands: definitions.json was imported and
+    // renamed, every definition record in the log is a command, and the next start finds it all.
+    let broker = broker
+        .restart_after(|dir| {
+            assert!(!dir.join("definitions.json").exists());
+            assert!(dir.join("definitions.json.imported").exists());
+            let (log, recovered) = Durability::open(dir).expect("open the log");
+            drop(log);
+            let mut users = 0;
+            for (key, value) in &recovered.definitions {
+                let command = codec::decode(value)
+                    .unwrap_or_else(|e| panic!("{key} is still an old record: {e}"));
+                users += usize::from(matches!(command, MetaCommand::AddUser { .. }));
+            }
+            assert!(users >= 2, "the fixture's users are commands in the log");
+        })
+        .await;
+    let permissions = broker
+        .brokerctl(&["list_permissions", "-p", "openstack"])
+        .await
+        .ok();
+    assert!(
+        permissions.contains("nova\t^nova\t^(nova|amq\\.topic)\t^nova"),
+        "{permissions}"
+    );
+    let client = broker
+        .connect_with(
+            (&broker.pki.admin_cert, &broker.pki.admin_key),
+            "openstack",
+            SecurityCredentials::new_external(),
+        )
+        .await
+        .expect("admin connects to openstack");
+    let ch = client.channel().await;
+    ch.publish("nova", "nova.fan.after", b"again").await;
+    assert_eq!(bodies(&ch.drain("nova.fan").await), ["again"]);
+    ch.publish("nova.direct", "nowhere", b"ae2").await;
+    assert_eq!(bodies(&ch.drain("nova.unrouted").await), ["ae2"]);
     client.close().await;
 }

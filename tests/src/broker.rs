@@ -98,6 +98,24 @@ impl TestBroker {
         self.dir().join(name)
     }
 
+    /// The command log's segments, in order, with their modes: where definitions and messages are
+    /// stored.
+    pub fn log_segments(&self) -> Vec<(Vec<u8>, u32)> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(self.path("log"))
+            .expect("the log directory")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        paths.sort();
+        paths
+            .iter()
+            .map(|p| {
+                let mode = std::fs::metadata(p).expect("segment").permissions().mode();
+                (std::fs::read(p).expect("segment"), mode & 0o777)
+            })
+            .collect()
+    }
+
     /// Shuts the broker down and waits for `serve` to return (it closes every connection first).
     pub async fn stop(mut self) {
         self.shut_down().await;

@@ -1,18 +1,19 @@
-//! Administrative changes to vhosts, users and permissions: each one is validated, written to the
-//! definitions file, and only then applied to the running broker, so a failed write changes nothing.
+//! Administrative changes to vhosts, users and permissions: each one is a list of metadata commands
+//! (routing's meta/), validated by applying them to a copy of the definitions, written to the log
+//! and, once durable, applied to the running broker, so a failed write changes nothing.
 //! Permission changes apply to open connections at once (permissions are looked up per operation);
 //! deleting a user or vhost closes its connections with 320 CONNECTION_FORCED, as RabbitMQ does.
 
 use std::sync::Arc;
 
 use warren_protocol::constants::reply;
-use warren_storage::definitions::{
-    Definitions, PermissionDefinition, TopicPermissionDefinition, UserDefinition,
-};
+use warren_storage::definitions::{Definitions, PermissionDefinition, TopicPermissionDefinition};
 
 use crate::broker::{vhost_limits, Broker};
 use crate::connection::outbound::Outbound;
 use crate::error::AmqpError;
+use crate::meta::{self, MetaCommand};
+use crate::persist::Durability;
 use crate::users::User;
 use crate::vhost::Vhost;
 
@@ -39,23 +40,36 @@ fn check_pattern(pattern: &str) -> Result<(), AdminError> {
         .map_err(|e| AdminError(format!("invalid pattern {pattern:?}: {e}")))
 }
 
+/// Applies `commands` to a copy of `defs` (refusing them all if one is refused), writes their
+/// records and waits until they are durable, then makes the copy current. The one path by which
+/// vhosts, users and permissions change, at start-up (the configuration's) and through the admin API.
+pub(crate) fn commit(
+    durability: &Durability,
+    defs: &mut Definitions,
+    commands: &[MetaCommand],
+) -> Result<(), AdminError> {
+    if commands.is_empty() {
+        return Ok(());
+    }
+    let mut next = defs.clone();
+    let mut records = Vec::new();
+    for command in commands {
+        records.extend(meta::records::records(command, &next));
+        meta::definitions::apply(&mut next, command).map_err(AdminError)?;
+    }
+    durability
+        .write_durable(records)
+        .map_err(|e| AdminError(format!("cannot store the change in the log: {e}")))?;
+    *defs = next;
+    Ok(())
+}
+
 impl Broker {
-    /// Applies `change` to a copy of the definitions, saves it, then makes it the running state.
-    fn change_definitions(
-        &self,
-        change: impl FnOnce(&mut Definitions) -> Result<(), AdminError>,
-    ) -> Result<Definitions, AdminError> {
+    /// Writes `commands` and applies them to the definitions; returns the definitions after them.
+    fn change_definitions(&self, commands: &[MetaCommand]) -> Result<Definitions, AdminError> {
         let mut current = self.definitions.lock();
-        let mut next = current.clone();
-        change(&mut next)?;
-        next.save(&self.definitions_path).map_err(|e| {
-            AdminError(format!(
-                "cannot save {}: {e}",
-                self.definitions_path.display()
-            ))
-        })?;
-        *current = next.clone();
-        Ok(next)
+        commit(&self.durability, &mut current, commands)?;
+        Ok(current.clone())
     }
 
     /// Rebuilds the running user from its definition (or removes it).
@@ -103,74 +117,44 @@ impl Broker {
 
     pub fn add_user(&self, name: &str, tags: Vec<String>) -> Result<(), AdminError> {
         check_name("user", name)?;
-        let defs = self.change_definitions(|d| {
-            if d.users.iter().any(|u| u.name == name) {
-                return fail(format!("user '{name}' already exists"));
-            }
-            d.users.push(UserDefinition {
-                name: name.to_string(),
-                tags,
-                permissions: Vec::new(),
-                topic_permissions: Vec::new(),
-                password_hash: None,
-            });
-            Ok(())
-        })?;
+        let defs = self.change_definitions(&[MetaCommand::AddUser {
+            user: name.to_string(),
+            tags,
+        }])?;
         self.refresh_user(&defs, name)
     }
 
     pub fn delete_user(&self, name: &str) -> Result<(), AdminError> {
-        let defs = self.change_definitions(|d| {
-            let before = d.users.len();
-            d.users.retain(|u| u.name != name);
-            if d.users.len() == before {
-                return fail(format!("no such user '{name}'"));
-            }
-            Ok(())
-        })?;
+        let defs = self.change_definitions(&[MetaCommand::DeleteUser {
+            user: name.to_string(),
+        }])?;
         self.refresh_user(&defs, name)?;
         self.close_connections(|user, _| user == name, &format!("user '{name}' is deleted"));
         Ok(())
     }
 
-    /// Changes one user's definition (it must exist) and applies it.
-    fn update_user(
-        &self,
-        name: &str,
-        edit: impl FnOnce(&mut UserDefinition) -> Result<(), AdminError>,
-    ) -> Result<(), AdminError> {
-        let defs =
-            self.change_definitions(|d| match d.users.iter_mut().find(|u| u.name == name) {
-                Some(user) => edit(user),
-                None => fail(format!("no such user '{name}'")),
-            })?;
+    /// Applies one change to a user (it must exist) and refreshes the running user.
+    fn update_user(&self, name: &str, command: MetaCommand) -> Result<(), AdminError> {
+        let defs = self.change_definitions(&[command])?;
         self.refresh_user(&defs, name)
     }
 
     pub fn set_user_tags(&self, name: &str, tags: Vec<String>) -> Result<(), AdminError> {
-        self.update_user(name, |u| {
-            u.tags = tags;
-            Ok(())
-        })
+        let user = name.to_string();
+        self.update_user(name, MetaCommand::SetUserTags { user, tags })
     }
 
     /// Stores the password hash used by the optional PLAIN/AMQPLAIN bridge (None clears it).
     pub fn set_password_hash(&self, name: &str, hash: Option<String>) -> Result<(), AdminError> {
-        self.update_user(name, |u| {
-            u.password_hash = hash;
-            Ok(())
-        })
+        let user = name.to_string();
+        self.update_user(name, MetaCommand::SetPasswordHash { user, hash })
     }
 
     pub fn add_vhost(&self, name: &str) -> Result<(), AdminError> {
         check_name("vhost", name)?;
-        self.change_definitions(|d| {
-            if d.vhosts.iter().any(|v| v == name) {
-                return fail(format!("vhost '{name}' already exists"));
-            }
-            d.vhosts.push(name.to_string());
-            Ok(())
-        })?;
+        self.change_definitions(&[MetaCommand::AddVhost {
+            vhost: name.to_string(),
+        }])?;
         self.vhosts.insert(
             name.to_string(),
             Vhost::new(
@@ -186,24 +170,11 @@ impl Broker {
     }
 
     pub fn delete_vhost(&self, name: &str) -> Result<(), AdminError> {
-        let defs = self.change_definitions(|d| {
-            let before = d.vhosts.len();
-            d.vhosts.retain(|v| v != name);
-            if d.vhosts.len() == before {
-                return fail(format!("no such vhost '{name}'"));
-            }
-            for u in &mut d.users {
-                u.permissions.retain(|p| p.vhost != name);
-                u.topic_permissions.retain(|p| p.vhost != name);
-            }
-            Ok(())
-        })?;
+        let defs = self.change_definitions(&[MetaCommand::DeleteVhost {
+            vhost: name.to_string(),
+        }])?;
         if let Some((_, vhost)) = self.vhosts.remove(name) {
-            for queue in vhost.queue_names() {
-                if let Some(q) = vhost.find_queue(&queue) {
-                    vhost.remove_queue(&q, crate::time::Now::read());
-                }
-            }
+            vhost.remove_all(crate::time::Now::read());
         }
         let names: Vec<String> = defs.users.iter().map(|u| u.name.clone()).collect();
         for user in names {
@@ -236,23 +207,25 @@ impl Broker {
         for p in [configure, write, read] {
             check_pattern(p)?;
         }
-        self.update_user(user, |u| {
-            u.permissions.retain(|p| p.vhost != vhost);
-            u.permissions.push(PermissionDefinition {
-                vhost: vhost.to_string(),
-                configure: configure.to_string(),
-                write: write.to_string(),
-                read: read.to_string(),
-            });
-            Ok(())
-        })
+        let permission = PermissionDefinition {
+            vhost: vhost.to_string(),
+            configure: configure.to_string(),
+            write: write.to_string(),
+            read: read.to_string(),
+        };
+        let name = user.to_string();
+        self.update_user(
+            user,
+            MetaCommand::SetPermissions {
+                user: name,
+                permission,
+            },
+        )
     }
 
     pub fn clear_permissions(&self, vhost: &str, user: &str) -> Result<(), AdminError> {
-        self.update_user(user, |u| {
-            u.permissions.retain(|p| p.vhost != vhost);
-            Ok(())
-        })
+        let (name, vhost) = (user.to_string(), vhost.to_string());
+        self.update_user(user, MetaCommand::ClearPermissions { user: name, vhost })
     }
 
     pub fn set_topic_permissions(
@@ -267,17 +240,20 @@ impl Broker {
         for p in [write, read] {
             check_pattern(&crate::config::expand_topic_pattern(p, user, vhost))?;
         }
-        self.update_user(user, |u| {
-            u.topic_permissions
-                .retain(|p| !(p.vhost == vhost && p.exchange == exchange));
-            u.topic_permissions.push(TopicPermissionDefinition {
-                vhost: vhost.to_string(),
-                exchange: exchange.to_string(),
-                write: write.to_string(),
-                read: read.to_string(),
-            });
-            Ok(())
-        })
+        let permission = TopicPermissionDefinition {
+            vhost: vhost.to_string(),
+            exchange: exchange.to_string(),
+            write: write.to_string(),
+            read: read.to_string(),
+        };
+        let name = user.to_string();
+        self.update_user(
+            user,
+            MetaCommand::SetTopicPermissions {
+                user: name,
+                permission,
+            },
+        )
     }
 
     /// Clears one exchange's topic permission, or all of the user's in the vhost when `exchange` is None.
@@ -287,14 +263,15 @@ impl Broker {
         user: &str,
         exchange: Option<&str>,
     ) -> Result<(), AdminError> {
-        self.update_user(user, |u| {
-            u.topic_permissions
-                .retain(|p| !(p.vhost == vhost && exchange.is_none_or(|x| p.exchange == x)));
-            Ok(())
-        })
+        let command = MetaCommand::ClearTopicPermissions {
+            user: user.to_string(),
+            vhost: vhost.to_string(),
+            exchange: exchange.map(str::to_string),
+        };
+        self.update_user(user, command)
     }
 
-    /// A snapshot of the persisted definitions (for listings).
+    /// A copy of the stored definitions (for listings).
     pub fn definitions(&self) -> Definitions {
         self.definitions.lock().clone()
     }

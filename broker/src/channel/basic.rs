@@ -11,7 +11,7 @@ use super::unacked::Delivered;
 use super::{remove_consumer, requeue, settle_by_queue, Channel, Registration};
 use crate::connection::session::Session;
 use crate::error::{AmqpError, AmqpResult};
-use crate::ids::{ChannelId, ConsumerTag};
+use crate::ids::{ChannelId, ConsumerTag, DeliveryTag};
 use crate::permissions::{self, Access, Kind};
 use crate::queue::arguments::{bool_arg, PUBLISHER_ARGUMENT};
 use crate::queue::consumer::{Consumer, Limit};
@@ -62,9 +62,13 @@ impl Channel {
     ) -> AmqpResult<()> {
         match method {
             basic::AMQPMethod::Publish(p) => self.start_publish(s, p),
-            basic::AMQPMethod::Ack(a) => self.settle(a.delivery_tag, a.multiple, None),
-            basic::AMQPMethod::Nack(n) => self.settle(n.delivery_tag, n.multiple, Some(n.requeue)),
-            basic::AMQPMethod::Reject(r) => self.settle(r.delivery_tag, false, Some(r.requeue)),
+            basic::AMQPMethod::Ack(a) => self.settle(DeliveryTag(a.delivery_tag), a.multiple, None),
+            basic::AMQPMethod::Nack(n) => {
+                self.settle(DeliveryTag(n.delivery_tag), n.multiple, Some(n.requeue))
+            }
+            basic::AMQPMethod::Reject(r) => {
+                self.settle(DeliveryTag(r.delivery_tag), false, Some(r.requeue))
+            }
             basic::AMQPMethod::Qos(q) => self.qos(s, q, payload),
             basic::AMQPMethod::Consume(c) => self.consume(s, c),
             basic::AMQPMethod::Cancel(c) => {
@@ -196,7 +200,7 @@ impl Channel {
         encode_get_ok(
             &mut s.out,
             self.id,
-            tag,
+            tag.0,
             entry.redelivered,
             m.exchange.as_bytes(),
             m.routing_key.as_bytes(),
@@ -220,15 +224,20 @@ impl Channel {
         Ok(())
     }
 
-    fn next_tag(&mut self) -> u64 {
+    fn next_tag(&mut self) -> DeliveryTag {
         let tag = self.next_delivery_tag;
-        self.next_delivery_tag += 1;
+        self.next_delivery_tag = DeliveryTag(tag.0 + 1);
         tag
     }
 
     /// basic.ack (requeue None), basic.nack and basic.reject (requeue Some). In a transaction the
     /// settlement waits for tx.commit, but an unknown tag fails at once, as in RabbitMQ.
-    fn settle(&mut self, tag: u64, multiple: bool, requeue_to: Option<bool>) -> AmqpResult<()> {
+    fn settle(
+        &mut self,
+        tag: DeliveryTag,
+        multiple: bool,
+        requeue_to: Option<bool>,
+    ) -> AmqpResult<()> {
         let settled = self
             .unacked
             .take(tag, multiple)
@@ -284,7 +293,7 @@ impl Channel {
             &mut s.out,
             self.id,
             consumer.tag.as_bytes(),
-            tag,
+            tag.0,
             entry.redelivered,
             m.exchange.as_bytes(),
             m.routing_key.as_bytes(),

@@ -43,7 +43,7 @@ pub struct Channel {
     /// basic.qos(global=false): the prefetch given to consumers created from now on.
     consumer_prefetch: u32,
     unacked: Unacked,
-    next_delivery_tag: u64,
+    next_delivery_tag: crate::ids::DeliveryTag,
     confirms: Option<Confirms>,
     /// Set by tx.select: publishes and settlements wait for tx.commit.
     tx: Option<Transaction>,
@@ -63,7 +63,7 @@ impl Channel {
             credit: Arc::new(ChannelCredit::default()),
             consumer_prefetch: 0,
             unacked: Unacked::default(),
-            next_delivery_tag: 1,
+            next_delivery_tag: crate::ids::DeliveryTag::FIRST,
             confirms: None,
             tx: None,
             last_queue: None,

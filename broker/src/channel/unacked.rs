@@ -4,12 +4,13 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use crate::ids::DeliveryTag;
 use crate::queue::consumer::Consumer;
 use crate::queue::{Entry, Queue};
 
 #[derive(Debug)]
 pub struct Delivered {
-    pub tag: u64,
+    pub tag: DeliveryTag,
     pub queue: Arc<Queue>,
     pub entry: Entry,
     /// The consumer whose credit this delivery holds (None for basic.get).
@@ -35,9 +36,10 @@ impl Unacked {
     }
 
     /// Removes the deliveries an ack/nack/reject names: with `multiple`, every tag up to `tag` (all of them
-    /// for tag 0); otherwise exactly `tag`. None if the tag is not outstanding (RabbitMQ then settles nothing).
-    pub fn take(&mut self, tag: u64, multiple: bool) -> Option<Vec<Delivered>> {
-        if multiple && tag == 0 {
+    /// for [`DeliveryTag::ALL`]); otherwise exactly `tag`. None if the tag is not outstanding (RabbitMQ
+    /// then settles nothing).
+    pub fn take(&mut self, tag: DeliveryTag, multiple: bool) -> Option<Vec<Delivered>> {
+        if multiple && tag == DeliveryTag::ALL {
             return Some(self.list.drain(..).collect());
         }
         let at = self.list.binary_search_by_key(&tag, |d| d.tag).ok()?;

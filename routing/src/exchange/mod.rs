@@ -4,10 +4,10 @@
 //! exchanges never touch a shared lock, and publishes on one exchange only share a read lock. Bindings
 //! change the table incrementally, so binding 10,000 queues costs 10,000 small updates, not rebuilds.
 
-pub mod direct;
-pub mod fanout;
-pub mod headers;
-pub mod topic;
+mod direct;
+mod fanout;
+mod headers;
+mod topic;
 
 use std::sync::Arc;
 

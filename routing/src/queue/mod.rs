@@ -15,9 +15,9 @@ pub mod command;
 pub mod consumer;
 pub mod counters;
 pub mod dead_letter;
-pub mod entry;
+mod entry;
 pub mod paging;
-pub mod ready;
+mod ready;
 pub mod sink;
 pub mod state;
 

@@ -193,8 +193,11 @@ impl<C: ConsumerHandle> QueueState<C> {
             Command::Purge => {
                 let count = self.ready.len_u32();
                 let (entries, paged_ids) = self.ready.clear(self.settings.stores);
-                let ids = entries.iter().filter_map(|e| e.store_id).chain(paged_ids);
-                fx.extend(ids.map(|id| Effect::Forget { id }));
+                // In id order: which entries were paged is this node's business, not the effects'.
+                let mut ids: Vec<u64> = entries.iter().filter_map(|e| e.store_id).collect();
+                ids.extend(paged_ids);
+                ids.sort_unstable();
+                fx.extend(ids.into_iter().map(|id| Effect::Forget { id }));
                 Outcome::Count(count)
             }
             Command::Delete => {

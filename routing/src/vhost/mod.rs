@@ -18,7 +18,8 @@ use crate::exchange::{
     Binding, Destination, Exchange, ExchangeKind, ExchangeSpec, RouteGuard, RouteInput,
 };
 use crate::ids::ConnectionId;
-use crate::persist::{self, Durability, StoredExchange, StoredQueue};
+use crate::meta::{records, DestinationKind, MetaCommand, StoredBinding};
+use crate::persist::Durability;
 use crate::queue::dead_letter::DeadLetters;
 use crate::queue::paging::Paging;
 use crate::queue::sink::{Journal, QueueOwner, QueueTimers};
@@ -115,41 +116,108 @@ impl Vhost {
         Arc::new(vhost)
     }
 
-    /// Re-creates a durable exchange read back from the log (nothing is written). An exchange of a
-    /// kind this version does not know is left in the log, untouched, and reported.
-    pub fn restore_exchange(&self, name: &str, stored: StoredExchange) {
-        let Some(kind) = ExchangeKind::parse(&stored.kind) else {
+    /// Applies a metadata command read back from the log (nothing is written): recovery's half of
+    /// the one apply of exchanges, queues and bindings (the live half validates first, then writes
+    /// the command and makes the same change).
+    pub fn restore(self: &Arc<Self>, command: MetaCommand, now: Now) {
+        match command {
+            MetaCommand::DeclareExchange {
+                exchange,
+                kind,
+                auto_delete,
+                internal,
+                arguments,
+                ..
+            } => self.restore_exchange(exchange, &kind, auto_delete, internal, arguments),
+            MetaCommand::DeleteExchange { exchange, .. } => {
+                self.exchanges.remove(&exchange);
+            }
+            MetaCommand::DeclareQueue {
+                queue,
+                auto_delete,
+                arguments,
+                declared_by,
+                ..
+            } => self.restore_queue(queue, auto_delete, arguments, declared_by, now),
+            MetaCommand::DeleteQueue { queue, .. } => {
+                self.queues.remove(&queue);
+            }
+            MetaCommand::Bind { binding, .. } => self.restore_binding(binding),
+            MetaCommand::Unbind { binding, .. } => {
+                if let Some(x) = self.exchanges.get(&binding.source) {
+                    let destination = match binding.kind {
+                        DestinationKind::Queue => self
+                            .find_queue(&binding.destination)
+                            .map(Destination::Queue),
+                        DestinationKind::Exchange => {
+                            Some(Destination::Exchange(binding.destination.as_str().into()))
+                        }
+                    };
+                    if let Some(destination) = destination {
+                        x.unbind(&Binding {
+                            destination,
+                            routing_key: binding.routing_key,
+                            arguments: binding.arguments,
+                        });
+                    }
+                }
+            }
+            other => {
+                tracing::error!(command = ?other, "not a command about a vhost's exchanges, queues or bindings")
+            }
+        }
+    }
+
+    /// Re-creates a durable exchange. An exchange of a kind this version does not know is left in
+    /// the log, untouched, and reported.
+    fn restore_exchange(
+        &self,
+        name: String,
+        kind: &str,
+        auto_delete: bool,
+        internal: bool,
+        arguments: FieldTable,
+    ) {
+        let Some(kind) = ExchangeKind::parse(kind) else {
             tracing::error!(
                 exchange = ?name,
                 vhost = ?self.name,
-                kind = ?stored.kind,
+                kind = ?kind,
                 "a stored exchange has a kind this version does not know: it is not restored (its record stays in the log)"
             );
             return;
         };
         let spec = ExchangeSpec {
-            name: name.to_string(),
+            name: name.clone(),
             kind,
             durable: true,
-            auto_delete: stored.auto_delete,
-            internal: stored.internal,
-            arguments: stored.arguments,
+            auto_delete,
+            internal,
+            arguments,
         };
-        self.exchanges.insert(name.to_string(), Exchange::new(spec));
+        self.exchanges.insert(name, Exchange::new(spec));
     }
 
-    /// Re-creates a durable queue read back from the log (nothing is written). Arguments that today's
-    /// validation refuses are reported and not acted on, but the queue keeps them as stored (a
-    /// redeclare compares against them) and keeps its messages.
-    pub fn restore_queue(self: &Arc<Self>, name: &str, stored: StoredQueue, now: Now) {
+    /// Re-creates a durable queue. Arguments that today's validation refuses are reported and not
+    /// acted on, but the queue keeps them as stored (a redeclare compares against them) and keeps
+    /// its messages.
+    fn restore_queue(
+        self: &Arc<Self>,
+        name: String,
+        auto_delete: bool,
+        arguments: FieldTable,
+        declared_by: Option<String>,
+        now: Now,
+    ) {
         let spec = QueueSpec {
-            name: name.to_string(),
+            name,
             durable: true,
             exclusive_owner: None,
-            auto_delete: stored.auto_delete,
-            arguments: stored.arguments,
-            declared_by: stored.declared_by.map(Arc::from),
+            auto_delete,
+            arguments,
+            declared_by: declared_by.map(Arc::from),
         };
+        let name = spec.name.as_str();
         let (args, refused) =
             arguments::parse_stored(&spec.arguments, &self.resource("queue", name));
         for e in refused {
@@ -160,8 +228,9 @@ impl Vhost {
                 "a stored queue has an argument this version refuses: the queue and its messages are kept, the argument is not applied"
             );
         }
+        let name = name.to_string();
         let queue = self.new_queue(spec, args, now);
-        self.queues.insert(name.to_string(), queue);
+        self.queues.insert(name, queue);
     }
 
     /// A queue of this vhost: stored messages go to the log when it is durable, and its backlog
@@ -175,7 +244,7 @@ impl Vhost {
         let durability = match &self.durability {
             Some(d) if spec.durable => {
                 let journal: Arc<dyn Journal> = d.clone();
-                Some((journal, persist::message_queue(&self.name, &spec.name)))
+                Some((journal, records::message_queue(&self.name, &spec.name)))
             }
             _ => None,
         };
@@ -191,15 +260,15 @@ impl Vhost {
         )
     }
 
-    /// Re-creates a binding between durable objects read back from the log (nothing is written).
-    pub fn restore_binding(
-        &self,
-        source: &str,
-        kind: &str,
-        dest: &str,
-        routing_key: &str,
-        arguments: FieldTable,
-    ) {
+    /// Re-creates a binding between durable objects.
+    fn restore_binding(&self, binding: StoredBinding) {
+        let StoredBinding {
+            source,
+            kind,
+            destination: dest,
+            routing_key,
+            arguments,
+        } = binding;
         let unrestored = |missing: &str| {
             tracing::error!(
                 source = ?source,
@@ -210,17 +279,17 @@ impl Vhost {
             );
         };
         let destination = match kind {
-            "queue" => match self.find_queue(dest) {
+            DestinationKind::Queue => match self.find_queue(&dest) {
                 Some(q) => Destination::Queue(q),
                 None => return unrestored("the queue"),
             },
-            _ => Destination::Exchange(dest.into()),
+            DestinationKind::Exchange => Destination::Exchange(dest.as_str().into()),
         };
-        match self.exchanges.get(source) {
+        match self.exchanges.get(&source) {
             Some(x) => {
                 x.bind(Binding {
                     destination,
-                    routing_key: routing_key.to_string(),
+                    routing_key,
                     arguments,
                 });
             }
@@ -319,10 +388,7 @@ impl Vhost {
                 check_name("exchange", &spec.name)?;
                 let exchange = Exchange::new(spec);
                 if let (Some(d), true) = (&self.durability, exchange.spec.durable) {
-                    d.put(
-                        persist::exchange_key(&self.name, exchange.name()),
-                        &stored_exchange(&exchange.spec),
-                    );
+                    d.meta(&self.declare_exchange_command(&exchange.spec));
                 }
                 self.exchanges
                     .insert(exchange.name().to_string(), exchange.clone());
@@ -379,7 +445,10 @@ impl Vhost {
                 self.persist_binding(&exchange, &b, false);
             }
             if let (Some(d), true) = (&self.durability, exchange.spec.durable) {
-                d.delete(persist::exchange_key(&self.name, name));
+                d.meta(&MetaCommand::DeleteExchange {
+                    vhost: self.name.clone(),
+                    exchange: name.to_string(),
+                });
             }
         }
         self.remove_bindings_to(&Destination::Exchange(name.into()));
@@ -389,9 +458,9 @@ impl Vhost {
     fn persist_binding(&self, source: &Exchange, binding: &Binding, add: bool) {
         let Some(d) = &self.durability else { return };
         let (kind, dest, durable) = match &binding.destination {
-            Destination::Queue(q) => ("queue", q.name().to_string(), q.spec.durable),
+            Destination::Queue(q) => (DestinationKind::Queue, q.name().to_string(), q.spec.durable),
             Destination::Exchange(x) => (
-                "exchange",
+                DestinationKind::Exchange,
                 x.to_string(),
                 self.exchanges
                     .get(x.as_ref())
@@ -401,20 +470,19 @@ impl Vhost {
         if !(source.spec.durable && durable) {
             return;
         }
-        let args = serde_json::to_string(&binding.arguments).unwrap_or_default();
-        let key = persist::binding_key(
-            &self.name,
-            source.name(),
+        let vhost = self.name.clone();
+        let binding = StoredBinding {
+            source: source.name().to_string(),
             kind,
-            &dest,
-            &binding.routing_key,
-            &args,
-        );
-        if add {
-            d.put(key, &binding.arguments);
+            destination: dest,
+            routing_key: binding.routing_key.clone(),
+            arguments: binding.arguments.clone(),
+        };
+        d.meta(&if add {
+            MetaCommand::Bind { vhost, binding }
         } else {
-            d.delete(key);
-        }
+            MetaCommand::Unbind { vhost, binding }
+        });
     }
 
     /// queue.declare. `server_named` names were generated by the broker and skip the `amq.` check, which
@@ -469,10 +537,7 @@ impl Vhost {
         before_create()?;
         let args = arguments::parse(&spec.arguments, &self.resource("queue", &spec.name))?;
         if let (Some(d), true) = (&self.durability, spec.durable) {
-            d.put(
-                persist::queue_key(&self.name, &spec.name),
-                &stored_queue(&spec),
-            );
+            d.meta(&self.declare_queue_command(&spec));
         }
         let queue = self.new_queue(spec, args, now);
         self.queues.insert(queue.name().to_string(), queue.clone());
@@ -518,17 +583,36 @@ impl Vhost {
         self.remove_queue_locked(queue, now);
     }
 
+    /// Deletes every queue and exchange of a vhost that is being deleted, with their records, so
+    /// nothing of it is restored (or reported as orphaned) at the next start.
+    pub fn remove_all(&self, now: Now) {
+        let _topology = self.topology.lock();
+        for queue in self.queue_list() {
+            self.remove_queue_locked(&queue, now);
+        }
+        let names: Vec<String> = self.exchanges.iter().map(|x| x.key().clone()).collect();
+        for name in names {
+            if !STANDARD_EXCHANGES
+                .iter()
+                .any(|(standard, _)| *standard == name)
+            {
+                self.delete_exchange_locked(&name);
+            }
+        }
+    }
+
     fn remove_queue_locked(&self, queue: &Arc<Queue>, now: Now) -> u32 {
         self.queues
             .remove_if(queue.name(), |_, q| Arc::ptr_eq(q, queue));
         if let (Some(d), true) = (&self.durability, queue.spec.durable) {
             d.write(
                 vec![
-                    Record::Delete {
-                        key: persist::queue_key(&self.name, queue.name()),
-                    },
+                    records::record(&MetaCommand::DeleteQueue {
+                        vhost: self.name.clone(),
+                        queue: queue.name().to_string(),
+                    }),
                     Record::DropQueue {
-                        queue: persist::message_queue(&self.name, queue.name()),
+                        queue: records::message_queue(&self.name, queue.name()),
                     },
                 ],
                 None,
@@ -744,22 +828,28 @@ pub fn route_keys<'a>(
     queues
 }
 
-/// A durable exchange as its record stores it.
-fn stored_exchange(spec: &ExchangeSpec) -> StoredExchange {
-    StoredExchange {
-        kind: spec.kind.as_str().to_string(),
-        auto_delete: spec.auto_delete,
-        internal: spec.internal,
-        arguments: spec.arguments.clone(),
+impl Vhost {
+    /// The command that stores a durable exchange.
+    fn declare_exchange_command(&self, spec: &ExchangeSpec) -> MetaCommand {
+        MetaCommand::DeclareExchange {
+            vhost: self.name.clone(),
+            exchange: spec.name.clone(),
+            kind: spec.kind.as_str().to_string(),
+            auto_delete: spec.auto_delete,
+            internal: spec.internal,
+            arguments: spec.arguments.clone(),
+        }
     }
-}
 
-/// A durable queue as its record stores it.
-fn stored_queue(spec: &QueueSpec) -> StoredQueue {
-    StoredQueue {
-        auto_delete: spec.auto_delete,
-        arguments: spec.arguments.clone(),
-        declared_by: spec.declared_by.as_deref().map(str::to_string),
+    /// The command that stores a durable queue.
+    fn declare_queue_command(&self, spec: &QueueSpec) -> MetaCommand {
+        MetaCommand::DeclareQueue {
+            vhost: self.name.clone(),
+            queue: spec.name.clone(),
+            auto_delete: spec.auto_delete,
+            arguments: spec.arguments.clone(),
+            declared_by: spec.declared_by.as_deref().map(str::to_string),
+        }
     }
 }
 

@@ -1,0 +1,255 @@
+//! The part of durable metadata that is the broker's rather than a vhost's: vhost names, users, their
+//! tags, password hashes, permissions and topic permissions, and which configured users were seeded
+//! ([`Definitions`]). [`apply`] is the one function that changes them — for an administrative change
+//! (after validation, before its records are written), at recovery, and next in the metadata Raft
+//! group; its refusals are the texts brokerctl shows.
+
+use warren_storage::definitions::{Definitions, Seeding, UserDefinition};
+
+use super::MetaCommand;
+
+fn user<'a>(defs: &'a mut Definitions, name: &str) -> Result<&'a mut UserDefinition, String> {
+    defs.users
+        .iter_mut()
+        .find(|u| u.name == name)
+        .ok_or_else(|| format!("no such user '{name}'"))
+}
+
+/// Changes `defs` as `command` says, or says why it cannot (nothing changed then). Commands about
+/// exchanges, queues and bindings leave `defs` as it is.
+pub fn apply(defs: &mut Definitions, command: &MetaCommand) -> Result<(), String> {
+    match command {
+        MetaCommand::AddVhost { vhost } => {
+            if defs.vhosts.contains(vhost) {
+                return Err(format!("vhost '{vhost}' already exists"));
+            }
+            defs.vhosts.push(vhost.clone());
+        }
+        MetaCommand::DeleteVhost { vhost } => {
+            if !defs.vhosts.contains(vhost) {
+                return Err(format!("no such vhost '{vhost}'"));
+            }
+            defs.vhosts.retain(|v| v != vhost);
+            for u in &mut defs.users {
+                u.permissions.retain(|p| &p.vhost != vhost);
+                u.topic_permissions.retain(|p| &p.vhost != vhost);
+            }
+        }
+        MetaCommand::AddUser { user, tags } => {
+            if defs.users.iter().any(|u| &u.name == user) {
+                return Err(format!("user '{user}' already exists"));
+            }
+            defs.users.push(UserDefinition {
+                name: user.clone(),
+                tags: tags.clone(),
+                permissions: Vec::new(),
+                topic_permissions: Vec::new(),
+                password_hash: None,
+            });
+        }
+        MetaCommand::DeleteUser { user } => {
+            let before = defs.users.len();
+            defs.users.retain(|u| &u.name != user);
+            if defs.users.len() == before {
+                return Err(format!("no such user '{user}'"));
+            }
+        }
+        MetaCommand::SetUserTags { user: name, tags } => user(defs, name)?.tags = tags.clone(),
+        MetaCommand::SetPasswordHash { user: name, hash } => {
+            user(defs, name)?.password_hash = hash.clone();
+        }
+        MetaCommand::SetPermissions {
+            user: name,
+            permission,
+        } => {
+            let u = user(defs, name)?;
+            u.permissions.retain(|p| p.vhost != permission.vhost);
+            u.permissions.push(permission.clone());
+        }
+        MetaCommand::ClearPermissions { user: name, vhost } => {
+            user(defs, name)?.permissions.retain(|p| &p.vhost != vhost);
+        }
+        MetaCommand::SetTopicPermissions {
+            user: name,
+            permission,
+        } => {
+            let u = user(defs, name)?;
+            u.topic_permissions
+                .retain(|p| !(p.vhost == permission.vhost && p.exchange == permission.exchange));
+            u.topic_permissions.push(permission.clone());
+        }
+        MetaCommand::ClearTopicPermissions {
+            user: name,
+            vhost,
+            exchange,
+        } => {
+            user(defs, name)?.topic_permissions.retain(|p| {
+                !(&p.vhost == vhost && exchange.as_ref().is_none_or(|x| &p.exchange == x))
+            });
+        }
+        MetaCommand::SeedUser { user } => {
+            if !defs.seeded_users.contains(user) {
+                defs.seeded_users.push(user.clone());
+            }
+        }
+        MetaCommand::DeclareExchange { .. }
+        | MetaCommand::DeleteExchange { .. }
+        | MetaCommand::DeclareQueue { .. }
+        | MetaCommand::DeleteQueue { .. }
+        | MetaCommand::Bind { .. }
+        | MetaCommand::Unbind { .. } => {}
+    }
+    Ok(())
+}
+
+/// The commands that create `user` as defined.
+pub fn user_commands(user: &UserDefinition) -> Vec<MetaCommand> {
+    let name = || user.name.clone();
+    let mut out = vec![MetaCommand::AddUser {
+        user: name(),
+        tags: user.tags.clone(),
+    }];
+    if let Some(hash) = &user.password_hash {
+        out.push(MetaCommand::SetPasswordHash {
+            user: name(),
+            hash: Some(hash.clone()),
+        });
+    }
+    out.extend(
+        user.permissions
+            .iter()
+            .map(|p| MetaCommand::SetPermissions {
+                user: name(),
+                permission: p.clone(),
+            }),
+    );
+    out.extend(
+        user.topic_permissions
+            .iter()
+            .map(|p| MetaCommand::SetTopicPermissions {
+                user: name(),
+                permission: p.clone(),
+            }),
+    );
+    out
+}
+
+/// The commands that build `defs` from nothing (a `definitions.json` of an earlier version).
+pub fn commands_for(defs: &Definitions) -> Vec<MetaCommand> {
+    let mut out: Vec<MetaCommand> = defs
+        .vhosts
+        .iter()
+        .map(|v| MetaCommand::AddVhost { vhost: v.clone() })
+        .collect();
+    for u in &defs.users {
+        out.extend(user_commands(u));
+    }
+    out.extend(
+        defs.seeded_users
+            .iter()
+            .map(|u| MetaCommand::SeedUser { user: u.clone() }),
+    );
+    out
+}
+
+/// The commands that seed the users of the configuration file (see [`Definitions::seed_users`]),
+/// with what to report.
+pub fn seeding(
+    defs: &Definitions,
+    configured: &[UserDefinition],
+) -> (Vec<MetaCommand>, Vec<Seeding>) {
+    let notes = defs.clone().seed_users(configured);
+    let mut out = Vec::new();
+    for note in &notes {
+        if let Seeding::Created(name) = note {
+            if let Some(u) = configured.iter().find(|u| &u.name == name) {
+                out.extend(user_commands(u));
+            }
+        }
+    }
+    for u in configured {
+        if !defs.seeded_users.contains(&u.name) {
+            out.push(MetaCommand::SeedUser {
+                user: u.name.clone(),
+            });
+        }
+    }
+    (out, notes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warren_storage::definitions::PermissionDefinition;
+
+    fn nova() -> UserDefinition {
+        UserDefinition {
+            name: "nova".into(),
+            tags: vec!["monitoring".into()],
+            permissions: vec![PermissionDefinition {
+                vhost: "/".into(),
+                configure: ".*".into(),
+                write: "^nova".into(),
+                read: ".*".into(),
+            }],
+            topic_permissions: vec![],
+            password_hash: Some("$argon2id$...".into()),
+        }
+    }
+
+    #[test]
+    fn the_commands_for_a_definitions_file_rebuild_it() {
+        let defs = Definitions {
+            vhosts: vec!["/".into(), "cinder".into()],
+            users: vec![nova()],
+            seeded_users: vec!["nova".into(), "glance".into()],
+        };
+        let mut rebuilt = Definitions::default();
+        for c in commands_for(&defs) {
+            apply(&mut rebuilt, &c).unwrap();
+        }
+        assert_eq!(rebuilt, defs);
+    }
+
+    #[test]
+    fn refusals_change_nothing_and_say_why() {
+        let mut defs = Definitions::default();
+        let add = MetaCommand::AddVhost { vhost: "/".into() };
+        apply(&mut defs, &add).unwrap();
+        assert_eq!(
+            apply(&mut defs, &add).unwrap_err(),
+            "vhost '/' already exists"
+        );
+        let tags = MetaCommand::SetUserTags {
+            user: "ghost".into(),
+            tags: vec![],
+        };
+        assert_eq!(apply(&mut defs, &tags).unwrap_err(), "no such user 'ghost'");
+        assert_eq!(defs.vhosts, ["/"]);
+        assert!(defs.users.is_empty());
+    }
+
+    #[test]
+    fn seeding_creates_a_configured_user_once() {
+        let mut defs = Definitions::default();
+        let (commands, notes) = seeding(&defs, &[nova()]);
+        assert_eq!(notes, [Seeding::Created("nova".into())]);
+        for c in &commands {
+            apply(&mut defs, c).unwrap();
+        }
+        assert_eq!(defs.users, [nova()]);
+        assert_eq!(defs.seeded_users, ["nova"]);
+        let (again, notes) = seeding(&defs, &[nova()]);
+        assert!(again.is_empty() && notes.is_empty());
+        apply(
+            &mut defs,
+            &MetaCommand::DeleteUser {
+                user: "nova".into(),
+            },
+        )
+        .unwrap();
+        let (after_delete, notes) = seeding(&defs, &[nova()]);
+        assert!(after_delete.is_empty());
+        assert_eq!(notes, [Seeding::Deleted("nova".into())]);
+    }
+}

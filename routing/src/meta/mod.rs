@@ -1,0 +1,164 @@
+//! Durable metadata as typed commands: every change to what survives a restart — vhosts, users,
+//! their tags, password hashes and permissions, durable exchanges, queues and bindings — is one
+//! [`MetaCommand`] variant. The live path validates a change, writes its command and applies it;
+//! recovery decodes the same commands from the log and applies them in dependency order; the
+//! metadata Raft group (HA.md) will replicate the same commands.
+//!
+//! In the local log a command is stored as a tagged binary record (codec.rs) under the identity of
+//! the object it sets (records.rs): the log keeps the last command per object and drops the rest, and
+//! a deleting command is the removal of its object's key (with everything that hung on it). The key
+//! is never read back for meaning: recovery decodes the command in the value. Records written before
+//! this format (JSON values under JSON-array keys, and the separate `definitions.json`) are read by
+//! legacy.rs and rewritten as commands at the first start.
+
+pub mod codec;
+pub mod definitions;
+pub mod legacy;
+pub mod records;
+
+use amq_protocol::types::FieldTable;
+use warren_storage::definitions::{PermissionDefinition, TopicPermissionDefinition};
+
+/// What a binding's destination is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DestinationKind {
+    Queue,
+    Exchange,
+}
+
+impl DestinationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DestinationKind::Queue => "queue",
+            DestinationKind::Exchange => "exchange",
+        }
+    }
+}
+
+/// A binding between durable objects, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredBinding {
+    pub source: String,
+    pub kind: DestinationKind,
+    pub destination: String,
+    pub routing_key: String,
+    pub arguments: FieldTable,
+}
+
+/// One change to durable metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetaCommand {
+    AddVhost {
+        vhost: String,
+    },
+    /// The vhost goes with its users' permissions in it (its queues and exchanges go by their own
+    /// commands).
+    DeleteVhost {
+        vhost: String,
+    },
+    AddUser {
+        user: String,
+        tags: Vec<String>,
+    },
+    /// The user goes with its tags, password hash and permissions (it stays seeded).
+    DeleteUser {
+        user: String,
+    },
+    SetUserTags {
+        user: String,
+        tags: Vec<String>,
+    },
+    /// The password bridge's argon2id hash; None clears it.
+    SetPasswordHash {
+        user: String,
+        hash: Option<String>,
+    },
+    SetPermissions {
+        user: String,
+        permission: PermissionDefinition,
+    },
+    ClearPermissions {
+        user: String,
+        vhost: String,
+    },
+    SetTopicPermissions {
+        user: String,
+        permission: TopicPermissionDefinition,
+    },
+    /// One exchange's topic permission, or all of the user's in the vhost (None).
+    ClearTopicPermissions {
+        user: String,
+        vhost: String,
+        exchange: Option<String>,
+    },
+    /// A user of the configuration file was created once: it is never created again by seeding.
+    SeedUser {
+        user: String,
+    },
+    DeclareExchange {
+        vhost: String,
+        exchange: String,
+        kind: String,
+        auto_delete: bool,
+        internal: bool,
+        arguments: FieldTable,
+    },
+    DeleteExchange {
+        vhost: String,
+        exchange: String,
+    },
+    DeclareQueue {
+        vhost: String,
+        queue: String,
+        auto_delete: bool,
+        arguments: FieldTable,
+        /// Who declared it (absent for queues stored before it was recorded).
+        declared_by: Option<String>,
+    },
+    DeleteQueue {
+        vhost: String,
+        queue: String,
+    },
+    Bind {
+        vhost: String,
+        binding: StoredBinding,
+    },
+    Unbind {
+        vhost: String,
+        binding: StoredBinding,
+    },
+}
+
+impl MetaCommand {
+    /// The vhost a command about exchanges, queues or bindings concerns (None for the others).
+    pub fn vhost(&self) -> Option<&str> {
+        match self {
+            MetaCommand::DeclareExchange { vhost, .. }
+            | MetaCommand::DeleteExchange { vhost, .. }
+            | MetaCommand::DeclareQueue { vhost, .. }
+            | MetaCommand::DeleteQueue { vhost, .. }
+            | MetaCommand::Bind { vhost, .. }
+            | MetaCommand::Unbind { vhost, .. } => Some(vhost),
+            _ => None,
+        }
+    }
+
+    /// The order recovery applies live commands in: what a command refers to comes first (vhosts and
+    /// users, then what hangs on users, exchanges, queues, and bindings between them).
+    pub fn recovery_rank(&self) -> u8 {
+        match self {
+            MetaCommand::AddVhost { .. } | MetaCommand::DeleteVhost { .. } => 0,
+            MetaCommand::AddUser { .. } | MetaCommand::DeleteUser { .. } => 1,
+            MetaCommand::SetUserTags { .. }
+            | MetaCommand::SetPasswordHash { .. }
+            | MetaCommand::SetPermissions { .. }
+            | MetaCommand::ClearPermissions { .. }
+            | MetaCommand::SetTopicPermissions { .. }
+            | MetaCommand::ClearTopicPermissions { .. }
+            | MetaCommand::SeedUser { .. } => 2,
+            MetaCommand::DeclareExchange { .. } | MetaCommand::DeleteExchange { .. } => 3,
+            MetaCommand::DeclareQueue { .. } | MetaCommand::DeleteQueue { .. } => 4,
+            MetaCommand::Bind { .. } | MetaCommand::Unbind { .. } => 5,
+        }
+    }
+}
