@@ -99,7 +99,7 @@ pub enum SetupError {
     #[error("{0}")]
     Locked(#[from] DirLockError),
     #[error("cannot store the configuration's vhosts and users: {0}")]
-    Seeding(crate::admin::definitions::AdminError),
+    Seeding(crate::meta::definitions::CommitError),
 }
 
 /// The metadata commands recovery found in the log, in the order they apply.
@@ -168,8 +168,10 @@ fn import_definitions_file(
     let file = Definitions::load(path)?;
     if *definitions == Definitions::default() {
         let commands = crate::meta::definitions::commands_for(&file);
-        crate::admin::definitions::commit(durability, definitions, &commands)
-            .map_err(|e| std::io::Error::other(e.0))?;
+        crate::meta::definitions::commit(definitions, &commands, |records| {
+            durability.write_durable(records)
+        })
+        .map_err(std::io::Error::other)?;
         tracing::info!(
             vhosts = file.vhosts.len(),
             users = file.users.len(),
@@ -253,8 +255,10 @@ impl Broker {
                 ),
             }
         }
-        crate::admin::definitions::commit(&durability, &mut definitions, &commands)
-            .map_err(SetupError::Seeding)?;
+        crate::meta::definitions::commit(&mut definitions, &commands, |records| {
+            durability.write_durable(records)
+        })
+        .map_err(SetupError::Seeding)?;
 
         let limits = &config.limits;
         let threshold = Alarms::threshold(

@@ -13,7 +13,6 @@ use crate::broker::{vhost_limits, Broker};
 use crate::connection::outbound::Outbound;
 use crate::error::AmqpError;
 use crate::meta::{self, MetaCommand};
-use crate::persist::Durability;
 use crate::users::User;
 use crate::vhost::Vhost;
 
@@ -40,35 +39,14 @@ fn check_pattern(pattern: &str) -> Result<(), AdminError> {
         .map_err(|e| AdminError(format!("invalid pattern {pattern:?}: {e}")))
 }
 
-/// Applies `commands` to a copy of `defs` (refusing them all if one is refused), writes their
-/// records and waits until they are durable, then makes the copy current. The one path by which
-/// vhosts, users and permissions change, at start-up (the configuration's) and through the admin API.
-pub(crate) fn commit(
-    durability: &Durability,
-    defs: &mut Definitions,
-    commands: &[MetaCommand],
-) -> Result<(), AdminError> {
-    if commands.is_empty() {
-        return Ok(());
-    }
-    let mut next = defs.clone();
-    let mut records = Vec::new();
-    for command in commands {
-        records.extend(meta::records::records(command, &next));
-        meta::definitions::apply(&mut next, command).map_err(AdminError)?;
-    }
-    durability
-        .write_durable(records)
-        .map_err(|e| AdminError(format!("cannot store the change in the log: {e}")))?;
-    *defs = next;
-    Ok(())
-}
-
 impl Broker {
     /// Writes `commands` and applies them to the definitions; returns the definitions after them.
     fn change_definitions(&self, commands: &[MetaCommand]) -> Result<Definitions, AdminError> {
         let mut current = self.definitions.lock();
-        commit(&self.durability, &mut current, commands)?;
+        meta::definitions::commit(&mut current, commands, |records| {
+            self.durability.write_durable(records)
+        })
+        .map_err(|e| AdminError(e.to_string()))?;
         Ok(current.clone())
     }
 

@@ -5,8 +5,41 @@
 //! group; its refusals are the texts brokerctl shows.
 
 use warren_storage::definitions::{Definitions, Seeding, UserDefinition};
+use warren_storage::log::record::Record;
 
-use super::MetaCommand;
+use super::{records, MetaCommand};
+
+/// Why a change to the definitions did not happen (nothing changed then).
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error("{0}")]
+    Refused(String),
+    #[error("cannot store the change in the log: {0}")]
+    Store(std::io::Error),
+}
+
+/// Applies `commands` to a copy of `defs` (refusing them all if one is refused), hands their records
+/// to `write` (which returns once they are durable), then makes the copy current. The one path by
+/// which vhosts, users and permissions change: at start-up (the configuration's, an earlier
+/// version's file) and through the admin API.
+pub fn commit(
+    defs: &mut Definitions,
+    commands: &[MetaCommand],
+    write: impl FnOnce(Vec<Record>) -> std::io::Result<()>,
+) -> Result<(), CommitError> {
+    if commands.is_empty() {
+        return Ok(());
+    }
+    let mut next = defs.clone();
+    let mut out = Vec::new();
+    for command in commands {
+        out.extend(records::records(command, &next));
+        apply(&mut next, command).map_err(CommitError::Refused)?;
+    }
+    write(out).map_err(CommitError::Store)?;
+    *defs = next;
+    Ok(())
+}
 
 fn user<'a>(defs: &'a mut Definitions, name: &str) -> Result<&'a mut UserDefinition, String> {
     defs.users

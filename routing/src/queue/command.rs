@@ -31,7 +31,8 @@ pub enum Command<C> {
     Checkout { consumer: C },
     /// Expires what is due at the head and watches the new head's deadline: the end of a dispatch.
     Expire,
-    /// Drops heads while the queue is over its length limits (`x-overflow: drop-head`).
+    /// The end of a publish's dispatch: drops heads while the queue is over its length limits
+    /// (`x-overflow: drop-head`), then does what `Expire` does.
     Trim,
     /// Takes the head for basic.get.
     Get,

@@ -119,6 +119,9 @@ impl<C: ConsumerHandle> QueueState<C> {
     }
 
     /// Changes the state as `command` says, at `now`; appends what the caller must do to `fx`.
+    /// Inlined: the live queue applies one known command at a time on its hot paths, so the
+    /// compiler can reduce each call to that command's arm.
+    #[inline]
     pub fn apply(&mut self, command: Command<C>, now: Now, fx: &mut Vec<Effect<C>>) -> Outcome {
         let at = now.instant;
         match command {
@@ -140,6 +143,8 @@ impl<C: ConsumerHandle> QueueState<C> {
             }
             Command::Trim => {
                 self.trim(fx);
+                self.expire_head(at, fx);
+                self.arm_ttl(fx);
                 Outcome::Done
             }
             Command::Get => {

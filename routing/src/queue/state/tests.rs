@@ -435,7 +435,6 @@ impl Live {
                         self.tally.accepted += 1;
                         self.hand_out();
                         self.apply(Command::Trim);
-                        self.apply(Command::Expire);
                     }
                     // A refused publish dead-letters (reject-publish-dlx) a message never accepted.
                     _ => self.tally.dead = dead_before,
