@@ -333,9 +333,14 @@ impl Queue {
         journal.write(records, None);
     }
 
-    /// Acknowledged deliveries (or ones delivered without ack) leave the log.
-    pub fn settle<'a>(self: &Arc<Self>, entries: impl IntoIterator<Item = &'a Entry>, now: Now) {
-        // Only stored messages have anything to settle; the rest need not take the lock.
+    /// Acknowledged deliveries (or ones delivered without ack) leave the log. `now` is asked for
+    /// only when one of them was stored: the rest need neither the time nor the queue's lock (a
+    /// no-ack consumer settles every delivery, so this is a hot path).
+    pub fn settle<'a>(
+        self: &Arc<Self>,
+        entries: impl IntoIterator<Item = &'a Entry>,
+        now: impl FnOnce() -> Now,
+    ) {
         let mut stored = entries
             .into_iter()
             .filter(|e| e.store_id.is_some())
@@ -343,6 +348,7 @@ impl Queue {
         if stored.peek().is_none() {
             return;
         }
+        let now = now();
         let mut after = After::default();
         {
             let mut l = self.locked.lock();
