@@ -35,22 +35,29 @@ fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
     t
 }
 
-#[tokio::test]
-async fn a_stored_queue_with_an_argument_now_refused_keeps_its_messages() {
-    let broker = TestBroker::start().await;
+/// Declares the durable queue `name` and publishes `count` confirmed persistent messages to it,
+/// `{prefix}0`, `{prefix}1`, ...
+async fn durable_queue_with(broker: &TestBroker, name: &str, prefix: &str, count: usize) {
     let client = broker.connect().await;
     let ch = client.channel().await;
     ch.select_confirms().await;
-    let mut args = QueueDeclareArguments::new("kept");
+    let mut args = QueueDeclareArguments::new(name);
     args.durable(true);
     ch.declare(args).await;
     let mut persistent = BasicProperties::default();
     persistent.with_delivery_mode(2);
-    for i in 0..3 {
-        ch.publish_acked("", "kept", persistent.clone(), format!("m{i}").as_bytes())
+    for i in 0..count {
+        let body = format!("{prefix}{i}");
+        ch.publish_acked("", name, persistent.clone(), body.as_bytes())
             .await;
     }
     client.close().await;
+}
+
+#[tokio::test]
+async fn a_stored_queue_with_an_argument_now_refused_keeps_its_messages() {
+    let broker = TestBroker::start().await;
+    durable_queue_with(&broker, "kept", "m", 3).await;
 
     // As if an older version had stored the queue with an argument today's rules refuse
     // (x-max-priority above 255), beside a valid one; and an exchange of a kind it does not know.
@@ -120,24 +127,7 @@ async fn a_stored_queue_with_an_argument_now_refused_keeps_its_messages() {
 #[tokio::test]
 async fn an_unreadable_command_record_loses_no_message() {
     let broker = TestBroker::start().await;
-    let client = broker.connect().await;
-    let ch = client.channel().await;
-    ch.select_confirms().await;
-    let mut args = QueueDeclareArguments::new("orphaned");
-    args.durable(true);
-    ch.declare(args).await;
-    let mut persistent = BasicProperties::default();
-    persistent.with_delivery_mode(2);
-    for i in 0..2 {
-        ch.publish_acked(
-            "",
-            "orphaned",
-            persistent.clone(),
-            format!("o{i}").as_bytes(),
-        )
-        .await;
-    }
-    client.close().await;
+    durable_queue_with(&broker, "orphaned", "o", 2).await;
 
     let put = |dir: &Path, value: Vec<u8>| {
         let (log, _) = Durability::open(dir).expect("open the log");

@@ -40,14 +40,8 @@ fn install_fixture(dir: &Path) {
     }
 }
 
-#[tokio::test]
-async fn the_data_directory_of_2026_12_opens_with_everything_in_it() {
-    let broker = TestBroker::start()
-        .await
-        .restart_after(install_fixture)
-        .await;
-
-    // Users and permissions (definitions.json).
+/// nova's permissions in the fixture's `openstack` vhost, as brokerctl lists them.
+async fn assert_novas_permissions(broker: &TestBroker) {
     let permissions = broker
         .brokerctl(&["list_permissions", "-p", "openstack"])
         .await
@@ -56,6 +50,28 @@ async fn the_data_directory_of_2026_12_opens_with_everything_in_it() {
         permissions.contains("nova\t^nova\t^(nova|amq\\.topic)\t^nova"),
         "{permissions}"
     );
+}
+
+async fn admin_on_openstack(broker: &TestBroker) -> warren_tests::client::Client {
+    broker
+        .connect_with(
+            (&broker.pki.admin_cert, &broker.pki.admin_key),
+            "openstack",
+            SecurityCredentials::new_external(),
+        )
+        .await
+        .expect("admin connects to openstack")
+}
+
+#[tokio::test]
+async fn the_data_directory_of_2026_12_opens_with_everything_in_it() {
+    let broker = TestBroker::start()
+        .await
+        .restart_after(install_fixture)
+        .await;
+
+    // Users and permissions (definitions.json).
+    assert_novas_permissions(&broker).await;
     let topics = broker
         .brokerctl(&["list_topic_permissions", "-p", "openstack"])
         .await
@@ -65,15 +81,7 @@ async fn the_data_directory_of_2026_12_opens_with_everything_in_it() {
         "{topics}"
     );
 
-    let pki = &broker.pki;
-    let client = broker
-        .connect_with(
-            (&pki.admin_cert, &pki.admin_key),
-            "openstack",
-            SecurityCredentials::new_external(),
-        )
-        .await
-        .expect("admin connects to openstack");
+    let client = admin_on_openstack(&broker).await;
     let ch = client.channel().await;
 
     // Every durable queue with its messages (persistent ones only; the deleted queue stays gone).
@@ -175,22 +183,8 @@ async fn the_data_directory_of_2026_12_opens_with_everything_in_it() {
             assert!(users >= 2, "the fixture's users are commands in the log");
         })
         .await;
-    let permissions = broker
-        .brokerctl(&["list_permissions", "-p", "openstack"])
-        .await
-        .ok();
-    assert!(
-        permissions.contains("nova\t^nova\t^(nova|amq\\.topic)\t^nova"),
-        "{permissions}"
-    );
-    let client = broker
-        .connect_with(
-            (&broker.pki.admin_cert, &broker.pki.admin_key),
-            "openstack",
-            SecurityCredentials::new_external(),
-        )
-        .await
-        .expect("admin connects to openstack");
+    assert_novas_permissions(&broker).await;
+    let client = admin_on_openstack(&broker).await;
     let ch = client.channel().await;
     ch.publish("nova", "nova.fan.after", b"again").await;
     assert_eq!(bodies(&ch.drain("nova.fan").await), ["again"]);

@@ -212,7 +212,7 @@ impl Channel {
             s.send_content(self.id, m);
         }
         if g.no_ack {
-            queue.settle([&entry], Now::read);
+            queue.settle([&entry]);
         } else {
             self.unacked.push(Delivered {
                 tag,
@@ -260,7 +260,7 @@ impl Channel {
             if requeue_to == Some(false) {
                 queue.reject(entries, Now::read());
             } else {
-                queue.settle(&entries, Now::read);
+                queue.settle(&entries);
             }
         }
     }
@@ -305,7 +305,7 @@ impl Channel {
         }
         if consumer.no_ack {
             consumer.release_credit(1);
-            queue.settle([&entry], Now::read);
+            queue.settle([&entry]);
         } else {
             self.unacked.push(Delivered {
                 tag,

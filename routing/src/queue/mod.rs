@@ -333,32 +333,22 @@ impl Queue {
         journal.write(records, None);
     }
 
-    /// Acknowledged deliveries (or ones delivered without ack) leave the log. `now` is asked for
-    /// only when one of them was stored: the rest need neither the time nor the queue's lock (a
-    /// no-ack consumer settles every delivery, so this is a hot path).
-    pub fn settle<'a>(
-        self: &Arc<Self>,
-        entries: impl IntoIterator<Item = &'a Entry>,
-        now: impl FnOnce() -> Now,
-    ) {
-        let mut stored = entries
-            .into_iter()
-            .filter(|e| e.store_id.is_some())
-            .peekable();
-        if stored.peek().is_none() {
+    /// Acknowledged deliveries (or ones delivered without ack) leave the log: the effects of
+    /// [`QueueState::settled`], performed without the queue's lock or the time (a no-ack consumer
+    /// settles every delivery).
+    pub fn settle<'a>(&self, entries: impl IntoIterator<Item = &'a Entry>) {
+        if self.durability.is_none() {
             return;
         }
-        let now = now();
-        let mut after = After::default();
-        {
-            let mut l = self.locked.lock();
-            for entry in stored {
-                let entry = entry.clone();
-                l.apply(Command::Settle { entry }, now);
-            }
-            self.perform(&mut l, &mut after, now, None);
+        let mut fx = Vec::new();
+        for entry in entries {
+            QueueState::settled(entry, &mut fx);
         }
-        self.finish(after, now);
+        let ids = fx.into_iter().filter_map(|effect| match effect {
+            Effect::<Arc<Consumer>>::Forget { id } => Some(id),
+            _ => None,
+        });
+        self.forget_ids(ids.collect());
     }
 
     /// Puts back messages recovered from the log at start-up: in id order, flagged redelivered (they

@@ -184,9 +184,7 @@ impl<C: ConsumerHandle> QueueState<C> {
                 Outcome::Done
             }
             Command::Settle { entry } => {
-                if let Some(id) = entry.store_id {
-                    fx.push(Effect::Forget { id });
-                }
+                Self::settled(&entry, fx);
                 Outcome::Done
             }
             Command::Attach { consumer } => Outcome::Attached(self.attach(consumer, at)),
@@ -221,6 +219,16 @@ impl<C: ConsumerHandle> QueueState<C> {
                 self.woken(wake, set_for, at, fx);
                 Outcome::Done
             }
+        }
+    }
+
+    /// What settling a delivered `entry` asks for: its record leaves the log. It changes nothing
+    /// else of a local queue, whose checked-out messages are their channel's to know, so the live
+    /// queue performs it without the queue's lock (an ack is as hot as a publish); `apply(Settle)` is
+    /// this too. A replicated queue will keep its checked-out set in its state and settle under it.
+    pub fn settled(entry: &Entry, fx: &mut Vec<Effect<C>>) {
+        if let Some(id) = entry.store_id {
+            fx.push(Effect::Forget { id });
         }
     }
 
