@@ -168,10 +168,9 @@ fn import_definitions_file(
     let file = Definitions::load(path)?;
     if *definitions == Definitions::default() {
         let commands = crate::meta::definitions::commands_for(&file);
-        crate::meta::definitions::commit(definitions, &commands, |records| {
-            durability.write_durable(records)
-        })
-        .map_err(std::io::Error::other)?;
+        durability
+            .commit(definitions, &commands)
+            .map_err(std::io::Error::other)?;
         tracing::info!(
             vhosts = file.vhosts.len(),
             users = file.users.len(),
@@ -255,10 +254,9 @@ impl Broker {
                 ),
             }
         }
-        crate::meta::definitions::commit(&mut definitions, &commands, |records| {
-            durability.write_durable(records)
-        })
-        .map_err(SetupError::Seeding)?;
+        durability
+            .commit(&mut definitions, &commands)
+            .map_err(SetupError::Seeding)?;
 
         let limits = &config.limits;
         let threshold = Alarms::threshold(
@@ -397,7 +395,7 @@ impl Broker {
             };
             let ids: Vec<u64> = messages.into_keys().collect();
             for chunk in ids.chunks(RESTORE_BATCH) {
-                restored += self.restore_messages(&queue, &name, chunk.to_vec())?;
+                restored += self.restore_messages(&queue, &name, chunk.to_vec(), now)?;
             }
         }
         if restored > 0 {
@@ -413,6 +411,7 @@ impl Broker {
         queue: &Arc<Queue>,
         name: &str,
         ids: Vec<u64>,
+        now: crate::time::Now,
     ) -> Result<usize, SetupError> {
         let stored = self.durability.read(name, ids).map_err(LogError::Io)?;
         let mut batch = Vec::with_capacity(stored.len());
@@ -429,7 +428,7 @@ impl Broker {
             batch.push((id, Arc::new(message)));
         }
         let n = batch.len();
-        queue.restore(batch, crate::time::Now::read());
+        queue.restore(batch, now);
         Ok(n)
     }
 

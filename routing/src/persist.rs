@@ -16,7 +16,8 @@ use warren_storage::log::record::Record;
 use warren_storage::log::{LogError, Recovered};
 use warren_storage::store::{Completion, Store, StoreOptions};
 
-use crate::meta::{records, MetaCommand};
+use crate::meta::{definitions, records, MetaCommand};
+use warren_storage::definitions::Definitions;
 
 /// The open store and the id sequence of stored messages.
 pub struct Durability {
@@ -67,6 +68,16 @@ impl Durability {
     /// Writes the record of a metadata change about one object (a declaration, a deletion).
     pub fn meta(&self, command: &MetaCommand) {
         self.write(vec![records::record(command)], None);
+    }
+
+    /// Applies `commands` to `defs` once their records are durable (meta::definitions::commit):
+    /// how vhosts, users and permissions change, at start-up and through the admin API.
+    pub fn commit(
+        &self,
+        defs: &mut Definitions,
+        commands: &[MetaCommand],
+    ) -> Result<(), definitions::CommitError> {
+        definitions::commit(defs, commands, |records| self.write_durable(records))
     }
 
     /// Writes `records` and waits until they are durable (an administrative change is applied

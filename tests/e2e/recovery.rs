@@ -13,6 +13,7 @@ use warren_broker::meta::legacy::{StoredExchange, StoredQueue};
 use warren_broker::meta::records::{exchange_key, queue_key};
 use warren_broker::meta::{codec, MetaCommand};
 use warren_broker::persist::Durability;
+use warren_tests::client::bodies;
 use warren_tests::TestBroker;
 
 /// Writes `key` = `value` as an earlier version stored definitions (JSON) into the log of the
@@ -100,13 +101,7 @@ async fn a_stored_queue_with_an_argument_now_refused_keeps_its_messages() {
     let client = broker.connect().await;
     let ch = client.channel().await;
     assert_eq!(ch.message_count("kept").await, 3, "the messages are kept");
-    let bodies: Vec<String> = ch
-        .drain("kept")
-        .await
-        .iter()
-        .map(|d| String::from_utf8_lossy(&d.body).into_owned())
-        .collect();
-    assert_eq!(bodies, ["m0", "m1", "m2"]);
+    assert_eq!(bodies(&ch.drain("kept").await), ["m0", "m1", "m2"]);
     client.close().await;
 
     // Still there after one more restart: nothing was deleted from the log on the way.
@@ -172,12 +167,10 @@ async fn an_unreadable_command_record_loses_no_message() {
         .await;
     let client = broker.connect().await;
     let ch = client.channel().await;
-    let bodies: Vec<String> = ch
-        .drain("orphaned")
-        .await
-        .iter()
-        .map(|d| String::from_utf8_lossy(&d.body).into_owned())
-        .collect();
-    assert_eq!(bodies, ["o0", "o1"], "the messages were kept");
+    assert_eq!(
+        bodies(&ch.drain("orphaned").await),
+        ["o0", "o1"],
+        "the messages were kept"
+    );
     client.close().await;
 }

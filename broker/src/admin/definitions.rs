@@ -12,7 +12,7 @@ use warren_storage::definitions::{Definitions, PermissionDefinition, TopicPermis
 use crate::broker::{vhost_limits, Broker};
 use crate::connection::outbound::Outbound;
 use crate::error::AmqpError;
-use crate::meta::{self, MetaCommand};
+use crate::meta::MetaCommand;
 use crate::users::User;
 use crate::vhost::Vhost;
 
@@ -43,10 +43,9 @@ impl Broker {
     /// Writes `commands` and applies them to the definitions; returns the definitions after them.
     fn change_definitions(&self, commands: &[MetaCommand]) -> Result<Definitions, AdminError> {
         let mut current = self.definitions.lock();
-        meta::definitions::commit(&mut current, commands, |records| {
-            self.durability.write_durable(records)
-        })
-        .map_err(|e| AdminError(e.to_string()))?;
+        self.durability
+            .commit(&mut current, commands)
+            .map_err(|e| AdminError(e.to_string()))?;
         Ok(current.clone())
     }
 
@@ -95,11 +94,8 @@ impl Broker {
 
     pub fn add_user(&self, name: &str, tags: Vec<String>) -> Result<(), AdminError> {
         check_name("user", name)?;
-        let defs = self.change_definitions(&[MetaCommand::AddUser {
-            user: name.to_string(),
-            tags,
-        }])?;
-        self.refresh_user(&defs, name)
+        let user = name.to_string();
+        self.update_user(name, MetaCommand::AddUser { user, tags })
     }
 
     pub fn delete_user(&self, name: &str) -> Result<(), AdminError> {
@@ -111,7 +107,7 @@ impl Broker {
         Ok(())
     }
 
-    /// Applies one change to a user (it must exist) and refreshes the running user.
+    /// Applies one change to a user and refreshes the running user.
     fn update_user(&self, name: &str, command: MetaCommand) -> Result<(), AdminError> {
         let defs = self.change_definitions(&[command])?;
         self.refresh_user(&defs, name)

@@ -124,11 +124,8 @@ impl Queue {
             locked: Mutex::new(Locked { state, fx }),
             timers,
         });
-        {
-            let mut l = queue.locked.lock();
-            let mut after = After::default();
-            queue.perform(&mut l, &mut after, now, None);
-        }
+        // Its first timer (x-expires), asked for when the state was made.
+        queue.under_lock(now, |l, after| queue.perform(l, after, now, None));
         queue
     }
 
@@ -156,57 +153,58 @@ impl Queue {
             }),
             _ => None,
         };
-        let mut after = After::default();
-        let enqueued = {
-            let mut l = self.locked.lock();
+        self.under_lock(now, |l, after| {
             let store_id = match (&stored, &self.durability) {
                 (Some(_), Some((journal, _))) => Some(journal.next_id()),
                 _ => None,
             };
             let outcome = l.apply(Command::Enqueue { message, store_id }, now);
             // The record is written while the queue is locked, so it precedes any removal of it.
-            self.perform(&mut l, &mut after, now, stored);
+            self.perform(l, after, now, stored);
             let enqueued = match outcome {
                 Outcome::Enqueued(e) => e,
                 _ => Enqueued::Gone,
             };
             if enqueued == Enqueued::Yes {
                 // Deliver first, then drop what is over the limits (RabbitMQ's order), then rest.
-                self.hand_out(&mut l, &mut after, now);
+                self.hand_out(l, after, now);
                 l.apply(Command::Trim, now);
-                self.perform(&mut l, &mut after, now, None);
+                self.perform(l, after, now, None);
             }
             enqueued
-        };
+        })
+    }
+
+    /// Runs `change` under the queue's lock (it applies commands and performs their effects), then
+    /// performs what waited for the lock's release.
+    fn under_lock<R>(
+        self: &Arc<Self>,
+        now: Now,
+        change: impl FnOnce(&mut Locked, &mut After) -> R,
+    ) -> R {
+        let mut after = After::default();
+        let result = change(&mut self.locked.lock(), &mut after);
         self.finish(after, now);
-        enqueued
+        result
     }
 
     /// Applies `command` and what follows any change of the ready list (a dispatch).
     fn apply_and_dispatch(self: &Arc<Self>, command: Command<Arc<Consumer>>, now: Now) -> Outcome {
-        let mut after = After::default();
-        let outcome = {
-            let mut l = self.locked.lock();
+        self.under_lock(now, |l, after| {
             let outcome = l.apply(command, now);
-            self.perform(&mut l, &mut after, now, None);
-            self.dispatch_locked(&mut l, &mut after, now);
+            self.perform(l, after, now, None);
+            self.dispatch_locked(l, after, now);
             outcome
-        };
-        self.finish(after, now);
-        outcome
+        })
     }
 
     /// Applies one command whose effects need no dispatch after it.
-    fn apply_alone(
-        self: &Arc<Self>,
-        command: Command<Arc<Consumer>>,
-        now: Now,
-    ) -> (Outcome, After) {
-        let mut after = After::default();
-        let mut l = self.locked.lock();
-        let outcome = l.apply(command, now);
-        self.perform(&mut l, &mut after, now, None);
-        (outcome, after)
+    fn apply_alone(self: &Arc<Self>, command: Command<Arc<Consumer>>, now: Now) -> Outcome {
+        self.under_lock(now, |l, after| {
+            let outcome = l.apply(command, now);
+            self.perform(l, after, now, None);
+            outcome
+        })
     }
 
     /// Pushes ready messages to consumers with credit, then expires what is due and watches the
@@ -354,34 +352,25 @@ impl Queue {
     /// Puts back messages recovered from the log at start-up: in id order, flagged redelivered (they
     /// may have been delivered before the crash), with TTL deadlines counted from their publish time.
     pub fn restore(self: &Arc<Self>, messages: Vec<(u64, Arc<Message>)>, now: Now) {
-        let mut after = After::default();
-        {
-            let mut l = self.locked.lock();
+        self.under_lock(now, |l, after| {
             for (id, message) in messages {
                 l.apply(Command::Restore { id, message }, now);
             }
-            self.perform(&mut l, &mut after, now, None);
-            self.dispatch_locked(&mut l, &mut after, now);
-        }
-        self.finish(after, now);
+            self.perform(l, after, now, None);
+            self.dispatch_locked(l, after, now);
+        });
     }
 
     /// Puts delivered-but-unsettled messages back in their original positions, flagged redelivered;
     /// a message over its delivery limit is dead-lettered instead.
     pub fn requeue(self: &Arc<Self>, entries: impl IntoIterator<Item = Entry>, now: Now) {
-        let mut after = After::default();
-        {
-            let mut l = self.locked.lock();
-            if l.state.is_deleted() {
-                return;
-            }
+        self.under_lock(now, |l, after| {
             for entry in entries {
                 l.apply(Command::Requeue { entry }, now);
             }
-            self.perform(&mut l, &mut after, now, None);
-            self.dispatch_locked(&mut l, &mut after, now);
-        }
-        self.finish(after, now);
+            self.perform(l, after, now, None);
+            self.dispatch_locked(l, after, now);
+        });
     }
 
     /// Puts back a message that was pushed to a consumer but never reached the client, unchanged.
@@ -391,22 +380,17 @@ impl Queue {
 
     /// Messages rejected or nacked without requeue: dead-lettered if the queue has a DLX.
     pub fn reject(self: &Arc<Self>, entries: Vec<Entry>, now: Now) {
-        let mut after = After::default();
-        {
-            let mut l = self.locked.lock();
+        self.under_lock(now, |l, after| {
             for entry in entries {
                 l.apply(Command::Reject { entry }, now);
             }
-            self.perform(&mut l, &mut after, now, None);
-        }
-        self.finish(after, now);
+            self.perform(l, after, now, None);
+        });
     }
 
     /// Takes the head message for basic.get, with the count of messages left.
     pub fn get(self: &Arc<Self>, now: Now) -> Option<(Entry, u32)> {
-        let (outcome, after) = self.apply_alone(Command::Get, now);
-        self.finish(after, now);
-        match outcome {
+        match self.apply_alone(Command::Get, now) {
             Outcome::Got(got) => got,
             _ => None,
         }
@@ -414,12 +398,7 @@ impl Queue {
 
     /// Pushes ready messages to consumers with credit (after an ack, qos change or flow resume).
     pub fn dispatch(self: &Arc<Self>, now: Now) {
-        let mut after = After::default();
-        {
-            let mut l = self.locked.lock();
-            self.dispatch_locked(&mut l, &mut after, now);
-        }
-        self.finish(after, now);
+        self.under_lock(now, |l, after| self.dispatch_locked(l, after, now));
     }
 
     /// Registers a consumer unless exclusivity forbids it (an exclusive consumer wants the queue alone,
@@ -429,21 +408,17 @@ impl Queue {
         consumer: Arc<Consumer>,
         now: Now,
     ) -> Result<(), ConsumeRefused> {
-        let mut after = After::default();
-        let attached = {
-            let mut l = self.locked.lock();
+        self.under_lock(now, |l, after| {
             let attached = match l.apply(Command::Attach { consumer }, now) {
                 Outcome::Attached(a) => a,
                 _ => Ok(()),
             };
-            self.perform(&mut l, &mut after, now, None);
+            self.perform(l, after, now, None);
             if attached.is_ok() {
-                self.dispatch_locked(&mut l, &mut after, now);
+                self.dispatch_locked(l, after, now);
             }
             attached
-        };
-        self.finish(after, now);
-        attached
+        })
     }
 
     pub fn remove_consumer(
@@ -452,9 +427,7 @@ impl Queue {
         now: Now,
     ) -> ConsumerRemoval {
         let consumer = consumer.clone();
-        let (outcome, after) = self.apply_alone(Command::Detach { consumer }, now);
-        self.finish(after, now);
-        match outcome {
+        match self.apply_alone(Command::Detach { consumer }, now) {
             Outcome::Detached(removal) => removal,
             _ => ConsumerRemoval::NotFound,
         }
@@ -480,9 +453,7 @@ impl Queue {
 
     /// Drops every ready message (queue.purge); unacked deliveries are not touched, as in RabbitMQ.
     pub fn purge(self: &Arc<Self>, now: Now) -> u32 {
-        let (outcome, after) = self.apply_alone(Command::Purge, now);
-        self.finish(after, now);
-        match outcome {
+        match self.apply_alone(Command::Purge, now) {
             Outcome::Count(n) => n,
             _ => 0,
         }
@@ -490,12 +461,14 @@ impl Queue {
 
     /// Marks the queue deleted, returning its ready count and the consumers to notify.
     pub fn mark_deleted(self: &Arc<Self>, now: Now) -> (u32, Vec<Arc<Consumer>>) {
-        let (outcome, after) = self.apply_alone(Command::Delete, now);
-        let count = match outcome {
-            Outcome::Count(n) => n,
-            _ => 0,
-        };
-        (count, after.cancelled)
+        self.under_lock(now, |l, after| {
+            let count = match l.apply(Command::Delete, now) {
+                Outcome::Count(n) => n,
+                _ => 0,
+            };
+            self.perform(l, after, now, None);
+            (count, std::mem::take(&mut after.cancelled))
+        })
     }
 
     pub fn is_deleted(&self) -> bool {
@@ -511,8 +484,7 @@ impl Queue {
                 self.apply_and_dispatch(Command::Woken { wake, at }, now);
             }
             Wake::Expiry(_) => {
-                let (_, after) = self.apply_alone(Command::Woken { wake, at }, now);
-                self.finish(after, now);
+                self.apply_alone(Command::Woken { wake, at }, now);
             }
         }
     }

@@ -118,7 +118,8 @@ impl Vhost {
 
     /// Applies a metadata command read back from the log (nothing is written): recovery's half of
     /// the one apply of exchanges, queues and bindings (the live half validates first, then writes
-    /// the command and makes the same change).
+    /// the command and makes the same change). The log holds only declarations: a deletion is the
+    /// removal of its object's record (meta/records.rs), so it never comes back to be applied.
     pub fn restore(self: &Arc<Self>, command: MetaCommand, now: Now) {
         match command {
             MetaCommand::DeclareExchange {
@@ -129,9 +130,6 @@ impl Vhost {
                 arguments,
                 ..
             } => self.restore_exchange(exchange, &kind, auto_delete, internal, arguments),
-            MetaCommand::DeleteExchange { exchange, .. } => {
-                self.exchanges.remove(&exchange);
-            }
             MetaCommand::DeclareQueue {
                 queue,
                 auto_delete,
@@ -139,31 +137,9 @@ impl Vhost {
                 declared_by,
                 ..
             } => self.restore_queue(queue, auto_delete, arguments, declared_by, now),
-            MetaCommand::DeleteQueue { queue, .. } => {
-                self.queues.remove(&queue);
-            }
             MetaCommand::Bind { binding, .. } => self.restore_binding(binding),
-            MetaCommand::Unbind { binding, .. } => {
-                if let Some(x) = self.exchanges.get(&binding.source) {
-                    let destination = match binding.kind {
-                        DestinationKind::Queue => self
-                            .find_queue(&binding.destination)
-                            .map(Destination::Queue),
-                        DestinationKind::Exchange => {
-                            Some(Destination::Exchange(binding.destination.as_str().into()))
-                        }
-                    };
-                    if let Some(destination) = destination {
-                        x.unbind(&Binding {
-                            destination,
-                            routing_key: binding.routing_key,
-                            arguments: binding.arguments,
-                        });
-                    }
-                }
-            }
             other => {
-                tracing::error!(command = ?other, "not a command about a vhost's exchanges, queues or bindings")
+                tracing::error!(command = ?other, "not a declaration of an exchange, queue or binding: nothing restored")
             }
         }
     }
