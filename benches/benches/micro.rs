@@ -113,7 +113,7 @@ fn topic_matching(c: &mut Criterion) {
         .unwrap();
     for i in 0..10_000 {
         let spec = QueueSpec {
-            name: format!("q{i}"),
+            name: format!("q{i}").into(),
             durable: false,
             exclusive_owner: None,
             auto_delete: false,

@@ -24,7 +24,7 @@ use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::connection::outbound::Outbound;
 use crate::exchange::RouteGuard;
-use crate::ids::ConnectionId;
+use crate::ids::{ConnectionId, VhostName};
 use crate::message::codec::decode_message;
 use crate::meta::{codec, legacy, records, MetaCommand};
 use crate::persist::Durability;
@@ -41,7 +41,7 @@ use warren_storage::log::{LogError, Recovered};
 pub struct ConnectionInfo {
     pub peer: SocketAddr,
     pub user: String,
-    pub vhost: String,
+    pub vhost: VhostName,
     pub outbox: UnboundedSender<Outbound>,
 }
 
@@ -54,7 +54,7 @@ pub struct Broker {
     pub alarms: Arc<Alarms>,
     /// When messages last moved through healthy queues (per-publisher flow control, see flow.rs).
     pub flow_activity: crate::flow::Activity,
-    pub(crate) vhosts: DashMap<String, Arc<Vhost>>,
+    pub(crate) vhosts: DashMap<VhostName, Arc<Vhost>>,
     pub(crate) users: Arc<RwLock<HashMap<String, Arc<User>>>>,
     /// What every vhost asks before a message enters a topic exchange by a hop (users' topic writes).
     pub(crate) route_guard: Arc<dyn RouteGuard>,
@@ -235,7 +235,9 @@ impl Broker {
             .vhosts
             .iter()
             .filter(|v| !definitions.vhosts.contains(v))
-            .map(|v| MetaCommand::AddVhost { vhost: v.clone() })
+            .map(|v| MetaCommand::AddVhost {
+                vhost: v.as_str().into(),
+            })
             .collect();
         let (seeds, notes) = crate::meta::definitions::seeding(&definitions, &config.users);
         commands.extend(seeds);
@@ -298,17 +300,15 @@ impl Broker {
         });
         let vhosts = DashMap::new();
         for name in &definitions.vhosts {
-            vhosts.insert(
-                name.clone(),
-                Vhost::new(
-                    name,
-                    vhost_limits(&config),
-                    Some(durability.clone()),
-                    Some(paging.clone()),
-                    route_guard.clone(),
-                    Arc::new(crate::timers::RuntimeTimers),
-                ),
+            let vhost = Vhost::new(
+                name,
+                vhost_limits(&config),
+                Some(durability.clone()),
+                Some(paging.clone()),
+                route_guard.clone(),
+                Arc::new(crate::timers::RuntimeTimers),
             );
+            vhosts.insert(vhost.name.clone(), vhost);
         }
         let broker = Arc::new(Broker {
             audit,

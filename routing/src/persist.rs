@@ -47,7 +47,7 @@ impl Durability {
         Ok((Arc::new(Durability { store, next_id }), recovered))
     }
 
-    pub fn next_id(&self) -> u64 {
+    pub(crate) fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
@@ -82,7 +82,7 @@ impl Durability {
 
     /// Writes `records` and waits until they are durable (an administrative change is applied
     /// only once it will survive a crash).
-    pub fn write_durable(&self, records: Vec<Record>) -> std::io::Result<()> {
+    pub(crate) fn write_durable(&self, records: Vec<Record>) -> std::io::Result<()> {
         if records.is_empty() {
             return Ok(());
         }

@@ -32,7 +32,7 @@ impl fmt::Display for Resource<'_> {
 }
 
 /// RabbitMQ's `assert_field_equivalence`: a redeclare must repeat the original value.
-pub fn ensure_same<T: PartialEq + fmt::Display>(
+pub(crate) fn ensure_same<T: PartialEq + fmt::Display>(
     field: &str,
     resource: Resource<'_>,
     received: T,

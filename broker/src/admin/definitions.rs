@@ -126,27 +126,21 @@ impl Broker {
 
     pub fn add_vhost(&self, name: &str) -> Result<(), AdminError> {
         check_name("vhost", name)?;
-        self.change_definitions(&[MetaCommand::AddVhost {
-            vhost: name.to_string(),
-        }])?;
-        self.vhosts.insert(
-            name.to_string(),
-            Vhost::new(
-                name,
-                vhost_limits(&self.config),
-                Some(self.durability.clone()),
-                Some(self.paging.clone()),
-                self.route_guard.clone(),
-                Arc::new(crate::timers::RuntimeTimers),
-            ),
+        self.change_definitions(&[MetaCommand::AddVhost { vhost: name.into() }])?;
+        let vhost = Vhost::new(
+            name,
+            vhost_limits(&self.config),
+            Some(self.durability.clone()),
+            Some(self.paging.clone()),
+            self.route_guard.clone(),
+            Arc::new(crate::timers::RuntimeTimers),
         );
+        self.vhosts.insert(vhost.name.clone(), vhost);
         Ok(())
     }
 
     pub fn delete_vhost(&self, name: &str) -> Result<(), AdminError> {
-        let defs = self.change_definitions(&[MetaCommand::DeleteVhost {
-            vhost: name.to_string(),
-        }])?;
+        let defs = self.change_definitions(&[MetaCommand::DeleteVhost { vhost: name.into() }])?;
         if let Some((_, vhost)) = self.vhosts.remove(name) {
             vhost.remove_all(crate::time::Now::read());
         }
@@ -182,7 +176,7 @@ impl Broker {
             check_pattern(p)?;
         }
         let permission = PermissionDefinition {
-            vhost: vhost.to_string(),
+            vhost: vhost.into(),
             configure: configure.to_string(),
             write: write.to_string(),
             read: read.to_string(),
@@ -199,7 +193,13 @@ impl Broker {
 
     pub fn clear_permissions(&self, vhost: &str, user: &str) -> Result<(), AdminError> {
         let (name, vhost) = (user.to_string(), vhost.to_string());
-        self.update_user(user, MetaCommand::ClearPermissions { user: name, vhost })
+        self.update_user(
+            user,
+            MetaCommand::ClearPermissions {
+                user: name,
+                vhost: vhost.into(),
+            },
+        )
     }
 
     pub fn set_topic_permissions(
@@ -215,7 +215,7 @@ impl Broker {
             check_pattern(&crate::config::expand_topic_pattern(p, user, vhost))?;
         }
         let permission = TopicPermissionDefinition {
-            vhost: vhost.to_string(),
+            vhost: vhost.into(),
             exchange: exchange.to_string(),
             write: write.to_string(),
             read: read.to_string(),
@@ -239,7 +239,7 @@ impl Broker {
     ) -> Result<(), AdminError> {
         let command = MetaCommand::ClearTopicPermissions {
             user: user.to_string(),
-            vhost: vhost.to_string(),
+            vhost: vhost.into(),
             exchange: exchange.map(str::to_string),
         };
         self.update_user(user, command)

@@ -11,7 +11,7 @@ use super::unacked::Delivered;
 use super::{remove_consumer, requeue, settle_by_queue, Channel, Registration};
 use crate::connection::session::Session;
 use crate::error::{AmqpError, AmqpResult};
-use crate::ids::{ChannelId, ConsumerTag, DeliveryTag};
+use crate::ids::{ChannelId, ConsumerId, ConsumerTag, DeliveryTag, NodeId};
 use crate::permissions::{self, Access, Kind};
 use crate::queue::arguments::{bool_arg, PUBLISHER_ARGUMENT};
 use crate::queue::consumer::{Consumer, Limit};
@@ -144,9 +144,12 @@ impl Channel {
             )));
         }
         let consumer = Arc::new(Consumer {
-            tag: ConsumerTag::from(tag.clone()),
-            connection: s.id,
-            channel: ChannelId(self.id),
+            id: ConsumerId {
+                node: NodeId::LOCAL,
+                connection: s.id,
+                channel: ChannelId(self.id),
+                tag: ConsumerTag::from(tag.clone()),
+            },
             no_ack: c.no_ack,
             exclusive: c.exclusive,
             publisher_header: wants_publisher(s, &queue)
@@ -275,7 +278,7 @@ impl Channel {
 
     pub fn has_consumer(&self, consumer: &Arc<Consumer>) -> bool {
         self.consumers
-            .get(consumer.tag.as_str())
+            .get(consumer.id.tag.as_str())
             .is_some_and(|r| Arc::ptr_eq(&r.consumer, consumer))
     }
 
@@ -292,7 +295,7 @@ impl Channel {
         encode_deliver(
             &mut s.out,
             self.id,
-            consumer.tag.as_bytes(),
+            consumer.id.tag.as_bytes(),
             tag.0,
             entry.redelivered,
             m.exchange.as_bytes(),
@@ -321,10 +324,10 @@ impl Channel {
         if !self.has_consumer(consumer) {
             return;
         }
-        self.consumers.remove(consumer.tag.as_str());
+        self.consumers.remove(consumer.id.tag.as_str());
         if s.capabilities.consumer_cancel_notify {
             let cancel = basic::Cancel {
-                consumer_tag: consumer.tag.as_str().into(),
+                consumer_tag: consumer.id.tag.as_str().into(),
                 nowait: true,
             };
             s.send(self.id, AMQPClass::Basic(basic::AMQPMethod::Cancel(cancel)));

@@ -18,6 +18,7 @@ use warren_protocol::method::method_ids;
 
 use crate::connection::session::Session;
 use crate::error::{AmqpError, AmqpResult};
+use crate::ids::QueueName;
 use crate::queue::consumer::{ChannelCredit, Consumer};
 use crate::queue::Queue;
 use crate::time::Now;
@@ -48,7 +49,7 @@ pub struct Channel {
     /// Set by tx.select: publishes and settlements wait for tx.commit.
     tx: Option<Transaction>,
     /// The last queue declared on this channel: an empty queue name in later methods means it.
-    last_queue: Option<String>,
+    last_queue: Option<QueueName>,
     /// Credit was released in this batch: consumers' queues get a dispatch pass at its end.
     needs_dispatch: bool,
 }
@@ -146,9 +147,9 @@ impl Channel {
     }
 
     /// Resolves a queue name from a method: empty means the last queue declared on this channel.
-    fn queue_name(&self, name: &str) -> AmqpResult<String> {
+    fn queue_name(&self, name: &str) -> AmqpResult<QueueName> {
         if !name.is_empty() {
-            return Ok(name.to_string());
+            return Ok(name.into());
         }
         self.last_queue
             .clone()

@@ -57,7 +57,7 @@ impl Channel {
             queue::AMQPMethod::Declare(d) => {
                 let server_named = d.queue.as_str().is_empty() && !d.passive;
                 let name = if server_named {
-                    generated_name("amq.gen")
+                    generated_name("amq.gen").into()
                 } else {
                     self.queue_name(d.queue.as_str())?
                 };
@@ -108,9 +108,9 @@ impl Channel {
                     }
                 }, Now::read())?;
                 let q = declared.queue;
-                self.last_queue = Some(q.name().to_string());
+                self.last_queue = Some(q.name().clone());
                 let ok = queue::DeclareOk {
-                    queue: q.name().into(),
+                    queue: q.name().as_str().into(),
                     message_count: q.message_count(),
                     consumer_count: q.consumer_count(),
                 };

@@ -639,7 +639,7 @@ impl Connection {
                 consumer,
                 queue,
                 entry,
-            }) => match self.channels.get_mut(&consumer.channel.0) {
+            }) => match self.channels.get_mut(&consumer.id.channel.0) {
                 Some(Slot::Open(ch)) if ch.has_consumer(&consumer) => {
                     self.s.flow.delivered();
                     ch.deliver(&mut self.s, consumer, queue, entry)

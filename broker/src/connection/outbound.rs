@@ -55,7 +55,7 @@ impl DeliverySink for Outbox {
 
     fn cancelled(&self, consumer: Arc<Consumer>) {
         let _ = self.0.send(Outbound::Cancelled {
-            channel: consumer.channel.0,
+            channel: consumer.id.channel.0,
             consumer,
         });
     }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use super::Destination;
 
 #[derive(Debug, Default)]
-pub struct DirectRoutes {
+pub(crate) struct DirectRoutes {
     by_key: HashMap<String, Vec<Destination>>,
 }
 

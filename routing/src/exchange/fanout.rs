@@ -3,7 +3,7 @@
 use super::Destination;
 
 #[derive(Debug, Default)]
-pub struct FanoutRoutes {
+pub(crate) struct FanoutRoutes {
     all: Vec<Destination>,
 }
 

@@ -23,7 +23,7 @@ struct HeadersBinding {
 }
 
 #[derive(Debug, Default)]
-pub struct HeadersRoutes {
+pub(crate) struct HeadersRoutes {
     bindings: Vec<HeadersBinding>,
 }
 

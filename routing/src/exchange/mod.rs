@@ -193,7 +193,7 @@ impl Exchange {
     }
 
     /// Removes every binding to `destination` (its queue or exchange was deleted).
-    pub fn unbind_destination(&self, destination: &Destination) -> Vec<Binding> {
+    pub(crate) fn unbind_destination(&self, destination: &Destination) -> Vec<Binding> {
         let mut bindings = self.bindings.lock();
         let (gone, kept): (Vec<_>, Vec<_>) = bindings
             .drain(..)
@@ -205,7 +205,7 @@ impl Exchange {
         gone
     }
 
-    pub fn binding_count(&self) -> usize {
+    pub(crate) fn binding_count(&self) -> usize {
         self.bindings.lock().len()
     }
 

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use super::Destination;
 
 #[derive(Debug, Default)]
-pub struct TopicTrie {
+pub(crate) struct TopicTrie {
     root: Node,
 }
 
@@ -29,7 +29,7 @@ impl Node {
 }
 
 /// RabbitMQ's `split_topic_key`: "" is no words, otherwise split on every dot.
-pub fn words(key: &str) -> impl Iterator<Item = &str> {
+pub(crate) fn words(key: &str) -> impl Iterator<Item = &str> {
     let mut it = (!key.is_empty()).then(|| key.split('.'));
     std::iter::from_fn(move || it.as_mut()?.next())
 }

@@ -30,7 +30,7 @@ impl Charge {
     }
 
     /// A charge of `bytes` to the same account (for a message derived from this one).
-    pub fn sibling(&self, bytes: u64) -> Self {
+    pub(crate) fn sibling(&self, bytes: u64) -> Self {
         Charge::new(self.account.clone(), bytes)
     }
 }

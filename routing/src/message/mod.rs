@@ -44,12 +44,12 @@ impl Message {
     }
 
     /// The record payload this message is stored as, encoded once and kept.
-    pub fn stored_form(&self) -> Bytes {
+    pub(crate) fn stored_form(&self) -> Bytes {
         self.stored.get_or_init(|| self.encode_stored()).clone()
     }
 
     /// The record payload, encoded afresh (for a copy that need not be kept with the message).
-    pub fn encode_stored(&self) -> Bytes {
+    pub(crate) fn encode_stored(&self) -> Bytes {
         codec::encode_message(&codec::StoredMessage {
             published_at_ms: self.published_at_ms,
             priority: self.priority,

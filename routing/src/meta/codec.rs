@@ -58,7 +58,8 @@ impl Writer {
     fn u8(&mut self, v: u8) {
         self.0.push(v);
     }
-    fn str(&mut self, s: &str) {
+    fn str(&mut self, s: impl AsRef<str>) {
+        let s = s.as_ref();
         self.0.extend_from_slice(&(s.len() as u32).to_be_bytes());
         self.0.extend_from_slice(s.as_bytes());
     }
@@ -296,8 +297,12 @@ pub fn decode(payload: &[u8]) -> Result<MetaCommand, DecodeError> {
         return Err(DecodeError::Format(format));
     }
     let command = match r.u8()? {
-        ADD_VHOST => MetaCommand::AddVhost { vhost: r.str()? },
-        DELETE_VHOST => MetaCommand::DeleteVhost { vhost: r.str()? },
+        ADD_VHOST => MetaCommand::AddVhost {
+            vhost: r.str()?.into(),
+        },
+        DELETE_VHOST => MetaCommand::DeleteVhost {
+            vhost: r.str()?.into(),
+        },
         ADD_USER => MetaCommand::AddUser {
             user: r.str()?,
             tags: r.list()?,
@@ -322,7 +327,7 @@ pub fn decode(payload: &[u8]) -> Result<MetaCommand, DecodeError> {
         },
         CLEAR_PERMISSIONS => MetaCommand::ClearPermissions {
             user: r.str()?,
-            vhost: r.str()?,
+            vhost: r.str()?.into(),
         },
         SET_TOPIC_PERMISSIONS => MetaCommand::SetTopicPermissions {
             user: r.str()?,
@@ -335,12 +340,12 @@ pub fn decode(payload: &[u8]) -> Result<MetaCommand, DecodeError> {
         },
         CLEAR_TOPIC_PERMISSIONS => MetaCommand::ClearTopicPermissions {
             user: r.str()?,
-            vhost: r.str()?,
+            vhost: r.str()?.into(),
             exchange: r.opt()?,
         },
         SEED_USER => MetaCommand::SeedUser { user: r.str()? },
         DECLARE_EXCHANGE => MetaCommand::DeclareExchange {
-            vhost: r.str()?,
+            vhost: r.str()?.into(),
             exchange: r.str()?,
             kind: r.str()?,
             auto_delete: r.bool()?,
@@ -348,26 +353,26 @@ pub fn decode(payload: &[u8]) -> Result<MetaCommand, DecodeError> {
             arguments: r.table()?,
         },
         DELETE_EXCHANGE => MetaCommand::DeleteExchange {
-            vhost: r.str()?,
+            vhost: r.str()?.into(),
             exchange: r.str()?,
         },
         DECLARE_QUEUE => MetaCommand::DeclareQueue {
-            vhost: r.str()?,
-            queue: r.str()?,
+            vhost: r.str()?.into(),
+            queue: r.str()?.into(),
             auto_delete: r.bool()?,
             arguments: r.table()?,
             declared_by: r.opt()?,
         },
         DELETE_QUEUE => MetaCommand::DeleteQueue {
-            vhost: r.str()?,
-            queue: r.str()?,
+            vhost: r.str()?.into(),
+            queue: r.str()?.into(),
         },
         BIND => MetaCommand::Bind {
-            vhost: r.str()?,
+            vhost: r.str()?.into(),
             binding: r.binding()?,
         },
         UNBIND => MetaCommand::Unbind {
-            vhost: r.str()?,
+            vhost: r.str()?.into(),
             binding: r.binding()?,
         },
         tag => return Err(DecodeError::Tag(tag)),

@@ -53,19 +53,19 @@ fn user<'a>(defs: &'a mut Definitions, name: &str) -> Result<&'a mut UserDefinit
 pub fn apply(defs: &mut Definitions, command: &MetaCommand) -> Result<(), String> {
     match command {
         MetaCommand::AddVhost { vhost } => {
-            if defs.vhosts.contains(vhost) {
+            if defs.vhosts.iter().any(|v| v == vhost) {
                 return Err(format!("vhost '{vhost}' already exists"));
             }
-            defs.vhosts.push(vhost.clone());
+            defs.vhosts.push(vhost.to_string());
         }
         MetaCommand::DeleteVhost { vhost } => {
-            if !defs.vhosts.contains(vhost) {
+            if !defs.vhosts.iter().any(|v| v == vhost) {
                 return Err(format!("no such vhost '{vhost}'"));
             }
             defs.vhosts.retain(|v| v != vhost);
             for u in &mut defs.users {
-                u.permissions.retain(|p| &p.vhost != vhost);
-                u.topic_permissions.retain(|p| &p.vhost != vhost);
+                u.permissions.retain(|p| p.vhost != *vhost);
+                u.topic_permissions.retain(|p| p.vhost != *vhost);
             }
         }
         MetaCommand::AddUser { user, tags } => {
@@ -100,7 +100,7 @@ pub fn apply(defs: &mut Definitions, command: &MetaCommand) -> Result<(), String
             u.permissions.push(permission.clone());
         }
         MetaCommand::ClearPermissions { user: name, vhost } => {
-            user(defs, name)?.permissions.retain(|p| &p.vhost != vhost);
+            user(defs, name)?.permissions.retain(|p| p.vhost != *vhost);
         }
         MetaCommand::SetTopicPermissions {
             user: name,
@@ -117,7 +117,7 @@ pub fn apply(defs: &mut Definitions, command: &MetaCommand) -> Result<(), String
             exchange,
         } => {
             user(defs, name)?.topic_permissions.retain(|p| {
-                !(&p.vhost == vhost && exchange.as_ref().is_none_or(|x| &p.exchange == x))
+                !(p.vhost == *vhost && exchange.as_ref().is_none_or(|x| &p.exchange == x))
             });
         }
         MetaCommand::SeedUser { user } => {
@@ -136,7 +136,7 @@ pub fn apply(defs: &mut Definitions, command: &MetaCommand) -> Result<(), String
 }
 
 /// The commands that create `user` as defined.
-pub fn user_commands(user: &UserDefinition) -> Vec<MetaCommand> {
+pub(crate) fn user_commands(user: &UserDefinition) -> Vec<MetaCommand> {
     let name = || user.name.clone();
     let mut out = vec![MetaCommand::AddUser {
         user: name(),
@@ -172,7 +172,9 @@ pub fn commands_for(defs: &Definitions) -> Vec<MetaCommand> {
     let mut out: Vec<MetaCommand> = defs
         .vhosts
         .iter()
-        .map(|v| MetaCommand::AddVhost { vhost: v.clone() })
+        .map(|v| MetaCommand::AddVhost {
+            vhost: v.as_str().into(),
+        })
         .collect();
     for u in &defs.users {
         out.extend(user_commands(u));

@@ -40,7 +40,7 @@ pub fn command(key: &str, value: &[u8]) -> Result<MetaCommand, String> {
         (Some("exchange"), 3) => {
             let x: StoredExchange = serde_json::from_slice(value).map_err(|e| e.to_string())?;
             Ok(MetaCommand::DeclareExchange {
-                vhost: part(1),
+                vhost: part(1).into(),
                 exchange: part(2),
                 kind: x.kind,
                 auto_delete: x.auto_delete,
@@ -51,8 +51,8 @@ pub fn command(key: &str, value: &[u8]) -> Result<MetaCommand, String> {
         (Some("queue"), 3) => {
             let q: StoredQueue = serde_json::from_slice(value).map_err(|e| e.to_string())?;
             Ok(MetaCommand::DeclareQueue {
-                vhost: part(1),
-                queue: part(2),
+                vhost: part(1).into(),
+                queue: part(2).into(),
                 auto_delete: q.auto_delete,
                 arguments: q.arguments,
                 declared_by: q.declared_by,
@@ -66,7 +66,7 @@ pub fn command(key: &str, value: &[u8]) -> Result<MetaCommand, String> {
                 other => return Err(format!("unknown destination kind {other:?}")),
             };
             Ok(MetaCommand::Bind {
-                vhost: part(1),
+                vhost: part(1).into(),
                 binding: StoredBinding {
                     source: part(2),
                     kind,

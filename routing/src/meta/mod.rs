@@ -17,6 +17,8 @@ pub mod legacy;
 pub mod records;
 
 use amq_protocol::types::FieldTable;
+
+use crate::ids::{QueueName, VhostName};
 use warren_storage::definitions::{PermissionDefinition, TopicPermissionDefinition};
 
 /// What a binding's destination is.
@@ -49,12 +51,12 @@ pub struct StoredBinding {
 #[derive(Debug, Clone, PartialEq)]
 pub enum MetaCommand {
     AddVhost {
-        vhost: String,
+        vhost: VhostName,
     },
     /// The vhost goes with its users' permissions in it (its queues and exchanges go by their own
     /// commands).
     DeleteVhost {
-        vhost: String,
+        vhost: VhostName,
     },
     AddUser {
         user: String,
@@ -79,7 +81,7 @@ pub enum MetaCommand {
     },
     ClearPermissions {
         user: String,
-        vhost: String,
+        vhost: VhostName,
     },
     SetTopicPermissions {
         user: String,
@@ -88,7 +90,7 @@ pub enum MetaCommand {
     /// One exchange's topic permission, or all of the user's in the vhost (None).
     ClearTopicPermissions {
         user: String,
-        vhost: String,
+        vhost: VhostName,
         exchange: Option<String>,
     },
     /// A user of the configuration file was created once: it is never created again by seeding.
@@ -96,7 +98,7 @@ pub enum MetaCommand {
         user: String,
     },
     DeclareExchange {
-        vhost: String,
+        vhost: VhostName,
         exchange: String,
         kind: String,
         auto_delete: bool,
@@ -104,27 +106,27 @@ pub enum MetaCommand {
         arguments: FieldTable,
     },
     DeleteExchange {
-        vhost: String,
+        vhost: VhostName,
         exchange: String,
     },
     DeclareQueue {
-        vhost: String,
-        queue: String,
+        vhost: VhostName,
+        queue: QueueName,
         auto_delete: bool,
         arguments: FieldTable,
         /// Who declared it (absent for queues stored before it was recorded).
         declared_by: Option<String>,
     },
     DeleteQueue {
-        vhost: String,
-        queue: String,
+        vhost: VhostName,
+        queue: QueueName,
     },
     Bind {
-        vhost: String,
+        vhost: VhostName,
         binding: StoredBinding,
     },
     Unbind {
-        vhost: String,
+        vhost: VhostName,
         binding: StoredBinding,
     },
 }

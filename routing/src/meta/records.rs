@@ -16,11 +16,11 @@ fn key(parts: &[&str]) -> String {
     serde_json::to_string(parts).unwrap_or_default()
 }
 
-pub fn vhost_key(vhost: &str) -> String {
+pub(crate) fn vhost_key(vhost: &str) -> String {
     key(&["vhost", vhost])
 }
 
-pub fn user_key(user: &str) -> String {
+pub(crate) fn user_key(user: &str) -> String {
     key(&["user", user])
 }
 
@@ -52,7 +52,7 @@ pub fn queue_key(vhost: &str, queue: &str) -> String {
     key(&["queue", vhost, queue])
 }
 
-pub fn binding_key(vhost: &str, b: &StoredBinding) -> String {
+pub(crate) fn binding_key(vhost: &str, b: &StoredBinding) -> String {
     let args = serde_json::to_string(&b.arguments).unwrap_or_default();
     key(&[
         "binding",

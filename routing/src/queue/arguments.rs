@@ -265,7 +265,7 @@ pub fn parse(args: &FieldTable, resource: &Resource<'_>) -> AmqpResult<QueueArgu
 /// rules accept and returning the refusal of each one they do not (a rule tightened between versions
 /// must not cost the queue or its messages). Keys are tried in table order, which puts
 /// `x-dead-letter-exchange` before `x-dead-letter-routing-key`.
-pub fn parse_stored(
+pub(crate) fn parse_stored(
     args: &FieldTable,
     resource: &Resource<'_>,
 ) -> (QueueArguments, Vec<AmqpError>) {
@@ -315,7 +315,7 @@ fn tagged(v: Option<&AMQPValue>) -> String {
 }
 
 /// `rabbit_misc:assert_args_equivalence` for queues: the first compared key whose values differ gives 406.
-pub fn check_equivalent(
+pub(crate) fn check_equivalent(
     received: &FieldTable,
     current: &FieldTable,
     resource: &Resource<'_>,
@@ -324,7 +324,7 @@ pub fn check_equivalent(
 }
 
 /// `rabbit_misc:assert_args_equivalence` over the given keys.
-pub fn check_keys_equivalent(
+pub(crate) fn check_keys_equivalent(
     keys: &[&str],
     received: &FieldTable,
     current: &FieldTable,

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use super::{Entry, Queue};
-use crate::ids::{ChannelId, ConnectionId, ConsumerTag};
+use crate::ids::ConsumerId;
 
 /// A counter with an optional ceiling (0 = unlimited), shared between queues and a connection.
 #[derive(Debug, Default)]
@@ -35,7 +35,7 @@ impl Limit {
     }
 
     /// Takes one unit if the ceiling allows it.
-    pub fn try_take(&self) -> bool {
+    pub(crate) fn try_take(&self) -> bool {
         let limit = self.limit.load(Ordering::Acquire);
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
@@ -95,9 +95,8 @@ pub trait DeliverySink: Send + Sync + fmt::Debug {
 /// A basic.consume registration, shared by the queue (to push) and the channel (to cancel and credit).
 #[derive(Debug)]
 pub struct Consumer {
-    pub tag: ConsumerTag,
-    pub connection: ConnectionId,
-    pub channel: ChannelId,
+    /// Its node, connection, channel and tag.
+    pub id: ConsumerId,
     pub no_ack: bool,
     pub exclusive: bool,
     /// Deliveries carry the publisher's identity in the `x-warren-publisher` header (asked for by the
@@ -116,7 +115,7 @@ pub struct Consumer {
 
 impl Consumer {
     /// Takes the credit one delivery needs; false if the consumer must wait.
-    pub fn try_take_credit(&self) -> bool {
+    pub(crate) fn try_take_credit(&self) -> bool {
         if !self.channel_credit.flow_active.load(Ordering::Acquire) {
             return false;
         }

@@ -43,7 +43,7 @@ pub(crate) const DEATH_HEADERS: [&str; 8] = [
 
 /// Messages leaving a queue, collected under the queue's lock and dead-lettered after it is released
 /// (a dead-letter route may lead back to the same queue).
-pub type DeadLetters = Vec<(Entry, Reason)>;
+pub(crate) type DeadLetters = Vec<(Entry, Reason)>;
 
 fn text(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s))

@@ -28,7 +28,7 @@ use amq_protocol::types::FieldTable;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use crate::ids::ConnectionId;
+use crate::ids::{ConnectionId, QueueName};
 use crate::message::Message;
 use crate::time::Now;
 use arguments::QueueArguments;
@@ -44,7 +44,7 @@ pub use entry::Entry;
 /// Declaration properties, compared on redeclare (RabbitMQ's equivalence check).
 #[derive(Debug, Clone)]
 pub struct QueueSpec {
-    pub name: String,
+    pub name: QueueName,
     pub durable: bool,
     pub exclusive_owner: Option<ConnectionId>,
     pub auto_delete: bool,
@@ -129,7 +129,7 @@ impl Queue {
         queue
     }
 
-    pub fn name(&self) -> &str {
+    pub fn name(&self) -> &QueueName {
         &self.spec.name
     }
 
@@ -308,7 +308,7 @@ impl Queue {
         }
         if after.expired {
             if let Some(owner) = self.owner.upgrade() {
-                tracing::debug!(queue = self.name(), "queue expired (x-expires)");
+                tracing::debug!(queue = %self.name(), "queue expired (x-expires)");
                 owner.expire(self, now);
             }
         }
@@ -434,7 +434,7 @@ impl Queue {
     }
 
     /// A redeclare counts as use for `x-expires`.
-    pub fn touch(&self, now: Now) {
+    pub(crate) fn touch(&self, now: Now) {
         self.locked.lock().apply(Command::Touch, now);
     }
 
@@ -460,7 +460,7 @@ impl Queue {
     }
 
     /// Marks the queue deleted, returning its ready count and the consumers to notify.
-    pub fn mark_deleted(self: &Arc<Self>, now: Now) -> (u32, Vec<Arc<Consumer>>) {
+    pub(crate) fn mark_deleted(self: &Arc<Self>, now: Now) -> (u32, Vec<Arc<Consumer>>) {
         self.under_lock(now, |l, after| {
             let count = match l.apply(Command::Delete, now) {
                 Outcome::Count(n) => n,
@@ -471,7 +471,7 @@ impl Queue {
         })
     }
 
-    pub fn is_deleted(&self) -> bool {
+    pub(crate) fn is_deleted(&self) -> bool {
         self.locked.lock().state.is_deleted()
     }
 

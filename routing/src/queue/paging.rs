@@ -29,7 +29,7 @@ use crate::message::memory::MemoryAccount;
 const CHUNK_BYTES: u64 = 64 << 20;
 
 /// What memory an entry is counted for beyond its bytes (the entry, the message, allocations).
-pub const ENTRY_OVERHEAD: u64 = 320;
+pub(crate) const ENTRY_OVERHEAD: u64 = 320;
 
 /// How much memory a queue may give its ready messages before it pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,12 +90,12 @@ impl Paging {
     }
 
     /// Messages as a whole hold more than the paging ratio of the memory alarm's mark.
-    pub fn under_pressure(&self) -> bool {
+    pub(crate) fn under_pressure(&self) -> bool {
         self.alarms.used() > self.pressure
     }
 
     /// A new, empty run with its own file names.
-    pub fn new_run(&self) -> Spill {
+    pub(crate) fn new_run(&self) -> Spill {
         let n = self.next_run.fetch_add(1, Ordering::Relaxed);
         Spill::new(&self.dir, &format!("run-{n}"), CHUNK_BYTES)
     }
@@ -152,7 +152,7 @@ impl Paging {
     }
 
     /// The log id of a paged entry, without decoding the message (for purging a durable queue).
-    pub fn store_id(record: &Bytes) -> Option<u64> {
+    pub(crate) fn store_id(record: &Bytes) -> Option<u64> {
         (record.len() >= HEAD_LEN && record[0] & 4 != 0).then(|| {
             let mut at = &record[STORE_ID_AT..STORE_ID_AT + 8];
             at.get_u64()

@@ -18,7 +18,7 @@ use super::paging::{cost, Budget, Paging};
 use super::Entry;
 
 #[derive(Debug)]
-pub struct Ready {
+pub(crate) struct Ready {
     memory: VecDeque<Entry>,
     /// What the entries in memory are counted for (see [`cost`]).
     memory_cost: u64,
@@ -68,7 +68,7 @@ impl Ready {
     }
 
     /// [`Ready::len`] as AMQP's 32-bit message counts carry it (saturating).
-    pub fn len_u32(&self) -> u32 {
+    pub(crate) fn len_u32(&self) -> u32 {
         u32::try_from(self.len()).unwrap_or(u32::MAX)
     }
 

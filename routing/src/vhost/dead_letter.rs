@@ -60,7 +60,7 @@ fn unchanged(
 }
 
 /// Republishes `letters` to `queue`'s dead-letter exchange; without one (or if it is gone) they are dropped.
-pub fn republish(vhost: &Vhost, queue: &Arc<Queue>, letters: DeadLetters, now: Now) {
+pub(crate) fn republish(vhost: &Vhost, queue: &Arc<Queue>, letters: DeadLetters, now: Now) {
     let Some(dlx) = &queue.args.dead_letter_exchange else {
         return;
     };

@@ -17,7 +17,7 @@ use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{
     Binding, Destination, Exchange, ExchangeKind, ExchangeSpec, RouteGuard, RouteInput,
 };
-use crate::ids::ConnectionId;
+use crate::ids::{ConnectionId, QueueName, VhostName};
 use crate::meta::{records, DestinationKind, MetaCommand, StoredBinding};
 use crate::persist::Durability;
 use crate::queue::dead_letter::DeadLetters;
@@ -40,7 +40,7 @@ const STANDARD_EXCHANGES: &[(&str, ExchangeKind)] = &[
 
 #[derive(Debug)]
 pub struct Vhost {
-    pub name: String,
+    pub name: VhostName,
     /// The command log, where durable definitions and persistent messages go.
     durability: Option<Arc<Durability>>,
     /// Where queues page their backlog past their memory budget (None: all in memory).
@@ -48,7 +48,7 @@ pub struct Vhost {
     limits: VhostLimits,
     connections: AtomicU32,
     exchanges: DashMap<String, Arc<Exchange>>,
-    queues: DashMap<String, Arc<Queue>>,
+    queues: DashMap<QueueName, Arc<Queue>>,
     topology: Mutex<()>,
     /// Topic write permission for hops into topic exchanges the publisher did not name.
     guard: Arc<dyn RouteGuard>,
@@ -91,7 +91,7 @@ impl Vhost {
         let vhost = Vhost {
             guard,
             timers,
-            name: name.to_string(),
+            name: name.into(),
             durability,
             paging,
             limits,
@@ -179,7 +179,7 @@ impl Vhost {
     /// its messages.
     fn restore_queue(
         self: &Arc<Self>,
-        name: String,
+        name: QueueName,
         auto_delete: bool,
         arguments: FieldTable,
         declared_by: Option<String>,
@@ -193,18 +193,17 @@ impl Vhost {
             arguments,
             declared_by: declared_by.map(Arc::from),
         };
-        let name = spec.name.as_str();
         let (args, refused) =
-            arguments::parse_stored(&spec.arguments, &self.resource("queue", name));
+            arguments::parse_stored(&spec.arguments, &self.resource("queue", &spec.name));
         for e in refused {
             tracing::error!(
-                queue = ?name,
-                vhost = ?self.name,
+                queue = %spec.name,
+                vhost = %self.name,
                 refusal = %e.text,
                 "a stored queue has an argument this version refuses: the queue and its messages are kept, the argument is not applied"
             );
         }
-        let name = name.to_string();
+        let name = spec.name.clone();
         let queue = self.new_queue(spec, args, now);
         self.queues.insert(name, queue);
     }
@@ -299,11 +298,11 @@ impl Vhost {
         }
     }
 
-    pub fn no_exchange(&self, name: &str) -> AmqpError {
+    pub(crate) fn no_exchange(&self, name: &str) -> AmqpError {
         AmqpError::not_found(format!("no {}", self.resource("exchange", name)))
     }
 
-    pub fn no_queue(&self, name: &str) -> AmqpError {
+    pub(crate) fn no_queue(&self, name: &str) -> AmqpError {
         AmqpError::not_found(format!("no {}", self.resource("queue", name)))
     }
 
@@ -516,7 +515,7 @@ impl Vhost {
             d.meta(&self.declare_queue_command(&spec));
         }
         let queue = self.new_queue(spec, args, now);
-        self.queues.insert(queue.name().to_string(), queue.clone());
+        self.queues.insert(queue.name().clone(), queue.clone());
         Ok(DeclaredQueue {
             queue,
             created: true,
@@ -585,7 +584,7 @@ impl Vhost {
                 vec![
                     records::record(&MetaCommand::DeleteQueue {
                         vhost: self.name.clone(),
-                        queue: queue.name().to_string(),
+                        queue: queue.name().clone(),
                     }),
                     Record::DropQueue {
                         queue: records::message_queue(&self.name, queue.name()),
@@ -759,10 +758,6 @@ impl Vhost {
 
     pub fn queue_list(&self) -> Vec<Arc<Queue>> {
         self.queues.iter().map(|q| q.clone()).collect()
-    }
-
-    pub fn queue_names(&self) -> Vec<String> {
-        self.queues.iter().map(|q| q.key().clone()).collect()
     }
 }
 

@@ -30,8 +30,12 @@ fn binding() -> StoredBinding {
 fn every_command() -> Vec<MetaCommand> {
     let s = |v: &str| v.to_string();
     vec![
-        MetaCommand::AddVhost { vhost: s("/") },
-        MetaCommand::DeleteVhost { vhost: s("cinder") },
+        MetaCommand::AddVhost {
+            vhost: s("/").into(),
+        },
+        MetaCommand::DeleteVhost {
+            vhost: s("cinder").into(),
+        },
         MetaCommand::AddUser {
             user: s("nova"),
             tags: vec![s("monitoring"), s("")],
@@ -60,7 +64,7 @@ fn every_command() -> Vec<MetaCommand> {
         },
         MetaCommand::ClearPermissions {
             user: s("nova"),
-            vhost: s("/"),
+            vhost: s("/").into(),
         },
         MetaCommand::SetTopicPermissions {
             user: s("nova"),
@@ -73,17 +77,17 @@ fn every_command() -> Vec<MetaCommand> {
         },
         MetaCommand::ClearTopicPermissions {
             user: s("nova"),
-            vhost: s("/"),
+            vhost: s("/").into(),
             exchange: None,
         },
         MetaCommand::ClearTopicPermissions {
             user: s("nova"),
-            vhost: s("/"),
+            vhost: s("/").into(),
             exchange: Some(s("amq.topic")),
         },
         MetaCommand::SeedUser { user: s("glance") },
         MetaCommand::DeclareExchange {
-            vhost: s("/"),
+            vhost: s("/").into(),
             exchange: s("nova"),
             kind: s("topic"),
             auto_delete: true,
@@ -91,33 +95,33 @@ fn every_command() -> Vec<MetaCommand> {
             arguments: table(),
         },
         MetaCommand::DeleteExchange {
-            vhost: s("/"),
+            vhost: s("/").into(),
             exchange: s("nova"),
         },
         MetaCommand::DeclareQueue {
-            vhost: s("/"),
-            queue: s("compute"),
+            vhost: s("/").into(),
+            queue: s("compute").into(),
             auto_delete: false,
             arguments: table(),
             declared_by: Some(s("nova")),
         },
         MetaCommand::DeclareQueue {
-            vhost: s("/"),
-            queue: s("old"),
+            vhost: s("/").into(),
+            queue: s("old").into(),
             auto_delete: true,
             arguments: FieldTable::default(),
             declared_by: None,
         },
         MetaCommand::DeleteQueue {
-            vhost: s("/"),
-            queue: s("compute"),
+            vhost: s("/").into(),
+            queue: s("compute").into(),
         },
         MetaCommand::Bind {
-            vhost: s("/"),
+            vhost: s("/").into(),
             binding: binding(),
         },
         MetaCommand::Unbind {
-            vhost: s("/"),
+            vhost: s("/").into(),
             binding: StoredBinding {
                 kind: DestinationKind::Queue,
                 ..binding()
@@ -185,7 +189,7 @@ proptest! {
     #[test]
     fn names_of_any_text_round_trip(vhost in ".{0,40}", name in ".{0,40}", key in ".{0,40}") {
         let c = MetaCommand::Bind {
-            vhost,
+            vhost: vhost.into(),
             binding: StoredBinding { source: name.clone(), kind: DestinationKind::Queue, destination: name, routing_key: key, arguments: FieldTable::default() },
         };
         prop_assert_eq!(decode(&encode(&c)), Ok(c));
