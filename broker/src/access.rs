@@ -3,7 +3,7 @@
 //! session) and the routing guard (topic_guard.rs, which must not).
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
+pub(crate) enum Access {
     Configure,
     Write,
     Read,
@@ -21,13 +21,19 @@ impl Access {
 
 /// What a resource is, for the check and for the denial text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Queue,
     Exchange,
 }
 
 /// RabbitMQ's text for a refused topic access (rabbit_access_control).
-pub fn topic_text(access: Access, key: &str, exchange: &str, vhost: &str, user: &str) -> String {
+pub(crate) fn topic_text(
+    access: Access,
+    key: &str,
+    exchange: &str,
+    vhost: &str,
+    user: &str,
+) -> String {
     format!(
         "{} access to topic '{key}' in exchange '{exchange}' in vhost '{vhost}' refused for user '{user}'",
         access.as_str(),

@@ -11,7 +11,7 @@ use ipnet::IpNet;
 
 /// Counts connections between accept and connection.open-ok.
 #[derive(Debug)]
-pub struct Admission {
+pub(crate) struct Admission {
     allow: Vec<IpNet>,
     max_pending: usize,
     max_pending_per_ip: usize,
@@ -21,7 +21,7 @@ pub struct Admission {
 
 /// Why a new TCP connection is dropped before TLS.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     NotAllowed,
     TooManyPending,
     TooManyPendingFromPeer,
@@ -29,7 +29,7 @@ pub enum Refusal {
 
 /// A pending connection's slot; dropping it frees the slot.
 #[derive(Debug)]
-pub struct PendingSlot {
+pub(crate) struct PendingSlot {
     admission: Arc<Admission>,
     ip: IpAddr,
 }
@@ -66,7 +66,7 @@ impl Admission {
         })
     }
 
-    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<PendingSlot, Refusal> {
+    pub(crate) fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<PendingSlot, Refusal> {
         let ip = canonical(peer);
         if !self.allow.is_empty() && !self.allow.iter().any(|net| net.contains(&ip)) {
             return Err(Refusal::NotAllowed);
@@ -92,7 +92,8 @@ impl Admission {
         })
     }
 
-    pub fn pending(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn pending(&self) -> usize {
         self.pending.load(Ordering::Acquire)
     }
 }

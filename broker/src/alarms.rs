@@ -37,7 +37,7 @@ impl Alarms {
     }
 
     /// The threshold from the configuration: an absolute size, or a fraction of the machine's RAM.
-    pub fn threshold(fraction: f64, bytes: Option<u64>) -> u64 {
+    pub(crate) fn threshold(fraction: f64, bytes: Option<u64>) -> u64 {
         bytes.unwrap_or_else(|| (total_ram().unwrap_or(1 << 30) as f64 * fraction) as u64)
     }
 
@@ -62,7 +62,7 @@ impl Alarms {
         }
     }
 
-    pub fn set_disk_alarm(&self, on: bool) {
+    pub(crate) fn set_disk_alarm(&self, on: bool) {
         self.set(&self.disk, on, "disk");
     }
 
@@ -99,20 +99,20 @@ impl Alarms {
     }
 
     /// A receiver that sees every change of "any alarm on".
-    pub fn subscribe(&self) -> watch::Receiver<bool> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<bool> {
         self.notify.subscribe()
     }
 }
 
 /// Free bytes available to the broker on the file system holding `path`.
-pub fn free_disk(path: &std::path::Path) -> Option<u64> {
+pub(crate) fn free_disk(path: &std::path::Path) -> Option<u64> {
     let st = rustix::fs::statvfs(path).ok()?;
     Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// Watches the data directory's free space every `every`, raising the disk alarm below `limit`.
 /// Stops when the alarms are dropped.
-pub fn spawn_disk_monitor(alarms: &Arc<Alarms>, dir: PathBuf, limit: u64, every: Duration) {
+pub(crate) fn spawn_disk_monitor(alarms: &Arc<Alarms>, dir: PathBuf, limit: u64, every: Duration) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };

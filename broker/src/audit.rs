@@ -64,7 +64,7 @@ impl serde_json::ser::Formatter for EscapeInvisible {
     }
 }
 
-pub struct AuditLog {
+pub(crate) struct AuditLog {
     sink: Mutex<Box<dyn Write + Send>>,
     /// Per source of repeatable events (a user's dropped hops, a peer's refused handshakes): the
     /// current one-second window and how many lines it wrote and suppressed.
@@ -102,7 +102,8 @@ impl AuditLog {
         })
     }
 
-    pub fn to_writer(writer: Box<dyn Write + Send>) -> Self {
+    #[cfg(test)]
+    pub(crate) fn to_writer(writer: Box<dyn Write + Send>) -> Self {
         AuditLog {
             sink: Mutex::new(writer),
             limits: Mutex::default(),
@@ -112,7 +113,7 @@ impl AuditLog {
     /// [`Self::record`] for events anyone can repeat at will (a CC header with thousands of refused
     /// keys, a peer retrying a revoked certificate): at most 20 lines a second per `source`; the
     /// next line after a suppressed burst says how many similar lines were left out.
-    pub fn record_limited(&self, source: &str, event: &Event<'_>) {
+    pub(crate) fn record_limited(&self, source: &str, event: &Event<'_>) {
         let suppressed = {
             let mut limits = self.limits.lock();
             if limits.len() >= TRACKED_SOURCES && !limits.contains_key(source) {

@@ -38,7 +38,7 @@ use warren_storage::log::{LogError, Recovered};
 
 /// What the broker knows about an open connection, for listing and for closing it from outside.
 #[derive(Debug, Clone)]
-pub struct ConnectionInfo {
+pub(crate) struct ConnectionInfo {
     pub peer: SocketAddr,
     pub user: String,
     pub vhost: VhostName,
@@ -50,10 +50,10 @@ const RESTORE_BATCH: usize = 4096;
 
 pub struct Broker {
     pub config: Arc<Config>,
-    pub audit: Arc<AuditLog>,
+    pub(crate) audit: Arc<AuditLog>,
     pub alarms: Arc<Alarms>,
     /// When messages last moved through healthy queues (per-publisher flow control, see flow.rs).
-    pub flow_activity: crate::flow::Activity,
+    pub(crate) flow_activity: crate::flow::Activity,
     pub(crate) vhosts: DashMap<VhostName, Arc<Vhost>>,
     pub(crate) users: Arc<RwLock<HashMap<String, Arc<User>>>>,
     /// What every vhost asks before a message enters a topic exchange by a hop (users' topic writes).
@@ -194,13 +194,9 @@ pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
 }
 
 impl Broker {
-    pub fn new(config: Arc<Config>) -> Result<Arc<Self>, SetupError> {
-        Self::open(config, None)
-    }
-
-    /// As [`Broker::new`], with the data directory's lock already taken (`warren --dev` takes it
-    /// before it refreshes the development PKI, so a second broker never rewrites the first one's
-    /// certificates).
+    /// Opens the broker on `config`'s data directory, taking its lock unless `lock` is the lock
+    /// already taken (`warren --dev` takes it before it refreshes the development PKI, so a second
+    /// broker never rewrites the first one's certificates).
     pub fn open(config: Arc<Config>, lock: Option<DirLock>) -> Result<Arc<Self>, SetupError> {
         let definitions_path = config.data_dir.join("definitions.json");
         let defs_err = |source| SetupError::Definitions {
@@ -436,20 +432,20 @@ impl Broker {
         self.vhosts.get(name).map(|v| v.clone())
     }
 
-    pub fn user(&self, name: &str) -> Option<Arc<User>> {
+    pub(crate) fn user(&self, name: &str) -> Option<Arc<User>> {
         self.users.read().get(name).cloned()
     }
 
-    pub fn users_generation(&self) -> u64 {
+    pub(crate) fn users_generation(&self) -> u64 {
         self.users_generation.load(Ordering::Acquire)
     }
 
-    pub fn next_connection_id(&self) -> ConnectionId {
+    pub(crate) fn next_connection_id(&self) -> ConnectionId {
         ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed))
     }
 
     /// Records an open connection; the returned guard removes it when the connection ends.
-    pub fn register_connection(
+    pub(crate) fn register_connection(
         self: &Arc<Self>,
         id: ConnectionId,
         info: ConnectionInfo,

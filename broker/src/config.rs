@@ -193,7 +193,7 @@ pub struct AuthConfig {
 }
 
 impl AuthConfig {
-    pub fn identity_rule(&self) -> IdentityRule {
+    pub(crate) fn identity_rule(&self) -> IdentityRule {
         IdentityRule {
             from: self.cert_login_from,
             san_type: self.cert_login_san_type,
@@ -271,7 +271,7 @@ impl Default for Limits {
 
 /// A topic-permission pattern with `{username}` and `{vhost}` replaced by the names, escaped so that
 /// they match only themselves (user `al.ce` with `^{username}\.` must not match `alxce.x`).
-pub fn expand_topic_pattern(pattern: &str, user: &str, vhost: &str) -> String {
+pub(crate) fn expand_topic_pattern(pattern: &str, user: &str, vhost: &str) -> String {
     pattern
         .replace("{username}", &regex::escape(user))
         .replace("{vhost}", &regex::escape(vhost))

@@ -58,10 +58,10 @@ pub enum CrlError {
 
 /// The CRL number in force per issuing CA (its DER subject), to refuse a rollback.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CrlNumbers(HashMap<Vec<u8>, BigUint>);
+pub(crate) struct CrlNumbers(HashMap<Vec<u8>, BigUint>);
 
 /// Where the numbers in force are kept, in the data directory.
-pub const NUMBERS_FILE: &str = "crl-numbers.json";
+pub(crate) const NUMBERS_FILE: &str = "crl-numbers.json";
 
 impl CrlNumbers {
     /// The numbers kept at `path` (none when the file does not exist).
@@ -89,7 +89,11 @@ impl CrlNumbers {
     }
 
     /// Keeps the highest number per issuer of `self` and `newer` at `path` (written atomically).
-    pub fn merge_and_write(&self, newer: &CrlNumbers, path: &Path) -> std::io::Result<CrlNumbers> {
+    pub(crate) fn merge_and_write(
+        &self,
+        newer: &CrlNumbers,
+        path: &Path,
+    ) -> std::io::Result<CrlNumbers> {
         let mut merged = self.0.clone();
         for (issuer, number) in &newer.0 {
             let kept = merged.entry(issuer.clone()).or_default();
@@ -131,7 +135,7 @@ struct Seen {
 }
 
 /// Reads every CRL of `paths`, each verified against `cas` and checked for freshness and rollback.
-pub fn load(
+pub(crate) fn load(
     paths: &[PathBuf],
     cas: &[CertificateDer<'static>],
     expired: ExpiredCrl,

@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 pub use crate::config::FlowConfig;
 
 /// Another connection moved a message this recently: the broker is shared, so pauses apply.
-pub const CONTENTION_WINDOW: Duration = Duration::from_millis(100);
+pub(crate) const CONTENTION_WINDOW: Duration = Duration::from_millis(100);
 /// How often a paused connection looks at its credit again.
-pub const POLL: Duration = Duration::from_millis(5);
+pub(crate) const POLL: Duration = Duration::from_millis(5);
 
 /// [`FlowConfig`] in the units the accounting uses.
 #[derive(Debug, Clone, Copy)]
@@ -74,7 +74,7 @@ impl Default for Settings {
 /// Broker-wide: the settings, and when a message last moved through a queue that is not behind (a
 /// publish into it, or a delivery from any queue), stored as milliseconds since `epoch`.
 #[derive(Debug)]
-pub struct Activity {
+pub(crate) struct Activity {
     pub settings: Settings,
     epoch: Instant,
     last_ms: AtomicU64,
@@ -104,7 +104,7 @@ impl Activity {
     }
 
     /// Some message moved within [`CONTENTION_WINDOW`] of `now`.
-    pub fn contended(&self, now: Instant) -> bool {
+    pub(crate) fn contended(&self, now: Instant) -> bool {
         let last = self.last_ms.load(Relaxed);
         last != 0 && self.ms(now).saturating_sub(last) <= CONTENTION_WINDOW.as_millis() as u64
     }
@@ -145,7 +145,7 @@ impl Credit {
 
 /// One connection's credit with the behind queues it publishes to, owned by its task (no lock).
 #[derive(Debug, Default)]
-pub struct PublisherFlow {
+pub(crate) struct PublisherFlow {
     credits: Vec<Credit>,
     /// Published into a queue that is not behind since the last [`PublisherFlow::end_burst`].
     moved: bool,
@@ -180,7 +180,7 @@ impl PublisherFlow {
     }
 
     /// After a burst of input or output: tells `activity` if messages moved through healthy queues.
-    pub fn end_burst(&mut self, activity: &Activity, now: Instant) {
+    pub(crate) fn end_burst(&mut self, activity: &Activity, now: Instant) {
         if std::mem::take(&mut self.moved) {
             activity.mark(now);
         }
@@ -190,7 +190,7 @@ impl PublisherFlow {
     /// other traffic moves. Credit is returned first; queues no longer behind are forgotten. Debt run
     /// up while nobody else moved messages is forgiven: it harmed nobody, and repaying it later would
     /// pause a publisher for as long as it had been alone.
-    pub fn should_pause(&mut self, activity: &Activity, now: Instant) -> bool {
+    pub(crate) fn should_pause(&mut self, activity: &Activity, now: Instant) -> bool {
         let settings = &activity.settings;
         if self.credits.is_empty() || !settings.enabled {
             return false;
@@ -209,7 +209,7 @@ impl PublisherFlow {
     }
 
     /// Whether a paused connection may read again.
-    pub fn may_resume(&mut self, activity: &Activity, now: Instant) -> bool {
+    pub(crate) fn may_resume(&mut self, activity: &Activity, now: Instant) -> bool {
         let settings = &activity.settings;
         self.credits.retain(|c| c.live_and_behind(settings));
         let mut ready = true;

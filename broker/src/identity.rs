@@ -29,14 +29,14 @@ pub enum SanType {
 
 /// The identity rule: what to read, and for SANs which type and which one of them (0 = first).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct IdentityRule {
+pub(crate) struct IdentityRule {
     pub from: CertLoginFrom,
     pub san_type: SanType,
     pub san_index: usize,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum IdentityError {
+pub(crate) enum IdentityError {
     #[error("client certificate could not be parsed")]
     Unparsable,
     #[error("client certificate subject has no CN")]
@@ -52,7 +52,10 @@ pub enum IdentityError {
 }
 
 /// Extracts the user name from a DER client certificate by `rule`.
-pub fn identity_from_certificate(der: &[u8], rule: &IdentityRule) -> Result<String, IdentityError> {
+pub(crate) fn identity_from_certificate(
+    der: &[u8],
+    rule: &IdentityRule,
+) -> Result<String, IdentityError> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|_| IdentityError::Unparsable)?;
     // A cluster node certificate never logs in as a user.
     if cert

@@ -7,10 +7,10 @@ use argon2::Argon2;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot hash the password: {0}")]
-pub struct HashError(String);
+pub(crate) struct HashError(String);
 
 /// Hashes `password` with argon2id and a fresh random salt.
-pub fn hash(password: &str) -> Result<String, HashError> {
+pub(crate) fn hash(password: &str) -> Result<String, HashError> {
     if password.is_empty() {
         return Err(HashError("the password is empty".into()));
     }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::access::topic_text;
-pub use crate::access::{Access, Kind};
+pub(crate) use crate::access::{Access, Kind};
 use crate::audit::Event;
 use crate::connection::session::Session;
 use crate::error::{AmqpError, AmqpResult};
@@ -60,7 +60,7 @@ fn denied(s: &Session, user: &User, text: String) -> AmqpError {
 }
 
 /// `ACCESS_REFUSED - write access to exchange 'x' in vhost '/' refused for user 'bob'` unless permitted.
-pub fn check(s: &Session, access: Access, kind: Kind, name: &str) -> AmqpResult<()> {
+pub(crate) fn check(s: &Session, access: Access, kind: Kind, name: &str) -> AmqpResult<()> {
     // The publish path checks the same exchange again and again: remember the last grant until any
     // user's permissions change (the generation moves).
     let generation = s.broker.users_generation();
@@ -87,7 +87,7 @@ pub fn check(s: &Session, access: Access, kind: Kind, name: &str) -> AmqpResult<
 }
 
 /// A passive declare needs some permission on the resource; the denial names configure access.
-pub fn check_any(s: &Session, kind: Kind, name: &str) -> AmqpResult<()> {
+pub(crate) fn check_any(s: &Session, kind: Kind, name: &str) -> AmqpResult<()> {
     let user = current_user(s)?;
     let checked = resource_name(kind, name);
     if [Access::Configure, Access::Write, Access::Read]
@@ -101,7 +101,7 @@ pub fn check_any(s: &Session, kind: Kind, name: &str) -> AmqpResult<()> {
 
 /// Topic permissions: on a topic exchange with a topic permission for this user, the routing key must
 /// match its write (publish) or read (bind) pattern; without one, everything is allowed (RabbitMQ).
-pub fn check_topic(
+pub(crate) fn check_topic(
     s: &Session,
     access: Access,
     exchange: &Exchange,
@@ -115,7 +115,11 @@ pub fn check_topic(
 
 /// The topic write check for an exchange named in an argument (a fixed x-dead-letter-routing-key): a
 /// topic exchange, or one that does not exist yet, is checked by name; other kinds have no topics.
-pub fn check_topic_write_by_name(s: &Session, exchange: &str, routing_key: &str) -> AmqpResult<()> {
+pub(crate) fn check_topic_write_by_name(
+    s: &Session,
+    exchange: &str,
+    routing_key: &str,
+) -> AmqpResult<()> {
     match s.vhost.exchange(exchange) {
         Ok(x) => check_topic(s, Access::Write, &x, routing_key),
         Err(_) => check_topic_named(s, Access::Write, exchange, routing_key),

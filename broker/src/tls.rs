@@ -51,7 +51,7 @@ pub enum TlsError {
 /// Refuses a file or directory the broker trusts (the CA bundle, a CRL, the data directory) when
 /// someone other than root or the broker's user owns it, or group or others may write it: whoever
 /// can write the CA bundle can add a trust anchor, and the data directory holds the definitions.
-pub fn check_trusted_path(path: &Path) -> Result<(), TlsError> {
+pub(crate) fn check_trusted_path(path: &Path) -> Result<(), TlsError> {
     let (owner, mode, me) = ownership(path)?;
     if mode & 0o022 != 0 {
         return Err(TlsError::Writable {
@@ -80,7 +80,7 @@ fn ownership(path: &Path) -> Result<(u32, u32, u32), TlsError> {
 }
 
 /// Refuses a private key readable by group or others, or owned by another user.
-pub fn check_key_file(path: &Path) -> Result<(), TlsError> {
+pub(crate) fn check_key_file(path: &Path) -> Result<(), TlsError> {
     let (owner, mode, me) = ownership(path)?;
     if mode & 0o077 != 0 {
         return Err(TlsError::KeyPermissions {
@@ -121,14 +121,14 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 }
 
 /// The server configuration, and the CRL numbers it put in force (see [`crate::crl`]).
-pub struct Loaded {
+pub(crate) struct Loaded {
     pub config: Arc<ServerConfig>,
     pub crl_numbers: CrlNumbers,
 }
 
 /// Builds the server configuration from the configured files (checked first). `in_force` holds the
 /// CRL numbers of the configuration being replaced (empty at start).
-pub fn server_config(tls: &TlsConfig, in_force: &CrlNumbers) -> Result<Loaded, TlsError> {
+pub(crate) fn server_config(tls: &TlsConfig, in_force: &CrlNumbers) -> Result<Loaded, TlsError> {
     check_key_file(&tls.key)?;
     check_trusted_path(&tls.ca_bundle)?;
     for path in &tls.crls {

@@ -14,7 +14,7 @@ use crate::users::User;
 
 /// The users' topic write permissions, asked by routing for hops the publisher did not name (see
 /// [`RouteGuard`]). A refused hop is audited; the message still takes its other routes.
-pub struct TopicGuard {
+pub(crate) struct TopicGuard {
     pub users: Arc<RwLock<HashMap<String, Arc<User>>>>,
     pub audit: Arc<AuditLog>,
 }

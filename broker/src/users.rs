@@ -1,4 +1,5 @@
-//! Users (certificate identities), their tags, and RabbitMQ-style permissions per vhost.
+//! Users (certificate identities) and RabbitMQ-style permissions per vhost. (Their tags are kept with
+//! the definitions and listed by brokerctl; no broker decision depends on them.)
 //! Deny by default: a user with no permission entry for a vhost cannot open it.
 
 use std::collections::HashMap;
@@ -11,16 +12,15 @@ use crate::config::{expand_topic_pattern, UserConfig};
 /// permitted when the pattern matches anywhere in it; use `^...$` to anchor) and the empty pattern
 /// means `^$`, i.e. nothing.
 #[derive(Debug, Clone)]
-pub struct Permission {
+pub(crate) struct Permission {
     pub configure: Regex,
     pub write: Regex,
     pub read: Regex,
 }
 
 #[derive(Debug)]
-pub struct User {
+pub(crate) struct User {
     pub name: String,
-    pub tags: Vec<String>,
     /// argon2id hash for the optional password bridge.
     pub password_hash: Option<String>,
     permissions: HashMap<String, Permission>,
@@ -35,13 +35,13 @@ fn pattern(p: &str) -> Result<Regex, regex::Error> {
 /// A topic permission: patterns over routing keys for one topic exchange, with `{username}` and
 /// `{vhost}` already expanded.
 #[derive(Debug, Clone)]
-pub struct TopicPermission {
+pub(crate) struct TopicPermission {
     pub write: Regex,
     pub read: Regex,
 }
 
 impl User {
-    pub fn from_config(config: &UserConfig) -> Result<Self, regex::Error> {
+    pub(crate) fn from_config(config: &UserConfig) -> Result<Self, regex::Error> {
         let mut permissions = HashMap::new();
         for p in &config.permissions {
             permissions.insert(
@@ -66,7 +66,6 @@ impl User {
         }
         Ok(User {
             name: config.name.clone(),
-            tags: config.tags.clone(),
             password_hash: config.password_hash.clone(),
             permissions,
             topic_permissions,
@@ -74,7 +73,7 @@ impl User {
     }
 
     /// connection.open is allowed when the user has any permission entry on the vhost.
-    pub fn can_access_vhost(&self, vhost: &str) -> bool {
+    pub(crate) fn can_access_vhost(&self, vhost: &str) -> bool {
         self.permissions.contains_key(vhost)
     }
 
@@ -82,7 +81,7 @@ impl User {
         self.permissions.get(vhost)
     }
 
-    pub fn topic_permission(&self, vhost: &str, exchange: &str) -> Option<&TopicPermission> {
+    pub(crate) fn topic_permission(&self, vhost: &str, exchange: &str) -> Option<&TopicPermission> {
         self.topic_permissions
             .get(&(vhost.to_string(), exchange.to_string()))
     }

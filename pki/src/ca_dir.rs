@@ -16,7 +16,7 @@ use crate::{io_err, CertificateAuthority, PkiError, Validity};
 pub const CRL_DAYS: i64 = 30;
 
 /// The serial numbers listed in `dir/revoked.json` (none when the file does not exist).
-pub fn revoked_serials(dir: &Path) -> Result<Vec<u64>, PkiError> {
+pub(crate) fn revoked_serials(dir: &Path) -> Result<Vec<u64>, PkiError> {
     let path = dir.join("revoked.json");
     let data = match std::fs::read(&path) {
         Ok(data) => data,
@@ -41,7 +41,7 @@ pub fn write_crl(dir: &Path, ca: &CertificateAuthority) -> Result<usize, PkiErro
 
 /// Seconds until the first PEM certificate (or CRL's nextUpdate) in `pem` expires; `None` when it
 /// cannot be read (callers then replace it).
-pub fn seconds_left(pem: &str) -> Option<i64> {
+pub(crate) fn seconds_left(pem: &str) -> Option<i64> {
     let (_, block) = parse_x509_pem(pem.as_bytes()).ok()?;
     let now = ASN1Time::now().timestamp();
     if block.label == "X509 CRL" {

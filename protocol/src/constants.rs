@@ -7,42 +7,42 @@ pub const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
 pub const FRAME_MIN_SIZE: u32 = 4096;
 /// Frame header (type, channel, size) plus the frame-end octet.
 pub const FRAME_OVERHEAD: u32 = 8;
-pub const FRAME_END: u8 = 0xCE;
+pub(crate) const FRAME_END: u8 = 0xCE;
 
 pub const FRAME_METHOD: u8 = 1;
 pub const FRAME_HEADER: u8 = 2;
 pub const FRAME_BODY: u8 = 3;
 pub const FRAME_HEARTBEAT: u8 = 8;
 
-pub const CLASS_CONNECTION: u16 = 10;
-pub const CLASS_CHANNEL: u16 = 20;
-pub const CLASS_EXCHANGE: u16 = 40;
-pub const CLASS_QUEUE: u16 = 50;
-pub const CLASS_BASIC: u16 = 60;
-pub const CLASS_CONFIRM: u16 = 85;
-pub const CLASS_TX: u16 = 90;
+pub(crate) const CLASS_CONNECTION: u16 = 10;
+pub(crate) const CLASS_CHANNEL: u16 = 20;
+pub(crate) const CLASS_EXCHANGE: u16 = 40;
+pub(crate) const CLASS_QUEUE: u16 = 50;
+pub(crate) const CLASS_BASIC: u16 = 60;
+pub(crate) const CLASS_CONFIRM: u16 = 85;
+pub(crate) const CLASS_TX: u16 = 90;
 
 /// Reply codes (AMQP 0-9-1 section 1.9 "constants"); names as RabbitMQ prints them in reply texts.
 pub mod reply {
-    pub const REPLY_SUCCESS: u16 = 200;
-    pub const CONTENT_TOO_LARGE: u16 = 311;
+    pub(crate) const REPLY_SUCCESS: u16 = 200;
+    pub(crate) const CONTENT_TOO_LARGE: u16 = 311;
     pub const NO_ROUTE: u16 = 312;
-    pub const NO_CONSUMERS: u16 = 313;
+    pub(crate) const NO_CONSUMERS: u16 = 313;
     pub const CONNECTION_FORCED: u16 = 320;
-    pub const INVALID_PATH: u16 = 402;
+    pub(crate) const INVALID_PATH: u16 = 402;
     pub const ACCESS_REFUSED: u16 = 403;
     pub const NOT_FOUND: u16 = 404;
     pub const RESOURCE_LOCKED: u16 = 405;
     pub const PRECONDITION_FAILED: u16 = 406;
     pub const FRAME_ERROR: u16 = 501;
-    pub const SYNTAX_ERROR: u16 = 502;
+    pub(crate) const SYNTAX_ERROR: u16 = 502;
     pub const COMMAND_INVALID: u16 = 503;
     pub const CHANNEL_ERROR: u16 = 504;
     pub const UNEXPECTED_FRAME: u16 = 505;
-    pub const RESOURCE_ERROR: u16 = 506;
+    pub(crate) const RESOURCE_ERROR: u16 = 506;
     pub const NOT_ALLOWED: u16 = 530;
     pub const NOT_IMPLEMENTED: u16 = 540;
-    pub const INTERNAL_ERROR: u16 = 541;
+    pub(crate) const INTERNAL_ERROR: u16 = 541;
 
     /// The symbolic name RabbitMQ puts in front of a reply text ("NOT_FOUND - no queue ...").
     pub fn name(code: u16) -> &'static str {

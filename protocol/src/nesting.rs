@@ -52,7 +52,7 @@ impl<'a> Cursor<'a> {
 
 /// Checks the body of a field table (the bytes after its length prefix): every entry must be well
 /// formed and no table or array may nest deeper than [`MAX_DEPTH`].
-pub fn check_table(body: &[u8]) -> Result<(), TableError> {
+pub(crate) fn check_table(body: &[u8]) -> Result<(), TableError> {
     table(body, 1)
 }
 
@@ -181,7 +181,7 @@ fn table_offset(payload: &[u8]) -> Result<Option<usize>, TableError> {
 }
 
 /// Checks the table argument of a method payload (methods without one pass).
-pub fn check_method(payload: &[u8]) -> Result<(), TableError> {
+pub(crate) fn check_method(payload: &[u8]) -> Result<(), TableError> {
     let Some(at) = table_offset(payload)? else {
         return Ok(());
     };

@@ -7,8 +7,6 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::write_atomic;
-
 /// configure/write/read patterns of one user in one vhost (RabbitMQ's permission triple).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -110,9 +108,12 @@ impl Definitions {
     }
 
     /// Replaces the file atomically, readable by the broker's user only (it may hold password hashes).
-    pub fn save(&self, path: &Path) -> io::Result<()> {
+    /// Only tests write it now: metadata lives in the log as commands, this file is read once to
+    /// import an earlier version's definitions.
+    #[cfg(test)]
+    pub(crate) fn save(&self, path: &Path) -> io::Result<()> {
         let data = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
-        write_atomic(path, &data, 0o600)
+        crate::write_atomic(path, &data, 0o600)
     }
 }
 

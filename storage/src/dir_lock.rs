@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{flock, FlockOperation};
 
 /// The name of the lock file inside the data directory.
-pub const LOCK_FILE: &str = "warren.lock";
+pub(crate) const LOCK_FILE: &str = "warren.lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirLockError {

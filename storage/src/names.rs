@@ -4,7 +4,7 @@
 //! separators make one name look like another in logs, listings and the audit log (PROBE F9, F12).
 
 /// Longest name accepted (RabbitMQ names are short strings).
-pub const MAX_NAME_BYTES: usize = 255;
+pub(crate) const MAX_NAME_BYTES: usize = 255;
 
 /// Unicode general category Cf (format characters), Zl and Zp, as of Unicode 15.
 const INVISIBLE: &[(u32, u32)] = &[

@@ -78,7 +78,7 @@ impl Broker {
     }
 
     /// Closes the connections from `peer` with 320 CONNECTION_FORCED and `reason`; returns how many.
-    pub fn close_connections_from(&self, peer: &str, reason: &str) -> usize {
+    pub(crate) fn close_connections_from(&self, peer: &str, reason: &str) -> usize {
         let mut closed = 0;
         for c in self.connections.iter() {
             if c.peer.to_string() == peer {
@@ -119,7 +119,11 @@ impl Broker {
     }
 
     /// Stores the password hash used by the optional PLAIN/AMQPLAIN bridge (None clears it).
-    pub fn set_password_hash(&self, name: &str, hash: Option<String>) -> Result<(), AdminError> {
+    pub(crate) fn set_password_hash(
+        &self,
+        name: &str,
+        hash: Option<String>,
+    ) -> Result<(), AdminError> {
         let user = name.to_string();
         self.update_user(name, MetaCommand::SetPasswordHash { user, hash })
     }

@@ -11,7 +11,7 @@ use warren_protocol::field::as_text;
 
 #[derive(Debug, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Request {
+pub(crate) enum Request {
     AddUser {
         name: String,
         #[serde(default)]

@@ -276,14 +276,14 @@ impl Channel {
         Ok(())
     }
 
-    pub fn has_consumer(&self, consumer: &Arc<Consumer>) -> bool {
+    pub(crate) fn has_consumer(&self, consumer: &Arc<Consumer>) -> bool {
         self.consumers
             .get(consumer.id.tag.as_str())
             .is_some_and(|r| Arc::ptr_eq(&r.consumer, consumer))
     }
 
     /// Writes a delivery pushed by a queue and records it for acknowledgement.
-    pub fn deliver(
+    pub(crate) fn deliver(
         &mut self,
         s: &mut Session,
         consumer: Arc<Consumer>,
@@ -320,7 +320,11 @@ impl Channel {
     }
 
     /// The queue went away under a consumer: forget it and tell a client that understands basic.cancel.
-    pub fn consumer_cancelled_by_server(&mut self, s: &mut Session, consumer: &Arc<Consumer>) {
+    pub(crate) fn consumer_cancelled_by_server(
+        &mut self,
+        s: &mut Session,
+        consumer: &Arc<Consumer>,
+    ) {
         if !self.has_consumer(consumer) {
             return;
         }

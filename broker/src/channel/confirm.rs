@@ -20,7 +20,7 @@ use crate::error::AmqpResult;
 use crate::queue::sink::WaitsForWrites;
 
 #[derive(Debug, Default)]
-pub struct Confirms {
+pub(crate) struct Confirms {
     /// Sequence number of the last publish (the first publish is 1).
     last_seq: u64,
     /// Publishes waiting for their durable writes.
@@ -108,7 +108,7 @@ impl Channel {
 
 /// A publish waiting for durable writes before its confirm. The channel holds one count while it
 /// routes; each durable write holds one until it completes. Whoever drops the last count settles it.
-pub struct PendingConfirm {
+pub(crate) struct PendingConfirm {
     count: AtomicUsize,
     failed: AtomicBool,
     outbox: UnboundedSender<Outbound>,
@@ -174,7 +174,7 @@ impl PendingConfirm {
 }
 
 /// A pending confirm as queues see it: each queue that stores the publish waits for its write.
-pub struct Holds<'a>(pub &'a Arc<PendingConfirm>);
+pub(crate) struct Holds<'a>(pub &'a Arc<PendingConfirm>);
 
 impl WaitsForWrites for Holds<'_> {
     fn hold(&self) -> Completion {

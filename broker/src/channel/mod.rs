@@ -72,7 +72,7 @@ impl Channel {
         }
     }
 
-    pub fn handle_method(
+    pub(crate) fn handle_method(
         &mut self,
         s: &mut Session,
         method: AMQPClass,
@@ -138,11 +138,11 @@ impl Channel {
         }
     }
 
-    pub fn handle_header(&mut self, s: &mut Session, payload: Bytes) -> AmqpResult<()> {
+    pub(crate) fn handle_header(&mut self, s: &mut Session, payload: Bytes) -> AmqpResult<()> {
         self.content_header(s, payload)
     }
 
-    pub fn handle_body(&mut self, s: &mut Session, payload: Bytes) -> AmqpResult<()> {
+    pub(crate) fn handle_body(&mut self, s: &mut Session, payload: Bytes) -> AmqpResult<()> {
         self.content_body(s, payload)
     }
 
@@ -157,7 +157,7 @@ impl Channel {
     }
 
     /// The durable writes of publish `seq` finished.
-    pub fn confirm_durable(&mut self, s: &mut Session, seq: u64, ok: bool) {
+    pub(crate) fn confirm_durable(&mut self, s: &mut Session, seq: u64, ok: bool) {
         if let Some(confirms) = &mut self.confirms {
             confirms.durable(seq, ok);
             confirms.flush(s, self.id);
@@ -165,7 +165,7 @@ impl Channel {
     }
 
     /// End of a burst of frames: send coalesced confirms and let queues push to freed-up consumers.
-    pub fn after_batch(&mut self, s: &mut Session) {
+    pub(crate) fn after_batch(&mut self, s: &mut Session) {
         if let Some(confirms) = &mut self.confirms {
             confirms.flush(s, self.id);
         }
@@ -183,7 +183,7 @@ impl Channel {
 
     /// Releases everything the channel holds: consumers leave their queues (auto-delete queues may go)
     /// and unacked deliveries return to their queues, redelivered, in order.
-    pub fn close(&mut self, s: &mut Session) {
+    pub(crate) fn close(&mut self, s: &mut Session) {
         for (_, reg) in self.consumers.drain() {
             remove_consumer(s, &reg);
         }

@@ -29,7 +29,7 @@ pub struct Pending {
 }
 
 /// Where the channel is in the method → header → body sequence.
-pub enum Assembly {
+pub(crate) enum Assembly {
     Idle,
     Header(Pending),
     Body {
@@ -317,7 +317,7 @@ impl Channel {
 }
 
 /// A complete message waiting to be routed (at once, or at tx.commit).
-pub struct Publication {
+pub(crate) struct Publication {
     exchange: Option<Arc<Exchange>>,
     message: Arc<Message>,
     mandatory: bool,

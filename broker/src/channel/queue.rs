@@ -13,7 +13,7 @@ use warren_protocol::field::{as_text, type_name};
 
 /// A server-generated name: `prefix` and 22 characters of URL-safe base64 over 128 random bits, like
 /// RabbitMQ's `rabbit_guid:binary(gen_secure(), Prefix)`.
-pub fn generated_name(prefix: &str) -> String {
+pub(crate) fn generated_name(prefix: &str) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let bits: u128 = rand::random();
     let mut name = String::with_capacity(prefix.len() + 23);

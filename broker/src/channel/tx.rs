@@ -11,7 +11,7 @@ use crate::connection::session::Session;
 use crate::error::{AmqpError, AmqpResult};
 
 #[derive(Default)]
-pub struct Transaction {
+pub(crate) struct Transaction {
     pub publishes: Vec<Publication>,
     /// Settlements in arrival order, with basic.ack (None) or the requeue flag of nack/reject.
     pub settles: Vec<(Vec<Delivered>, Option<bool>)>,
@@ -63,14 +63,14 @@ impl Channel {
 }
 
 /// A committed message could not be stored: the client must not believe the commit succeeded.
-pub fn commit_failed() -> AmqpError {
+pub(crate) fn commit_failed() -> AmqpError {
     AmqpError::internal("tx.commit failed: the committed messages could not be stored")
         .during((90, 20))
 }
 
 impl Channel {
     /// The durable writes of a tx.commit finished: commit-ok, or the error that closes the connection.
-    pub fn commit_durable(&mut self, s: &mut Session, ok: bool) -> AmqpResult<()> {
+    pub(crate) fn commit_durable(&mut self, s: &mut Session, ok: bool) -> AmqpResult<()> {
         if !ok {
             return Err(commit_failed());
         }

@@ -9,7 +9,7 @@ use crate::queue::consumer::Consumer;
 use crate::queue::{Entry, Queue};
 
 #[derive(Debug)]
-pub struct Delivered {
+pub(crate) struct Delivered {
     pub tag: DeliveryTag,
     pub queue: Arc<Queue>,
     pub entry: Entry,
@@ -18,21 +18,13 @@ pub struct Delivered {
 }
 
 #[derive(Debug, Default)]
-pub struct Unacked {
+pub(crate) struct Unacked {
     list: VecDeque<Delivered>,
 }
 
 impl Unacked {
     pub fn push(&mut self, d: Delivered) {
         self.list.push_back(d);
-    }
-
-    pub fn len(&self) -> usize {
-        self.list.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
     }
 
     /// Removes the deliveries an ack/nack/reject names: with `multiple`, every tag up to `tag` (all of them
@@ -51,14 +43,14 @@ impl Unacked {
     }
 
     /// Returns deliveries taken earlier (a rolled-back transaction's acks) to their places.
-    pub fn put_back(&mut self, deliveries: Vec<Delivered>) {
+    pub(crate) fn put_back(&mut self, deliveries: Vec<Delivered>) {
         for d in deliveries {
             let at = self.list.partition_point(|x| x.tag < d.tag);
             self.list.insert(at, d);
         }
     }
 
-    pub fn take_all(&mut self) -> Vec<Delivered> {
+    pub(crate) fn take_all(&mut self) -> Vec<Delivered> {
         self.list.drain(..).collect()
     }
 }

@@ -23,7 +23,7 @@ use crate::vhost::{Vhost, VhostConnection};
 use std::sync::Arc;
 
 /// What a successful negotiation settled.
-pub struct Negotiated {
+pub(crate) struct Negotiated {
     pub user: Arc<User>,
     /// Holds the connection's place in the vhost's connection count.
     pub vhost_connection: VhostConnection,
@@ -35,7 +35,7 @@ pub struct Negotiated {
 }
 
 /// Why negotiation ended without an open connection.
-pub enum HandshakeError {
+pub(crate) enum HandshakeError {
     /// The socket closed or failed; nothing more to send.
     Gone,
     /// A bad protocol header: answer with ours and close.
@@ -150,7 +150,7 @@ pub fn client_capabilities(props: &FieldTable) -> ClientCapabilities {
 }
 
 /// Runs the negotiation. `identity` is the certificate identity, or why there is none.
-pub async fn negotiate<R: AsyncRead + Unpin>(
+pub(crate) async fn negotiate<R: AsyncRead + Unpin>(
     broker: &Broker,
     io: &mut Io<'_, R>,
     identity: Result<String, String>,

@@ -47,7 +47,7 @@ enum Slot {
 }
 
 /// Serves one TLS connection from protocol header to close.
-pub async fn serve(
+pub(crate) async fn serve(
     broker: Arc<Broker>,
     stream: TlsStream<TcpStream>,
     peer: SocketAddr,

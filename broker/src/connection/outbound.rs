@@ -12,7 +12,7 @@ use crate::queue::consumer::Consumer;
 use crate::queue::consumer::{Delivery, DeliverySink};
 
 #[derive(Debug)]
-pub enum Outbound {
+pub(crate) enum Outbound {
     /// A queue hands a message to one of this connection's consumers (its credit already taken).
     Deliver(Delivery),
     /// The consumed queue was deleted: tell the client with basic.cancel (consumer_cancel_notify).
@@ -39,7 +39,7 @@ pub enum Outbound {
 
 /// A connection's outbox, where its consumers' queues deliver.
 #[derive(Debug, Clone)]
-pub struct Outbox(pub UnboundedSender<Outbound>);
+pub(crate) struct Outbox(pub UnboundedSender<Outbound>);
 
 impl DeliverySink for Outbox {
     fn deliver(&self, delivery: Delivery) -> Result<(), Delivery> {

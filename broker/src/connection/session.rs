@@ -26,7 +26,7 @@ pub struct ClientCapabilities {
     pub connection_blocked: bool,
 }
 
-pub struct Session {
+pub(crate) struct Session {
     pub broker: Arc<Broker>,
     pub id: ConnectionId,
     pub peer: std::net::SocketAddr,
@@ -50,7 +50,7 @@ pub struct Session {
 }
 
 /// No-ack deliveries a connection may have in flight between queues and its socket.
-pub const NO_ACK_WRITE_BUDGET: u32 = 2048;
+pub(crate) const NO_ACK_WRITE_BUDGET: u32 = 2048;
 
 impl Session {
     pub fn send(&mut self, channel: u16, method: AMQPClass) {
@@ -58,7 +58,7 @@ impl Session {
     }
 
     /// Appends the content header and body frames of `message`.
-    pub fn send_content(&mut self, channel: u16, message: &Message) {
+    pub(crate) fn send_content(&mut self, channel: u16, message: &Message) {
         encode_content_header(
             &mut self.out,
             channel,
@@ -71,7 +71,7 @@ impl Session {
 
     /// As [`Self::send_content`], with the publisher's authenticated identity added to the headers as
     /// `x-warren-publisher` (any value the client sent was removed at publish).
-    pub fn send_content_with_publisher(&mut self, channel: u16, message: &Message) {
+    pub(crate) fn send_content_with_publisher(&mut self, channel: u16, message: &Message) {
         let stamped = edit_headers(
             &message.properties,
             &[PUBLISHER_HEADER],

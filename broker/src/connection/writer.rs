@@ -6,7 +6,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 /// How many encoded batches may wait for the socket before the connection task itself waits.
-pub const WRITE_QUEUE_BATCHES: usize = 64;
+pub(crate) const WRITE_QUEUE_BATCHES: usize = 64;
 
 /// Writes every batch in order; coalesces whatever is queued into one flush. Ends when the sender is
 /// dropped (after flushing) or the socket fails.

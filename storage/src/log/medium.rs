@@ -251,6 +251,7 @@ impl Medium for MemoryMedium {
     }
 }
 
+#[cfg(test)]
 #[derive(Default)]
 struct FaultyState {
     /// What survives a power loss.
@@ -267,12 +268,14 @@ struct FaultyState {
 /// A medium that models a page cache: appends are visible at once but survive a simulated power loss
 /// only after `sync`. `crash` drops unsynced bytes, optionally keeping a torn prefix of them; a disk
 /// can be made full or made to fail its next fsync.
+#[cfg(test)]
 #[derive(Clone, Default)]
-pub struct FaultyMedium {
+pub(crate) struct FaultyMedium {
     state: Arc<Mutex<FaultyState>>,
     epoch: u64,
 }
 
+#[cfg(test)]
 impl FaultyMedium {
     /// Power loss: every segment falls back to its synced bytes, plus `torn` bytes of what followed
     /// (a partially written sector). Segments created but never synced keep their synced (empty) state.
@@ -293,7 +296,7 @@ impl FaultyMedium {
     }
 
     /// A handle for the process that starts after the last crash (older handles fail every call).
-    pub fn reopen(&self) -> FaultyMedium {
+    pub(crate) fn reopen(&self) -> FaultyMedium {
         let epoch = self.state.lock().map_or(0, |st| st.epoch);
         FaultyMedium {
             state: self.state.clone(),
@@ -310,19 +313,20 @@ impl FaultyMedium {
     }
 
     /// Appends fail with ENOSPC after `bytes` more bytes (None: unlimited).
-    pub fn set_space(&self, bytes: Option<usize>) {
+    pub(crate) fn set_space(&self, bytes: Option<usize>) {
         if let Ok(mut st) = self.state.lock() {
             st.space_left = bytes;
         }
     }
 
-    pub fn fail_next_sync(&self) {
+    pub(crate) fn fail_next_sync(&self) {
         if let Ok(mut st) = self.state.lock() {
             st.fail_sync = true;
         }
     }
 }
 
+#[cfg(test)]
 impl Medium for FaultyMedium {
     fn list(&mut self) -> io::Result<Vec<u64>> {
         Ok(self.live()?.visible.keys().copied().collect())

@@ -76,7 +76,7 @@ pub struct Log<M: Medium> {
 const PLACE_READ_COST: u64 = 2048;
 
 /// Least time between two retirements of a mostly dead active segment (unless space is short).
-pub const RETIRE_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const RETIRE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Where a record is: segment, offset and framed length.
 #[derive(Debug, Clone, Copy)]
@@ -95,7 +95,7 @@ impl<M: Medium> Log<M> {
 
     /// [`Log::open`]; without `payloads`, recovered messages are listed by id only, so recovery
     /// holds one segment at a time in memory rather than the whole backlog.
-    pub fn open_with(
+    pub(crate) fn open_with(
         mut medium: M,
         segment_limit: u64,
         payloads: bool,
@@ -207,7 +207,7 @@ impl<M: Medium> Log<M> {
     }
 
     /// Reads back the payload of a live message (None if it is not live).
-    pub fn read_message(&mut self, queue: &str, id: u64) -> io::Result<Option<Bytes>> {
+    pub(crate) fn read_message(&mut self, queue: &str, id: u64) -> io::Result<Option<Bytes>> {
         let Some(place) = self.messages.get(queue).and_then(|q| q.get(&id)).copied() else {
             return Ok(None);
         };
@@ -311,7 +311,7 @@ impl<M: Medium> Log<M> {
     /// After a write failed for lack of space: removals in it still count for space accounting, so
     /// reclaiming can free the segments they empty. Safe because deleting a segment is itself the
     /// removal; if the segment stays, a crash can only bring such a message back once more (allowed).
-    pub fn account_unwritten_removals(&mut self, records: &[Record]) {
+    pub(crate) fn account_unwritten_removals(&mut self, records: &[Record]) {
         self.space_short = true;
         let active = self.active();
         for r in records {
@@ -333,7 +333,7 @@ impl<M: Medium> Log<M> {
     /// Deletes leading segments that hold nothing live. When too many segments wait behind an oldest
     /// one that is mostly dead (under a quarter of a segment still live), copies its live records
     /// forward — at most once per call, so the work per batch stays bounded. Call after a sync.
-    pub fn reclaim(&mut self) -> io::Result<()> {
+    pub(crate) fn reclaim(&mut self) -> io::Result<()> {
         // A large active segment that is mostly dead is retired too (its few live records copied into a
         // fresh segment), so acked messages free their space even when traffic never fills a segment
         // (a small disk, a quiet broker).
@@ -454,8 +454,9 @@ impl<M: Medium> Log<M> {
         Ok(())
     }
 
-    /// Segment ids currently on the medium (for tests and status).
-    pub fn segment_ids(&self) -> Vec<u64> {
+    /// Segment ids currently on the medium.
+    #[cfg(test)]
+    pub(crate) fn segment_ids(&self) -> Vec<u64> {
         self.segments.keys().copied().collect()
     }
 

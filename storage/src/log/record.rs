@@ -34,7 +34,7 @@ const DROP_QUEUE: u8 = 5;
 /// Frame header: payload length and CRC-32 of the payload.
 pub use crate::frame::HEADER;
 /// The largest payload a record may declare (a message is at most 512 MiB in the broker).
-pub const MAX_PAYLOAD: usize = 600 << 20;
+pub(crate) const MAX_PAYLOAD: usize = 600 << 20;
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u32).to_be_bytes());
