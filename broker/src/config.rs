@@ -28,6 +28,9 @@ pub struct Config {
     pub publisher_header: PublisherHeaderConfig,
     /// Per-publisher flow control: how far a publisher may run ahead of a queue's consumers.
     pub flow: FlowConfig,
+    /// A cluster node (opt-in; without it Warren is a single node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::config::ClusterConfig>,
 }
 
 /// Per-publisher flow control (broker/src/flow.rs, docs/operations.md): a connection publishing into
@@ -230,6 +233,7 @@ impl Default for Config {
             users: Vec::new(),
             publisher_header: PublisherHeaderConfig::default(),
             flow: FlowConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -355,6 +359,9 @@ impl Config {
         if self.limits.channel_max == 0 {
             return invalid("limits.channel_max: must be at least 1".into());
         }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate().or_else(invalid)?;
+        }
         for vhost in &self.vhosts {
             if let Err(why) = warren_storage::names::check(vhost) {
                 return invalid(format!("vhosts: invalid vhost name {vhost:?}: {why}"));
@@ -446,6 +453,7 @@ impl Config {
             }],
             publisher_header: PublisherHeaderConfig::default(),
             flow: FlowConfig::default(),
+            cluster: None,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod alarms;
 pub mod audit;
 pub mod broker;
 pub mod channel;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod crl;

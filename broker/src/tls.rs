@@ -98,7 +98,7 @@ pub(crate) fn check_key_file(path: &Path) -> Result<(), TlsError> {
     Ok(())
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let data = fs::read(path).map_err(|source| TlsError::Read {
         path: path.to_path_buf(),
         source,
@@ -120,6 +120,35 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
+/// The PEM private key at `path` (its mode and owner checked by [`check_key_file`] first).
+pub(crate) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let data = fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    PrivateKeyDer::from_pem_slice(&data).map_err(|e| TlsError::Pem {
+        path: path.to_path_buf(),
+        what: "private key",
+        detail: e.to_string(),
+    })
+}
+
+/// The trust anchors of a CA bundle, and the CA certificates themselves (CRLs are checked against
+/// them).
+pub(crate) fn read_roots(
+    path: &Path,
+) -> Result<(RootCertStore, Vec<CertificateDer<'static>>), TlsError> {
+    let cas = read_certs(path)?;
+    let mut roots = RootCertStore::empty();
+    for ca in &cas {
+        roots.add(ca.clone()).map_err(|e| TlsError::CaBundle {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+    }
+    Ok((roots, cas))
+}
+
 /// The server configuration, and the CRL numbers it put in force (see [`crate::crl`]).
 pub(crate) struct Loaded {
     pub config: Arc<ServerConfig>,
@@ -134,14 +163,7 @@ pub(crate) fn server_config(tls: &TlsConfig, in_force: &CrlNumbers) -> Result<Lo
     for path in &tls.crls {
         check_trusted_path(path)?;
     }
-    let cas = read_certs(&tls.ca_bundle)?;
-    let mut roots = RootCertStore::empty();
-    for ca in &cas {
-        roots.add(ca.clone()).map_err(|e| TlsError::CaBundle {
-            path: tls.ca_bundle.clone(),
-            detail: e.to_string(),
-        })?;
-    }
+    let (roots, cas) = read_roots(&tls.ca_bundle)?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let (crls, crl_numbers) = crate::crl::load(&tls.crls, &cas, tls.crl_expired, in_force)?;
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
@@ -152,15 +174,7 @@ pub(crate) fn server_config(tls: &TlsConfig, in_force: &CrlNumbers) -> Result<Lo
             detail: e.to_string(),
         })?;
     let chain = read_certs(&tls.cert)?;
-    let key_data = fs::read(&tls.key).map_err(|source| TlsError::Read {
-        path: tls.key.clone(),
-        source,
-    })?;
-    let key = PrivateKeyDer::from_pem_slice(&key_data).map_err(|e| TlsError::Pem {
-        path: tls.key.clone(),
-        what: "private key",
-        detail: e.to_string(),
-    })?;
+    let key = read_key(&tls.key)?;
     let config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_client_cert_verifier(verifier)

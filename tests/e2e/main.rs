@@ -7,6 +7,7 @@ mod arguments;
 mod audit;
 mod basic;
 mod channel;
+mod cluster_links;
 mod confirm;
 mod data_dir;
 mod dead_letter;

@@ -40,6 +40,13 @@ impl TestBroker {
             .expect("expired client certificate")
     }
 
+    /// A cluster node certificate from the broker's CA (which must never log in over AMQP).
+    pub fn node_cert(&self, name: &str) -> Pem {
+        self.ca
+            .issue_node(name, &["127.0.0.1"], Validity::days(1))
+            .expect("node certificate")
+    }
+
     /// A client certificate from the broker's CA whose subject has an O but no CN.
     pub fn client_cert_without_cn(&self) -> Pem {
         let mut dn = DistinguishedName::new();

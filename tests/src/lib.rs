@@ -10,6 +10,7 @@ pub mod admin;
 pub mod broker;
 pub mod certs;
 pub mod client;
+pub mod cluster;
 pub mod features;
 pub mod raw;
 pub mod users;

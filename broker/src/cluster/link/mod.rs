@@ -1,0 +1,486 @@
+//! Node links: one mutually authenticated TLS connection per pair of nodes, dialled by the node with
+//! the lower id (from its own node-link address, so that firewall rules can tell node pairs apart)
+//! and redialled with backoff while the cluster runs. A link is admitted only after TLS has verified
+//! the peer's chain (node CA, CRLs, validity; the dialled address against its SANs), the certificate
+//! has been found to be a node's whose name is a configured peer ([`identity`]), and the hellos agree
+//! on the cluster and the node ([`wire`]). Nothing a peer sends is read before that.
+//!
+//! Every link has a bounded send queue: a peer that stops reading (paused, partitioned, slow) fills
+//! it, and the link is dropped instead of ever blocking the sender (LavinMQ #884 in HA.md §3). Pings
+//! every second measure the round trip and find dead links; a link silent for five seconds is
+//! dropped and redialled.
+
+pub(crate) mod identity;
+pub(crate) mod tls;
+pub(crate) mod wire;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use parking_lot::Mutex;
+use rustls::pki_types::ServerName;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+
+use crate::cluster::config::{ClusterConfig, PeerConfig};
+use tls::LinkTls;
+use wire::{Frame, Hello, HELLO_LEN};
+
+/// Time allowed for TCP connect, TLS and the hellos.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const PING_INTERVAL: Duration = Duration::from_secs(1);
+/// A link that has carried nothing for this long is dead.
+const SILENCE_LIMIT: Duration = Duration::from_secs(5);
+/// Frames waiting to be written to one peer; a full queue drops the link.
+const SEND_QUEUE: usize = 1024;
+const REDIAL_MIN: Duration = Duration::from_millis(200);
+const REDIAL_MAX: Duration = Duration::from_secs(5);
+
+/// Why a link could not be set up or ended.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LinkError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("timed out")]
+    Timeout,
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+fn refused(why: impl Into<String>) -> LinkError {
+    LinkError::Refused(why.into())
+}
+
+/// One peer's link as `brokerctl cluster status` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PeerStatus {
+    pub id: u64,
+    pub name: String,
+    pub addr: SocketAddr,
+    pub connected: bool,
+    /// The peer's current run (changes when it restarts).
+    pub incarnation: Option<u64>,
+    /// The last measured ping round trip, in microseconds.
+    pub rtt_us: Option<u64>,
+    /// Why the last link to it ended or could not be made.
+    pub last_error: Option<String>,
+}
+
+/// A live link, and the means to close it when a newer link replaces it.
+struct LinkHandle {
+    serial: u64,
+    // Held, not used: dropping it ends the link's session.
+    _close: oneshot::Sender<()>,
+}
+
+#[derive(Default)]
+struct PeerState {
+    link: Option<LinkHandle>,
+    incarnation: Option<u64>,
+    rtt_us: Option<u64>,
+    last_error: Option<String>,
+}
+
+/// This node's links to its peers.
+pub struct Links {
+    config: ClusterConfig,
+    hello: Hello,
+    tls: LinkTls,
+    peers: Mutex<HashMap<u64, PeerState>>,
+    next_serial: AtomicU64,
+    /// Pings carry microseconds since this instant, so a pong tells the round trip.
+    epoch: Instant,
+    stop: watch::Sender<bool>,
+}
+
+impl Links {
+    /// Binds the node-link listener and starts accepting and dialling. Fails if the TLS material is
+    /// unusable or the address cannot be bound.
+    pub async fn start(config: ClusterConfig) -> anyhow::Result<Arc<Links>> {
+        let tls = tls::link_tls(&config.tls)?;
+        let listener = TcpListener::bind(config.listen).await?;
+        let links = Arc::new(Links {
+            hello: Hello {
+                cluster_id: config.cluster_id(),
+                node_id: config.node_id,
+                incarnation: incarnation(),
+            },
+            tls,
+            peers: Mutex::new(HashMap::new()),
+            next_serial: AtomicU64::new(1),
+            epoch: Instant::now(),
+            stop: watch::channel(false).0,
+            config,
+        });
+        info!(listen = %links.config.listen, node = links.config.node_id, "node links listening");
+        tokio::spawn(links.clone().accept_loop(listener));
+        let dialled: Vec<PeerConfig> = links
+            .config
+            .others()
+            .filter(|p| p.id > links.config.node_id)
+            .cloned()
+            .collect();
+        for peer in dialled {
+            tokio::spawn(links.clone().dial_loop(peer));
+        }
+        Ok(links)
+    }
+
+    /// Stops accepting and dialling and closes every link.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+        for state in self.peers.lock().values_mut() {
+            state.link = None;
+        }
+    }
+
+    /// Every other node and its link.
+    pub fn status(&self) -> Vec<PeerStatus> {
+        let peers = self.peers.lock();
+        self.config
+            .others()
+            .map(|p| {
+                let state = peers.get(&p.id);
+                PeerStatus {
+                    id: p.id,
+                    name: p.name.clone(),
+                    addr: p.addr,
+                    connected: state.is_some_and(|s| s.link.is_some()),
+                    incarnation: state.and_then(|s| s.incarnation),
+                    rtt_us: state.and_then(|s| s.rtt_us),
+                    last_error: state.and_then(|s| s.last_error.clone()),
+                }
+            })
+            .collect()
+    }
+
+    fn stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        let mut stop = self.stop.subscribe();
+        loop {
+            let (tcp, from) = tokio::select! {
+                _ = stopping(&mut stop) => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        warn!(error = %e, "node link accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let links = self.clone();
+            tokio::spawn(async move {
+                let admitted = tokio::time::timeout(HANDSHAKE_TIMEOUT, links.admit(tcp)).await;
+                match admitted {
+                    Ok(Ok((stream, peer, hello))) => links.run(stream, peer, hello).await,
+                    Ok(Err(e)) => info!(%from, error = %e, "node link refused"),
+                    Err(_) => info!(%from, "node link handshake timed out"),
+                }
+            });
+        }
+    }
+
+    /// The accepting side: TLS, the certificate, then the dialler's hello, answered with ours and
+    /// a welcome or the reason for refusing it.
+    async fn admit(
+        &self,
+        tcp: tokio::net::TcpStream,
+    ) -> Result<
+        (
+            tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+            PeerConfig,
+            Hello,
+        ),
+        LinkError,
+    > {
+        let mut stream = self.tls.acceptor.accept(tcp).await?;
+        let (_, session) = stream.get_ref();
+        let peer = self.verified_peer(session.alpn_protocol(), session.peer_certificates())?;
+        let mut theirs = [0u8; HELLO_LEN];
+        stream.read_exact(&mut theirs).await?;
+        let check = Hello::decode(&theirs)
+            .and_then(|hello| self.check_hello(&hello, &peer).map(|()| hello));
+        stream.write_all(&self.hello.encode()).await?;
+        let mut out = BytesMut::new();
+        match check {
+            Ok(hello) => {
+                Frame::Welcome.encode(&mut out);
+                stream.write_all(&out).await?;
+                stream.flush().await?;
+                Ok((stream, peer, hello))
+            }
+            Err(why) => {
+                Frame::Refused(why.clone()).encode(&mut out);
+                stream.write_all(&out).await?;
+                stream.shutdown().await?;
+                Err(refused(why))
+            }
+        }
+    }
+
+    /// The peer a verified TLS session belongs to: the node application protocol, a node
+    /// certificate, and a name in the peer list (this node excepted).
+    fn verified_peer(
+        &self,
+        alpn: Option<&[u8]>,
+        certificates: Option<&[rustls::pki_types::CertificateDer<'_>]>,
+    ) -> Result<PeerConfig, LinkError> {
+        if alpn != Some(tls::ALPN) {
+            return Err(refused(
+                "the peer did not speak the node-link protocol (ALPN)",
+            ));
+        }
+        let cert = certificates
+            .and_then(|chain| chain.first())
+            .ok_or_else(|| refused("no certificate"))?;
+        let name = identity::node_name(cert).map_err(|e| refused(e.to_string()))?;
+        match self.config.peer_named(&name) {
+            Some(peer) if peer.id != self.config.node_id => Ok(peer.clone()),
+            Some(_) => Err(refused(format!(
+                "the certificate of node {name:?} is this node's own"
+            ))),
+            None => Err(refused(format!(
+                "node {name:?} is not one of cluster.peers"
+            ))),
+        }
+    }
+
+    fn check_hello(&self, hello: &Hello, peer: &PeerConfig) -> Result<(), String> {
+        if hello.cluster_id != self.hello.cluster_id {
+            return Err(format!(
+                "cluster id {:016x} differs from this node's {:016x} (cluster_name or peers differ)",
+                hello.cluster_id, self.hello.cluster_id
+            ));
+        }
+        if hello.node_id != peer.id {
+            return Err(format!(
+                "node {:?} introduced itself as node {}, but cluster.peers gives it id {}",
+                peer.name, hello.node_id, peer.id
+            ));
+        }
+        Ok(())
+    }
+
+    async fn dial_loop(self: Arc<Self>, peer: PeerConfig) {
+        let mut backoff = REDIAL_MIN;
+        while !self.stopped() {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.dial(&peer)).await {
+                Ok(Ok((stream, hello))) => {
+                    backoff = REDIAL_MIN;
+                    self.run(stream, peer.clone(), hello).await;
+                }
+                Ok(Err(e)) => self.record_error(&peer, &e.to_string()),
+                Err(_) => self.record_error(&peer, "link handshake timed out"),
+            }
+            let mut stop = self.stop.subscribe();
+            tokio::select! {
+                _ = stopping(&mut stop) => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(REDIAL_MAX);
+        }
+    }
+
+    /// The dialling side: TCP from this node's address, TLS against the address dialled, the
+    /// certificate, then our hello and the peer's answer.
+    async fn dial(
+        &self,
+        peer: &PeerConfig,
+    ) -> Result<
+        (
+            tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+            Hello,
+        ),
+        LinkError,
+    > {
+        let socket = match peer.addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(self.config.listen.ip(), 0))?;
+        let tcp = socket.connect(peer.addr).await?;
+        tcp.set_nodelay(true)?;
+        let name = ServerName::IpAddress(peer.addr.ip().into());
+        let mut stream = self.tls.connector.connect(name, tcp).await?;
+        let (_, session) = stream.get_ref();
+        let found = self.verified_peer(session.alpn_protocol(), session.peer_certificates())?;
+        if found.id != peer.id {
+            return Err(refused(format!(
+                "dialled node {:?} at {} but its certificate names node {:?}",
+                peer.name, peer.addr, found.name
+            )));
+        }
+        stream.write_all(&self.hello.encode()).await?;
+        stream.flush().await?;
+        let mut theirs = [0u8; HELLO_LEN];
+        stream.read_exact(&mut theirs).await?;
+        let hello = Hello::decode(&theirs).map_err(LinkError::Protocol)?;
+        let mut buf = BytesMut::new();
+        let answer = loop {
+            if let Some(frame) = Frame::decode(&mut buf).map_err(LinkError::Protocol)? {
+                break frame;
+            }
+            if stream.read_buf(&mut buf).await? == 0 {
+                return Err(LinkError::Protocol("closed during the hello".into()));
+            }
+        };
+        match answer {
+            Frame::Welcome => {}
+            Frame::Refused(why) => return Err(refused(format!("by {}: {why}", peer.name))),
+            other => {
+                return Err(LinkError::Protocol(format!(
+                    "expected a welcome, got {other:?}"
+                )))
+            }
+        }
+        self.check_hello(&hello, peer).map_err(refused)?;
+        Ok((stream, hello))
+    }
+
+    /// Registers a link (replacing an older one to the same peer) and serves it until it ends.
+    async fn run<S>(&self, stream: S, peer: PeerConfig, hello: Hello)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(SEND_QUEUE);
+        let (close, closed) = oneshot::channel();
+        {
+            let mut peers = self.peers.lock();
+            let state = peers.entry(peer.id).or_default();
+            if state.incarnation.is_some_and(|i| i != hello.incarnation) {
+                info!(peer = %peer.name, "node restarted (new incarnation)");
+            }
+            state.incarnation = Some(hello.incarnation);
+            state.last_error = None;
+            state.link = Some(LinkHandle {
+                serial,
+                _close: close,
+            });
+        }
+        info!(peer = %peer.name, id = peer.id, "node link up");
+        let ended = self.serve(stream, &peer, tx, rx, closed).await;
+        let why = match &ended {
+            Ok(()) => "closed".to_string(),
+            Err(e) => e.to_string(),
+        };
+        info!(peer = %peer.name, reason = %why, "node link down");
+        let mut peers = self.peers.lock();
+        if let Some(state) = peers.get_mut(&peer.id) {
+            if state.link.as_ref().is_some_and(|l| l.serial == serial) {
+                state.link = None;
+                state.last_error = Some(why);
+            }
+        }
+    }
+
+    /// Reads frames and answers pings, pings the peer, and writes the send queue, until the link
+    /// fails, falls silent, is replaced, or the node stops.
+    async fn serve<S>(
+        &self,
+        stream: S,
+        peer: &PeerConfig,
+        tx: mpsc::Sender<Frame>,
+        mut rx: mpsc::Receiver<Frame>,
+        mut closed: oneshot::Receiver<()>,
+    ) -> Result<(), LinkError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        let write = async move {
+            let mut out = BytesMut::new();
+            while let Some(frame) = rx.recv().await {
+                frame.encode(&mut out);
+                while let Ok(more) = rx.try_recv() {
+                    more.encode(&mut out);
+                }
+                writer.write_all(&out).await?;
+                writer.flush().await?;
+                out.clear();
+            }
+            let _ = writer.shutdown().await;
+            Ok::<(), LinkError>(())
+        };
+        tokio::pin!(write);
+        let mut stop = self.stop.subscribe();
+        let mut ping = tokio::time::interval(PING_INTERVAL);
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        let mut heard = Instant::now();
+        loop {
+            while let Some(frame) = Frame::decode(&mut buf).map_err(LinkError::Protocol)? {
+                heard = Instant::now();
+                match frame {
+                    Frame::Ping(n) => send(&tx, Frame::Pong(n))?,
+                    Frame::Pong(n) => self.record_rtt(peer, n),
+                    other => {
+                        return Err(LinkError::Protocol(format!("unexpected {other:?}")));
+                    }
+                }
+            }
+            tokio::select! {
+                read = reader.read_buf(&mut buf) => {
+                    if read? == 0 {
+                        return Ok(());
+                    }
+                    heard = Instant::now();
+                }
+                _ = ping.tick() => {
+                    if heard.elapsed() > SILENCE_LIMIT {
+                        return Err(LinkError::Timeout);
+                    }
+                    send(&tx, Frame::Ping(self.epoch.elapsed().as_micros() as u64))?;
+                }
+                written = &mut write => return written,
+                _ = &mut closed => return Err(refused("replaced by a newer link")),
+                _ = stopping(&mut stop) => return Ok(()),
+            }
+        }
+    }
+
+    fn record_rtt(&self, peer: &PeerConfig, sent_us: u64) {
+        let now = self.epoch.elapsed().as_micros() as u64;
+        if let Some(state) = self.peers.lock().get_mut(&peer.id) {
+            state.rtt_us = Some(now.saturating_sub(sent_us));
+        }
+    }
+
+    fn record_error(&self, peer: &PeerConfig, why: &str) {
+        debug!(peer = %peer.name, error = %why, "node link not established");
+        self.peers.lock().entry(peer.id).or_default().last_error = Some(why.to_string());
+    }
+}
+
+/// Queues `frame` for the peer; a full queue means the peer is not reading, and the link goes.
+fn send(tx: &mpsc::Sender<Frame>, frame: Frame) -> Result<(), LinkError> {
+    tx.try_send(frame)
+        .map_err(|_| refused("the peer is not reading (send queue full)"))
+}
+
+/// Completes once the node stops (the watch's guard is not held by the caller).
+async fn stopping(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// A number for this run of the node: different at every start.
+fn incarnation() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    nanos ^ u64::from(std::process::id()).rotate_left(48)
+}

@@ -1,0 +1,183 @@
+//! What travels on a node link once TLS has verified both ends: first a hello each way, then frames.
+//!
+//! The hello names the cluster (its id, from the name and node list), the node and this run of it
+//! (the incarnation, new at every start, so a peer can tell a restarted node from a link that
+//! merely reconnected). A mismatch is answered with the reason and the link is closed, so a
+//! misconfigured node says why in both logs.
+//!
+//! A frame is `length (u32, big-endian) | kind (u8) | payload`; the length counts kind and payload
+//! and is bounded, so a peer cannot make this node buffer without limit.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// Marks the start of a node link (after TLS), so that anything else is refused at once.
+const MAGIC: &[u8; 4] = b"WRNL";
+const VERSION: u8 = 1;
+/// Magic, version, cluster id, node id, incarnation.
+pub(crate) const HELLO_LEN: usize = 4 + 1 + 8 + 8 + 8;
+/// The largest frame accepted (kind and payload).
+pub(crate) const MAX_FRAME: u32 = 16 * 1024 * 1024;
+
+/// A node introducing itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Hello {
+    pub cluster_id: u64,
+    pub node_id: u64,
+    pub incarnation: u64,
+}
+
+impl Hello {
+    pub fn encode(&self) -> [u8; HELLO_LEN] {
+        let mut out = [0u8; HELLO_LEN];
+        let mut b = &mut out[..];
+        b.put_slice(MAGIC);
+        b.put_u8(VERSION);
+        b.put_u64(self.cluster_id);
+        b.put_u64(self.node_id);
+        b.put_u64(self.incarnation);
+        out
+    }
+
+    pub fn decode(bytes: &[u8; HELLO_LEN]) -> Result<Hello, String> {
+        let mut b = &bytes[..];
+        if &b[..4] != MAGIC {
+            return Err("not a Warren node link".into());
+        }
+        b.advance(4);
+        let version = b.get_u8();
+        if version != VERSION {
+            return Err(format!(
+                "node link version {version}; this node speaks {VERSION}"
+            ));
+        }
+        Ok(Hello {
+            cluster_id: b.get_u64(),
+            node_id: b.get_u64(),
+            incarnation: b.get_u64(),
+        })
+    }
+}
+
+/// The kinds of frame on a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Frame {
+    /// The hello was accepted: frames follow.
+    Welcome,
+    /// The hello was refused, and why; the link closes.
+    Refused(String),
+    /// Liveness: answered with a `Pong` carrying the same number.
+    Ping(u64),
+    Pong(u64),
+}
+
+const WELCOME: u8 = 1;
+const REFUSED: u8 = 2;
+const PING: u8 = 3;
+const PONG: u8 = 4;
+
+impl Frame {
+    pub fn encode(&self, out: &mut BytesMut) {
+        let (kind, payload): (u8, Bytes) = match self {
+            Frame::Welcome => (WELCOME, Bytes::new()),
+            Frame::Refused(why) => (REFUSED, Bytes::copy_from_slice(why.as_bytes())),
+            Frame::Ping(n) => (PING, Bytes::copy_from_slice(&n.to_be_bytes())),
+            Frame::Pong(n) => (PONG, Bytes::copy_from_slice(&n.to_be_bytes())),
+        };
+        out.put_u32(1 + payload.len() as u32);
+        out.put_u8(kind);
+        out.put_slice(&payload);
+    }
+
+    /// The next whole frame in `buf` (consumed), None if more bytes are needed, or why the bytes
+    /// are not a frame.
+    pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, String> {
+        if buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        if len == 0 || len > MAX_FRAME {
+            return Err(format!("frame length {len} out of range"));
+        }
+        let total = 4 + len as usize;
+        if buf.len() < total {
+            buf.reserve(total - buf.len());
+            return Ok(None);
+        }
+        buf.advance(4);
+        let kind = buf.get_u8();
+        let payload = buf.split_to(total - 5).freeze();
+        let number = |p: &Bytes| -> Result<u64, String> {
+            <[u8; 8]>::try_from(&p[..])
+                .map(u64::from_be_bytes)
+                .map_err(|_| format!("frame kind {kind}: {} octets, expected 8", p.len()))
+        };
+        match kind {
+            WELCOME if payload.is_empty() => Ok(Some(Frame::Welcome)),
+            REFUSED => Ok(Some(Frame::Refused(
+                String::from_utf8_lossy(&payload).into_owned(),
+            ))),
+            PING => number(&payload).map(|n| Some(Frame::Ping(n))),
+            PONG => number(&payload).map(|n| Some(Frame::Pong(n))),
+            other => Err(format!("unknown frame kind {other}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hellos_round_trip_and_foreign_bytes_are_refused() {
+        let hello = Hello {
+            cluster_id: 7,
+            node_id: 2,
+            incarnation: 99,
+        };
+        assert_eq!(Hello::decode(&hello.encode()), Ok(hello));
+        let mut amqp = [0u8; HELLO_LEN];
+        amqp[..8].copy_from_slice(b"AMQP\x00\x00\x09\x01");
+        assert!(Hello::decode(&amqp).is_err());
+        let mut newer = hello.encode();
+        newer[4] = 2;
+        assert!(Hello::decode(&newer).unwrap_err().contains("version 2"));
+    }
+
+    #[test]
+    fn frames_round_trip_whole_or_in_pieces() {
+        let frames = [
+            Frame::Welcome,
+            Frame::Refused("wrong cluster".into()),
+            Frame::Ping(5),
+            Frame::Pong(u64::MAX),
+        ];
+        let mut wire = BytesMut::new();
+        for f in &frames {
+            f.encode(&mut wire);
+        }
+        // Fed one octet at a time, every frame comes out once it is complete.
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for b in wire.iter() {
+            buf.put_u8(*b);
+            while let Some(f) = Frame::decode(&mut buf).unwrap() {
+                out.push(f);
+            }
+        }
+        assert_eq!(out, frames);
+    }
+
+    #[test]
+    fn bad_frames_are_errors_not_panics() {
+        for bytes in [
+            &[0, 0, 0, 0][..],
+            &[0xff, 0xff, 0xff, 0xff],
+            &[0, 0, 0, 1, 99],
+            &[0, 0, 0, 2, PING, 1],
+            &[0, 0, 0, 2, WELCOME, 0],
+        ] {
+            let mut buf = BytesMut::from(bytes);
+            assert!(Frame::decode(&mut buf).is_err(), "{bytes:?}");
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Node links under test: a cluster's worth of node configurations on 127.0.0.1 (free ports, node
+//! certificates from a fresh CA, key files 0600), nodes started in-process, and a raw TLS dialler
+//! that presents any certificate, offers any ALPN and sends any hello, for the refusals.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use warren_broker::cluster::config::{ClusterConfig, ClusterTlsConfig, PeerConfig};
+use warren_broker::cluster::link::{Links, PeerStatus};
+use warren_broker::pki::{write_pair, CertificateAuthority, Pem, Validity};
+
+use crate::TIMEOUT;
+
+/// The node-link protocol name (ALPN).
+pub const LINK_ALPN: &[u8] = b"warren-cluster/1";
+
+/// Configurations for nodes 1..=n sharing one CA.
+pub struct LinkCluster {
+    pub dir: tempfile::TempDir,
+    pub ca: CertificateAuthority,
+    pub peers: Vec<PeerConfig>,
+}
+
+impl LinkCluster {
+    /// Nodes `n1`..`n<count>` on free ports of 127.0.0.1, each with a node certificate for
+    /// 127.0.0.1.
+    pub fn new(count: u64) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca = CertificateAuthority::create("Warren node CA").expect("CA");
+        std::fs::write(dir.path().join("ca.pem"), &ca.pem.cert).expect("CA file");
+        let peers: Vec<PeerConfig> = (1..=count)
+            .map(|id| PeerConfig {
+                id,
+                name: format!("n{id}"),
+                addr: free_port(),
+            })
+            .collect();
+        let cluster = LinkCluster { dir, ca, peers };
+        for peer in &cluster.peers {
+            let pem = cluster.node_cert(&peer.name, &["127.0.0.1"]);
+            cluster.write(&peer.name, &pem);
+        }
+        cluster
+    }
+
+    /// A node certificate from the cluster's CA.
+    pub fn node_cert(&self, name: &str, hosts: &[&str]) -> Pem {
+        self.ca
+            .issue_node(name, hosts, Validity::days(1))
+            .expect("node certificate")
+    }
+
+    /// Writes `<name>.pem` and `<name>.key` (0600) into the cluster's directory.
+    pub fn write(&self, name: &str, pem: &Pem) {
+        write_pair(
+            &self.path(&format!("{name}.pem")),
+            &self.path(&format!("{name}.key")),
+            pem,
+        )
+        .expect("certificate files");
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    /// Node `id`'s configuration (its certificate files are `n<id>.pem` / `n<id>.key`).
+    pub fn config(&self, id: u64) -> ClusterConfig {
+        let me = &self.peers[(id - 1) as usize];
+        ClusterConfig {
+            node_id: id,
+            cluster_name: "test".into(),
+            listen: me.addr,
+            peers: self.peers.clone(),
+            replicas: self.peers.len().min(3) as u8,
+            queue_shards: 4,
+            tls: ClusterTlsConfig {
+                cert: self.path(&format!("{}.pem", me.name)),
+                key: self.path(&format!("{}.key", me.name)),
+                ca_bundle: self.path("ca.pem"),
+                crls: vec![],
+            },
+        }
+    }
+
+    pub async fn start(&self, id: u64) -> Arc<Links> {
+        Links::start(self.config(id))
+            .await
+            .expect("node links start")
+    }
+
+    /// A TLS connection to node `id`'s link port presenting `identity`, offering the node-link ALPN
+    /// when `alpn`, and trusting the cluster's CA.
+    pub async fn dial(
+        &self,
+        id: u64,
+        identity: Option<&Pem>,
+        alpn: bool,
+    ) -> std::io::Result<TlsStream<TcpStream>> {
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(self.ca.pem.cert.as_bytes()).expect("CA"))
+            .expect("root");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots);
+        let mut config = match identity {
+            Some(pem) => builder
+                .with_client_auth_cert(
+                    CertificateDer::pem_slice_iter(pem.cert.as_bytes())
+                        .collect::<Result<Vec<_>, _>>()
+                        .expect("chain"),
+                    PrivateKeyDer::from_pem_slice(pem.key.as_bytes()).expect("key"),
+                )
+                .expect("client auth"),
+            None => builder.with_no_client_auth(),
+        };
+        if alpn {
+            config.alpn_protocols = vec![LINK_ALPN.to_vec()];
+        }
+        let addr = self.peers[(id - 1) as usize].addr;
+        let tcp = TcpStream::connect(addr).await?;
+        let name = ServerName::IpAddress(addr.ip().into());
+        tokio::time::timeout(
+            TIMEOUT,
+            TlsConnector::from(Arc::new(config)).connect(name, tcp),
+        )
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS"))?
+    }
+
+    /// The hello node `id` sends (a dialler that claims to be node `id` of this cluster).
+    pub fn hello(&self, id: u64) -> Vec<u8> {
+        let cluster_id = self.config(1).cluster_id();
+        let mut out = b"WRNL\x01".to_vec();
+        out.extend_from_slice(&cluster_id.to_be_bytes());
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(&42u64.to_be_bytes());
+        out
+    }
+}
+
+/// A port nobody listens on right now.
+fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address")
+}
+
+/// Waits (bounded by `limit`) until `links` reports the peer `id` as `connected`.
+pub async fn wait_for_link(links: &Links, id: u64, connected: bool, limit: Duration) -> PeerStatus {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let status = links
+            .status()
+            .into_iter()
+            .find(|p| p.id == id)
+            .expect("a configured peer");
+        if status.connected == connected {
+            return status;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("peer {id} not connected={connected} within {limit:?}: {status:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
