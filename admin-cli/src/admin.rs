@@ -121,6 +121,9 @@ pub enum AdminCommand {
         reason: String,
     },
     Status,
+    /// The cluster's nodes and this node's links to them (also `brokerctl cluster status`).
+    #[command(name = "cluster_status", alias = "cluster-status")]
+    ClusterStatus,
 }
 
 impl AdminCommand {
@@ -226,6 +229,10 @@ impl AdminCommand {
                 &[],
             ),
             Status => (json!({"command": "status"}), &[]),
+            ClusterStatus => (
+                json!({"command": "cluster_status"}),
+                &["id", "name", "addr", "link", "rtt_us", "last_error"],
+            ),
         }
     }
 }

@@ -31,14 +31,28 @@ enum Command {
         #[command(subcommand)]
         command: ca::CaCommand,
     },
+    /// The cluster this node belongs to.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     #[command(flatten)]
     Admin(admin::AdminCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// The cluster's nodes and this node's links to them (as `cluster_status`).
+    Status,
 }
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let result = match args.command {
         Command::Ca { command } => ca::run(command),
+        Command::Cluster {
+            command: ClusterCommand::Status,
+        } => admin::run(args.socket, args.format, admin::AdminCommand::ClusterStatus),
         Command::Admin(command) => admin::run(args.socket, args.format, command),
     };
     // Exit codes: 0 done, 1 refused or failed, 2 usage (clap), 69 the broker is unreachable.

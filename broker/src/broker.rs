@@ -69,6 +69,8 @@ pub struct Broker {
     /// Spill files for queue backlogs past their memory budget.
     pub paging: Arc<Paging>,
     next_connection: AtomicU64,
+    /// This node's links to the other nodes, once started (a cluster node only).
+    pub(crate) cluster: std::sync::OnceLock<Arc<crate::cluster::link::Links>>,
     /// This broker's exclusive hold on its data directory, released when the broker is dropped.
     _dir_lock: DirLock,
 }
@@ -320,6 +322,7 @@ impl Broker {
             durability,
             paging,
             next_connection: AtomicU64::new(1),
+            cluster: std::sync::OnceLock::new(),
             _dir_lock: dir_lock,
         });
         let disk_limit = broker

@@ -113,6 +113,10 @@ fn dev_config(data_dir: &Path, listen: SocketAddr) -> anyhow::Result<(Config, Op
 async fn serve(config: Arc<Config>, dev: bool, lock: Option<DirLock>) -> anyhow::Result<()> {
     let addr = config.listen[0];
     let server = Arc::new(warren_broker::Server::open(config.clone(), lock)?);
+    server
+        .start_cluster()
+        .await
+        .context("cannot start the node links")?;
     let socket = config.admin_socket();
     let admin = warren_broker::admin::bind(&socket)
         .with_context(|| format!("cannot create the admin socket {}", socket.display()))?;
@@ -169,6 +173,7 @@ async fn serve(config: Arc<Config>, dev: bool, lock: Option<DirLock>) -> anyhow:
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
+    server.stop_cluster();
     if let Err(e) = server.broker.durability.flush() {
         tracing::error!(error = %e, "could not flush the log at shutdown");
     }

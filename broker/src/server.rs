@@ -97,6 +97,26 @@ impl Server {
         })
     }
 
+    /// Starts the node links when this broker is a cluster node (`[cluster]`): before the AMQP
+    /// listeners, so that peers are reachable before any client can ask for a replicated change.
+    pub async fn start_cluster(&self) -> anyhow::Result<()> {
+        let Some(cluster) = &self.broker.config.cluster else {
+            return Ok(());
+        };
+        let links = crate::cluster::link::Links::start(cluster.clone()).await?;
+        if self.broker.cluster.set(links).is_err() {
+            anyhow::bail!("the node links were already started");
+        }
+        Ok(())
+    }
+
+    /// Closes the node links (at shutdown).
+    pub fn stop_cluster(&self) {
+        if let Some(links) = self.broker.cluster.get() {
+            links.stop();
+        }
+    }
+
     /// Re-reads the CA bundle, server certificate, key and CRLs (SIGHUP). On any error the running
     /// configuration stays in force and the error is returned for the log.
     pub fn reload_tls(&self) -> Result<(), crate::tls::TlsError> {

@@ -284,3 +284,55 @@ async fn a_node_certificate_cannot_log_in_over_amqp() {
         )
     );
 }
+
+#[tokio::test]
+async fn brokerctl_cluster_status_lists_the_nodes_and_their_links() {
+    let cluster = LinkCluster::new(3);
+    let node1 = cluster.config(1);
+    let broker = TestBroker::start_with(|c| c.cluster = Some(node1)).await;
+    let n2 = cluster.start(2).await;
+    wait_for_link(&n2, 1, true, UP).await;
+    // Node 3 is down: listed, with why its link is not up.
+    let deadline = tokio::time::Instant::now() + UP;
+    let table = loop {
+        let table = broker.brokerctl(&["cluster", "status"]).await.ok();
+        if table.contains("\tup\t")
+            && table
+                .lines()
+                .any(|l| l.starts_with("3\t") && l.contains("down"))
+        {
+            break table;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{table}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines[0], "id\tname\taddr\tlink\trtt_us\tlast_error");
+    assert!(
+        lines[1].starts_with("1\tn1\t") && lines[1].contains("\tself\t"),
+        "{table}"
+    );
+    assert!(
+        lines[2].starts_with("2\tn2\t") && lines[2].contains("\tup\t"),
+        "{table}"
+    );
+    assert!(
+        lines[3].starts_with("3\tn3\t") && lines[3].contains("\tdown\t"),
+        "{table}"
+    );
+    let json = broker
+        .brokerctl(&["--format", "json", "cluster_status"])
+        .await
+        .ok();
+    let nodes: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(nodes.as_array().map(Vec::len), Some(3), "{json}");
+    n2.stop();
+}
+
+#[tokio::test]
+async fn cluster_status_on_a_single_node_says_so() {
+    let broker = TestBroker::start().await;
+    let out = broker.brokerctl(&["cluster", "status"]).await;
+    assert!(!out.success, "{out:?}");
+    assert!(out.stderr.contains("not a cluster node"), "{out:?}");
+}

@@ -53,6 +53,7 @@ impl TestBroker {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("local address").port();
         let server = Arc::new(Server::new(config.clone()).expect("broker starts"));
+        server.start_cluster().await.expect("node links start");
         let socket = warren_broker::admin::bind(&config.admin_socket()).expect("admin socket");
         let admin = tokio::spawn(warren_broker::admin::serve(server.broker.clone(), socket));
         let (shutdown, stop) = oneshot::channel::<()>();

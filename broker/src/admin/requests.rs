@@ -84,6 +84,7 @@ pub(crate) enum Request {
         reason: String,
     },
     Status,
+    ClusterStatus,
 }
 
 impl Request {
@@ -100,6 +101,7 @@ impl Request {
                 | Request::ListBindings { .. }
                 | Request::ListConnections
                 | Request::Status
+                | Request::ClusterStatus
         )
     }
 
@@ -279,6 +281,7 @@ fn execute(broker: &Broker, request: Request) -> Result<Value, AdminError> {
             }
             Ok(json!(closed))
         }
+        Request::ClusterStatus => cluster_status(broker),
         Request::Status => Ok(json!({
             "product": "Warren",
             "version": env!("CARGO_PKG_VERSION"),
@@ -289,4 +292,32 @@ fn execute(broker: &Broker, request: Request) -> Result<Value, AdminError> {
             "memory_alarm": broker.alarms.in_alarm(),
         })),
     }
+}
+
+/// Every node of the cluster as this node sees it: itself, and each peer with its link.
+fn cluster_status(broker: &Broker) -> Result<Value, AdminError> {
+    let (Some(config), Some(links)) = (&broker.config.cluster, broker.cluster.get()) else {
+        return Err(AdminError(
+            "this broker is not a cluster node (no [cluster] section)".into(),
+        ));
+    };
+    let mut nodes = vec![json!({
+        "id": config.node_id,
+        "name": config.me().map(|p| p.name.clone()),
+        "addr": config.listen.to_string(),
+        "link": "self",
+        "rtt_us": null,
+        "last_error": null,
+    })];
+    for peer in links.status() {
+        nodes.push(json!({
+            "id": peer.id,
+            "name": peer.name,
+            "addr": peer.addr.to_string(),
+            "link": if peer.connected { "up" } else { "down" },
+            "rtt_us": peer.rtt_us,
+            "last_error": peer.last_error,
+        }));
+    }
+    Ok(Value::Array(nodes))
 }
