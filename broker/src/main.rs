@@ -26,9 +26,13 @@ struct Args {
     /// Data directory for --dev.
     #[arg(long, default_value = "./warren-dev", requires = "dev")]
     data_dir: PathBuf,
-    /// Listen address for --dev.
+    /// Listen address for --dev (with --cluster, node i listens on its port + i - 1).
     #[arg(long, default_value = "127.0.0.1:5671", requires = "dev")]
     listen: SocketAddr,
+    /// With --dev: run a development cluster of N node processes on 127.0.0.1 (node links on the
+    /// AMQP ports + 20000), in the foreground until Ctrl-C.
+    #[arg(long, value_name = "N", requires = "dev")]
+    cluster: Option<u64>,
     /// Production configuration file (TOML).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -73,6 +77,19 @@ fn run() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let (true, Some(count)) = (args.dev, args.cluster) {
+        // The PKI and the parent directory's lock first, as for a single dev broker.
+        let (_, _lock) = dev_config(&args.data_dir, args.listen)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        return runtime.block_on(warren_broker::cluster::dev::run(
+            &args.data_dir,
+            args.listen,
+            count,
+            shutdown_signal(),
+        ));
+    }
     let (config, lock) = if args.dev {
         dev_config(&args.data_dir, args.listen)?
     } else if let Some(path) = &args.config {

@@ -381,6 +381,27 @@ impl DevPki {
         write_pair(&self.admin_cert, &self.admin_key, &pem)
     }
 
+    /// A cluster node's certificate and key for `warren --dev --cluster` (`nodes/<name>.pem` and
+    /// `.key` beside the CA), for 127.0.0.1: issued when missing or expiring, as the others are.
+    pub fn ensure_node(&self, name: &str) -> Result<(PathBuf, PathBuf), PkiError> {
+        let dir = self
+            .ca_cert
+            .parent()
+            .map(|tls| tls.join("nodes"))
+            .unwrap_or_else(|| PathBuf::from("nodes"));
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let (cert, key) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        if !key.exists() || expiring(&cert, RENEW_BEFORE_DAYS) {
+            let ca = self.load_ca()?;
+            let pem = ca.issue_node(name, &["127.0.0.1", "localhost"], Validity::days(365))?;
+            write_pair(&cert, &key, &pem)?;
+        }
+        Ok((cert, key))
+    }
+
     /// The dev CA, from its files.
     pub fn load_ca(&self) -> Result<CertificateAuthority, PkiError> {
         let cert = std::fs::read_to_string(&self.ca_cert).map_err(io_err(&self.ca_cert))?;

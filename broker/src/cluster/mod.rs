@@ -4,4 +4,5 @@
 //! links next.
 
 pub mod config;
+pub mod dev;
 pub mod link;

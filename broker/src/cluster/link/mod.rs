@@ -383,6 +383,7 @@ impl Links {
         if let Some(state) = peers.get_mut(&peer.id) {
             if state.link.as_ref().is_some_and(|l| l.serial == serial) {
                 state.link = None;
+                state.rtt_us = None;
                 state.last_error = Some(why);
             }
         }
@@ -446,7 +447,12 @@ impl Links {
                     send(&tx, Frame::Ping(self.epoch.elapsed().as_micros() as u64))?;
                 }
                 written = &mut write => return written,
-                _ = &mut closed => return Err(refused("replaced by a newer link")),
+                _ = &mut closed => {
+                    return match self.stopped() {
+                        true => Ok(()),
+                        false => Err(refused("replaced by a newer link")),
+                    };
+                }
                 _ = stopping(&mut stop) => return Ok(()),
             }
         }
