@@ -73,7 +73,7 @@ fn a_three_node_dev_cluster_links_up_reports_a_killed_node_and_stops_on_ctrl_c()
         }
     });
     let mut printed = Vec::new();
-    let mut next_line = |printed: &mut Vec<String>| {
+    let next_line = |printed: &mut Vec<String>| {
         let line = lines
             .recv_timeout(LIMIT)
             .expect("warren --dev --cluster printed");
