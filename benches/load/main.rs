@@ -234,10 +234,10 @@ async fn run_async(args: RunArgs) -> Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(1), probe.shutdown()).await;
         info
     } else {
-        let probe = client::Conn::open(&target, 60)
+        let probe = client::open(&target, 60)
             .await
             .context("first connection")?;
-        let info = probe.tls_info();
+        let info = client::tls_info(probe.stream());
         probe.close().await?;
         info
     };

@@ -43,6 +43,18 @@ impl CloseInfo {
     }
 }
 
+/// A close read by the raw client (warren-wire-client).
+impl From<warren_wire_client::Closed> for CloseInfo {
+    fn from(c: warren_wire_client::Closed) -> Self {
+        CloseInfo {
+            code: c.code,
+            text: c.text,
+            class_id: c.class_id,
+            method_id: c.method_id,
+        }
+    }
+}
+
 /// Something the broker initiated on a channel.
 #[derive(Debug)]
 pub enum ChannelEvent {

@@ -1,7 +1,8 @@
 //! Harness for Warren's end-to-end tests: the real broker served in-process on `127.0.0.1:0` with a
 //! fresh dev PKI ([`TestBroker`]), an amqprs client over mutual TLS ([`client`]) for what applications
-//! see, a raw frame client ([`raw`]) for protocol-level checks (frame order, exact bytes, errors), and
-//! the admin API ([`admin`]: JSON on the admin socket, or the real `brokerctl`).
+//! see, a raw frame client ([`raw`], a panicking facade over warren-wire-client) for protocol-level
+//! checks (frame order, exact bytes, errors), and the admin API ([`admin`]: JSON on the admin socket,
+//! or the real `brokerctl`).
 //!
 //! Every wait is bounded by [`TIMEOUT`], so a broker that hangs fails a test instead of stalling the run.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

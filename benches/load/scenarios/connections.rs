@@ -16,8 +16,8 @@ pub async fn churn(ctx: &Ctx, workers: usize) -> Result<Outcome> {
             let mut failures = 0u64;
             while !*stop.borrow() {
                 let r = async {
-                    let c = Conn::open(&target, 60).await?;
-                    c.close().await
+                    let c = client::open(&target, 60).await?;
+                    Ok(c.close().await?)
                 }
                 .await;
                 match r {
@@ -86,7 +86,7 @@ pub async fn idle_conns(ctx: &Ctx) -> Result<Outcome> {
                 if i >= n as u64 {
                     break;
                 }
-                match Conn::open(&target, IDLE_HEARTBEAT).await {
+                match client::open(&target, IDLE_HEARTBEAT).await {
                     Ok(conn) => {
                         counters.calls.fetch_add(1, Relaxed);
                         holders.push(tokio::spawn(hold(conn, stop.clone())));
@@ -155,11 +155,11 @@ pub(super) async fn hold(mut conn: Conn, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
             r = conn.fill() => {
                 if r.is_err() { return; }
-                conn.rbuf.clear(); // heartbeats only
+                drop(conn.take_buffered()); // heartbeats only
             }
             _ = tick.tick() => {
                 let mut hb = BytesMut::new();
-                put_heartbeat(&mut hb);
+                encode_heartbeat(&mut hb);
                 if conn.write(&hb).await.is_err() { return; }
             }
         }
@@ -198,9 +198,10 @@ pub async fn queues(ctx: &Ctx) -> Result<Outcome> {
             conn.write(&out).await?;
             let mut replies = 0;
             while replies < batch.len() {
-                let f = tokio::time::timeout(client::REPLY_TIMEOUT, conn.read_frame())
+                let f = conn
+                    .next_frame()
                     .await
-                    .context("queue declare/bind reply")??;
+                    .context("queue declare/bind reply")?;
                 if f.kind == warren_protocol::frame::FrameKind::Method {
                     let m = warren_protocol::method::decode_method(&f.payload)
                         .map_err(|e| anyhow!("{e}"))?;

@@ -33,7 +33,7 @@ pub(super) async fn start_consumer(
                     if let Event::Deliver(d) = ev {
                         n += 1;
                         if manual_ack {
-                            put_ack(&mut out, d.channel, d.tag, false);
+                            encode_ack(&mut out, d.channel, d.tag, false);
                         }
                         if latency && d.body_head.len() >= 8 && counters.recording.load(Relaxed) {
                             let mut ts = [0u8; 8];

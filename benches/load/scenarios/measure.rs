@@ -249,7 +249,7 @@ pub(super) struct TaskOut {
 }
 
 pub(super) async fn connect(ctx: &Ctx) -> Result<Conn> {
-    Conn::open(&ctx.target, 60).await
+    client::open(&ctx.target, 60).await
 }
 
 pub(super) async fn channel(ctx: &Ctx) -> Result<Conn> {

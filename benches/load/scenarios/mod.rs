@@ -16,9 +16,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use warren_protocol::content::BasicProperties;
+use warren_protocol::frame::encode_heartbeat;
 
 use crate::client::{
-    self, put_ack, put_heartbeat, put_publish, queue_opts, Conn, Event, Props, QueueOpts, Target,
+    self, encode_ack, encode_publish, queue_opts, Conn, Event, Props, QueueOpts, Target,
     BURST_BYTES,
 };
 use crate::procfs;

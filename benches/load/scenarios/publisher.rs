@@ -186,12 +186,11 @@ pub(super) async fn start_publisher(
                     if spec.rate.is_some() && body.len() >= 8 {
                         body[..8].copy_from_slice(&now_ns().to_be_bytes());
                     }
-                    put_publish(
+                    encode_publish(
                         &mut buf,
                         writer.frame_max,
                         1,
-                        &spec.exchange,
-                        &spec.keys[key],
+                        (&spec.exchange, &spec.keys[key], false),
                         &spec.props,
                         &body,
                     );

@@ -43,16 +43,15 @@ pub async fn rpc(ctx: &Ctx, clients: usize, servers: usize, size: usize) -> Resu
                                 ..Props::default()
                             }
                             .to_bytes();
-                            put_publish(
+                            encode_publish(
                                 &mut out,
                                 conn.frame_max,
                                 1,
-                                "",
-                                std::str::from_utf8(reply_to)?,
+                                ("", std::str::from_utf8(reply_to)?, false),
                                 &reply_props,
                                 &payload,
                             );
-                            put_ack(&mut out, d.channel, d.tag, false);
+                            encode_ack(&mut out, d.channel, d.tag, false);
                         }
                     }
                     if !out.is_empty() {
@@ -110,12 +109,11 @@ pub async fn rpc(ctx: &Ctx, clients: usize, servers: usize, size: usize) -> Resu
                         ..Props::default()
                     }
                     .to_bytes();
-                    put_publish(
+                    encode_publish(
                         &mut out,
                         conn.frame_max,
                         1,
-                        "",
-                        &request_q,
+                        ("", &request_q, false),
                         &props,
                         &payload,
                     );

@@ -27,7 +27,7 @@ use super::{
     channel, check, close_all, join, outcome, snap, start_consumer, start_publisher,
     transient_spec, Counters, Ctx, Outcome, Pacer, TaskOut, CONFIRM_WINDOW,
 };
-use crate::client::{self, put_ack, queue_opts, Event};
+use crate::client::{self, encode_ack, queue_opts, Event};
 use crate::procfs;
 
 /// A's consumer acks this fraction of B's solo rate.
@@ -75,7 +75,7 @@ async fn run(
         ($e:expr) => {
             match $e {
                 Ok(v) => v,
-                Err(e) => return Err((tasks, e)),
+                Err(e) => return Err((tasks, e.into())),
             }
         };
     }
@@ -203,7 +203,7 @@ async fn start_slow_consumer(
                 let due = pacer.due(acked).min(held.len() as u64);
                 for _ in 0..due {
                     if let Some((ch, tag)) = held.pop_front() {
-                        put_ack(&mut out, ch, tag, false);
+                        encode_ack(&mut out, ch, tag, false);
                     }
                 }
                 if due > 0 {

@@ -46,18 +46,8 @@ impl RawClient {
 
     async fn answer(&mut self, id: u16) -> Result<AMQPClass, CloseInfo> {
         match self.expect_method(id).await {
-            AMQPClass::Channel(channel::AMQPMethod::Close(close)) => {
-                self.send_method(
-                    id,
-                    AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
-                )
-                .await;
-                Err(CloseInfo {
-                    code: close.reply_code,
-                    text: close.reply_text.as_str().to_string(),
-                    class_id: close.class_id,
-                    method_id: close.method_id,
-                })
+            close @ AMQPClass::Channel(channel::AMQPMethod::Close(_)) => {
+                Err(self.answer_close(id, &close).await)
             }
             get_ok @ AMQPClass::Basic(basic::AMQPMethod::GetOk(_)) => {
                 Ok(self.expect_content(id, get_ok).await.method)

@@ -1,34 +1,28 @@
-//! A frame-level AMQP client over TLS for what an application library hides: the exact bytes and order
-//! of frames, broken clients, and connection-level errors. Frames are built and parsed with
-//! warren-protocol (methods are amq-protocol's `AMQPClass`), so the tests speak the same wire format
-//! the broker does without sharing any of its state machines.
+//! The tests' frame-level client: the shared connection of warren-wire-client behind a panicking
+//! facade, so a test reads as the conversation it checks (`raw.call(1, queue_declare("q"))`) and a
+//! broker that answers wrongly, late or not at all fails it with a clear message. Every wait for the
+//! broker is bounded by [`TIMEOUT`]; heartbeats the readers skip are counted.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
-use amq_protocol::types::{AMQPValue, FieldTable, LongString};
+use amq_protocol::protocol::{basic, channel, AMQPClass};
 use bytes::{BufMut, Bytes, BytesMut};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
 use warren_broker::pki::Pem;
-use warren_protocol::constants::PROTOCOL_HEADER;
-use warren_protocol::frame::{decode_frame, encode_frame_with, FrameKind, RawFrame};
-use warren_protocol::method::{decode_method, encode_method};
+use warren_protocol::frame::{encode_frame_with, FrameKind, RawFrame};
+use warren_protocol::method::encode_method;
+use warren_wire_client::{client_config, frame_method, ClientCert, Conn, Endpoint, Error};
 
-use crate::{CloseInfo, TestBroker, TIMEOUT};
+use crate::{TestBroker, TIMEOUT};
 
 mod attempt;
 mod build;
+mod close;
+mod negotiate;
 pub use build::*;
+pub use warren_wire_client::methods::*;
+pub use warren_wire_client::{encode_publish, Handshake, Tuning, NO_PROPERTIES};
 
 /// Which client certificate the TLS handshake presents.
 #[derive(Debug, Clone)]
@@ -38,46 +32,6 @@ pub enum Identity {
     Cert(Pem),
     /// No client certificate at all.
     None,
-}
-
-/// What the client answers in connection.tune-ok and connection.open. `None` takes the broker's value.
-#[derive(Debug, Clone)]
-pub struct Tuning {
-    pub channel_max: Option<u16>,
-    pub frame_max: Option<u32>,
-    pub heartbeat: u16,
-    pub vhost: String,
-    /// Advertise consumer_cancel_notify (and the other usual client capabilities) in start-ok.
-    pub capabilities: bool,
-    /// Also advertise `connection.blocked` (only with `capabilities`): the broker then tells this
-    /// connection when a resource alarm blocks it and when it is released.
-    pub connection_blocked: bool,
-    /// The SASL mechanism and response of start-ok (EXTERNAL with an empty response by default; see
-    /// [`plain_response`] and [`amqplain_response`] for the password bridge).
-    pub mechanism: String,
-    pub response: Vec<u8>,
-}
-
-impl Default for Tuning {
-    fn default() -> Self {
-        Tuning {
-            channel_max: None,
-            frame_max: None,
-            heartbeat: 0,
-            vhost: "/".to_string(),
-            capabilities: true,
-            connection_blocked: false,
-            mechanism: "EXTERNAL".to_string(),
-            response: Vec::new(),
-        }
-    }
-}
-
-/// The broker's side of a completed negotiation.
-#[derive(Debug, Clone)]
-pub struct Handshake {
-    pub start: connection::Start,
-    pub tune: connection::Tune,
 }
 
 /// A message received as method + content header + body frames.
@@ -101,39 +55,14 @@ impl RawMessage {
     }
 }
 
-fn tls_config(ca: &Path, identity: Option<&Pem>) -> Arc<ClientConfig> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca).expect("CA file") {
-        roots.add(cert.expect("CA certificate")).expect("CA added");
-    }
-    let builder = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_root_certificates(roots);
-    let config = match identity {
-        Some(pem) => {
-            let chain = CertificateDer::pem_slice_iter(pem.cert.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
-                .expect("client certificate");
-            let key = PrivateKeyDer::from_pem_slice(pem.key.as_bytes()).expect("client key");
-            builder
-                .with_client_auth_cert(chain, key)
-                .expect("client auth")
-        }
-        None => builder.with_no_client_auth(),
-    };
-    Arc::new(config)
-}
-
 /// Channels opened by [`RawClient::attempt`] start here, clear of the numbers tests pick by hand.
 const FIRST_ATTEMPT_CHANNEL: u16 = 1000;
 
 /// A TLS connection driven frame by frame.
 pub struct RawClient {
-    stream: TlsStream<TcpStream>,
-    rbuf: BytesMut,
-    /// The frame_max used to split outgoing bodies (4096 until tune-ok).
+    conn: Conn,
+    /// The frame_max used to split outgoing bodies (4096 until tune-ok; the connection's, kept here
+    /// for tests that encode publishes themselves).
     pub frame_max: u32,
     /// Heartbeat frames skipped by the `next_*` readers so far.
     pub heartbeats_seen: usize,
@@ -184,20 +113,20 @@ impl RawClient {
             Identity::Cert(pem) => Some(pem),
             Identity::None => None,
         };
-        let config = tls_config(&broker.pki.ca_cert, pem.as_ref());
-        let connect = async {
-            let tcp = tcp_connect(broker.port, source).await?;
-            tcp.set_nodelay(true)?;
-            let name = ServerName::try_from("localhost").expect("server name");
-            TlsConnector::from(config).connect(name, tcp).await
-        };
-        let stream = tokio::time::timeout(TIMEOUT, connect)
+        let cert = pem.as_ref().map(|pem| ClientCert {
+            chain: pem.cert.as_bytes(),
+            key: pem.key.as_bytes(),
+        });
+        let config = client_config(&broker.pki.ca_cert, cert, true).expect("TLS client config");
+        let endpoint =
+            Endpoint::new(broker_addr(broker.port), config, "localhost").expect("server name");
+        let stream = tokio::time::timeout(TIMEOUT, endpoint.connect(source))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS connect"))??;
+        let conn = Conn::new(stream, TIMEOUT);
         Ok(RawClient {
-            stream,
-            rbuf: BytesMut::with_capacity(64 * 1024),
-            frame_max: 4096,
+            frame_max: conn.frame_max,
+            conn,
             heartbeats_seen: 0,
             next_attempt_channel: FIRST_ATTEMPT_CHANNEL,
         })
@@ -205,12 +134,18 @@ impl RawClient {
 
     /// This client's end of the TCP connection (what the broker sees as the peer).
     pub fn local_addr(&self) -> SocketAddr {
-        self.stream.get_ref().0.local_addr().expect("local address")
+        self.conn
+            .stream()
+            .get_ref()
+            .0
+            .local_addr()
+            .expect("local address")
     }
 
     /// The certificate the broker presented in the TLS handshake (DER).
     pub fn server_certificate(&self) -> Vec<u8> {
-        self.stream
+        self.conn
+            .stream()
             .get_ref()
             .1
             .peer_certificates()
@@ -223,21 +158,13 @@ impl RawClient {
 
     /// Writes `bytes` and flushes; the error is returned (the broker may already have closed).
     pub async fn try_send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        let write = async {
-            self.stream.write_all(bytes).await?;
-            self.stream.flush().await
-        };
-        tokio::time::timeout(TIMEOUT, write)
+        tokio::time::timeout(TIMEOUT, self.conn.write(bytes))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write"))?
     }
 
     pub async fn send(&mut self, bytes: &[u8]) {
         self.try_send(bytes).await.expect("write to the broker");
-    }
-
-    pub async fn send_protocol_header(&mut self) {
-        self.send(PROTOCOL_HEADER).await;
     }
 
     pub async fn send_method(&mut self, channel: u16, method: AMQPClass) {
@@ -281,35 +208,19 @@ impl RawClient {
     /// The next frame, heartbeats included; None once the broker closed the connection (EOF or TLS
     /// error). Panics if nothing arrives within [`TIMEOUT`].
     pub async fn read_frame(&mut self) -> Option<RawFrame> {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            match decode_frame(&mut self.rbuf, 0) {
-                Ok(Some(frame)) => return Some(frame),
-                Ok(None) => {}
-                Err(e) => panic!("the broker sent an invalid frame: {e}"),
-            }
-            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.rbuf)).await {
-                Err(_) => panic!("no frame from the broker within {TIMEOUT:?}"),
-                Ok(Ok(0) | Err(_)) => return None,
-                Ok(Ok(_)) => {}
-            }
-        }
+        self.read_frame_within(TIMEOUT)
+            .await
+            .unwrap_or_else(|()| panic!("no frame from the broker within {TIMEOUT:?}"))
     }
 
-    /// Like [`Self::read_frame`] but returns None instead of panicking after `wait`.
+    /// Like [`Self::read_frame`] but returns `Err(())` instead of panicking after `wait`.
     pub async fn read_frame_within(&mut self, wait: Duration) -> Result<Option<RawFrame>, ()> {
-        let deadline = Instant::now() + wait;
-        loop {
-            match decode_frame(&mut self.rbuf, 0) {
-                Ok(Some(frame)) => return Ok(Some(frame)),
-                Ok(None) => {}
-                Err(e) => panic!("the broker sent an invalid frame: {e}"),
-            }
-            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.rbuf)).await {
-                Err(_) => return Err(()),
-                Ok(Ok(0) | Err(_)) => return Ok(None),
-                Ok(Ok(_)) => {}
-            }
+        match tokio::time::timeout(wait, self.conn.read_frame()).await {
+            Err(_) => Err(()),
+            Ok(Ok(frame)) => Ok(frame),
+            // A TLS error (a refused certificate, a reset) ends the connection as EOF does.
+            Ok(Err(Error::Io(_))) => Ok(None),
+            Ok(Err(e)) => panic!("{e}"),
         }
     }
 
@@ -317,13 +228,13 @@ impl RawClient {
     pub async fn read_until_closed(&mut self) -> Vec<u8> {
         let deadline = Instant::now() + TIMEOUT;
         loop {
-            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.rbuf)).await {
+            match tokio::time::timeout_at(deadline, self.conn.fill()).await {
                 Err(_) => panic!(
                     "the broker did not close the connection within {TIMEOUT:?} (received {:?})",
-                    &self.rbuf[..]
+                    &self.conn.take_buffered()[..]
                 ),
-                Ok(Ok(0) | Err(_)) => return self.rbuf.split().to_vec(),
-                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return self.conn.take_buffered().to_vec(),
+                Ok(Ok(())) => {}
             }
         }
     }
@@ -342,12 +253,7 @@ impl RawClient {
     /// The next non-heartbeat frame, which must be a method: (channel, method).
     pub async fn next_method(&mut self) -> (u16, AMQPClass) {
         let frame = self.next_frame().await;
-        assert_eq!(
-            frame.kind,
-            FrameKind::Method,
-            "expected a method frame, got {frame:?}"
-        );
-        let method = decode_method(&frame.payload).expect("the broker's method decodes");
+        let method = frame_method(&frame).unwrap_or_else(|e| panic!("{e}"));
         (frame.channel, method)
     }
 
@@ -362,6 +268,14 @@ impl RawClient {
     pub async fn call(&mut self, channel: u16, method: AMQPClass) -> AMQPClass {
         self.send_method(channel, method).await;
         self.expect_method(channel).await
+    }
+
+    /// channel.open, asserting open-ok.
+    pub async fn open_channel(&mut self, id: u16) {
+        match self.call(id, channel_open()).await {
+            AMQPClass::Channel(channel::AMQPMethod::OpenOk(_)) => {}
+            other => panic!("expected channel.open-ok, got {other:?}"),
+        }
     }
 
     /// A content header and its body frames on `channel`, after `method` was read.
@@ -404,272 +318,16 @@ impl RawClient {
         let method = self.expect_method(channel).await;
         self.expect_content(channel, method).await
     }
+}
 
-    // ---- negotiation ---------------------------------------------------------------------------
-
-    /// Sends the protocol header and reads connection.start.
-    pub async fn start(&mut self) -> connection::Start {
-        self.send_protocol_header().await;
-        match self.expect_method(0).await {
-            AMQPClass::Connection(connection::AMQPMethod::Start(start)) => start,
-            other => panic!("expected connection.start, got {other:?}"),
-        }
-    }
-
-    /// connection.start-ok with SASL EXTERNAL and an empty response (identity from the certificate).
-    pub async fn send_start_ok(&mut self, capabilities: bool) {
-        self.send_start_ok_with(capabilities, "EXTERNAL", b"").await;
-    }
-
-    /// connection.start-ok with any mechanism and response.
-    pub async fn send_start_ok_with(
-        &mut self,
-        capabilities: bool,
-        mechanism: &str,
-        response: &[u8],
-    ) {
-        self.send_start_ok_full(capabilities, false, mechanism, response)
-            .await;
-    }
-
-    /// connection.start-ok with any mechanism and response, advertising `connection.blocked` too
-    /// when `connection_blocked` (and `capabilities`) is set.
-    pub async fn send_start_ok_full(
-        &mut self,
-        capabilities: bool,
-        connection_blocked: bool,
-        mechanism: &str,
-        response: &[u8],
-    ) {
-        let mut props = FieldTable::default();
-        props.insert(
-            "product".into(),
-            AMQPValue::LongString(LongString::from("warren-tests")),
-        );
-        if capabilities {
-            let mut caps = FieldTable::default();
-            for cap in [
-                "consumer_cancel_notify",
-                "publisher_confirms",
-                "basic.nack",
-                "authentication_failure_close",
-            ] {
-                caps.insert(cap.into(), AMQPValue::Boolean(true));
-            }
-            if connection_blocked {
-                caps.insert("connection.blocked".into(), AMQPValue::Boolean(true));
-            }
-            props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
-        }
-        let start_ok = connection::StartOk {
-            client_properties: props,
-            mechanism: mechanism.into(),
-            response: LongString::from(response.to_vec()),
-            locale: "en_US".into(),
-        };
-        self.send_method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::StartOk(start_ok)),
-        )
-        .await;
-    }
-
-    pub async fn handshake(&mut self) -> Handshake {
-        self.handshake_with(Tuning::default()).await
-    }
-
-    /// The whole negotiation: header, start/start-ok, tune/tune-ok, open/open-ok.
-    pub async fn handshake_with(&mut self, tuning: Tuning) -> Handshake {
-        let handshake = self.negotiate(&tuning).await;
-        match self.expect_method(0).await {
-            AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)) => {}
-            other => panic!("expected connection.open-ok, got {other:?}"),
-        }
-        handshake
-    }
-
-    /// The whole negotiation, or the connection.close the broker answers with instead of tune (a
-    /// refused login) or open-ok (a refused vhost); the close is answered with close-ok.
-    pub async fn try_handshake(&mut self, tuning: &Tuning) -> Result<Handshake, CloseInfo> {
-        let start = self.start_and_start_ok(tuning).await;
-        let tune = match self.next_method().await {
-            (0, AMQPClass::Connection(connection::AMQPMethod::Tune(tune))) => tune,
-            (0, AMQPClass::Connection(connection::AMQPMethod::Close(close))) => {
-                return Err(self.answer_connection_close(close).await)
-            }
-            other => panic!("expected connection.tune or close, got {other:?}"),
-        };
-        self.tune_ok_and_open(tuning, &tune).await;
-        match self.next_method().await {
-            (0, AMQPClass::Connection(connection::AMQPMethod::OpenOk(_))) => {
-                Ok(Handshake { start, tune })
-            }
-            (0, AMQPClass::Connection(connection::AMQPMethod::Close(close))) => {
-                Err(self.answer_connection_close(close).await)
-            }
-            other => panic!("expected connection.open-ok or close, got {other:?}"),
-        }
-    }
-
-    /// connection.start read, start-ok sent as `tuning` says.
-    async fn start_and_start_ok(&mut self, tuning: &Tuning) -> connection::Start {
-        let start = self.start().await;
-        self.send_start_ok_full(
-            tuning.capabilities,
-            tuning.connection_blocked,
-            &tuning.mechanism,
-            &tuning.response,
-        )
-        .await;
-        start
-    }
-
-    /// Answers connection.tune as `tuning` asks (the server's values where it asks nothing) and
-    /// sends connection.open.
-    async fn tune_ok_and_open(&mut self, tuning: &Tuning, tune: &connection::Tune) {
-        let tune_ok = connection::TuneOk {
-            channel_max: tuning.channel_max.unwrap_or(tune.channel_max),
-            frame_max: tuning.frame_max.unwrap_or(tune.frame_max),
-            heartbeat: tuning.heartbeat,
-        };
-        self.frame_max = tune_ok.frame_max;
-        self.send_method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::TuneOk(tune_ok)),
-        )
-        .await;
-        self.send_method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
-                virtual_host: tuning.vhost.as_str().into(),
-            })),
-        )
-        .await;
-    }
-
-    async fn answer_connection_close(&mut self, close: connection::Close) -> CloseInfo {
-        let mut out = BytesMut::new();
-        encode_method(
-            &mut out,
-            0,
-            &AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
-        );
-        let _ = self.try_send(&out).await;
-        CloseInfo {
-            code: close.reply_code,
-            text: close.reply_text.as_str().to_string(),
-            class_id: close.class_id,
-            method_id: close.method_id,
-        }
-    }
-
-    /// The negotiation up to and including sending connection.open (the answer is left unread).
-    pub async fn negotiate(&mut self, tuning: &Tuning) -> Handshake {
-        let start = self.start_and_start_ok(tuning).await;
-        let tune = match self.expect_method(0).await {
-            AMQPClass::Connection(connection::AMQPMethod::Tune(tune)) => tune,
-            other => panic!("expected connection.tune, got {other:?}"),
-        };
-        self.tune_ok_and_open(tuning, &tune).await;
-        Handshake { start, tune }
-    }
-
-    /// channel.open, asserting open-ok.
-    pub async fn open_channel(&mut self, id: u16) {
-        match self.call(id, channel_open()).await {
-            AMQPClass::Channel(channel::AMQPMethod::OpenOk(_)) => {}
-            other => panic!("expected channel.open-ok, got {other:?}"),
-        }
-    }
-
-    // ---- closing -------------------------------------------------------------------------------
-
-    /// The next non-heartbeat frame must be connection.close; answers close-ok.
-    pub async fn expect_connection_close(&mut self) -> CloseInfo {
-        let (ch, method) = self.next_method().await;
-        let close = match (ch, method) {
-            (0, AMQPClass::Connection(connection::AMQPMethod::Close(c))) => c,
-            other => panic!("expected connection.close, got {other:?}"),
-        };
-        let _ = self
-            .try_send(&{
-                let mut out = BytesMut::new();
-                encode_method(
-                    &mut out,
-                    0,
-                    &AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
-                );
-                out
-            })
-            .await;
-        CloseInfo {
-            code: close.reply_code,
-            text: close.reply_text.as_str().to_string(),
-            class_id: close.class_id,
-            method_id: close.method_id,
-        }
-    }
-
-    /// The next non-heartbeat frame must be channel.close on `id`; answers close-ok.
-    pub async fn expect_channel_close(&mut self, id: u16) -> CloseInfo {
-        let close = match self.expect_method(id).await {
-            AMQPClass::Channel(channel::AMQPMethod::Close(c)) => c,
-            other => panic!("expected channel.close on channel {id}, got {other:?}"),
-        };
-        self.send_method(
-            id,
-            AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
-        )
-        .await;
-        CloseInfo {
-            code: close.reply_code,
-            text: close.reply_text.as_str().to_string(),
-            class_id: close.class_id,
-            method_id: close.method_id,
-        }
-    }
-
-    /// Asserts the broker closes the socket, sending nothing but heartbeats first.
-    pub async fn expect_eof(&mut self) {
-        loop {
-            match self.read_frame().await {
-                None => return,
-                Some(f) if f.kind == FrameKind::Heartbeat => self.heartbeats_seen += 1,
-                Some(f) => panic!("expected the connection to close, got {f:?}"),
-            }
-        }
-    }
-
-    /// Closes the connection from the client side (connection.close / close-ok).
-    pub async fn close(mut self) {
-        self.send_method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
-                reply_code: 200,
-                reply_text: "bye".into(),
-                class_id: 0,
-                method_id: 0,
-            })),
-        )
-        .await;
-        loop {
-            match self.next_method().await {
-                (0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))) => return,
-                _ => continue,
-            }
-        }
-    }
+fn broker_addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// A TCP connection to the broker on 127.0.0.1, optionally from a chosen local address.
-pub async fn tcp_connect(port: u16, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
-    let broker = SocketAddr::from(([127, 0, 0, 1], port));
-    match source {
-        None => TcpStream::connect(broker).await,
-        Some(ip) => {
-            let socket = TcpSocket::new_v4()?;
-            socket.bind(SocketAddr::new(ip, 0))?;
-            socket.connect(broker).await
-        }
-    }
+pub async fn tcp_connect(
+    port: u16,
+    source: Option<IpAddr>,
+) -> std::io::Result<tokio::net::TcpStream> {
+    warren_wire_client::tcp_connect(broker_addr(port), source).await
 }
