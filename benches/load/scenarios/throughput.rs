@@ -171,7 +171,7 @@ pub(super) async fn start_amqprs_publisher(
                 .await
                 .map_err(|e| anyhow!("amqprs publish: {e}"))?;
                 n += 1;
-                if n % 64 == 0 {
+                if n.is_multiple_of(64) {
                     let published = counters.published.fetch_add(64, Relaxed) + 64;
                     tokio::task::yield_now().await;
                     while published > counters.delivered.load(Relaxed) + ahead && !*stop.borrow() {

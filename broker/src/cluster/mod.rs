@@ -6,3 +6,4 @@
 pub mod config;
 pub mod dev;
 pub mod link;
+pub mod raft;

@@ -331,7 +331,7 @@ fn power_loss_loses_no_confirmed_message() {
         next_id = next_id.max(recovered.next_id);
         let mut live: Vec<u64> = live.into_iter().collect();
         for _ in 0..(rng.next() % 60) {
-            if rng.next() % 3 == 0 && !live.is_empty() {
+            if rng.next().is_multiple_of(3) && !live.is_empty() {
                 let id = live.swap_remove((rng.next() as usize) % live.len());
                 // A removal may be lost in the crash (the message comes back, a duplicate): only
                 // removals that were themselves synced are counted as gone.

@@ -25,12 +25,14 @@ fn message(n: u64, priority: u8, persistent: bool) -> Arc<Message> {
 fn entry(seq: u64, priority: u8) -> Entry {
     Entry {
         seq,
-        message: message(seq, priority, seq % 3 == 0),
-        redelivered: seq % 5 == 0,
+        message: message(seq, priority, seq.is_multiple_of(3)),
+        redelivered: seq.is_multiple_of(5),
         priority,
-        expires_at: (seq % 7 == 0).then(|| Instant::now() + std::time::Duration::from_secs(60)),
+        expires_at: seq
+            .is_multiple_of(7)
+            .then(|| Instant::now() + std::time::Duration::from_secs(60)),
         returns: seq % 4,
-        store_id: (seq % 3 == 0).then_some(1000 + seq),
+        store_id: seq.is_multiple_of(3).then_some(1000 + seq),
     }
 }
 

@@ -1,0 +1,268 @@
+//! A Raft group's log, vote and progress kept in the node's command log (HA.md §5.5): each entry is
+//! a `Put` under `raft/<group>/entry/<index>`, the vote, the committed id and the last purged id
+//! are `Put`s under their own keys, and truncating or purging entries deletes their keys. The
+//! log's last-write-wins compaction then keeps exactly the live state, and the store thread's group
+//! commit gives openraft what it asks of a log store: writes applied in the order they are made,
+//! and one fdatasync for a batch of appends from every group before their `IOFlushed` callbacks
+//! run. Entries are also kept in memory (readable as soon as `append` returns, as openraft
+//! requires); the metadata group's log is small and purged after each snapshot.
+//!
+//! Recovery reads the group's records back from the recovered definitions map (the broker hands
+//! over every `raft/` key and reads none of them as metadata).
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::io;
+use std::ops::RangeBounds;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::{LogState, OptionalSend, RaftLogReader};
+use parking_lot::Mutex;
+use warren_storage::log::record::Record;
+use warren_storage::store::Completion;
+
+use super::codec::{decode, encode, DecodeError};
+use super::{Entry, LogId, Types, Vote};
+
+/// Every key of every group starts with this; nothing else in the log does.
+pub const KEY_PREFIX: &str = "raft/";
+
+/// Where a group's records go: the node's command log.
+pub trait RecordWriter: Send + Sync + 'static {
+    /// Queues `records` (in order after everything queued before); `done` runs once they are
+    /// durable, or failed.
+    fn write(&self, records: Vec<Record>, done: Option<Completion>);
+}
+
+impl RecordWriter for crate::persist::Durability {
+    fn write(&self, records: Vec<Record>, done: Option<Completion>) {
+        crate::persist::Durability::write(self, records, done);
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    vote: Option<Vote>,
+    committed: Option<LogId>,
+    purged: Option<LogId>,
+    entries: BTreeMap<u64, Entry>,
+}
+
+/// One group's log store (and, cloned, its log reader).
+#[derive(Clone)]
+pub struct LogStore {
+    group: u32,
+    state: Arc<Mutex<State>>,
+    writer: Arc<dyn RecordWriter>,
+}
+
+impl LogStore {
+    /// The store of `group`, from whatever of its records `recovered` holds (the definitions the
+    /// command log recovered; other keys are ignored).
+    pub fn recover(
+        group: u32,
+        writer: Arc<dyn RecordWriter>,
+        recovered: &BTreeMap<String, Bytes>,
+    ) -> Result<LogStore, DecodeError> {
+        let keys = Keys(group);
+        let mut state = State::default();
+        let prefix = keys.prefix();
+        for (key, value) in recovered.range(prefix.clone()..) {
+            let Some(name) = key.strip_prefix(&prefix) else {
+                break;
+            };
+            match name {
+                "vote" => state.vote = Some(decode(value, |r| r.vote())?),
+                "committed" => state.committed = decode(value, |r| r.opt_log_id())?,
+                "purged" => state.purged = decode(value, |r| r.opt_log_id())?,
+                _ if name.starts_with("entry/") => {
+                    let entry = decode(value, |r| r.entry())?;
+                    state.entries.insert(entry.log_id.index, entry);
+                }
+                other => {
+                    return Err(DecodeError(format!(
+                        "unknown Raft record {key:?} ({other})"
+                    )))
+                }
+            }
+        }
+        // Entries at or below the purge point may outlive it (their deletions were not yet
+        // durable when the node stopped): they are gone.
+        if let Some(purged) = state.purged {
+            state.entries = state.entries.split_off(&(purged.index + 1));
+        }
+        let first = state.purged.map_or(0, |p| p.index + 1);
+        for (expected, index) in (first..).zip(state.entries.keys()) {
+            if *index != expected {
+                return Err(DecodeError(format!(
+                    "group {group}: entry {index} follows a hole (expected {expected})"
+                )));
+            }
+        }
+        Ok(LogStore {
+            group,
+            state: Arc::new(Mutex::new(state)),
+            writer,
+        })
+    }
+
+    /// Writes `records` and waits until they are durable.
+    async fn write_durable(&self, records: Vec<Record>) -> io::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.writer.write(
+            records,
+            Some(Box::new(move |result| {
+                let _ = tx.send(result);
+            })),
+        );
+        rx.await
+            .unwrap_or_else(|_| Err(io::Error::other("the store stopped")))
+    }
+
+    fn keys(&self) -> Keys {
+        Keys(self.group)
+    }
+}
+
+/// The keys of one group's records.
+struct Keys(u32);
+
+impl Keys {
+    fn prefix(&self) -> String {
+        format!("{KEY_PREFIX}{}/", self.0)
+    }
+    fn entry(&self, index: u64) -> String {
+        // Zero-padded, so the recovered map lists entries in index order.
+        format!("{}entry/{index:020}", self.prefix())
+    }
+    fn named(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix())
+    }
+}
+
+fn put(key: String, value: Vec<u8>) -> Record {
+    Record::Put {
+        key,
+        value: Bytes::from(value),
+    }
+}
+
+impl RaftLogReader<Types> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let state = self.state.lock();
+        Ok(state.entries.range(range).map(|(_, e)| e.clone()).collect())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        Ok(self.state.lock().vote)
+    }
+}
+
+impl RaftLogStorage<Types> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<Types>, io::Error> {
+        let state = self.state.lock();
+        let last = state
+            .entries
+            .values()
+            .next_back()
+            .map(|e| e.log_id)
+            .or(state.purged);
+        Ok(LogState {
+            last_purged_log_id: state.purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        self.state.lock().vote = Some(*vote);
+        let record = put(self.keys().named("vote"), encode(|w| w.vote(vote)));
+        self.write_durable(vec![record]).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        self.state.lock().committed = committed;
+        let record = put(
+            self.keys().named("committed"),
+            encode(|w| w.opt_log_id(&committed)),
+        );
+        // Its order among the other writes is what matters; nothing waits for it.
+        self.writer.write(vec![record], None);
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        Ok(self.state.lock().committed)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<Types>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let keys = self.keys();
+        let mut records = Vec::new();
+        {
+            let mut state = self.state.lock();
+            for entry in entries {
+                records.push(put(
+                    keys.entry(entry.log_id.index),
+                    encode(|w| w.entry(&entry)),
+                ));
+                state.entries.insert(entry.log_id.index, entry);
+            }
+        }
+        self.writer.write(
+            records,
+            Some(Box::new(move |result| callback.io_completed(result))),
+        );
+        Ok(())
+    }
+
+    async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), io::Error> {
+        let from = last.map_or(0, |l| l.index + 1);
+        let keys = self.keys();
+        let removed = self.state.lock().entries.split_off(&from);
+        let records = removed
+            .keys()
+            .map(|index| Record::Delete {
+                key: keys.entry(*index),
+            })
+            .collect();
+        self.writer.write(records, None);
+        Ok(())
+    }
+
+    async fn purge(&mut self, upto: LogId) -> Result<(), io::Error> {
+        let keys = self.keys();
+        let purged = {
+            let mut state = self.state.lock();
+            let kept = state.entries.split_off(&(upto.index + 1));
+            state.purged = Some(upto);
+            std::mem::replace(&mut state.entries, kept)
+        };
+        // The purge point first: a crash between the two leaves entries recovery drops anyway.
+        let mut records = vec![put(
+            keys.named("purged"),
+            encode(|w| w.opt_log_id(&Some(upto))),
+        )];
+        records.extend(purged.keys().map(|index| Record::Delete {
+            key: keys.entry(*index),
+        }));
+        self.writer.write(records, None);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,231 @@
+//! openraft's storage test suite against the log store on the memory and disk media, and recovery
+//! from the command log: what was appended, voted, committed, truncated and purged comes back.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::Arc;
+
+use futures_util::TryStreamExt;
+use openraft::entry::RaftEntry;
+use openraft::storage::{EntryResponder, RaftLogStorage, RaftStateMachine};
+use openraft::testing::log::{StoreBuilder, Suite};
+use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf};
+use openraft::vote::leader_id_adv::LeaderId;
+use openraft::{EntryPayload, OptionalSend, RaftLogReader, RaftSnapshotBuilder, StorageError};
+use parking_lot::Mutex;
+use warren_storage::log::medium::{DiskMedium, Medium, MemoryMedium};
+use warren_storage::log::record::Record;
+use warren_storage::store::{Completion, Store, StoreOptions};
+
+use super::{LogStore, RecordWriter};
+use crate::cluster::raft::codec::{decode, encode};
+use crate::cluster::raft::{Answer, Entry, LogId, StoredMembership, Types, Vote};
+
+struct StoreWriter(Store);
+
+impl RecordWriter for StoreWriter {
+    fn write(&self, records: Vec<Record>, done: Option<Completion>) {
+        self.0.write(records, done);
+    }
+}
+
+/// A state machine that only counts what it applies: the suite needs one beside the log store.
+#[derive(Clone, Default)]
+struct CountingMachine(Arc<Mutex<Counted>>);
+
+#[derive(Default)]
+struct Counted {
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    proposals: u64,
+    snapshot: Option<(SnapshotMetaOf<Types>, Vec<u8>)>,
+}
+
+impl RaftSnapshotBuilder<Types> for CountingMachine {
+    type SnapshotData = Vec<u8>;
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<Types, Vec<u8>>, io::Error> {
+        let mut c = self.0.lock();
+        let meta = SnapshotMetaOf::<Types> {
+            last_log_id: c.applied,
+            last_membership: c.membership.clone(),
+        };
+        let data = c.proposals.to_be_bytes().to_vec();
+        c.snapshot = Some((meta.clone(), data.clone()));
+        Ok(SnapshotOf::<Types, Vec<u8>> {
+            meta,
+            snapshot: data,
+        })
+    }
+}
+
+impl RaftStateMachine<Types> for CountingMachine {
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let c = self.0.lock();
+        Ok((c.applied, c.membership.clone()))
+    }
+
+    async fn apply<S>(&mut self, mut entries: S) -> Result<(), io::Error>
+    where
+        S: futures_util::Stream<Item = Result<EntryResponder<Types>, io::Error>>
+            + Unpin
+            + OptionalSend,
+    {
+        while let Some((entry, responder)) = entries.try_next().await? {
+            {
+                let mut c = self.0.lock();
+                c.applied = Some(entry.log_id);
+                match entry.payload {
+                    EntryPayload::Blank => {}
+                    EntryPayload::Normal(_) => c.proposals += 1,
+                    EntryPayload::Membership(m) => {
+                        c.membership = StoredMembership::new(Some(entry.log_id), m)
+                    }
+                }
+            }
+            if let Some(responder) = responder {
+                responder.send(Answer(Ok(())));
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<Types>,
+        snapshot: Vec<u8>,
+    ) -> Result<(), io::Error> {
+        let mut c = self.0.lock();
+        let count: [u8; 8] = snapshot
+            .as_slice()
+            .try_into()
+            .map_err(|_| io::Error::other("snapshot"))?;
+        c.proposals = u64::from_be_bytes(count);
+        c.applied = meta.last_log_id;
+        c.membership = meta.last_membership.clone();
+        c.snapshot = Some((meta.clone(), snapshot));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<SnapshotOf<Types, Vec<u8>>>, io::Error> {
+        Ok(self
+            .0
+            .lock()
+            .snapshot
+            .clone()
+            .map(|(meta, snapshot)| SnapshotOf::<Types, Vec<u8>> { meta, snapshot }))
+    }
+}
+
+fn open<M: Medium>(medium: M) -> (Arc<StoreWriter>, BTreeMap<String, bytes::Bytes>) {
+    let (store, recovered) = Store::open(medium, StoreOptions::default()).expect("store opens");
+    (Arc::new(StoreWriter(store)), recovered.definitions)
+}
+
+struct OnMemory;
+
+impl StoreBuilder<Types, LogStore, CountingMachine, ()> for OnMemory {
+    async fn build(&self) -> Result<((), LogStore, CountingMachine), StorageError<Types>> {
+        let (writer, recovered) = open(MemoryMedium::default());
+        let store = LogStore::recover(0, writer, &recovered).expect("empty log");
+        Ok(((), store, CountingMachine::default()))
+    }
+}
+
+struct OnDisk;
+
+impl StoreBuilder<Types, LogStore, CountingMachine, tempfile::TempDir> for OnDisk {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, CountingMachine), StorageError<Types>> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (writer, recovered) = open(DiskMedium::new(dir.path()).expect("disk medium"));
+        let store = LogStore::recover(7, writer, &recovered).expect("empty log");
+        Ok((dir, store, CountingMachine::default()))
+    }
+}
+
+#[tokio::test]
+async fn openraft_storage_suite_on_the_memory_medium() {
+    Suite::test_all(OnMemory).await.expect("suite passes");
+}
+
+#[tokio::test]
+async fn openraft_storage_suite_on_the_disk_medium() {
+    Suite::test_all(OnDisk).await.expect("suite passes");
+}
+
+fn log_id(term: u64, index: u64) -> LogId {
+    LogId::new(LeaderId { term, node_id: 1 }, index)
+}
+
+#[tokio::test]
+async fn a_reopened_log_has_what_was_appended_voted_committed_truncated_and_purged() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (writer, recovered) = open(DiskMedium::new(dir.path()).unwrap());
+        let mut store = LogStore::recover(3, writer.clone(), &recovered).unwrap();
+        let (tx, rx) = <Types as openraft::type_config::TypeConfigExt>::oneshot();
+        let entries: Vec<Entry> = (0..10).map(|i| Entry::new_blank(log_id(1, i))).collect();
+        store
+            .append(entries, openraft::storage::IOFlushed::signal(tx))
+            .await
+            .unwrap();
+        rx.await.unwrap().unwrap();
+        store.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+        store.save_committed(Some(log_id(1, 6))).await.unwrap();
+        store.truncate_after(Some(log_id(1, 7))).await.unwrap();
+        store.purge(log_id(1, 2)).await.unwrap();
+        // Another group's records live beside this one's and stay apart.
+        let mut other = LogStore::recover(4, writer.clone(), &BTreeMap::new()).unwrap();
+        other.save_vote(&Vote::new(9, 3)).await.unwrap();
+        writer.0.flush().unwrap();
+    }
+    let (writer, recovered) = open(DiskMedium::new(dir.path()).unwrap());
+    let mut store = LogStore::recover(3, writer.clone(), &recovered).unwrap();
+    let state = store.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 2)));
+    assert_eq!(state.last_log_id, Some(log_id(1, 7)));
+    let indexes: Vec<u64> = store
+        .try_get_log_entries(0..100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.log_id.index)
+        .collect();
+    assert_eq!(indexes, vec![3, 4, 5, 6, 7]);
+    assert_eq!(
+        store.read_vote().await.unwrap(),
+        Some(Vote::new_committed(2, 1))
+    );
+    assert_eq!(store.read_committed().await.unwrap(), Some(log_id(1, 6)));
+    let mut other = LogStore::recover(4, writer, &recovered).unwrap();
+    assert_eq!(other.read_vote().await.unwrap(), Some(Vote::new(9, 3)));
+}
+
+#[test]
+fn a_hole_in_a_recovered_log_is_refused() {
+    let mut recovered = BTreeMap::new();
+    for index in [0u64, 1, 3] {
+        let entry = Entry::new_blank(log_id(1, index));
+        recovered.insert(
+            format!("raft/0/entry/{index:020}"),
+            bytes::Bytes::from(encode(|w| w.entry(&entry))),
+        );
+    }
+    let (writer, _) = open(MemoryMedium::default());
+    let error = LogStore::recover(0, writer, &recovered)
+        .err()
+        .expect("refused");
+    assert!(error.0.contains("hole"), "{error}");
+    // The codec's own check is what a corrupt value meets.
+    assert!(decode(b"\x01", |r| r.entry()).is_err());
+}
