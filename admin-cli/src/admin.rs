@@ -128,30 +128,39 @@ pub enum AdminCommand {
 
 impl AdminCommand {
     /// The JSON request and, for listings, the columns to print.
-    fn request(&self) -> (Value, &'static [&'static str]) {
+    fn request(&self) -> (Value, Layout) {
         use AdminCommand::*;
         match self {
             AddUser { name, tags } => (
                 json!({"command": "add_user", "name": name, "tags": tags}),
-                &[],
+                Layout::Plain,
             ),
-            DeleteUser { name } => (json!({"command": "delete_user", "name": name}), &[]),
+            DeleteUser { name } => (
+                json!({"command": "delete_user", "name": name}),
+                Layout::Plain,
+            ),
             ListUsers => (
                 json!({"command": "list_users"}),
-                &["name", "tags", "password"],
+                Layout::Table(&["name", "tags", "password"]),
             ),
             SetUserTags { name, tags } => (
                 json!({"command": "set_user_tags", "name": name, "tags": tags}),
-                &[],
+                Layout::Plain,
             ),
             ChangePassword { name, password } => (
                 json!({"command": "change_password", "name": name, "password": password}),
-                &[],
+                Layout::Plain,
             ),
-            ClearPassword { name } => (json!({"command": "clear_password", "name": name}), &[]),
-            AddVhost { name } => (json!({"command": "add_vhost", "name": name}), &[]),
-            DeleteVhost { name } => (json!({"command": "delete_vhost", "name": name}), &[]),
-            ListVhosts => (json!({"command": "list_vhosts"}), &[]),
+            ClearPassword { name } => (
+                json!({"command": "clear_password", "name": name}),
+                Layout::Plain,
+            ),
+            AddVhost { name } => (json!({"command": "add_vhost", "name": name}), Layout::Plain),
+            DeleteVhost { name } => (
+                json!({"command": "delete_vhost", "name": name}),
+                Layout::Plain,
+            ),
+            ListVhosts => (json!({"command": "list_vhosts"}), Layout::Plain),
             SetPermissions {
                 vhost,
                 user,
@@ -161,15 +170,15 @@ impl AdminCommand {
             } => (
                 json!({"command": "set_permissions", "vhost": vhost, "user": user,
                        "configure": configure, "write": write, "read": read}),
-                &[],
+                Layout::Plain,
             ),
             ClearPermissions { vhost, user } => (
                 json!({"command": "clear_permissions", "vhost": vhost, "user": user}),
-                &[],
+                Layout::Plain,
             ),
             ListPermissions { vhost } => (
                 json!({"command": "list_permissions", "vhost": vhost}),
-                &["user", "configure", "write", "read"],
+                Layout::Table(&["user", "configure", "write", "read"]),
             ),
             SetTopicPermissions {
                 vhost,
@@ -180,7 +189,7 @@ impl AdminCommand {
             } => (
                 json!({"command": "set_topic_permissions", "vhost": vhost, "user": user,
                        "exchange": exchange, "write": write, "read": read}),
-                &[],
+                Layout::Plain,
             ),
             ClearTopicPermissions {
                 vhost,
@@ -188,52 +197,101 @@ impl AdminCommand {
                 exchange,
             } => (
                 json!({"command": "clear_topic_permissions", "vhost": vhost, "user": user, "exchange": exchange}),
-                &[],
+                Layout::Plain,
             ),
             ListTopicPermissions { vhost } => (
                 json!({"command": "list_topic_permissions", "vhost": vhost}),
-                &["user", "exchange", "write", "read"],
+                Layout::Table(&["user", "exchange", "write", "read"]),
             ),
             ListQueues { vhost } => (
                 json!({"command": "list_queues", "vhost": vhost}),
-                &[
+                Layout::Table(&[
                     "name",
                     "messages",
                     "consumers",
                     "durable",
                     "exclusive",
                     "auto_delete",
-                ],
+                ]),
             ),
             ListExchanges { vhost } => (
                 json!({"command": "list_exchanges", "vhost": vhost}),
-                &[
+                Layout::Table(&[
                     "name",
                     "type",
                     "durable",
                     "auto_delete",
                     "internal",
                     "alternate_exchange",
-                ],
+                ]),
             ),
             ListBindings { vhost } => (
                 json!({"command": "list_bindings", "vhost": vhost}),
-                &["source", "destination", "destination_type", "routing_key"],
+                Layout::Table(&["source", "destination", "destination_type", "routing_key"]),
             ),
             ListConnections => (
                 json!({"command": "list_connections"}),
-                &["peer", "user", "vhost"],
+                Layout::Table(&["peer", "user", "vhost"]),
             ),
             CloseConnection { peer, reason } => (
                 json!({"command": "close_connection", "peer": peer, "reason": reason}),
-                &[],
+                Layout::Plain,
             ),
-            Status => (json!({"command": "status"}), &[]),
+            Status => (json!({"command": "status"}), Layout::Plain),
             ClusterStatus => (
                 json!({"command": "cluster_status"}),
-                &["id", "name", "addr", "link", "rtt_us", "last_error"],
+                Layout::Sections(&[
+                    (
+                        "nodes",
+                        &[
+                            "id",
+                            "name",
+                            "addr",
+                            "link",
+                            "metadata",
+                            "rtt_us",
+                            "last_error",
+                        ],
+                    ),
+                    (
+                        "groups",
+                        &[
+                            "group",
+                            "state",
+                            "leader",
+                            "term",
+                            "last_log_index",
+                            "applied_index",
+                        ],
+                    ),
+                ]),
             ),
         }
+    }
+}
+
+/// How a verb's answer is printed in the table format.
+enum Layout {
+    /// As it is (nothing, a list of names, or JSON).
+    Plain,
+    /// Rows of the answer's array under these columns.
+    Table(&'static [&'static str]),
+    /// Several tables: each a member of the answer's object, its rows under its columns.
+    Sections(&'static [(&'static str, &'static [&'static str])]),
+}
+
+/// Prints `rows` under a header of `columns`, tab-separated.
+fn print_table(rows: &[Value], columns: &[&str]) {
+    println!("{}", columns.join("\t"));
+    for row in rows {
+        println!(
+            "{}",
+            columns
+                .iter()
+                .map(|c| cell(&row[*c]))
+                .collect::<Vec<_>>()
+                .join("\t")
+        );
     }
 }
 
@@ -341,27 +399,24 @@ pub fn run(
             *password = Some(password_from_stdin()?);
         }
     }
-    let (request, columns) = command.request();
+    let (request, layout) = command.request();
     let result = call(&socket_path(socket), &request)?;
     if format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&result)?);
         return Ok(());
     }
-    match (&result, columns.is_empty()) {
-        (Value::Array(rows), false) => {
-            println!("{}", columns.join("\t"));
-            for row in rows {
-                println!(
-                    "{}",
-                    columns
-                        .iter()
-                        .map(|c| cell(&row[*c]))
-                        .collect::<Vec<_>>()
-                        .join("\t")
-                );
+    match (&result, layout) {
+        (Value::Array(rows), Layout::Table(columns)) => print_table(rows, columns),
+        (Value::Object(_), Layout::Sections(sections)) => {
+            for (i, (name, columns)) in sections.iter().enumerate() {
+                if i > 0 {
+                    println!();
+                }
+                let rows = result[*name].as_array().cloned().unwrap_or_default();
+                print_table(&rows, columns);
             }
         }
-        (Value::Array(items), true) => items.iter().for_each(|i| println!("{}", cell(i))),
+        (Value::Array(items), _) => items.iter().for_each(|i| println!("{}", cell(i))),
         (Value::Null, _) => {}
         (other, _) => println!("{}", serde_json::to_string_pretty(other)?),
     }

@@ -7,12 +7,13 @@
 //! and applied once durable, while holding `definitions`, which serialises administrative changes.
 //! A `definitions.json` of an earlier version is imported once and renamed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc::UnboundedSender;
@@ -69,8 +70,10 @@ pub struct Broker {
     /// Spill files for queue backlogs past their memory budget.
     pub paging: Arc<Paging>,
     next_connection: AtomicU64,
-    /// This node's links to the other nodes, once started (a cluster node only).
-    pub(crate) cluster: std::sync::OnceLock<Arc<crate::cluster::link::Links>>,
+    /// This node in its cluster, once started (a cluster node only).
+    pub(crate) cluster: std::sync::OnceLock<Arc<crate::cluster::node::Cluster>>,
+    /// The cluster's Raft records as the log recovered them, until the cluster starts.
+    pub(crate) raft_records: Mutex<BTreeMap<String, Bytes>>,
     /// This broker's exclusive hold on its data directory, released when the broker is dropped.
     _dir_lock: DirLock,
 }
@@ -109,6 +112,8 @@ struct FoundMeta {
     commands: Vec<MetaCommand>,
     /// Some record could not be read: stored messages of unknown queues are kept, not dropped.
     unreadable: bool,
+    /// The cluster's Raft records (`raft/...`), for its groups to recover from.
+    raft: BTreeMap<String, Bytes>,
 }
 
 /// Decodes every live definition record of the log. Records of an earlier version (JSON under
@@ -118,7 +123,12 @@ fn read_meta(recovered: &Recovered, durability: &Durability) -> FoundMeta {
     let mut commands = Vec::new();
     let mut rewrite = Vec::new();
     let mut unreadable = false;
+    let mut raft = BTreeMap::new();
     for (key, value) in &recovered.definitions {
+        if key.starts_with(crate::cluster::raft::log_store::KEY_PREFIX) {
+            raft.insert(key.clone(), value.clone());
+            continue;
+        }
         let command = if legacy::is_legacy(value) {
             legacy::command(key, value).inspect(|c| {
                 let record = records::record(c);
@@ -153,6 +163,7 @@ fn read_meta(recovered: &Recovered, durability: &Durability) -> FoundMeta {
     FoundMeta {
         commands,
         unreadable,
+        raft,
     }
 }
 
@@ -323,6 +334,7 @@ impl Broker {
             paging,
             next_connection: AtomicU64::new(1),
             cluster: std::sync::OnceLock::new(),
+            raft_records: Mutex::new(found.raft.clone()),
             _dir_lock: dir_lock,
         });
         let disk_limit = broker

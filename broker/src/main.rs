@@ -190,7 +190,7 @@ async fn serve(config: Arc<Config>, dev: bool, lock: Option<DirLock>) -> anyhow:
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
-    server.stop_cluster();
+    server.stop_cluster().await;
     if let Err(e) = server.broker.durability.flush() {
         tracing::error!(error = %e, "could not flush the log at shutdown");
     }

@@ -97,23 +97,32 @@ impl Server {
         })
     }
 
-    /// Starts the node links when this broker is a cluster node (`[cluster]`): before the AMQP
-    /// listeners, so that peers are reachable before any client can ask for a replicated change.
+    /// Starts this broker as a cluster node when `[cluster]` says so (node links, then the metadata
+    /// group): before the AMQP listeners, so that peers are reachable before any client can ask
+    /// for a replicated change.
     pub async fn start_cluster(&self) -> anyhow::Result<()> {
-        let Some(cluster) = &self.broker.config.cluster else {
+        let Some(config) = &self.broker.config.cluster else {
             return Ok(());
         };
-        let links = crate::cluster::link::Links::start(cluster.clone()).await?;
-        if self.broker.cluster.set(links).is_err() {
-            anyhow::bail!("the node links were already started");
+        let records = std::mem::take(&mut *self.broker.raft_records.lock());
+        let holder: Arc<dyn crate::cluster::raft::meta::DefinitionsHolder> = self.broker.clone();
+        let cluster = crate::cluster::node::Cluster::start(
+            config,
+            self.broker.durability.clone(),
+            Arc::downgrade(&holder),
+            &records,
+        )
+        .await?;
+        if self.broker.cluster.set(cluster).is_err() {
+            anyhow::bail!("the cluster was already started");
         }
         Ok(())
     }
 
-    /// Closes the node links (at shutdown).
-    pub fn stop_cluster(&self) {
-        if let Some(links) = self.broker.cluster.get() {
-            links.stop();
+    /// Stops this node's Raft groups and closes its node links (at shutdown).
+    pub async fn stop_cluster(&self) {
+        if let Some(cluster) = self.broker.cluster.get() {
+            cluster.stop().await;
         }
     }
 

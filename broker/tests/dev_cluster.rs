@@ -29,7 +29,7 @@ fn cluster_status(socket: &Path) -> Option<Value> {
 /// The links node 1 reports as up, by peer id.
 fn links_up(socket: &Path) -> Vec<u64> {
     cluster_status(socket)
-        .and_then(|nodes| nodes.as_array().cloned())
+        .and_then(|status| status["nodes"].as_array().cloned())
         .unwrap_or_default()
         .iter()
         .filter(|n| n["link"] == "up")
@@ -52,6 +52,25 @@ fn alive(pid: u32) -> bool {
             .contains(") Z ")
 }
 
+/// The supervisor, stopped with SIGINT (which stops its nodes) even when the test fails.
+struct Supervisor(std::process::Child);
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + LIMIT;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+    }
+}
+
 #[test]
 fn a_three_node_dev_cluster_links_up_reports_a_killed_node_and_stops_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
@@ -65,8 +84,9 @@ fn a_three_node_dev_cluster_links_up_reports_a_killed_node_and_stops_on_ctrl_c()
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let (lines_tx, lines) = mpsc::channel();
     let stdout = parent.stdout.take().unwrap();
+    let mut parent = Supervisor(parent);
+    let (lines_tx, lines) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = lines_tx.send(line);
@@ -115,12 +135,12 @@ fn a_three_node_dev_cluster_links_up_reports_a_killed_node_and_stops_on_ctrl_c()
 
     // Ctrl-C stops the other nodes and the parent.
     Command::new("kill")
-        .args(["-INT", &parent.id().to_string()])
+        .args(["-INT", &parent.0.id().to_string()])
         .status()
         .unwrap();
     let deadline = Instant::now() + LIMIT;
     let status = loop {
-        if let Some(status) = parent.try_wait().unwrap() {
+        if let Some(status) = parent.0.try_wait().unwrap() {
             break status;
         }
         assert!(Instant::now() < deadline, "the parent exits after SIGINT");

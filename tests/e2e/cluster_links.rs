@@ -307,7 +307,10 @@ async fn brokerctl_cluster_status_lists_the_nodes_and_their_links() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let lines: Vec<&str> = table.lines().collect();
-    assert_eq!(lines[0], "id\tname\taddr\tlink\trtt_us\tlast_error");
+    assert_eq!(
+        lines[0],
+        "id\tname\taddr\tlink\tmetadata\trtt_us\tlast_error"
+    );
     assert!(
         lines[1].starts_with("1\tn1\t") && lines[1].contains("\tself\t"),
         "{table}"
@@ -324,8 +327,12 @@ async fn brokerctl_cluster_status_lists_the_nodes_and_their_links() {
         .brokerctl(&["--format", "json", "cluster_status"])
         .await
         .ok();
-    let nodes: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(nodes.as_array().map(Vec::len), Some(3), "{json}");
+    let status: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(status["nodes"].as_array().map(Vec::len), Some(3), "{json}");
+    // The metadata group, as this node sees it (no majority here: node 2 is a bare link peer).
+    assert_eq!(status["groups"][0]["group"], "metadata", "{json}");
+    assert!(lines.contains(&""), "a second table follows: {table}");
+    assert!(table.contains("group\tstate\tleader\tterm"), "{table}");
     n2.stop();
 }
 

@@ -8,6 +8,7 @@ mod audit;
 mod basic;
 mod channel;
 mod cluster_links;
+mod cluster_meta;
 mod confirm;
 mod data_dir;
 mod dead_letter;

@@ -53,7 +53,10 @@ impl TestBroker {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("local address").port();
         let server = Arc::new(Server::new(config.clone()).expect("broker starts"));
-        server.start_cluster().await.expect("node links start");
+        server
+            .start_cluster()
+            .await
+            .expect("the cluster node starts");
         let socket = warren_broker::admin::bind(&config.admin_socket()).expect("admin socket");
         let admin = tokio::spawn(warren_broker::admin::serve(server.broker.clone(), socket));
         let (shutdown, stop) = oneshot::channel::<()>();
@@ -133,6 +136,16 @@ impl TestBroker {
         Self::launch(dir, config).await
     }
 
+    /// Shuts the broker down and keeps its data directory, to start it again later (a cluster node
+    /// that is down while the others go on).
+    pub async fn stop_keeping_data(mut self) -> StoppedBroker {
+        self.shut_down().await;
+        let dir = self.dir.take().expect("the data directory");
+        let config = self.config.clone();
+        drop(self);
+        StoppedBroker { dir, config }
+    }
+
     /// [`Self::restart`], running `between` on the data directory while no broker holds it.
     pub async fn restart_after(mut self, between: impl FnOnce(&Path)) -> Self {
         self.shut_down().await;
@@ -156,13 +169,28 @@ impl TestBroker {
                 .await
                 .expect("broker shut down within 15 s")
                 .expect("broker task did not panic");
-            // As `warren` does at shutdown: everything written so far is on disk before a restart.
+            // As `warren` does at shutdown: the cluster's groups and links stop, and everything
+            // written so far is on disk before a restart.
+            self.server.stop_cluster().await;
             self.server
                 .broker
                 .durability
                 .flush()
                 .expect("log flushed at shutdown");
         }
+    }
+}
+
+/// A broker shut down with its data directory kept.
+pub struct StoppedBroker {
+    dir: TempDir,
+    config: Arc<Config>,
+}
+
+impl StoppedBroker {
+    /// Starts it again on the same data directory and configuration (a new AMQP port).
+    pub async fn start(self) -> TestBroker {
+        TestBroker::launch(self.dir, self.config).await
     }
 }
 

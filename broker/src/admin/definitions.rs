@@ -1,6 +1,8 @@
 //! Administrative changes to vhosts, users and permissions: each one is a list of metadata commands
 //! (routing's meta/), validated by applying them to a copy of the definitions, written to the log
-//! and, once durable, applied to the running broker, so a failed write changes nothing.
+//! and, once durable, applied to the running broker, so a failed write changes nothing. On a
+//! cluster node the commands go through the metadata group instead, and every node applies them
+//! the same way when their entry is committed.
 //! Permission changes apply to open connections at once (permissions are looked up per operation);
 //! deleting a user or vhost closes its connections with 320 CONNECTION_FORCED, as RabbitMQ does.
 
@@ -40,6 +42,26 @@ fn check_pattern(pattern: &str) -> Result<(), AdminError> {
 }
 
 impl Broker {
+    /// Carries out an administrative change: through the cluster's metadata group when this broker
+    /// is a cluster node (every node applies it, this one before it returns), else here.
+    async fn change(&self, commands: Vec<MetaCommand>) -> Result<(), AdminError> {
+        match self.cluster.get() {
+            Some(cluster) => cluster.meta.propose(commands).await.map_err(AdminError),
+            None => self.apply_definitions(&commands),
+        }
+    }
+
+    /// Writes `commands` and, once they are durable, makes them take effect: the running users
+    /// and vhosts, and the connections a deletion ends. Nothing changes if one is refused. The
+    /// one apply of a single node's admin change and of the metadata group's entries.
+    pub(crate) fn apply_definitions(&self, commands: &[MetaCommand]) -> Result<(), AdminError> {
+        let defs = self.change_definitions(commands)?;
+        for command in commands {
+            self.take_effect(&defs, command)?;
+        }
+        Ok(())
+    }
+
     /// Writes `commands` and applies them to the definitions; returns the definitions after them.
     fn change_definitions(&self, commands: &[MetaCommand]) -> Result<Definitions, AdminError> {
         let mut current = self.definitions.lock();
@@ -47,6 +69,59 @@ impl Broker {
             .commit(&mut current, commands)
             .map_err(|e| AdminError(e.to_string()))?;
         Ok(current.clone())
+    }
+
+    /// What an applied command changes in the running broker (`defs`: the definitions after it).
+    fn take_effect(&self, defs: &Definitions, command: &MetaCommand) -> Result<(), AdminError> {
+        match command {
+            MetaCommand::AddVhost { vhost } => {
+                if !self.vhosts.contains_key(vhost.as_str()) {
+                    let vhost = Vhost::new(
+                        vhost,
+                        vhost_limits(&self.config),
+                        Some(self.durability.clone()),
+                        Some(self.paging.clone()),
+                        self.route_guard.clone(),
+                        Arc::new(crate::timers::RuntimeTimers),
+                    );
+                    self.vhosts.insert(vhost.name.clone(), vhost);
+                }
+            }
+            MetaCommand::DeleteVhost { vhost } => {
+                let name = vhost.as_str();
+                if let Some((_, vhost)) = self.vhosts.remove(name) {
+                    vhost.remove_all(crate::time::Now::read());
+                }
+                let users: Vec<String> = defs.users.iter().map(|u| u.name.clone()).collect();
+                for user in users {
+                    self.refresh_user(defs, &user)?;
+                }
+                self.close_connections(
+                    |_, vhost| vhost == name,
+                    &format!("vhost '{name}' is deleted"),
+                );
+            }
+            MetaCommand::DeleteUser { user } => {
+                self.refresh_user(defs, user)?;
+                self.close_connections(|u, _| u == user, &format!("user '{user}' is deleted"));
+            }
+            MetaCommand::AddUser { user, .. }
+            | MetaCommand::SetUserTags { user, .. }
+            | MetaCommand::SetPasswordHash { user, .. }
+            | MetaCommand::SetPermissions { user, .. }
+            | MetaCommand::ClearPermissions { user, .. }
+            | MetaCommand::SetTopicPermissions { user, .. }
+            | MetaCommand::ClearTopicPermissions { user, .. } => self.refresh_user(defs, user)?,
+            // Seeding is recorded only; exchanges, queues and bindings change through their vhost.
+            MetaCommand::SeedUser { .. }
+            | MetaCommand::DeclareExchange { .. }
+            | MetaCommand::DeleteExchange { .. }
+            | MetaCommand::DeclareQueue { .. }
+            | MetaCommand::DeleteQueue { .. }
+            | MetaCommand::Bind { .. }
+            | MetaCommand::Unbind { .. } => {}
+        }
+        Ok(())
     }
 
     /// Rebuilds the running user from its definition (or removes it).
@@ -92,71 +167,43 @@ impl Broker {
         closed
     }
 
-    pub fn add_user(&self, name: &str, tags: Vec<String>) -> Result<(), AdminError> {
+    pub async fn add_user(&self, name: &str, tags: Vec<String>) -> Result<(), AdminError> {
         check_name("user", name)?;
         let user = name.to_string();
-        self.update_user(name, MetaCommand::AddUser { user, tags })
+        self.change(vec![MetaCommand::AddUser { user, tags }]).await
     }
 
-    pub fn delete_user(&self, name: &str) -> Result<(), AdminError> {
-        let defs = self.change_definitions(&[MetaCommand::DeleteUser {
-            user: name.to_string(),
-        }])?;
-        self.refresh_user(&defs, name)?;
-        self.close_connections(|user, _| user == name, &format!("user '{name}' is deleted"));
-        Ok(())
-    }
-
-    /// Applies one change to a user and refreshes the running user.
-    fn update_user(&self, name: &str, command: MetaCommand) -> Result<(), AdminError> {
-        let defs = self.change_definitions(&[command])?;
-        self.refresh_user(&defs, name)
-    }
-
-    pub fn set_user_tags(&self, name: &str, tags: Vec<String>) -> Result<(), AdminError> {
+    pub async fn delete_user(&self, name: &str) -> Result<(), AdminError> {
         let user = name.to_string();
-        self.update_user(name, MetaCommand::SetUserTags { user, tags })
+        self.change(vec![MetaCommand::DeleteUser { user }]).await
+    }
+
+    pub async fn set_user_tags(&self, name: &str, tags: Vec<String>) -> Result<(), AdminError> {
+        let user = name.to_string();
+        self.change(vec![MetaCommand::SetUserTags { user, tags }])
+            .await
     }
 
     /// Stores the password hash used by the optional PLAIN/AMQPLAIN bridge (None clears it).
-    pub(crate) fn set_password_hash(
+    pub(crate) async fn set_password_hash(
         &self,
         name: &str,
         hash: Option<String>,
     ) -> Result<(), AdminError> {
         let user = name.to_string();
-        self.update_user(name, MetaCommand::SetPasswordHash { user, hash })
+        self.change(vec![MetaCommand::SetPasswordHash { user, hash }])
+            .await
     }
 
-    pub fn add_vhost(&self, name: &str) -> Result<(), AdminError> {
+    pub async fn add_vhost(&self, name: &str) -> Result<(), AdminError> {
         check_name("vhost", name)?;
-        self.change_definitions(&[MetaCommand::AddVhost { vhost: name.into() }])?;
-        let vhost = Vhost::new(
-            name,
-            vhost_limits(&self.config),
-            Some(self.durability.clone()),
-            Some(self.paging.clone()),
-            self.route_guard.clone(),
-            Arc::new(crate::timers::RuntimeTimers),
-        );
-        self.vhosts.insert(vhost.name.clone(), vhost);
-        Ok(())
+        self.change(vec![MetaCommand::AddVhost { vhost: name.into() }])
+            .await
     }
 
-    pub fn delete_vhost(&self, name: &str) -> Result<(), AdminError> {
-        let defs = self.change_definitions(&[MetaCommand::DeleteVhost { vhost: name.into() }])?;
-        if let Some((_, vhost)) = self.vhosts.remove(name) {
-            vhost.remove_all(crate::time::Now::read());
-        }
-        let names: Vec<String> = defs.users.iter().map(|u| u.name.clone()).collect();
-        for user in names {
-            self.refresh_user(&defs, &user)?;
-        }
-        self.close_connections(
-            |_, vhost| vhost == name,
-            &format!("vhost '{name}' is deleted"),
-        );
-        Ok(())
+    pub async fn delete_vhost(&self, name: &str) -> Result<(), AdminError> {
+        self.change(vec![MetaCommand::DeleteVhost { vhost: name.into() }])
+            .await
     }
 
     fn check_vhost(&self, vhost: &str) -> Result<(), AdminError> {
@@ -167,7 +214,7 @@ impl Broker {
         }
     }
 
-    pub fn set_permissions(
+    pub async fn set_permissions(
         &self,
         vhost: &str,
         user: &str,
@@ -185,28 +232,21 @@ impl Broker {
             write: write.to_string(),
             read: read.to_string(),
         };
-        let name = user.to_string();
-        self.update_user(
-            user,
-            MetaCommand::SetPermissions {
-                user: name,
-                permission,
-            },
-        )
+        let user = user.to_string();
+        self.change(vec![MetaCommand::SetPermissions { user, permission }])
+            .await
     }
 
-    pub fn clear_permissions(&self, vhost: &str, user: &str) -> Result<(), AdminError> {
-        let (name, vhost) = (user.to_string(), vhost.to_string());
-        self.update_user(
+    pub async fn clear_permissions(&self, vhost: &str, user: &str) -> Result<(), AdminError> {
+        let user = user.to_string();
+        self.change(vec![MetaCommand::ClearPermissions {
             user,
-            MetaCommand::ClearPermissions {
-                user: name,
-                vhost: vhost.into(),
-            },
-        )
+            vhost: vhost.into(),
+        }])
+        .await
     }
 
-    pub fn set_topic_permissions(
+    pub async fn set_topic_permissions(
         &self,
         vhost: &str,
         user: &str,
@@ -224,18 +264,13 @@ impl Broker {
             write: write.to_string(),
             read: read.to_string(),
         };
-        let name = user.to_string();
-        self.update_user(
-            user,
-            MetaCommand::SetTopicPermissions {
-                user: name,
-                permission,
-            },
-        )
+        let user = user.to_string();
+        self.change(vec![MetaCommand::SetTopicPermissions { user, permission }])
+            .await
     }
 
     /// Clears one exchange's topic permission, or all of the user's in the vhost when `exchange` is None.
-    pub fn clear_topic_permissions(
+    pub async fn clear_topic_permissions(
         &self,
         vhost: &str,
         user: &str,
@@ -246,11 +281,22 @@ impl Broker {
             vhost: vhost.into(),
             exchange: exchange.map(str::to_string),
         };
-        self.update_user(user, command)
+        self.change(vec![command]).await
     }
 
     /// A copy of the stored definitions (for listings).
     pub fn definitions(&self) -> Definitions {
         self.definitions.lock().clone()
+    }
+}
+
+/// The metadata group changes this node's definitions as a local admin change does.
+impl crate::cluster::raft::meta::DefinitionsHolder for Broker {
+    fn definitions(&self) -> Definitions {
+        Broker::definitions(self)
+    }
+
+    fn apply_definitions(&self, commands: &[MetaCommand]) -> Result<(), String> {
+        Broker::apply_definitions(self, commands).map_err(|e| e.0)
     }
 }

@@ -92,7 +92,7 @@ async fn client(broker: Arc<Broker>, stream: UnixStream) {
             Ok(n) if n > MAX_REQUEST => return,
             Ok(_) => {}
         }
-        let response = requests::handle(&broker, line.trim_end(), uid);
+        let response = requests::handle(&broker, line.trim_end(), uid).await;
         let Ok(mut out) = serde_json::to_vec(&response) else {
             return;
         };

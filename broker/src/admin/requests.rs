@@ -123,7 +123,7 @@ pub fn parse_for_fuzzing(line: &str) -> Option<(bool, String)> {
 }
 
 /// Answers one request line: `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`.
-pub fn handle(broker: &Broker, line: &str, uid: u32) -> Value {
+pub async fn handle(broker: &Broker, line: &str, uid: u32) -> Value {
     let request: Request = match serde_json::from_str(line) {
         Ok(r) => r,
         Err(e) => return json!({"ok": false, "error": format!("bad request: {e}")}),
@@ -134,7 +134,7 @@ pub fn handle(broker: &Broker, line: &str, uid: u32) -> Value {
     } else {
         String::new()
     };
-    let result = execute(broker, request);
+    let result = execute(broker, request).await;
     if change {
         let who = format!("uid {uid}");
         let detail = result.as_ref().err().map(|e| e.0.clone());
@@ -160,28 +160,28 @@ fn vhost(broker: &Broker, name: &str) -> Result<std::sync::Arc<crate::vhost::Vho
         .ok_or_else(|| AdminError(format!("no such vhost '{name}'")))
 }
 
-fn execute(broker: &Broker, request: Request) -> Result<Value, AdminError> {
+async fn execute(broker: &Broker, request: Request) -> Result<Value, AdminError> {
     let done = |r: Result<(), AdminError>| r.map(|()| Value::Null);
     match request {
-        Request::AddUser { name, tags } => done(broker.add_user(&name, tags)),
-        Request::DeleteUser { name } => done(broker.delete_user(&name)),
-        Request::SetUserTags { name, tags } => done(broker.set_user_tags(&name, tags)),
+        Request::AddUser { name, tags } => done(broker.add_user(&name, tags).await),
+        Request::DeleteUser { name } => done(broker.delete_user(&name).await),
+        Request::SetUserTags { name, tags } => done(broker.set_user_tags(&name, tags).await),
         Request::ChangePassword { name, password } => {
             let hash = crate::password::hash(&password).map_err(|e| AdminError(e.to_string()))?;
-            done(broker.set_password_hash(&name, Some(hash)))
+            done(broker.set_password_hash(&name, Some(hash)).await)
         }
-        Request::ClearPassword { name } => done(broker.set_password_hash(&name, None)),
-        Request::AddVhost { name } => done(broker.add_vhost(&name)),
-        Request::DeleteVhost { name } => done(broker.delete_vhost(&name)),
+        Request::ClearPassword { name } => done(broker.set_password_hash(&name, None).await),
+        Request::AddVhost { name } => done(broker.add_vhost(&name).await),
+        Request::DeleteVhost { name } => done(broker.delete_vhost(&name).await),
         Request::SetPermissions { vhost, user, configure, write, read } => {
-            done(broker.set_permissions(&vhost, &user, &configure, &write, &read))
+            done(broker.set_permissions(&vhost, &user, &configure, &write, &read).await)
         }
-        Request::ClearPermissions { vhost, user } => done(broker.clear_permissions(&vhost, &user)),
+        Request::ClearPermissions { vhost, user } => done(broker.clear_permissions(&vhost, &user).await),
         Request::SetTopicPermissions { vhost, user, exchange, write, read } => {
-            done(broker.set_topic_permissions(&vhost, &user, &exchange, &write, &read))
+            done(broker.set_topic_permissions(&vhost, &user, &exchange, &write, &read).await)
         }
         Request::ClearTopicPermissions { vhost, user, exchange } => {
-            done(broker.clear_topic_permissions(&vhost, &user, exchange.as_deref()))
+            done(broker.clear_topic_permissions(&vhost, &user, exchange.as_deref()).await)
         }
         Request::ListUsers => Ok(Value::Array(
             broker
@@ -294,30 +294,36 @@ fn execute(broker: &Broker, request: Request) -> Result<Value, AdminError> {
     }
 }
 
-/// Every node of the cluster as this node sees it: itself, and each peer with its link.
+/// Every node of the cluster as this node sees it (itself, and each peer with its link), and the
+/// metadata group's state on this node.
 fn cluster_status(broker: &Broker) -> Result<Value, AdminError> {
-    let (Some(config), Some(links)) = (&broker.config.cluster, broker.cluster.get()) else {
+    let (Some(config), Some(cluster)) = (&broker.config.cluster, broker.cluster.get()) else {
         return Err(AdminError(
             "this broker is not a cluster node (no [cluster] section)".into(),
         ));
     };
+    let meta = cluster.meta_status();
+    let leader = meta["leader"].as_u64();
+    let role = |id: u64| if leader == Some(id) { "leader" } else { "" };
     let mut nodes = vec![json!({
         "id": config.node_id,
         "name": config.me().map(|p| p.name.clone()),
         "addr": config.listen.to_string(),
         "link": "self",
+        "metadata": role(config.node_id),
         "rtt_us": null,
         "last_error": null,
     })];
-    for peer in links.status() {
+    for peer in cluster.links.status() {
         nodes.push(json!({
             "id": peer.id,
             "name": peer.name,
             "addr": peer.addr.to_string(),
             "link": if peer.connected { "up" } else { "down" },
+            "metadata": role(peer.id),
             "rtt_us": peer.rtt_us,
             "last_error": peer.last_error,
         }));
     }
-    Ok(Value::Array(nodes))
+    Ok(json!({"nodes": nodes, "groups": [meta]}))
 }

@@ -6,4 +6,5 @@
 pub mod config;
 pub mod dev;
 pub mod link;
+pub mod node;
 pub mod raft;

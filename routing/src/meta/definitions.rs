@@ -187,6 +187,39 @@ pub fn commands_for(defs: &Definitions) -> Vec<MetaCommand> {
     out
 }
 
+/// The commands that turn `current` into `target` (a replicated snapshot installed on a node):
+/// users that are gone or differ are deleted, vhosts that are gone are deleted, then what `target`
+/// has and `current` lacks is created. Applied in order to `current`, they give `target` (up to
+/// the order of its lists).
+pub fn replacing(current: &Definitions, target: &Definitions) -> Vec<MetaCommand> {
+    let mut out = Vec::new();
+    let kept = |u: &UserDefinition| target.users.iter().any(|t| t == u);
+    for user in current.users.iter().filter(|u| !kept(u)) {
+        out.push(MetaCommand::DeleteUser {
+            user: user.name.clone(),
+        });
+    }
+    for vhost in current.vhosts.iter().filter(|v| !target.vhosts.contains(v)) {
+        out.push(MetaCommand::DeleteVhost {
+            vhost: vhost.as_str().into(),
+        });
+    }
+    for vhost in target.vhosts.iter().filter(|v| !current.vhosts.contains(v)) {
+        out.push(MetaCommand::AddVhost {
+            vhost: vhost.as_str().into(),
+        });
+    }
+    for user in target.users.iter().filter(|t| !current.users.contains(t)) {
+        out.extend(user_commands(user));
+    }
+    for user in &target.seeded_users {
+        if !current.seeded_users.contains(user) {
+            out.push(MetaCommand::SeedUser { user: user.clone() });
+        }
+    }
+    out
+}
+
 /// The commands that seed the users of the configuration file (see [`Definitions::seed_users`]),
 /// with what to report.
 pub fn seeding(
@@ -244,6 +277,43 @@ mod tests {
             apply(&mut rebuilt, &c).unwrap();
         }
         assert_eq!(rebuilt, defs);
+    }
+
+    #[test]
+    fn replacing_turns_the_current_definitions_into_the_target() {
+        let mut changed = nova();
+        changed.permissions[0].write = ".*".into();
+        let glance = UserDefinition {
+            name: "glance".into(),
+            ..nova()
+        };
+        let keystone = UserDefinition {
+            name: "keystone".into(),
+            password_hash: None,
+            ..nova()
+        };
+        let current = Definitions {
+            vhosts: vec!["/".into(), "old".into()],
+            users: vec![nova(), glance.clone(), keystone.clone()],
+            seeded_users: vec!["nova".into()],
+        };
+        let target = Definitions {
+            vhosts: vec!["/".into(), "cinder".into()],
+            users: vec![changed, keystone],
+            seeded_users: vec!["nova".into(), "glance".into()],
+        };
+        let mut defs = current.clone();
+        for c in replacing(&current, &target) {
+            apply(&mut defs, &c).unwrap_or_else(|e| panic!("{c:?}: {e}"));
+        }
+        let sorted = |mut d: Definitions| {
+            d.vhosts.sort();
+            d.users.sort_by(|a, b| a.name.cmp(&b.name));
+            d.seeded_users.sort();
+            d
+        };
+        assert_eq!(sorted(defs), sorted(target.clone()));
+        assert!(replacing(&target, &target).is_empty());
     }
 
     #[test]

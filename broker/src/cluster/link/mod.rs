@@ -20,7 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
+use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use rustls::pki_types::ServerName;
 use serde::Serialize;
@@ -75,11 +76,44 @@ pub struct PeerStatus {
     pub last_error: Option<String>,
 }
 
-/// A live link, and the means to close it when a newer link replaces it.
+/// A live link: its send queue, and the means to close it when a newer link replaces it.
 struct LinkHandle {
     serial: u64,
     // Held, not used: dropping it ends the link's session.
     _close: oneshot::Sender<()>,
+    tx: mpsc::Sender<Frame>,
+}
+
+/// What serves the requests peers send (the Raft groups): `group` and `kind` say which call it is.
+pub trait RequestHandler: Send + Sync + 'static {
+    fn handle(
+        &self,
+        from: u64,
+        group: u32,
+        kind: u8,
+        body: Bytes,
+    ) -> BoxFuture<'static, Result<Bytes, String>>;
+}
+
+/// Why a call to a peer got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("no link to node {0}")]
+    NoLink(u64),
+    #[error("the link to node {0} is full or too small for the request")]
+    Busy(u64),
+    #[error("no answer from node {0} within {1:?}")]
+    Timeout(u64, Duration),
+    #[error("the link to node {0} went down before the answer")]
+    Lost(u64),
+    #[error("node {0} could not serve the request: {1}")]
+    Remote(u64, String),
+}
+
+/// A call waiting for its answer.
+struct Pending {
+    peer: u64,
+    reply: oneshot::Sender<Result<Bytes, String>>,
 }
 
 #[derive(Default)]
@@ -97,6 +131,9 @@ pub struct Links {
     tls: LinkTls,
     peers: Mutex<HashMap<u64, PeerState>>,
     next_serial: AtomicU64,
+    handler: std::sync::OnceLock<Arc<dyn RequestHandler>>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    next_request: AtomicU64,
     /// Pings carry microseconds since this instant, so a pong tells the round trip.
     epoch: Instant,
     stop: watch::Sender<bool>,
@@ -117,6 +154,9 @@ impl Links {
             tls,
             peers: Mutex::new(HashMap::new()),
             next_serial: AtomicU64::new(1),
+            handler: std::sync::OnceLock::new(),
+            pending: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(1),
             epoch: Instant::now(),
             stop: watch::channel(false).0,
             config,
@@ -133,6 +173,53 @@ impl Links {
             tokio::spawn(links.clone().dial_loop(peer));
         }
         Ok(links)
+    }
+
+    /// Sets what serves peers' requests (once; requests before it are answered with an error).
+    pub fn set_handler(&self, handler: Arc<dyn RequestHandler>) {
+        let _ = self.handler.set(handler);
+    }
+
+    /// Sends a request to `peer`'s handler of `group` and waits (at most `timeout`) for the answer.
+    pub async fn call(
+        &self,
+        peer: u64,
+        group: u32,
+        kind: u8,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, CallError> {
+        let tx = self
+            .peers
+            .lock()
+            .get(&peer)
+            .and_then(|s| s.link.as_ref().map(|l| l.tx.clone()))
+            .ok_or(CallError::NoLink(peer))?;
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let frame = Frame::Request {
+            id,
+            group,
+            kind,
+            body,
+        };
+        if !frame.fits() {
+            return Err(CallError::Busy(peer));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.pending.lock().insert(id, Pending { peer, reply });
+        if tx.try_send(frame).is_err() {
+            self.pending.lock().remove(&id);
+            return Err(CallError::Busy(peer));
+        }
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(Ok(body))) => Ok(body),
+            Ok(Ok(Err(why))) => Err(CallError::Remote(peer, why)),
+            Ok(Err(_)) => Err(CallError::Lost(peer)),
+            Err(_) => {
+                self.pending.lock().remove(&id);
+                Err(CallError::Timeout(peer, timeout))
+            }
+        }
     }
 
     /// Stops accepting and dialling and closes every link.
@@ -370,6 +457,7 @@ impl Links {
             state.link = Some(LinkHandle {
                 serial,
                 _close: close,
+                tx: tx.clone(),
             });
         }
         info!(peer = %peer.name, id = peer.id, "node link up");
@@ -385,6 +473,8 @@ impl Links {
                 state.link = None;
                 state.rtt_us = None;
                 state.last_error = Some(why);
+                // Calls waiting on this peer fail now (their senders drop) rather than time out.
+                self.pending.lock().retain(|_, p| p.peer != peer.id);
             }
         }
     }
@@ -428,6 +518,17 @@ impl Links {
                 match frame {
                     Frame::Ping(n) => send(&tx, Frame::Pong(n))?,
                     Frame::Pong(n) => self.record_rtt(peer, n),
+                    Frame::Request {
+                        id,
+                        group,
+                        kind,
+                        body,
+                    } => self.serve_request(peer.id, id, group, kind, body, tx.clone()),
+                    Frame::Response { id, answer } => {
+                        if let Some(pending) = self.pending.lock().remove(&id) {
+                            let _ = pending.reply.send(answer);
+                        }
+                    }
                     other => {
                         return Err(LinkError::Protocol(format!("unexpected {other:?}")));
                     }
@@ -456,6 +557,34 @@ impl Links {
                 _ = stopping(&mut stop) => return Ok(()),
             }
         }
+    }
+
+    /// Runs a peer's request on the handler in a task of its own (a Raft call may wait) and queues
+    /// the answer; an answer that does not fit the queue is dropped and the caller times out.
+    fn serve_request(
+        &self,
+        from: u64,
+        id: u64,
+        group: u32,
+        kind: u8,
+        body: Bytes,
+        tx: mpsc::Sender<Frame>,
+    ) {
+        let handler = self.handler.get().cloned();
+        tokio::spawn(async move {
+            let answer = match handler {
+                Some(handler) => handler.handle(from, group, kind, body).await,
+                None => Err("this node is still starting".to_string()),
+            };
+            let mut response = Frame::Response { id, answer };
+            if !response.fits() {
+                response = Frame::Response {
+                    id,
+                    answer: Err("the answer is larger than a link frame".into()),
+                };
+            }
+            let _ = tx.try_send(response);
+        });
     }
 
     fn record_rtt(&self, peer: &PeerConfig, sent_us: u64) {

@@ -68,24 +68,76 @@ pub(crate) enum Frame {
     /// Liveness: answered with a `Pong` carrying the same number.
     Ping(u64),
     Pong(u64),
+    /// A call to the peer's handler of `group` (a Raft message, a forwarded proposal), answered by
+    /// a `Response` with the same `id`.
+    Request {
+        id: u64,
+        group: u32,
+        kind: u8,
+        body: Bytes,
+    },
+    /// The answer to request `id`: its body, or why it failed.
+    Response {
+        id: u64,
+        answer: Result<Bytes, String>,
+    },
 }
 
 const WELCOME: u8 = 1;
 const REFUSED: u8 = 2;
 const PING: u8 = 3;
 const PONG: u8 = 4;
+const REQUEST: u8 = 5;
+const RESPONSE: u8 = 6;
 
 impl Frame {
     pub fn encode(&self, out: &mut BytesMut) {
-        let (kind, payload): (u8, Bytes) = match self {
-            Frame::Welcome => (WELCOME, Bytes::new()),
-            Frame::Refused(why) => (REFUSED, Bytes::copy_from_slice(why.as_bytes())),
-            Frame::Ping(n) => (PING, Bytes::copy_from_slice(&n.to_be_bytes())),
-            Frame::Pong(n) => (PONG, Bytes::copy_from_slice(&n.to_be_bytes())),
+        let (kind, head, body): (u8, Vec<u8>, &[u8]) = match self {
+            Frame::Welcome => (WELCOME, Vec::new(), &[]),
+            Frame::Refused(why) => (REFUSED, Vec::new(), why.as_bytes()),
+            Frame::Ping(n) => (PING, n.to_be_bytes().to_vec(), &[]),
+            Frame::Pong(n) => (PONG, n.to_be_bytes().to_vec(), &[]),
+            Frame::Request {
+                id,
+                group,
+                kind,
+                body,
+            } => {
+                let mut head = id.to_be_bytes().to_vec();
+                head.extend_from_slice(&group.to_be_bytes());
+                head.push(*kind);
+                (REQUEST, head, body)
+            }
+            Frame::Response { id, answer } => {
+                let mut head = id.to_be_bytes().to_vec();
+                head.push(u8::from(answer.is_ok()));
+                let body = match answer {
+                    Ok(body) => &body[..],
+                    Err(why) => why.as_bytes(),
+                };
+                (RESPONSE, head, body)
+            }
         };
-        out.put_u32(1 + payload.len() as u32);
+        out.put_u32((1 + head.len() + body.len()) as u32);
         out.put_u8(kind);
-        out.put_slice(&payload);
+        out.put_slice(&head);
+        out.put_slice(body);
+    }
+
+    /// Whether the frame fits the bound a receiver enforces.
+    pub fn fits(&self) -> bool {
+        let body = match self {
+            Frame::Request { body, .. } => body.len(),
+            Frame::Response {
+                answer: Ok(body), ..
+            } => body.len(),
+            Frame::Response {
+                answer: Err(why), ..
+            } => why.len(),
+            Frame::Refused(why) => why.len(),
+            _ => 0,
+        };
+        body + 32 <= MAX_FRAME as usize
     }
 
     /// The next whole frame in `buf` (consumed), None if more bytes are needed, or why the bytes
@@ -118,6 +170,21 @@ impl Frame {
             ))),
             PING => number(&payload).map(|n| Some(Frame::Ping(n))),
             PONG => number(&payload).map(|n| Some(Frame::Pong(n))),
+            REQUEST if payload.len() >= 13 => Ok(Some(Frame::Request {
+                id: number(&payload.slice(..8))?,
+                group: u32::from_be_bytes([payload[8], payload[9], payload[10], payload[11]]),
+                kind: payload[12],
+                body: payload.slice(13..),
+            })),
+            RESPONSE if payload.len() >= 9 => {
+                let id = number(&payload.slice(..8))?;
+                let answer = match payload[8] {
+                    1 => Ok(payload.slice(9..)),
+                    0 => Err(String::from_utf8_lossy(&payload[9..]).into_owned()),
+                    other => return Err(format!("response status {other}")),
+                };
+                Ok(Some(Frame::Response { id, answer }))
+            }
             other => Err(format!("unknown frame kind {other}")),
         }
     }
@@ -150,6 +217,20 @@ mod tests {
             Frame::Refused("wrong cluster".into()),
             Frame::Ping(5),
             Frame::Pong(u64::MAX),
+            Frame::Request {
+                id: 9,
+                group: 3,
+                kind: 2,
+                body: Bytes::from_static(b"append"),
+            },
+            Frame::Response {
+                id: 9,
+                answer: Ok(Bytes::from_static(b"ok")),
+            },
+            Frame::Response {
+                id: 10,
+                answer: Err("no leader".into()),
+            },
         ];
         let mut wire = BytesMut::new();
         for f in &frames {
@@ -175,6 +256,8 @@ mod tests {
             &[0, 0, 0, 1, 99],
             &[0, 0, 0, 2, PING, 1],
             &[0, 0, 0, 2, WELCOME, 0],
+            &[0, 0, 0, 5, REQUEST, 0, 0, 0, 1],
+            &[0, 0, 0, 10, RESPONSE, 0, 0, 0, 0, 0, 0, 0, 1, 7],
         ] {
             let mut buf = BytesMut::from(bytes);
             assert!(Frame::decode(&mut buf).is_err(), "{bytes:?}");

@@ -77,6 +77,8 @@ impl LogStore {
                 "vote" => state.vote = Some(decode(value, |r| r.vote())?),
                 "committed" => state.committed = decode(value, |r| r.opt_log_id())?,
                 "purged" => state.purged = decode(value, |r| r.opt_log_id())?,
+                // The group's state machine keeps its own records beside the log.
+                _ if name.starts_with("sm/") => {}
                 _ if name.starts_with("entry/") => {
                     let entry = decode(value, |r| r.entry())?;
                     state.entries.insert(entry.log_id.index, entry);

@@ -7,6 +7,9 @@
 
 pub mod codec;
 pub mod log_store;
+pub mod meta;
+pub mod network;
+pub mod rpc;
 
 use std::fmt;
 

@@ -1,0 +1,110 @@
+//! A running cluster node: its links to the other nodes and its member of the metadata group,
+//! started in HA.md's order — the node links first (so peers can reach this node before any group
+//! needs them), then the group, recovered from this node's log, then (by the caller) AMQP.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use openraft::errors::{InitializeError, RaftError};
+use openraft::BasicNode;
+use serde_json::{json, Value};
+
+use super::config::ClusterConfig;
+use super::link::Links;
+use super::raft::log_store::{LogStore, RecordWriter};
+use super::raft::meta::{DefinitionsHolder, MetaGroup, MetaMachine, MetaMember, MetaRaft};
+use super::raft::network::{GroupServer, Network};
+
+/// Raft timing for a loaded two-core machine (HA.md §1.5: heartbeat well under half the election
+/// timeout, the election timeout far above an fdatasync).
+fn raft_config(config: &ClusterConfig) -> anyhow::Result<openraft::Config> {
+    Ok(openraft::Config {
+        cluster_name: config.cluster_name.clone(),
+        heartbeat_interval: 250,
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
+        enable_pre_vote: Some(true),
+        install_snapshot_timeout: 30_000,
+        ..Default::default()
+    }
+    .validate()?)
+}
+
+/// This node in its cluster.
+pub struct Cluster {
+    pub links: Arc<Links>,
+    pub meta: MetaGroup,
+}
+
+impl Cluster {
+    /// Starts the links and the metadata group, whose records go to `writer` (the node's log) and
+    /// whose entries change `holder`'s definitions. `raft_records` are the group's records the
+    /// node's log recovered. Every node initializes the group with the same voters (the
+    /// configured peers), which is safe in Raft; a node with a log of its own was initialized
+    /// before and resumes.
+    pub async fn start(
+        config: &ClusterConfig,
+        writer: Arc<dyn RecordWriter>,
+        holder: std::sync::Weak<dyn DefinitionsHolder>,
+        raft_records: &BTreeMap<String, Bytes>,
+    ) -> anyhow::Result<Arc<Cluster>> {
+        let links = Links::start(config.clone()).await?;
+        let log = LogStore::recover(super::raft::meta::GROUP, writer.clone(), raft_records)?;
+        let machine = MetaMachine::recover(holder, writer, raft_records)?;
+        let network = Network {
+            links: links.clone(),
+            group: super::raft::meta::GROUP,
+        };
+        let raft = MetaRaft::new(
+            config.node_id,
+            Arc::new(raft_config(config)?),
+            network,
+            log,
+            machine,
+        )
+        .await?;
+        links.set_handler(Arc::new(GroupServer {
+            members: vec![Arc::new(MetaMember { raft: raft.clone() })],
+        }));
+        if !raft.is_initialized().await? {
+            let voters: BTreeMap<u64, BasicNode> = config
+                .peers
+                .iter()
+                .map(|p| (p.id, BasicNode::new(p.addr.to_string())))
+                .collect();
+            match raft.initialize(voters).await {
+                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(anyhow::anyhow!("initializing the metadata group: {e}")),
+            }
+        }
+        Ok(Arc::new(Cluster {
+            meta: MetaGroup {
+                raft,
+                links: links.clone(),
+                node_id: config.node_id,
+            },
+            links,
+        }))
+    }
+
+    /// Stops the group and the links.
+    pub async fn stop(&self) {
+        let _ = self.meta.raft.shutdown().await;
+        self.links.stop();
+    }
+
+    /// The metadata group as this node sees it.
+    pub fn meta_status(&self) -> Value {
+        use openraft::async_runtime::WatchReceiver;
+        let m = self.meta.raft.metrics().borrow_watched().clone();
+        json!({
+            "group": "metadata",
+            "state": format!("{:?}", m.state),
+            "leader": m.current_leader,
+            "term": m.current_term,
+            "last_log_index": m.last_log_index,
+            "applied_index": m.last_applied.map(|id| id.index),
+        })
+    }
+}

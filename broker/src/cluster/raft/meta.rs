@@ -1,0 +1,427 @@
+//! The metadata group (group 0, every node a voter): vhosts, users, permissions and topic
+//! permissions change through it, so `brokerctl` on any node changes the whole cluster, and every
+//! node applies the same commands in the same order to its own definitions — the same apply as a
+//! single node's admin change (`Broker::apply_definitions`: records written durably, then the
+//! running users and vhosts, and connections a deletion ends). Routing and permission checks stay
+//! local and lock-free.
+//!
+//! The state machine's own progress (the last applied log id, the membership) and its latest
+//! snapshot are records beside the group's log (`raft/0/sm/...`), written after the commands'
+//! records, so a restarted node resumes from where its definitions are. A snapshot is the
+//! definitions as commands; installing one turns this node's definitions into it
+//! (`meta::definitions::replacing`).
+//!
+//! Queue records, exchanges and bindings are not replicated yet (each node keeps its own).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::TryStreamExt;
+use openraft::errors::ClientWriteError;
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use parking_lot::Mutex;
+use warren_storage::definitions::Definitions;
+use warren_storage::log::record::Record;
+
+use super::codec::{decode, encode, DecodeError};
+use super::log_store::RecordWriter;
+use super::network::{bad_request, GroupMember};
+use super::rpc::{self, Proposed};
+use super::{Answer, LogId, Proposal, StoredMembership, Types};
+use crate::cluster::link::{CallError, Links};
+use crate::meta::MetaCommand;
+
+/// The metadata group's number on node links.
+pub const GROUP: u32 = 0;
+/// How long an administrative change waits for the group (a leader, a majority) before it fails.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub type MetaRaft = openraft::Raft<Types, MetaMachine>;
+
+/// What the metadata group changes on this node: its definitions. The broker implements it with
+/// the apply of a single node's admin change.
+pub trait DefinitionsHolder: Send + Sync + 'static {
+    /// A copy of the definitions.
+    fn definitions(&self) -> Definitions;
+    /// Writes `commands` durably and makes them take effect, or refuses them (changing nothing)
+    /// with the reason.
+    fn apply_definitions(&self, commands: &[MetaCommand]) -> Result<(), String>;
+}
+
+fn applied_key() -> String {
+    format!("{}{GROUP}/sm/applied", super::log_store::KEY_PREFIX)
+}
+
+fn snapshot_key() -> String {
+    format!("{}{GROUP}/sm/snapshot", super::log_store::KEY_PREFIX)
+}
+
+#[derive(Default)]
+struct Applied {
+    last: Option<LogId>,
+    membership: StoredMembership,
+    snapshot: Option<(SnapshotMetaOf<Types>, Vec<u8>)>,
+}
+
+/// The metadata group's state machine: this node's definitions.
+#[derive(Clone)]
+pub struct MetaMachine {
+    holder: Weak<dyn DefinitionsHolder>,
+    writer: Arc<dyn RecordWriter>,
+    /// Held while an entry is applied or a snapshot taken, so a snapshot's definitions are exactly
+    /// those of its last applied id.
+    applied: Arc<Mutex<Applied>>,
+}
+
+impl MetaMachine {
+    /// The state machine as this node's records left it.
+    pub fn recover(
+        holder: Weak<dyn DefinitionsHolder>,
+        writer: Arc<dyn RecordWriter>,
+        recovered: &BTreeMap<String, Bytes>,
+    ) -> Result<MetaMachine, DecodeError> {
+        let mut applied = Applied::default();
+        if let Some(bytes) = recovered.get(&applied_key()) {
+            (applied.last, applied.membership) =
+                decode(bytes, |r| Ok((r.opt_log_id()?, r.stored_membership()?)))?;
+        }
+        if let Some(bytes) = recovered.get(&snapshot_key()) {
+            let (meta, data) = decode(bytes, |r| {
+                let last_log_id = r.opt_log_id()?;
+                let last_membership = r.stored_membership()?;
+                Ok((
+                    SnapshotMetaOf::<Types> {
+                        last_log_id,
+                        last_membership,
+                    },
+                    r.bytes()?.to_vec(),
+                ))
+            })?;
+            applied.snapshot = Some((meta, data));
+        }
+        Ok(MetaMachine {
+            holder,
+            writer,
+            applied: Arc::new(Mutex::new(applied)),
+        })
+    }
+
+    fn holder(&self) -> io::Result<Arc<dyn DefinitionsHolder>> {
+        self.holder
+            .upgrade()
+            .ok_or_else(|| io::Error::other("the broker has stopped"))
+    }
+
+    /// The record of the state machine's progress.
+    fn progress_record(applied: &Applied) -> Record {
+        Record::Put {
+            key: applied_key(),
+            value: Bytes::from(encode(|w| {
+                w.opt_log_id(&applied.last);
+                w.stored_membership(&applied.membership);
+            })),
+        }
+    }
+
+    fn snapshot_record(meta: &SnapshotMetaOf<Types>, data: &[u8]) -> Record {
+        Record::Put {
+            key: snapshot_key(),
+            value: Bytes::from(encode(|w| {
+                w.opt_log_id(&meta.last_log_id);
+                w.stored_membership(&meta.last_membership);
+                w.bytes(data);
+            })),
+        }
+    }
+
+    /// Applies one entry (blocking: the definitions' records are written durably).
+    fn apply_one(
+        &self,
+        holder: &dyn DefinitionsHolder,
+        log_id: LogId,
+        payload: EntryPayload<Proposal, u64, openraft::BasicNode>,
+    ) -> Answer {
+        let mut applied = self.applied.lock();
+        let answer = match payload {
+            EntryPayload::Normal(proposal) => Answer(holder.apply_definitions(&proposal.commands)),
+            EntryPayload::Membership(m) => {
+                applied.membership = StoredMembership::new(Some(log_id), m);
+                Answer(Ok(()))
+            }
+            EntryPayload::Blank => Answer(Ok(())),
+        };
+        applied.last = Some(log_id);
+        self.writer
+            .write(vec![Self::progress_record(&applied)], None);
+        answer
+    }
+}
+
+/// The snapshot data: the definitions as the commands that build them.
+fn snapshot_data(defs: &Definitions) -> Vec<u8> {
+    encode(|w| {
+        w.proposal(&Proposal {
+            origin: 0,
+            commands: crate::meta::definitions::commands_for(defs),
+        })
+    })
+}
+
+fn definitions_of(data: &[u8]) -> Result<Definitions, String> {
+    let proposal = decode(data, |r| r.proposal()).map_err(|e| e.to_string())?;
+    let mut defs = Definitions::default();
+    for command in &proposal.commands {
+        crate::meta::definitions::apply(&mut defs, command)?;
+    }
+    Ok(defs)
+}
+
+impl RaftSnapshotBuilder<Types> for MetaMachine {
+    type SnapshotData = Vec<u8>;
+
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<Types, Vec<u8>>, io::Error> {
+        let holder = self.holder()?;
+        let (meta, data) = {
+            let mut applied = self.applied.lock();
+            let data = snapshot_data(&holder.definitions());
+            let meta = SnapshotMetaOf::<Types> {
+                last_log_id: applied.last,
+                last_membership: applied.membership.clone(),
+            };
+            applied.snapshot = Some((meta.clone(), data.clone()));
+            (meta, data)
+        };
+        // Durable before openraft may purge the entries it replaces.
+        write_durable(&*self.writer, vec![Self::snapshot_record(&meta, &data)]).await?;
+        Ok(SnapshotOf::<Types, Vec<u8>> {
+            meta,
+            snapshot: data,
+        })
+    }
+}
+
+async fn write_durable(writer: &dyn RecordWriter, records: Vec<Record>) -> io::Result<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    writer.write(
+        records,
+        Some(Box::new(move |result| {
+            let _ = tx.send(result);
+        })),
+    );
+    rx.await
+        .unwrap_or_else(|_| Err(io::Error::other("the store stopped")))
+}
+
+impl RaftStateMachine<Types> for MetaMachine {
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let applied = self.applied.lock();
+        Ok((applied.last, applied.membership.clone()))
+    }
+
+    async fn apply<S>(&mut self, mut entries: S) -> Result<(), io::Error>
+    where
+        S: futures_util::Stream<Item = Result<EntryResponder<Types>, io::Error>>
+            + Unpin
+            + OptionalSend,
+    {
+        let holder = self.holder()?;
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let machine = self.clone();
+            let holder = holder.clone();
+            let answer = tokio::task::spawn_blocking(move || {
+                machine.apply_one(&*holder, entry.log_id, entry.payload)
+            })
+            .await
+            .map_err(io::Error::other)?;
+            if let Some(responder) = responder {
+                responder.send(answer);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<Types>,
+        snapshot: Vec<u8>,
+    ) -> Result<(), io::Error> {
+        let target = definitions_of(&snapshot).map_err(io::Error::other)?;
+        let holder = self.holder()?;
+        let machine = self.clone();
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut applied = machine.applied.lock();
+            let commands = crate::meta::definitions::replacing(&holder.definitions(), &target);
+            holder
+                .apply_definitions(&commands)
+                .map_err(io::Error::other)?;
+            applied.last = meta.last_log_id;
+            applied.membership = meta.last_membership.clone();
+            machine.writer.write(
+                vec![
+                    Self::progress_record(&applied),
+                    Self::snapshot_record(&meta, &snapshot),
+                ],
+                None,
+            );
+            applied.snapshot = Some((meta, snapshot));
+            Ok::<(), io::Error>(())
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<SnapshotOf<Types, Vec<u8>>>, io::Error> {
+        Ok(self
+            .applied
+            .lock()
+            .snapshot
+            .clone()
+            .map(|(meta, snapshot)| SnapshotOf::<Types, Vec<u8>> { meta, snapshot }))
+    }
+}
+
+/// This node's member of the metadata group, as the other nodes reach it.
+pub struct MetaMember {
+    pub raft: MetaRaft,
+}
+
+impl GroupMember for MetaMember {
+    fn serve(&self, kind: u8, body: Bytes) -> BoxFuture<'static, Result<Bytes, String>> {
+        let raft = self.raft.clone();
+        Box::pin(async move {
+            let out = match kind {
+                rpc::APPEND => {
+                    let request = decode(&body, |r| r.append_request()).map_err(bad_request)?;
+                    let response = raft
+                        .append_entries(request)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    encode(|w| w.append_response(&response))
+                }
+                rpc::VOTE | rpc::PRE_VOTE => {
+                    let request = decode(&body, |r| r.vote_request()).map_err(bad_request)?;
+                    let response = match kind {
+                        rpc::VOTE => raft.vote(request).await,
+                        _ => raft.pre_vote(request).await,
+                    }
+                    .map_err(|e| e.to_string())?;
+                    encode(|w| w.vote_response(&response))
+                }
+                rpc::SNAPSHOT => {
+                    let (vote, snapshot) = decode(&body, |r| r.snapshot()).map_err(bad_request)?;
+                    let response = raft
+                        .install_full_snapshot(vote, snapshot)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    encode(|w| w.vote(&response.vote))
+                }
+                rpc::PROPOSE => {
+                    let proposal = decode(&body, |r| r.proposal()).map_err(bad_request)?;
+                    let written = raft
+                        .client_write(proposal)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    encode(|w| {
+                        w.proposed(&Proposed {
+                            answer: written.data,
+                            index: written.log_id.index,
+                        })
+                    })
+                }
+                other => return Err(format!("unknown request kind {other}")),
+            };
+            Ok(Bytes::from(out))
+        })
+    }
+}
+
+/// How this node changes definitions through the metadata group.
+pub struct MetaGroup {
+    pub raft: MetaRaft,
+    pub links: Arc<Links>,
+    pub node_id: u64,
+}
+
+impl MetaGroup {
+    /// Carries out `commands` on every node: written by the leader (this node, or the one it
+    /// forwards to), committed by a majority, and applied here before it returns, so the change is
+    /// visible on this node when brokerctl reports it done.
+    pub async fn propose(&self, commands: Vec<MetaCommand>) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
+        let proposal = Proposal {
+            origin: self.node_id,
+            commands,
+        };
+        let mut last_problem = String::from("no leader yet");
+        while tokio::time::Instant::now() < deadline {
+            match self.raft.client_write(proposal.clone()).await {
+                Ok(written) => return written.data.0,
+                Err(e) => {
+                    if let Some(ClientWriteError::LogEntryDiscarded(_)) = e.api_error() {
+                        return Err(
+                            "the metadata group's leader changed while the change was written: it may or may not have taken effect; check, and repeat it if not".into(),
+                        );
+                    }
+                    let Some(forward) = e.forward_to_leader() else {
+                        return Err(format!("the metadata group failed: {e}"));
+                    };
+                    match forward.leader_id {
+                        Some(leader) if leader != self.node_id => {
+                            match self.forward(leader, &proposal, deadline).await {
+                                Ok(answer) => return answer.0,
+                                Err(problem) => last_problem = problem,
+                            }
+                        }
+                        _ => last_problem = "no leader yet (an election is under way)".into(),
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(format!(
+            "the change was not made: the metadata group answered nothing within {PROPOSE_TIMEOUT:?} ({last_problem}); is a majority of the cluster's nodes up and linked? (brokerctl cluster status)"
+        ))
+    }
+
+    /// Sends the proposal to the leader, then waits until this node has applied it too.
+    async fn forward(
+        &self,
+        leader: u64,
+        proposal: &Proposal,
+        deadline: tokio::time::Instant,
+    ) -> Result<Answer, String> {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let body = Bytes::from(rpc::encode_proposal(proposal));
+        let answer = self
+            .links
+            .call(leader, GROUP, rpc::PROPOSE, body, left)
+            .await
+            .map_err(|e: CallError| e.to_string())?;
+        let proposed = decode(&answer, |r| r.proposed()).map_err(|e| e.to_string())?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.raft
+            .wait(Some(left))
+            .applied_index_at_least(Some(proposed.index), "the forwarded change")
+            .await
+            .map_err(|e| {
+                format!("the leader made the change, but this node has not applied it yet: {e}")
+            })?;
+        Ok(proposed.answer)
+    }
+}

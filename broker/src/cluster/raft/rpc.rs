@@ -1,0 +1,256 @@
+//! The calls a group's members make to each other over node links, and their binary forms: openraft's
+//! append, vote, pre-vote and full-snapshot messages, and a proposal forwarded to the leader by a
+//! node that is not. Each call is one link request (`kind` below) and one response.
+
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf};
+
+use super::codec::{DecodeError, Reader, Writer};
+use super::{Answer, LogId, Proposal, Types, Vote};
+
+pub const APPEND: u8 = 1;
+pub const VOTE: u8 = 2;
+pub const PRE_VOTE: u8 = 3;
+pub const SNAPSHOT: u8 = 4;
+pub const PROPOSE: u8 = 5;
+
+/// A group's snapshot as it travels: the vote of the leader sending it, its metadata and its data.
+pub type Snapshot = SnapshotOf<Types, Vec<u8>>;
+
+/// What a forwarded proposal gave: the answer and the index of its entry, so the node that forwarded
+/// it can wait until it has applied that entry too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proposed {
+    pub answer: Answer,
+    pub index: u64,
+}
+
+impl Writer {
+    pub fn append_request(&mut self, r: &AppendEntriesRequest<Types>) {
+        self.vote(&r.vote);
+        self.opt_log_id(&r.prev_log_id);
+        self.opt_log_id(&r.leader_commit);
+        self.u64(r.entries.len() as u64);
+        for entry in &r.entries {
+            let mut one = Writer::default();
+            one.entry(entry);
+            self.bytes(&one.0);
+        }
+    }
+    pub fn append_response(&mut self, r: &AppendEntriesResponse<Types>) {
+        match r {
+            AppendEntriesResponse::Success => self.u8(0),
+            AppendEntriesResponse::PartialSuccess(id) => {
+                self.u8(1);
+                self.opt_log_id(id);
+            }
+            AppendEntriesResponse::Conflict => self.u8(2),
+            AppendEntriesResponse::HigherVote(vote) => {
+                self.u8(3);
+                self.vote(vote);
+            }
+        }
+    }
+    pub fn vote_request(&mut self, r: &VoteRequest<Types>) {
+        self.vote(&r.vote);
+        self.opt_log_id(&r.last_log_id);
+        self.bool(r.leadership_transfer);
+    }
+    pub fn vote_response(&mut self, r: &VoteResponse<Types>) {
+        self.vote(&r.vote);
+        self.bool(r.vote_granted);
+        self.opt_log_id(&r.last_log_id);
+    }
+    pub fn snapshot(&mut self, vote: &Vote, snapshot: &Snapshot) {
+        self.vote(vote);
+        self.opt_log_id(&snapshot.meta.last_log_id);
+        self.stored_membership(&snapshot.meta.last_membership);
+        self.bytes(&snapshot.snapshot);
+    }
+    pub fn proposed(&mut self, p: &Proposed) {
+        self.u64(p.index);
+        match &p.answer.0 {
+            Ok(()) => self.u8(0),
+            Err(why) => {
+                self.u8(1);
+                self.bytes(why.as_bytes());
+            }
+        }
+    }
+}
+
+impl Reader<'_> {
+    pub fn append_request(&mut self) -> Result<AppendEntriesRequest<Types>, DecodeError> {
+        let vote = self.vote()?;
+        let prev_log_id = self.opt_log_id()?;
+        let leader_commit = self.opt_log_id()?;
+        let count = self.u64()?;
+        let mut entries = Vec::new();
+        for _ in 0..count {
+            let bytes = self.bytes()?;
+            let mut one = Reader(bytes);
+            entries.push(one.entry()?);
+            one.end()?;
+        }
+        Ok(AppendEntriesRequest {
+            vote,
+            prev_log_id,
+            entries,
+            leader_commit,
+        })
+    }
+    pub fn append_response(&mut self) -> Result<AppendEntriesResponse<Types>, DecodeError> {
+        Ok(match self.u8()? {
+            0 => AppendEntriesResponse::Success,
+            1 => AppendEntriesResponse::PartialSuccess(self.opt_log_id()?),
+            2 => AppendEntriesResponse::Conflict,
+            3 => AppendEntriesResponse::HigherVote(self.vote()?),
+            other => return Err(DecodeError(format!("append response {other}"))),
+        })
+    }
+    pub fn vote_request(&mut self) -> Result<VoteRequest<Types>, DecodeError> {
+        let vote = self.vote()?;
+        let last_log_id = self.opt_log_id()?;
+        let mut request = VoteRequest::new(vote, last_log_id);
+        request.leadership_transfer = self.bool()?;
+        Ok(request)
+    }
+    pub fn vote_response(&mut self) -> Result<VoteResponse<Types>, DecodeError> {
+        let vote = self.vote()?;
+        let granted = self.bool()?;
+        let last_log_id: Option<LogId> = self.opt_log_id()?;
+        Ok(VoteResponse::new(vote, last_log_id, granted))
+    }
+    pub fn snapshot(&mut self) -> Result<(Vote, Snapshot), DecodeError> {
+        let vote = self.vote()?;
+        let last_log_id = self.opt_log_id()?;
+        let last_membership = self.stored_membership()?;
+        let data = self.bytes()?.to_vec();
+        Ok((
+            vote,
+            Snapshot {
+                meta: SnapshotMetaOf::<Types> {
+                    last_log_id,
+                    last_membership,
+                },
+                snapshot: data,
+            },
+        ))
+    }
+    pub fn snapshot_response(&mut self) -> Result<SnapshotResponse<Types>, DecodeError> {
+        Ok(SnapshotResponse::new(self.vote()?))
+    }
+    pub fn proposed(&mut self) -> Result<Proposed, DecodeError> {
+        let index = self.u64()?;
+        let answer = match self.u8()? {
+            0 => Ok(()),
+            1 => Err(String::from_utf8_lossy(self.bytes()?).into_owned()),
+            other => return Err(DecodeError(format!("proposal answer {other}"))),
+        };
+        Ok(Proposed {
+            answer: Answer(answer),
+            index,
+        })
+    }
+}
+
+/// A proposal as forwarded to the leader.
+pub fn encode_proposal(p: &Proposal) -> Vec<u8> {
+    super::codec::encode(|w| w.proposal(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::entry::RaftEntry;
+    use openraft::vote::leader_id_adv::LeaderId;
+
+    use super::*;
+    use crate::cluster::raft::codec::{decode, encode};
+    use crate::cluster::raft::{Entry, StoredMembership};
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(
+            LeaderId {
+                term: 3,
+                node_id: 2,
+            },
+            index,
+        )
+    }
+
+    #[test]
+    fn raft_messages_round_trip() {
+        let request = AppendEntriesRequest::<Types> {
+            vote: Vote::new_committed(3, 2),
+            prev_log_id: Some(log_id(4)),
+            entries: vec![Entry::new_blank(log_id(5)), Entry::new_blank(log_id(6))],
+            leader_commit: Some(log_id(4)),
+        };
+        let back = decode(&encode(|w| w.append_request(&request)), |r| {
+            r.append_request()
+        })
+        .unwrap();
+        assert_eq!(back.entries, request.entries);
+        assert_eq!(
+            (back.vote, back.prev_log_id, back.leader_commit),
+            (request.vote, request.prev_log_id, request.leader_commit)
+        );
+        for response in [
+            AppendEntriesResponse::Success,
+            AppendEntriesResponse::PartialSuccess(Some(log_id(5))),
+            AppendEntriesResponse::Conflict,
+            AppendEntriesResponse::HigherVote(Vote::new(4, 1)),
+        ] {
+            let back = decode(&encode(|w| w.append_response(&response)), |r| {
+                r.append_response()
+            })
+            .unwrap();
+            assert_eq!(back, response);
+        }
+        let mut vote = VoteRequest::<Types>::new(Vote::new(5, 3), Some(log_id(9)));
+        vote.leadership_transfer = true;
+        assert_eq!(
+            decode(&encode(|w| w.vote_request(&vote)), |r| r.vote_request()).unwrap(),
+            vote
+        );
+        let granted = VoteResponse::<Types>::new(Vote::new(5, 3), Some(log_id(9)), true);
+        assert_eq!(
+            decode(&encode(|w| w.vote_response(&granted)), |r| r
+                .vote_response())
+            .unwrap(),
+            granted
+        );
+        let snapshot = Snapshot {
+            meta: SnapshotMetaOf::<Types> {
+                last_log_id: Some(log_id(9)),
+                last_membership: StoredMembership::default(),
+            },
+            snapshot: b"definitions".to_vec(),
+        };
+        let (v, back) = decode(&encode(|w| w.snapshot(&Vote::new(5, 3), &snapshot)), |r| {
+            r.snapshot()
+        })
+        .unwrap();
+        assert_eq!(
+            (v, back.meta, back.snapshot),
+            (Vote::new(5, 3), snapshot.meta, snapshot.snapshot)
+        );
+        for proposed in [
+            Proposed {
+                answer: Answer(Ok(())),
+                index: 12,
+            },
+            Proposed {
+                answer: Answer(Err("no such user 'x'".into())),
+                index: 13,
+            },
+        ] {
+            assert_eq!(
+                decode(&encode(|w| w.proposed(&proposed)), |r| r.proposed()).unwrap(),
+                proposed
+            );
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Replicated definitions (issue 13 point 3): three brokers as one cluster share vhosts, users and
+//! permissions through the metadata Raft group, so a change made with brokerctl on any node holds
+//! on every node; it survives the loss of the group's leader (a new one is elected and takes
+//! changes), and a node that was down catches up when it comes back.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use warren_tests::cluster::LinkCluster;
+use warren_tests::TestBroker;
+
+/// Long enough for an election and a commit on a loaded two-core machine.
+const SETTLE: Duration = Duration::from_secs(20);
+
+async fn start_node(cluster: &LinkCluster, id: u64) -> TestBroker {
+    let config = cluster.config(id);
+    TestBroker::start_with(move |c| c.cluster = Some(config)).await
+}
+
+async fn status(broker: &TestBroker) -> Value {
+    broker
+        .admin()
+        .call(json!({"command": "cluster_status"}))
+        .await
+        .expect("cluster status")
+}
+
+/// Waits until every broker names the same metadata leader; returns its id.
+async fn agreed_leader(brokers: &[&TestBroker]) -> u64 {
+    agreed_leader_other_than(brokers, None).await
+}
+
+/// [`agreed_leader`], a leader other than `gone` (a node that was stopped).
+async fn agreed_leader_other_than(brokers: &[&TestBroker], gone: Option<u64>) -> u64 {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let mut leaders = Vec::new();
+        for b in brokers {
+            leaders.push(status(b).await["groups"][0]["leader"].as_u64());
+        }
+        if let Some(Some(leader)) = leaders.first().copied() {
+            if leaders.iter().all(|l| *l == Some(leader)) && Some(leader) != gone {
+                return leader;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no agreed leader within {SETTLE:?}: {leaders:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn user_names(broker: &TestBroker) -> Vec<String> {
+    let users = broker
+        .admin()
+        .call(json!({"command": "list_users"}))
+        .await
+        .expect("list_users");
+    users
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Waits until `broker` lists user `name`.
+async fn wait_for_user(broker: &TestBroker, name: &str) {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while !user_names(broker).await.iter().any(|u| u == name) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "user {name} never appeared: {:?}",
+            user_names(broker).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_change_on_any_node_holds_on_every_node() {
+    let cluster = LinkCluster::new(3);
+    let b1 = start_node(&cluster, 1).await;
+    let b2 = start_node(&cluster, 2).await;
+    let b3 = start_node(&cluster, 3).await;
+    let leader = agreed_leader(&[&b1, &b2, &b3]).await;
+    // Made on a follower (forwarded to the leader) and on the leader itself.
+    let follower = [&b1, &b2, &b3]
+        .into_iter()
+        .enumerate()
+        .find(|(i, _)| *i as u64 + 1 != leader)
+        .map(|(_, b)| b)
+        .unwrap();
+    follower.brokerctl(&["add_user", "nova"]).await.ok();
+    follower
+        .brokerctl(&["set_permissions", "-p", "/", "nova", ".*", ".*", ".*"])
+        .await
+        .ok();
+    b3.brokerctl(&["add_vhost", "cinder"]).await.ok();
+    for b in [&b1, &b2, &b3] {
+        wait_for_user(b, "nova").await;
+    }
+    // The permission is in force on every node: nova logs in to each (deny by default otherwise).
+    for b in [&b1, &b2, &b3] {
+        let deadline = tokio::time::Instant::now() + SETTLE;
+        loop {
+            let (cert, key) = b.user_cert_files("nova");
+            match b.connect_as(&cert, &key, None).await {
+                Ok(client) => {
+                    client.close().await;
+                    break;
+                }
+                Err(e) => assert!(tokio::time::Instant::now() < deadline, "nova refused: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let vhosts = b
+            .admin()
+            .call(json!({"command": "list_vhosts"}))
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + SETTLE;
+        let mut vhosts = vhosts;
+        while !vhosts.as_array().unwrap().iter().any(|v| v == "cinder") {
+            assert!(tokio::time::Instant::now() < deadline, "{vhosts}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            vhosts = b
+                .admin()
+                .call(json!({"command": "list_vhosts"}))
+                .await
+                .unwrap();
+        }
+    }
+    // A refusal is the same everywhere, and reported to whoever asked.
+    let again = b1.brokerctl(&["add_user", "nova"]).await;
+    assert!(!again.success, "{again:?}");
+    assert!(
+        again.stderr.contains("user 'nova' already exists"),
+        "{again:?}"
+    );
+    // Deleting the user on one node ends its permission on all.
+    b2.brokerctl(&["delete_user", "nova"]).await.ok();
+    for b in [&b1, &b2, &b3] {
+        let deadline = tokio::time::Instant::now() + SETTLE;
+        while user_names(b).await.iter().any(|u| u == "nova") {
+            assert!(tokio::time::Instant::now() < deadline, "nova still listed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn changes_survive_the_leader_and_a_returning_node_catches_up() {
+    let cluster = LinkCluster::new(3);
+    let mut brokers = [
+        Some(start_node(&cluster, 1).await),
+        Some(start_node(&cluster, 2).await),
+        Some(start_node(&cluster, 3).await),
+    ];
+    let all: Vec<&TestBroker> = brokers.iter().flatten().collect();
+    let leader = agreed_leader(&all).await;
+    all[0].brokerctl(&["add_user", "before"]).await.ok();
+    for b in &all {
+        wait_for_user(b, "before").await;
+    }
+
+    // The leader goes (its data kept); the other two elect a new one and take changes.
+    let gone = brokers[(leader - 1) as usize]
+        .take()
+        .unwrap()
+        .stop_keeping_data()
+        .await;
+    let left: Vec<&TestBroker> = brokers.iter().flatten().collect();
+    agreed_leader_other_than(&left, Some(leader)).await;
+    left[0].brokerctl(&["add_user", "during"]).await.ok();
+    for b in &left {
+        wait_for_user(b, "during").await;
+    }
+
+    // The old leader comes back on its data directory and id, and catches up with what it missed.
+    let back = gone.start().await;
+    wait_for_user(&back, "during").await;
+    assert!(user_names(&back).await.iter().any(|u| u == "before"));
+    let all: Vec<&TestBroker> = brokers.iter().flatten().chain([&back]).collect();
+    agreed_leader(&all).await;
+    back.brokerctl(&["add_user", "after"]).await.ok();
+    for b in &all {
+        wait_for_user(b, "after").await;
+    }
+}
