@@ -124,6 +124,13 @@ pub enum AdminCommand {
     /// The cluster's nodes and this node's links to them (also `brokerctl cluster status`).
     #[command(name = "cluster_status", alias = "cluster-status")]
     ClusterStatus,
+    /// Hand this node's leadership of the metadata group to another node (run it on the leader).
+    #[command(name = "transfer_leadership", alias = "transfer-leadership")]
+    TransferLeadership {
+        /// The node to lead next (default: the linked node with the shortest round trip).
+        #[arg(long)]
+        to: Option<u64>,
+    },
 }
 
 impl AdminCommand {
@@ -238,6 +245,10 @@ impl AdminCommand {
                 Layout::Plain,
             ),
             Status => (json!({"command": "status"}), Layout::Plain),
+            TransferLeadership { to } => (
+                json!({"command": "transfer_leadership", "to": to}),
+                Layout::Plain,
+            ),
             ClusterStatus => (
                 json!({"command": "cluster_status"}),
                 Layout::Sections(&[

@@ -44,6 +44,12 @@ enum Command {
 enum ClusterCommand {
     /// The cluster's nodes and this node's links to them (as `cluster_status`).
     Status,
+    /// Hand the metadata group's leadership to another node (as `transfer_leadership`).
+    #[command(name = "transfer-leadership", alias = "transfer_leadership")]
+    TransferLeadership {
+        #[arg(long)]
+        to: Option<u64>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -53,6 +59,13 @@ fn main() -> std::process::ExitCode {
         Command::Cluster {
             command: ClusterCommand::Status,
         } => admin::run(args.socket, args.format, admin::AdminCommand::ClusterStatus),
+        Command::Cluster {
+            command: ClusterCommand::TransferLeadership { to },
+        } => admin::run(
+            args.socket,
+            args.format,
+            admin::AdminCommand::TransferLeadership { to },
+        ),
         Command::Admin(command) => admin::run(args.socket, args.format, command),
     };
     // Exit codes: 0 done, 1 refused or failed, 2 usage (clap), 69 the broker is unreachable.

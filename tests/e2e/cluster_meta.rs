@@ -189,3 +189,44 @@ async fn changes_survive_the_leader_and_a_returning_node_catches_up() {
         wait_for_user(b, "after").await;
     }
 }
+
+#[tokio::test]
+async fn leadership_moves_on_request_and_before_the_leader_stops() {
+    let cluster = LinkCluster::new(3);
+    let mut brokers = [
+        Some(start_node(&cluster, 1).await),
+        Some(start_node(&cluster, 2).await),
+        Some(start_node(&cluster, 3).await),
+    ];
+    let all: Vec<&TestBroker> = brokers.iter().flatten().collect();
+    let leader = agreed_leader(&all).await;
+    let to = leader % 3 + 1;
+    let moved = all[(leader - 1) as usize]
+        .brokerctl(&["cluster", "transfer-leadership", "--to", &to.to_string()])
+        .await
+        .ok();
+    assert!(moved.contains(&format!("\"leader\": {to}")), "{moved}");
+    assert_eq!(agreed_leader_other_than(&all, Some(leader)).await, to);
+    // Only the leader can hand over.
+    let follower = all[(leader - 1) as usize];
+    let refused = follower.brokerctl(&["transfer_leadership"]).await;
+    assert!(!refused.success, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains(&format!("node {to} leads the metadata group")),
+        "{refused:?}"
+    );
+
+    // A leader that stops hands over first: the others have a leader at once, without waiting out
+    // an election timeout (at least 1 s after the last heartbeat).
+    brokers[(to - 1) as usize].take().unwrap().stop().await;
+    let left: Vec<&TestBroker> = brokers.iter().flatten().collect();
+    let stopped = tokio::time::Instant::now();
+    let next = agreed_leader_other_than(&left, Some(to)).await;
+    assert!(
+        stopped.elapsed() < Duration::from_millis(500),
+        "node {next} led only {:?} after the old leader stopped",
+        stopped.elapsed()
+    );
+}

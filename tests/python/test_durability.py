@@ -615,8 +615,15 @@ def test_sigterm_closes_clients_with_320_and_keeps_confirmed(nodes):
         assert not t.is_alive(), "the publishing thread did not end after the shutdown"
         stopper.join(70)
         assert rc_holder and rc_holder[0] == 0, f"exit status {rc_holder}"
-        assert stream_error and isinstance(stream_error[0], pika.exceptions.ConnectionClosedByBroker), stream_error
-        closes["streamer"] = stream_error[0]
+        assert stream_error, "the streaming publisher saw no error"
+        if TARGET == "rabbitmq" and isinstance(stream_error[0], pika.exceptions.StreamLostError):
+            # RabbitMQ 3.10 sometimes shuts the TLS session while a confirming publisher's write is
+            # in flight, so pika sees EOF before the 320 close (seen once in the differential run
+            # of 2026-12-05). Warren must always send the close first.
+            pass
+        else:
+            assert isinstance(stream_error[0], pika.exceptions.ConnectionClosedByBroker), stream_error
+            closes["streamer"] = stream_error[0]
         for name, e in closes.items():
             assert (e.reply_code, e.reply_text) == (320, SHUTDOWN_TEXT), (name, e)
     finally:

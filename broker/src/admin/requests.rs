@@ -85,6 +85,10 @@ pub(crate) enum Request {
     },
     Status,
     ClusterStatus,
+    TransferLeadership {
+        #[serde(default)]
+        to: Option<u64>,
+    },
 }
 
 impl Request {
@@ -282,6 +286,13 @@ async fn execute(broker: &Broker, request: Request) -> Result<Value, AdminError>
             Ok(json!(closed))
         }
         Request::ClusterStatus => cluster_status(broker),
+        Request::TransferLeadership { to } => {
+            let cluster = broker.cluster.get().ok_or_else(|| {
+                AdminError("this broker is not a cluster node (no [cluster] section)".into())
+            })?;
+            let leader = cluster.transfer_leadership(to).await.map_err(AdminError)?;
+            Ok(json!({ "leader": leader }))
+        }
         Request::Status => Ok(json!({
             "product": "Warren",
             "version": env!("CARGO_PKG_VERSION"),

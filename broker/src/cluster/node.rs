@@ -88,10 +88,77 @@ impl Cluster {
         }))
     }
 
-    /// Stops the group and the links.
+    /// Stops the group and the links; a leader first hands its leadership to another node
+    /// (HA.md §5.7), so the others need not wait out an election timeout.
     pub async fn stop(&self) {
+        if self.leads() {
+            if let Err(why) = self.transfer_leadership(None).await {
+                tracing::warn!(%why, "stopping as the metadata group's leader without handing it over");
+            }
+        }
         let _ = self.meta.raft.shutdown().await;
         self.links.stop();
+    }
+
+    fn metrics(&self) -> openraft::RaftMetrics<super::raft::Types> {
+        use openraft::async_runtime::WatchReceiver;
+        self.meta.raft.metrics().borrow_watched().clone()
+    }
+
+    fn leads(&self) -> bool {
+        self.metrics().current_leader == Some(self.meta.node_id)
+    }
+
+    /// Hands this node's leadership of the metadata group to voter `to` (or the linked voter with
+    /// the shortest round trip) and waits, at most 10 seconds, until another node leads; returns
+    /// the new leader.
+    pub async fn transfer_leadership(&self, to: Option<u64>) -> Result<u64, String> {
+        let me = self.meta.node_id;
+        let metrics = self.metrics();
+        match metrics.current_leader {
+            Some(leader) if leader == me => {}
+            Some(leader) => {
+                return Err(format!(
+                    "node {leader} leads the metadata group, not this node: run this there"
+                ))
+            }
+            None => return Err("the metadata group has no leader now".into()),
+        }
+        let voters: Vec<u64> = metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|id| *id != me)
+            .collect();
+        let target = match to {
+            Some(id) if voters.contains(&id) => id,
+            Some(id) => return Err(format!("node {id} is not a voter of the metadata group")),
+            None => self
+                .links
+                .status()
+                .into_iter()
+                .filter(|p| p.connected && voters.contains(&p.id))
+                .min_by_key(|p| p.rtt_us.unwrap_or(u64::MAX))
+                .map(|p| p.id)
+                .ok_or("no other voter of the metadata group is linked to this node")?,
+        };
+        self.meta
+            .raft
+            .trigger()
+            .transfer_leader(target)
+            .await
+            .map_err(|e| e.to_string())?;
+        let moved = self
+            .meta
+            .raft
+            .wait(Some(std::time::Duration::from_secs(10)))
+            .metrics(
+                |m| m.current_leader.is_some() && m.current_leader != Some(me),
+                "leadership moved",
+            )
+            .await
+            .map_err(|e| format!("the leadership did not move within 10 s: {e}"))?;
+        Ok(moved.current_leader.unwrap_or(target))
     }
 
     /// The metadata group as this node sees it.

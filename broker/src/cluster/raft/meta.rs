@@ -331,6 +331,14 @@ impl GroupMember for MetaMember {
                         .map_err(|e| e.to_string())?;
                     encode(|w| w.vote(&response.vote))
                 }
+                rpc::TRANSFER => {
+                    let request = decode(&body, |r| r.transfer_request()).map_err(bad_request)?;
+                    let response = raft
+                        .handle_transfer_leader(request)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    encode(|w| w.transfer_response(&response))
+                }
                 rpc::PROPOSE => {
                     let proposal = decode(&body, |r| r.proposal()).map_err(bad_request)?;
                     let written = raft

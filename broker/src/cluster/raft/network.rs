@@ -11,7 +11,8 @@ use futures_util::future::BoxFuture;
 use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, OptionalSend};
 
@@ -101,6 +102,17 @@ impl RaftNetworkV2<Types> for PeerClient {
         let body = encode(|w| w.vote_request(&request));
         let answer = self.call(rpc::PRE_VOTE, body, &option).await?;
         decode(&answer, |r| r.vote_response()).map_err(|e| RPCError::Unreachable(unreachable(e)))
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        request: TransferLeaderRequest<Types>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<Types>, RPCError<Types>> {
+        let body = encode(|w| w.transfer_request(&request));
+        let answer = self.call(rpc::TRANSFER, body, &option).await?;
+        decode(&answer, |r| r.transfer_response())
+            .map_err(|e| RPCError::Unreachable(unreachable(e)))
     }
 
     async fn full_snapshot(

@@ -3,7 +3,8 @@
 //! node that is not. Each call is one link request (`kind` below) and one response.
 
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderError,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf};
 
@@ -15,6 +16,7 @@ pub const VOTE: u8 = 2;
 pub const PRE_VOTE: u8 = 3;
 pub const SNAPSHOT: u8 = 4;
 pub const PROPOSE: u8 = 5;
+pub const TRANSFER: u8 = 6;
 
 /// A group's snapshot as it travels: the vote of the leader sending it, its metadata and its data.
 pub type Snapshot = SnapshotOf<Types, Vec<u8>>;
@@ -68,6 +70,26 @@ impl Writer {
         self.opt_log_id(&snapshot.meta.last_log_id);
         self.stored_membership(&snapshot.meta.last_membership);
         self.bytes(&snapshot.snapshot);
+    }
+    pub fn transfer_request(&mut self, r: &TransferLeaderRequest<Types>) {
+        self.vote(r.from_leader());
+        self.u64(*r.to_node_id());
+        self.opt_log_id(&r.last_log_id().copied());
+    }
+    pub fn transfer_response(&mut self, r: &TransferLeaderResponse<Types>) {
+        match r {
+            Ok(()) => self.u8(0),
+            Err(TransferLeaderError::VoteChanged { expected, actual }) => {
+                self.u8(1);
+                self.vote(expected);
+                self.vote(actual);
+            }
+            Err(TransferLeaderError::LogNotFlushed { expected, actual }) => {
+                self.u8(2);
+                self.opt_log_id(expected);
+                self.opt_log_id(actual);
+            }
+        }
     }
     pub fn proposed(&mut self, p: &Proposed) {
         self.u64(p.index);
@@ -141,6 +163,26 @@ impl Reader<'_> {
     }
     pub fn snapshot_response(&mut self) -> Result<SnapshotResponse<Types>, DecodeError> {
         Ok(SnapshotResponse::new(self.vote()?))
+    }
+    pub fn transfer_request(&mut self) -> Result<TransferLeaderRequest<Types>, DecodeError> {
+        let from = self.vote()?;
+        let to = self.u64()?;
+        let last_log_id = self.opt_log_id()?;
+        Ok(TransferLeaderRequest::new(from, to, last_log_id))
+    }
+    pub fn transfer_response(&mut self) -> Result<TransferLeaderResponse<Types>, DecodeError> {
+        Ok(match self.u8()? {
+            0 => Ok(()),
+            1 => Err(TransferLeaderError::VoteChanged {
+                expected: self.vote()?,
+                actual: self.vote()?,
+            }),
+            2 => Err(TransferLeaderError::LogNotFlushed {
+                expected: self.opt_log_id()?,
+                actual: self.opt_log_id()?,
+            }),
+            other => return Err(DecodeError(format!("transfer response {other}"))),
+        })
     }
     pub fn proposed(&mut self) -> Result<Proposed, DecodeError> {
         let index = self.u64()?;
@@ -237,6 +279,32 @@ mod tests {
             (v, back.meta, back.snapshot),
             (Vote::new(5, 3), snapshot.meta, snapshot.snapshot)
         );
+        let transfer =
+            TransferLeaderRequest::<Types>::new(Vote::new_committed(5, 3), 2, Some(log_id(9)));
+        assert_eq!(
+            decode(&encode(|w| w.transfer_request(&transfer)), |r| r
+                .transfer_request())
+            .unwrap(),
+            transfer
+        );
+        for response in [
+            Ok(()),
+            Err(TransferLeaderError::VoteChanged {
+                expected: Vote::new(1, 1),
+                actual: Vote::new(2, 2),
+            }),
+            Err(TransferLeaderError::LogNotFlushed {
+                expected: Some(log_id(3)),
+                actual: None,
+            }),
+        ] {
+            assert_eq!(
+                decode(&encode(|w| w.transfer_response(&response)), |r| r
+                    .transfer_response())
+                .unwrap(),
+                response
+            );
+        }
         for proposed in [
             Proposed {
                 answer: Answer(Ok(())),
