@@ -124,6 +124,9 @@ pub enum AdminCommand {
     /// The cluster's nodes and this node's links to them (also `brokerctl cluster status`).
     #[command(name = "cluster_status", alias = "cluster-status")]
     ClusterStatus,
+    /// Snapshot the metadata group on this node and purge its log up to the snapshot.
+    #[command(name = "cluster_snapshot", alias = "cluster-snapshot")]
+    ClusterSnapshot,
     /// Hand this node's leadership of the metadata group to another node (run it on the leader).
     #[command(name = "transfer_leadership", alias = "transfer-leadership")]
     TransferLeadership {
@@ -245,6 +248,7 @@ impl AdminCommand {
                 Layout::Plain,
             ),
             Status => (json!({"command": "status"}), Layout::Plain),
+            ClusterSnapshot => (json!({"command": "cluster_snapshot"}), Layout::Plain),
             TransferLeadership { to } => (
                 json!({"command": "transfer_leadership", "to": to}),
                 Layout::Plain,
@@ -273,6 +277,8 @@ impl AdminCommand {
                             "term",
                             "last_log_index",
                             "applied_index",
+                            "snapshot_index",
+                            "purged_index",
                         ],
                     ),
                 ]),

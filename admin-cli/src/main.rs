@@ -44,6 +44,8 @@ enum Command {
 enum ClusterCommand {
     /// The cluster's nodes and this node's links to them (as `cluster_status`).
     Status,
+    /// Snapshot the metadata group here and purge its log (as `cluster_snapshot`).
+    Snapshot,
     /// Hand the metadata group's leadership to another node (as `transfer_leadership`).
     #[command(name = "transfer-leadership", alias = "transfer_leadership")]
     TransferLeadership {
@@ -59,6 +61,13 @@ fn main() -> std::process::ExitCode {
         Command::Cluster {
             command: ClusterCommand::Status,
         } => admin::run(args.socket, args.format, admin::AdminCommand::ClusterStatus),
+        Command::Cluster {
+            command: ClusterCommand::Snapshot,
+        } => admin::run(
+            args.socket,
+            args.format,
+            admin::AdminCommand::ClusterSnapshot,
+        ),
         Command::Cluster {
             command: ClusterCommand::TransferLeadership { to },
         } => admin::run(

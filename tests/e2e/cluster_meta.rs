@@ -230,3 +230,65 @@ async fn leadership_moves_on_request_and_before_the_leader_stops() {
         stopped.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_node_behind_a_purged_log_catches_up_from_a_snapshot() {
+    let cluster = LinkCluster::new(3);
+    let mut brokers = [
+        Some(start_node(&cluster, 1).await),
+        Some(start_node(&cluster, 2).await),
+        Some(start_node(&cluster, 3).await),
+    ];
+    let all: Vec<&TestBroker> = brokers.iter().flatten().collect();
+    let leader = agreed_leader(&all).await;
+    all[0].brokerctl(&["add_user", "early"]).await.ok();
+    for b in &all {
+        wait_for_user(b, "early").await;
+    }
+    // A follower goes down; meanwhile the others change users and vhosts, then compact their log.
+    let away = leader % 3 + 1;
+    let gone = brokers[(away - 1) as usize]
+        .take()
+        .unwrap()
+        .stop_keeping_data()
+        .await;
+    let left: Vec<&TestBroker> = brokers.iter().flatten().collect();
+    let on_leader = left
+        .iter()
+        .find(|b| b.config.cluster.as_ref().map(|c| c.node_id) == Some(leader))
+        .unwrap();
+    on_leader.brokerctl(&["add_user", "late"]).await.ok();
+    on_leader.brokerctl(&["delete_user", "early"]).await.ok();
+    on_leader.brokerctl(&["add_vhost", "heat"]).await.ok();
+    let compacted = on_leader.brokerctl(&["cluster", "snapshot"]).await.ok();
+    assert!(compacted.contains("snapshot_index"), "{compacted}");
+    let group = &status(on_leader).await["groups"][0];
+    assert!(group["purged_index"].as_u64().is_some(), "{group}");
+
+    // The follower's log ends before the purged entries: it is caught up by the snapshot, which
+    // replaces its definitions (the deleted user goes, the new ones come).
+    let back = gone.start().await;
+    wait_for_user(&back, "late").await;
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while user_names(&back).await.iter().any(|u| u == "early") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "early was not removed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let vhosts = back
+        .admin()
+        .call(json!({"command": "list_vhosts"}))
+        .await
+        .unwrap();
+    assert!(
+        vhosts.as_array().unwrap().iter().any(|v| v == "heat"),
+        "{vhosts}"
+    );
+    let group = &status(&back).await["groups"][0];
+    assert!(
+        group["snapshot_index"].as_u64().is_some(),
+        "caught up by a snapshot: {group}"
+    );
+}

@@ -321,6 +321,105 @@ def test_classic_queue_redeclared_as_quorum(conn, ch, name):
         conn.channel().queue_delete(q)
 
 
+QQ = {"x-queue-type": "quorum"}
+
+
+@pytest.mark.parametrize("flags, refused", [
+    (dict(durable=False), "non-durable"),
+    (dict(durable=True, exclusive=True), "exclusive-owner"),
+    (dict(durable=True, auto_delete=True), "auto-delete"),
+    # Several at once: auto-delete, then exclusive-owner, then non-durable (rabbit_quorum_queue).
+    (dict(durable=False, exclusive=True), "exclusive-owner"),
+    (dict(durable=False, exclusive=True, auto_delete=True), "auto-delete"),
+])
+def test_quorum_queue_declare_properties_refused(ch, name, flags, refused):
+    q = name("qq")
+    with expect_channel_error(406, f"PRECONDITION_FAILED - invalid property '{refused}' for queue '{q}' in vhost '/'"):
+        ch.queue_declare(q, arguments=QQ, **flags)
+
+
+def test_quorum_queue_cannot_be_server_named(ch):
+    with expect_channel_error(406, "PRECONDITION_FAILED - Cannot declare a server-named queue for type rabbit_quorum_queue"):
+        ch.queue_declare("", durable=True, arguments=QQ)
+
+
+@pytest.mark.parametrize("args, arg, reason", [
+    ({"x-max-priority": 5}, "x-max-priority", None),
+    ({"x-queue-mode": "lazy"}, "x-queue-mode", None),
+    ({"x-quorum-initial-group-size": 0}, "x-quorum-initial-group-size", "{value_zero,0}"),
+    ({"x-quorum-initial-group-size": "3"}, "x-quorum-initial-group-size", '"expected integer, got longstr"'),
+    ({"x-dead-letter-strategy": "sometimes"}, "x-dead-letter-strategy", "invalid_dlx_strategy"),
+    ({"x-queue-leader-locator": "nearest"}, "x-queue-leader-locator", "invalid_queue_locator_arg"),
+])
+def test_quorum_queue_arguments_refused(ch, name, args, arg, reason):
+    q = name("qq")
+    detail = (f"of queue type rabbit_quorum_queue" if reason is None else None)
+    text = (f"PRECONDITION_FAILED - invalid arg '{arg}' for queue '{q}' in vhost '/' {detail}" if reason is None
+            else f"PRECONDITION_FAILED - invalid arg '{arg}' for queue '{q}' in vhost '/': {reason}")
+    with expect_channel_error(406, text):
+        ch.queue_declare(q, durable=True, arguments={**QQ, **args})
+
+
+def test_quorum_queue_own_arguments_accepted(conn, ch, name):
+    q = name("qq")
+    args = {**QQ, "x-quorum-initial-group-size": 3, "x-dead-letter-strategy": "at-most-once",
+            "x-queue-leader-locator": "balanced", "x-single-active-consumer": True}
+    ch.queue_declare(q, durable=True, arguments=args)
+    conn.channel().queue_delete(q)
+
+
+def test_quorum_queue_refuses_global_qos_consumers(broker, name):
+    conn = broker.pika_connection()
+    try:
+        ch = conn.channel()
+        q = name("qq")
+        ch.queue_declare(q, durable=True, arguments=QQ)
+        ch.basic_qos(prefetch_count=10, global_qos=True)
+        with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as e:
+            ch.basic_consume(q, lambda *a: None)
+            conn.process_data_events(time_limit=1)
+        assert (e.value.reply_code, e.value.reply_text) == (
+            540, f"NOT_IMPLEMENTED - queue '{q}' in vhost '/' does not support global qos")
+    finally:
+        if conn.is_open:
+            conn.close()
+    cleanup = broker.pika_connection()
+    cleanup.channel().queue_delete(q)
+    cleanup.close()
+
+
+@pytest.mark.parametrize("flag", ["if_unused", "if_empty"])
+def test_quorum_queue_conditional_delete_refused(broker, name, flag):
+    conn = broker.pika_connection()
+    q = name("qq")
+    try:
+        ch = conn.channel()
+        ch.queue_declare(q, durable=True, arguments=QQ)
+        with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as e:
+            ch.queue_delete(q, **{flag: True})
+        text = flag.replace("_", "-")
+        assert (e.value.reply_code, e.value.reply_text) == (
+            540, f"NOT_IMPLEMENTED - cannot delete queue '{q}' in vhost '/'. "
+                 f"queue.delete operations with {text} flag set are not supported by quorum queues")
+    finally:
+        if conn.is_open:
+            conn.close()
+    cleanup = broker.pika_connection()
+    cleanup.channel().queue_delete(q)
+    cleanup.close()
+
+
+def test_quorum_queue_with_single_active_consumer_refuses_basic_get(conn, ch, name):
+    q = name("qq")
+    ch.queue_declare(q, durable=True, arguments={**QQ, "x-single-active-consumer": True})
+    try:
+        with expect_channel_error(405, f"RESOURCE_LOCKED - cannot obtain access to locked queue '{q}' in vhost '/'. "
+                                       "basic.get operations are not supported by quorum queues with single active consumer"):
+            ch.basic_get(q)
+    finally:
+        conn.channel().queue_delete(q)
+
+
 # --------------------------------------------------------------------------
 # TTL
 # --------------------------------------------------------------------------

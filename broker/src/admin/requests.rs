@@ -89,6 +89,7 @@ pub(crate) enum Request {
         #[serde(default)]
         to: Option<u64>,
     },
+    ClusterSnapshot,
 }
 
 impl Request {
@@ -287,11 +288,15 @@ async fn execute(broker: &Broker, request: Request) -> Result<Value, AdminError>
         }
         Request::ClusterStatus => cluster_status(broker),
         Request::TransferLeadership { to } => {
-            let cluster = broker.cluster.get().ok_or_else(|| {
-                AdminError("this broker is not a cluster node (no [cluster] section)".into())
-            })?;
-            let leader = cluster.transfer_leadership(to).await.map_err(AdminError)?;
+            let leader = cluster_of(broker)?
+                .transfer_leadership(to)
+                .await
+                .map_err(AdminError)?;
             Ok(json!({ "leader": leader }))
+        }
+        Request::ClusterSnapshot => {
+            let index = cluster_of(broker)?.compact().await.map_err(AdminError)?;
+            Ok(json!({ "snapshot_index": index }))
         }
         Request::Status => Ok(json!({
             "product": "Warren",
@@ -305,10 +310,17 @@ async fn execute(broker: &Broker, request: Request) -> Result<Value, AdminError>
     }
 }
 
+fn cluster_of(broker: &Broker) -> Result<&crate::cluster::node::Cluster, AdminError> {
+    broker.cluster.get().map(|c| &**c).ok_or_else(|| {
+        AdminError("this broker is not a cluster node (no [cluster] section)".into())
+    })
+}
+
 /// Every node of the cluster as this node sees it (itself, and each peer with its link), and the
 /// metadata group's state on this node.
 fn cluster_status(broker: &Broker) -> Result<Value, AdminError> {
-    let (Some(config), Some(cluster)) = (&broker.config.cluster, broker.cluster.get()) else {
+    let cluster = cluster_of(broker)?;
+    let Some(config) = &broker.config.cluster else {
         return Err(AdminError(
             "this broker is not a cluster node (no [cluster] section)".into(),
         ));

@@ -126,6 +126,13 @@ impl Channel {
         let name = self.queue_name(c.queue.as_str())?;
         permissions::check(s, Access::Read, Kind::Queue, &name)?;
         let queue = s.vhost.queue(&name, s.id)?;
+        if queue.args.quorum && self.credit.global.limit() > 0 {
+            // rabbit_quorum_queue:consume/3: a quorum queue's consumers have their own credit.
+            return Err(AmqpError::not_implemented(format!(
+                "queue '{name}' in vhost '{}' does not support global qos",
+                s.vhost.name
+            )));
+        }
         let tag: Arc<str> = if c.consumer_tag.as_str().is_empty() {
             generated_name("amq.ctag").into()
         } else {
@@ -191,6 +198,12 @@ impl Channel {
         let name = self.queue_name(g.queue.as_str())?;
         permissions::check(s, Access::Read, Kind::Queue, &name)?;
         let queue = s.vhost.queue(&name, s.id)?;
+        if queue.args.quorum && queue.args.single_active_consumer {
+            return Err(AmqpError::resource_locked(format!(
+                "cannot obtain access to locked queue '{name}' in vhost '{}'. basic.get operations are not supported by quorum queues with single active consumer",
+                s.vhost.name
+            )));
+        }
         let Some((entry, message_count)) = queue.get(Now::read()) else {
             s.send(
                 self.id,

@@ -56,6 +56,18 @@ impl Channel {
         match method {
             queue::AMQPMethod::Declare(d) => {
                 let server_named = d.queue.as_str().is_empty() && !d.passive;
+                let quorum = d
+                    .arguments
+                    .inner()
+                    .get("x-queue-type")
+                    .and_then(as_text)
+                    .is_some_and(|t| t == "quorum");
+                if server_named && quorum {
+                    // rabbit_channel, before any other check: quorum queues have no server-named form.
+                    return Err(AmqpError::precondition(
+                        "Cannot declare a server-named queue for type rabbit_quorum_queue",
+                    ));
+                }
                 let name = if server_named {
                     generated_name("amq.gen").into()
                 } else {

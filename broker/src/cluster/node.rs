@@ -161,6 +161,38 @@ impl Cluster {
         Ok(moved.current_leader.unwrap_or(target))
     }
 
+    /// Takes a snapshot of the metadata group on this node (its definitions as of the last applied
+    /// entry) and purges the log up to it: what `brokerctl cluster snapshot` runs, and what a node
+    /// whose log has grown long does. A member that is further behind than the purged log then
+    /// catches up by installing the leader's snapshot. Returns the snapshot's index.
+    pub async fn compact(&self) -> Result<u64, String> {
+        let applied = self
+            .metrics()
+            .last_applied
+            .ok_or("the metadata group has applied nothing yet")?;
+        let raft = &self.meta.raft;
+        raft.trigger().snapshot().await.map_err(|e| e.to_string())?;
+        let within = Some(std::time::Duration::from_secs(10));
+        let built = raft
+            .wait(within)
+            .metrics(
+                |m| m.snapshot.map(|s| s.index) >= Some(applied.index),
+                "snapshot built",
+            )
+            .await
+            .map_err(|e| format!("no snapshot within 10 s: {e}"))?;
+        let upto = built.snapshot.map_or(applied.index, |s| s.index);
+        raft.trigger()
+            .purge_log(upto)
+            .await
+            .map_err(|e| e.to_string())?;
+        raft.wait(within)
+            .metrics(|m| m.purged.map(|p| p.index) >= Some(upto), "log purged")
+            .await
+            .map_err(|e| format!("the log was not purged within 10 s: {e}"))?;
+        Ok(upto)
+    }
+
     /// The metadata group as this node sees it.
     pub fn meta_status(&self) -> Value {
         use openraft::async_runtime::WatchReceiver;
@@ -172,6 +204,8 @@ impl Cluster {
             "term": m.current_term,
             "last_log_index": m.last_log_index,
             "applied_index": m.last_applied.map(|id| id.index),
+            "snapshot_index": m.snapshot.map(|id| id.index),
+            "purged_index": m.purged.map(|id| id.index),
         })
     }
 }

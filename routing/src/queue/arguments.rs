@@ -163,6 +163,22 @@ fn text_arg(key: &str, v: &AMQPValue, resource: &Resource<'_>) -> AmqpResult<Str
 pub fn parse(args: &FieldTable, resource: &Resource<'_>) -> AmqpResult<QueueArguments> {
     let mut out = QueueArguments::default();
     let get = |k: &str| args.inner().get(k);
+    // The type first (rabbit_amqqueue:check_queue_type), then the validators of the arguments that
+    // type supports, then the arguments of other types.
+    if let Some(v) = get("x-queue-type") {
+        match text_arg("x-queue-type", v, resource)?.as_str() {
+            "classic" => {}
+            "quorum" => out.quorum = true,
+            "stream" => {
+                return Err(invalid(
+                    "x-queue-type",
+                    resource,
+                    "\"stream queues are not supported by Warren; set rabbit_stream_fanout = false in [oslo_messaging_rabbit]\"",
+                ))
+            }
+            other => return Err(invalid("x-queue-type", resource, format_args!("\"unsupported queue type '{other}'\""))),
+        }
+    }
     if let Some(v) = get("x-expires") {
         let n = int_arg("x-expires", v, resource)?;
         if n == 0 {
@@ -206,7 +222,7 @@ pub fn parse(args: &FieldTable, resource: &Resource<'_>) -> AmqpResult<QueueArgu
             }
         }
     }
-    if let Some(v) = get("x-max-priority") {
+    if let (Some(v), false) = (get("x-max-priority"), out.quorum) {
         let n = non_negative("x-max-priority", v, resource)?;
         if n > 255 {
             return Err(invalid(
@@ -225,7 +241,7 @@ pub fn parse(args: &FieldTable, resource: &Resource<'_>) -> AmqpResult<QueueArgu
             _ => return Err(invalid("x-overflow", resource, "invalid_overflow")),
         };
     }
-    if let Some(v) = get("x-queue-mode") {
+    if let (Some(v), false) = (get("x-queue-mode"), out.quorum) {
         out.lazy = match text_arg("x-queue-mode", v, resource)?.as_str() {
             "default" => false,
             "lazy" => true,
@@ -244,21 +260,103 @@ pub fn parse(args: &FieldTable, resource: &Resource<'_>) -> AmqpResult<QueueArgu
     if let Some(v) = get(PUBLISHER_ARGUMENT) {
         out.publisher_header = bool_arg(PUBLISHER_ARGUMENT, v, resource)?;
     }
-    if let Some(v) = get("x-queue-type") {
-        match text_arg("x-queue-type", v, resource)?.as_str() {
-            "classic" => {}
-            "quorum" => out.quorum = true,
-            "stream" => {
-                return Err(invalid(
-                    "x-queue-type",
-                    resource,
-                    "\"stream queues are not supported by Warren; set rabbit_stream_fanout = false in [oslo_messaging_rabbit]\"",
-                ))
-            }
-            other => return Err(invalid("x-queue-type", resource, format_args!("\"unsupported queue type '{other}'\""))),
-        }
+    if out.quorum {
+        quorum_arguments(args, resource)?;
     }
     Ok(out)
+}
+
+/// Arguments of other queue types a quorum queue refuses (rabbit_queue_type: classic and stream
+/// capabilities that rabbit_quorum_queue lacks).
+const NOT_QUORUM: &[&str] = &[
+    "x-max-priority",
+    "x-queue-mode",
+    "x-queue-version",
+    "x-queue-master-locator",
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
+    "x-initial-cluster-size",
+];
+
+/// A quorum queue's own arguments, validated as RabbitMQ 3.10 does, then the first argument of
+/// another queue type (in the client's table order) refused.
+fn quorum_arguments(args: &FieldTable, resource: &Resource<'_>) -> AmqpResult<()> {
+    let get = |k: &str| args.inner().get(k);
+    if let Some(v) = get("x-dead-letter-strategy") {
+        if !matches!(
+            text_arg("x-dead-letter-strategy", v, resource)?.as_str(),
+            "at-most-once" | "at-least-once"
+        ) {
+            return Err(invalid(
+                "x-dead-letter-strategy",
+                resource,
+                "invalid_dlx_strategy",
+            ));
+        }
+    }
+    if let Some(v) = get("x-quorum-initial-group-size") {
+        match int_arg("x-quorum-initial-group-size", v, resource)? {
+            0 => {
+                return Err(invalid(
+                    "x-quorum-initial-group-size",
+                    resource,
+                    "{value_zero,0}",
+                ))
+            }
+            n if n < 0 => {
+                return Err(invalid(
+                    "x-quorum-initial-group-size",
+                    resource,
+                    format_args!("{{value_negative,{n}}}"),
+                ))
+            }
+            _ => {}
+        }
+    }
+    if let Some(v) = get("x-queue-leader-locator") {
+        if !matches!(
+            text_arg("x-queue-leader-locator", v, resource)?.as_str(),
+            "client-local" | "balanced" | "random" | "least-leaders"
+        ) {
+            return Err(invalid(
+                "x-queue-leader-locator",
+                resource,
+                "invalid_queue_locator_arg",
+            ));
+        }
+    }
+    if let Some((key, _)) = args
+        .inner()
+        .iter()
+        .find(|(k, _)| NOT_QUORUM.contains(&k.as_str()))
+    {
+        return Err(AmqpError::precondition(format!(
+            "invalid arg '{key}' for {resource} of queue type rabbit_quorum_queue"
+        )));
+    }
+    Ok(())
+}
+
+/// The declare properties a quorum queue refuses, in RabbitMQ's order (rabbit_quorum_queue's
+/// `check_auto_delete`, `check_exclusive`, `check_non_durable`).
+pub fn check_quorum_properties(
+    durable: bool,
+    exclusive: bool,
+    auto_delete: bool,
+    resource: &Resource<'_>,
+) -> AmqpResult<()> {
+    let refused = if auto_delete {
+        "auto-delete"
+    } else if exclusive {
+        "exclusive-owner"
+    } else if !durable {
+        "non-durable"
+    } else {
+        return Ok(());
+    };
+    Err(AmqpError::precondition(format!(
+        "invalid property '{refused}' for {resource}"
+    )))
 }
 
 /// For a queue read back from the log: its arguments validated one by one, keeping every key today's
@@ -372,6 +470,76 @@ mod tests {
         name: "q",
         vhost: "/",
     };
+
+    #[test]
+    fn quorum_queues_refuse_other_types_arguments_and_check_their_own() {
+        let quorum = || {
+            (
+                "x-queue-type",
+                AMQPValue::LongString(LongString::from("quorum")),
+            )
+        };
+        let err = |pairs: &[(&str, AMQPValue)]| parse(&table(pairs), &R).unwrap_err().text;
+        // A bad value of a classic argument is not looked at: the argument itself is refused.
+        assert_eq!(
+            err(&[quorum(), ("x-max-priority", AMQPValue::LongInt(-1))]),
+            "PRECONDITION_FAILED - invalid arg 'x-max-priority' for queue 'q' in vhost '/' of queue type rabbit_quorum_queue"
+        );
+        assert!(err(&[
+            quorum(),
+            ("x-quorum-initial-group-size", AMQPValue::LongInt(-2))
+        ])
+        .ends_with("{value_negative,-2}"));
+        assert!(err(&[
+            (
+                "x-dead-letter-strategy",
+                AMQPValue::LongString(LongString::from("never"))
+            ),
+            quorum()
+        ])
+        .ends_with("invalid_dlx_strategy"));
+        // The type is checked before any other argument.
+        assert!(err(&[
+            ("x-max-length", AMQPValue::LongInt(-5)),
+            (
+                "x-queue-type",
+                AMQPValue::LongString(LongString::from("bogus"))
+            )
+        ])
+        .contains("x-queue-type"));
+        let ok = parse(
+            &table(&[
+                quorum(),
+                ("x-quorum-initial-group-size", AMQPValue::LongInt(5)),
+            ]),
+            &R,
+        )
+        .unwrap();
+        assert!(ok.quorum);
+        // A classic queue keeps its own arguments.
+        assert_eq!(
+            parse(&table(&[("x-max-priority", AMQPValue::LongInt(5))]), &R)
+                .unwrap()
+                .max_priority,
+            Some(5)
+        );
+    }
+
+    #[test]
+    fn quorum_declare_properties_are_refused_in_rabbitmq_order() {
+        let refused = |d, e, a| check_quorum_properties(d, e, a, &R).map_err(|e| e.text);
+        assert_eq!(refused(true, false, false), Ok(()));
+        assert_eq!(
+            refused(false, true, false).unwrap_err(),
+            "PRECONDITION_FAILED - invalid property 'exclusive-owner' for queue 'q' in vhost '/'"
+        );
+        assert!(refused(false, true, true)
+            .unwrap_err()
+            .contains("'auto-delete'"));
+        assert!(refused(false, false, false)
+            .unwrap_err()
+            .contains("'non-durable'"));
+    }
 
     #[test]
     fn validation_texts_follow_rabbitmq() {

@@ -510,7 +510,16 @@ impl Vhost {
         }
         // RabbitMQ's order for a new queue: the limit, the caller's checks (DLX), then validation.
         before_create()?;
-        let args = arguments::parse(&spec.arguments, &self.resource("queue", &spec.name))?;
+        let res = self.resource("queue", &spec.name);
+        let args = arguments::parse(&spec.arguments, &res)?;
+        if args.quorum {
+            arguments::check_quorum_properties(
+                spec.durable,
+                spec.exclusive_owner.is_some(),
+                spec.auto_delete,
+                &res,
+            )?;
+        }
         if let (Some(d), true) = (&self.durability, spec.durable) {
             d.meta(&self.declare_queue_command(&spec));
         }
@@ -536,6 +545,14 @@ impl Vhost {
             return Ok(0);
         };
         self.check_exclusive(&queue, Some(connection), false)?;
+        if queue.args.quorum && (if_unused || if_empty) {
+            // rabbit_quorum_queue:delete/4: if-unused is looked at first; a connection error.
+            let flag = if if_unused { "if-unused" } else { "if-empty" };
+            return Err(AmqpError::not_implemented(format!(
+                "cannot delete {}. queue.delete operations with {flag} flag set are not supported by quorum queues",
+                self.resource("queue", name)
+            )));
+        }
         // A classic queue checks if-empty before if-unused (rabbit_amqqueue_process).
         if if_empty && queue.message_count() > 0 {
             return Err(AmqpError::precondition(format!(
