@@ -207,6 +207,11 @@ pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
 }
 
 impl Broker {
+    /// This node in its cluster (None for a single node, or before the cluster has started).
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::node::Cluster>> {
+        self.cluster.get()
+    }
+
     /// Opens the broker on `config`'s data directory, taking its lock unless `lock` is the lock
     /// already taken (`warren --dev` takes it before it refreshes the development PKI, so a second
     /// broker never rewrites the first one's certificates).

@@ -292,3 +292,63 @@ async fn a_node_behind_a_purged_log_catches_up_from_a_snapshot() {
         "caught up by a snapshot: {group}"
     );
 }
+
+/// Cuts node `id` (its broker `b`) off from every other node, as a firewall would.
+fn isolate(b: &TestBroker, others: &[u64]) {
+    b.server
+        .broker
+        .cluster()
+        .expect("a cluster node")
+        .links
+        .cut_off(others);
+}
+
+#[tokio::test]
+async fn a_cut_off_leader_confirms_nothing_and_the_majority_goes_on() {
+    let cluster = LinkCluster::new(3);
+    let brokers = [
+        start_node(&cluster, 1).await,
+        start_node(&cluster, 2).await,
+        start_node(&cluster, 3).await,
+    ];
+    let all: Vec<&TestBroker> = brokers.iter().collect();
+    let leader = agreed_leader(&all).await;
+    let old = &brokers[(leader - 1) as usize];
+    let others: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let majority: Vec<&TestBroker> = brokers
+        .iter()
+        .filter(|b| b.config.cluster.as_ref().map(|c| c.node_id) != Some(leader))
+        .collect();
+
+    isolate(old, &others);
+    // The minority (the old leader alone) never reports a change as made.
+    let refused = old.brokerctl(&["add_user", "minority"]).await;
+    assert!(!refused.success, "{refused:?}");
+    assert!(
+        refused.stderr.contains("not confirmed") || refused.stderr.contains("not made"),
+        "{refused:?}"
+    );
+    // The majority elects a leader of its own and takes changes.
+    agreed_leader_other_than(&majority, Some(leader)).await;
+    majority[0].brokerctl(&["add_user", "majority"]).await.ok();
+    for b in &majority {
+        wait_for_user(b, "majority").await;
+    }
+
+    // Healed, the old leader follows the new one: it gets the majority's change, and the change it
+    // wrote alone is gone everywhere (never committed).
+    old.server.broker.cluster().unwrap().links.heal();
+    agreed_leader(&all).await;
+    wait_for_user(old, "majority").await;
+    let mut lists = Vec::new();
+    for b in &all {
+        let mut users = user_names(b).await;
+        users.sort();
+        assert!(!users.iter().any(|u| u == "minority"), "{users:?}");
+        lists.push(users);
+    }
+    assert!(
+        lists.windows(2).all(|w| w[0] == w[1]),
+        "every node lists the same users: {lists:?}"
+    );
+}

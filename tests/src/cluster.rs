@@ -82,6 +82,8 @@ impl LinkCluster {
             peers: self.peers.clone(),
             replicas: self.peers.len().min(3) as u8,
             queue_shards: 4,
+            // Short, so a test of a cut-off minority need not wait 15 s.
+            change_timeout_ms: 3_000,
             tls: ClusterTlsConfig {
                 cert: self.path(&format!("{}.pem", me.name)),
                 key: self.path(&format!("{}.key", me.name)),

@@ -29,6 +29,9 @@ pub struct ClusterConfig {
     /// Queue shard groups, fixed when the cluster is first started.
     #[serde(default = "default_queue_shards")]
     pub queue_shards: u16,
+    /// How long an administrative change waits for a majority before it is reported as not made.
+    #[serde(default = "default_change_timeout_ms")]
+    pub change_timeout_ms: u64,
     pub tls: ClusterTlsConfig,
 }
 
@@ -65,6 +68,10 @@ fn default_replicas() -> u8 {
 
 fn default_queue_shards() -> u16 {
     16
+}
+
+fn default_change_timeout_ms() -> u64 {
+    15_000
 }
 
 impl ClusterConfig {
@@ -116,6 +123,12 @@ impl ClusterConfig {
                 "cluster.replicas: {} must be between 1 and the number of nodes ({})",
                 self.replicas,
                 self.peers.len()
+            ));
+        }
+        if !(100..=600_000).contains(&self.change_timeout_ms) {
+            return Err(format!(
+                "cluster.change_timeout_ms: {} must be between 100 and 600000",
+                self.change_timeout_ms
             ));
         }
         if !(1..=1024).contains(&self.queue_shards) {
@@ -181,6 +194,7 @@ mod tests {
                 .collect(),
             replicas: 3,
             queue_shards: 16,
+            change_timeout_ms: 15_000,
             tls: ClusterTlsConfig {
                 cert: "node.pem".into(),
                 key: "node.key".into(),

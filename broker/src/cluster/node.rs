@@ -83,6 +83,7 @@ impl Cluster {
                 raft,
                 links: links.clone(),
                 node_id: config.node_id,
+                timeout: std::time::Duration::from_millis(config.change_timeout_ms),
             },
             links,
         }))

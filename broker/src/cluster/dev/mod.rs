@@ -70,6 +70,7 @@ pub fn nodes(data_dir: &Path, listen: SocketAddr, count: u64) -> anyhow::Result<
             peers: peers.clone(),
             replicas: count.min(3) as u8,
             queue_shards: 4,
+            change_timeout_ms: 15_000,
             tls: ClusterTlsConfig {
                 cert,
                 key,

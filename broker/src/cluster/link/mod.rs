@@ -132,6 +132,8 @@ pub struct Links {
     peers: Mutex<HashMap<u64, PeerState>>,
     next_serial: AtomicU64,
     handler: std::sync::OnceLock<Arc<dyn RequestHandler>>,
+    /// Peers this node is cut off from, as a firewall rule would (fault injection: [`Links::cut_off`]).
+    cut: Mutex<std::collections::HashSet<u64>>,
     pending: Mutex<HashMap<u64, Pending>>,
     next_request: AtomicU64,
     /// Pings carry microseconds since this instant, so a pong tells the round trip.
@@ -155,6 +157,7 @@ impl Links {
             peers: Mutex::new(HashMap::new()),
             next_serial: AtomicU64::new(1),
             handler: std::sync::OnceLock::new(),
+            cut: Mutex::new(std::collections::HashSet::new()),
             pending: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
             epoch: Instant::now(),
@@ -173,6 +176,25 @@ impl Links {
             tokio::spawn(links.clone().dial_loop(peer));
         }
         Ok(links)
+    }
+
+    /// Fault injection for the fault tests: cuts this node off from `peers` as a firewall rule
+    /// would (their links close, and no link to them is dialled or admitted) until [`Links::heal`].
+    /// Nothing in the broker calls it.
+    pub fn cut_off(&self, peers: &[u64]) {
+        self.cut.lock().extend(peers.iter().copied());
+        let mut states = self.peers.lock();
+        for peer in peers {
+            if let Some(state) = states.get_mut(peer) {
+                // Dropping the handle ends the link's session.
+                state.link = None;
+            }
+        }
+    }
+
+    /// Ends every cut made with [`Links::cut_off`].
+    pub fn heal(&self) {
+        self.cut.lock().clear();
     }
 
     /// Sets what serves peers' requests (once; requests before it are answered with an error).
@@ -336,6 +358,9 @@ impl Links {
             .ok_or_else(|| refused("no certificate"))?;
         let name = identity::node_name(cert).map_err(|e| refused(e.to_string()))?;
         match self.config.peer_named(&name) {
+            Some(peer) if self.cut.lock().contains(&peer.id) => {
+                Err(refused(format!("node {name:?} is cut off")))
+            }
             Some(peer) if peer.id != self.config.node_id => Ok(peer.clone()),
             Some(_) => Err(refused(format!(
                 "the certificate of node {name:?} is this node's own"
@@ -549,9 +574,10 @@ impl Links {
                 }
                 written = &mut write => return written,
                 _ = &mut closed => {
-                    return match self.stopped() {
-                        true => Ok(()),
-                        false => Err(refused("replaced by a newer link")),
+                    return match (self.stopped(), self.cut.lock().contains(&peer.id)) {
+                        (true, _) => Ok(()),
+                        (false, true) => Err(refused("cut off")),
+                        (false, false) => Err(refused("replaced by a newer link")),
                     };
                 }
                 _ = stopping(&mut stop) => return Ok(()),

@@ -39,8 +39,6 @@ use crate::meta::MetaCommand;
 
 /// The metadata group's number on node links.
 pub const GROUP: u32 = 0;
-/// How long an administrative change waits for the group (a leader, a majority) before it fails.
-const PROPOSE_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub type MetaRaft = openraft::Raft<Types, MetaMachine>;
 
@@ -364,6 +362,9 @@ pub struct MetaGroup {
     pub raft: MetaRaft,
     pub links: Arc<Links>,
     pub node_id: u64,
+    /// How long a change waits for the group (a leader, a majority) before it is reported as not
+    /// made (`[cluster] change_timeout_ms`).
+    pub timeout: Duration,
 }
 
 impl MetaGroup {
@@ -371,14 +372,26 @@ impl MetaGroup {
     /// forwards to), committed by a majority, and applied here before it returns, so the change is
     /// visible on this node when brokerctl reports it done.
     pub async fn propose(&self, commands: Vec<MetaCommand>) -> Result<(), String> {
-        let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
+        let deadline = tokio::time::Instant::now() + self.timeout;
         let proposal = Proposal {
             origin: self.node_id,
             commands,
         };
         let mut last_problem = String::from("no leader yet");
         while tokio::time::Instant::now() < deadline {
-            match self.raft.client_write(proposal.clone()).await {
+            let write = self.raft.client_write(proposal.clone());
+            let written = match tokio::time::timeout_at(deadline, write).await {
+                Ok(written) => written,
+                // Written by this node as leader, but no majority committed it in time (this node
+                // may be cut off from the others): it takes effect only if one still does.
+                Err(_) => {
+                    return Err(format!(
+                        "the change was not confirmed: no majority of the metadata group answered within {:?}; it takes effect only if this node's entry is still committed (check with the list verbs on another node)",
+                        self.timeout
+                    ))
+                }
+            };
+            match written {
                 Ok(written) => return written.data.0,
                 Err(e) => {
                     if let Some(ClientWriteError::LogEntryDiscarded(_)) = e.api_error() {
@@ -403,7 +416,8 @@ impl MetaGroup {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Err(format!(
-            "the change was not made: the metadata group answered nothing within {PROPOSE_TIMEOUT:?} ({last_problem}); is a majority of the cluster's nodes up and linked? (brokerctl cluster status)"
+            "the change was not made: the metadata group answered nothing within {:?} ({last_problem}); is a majority of the cluster's nodes up and linked? (brokerctl cluster status)",
+            self.timeout
         ))
     }
 
