@@ -34,22 +34,9 @@ pub struct Server {
 /// there, not only in the broker log. Handshakes that fail for other reasons (not TLS at all, a
 /// cipher mismatch, a dropped connection) are not authentication attempts and stay in the broker log.
 fn audit_refused_certificate(broker: &Broker, peer: std::net::SocketAddr, error: &std::io::Error) {
-    let Some(tls) = error
-        .get_ref()
-        .and_then(|e| e.downcast_ref::<rustls::Error>())
-    else {
+    let Some(detail) = crate::tls::certificate_refusal(error) else {
         return;
     };
-    let certificate_problem = matches!(
-        tls,
-        rustls::Error::InvalidCertificate(_)
-            | rustls::Error::NoCertificatesPresented
-            | rustls::Error::InvalidCertRevocationList(_)
-    );
-    if !certificate_problem {
-        return;
-    }
-    let detail = tls.to_string();
     let source = peer.to_string();
     broker.audit.record_limited(
         &peer.ip().to_string(),
@@ -111,6 +98,7 @@ impl Server {
             self.broker.durability.clone(),
             Arc::downgrade(&holder),
             &records,
+            self.broker.audit.clone(),
         )
         .await?;
         if self.broker.cluster.set(cluster).is_err() {
@@ -126,11 +114,14 @@ impl Server {
         }
     }
 
-    /// Re-reads the CA bundle, server certificate, key and CRLs (SIGHUP). On any error the running
-    /// configuration stays in force and the error is returned for the log.
+    /// Re-reads the CA bundle, server certificate, key and CRLs, and a cluster node's
+    /// `[cluster.tls]` (SIGHUP). On any error the running configuration stays in force and the
+    /// error is returned for the log.
     pub fn reload_tls(&self) -> Result<(), crate::tls::TlsError> {
         let mut in_force = self.crl_numbers.lock();
         let tls = crate::tls::server_config(&self.broker.config.tls, &in_force)?;
+        let cluster = self.broker.cluster();
+        let links_tls = cluster.map(|c| c.links.load_tls()).transpose()?;
         let path = self.broker.config.data_dir.join(crate::crl::NUMBERS_FILE);
         let merged = in_force
             .merge_and_write(&tls.crl_numbers, &path)
@@ -142,6 +133,9 @@ impl Server {
             })?;
         *self.acceptor.write() = TlsAcceptor::from(tls.config);
         *in_force = merged;
+        if let (Some(cluster), Some(fresh)) = (cluster, links_tls) {
+            cluster.links.install_tls(fresh);
+        }
         Ok(())
     }
 

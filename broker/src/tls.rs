@@ -120,6 +120,20 @@ pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
     Ok(certs)
 }
 
+/// The reason a TLS handshake failed, when it failed for the peer's certificate (none, an unknown
+/// CA, expired, revoked, the wrong key usage...): what the audit log records as a refused
+/// authentication. Other failures (not TLS at all, a dropped connection) give None.
+pub(crate) fn certificate_refusal(error: &std::io::Error) -> Option<String> {
+    let tls = error.get_ref()?.downcast_ref::<rustls::Error>()?;
+    matches!(
+        tls,
+        rustls::Error::InvalidCertificate(_)
+            | rustls::Error::NoCertificatesPresented
+            | rustls::Error::InvalidCertRevocationList(_)
+    )
+    .then(|| tls.to_string())
+}
+
 /// The PEM private key at `path` (its mode and owner checked by [`check_key_file`] first).
 pub(crate) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let data = fs::read(path).map_err(|source| TlsError::Read {

@@ -343,3 +343,104 @@ async fn cluster_status_on_a_single_node_says_so() {
     assert!(!out.success, "{out:?}");
     assert!(out.stderr.contains("not a cluster node"), "{out:?}");
 }
+
+#[tokio::test]
+async fn a_node_certificate_revoked_on_reload_is_refused_from_then_on() {
+    let cluster = LinkCluster::new(3);
+    let write_crl = |revoked: &[u64], number: u64| {
+        let crl = cluster
+            .ca
+            .revocation_list(number, revoked, Validity::days(1))
+            .unwrap();
+        std::fs::write(cluster.path("nodes.crl"), crl).unwrap();
+    };
+    write_crl(&[], 1);
+    let mut config = cluster.config(1);
+    config.tls.crls = vec![cluster.path("nodes.crl")];
+    let node = warren_broker::cluster::link::Links::start(config)
+        .await
+        .unwrap();
+    let n2 = cluster
+        .ca
+        .issue_node_with_serial("n2", &["127.0.0.1"], Validity::days(1), Some(0x4444))
+        .unwrap();
+    let mut stream = cluster.dial(1, Some(&n2), true).await.unwrap();
+    stream.write_all(&cluster.hello(2)).await.unwrap();
+    let answer = read_until_closed_or(&mut stream, 29 + 5).await;
+    assert_eq!(
+        &answer[29..],
+        [0, 0, 0, 1, 1],
+        "admitted before the revocation"
+    );
+    drop(stream);
+
+    // Revoked in a new CRL, put in force by a reload: the next link with it is refused.
+    write_crl(&[0x4444], 2);
+    node.reload_tls().unwrap();
+    refused_before_any_message(&cluster, &node, &n2, true).await;
+    // A reload that fails keeps what is in force.
+    std::fs::write(cluster.path("nodes.crl"), "not a CRL").unwrap();
+    assert!(node.reload_tls().is_err());
+    refused_before_any_message(&cluster, &node, &n2, true).await;
+    node.stop();
+}
+
+/// Reads until `want` octets arrived or the node closed the connection.
+async fn read_until_closed_or(stream: &mut (impl AsyncRead + Unpin), want: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while got.len() < want {
+        match tokio::time::timeout(TIMEOUT, stream.read(&mut buf)).await {
+            Err(_) => panic!("no answer from the node (got {got:?})"),
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn refused_node_links_are_audited() {
+    let cluster = LinkCluster::new(3);
+    let node1 = cluster.config(1);
+    let broker = TestBroker::start_with(|c| c.cluster = Some(node1)).await;
+    // A user's certificate (refused after TLS) and a node certificate from another CA (refused by
+    // TLS itself).
+    let user = cluster.ca.issue_client("n2", Validity::days(1)).unwrap();
+    let foreign = warren_broker::pki::CertificateAuthority::create("Foreign CA")
+        .unwrap()
+        .issue_node("n3", &["127.0.0.1"], Validity::days(1))
+        .unwrap();
+    for pem in [&user, &foreign] {
+        if let Ok(mut stream) = cluster.dial(1, Some(pem), true).await {
+            let _ = stream.write_all(&cluster.hello(2)).await;
+            read_until_closed(&mut stream).await;
+        }
+    }
+    let deadline = tokio::time::Instant::now() + UP;
+    let lines = loop {
+        let text = std::fs::read_to_string(&broker.config.audit.path).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|v: &serde_json::Value| v["action"] == "node link")
+            .collect();
+        if lines.len() >= 2 {
+            break lines;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(lines
+        .iter()
+        .all(|l| l["kind"] == "authentication" && l["result"] == "failure"));
+    let details: Vec<&str> = lines.iter().filter_map(|l| l["detail"].as_str()).collect();
+    assert!(
+        details.iter().any(|d| d.contains("not a node certificate")),
+        "{details:?}"
+    );
+    assert!(
+        details.iter().any(|d| d.contains("invalid peer certificate")),
+        "{details:?}"
+    );
+}

@@ -43,13 +43,15 @@ impl Cluster {
     /// node's log recovered. Every node initializes the group with the same voters (the
     /// configured peers), which is safe in Raft; a node with a log of its own was initialized
     /// before and resumes.
-    pub async fn start(
+    pub(crate) async fn start(
         config: &ClusterConfig,
         writer: Arc<dyn RecordWriter>,
         holder: std::sync::Weak<dyn DefinitionsHolder>,
         raft_records: &BTreeMap<String, Bytes>,
+        audit: Arc<crate::audit::AuditLog>,
     ) -> anyhow::Result<Arc<Cluster>> {
         let links = Links::start(config.clone()).await?;
+        links.set_audit(audit);
         let log = LogStore::recover(super::raft::meta::GROUP, writer.clone(), raft_records)?;
         let machine = MetaMachine::recover(holder, writer, raft_records)?;
         let network = Network {

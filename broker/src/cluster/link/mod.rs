@@ -128,10 +128,13 @@ struct PeerState {
 pub struct Links {
     config: ClusterConfig,
     hello: Hello,
-    tls: LinkTls,
+    /// Replaced as a whole on reload (SIGHUP); links already up keep their sessions.
+    tls: parking_lot::RwLock<LinkTls>,
     peers: Mutex<HashMap<u64, PeerState>>,
     next_serial: AtomicU64,
     handler: std::sync::OnceLock<Arc<dyn RequestHandler>>,
+    /// Where refused admissions are recorded (the broker's audit log), once set.
+    audit: std::sync::OnceLock<Arc<crate::audit::AuditLog>>,
     /// Peers this node is cut off from, as a firewall rule would (fault injection: [`Links::cut_off`]).
     cut: Mutex<std::collections::HashSet<u64>>,
     pending: Mutex<HashMap<u64, Pending>>,
@@ -153,11 +156,12 @@ impl Links {
                 node_id: config.node_id,
                 incarnation: incarnation(),
             },
-            tls,
+            tls: parking_lot::RwLock::new(tls),
             peers: Mutex::new(HashMap::new()),
             next_serial: AtomicU64::new(1),
             handler: std::sync::OnceLock::new(),
             cut: Mutex::new(std::collections::HashSet::new()),
+            audit: std::sync::OnceLock::new(),
             pending: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
             epoch: Instant::now(),
@@ -178,6 +182,24 @@ impl Links {
         Ok(links)
     }
 
+    /// Re-reads `[cluster.tls]` (SIGHUP): a renewed node certificate, a changed CA bundle, a new
+    /// CRL apply to every link made from now on. On any error the running configuration stays.
+    pub fn reload_tls(&self) -> Result<(), crate::tls::TlsError> {
+        let fresh = self.load_tls()?;
+        self.install_tls(fresh);
+        Ok(())
+    }
+
+    /// `[cluster.tls]` read afresh, not yet in force (a reload checks everything before it changes
+    /// anything).
+    pub(crate) fn load_tls(&self) -> Result<LinkTls, crate::tls::TlsError> {
+        tls::link_tls(&self.config.tls)
+    }
+
+    pub(crate) fn install_tls(&self, fresh: LinkTls) {
+        *self.tls.write() = fresh;
+    }
+
     /// Fault injection for the fault tests: cuts this node off from `peers` as a firewall rule
     /// would (their links close, and no link to them is dialled or admitted) until [`Links::heal`].
     /// Nothing in the broker calls it.
@@ -195,6 +217,31 @@ impl Links {
     /// Ends every cut made with [`Links::cut_off`].
     pub fn heal(&self) {
         self.cut.lock().clear();
+    }
+
+    /// Records refused node links in `audit` from now on (a certificate that is not a configured
+    /// node's, or a hello that does not agree, is an authentication failure an auditor must see).
+    pub(crate) fn set_audit(&self, audit: Arc<crate::audit::AuditLog>) {
+        let _ = self.audit.set(audit);
+    }
+
+    fn audit_refusal(&self, from: SocketAddr, why: &str) {
+        let Some(audit) = self.audit.get() else {
+            return;
+        };
+        let source = from.to_string();
+        audit.record_limited(
+            &from.ip().to_string(),
+            &crate::audit::Event {
+                kind: "authentication",
+                action: "node link",
+                user: "",
+                source: &source,
+                vhost: None,
+                result: "failure",
+                detail: Some(why),
+            },
+        );
     }
 
     /// Sets what serves peers' requests (once; requests before it are answered with an error).
@@ -296,7 +343,18 @@ impl Links {
                 let admitted = tokio::time::timeout(HANDSHAKE_TIMEOUT, links.admit(tcp)).await;
                 match admitted {
                     Ok(Ok((stream, peer, hello))) => links.run(stream, peer, hello).await,
-                    Ok(Err(e)) => info!(%from, error = %e, "node link refused"),
+                    Ok(Err(e)) => {
+                        info!(%from, error = %e, "node link refused");
+                        match &e {
+                            LinkError::Refused(why) => links.audit_refusal(from, why),
+                            LinkError::Io(io) => {
+                                if let Some(why) = crate::tls::certificate_refusal(io) {
+                                    links.audit_refusal(from, &why);
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
                     Err(_) => info!(%from, "node link handshake timed out"),
                 }
             });
@@ -316,7 +374,8 @@ impl Links {
         ),
         LinkError,
     > {
-        let mut stream = self.tls.acceptor.accept(tcp).await?;
+        let acceptor = self.tls.read().acceptor.clone();
+        let mut stream = acceptor.accept(tcp).await?;
         let (_, session) = stream.get_ref();
         let peer = self.verified_peer(session.alpn_protocol(), session.peer_certificates())?;
         let mut theirs = [0u8; HELLO_LEN];
@@ -427,7 +486,8 @@ impl Links {
         let tcp = socket.connect(peer.addr).await?;
         tcp.set_nodelay(true)?;
         let name = ServerName::IpAddress(peer.addr.ip().into());
-        let mut stream = self.tls.connector.connect(name, tcp).await?;
+        let connector = self.tls.read().connector.clone();
+        let mut stream = connector.connect(name, tcp).await?;
         let (_, session) = stream.get_ref();
         let found = self.verified_peer(session.alpn_protocol(), session.peer_certificates())?;
         if found.id != peer.id {
