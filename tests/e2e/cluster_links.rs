@@ -440,7 +440,9 @@ async fn refused_node_links_are_audited() {
         "{details:?}"
     );
     assert!(
-        details.iter().any(|d| d.contains("invalid peer certificate")),
+        details
+            .iter()
+            .any(|d| d.contains("invalid peer certificate")),
         "{details:?}"
     );
 }

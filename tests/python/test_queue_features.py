@@ -409,6 +409,36 @@ def test_quorum_queue_conditional_delete_refused(broker, name, flag):
     cleanup.close()
 
 
+def test_quorum_queue_deliveries_carry_the_delivery_count(conn, ch, name):
+    q = name("qq")
+    ch.queue_declare(q, durable=True, arguments=QQ)
+    try:
+        confirmed(conn).basic_publish("", q, b"m", pika.BasicProperties(headers={"app": "nova"}))
+        # basic.get always carries it, 0 included; a return counts one.
+        m, p, _ = get_one(ch, q, auto_ack=False)
+        assert (p.headers["x-delivery-count"], m.redelivered) == (0, False)
+        assert p.headers["app"] == "nova"
+        ch.basic_nack(m.delivery_tag, requeue=True)
+        m, p, _ = get_one(ch, q, auto_ack=False)
+        assert (p.headers["x-delivery-count"], m.redelivered) == (1, True)
+        ch.basic_reject(m.delivery_tag, requeue=True)
+        # A consumer's delivery carries it once the message came back.
+        got = []
+        ch.basic_consume(q, lambda c, m, p, b: got.append((m, p)))
+        wait_until(lambda: (conn.process_data_events(time_limit=0.05), got)[1], what="a delivery")
+        m, p = got[0]
+        assert (p.headers["x-delivery-count"], m.redelivered) == (2, True)
+        ch.basic_ack(m.delivery_tag)
+        # A fresh message's first delivery has none.
+        confirmed(conn).basic_publish("", q, b"fresh")
+        wait_until(lambda: (conn.process_data_events(time_limit=0.05), len(got) > 1)[1], what="a second delivery")
+        m, p = got[1]
+        assert "x-delivery-count" not in (p.headers or {}) and not m.redelivered
+        ch.basic_ack(m.delivery_tag)
+    finally:
+        conn.channel().queue_delete(q)
+
+
 def test_quorum_queue_with_single_active_consumer_refuses_basic_get(conn, ch, name):
     q = name("qq")
     ch.queue_declare(q, durable=True, arguments={**QQ, "x-single-active-consumer": True})

@@ -222,11 +222,9 @@ impl Channel {
             m.routing_key.as_bytes(),
             message_count,
         );
-        if wants_publisher(s, &queue) {
-            s.send_content_with_publisher(self.id, m);
-        } else {
-            s.send_content(self.id, m);
-        }
+        // basic.get on a quorum queue always carries the count, 0 included (rabbit_fifo_client).
+        let count = queue.args.quorum.then_some(entry.returns);
+        s.send_delivery_content(self.id, m, wants_publisher(s, &queue), count);
         if g.no_ack {
             queue.settle([&entry]);
         } else {
@@ -314,11 +312,9 @@ impl Channel {
             m.exchange.as_bytes(),
             m.routing_key.as_bytes(),
         );
-        if consumer.publisher_header {
-            s.send_content_with_publisher(self.id, m);
-        } else {
-            s.send_content(self.id, m);
-        }
+        // A quorum queue's delivery says how often the message came back (RabbitMQ: after a return).
+        let count = (queue.args.quorum && entry.returns > 0).then_some(entry.returns);
+        s.send_delivery_content(self.id, m, consumer.publisher_header, count);
         if consumer.no_ack {
             consumer.release_credit(1);
             queue.settle([&entry]);

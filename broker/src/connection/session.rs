@@ -17,7 +17,11 @@ use crate::message::{Message, PUBLISHER_HEADER};
 use crate::queue::consumer::Limit;
 use crate::users::User;
 use crate::vhost::Vhost;
-use warren_protocol::content::edit_headers;
+use amq_protocol::types::{AMQPValue, FieldTable};
+use warren_protocol::content::{edit_headers, splice_properties};
+
+/// How many times a quorum queue's message came back before this delivery (RabbitMQ's header).
+const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 
 /// Client capabilities from connection.start-ok that change what the broker sends.
 #[derive(Debug, Clone, Copy, Default)]
@@ -66,6 +70,43 @@ impl Session {
             message.body_size(),
             &message.properties,
         );
+        encode_body(&mut self.out, channel, &message.body, self.frame_max);
+    }
+
+    /// As [`Self::send_content`], with the headers a delivery adds: the publisher's identity when
+    /// `publisher` (see [`Self::send_content_with_publisher`]), and a quorum queue's
+    /// `x-delivery-count` (a long, replacing any the publisher sent) when `delivery_count` is given.
+    pub(crate) fn send_delivery_content(
+        &mut self,
+        channel: u16,
+        message: &Message,
+        publisher: bool,
+        delivery_count: Option<u64>,
+    ) {
+        let Some(count) = delivery_count else {
+            return match publisher {
+                true => self.send_content_with_publisher(channel, message),
+                false => self.send_content(channel, message),
+            };
+        };
+        let mut remove = vec![DELIVERY_COUNT_HEADER];
+        let mut append = FieldTable::default();
+        if publisher {
+            remove.push(PUBLISHER_HEADER);
+            append.insert(
+                PUBLISHER_HEADER.into(),
+                AMQPValue::LongString(message.publisher.as_bytes().to_vec().into()),
+            );
+        }
+        append.insert(
+            DELIVERY_COUNT_HEADER.into(),
+            AMQPValue::LongLongInt(i64::try_from(count).unwrap_or(i64::MAX)),
+        );
+        // As for the publisher header: the properties parsed at publish, so the edit cannot fail;
+        // if it did, the message goes out as published rather than not at all.
+        let edited = splice_properties(&message.properties, &remove, &append, false);
+        let properties = edited.as_deref().unwrap_or(&message.properties);
+        encode_content_header(&mut self.out, channel, 60, message.body_size(), properties);
         encode_body(&mut self.out, channel, &message.body, self.frame_max);
     }
 
