@@ -17,6 +17,15 @@ async fn start_node(cluster: &LinkCluster, id: u64) -> TestBroker {
     TestBroker::start_with(move |c| c.cluster = Some(config)).await
 }
 
+/// Nodes 1, 2 and 3 of `cluster`, started in order.
+async fn three_nodes(cluster: &LinkCluster) -> [TestBroker; 3] {
+    [
+        start_node(cluster, 1).await,
+        start_node(cluster, 2).await,
+        start_node(cluster, 3).await,
+    ]
+}
+
 async fn status(broker: &TestBroker) -> Value {
     broker
         .admin()
@@ -81,9 +90,7 @@ async fn wait_for_user(broker: &TestBroker, name: &str) {
 #[tokio::test]
 async fn a_change_on_any_node_holds_on_every_node() {
     let cluster = LinkCluster::new(3);
-    let b1 = start_node(&cluster, 1).await;
-    let b2 = start_node(&cluster, 2).await;
-    let b3 = start_node(&cluster, 3).await;
+    let [b1, b2, b3] = three_nodes(&cluster).await;
     let leader = agreed_leader(&[&b1, &b2, &b3]).await;
     // Made on a follower (forwarded to the leader) and on the leader itself.
     let follower = [&b1, &b2, &b3]
@@ -153,11 +160,7 @@ async fn a_change_on_any_node_holds_on_every_node() {
 #[tokio::test]
 async fn changes_survive_the_leader_and_a_returning_node_catches_up() {
     let cluster = LinkCluster::new(3);
-    let mut brokers = [
-        Some(start_node(&cluster, 1).await),
-        Some(start_node(&cluster, 2).await),
-        Some(start_node(&cluster, 3).await),
-    ];
+    let mut brokers = three_nodes(&cluster).await.map(Some);
     let all: Vec<&TestBroker> = brokers.iter().flatten().collect();
     let leader = agreed_leader(&all).await;
     all[0].brokerctl(&["add_user", "before"]).await.ok();
@@ -193,11 +196,7 @@ async fn changes_survive_the_leader_and_a_returning_node_catches_up() {
 #[tokio::test]
 async fn leadership_moves_on_request_and_before_the_leader_stops() {
     let cluster = LinkCluster::new(3);
-    let mut brokers = [
-        Some(start_node(&cluster, 1).await),
-        Some(start_node(&cluster, 2).await),
-        Some(start_node(&cluster, 3).await),
-    ];
+    let mut brokers = three_nodes(&cluster).await.map(Some);
     let all: Vec<&TestBroker> = brokers.iter().flatten().collect();
     let leader = agreed_leader(&all).await;
     let to = leader % 3 + 1;
@@ -234,11 +233,7 @@ async fn leadership_moves_on_request_and_before_the_leader_stops() {
 #[tokio::test]
 async fn a_node_behind_a_purged_log_catches_up_from_a_snapshot() {
     let cluster = LinkCluster::new(3);
-    let mut brokers = [
-        Some(start_node(&cluster, 1).await),
-        Some(start_node(&cluster, 2).await),
-        Some(start_node(&cluster, 3).await),
-    ];
+    let mut brokers = three_nodes(&cluster).await.map(Some);
     let all: Vec<&TestBroker> = brokers.iter().flatten().collect();
     let leader = agreed_leader(&all).await;
     all[0].brokerctl(&["add_user", "early"]).await.ok();
@@ -306,11 +301,7 @@ fn isolate(b: &TestBroker, others: &[u64]) {
 #[tokio::test]
 async fn a_cut_off_leader_confirms_nothing_and_the_majority_goes_on() {
     let cluster = LinkCluster::new(3);
-    let brokers = [
-        start_node(&cluster, 1).await,
-        start_node(&cluster, 2).await,
-        start_node(&cluster, 3).await,
-    ];
+    let brokers = three_nodes(&cluster).await;
     let all: Vec<&TestBroker> = brokers.iter().collect();
     let leader = agreed_leader(&all).await;
     let old = &brokers[(leader - 1) as usize];
