@@ -245,15 +245,20 @@ impl Broker {
         }
         import_definitions_file(&definitions_path, &mut definitions, &durability)
             .map_err(defs_err)?;
+        // A cluster node seeds only until it has joined the metadata group: after that the group's
+        // log decides (a vhost or user deleted through it must not come back at a restart).
+        let seeds_locally = config.cluster.is_none() || found.raft.is_empty();
         let mut commands: Vec<MetaCommand> = config
             .vhosts
             .iter()
+            .filter(|_| seeds_locally)
             .filter(|v| !definitions.vhosts.contains(v))
             .map(|v| MetaCommand::AddVhost {
                 vhost: v.as_str().into(),
             })
             .collect();
-        let (seeds, notes) = crate::meta::definitions::seeding(&definitions, &config.users);
+        let configured: &[_] = if seeds_locally { &config.users } else { &[] };
+        let (seeds, notes) = crate::meta::definitions::seeding(&definitions, configured);
         commands.extend(seeds);
         for note in notes {
             match note {

@@ -76,7 +76,7 @@ fn a_three_node_dev_cluster_links_up_reports_a_killed_node_and_stops_on_ctrl_c()
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("cluster");
     let mut parent = Command::new(env!("CARGO_BIN_EXE_warren"))
-        .args(["--dev", "--cluster", "3", "--listen", "127.0.0.1:17671"])
+        .args(["--dev", "--cluster", "3", "--listen", "127.0.0.1:7671"])
         .arg("--data-dir")
         .arg(&data)
         .env("WARREN_LOG", "warn")
@@ -103,7 +103,7 @@ fn a_three_node_dev_cluster_links_up_reports_a_killed_node_and_stops_on_ctrl_c()
     while !next_line(&mut printed).contains("transport_url") {}
     let text = printed.join("\n");
     assert!(
-        text.contains("transport_url = rabbit://admin@localhost:17671,admin@localhost:17672,admin@localhost:17673/"),
+        text.contains("transport_url = rabbit://admin@localhost:7671,admin@localhost:7672,admin@localhost:7673/"),
         "{text}"
     );
     // The node table: name, pid, AMQP port, link port.
@@ -114,7 +114,7 @@ fn a_three_node_dev_cluster_links_up_reports_a_killed_node_and_stops_on_ctrl_c()
         .collect();
     assert_eq!(pids.len(), 3, "{text}");
     assert!(
-        text.contains("37671"),
+        text.contains("27671"),
         "node links on the AMQP ports + 20000: {text}"
     );
 

@@ -296,7 +296,21 @@ impl crate::cluster::raft::meta::DefinitionsHolder for Broker {
         Broker::definitions(self)
     }
 
-    fn apply_definitions(&self, commands: &[MetaCommand]) -> Result<(), String> {
-        Broker::apply_definitions(self, commands).map_err(|e| e.0)
+    fn apply_definitions(&self, commands: &[MetaCommand]) -> std::io::Result<Result<(), String>> {
+        // Refusals are answers; a failed write is not (see the trait).
+        let defs = {
+            let mut current = self.definitions.lock();
+            match self.durability.commit(&mut current, commands) {
+                Ok(()) => current.clone(),
+                Err(crate::meta::definitions::CommitError::Refused(why)) => return Ok(Err(why)),
+                Err(crate::meta::definitions::CommitError::Store(e)) => return Err(e),
+            }
+        };
+        for command in commands {
+            if let Err(e) = self.take_effect(&defs, command) {
+                return Ok(Err(e.0));
+            }
+        }
+        Ok(Ok(()))
     }
 }

@@ -67,7 +67,10 @@ impl Cluster {
         )
         .await?;
         links.set_handler(Arc::new(GroupServer {
-            members: vec![Arc::new(MetaMember { raft: raft.clone() })],
+            members: vec![Arc::new(MetaMember {
+                raft: raft.clone(),
+                timeout: std::time::Duration::from_millis(config.change_timeout_ms),
+            })],
         }));
         if !raft.is_initialized().await? {
             let voters: BTreeMap<u64, BasicNode> = config
@@ -100,7 +103,7 @@ impl Cluster {
             }
         }
         let _ = self.meta.raft.shutdown().await;
-        self.links.stop();
+        self.links.shut_down().await;
     }
 
     fn metrics(&self) -> openraft::RaftMetrics<super::raft::Types> {

@@ -41,6 +41,11 @@ const PING_INTERVAL: Duration = Duration::from_secs(1);
 const SILENCE_LIMIT: Duration = Duration::from_secs(5);
 /// Frames waiting to be written to one peer; a full queue drops the link.
 const SEND_QUEUE: usize = 1024;
+/// Node-link handshakes (TLS and hellos) in progress at once; more are dropped unread, so no one
+/// can hold this node's file descriptors with half-open connections.
+const MAX_HANDSHAKES: usize = 64;
+/// Peer requests one link may have in progress; beyond it a request is answered "busy".
+const MAX_REQUESTS_PER_LINK: usize = 256;
 const REDIAL_MIN: Duration = Duration::from_millis(200);
 const REDIAL_MAX: Duration = Duration::from_secs(5);
 
@@ -135,6 +140,10 @@ pub struct Links {
     handler: std::sync::OnceLock<Arc<dyn RequestHandler>>,
     /// Where refused admissions are recorded (the broker's audit log), once set.
     audit: std::sync::OnceLock<Arc<crate::audit::AuditLog>>,
+    handshakes: Arc<tokio::sync::Semaphore>,
+    /// The accept loop, which owns the listener: awaited at shutdown, so the address is free when
+    /// [`Links::shut_down`] returns (a restarted node binds it again at once).
+    accepting: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Peers this node is cut off from, as a firewall rule would (fault injection: [`Links::cut_off`]).
     cut: Mutex<std::collections::HashSet<u64>>,
     pending: Mutex<HashMap<u64, Pending>>,
@@ -162,6 +171,8 @@ impl Links {
             handler: std::sync::OnceLock::new(),
             cut: Mutex::new(std::collections::HashSet::new()),
             audit: std::sync::OnceLock::new(),
+            handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES)),
+            accepting: Mutex::new(None),
             pending: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
             epoch: Instant::now(),
@@ -169,7 +180,8 @@ impl Links {
             config,
         });
         info!(listen = %links.config.listen, node = links.config.node_id, "node links listening");
-        tokio::spawn(links.clone().accept_loop(listener));
+        let accepting = tokio::spawn(links.clone().accept_loop(listener));
+        *links.accepting.lock() = Some(accepting);
         let dialled: Vec<PeerConfig> = links
             .config
             .others()
@@ -299,6 +311,15 @@ impl Links {
         }
     }
 
+    /// [`Links::stop`], then waits until the listener is closed.
+    pub async fn shut_down(&self) {
+        self.stop();
+        let accepting = self.accepting.lock().take();
+        if let Some(accepting) = accepting {
+            let _ = accepting.await;
+        }
+    }
+
     /// Every other node and its link.
     pub fn status(&self) -> Vec<PeerStatus> {
         let peers = self.peers.lock();
@@ -337,10 +358,15 @@ impl Links {
                     }
                 },
             };
+            let Ok(permit) = self.handshakes.clone().try_acquire_owned() else {
+                warn!(%from, "node link dropped: {MAX_HANDSHAKES} handshakes already in progress");
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let links = self.clone();
             tokio::spawn(async move {
                 let admitted = tokio::time::timeout(HANDSHAKE_TIMEOUT, links.admit(tcp)).await;
+                drop(permit);
                 match admitted {
                     Ok(Ok((stream, peer, hello))) => links.run(stream, peer, hello).await,
                     Ok(Err(e)) => {
@@ -597,6 +623,7 @@ impl Links {
         let mut ping = tokio::time::interval(PING_INTERVAL);
         let mut buf = BytesMut::with_capacity(64 * 1024);
         let mut heard = Instant::now();
+        let requests = Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS_PER_LINK));
         loop {
             while let Some(frame) = Frame::decode(&mut buf).map_err(LinkError::Protocol)? {
                 heard = Instant::now();
@@ -608,7 +635,19 @@ impl Links {
                         group,
                         kind,
                         body,
-                    } => self.serve_request(peer.id, id, group, kind, body, tx.clone()),
+                    } => match requests.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            let request = (id, group, kind, body);
+                            self.serve_request(peer.id, request, tx.clone(), permit)
+                        }
+                        Err(_) => send(
+                            &tx,
+                            Frame::Response {
+                                id,
+                                answer: Err("busy: too many requests in progress".into()),
+                            },
+                        )?,
+                    },
                     Frame::Response { id, answer } => {
                         if let Some(pending) = self.pending.lock().remove(&id) {
                             let _ = pending.reply.send(answer);
@@ -647,17 +686,18 @@ impl Links {
 
     /// Runs a peer's request on the handler in a task of its own (a Raft call may wait) and queues
     /// the answer; an answer that does not fit the queue is dropped and the caller times out.
+    /// `(id, group, kind, body)` is the request frame's content; `permit` its place in the link's
+    /// bound on requests in progress.
     fn serve_request(
         &self,
         from: u64,
-        id: u64,
-        group: u32,
-        kind: u8,
-        body: Bytes,
+        (id, group, kind, body): (u64, u32, u8, Bytes),
         tx: mpsc::Sender<Frame>,
+        permit: tokio::sync::OwnedSemaphorePermit,
     ) {
         let handler = self.handler.get().cloned();
         tokio::spawn(async move {
+            let _permit = permit;
             let answer = match handler {
                 Some(handler) => handler.handle(from, group, kind, body).await,
                 None => Err("this node is still starting".to_string()),

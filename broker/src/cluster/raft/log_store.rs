@@ -235,8 +235,10 @@ impl RaftLogStorage<Types> for LogStore {
         let from = last.map_or(0, |l| l.index + 1);
         let keys = self.keys();
         let removed = self.state.lock().entries.split_off(&from);
+        // Newest first: a crash part-way leaves a shorter log, never one with a hole.
         let records = removed
             .keys()
+            .rev()
             .map(|index| Record::Delete {
                 key: keys.entry(*index),
             })

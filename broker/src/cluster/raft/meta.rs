@@ -48,8 +48,9 @@ pub trait DefinitionsHolder: Send + Sync + 'static {
     /// A copy of the definitions.
     fn definitions(&self) -> Definitions;
     /// Writes `commands` durably and makes them take effect, or refuses them (changing nothing)
-    /// with the reason.
-    fn apply_definitions(&self, commands: &[MetaCommand]) -> Result<(), String>;
+    /// with the reason (the inner error). The outer error is a failed write: nothing was applied,
+    /// and the entry must not count as applied.
+    fn apply_definitions(&self, commands: &[MetaCommand]) -> io::Result<Result<(), String>>;
 }
 
 fn applied_key() -> String {
@@ -144,10 +145,12 @@ impl MetaMachine {
         holder: &dyn DefinitionsHolder,
         log_id: LogId,
         payload: EntryPayload<Proposal, u64, openraft::BasicNode>,
-    ) -> Answer {
+    ) -> io::Result<Answer> {
         let mut applied = self.applied.lock();
         let answer = match payload {
-            EntryPayload::Normal(proposal) => Answer(holder.apply_definitions(&proposal.commands)),
+            // A failed write stops the group on this node (openraft's storage error): the entry is
+            // applied again after a restart, never skipped.
+            EntryPayload::Normal(proposal) => Answer(holder.apply_definitions(&proposal.commands)?),
             EntryPayload::Membership(m) => {
                 applied.membership = StoredMembership::new(Some(log_id), m);
                 Answer(Ok(()))
@@ -157,7 +160,7 @@ impl MetaMachine {
         applied.last = Some(log_id);
         self.writer
             .write(vec![Self::progress_record(&applied)], None);
-        answer
+        Ok(answer)
     }
 }
 
@@ -239,7 +242,7 @@ impl RaftStateMachine<Types> for MetaMachine {
                 machine.apply_one(&*holder, entry.log_id, entry.payload)
             })
             .await
-            .map_err(io::Error::other)?;
+            .map_err(io::Error::other)??;
             if let Some(responder) = responder {
                 responder.send(answer);
             }
@@ -258,23 +261,22 @@ impl RaftStateMachine<Types> for MetaMachine {
     ) -> Result<(), io::Error> {
         let target = definitions_of(&snapshot).map_err(io::Error::other)?;
         let holder = self.holder()?;
+        // The snapshot is durable before the definitions change: a crash between the two leaves a
+        // snapshot newer than the progress, which openraft installs again at the restart.
+        write_durable(&*self.writer, vec![Self::snapshot_record(meta, &snapshot)]).await?;
         let machine = self.clone();
         let meta = meta.clone();
         tokio::task::spawn_blocking(move || {
             let mut applied = machine.applied.lock();
             let commands = crate::meta::definitions::replacing(&holder.definitions(), &target);
             holder
-                .apply_definitions(&commands)
+                .apply_definitions(&commands)?
                 .map_err(io::Error::other)?;
             applied.last = meta.last_log_id;
             applied.membership = meta.last_membership.clone();
-            machine.writer.write(
-                vec![
-                    Self::progress_record(&applied),
-                    Self::snapshot_record(&meta, &snapshot),
-                ],
-                None,
-            );
+            machine
+                .writer
+                .write(vec![Self::progress_record(&applied)], None);
             applied.snapshot = Some((meta, snapshot));
             Ok::<(), io::Error>(())
         })
@@ -297,11 +299,14 @@ impl RaftStateMachine<Types> for MetaMachine {
 /// This node's member of the metadata group, as the other nodes reach it.
 pub struct MetaMember {
     pub raft: MetaRaft,
+    /// How long a forwarded proposal may wait for its commit here.
+    pub timeout: Duration,
 }
 
 impl GroupMember for MetaMember {
     fn serve(&self, kind: u8, body: Bytes) -> BoxFuture<'static, Result<Bytes, String>> {
         let raft = self.raft.clone();
+        let timeout = self.timeout;
         Box::pin(async move {
             let out = match kind {
                 rpc::APPEND => {
@@ -339,10 +344,15 @@ impl GroupMember for MetaMember {
                 }
                 rpc::PROPOSE => {
                     let proposal = decode(&body, |r| r.proposal()).map_err(bad_request)?;
-                    let written = raft
-                        .client_write(proposal)
+                    let written = tokio::time::timeout(timeout, raft.client_write(proposal))
                         .await
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|_| "no majority committed it in time".to_string())?
+                        .map_err(|e| match e.api_error() {
+                            Some(ClientWriteError::ForwardToLeader(_)) => {
+                                format!("{NOT_LEADER}: {e}")
+                            }
+                            _ => e.to_string(),
+                        })?;
                     encode(|w| {
                         w.proposed(&Proposed {
                             answer: written.data,
@@ -406,7 +416,12 @@ impl MetaGroup {
                         Some(leader) if leader != self.node_id => {
                             match self.forward(leader, &proposal, deadline).await {
                                 Ok(answer) => return answer.0,
-                                Err(problem) => last_problem = problem,
+                                Err(Forwarding::Retry(problem)) => last_problem = problem,
+                                Err(Forwarding::Unknown(problem)) => {
+                                    return Err(format!(
+                                        "{problem}: the change may or may not have taken effect; check, and repeat it if not"
+                                    ))
+                                }
                             }
                         }
                         _ => last_problem = "no leader yet (an election is under way)".into(),
@@ -427,23 +442,48 @@ impl MetaGroup {
         leader: u64,
         proposal: &Proposal,
         deadline: tokio::time::Instant,
-    ) -> Result<Answer, String> {
+    ) -> Result<Answer, Forwarding> {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let body = Bytes::from(rpc::encode_proposal(proposal));
-        let answer = self
+        let answer = match self
             .links
             .call(leader, GROUP, rpc::PROPOSE, body, left)
             .await
-            .map_err(|e: CallError| e.to_string())?;
-        let proposed = decode(&answer, |r| r.proposed()).map_err(|e| e.to_string())?;
+        {
+            Ok(answer) => answer,
+            // Never sent, or refused before it was written: safe to send again.
+            Err(e @ (CallError::NoLink(_) | CallError::Busy(_))) => {
+                return Err(Forwarding::Retry(e.to_string()))
+            }
+            Err(CallError::Remote(_, why)) if why.starts_with(NOT_LEADER) => {
+                return Err(Forwarding::Retry(why))
+            }
+            // Sent, and then no answer or an unknown one: the leader may have written it.
+            Err(e) => return Err(Forwarding::Unknown(e.to_string())),
+        };
+        let proposed =
+            decode(&answer, |r| r.proposed()).map_err(|e| Forwarding::Unknown(e.to_string()))?;
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         self.raft
             .wait(Some(left))
             .applied_index_at_least(Some(proposed.index), "the forwarded change")
             .await
             .map_err(|e| {
-                format!("the leader made the change, but this node has not applied it yet: {e}")
+                Forwarding::Unknown(format!(
+                    "the leader made the change, but this node has not applied it yet: {e}"
+                ))
             })?;
         Ok(proposed.answer)
     }
 }
+
+/// Why a forwarded proposal got no answer.
+enum Forwarding {
+    /// It was not written (no link, or the node is not the leader): it may be sent again.
+    Retry(String),
+    /// It may have been written: sending it again could apply it twice.
+    Unknown(String),
+}
+
+/// How a member that is not the leader refuses a forwarded proposal.
+const NOT_LEADER: &str = "not the leader";

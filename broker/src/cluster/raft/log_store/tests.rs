@@ -229,3 +229,44 @@ fn a_hole_in_a_recovered_log_is_refused() {
     // The codec's own check is what a corrupt value meets.
     assert!(decode(b"\x01", |r| r.entry()).is_err());
 }
+
+/// Keeps what the log store writes, completing every write at once.
+#[derive(Default)]
+struct Spy(Mutex<Vec<Record>>);
+
+impl RecordWriter for Spy {
+    fn write(&self, records: Vec<Record>, done: Option<Completion>) {
+        self.0.lock().extend(records);
+        if let Some(done) = done {
+            done(Ok(()));
+        }
+    }
+}
+
+#[tokio::test]
+async fn truncation_deletes_the_newest_entries_first() {
+    let spy = Arc::new(Spy::default());
+    let mut store = LogStore::recover(0, spy.clone(), &BTreeMap::new()).unwrap();
+    let entries: Vec<Entry> = (0..5).map(|i| Entry::new_blank(log_id(1, i))).collect();
+    store
+        .append(entries, openraft::storage::IOFlushed::noop())
+        .await
+        .unwrap();
+    spy.0.lock().clear();
+    store.truncate_after(Some(log_id(1, 1))).await.unwrap();
+    let deleted: Vec<String> = spy
+        .0
+        .lock()
+        .iter()
+        .map(|r| match r {
+            Record::Delete { key } => key.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    // A crash part-way leaves a shorter log, never one with a hole.
+    let expected: Vec<String> = [4u64, 3, 2]
+        .iter()
+        .map(|i| format!("raft/0/entry/{i:020}"))
+        .collect();
+    assert_eq!(deleted, expected);
+}
