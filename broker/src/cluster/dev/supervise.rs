@@ -52,6 +52,8 @@ pub async fn run(
             Some(Ok((id, status, _))) = running.join_next(), if !running.is_empty() => {
                 let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
                 println!("warren --dev --cluster: node n{id} exited ({status}); it is not restarted");
+                // Its pid may be reused by another process: it is never signalled.
+                pids.retain(|(node, _)| *node != id);
             }
         }
     }
