@@ -52,6 +52,7 @@ impl Cluster {
     ) -> anyhow::Result<Arc<Cluster>> {
         let links = Links::start(config.clone()).await?;
         links.set_audit(audit);
+        let writer: Arc<dyn RecordWriter> = Arc::new(super::raft::log_store::FailFast::new(writer));
         let log = LogStore::recover(super::raft::meta::GROUP, writer.clone(), raft_records)?;
         let machine = MetaMachine::recover(holder, writer, raft_records)?;
         let network = Network {

@@ -649,8 +649,12 @@ impl Links {
                         )?,
                     },
                     Frame::Response { id, answer } => {
-                        if let Some(pending) = self.pending.lock().remove(&id) {
-                            let _ = pending.reply.send(answer);
+                        // Only the peer a request went to may answer it.
+                        let mut pending = self.pending.lock();
+                        if pending.get(&id).is_some_and(|p| p.peer == peer.id) {
+                            if let Some(call) = pending.remove(&id) {
+                                let _ = call.reply.send(answer);
+                            }
                         }
                     }
                     other => {

@@ -34,6 +34,61 @@ pub trait RecordWriter: Send + Sync + 'static {
     /// Queues `records` (in order after everything queued before); `done` runs once they are
     /// durable, or failed.
     fn write(&self, records: Vec<Record>, done: Option<Completion>);
+
+    /// Why an earlier write failed, if one did: a group stops writing after that (see
+    /// [`FailFast`]).
+    fn failed(&self) -> Option<String> {
+        None
+    }
+}
+
+/// A writer that remembers the first failed write, including writes nobody waits for (a
+/// truncation, a purge, the state machine's progress): after one, every operation of the groups
+/// using it fails, so openraft stops them on this node rather than going on from a log whose
+/// writes did not all happen. A restart recovers from what is on disk.
+pub struct FailFast {
+    inner: Arc<dyn RecordWriter>,
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+impl FailFast {
+    pub fn new(inner: Arc<dyn RecordWriter>) -> Self {
+        FailFast {
+            inner,
+            failure: Arc::new(Mutex::new(None)),
+        }
+    }
+}
+
+impl RecordWriter for FailFast {
+    fn write(&self, records: Vec<Record>, done: Option<Completion>) {
+        let failure = self.failure.clone();
+        self.inner.write(
+            records,
+            Some(Box::new(move |result: io::Result<()>| {
+                if let Err(e) = &result {
+                    failure.lock().get_or_insert_with(|| e.to_string());
+                }
+                if let Some(done) = done {
+                    done(result);
+                }
+            })),
+        );
+    }
+
+    fn failed(&self) -> Option<String> {
+        self.failure.lock().clone()
+    }
+}
+
+/// The error every operation returns after a failed write.
+pub(crate) fn check_writes(writer: &dyn RecordWriter) -> io::Result<()> {
+    match writer.failed() {
+        None => Ok(()),
+        Some(why) => Err(io::Error::other(format!(
+            "an earlier write of this node's Raft records failed ({why}); restart the node"
+        ))),
+    }
 }
 
 impl RecordWriter for crate::persist::Durability {
@@ -187,12 +242,14 @@ impl RaftLogStorage<Types> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        check_writes(&*self.writer)?;
         self.state.lock().vote = Some(*vote);
         let record = put(self.keys().named("vote"), encode(|w| w.vote(vote)));
         self.write_durable(vec![record]).await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        check_writes(&*self.writer)?;
         self.state.lock().committed = committed;
         let record = put(
             self.keys().named("committed"),
@@ -212,6 +269,7 @@ impl RaftLogStorage<Types> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        check_writes(&*self.writer)?;
         let keys = self.keys();
         let mut records = Vec::new();
         {
@@ -232,6 +290,7 @@ impl RaftLogStorage<Types> for LogStore {
     }
 
     async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), io::Error> {
+        check_writes(&*self.writer)?;
         let from = last.map_or(0, |l| l.index + 1);
         let keys = self.keys();
         let removed = self.state.lock().entries.split_off(&from);
@@ -248,6 +307,7 @@ impl RaftLogStorage<Types> for LogStore {
     }
 
     async fn purge(&mut self, upto: LogId) -> Result<(), io::Error> {
+        check_writes(&*self.writer)?;
         let keys = self.keys();
         let purged = {
             let mut state = self.state.lock();

@@ -30,7 +30,7 @@ use warren_storage::definitions::Definitions;
 use warren_storage::log::record::Record;
 
 use super::codec::{decode, encode, DecodeError};
-use super::log_store::RecordWriter;
+use super::log_store::{check_writes, RecordWriter};
 use super::network::{bad_request, GroupMember};
 use super::rpc::{self, Proposed};
 use super::{Answer, LogId, Proposal, StoredMembership, Types};
@@ -187,6 +187,7 @@ impl RaftSnapshotBuilder<Types> for MetaMachine {
     type SnapshotData = Vec<u8>;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<Types, Vec<u8>>, io::Error> {
+        check_writes(&*self.writer)?;
         let holder = self.holder()?;
         let (meta, data) = {
             let mut applied = self.applied.lock();
@@ -236,6 +237,7 @@ impl RaftStateMachine<Types> for MetaMachine {
     {
         let holder = self.holder()?;
         while let Some((entry, responder)) = entries.try_next().await? {
+            check_writes(&*self.writer)?;
             let machine = self.clone();
             let holder = holder.clone();
             let answer = tokio::task::spawn_blocking(move || {

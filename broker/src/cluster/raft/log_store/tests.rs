@@ -270,3 +270,32 @@ async fn truncation_deletes_the_newest_entries_first() {
         .collect();
     assert_eq!(deleted, expected);
 }
+
+/// Fails every write.
+struct Failing;
+
+impl RecordWriter for Failing {
+    fn write(&self, _records: Vec<Record>, done: Option<Completion>) {
+        if let Some(done) = done {
+            done(Err(io::Error::other("disk full")));
+        }
+    }
+}
+
+#[tokio::test]
+async fn after_a_failed_write_nobody_waited_for_every_operation_fails() {
+    let writer = Arc::new(super::FailFast::new(Arc::new(Failing)));
+    let mut store = LogStore::recover(0, writer, &BTreeMap::new()).unwrap();
+    // A purge waits for nothing: its failure is only remembered...
+    store.purge(log_id(1, 0)).await.unwrap();
+    // ...and every later operation reports it, so openraft stops the group on this node.
+    let error = store
+        .append(
+            vec![Entry::new_blank(log_id(1, 1))],
+            openraft::storage::IOFlushed::noop(),
+        )
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("disk full"), "{error}");
+    assert!(store.save_vote(&Vote::new(2, 1)).await.is_err());
+}
