@@ -372,11 +372,17 @@ async fn a_node_certificate_revoked_on_reload_is_refused_from_then_on() {
         [0, 0, 0, 1, 1],
         "admitted before the revocation"
     );
-    drop(stream);
+    wait_for_link(&node, 2, true, UP).await;
 
-    // Revoked in a new CRL, put in force by a reload: the next link with it is refused.
+    // Revoked in a new CRL, put in force by a reload: the link already up is dropped at once, and
+    // the next link with the certificate is refused.
     write_crl(&[0x4444], 2);
     node.reload_tls().unwrap();
+    let dropped = wait_for_link(&node, 2, false, UP).await;
+    let why = dropped.last_error.unwrap_or_default();
+    assert!(why.contains("refused since the reload"), "{why}");
+    // The node closes the revoked link (pings sent before may still arrive).
+    read_until_closed(&mut stream).await;
     refused_before_any_message(&cluster, &node, &n2, true).await;
     // A reload that fails keeps what is in force.
     std::fs::write(cluster.path("nodes.crl"), "not a CRL").unwrap();

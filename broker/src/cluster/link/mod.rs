@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
-use rustls::pki_types::ServerName;
+use rustls::pki_types::{CertificateDer, ServerName};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
@@ -87,6 +87,15 @@ struct LinkHandle {
     // Held, not used: dropping it ends the link's session.
     _close: oneshot::Sender<()>,
     tx: mpsc::Sender<Frame>,
+    /// The peer's certificate chain as the handshake presented it (checked again on a reload).
+    chain: Vec<CertificateDer<'static>>,
+}
+
+/// The certificate chain a TLS session's peer presented.
+fn peer_chain(certificates: Option<&[CertificateDer<'_>]>) -> Vec<CertificateDer<'static>> {
+    certificates
+        .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default()
 }
 
 /// What serves the requests peers send (the Raft groups): `group` and `kind` say which call it is.
@@ -208,8 +217,24 @@ impl Links {
         tls::link_tls(&self.config.tls)
     }
 
+    /// Puts `fresh` in force, and drops every link whose peer certificate it refuses (a node
+    /// revoked by a new CRL is cut off at once, not at its next reconnect).
     pub(crate) fn install_tls(&self, fresh: LinkTls) {
+        let verifier = fresh.verifier.clone();
         *self.tls.write() = fresh;
+        let now = rustls::pki_types::UnixTime::now();
+        for (id, state) in self.peers.lock().iter_mut() {
+            let Some(link) = &state.link else { continue };
+            let Some((end_entity, intermediates)) = link.chain.split_first() else {
+                continue;
+            };
+            if let Err(e) = verifier.verify_client_cert(end_entity, intermediates, now) {
+                warn!(peer = id, error = %e, "node link dropped: its certificate is refused since the reload");
+                state.link = None;
+                state.last_error =
+                    Some(format!("its certificate is refused since the reload: {e}"));
+            }
+        }
     }
 
     /// Fault injection for the fault tests: cuts this node off from `peers` as a firewall rule
@@ -368,7 +393,10 @@ impl Links {
                 let admitted = tokio::time::timeout(HANDSHAKE_TIMEOUT, links.admit(tcp)).await;
                 drop(permit);
                 match admitted {
-                    Ok(Ok((stream, peer, hello))) => links.run(stream, peer, hello).await,
+                    Ok(Ok((stream, peer, hello))) => {
+                        let chain = peer_chain(stream.get_ref().1.peer_certificates());
+                        links.run(stream, peer, hello, chain).await
+                    }
                     Ok(Err(e)) => {
                         info!(%from, error = %e, "node link refused");
                         match &e {
@@ -478,7 +506,8 @@ impl Links {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.dial(&peer)).await {
                 Ok(Ok((stream, hello))) => {
                     backoff = REDIAL_MIN;
-                    self.run(stream, peer.clone(), hello).await;
+                    let chain = peer_chain(stream.get_ref().1.peer_certificates());
+                    self.run(stream, peer.clone(), hello, chain).await;
                 }
                 Ok(Err(e)) => self.record_error(&peer, &e.to_string()),
                 Err(_) => self.record_error(&peer, "link handshake timed out"),
@@ -550,8 +579,13 @@ impl Links {
     }
 
     /// Registers a link (replacing an older one to the same peer) and serves it until it ends.
-    async fn run<S>(&self, stream: S, peer: PeerConfig, hello: Hello)
-    where
+    async fn run<S>(
+        &self,
+        stream: S,
+        peer: PeerConfig,
+        hello: Hello,
+        chain: Vec<CertificateDer<'static>>,
+    ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
@@ -569,6 +603,7 @@ impl Links {
                 serial,
                 _close: close,
                 tx: tx.clone(),
+                chain,
             });
         }
         info!(peer = %peer.name, id = peer.id, "node link up");

@@ -23,6 +23,8 @@ pub(crate) const ALPN: &[u8] = b"warren-cluster/1";
 pub(crate) struct LinkTls {
     pub acceptor: TlsAcceptor,
     pub connector: TlsConnector,
+    /// The chain, CA and CRL check of the acceptor, to re-check links already up on a reload.
+    pub verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
 }
 
 /// Builds both ends from `[cluster.tls]`, refusing unsafe key files and untrusted paths as the AMQP
@@ -52,7 +54,7 @@ pub(crate) fn link_tls(tls: &ClusterTlsConfig) -> Result<LinkTls, TlsError> {
             .map_err(bundle_error)?;
     let mut server = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(client_verifier)
+        .with_client_cert_verifier(client_verifier.clone())
         .with_single_cert(chain.clone(), key.clone_key())?;
     server.alpn_protocols = vec![ALPN.to_vec()];
 
@@ -69,5 +71,6 @@ pub(crate) fn link_tls(tls: &ClusterTlsConfig) -> Result<LinkTls, TlsError> {
     Ok(LinkTls {
         acceptor: TlsAcceptor::from(Arc::new(server)),
         connector: TlsConnector::from(Arc::new(client)),
+        verifier: client_verifier,
     })
 }
