@@ -232,7 +232,7 @@ impl Broker {
         if let Some((segment, offset, dropped)) = &recovered.truncated {
             tracing::warn!(%segment, offset, dropped, "cut a torn or corrupt record off the end of the log (an unfinished write at a crash)");
         }
-        let found = read_meta(&recovered, &durability);
+        let mut found = read_meta(&recovered, &durability);
         let mut definitions = Definitions::default();
         let (broker_commands, topology): (Vec<_>, Vec<_>) = found
             .commands
@@ -344,7 +344,7 @@ impl Broker {
             paging,
             next_connection: AtomicU64::new(1),
             cluster: std::sync::OnceLock::new(),
-            raft_records: Mutex::new(found.raft.clone()),
+            raft_records: Mutex::new(std::mem::take(&mut found.raft)),
             _dir_lock: dir_lock,
         });
         let disk_limit = broker

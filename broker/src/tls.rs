@@ -134,6 +134,21 @@ pub(crate) fn certificate_refusal(error: &std::io::Error) -> Option<String> {
     .then(|| tls.to_string())
 }
 
+/// Refuses a set of TLS files before any is read: the key (see [`check_key_file`]), the CA bundle
+/// and the CRLs (see [`check_trusted_path`]).
+pub(crate) fn check_material(
+    key: &Path,
+    ca_bundle: &Path,
+    crls: &[PathBuf],
+) -> Result<(), TlsError> {
+    check_key_file(key)?;
+    check_trusted_path(ca_bundle)?;
+    for path in crls {
+        check_trusted_path(path)?;
+    }
+    Ok(())
+}
+
 /// The PEM private key at `path` (its mode and owner checked by [`check_key_file`] first).
 pub(crate) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let data = fs::read(path).map_err(|source| TlsError::Read {
@@ -172,11 +187,7 @@ pub(crate) struct Loaded {
 /// Builds the server configuration from the configured files (checked first). `in_force` holds the
 /// CRL numbers of the configuration being replaced (empty at start).
 pub(crate) fn server_config(tls: &TlsConfig, in_force: &CrlNumbers) -> Result<Loaded, TlsError> {
-    check_key_file(&tls.key)?;
-    check_trusted_path(&tls.ca_bundle)?;
-    for path in &tls.crls {
-        check_trusted_path(path)?;
-    }
+    check_material(&tls.key, &tls.ca_bundle, &tls.crls)?;
     let (roots, cas) = read_roots(&tls.ca_bundle)?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let (crls, crl_numbers) = crate::crl::load(&tls.crls, &cas, tls.crl_expired, in_force)?;

@@ -7,15 +7,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use warren_broker::cluster::config::{ClusterConfig, ClusterTlsConfig, PeerConfig};
 use warren_broker::cluster::link::{Links, PeerStatus};
 use warren_broker::pki::{write_pair, CertificateAuthority, Pem, Validity};
+use warren_wire_client::{client_config, ClientCert};
 
 use crate::TIMEOUT;
 
@@ -107,26 +107,12 @@ impl LinkCluster {
         identity: Option<&Pem>,
         alpn: bool,
     ) -> std::io::Result<TlsStream<TcpStream>> {
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_slice(self.ca.pem.cert.as_bytes()).expect("CA"))
-            .expect("root");
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let builder = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots);
-        let mut config = match identity {
-            Some(pem) => builder
-                .with_client_auth_cert(
-                    CertificateDer::pem_slice_iter(pem.cert.as_bytes())
-                        .collect::<Result<Vec<_>, _>>()
-                        .expect("chain"),
-                    PrivateKeyDer::from_pem_slice(pem.key.as_bytes()).expect("key"),
-                )
-                .expect("client auth"),
-            None => builder.with_no_client_auth(),
-        };
+        let cert = identity.map(|pem| ClientCert {
+            chain: pem.cert.as_bytes(),
+            key: pem.key.as_bytes(),
+        });
+        let shared = client_config(&self.path("ca.pem"), cert, true).expect("TLS client config");
+        let mut config = ClientConfig::clone(&shared);
         if alpn {
             config.alpn_protocols = vec![LINK_ALPN.to_vec()];
         }

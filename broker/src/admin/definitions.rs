@@ -14,6 +14,7 @@ use warren_storage::definitions::{Definitions, PermissionDefinition, TopicPermis
 use crate::broker::{vhost_limits, Broker};
 use crate::connection::outbound::Outbound;
 use crate::error::AmqpError;
+use crate::meta::definitions::CommitError;
 use crate::meta::MetaCommand;
 use crate::users::User;
 use crate::vhost::Vhost;
@@ -55,20 +56,29 @@ impl Broker {
     /// and vhosts, and the connections a deletion ends. Nothing changes if one is refused. The
     /// one apply of a single node's admin change and of the metadata group's entries.
     pub(crate) fn apply_definitions(&self, commands: &[MetaCommand]) -> Result<(), AdminError> {
-        let defs = self.change_definitions(commands)?;
-        for command in commands {
-            self.take_effect(&defs, command)?;
+        match self.apply_commands(commands) {
+            Ok(answer) => answer.map_err(AdminError),
+            Err(e) => Err(AdminError(CommitError::Store(e).to_string())),
         }
-        Ok(())
     }
 
-    /// Writes `commands` and applies them to the definitions; returns the definitions after them.
-    fn change_definitions(&self, commands: &[MetaCommand]) -> Result<Definitions, AdminError> {
-        let mut current = self.definitions.lock();
-        self.durability
-            .commit(&mut current, commands)
-            .map_err(|e| AdminError(e.to_string()))?;
-        Ok(current.clone())
+    /// [`Self::apply_definitions`], keeping a failed write (the outer error) apart from a refusal
+    /// (the inner one), as the metadata group needs them.
+    fn apply_commands(&self, commands: &[MetaCommand]) -> std::io::Result<Result<(), String>> {
+        let defs = {
+            let mut current = self.definitions.lock();
+            match self.durability.commit(&mut current, commands) {
+                Ok(()) => current.clone(),
+                Err(CommitError::Refused(why)) => return Ok(Err(why)),
+                Err(CommitError::Store(e)) => return Err(e),
+            }
+        };
+        for command in commands {
+            if let Err(e) = self.take_effect(&defs, command) {
+                return Ok(Err(e.0));
+            }
+        }
+        Ok(Ok(()))
     }
 
     /// What an applied command changes in the running broker (`defs`: the definitions after it).
@@ -297,20 +307,6 @@ impl crate::cluster::raft::meta::DefinitionsHolder for Broker {
     }
 
     fn apply_definitions(&self, commands: &[MetaCommand]) -> std::io::Result<Result<(), String>> {
-        // Refusals are answers; a failed write is not (see the trait).
-        let defs = {
-            let mut current = self.definitions.lock();
-            match self.durability.commit(&mut current, commands) {
-                Ok(()) => current.clone(),
-                Err(crate::meta::definitions::CommitError::Refused(why)) => return Ok(Err(why)),
-                Err(crate::meta::definitions::CommitError::Store(e)) => return Err(e),
-            }
-        };
-        for command in commands {
-            if let Err(e) = self.take_effect(&defs, command) {
-                return Ok(Err(e.0));
-            }
-        }
-        Ok(Ok(()))
+        self.apply_commands(commands)
     }
 }

@@ -320,11 +320,7 @@ fn cluster_of(broker: &Broker) -> Result<&crate::cluster::node::Cluster, AdminEr
 /// metadata group's state on this node.
 fn cluster_status(broker: &Broker) -> Result<Value, AdminError> {
     let cluster = cluster_of(broker)?;
-    let Some(config) = &broker.config.cluster else {
-        return Err(AdminError(
-            "this broker is not a cluster node (no [cluster] section)".into(),
-        ));
-    };
+    let config = cluster.links.config();
     let meta = cluster.meta_status();
     let leader = meta["leader"].as_u64();
     let role = |id: u64| if leader == Some(id) { "leader" } else { "" };

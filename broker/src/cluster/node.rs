@@ -202,8 +202,7 @@ impl Cluster {
 
     /// The metadata group as this node sees it.
     pub fn meta_status(&self) -> Value {
-        use openraft::async_runtime::WatchReceiver;
-        let m = self.meta.raft.metrics().borrow_watched().clone();
+        let m = self.metrics();
         json!({
             "group": "metadata",
             "state": format!("{:?}", m.state),

@@ -345,6 +345,11 @@ impl Links {
         }
     }
 
+    /// The configuration the links run by.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
     /// Every other node and its link.
     pub fn status(&self) -> Vec<PeerStatus> {
         let peers = self.peers.lock();

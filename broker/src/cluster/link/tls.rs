@@ -13,7 +13,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::cluster::config::ClusterTlsConfig;
 use crate::crl::{CrlNumbers, ExpiredCrl};
-use crate::tls::{check_key_file, check_trusted_path, read_certs, read_key, read_roots, TlsError};
+use crate::tls::{check_material, read_certs, read_key, read_roots, TlsError};
 
 /// The application protocol of node links; the AMQP listener never offers it.
 pub(crate) const ALPN: &[u8] = b"warren-cluster/1";
@@ -30,11 +30,7 @@ pub(crate) struct LinkTls {
 /// Builds both ends from `[cluster.tls]`, refusing unsafe key files and untrusted paths as the AMQP
 /// listener does. A CRL past its nextUpdate is used (its revocations still hold) and warned about.
 pub(crate) fn link_tls(tls: &ClusterTlsConfig) -> Result<LinkTls, TlsError> {
-    check_key_file(&tls.key)?;
-    check_trusted_path(&tls.ca_bundle)?;
-    for path in &tls.crls {
-        check_trusted_path(path)?;
-    }
+    check_material(&tls.key, &tls.ca_bundle, &tls.crls)?;
     let (roots, cas) = read_roots(&tls.ca_bundle)?;
     let roots = Arc::new(roots);
     let (crls, _) = crate::crl::load(&tls.crls, &cas, ExpiredCrl::Warn, &CrlNumbers::default())?;

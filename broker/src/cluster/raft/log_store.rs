@@ -81,6 +81,22 @@ impl RecordWriter for FailFast {
     }
 }
 
+/// Writes `records` and waits until they are durable.
+pub(crate) async fn write_durable(
+    writer: &dyn RecordWriter,
+    records: Vec<Record>,
+) -> io::Result<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    writer.write(
+        records,
+        Some(Box::new(move |result| {
+            let _ = tx.send(result);
+        })),
+    );
+    rx.await
+        .unwrap_or_else(|_| Err(io::Error::other("the store stopped")))
+}
+
 /// The error every operation returns after a failed write.
 pub(crate) fn check_writes(writer: &dyn RecordWriter) -> io::Result<()> {
     match writer.failed() {
@@ -165,19 +181,6 @@ impl LogStore {
         })
     }
 
-    /// Writes `records` and waits until they are durable.
-    async fn write_durable(&self, records: Vec<Record>) -> io::Result<()> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.writer.write(
-            records,
-            Some(Box::new(move |result| {
-                let _ = tx.send(result);
-            })),
-        );
-        rx.await
-            .unwrap_or_else(|_| Err(io::Error::other("the store stopped")))
-    }
-
     fn keys(&self) -> Keys {
         Keys(self.group)
     }
@@ -245,7 +248,7 @@ impl RaftLogStorage<Types> for LogStore {
         check_writes(&*self.writer)?;
         self.state.lock().vote = Some(*vote);
         let record = put(self.keys().named("vote"), encode(|w| w.vote(vote)));
-        self.write_durable(vec![record]).await
+        write_durable(&*self.writer, vec![record]).await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {

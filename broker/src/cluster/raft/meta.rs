@@ -30,7 +30,7 @@ use warren_storage::definitions::Definitions;
 use warren_storage::log::record::Record;
 
 use super::codec::{decode, encode, DecodeError};
-use super::log_store::{check_writes, RecordWriter};
+use super::log_store::{check_writes, write_durable, RecordWriter};
 use super::network::{bad_request, GroupMember};
 use super::rpc::{self, Proposed};
 use super::{Answer, LogId, Proposal, StoredMembership, Types};
@@ -91,18 +91,7 @@ impl MetaMachine {
                 decode(bytes, |r| Ok((r.opt_log_id()?, r.stored_membership()?)))?;
         }
         if let Some(bytes) = recovered.get(&snapshot_key()) {
-            let (meta, data) = decode(bytes, |r| {
-                let last_log_id = r.opt_log_id()?;
-                let last_membership = r.stored_membership()?;
-                Ok((
-                    SnapshotMetaOf::<Types> {
-                        last_log_id,
-                        last_membership,
-                    },
-                    r.bytes()?.to_vec(),
-                ))
-            })?;
-            applied.snapshot = Some((meta, data));
+            applied.snapshot = Some(decode(bytes, |r| r.snapshot_body())?);
         }
         Ok(MetaMachine {
             holder,
@@ -131,11 +120,7 @@ impl MetaMachine {
     fn snapshot_record(meta: &SnapshotMetaOf<Types>, data: &[u8]) -> Record {
         Record::Put {
             key: snapshot_key(),
-            value: Bytes::from(encode(|w| {
-                w.opt_log_id(&meta.last_log_id);
-                w.stored_membership(&meta.last_membership);
-                w.bytes(data);
-            })),
+            value: Bytes::from(encode(|w| w.snapshot_body(meta, data))),
         }
     }
 
@@ -206,18 +191,6 @@ impl RaftSnapshotBuilder<Types> for MetaMachine {
             snapshot: data,
         })
     }
-}
-
-async fn write_durable(writer: &dyn RecordWriter, records: Vec<Record>) -> io::Result<()> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    writer.write(
-        records,
-        Some(Box::new(move |result| {
-            let _ = tx.send(result);
-        })),
-    );
-    rx.await
-        .unwrap_or_else(|_| Err(io::Error::other("the store stopped")))
 }
 
 impl RaftStateMachine<Types> for MetaMachine {

@@ -67,9 +67,13 @@ impl Writer {
     }
     pub fn snapshot(&mut self, vote: &Vote, snapshot: &Snapshot) {
         self.vote(vote);
-        self.opt_log_id(&snapshot.meta.last_log_id);
-        self.stored_membership(&snapshot.meta.last_membership);
-        self.bytes(&snapshot.snapshot);
+        self.snapshot_body(&snapshot.meta, &snapshot.snapshot);
+    }
+    /// A snapshot's metadata and data: as sent after the vote, and as a node stores its own.
+    pub fn snapshot_body(&mut self, meta: &SnapshotMetaOf<Types>, data: &[u8]) {
+        self.opt_log_id(&meta.last_log_id);
+        self.stored_membership(&meta.last_membership);
+        self.bytes(data);
     }
     pub fn transfer_request(&mut self, r: &TransferLeaderRequest<Types>) {
         self.vote(r.from_leader());
@@ -147,19 +151,17 @@ impl Reader<'_> {
     }
     pub fn snapshot(&mut self) -> Result<(Vote, Snapshot), DecodeError> {
         let vote = self.vote()?;
+        let (meta, snapshot) = self.snapshot_body()?;
+        Ok((vote, Snapshot { meta, snapshot }))
+    }
+    pub fn snapshot_body(&mut self) -> Result<(SnapshotMetaOf<Types>, Vec<u8>), DecodeError> {
         let last_log_id = self.opt_log_id()?;
         let last_membership = self.stored_membership()?;
-        let data = self.bytes()?.to_vec();
-        Ok((
-            vote,
-            Snapshot {
-                meta: SnapshotMetaOf::<Types> {
-                    last_log_id,
-                    last_membership,
-                },
-                snapshot: data,
-            },
-        ))
+        let meta = SnapshotMetaOf::<Types> {
+            last_log_id,
+            last_membership,
+        };
+        Ok((meta, self.bytes()?.to_vec()))
     }
     pub fn snapshot_response(&mut self) -> Result<SnapshotResponse<Types>, DecodeError> {
         Ok(SnapshotResponse::new(self.vote()?))
