@@ -327,6 +327,9 @@ impl Broker {
                 route_guard.clone(),
                 Arc::new(crate::timers::RuntimeTimers),
             );
+            if config.cluster.is_some() {
+                vhost.set_replicated();
+            }
             vhosts.insert(vhost.name.clone(), vhost);
         }
         let broker = Arc::new(Broker {

@@ -5,60 +5,11 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
-use warren_tests::cluster::LinkCluster;
+use serde_json::json;
+use warren_tests::cluster::{
+    agreed_leader, agreed_leader_other_than, isolate, status, three_nodes, LinkCluster, SETTLE,
+};
 use warren_tests::TestBroker;
-
-/// Long enough for an election and a commit on a loaded two-core machine.
-const SETTLE: Duration = Duration::from_secs(20);
-
-async fn start_node(cluster: &LinkCluster, id: u64) -> TestBroker {
-    let config = cluster.config(id);
-    TestBroker::start_with(move |c| c.cluster = Some(config)).await
-}
-
-/// Nodes 1, 2 and 3 of `cluster`, started in order.
-async fn three_nodes(cluster: &LinkCluster) -> [TestBroker; 3] {
-    [
-        start_node(cluster, 1).await,
-        start_node(cluster, 2).await,
-        start_node(cluster, 3).await,
-    ]
-}
-
-async fn status(broker: &TestBroker) -> Value {
-    broker
-        .admin()
-        .call(json!({"command": "cluster_status"}))
-        .await
-        .expect("cluster status")
-}
-
-/// Waits until every broker names the same metadata leader; returns its id.
-async fn agreed_leader(brokers: &[&TestBroker]) -> u64 {
-    agreed_leader_other_than(brokers, None).await
-}
-
-/// [`agreed_leader`], a leader other than `gone` (a node that was stopped).
-async fn agreed_leader_other_than(brokers: &[&TestBroker], gone: Option<u64>) -> u64 {
-    let deadline = tokio::time::Instant::now() + SETTLE;
-    loop {
-        let mut leaders = Vec::new();
-        for b in brokers {
-            leaders.push(status(b).await["groups"][0]["leader"].as_u64());
-        }
-        if let Some(Some(leader)) = leaders.first().copied() {
-            if leaders.iter().all(|l| *l == Some(leader)) && Some(leader) != gone {
-                return leader;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no agreed leader within {SETTLE:?}: {leaders:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 async fn user_names(broker: &TestBroker) -> Vec<String> {
     let users = broker
@@ -297,16 +248,6 @@ async fn a_node_behind_a_purged_log_catches_up_from_a_snapshot() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// Cuts node `id` (its broker `b`) off from every other node, as a firewall would.
-fn isolate(b: &TestBroker, others: &[u64]) {
-    b.server
-        .broker
-        .cluster()
-        .expect("a cluster node")
-        .links
-        .cut_off(others);
 }
 
 #[tokio::test]

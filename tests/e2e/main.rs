@@ -9,6 +9,7 @@ mod basic;
 mod channel;
 mod cluster_links;
 mod cluster_meta;
+mod cluster_topology;
 mod confirm;
 mod data_dir;
 mod dead_letter;

@@ -17,7 +17,9 @@ use warren_broker::cluster::link::{Links, PeerStatus};
 use warren_broker::pki::{write_pair, CertificateAuthority, Pem, Validity};
 use warren_wire_client::{client_config, ClientCert};
 
-use crate::TIMEOUT;
+use serde_json::{json, Value};
+
+use crate::{TestBroker, TIMEOUT};
 
 /// The node-link protocol name (ALPN).
 pub const LINK_ALPN: &[u8] = b"warren-cluster/1";
@@ -172,4 +174,65 @@ pub async fn wait_for_link(links: &Links, id: u64, connected: bool, limit: Durat
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Long enough for an election and a commit on a loaded two-core machine.
+pub const SETTLE: Duration = Duration::from_secs(20);
+
+pub async fn start_node(cluster: &LinkCluster, id: u64) -> TestBroker {
+    let config = cluster.config(id);
+    TestBroker::start_with(move |c| c.cluster = Some(config)).await
+}
+
+/// Nodes 1, 2 and 3 of `cluster`, started in order.
+pub async fn three_nodes(cluster: &LinkCluster) -> [TestBroker; 3] {
+    [
+        start_node(cluster, 1).await,
+        start_node(cluster, 2).await,
+        start_node(cluster, 3).await,
+    ]
+}
+
+pub async fn status(broker: &TestBroker) -> Value {
+    broker
+        .admin()
+        .call(json!({"command": "cluster_status"}))
+        .await
+        .expect("cluster status")
+}
+
+/// Waits until every broker names the same metadata leader; returns its id.
+pub async fn agreed_leader(brokers: &[&TestBroker]) -> u64 {
+    agreed_leader_other_than(brokers, None).await
+}
+
+/// [`agreed_leader`], a leader other than `gone` (a node that was stopped).
+pub async fn agreed_leader_other_than(brokers: &[&TestBroker], gone: Option<u64>) -> u64 {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let mut leaders = Vec::new();
+        for b in brokers {
+            leaders.push(status(b).await["groups"][0]["leader"].as_u64());
+        }
+        if let Some(Some(leader)) = leaders.first().copied() {
+            if leaders.iter().all(|l| *l == Some(leader)) && Some(leader) != gone {
+                return leader;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no agreed leader within {SETTLE:?}: {leaders:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Cuts broker `b`'s node off from every other node, as a firewall would.
+pub fn isolate(b: &TestBroker, others: &[u64]) {
+    b.server
+        .broker
+        .cluster()
+        .expect("a cluster node")
+        .links
+        .cut_off(others);
 }

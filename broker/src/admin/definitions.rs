@@ -94,6 +94,9 @@ impl Broker {
                         self.route_guard.clone(),
                         Arc::new(crate::timers::RuntimeTimers),
                     );
+                    if self.config.cluster.is_some() {
+                        vhost.set_replicated();
+                    }
                     self.vhosts.insert(vhost.name.clone(), vhost);
                 }
             }
@@ -300,13 +303,59 @@ impl Broker {
     }
 }
 
-/// The metadata group changes this node's definitions as a local admin change does.
+/// The metadata group changes this node's definitions as a local admin change does, and its
+/// replicated topology as each vhost applies it (routing's vhost/replicated.rs).
 impl crate::cluster::raft::meta::DefinitionsHolder for Broker {
-    fn definitions(&self) -> Definitions {
-        Broker::definitions(self)
+    fn snapshot(&self) -> Vec<MetaCommand> {
+        let mut commands = crate::meta::definitions::commands_for(&self.definitions());
+        let mut vhosts: Vec<Arc<Vhost>> = self.vhosts.iter().map(|v| v.clone()).collect();
+        vhosts.sort_by(|a, b| a.name.cmp(&b.name));
+        for vhost in vhosts {
+            commands.extend(vhost.replicated_commands());
+        }
+        commands
     }
 
     fn apply_definitions(&self, commands: &[MetaCommand]) -> std::io::Result<Result<(), String>> {
-        self.apply_commands(commands)
+        let (topology, definitions): (Vec<&MetaCommand>, Vec<&MetaCommand>) =
+            commands.iter().partition(|c| c.vhost().is_some());
+        let definitions: Vec<MetaCommand> = definitions.into_iter().cloned().collect();
+        if let Err(refused) = self.apply_commands(&definitions)? {
+            return Ok(Err(refused));
+        }
+        let now = crate::time::Now::read();
+        for command in topology {
+            let name = command.vhost().unwrap_or_default();
+            let Some(vhost) = self.vhosts.get(name).map(|v| v.clone()) else {
+                return Ok(Err(format!("no such vhost '{name}'")));
+            };
+            if let Err(refused) = vhost.apply_replicated(command, now) {
+                return Ok(Err(refused));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    fn install(&self, commands: Vec<MetaCommand>) -> std::io::Result<Result<(), String>> {
+        let target = match crate::cluster::raft::meta::definitions_of(&commands) {
+            Ok(target) => target,
+            Err(e) => return Ok(Err(e)),
+        };
+        let changes = crate::meta::definitions::replacing(&self.definitions(), &target);
+        if let Err(refused) = self.apply_commands(&changes)? {
+            return Ok(Err(refused));
+        }
+        let now = crate::time::Now::read();
+        for vhost in self.vhosts.iter().map(|v| v.clone()).collect::<Vec<_>>() {
+            let wanted: Vec<MetaCommand> = commands
+                .iter()
+                .filter(|c| c.vhost() == Some(vhost.name.as_str()))
+                .cloned()
+                .collect();
+            for problem in vhost.reconcile(&wanted, now) {
+                tracing::error!(vhost = %vhost.name, problem, "a snapshot's topology could not be applied in full");
+            }
+        }
+        Ok(Ok(()))
     }
 }

@@ -72,6 +72,7 @@ impl Channel {
                         permissions::check(s, Access::Write, Kind::Exchange, &ae)?;
                         permissions::check(s, Access::Read, Kind::Exchange, name)?;
                     }
+                    let again = s.vhost.is_replicated().then(|| d.clone());
                     let spec = ExchangeSpec {
                         name: name.to_string(),
                         kind,
@@ -80,7 +81,17 @@ impl Channel {
                         internal: d.internal,
                         arguments: d.arguments,
                     };
-                    s.vhost.declare_exchange(spec, false)?;
+                    match again {
+                        Some(again) => {
+                            if let Some(command) = s.vhost.plan_declare_exchange(&spec)? {
+                                let again = exchange::AMQPMethod::Declare(again);
+                                return self.replicate(s, command, AMQPClass::Exchange(again));
+                            }
+                        }
+                        None => {
+                            s.vhost.declare_exchange(spec, false)?;
+                        }
+                    }
                 }
                 reply(
                     s,
@@ -94,7 +105,17 @@ impl Channel {
                 if !name.is_empty() && !name.starts_with("amq.") {
                     permissions::check(s, Access::Configure, Kind::Exchange, name)?;
                 }
-                s.vhost.delete_exchange(d.exchange.as_str(), d.if_unused)?;
+                if s.vhost.is_replicated() {
+                    let plan = s
+                        .vhost
+                        .plan_delete_exchange(d.exchange.as_str(), d.if_unused)?;
+                    if let Some(command) = plan {
+                        let again = AMQPClass::Exchange(exchange::AMQPMethod::Delete(d));
+                        return self.replicate(s, command, again);
+                    }
+                } else {
+                    s.vhost.delete_exchange(d.exchange.as_str(), d.if_unused)?;
+                }
                 reply(
                     s,
                     d.nowait,
@@ -109,12 +130,26 @@ impl Channel {
                     b.routing_key.as_str(),
                 )?;
                 let destination = Destination::Exchange(b.destination.as_str().into());
-                s.vhost.bind(
-                    b.source.as_str(),
-                    destination,
-                    b.routing_key.as_str(),
-                    b.arguments,
-                )?;
+                if s.vhost.is_replicated() {
+                    let plan = s.vhost.plan_binding(
+                        b.source.as_str(),
+                        destination,
+                        b.routing_key.as_str(),
+                        b.arguments.clone(),
+                        true,
+                    )?;
+                    if let Some(command) = plan {
+                        let again = AMQPClass::Exchange(exchange::AMQPMethod::Bind(b));
+                        return self.replicate(s, command, again);
+                    }
+                } else {
+                    s.vhost.bind(
+                        b.source.as_str(),
+                        destination,
+                        b.routing_key.as_str(),
+                        b.arguments,
+                    )?;
+                }
                 reply(
                     s,
                     b.nowait,
@@ -129,12 +164,26 @@ impl Channel {
                     u.routing_key.as_str(),
                 )?;
                 let destination = Destination::Exchange(u.destination.as_str().into());
-                s.vhost.unbind(
-                    u.source.as_str(),
-                    destination,
-                    u.routing_key.as_str(),
-                    u.arguments,
-                )?;
+                if s.vhost.is_replicated() {
+                    let plan = s.vhost.plan_binding(
+                        u.source.as_str(),
+                        destination,
+                        u.routing_key.as_str(),
+                        u.arguments.clone(),
+                        false,
+                    )?;
+                    if let Some(command) = plan {
+                        let again = AMQPClass::Exchange(exchange::AMQPMethod::Unbind(u));
+                        return self.replicate(s, command, again);
+                    }
+                } else {
+                    s.vhost.unbind(
+                        u.source.as_str(),
+                        destination,
+                        u.routing_key.as_str(),
+                        u.arguments,
+                    )?;
+                }
                 reply(
                     s,
                     u.nowait,

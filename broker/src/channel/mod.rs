@@ -6,6 +6,7 @@ mod confirm;
 mod exchange;
 mod publish;
 mod queue;
+mod replicated;
 mod tx;
 pub mod unacked;
 
@@ -52,6 +53,9 @@ pub struct Channel {
     last_queue: Option<QueueName>,
     /// Credit was released in this batch: consumers' queues get a dispatch pass at its end.
     needs_dispatch: bool,
+    /// The ready messages of a replicated queue this channel is deleting (replicated.rs), for its
+    /// delete-ok.
+    deleted_ready: Option<u32>,
 }
 
 impl Channel {
@@ -69,6 +73,7 @@ impl Channel {
             tx: None,
             last_queue: None,
             needs_dispatch: false,
+            deleted_ready: None,
         }
     }
 
@@ -79,8 +84,11 @@ impl Channel {
         payload: &[u8],
     ) -> AmqpResult<()> {
         let ids = method_ids(payload);
-        self.dispatch_method(s, method, payload)
-            .map_err(|e| e.during(ids))
+        let result = self.dispatch_method(s, method, payload);
+        if let Some(waiting) = &mut s.waiting {
+            waiting.ids = ids;
+        }
+        result.map_err(|e| e.during(ids))
     }
 
     fn dispatch_method(

@@ -79,6 +79,8 @@ impl Channel {
                     // (A client-chosen amq.* name is refused by the vhost before any permission check.)
                     permissions::check(s, Access::Configure, Kind::Queue, &name)?;
                 }
+                // A cluster node declares a quorum queue through the metadata group.
+                let again = (quorum && !d.passive && s.vhost.is_replicated()).then(|| d.clone());
                 let spec = QueueSpec {
                     name,
                     durable: d.durable,
@@ -100,8 +102,10 @@ impl Channel {
                 let vhost = s.vhost.clone();
                 let queue_name = spec.name.clone();
                 let session: &Session = s;
-                let declared = vhost.declare_queue(spec, d.passive, server_named, s.id, || {
-                    let Some(dlx) = dead_letter_exchange else { return Ok(()) };
+                let before_create = || {
+                    let Some(dlx) = dead_letter_exchange else {
+                        return Ok(());
+                    };
                     // rabbit_channel: the DLX must be a string; then read on the queue, write on the DLX.
                     let Some(dlx_name) = as_text(&dlx) else {
                         return Err(AmqpError::precondition(format!(
@@ -115,11 +119,34 @@ impl Channel {
                     // Beyond RabbitMQ: a fixed dead-letter key is one the declarer chooses for every
                     // message, so it must pass the declarer's topic write permission on the DLX.
                     match &dead_letter_key {
-                        Some(key) => permissions::check_topic_write_by_name(session, &dlx_name, key),
+                        Some(key) => {
+                            permissions::check_topic_write_by_name(session, &dlx_name, key)
+                        }
                         None => Ok(()),
                     }
-                }, Now::read())?;
-                let q = declared.queue;
+                };
+                let q = match again {
+                    Some(again) => {
+                        let name = spec.name.clone();
+                        if let Some(command) = vhost.plan_declare_queue(spec, before_create)? {
+                            let again = AMQPClass::Queue(queue::AMQPMethod::Declare(again));
+                            return self.replicate(s, command, again);
+                        }
+                        vhost.queue(&name, s.id)?
+                    }
+                    None => {
+                        vhost
+                            .declare_queue(
+                                spec,
+                                d.passive,
+                                server_named,
+                                s.id,
+                                before_create,
+                                Now::read(),
+                            )?
+                            .queue
+                    }
+                };
                 self.last_queue = Some(q.name().clone());
                 let ok = queue::DeclareOk {
                     queue: q.name().as_str().into(),
@@ -136,24 +163,57 @@ impl Channel {
                     s.vhost.exchange(b.exchange.as_str())?;
                 }
                 let q = s.vhost.queue(&name, s.id)?;
-                s.vhost.bind(
-                    b.exchange.as_str(),
-                    Destination::Queue(q),
-                    b.routing_key.as_str(),
-                    b.arguments,
-                )?;
+                if s.vhost.is_replicated() && q.args.quorum {
+                    let plan = s.vhost.plan_binding(
+                        b.exchange.as_str(),
+                        Destination::Queue(q),
+                        b.routing_key.as_str(),
+                        b.arguments.clone(),
+                        true,
+                    )?;
+                    if let Some(command) = plan {
+                        return self.replicate(
+                            s,
+                            command,
+                            AMQPClass::Queue(queue::AMQPMethod::Bind(b)),
+                        );
+                    }
+                } else {
+                    s.vhost.bind(
+                        b.exchange.as_str(),
+                        Destination::Queue(q),
+                        b.routing_key.as_str(),
+                        b.arguments,
+                    )?;
+                }
                 reply(s, b.nowait, queue::AMQPMethod::BindOk(queue::BindOk {}));
             }
             queue::AMQPMethod::Unbind(u) => {
                 let name = self.queue_name(u.queue.as_str())?;
                 check_queue_binding(s, u.exchange.as_str(), &name, u.routing_key.as_str())?;
-                if let Some(q) = s.vhost.find_queue(&name) {
-                    s.vhost.unbind(
-                        u.exchange.as_str(),
-                        Destination::Queue(q),
-                        u.routing_key.as_str(),
-                        u.arguments,
-                    )?;
+                match s.vhost.find_queue(&name) {
+                    Some(q) if s.vhost.is_replicated() && q.args.quorum => {
+                        let plan = s.vhost.plan_binding(
+                            u.exchange.as_str(),
+                            Destination::Queue(q),
+                            u.routing_key.as_str(),
+                            u.arguments.clone(),
+                            false,
+                        )?;
+                        if let Some(command) = plan {
+                            let again = AMQPClass::Queue(queue::AMQPMethod::Unbind(u));
+                            return self.replicate(s, command, again);
+                        }
+                    }
+                    Some(q) => {
+                        s.vhost.unbind(
+                            u.exchange.as_str(),
+                            Destination::Queue(q),
+                            u.routing_key.as_str(),
+                            u.arguments,
+                        )?;
+                    }
+                    None => {}
                 }
                 reply(s, false, queue::AMQPMethod::UnbindOk(queue::UnbindOk {}));
             }
@@ -171,9 +231,23 @@ impl Channel {
             queue::AMQPMethod::Delete(d) => {
                 let name = self.queue_name(d.queue.as_str())?;
                 permissions::check(s, Access::Configure, Kind::Queue, &name)?;
-                let message_count =
+                let replicated = s.vhost.is_replicated()
+                    && s.vhost.find_queue(&name).is_some_and(|q| q.args.quorum);
+                let message_count = if replicated {
+                    let plan = s
+                        .vhost
+                        .plan_delete_queue(&name, d.if_unused, d.if_empty, s.id)?;
+                    if let Some(command) = plan {
+                        self.deleted_ready = s.vhost.find_queue(&name).map(|q| q.message_count());
+                        let again = AMQPClass::Queue(queue::AMQPMethod::Delete(d));
+                        return self.replicate(s, command, again);
+                    }
+                    // The run after the deletion reports what the queue held when it was asked.
+                    self.deleted_ready.take().unwrap_or(0)
+                } else {
                     s.vhost
-                        .delete_queue(&name, d.if_unused, d.if_empty, s.id, Now::read())?;
+                        .delete_queue(&name, d.if_unused, d.if_empty, s.id, Now::read())?
+                };
                 reply(
                     s,
                     d.nowait,

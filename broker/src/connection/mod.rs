@@ -123,6 +123,8 @@ pub(crate) async fn serve(
                     published: false,
                     last_grant: Default::default(),
                     flow: Default::default(),
+                    waiting: None,
+                    reruns: 0,
                 };
                 let conn = Connection {
                     s: session,
@@ -174,6 +176,14 @@ fn encode_close(out: &mut BytesMut, e: &AmqpError) {
 }
 
 /// After sending connection.close, reads (and ignores) frames until close-ok, EOF or the timeout.
+/// Waits for the method waiting for the metadata group, if there is one.
+async fn until_done(waiting: &mut Option<session::Waiting>) -> Result<(), String> {
+    match waiting {
+        Some(w) => (&mut w.done).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn wait_close_ok<R: AsyncRead + Unpin>(reader: &mut R, rbuf: &mut BytesMut) {
     let wait = async {
         loop {
@@ -250,7 +260,7 @@ impl Connection {
                 break;
             }
             tokio::select! {
-                read = reader.read_buf(&mut rbuf), if !self.blocked && self.paused.is_none() => {
+                read = reader.read_buf(&mut rbuf), if !self.blocked && self.paused.is_none() && self.s.waiting.is_none() => {
                     match read {
                         Ok(0) | Err(_) => { ending = Some(Ending::Done); }
                         Ok(_) => {
@@ -302,6 +312,15 @@ impl Connection {
                             self.s.send(0, AMQPClass::Connection(connection::AMQPMethod::Unblocked(connection::Unblocked {})));
                         }
                         // Frames that arrived while blocked are already buffered.
+                        ending = self.process_frames(&mut rbuf);
+                        self.block_if_alarmed();
+                        self.pause_if_behind();
+                    }
+                }
+                done = until_done(&mut self.s.waiting), if self.s.waiting.is_some() => {
+                    ending = self.resume(done);
+                    if ending.is_none() {
+                        // Frames that arrived behind the method are already buffered.
                         ending = self.process_frames(&mut rbuf);
                         self.block_if_alarmed();
                         self.pause_if_behind();
@@ -388,8 +407,13 @@ impl Connection {
         if self.heartbeat == 0 {
             return None;
         }
-        // A blocked connection is not read, so its silence proves nothing (RabbitMQ pauses the check too).
-        if !self.blocked && self.paused.is_none() && self.last_received.elapsed() > interval * 2 {
+        // A blocked connection is not read, so its silence proves nothing (RabbitMQ pauses the check
+        // too); nor is one waiting for the metadata group.
+        if !self.blocked
+            && self.paused.is_none()
+            && self.s.waiting.is_none()
+            && self.last_received.elapsed() > interval * 2
+        {
             warn!(timeout_s = self.heartbeat, "missed heartbeats from client");
             return Some(Ending::Silent);
         }
@@ -406,6 +430,10 @@ impl Connection {
     /// Decodes and handles every complete frame in `rbuf`; returns how the connection ends, if it does.
     fn process_frames(&mut self, rbuf: &mut BytesMut) -> Option<Ending> {
         loop {
+            if self.s.waiting.is_some() {
+                // Frames stay buffered, in order, until the waiting method is done.
+                break;
+            }
             let frame = match decode_frame(rbuf, self.frame_max()) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
@@ -448,6 +476,40 @@ impl Connection {
             if let Slot::Open(ch) = slot {
                 ch.after_batch(&mut self.s);
             }
+        }
+    }
+
+    /// Runs a method again once its change through the metadata group is applied on this node
+    /// (or closes the connection with 541 when the change was not made: the client can retry on
+    /// another node).
+    fn resume(&mut self, done: Result<(), String>) -> Option<Ending> {
+        let waiting = self.s.waiting.take()?;
+        if let Err(why) = done {
+            self.s.reruns = 0;
+            return Some(Ending::Close(
+                AmqpError::internal(format!("the cluster did not make the change: {why}"))
+                    .during(waiting.ids),
+            ));
+        }
+        let Some(Slot::Open(ch)) = self.channels.get_mut(&waiting.channel) else {
+            return None;
+        };
+        self.s.reruns += 1;
+        let (class, method) = waiting.ids;
+        let mut ids = [0u8; 4];
+        ids[..2].copy_from_slice(&class.to_be_bytes());
+        ids[2..].copy_from_slice(&method.to_be_bytes());
+        let result = ch.handle_method(&mut self.s, waiting.method, &ids);
+        if self.s.waiting.is_none() {
+            self.s.reruns = 0;
+        }
+        match result {
+            Ok(()) => None,
+            Err(e) if e.is_soft() => {
+                self.close_channel(waiting.channel, e);
+                None
+            }
+            Err(e) => Some(Ending::Close(e)),
         }
     }
 

@@ -51,6 +51,22 @@ pub(crate) struct Session {
     pub flow: crate::flow::PublisherFlow,
     /// The last permission granted, with the users' generation it was granted under.
     pub last_grant: std::cell::RefCell<Option<(u64, Access, Kind, String)>>,
+    /// A method waiting for the cluster's metadata group: no other frame of this connection is
+    /// handled until it is done, then the method runs again (channel/replicated.rs).
+    pub waiting: Option<Waiting>,
+    /// How many times the method being handled has run again after a replicated change.
+    pub reruns: u8,
+}
+
+/// A method whose change is being made through the metadata group.
+pub(crate) struct Waiting {
+    pub channel: u16,
+    /// The method, to run again once the change is applied on this node.
+    pub method: AMQPClass,
+    /// Its class and method ids (for the text of an error it then raises).
+    pub ids: (u16, u16),
+    /// Done when the change is applied on this node, or with why it was not made.
+    pub done: futures_util::future::BoxFuture<'static, Result<(), String>>,
 }
 
 /// No-ack deliveries a connection may have in flight between queues and its socket.

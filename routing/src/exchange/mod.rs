@@ -205,6 +205,10 @@ impl Exchange {
         gone
     }
 
+    pub(crate) fn has_binding(&self, binding: &Binding) -> bool {
+        self.bindings.lock().contains(binding)
+    }
+
     pub(crate) fn binding_count(&self) -> usize {
         self.bindings.lock().len()
     }

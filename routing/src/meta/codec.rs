@@ -30,6 +30,8 @@ const DECLARE_QUEUE: u8 = 14;
 const DELETE_QUEUE: u8 = 15;
 const BIND: u8 = 16;
 const UNBIND: u8 = 17;
+/// A transient exchange: only a cluster node records one (every node must route through it).
+const DECLARE_TRANSIENT_EXCHANGE: u8 = 18;
 
 /// Why a record does not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -174,8 +176,13 @@ pub fn encode(command: &MetaCommand) -> Vec<u8> {
             auto_delete,
             internal,
             arguments,
+            durable,
         } => {
-            w.u8(DECLARE_EXCHANGE);
+            w.u8(if *durable {
+                DECLARE_EXCHANGE
+            } else {
+                DECLARE_TRANSIENT_EXCHANGE
+            });
             w.str(vhost);
             w.str(exchange);
             w.str(kind);
@@ -296,7 +303,8 @@ pub fn decode(payload: &[u8]) -> Result<MetaCommand, DecodeError> {
     if format != FORMAT {
         return Err(DecodeError::Format(format));
     }
-    let command = match r.u8()? {
+    let tag = r.u8()?;
+    let command = match tag {
         ADD_VHOST => MetaCommand::AddVhost {
             vhost: r.str()?.into(),
         },
@@ -344,10 +352,11 @@ pub fn decode(payload: &[u8]) -> Result<MetaCommand, DecodeError> {
             exchange: r.opt()?,
         },
         SEED_USER => MetaCommand::SeedUser { user: r.str()? },
-        DECLARE_EXCHANGE => MetaCommand::DeclareExchange {
+        DECLARE_EXCHANGE | DECLARE_TRANSIENT_EXCHANGE => MetaCommand::DeclareExchange {
             vhost: r.str()?.into(),
             exchange: r.str()?,
             kind: r.str()?,
+            durable: tag == DECLARE_EXCHANGE,
             auto_delete: r.bool()?,
             internal: r.bool()?,
             arguments: r.table()?,
@@ -375,7 +384,7 @@ pub fn decode(payload: &[u8]) -> Result<MetaCommand, DecodeError> {
             vhost: r.str()?.into(),
             binding: r.binding()?,
         },
-        tag => return Err(DecodeError::Tag(tag)),
+        _ => return Err(DecodeError::Tag(tag)),
     };
     match r.0.len() {
         0 => Ok(command),

@@ -43,6 +43,7 @@ pub fn command(key: &str, value: &[u8]) -> Result<MetaCommand, String> {
                 vhost: part(1).into(),
                 exchange: part(2),
                 kind: x.kind,
+                durable: true,
                 auto_delete: x.auto_delete,
                 internal: x.internal,
                 arguments: x.arguments,

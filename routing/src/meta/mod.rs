@@ -97,10 +97,12 @@ pub enum MetaCommand {
     SeedUser {
         user: String,
     },
+    /// A durable exchange, or (recorded only by a cluster node) a transient one.
     DeclareExchange {
         vhost: VhostName,
         exchange: String,
         kind: String,
+        durable: bool,
         auto_delete: bool,
         internal: bool,
         arguments: FieldTable,

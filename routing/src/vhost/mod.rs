@@ -5,8 +5,9 @@
 //! (exclusivity, if-unused, "bind needs both ends") are atomic; publishes never take it.
 
 mod dead_letter;
+mod replicated;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use amq_protocol::types::FieldTable;
@@ -54,6 +55,9 @@ pub struct Vhost {
     guard: Arc<dyn RouteGuard>,
     /// Wakes its queues for TTL and x-expires.
     timers: Arc<dyn QueueTimers>,
+    /// Set on a cluster node: exchanges, quorum queues and the bindings between them change
+    /// through the metadata group (replicated.rs), so every exchange is recorded, transient ones too.
+    replicated: AtomicBool,
 }
 
 /// Per-vhost limits (RabbitMQ's vhost limits `max-queues` and `max-connections`).
@@ -99,6 +103,7 @@ impl Vhost {
             exchanges: DashMap::new(),
             queues: DashMap::new(),
             topology: Mutex::new(()),
+            replicated: AtomicBool::new(false),
         };
         for (name, kind) in STANDARD_EXCHANGES {
             let spec = ExchangeSpec {
@@ -125,11 +130,12 @@ impl Vhost {
             MetaCommand::DeclareExchange {
                 exchange,
                 kind,
+                durable,
                 auto_delete,
                 internal,
                 arguments,
                 ..
-            } => self.restore_exchange(exchange, &kind, auto_delete, internal, arguments),
+            } => self.restore_exchange(exchange, &kind, durable, auto_delete, internal, arguments),
             MetaCommand::DeclareQueue {
                 queue,
                 auto_delete,
@@ -150,6 +156,7 @@ impl Vhost {
         &self,
         name: String,
         kind: &str,
+        durable: bool,
         auto_delete: bool,
         internal: bool,
         arguments: FieldTable,
@@ -166,7 +173,7 @@ impl Vhost {
         let spec = ExchangeSpec {
             name: name.clone(),
             kind,
-            durable: true,
+            durable,
             auto_delete,
             internal,
             arguments,
@@ -237,39 +244,43 @@ impl Vhost {
 
     /// Re-creates a binding between durable objects.
     fn restore_binding(&self, binding: StoredBinding) {
-        let StoredBinding {
-            source,
-            kind,
-            destination: dest,
-            routing_key,
-            arguments,
-        } = binding;
-        let unrestored = |missing: &str| {
-            tracing::error!(
-                source = ?source,
-                destination = ?dest,
+        match self.resolve_binding(&binding) {
+            Ok((x, b)) => {
+                x.bind(b);
+            }
+            Err(missing) => tracing::error!(
+                source = ?binding.source,
+                destination = ?binding.destination,
                 vhost = ?self.name,
                 missing,
                 "a stored binding is not restored: one of its ends was not (its record stays in the log)"
-            );
-        };
-        let destination = match kind {
-            DestinationKind::Queue => match self.find_queue(&dest) {
-                Some(q) => Destination::Queue(q),
-                None => return unrestored("the queue"),
-            },
-            DestinationKind::Exchange => Destination::Exchange(dest.as_str().into()),
-        };
-        match self.exchanges.get(&source) {
-            Some(x) => {
-                x.bind(Binding {
-                    destination,
-                    routing_key,
-                    arguments,
-                });
-            }
-            None => unrestored("the source exchange"),
+            ),
         }
+    }
+
+    /// The source exchange and the live binding a stored one names, or which end is missing.
+    fn resolve_binding(
+        &self,
+        stored: &StoredBinding,
+    ) -> Result<(Arc<Exchange>, Binding), &'static str> {
+        let destination = match stored.kind {
+            DestinationKind::Queue => match self.find_queue(&stored.destination) {
+                Some(q) => Destination::Queue(q),
+                None => return Err("the queue"),
+            },
+            DestinationKind::Exchange => Destination::Exchange(stored.destination.as_str().into()),
+        };
+        let exchange = self
+            .exchanges
+            .get(&stored.source)
+            .map(|x| x.clone())
+            .ok_or("the source exchange")?;
+        let binding = Binding {
+            destination,
+            routing_key: stored.routing_key.clone(),
+            arguments: stored.arguments.clone(),
+        };
+        Ok((exchange, binding))
     }
 
     /// Counts a connection into the vhost, refusing it over `max_connections` (530, RabbitMQ's text).
@@ -361,15 +372,40 @@ impl Vhost {
             Some(found) => found.clone(),
             None => {
                 check_name("exchange", &spec.name)?;
-                let exchange = Exchange::new(spec);
-                if let (Some(d), true) = (&self.durability, exchange.spec.durable) {
-                    d.meta(&self.declare_exchange_command(&exchange.spec));
-                }
-                self.exchanges
-                    .insert(exchange.name().to_string(), exchange.clone());
-                return Ok(exchange);
+                return Ok(self.create_exchange(spec));
             }
         };
+        self.check_exchange_equivalent(&existing, &spec)?;
+        Ok(existing)
+    }
+
+    /// Makes a new exchange, with its record when it is one.
+    fn create_exchange(&self, spec: ExchangeSpec) -> Arc<Exchange> {
+        let exchange = Exchange::new(spec);
+        if let (Some(d), true) = (&self.durability, self.records_exchange(&exchange.spec)) {
+            d.meta(&self.declare_exchange_command(&exchange.spec));
+        }
+        self.exchanges
+            .insert(exchange.name().to_string(), exchange.clone());
+        exchange
+    }
+
+    /// Whether an exchange has a record in the log: a durable one, and every one of a cluster node.
+    fn records_exchange(&self, spec: &ExchangeSpec) -> bool {
+        spec.durable || self.is_replicated()
+    }
+
+    /// Whether this is a cluster node's vhost (replicated.rs).
+    pub fn is_replicated(&self) -> bool {
+        self.replicated.load(Ordering::Acquire)
+    }
+
+    /// A redeclare of an exchange must match it (406 otherwise).
+    fn check_exchange_equivalent(
+        &self,
+        existing: &Exchange,
+        spec: &ExchangeSpec,
+    ) -> AmqpResult<()> {
         let current = &existing.spec;
         let res = || self.resource("exchange", &spec.name);
         ensure_same("type", res(), spec.kind.as_str(), current.kind.as_str())?;
@@ -382,11 +418,23 @@ impl Vhost {
             &spec.arguments,
             &current.arguments,
             &res(),
-        )?;
-        Ok(existing)
+        )
     }
 
     pub fn delete_exchange(&self, name: &str, if_unused: bool) -> AmqpResult<()> {
+        let _topology = self.topology.lock();
+        if self.check_exchange_delete(name, if_unused)?.is_some() {
+            self.delete_exchange_locked(name);
+        }
+        Ok(())
+    }
+
+    /// exchange.delete's checks; the exchange if it exists (deleting one that does not succeeds).
+    fn check_exchange_delete(
+        &self,
+        name: &str,
+        if_unused: bool,
+    ) -> AmqpResult<Option<Arc<Exchange>>> {
         if name.is_empty() {
             return Err(AmqpError::access_refused(
                 "operation not permitted on the default exchange",
@@ -398,10 +446,9 @@ impl Vhost {
                 self.name
             )));
         }
-        let _topology = self.topology.lock();
         // Deleting an exchange that does not exist succeeds (rabbit_channel: exchange.delete is idempotent).
         let Some(exchange) = self.exchanges.get(name).map(|e| e.clone()) else {
-            return Ok(());
+            return Ok(None);
         };
         // "In use" means bound as a source (rabbit_binding:has_for_source).
         if if_unused && exchange.binding_count() > 0 {
@@ -410,8 +457,7 @@ impl Vhost {
                 self.resource("exchange", name)
             )));
         }
-        self.delete_exchange_locked(name);
-        Ok(())
+        Ok(Some(exchange))
     }
 
     fn delete_exchange_locked(&self, name: &str) {
@@ -419,7 +465,7 @@ impl Vhost {
             for b in exchange.bindings() {
                 self.persist_binding(&exchange, &b, false);
             }
-            if let (Some(d), true) = (&self.durability, exchange.spec.durable) {
+            if let (Some(d), true) = (&self.durability, self.records_exchange(&exchange.spec)) {
                 d.meta(&MetaCommand::DeleteExchange {
                     vhost: self.name.clone(),
                     exchange: name.to_string(),
@@ -429,30 +475,21 @@ impl Vhost {
         self.remove_bindings_to(&Destination::Exchange(name.into()));
     }
 
-    /// Records a binding between durable objects in the log (or its removal).
+    /// Records a binding between recorded objects in the log (or its removal).
     fn persist_binding(&self, source: &Exchange, binding: &Binding, add: bool) {
         let Some(d) = &self.durability else { return };
-        let (kind, dest, durable) = match &binding.destination {
-            Destination::Queue(q) => (DestinationKind::Queue, q.name().to_string(), q.spec.durable),
-            Destination::Exchange(x) => (
-                DestinationKind::Exchange,
-                x.to_string(),
-                self.exchanges
-                    .get(x.as_ref())
-                    .is_none_or(|e| e.spec.durable),
-            ),
+        let recorded = match &binding.destination {
+            Destination::Queue(q) => q.spec.durable,
+            Destination::Exchange(x) => self
+                .exchanges
+                .get(x.as_ref())
+                .is_none_or(|e| self.records_exchange(&e.spec)),
         };
-        if !(source.spec.durable && durable) {
+        if !(self.records_exchange(&source.spec) && recorded) {
             return;
         }
         let vhost = self.name.clone();
-        let binding = StoredBinding {
-            source: source.name().to_string(),
-            kind,
-            destination: dest,
-            routing_key: binding.routing_key.clone(),
-            arguments: binding.arguments.clone(),
-        };
+        let binding = stored_binding(source, binding);
         d.meta(&if add {
             MetaCommand::Bind { vhost, binding }
         } else {
@@ -488,18 +525,41 @@ impl Vhost {
         spec.durable &= spec.exclusive_owner.is_none();
         let _topology = self.topology.lock();
         if let Some(existing) = self.find_queue(&spec.name) {
-            self.check_exclusive(&existing, spec.exclusive_owner, true)?;
-            let current = &existing.spec;
-            let res = || self.resource("queue", &spec.name);
-            ensure_same("durable", res(), spec.durable, current.durable)?;
-            ensure_same("auto_delete", res(), spec.auto_delete, current.auto_delete)?;
-            arguments::check_equivalent(&spec.arguments, &current.arguments, &res())?;
+            self.check_queue_equivalent(&existing, &spec)?;
             existing.touch(now);
             return Ok(DeclaredQueue {
                 queue: existing,
                 created: false,
             });
         }
+        let args = self.check_new_queue(&spec, before_create)?;
+        if let (Some(d), true) = (&self.durability, spec.durable) {
+            d.meta(&self.declare_queue_command(&spec));
+        }
+        let queue = self.new_queue(spec, args, now);
+        self.queues.insert(queue.name().clone(), queue.clone());
+        Ok(DeclaredQueue {
+            queue,
+            created: true,
+        })
+    }
+
+    /// A redeclare must match the queue: exclusivity, durable, auto_delete, arguments (405, 406).
+    fn check_queue_equivalent(&self, existing: &Queue, spec: &QueueSpec) -> AmqpResult<()> {
+        self.check_exclusive(existing, spec.exclusive_owner, true)?;
+        let current = &existing.spec;
+        let res = || self.resource("queue", &spec.name);
+        ensure_same("durable", res(), spec.durable, current.durable)?;
+        ensure_same("auto_delete", res(), spec.auto_delete, current.auto_delete)?;
+        arguments::check_equivalent(&spec.arguments, &current.arguments, &res())
+    }
+
+    /// The checks of a queue that does not exist yet, in RabbitMQ's order; its parsed arguments.
+    fn check_new_queue(
+        &self,
+        spec: &QueueSpec,
+        before_create: impl FnOnce() -> AmqpResult<()>,
+    ) -> AmqpResult<arguments::QueueArguments> {
         if let Some(max) = self.limits.max_queues {
             if self.queues.len() >= max as usize {
                 return Err(AmqpError::precondition(format!(
@@ -520,15 +580,7 @@ impl Vhost {
                 &res,
             )?;
         }
-        if let (Some(d), true) = (&self.durability, spec.durable) {
-            d.meta(&self.declare_queue_command(&spec));
-        }
-        let queue = self.new_queue(spec, args, now);
-        self.queues.insert(queue.name().clone(), queue.clone());
-        Ok(DeclaredQueue {
-            queue,
-            created: true,
-        })
+        Ok(args)
     }
 
     /// Deletes a queue with queue.delete's checks; returns the number of ready messages dropped.
@@ -541,8 +593,22 @@ impl Vhost {
         now: Now,
     ) -> AmqpResult<u32> {
         let _topology = self.topology.lock();
+        match self.check_queue_delete(name, if_unused, if_empty, connection)? {
+            Some(queue) => Ok(self.remove_queue_locked(&queue, now)),
+            None => Ok(0),
+        }
+    }
+
+    /// queue.delete's checks; the queue if it exists (deleting one that does not succeeds).
+    fn check_queue_delete(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        connection: ConnectionId,
+    ) -> AmqpResult<Option<Arc<Queue>>> {
         let Some(queue) = self.find_queue(name) else {
-            return Ok(0);
+            return Ok(None);
         };
         self.check_exclusive(&queue, Some(connection), false)?;
         if queue.args.quorum && (if_unused || if_empty) {
@@ -566,7 +632,7 @@ impl Vhost {
                 self.resource("queue", name)
             )));
         }
-        Ok(self.remove_queue_locked(&queue, now))
+        Ok(Some(queue))
     }
 
     /// Deletes a queue without checks (exclusive owner gone, auto-delete), if it is still this one.
@@ -694,19 +760,28 @@ impl Vhost {
             }
             return Ok(());
         }
-        // The source is reported first when both ends are missing.
+        let exchange = self.check_binding_ends(source, &binding.destination)?;
+        if exchange.bind(binding.clone()) {
+            self.persist_binding(&exchange, &binding, true);
+        }
+        Ok(())
+    }
+
+    /// A new binding needs both ends; the source is reported first when both are missing.
+    fn check_binding_ends(
+        &self,
+        source: &str,
+        destination: &Destination,
+    ) -> AmqpResult<Arc<Exchange>> {
         let exchange = self.exchange(source)?;
-        match &binding.destination {
+        match destination {
             Destination::Exchange(name) => {
                 self.exchange(name)?;
             }
             Destination::Queue(q) if q.is_deleted() => return Err(self.no_queue(q.name())),
             Destination::Queue(_) => {}
         }
-        if exchange.bind(binding.clone()) {
-            self.persist_binding(&exchange, &binding, true);
-        }
-        Ok(())
+        Ok(exchange)
     }
 
     /// Whether the message may enter topic exchange `x` with its key on its publisher's behalf.
@@ -816,13 +891,29 @@ pub fn route_keys<'a>(
     queues
 }
 
+/// A binding as its command stores it.
+fn stored_binding(source: &Exchange, binding: &Binding) -> StoredBinding {
+    let (kind, destination) = match &binding.destination {
+        Destination::Queue(q) => (DestinationKind::Queue, q.name().to_string()),
+        Destination::Exchange(x) => (DestinationKind::Exchange, x.to_string()),
+    };
+    StoredBinding {
+        source: source.name().to_string(),
+        kind,
+        destination,
+        routing_key: binding.routing_key.clone(),
+        arguments: binding.arguments.clone(),
+    }
+}
+
 impl Vhost {
-    /// The command that stores a durable exchange.
+    /// The command that stores an exchange.
     fn declare_exchange_command(&self, spec: &ExchangeSpec) -> MetaCommand {
         MetaCommand::DeclareExchange {
             vhost: self.name.clone(),
             exchange: spec.name.clone(),
             kind: spec.kind.as_str().to_string(),
+            durable: spec.durable,
             auto_delete: spec.auto_delete,
             internal: spec.internal,
             arguments: spec.arguments.clone(),

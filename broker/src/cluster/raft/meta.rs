@@ -8,10 +8,11 @@
 //! The state machine's own progress (the last applied log id, the membership) and its latest
 //! snapshot are records beside the group's log (`raft/0/sm/...`), written after the commands'
 //! records, so a restarted node resumes from where its definitions are. A snapshot is the
-//! definitions as commands; installing one turns this node's definitions into it
-//! (`meta::definitions::replacing`).
+//! definitions and the replicated topology as commands; installing one turns this node's into it
+//! (`meta::definitions::replacing`, `Vhost::reconcile`).
 //!
-//! Queue records, exchanges and bindings are not replicated yet (each node keeps its own).
+//! Exchanges, quorum queues and the bindings to them and between exchanges go through the group
+//! too (routing's vhost/replicated.rs); classic queues stay on the node that declared them.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -42,15 +43,19 @@ pub const GROUP: u32 = 0;
 
 pub type MetaRaft = openraft::Raft<Types, MetaMachine>;
 
-/// What the metadata group changes on this node: its definitions. The broker implements it with
-/// the apply of a single node's admin change.
+/// What the metadata group changes on this node: its definitions and replicated topology. The
+/// broker implements it with the apply of a single node's admin change and the vhosts' apply of
+/// replicated topology.
 pub trait DefinitionsHolder: Send + Sync + 'static {
-    /// A copy of the definitions.
-    fn definitions(&self) -> Definitions;
+    /// The definitions and the replicated topology, as the commands that build them.
+    fn snapshot(&self) -> Vec<MetaCommand>;
     /// Writes `commands` durably and makes them take effect, or refuses them (changing nothing)
     /// with the reason (the inner error). The outer error is a failed write: nothing was applied,
     /// and the entry must not count as applied.
     fn apply_definitions(&self, commands: &[MetaCommand]) -> io::Result<Result<(), String>>;
+    /// Turns this node's definitions and replicated topology into those `commands` build (a
+    /// snapshot's).
+    fn install(&self, commands: Vec<MetaCommand>) -> io::Result<Result<(), String>>;
 }
 
 fn applied_key() -> String {
@@ -149,20 +154,25 @@ impl MetaMachine {
     }
 }
 
-/// The snapshot data: the definitions as the commands that build them.
-fn snapshot_data(defs: &Definitions) -> Vec<u8> {
+/// The snapshot data: the definitions and topology as the commands that build them.
+fn snapshot_data(commands: Vec<MetaCommand>) -> Vec<u8> {
     encode(|w| {
         w.proposal(&Proposal {
             origin: 0,
-            commands: crate::meta::definitions::commands_for(defs),
+            commands,
         })
     })
 }
 
-fn definitions_of(data: &[u8]) -> Result<Definitions, String> {
+fn commands_of(data: &[u8]) -> Result<Vec<MetaCommand>, String> {
     let proposal = decode(data, |r| r.proposal()).map_err(|e| e.to_string())?;
+    Ok(proposal.commands)
+}
+
+/// The definitions the definition commands among `commands` build.
+pub fn definitions_of(commands: &[MetaCommand]) -> Result<Definitions, String> {
     let mut defs = Definitions::default();
-    for command in &proposal.commands {
+    for command in commands.iter().filter(|c| c.vhost().is_none()) {
         crate::meta::definitions::apply(&mut defs, command)?;
     }
     Ok(defs)
@@ -176,7 +186,7 @@ impl RaftSnapshotBuilder<Types> for MetaMachine {
         let holder = self.holder()?;
         let (meta, data) = {
             let mut applied = self.applied.lock();
-            let data = snapshot_data(&holder.definitions());
+            let data = snapshot_data(holder.snapshot());
             let meta = SnapshotMetaOf::<Types> {
                 last_log_id: applied.last,
                 last_membership: applied.membership.clone(),
@@ -234,7 +244,8 @@ impl RaftStateMachine<Types> for MetaMachine {
         meta: &SnapshotMetaOf<Types>,
         snapshot: Vec<u8>,
     ) -> Result<(), io::Error> {
-        let target = definitions_of(&snapshot).map_err(io::Error::other)?;
+        let target = commands_of(&snapshot).map_err(io::Error::other)?;
+        definitions_of(&target).map_err(io::Error::other)?;
         let holder = self.holder()?;
         // The snapshot is durable before the definitions change: a crash between the two leaves a
         // snapshot newer than the progress, which openraft installs again at the restart.
@@ -243,10 +254,7 @@ impl RaftStateMachine<Types> for MetaMachine {
         let meta = meta.clone();
         tokio::task::spawn_blocking(move || {
             let mut applied = machine.applied.lock();
-            let commands = crate::meta::definitions::replacing(&holder.definitions(), &target);
-            holder
-                .apply_definitions(&commands)?
-                .map_err(io::Error::other)?;
+            holder.install(target)?.map_err(io::Error::other)?;
             applied.last = meta.last_log_id;
             applied.membership = meta.last_membership.clone();
             machine

@@ -90,8 +90,18 @@ fn every_command() -> Vec<MetaCommand> {
             vhost: s("/").into(),
             exchange: s("nova"),
             kind: s("topic"),
+            durable: true,
             auto_delete: true,
             internal: false,
+            arguments: table(),
+        },
+        MetaCommand::DeclareExchange {
+            vhost: s("/").into(),
+            exchange: s("nova_fanout"),
+            kind: s("fanout"),
+            durable: false,
+            auto_delete: false,
+            internal: true,
             arguments: table(),
         },
         MetaCommand::DeleteExchange {

@@ -1,0 +1,321 @@
+//! A cluster node's topology (HA.md §5.2): exchanges (transient ones too), quorum queues and the
+//! bindings to quorum queues and between exchanges change through the metadata group, so every node
+//! routes the same way and a publish on any node finds the same queues.
+//!
+//! A change takes three steps. The channel asks for the command it needs, with RabbitMQ's checks
+//! and texts (`plan_*`: `None` when it is already so, an error when a check refuses it); it
+//! proposes the command and waits until this node has applied it; then it runs the method again,
+//! which now finds the change made (or, after a racing change on another node, refuses it with the
+//! same 406 a single node gives). Every node applies committed commands with
+//! [`Vhost::apply_replicated`], in log order and idempotently: applying a declaration of something
+//! that exists, or a deletion of something that does not, changes nothing.
+//!
+//! Classic queues, and the bindings to them, stay on the node that declared them for now.
+//! A snapshot of the metadata group carries [`Vhost::replicated_commands`]; installing one turns
+//! this node's replicated topology into it ([`Vhost::reconcile`]).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use amq_protocol::types::FieldTable;
+
+use super::{stored_binding, Vhost, STANDARD_EXCHANGES};
+use crate::error::{AmqpError, AmqpResult};
+use crate::exchange::{Binding, Destination, ExchangeKind, ExchangeSpec};
+use crate::ids::ConnectionId;
+use crate::meta::MetaCommand;
+use crate::queue::{arguments, QueueSpec};
+use crate::resource::check_name;
+use crate::time::Now;
+
+/// Whether a binding to `destination` is the metadata group's (the queue's are every node's).
+pub fn replicated_destination(destination: &Destination) -> bool {
+    match destination {
+        Destination::Exchange(_) => true,
+        Destination::Queue(q) => q.args.quorum,
+    }
+}
+
+impl Vhost {
+    /// Makes this vhost a cluster node's: from now on its exchanges are all recorded.
+    pub fn set_replicated(&self) {
+        self.replicated.store(true, Ordering::Release);
+    }
+
+    /// exchange.declare (not passive): the command that creates the exchange, or `None` when an
+    /// equivalent one exists.
+    pub fn plan_declare_exchange(&self, spec: &ExchangeSpec) -> AmqpResult<Option<MetaCommand>> {
+        if spec.name.is_empty() {
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        let _topology = self.topology.lock();
+        match self.exchanges.get(&spec.name).map(|x| x.clone()) {
+            Some(existing) => self
+                .check_exchange_equivalent(&existing, spec)
+                .map(|()| None),
+            None => {
+                check_name("exchange", &spec.name)?;
+                Ok(Some(self.declare_exchange_command(spec)))
+            }
+        }
+    }
+
+    /// exchange.delete: the command that deletes the exchange, or `None` when there is none.
+    pub fn plan_delete_exchange(
+        &self,
+        name: &str,
+        if_unused: bool,
+    ) -> AmqpResult<Option<MetaCommand>> {
+        let _topology = self.topology.lock();
+        Ok(self
+            .check_exchange_delete(name, if_unused)?
+            .map(|_| MetaCommand::DeleteExchange {
+                vhost: self.name.clone(),
+                exchange: name.to_string(),
+            }))
+    }
+
+    /// queue.bind / exchange.bind (`add`) and their unbinds, for a replicated destination: the
+    /// command, or `None` when the binding already is (or already is not).
+    pub fn plan_binding(
+        &self,
+        source: &str,
+        destination: Destination,
+        routing_key: &str,
+        arguments: FieldTable,
+        add: bool,
+    ) -> AmqpResult<Option<MetaCommand>> {
+        if source.is_empty() || matches!(&destination, Destination::Exchange(d) if d.is_empty()) {
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        let _topology = self.topology.lock();
+        let binding = Binding {
+            destination,
+            routing_key: routing_key.to_string(),
+            arguments,
+        };
+        let vhost = self.name.clone();
+        if !add {
+            let bound = self.exchanges.get(source).map(|x| x.clone());
+            return Ok(bound
+                .filter(|x| x.has_binding(&binding))
+                .map(|x| MetaCommand::Unbind {
+                    vhost,
+                    binding: stored_binding(&x, &binding),
+                }));
+        }
+        let exchange = self.check_binding_ends(source, &binding.destination)?;
+        Ok(
+            (!exchange.has_binding(&binding)).then(|| MetaCommand::Bind {
+                vhost,
+                binding: stored_binding(&exchange, &binding),
+            }),
+        )
+    }
+
+    /// queue.declare (not passive) of a quorum queue: the command that creates it, or `None` when
+    /// an equivalent one exists; `before_create` runs for a new one as in [`Vhost::declare_queue`].
+    pub fn plan_declare_queue(
+        &self,
+        mut spec: QueueSpec,
+        before_create: impl FnOnce() -> AmqpResult<()>,
+    ) -> AmqpResult<Option<MetaCommand>> {
+        check_name("queue", &spec.name)?;
+        spec.durable &= spec.exclusive_owner.is_none();
+        let _topology = self.topology.lock();
+        if let Some(existing) = self.find_queue(&spec.name) {
+            return self.check_queue_equivalent(&existing, &spec).map(|()| None);
+        }
+        self.check_new_queue(&spec, before_create)?;
+        Ok(Some(self.declare_queue_command(&spec)))
+    }
+
+    /// queue.delete of a replicated queue: the command, or `None` when there is no such queue.
+    pub fn plan_delete_queue(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        connection: ConnectionId,
+    ) -> AmqpResult<Option<MetaCommand>> {
+        let _topology = self.topology.lock();
+        Ok(self
+            .check_queue_delete(name, if_unused, if_empty, connection)?
+            .map(|q| MetaCommand::DeleteQueue {
+                vhost: self.name.clone(),
+                queue: q.name().clone(),
+            }))
+    }
+
+    /// Applies a committed topology command of the metadata group on this node (idempotent; the
+    /// records of what it creates or removes are written as for a local change). An error is a
+    /// command this node cannot apply (an unknown exchange type, a binding whose end is missing).
+    pub fn apply_replicated(
+        self: &Arc<Self>,
+        command: &MetaCommand,
+        now: Now,
+    ) -> Result<(), String> {
+        let _topology = self.topology.lock();
+        match command {
+            MetaCommand::DeclareExchange {
+                exchange,
+                kind,
+                durable,
+                auto_delete,
+                internal,
+                arguments,
+                ..
+            } => {
+                if self.exchanges.contains_key(exchange) {
+                    return Ok(());
+                }
+                let kind = ExchangeKind::parse(kind)
+                    .ok_or_else(|| format!("unknown exchange type '{kind}'"))?;
+                self.create_exchange(ExchangeSpec {
+                    name: exchange.clone(),
+                    kind,
+                    durable: *durable,
+                    auto_delete: *auto_delete,
+                    internal: *internal,
+                    arguments: arguments.clone(),
+                });
+            }
+            MetaCommand::DeleteExchange { exchange, .. } => {
+                if !is_standard(exchange) {
+                    self.delete_exchange_locked(exchange);
+                }
+            }
+            MetaCommand::DeclareQueue {
+                queue,
+                auto_delete,
+                arguments,
+                declared_by,
+                ..
+            } => {
+                if self.queues.contains_key(queue) {
+                    return Ok(());
+                }
+                let spec = QueueSpec {
+                    name: queue.clone(),
+                    durable: true,
+                    exclusive_owner: None,
+                    auto_delete: *auto_delete,
+                    arguments: arguments.clone(),
+                    declared_by: declared_by.as_deref().map(Arc::from),
+                };
+                let (args, refused) =
+                    arguments::parse_stored(&spec.arguments, &self.resource("queue", queue));
+                if let Some(e) = refused.first() {
+                    return Err(e.text.clone());
+                }
+                if let Some(d) = &self.durability {
+                    d.meta(command);
+                }
+                let q = self.new_queue(spec, args, now);
+                self.queues.insert(queue.clone(), q);
+            }
+            MetaCommand::DeleteQueue { queue, .. } => {
+                if let Some(q) = self.find_queue(queue) {
+                    self.remove_queue_locked(&q, now);
+                }
+            }
+            MetaCommand::Bind { binding, .. } => {
+                let (exchange, binding) = self
+                    .resolve_binding(binding)
+                    .map_err(|missing| format!("{missing} of the binding does not exist"))?;
+                if exchange.bind(binding.clone()) {
+                    self.persist_binding(&exchange, &binding, true);
+                }
+            }
+            MetaCommand::Unbind { binding, .. } => {
+                if let Ok((exchange, binding)) = self.resolve_binding(binding) {
+                    if exchange.unbind(&binding) {
+                        self.persist_binding(&exchange, &binding, false);
+                        if self.unused_auto_delete(&exchange) {
+                            self.delete_exchange_locked(exchange.name());
+                        }
+                    }
+                }
+            }
+            other => return Err(format!("not a command about topology: {other:?}")),
+        }
+        Ok(())
+    }
+
+    /// The replicated topology as the commands that build it: exchanges (not the standard ones),
+    /// quorum queues, then the bindings to them and between exchanges, each list in name order.
+    pub fn replicated_commands(&self) -> Vec<MetaCommand> {
+        let _topology = self.topology.lock();
+        let mut exchanges = self.exchange_list();
+        exchanges.sort_by(|a, b| a.name().cmp(b.name()));
+        let mut queues = self.queue_list();
+        queues.retain(|q| q.args.quorum);
+        queues.sort_by(|a, b| a.name().cmp(b.name()));
+        let mut out: Vec<MetaCommand> = exchanges
+            .iter()
+            .filter(|x| !is_standard(x.name()))
+            .map(|x| self.declare_exchange_command(&x.spec))
+            .collect();
+        out.extend(queues.iter().map(|q| self.declare_queue_command(&q.spec)));
+        for x in &exchanges {
+            for b in x.bindings() {
+                if replicated_destination(&b.destination) {
+                    out.push(MetaCommand::Bind {
+                        vhost: self.name.clone(),
+                        binding: stored_binding(x, &b),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Turns this node's replicated topology into `target` (a snapshot's): what it lacks goes
+    /// (bindings, queues, then exchanges), what it misses comes (exchanges, queues, bindings).
+    /// Returns what could not be applied.
+    pub fn reconcile(self: &Arc<Self>, target: &[MetaCommand], now: Now) -> Vec<String> {
+        let current = self.replicated_commands();
+        let mut problems = Vec::new();
+        let mut removals: Vec<MetaCommand> = current
+            .iter()
+            .filter(|c| !target.contains(c))
+            .filter_map(|c| match c {
+                MetaCommand::Bind { vhost, binding } => Some(MetaCommand::Unbind {
+                    vhost: vhost.clone(),
+                    binding: binding.clone(),
+                }),
+                MetaCommand::DeclareQueue { vhost, queue, .. } => Some(MetaCommand::DeleteQueue {
+                    vhost: vhost.clone(),
+                    queue: queue.clone(),
+                }),
+                MetaCommand::DeclareExchange {
+                    vhost, exchange, ..
+                } => Some(MetaCommand::DeleteExchange {
+                    vhost: vhost.clone(),
+                    exchange: exchange.clone(),
+                }),
+                _ => None,
+            })
+            .collect();
+        removals.sort_by_key(|c| std::cmp::Reverse(c.recovery_rank()));
+        let mut additions: Vec<&MetaCommand> =
+            target.iter().filter(|c| !current.contains(c)).collect();
+        additions.sort_by_key(|c| c.recovery_rank());
+        for command in removals.iter().chain(additions) {
+            if let Err(e) = self.apply_replicated(command, now) {
+                problems.push(e);
+            }
+        }
+        problems
+    }
+}
+
+fn is_standard(name: &str) -> bool {
+    STANDARD_EXCHANGES
+        .iter()
+        .any(|(standard, _)| *standard == name)
+}
