@@ -279,6 +279,7 @@ impl AdminCommand {
                             "applied_index",
                             "snapshot_index",
                             "purged_index",
+                            "messages",
                         ],
                     ),
                 ]),

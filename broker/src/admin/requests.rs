@@ -344,5 +344,7 @@ fn cluster_status(broker: &Broker) -> Result<Value, AdminError> {
             "last_error": peer.last_error,
         }));
     }
-    Ok(json!({"nodes": nodes, "groups": [meta]}))
+    let mut groups = vec![meta];
+    groups.extend(cluster.shards.iter().map(|s| s.status()));
+    Ok(json!({"nodes": nodes, "groups": groups}))
 }

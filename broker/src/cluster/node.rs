@@ -1,6 +1,7 @@
-//! A running cluster node: its links to the other nodes and its member of the metadata group,
-//! started in HA.md's order — the node links first (so peers can reach this node before any group
-//! needs them), then the group, recovered from this node's log, then (by the caller) AMQP.
+//! A running cluster node: its links to the other nodes, its member of the metadata group and of
+//! every queue shard group, started in HA.md's order — the node links first (so peers can reach
+//! this node before any group needs them), then the groups, recovered from this node's log, then
+//! (by the caller) AMQP.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,8 +14,12 @@ use serde_json::{json, Value};
 use super::config::ClusterConfig;
 use super::link::Links;
 use super::raft::log_store::{LogStore, RecordWriter};
-use super::raft::meta::{DefinitionsHolder, MetaGroup, MetaMachine, MetaMember, MetaRaft};
+use super::raft::member::Member;
+use super::raft::meta::{DefinitionsHolder, MetaGroup, MetaMachine, MetaRaft};
+use super::raft::network::GroupMember;
 use super::raft::network::{GroupServer, Network};
+use super::raft::shard::{ShardMachine, ShardRaft};
+use super::raft::{Proposal, QueueOp};
 
 /// Raft timing for a loaded two-core machine (HA.md §1.5: heartbeat well under half the election
 /// timeout, the election timeout far above an fdatasync).
@@ -35,6 +40,108 @@ fn raft_config(config: &ClusterConfig) -> anyhow::Result<openraft::Config> {
 pub struct Cluster {
     pub links: Arc<Links>,
     pub meta: MetaGroup,
+    /// The queue shard groups, shard `n` at `n - 1` (`[cluster] queue_shards` of them).
+    pub shards: Vec<ShardGroup>,
+}
+
+/// This node's member of a queue shard group.
+pub struct ShardGroup {
+    pub group: u32,
+    pub raft: ShardRaft,
+    pub machine: ShardMachine,
+    node_id: u64,
+}
+
+impl ShardGroup {
+    /// Appends `ops` to the shard's log with this node as its leader; done once a majority has
+    /// them on disk and this node has applied them.
+    pub async fn write(&self, ops: Vec<QueueOp>) -> Result<(), String> {
+        let proposal = Proposal {
+            origin: self.node_id,
+            commands: Vec::new(),
+            ops,
+        };
+        self.raft
+            .client_write(proposal)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn metrics(&self) -> openraft::RaftMetrics<super::raft::Types> {
+        use openraft::async_runtime::WatchReceiver;
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    pub fn leads(&self) -> bool {
+        self.leader() == Some(self.node_id)
+    }
+
+    /// The shard's leader as this node knows it.
+    pub fn leader(&self) -> Option<u64> {
+        self.metrics().current_leader
+    }
+
+    /// The group as this node sees it, with the messages its replica holds.
+    pub fn status(&self) -> Value {
+        let (messages, _) = self.machine.summary();
+        let mut status = group_status(&self.metrics());
+        status["group"] = json!(format!("shard-{}", self.group));
+        status["messages"] = json!(messages);
+        status
+    }
+}
+
+/// Starts a group's Raft on this node and initializes it with the configured voters the first
+/// time (the same set on every node, which is safe in Raft; a node with a log of its own was
+/// initialized before and resumes).
+async fn start_raft<SM>(
+    config: &ClusterConfig,
+    group: u32,
+    links: &Arc<Links>,
+    log: LogStore,
+    machine: SM,
+) -> anyhow::Result<openraft::Raft<super::raft::Types, SM>>
+where
+    SM: openraft::storage::RaftStateMachine<super::raft::Types, SnapshotData = Vec<u8>>,
+{
+    let network = Network {
+        links: links.clone(),
+        group,
+    };
+    let raft = openraft::Raft::new(
+        config.node_id,
+        Arc::new(raft_config(config)?),
+        network,
+        log,
+        machine,
+    )
+    .await?;
+    if !raft.is_initialized().await? {
+        let voters: BTreeMap<u64, BasicNode> = config
+            .peers
+            .iter()
+            .map(|p| (p.id, BasicNode::new(p.addr.to_string())))
+            .collect();
+        match raft.initialize(voters).await {
+            Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+            Err(e) => return Err(anyhow::anyhow!("initializing Raft group {group}: {e}")),
+        }
+    }
+    Ok(raft)
+}
+
+/// A group's state from its metrics, as `brokerctl cluster status` shows it.
+fn group_status(m: &openraft::RaftMetrics<super::raft::Types>) -> Value {
+    json!({
+        "state": format!("{:?}", m.state),
+        "leader": m.current_leader,
+        "term": m.current_term,
+        "last_log_index": m.last_log_index,
+        "applied_index": m.last_applied.map(|id| id.index),
+        "snapshot_index": m.snapshot.map(|id| id.index),
+        "purged_index": m.purged.map(|id| id.index),
+    })
 }
 
 impl Cluster {
@@ -53,38 +160,34 @@ impl Cluster {
         let links = Links::start(config.clone()).await?;
         links.set_audit(audit);
         let writer: Arc<dyn RecordWriter> = Arc::new(super::raft::log_store::FailFast::new(writer));
-        let log = LogStore::recover(super::raft::meta::GROUP, writer.clone(), raft_records)?;
-        let machine = MetaMachine::recover(holder, writer, raft_records)?;
-        let network = Network {
-            links: links.clone(),
-            group: super::raft::meta::GROUP,
-        };
-        let raft = MetaRaft::new(
-            config.node_id,
-            Arc::new(raft_config(config)?),
-            network,
-            log,
-            machine,
-        )
-        .await?;
-        links.set_handler(Arc::new(GroupServer {
-            members: vec![Arc::new(MetaMember {
+        let timeout = std::time::Duration::from_millis(config.change_timeout_ms);
+        let group = super::raft::meta::GROUP;
+        let log = LogStore::recover(group, writer.clone(), raft_records)?;
+        let machine = MetaMachine::recover(holder, writer.clone(), raft_records)?;
+        let raft: MetaRaft = start_raft(config, group, &links, log, machine).await?;
+        let mut members: Vec<Arc<dyn GroupMember>> = vec![Arc::new(Member {
+            raft: raft.clone(),
+            timeout,
+        })];
+        let mut shards = Vec::new();
+        for group in 1..=u32::from(config.queue_shards) {
+            let log = LogStore::recover(group, writer.clone(), raft_records)?;
+            let machine = ShardMachine::recover(group, writer.clone(), raft_records)?;
+            let raft: ShardRaft = start_raft(config, group, &links, log, machine.clone()).await?;
+            members.push(Arc::new(Member {
                 raft: raft.clone(),
-                timeout: std::time::Duration::from_millis(config.change_timeout_ms),
-            })],
-        }));
-        if !raft.is_initialized().await? {
-            let voters: BTreeMap<u64, BasicNode> = config
-                .peers
-                .iter()
-                .map(|p| (p.id, BasicNode::new(p.addr.to_string())))
-                .collect();
-            match raft.initialize(voters).await {
-                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-                Err(e) => return Err(anyhow::anyhow!("initializing the metadata group: {e}")),
-            }
+                timeout,
+            }));
+            shards.push(ShardGroup {
+                group,
+                raft,
+                machine,
+                node_id: config.node_id,
+            });
         }
+        links.set_handler(Arc::new(GroupServer { members }));
         Ok(Arc::new(Cluster {
+            shards,
             meta: MetaGroup {
                 raft,
                 links: links.clone(),
@@ -98,13 +201,53 @@ impl Cluster {
     /// Stops the group and the links; a leader first hands its leadership to another node
     /// (HA.md §5.7), so the others need not wait out an election timeout.
     pub async fn stop(&self) {
+        self.hand_over_shards().await;
         if self.leads() {
             if let Err(why) = self.transfer_leadership(None).await {
                 tracing::warn!(%why, "stopping as the metadata group's leader without handing it over");
             }
         }
+        for shard in &self.shards {
+            let _ = shard.raft.shutdown().await;
+        }
         let _ = self.meta.raft.shutdown().await;
         self.links.shut_down().await;
+    }
+
+    /// Hands the leadership of every shard this node leads to the linked voter with the shortest
+    /// round trip, and waits (at most 5 seconds) for them to move.
+    async fn hand_over_shards(&self) {
+        let me = self.meta.node_id;
+        let Some(to) = self
+            .links
+            .status()
+            .into_iter()
+            .filter(|p| p.connected)
+            .min_by_key(|p| p.rtt_us.unwrap_or(u64::MAX))
+            .map(|p| p.id)
+        else {
+            return;
+        };
+        let led: Vec<&ShardGroup> = self.shards.iter().filter(|s| s.leads()).collect();
+        for shard in &led {
+            if let Err(e) = shard.raft.trigger().transfer_leader(to).await {
+                tracing::warn!(group = shard.group, %e, "shard leadership not handed over");
+            }
+        }
+        let within = Some(std::time::Duration::from_secs(5));
+        for shard in led {
+            let moved = shard
+                .raft
+                .wait(within)
+                .metrics(
+                    |m| m.current_leader.is_some() && m.current_leader != Some(me),
+                    "shard leadership moved",
+                )
+                .await;
+            if let Err(e) = moved {
+                tracing::warn!(group = shard.group, %e, "stopping as a shard's leader");
+            }
+        }
     }
 
     fn metrics(&self) -> openraft::RaftMetrics<super::raft::Types> {
@@ -202,16 +345,14 @@ impl Cluster {
 
     /// The metadata group as this node sees it.
     pub fn meta_status(&self) -> Value {
-        let m = self.metrics();
-        json!({
-            "group": "metadata",
-            "state": format!("{:?}", m.state),
-            "leader": m.current_leader,
-            "term": m.current_term,
-            "last_log_index": m.last_log_index,
-            "applied_index": m.last_applied.map(|id| id.index),
-            "snapshot_index": m.snapshot.map(|id| id.index),
-            "purged_index": m.purged.map(|id| id.index),
-        })
+        let mut status = group_status(&self.metrics());
+        status["group"] = json!("metadata");
+        status
+    }
+
+    /// The shard group a quorum queue (its record name: vhost and queue) belongs to.
+    pub fn shard(&self, queue: &str) -> &ShardGroup {
+        let n = super::raft::shard::shard_of(queue, self.shards.len() as u16);
+        &self.shards[(n - 1) as usize]
     }
 }

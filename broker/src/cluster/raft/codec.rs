@@ -10,7 +10,7 @@ use openraft::entry::RaftEntry;
 use openraft::vote::leader_id_adv::LeaderId;
 use openraft::{BasicNode, EntryPayload};
 
-use super::{Entry, LogId, Membership, Proposal, StoredMembership, Vote};
+use super::{Entry, LogId, Membership, Proposal, QueueOp, StoredMembership, Vote};
 use crate::meta::codec as meta_codec;
 
 /// The first octet of every encoded entry: its format.
@@ -19,6 +19,10 @@ const ENTRY_FORMAT: u8 = 1;
 const BLANK: u8 = 0;
 const NORMAL: u8 = 1;
 const MEMBERSHIP: u8 = 2;
+
+const OP_ENQUEUE: u8 = 1;
+const OP_REMOVE: u8 = 2;
+const OP_DROP: u8 = 3;
 
 /// Why bytes are not the value they should be.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -89,6 +93,29 @@ impl Writer {
         for command in &p.commands {
             self.bytes(&meta_codec::encode(command));
         }
+        self.u64(p.ops.len() as u64);
+        for op in &p.ops {
+            self.op(op);
+        }
+    }
+    pub fn op(&mut self, op: &QueueOp) {
+        match op {
+            QueueOp::Enqueue { queue, id, payload } => {
+                self.u8(OP_ENQUEUE);
+                self.bytes(queue.as_bytes());
+                self.u64(*id);
+                self.bytes(payload);
+            }
+            QueueOp::Remove { queue, id } => {
+                self.u8(OP_REMOVE);
+                self.bytes(queue.as_bytes());
+                self.u64(*id);
+            }
+            QueueOp::Drop { queue } => {
+                self.u8(OP_DROP);
+                self.bytes(queue.as_bytes());
+            }
+        }
     }
     pub fn entry(&mut self, e: &Entry) {
         self.u8(ENTRY_FORMAT);
@@ -145,7 +172,7 @@ impl<'a> Reader<'a> {
     }
     /// A count of items, each at least `min` octets: a count the remaining bytes cannot hold is
     /// refused before anything is allocated for it.
-    fn count(&mut self, min: usize) -> Result<usize, DecodeError> {
+    pub fn count(&mut self, min: usize) -> Result<usize, DecodeError> {
         let n = self.u64()?;
         match usize::try_from(n) {
             Ok(n) if n.saturating_mul(min) <= self.0.len() => Ok(n),
@@ -203,7 +230,36 @@ impl<'a> Reader<'a> {
             let command = meta_codec::decode(self.bytes()?).map_err(|e| bad(e.to_string()))?;
             commands.push(command);
         }
-        Ok(Proposal { origin, commands })
+        let mut ops = Vec::new();
+        for _ in 0..self.count(9)? {
+            ops.push(self.op()?);
+        }
+        Ok(Proposal {
+            origin,
+            commands,
+            ops,
+        })
+    }
+    pub fn string(&mut self) -> Result<String, DecodeError> {
+        let bytes = self.bytes()?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| bad("a name is not UTF-8"))
+    }
+    pub fn op(&mut self) -> Result<QueueOp, DecodeError> {
+        Ok(match self.u8()? {
+            OP_ENQUEUE => QueueOp::Enqueue {
+                queue: self.string()?,
+                id: self.u64()?,
+                payload: bytes::Bytes::copy_from_slice(self.bytes()?),
+            },
+            OP_REMOVE => QueueOp::Remove {
+                queue: self.string()?,
+                id: self.u64()?,
+            },
+            OP_DROP => QueueOp::Drop {
+                queue: self.string()?,
+            },
+            other => return Err(bad(format!("queue operation {other}"))),
+        })
     }
     pub fn entry(&mut self) -> Result<Entry, DecodeError> {
         let format = self.u8()?;
@@ -275,6 +331,28 @@ mod tests {
                         MetaCommand::AddUser {
                             user: "nova".into(),
                             tags: vec!["monitoring".into()],
+                        },
+                    ],
+                    ops: vec![],
+                },
+            ),
+            Entry::new_normal(
+                log_id(2, 1, 3),
+                Proposal {
+                    origin: 1,
+                    commands: vec![],
+                    ops: vec![
+                        QueueOp::Enqueue {
+                            queue: "/\ncompute".into(),
+                            id: 7,
+                            payload: bytes::Bytes::from_static(b"\x00body"),
+                        },
+                        QueueOp::Remove {
+                            queue: "/\ncompute".into(),
+                            id: 7,
+                        },
+                        QueueOp::Drop {
+                            queue: "/\nreply".into(),
                         },
                     ],
                 },

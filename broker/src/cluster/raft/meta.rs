@@ -20,7 +20,6 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
 use futures_util::TryStreamExt;
 use openraft::errors::ClientWriteError;
 use openraft::storage::{EntryResponder, RaftStateMachine};
@@ -32,8 +31,8 @@ use warren_storage::log::record::Record;
 
 use super::codec::{decode, encode, DecodeError};
 use super::log_store::{check_writes, write_durable, RecordWriter};
-use super::network::{bad_request, GroupMember};
-use super::rpc::{self, Proposed};
+use super::member::NOT_LEADER;
+use super::rpc;
 use super::{Answer, LogId, Proposal, StoredMembership, Types};
 use crate::cluster::link::{CallError, Links};
 use crate::meta::MetaCommand;
@@ -160,6 +159,7 @@ fn snapshot_data(commands: Vec<MetaCommand>) -> Vec<u8> {
         w.proposal(&Proposal {
             origin: 0,
             commands,
+            ops: Vec::new(),
         })
     })
 }
@@ -279,77 +279,6 @@ impl RaftStateMachine<Types> for MetaMachine {
     }
 }
 
-/// This node's member of the metadata group, as the other nodes reach it.
-pub struct MetaMember {
-    pub raft: MetaRaft,
-    /// How long a forwarded proposal may wait for its commit here.
-    pub timeout: Duration,
-}
-
-impl GroupMember for MetaMember {
-    fn serve(&self, kind: u8, body: Bytes) -> BoxFuture<'static, Result<Bytes, String>> {
-        let raft = self.raft.clone();
-        let timeout = self.timeout;
-        Box::pin(async move {
-            let out = match kind {
-                rpc::APPEND => {
-                    let request = decode(&body, |r| r.append_request()).map_err(bad_request)?;
-                    let response = raft
-                        .append_entries(request)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    encode(|w| w.append_response(&response))
-                }
-                rpc::VOTE | rpc::PRE_VOTE => {
-                    let request = decode(&body, |r| r.vote_request()).map_err(bad_request)?;
-                    let response = match kind {
-                        rpc::VOTE => raft.vote(request).await,
-                        _ => raft.pre_vote(request).await,
-                    }
-                    .map_err(|e| e.to_string())?;
-                    encode(|w| w.vote_response(&response))
-                }
-                rpc::SNAPSHOT => {
-                    let (vote, snapshot) = decode(&body, |r| r.snapshot()).map_err(bad_request)?;
-                    let response = raft
-                        .install_full_snapshot(vote, snapshot)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    encode(|w| w.vote(&response.vote))
-                }
-                rpc::TRANSFER => {
-                    let request = decode(&body, |r| r.transfer_request()).map_err(bad_request)?;
-                    let response = raft
-                        .handle_transfer_leader(request)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    encode(|w| w.transfer_response(&response))
-                }
-                rpc::PROPOSE => {
-                    let proposal = decode(&body, |r| r.proposal()).map_err(bad_request)?;
-                    let written = tokio::time::timeout(timeout, raft.client_write(proposal))
-                        .await
-                        .map_err(|_| "no majority committed it in time".to_string())?
-                        .map_err(|e| match e.api_error() {
-                            Some(ClientWriteError::ForwardToLeader(_)) => {
-                                format!("{NOT_LEADER}: {e}")
-                            }
-                            _ => e.to_string(),
-                        })?;
-                    encode(|w| {
-                        w.proposed(&Proposed {
-                            answer: written.data,
-                            index: written.log_id.index,
-                        })
-                    })
-                }
-                other => return Err(format!("unknown request kind {other}")),
-            };
-            Ok(Bytes::from(out))
-        })
-    }
-}
-
 /// How this node changes definitions through the metadata group.
 pub struct MetaGroup {
     pub raft: MetaRaft,
@@ -369,6 +298,7 @@ impl MetaGroup {
         let proposal = Proposal {
             origin: self.node_id,
             commands,
+            ops: Vec::new(),
         };
         let mut last_problem = String::from("no leader yet");
         while tokio::time::Instant::now() < deadline {
@@ -467,6 +397,3 @@ enum Forwarding {
     /// It may have been written: sending it again could apply it twice.
     Unknown(String),
 }
-
-/// How a member that is not the leader refuses a forwarded proposal.
-const NOT_LEADER: &str = "not the leader";

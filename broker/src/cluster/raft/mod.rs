@@ -3,32 +3,57 @@
 //! keeps a group's entries, vote and progress in Warren's own command log (`log_store`), so one
 //! group-commit fdatasync covers every group on a node and the local data.
 //!
-//! A group's application data is a [`Proposal`]: metadata commands proposed together by one node.
+//! A group's application data is a [`Proposal`]: metadata commands (the metadata group) or
+//! quorum-queue operations (a queue shard group) proposed together by one node.
 
 pub mod codec;
 pub mod log_store;
+pub mod member;
 pub mod meta;
 pub mod network;
 pub mod rpc;
+pub mod shard;
 
 use std::fmt;
 
+use bytes::Bytes;
+
 use crate::meta::MetaCommand;
 
-/// Metadata commands applied together, in order, on every node; `origin` is the node that
-/// proposed them (for the log and for answering its client).
-#[derive(Debug, Clone, PartialEq)]
+/// What one node proposes to a group, applied together, in order, on every node: metadata
+/// commands for the metadata group, queue operations for a shard group (each group ignores the
+/// other kind). `origin` is the node that proposed them (for the log and for answering its client).
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Proposal {
     pub origin: u64,
     pub commands: Vec<MetaCommand>,
+    pub ops: Vec<QueueOp>,
+}
+
+/// A change to the messages of a quorum queue, as its leader's live queue journals it (routing's
+/// `Journal`: the records a durable queue writes to the local log, replicated instead). `queue` is
+/// the queue's record name (vhost and queue).
+#[derive(Debug, Clone, PartialEq)]
+pub enum QueueOp {
+    /// A message entered the queue under `id` (its stored form).
+    Enqueue {
+        queue: String,
+        id: u64,
+        payload: Bytes,
+    },
+    /// A message left it (acknowledged, expired, dead-lettered).
+    Remove { queue: String, id: u64 },
+    /// Every message of it is gone (deleted or purged).
+    Drop { queue: String },
 }
 
 impl fmt::Display for Proposal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} command(s) from node {}",
+            "{} command(s) and {} queue operation(s) from node {}",
             self.commands.len(),
+            self.ops.len(),
             self.origin
         )
     }
