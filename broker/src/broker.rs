@@ -74,6 +74,8 @@ pub struct Broker {
     pub(crate) cluster: std::sync::OnceLock<Arc<crate::cluster::node::Cluster>>,
     /// The cluster's Raft records as the log recovered them, until the cluster starts.
     pub(crate) raft_records: Mutex<BTreeMap<String, Bytes>>,
+    /// Where a cluster node's quorum queues journal their messages: their shard groups.
+    pub shard_journal: Arc<crate::cluster::quorum::ShardJournal>,
     /// This broker's exclusive hold on its data directory, released when the broker is dropped.
     _dir_lock: DirLock,
 }
@@ -317,6 +319,7 @@ impl Broker {
             users: users.clone(),
             audit: audit.clone(),
         });
+        let shard_journal = Arc::new(crate::cluster::quorum::ShardJournal::default());
         let vhosts = DashMap::new();
         for name in &definitions.vhosts {
             let vhost = Vhost::new(
@@ -328,7 +331,7 @@ impl Broker {
                 Arc::new(crate::timers::RuntimeTimers),
             );
             if config.cluster.is_some() {
-                vhost.set_replicated();
+                vhost.set_replicated(shard_journal.clone());
             }
             vhosts.insert(vhost.name.clone(), vhost);
         }
@@ -348,6 +351,7 @@ impl Broker {
             next_connection: AtomicU64::new(1),
             cluster: std::sync::OnceLock::new(),
             raft_records: Mutex::new(std::mem::take(&mut found.raft)),
+            shard_journal,
             _dir_lock: dir_lock,
         });
         let disk_limit = broker
@@ -502,5 +506,49 @@ pub struct Registered {
 impl Drop for Registered {
     fn drop(&mut self) {
         self.broker.connections.remove(&self.id);
+    }
+}
+
+/// A cluster node hosts the quorum queues of the shards it leads from the vhosts' queues.
+impl crate::cluster::quorum::QuorumHolder for Broker {
+    fn quorum_queues(&self) -> Vec<(String, Arc<Queue>)> {
+        let mut out = Vec::new();
+        for vhost in self.vhosts.iter() {
+            for queue in vhost.queue_list() {
+                if queue.args.quorum {
+                    if let Some(name) = queue.record_name() {
+                        out.push((name.to_string(), queue));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn publish(
+        &self,
+        vhost: &str,
+        queue: &str,
+        message: Arc<crate::message::Message>,
+        confirm: &dyn crate::queue::sink::WaitsForWrites,
+    ) -> crate::queue::Enqueued {
+        let found = self
+            .vhosts
+            .get(vhost)
+            .and_then(|v| v.find_queue(queue))
+            .filter(|q| q.args.quorum);
+        match found {
+            Some(q) => q.publish(message, Some(confirm), crate::time::Now::read()),
+            None => crate::queue::Enqueued::Gone,
+        }
+    }
+
+    fn message(&self, payload: &Bytes) -> Option<Arc<crate::message::Message>> {
+        let m = decode_message(payload)?;
+        Some(Arc::new(m.into_message(
+            self.alarms.clone(),
+            true,
+            Some(payload.clone()),
+        )))
     }
 }

@@ -99,6 +99,11 @@ impl Server {
             Arc::downgrade(&holder),
             &records,
             self.broker.audit.clone(),
+            self.broker.shard_journal.clone(),
+            {
+                let quorum: Arc<dyn crate::cluster::quorum::QuorumHolder> = self.broker.clone();
+                Arc::downgrade(&quorum)
+            },
         )
         .await?;
         if self.broker.cluster.set(cluster).is_err() {

@@ -11,14 +11,18 @@ use warren_broker::cluster::raft::QueueOp;
 use warren_tests::cluster::{status, three_nodes, LinkCluster, SETTLE};
 use warren_tests::TestBroker;
 
-const QUEUE: &str = "/\ncompute";
+/// The record name of quorum queue `compute` in vhost `/`, which the test declares first (a node
+/// taking a shard over drops what its replica holds of queues that do not exist).
+fn queue() -> String {
+    warren_broker::meta::records::message_queue("/", "compute")
+}
 
 fn shard(b: &TestBroker) -> &ShardGroup {
     b.server
         .broker
         .cluster()
         .expect("a cluster node")
-        .shard(QUEUE)
+        .shard(&queue())
 }
 
 fn node_id(b: &TestBroker) -> u64 {
@@ -45,7 +49,7 @@ async fn shard_leader(brokers: &[&TestBroker], gone: Option<u64>) -> u64 {
 
 fn enqueue(id: u64) -> QueueOp {
     QueueOp::Enqueue {
-        queue: QUEUE.into(),
+        queue: queue(),
         id,
         payload: Bytes::from(format!("message {id}")),
     }
@@ -59,7 +63,7 @@ async fn wait_for_replica(b: &TestBroker, ids: &[u64]) {
         .collect();
     let deadline = tokio::time::Instant::now() + SETTLE;
     loop {
-        let (held, next_id) = shard(b).machine.messages(QUEUE);
+        let (held, next_id) = shard(b).machine.messages(&queue());
         if held == expected {
             assert!(ids.iter().all(|id| *id < next_id), "next id {next_id}");
             return;
@@ -92,6 +96,17 @@ async fn shard_groups_replicate_what_their_leader_writes() {
         ["metadata", "shard-1", "shard-2", "shard-3", "shard-4"]
     );
 
+    {
+        let c = all[0].connect().await;
+        let ch = c.channel().await;
+        let mut args = amqprs::channel::QueueDeclareArguments::durable_client_named("compute");
+        args.arguments(warren_tests::features::table([(
+            "x-queue-type",
+            warren_tests::features::text("quorum"),
+        )]));
+        ch.declare(args).await;
+        c.close().await;
+    }
     let leader = shard_leader(&all, None).await;
     let on_leader = all.iter().find(|b| node_id(b) == leader).unwrap();
     let follower = all.iter().find(|b| node_id(b) != leader).unwrap();
@@ -101,13 +116,13 @@ async fn shard_groups_replicate_what_their_leader_writes() {
         .expect("the leader writes");
     shard(on_leader)
         .write(vec![QueueOp::Remove {
-            queue: QUEUE.into(),
+            queue: queue(),
             id: 2,
         }])
         .await
         .expect("the leader writes");
     // Applied on the leader when the write returns, and on every replica soon after.
-    let (held, _) = shard(on_leader).machine.messages(QUEUE);
+    let (held, _) = shard(on_leader).machine.messages(&queue());
     assert_eq!(held.len(), 2);
     for b in &all {
         wait_for_replica(b, &[1, 3]).await;
@@ -161,7 +176,7 @@ async fn shard_groups_replicate_what_their_leader_writes() {
     let next = shard_leader(&left, Some(leader)).await;
     let on_next = left.iter().find(|b| node_id(b) == next).unwrap();
     wait_for_replica(on_next, &[1, 3, 4]).await;
-    let (_, next_id) = shard(on_next).machine.messages(QUEUE);
+    let (_, next_id) = shard(on_next).machine.messages(&queue());
     shard(on_next)
         .write(vec![enqueue(next_id)])
         .await

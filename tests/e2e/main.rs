@@ -9,6 +9,7 @@ mod basic;
 mod channel;
 mod cluster_links;
 mod cluster_meta;
+mod cluster_quorum;
 mod cluster_shards;
 mod cluster_topology;
 mod confirm;

@@ -350,6 +350,15 @@ fn sender_selected(props: &BasicProperties<'_>) -> (Vec<String>, Vec<String>) {
     )
 }
 
+/// The record name of `q` when it is a quorum queue on a cluster node that does not host it.
+fn hosted_elsewhere<'q>(s: &Session, q: &'q crate::queue::Queue) -> Option<&'q str> {
+    if !q.args.quorum || !s.vhost.is_replicated() {
+        return None;
+    }
+    let record = q.record_name()?;
+    (!s.broker.shard_journal.hosts(record)).then_some(record)
+}
+
 impl Channel {
     /// Routes and enqueues a publication, returning it with basic.return when it is mandatory and
     /// unroutable. Returns false when a queue refused it (`x-overflow = reject-publish`).
@@ -375,6 +384,17 @@ impl Channel {
         let mut routed = false;
         let mut accepted = true;
         for q in &queues {
+            if let Some(record) = hosted_elsewhere(s, q) {
+                // A quorum queue whose shard another node leads: the message goes there, and
+                // the confirm waits for that node's answer.
+                routed = true;
+                if let Some(cluster) = s.broker.cluster() {
+                    let done = holds.as_ref().map(|h| h.hold());
+                    let names = (s.vhost.name.as_str(), q.name().as_str(), record);
+                    crate::cluster::quorum::forward_publish(cluster, names, message, done);
+                }
+                continue;
+            }
             match q.publish(
                 message.clone(),
                 holds.as_ref().map(|h| h as &dyn WaitsForWrites),

@@ -7,4 +7,5 @@ pub mod config;
 pub mod dev;
 pub mod link;
 pub mod node;
+pub mod quorum;
 pub mod raft;

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use super::config::ClusterConfig;
 use super::link::Links;
+use super::quorum::{Epoch, QuorumHolder, ShardJournal, Write};
 use super::raft::log_store::{LogStore, RecordWriter};
 use super::raft::member::Member;
 use super::raft::meta::{DefinitionsHolder, MetaGroup, MetaMachine, MetaRaft};
@@ -41,18 +42,37 @@ pub struct Cluster {
     pub links: Arc<Links>,
     pub meta: MetaGroup,
     /// The queue shard groups, shard `n` at `n - 1` (`[cluster] queue_shards` of them).
-    pub shards: Vec<ShardGroup>,
+    pub shards: Vec<Arc<ShardGroup>>,
 }
 
 /// This node's member of a queue shard group.
 pub struct ShardGroup {
     pub group: u32,
+    /// How many shards the cluster has.
+    pub shards: u16,
     pub raft: ShardRaft,
     pub machine: ShardMachine,
     node_id: u64,
+    /// The leadership this node hosts the shard's quorum queues under (quorum.rs), if it does.
+    epoch: parking_lot::Mutex<Option<Epoch>>,
+    /// The journal writes of the hosted queues, proposed in order (quorum.rs).
+    pub(crate) writes: tokio::sync::mpsc::UnboundedSender<Write>,
 }
 
 impl ShardGroup {
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// The leadership this node hosts the shard's queues under (None: it does not host them).
+    pub fn epoch(&self) -> Option<Epoch> {
+        *self.epoch.lock()
+    }
+
+    pub(crate) fn set_epoch(&self, epoch: Option<Epoch>) {
+        *self.epoch.lock() = epoch;
+    }
+
     /// Appends `ops` to the shard's log with this node as its leader; done once a majority has
     /// them on disk and this node has applied them.
     pub async fn write(&self, ops: Vec<QueueOp>) -> Result<(), String> {
@@ -156,6 +176,8 @@ impl Cluster {
         holder: std::sync::Weak<dyn DefinitionsHolder>,
         raft_records: &BTreeMap<String, Bytes>,
         audit: Arc<crate::audit::AuditLog>,
+        journal: Arc<ShardJournal>,
+        quorum: std::sync::Weak<dyn QuorumHolder>,
     ) -> anyhow::Result<Arc<Cluster>> {
         let links = Links::start(config.clone()).await?;
         links.set_audit(audit);
@@ -178,14 +200,35 @@ impl Cluster {
                 raft: raft.clone(),
                 timeout,
             }));
-            shards.push(ShardGroup {
+            let (writes, queued) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(super::quorum::propose_writes(
+                raft.clone(),
+                config.node_id,
+                queued,
+            ));
+            shards.push(Arc::new(ShardGroup {
                 group,
+                shards: config.queue_shards,
                 raft,
                 machine,
                 node_id: config.node_id,
-            });
+                epoch: parking_lot::Mutex::new(None),
+                writes,
+            }));
         }
-        links.set_handler(Arc::new(GroupServer { members }));
+        links.set_handler(Arc::new(super::quorum::QuorumServer {
+            groups: GroupServer { members },
+            journal: journal.clone(),
+            holder: quorum.clone(),
+        }));
+        journal.attach(shards.clone());
+        for shard in &shards {
+            tokio::spawn(super::quorum::host(
+                shard.clone(),
+                journal.clone(),
+                quorum.clone(),
+            ));
+        }
         Ok(Arc::new(Cluster {
             shards,
             meta: MetaGroup {
@@ -228,7 +271,7 @@ impl Cluster {
         else {
             return;
         };
-        let led: Vec<&ShardGroup> = self.shards.iter().filter(|s| s.leads()).collect();
+        let led: Vec<&Arc<ShardGroup>> = self.shards.iter().filter(|s| s.leads()).collect();
         for shard in &led {
             if let Err(e) = shard.raft.trigger().transfer_leader(to).await {
                 tracing::warn!(group = shard.group, %e, "shard leadership not handed over");
@@ -351,7 +394,7 @@ impl Cluster {
     }
 
     /// The shard group a quorum queue (its record name: vhost and queue) belongs to.
-    pub fn shard(&self, queue: &str) -> &ShardGroup {
+    pub fn shard(&self, queue: &str) -> &Arc<ShardGroup> {
         let n = super::raft::shard::shard_of(queue, self.shards.len() as u16);
         &self.shards[(n - 1) as usize]
     }

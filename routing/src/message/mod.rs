@@ -44,7 +44,7 @@ impl Message {
     }
 
     /// The record payload this message is stored as, encoded once and kept.
-    pub(crate) fn stored_form(&self) -> Bytes {
+    pub fn stored_form(&self) -> Bytes {
         self.stored.get_or_init(|| self.encode_stored()).clone()
     }
 

@@ -96,6 +96,10 @@ pub struct Queue {
     timers: Arc<dyn sink::QueueTimers>,
     /// The ready counters publishers' flow control reads without the lock (shared with the state).
     flow: Arc<counters::ReadyCounters>,
+    /// Entries with a lower sequence were handed out before the queue was last vacated (a
+    /// replicated queue whose node stopped leading its shard): settling, requeueing or rejecting
+    /// them changes nothing, since the shard's new leader holds those messages now.
+    floor: std::sync::atomic::AtomicU64,
 }
 
 impl Queue {
@@ -123,10 +127,16 @@ impl Queue {
             durability,
             locked: Mutex::new(Locked { state, fx }),
             timers,
+            floor: std::sync::atomic::AtomicU64::new(0),
         });
         // Its first timer (x-expires), asked for when the state was made.
         queue.under_lock(now, |l, after| queue.perform(l, after, now, None));
         queue
+    }
+
+    /// The name its messages are journaled under (vhost and queue), when it journals them.
+    pub fn record_name(&self) -> Option<&str> {
+        self.durability.as_ref().map(|(_, name)| name.as_str())
     }
 
     pub fn name(&self) -> &QueueName {
@@ -147,7 +157,8 @@ impl Queue {
         now: Now,
     ) -> Enqueued {
         let stored = match &self.durability {
-            Some(_) if message.persistent => Some(Stored {
+            // A quorum queue keeps every message (RabbitMQ's quorum queues treat all as persistent).
+            Some(_) if message.persistent || self.args.quorum => Some(Stored {
                 payload: message.stored_form(),
                 confirm,
             }),
@@ -339,7 +350,7 @@ impl Queue {
             return;
         }
         let mut fx = Vec::new();
-        for entry in entries {
+        for entry in entries.into_iter().filter(|e| self.current(e)) {
             QueueState::settled(entry, &mut fx);
         }
         let ids = fx.into_iter().filter_map(|effect| match effect {
@@ -365,7 +376,7 @@ impl Queue {
     /// a message over its delivery limit is dead-lettered instead.
     pub fn requeue(self: &Arc<Self>, entries: impl IntoIterator<Item = Entry>, now: Now) {
         self.under_lock(now, |l, after| {
-            for entry in entries {
+            for entry in entries.into_iter().filter(|e| self.current(e)) {
                 l.apply(Command::Requeue { entry }, now);
             }
             self.perform(l, after, now, None);
@@ -375,13 +386,15 @@ impl Queue {
 
     /// Puts back a message that was pushed to a consumer but never reached the client, unchanged.
     pub fn return_undelivered(self: &Arc<Self>, entry: Entry, now: Now) {
-        self.apply_and_dispatch(Command::Return { entry }, now);
+        if self.current(&entry) {
+            self.apply_and_dispatch(Command::Return { entry }, now);
+        }
     }
 
     /// Messages rejected or nacked without requeue: dead-lettered if the queue has a DLX.
     pub fn reject(self: &Arc<Self>, entries: Vec<Entry>, now: Now) {
         self.under_lock(now, |l, after| {
-            for entry in entries {
+            for entry in entries.into_iter().filter(|e| self.current(e)) {
                 l.apply(Command::Reject { entry }, now);
             }
             self.perform(l, after, now, None);
@@ -457,6 +470,35 @@ impl Queue {
             Outcome::Count(n) => n,
             _ => 0,
         }
+    }
+
+    /// Whether `entry` was handed out since the queue was last vacated.
+    fn current(&self, entry: &Entry) -> bool {
+        entry.seq >= self.floor.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Empties a replicated queue whose node no longer leads its shard: its ready messages go
+    /// (their removal is journaled to a shard this node no longer leads, so it changes nothing
+    /// there), its consumers are detached and returned to be told, and what it handed out before
+    /// is void from now on (see `floor`). Restoring it again when the node leads once more starts
+    /// from the shard's replica.
+    pub fn vacate(self: &Arc<Self>, now: Now) -> Vec<Arc<Consumer>> {
+        self.under_lock(now, |l, after| {
+            l.apply(Command::Purge, now);
+            let consumers = l.state.consumers().to_vec();
+            for consumer in &consumers {
+                l.apply(
+                    Command::Detach {
+                        consumer: consumer.clone(),
+                    },
+                    now,
+                );
+            }
+            self.floor
+                .store(l.state.next_seq(), std::sync::atomic::Ordering::Release);
+            self.perform(l, after, now, None);
+            consumers
+        })
     }
 
     /// Marks the queue deleted, returning its ready count and the consumers to notify.

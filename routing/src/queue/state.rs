@@ -470,6 +470,16 @@ impl<C: ConsumerHandle> QueueState<C> {
         self.ready.paged()
     }
 
+    /// Its consumers, highest priority first.
+    pub fn consumers(&self) -> &[C] {
+        &self.consumers
+    }
+
+    /// The sequence the next enqueued or restored message gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
     pub fn consumer_count(&self) -> u32 {
         self.consumers.len() as u32
     }

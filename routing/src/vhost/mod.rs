@@ -58,6 +58,8 @@ pub struct Vhost {
     /// Set on a cluster node: exchanges, quorum queues and the bindings between them change
     /// through the metadata group (replicated.rs), so every exchange is recorded, transient ones too.
     replicated: AtomicBool,
+    /// A cluster node's: where quorum queues journal their messages (the queue shard groups).
+    quorum_journal: std::sync::OnceLock<Arc<dyn Journal>>,
 }
 
 /// Per-vhost limits (RabbitMQ's vhost limits `max-queues` and `max-connections`).
@@ -104,6 +106,7 @@ impl Vhost {
             queues: DashMap::new(),
             topology: Mutex::new(()),
             replicated: AtomicBool::new(false),
+            quorum_journal: std::sync::OnceLock::new(),
         };
         for (name, kind) in STANDARD_EXCHANGES {
             let spec = ExchangeSpec {
@@ -223,10 +226,12 @@ impl Vhost {
         args: arguments::QueueArguments,
         now: Now,
     ) -> Arc<Queue> {
-        let durability = match &self.durability {
-            Some(d) if spec.durable => {
+        let name = records::message_queue(&self.name, &spec.name);
+        let durability = match (&self.durability, self.quorum_journal.get()) {
+            (_, Some(shards)) if args.quorum => Some((shards.clone(), name)),
+            (Some(d), _) if spec.durable => {
                 let journal: Arc<dyn Journal> = d.clone();
-                Some((journal, records::message_queue(&self.name, &spec.name)))
+                Some((journal, name))
             }
             _ => None,
         };

@@ -109,6 +109,30 @@ pub trait RequestHandler: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<Bytes, String>>;
 }
 
+/// A request on its way to a peer.
+pub struct StartedCall {
+    links: Arc<Links>,
+    peer: u64,
+    id: u64,
+    answer: oneshot::Receiver<Result<Bytes, String>>,
+}
+
+impl StartedCall {
+    /// The peer's answer, waited for at most `timeout`.
+    pub async fn answer(self, timeout: Duration) -> Result<Bytes, CallError> {
+        let peer = self.peer;
+        match tokio::time::timeout(timeout, self.answer).await {
+            Ok(Ok(Ok(body))) => Ok(body),
+            Ok(Ok(Err(why))) => Err(CallError::Remote(peer, why)),
+            Ok(Err(_)) => Err(CallError::Lost(peer)),
+            Err(_) => {
+                self.links.pending.lock().remove(&self.id);
+                Err(CallError::Timeout(peer, timeout))
+            }
+        }
+    }
+}
+
 /// Why a call to a peer got no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -288,13 +312,27 @@ impl Links {
 
     /// Sends a request to `peer`'s handler of `group` and waits (at most `timeout`) for the answer.
     pub async fn call(
-        &self,
+        self: &Arc<Self>,
         peer: u64,
         group: u32,
         kind: u8,
         body: Bytes,
         timeout: Duration,
     ) -> Result<Bytes, CallError> {
+        self.start_call(peer, group, kind, body)?
+            .answer(timeout)
+            .await
+    }
+
+    /// Queues a request to `peer` now (requests started one after the other reach the peer in that
+    /// order); its answer comes from [`StartedCall::answer`].
+    pub fn start_call(
+        self: &Arc<Self>,
+        peer: u64,
+        group: u32,
+        kind: u8,
+        body: Bytes,
+    ) -> Result<StartedCall, CallError> {
         let tx = self
             .peers
             .lock()
@@ -317,15 +355,12 @@ impl Links {
             self.pending.lock().remove(&id);
             return Err(CallError::Busy(peer));
         }
-        match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(Ok(body))) => Ok(body),
-            Ok(Ok(Err(why))) => Err(CallError::Remote(peer, why)),
-            Ok(Err(_)) => Err(CallError::Lost(peer)),
-            Err(_) => {
-                self.pending.lock().remove(&id);
-                Err(CallError::Timeout(peer, timeout))
-            }
-        }
+        Ok(StartedCall {
+            links: self.clone(),
+            peer,
+            id,
+            answer,
+        })
     }
 
     /// Stops accepting and dialling and closes every link.
@@ -728,8 +763,11 @@ impl Links {
         }
     }
 
-    /// Runs a peer's request on the handler in a task of its own (a Raft call may wait) and queues
-    /// the answer; an answer that does not fit the queue is dropped and the caller times out.
+    /// Runs a peer's request on the handler and queues the answer; an answer that does not fit the
+    /// queue is dropped and the caller times out. The handler is called here, in the order the
+    /// requests arrived (what it does before its future first waits keeps that order: forwarded
+    /// publishes enter their queue in the order they were sent), and its future runs in a task of
+    /// its own (a Raft call may wait).
     /// `(id, group, kind, body)` is the request frame's content; `permit` its place in the link's
     /// bound on requests in progress.
     fn serve_request(
@@ -739,11 +777,14 @@ impl Links {
         tx: mpsc::Sender<Frame>,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) {
-        let handler = self.handler.get().cloned();
+        let answering = self
+            .handler
+            .get()
+            .map(|handler| handler.handle(from, group, kind, body));
         tokio::spawn(async move {
             let _permit = permit;
-            let answer = match handler {
-                Some(handler) => handler.handle(from, group, kind, body).await,
+            let answer = match answering {
+                Some(answering) => answering.await,
                 None => Err("this node is still starting".to_string()),
             };
             let mut response = Frame::Response { id, answer };

@@ -17,6 +17,8 @@ pub const PRE_VOTE: u8 = 3;
 pub const SNAPSHOT: u8 = 4;
 pub const PROPOSE: u8 = 5;
 pub const TRANSFER: u8 = 6;
+/// A message published on another node, for a quorum queue this node hosts (cluster/quorum.rs).
+pub const PUBLISH: u8 = 7;
 
 /// A group's snapshot as it travels: the vote of the leader sending it, its metadata and its data.
 pub type Snapshot = SnapshotOf<Types, Vec<u8>>;

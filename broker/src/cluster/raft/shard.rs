@@ -170,6 +170,13 @@ impl ShardMachine {
         (applied.replica.messages(queue), applied.replica.next_id())
     }
 
+    /// The queues the replica holds messages of, and the id new messages number from.
+    pub fn queue_names(&self) -> (Vec<String>, u64) {
+        let applied = self.applied.lock();
+        let names = applied.replica.queues.keys().cloned().collect();
+        (names, applied.replica.next_id())
+    }
+
     /// How many messages the replica holds, and the last log index applied to it.
     pub fn summary(&self) -> (usize, Option<u64>) {
         let applied = self.applied.lock();
