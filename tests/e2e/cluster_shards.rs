@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use warren_broker::cluster::node::ShardGroup;
+use warren_broker::cluster::quorum::ShardGroup;
 use warren_broker::cluster::raft::QueueOp;
 use warren_tests::cluster::{status, three_nodes, LinkCluster, SETTLE};
 use warren_tests::TestBroker;

@@ -303,6 +303,25 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// A quorum queue declared or deleted through the metadata group: its shard's host restores
+    /// it from the replica, or drops it from the replica.
+    fn follow_quorum_queue(&self, vhost: &Vhost, command: &MetaCommand) {
+        match command {
+            MetaCommand::DeclareQueue { queue, .. } => {
+                if let Some(q) = vhost.find_queue(queue).filter(|q| q.args.quorum) {
+                    self.shard_journal.adopt(self, &q);
+                }
+            }
+            MetaCommand::DeleteQueue { queue, .. } => {
+                let name = crate::meta::records::message_queue(&vhost.name, queue);
+                self.shard_journal.forget(&name);
+            }
+            _ => {}
+        }
+    }
+}
+
 /// The metadata group changes this node's definitions as a local admin change does, and its
 /// replicated topology as each vhost applies it (routing's vhost/replicated.rs).
 impl crate::cluster::raft::meta::DefinitionsHolder for Broker {
@@ -332,6 +351,7 @@ impl crate::cluster::raft::meta::DefinitionsHolder for Broker {
             if let Err(refused) = vhost.apply_replicated(command, now) {
                 return Ok(Err(refused));
             }
+            self.follow_quorum_queue(&vhost, command);
         }
         Ok(Ok(()))
     }
@@ -354,6 +374,9 @@ impl crate::cluster::raft::meta::DefinitionsHolder for Broker {
                 .collect();
             for problem in vhost.reconcile(&wanted, now) {
                 tracing::error!(vhost = %vhost.name, problem, "a snapshot's topology could not be applied in full");
+            }
+            for command in &wanted {
+                self.follow_quorum_queue(&vhost, command);
             }
         }
         Ok(Ok(()))

@@ -390,8 +390,13 @@ impl Channel {
                 routed = true;
                 if let Some(cluster) = s.broker.cluster() {
                     let done = holds.as_ref().map(|h| h.hold());
-                    let names = (s.vhost.name.as_str(), q.name().as_str(), record);
-                    crate::cluster::quorum::forward_publish(cluster, names, message, done);
+                    let to = (
+                        &cluster.links,
+                        &**cluster.shard(record),
+                        cluster.meta.timeout,
+                    );
+                    let names = (s.vhost.name.as_str(), q.name().as_str());
+                    crate::cluster::quorum::forward_publish(to, names, message, done);
                 }
                 continue;
             }

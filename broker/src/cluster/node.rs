@@ -13,14 +13,13 @@ use serde_json::{json, Value};
 
 use super::config::ClusterConfig;
 use super::link::Links;
-use super::quorum::{Epoch, QuorumHolder, ShardJournal, Write};
+use super::quorum::{QuorumHolder, ShardGroup, ShardJournal};
 use super::raft::log_store::{LogStore, RecordWriter};
 use super::raft::member::Member;
 use super::raft::meta::{DefinitionsHolder, MetaGroup, MetaMachine, MetaRaft};
 use super::raft::network::GroupMember;
 use super::raft::network::{GroupServer, Network};
 use super::raft::shard::{ShardMachine, ShardRaft};
-use super::raft::{Proposal, QueueOp};
 
 /// Raft timing for a loaded two-core machine (HA.md §1.5: heartbeat well under half the election
 /// timeout, the election timeout far above an fdatasync).
@@ -43,73 +42,6 @@ pub struct Cluster {
     pub meta: MetaGroup,
     /// The queue shard groups, shard `n` at `n - 1` (`[cluster] queue_shards` of them).
     pub shards: Vec<Arc<ShardGroup>>,
-}
-
-/// This node's member of a queue shard group.
-pub struct ShardGroup {
-    pub group: u32,
-    /// How many shards the cluster has.
-    pub shards: u16,
-    pub raft: ShardRaft,
-    pub machine: ShardMachine,
-    node_id: u64,
-    /// The leadership this node hosts the shard's quorum queues under (quorum.rs), if it does.
-    epoch: parking_lot::Mutex<Option<Epoch>>,
-    /// The journal writes of the hosted queues, proposed in order (quorum.rs).
-    pub(crate) writes: tokio::sync::mpsc::UnboundedSender<Write>,
-}
-
-impl ShardGroup {
-    pub fn node_id(&self) -> u64 {
-        self.node_id
-    }
-
-    /// The leadership this node hosts the shard's queues under (None: it does not host them).
-    pub fn epoch(&self) -> Option<Epoch> {
-        *self.epoch.lock()
-    }
-
-    pub(crate) fn set_epoch(&self, epoch: Option<Epoch>) {
-        *self.epoch.lock() = epoch;
-    }
-
-    /// Appends `ops` to the shard's log with this node as its leader; done once a majority has
-    /// them on disk and this node has applied them.
-    pub async fn write(&self, ops: Vec<QueueOp>) -> Result<(), String> {
-        let proposal = Proposal {
-            origin: self.node_id,
-            commands: Vec::new(),
-            ops,
-        };
-        self.raft
-            .client_write(proposal)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
-
-    fn metrics(&self) -> openraft::RaftMetrics<super::raft::Types> {
-        use openraft::async_runtime::WatchReceiver;
-        self.raft.metrics().borrow_watched().clone()
-    }
-
-    pub fn leads(&self) -> bool {
-        self.leader() == Some(self.node_id)
-    }
-
-    /// The shard's leader as this node knows it.
-    pub fn leader(&self) -> Option<u64> {
-        self.metrics().current_leader
-    }
-
-    /// The group as this node sees it, with the messages its replica holds.
-    pub fn status(&self) -> Value {
-        let (messages, _) = self.machine.summary();
-        let mut status = group_status(&self.metrics());
-        status["group"] = json!(format!("shard-{}", self.group));
-        status["messages"] = json!(messages);
-        status
-    }
 }
 
 /// Starts a group's Raft on this node and initializes it with the configured voters the first
@@ -149,19 +81,6 @@ where
         }
     }
     Ok(raft)
-}
-
-/// A group's state from its metrics, as `brokerctl cluster status` shows it.
-fn group_status(m: &openraft::RaftMetrics<super::raft::Types>) -> Value {
-    json!({
-        "state": format!("{:?}", m.state),
-        "leader": m.current_leader,
-        "term": m.current_term,
-        "last_log_index": m.last_log_index,
-        "applied_index": m.last_applied.map(|id| id.index),
-        "snapshot_index": m.snapshot.map(|id| id.index),
-        "purged_index": m.purged.map(|id| id.index),
-    })
 }
 
 impl Cluster {
@@ -213,6 +132,7 @@ impl Cluster {
                 machine,
                 node_id: config.node_id,
                 epoch: parking_lot::Mutex::new(None),
+                hosted: Default::default(),
                 writes,
             }));
         }
@@ -388,7 +308,7 @@ impl Cluster {
 
     /// The metadata group as this node sees it.
     pub fn meta_status(&self) -> Value {
-        let mut status = group_status(&self.metrics());
+        let mut status = super::raft::group_status(&self.metrics());
         status["group"] = json!("metadata");
         status
     }

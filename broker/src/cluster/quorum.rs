@@ -13,7 +13,7 @@
 //! (`Queue::vacate`: ready messages go, consumers are told with basic.cancel, what was handed out is
 //! void) and the shard's new leader carries on from its replica.
 
-use std::collections::BTreeSet;
+use std::collections::HashSet;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -22,11 +22,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use openraft::async_runtime::WatchReceiver;
 use openraft::impls::ProgressResponder;
+use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use warren_storage::log::record::Record;
 use warren_storage::store::Completion;
 
-use super::node::{Cluster, ShardGroup};
+use super::link::Links;
 use super::raft::codec::{decode, encode};
 use super::raft::network::bad_request;
 use super::raft::rpc;
@@ -41,6 +42,76 @@ pub type Epoch = openraft::type_config::alias::CommittedLeaderIdOf<Types>;
 
 /// Writes taken into one proposal at most.
 const BATCH: usize = 512;
+
+/// This node's member of a queue shard group.
+pub struct ShardGroup {
+    pub group: u32,
+    /// How many shards the cluster has.
+    pub shards: u16,
+    pub raft: super::raft::shard::ShardRaft,
+    pub machine: super::raft::shard::ShardMachine,
+    pub(crate) node_id: u64,
+    /// The leadership this node hosts the shard's quorum queues under (quorum.rs), if it does.
+    pub(crate) epoch: parking_lot::Mutex<Option<Epoch>>,
+    /// The queues restored under the current leadership (held while restoring, so a queue is
+    /// restored once: by the take-over, or when its declaration is applied after it).
+    pub(crate) hosted: parking_lot::Mutex<HashSet<String>>,
+    /// The journal writes of the hosted queues, proposed in order (quorum.rs).
+    pub(crate) writes: tokio::sync::mpsc::UnboundedSender<Write>,
+}
+
+impl ShardGroup {
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// The leadership this node hosts the shard's queues under (None: it does not host them).
+    pub fn epoch(&self) -> Option<Epoch> {
+        *self.epoch.lock()
+    }
+
+    pub(crate) fn set_epoch(&self, epoch: Option<Epoch>) {
+        *self.epoch.lock() = epoch;
+    }
+
+    /// Appends `ops` to the shard's log with this node as its leader; done once a majority has
+    /// them on disk and this node has applied them.
+    pub async fn write(&self, ops: Vec<QueueOp>) -> Result<(), String> {
+        let proposal = Proposal {
+            origin: self.node_id,
+            commands: Vec::new(),
+            ops,
+        };
+        self.raft
+            .client_write(proposal)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn metrics(&self) -> openraft::RaftMetrics<super::raft::Types> {
+        use openraft::async_runtime::WatchReceiver;
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    pub fn leads(&self) -> bool {
+        self.leader() == Some(self.node_id)
+    }
+
+    /// The shard's leader as this node knows it.
+    pub fn leader(&self) -> Option<u64> {
+        self.metrics().current_leader
+    }
+
+    /// The group as this node sees it, with the messages its replica holds.
+    pub fn status(&self) -> Value {
+        let (messages, _) = self.machine.summary();
+        let mut status = super::raft::group_status(&self.metrics());
+        status["group"] = json!(format!("shard-{}", self.group));
+        status["messages"] = json!(messages);
+        status
+    }
+}
 
 /// What the hosting of quorum queues needs from the broker.
 pub trait QuorumHolder: Send + Sync + 'static {
@@ -231,7 +302,8 @@ async fn propose(raft: &super::raft::shard::ShardRaft, node_id: u64, batch: Vec<
 }
 
 /// Follows the shard's leadership on this node: takes its queues over when it becomes the
-/// leader, gives them up when it stops being one.
+/// leader, gives them up when it stops being one. The broker is held only while its queues are
+/// changed, never across a wait, so a stopping broker is never kept alive by this task.
 pub(crate) async fn host(
     shard: Arc<ShardGroup>,
     journal: Arc<ShardJournal>,
@@ -249,23 +321,31 @@ pub(crate) async fn host(
             .ok()
             .map(|l| l.to_committed_leader_id());
         let hosted = shard.epoch();
-        let Some(holder) = holder.upgrade() else {
-            return;
-        };
         if hosted.is_some() && (!leading || epoch != hosted) {
+            let Some(holder) = holder.upgrade() else {
+                return;
+            };
             give_up(&shard, &*holder);
         }
-        if leading && shard.epoch().is_none() {
-            if let Some(epoch) = epoch {
-                if let Err(why) = take_over(&shard, &journal, &*holder, epoch).await {
-                    tracing::warn!(group = shard.group, %why, "not hosting the shard's queues yet; trying again");
-                    drop(holder);
+        if let (true, None, Some(epoch)) = (leading, shard.epoch(), epoch) {
+            // Applied when it returns, so the replica holds every entry of earlier leaders.
+            match shard.raft.write_blank().await {
+                Err(openraft::errors::RaftError::Fatal(_)) => return,
+                Err(e) => {
+                    tracing::debug!(group = shard.group, %e, "not hosting the shard's queues yet");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
+                Ok(_) => {
+                    let Some(holder) = holder.upgrade() else {
+                        return;
+                    };
+                    if let Err(why) = take_over(&shard, &journal, &*holder, epoch) {
+                        tracing::debug!(group = shard.group, %why, "not hosting the shard's queues yet");
+                    }
+                }
             }
         }
-        drop(holder);
         if metrics.changed().await.is_err() {
             return;
         }
@@ -282,14 +362,13 @@ fn queues_of(shard: &ShardGroup, holder: &dyn QuorumHolder) -> Vec<(String, Arc<
         .collect()
 }
 
-async fn take_over(
+/// Hosts the shard's queues under `epoch`, once a blank entry of it is applied.
+fn take_over(
     shard: &Arc<ShardGroup>,
     journal: &ShardJournal,
     holder: &dyn QuorumHolder,
     epoch: Epoch,
 ) -> Result<(), String> {
-    // Applied when it returns, so the replica holds every entry of earlier leaders.
-    shard.raft.write_blank().await.map_err(|e| e.to_string())?;
     let still = shard
         .raft
         .as_leader()
@@ -298,36 +377,19 @@ async fn take_over(
     if still.as_ref() != Some(&epoch) {
         return Err("the leadership changed while taking over".into());
     }
-    let now = crate::time::Now::read();
     let queues = queues_of(shard, holder);
-    let known: BTreeSet<&str> = queues.iter().map(|(n, _)| n.as_str()).collect();
-    let (names, next_id) = shard.machine.queue_names();
+    let (_, next_id) = shard.machine.queue_names();
     journal.next_id.fetch_max(next_id, Ordering::AcqRel);
+    let mut hosted = shard.hosted.lock();
+    hosted.clear();
     shard.set_epoch(Some(epoch));
-    // Messages of queues deleted since (or never hosted here) leave the replica.
-    let gone: Vec<QueueOp> = names
-        .into_iter()
-        .filter(|n| !known.contains(n.as_str()))
-        .map(|queue| QueueOp::Drop { queue })
-        .collect();
-    if !gone.is_empty() {
-        shard.submit(gone, None);
-    }
     let mut restored = 0;
     for (name, queue) in &queues {
-        let (stored, _) = shard.machine.messages(name);
-        let mut batch = Vec::with_capacity(stored.len());
-        for (id, payload) in stored {
-            match holder.message(&payload) {
-                Some(message) => batch.push((id, message)),
-                None => {
-                    tracing::error!(queue = %name, id, "a replicated message does not decode; skipped")
-                }
-            }
+        if hosted.insert(name.clone()) {
+            restored += restore(shard, holder, name, queue);
         }
-        restored += batch.len();
-        queue.restore(batch, now);
     }
+    drop(hosted);
     tracing::info!(
         group = shard.group,
         queues = queues.len(),
@@ -337,8 +399,28 @@ async fn take_over(
     Ok(())
 }
 
+/// Puts the replica's messages of `queue` (record name `name`) into its live copy; how many.
+fn restore(shard: &ShardGroup, holder: &dyn QuorumHolder, name: &str, queue: &Arc<Queue>) -> usize {
+    let (stored, _) = shard.machine.messages(name);
+    let mut batch = Vec::with_capacity(stored.len());
+    for (id, payload) in stored {
+        match holder.message(&payload) {
+            Some(message) => batch.push((id, message)),
+            None => {
+                tracing::error!(queue = %name, id, "a replicated message does not decode; skipped")
+            }
+        }
+    }
+    let n = batch.len();
+    queue.restore(batch, crate::time::Now::read());
+    n
+}
+
 fn give_up(shard: &ShardGroup, holder: &dyn QuorumHolder) {
+    let mut hosted = shard.hosted.lock();
+    hosted.clear();
     shard.set_epoch(None);
+    drop(hosted);
     let now = crate::time::Now::read();
     for (_, queue) in queues_of(shard, holder) {
         for consumer in queue.vacate(now) {
@@ -351,17 +433,52 @@ fn give_up(shard: &ShardGroup, holder: &dyn QuorumHolder) {
     );
 }
 
+impl ShardJournal {
+    /// A quorum queue this node now has (its declaration was applied here): when this node hosts
+    /// its shard and has not restored it yet (the declaration was applied after the take-over),
+    /// the replica's messages go into it.
+    pub fn adopt(&self, holder: &dyn QuorumHolder, queue: &Arc<Queue>) {
+        let Some(name) = queue.record_name() else {
+            return;
+        };
+        let Some(shard) = self.shard(name) else {
+            return;
+        };
+        let mut hosted = shard.hosted.lock();
+        if shard.epoch().is_some() && hosted.insert(name.to_string()) {
+            restore(shard, holder, name, queue);
+        }
+    }
+
+    /// A quorum queue deleted (its deletion was applied here): the node hosting its shard drops
+    /// its messages from the replica.
+    pub fn forget(&self, name: &str) {
+        let Some(shard) = self.shard(name) else {
+            return;
+        };
+        let mut hosted = shard.hosted.lock();
+        if shard.epoch().is_some() {
+            hosted.remove(name);
+            shard.submit(
+                vec![QueueOp::Drop {
+                    queue: name.to_string(),
+                }],
+                None,
+            );
+        }
+    }
+}
+
 /// Sends a message published on this node to the node that hosts its quorum queue (the shard's
 /// leader), in publish order; `done` (the publisher's confirm) is called with the host's answer:
 /// ok once a majority has the message, an error (basic.nack) when there is no leader to send it
 /// to, the link fails, or the host refuses it.
 pub fn forward_publish(
-    cluster: &Cluster,
-    (vhost, queue, record): (&str, &str, &str),
+    (links, shard, timeout): (&Arc<Links>, &ShardGroup, Duration),
+    (vhost, queue): (&str, &str),
     message: &Message,
     done: Option<Completion>,
 ) {
-    let shard = cluster.shard(record);
     let me = shard.node_id();
     let Some(leader) = shard.leader().filter(|l| *l != me) else {
         return failed(done, "the queue's shard has no leader on another node now");
@@ -371,13 +488,9 @@ pub fn forward_publish(
         w.bytes(queue.as_bytes());
         w.bytes(&message.stored_form());
     }));
-    match cluster
-        .links
-        .start_call(leader, shard.group, rpc::PUBLISH, body)
-    {
+    match links.start_call(leader, shard.group, rpc::PUBLISH, body) {
         Err(e) => failed(done, &e.to_string()),
         Ok(call) => {
-            let timeout = cluster.meta.timeout;
             tokio::spawn(async move {
                 let answer = call.answer(timeout).await;
                 if let Some(done) = done {

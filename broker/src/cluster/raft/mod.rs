@@ -78,3 +78,16 @@ pub type Vote = openraft::type_config::alias::VoteOf<Types>;
 pub type Entry = openraft::type_config::alias::EntryOf<Types>;
 pub type Membership = openraft::Membership<u64, openraft::BasicNode>;
 pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<Types>;
+
+/// A group's state from its metrics, as `brokerctl cluster status` shows it.
+pub fn group_status(m: &openraft::RaftMetrics<Types>) -> serde_json::Value {
+    serde_json::json!({
+        "state": format!("{:?}", m.state),
+        "leader": m.current_leader,
+        "term": m.current_term,
+        "last_log_index": m.last_log_index,
+        "applied_index": m.last_applied.map(|id| id.index),
+        "snapshot_index": m.snapshot.map(|id| id.index),
+        "purged_index": m.purged.map(|id| id.index),
+    })
+}
