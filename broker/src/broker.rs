@@ -543,6 +543,13 @@ impl crate::cluster::quorum::QuorumHolder for Broker {
         }
     }
 
+    fn queue(&self, vhost: &str, queue: &str) -> Option<Arc<Queue>> {
+        self.vhosts
+            .get(vhost)
+            .and_then(|v| v.find_queue(queue))
+            .filter(|q| q.args.quorum)
+    }
+
     fn message(&self, payload: &Bytes) -> Option<Arc<crate::message::Message>> {
         let m = decode_message(payload)?;
         Some(Arc::new(m.into_message(

@@ -142,6 +142,12 @@ impl Cluster {
             holder: quorum.clone(),
         }));
         journal.attach(shards.clone());
+        journal.subscriptions.attach(links.clone());
+        tokio::spawn(super::quorum::follow(
+            journal.clone(),
+            quorum.clone(),
+            links.clone(),
+        ));
         for shard in &shards {
             tokio::spawn(super::quorum::host(
                 shard.clone(),

@@ -70,6 +70,15 @@ pub fn message_queue(vhost: &str, queue: &str) -> String {
     key(&[vhost, queue])
 }
 
+/// The vhost and queue a [`message_queue`] name was made of (a replicated queue's messages travel
+/// between nodes under it).
+pub fn split_message_queue(name: &str) -> Option<(String, String)> {
+    match serde_json::from_str::<Vec<String>>(name).ok()?.as_slice() {
+        [vhost, queue] => Some((vhost.clone(), queue.clone())),
+        _ => None,
+    }
+}
+
 fn put(key: String, command: &MetaCommand) -> Record {
     Record::Put {
         key,

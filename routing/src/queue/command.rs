@@ -25,7 +25,13 @@ pub enum Command<C> {
     },
     /// A message recovered from the log at start-up (flagged redelivered, its TTL counted from its
     /// publish time).
-    Restore { id: u64, message: Arc<Message> },
+    /// A message put back with its log id: recovered (or restored by a new host), or staged on a
+    /// node that does not host its replicated queue; `redelivered` as its delivery should say.
+    Restore {
+        id: u64,
+        message: Arc<Message>,
+        redelivered: bool,
+    },
     /// Hands the head to `consumer`, whose credit the caller has taken (expired heads go first;
     /// with nothing left, the credit comes back as `Effect::Refund`).
     Checkout { consumer: C },

@@ -96,9 +96,9 @@ pub struct Queue {
     timers: Arc<dyn sink::QueueTimers>,
     /// The ready counters publishers' flow control reads without the lock (shared with the state).
     flow: Arc<counters::ReadyCounters>,
-    /// Entries with a lower sequence were handed out before the queue was last vacated (a
-    /// replicated queue whose node stopped leading its shard): settling, requeueing or rejecting
-    /// them changes nothing, since the shard's new leader holds those messages now.
+    /// Entries with a lower sequence were handed out before the ready messages were last dropped
+    /// as another node's (`unstage`: a replicated queue whose host changed): settling,
+    /// requeueing or rejecting them changes nothing, since the host holds those messages now.
     floor: std::sync::atomic::AtomicU64,
 }
 
@@ -365,7 +365,14 @@ impl Queue {
     pub fn restore(self: &Arc<Self>, messages: Vec<(u64, Arc<Message>)>, now: Now) {
         self.under_lock(now, |l, after| {
             for (id, message) in messages {
-                l.apply(Command::Restore { id, message }, now);
+                l.apply(
+                    Command::Restore {
+                        id,
+                        message,
+                        redelivered: true,
+                    },
+                    now,
+                );
             }
             self.perform(l, after, now, None);
             self.dispatch_locked(l, after, now);
@@ -472,33 +479,41 @@ impl Queue {
         }
     }
 
-    /// Whether `entry` was handed out since the queue was last vacated.
+    /// Whether `entry` was handed out since the queue was last unstaged.
     fn current(&self, entry: &Entry) -> bool {
         entry.seq >= self.floor.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Empties a replicated queue whose node no longer leads its shard: its ready messages go
-    /// (their removal is journaled to a shard this node no longer leads, so it changes nothing
-    /// there), its consumers are detached and returned to be told, and what it handed out before
-    /// is void from now on (see `floor`). Restoring it again when the node leads once more starts
-    /// from the shard's replica.
-    pub fn vacate(self: &Arc<Self>, now: Now) -> Vec<Arc<Consumer>> {
+    /// Drops the ready messages without a record of it (they are the shard's, not this copy's),
+    /// and voids what was handed out before (see `floor`).
+    fn drop_ready_unjournaled(&self, l: &mut Locked, now: Now) {
+        l.apply(Command::Purge, now);
+        l.fx.clear();
+        self.floor
+            .store(l.state.next_seq(), std::sync::atomic::Ordering::Release);
+    }
+
+    /// Puts a message of a replicated queue that another node hosts into this node's copy, for
+    /// this node's consumers (the broker's cluster/quorum/subscribe.rs); nothing is journaled: `id` is the host's.
+    pub fn stage(self: &Arc<Self>, id: u64, message: Arc<Message>, redelivered: bool, now: Now) {
         self.under_lock(now, |l, after| {
-            l.apply(Command::Purge, now);
-            let consumers = l.state.consumers().to_vec();
-            for consumer in &consumers {
-                l.apply(
-                    Command::Detach {
-                        consumer: consumer.clone(),
-                    },
-                    now,
-                );
-            }
-            self.floor
-                .store(l.state.next_seq(), std::sync::atomic::Ordering::Release);
+            l.apply(
+                Command::Restore {
+                    id,
+                    message,
+                    redelivered,
+                },
+                now,
+            );
             self.perform(l, after, now, None);
-            consumers
-        })
+            self.dispatch_locked(l, after, now);
+        });
+    }
+
+    /// Drops the messages staged on this node (their host takes them back) and voids what was
+    /// handed out of them, keeping the consumers.
+    pub fn unstage(self: &Arc<Self>, now: Now) {
+        self.under_lock(now, |l, _| self.drop_ready_unjournaled(l, now));
     }
 
     /// Marks the queue deleted, returning its ready count and the consumers to notify.

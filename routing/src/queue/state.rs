@@ -128,8 +128,12 @@ impl<C: ConsumerHandle> QueueState<C> {
             Command::Enqueue { message, store_id } => {
                 Outcome::Enqueued(self.enqueue(message, store_id, at, fx))
             }
-            Command::Restore { id, message } => {
-                self.restore(id, message, now);
+            Command::Restore {
+                id,
+                message,
+                redelivered,
+            } => {
+                self.restore(id, message, redelivered, now);
                 Outcome::Done
             }
             Command::Checkout { consumer } => {
@@ -284,10 +288,10 @@ impl<C: ConsumerHandle> QueueState<C> {
 
     /// In id order, flagged redelivered (it may have been delivered before the crash), its TTL
     /// deadline counted from its publish time.
-    fn restore(&mut self, id: u64, message: Arc<Message>, now: Now) {
+    fn restore(&mut self, id: u64, message: Arc<Message>, redelivered: bool, now: Now) {
         let age = Duration::from_millis(now.wall_ms.saturating_sub(message.published_at_ms));
         let mut entry = self.entry(message, now.instant);
-        entry.redelivered = true;
+        entry.redelivered = redelivered;
         entry.store_id = Some(id);
         entry.expires_at = entry
             .expires_at
@@ -468,11 +472,6 @@ impl<C: ConsumerHandle> QueueState<C> {
     /// Ready messages held in spill files rather than memory.
     pub fn paged(&self) -> u64 {
         self.ready.paged()
-    }
-
-    /// Its consumers, highest priority first.
-    pub fn consumers(&self) -> &[C] {
-        &self.consumers
     }
 
     /// The sequence the next enqueued or restored message gets.

@@ -17,8 +17,15 @@ pub const PRE_VOTE: u8 = 3;
 pub const SNAPSHOT: u8 = 4;
 pub const PROPOSE: u8 = 5;
 pub const TRANSFER: u8 = 6;
-/// A message published on another node, for a quorum queue this node hosts (cluster/quorum.rs).
+/// A message published on another node, for a quorum queue this node hosts (cluster/quorum/forward.rs).
 pub const PUBLISH: u8 = 7;
+/// Subscriptions of another node's consumers to a quorum queue this node hosts, and what goes
+/// with them (cluster/quorum/subscribe.rs).
+pub const SUBSCRIBE: u8 = 8;
+pub const SETTLE: u8 = 9;
+pub const UNSUBSCRIBE: u8 = 10;
+pub const DELIVER: u8 = 11;
+pub const CANCELLED: u8 = 12;
 
 /// A group's snapshot as it travels: the vote of the leader sending it, its metadata and its data.
 pub type Snapshot = SnapshotOf<Types, Vec<u8>>;

@@ -624,7 +624,7 @@ proptest! {
             let wall = now.wall_ms - 1000 + i as u64 * 300;
             let message = message(1000 + i as u64, size, priority, ttl, true, wall);
             live.tally.accepted += 1;
-            live.apply(Command::Restore { id: 1000 + i as u64, message });
+            live.apply(Command::Restore { id: 1000 + i as u64, message, redelivered: true });
         }
         live.dispatch();
         for op in ops {

@@ -1,0 +1,150 @@
+//! Publishes forwarded to the node that hosts a quorum queue, and the node-link requests of this
+//! node's groups (Raft's, forwarded publishes, subscriptions).
+
+use std::io;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use warren_storage::store::Completion;
+
+use super::holder::{QuorumHolder, NOT_HOSTING};
+use super::journal::ShardJournal;
+use super::shard::{failed, ShardGroup};
+use crate::cluster::link::Links;
+use crate::cluster::raft::codec::{decode, encode};
+use crate::cluster::raft::network::bad_request;
+use crate::cluster::raft::rpc;
+use crate::message::Message;
+use crate::queue::Enqueued;
+
+/// Sends a message published on this node to the node that hosts its quorum queue (the shard's
+/// leader), in publish order; `done` (the publisher's confirm) is called with the host's answer:
+/// ok once a majority has the message, an error (basic.nack) when there is no leader to send it
+/// to, the link fails, or the host refuses it.
+pub fn forward_publish(
+    (links, shard, timeout): (&Arc<Links>, &ShardGroup, Duration),
+    (vhost, queue): (&str, &str),
+    message: &Message,
+    done: Option<Completion>,
+) {
+    let me = shard.node_id();
+    let Some(leader) = shard.leader().filter(|l| *l != me) else {
+        return failed(done, "the queue's shard has no leader on another node now");
+    };
+    let body = Bytes::from(encode(|w| {
+        w.bytes(vhost.as_bytes());
+        w.bytes(queue.as_bytes());
+        w.bytes(&message.stored_form());
+    }));
+    match links.start_call(leader, shard.group, rpc::PUBLISH, body) {
+        Err(e) => failed(done, &e.to_string()),
+        Ok(call) => {
+            tokio::spawn(async move {
+                let answer = call.answer(timeout).await;
+                if let Some(done) = done {
+                    done(answer.map(|_| ()).map_err(io::Error::other));
+                }
+            });
+        }
+    }
+}
+
+/// A forwarded publish's confirm: the queue takes its completion if it stores the message.
+struct Forwarded(parking_lot::Mutex<Option<tokio::sync::oneshot::Sender<io::Result<()>>>>);
+
+impl crate::queue::sink::WaitsForWrites for Forwarded {
+    fn hold(&self) -> Completion {
+        let reply = self.0.lock().take();
+        Box::new(move |result| {
+            if let Some(reply) = reply {
+                let _ = reply.send(result);
+            }
+        })
+    }
+}
+
+/// Serves the node-link requests of this node's groups: forwarded publishes into the quorum
+/// queues it hosts, and every Raft request (to its group's member).
+pub(crate) struct QuorumServer {
+    pub groups: crate::cluster::raft::network::GroupServer,
+    pub journal: Arc<ShardJournal>,
+    pub holder: Weak<dyn QuorumHolder>,
+}
+
+impl QuorumServer {
+    /// Publishes a forwarded message into the queue now (in the order requests arrive); the
+    /// answer waits for the shard.
+    fn publish(
+        &self,
+        body: &Bytes,
+    ) -> Result<tokio::sync::oneshot::Receiver<io::Result<()>>, String> {
+        let (vhost, queue, payload) = decode(body, |r| {
+            Ok((r.string()?, r.string()?, Bytes::copy_from_slice(r.bytes()?)))
+        })
+        .map_err(bad_request)?;
+        let record = crate::meta::records::message_queue(&vhost, &queue);
+        if !self.journal.hosts(&record) {
+            return Err(format!("{NOT_HOSTING}: queue '{queue}' in vhost '{vhost}'"));
+        }
+        let holder = self.holder.upgrade().ok_or("the broker has stopped")?;
+        let message = holder
+            .message(&payload)
+            .ok_or("the forwarded message does not decode")?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let waits = Forwarded(parking_lot::Mutex::new(Some(reply)));
+        match holder.publish(&vhost, &queue, message, &waits) {
+            Enqueued::Yes | Enqueued::Gone => {
+                // Not stored (the queue went meanwhile): nothing to wait for.
+                if let Some(reply) = waits.0.lock().take() {
+                    let _ = reply.send(Ok(()));
+                }
+                Ok(answer)
+            }
+            Enqueued::Rejected => Err(format!(
+                "queue '{queue}' in vhost '{vhost}' refused the message (x-overflow reject-publish)"
+            )),
+        }
+    }
+}
+
+impl crate::cluster::link::RequestHandler for QuorumServer {
+    fn handle(
+        &self,
+        from: u64,
+        group: u32,
+        kind: u8,
+        body: Bytes,
+    ) -> futures_util::future::BoxFuture<'static, Result<Bytes, String>> {
+        let subs = &self.journal.subscriptions;
+        let done = |result: Result<(), String>| -> futures_util::future::BoxFuture<'static, Result<Bytes, String>> {
+            Box::pin(async move { result.map(|()| Bytes::new()) })
+        };
+        let holder = || {
+            self.holder
+                .upgrade()
+                .ok_or_else(|| "the broker has stopped".to_string())
+        };
+        match kind {
+            rpc::PUBLISH => {}
+            rpc::SUBSCRIBE => {
+                return done(holder().and_then(|h| {
+                    subs.subscribe(from, group, &body, |r| self.journal.hosts(r), &*h)
+                }))
+            }
+            rpc::SETTLE => return done(subs.settle(from, &body)),
+            rpc::UNSUBSCRIBE => return done(subs.unsubscribe(from, &body)),
+            rpc::DELIVER => return done(holder().and_then(|h| subs.deliver(from, &body, &*h))),
+            rpc::CANCELLED => return done(holder().and_then(|h| subs.cancelled(from, &body, &*h))),
+            _ => return self.groups.handle(from, group, kind, body),
+        }
+        let answer = self.publish(&body);
+        Box::pin(async move {
+            match answer?.await {
+                Ok(Ok(())) => Ok(Bytes::new()),
+                Ok(Err(e)) => Err(format!("not stored: {e}")),
+                Err(_) => Err("the queue stopped before answering".into()),
+            }
+        })
+    }
+}

@@ -1,0 +1,221 @@
+//! Hosting follows leadership: taking a shard's queues over when this node becomes its leader,
+//! giving them up when it stops being one, and (as any node) keeping subscriptions at the hosts
+//! of the queues this node has consumers of.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+
+use super::holder::QuorumHolder;
+use super::journal::ShardJournal;
+use super::shard::{Epoch, ShardGroup};
+use super::subscribe::{self as subs_mod};
+use crate::cluster::link::Links;
+use crate::cluster::raft::shard::shard_of;
+use crate::cluster::raft::QueueOp;
+use crate::queue::Queue;
+
+/// Follows the shard's leadership on this node: takes its queues over when it becomes the
+/// leader, gives them up when it stops being one. The broker is held only while its queues are
+/// changed, never across a wait, so a stopping broker is never kept alive by this task.
+pub(crate) async fn host(
+    shard: Arc<ShardGroup>,
+    journal: Arc<ShardJournal>,
+    holder: Weak<dyn QuorumHolder>,
+) {
+    let mut metrics = shard.raft.metrics();
+    loop {
+        let leading = {
+            let m = metrics.borrow_watched();
+            m.current_leader == Some(shard.node_id()) && m.state.is_leader()
+        };
+        let epoch = shard
+            .raft
+            .as_leader()
+            .ok()
+            .map(|l| l.to_committed_leader_id());
+        let hosted = shard.epoch();
+        if hosted.is_some() && (!leading || epoch != hosted) {
+            let Some(holder) = holder.upgrade() else {
+                return;
+            };
+            give_up(&shard, &journal, &*holder);
+        }
+        if let (true, None, Some(epoch)) = (leading, shard.epoch(), epoch) {
+            // Applied when it returns, so the replica holds every entry of earlier leaders.
+            match shard.raft.write_blank().await {
+                Err(openraft::errors::RaftError::Fatal(_)) => return,
+                Err(e) => {
+                    tracing::debug!(group = shard.group, %e, "not hosting the shard's queues yet");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                Ok(_) => {
+                    let Some(holder) = holder.upgrade() else {
+                        return;
+                    };
+                    if let Err(why) = take_over(&shard, &journal, &*holder, epoch) {
+                        tracing::debug!(group = shard.group, %why, "not hosting the shard's queues yet");
+                    }
+                }
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The shard's quorum queues on this node.
+fn queues_of(shard: &ShardGroup, holder: &dyn QuorumHolder) -> Vec<(String, Arc<Queue>)> {
+    let shards = shard.shards;
+    holder
+        .quorum_queues()
+        .into_iter()
+        .filter(|(name, _)| shard_of(name, shards) == shard.group)
+        .collect()
+}
+
+/// Hosts the shard's queues under `epoch`, once a blank entry of it is applied.
+fn take_over(
+    shard: &Arc<ShardGroup>,
+    journal: &ShardJournal,
+    holder: &dyn QuorumHolder,
+    epoch: Epoch,
+) -> Result<(), String> {
+    let still = shard
+        .raft
+        .as_leader()
+        .ok()
+        .map(|l| l.to_committed_leader_id());
+    if still.as_ref() != Some(&epoch) {
+        return Err("the leadership changed while taking over".into());
+    }
+    let queues = queues_of(shard, holder);
+    let (_, next_id) = shard.machine.queue_names();
+    journal.next_id.fetch_max(next_id, Ordering::AcqRel);
+    let mut hosted = shard.hosted.lock();
+    hosted.clear();
+    shard.set_epoch(Some(epoch));
+    let mut restored = 0;
+    for (name, queue) in &queues {
+        if hosted.insert(name.clone()) {
+            journal.subscriptions.hosting(name);
+            restored += restore(shard, holder, name, queue);
+        }
+    }
+    drop(hosted);
+    tracing::info!(
+        group = shard.group,
+        queues = queues.len(),
+        messages = restored,
+        "leading the shard: its quorum queues are hosted here"
+    );
+    Ok(())
+}
+
+/// Puts the replica's messages of `queue` (record name `name`) into its live copy; how many.
+fn restore(shard: &ShardGroup, holder: &dyn QuorumHolder, name: &str, queue: &Arc<Queue>) -> usize {
+    // What was staged here from the previous host is in the replica too.
+    queue.unstage(crate::time::Now::read());
+    let (stored, _) = shard.machine.messages(name);
+    let mut batch = Vec::with_capacity(stored.len());
+    for (id, payload) in stored {
+        match holder.message(&payload) {
+            Some(message) => batch.push((id, message)),
+            None => {
+                tracing::error!(queue = %name, id, "a replicated message does not decode; skipped")
+            }
+        }
+    }
+    let n = batch.len();
+    queue.restore(batch, crate::time::Now::read());
+    n
+}
+
+fn give_up(shard: &ShardGroup, journal: &ShardJournal, holder: &dyn QuorumHolder) {
+    let mut hosted = shard.hosted.lock();
+    hosted.clear();
+    shard.set_epoch(None);
+    drop(hosted);
+    let now = crate::time::Now::read();
+    for (name, queue) in queues_of(shard, holder) {
+        // Other nodes' subscriptions end (they subscribe at the new host); this node's own
+        // consumers stay, and take what it stages from the new host.
+        journal.subscriptions.drop_hosted(&name);
+        queue.unstage(now);
+    }
+    tracing::info!(
+        group = shard.group,
+        "no longer leading the shard: its quorum queues are given up here"
+    );
+}
+
+impl ShardJournal {
+    /// A quorum queue this node now has (its declaration was applied here): when this node hosts
+    /// its shard and has not restored it yet (the declaration was applied after the take-over),
+    /// the replica's messages go into it.
+    pub fn adopt(&self, holder: &dyn QuorumHolder, queue: &Arc<Queue>) {
+        let Some(name) = queue.record_name() else {
+            return;
+        };
+        let Some(shard) = self.shard(name) else {
+            return;
+        };
+        let mut hosted = shard.hosted.lock();
+        if shard.epoch().is_some() && hosted.insert(name.to_string()) {
+            restore(shard, holder, name, queue);
+        }
+    }
+
+    /// A quorum queue deleted (its deletion was applied here): the node hosting its shard drops
+    /// its messages from the replica.
+    pub fn forget(&self, name: &str) {
+        let Some(shard) = self.shard(name) else {
+            return;
+        };
+        let mut hosted = shard.hosted.lock();
+        if shard.epoch().is_some() {
+            hosted.remove(name);
+            shard.submit(
+                vec![QueueOp::Drop {
+                    queue: name.to_string(),
+                }],
+                None,
+            );
+        }
+    }
+}
+
+/// Keeps this node subscribed at the host of every quorum queue it has consumers of and does not
+/// host, and the host's side clear of gone nodes.
+pub(crate) async fn follow(
+    journal: Arc<ShardJournal>,
+    holder: Weak<dyn QuorumHolder>,
+    links: Arc<Links>,
+) {
+    let subs = &journal.subscriptions;
+    loop {
+        tokio::time::sleep(subs_mod::TICK).await;
+        subs.sweep(&links);
+        let Some(holder_now) = holder.upgrade() else {
+            return;
+        };
+        let queues = holder_now.quorum_queues();
+        drop(holder_now);
+        for (record, queue) in queues {
+            if journal.hosts(&record) {
+                continue;
+            }
+            let Some(shard) = journal.shard(&record) else {
+                continue;
+            };
+            let host = shard.leader().filter(|h| *h != shard.node_id());
+            let wanted = (queue.consumer_count() > 0).then_some(host).flatten();
+            subs.sync(&links, shard.group, &record, &queue, wanted)
+                .await;
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The journal of every quorum queue on this node: each write goes to its queue's shard (or, for
+//! a queue another node hosts, an acknowledgement goes to that node as a settle).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use warren_storage::log::record::Record;
+use warren_storage::store::Completion;
+
+use super::shard::{failed, ShardGroup};
+use crate::cluster::raft::shard::shard_of;
+use crate::cluster::raft::QueueOp;
+use crate::queue::sink::Journal;
+
+/// The journal of every quorum queue on this node: each write goes to its queue's shard. Made
+/// before the cluster starts (vhosts restore their queues first); until the shards are attached,
+/// and for a shard this node does not lead, a write fails (a publisher gets basic.nack).
+#[derive(Default)]
+pub struct ShardJournal {
+    shards: OnceLock<Vec<Arc<ShardGroup>>>,
+    /// Consumers of queues this node does not host, and other nodes' of queues it hosts.
+    pub subscriptions: super::subscribe::Subscriptions,
+    /// Message ids for every shard this node leads: above each shard's replica when it took over.
+    pub(super) next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for ShardJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardJournal")
+            .field("next_id", &self.next_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShardJournal {
+    pub(crate) fn attach(&self, shards: Vec<Arc<ShardGroup>>) {
+        let _ = self.shards.set(shards);
+    }
+
+    /// The shard of the queue whose record name is `queue`.
+    pub fn shard(&self, queue: &str) -> Option<&Arc<ShardGroup>> {
+        let shards = self.shards.get()?;
+        let n = shard_of(queue, shards.len() as u16);
+        shards.get((n - 1) as usize)
+    }
+
+    /// Whether this node hosts the queue whose record name is `queue` (leads its shard).
+    pub fn hosts(&self, queue: &str) -> bool {
+        self.shard(queue).is_some_and(|s| s.epoch().is_some())
+    }
+}
+
+impl Journal for ShardJournal {
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn write(&self, records: Vec<Record>, done: Option<Completion>) {
+        let mut ops = Vec::with_capacity(records.len());
+        let mut queue = None;
+        for record in records {
+            let op = match record {
+                Record::Enqueue { queue, id, payload } => QueueOp::Enqueue { queue, id, payload },
+                Record::Remove { queue, id } => QueueOp::Remove { queue, id },
+                Record::DropQueue { queue } => QueueOp::Drop { queue },
+                other => {
+                    tracing::error!(record = ?other, "not a queue record: not written to a shard");
+                    continue;
+                }
+            };
+            queue.get_or_insert_with(|| op_queue(&op).to_string());
+            ops.push(op);
+        }
+        let Some(queue) = queue else {
+            if let Some(done) = done {
+                done(Ok(()));
+            }
+            return;
+        };
+        let Some(shard) = self.shard(&queue) else {
+            return failed(done, "this node has not joined its cluster yet");
+        };
+        if shard.epoch().is_none() && ops.iter().all(|op| matches!(op, QueueOp::Remove { .. })) {
+            // This node's consumers settled messages staged from the queue's host.
+            let ids = ops
+                .iter()
+                .filter_map(|op| match op {
+                    QueueOp::Remove { id, .. } => Some(*id),
+                    _ => None,
+                })
+                .collect();
+            if self.subscriptions.settle_at_host(&queue, ids) {
+                if let Some(done) = done {
+                    done(Ok(()));
+                }
+                return;
+            }
+        }
+        shard.submit(ops, done);
+    }
+}
+
+fn op_queue(op: &QueueOp) -> &str {
+    match op {
+        QueueOp::Enqueue { queue, .. }
+        | QueueOp::Remove { queue, .. }
+        | QueueOp::Drop { queue } => queue,
+    }
+}

@@ -1,0 +1,182 @@
+//! This node's member of a queue shard group, and the writer that proposes the journal writes of
+//! the queues it hosts to it, in order and under the leadership it hosts them with.
+
+use std::collections::HashSet;
+use std::io;
+
+use openraft::impls::ProgressResponder;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use warren_storage::store::Completion;
+
+use crate::cluster::raft::{Proposal, QueueOp, Types};
+
+/// The leadership a node hosts a shard's queues under.
+pub type Epoch = openraft::type_config::alias::CommittedLeaderIdOf<Types>;
+
+/// Writes taken into one proposal at most.
+const BATCH: usize = 512;
+
+/// This node's member of a queue shard group.
+pub struct ShardGroup {
+    pub group: u32,
+    /// How many shards the cluster has.
+    pub shards: u16,
+    pub raft: crate::cluster::raft::shard::ShardRaft,
+    pub machine: crate::cluster::raft::shard::ShardMachine,
+    pub(crate) node_id: u64,
+    /// The leadership this node hosts the shard's quorum queues under (hosting.rs), if it does.
+    pub(crate) epoch: parking_lot::Mutex<Option<Epoch>>,
+    /// The queues restored under the current leadership (held while restoring, so a queue is
+    /// restored once: by the take-over, or when its declaration is applied after it).
+    pub(crate) hosted: parking_lot::Mutex<HashSet<String>>,
+    /// The journal writes of the hosted queues, proposed in order (below).
+    pub(crate) writes: tokio::sync::mpsc::UnboundedSender<Write>,
+}
+
+impl ShardGroup {
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// The leadership this node hosts the shard's queues under (None: it does not host them).
+    pub fn epoch(&self) -> Option<Epoch> {
+        *self.epoch.lock()
+    }
+
+    pub(crate) fn set_epoch(&self, epoch: Option<Epoch>) {
+        *self.epoch.lock() = epoch;
+    }
+
+    /// Appends `ops` to the shard's log with this node as its leader; done once a majority has
+    /// them on disk and this node has applied them.
+    pub async fn write(&self, ops: Vec<QueueOp>) -> Result<(), String> {
+        let proposal = Proposal {
+            origin: self.node_id,
+            commands: Vec::new(),
+            ops,
+        };
+        self.raft
+            .client_write(proposal)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn metrics(&self) -> openraft::RaftMetrics<crate::cluster::raft::Types> {
+        use openraft::async_runtime::WatchReceiver;
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    pub fn leads(&self) -> bool {
+        self.leader() == Some(self.node_id)
+    }
+
+    /// The shard's leader as this node knows it.
+    pub fn leader(&self) -> Option<u64> {
+        self.metrics().current_leader
+    }
+
+    /// The group as this node sees it, with the messages its replica holds.
+    pub fn status(&self) -> Value {
+        let (messages, _) = self.machine.summary();
+        let mut status = crate::cluster::raft::group_status(&self.metrics());
+        status["group"] = json!(format!("shard-{}", self.group));
+        status["messages"] = json!(messages);
+        status
+    }
+}
+
+/// A journal write waiting for its proposal.
+pub(crate) struct Write {
+    ops: Vec<QueueOp>,
+    done: Option<Completion>,
+    epoch: Epoch,
+}
+
+pub(crate) fn failed(done: Option<Completion>, why: &str) {
+    if let Some(done) = done {
+        done(Err(io::Error::other(why.to_string())));
+    }
+}
+
+impl ShardGroup {
+    /// Queues `ops` for the shard under the leadership this node hosts it with.
+    pub(crate) fn submit(&self, ops: Vec<QueueOp>, done: Option<Completion>) {
+        let Some(epoch) = self.epoch() else {
+            return failed(done, "this node does not lead the queue's shard");
+        };
+        if let Err(mpsc::error::SendError(write)) = self.writes.send(Write { ops, done, epoch }) {
+            failed(write.done, "the shard has stopped");
+        }
+    }
+}
+
+/// Proposes queued writes in order, a batch of those under the same leadership per entry; each
+/// write's completion is called once its entry is applied here (or refused).
+pub(crate) async fn propose_writes(
+    raft: crate::cluster::raft::shard::ShardRaft,
+    node_id: u64,
+    mut writes: mpsc::UnboundedReceiver<Write>,
+) {
+    let mut pending: Vec<Write> = Vec::new();
+    while let Some(first) = writes.recv().await {
+        pending.push(first);
+        while pending.len() < BATCH {
+            match writes.try_recv() {
+                Ok(more) => pending.push(more),
+                Err(_) => break,
+            }
+        }
+        let mut batch = Vec::new();
+        for write in pending.drain(..) {
+            if batch
+                .first()
+                .is_some_and(|w: &Write| w.epoch != write.epoch)
+            {
+                propose(&raft, node_id, std::mem::take(&mut batch)).await;
+            }
+            batch.push(write);
+        }
+        propose(&raft, node_id, batch).await;
+    }
+}
+
+async fn propose(raft: &crate::cluster::raft::shard::ShardRaft, node_id: u64, batch: Vec<Write>) {
+    let Some(epoch) = batch.first().map(|w| w.epoch) else {
+        return;
+    };
+    let mut ops = Vec::new();
+    let mut done = Vec::new();
+    for write in batch {
+        ops.extend(write.ops);
+        done.extend(write.done);
+    }
+    let proposal = Proposal {
+        origin: node_id,
+        commands: Vec::new(),
+        ops,
+    };
+    let (responder, answer) = ProgressResponder::complete_only();
+    let sent = raft
+        .write(proposal)
+        .with_leader(epoch)
+        .responder(responder)
+        .await;
+    if let Err(e) = sent {
+        let why = format!("the shard stopped: {e}");
+        return done
+            .into_iter()
+            .for_each(|d| d(Err(io::Error::other(why.clone()))));
+    }
+    tokio::spawn(async move {
+        let result = match answer.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("not written to the shard: {e}")),
+            Err(_) => Err("the shard stopped before answering".to_string()),
+        };
+        for d in done {
+            d(result.clone().map_err(io::Error::other));
+        }
+    });
+}
