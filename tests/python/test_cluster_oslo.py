@@ -1,0 +1,159 @@
+"""oslo.messaging on a three-node Warren cluster as OpenStack deploys it (issue 13, HA11): quorum
+queues for topics and notifications (``rabbit_quorum_queue``) and for reply and fanout queues
+(``rabbit_transient_quorum_queue``), three hosts in the transport URL, and kill -9 of the node
+hosting the RPC topic's queue while calls, casts and notifications go on: calls succeed again
+within the failover window, and every notification the notifier sent arrives.
+
+Warren only (it starts its own processes)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+from oslo_config import cfg
+
+import oslo_messaging as messaging
+from oslo_messaging import conffixture
+
+from conftest import TARGET
+from test_cluster_failover import NODES, Cluster, shard_of, wait
+
+pytestmark = pytest.mark.skipif(TARGET != "warren", reason="starts its own Warren cluster")
+
+CALL_TIMEOUT = 5
+#: A call issued right after the kill may time out while a new leader takes the queue over.
+FAILOVER = 30
+
+
+class Endpoint:
+    def __init__(self):
+        self.casts = []
+
+    def add(self, ctxt, a, b):
+        return a + b
+
+    def record(self, ctxt, value):
+        self.casts.append(value)
+
+
+class Notifications:
+    def __init__(self):
+        self.seen = []
+        self.lock = threading.Lock()
+
+    def info(self, ctxt, publisher_id, event_type, payload, metadata):
+        with self.lock:
+            self.seen.append(payload["n"])
+        return messaging.NotificationResult.HANDLED
+
+
+def conf_for(cluster: Cluster, tmp_path):
+    broker = cluster.broker(1)
+    hosts = ",".join(f"{broker.server_name}:{cluster.port(i)}" for i in range(1, NODES + 1))
+    path = tmp_path / "oslo.conf"
+    path.write_text(f"""\
+[DEFAULT]
+transport_url = rabbit://{hosts}/
+rpc_response_timeout = {CALL_TIMEOUT}
+control_exchange = warren_ha
+
+[oslo_messaging_rabbit]
+ssl = True
+ssl_ca_file = {broker.ca_file}
+ssl_cert_file = {broker.cert_file}
+ssl_key_file = {broker.key_file}
+rabbit_login_method = EXTERNAL
+rabbit_quorum_queue = True
+rabbit_transient_quorum_queue = True
+rabbit_retry_interval = 1
+rabbit_retry_backoff = 1
+rabbit_interval_max = 2
+kombu_reconnect_delay = 0.5
+heartbeat_timeout_threshold = 10
+""")
+    conf = cfg.ConfigOpts()
+    conf(args=[], project="warren-ha", default_config_files=[str(path)])
+    conffixture.ConfFixture(conf)
+    return conf
+
+
+def call_until_ok(client, deadline: float, **kw) -> int:
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            return client.call({}, "add", **kw)
+        except (messaging.MessagingTimeout, messaging.MessageDeliveryFailure) as e:
+            last = e
+    raise AssertionError(f"no call succeeded in time: {last!r}")
+
+
+@pytest.mark.parametrize("victim", ["topic-host", "first-host"])
+def test_openstack_services_keep_working_when_a_node_is_killed(tmp_path, victim):
+    """``topic-host``: the node hosting the RPC topic's queue; ``first-host``: the first host of
+    the transport URL, where kombu connects the services first."""
+    cluster = Cluster(tmp_path)
+    cluster.configure()
+    started = []
+    transports = []
+    try:
+        for i in range(1, NODES + 1):
+            cluster.start(i)
+        conf = conf_for(cluster, tmp_path)
+        rpc = messaging.get_rpc_transport(conf)
+        notify = messaging.get_notification_transport(conf)
+        transports += [rpc, notify]
+        topic = f"compute_{uuid.uuid4().hex[:8]}"
+        ep = Endpoint()
+        server = messaging.get_rpc_server(rpc, messaging.Target(topic=topic, server="c1"), [ep],
+                                          executor="threading")
+        server.start()
+        started.append(server)
+        notes = Notifications()
+        listener = messaging.get_notification_listener(
+            notify, [messaging.Target(topic="notifications")], [notes], executor="threading")
+        listener.start()
+        started.append(listener)
+        client = messaging.get_rpc_client(rpc, messaging.Target(topic=topic), timeout=CALL_TIMEOUT)
+        notifier = messaging.Notifier(notify, publisher_id="compute.c1", driver="messaging",
+                                      topics=["notifications"])
+
+        assert call_until_ok(client, time.monotonic() + FAILOVER, a=2, b=40) == 42
+        sent = []
+        for n in range(50):
+            notifier.info({}, "compute.instance.update", {"n": n})
+            sent.append(n)
+        client.cast({}, "record", value="before")
+
+        # The node hosting the topic's queue (oslo's topic queue is named after the topic).
+        shard = f"shard-{shard_of('/', topic)}"
+        host = wait(lambda: cluster.group(1, shard)["leader"], 30, f"{shard} has a leader")
+        if victim == "first-host":
+            host = 1
+        cluster.kill(host)
+        killed = time.monotonic()
+        assert call_until_ok(client, killed + FAILOVER, a=1, b=2) == 3
+        recovered = time.monotonic() - killed
+        client.cast({}, "record", value="after")
+        for n in range(50, 100):
+            notifier.info({}, "compute.instance.update", {"n": n})
+            sent.append(n)
+
+        wait(lambda: set(notes.seen) >= set(sent), 60,
+             f"every notification arrives (missing {sorted(set(sent) - set(notes.seen))[:10]})")
+        wait(lambda: {"before", "after"} <= set(ep.casts), 30, "both casts arrive")
+        print(f"calls work again {recovered:.2f}s after kill -9 of node {host}; "
+              f"notifications sent {len(sent)}, received {len(notes.seen)} "
+              f"(duplicates {len(notes.seen) - len(set(notes.seen))})")
+    finally:
+        for s in started:
+            s.stop()
+        for s in started:
+            t = threading.Thread(target=s.wait, daemon=True)
+            t.start()
+            t.join(10)
+        for t in transports:
+            t.cleanup()
+        cluster.stop_all()
