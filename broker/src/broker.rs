@@ -331,7 +331,7 @@ impl Broker {
                 Arc::new(crate::timers::RuntimeTimers),
             );
             if config.cluster.is_some() {
-                vhost.set_replicated(shard_journal.clone());
+                vhost.set_replicated(shard_journal.clone(), shard_journal.clone());
             }
             vhosts.insert(vhost.name.clone(), vhost);
         }

@@ -106,6 +106,17 @@ impl Server {
             },
         )
         .await?;
+        let weak = Arc::downgrade(&cluster);
+        self.broker
+            .shard_journal
+            .set_proposer(Box::new(move |command| {
+                let Some(cluster) = weak.upgrade() else { return };
+                tokio::spawn(async move {
+                    if let Err(why) = cluster.meta.propose(vec![command.clone()]).await {
+                        tracing::warn!(?command, %why, "an expired queue's deletion was not made; it is tried again at its next check");
+                    }
+                });
+            }));
         if self.broker.cluster.set(cluster).is_err() {
             anyhow::bail!("the cluster was already started");
         }

@@ -263,3 +263,48 @@ async fn consumers_on_any_node_take_messages_and_keep_consuming_across_a_failove
     }
     cc.close().await;
 }
+
+#[tokio::test]
+async fn an_unused_quorum_queue_expires_on_every_node_and_one_consumed_elsewhere_does_not() {
+    let cluster = LinkCluster::new(3);
+    let brokers = three_nodes(&cluster).await;
+    let all: Vec<&TestBroker> = brokers.iter().collect();
+    agreed_leader(&all).await;
+    let c = all[0].connect().await;
+    let ch = c.channel().await;
+    for name in ["gone", "kept"] {
+        let mut args = QueueDeclareArguments::durable_client_named(name);
+        args.arguments(table([
+            ("x-queue-type", text("quorum")),
+            ("x-expires", warren_tests::features::int(1500)),
+        ]));
+        ch.declare(args).await;
+    }
+    // "kept" is consumed on a node that does not host it: its host counts that consumer.
+    let kept = message_queue("/", "kept");
+    let hosted_kept = |b: &TestBroker| b.server.broker.shard_journal.hosts(&kept);
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while !all.iter().any(|b| hosted_kept(b)) {
+        assert!(tokio::time::Instant::now() < deadline, "kept is not hosted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elsewhere = all.iter().copied().find(|b| !hosted_kept(b)).unwrap();
+    let cc = elsewhere.connect().await;
+    let cch = cc.channel().await;
+    let (_, _consumer) = cch.consume("kept", "elsewhere", true).await;
+
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while all.iter().any(|b| b.queue("gone").is_some()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the unused queue did not expire everywhere"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for b in &all {
+        assert!(b.queue("kept").is_some(), "node {} lost kept", node_id(b));
+    }
+    cc.close().await;
+    c.close().await;
+}

@@ -95,7 +95,8 @@ impl Broker {
                         Arc::new(crate::timers::RuntimeTimers),
                     );
                     if self.config.cluster.is_some() {
-                        vhost.set_replicated(self.shard_journal.clone());
+                        vhost
+                            .set_replicated(self.shard_journal.clone(), self.shard_journal.clone());
                     }
                     self.vhosts.insert(vhost.name.clone(), vhost);
                 }

@@ -454,7 +454,7 @@ impl Queue {
     }
 
     /// A redeclare counts as use for `x-expires`.
-    pub(crate) fn touch(&self, now: Now) {
+    pub fn touch(&self, now: Now) {
         self.locked.lock().apply(Command::Touch, now);
     }
 

@@ -40,6 +40,13 @@ pub trait Journal: Send + Sync + std::fmt::Debug {
     fn write(&self, records: Vec<Record>, done: Option<Completion>);
 }
 
+/// How a cluster node's vhost asks the metadata group for a change it decides itself (a quorum
+/// queue that `x-expires` found unused is deleted on every node, not only here). The broker
+/// implements it; on a node that does not host the queue it does nothing (the host decides).
+pub trait MetaProposer: Send + Sync + std::fmt::Debug {
+    fn propose(&self, command: crate::meta::MetaCommand);
+}
+
 /// Wakes a queue when time has passed: at its head message's TTL deadline, and for its x-expires
 /// check. The broker implements it on its runtime (timers.rs), so a queue starts no task and reads
 /// no clock to sleep.

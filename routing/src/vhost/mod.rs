@@ -60,6 +60,8 @@ pub struct Vhost {
     replicated: AtomicBool,
     /// A cluster node's: where quorum queues journal their messages (the queue shard groups).
     quorum_journal: std::sync::OnceLock<Arc<dyn Journal>>,
+    /// A cluster node's: where changes the vhost decides itself go (replicated.rs).
+    proposer: std::sync::OnceLock<Arc<dyn crate::queue::sink::MetaProposer>>,
 }
 
 /// Per-vhost limits (RabbitMQ's vhost limits `max-queues` and `max-connections`).
@@ -107,6 +109,7 @@ impl Vhost {
             topology: Mutex::new(()),
             replicated: AtomicBool::new(false),
             quorum_journal: std::sync::OnceLock::new(),
+            proposer: std::sync::OnceLock::new(),
         };
         for (name, kind) in STANDARD_EXCHANGES {
             let spec = ExchangeSpec {
@@ -944,6 +947,22 @@ impl QueueOwner for Vhost {
     }
 
     fn expire(&self, queue: &Arc<Queue>, now: Now) {
-        self.remove_queue(queue, now);
+        match self.proposer.get() {
+            // A replicated queue goes through the metadata group, on every node at once, when its
+            // host asks (the others do not know whether it is in use). Every node checks again
+            // later: the host's proposal may fail, and another node may host it by then.
+            Some(proposer) if queue.args.quorum => {
+                proposer.propose(MetaCommand::DeleteQueue {
+                    vhost: self.name.clone(),
+                    queue: queue.name().clone(),
+                });
+                if let Some(ms) = queue.args.expires_ms {
+                    let after = std::time::Duration::from_millis(ms);
+                    let wake = crate::queue::Wake::Expiry(after);
+                    self.timers.wake_at(queue, wake, now.instant + after);
+                }
+            }
+            _ => self.remove_queue(queue, now),
+        }
     }
 }

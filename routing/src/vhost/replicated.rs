@@ -24,7 +24,7 @@ use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Binding, Destination, ExchangeKind, ExchangeSpec};
 use crate::ids::ConnectionId;
 use crate::meta::MetaCommand;
-use crate::queue::sink::Journal;
+use crate::queue::sink::{Journal, MetaProposer};
 use crate::queue::{arguments, QueueSpec};
 use crate::resource::check_name;
 use crate::time::Now;
@@ -38,10 +38,16 @@ pub fn replicated_destination(destination: &Destination) -> bool {
 }
 
 impl Vhost {
-    /// Makes this vhost a cluster node's: from now on its exchanges are all recorded, and its
-    /// quorum queues journal their messages to `quorum_journal` (the queue shard groups).
-    pub fn set_replicated(&self, quorum_journal: Arc<dyn Journal>) {
+    /// Makes this vhost a cluster node's: from now on its exchanges are all recorded, its quorum
+    /// queues journal their messages to `quorum_journal` (the queue shard groups), and a quorum
+    /// queue that `x-expires` finds unused is deleted through `proposer`.
+    pub fn set_replicated(
+        &self,
+        quorum_journal: Arc<dyn Journal>,
+        proposer: Arc<dyn MetaProposer>,
+    ) {
         let _ = self.quorum_journal.set(quorum_journal);
+        let _ = self.proposer.set(proposer);
         self.replicated.store(true, Ordering::Release);
     }
 

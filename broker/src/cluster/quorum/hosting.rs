@@ -131,7 +131,11 @@ fn restore(shard: &ShardGroup, holder: &dyn QuorumHolder, name: &str, queue: &Ar
         }
     }
     let n = batch.len();
-    queue.restore(batch, crate::time::Now::read());
+    let now = crate::time::Now::read();
+    queue.restore(batch, now);
+    // A new host counts x-expires from its take-over: the consumers of other nodes are only
+    // subscribing to it now.
+    queue.touch(now);
     n
 }
 

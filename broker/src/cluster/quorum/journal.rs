@@ -22,6 +22,8 @@ pub struct ShardJournal {
     pub subscriptions: super::subscribe::Subscriptions,
     /// Message ids for every shard this node leads: above each shard's replica when it took over.
     pub(super) next_id: AtomicU64,
+    /// How a change this node decides itself reaches the metadata group (set when it starts).
+    proposer: OnceLock<Propose>,
 }
 
 impl std::fmt::Debug for ShardJournal {
@@ -32,7 +34,29 @@ impl std::fmt::Debug for ShardJournal {
     }
 }
 
+/// How this node proposes a metadata change it decides itself (an expired quorum queue's deletion).
+pub(crate) type Propose = Box<dyn Fn(crate::meta::MetaCommand) + Send + Sync>;
+
+/// An expired quorum queue is deleted through the metadata group, by the node that hosts it only
+/// (its copy alone knows whether the queue is in use: other nodes' consumers are subscribed there).
+impl crate::queue::sink::MetaProposer for ShardJournal {
+    fn propose(&self, command: crate::meta::MetaCommand) {
+        if let crate::meta::MetaCommand::DeleteQueue { vhost, queue } = &command {
+            if !self.hosts(&crate::meta::records::message_queue(vhost, queue)) {
+                return;
+            }
+        }
+        if let Some(propose) = self.proposer.get() {
+            propose(command);
+        }
+    }
+}
+
 impl ShardJournal {
+    pub(crate) fn set_proposer(&self, propose: Propose) {
+        let _ = self.proposer.set(propose);
+    }
+
     pub(crate) fn attach(&self, shards: Vec<Arc<ShardGroup>>) {
         let _ = self.shards.set(shards);
     }
