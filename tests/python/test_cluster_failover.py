@@ -150,7 +150,11 @@ def wait(predicate, timeout: float, what: str):
     raise AssertionError(f"not within {timeout}s: {what}")
 
 
-def test_kill_9_of_the_queue_host_loses_no_confirmed_message(tmp_path):
+@pytest.mark.parametrize("fault", ["kill", "pause"])
+def test_a_failed_queue_host_loses_no_confirmed_message(tmp_path, fault):
+    """``kill``: kill -9 of the queue's host, the publisher connected to it (HA4). ``pause``:
+    SIGSTOP of the host for 10 s, the publisher on another node; SIGCONT, and the old host rejoins
+    as a follower (HA5)."""
     cluster = Cluster(tmp_path)
     cluster.configure()
     try:
@@ -159,20 +163,28 @@ def test_kill_9_of_the_queue_host_loses_no_confirmed_message(tmp_path):
         shard = f"shard-{shard_of('/', QUEUE)}"
         host = wait(lambda: cluster.group(1, shard)["leader"], 30, f"{shard} has a leader")
 
-        # The queue is declared and the publisher connected on the host, so the kill takes both.
-        conn = pika.BlockingConnection(cluster.params([host]))
+        survivors = [i for i in range(1, NODES + 1) if i != host]
+        # kill: the publisher is on the host, so the kill takes both; pause: it is elsewhere.
+        first = [host] if fault == "kill" else [survivors[0]]
+        conn = pika.BlockingConnection(cluster.params(first))
         ch = conn.channel()
         ch.queue_declare(QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
         ch.confirm_delivery()
         published, acked = set(), set()
-        survivors = [i for i in range(1, NODES + 1) if i != host]
         total, kill_at = 300, 100
         n = reconnects = nacks = 0
         gap = killed_at = 0.0
+        resumed = False
         while n < total:
-            if n == kill_at and cluster.procs[host].poll() is None:
-                cluster.kill(host)
+            if n == kill_at and not killed_at:
                 killed_at = time.monotonic()
+                if fault == "kill":
+                    cluster.kill(host)
+                else:
+                    cluster.procs[host].send_signal(signal.SIGSTOP)
+            if fault == "pause" and killed_at and time.monotonic() - killed_at > 10 and not resumed:
+                cluster.procs[host].send_signal(signal.SIGCONT)
+                resumed = True
             body = f"m-{n}"
             published.add(body)
             try:
@@ -199,10 +211,16 @@ def test_kill_9_of_the_queue_host_loses_no_confirmed_message(tmp_path):
                 reconnects += 1
         conn.close()
         assert len(acked) == total
-        assert reconnects >= 1, "the publisher never lost its node: the kill did not take it"
-        # HA4: a client of the killed node confirms again through another host within 10 s.
-        assert gap <= 10, f"no confirm for {gap:.1f}s after the kill"
-        assert cluster.procs[host].poll() is not None
+        if fault == "kill":
+            assert reconnects >= 1, "the publisher never lost its node: the kill did not take it"
+            assert cluster.procs[host].poll() is not None
+            # HA4: a client of the killed node confirms again through another host within 10 s.
+            assert gap <= 10, f"no confirm for {gap:.1f}s after the kill"
+        else:
+            # HA5: a new leader (and confirms) within 5 s of the pause, for a client elsewhere.
+            assert gap <= 5, f"no confirm for {gap:.1f}s after the pause"
+            if not resumed:
+                cluster.procs[host].send_signal(signal.SIGCONT)
 
         # A consumer on a survivor that does not host the queue now takes everything.
         new_host = wait(lambda: (lambda l: l if l in survivors else None)(cluster.group(survivors[0], shard)["leader"]),
@@ -229,10 +247,12 @@ def test_kill_9_of_the_queue_host_loses_no_confirmed_message(tmp_path):
         assert not unexpected, f"unexpected: {sorted(unexpected)[:20]}"
         print(f"published {len(published)}, confirmed {len(acked)}, received {len(received)}, "
               f"duplicates {duplicates}, publisher reconnects {reconnects}, nacks {nacks}, "
-              f"confirm gap after the kill {gap:.2f}s")
+              f"confirm gap after the {fault} {gap:.2f}s")
 
-        # The killed node comes back on its data and catches up: its replica of the shard empties.
-        cluster.start(host)
+        # The killed node comes back on its data (the paused one goes on) and catches up: its
+        # replica of the shard empties.
+        if fault == "kill":
+            cluster.start(host)
         wait(lambda: cluster.group(host, shard)["messages"] == 0
              and cluster.group(host, shard)["applied_index"] == cluster.group(new_host, shard)["applied_index"],
              60, "the restarted node catches up")

@@ -40,12 +40,41 @@ pub fn forward_publish(
     match links.start_call(leader, shard.group, rpc::PUBLISH, body) {
         Err(e) => failed(done, &e.to_string()),
         Ok(call) => {
+            let mut metrics = shard.raft.metrics();
             tokio::spawn(async move {
-                let answer = call.answer(timeout).await;
+                // A host that stops leading (paused, cut off) may never answer: its publishes get
+                // basic.nack as soon as this node sees another leader, so the client sends them
+                // again to the new host (a message the old one did commit comes twice, never 0).
+                let answer = tokio::select! {
+                    answer = call.answer(timeout) => answer.map(|_| ()).map_err(|e| e.to_string()),
+                    () = leader_changed(&mut metrics, leader) => {
+                        Err("the queue's host changed before it answered".to_string())
+                    }
+                };
                 if let Some(done) = done {
-                    done(answer.map(|_| ()).map_err(io::Error::other));
+                    done(answer.map_err(io::Error::other));
                 }
             });
+        }
+    }
+}
+
+/// Done when the shard's metrics name a leader other than `leader` (never, if they stop).
+async fn leader_changed(
+    metrics: &mut openraft::type_config::alias::WatchReceiverOf<
+        crate::cluster::raft::Types,
+        openraft::RaftMetrics<crate::cluster::raft::Types>,
+    >,
+    leader: u64,
+) {
+    use openraft::async_runtime::WatchReceiver;
+    loop {
+        let current = metrics.borrow_watched().current_leader;
+        if current.is_some() && current != Some(leader) {
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            return std::future::pending().await;
         }
     }
 }
