@@ -70,6 +70,24 @@ async fn wait_for_replica(b: &TestBroker, n: usize) {
     }
 }
 
+/// Declares quorum queue `name` on `b`, with `extra` arguments.
+async fn declare_quorum<const N: usize>(
+    b: &TestBroker,
+    name: &str,
+    extra: [(&str, amqprs::FieldValue); N],
+) {
+    let c = b.connect().await;
+    let ch = c.channel().await;
+    let mut arguments = table([("x-queue-type", text("quorum"))]);
+    for (key, value) in extra {
+        arguments.insert(key.try_into().unwrap(), value);
+    }
+    let mut args = QueueDeclareArguments::durable_client_named(name);
+    args.arguments(arguments);
+    ch.declare(args).await;
+    c.close().await;
+}
+
 async fn publish_all(ch: &TestChannel, prefix: &str, n: usize) {
     for i in 0..n {
         ch.publish_acked(
@@ -96,14 +114,7 @@ async fn confirmed_messages_outlive_their_host_and_publishes_work_on_every_node(
     let mut brokers = three_nodes(&cluster).await.map(Some);
     let all: Vec<&TestBroker> = brokers.iter().flatten().collect();
     agreed_leader(&all).await;
-    {
-        let c = all[0].connect().await;
-        let ch = c.channel().await;
-        let mut args = QueueDeclareArguments::durable_client_named(QUEUE);
-        args.arguments(table([("x-queue-type", text("quorum"))]));
-        ch.declare(args).await;
-        c.close().await;
-    }
+    declare_quorum(all[0], QUEUE, []).await;
     let first = host(&all).await;
     let follower = all.iter().copied().find(|b| !hosts(b)).unwrap();
 
@@ -178,14 +189,7 @@ async fn consumers_on_any_node_take_messages_and_keep_consuming_across_a_failove
     let mut brokers = three_nodes(&cluster).await.map(Some);
     let all: Vec<&TestBroker> = brokers.iter().flatten().collect();
     agreed_leader(&all).await;
-    {
-        let c = all[0].connect().await;
-        let ch = c.channel().await;
-        let mut args = QueueDeclareArguments::durable_client_named(QUEUE);
-        args.arguments(table([("x-queue-type", text("quorum"))]));
-        ch.declare(args).await;
-        c.close().await;
-    }
+    declare_quorum(all[0], QUEUE, []).await;
     let first = host(&all).await;
     let first_id = node_id(first);
     let followers: Vec<&TestBroker> = all.iter().copied().filter(|b| !hosts(b)).collect();
@@ -270,15 +274,9 @@ async fn an_unused_quorum_queue_expires_on_every_node_and_one_consumed_elsewhere
     let brokers = three_nodes(&cluster).await;
     let all: Vec<&TestBroker> = brokers.iter().collect();
     agreed_leader(&all).await;
-    let c = all[0].connect().await;
-    let ch = c.channel().await;
     for name in ["gone", "kept"] {
-        let mut args = QueueDeclareArguments::durable_client_named(name);
-        args.arguments(table([
-            ("x-queue-type", text("quorum")),
-            ("x-expires", warren_tests::features::int(1500)),
-        ]));
-        ch.declare(args).await;
+        let expires = [("x-expires", warren_tests::features::int(1500))];
+        declare_quorum(all[0], name, expires).await;
     }
     // "kept" is consumed on a node that does not host it: its host counts that consumer.
     let kept = message_queue("/", "kept");
@@ -306,5 +304,4 @@ async fn an_unused_quorum_queue_expires_on_every_node_and_one_consumed_elsewhere
         assert!(b.queue("kept").is_some(), "node {} lost kept", node_id(b));
     }
     cc.close().await;
-    c.close().await;
 }

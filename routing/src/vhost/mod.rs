@@ -743,17 +743,8 @@ impl Vhost {
         arguments: FieldTable,
         add: bool,
     ) -> AmqpResult<()> {
-        if source.is_empty() || matches!(&destination, Destination::Exchange(d) if d.is_empty()) {
-            return Err(AmqpError::access_refused(
-                "operation not permitted on the default exchange",
-            ));
-        }
+        let binding = binding_of(source, destination, routing_key, arguments)?;
         let _topology = self.topology.lock();
-        let binding = Binding {
-            destination,
-            routing_key: routing_key.to_string(),
-            arguments,
-        };
         if !add {
             // Unbinding what does not exist, even between missing objects, succeeds (rabbit_db_binding).
             let emptied = self.exchanges.get(source).is_some_and(|x| {
@@ -897,6 +888,25 @@ pub fn route_keys<'a>(
         }
     }
     queues
+}
+
+/// The binding a bind or unbind names; the default exchange takes none (403, RabbitMQ's text).
+fn binding_of(
+    source: &str,
+    destination: Destination,
+    routing_key: &str,
+    arguments: FieldTable,
+) -> AmqpResult<Binding> {
+    if source.is_empty() || matches!(&destination, Destination::Exchange(d) if d.is_empty()) {
+        return Err(AmqpError::access_refused(
+            "operation not permitted on the default exchange",
+        ));
+    }
+    Ok(Binding {
+        destination,
+        routing_key: routing_key.to_string(),
+        arguments,
+    })
 }
 
 /// A binding as its command stores it.

@@ -19,9 +19,9 @@ use std::sync::Arc;
 
 use amq_protocol::types::FieldTable;
 
-use super::{stored_binding, Vhost, STANDARD_EXCHANGES};
+use super::{binding_of, stored_binding, Vhost, STANDARD_EXCHANGES};
 use crate::error::{AmqpError, AmqpResult};
-use crate::exchange::{Binding, Destination, ExchangeKind, ExchangeSpec};
+use crate::exchange::{Destination, ExchangeKind, ExchangeSpec};
 use crate::ids::ConnectionId;
 use crate::meta::MetaCommand;
 use crate::queue::sink::{Journal, MetaProposer};
@@ -96,17 +96,8 @@ impl Vhost {
         arguments: FieldTable,
         add: bool,
     ) -> AmqpResult<Option<MetaCommand>> {
-        if source.is_empty() || matches!(&destination, Destination::Exchange(d) if d.is_empty()) {
-            return Err(AmqpError::access_refused(
-                "operation not permitted on the default exchange",
-            ));
-        }
+        let binding = binding_of(source, destination, routing_key, arguments)?;
         let _topology = self.topology.lock();
-        let binding = Binding {
-            destination,
-            routing_key: routing_key.to_string(),
-            arguments,
-        };
         let vhost = self.name.clone();
         if !add {
             let bound = self.exchanges.get(source).map(|x| x.clone());
