@@ -198,14 +198,7 @@ impl Vhost {
         declared_by: Option<String>,
         now: Now,
     ) {
-        let spec = QueueSpec {
-            name,
-            durable: true,
-            exclusive_owner: None,
-            auto_delete,
-            arguments,
-            declared_by: declared_by.map(Arc::from),
-        };
+        let spec = stored_queue_spec(name, auto_delete, arguments, declared_by.as_deref());
         let (args, refused) =
             arguments::parse_stored(&spec.arguments, &self.resource("queue", &spec.name));
         for e in refused {
@@ -907,6 +900,23 @@ fn binding_of(
         routing_key: routing_key.to_string(),
         arguments,
     })
+}
+
+/// A durable queue as its `DeclareQueue` command stores it.
+fn stored_queue_spec(
+    name: QueueName,
+    auto_delete: bool,
+    arguments: FieldTable,
+    declared_by: Option<&str>,
+) -> QueueSpec {
+    QueueSpec {
+        name,
+        durable: true,
+        exclusive_owner: None,
+        auto_delete,
+        arguments,
+        declared_by: declared_by.map(Arc::from),
+    }
 }
 
 /// A binding as its command stores it.

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use amq_protocol::types::FieldTable;
 
-use super::{binding_of, stored_binding, Vhost, STANDARD_EXCHANGES};
+use super::{binding_of, stored_binding, stored_queue_spec, Vhost, STANDARD_EXCHANGES};
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Destination, ExchangeKind, ExchangeSpec};
 use crate::ids::ConnectionId;
@@ -199,14 +199,12 @@ impl Vhost {
                 if self.queues.contains_key(queue) {
                     return Ok(());
                 }
-                let spec = QueueSpec {
-                    name: queue.clone(),
-                    durable: true,
-                    exclusive_owner: None,
-                    auto_delete: *auto_delete,
-                    arguments: arguments.clone(),
-                    declared_by: declared_by.as_deref().map(Arc::from),
-                };
+                let spec = stored_queue_spec(
+                    queue.clone(),
+                    *auto_delete,
+                    arguments.clone(),
+                    declared_by.as_deref(),
+                );
                 let (args, refused) =
                     arguments::parse_stored(&spec.arguments, &self.resource("queue", queue));
                 if let Some(e) = refused.first() {

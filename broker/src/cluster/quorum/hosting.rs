@@ -94,8 +94,9 @@ fn take_over(
         return Err("the leadership changed while taking over".into());
     }
     let queues = queues_of(shard, holder);
-    let (_, next_id) = shard.machine.queue_names();
-    journal.next_id.fetch_max(next_id, Ordering::AcqRel);
+    journal
+        .next_id
+        .fetch_max(shard.machine.next_id(), Ordering::AcqRel);
     let mut hosted = shard.hosted.lock();
     hosted.clear();
     shard.set_epoch(Some(epoch));

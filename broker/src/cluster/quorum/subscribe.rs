@@ -292,9 +292,9 @@ impl Subscriptions {
             .map(|p| p.id)
             .collect();
         let now = Instant::now();
-        let mut gone = Vec::new();
-        {
+        let taken: Vec<Remote> = {
             let mut remote = self.remote.lock();
+            let mut gone = Vec::new();
             for (key, sub) in remote.iter_mut() {
                 if up.contains(&key.0) {
                     sub.down_since = None;
@@ -302,13 +302,11 @@ impl Subscriptions {
                     gone.push(key.clone());
                 }
             }
-            gone.retain(|key| remote.contains_key(key));
-            let taken: Vec<Remote> = gone.iter().filter_map(|k| remote.remove(k)).collect();
-            drop(remote);
-            for sub in taken {
-                tracing::warn!(node = sub.sink.node, queue = %sub.sink.queue, "a subscribed node is gone: its messages come back");
-                Self::take_back(sub);
-            }
+            gone.iter().filter_map(|k| remote.remove(k)).collect()
+        };
+        for sub in taken {
+            tracing::warn!(node = sub.sink.node, queue = %sub.sink.queue, "a subscribed node is gone: its messages come back");
+            Self::take_back(sub);
         }
     }
 

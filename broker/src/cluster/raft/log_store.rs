@@ -29,6 +29,23 @@ use super::{Entry, LogId, Types, Vote};
 /// Every key of every group starts with this; nothing else in the log does.
 pub const KEY_PREFIX: &str = "raft/";
 
+/// The key of a group's latest state-machine snapshot, beside its log.
+pub fn snapshot_key(group: u32) -> String {
+    format!("{KEY_PREFIX}{group}/sm/snapshot")
+}
+
+/// The record that stores `meta` and `data` as group `group`'s latest snapshot.
+pub fn snapshot_record(
+    group: u32,
+    meta: &openraft::type_config::alias::SnapshotMetaOf<Types>,
+    data: &[u8],
+) -> Record {
+    Record::Put {
+        key: snapshot_key(group),
+        value: Bytes::from(super::codec::encode(|w| w.snapshot_body(meta, data))),
+    }
+}
+
 /// Where a group's records go: the node's command log.
 pub trait RecordWriter: Send + Sync + 'static {
     /// Queues `records` (in order after everything queued before); `done` runs once they are

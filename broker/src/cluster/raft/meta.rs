@@ -30,7 +30,7 @@ use warren_storage::definitions::Definitions;
 use warren_storage::log::record::Record;
 
 use super::codec::{decode, encode, DecodeError};
-use super::log_store::{check_writes, write_durable, RecordWriter};
+use super::log_store::{check_writes, snapshot_key, snapshot_record, write_durable, RecordWriter};
 use super::member::NOT_LEADER;
 use super::rpc;
 use super::{Answer, LogId, Proposal, StoredMembership, Types};
@@ -59,10 +59,6 @@ pub trait DefinitionsHolder: Send + Sync + 'static {
 
 fn applied_key() -> String {
     format!("{}{GROUP}/sm/applied", super::log_store::KEY_PREFIX)
-}
-
-fn snapshot_key() -> String {
-    format!("{}{GROUP}/sm/snapshot", super::log_store::KEY_PREFIX)
 }
 
 #[derive(Default)]
@@ -94,7 +90,7 @@ impl MetaMachine {
             (applied.last, applied.membership) =
                 decode(bytes, |r| Ok((r.opt_log_id()?, r.stored_membership()?)))?;
         }
-        if let Some(bytes) = recovered.get(&snapshot_key()) {
+        if let Some(bytes) = recovered.get(&snapshot_key(GROUP)) {
             applied.snapshot = Some(decode(bytes, |r| r.snapshot_body())?);
         }
         Ok(MetaMachine {
@@ -118,13 +114,6 @@ impl MetaMachine {
                 w.opt_log_id(&applied.last);
                 w.stored_membership(&applied.membership);
             })),
-        }
-    }
-
-    fn snapshot_record(meta: &SnapshotMetaOf<Types>, data: &[u8]) -> Record {
-        Record::Put {
-            key: snapshot_key(),
-            value: Bytes::from(encode(|w| w.snapshot_body(meta, data))),
         }
     }
 
@@ -195,7 +184,7 @@ impl RaftSnapshotBuilder<Types> for MetaMachine {
             (meta, data)
         };
         // Durable before openraft may purge the entries it replaces.
-        write_durable(&*self.writer, vec![Self::snapshot_record(&meta, &data)]).await?;
+        write_durable(&*self.writer, vec![snapshot_record(GROUP, &meta, &data)]).await?;
         Ok(SnapshotOf::<Types, Vec<u8>> {
             meta,
             snapshot: data,
@@ -249,7 +238,7 @@ impl RaftStateMachine<Types> for MetaMachine {
         let holder = self.holder()?;
         // The snapshot is durable before the definitions change: a crash between the two leaves a
         // snapshot newer than the progress, which openraft installs again at the restart.
-        write_durable(&*self.writer, vec![Self::snapshot_record(meta, &snapshot)]).await?;
+        write_durable(&*self.writer, vec![snapshot_record(GROUP, meta, &snapshot)]).await?;
         let machine = self.clone();
         let meta = meta.clone();
         tokio::task::spawn_blocking(move || {

@@ -20,10 +20,9 @@ use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use parking_lot::Mutex;
-use warren_storage::log::record::Record;
 
 use super::codec::{decode, encode, DecodeError, Reader, Writer};
-use super::log_store::{check_writes, write_durable, RecordWriter, KEY_PREFIX};
+use super::log_store::{check_writes, snapshot_key, snapshot_record, write_durable, RecordWriter};
 use super::{Answer, LogId, QueueOp, StoredMembership, Types};
 
 pub type ShardRaft = openraft::Raft<Types, ShardMachine>;
@@ -139,10 +138,6 @@ pub struct ShardMachine {
 }
 
 impl ShardMachine {
-    fn snapshot_key(group: u32) -> String {
-        format!("{KEY_PREFIX}{group}/sm/snapshot")
-    }
-
     /// The state machine of shard `group` as this node's latest snapshot of it left it.
     pub fn recover(
         group: u32,
@@ -150,7 +145,7 @@ impl ShardMachine {
         recovered: &BTreeMap<String, Bytes>,
     ) -> Result<ShardMachine, DecodeError> {
         let mut applied = Applied::default();
-        if let Some(bytes) = recovered.get(&Self::snapshot_key(group)) {
+        if let Some(bytes) = recovered.get(&snapshot_key(group)) {
             let (meta, data) = decode(bytes, |r| r.snapshot_body())?;
             applied.replica = decode(&data, Replica::read)?;
             applied.last = meta.last_log_id;
@@ -170,24 +165,15 @@ impl ShardMachine {
         (applied.replica.messages(queue), applied.replica.next_id())
     }
 
-    /// The queues the replica holds messages of, and the id new messages number from.
-    pub fn queue_names(&self) -> (Vec<String>, u64) {
-        let applied = self.applied.lock();
-        let names = applied.replica.queues.keys().cloned().collect();
-        (names, applied.replica.next_id())
+    /// The id new messages of the shard number from (above every id the replica has applied).
+    pub fn next_id(&self) -> u64 {
+        self.applied.lock().replica.next_id()
     }
 
     /// How many messages the replica holds, and the last log index applied to it.
     pub fn summary(&self) -> (usize, Option<u64>) {
         let applied = self.applied.lock();
         (applied.replica.len(), applied.last.map(|id| id.index))
-    }
-
-    fn snapshot_record(&self, meta: &SnapshotMetaOf<Types>, data: &[u8]) -> Record {
-        Record::Put {
-            key: Self::snapshot_key(self.group),
-            value: Bytes::from(encode(|w| w.snapshot_body(meta, data))),
-        }
     }
 }
 
@@ -207,7 +193,11 @@ impl RaftSnapshotBuilder<Types> for ShardMachine {
             (meta, data)
         };
         // Durable before openraft may purge the entries it replaces.
-        write_durable(&*self.writer, vec![self.snapshot_record(&meta, &data)]).await?;
+        write_durable(
+            &*self.writer,
+            vec![snapshot_record(self.group, &meta, &data)],
+        )
+        .await?;
         Ok(SnapshotOf::<Types, Vec<u8>> {
             meta,
             snapshot: data,
@@ -264,7 +254,11 @@ impl RaftStateMachine<Types> for ShardMachine {
     ) -> Result<(), io::Error> {
         let replica = decode(&snapshot, Replica::read).map_err(io::Error::other)?;
         // Durable first: after a crash the node restarts from this snapshot.
-        write_durable(&*self.writer, vec![self.snapshot_record(meta, &snapshot)]).await?;
+        write_durable(
+            &*self.writer,
+            vec![snapshot_record(self.group, meta, &snapshot)],
+        )
+        .await?;
         let mut applied = self.applied.lock();
         applied.replica = replica;
         applied.last = meta.last_log_id;
