@@ -19,6 +19,10 @@ use warren_storage::store::{Completion, Store, StoreOptions};
 use crate::meta::{definitions, records, MetaCommand};
 use warren_storage::definitions::Definitions;
 
+/// Set (to anything) in the environment, the log holds its writes in the process until it syncs
+/// them, so that the fault suite's kill -9 of every node loses what a power cut would lose.
+pub const HOLD_UNSYNCED_ENV: &str = "WARREN_TEST_HOLD_UNSYNCED_WRITES";
+
 /// The open store and the id sequence of stored messages.
 pub struct Durability {
     store: Store,
@@ -37,7 +41,16 @@ impl Durability {
     /// Opens (and replays) the log under `DATA_DIR/log`. Recovered messages are listed by id only:
     /// [`Durability::read`] brings their payloads back a batch at a time.
     pub fn open(data_dir: &Path) -> Result<(Arc<Self>, Recovered), LogError> {
-        let medium = DiskMedium::new(&data_dir.join("log"))?;
+        let dir = data_dir.join("log");
+        let medium = if std::env::var_os(HOLD_UNSYNCED_ENV).is_some() {
+            tracing::warn!(
+                "{HOLD_UNSYNCED_ENV} is set: writes are held in memory until fsync (the cluster \
+                 fault suite's power-loss simulation; durability of confirmed data is unchanged)"
+            );
+            DiskMedium::holding_unsynced(&dir)?
+        } else {
+            DiskMedium::new(&dir)?
+        };
         let options = StoreOptions {
             recover_payloads: false,
             ..StoreOptions::default()
@@ -58,6 +71,11 @@ impl Durability {
     /// Reads back stored messages of `queue` (start-up), in the order of `ids`.
     pub fn read(&self, queue: &str, ids: Vec<u64>) -> std::io::Result<Vec<(u64, Bytes)>> {
         self.store.read(queue, ids)
+    }
+
+    /// How long the store's current write has been going on (None while it is idle).
+    pub fn stalled_for(&self) -> Option<std::time::Duration> {
+        self.store.stalled_for()
     }
 
     /// Blocks until everything written is durable (shutdown).

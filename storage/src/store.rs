@@ -5,8 +5,11 @@
 //! the page cache is unknown afterwards), and every later write fails until restart.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -63,6 +66,24 @@ impl Default for StoreOptions {
 pub struct Store {
     tx: Option<Sender<Command>>,
     thread: Option<JoinHandle<()>>,
+    busy: Arc<Busy>,
+}
+
+/// Since when the thread has been writing its current batch (a stalled disk shows as a batch
+/// that never ends): milliseconds after `epoch`, plus one; 0 while it waits for work.
+struct Busy {
+    epoch: Instant,
+    since: AtomicU64,
+}
+
+impl Busy {
+    fn start(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.since.store(ms + 1, Ordering::Relaxed);
+    }
+    fn end(&self) {
+        self.since.store(0, Ordering::Relaxed);
+    }
 }
 
 impl Store {
@@ -74,14 +95,20 @@ impl Store {
         let (log, recovered) =
             Log::open_with(medium, options.segment_bytes, options.recover_payloads)?;
         let (tx, rx) = mpsc::channel();
+        let busy = Arc::new(Busy {
+            epoch: Instant::now(),
+            since: AtomicU64::new(0),
+        });
+        let thread_busy = busy.clone();
         let thread = std::thread::Builder::new()
             .name("warren-store".into())
-            .spawn(move || run(log, rx, options.max_batch))
+            .spawn(move || run(log, rx, options.max_batch, &thread_busy))
             .map_err(LogError::Io)?;
         Ok((
             Store {
                 tx: Some(tx),
                 thread: Some(thread),
+                busy,
             },
             recovered,
         ))
@@ -121,6 +148,19 @@ impl Store {
         })
     }
 
+    /// How long the batch being written now has taken so far (None while the thread is idle): a
+    /// disk that has stopped completing writes (a stalled device, a frozen filesystem) shows here
+    /// as a time that only grows.
+    pub fn stalled_for(&self) -> Option<Duration> {
+        match self.busy.since.load(Ordering::Relaxed) {
+            0 => None,
+            since => {
+                let now = self.busy.epoch.elapsed().as_millis() as u64;
+                Some(Duration::from_millis(now.saturating_sub(since - 1)))
+            }
+        }
+    }
+
     /// Sends the command `make` builds around a reply channel and waits for the reply.
     fn call<T>(&self, make: impl FnOnce(Sender<io::Result<T>>) -> Command) -> io::Result<T> {
         let stopped = || io::Error::other("the store has stopped");
@@ -143,7 +183,7 @@ impl Drop for Store {
     }
 }
 
-fn run<M: Medium>(mut log: Log<M>, rx: Receiver<Command>, max_batch: usize) {
+fn run<M: Medium>(mut log: Log<M>, rx: Receiver<Command>, max_batch: usize, busy: &Busy) {
     let mut poisoned: Option<String> = None;
     loop {
         let first = match rx.recv_timeout(IDLE_RECLAIM) {
@@ -151,12 +191,15 @@ fn run<M: Medium>(mut log: Log<M>, rx: Receiver<Command>, max_batch: usize) {
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 // A quiet log still gets its dead active segment retired (see Log::reclaim).
                 if poisoned.is_none() {
+                    busy.start();
                     let _ = log.reclaim();
+                    busy.end();
                 }
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
+        busy.start();
         let mut batch = vec![first];
         while batch.len() < max_batch {
             match rx.try_recv() {
@@ -223,6 +266,7 @@ fn run<M: Medium>(mut log: Log<M>, rx: Receiver<Command>, max_batch: usize) {
         if ok {
             let _ = log.reclaim();
         }
+        busy.end();
     }
     let _ = log.sync();
 }

@@ -86,6 +86,7 @@ impl LinkCluster {
             queue_shards: 4,
             // Short, so a test of a cut-off minority need not wait 15 s.
             change_timeout_ms: 3_000,
+            disk_stall_timeout_ms: 5_000,
             tls: ClusterTlsConfig {
                 cert: self.path(&format!("{}.pem", me.name)),
                 key: self.path(&format!("{}.key", me.name)),

@@ -32,6 +32,10 @@ pub struct ClusterConfig {
     /// How long an administrative change waits for a majority before it is reported as not made.
     #[serde(default = "default_change_timeout_ms")]
     pub change_timeout_ms: u64,
+    /// A node whose disk has not completed a write for this long hands the leadership of every
+    /// group it leads to another node (a stalled disk must not hold the cluster's writes hostage).
+    #[serde(default = "default_disk_stall_timeout_ms")]
+    pub disk_stall_timeout_ms: u64,
     pub tls: ClusterTlsConfig,
 }
 
@@ -72,6 +76,10 @@ fn default_queue_shards() -> u16 {
 
 fn default_change_timeout_ms() -> u64 {
     15_000
+}
+
+fn default_disk_stall_timeout_ms() -> u64 {
+    5_000
 }
 
 impl ClusterConfig {
@@ -129,6 +137,12 @@ impl ClusterConfig {
             return Err(format!(
                 "cluster.change_timeout_ms: {} must be between 100 and 600000",
                 self.change_timeout_ms
+            ));
+        }
+        if !(500..=600_000).contains(&self.disk_stall_timeout_ms) {
+            return Err(format!(
+                "cluster.disk_stall_timeout_ms: {} must be between 500 and 600000",
+                self.disk_stall_timeout_ms
             ));
         }
         if !(1..=1024).contains(&self.queue_shards) {
@@ -195,6 +209,7 @@ mod tests {
             replicas: 3,
             queue_shards: 16,
             change_timeout_ms: 15_000,
+            disk_stall_timeout_ms: 5_000,
             tls: ClusterTlsConfig {
                 cert: "node.pem".into(),
                 key: "node.key".into(),
@@ -220,6 +235,10 @@ mod tests {
             (|c| c.listen = "127.0.0.11:1".parse().unwrap(), "differs"),
             (|c| c.replicas = 4, "cluster.replicas"),
             (|c| c.queue_shards = 0, "cluster.queue_shards"),
+            (
+                |c| c.disk_stall_timeout_ms = 10,
+                "cluster.disk_stall_timeout_ms",
+            ),
             (|c| c.cluster_name.clear(), "cluster_name"),
         ];
         for (change, expected) in cases {

@@ -83,6 +83,45 @@ where
     Ok(raft)
 }
 
+/// The disk watchdog (HA.md HA7): a node whose log has not completed a write for `limit` steps
+/// down from every group it leads, and again whenever it is elected while the stall lasts. A
+/// leader on a stalled disk could still commit through its followers, but it applies nothing of
+/// its own log, its pending writes pile up in memory, and its administrative writes hang; a
+/// healthy node serves the cluster better. Only this node's pids and groups are touched.
+async fn watch_disk(
+    cluster: std::sync::Weak<Cluster>,
+    writer: Arc<dyn RecordWriter>,
+    limit: std::time::Duration,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stalled = false;
+    loop {
+        tick.tick().await;
+        let Some(cluster) = cluster.upgrade() else {
+            return;
+        };
+        match writer.stalled_for() {
+            Some(stall) if stall >= limit => {
+                if !stalled {
+                    tracing::error!(
+                        stalled_ms = stall.as_millis() as u64,
+                        "the disk has not completed a write: handing over the leadership of \
+                         every group this node leads"
+                    );
+                    stalled = true;
+                }
+                cluster.step_down().await;
+            }
+            _ if stalled => {
+                tracing::warn!("the disk completes writes again");
+                stalled = false;
+            }
+            _ => {}
+        }
+    }
+}
+
 impl Cluster {
     /// Starts the links and the metadata group, whose records go to `writer` (the node's log) and
     /// whose entries change `holder`'s definitions. `raft_records` are the group's records the
@@ -155,7 +194,7 @@ impl Cluster {
                 quorum.clone(),
             ));
         }
-        Ok(Arc::new(Cluster {
+        let cluster = Arc::new(Cluster {
             shards,
             meta: MetaGroup {
                 raft,
@@ -164,7 +203,23 @@ impl Cluster {
                 timeout: std::time::Duration::from_millis(config.change_timeout_ms),
             },
             links,
-        }))
+        });
+        tokio::spawn(watch_disk(
+            Arc::downgrade(&cluster),
+            writer,
+            std::time::Duration::from_millis(config.disk_stall_timeout_ms),
+        ));
+        Ok(cluster)
+    }
+
+    /// Hands the leadership of every group this node leads to another node (the disk watchdog).
+    async fn step_down(&self) {
+        self.hand_over_shards().await;
+        if self.leads() {
+            if let Err(why) = self.transfer_leadership(None).await {
+                tracing::warn!(%why, "the metadata group's leadership was not handed over");
+            }
+        }
     }
 
     /// Stops the group and the links; a leader first hands its leadership to another node

@@ -56,6 +56,18 @@ pub struct DiskMedium {
     )>,
     /// The segment last read from with `read_at` (recovery reads runs of records from one segment).
     reading: Option<(u64, File)>,
+    /// Power-loss simulation ([`DiskMedium::holding_unsynced`]): appends not yet synced.
+    held: Option<Held>,
+}
+
+/// Appends held in the process until `sync` writes them out (the power-loss simulation).
+#[derive(Default)]
+struct Held {
+    /// The segment they belong to (only the active segment is ever appended to).
+    segment: u64,
+    /// Its length on disk: the held bytes follow it.
+    written: u64,
+    bytes: Vec<u8>,
 }
 
 impl DiskMedium {
@@ -66,7 +78,25 @@ impl DiskMedium {
             open: None,
             reading: None,
             deleter: None,
+            held: None,
         })
+    }
+
+    /// For the cluster fault suite's coordinated power loss only: appends stay in this process until
+    /// `sync` writes and fdatasyncs them, so a kill -9 loses exactly what a power cut could lose
+    /// (everything not synced), not the page cache's copy. Durability at `sync` is unchanged.
+    pub fn holding_unsynced(dir: &Path) -> io::Result<Self> {
+        let mut medium = Self::new(dir)?;
+        medium.held = Some(Held::default());
+        Ok(medium)
+    }
+
+    /// The held bytes of segment `id` and where they start, if any.
+    fn held_of(&self, id: u64) -> Option<(u64, &[u8])> {
+        self.held
+            .as_ref()
+            .filter(|h| h.segment == id && !h.bytes.is_empty())
+            .map(|h| (h.written, h.bytes.as_slice()))
     }
 
     fn path(&self, id: u64) -> PathBuf {
@@ -107,11 +137,29 @@ impl Medium for DiskMedium {
     }
 
     fn read(&mut self, id: u64) -> io::Result<Bytes> {
-        fs::read(self.path(id)).map(Bytes::from)
+        let mut data = fs::read(self.path(id))?;
+        if let Some((_, held)) = self.held_of(id) {
+            data.extend_from_slice(held);
+        }
+        Ok(Bytes::from(data))
     }
 
     fn read_at(&mut self, id: u64, offset: u64, len: usize) -> io::Result<Bytes> {
         use std::os::unix::fs::FileExt;
+        if let Some((written, _)) = self.held_of(id) {
+            if offset.saturating_add(len as u64) > written {
+                // Part of the record is still held: read the segment as the process sees it.
+                let data = self.read(id)?;
+                let start = usize::try_from(offset).unwrap_or(usize::MAX);
+                return match start.checked_add(len) {
+                    Some(end) if end <= data.len() => Ok(data.slice(start..end)),
+                    _ => Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("{} ends before offset {offset} + {len}", self.describe(id)),
+                    )),
+                };
+            }
+        }
         if self.reading.as_ref().map(|(r, _)| *r) != Some(id) {
             self.reading = Some((id, File::open(self.path(id))?));
         }
@@ -134,14 +182,50 @@ impl Medium for DiskMedium {
     }
 
     fn append(&mut self, id: u64, data: &[u8]) -> io::Result<()> {
-        self.file(id)?.write_all(data)
+        let path = self.path(id);
+        match &mut self.held {
+            None => self.file(id)?.write_all(data),
+            Some(held) => {
+                if held.segment != id {
+                    // The log syncs a segment before it moves on, so nothing older is held.
+                    *held = Held {
+                        segment: id,
+                        written: fs::metadata(path)?.len(),
+                        bytes: Vec::new(),
+                    };
+                }
+                held.bytes.extend_from_slice(data);
+                Ok(())
+            }
+        }
     }
 
     fn sync(&mut self, id: u64) -> io::Result<()> {
+        if let Some(mut held) = self.held.take() {
+            let out = if held.segment == id && !held.bytes.is_empty() {
+                self.file(id).and_then(|f| f.write_all(&held.bytes))
+            } else {
+                Ok(())
+            };
+            if out.is_ok() {
+                held.written += held.bytes.len() as u64;
+                held.bytes.clear();
+            }
+            self.held = Some(held);
+            out?;
+        }
         self.file(id)?.sync_data()
     }
 
     fn truncate(&mut self, id: u64, len: u64) -> io::Result<()> {
+        if let Some(held) = self.held.as_mut().filter(|h| h.segment == id) {
+            if len >= held.written {
+                held.bytes.truncate((len - held.written) as usize);
+                return Ok(());
+            }
+            held.bytes.clear();
+            held.written = len;
+        }
         let f = OpenOptions::new().write(true).open(self.path(id))?;
         f.set_len(len)?;
         f.sync_all()
@@ -153,6 +237,9 @@ impl Medium for DiskMedium {
         }
         if self.reading.as_ref().map(|(r, _)| *r) == Some(id) {
             self.reading = None;
+        }
+        if let Some(held) = self.held.as_mut().filter(|h| h.segment == id) {
+            *held = Held::default();
         }
         let path = self.path(id);
         let deleter = match &mut self.deleter {

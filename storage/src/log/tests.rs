@@ -41,6 +41,14 @@ fn each_medium(check: impl Fn(&dyn Fn() -> Box<dyn FnMut() -> Box<dyn MediumBox>
         let path = path.clone();
         Box::new(move || Box::new(DiskMedium::new(&path).unwrap()) as Box<dyn MediumBox>)
     });
+    let held = tempfile::tempdir().unwrap();
+    let path = held.path().to_path_buf();
+    check(&move || {
+        let path = path.clone();
+        Box::new(move || {
+            Box::new(DiskMedium::holding_unsynced(&path).unwrap()) as Box<dyn MediumBox>
+        })
+    });
     let memory = MemoryMedium::default();
     check(&move || {
         let m = memory.clone();
@@ -277,6 +285,26 @@ fn corruption_before_the_end_stops_with_file_and_offset() {
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("corruption in the middle must not be accepted"),
     }
+}
+
+#[test]
+fn a_medium_holding_unsynced_writes_loses_exactly_them_when_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) =
+        Log::open(DiskMedium::holding_unsynced(dir.path()).unwrap(), 1 << 20).unwrap();
+    log.append(&[enqueue("q", 1, "synced")]).unwrap();
+    log.sync().unwrap();
+    log.append(&[enqueue("q", 2, "held")]).unwrap();
+    // The process still reads what it wrote...
+    assert_eq!(
+        log.read_message("q", 2).unwrap().as_deref(),
+        Some(&b"held"[..])
+    );
+    // ...but a kill -9 now (no drop, no sync) leaves only the synced record on disk.
+    std::mem::forget(log);
+    let (_, recovered) = Log::open(DiskMedium::new(dir.path()).unwrap(), 1 << 20).unwrap();
+    let ids: Vec<u64> = recovered.queues["q"].keys().copied().collect();
+    assert_eq!(ids, vec![1]);
 }
 
 /// A tiny deterministic generator (xorshift) so the crash workload is reproducible.
@@ -548,4 +576,85 @@ fn the_largest_message_id_does_not_overflow_recovery() {
     drop(log);
     let (_, recovered) = Log::open(memory, 1 << 20).unwrap();
     assert_eq!(recovered.next_id, u64::MAX);
+}
+
+/// A medium whose fdatasync blocks until the test lets it go (a frozen filesystem).
+#[derive(Clone, Default)]
+struct StallingMedium {
+    inner: MemoryMedium,
+    frozen: Arc<(Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl StallingMedium {
+    fn set_frozen(&self, frozen: bool) {
+        *self.frozen.0.lock().unwrap() = frozen;
+        self.frozen.1.notify_all();
+    }
+}
+
+impl Medium for StallingMedium {
+    fn list(&mut self) -> std::io::Result<Vec<u64>> {
+        self.inner.list()
+    }
+    fn read(&mut self, id: u64) -> std::io::Result<Bytes> {
+        self.inner.read(id)
+    }
+    fn create(&mut self, id: u64) -> std::io::Result<()> {
+        self.inner.create(id)
+    }
+    fn append(&mut self, id: u64, data: &[u8]) -> std::io::Result<()> {
+        self.inner.append(id, data)
+    }
+    fn sync(&mut self, id: u64) -> std::io::Result<()> {
+        let (lock, thawed) = &*self.frozen;
+        let mut frozen = lock.lock().unwrap();
+        while *frozen {
+            frozen = thawed.wait(frozen).unwrap();
+        }
+        self.inner.sync(id)
+    }
+    fn truncate(&mut self, id: u64, len: u64) -> std::io::Result<()> {
+        self.inner.truncate(id, len)
+    }
+    fn remove(&mut self, id: u64) -> std::io::Result<()> {
+        self.inner.remove(id)
+    }
+    fn describe(&self, id: u64) -> String {
+        self.inner.describe(id)
+    }
+}
+
+#[test]
+fn a_stalled_disk_shows_as_a_growing_stall_until_it_completes() {
+    let medium = StallingMedium::default();
+    let (store, _) = Store::open(medium.clone(), StoreOptions::default()).unwrap();
+    assert_eq!(store.stalled_for(), None);
+    medium.set_frozen(true);
+    let (tx, rx) = std::sync::mpsc::channel();
+    store.write(
+        vec![enqueue("q", 1, "a")],
+        Some(Box::new(move |r| {
+            let _ = tx.send(r.is_ok());
+        })),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.stalled_for() < Some(std::time::Duration::from_millis(200)) {
+        assert!(std::time::Instant::now() < deadline, "no stall reported");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        rx.try_recv().is_err(),
+        "nothing completes while the disk is frozen"
+    );
+    medium.set_frozen(false);
+    assert!(rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap());
+    store.flush().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.stalled_for().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still stalled after the thaw"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }

@@ -71,6 +71,7 @@ pub fn nodes(data_dir: &Path, listen: SocketAddr, count: u64) -> anyhow::Result<
             replicas: count.min(3) as u8,
             queue_shards: 4,
             change_timeout_ms: 15_000,
+            disk_stall_timeout_ms: 5_000,
             tls: ClusterTlsConfig {
                 cert,
                 key,

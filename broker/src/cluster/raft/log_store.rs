@@ -57,6 +57,12 @@ pub trait RecordWriter: Send + Sync + 'static {
     fn failed(&self) -> Option<String> {
         None
     }
+
+    /// How long the disk has been busy with a write that has not completed (see the disk
+    /// watchdog, `cluster::node`); None when it is idle or cannot tell.
+    fn stalled_for(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// A writer that remembers the first failed write, including writes nobody waits for (a
@@ -96,6 +102,10 @@ impl RecordWriter for FailFast {
     fn failed(&self) -> Option<String> {
         self.failure.lock().clone()
     }
+
+    fn stalled_for(&self) -> Option<std::time::Duration> {
+        self.inner.stalled_for()
+    }
 }
 
 /// Writes `records` and waits until they are durable.
@@ -127,6 +137,10 @@ pub(crate) fn check_writes(writer: &dyn RecordWriter) -> io::Result<()> {
 impl RecordWriter for crate::persist::Durability {
     fn write(&self, records: Vec<Record>, done: Option<Completion>) {
         crate::persist::Durability::write(self, records, done);
+    }
+
+    fn stalled_for(&self) -> Option<std::time::Duration> {
+        crate::persist::Durability::stalled_for(self)
     }
 }
 

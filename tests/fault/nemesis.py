@@ -1,0 +1,111 @@
+"""The fault families (HA.md §4, "Nemeses"). Each runs fault cycles against the cluster until its
+deadline and leaves every fault undone when it returns; the events it logs (monotonic time, what,
+node) let the checker judge what happened while a fault was on.
+
+* ``kill``: kill -9 of the queue's host or of a random node, restarted 8 s later.
+* ``pause``: SIGSTOP of the queue's host for 10 s, then SIGCONT.
+* ``partition``: the queue's host or a random node cut off from both peers (both directions) for
+  10 s, then healed.
+* ``lossy``: 10 % of the packets between nodes dropped at random for 15 s.
+* ``fsfreeze``: the queue's host's data directory (its own loop-mounted ext4) frozen for 15 s.
+* ``powerloss``: every node killed at once while holding unsynced writes in memory (a coordinated
+  power failure), then all restarted.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Callable
+
+from netns_cluster import NetnsCluster
+
+FAMILIES = ("kill", "pause", "partition", "lossy", "fsfreeze", "powerloss")
+
+
+class Nemesis:
+    def __init__(self, cluster: NetnsCluster, family: str, rng: random.Random, host_of: Callable[[], int | None]):
+        assert family in FAMILIES, family
+        self.cluster, self.family, self.rng, self.host_of = cluster, family, rng, host_of
+        self.events: list[dict] = []
+        self.cycle = 0
+
+    def log(self, what: str, node: int | None = None) -> None:
+        """Notes a fault event, with the queue's host as the nodes that can answer see it."""
+        self.events.append({"t": round(time.monotonic(), 3), "what": what, "node": node,
+                            "host": self.host_of()})
+        self.cluster.note(f"nemesis: {what} {node or ''}")
+
+    def target(self) -> int:
+        """The queue's host on even cycles, a random node on odd ones."""
+        host = self.host_of() if self.cycle % 2 == 0 else None
+        return host or self.rng.choice(self.cluster.nodes)
+
+    def sleep_until(self, deadline: float) -> None:
+        time.sleep(max(0.0, deadline - time.monotonic()))
+
+    def run(self, until: float) -> None:
+        step = getattr(self, f"_{self.family}")
+        while time.monotonic() < until - 12:
+            step(until)
+            self.cycle += 1
+        self.sleep_until(until)
+
+    def _kill(self, until: float) -> None:
+        node = self.target()
+        self.log("kill", node)
+        self.cluster.kill(node)
+        time.sleep(8)
+        self.log("restart", node)
+        self.cluster.start(node, wait=False)
+        time.sleep(8)
+
+    def _pause(self, until: float) -> None:
+        node = self.target() if self.cycle % 2 == 0 else self.host_of() or self.target()
+        self.log("pause", node)
+        self.cluster.pause(node)
+        time.sleep(10)
+        self.log("resume", node)
+        self.cluster.resume(node)
+        time.sleep(8)
+
+    def _partition(self, until: float) -> None:
+        node = self.target()
+        self.log("isolate", node)
+        self.cluster.isolate(node)
+        time.sleep(10)
+        self.log("heal", node)
+        self.cluster.heal()
+        time.sleep(8)
+
+    def _lossy(self, until: float) -> None:
+        self.log("lossy")
+        self.cluster.lossy(10)
+        time.sleep(15)
+        self.log("heal")
+        self.cluster.heal()
+        time.sleep(5)
+
+    def _fsfreeze(self, until: float) -> None:
+        node = self.host_of() or self.target()
+        self.log("freeze", node)
+        self.cluster.freeze(node)
+        time.sleep(10)
+        self.log("frozen 10 s", node)
+        time.sleep(5)
+        self.log("thaw", node)
+        self.cluster.thaw(node)
+        time.sleep(8)
+
+    def _powerloss(self, until: float) -> None:
+        time.sleep(self.rng.uniform(2, 6))
+        self.log("power-loss")
+        for i in self.cluster.nodes:
+            self.cluster.procs[i].kill()
+        for i in self.cluster.nodes:
+            self.cluster.procs[i].wait(timeout=30)
+        time.sleep(2)
+        self.log("power-on")
+        for i in self.cluster.nodes:
+            self.cluster.start(i, wait=False)
+        time.sleep(12)
