@@ -27,6 +27,16 @@ export WARREN_BIN="$root/target/debug/warren"
 step "Python suite: pika, kombu, py-amqp, oslo.messaging against a real broker"
 timeout 900 "$venv/bin/python" -m pytest tests/python -q -p no:cacheprovider
 
+step "Cluster fault suite: three nodes in a network namespace, one 60 s run per fault family"
+# kill -9, SIGSTOP, nftables partitions and packet loss, fsfreeze of a loop-mounted data dir, and a
+# coordinated power loss; no confirmed message may be lost (tests/fault/README.md). Root only.
+for tool in nft:nftables mkfs.ext4:e2fsprogs ip:iproute2; do
+  if ! command -v "${tool%%:*}" >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${tool##*:}") >/dev/null
+  fi
+done
+timeout 1500 "$venv/bin/python" -m pytest tests/fault -q -p no:cacheprovider -c tests/fault/pytest.ini
+
 step "Differential run: the same Python suite against RabbitMQ (Debian's package, on loopback)"
 # Every expectation above must also hold against real RabbitMQ; the target installs rabbitmq-server
 # with apt-get when it is missing and runs a private node on 127.0.0.1.

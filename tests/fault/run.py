@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -50,6 +51,8 @@ def shard_group(vhost: str, queue: str) -> str:
 def outside(args: argparse.Namespace) -> int:
     """Makes the namespace, runs this script inside it, removes it (and anything left in it)."""
     name = f"wha-{os.getpid()}"
+    # A SIGTERM (a CI timeout) still removes the namespace and whatever runs in it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
         cmd = ["ip", "netns", "exec", name, sys.executable, __file__, "--inside", *sys.argv[1:]]

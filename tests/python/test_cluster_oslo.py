@@ -19,7 +19,7 @@ import oslo_messaging as messaging
 from oslo_messaging import conffixture
 
 from conftest import TARGET
-from test_cluster_failover import NODES, Cluster, shard_of, wait
+from cluster_processes import NODES, Cluster, shard_of, wait
 
 pytestmark = pytest.mark.skipif(TARGET != "warren", reason="starts its own Warren cluster")
 

@@ -105,8 +105,10 @@ impl DeliverySink for RemoteSink {
         let (queue, consumer) = (delivery.queue, delivery.consumer);
         tokio::spawn(async move {
             if call.answer(CALL_TIMEOUT).await.is_err() {
-                // Not staged there: it comes back here.
-                if let Some(entry) = outstanding.lock().remove(&id) {
+                // Not staged there: it comes back here. (The lock is released before the requeue,
+                // which may hand the message straight back to this sink.)
+                let entry = outstanding.lock().remove(&id);
+                if let Some(entry) = entry {
                     consumer.release_credit(1);
                     queue.requeue([entry], crate::time::Now::read());
                 }

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The long fault matrix (HA.md §4, HA1 nightly): RUNS runs of SECONDS each, cycling the fault
+# families, seeds 1..RUNS. Not CI (it takes hours); run it and report the summary it prints.
+#   tests/fault/matrix.sh [RUNS=50] [SECONDS=180] [OUT=target/fault-matrix]
+set -uo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+runs="${1:-50}"; seconds="${2:-180}"; out="${3:-$root/target/fault-matrix}"
+families=(kill pause partition lossy fsfreeze powerloss)
+venv="${WARREN_VENV:-$root/target/python-venv}"
+mkdir -p "$out"
+(cd "$root" && cargo build -q --bin warren --bin brokerctl) || exit 1
+passed=0; failed=0
+for ((i = 1; i <= runs; i++)); do
+  family="${families[$(((i - 1) % ${#families[@]}))]}"
+  dir="$out/run-$i-$family"
+  rm -rf "$dir"
+  line="$("$venv/bin/python" "$root/tests/fault/run.py" --family "$family" --seconds "$seconds" \
+    --seed "$i" --out "$dir" 2>&1 | tail -1)"
+  if [ -f "$dir/result.json" ] && python3 -c "import json,sys; sys.exit(0 if json.load(open('$dir/result.json'))['passed'] else 1)"; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+  fi
+  echo "run $i $family: $line"
+done
+python3 - "$out" <<'PY'
+import json, sys
+from pathlib import Path
+rows = [json.loads(p.read_text()) for p in sorted(Path(sys.argv[1]).glob("run-*/result.json"))]
+tot = lambda k: sum((len(r[k]) if isinstance(r.get(k), list) else r.get(k, 0)) for r in rows)
+print(f"runs {len(rows)}, passed {sum(r['passed'] for r in rows)}, acked {tot('acked')}, "
+      f"lost {tot('lost')}, unexpected {tot('unexpected')}, corrupt {tot('corrupt')}, "
+      f"duplicates {tot('duplicates')}, HA2 violations {tot('minority_confirms')}")
+for fam in sorted({r['family'] for r in rows}):
+    rs = [r for r in rows if r['family'] == fam]
+    gaps = sorted(r.get('longest_gap_any_publisher_s', 0) for r in rs)
+    print(f"  {fam:10} runs {len(rs)} passed {sum(r['passed'] for r in rs)} "
+          f"longest gap (any publisher) max {gaps[-1] if gaps else '-'} s")
+for r in rows:
+    if not r['passed']:
+        print(f"  FAILED {r['family']} seed {r['seed']}: {r['failures']}")
+PY
+[ "$failed" = 0 ]
