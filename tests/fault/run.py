@@ -138,6 +138,10 @@ def inside(args: argparse.Namespace) -> int:
         result["longest_confirm_gap_s"] = round(max(gaps(p.acks, t0 + 5, stopped) for p in pubs), 2)
         result["longest_gap_any_publisher_s"] = round(gaps(sum((p.acks for p in pubs), []), t0 + 5, stopped), 2)
         result["events"] = nemesis.events
+        # HA4/HA5: a failed node stops the cluster's confirms only until a new leader is elected
+        # and the publishers have moved (the bar is 5 s; 10 s here leaves room for a loaded CI box).
+        if result["longest_gap_any_publisher_s"] > 10:
+            failures.append(f"no publisher confirmed anything for {result['longest_gap_any_publisher_s']} s")
 
         wait_until = time.monotonic() + 60
         view = None
