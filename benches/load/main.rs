@@ -128,6 +128,18 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "delivery_mode 2 into a durable queue, confirms (window 1000) + manual ack",
     ),
     (
+        "persistent-w1",
+        "delivery_mode 2 into a durable queue, confirms (window 1) + manual ack",
+    ),
+    (
+        "quorum",
+        "delivery_mode 2 into a quorum queue, confirms (window 1000) + manual ack",
+    ),
+    (
+        "quorum-w1",
+        "delivery_mode 2 into a quorum queue, confirms (window 1) + manual ack",
+    ),
+    (
         "runaway",
         "isolation: a publisher/consumer pair alone, then beside a confirming publisher 10x faster than its consumer",
     ),
@@ -251,8 +263,9 @@ async fn run_async(args: RunArgs) -> Result<()> {
     let mut first = true;
     for name in &args.scenarios {
         let sizes: Vec<usize> = match name.as_str() {
-            "publish" | "pubsub" | "confirms" | "fanout" | "topic" | "persistent" | "rpc-1x1"
-            | "rpc-8x2" | "latency" | "floor-rpc" | "floor-latency" => args.sizes.clone(),
+            "publish" | "pubsub" | "confirms" | "fanout" | "topic" | "persistent"
+            | "persistent-w1" | "quorum" | "quorum-w1" | "rpc-1x1" | "rpc-8x2" | "latency"
+            | "floor-rpc" | "floor-latency" => args.sizes.clone(),
             "amqprs-publish" => vec![16],
             // One size: the row runs two windows, and its question is about backlogs, not bodies.
             "runaway" => vec![1024],
@@ -303,9 +316,8 @@ async fn run_one(ctx: &Ctx, name: &str, size: usize) -> Result<Outcome> {
         "queues" => scenarios::queues(ctx).await,
         "publish" => scenarios::publish_only(ctx, size, false).await,
         "amqprs-publish" => scenarios::publish_only(ctx, size, true).await,
-        "pubsub" | "confirms" | "fanout" | "topic" | "persistent" | "latency" => {
-            scenarios::pubsub(ctx, name, size).await
-        }
+        "pubsub" | "confirms" | "fanout" | "topic" | "persistent" | "persistent-w1" | "quorum"
+        | "quorum-w1" | "latency" => scenarios::pubsub(ctx, name, size).await,
         "runaway" => scenarios::runaway(ctx, size).await,
         "rpc-1x1" => scenarios::rpc(ctx, 1, 1, size).await,
         "rpc-8x2" => scenarios::rpc(ctx, 8, 2, size).await,

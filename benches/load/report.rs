@@ -199,6 +199,9 @@ pub fn report(args: ReportArgs) -> Result<()> {
         "fanout",
         "topic",
         "persistent",
+        "persistent-w1",
+        "quorum",
+        "quorum-w1",
         "rpc-1x1",
         "rpc-8x2",
         "amqprs-publish",
@@ -254,7 +257,9 @@ pub fn report(args: ReportArgs) -> Result<()> {
     // (row, fields): delivery/call latency in `p50_us` …, confirm latency in `confirm_p50_us` ….
     let latency_rows = keys.iter().filter_map(|k| match k.0.as_str() {
         "latency" | "rpc-1x1" | "rpc-8x2" => Some((k, k.0.clone(), "")),
-        "confirms" | "persistent" => Some((k, format!("{} confirm", k.0), "confirm_")),
+        "confirms" | "persistent" | "persistent-w1" | "quorum" | "quorum-w1" => {
+            Some((k, format!("{} confirm", k.0), "confirm_"))
+        }
         _ => None,
     });
     for (k, label, field) in latency_rows {

@@ -9,6 +9,8 @@ pub(super) struct PubSpec {
     pub(super) props: Vec<u8>,
     pub(super) body: Vec<u8>,
     pub(super) confirms: bool,
+    /// Unconfirmed publishes allowed at once (with `confirms`).
+    pub(super) window: u64,
     /// Stay at most this many messages ahead of the consumers (deliveries / fanout).
     pub(super) inflight_cap: Option<u64>,
     pub(super) fanout: u64,
@@ -156,7 +158,7 @@ pub(super) async fn start_publisher(
                 }
                 if spec.confirms {
                     let outstanding = published - pc.confirmed.load(Relaxed);
-                    allowed = allowed.min(CONFIRM_WINDOW.saturating_sub(outstanding));
+                    allowed = allowed.min(spec.window.saturating_sub(outstanding));
                 }
                 if let Some(cap) = spec.inflight_cap {
                     let ahead =

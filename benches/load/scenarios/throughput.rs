@@ -2,6 +2,7 @@
 //! confirms, persistent).
 
 use super::*;
+use amq_protocol::types::{AMQPValue, FieldTable};
 
 pub(super) fn transient_spec(ctx: &Ctx, exchange: &str, keys: Vec<String>, size: usize) -> PubSpec {
     PubSpec {
@@ -10,6 +11,7 @@ pub(super) fn transient_spec(ctx: &Ctx, exchange: &str, keys: Vec<String>, size:
         props: Props::default().to_bytes(),
         body: body(size),
         confirms: false,
+        window: CONFIRM_WINDOW,
         inflight_cap: ctx.inflight_cap,
         fanout: 1,
         rate: None,
@@ -212,23 +214,34 @@ pub async fn pubsub(ctx: &Ctx, scenario: &str, size: usize) -> Result<Outcome> {
             queues.push(q.clone());
             transient_spec(ctx, "", vec![q], size)
         }
-        "confirms" | "persistent" => {
+        "confirms" | "persistent" | "persistent-w1" | "quorum" | "quorum-w1" => {
             let q = format!("bench-{tag}");
-            let persistent = scenario == "persistent";
+            let persistent = scenario != "confirms";
+            let mut arguments = FieldTable::default();
+            if scenario.starts_with("quorum") {
+                arguments.insert(
+                    "x-queue-type".into(),
+                    AMQPValue::LongString("quorum".into()),
+                );
+            }
             control
-                .declare_queue(
+                .declare_queue_with(
                     1,
                     QueueOpts {
                         name: &q,
                         durable: persistent,
                         ..QueueOpts::default()
                     },
+                    arguments,
                 )
                 .await?;
             queues.push(q.clone());
             manual_ack = true;
             let mut spec = transient_spec(ctx, "", vec![q], size);
             spec.confirms = true;
+            if scenario.ends_with("-w1") {
+                spec.window = 1;
+            }
             if persistent {
                 spec.props = Props {
                     delivery_mode: Some(2),

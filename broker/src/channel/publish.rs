@@ -390,13 +390,9 @@ impl Channel {
                 routed = true;
                 if let Some(cluster) = s.broker.cluster() {
                     let done = holds.as_ref().map(|h| h.hold());
-                    let to = (
-                        &cluster.links,
-                        &**cluster.shard(record),
-                        cluster.meta.timeout,
-                    );
+                    let to = (&**cluster.shard(record), cluster.meta.timeout);
                     let names = (s.vhost.name.as_str(), q.name().as_str());
-                    crate::cluster::quorum::forward_publish(to, names, message, done);
+                    cluster.forwarder.publish(to, names, message, done);
                 }
                 continue;
             }

@@ -42,6 +42,8 @@ pub struct Cluster {
     pub meta: MetaGroup,
     /// The queue shard groups, shard `n` at `n - 1` (`[cluster] queue_shards` of them).
     pub shards: Vec<Arc<ShardGroup>>,
+    /// Publishes on their way to the nodes hosting their quorum queues.
+    pub forwarder: super::quorum::Forwarder,
 }
 
 /// Starts a group's Raft on this node and initializes it with the configured voters the first
@@ -195,6 +197,7 @@ impl Cluster {
             ));
         }
         let cluster = Arc::new(Cluster {
+            forwarder: super::quorum::Forwarder::new(links.clone()),
             shards,
             meta: MetaGroup {
                 raft,

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use amq_protocol::protocol::{basic, connection, queue, AMQPClass};
+use amq_protocol::types::FieldTable;
 use tokio::io::AsyncWriteExt;
 use warren_protocol::frame::FrameKind;
 use warren_protocol::method::decode_method;
@@ -62,7 +63,18 @@ impl Conn {
 
     /// Declares a queue; returns its message count.
     pub async fn declare_queue(&mut self, channel: u16, opts: QueueOpts<'_>) -> Result<u32> {
-        match self.call(channel, opts.declare()).await? {
+        self.declare_queue_with(channel, opts, FieldTable::default())
+            .await
+    }
+
+    /// `queue.declare` with arguments (`x-queue-type` and the like); the message count.
+    pub async fn declare_queue_with(
+        &mut self,
+        channel: u16,
+        opts: QueueOpts<'_>,
+        arguments: FieldTable,
+    ) -> Result<u32> {
+        match self.call(channel, opts.declare_with(arguments)).await? {
             AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok)) => Ok(ok.message_count),
             other => Err(Error::Unexpected(format!(
                 "expected queue.declare-ok, got {other:?}"

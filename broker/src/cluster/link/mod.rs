@@ -40,12 +40,14 @@ const PING_INTERVAL: Duration = Duration::from_secs(1);
 /// A link that has carried nothing for this long is dead.
 const SILENCE_LIMIT: Duration = Duration::from_secs(5);
 /// Frames waiting to be written to one peer; a full queue drops the link.
-const SEND_QUEUE: usize = 1024;
+const SEND_QUEUE: usize = 4096;
 /// Node-link handshakes (TLS and hellos) in progress at once; more are dropped unread, so no one
 /// can hold this node's file descriptors with half-open connections.
 const MAX_HANDSHAKES: usize = 64;
-/// Peer requests one link may have in progress; beyond it a request is answered "busy".
-const MAX_REQUESTS_PER_LINK: usize = 256;
+/// Peer requests one link may have in progress; beyond it a request is answered "busy". A memory
+/// bound against a runaway peer: a healthy one keeps far fewer (its forwarded publishes are capped
+/// at 512 in flight, a subscription's settles at its window of 128).
+const MAX_REQUESTS_PER_LINK: usize = 4096;
 const REDIAL_MIN: Duration = Duration::from_millis(200);
 const REDIAL_MAX: Duration = Duration::from_secs(5);
 

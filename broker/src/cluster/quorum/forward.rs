@@ -1,11 +1,13 @@
 //! Publishes forwarded to the node that hosts a quorum queue, and the node-link requests of this
 //! node's groups (Raft's, forwarded publishes, subscriptions).
 
+use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::sync::mpsc;
 use warren_storage::store::Completion;
 
 use super::holder::{QuorumHolder, NOT_HOSTING};
@@ -18,55 +20,122 @@ use crate::cluster::raft::rpc;
 use crate::message::Message;
 use crate::queue::Enqueued;
 
-/// Sends a message published on this node to the node that hosts its quorum queue (the shard's
-/// leader), in publish order; `done` (the publisher's confirm) is called with the host's answer:
-/// ok once a majority has the message, an error (basic.nack) when there is no leader to send it
-/// to, the link fails, or the host refuses it.
-pub fn forward_publish(
-    (links, shard, timeout): (&Arc<Links>, &ShardGroup, Duration),
-    (vhost, queue): (&str, &str),
-    message: &Message,
+/// Forwarded publishes in flight to one peer at most; the rest wait here, in publish order. The
+/// peer's link serves a bounded number of requests at once, and Raft's and the subscriptions'
+/// requests must always find room beside a publisher's window of a thousand.
+const FORWARDS_IN_FLIGHT: usize = 512;
+
+/// Publishes on their way to the nodes hosting their quorum queues: one ordered queue per peer,
+/// drained by one task that keeps at most [`FORWARDS_IN_FLIGHT`] of them unanswered.
+pub struct Forwarder {
+    links: Arc<Links>,
+    peers: parking_lot::Mutex<HashMap<u64, mpsc::UnboundedSender<Forward>>>,
+}
+
+/// One publish to forward.
+struct Forward {
+    group: u32,
+    body: Bytes,
     done: Option<Completion>,
-) {
-    let me = shard.node_id();
-    let Some(leader) = shard.leader().filter(|l| *l != me) else {
-        return failed(done, "the queue's shard has no leader on another node now");
-    };
-    let body = Bytes::from(encode(|w| {
-        w.bytes(vhost.as_bytes());
-        w.bytes(queue.as_bytes());
-        w.bytes(&message.stored_form());
-    }));
-    match links.start_call(leader, shard.group, rpc::PUBLISH, body) {
-        Err(e) => failed(done, &e.to_string()),
-        Ok(call) => {
-            let mut metrics = shard.raft.metrics();
-            tokio::spawn(async move {
-                // A host that stops leading (paused, cut off) may never answer: its publishes get
-                // basic.nack as soon as this node sees another leader, so the client sends them
-                // again to the new host (a message the old one did commit comes twice, never 0).
-                let answer = tokio::select! {
-                    answer = call.answer(timeout) => answer.map(|_| ()).map_err(|e| e.to_string()),
-                    () = leader_changed(&mut metrics, leader) => {
-                        Err("the queue's host changed before it answered".to_string())
+    metrics: ShardMetrics,
+    timeout: Duration,
+}
+
+type ShardMetrics = openraft::type_config::alias::WatchReceiverOf<
+    crate::cluster::raft::Types,
+    openraft::RaftMetrics<crate::cluster::raft::Types>,
+>;
+
+impl Forwarder {
+    pub fn new(links: Arc<Links>) -> Self {
+        Forwarder {
+            links,
+            peers: Default::default(),
+        }
+    }
+
+    /// Sends a message published on this node to the node that hosts its quorum queue (the
+    /// shard's leader), in publish order; `done` (the publisher's confirm) is called with the
+    /// host's answer: ok once a majority has the message, an error (basic.nack) when there is no
+    /// leader to send it to, the link fails, the host refuses it, or another node leads the shard
+    /// before the host answers.
+    pub fn publish(
+        &self,
+        (shard, timeout): (&ShardGroup, Duration),
+        (vhost, queue): (&str, &str),
+        message: &Message,
+        done: Option<Completion>,
+    ) {
+        let me = shard.node_id();
+        let Some(leader) = shard.leader().filter(|l| *l != me) else {
+            return failed(done, "the queue's shard has no leader on another node now");
+        };
+        let body = Bytes::from(encode(|w| {
+            w.bytes(vhost.as_bytes());
+            w.bytes(queue.as_bytes());
+            w.bytes(&message.stored_form());
+        }));
+        let forward = Forward {
+            group: shard.group,
+            body,
+            done,
+            metrics: shard.raft.metrics(),
+            timeout,
+        };
+        let mut peers = self.peers.lock();
+        let queue = peers.entry(leader).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(forward_to(self.links.clone(), leader, rx));
+            tx
+        });
+        if let Err(unsent) = queue.send(forward) {
+            failed(unsent.0.done, "this node is stopping");
+        }
+    }
+}
+
+/// Drains one peer's queue of forwarded publishes in order, [`FORWARDS_IN_FLIGHT`] at a time.
+async fn forward_to(links: Arc<Links>, leader: u64, mut queue: mpsc::UnboundedReceiver<Forward>) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(FORWARDS_IN_FLIGHT));
+    while let Some(forward) = queue.recv().await {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let Forward {
+            group,
+            body,
+            done,
+            mut metrics,
+            timeout,
+        } = forward;
+        match links.start_call(leader, group, rpc::PUBLISH, body) {
+            Err(e) => failed(done, &e.to_string()),
+            Ok(call) => {
+                tokio::spawn(async move {
+                    // A host that stops leading (paused, cut off) may never answer: its publishes
+                    // get basic.nack as soon as this node sees another leader, so the client
+                    // sends them again to the new host (a message the old one did commit comes
+                    // twice, never 0 times).
+                    let answer = tokio::select! {
+                        answer = call.answer(timeout) => {
+                            answer.map(|_| ()).map_err(|e| e.to_string())
+                        }
+                        () = leader_changed(&mut metrics, leader) => {
+                            Err("the queue's host changed before it answered".to_string())
+                        }
+                    };
+                    drop(permit);
+                    if let Some(done) = done {
+                        done(answer.map_err(io::Error::other));
                     }
-                };
-                if let Some(done) = done {
-                    done(answer.map_err(io::Error::other));
-                }
-            });
+                });
+            }
         }
     }
 }
 
 /// Done when the shard's metrics name a leader other than `leader` (never, if they stop).
-async fn leader_changed(
-    metrics: &mut openraft::type_config::alias::WatchReceiverOf<
-        crate::cluster::raft::Types,
-        openraft::RaftMetrics<crate::cluster::raft::Types>,
-    >,
-    leader: u64,
-) {
+async fn leader_changed(metrics: &mut ShardMetrics, leader: u64) {
     use openraft::async_runtime::WatchReceiver;
     loop {
         let current = metrics.borrow_watched().current_leader;
