@@ -58,6 +58,10 @@ pub struct Subscriptions {
     local: Mutex<HashMap<String, u64>>,
 }
 
+/// Times a settle is sent to its host before it is given up (about 10 s of retries; a link down
+/// longer than the sweep's 5 s has its messages taken back at the host anyway).
+const SETTLE_ATTEMPTS: u32 = 10;
+
 /// Where a host's proxy consumer sends what it is handed: the subscribed node.
 struct RemoteSink {
     links: Arc<Links>,
@@ -382,7 +386,21 @@ impl Subscriptions {
                 w.u64(*id);
             }
         }));
-        send(links, host, group, rpc::SETTLE, body);
+        // A lost settle would leave the message held at the host for good (and its window one
+        // smaller), so it is sent again until answered; settling twice is harmless there.
+        let links = links.clone();
+        tokio::spawn(async move {
+            for attempt in 1..=SETTLE_ATTEMPTS {
+                if let Ok(call) = links.start_call(host, group, rpc::SETTLE, body.clone()) {
+                    if call.answer(CALL_TIMEOUT).await.is_ok() {
+                        return;
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt)))
+                    .await;
+            }
+            tracing::warn!(host, "settles of a subscription not delivered to its host");
+        });
         true
     }
 
