@@ -305,3 +305,56 @@ async fn an_unused_quorum_queue_expires_on_every_node_and_one_consumed_elsewhere
     }
     cc.close().await;
 }
+
+#[tokio::test]
+async fn a_window_of_forwarded_publishes_beyond_the_links_request_limit_is_acked_in_full() {
+    use std::collections::BTreeSet;
+    use warren_tests::client::ChannelEvent;
+    let cluster = LinkCluster::new(3);
+    let brokers = three_nodes(&cluster).await;
+    let all: Vec<&TestBroker> = brokers.iter().collect();
+    agreed_leader(&all).await;
+    declare_quorum(all[0], QUEUE, []).await;
+    host(&all).await;
+    let follower = all.iter().copied().find(|b| !hosts(b)).unwrap();
+    // A publisher with 1,500 unconfirmed publishes on a node that does not host the queue: every
+    // one is forwarded, more at once than a link serves, and every one is acked (they wait their
+    // turn on this node rather than being refused).
+    const N: u64 = 1_500;
+    let (fc, _, fch) = follower.connect_with_confirming_channel().await;
+    for i in 0..N {
+        let body = format!("w-{i}");
+        fch.publish_with(
+            "",
+            QUEUE,
+            BasicProperties::default(),
+            body.as_bytes(),
+            false,
+        )
+        .await;
+    }
+    let (mut acked, mut nacked) = (BTreeSet::new(), BTreeSet::new());
+    while (acked.len() + nacked.len()) < N as usize {
+        let (tag, multiple, ack) = match fch.next_event().await {
+            ChannelEvent::Ack { tag, multiple } => (tag, multiple, true),
+            ChannelEvent::Nack { tag, multiple } => (tag, multiple, false),
+            other => panic!("expected a confirm, got {other:?}"),
+        };
+        // A multiple confirm covers every tag up to its own not confirmed before.
+        let first = if multiple { 1 } else { tag };
+        for t in first..=tag {
+            if !acked.contains(&t) && !nacked.contains(&t) {
+                if ack {
+                    acked.insert(t);
+                } else {
+                    nacked.insert(t);
+                }
+            }
+        }
+    }
+    assert!(nacked.is_empty(), "{} publishes nacked", nacked.len());
+    for b in &all {
+        wait_for_replica(b, N as usize).await;
+    }
+    fc.close().await;
+}

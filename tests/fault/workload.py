@@ -211,7 +211,7 @@ class Watchdog(threading.Thread):
                     _cut(conn)
 
 
-def drain(ends: Endpoints, rec: Recorder, node: int, acked: set[str], quiet: float = 5.0,
+def drain(ends: Endpoints, rec: Recorder, node: int, acked: set[str], quiet: float = 3.0,
           limit: float = 90.0) -> None:
     """Takes everything left in the queue from one fresh consumer on ``node``: stops after
     ``quiet`` seconds without a delivery once every acked id was seen, or after ``limit``."""
