@@ -269,3 +269,71 @@ async fn a_node_away_gets_the_topology_by_snapshot_and_a_cut_off_node_refuses_ch
         .exchange("lonely")
         .is_err());
 }
+
+#[tokio::test]
+async fn an_auto_delete_exchange_stays_on_every_node_when_one_nodes_classic_queue_goes() {
+    let cluster = LinkCluster::new(3);
+    let [b1, b2, b3] = three_nodes(&cluster).await;
+    agreed_leader(&[&b1, &b2, &b3]).await;
+    let c1 = b1.connect().await;
+    let ch = c1.channel().await;
+    // oslo's fanout exchange: transient and auto-delete; a consumer's classic queue bound to it
+    // on node 1 only.
+    let mut args = exchange("cinder_fanout", "fanout", false);
+    args.auto_delete(true);
+    if let Err(e) = ch.exchange_declare(args).timely().await {
+        ch.fail("exchange.declare", e).await;
+    }
+    ch.declare(QueueDeclareArguments::new("cinder_fanout_1"))
+        .await;
+    if let Err(e) = ch
+        .queue_bind(QueueBindArguments::new(
+            "cinder_fanout_1",
+            "cinder_fanout",
+            "",
+        ))
+        .timely()
+        .await
+    {
+        ch.fail("queue.bind", e).await;
+    }
+    for b in [&b2, &b3] {
+        let deadline = tokio::time::Instant::now() + SETTLE;
+        while b
+            .server
+            .broker
+            .vhost("/")
+            .unwrap()
+            .exchange("cinder_fanout")
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the exchange never reached a node"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // The queue goes on node 1: the exchange stays there as it does on the nodes that never had
+    // a binding to it (node 1 deleting it alone would make the nodes disagree).
+    if let Err(e) = ch
+        .queue_delete(QueueDeleteArguments::new("cinder_fanout_1"))
+        .timely()
+        .await
+    {
+        ch.fail("queue.delete", e).await;
+    }
+    for b in [&b1, &b2, &b3] {
+        assert!(
+            b.server
+                .broker
+                .vhost("/")
+                .unwrap()
+                .exchange("cinder_fanout")
+                .is_ok(),
+            "node on port {} lost the exchange",
+            b.port
+        );
+    }
+    c1.close().await;
+}

@@ -703,8 +703,14 @@ impl Vhost {
         }
     }
 
+    /// An auto-delete exchange without bindings goes, except on a cluster node: its exchanges are
+    /// every node's, but a classic queue's bindings are its own node's, so "no bindings left" is a
+    /// different answer on each node and a local deletion would leave the nodes disagreeing. There
+    /// it stays until deleted explicitly (oslo declares its exchanges again before use anyway).
     fn unused_auto_delete(&self, exchange: &Exchange) -> bool {
-        exchange.spec.auto_delete && exchange.binding_count() == 0
+        exchange.spec.auto_delete
+            && exchange.binding_count() == 0
+            && !self.replicated.load(Ordering::Acquire)
     }
 
     /// queue.bind / exchange.bind: both ends must exist; the default exchange takes no bindings.
