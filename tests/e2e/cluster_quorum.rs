@@ -358,3 +358,41 @@ async fn a_window_of_forwarded_publishes_beyond_the_links_request_limit_is_acked
     }
     fc.close().await;
 }
+
+#[tokio::test]
+async fn a_dead_letter_into_a_quorum_queue_hosted_elsewhere_reaches_its_host() {
+    let cluster = LinkCluster::new(3);
+    let brokers = three_nodes(&cluster).await;
+    let all: Vec<&TestBroker> = brokers.iter().collect();
+    agreed_leader(&all).await;
+    declare_quorum(all[0], QUEUE, []).await;
+    host(&all).await;
+    let follower = all.iter().copied().find(|b| !hosts(b)).unwrap();
+    // A classic queue on a node that does not host the quorum queue dead-letters expired messages
+    // into it: they reach the host (and so every replica), not only this node's copy.
+    let (fc, _, fch) = follower.connect_with_confirming_channel().await;
+    let mut args = QueueDeclareArguments::new("delay");
+    args.arguments(table([
+        ("x-message-ttl", warren_tests::features::int(50)),
+        ("x-dead-letter-exchange", text("")),
+        ("x-dead-letter-routing-key", text(QUEUE)),
+    ]));
+    fch.declare(args).await;
+    for i in 0..3 {
+        fch.publish_acked(
+            "",
+            "delay",
+            BasicProperties::default(),
+            format!("late-{i}").as_bytes(),
+        )
+        .await;
+    }
+    for b in &all {
+        wait_for_replica(b, 3).await;
+    }
+    let (hc, hch, _) = host(&all).await.connect_with_confirming_channel().await;
+    let got = hch.get_n(QUEUE, 3, Duration::from_secs(5)).await;
+    assert_eq!(bodies(&got), names("late", 0..3));
+    hc.close().await;
+    fc.close().await;
+}

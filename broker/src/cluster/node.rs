@@ -43,7 +43,7 @@ pub struct Cluster {
     /// The queue shard groups, shard `n` at `n - 1` (`[cluster] queue_shards` of them).
     pub shards: Vec<Arc<ShardGroup>>,
     /// Publishes on their way to the nodes hosting their quorum queues.
-    pub forwarder: super::quorum::Forwarder,
+    pub forwarder: Arc<super::quorum::Forwarder>,
 }
 
 /// Starts a group's Raft on this node and initializes it with the configured voters the first
@@ -182,7 +182,8 @@ impl Cluster {
             journal: journal.clone(),
             holder: quorum.clone(),
         }));
-        journal.attach(shards.clone());
+        let forwarder = Arc::new(super::quorum::Forwarder::new(links.clone()));
+        journal.attach(shards.clone(), forwarder.clone(), timeout);
         journal.subscriptions.attach(links.clone());
         tokio::spawn(super::quorum::follow(
             journal.clone(),
@@ -197,7 +198,7 @@ impl Cluster {
             ));
         }
         let cluster = Arc::new(Cluster {
-            forwarder: super::quorum::Forwarder::new(links.clone()),
+            forwarder,
             shards,
             meta: MetaGroup {
                 raft,

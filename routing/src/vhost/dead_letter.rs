@@ -54,9 +54,24 @@ fn unchanged(
     );
     for target in targets {
         if !Arc::ptr_eq(&target, queue) {
-            target.publish(old.clone(), None, now);
+            into(vhost, &target, old.clone(), now);
         }
     }
+}
+
+/// Enqueues a dead letter into `target`, or, on a cluster node, sends it to the node hosting
+/// `target` when that is a quorum queue this node does not host (its copy here holds only what
+/// this node's consumers were handed). Dead-lettering is at most once, as RabbitMQ's default: the
+/// letter is not confirmed to anyone.
+fn into(vhost: &Vhost, target: &Arc<Queue>, letter: Arc<Message>, now: Now) {
+    if target.args.quorum && vhost.is_replicated() {
+        if let Some(journal) = vhost.quorum_journal.get() {
+            if journal.forward(target, &letter) {
+                return;
+            }
+        }
+    }
+    target.publish(letter, None, now);
 }
 
 /// Republishes `letters` to `queue`'s dead-letter exchange; without one (or if it is gone) they are dropped.
@@ -147,7 +162,7 @@ pub(crate) fn republish(vhost: &Vhost, queue: &Arc<Queue>, letters: DeadLetters,
         );
         for target in targets {
             if !is_cycle(target.name(), &headers) {
-                target.publish(message.clone(), None, now);
+                into(vhost, &target, message.clone(), now);
             }
         }
     }

@@ -24,6 +24,8 @@ pub struct ShardJournal {
     pub(super) next_id: AtomicU64,
     /// How a change this node decides itself reaches the metadata group (set when it starts).
     proposer: OnceLock<Propose>,
+    /// Where messages for queues hosted elsewhere leave, and how long their answer may take.
+    forwarder: OnceLock<(Arc<super::Forwarder>, std::time::Duration)>,
 }
 
 impl std::fmt::Debug for ShardJournal {
@@ -57,8 +59,14 @@ impl ShardJournal {
         let _ = self.proposer.set(propose);
     }
 
-    pub(crate) fn attach(&self, shards: Vec<Arc<ShardGroup>>) {
+    pub(crate) fn attach(
+        &self,
+        shards: Vec<Arc<ShardGroup>>,
+        forwarder: Arc<super::Forwarder>,
+        timeout: std::time::Duration,
+    ) {
         let _ = self.shards.set(shards);
+        let _ = self.forwarder.set((forwarder, timeout));
     }
 
     /// The shard of the queue whose record name is `queue`.
@@ -77,6 +85,24 @@ impl ShardJournal {
 impl Journal for ShardJournal {
     fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn forward(&self, queue: &crate::queue::Queue, message: &Arc<crate::message::Message>) -> bool {
+        let Some(record) = queue.record_name() else {
+            return false;
+        };
+        let (Some(shard), Some((forwarder, timeout)), Some((vhost, name))) = (
+            self.shard(record),
+            self.forwarder.get(),
+            crate::meta::records::split_message_queue(record),
+        ) else {
+            return false;
+        };
+        if shard.epoch().is_some() {
+            return false;
+        }
+        forwarder.publish((shard, *timeout), (&vhost, &name), message, None);
+        true
     }
 
     fn write(&self, records: Vec<Record>, done: Option<Completion>) {
