@@ -10,6 +10,12 @@ node) let the checker judge what happened while a fault was on.
 * ``fsfreeze``: the queue's host's data directory (its own loop-mounted ext4) frozen for 15 s.
 * ``powerloss``: every node killed at once while holding unsynced writes in memory (a coordinated
   power failure), then all restarted.
+
+Matrix only (their cycles are long):
+
+* ``slowfollower`` (HA6): a follower of the queue's shard paused for 60 s under load, then resumed;
+  the host's RSS is sampled before and after, and the follower's catch-up timed.
+* ``longdown`` (HA8): a follower killed, kept down for 120 s, restarted; its catch-up timed.
 """
 
 from __future__ import annotations
@@ -21,12 +27,15 @@ from typing import Callable
 from netns_cluster import NetnsCluster
 
 FAMILIES = ("kill", "pause", "partition", "lossy", "fsfreeze", "powerloss")
+LONG_FAMILIES = ("slowfollower", "longdown")
 
 
 class Nemesis:
-    def __init__(self, cluster: NetnsCluster, family: str, rng: random.Random, host_of: Callable[[], int | None]):
-        assert family in FAMILIES, family
+    def __init__(self, cluster: NetnsCluster, family: str, rng: random.Random,
+                 host_of: Callable[[], int | None], group: str):
+        assert family in FAMILIES + LONG_FAMILIES, family
         self.cluster, self.family, self.rng, self.host_of = cluster, family, rng, host_of
+        self.group = group
         self.events: list[dict] = []
         self.cycle = 0
 
@@ -96,6 +105,56 @@ class Nemesis:
         self.log("thaw", node)
         self.cluster.thaw(node)
         time.sleep(8)
+
+    def follower(self) -> int:
+        host = self.host_of()
+        return self.rng.choice([i for i in self.cluster.nodes if i != host])
+
+    def rss_kib(self, node: int | None) -> int | None:
+        try:
+            status = open(f"/proc/{self.cluster.procs[node].pid}/status").read()
+            return int(next(l.split()[1] for l in status.splitlines() if l.startswith("VmRSS:")))
+        except (KeyError, OSError, StopIteration, ValueError):
+            return None
+
+    def caught_up(self, node: int, group: str, limit: float) -> float | None:
+        """Seconds until ``node`` has applied what the leader of ``group`` has (None: not within)."""
+        start = time.monotonic()
+        while time.monotonic() - start < limit:
+            mine = self.cluster.status(node)
+            lead = self.cluster.status(self.host_of() or node)
+            idx = lambda st: next((g["applied_index"] for g in (st or {}).get("groups", [])
+                                   if g["group"] == group), None)
+            if mine and lead and idx(mine) is not None and idx(mine) >= idx(lead):
+                return round(time.monotonic() - start, 2)
+            time.sleep(0.5)
+        return None
+
+    def _slowfollower(self, until: float) -> None:
+        node, host = self.follower(), self.host_of()
+        self.events.append({"t": round(time.monotonic(), 3), "what": "rss-before", "node": host,
+                            "rss_kib": self.rss_kib(host)})
+        self.log("pause", node)
+        self.cluster.pause(node)
+        time.sleep(60)
+        self.events.append({"t": round(time.monotonic(), 3), "what": "rss-after", "node": host,
+                            "rss_kib": self.rss_kib(host)})
+        self.log("resume", node)
+        self.cluster.resume(node)
+        self.events.append({"t": round(time.monotonic(), 3), "what": "caught-up", "node": node,
+                            "seconds": self.caught_up(node, self.group, 60)})
+        time.sleep(5)
+
+    def _longdown(self, until: float) -> None:
+        node = self.follower()
+        self.log("kill", node)
+        self.cluster.kill(node)
+        time.sleep(120)
+        self.log("restart", node)
+        self.cluster.start(node, wait=False)
+        self.events.append({"t": round(time.monotonic(), 3), "what": "caught-up", "node": node,
+                            "seconds": self.caught_up(node, self.group, 90)})
+        time.sleep(5)
 
     def _powerloss(self, until: float) -> None:
         time.sleep(self.rng.uniform(2, 6))

@@ -30,6 +30,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 
+from nemesis import FAMILIES, LONG_FAMILIES  # noqa: E402
+
 SHARDS = 4  # warren --dev --cluster's queue_shards
 ELECTION_MAX = 2.0  # seconds: a cut-off leader's lease has lapsed by then
 
@@ -117,7 +119,7 @@ def inside(args: argparse.Namespace) -> int:
         t0 = time.monotonic()
         end = t0 + args.seconds
         time.sleep(5)
-        nemesis = Nemesis(cluster, args.family, rng, lambda: cluster.leader(group))
+        nemesis = Nemesis(cluster, args.family, rng, lambda: cluster.leader(group), group)
         nemesis.run(end - 5)
         healed = time.monotonic()
         for i in cluster.nodes:
@@ -166,6 +168,7 @@ def inside(args: argparse.Namespace) -> int:
         for key in ("lost", "unexpected", "corrupt"):
             if checked[key]:
                 failures.append(f"{len(checked[key])} {key}: {checked[key][:10]}")
+        long_family_checks(out / "ops.jsonl", nemesis.events, result, failures)
         for e in nemesis.events:
             # HA7: a frozen host's leadership has moved to another node within 10 s.
             if e["what"] == "frozen 10 s" and e["host"] in (e["node"], None):
@@ -200,6 +203,48 @@ def inside(args: argparse.Namespace) -> int:
 CONFIRM_JOIN = 15
 
 
+def long_family_checks(ops_path: Path, events: list[dict], result: dict, failures: list[str]) -> None:
+    """HA6 and HA8: a paused follower must not slow the leader's confirms (p99 during the pause
+    against the 20 s before, publishers on other nodes) or grow the leader's memory by more than
+    64 MiB, and must catch up within 30 s of SIGCONT; a follower down 120 s within 60 s of its
+    restart."""
+    caught = [e for e in events if e["what"] == "caught-up"]
+    if not caught:
+        return
+    result["catch_up_s"] = [e["seconds"] for e in caught]
+    limit = 30 if result["family"] == "slowfollower" else 60
+    for e in caught:
+        if e["seconds"] is None or e["seconds"] > limit:
+            failures.append(f"node {e['node']} did not catch up within {limit} s ({e['seconds']})")
+    before = {e["node"]: e["rss_kib"] for e in events if e["what"] == "rss-before"}
+    after = [e for e in events if e["what"] == "rss-after"]
+    growth = [(e["rss_kib"] - before.get(e["node"], e["rss_kib"])) // 1024 for e in after
+              if e["rss_kib"] is not None and before.get(e["node"]) is not None]
+    if growth:
+        result["leader_rss_growth_mib"] = growth
+        if max(growth) > 64:
+            failures.append(f"HA6: the leader's RSS grew {max(growth)} MiB during a follower's pause")
+    pauses = [(e["t"], e["node"]) for e in events if e["what"] == "pause"]
+    if not pauses:
+        return
+    starts = {}
+    lat_before, lat_during = [], []
+    for line in ops_path.read_text().splitlines():
+        op = json.loads(line)
+        if op["op"] == "ack":
+            for t, node in pauses:
+                if op["node"] == node:
+                    continue
+                if t - 20 <= op["start"] < t:
+                    lat_before.append(op["t"] - op["start"])
+                elif t <= op["start"] < t + 60:
+                    lat_during.append(op["t"] - op["start"])
+    if lat_before and lat_during:
+        p99 = lambda xs: sorted(xs)[int(0.99 * (len(xs) - 1))]
+        result["confirm_p99_ms_before_during"] = [round(1000 * p99(lat_before), 1),
+                                                  round(1000 * p99(lat_during), 1)]
+
+
 def minority_confirms(ops_path: Path, events: list[dict]) -> list[str]:
     """HA2: publishes through a node cut off from both peers, issued once its lease has lapsed and
     confirmed before the heal."""
@@ -226,8 +271,7 @@ def minority_confirms(ops_path: Path, events: list[dict]) -> list[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--family", required=True,
-                    choices=("kill", "pause", "partition", "lossy", "fsfreeze", "powerloss"))
+    ap.add_argument("--family", required=True, choices=FAMILIES + LONG_FAMILIES)
     ap.add_argument("--seconds", type=int, default=60)
     ap.add_argument("--seed", type=int, default=int(time.time()))
     ap.add_argument("--out", default=None, help="where results go (default: a new temporary directory)")
@@ -236,6 +280,8 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the nodes' data directories")
     ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.family in LONG_FAMILIES and args.seconds < 180:
+        ap.error(f"--family {args.family} needs --seconds 180 or more (one cycle is over 2 minutes)")
     if args.seconds < 30:
         ap.error("--seconds must be at least 30 (warm-up, one fault cycle, heal)")
     if "--seed" not in sys.argv:
