@@ -31,7 +31,7 @@ step "Cluster fault suite: three nodes in a network namespace, one 60 s run per 
 # kill -9, SIGSTOP, nftables partitions and packet loss, fsfreeze of a loop-mounted data dir, and a
 # coordinated power loss; no confirmed message may be lost (tests/fault/README.md). Root only.
 for tool in nft:nftables mkfs.ext4:e2fsprogs ip:iproute2; do
-  if ! command -v "${tool%%:*}" >/dev/null; then
+  if [ "$(id -u)" = 0 ] && ! command -v "${tool%%:*}" >/dev/null; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${tool##*:}") >/dev/null
   fi
 done
