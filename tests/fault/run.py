@@ -154,6 +154,8 @@ def inside(args: argparse.Namespace) -> int:
             time.sleep(0.5)
         if not view:
             failures.append("the replicas did not reach the same applied index within 60 s")
+            # What each node reports, to see which group lags where.
+            result["statuses"] = {i: (cluster.status(i) or {}).get("groups") for i in cluster.nodes}
         result["converged"] = view
         con_stop.set()
         for c in cons:
