@@ -239,21 +239,21 @@ class NetnsCluster:
             try:
                 codes[i] = proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                self.dump_stacks(i)
+                self.dump_stacks(i, "it did not stop on SIGTERM")
                 proc.kill()
                 codes[i] = proc.wait(timeout=10)
         for d in self.mounted:
             sh("umount", str(d), check=False, timeout=60)
         return codes
 
-    def dump_stacks(self, i: int) -> None:
-        """Every thread's stack of a node that does not stop, into the log (when gdb is there)."""
-        if shutil.which("gdb") is None:
+    def dump_stacks(self, i: int, why: str) -> None:
+        """Every thread's stack of a node, into the log (when gdb is there and it runs)."""
+        if shutil.which("gdb") is None or not self.running(i):
             return
         try:
             cp = sh("gdb", "-p", str(self.procs[i].pid), "-batch", "-ex", "thread apply all bt",
                     check=False, timeout=120)
-            self.note(f"node {i} did not stop on SIGTERM; its threads:\n{cp.stdout[-60000:]}")
+            self.note(f"node {i}: {why}; its threads:\n{cp.stdout[-60000:]}")
         except subprocess.TimeoutExpired:
             pass
 

@@ -156,6 +156,8 @@ def inside(args: argparse.Namespace) -> int:
             failures.append("the replicas did not reach the same applied index within 60 s")
             # What each node reports, to see which group lags where.
             result["statuses"] = {i: (cluster.status(i) or {}).get("groups") for i in cluster.nodes}
+            for i in cluster.nodes:
+                cluster.dump_stacks(i, "its replicas did not converge")
         result["converged"] = view
         con_stop.set()
         for c in cons:
