@@ -2,7 +2,8 @@
 
 Publishers confirm every message (window 1, persistent), each message a unique id with a body of
 256 B–4 KiB derived from the id, so every delivery is checked byte for byte. Every client has the
-three nodes as a failover list (its own node first) and reconnects along it after an error. A
+three nodes as a failover list (its own node first) and, as kombu does, reconnects starting with the
+next host of the list after an error. A
 publish whose confirm does not come within ``CONFIRM_TIMEOUT`` is given up (its connection is cut,
 the outcome is unknown) and the publisher goes on with a new id. Consumers ack manually with a
 prefetch of 50. Every operation is recorded (JSONL) for the checker:
@@ -82,6 +83,10 @@ class Endpoints:
         k = nodes.index(first)
         return nodes[k:] + nodes[:k]
 
+    def after(self, node: int) -> int:
+        """The next host of the list after ``node`` (kombu's round-robin failover)."""
+        return self.order(node)[1 % len(self.addrs)]
+
     def connect(self, first: int, stop: threading.Event) -> tuple[pika.BlockingConnection, int]:
         """A connection along the failover list starting at ``first`` (retried until ``stop``)."""
         while not stop.is_set():
@@ -153,6 +158,8 @@ class Publisher(threading.Thread):
                     self.conn.close()
                 except Exception:
                     pass
+                # As kombu does: the next connection tries the next host of the list first.
+                self.first = self.ends.after(node)
             self.stop.wait(self.interval if outcome == "ack" else 0.1)
         if ch is not None:
             try:
@@ -192,6 +199,7 @@ class Consumer(threading.Thread):
                     conn.close()
                 except Exception:
                     pass
+                self.first = self.ends.after(node)
                 self.stop.wait(0.3)
 
 
