@@ -163,9 +163,10 @@ def inside(args: argparse.Namespace) -> int:
         for c in cons:
             c.join(timeout=15)
 
-        acked = {json.loads(l)["id"] for l in (out / "ops.jsonl").read_text().splitlines()
-                 if '"op":"ack"' in l}
-        drain(ends, rec, rng.choice(cluster.nodes), acked)
+        ops = [json.loads(l) for l in (out / "ops.jsonl").read_text().splitlines()]
+        acked = {op["id"] for op in ops if op["op"] == "ack"}
+        received = {op["id"] for op in ops if op["op"] == "deliver"}
+        drain(ends, rec, rng.choice(cluster.nodes), acked, received)
         rec.close()
         checked = check(out / "ops.jsonl")
         result.update(checked)

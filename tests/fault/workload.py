@@ -99,6 +99,13 @@ class Endpoints:
         raise ConnectionAbortedError("stopped")
 
 
+def declare(ch) -> None:
+    """Declares the queue on the client's own node, as kombu and oslo do before using it: a queue
+    declared on another node a moment ago may not have reached this node yet (a publish there
+    would be unroutable)."""
+    ch.queue_declare(QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
+
+
 def _cut(conn: pika.BlockingConnection) -> None:
     """Breaks a connection from another thread: its blocked call raises at once."""
     try:
@@ -127,6 +134,7 @@ class Publisher(threading.Thread):
                 try:
                     self.conn, node = self.ends.connect(self.first, self.stop)
                     ch = self.conn.channel()
+                    declare(ch)
                     ch.confirm_delivery()
                 except Exception:
                     ch = None
@@ -137,8 +145,9 @@ class Publisher(threading.Thread):
             self.rec(op="publish", id=mid, node=node)
             self.started = started
             try:
+                # Mandatory: a publish the node cannot route is returned, not counted as confirmed.
                 ch.basic_publish("", QUEUE, body_of(mid),
-                                 pika.BasicProperties(delivery_mode=2, message_id=mid))
+                                 pika.BasicProperties(delivery_mode=2, message_id=mid), mandatory=True)
                 outcome = "ack"
             except pika.exceptions.NackError:
                 outcome = "nack"
@@ -182,6 +191,7 @@ class Consumer(threading.Thread):
                 return
             try:
                 ch = conn.channel()
+                declare(ch)
                 ch.basic_qos(prefetch_count=PREFETCH)
                 for method, props, body in ch.consume(QUEUE, inactivity_timeout=1):
                     if self.stop.is_set():
@@ -219,11 +229,12 @@ class Watchdog(threading.Thread):
                     _cut(conn)
 
 
-def drain(ends: Endpoints, rec: Recorder, node: int, acked: set[str], quiet: float = 3.0,
-          limit: float = 90.0) -> None:
+def drain(ends: Endpoints, rec: Recorder, node: int, acked: set[str], received: set[str],
+          quiet: float = 3.0, limit: float = 90.0) -> None:
     """Takes everything left in the queue from one fresh consumer on ``node``: stops after
-    ``quiet`` seconds without a delivery once every acked id was seen, or after ``limit``."""
-    seen = set()
+    ``quiet`` seconds without a delivery once every acked id was received (by the run's consumers
+    or this one), or after ``limit``."""
+    seen = set(received)
     deadline = time.monotonic() + limit
     stop = threading.Event()
     while time.monotonic() < deadline:
