@@ -34,6 +34,7 @@ from nemesis import FAMILIES, LONG_FAMILIES  # noqa: E402
 
 SHARDS = 4  # warren --dev --cluster's queue_shards
 ELECTION_MAX = 2.0  # seconds: a cut-off leader's lease has lapsed by then
+CONFIRM_JOIN = 15  # seconds a stopping publisher may take to finish its last publish
 
 
 def fnv1a(data: bytes) -> int:
@@ -204,8 +205,6 @@ def inside(args: argparse.Namespace) -> int:
     print(json.dumps(summary))
     return 0 if result["passed"] else 1
 
-
-CONFIRM_JOIN = 15
 
 
 def long_family_checks(ops_path: Path, events: list[dict], result: dict, failures: list[str]) -> None:

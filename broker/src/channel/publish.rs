@@ -388,12 +388,11 @@ impl Channel {
                 // A quorum queue whose shard another node leads: the message goes there, and
                 // the confirm waits for that node's answer.
                 routed = true;
-                if let Some(cluster) = s.broker.cluster() {
-                    let done = holds.as_ref().map(|h| h.hold());
-                    let to = (&**cluster.shard(record), cluster.meta.timeout);
-                    let names = (s.vhost.name.as_str(), q.name().as_str());
-                    cluster.forwarder.publish(to, names, message, done);
-                }
+                let done = holds.as_ref().map(|h| h.hold());
+                let names = (s.vhost.name.as_str(), q.name().as_str());
+                s.broker
+                    .shard_journal
+                    .send_to_host(record, names, message, done);
                 continue;
             }
             match q.publish(

@@ -42,8 +42,6 @@ pub struct Cluster {
     pub meta: MetaGroup,
     /// The queue shard groups, shard `n` at `n - 1` (`[cluster] queue_shards` of them).
     pub shards: Vec<Arc<ShardGroup>>,
-    /// Publishes on their way to the nodes hosting their quorum queues.
-    pub forwarder: Arc<super::quorum::Forwarder>,
 }
 
 /// Starts a group's Raft on this node and initializes it with the configured voters the first
@@ -182,8 +180,8 @@ impl Cluster {
             journal: journal.clone(),
             holder: quorum.clone(),
         }));
-        let forwarder = Arc::new(super::quorum::Forwarder::new(links.clone()));
-        journal.attach(shards.clone(), forwarder.clone(), timeout);
+        let forwarder = super::quorum::Forwarder::new(links.clone());
+        journal.attach(shards.clone(), forwarder, timeout);
         journal.subscriptions.attach(links.clone());
         tokio::spawn(super::quorum::follow(
             journal.clone(),
@@ -198,7 +196,6 @@ impl Cluster {
             ));
         }
         let cluster = Arc::new(Cluster {
-            forwarder,
             shards,
             meta: MetaGroup {
                 raft,
@@ -216,7 +213,8 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Hands the leadership of every group this node leads to another node (the disk watchdog).
+    /// Hands the leadership of every group this node leads to another node (before stopping, and
+    /// for the disk watchdog).
     async fn step_down(&self) {
         self.hand_over_shards().await;
         if self.leads() {
@@ -229,12 +227,7 @@ impl Cluster {
     /// Stops the group and the links; a leader first hands its leadership to another node
     /// (HA.md §5.7), so the others need not wait out an election timeout.
     pub async fn stop(&self) {
-        self.hand_over_shards().await;
-        if self.leads() {
-            if let Err(why) = self.transfer_leadership(None).await {
-                tracing::warn!(%why, "stopping as the metadata group's leader without handing it over");
-            }
-        }
+        self.step_down().await;
         for shard in &self.shards {
             let _ = shard.raft.shutdown().await;
         }

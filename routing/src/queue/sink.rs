@@ -39,9 +39,15 @@ pub trait Journal: Send + Sync + std::fmt::Debug {
     /// Appends `records`; `done` is called once they are durable (or failed).
     fn write(&self, records: Vec<Record>, done: Option<Completion>);
 
-    /// A message the vhost itself publishes (a dead letter) into quorum queue `queue`, whose live
-    /// copy another node hosts: sent there, and true; false when the copy here is the live one.
-    fn forward(&self, _queue: &Queue, _message: &Arc<crate::message::Message>) -> bool {
+    /// A message the vhost itself publishes (a dead letter) into quorum queue `queue` of `vhost`,
+    /// whose live copy another node hosts: sent there, and true; false when the copy here is the
+    /// live one.
+    fn forward(
+        &self,
+        _vhost: &str,
+        _queue: &Queue,
+        _message: &Arc<crate::message::Message>,
+    ) -> bool {
         false
     }
 }

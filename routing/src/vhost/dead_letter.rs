@@ -66,7 +66,7 @@ fn unchanged(
 fn into(vhost: &Vhost, target: &Arc<Queue>, letter: Arc<Message>, now: Now) {
     if target.args.quorum && vhost.is_replicated() {
         if let Some(journal) = vhost.quorum_journal.get() {
-            if journal.forward(target, &letter) {
+            if journal.forward(&vhost.name, target, &letter) {
                 return;
             }
         }

@@ -19,14 +19,7 @@ pub trait Medium: Send + 'static {
     /// `len` bytes of segment `id` from `offset` (one record read back).
     fn read_at(&mut self, id: u64, offset: u64, len: usize) -> io::Result<Bytes> {
         let data = self.read(id)?;
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        match start.checked_add(len) {
-            Some(end) if end <= data.len() => Ok(data.slice(start..end)),
-            _ => Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("{} ends before offset {offset} + {len}", self.describe(id)),
-            )),
-        }
+        record_in(data, offset, len, || self.describe(id))
     }
     /// Creates an empty segment; durable once this returns.
     fn create(&mut self, id: u64) -> io::Result<()>;
@@ -39,6 +32,23 @@ pub trait Medium: Send + 'static {
     fn remove(&mut self, id: u64) -> io::Result<()>;
     /// A human-readable location for error messages.
     fn describe(&self, id: u64) -> String;
+}
+
+/// `len` bytes from `offset` of a whole segment's `data` (`segment` names it for the error).
+fn record_in(
+    data: Bytes,
+    offset: u64,
+    len: usize,
+    segment: impl FnOnce() -> String,
+) -> io::Result<Bytes> {
+    let start = usize::try_from(offset).unwrap_or(usize::MAX);
+    match start.checked_add(len) {
+        Some(end) if end <= data.len() => Ok(data.slice(start..end)),
+        _ => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("{} ends before offset {offset} + {len}", segment()),
+        )),
+    }
 }
 
 /// Segments as files `NNNNNNNNNNNNNNNNNNNN.seg` in one directory.
@@ -150,14 +160,7 @@ impl Medium for DiskMedium {
             if offset.saturating_add(len as u64) > written {
                 // Part of the record is still held: read the segment as the process sees it.
                 let data = self.read(id)?;
-                let start = usize::try_from(offset).unwrap_or(usize::MAX);
-                return match start.checked_add(len) {
-                    Some(end) if end <= data.len() => Ok(data.slice(start..end)),
-                    _ => Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("{} ends before offset {offset} + {len}", self.describe(id)),
-                    )),
-                };
+                return record_in(data, offset, len, || self.describe(id));
             }
         }
         if self.reading.as_ref().map(|(r, _)| *r) != Some(id) {

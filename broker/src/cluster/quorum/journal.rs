@@ -25,7 +25,7 @@ pub struct ShardJournal {
     /// How a change this node decides itself reaches the metadata group (set when it starts).
     proposer: OnceLock<Propose>,
     /// Where messages for queues hosted elsewhere leave, and how long their answer may take.
-    forwarder: OnceLock<(Arc<super::Forwarder>, std::time::Duration)>,
+    forwarder: OnceLock<(super::Forwarder, std::time::Duration)>,
 }
 
 impl std::fmt::Debug for ShardJournal {
@@ -62,11 +62,28 @@ impl ShardJournal {
     pub(crate) fn attach(
         &self,
         shards: Vec<Arc<ShardGroup>>,
-        forwarder: Arc<super::Forwarder>,
+        forwarder: super::Forwarder,
         timeout: std::time::Duration,
     ) {
         let _ = self.shards.set(shards);
         let _ = self.forwarder.set((forwarder, timeout));
+    }
+
+    /// Sends a message for quorum queue `queue` of `vhost` (record name `record`), which another
+    /// node hosts, to that node; `done` (a publisher's confirm) gets the host's answer.
+    pub(crate) fn send_to_host(
+        &self,
+        record: &str,
+        names: (&str, &str),
+        message: &crate::message::Message,
+        done: Option<Completion>,
+    ) {
+        match (self.shard(record), self.forwarder.get()) {
+            (Some(shard), Some((forwarder, timeout))) => {
+                forwarder.publish((shard, *timeout), names, message, done)
+            }
+            _ => super::shard::failed(done, "this node has not joined its cluster yet"),
+        }
     }
 
     /// The shard of the queue whose record name is `queue`.
@@ -87,22 +104,19 @@ impl Journal for ShardJournal {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn forward(&self, queue: &crate::queue::Queue, message: &Arc<crate::message::Message>) -> bool {
-        let Some(record) = queue.record_name() else {
-            return false;
-        };
-        let (Some(shard), Some((forwarder, timeout)), Some((vhost, name))) = (
-            self.shard(record),
-            self.forwarder.get(),
-            crate::meta::records::split_message_queue(record),
-        ) else {
-            return false;
-        };
-        if shard.epoch().is_some() {
-            return false;
+    fn forward(
+        &self,
+        vhost: &str,
+        queue: &crate::queue::Queue,
+        message: &Arc<crate::message::Message>,
+    ) -> bool {
+        match queue.record_name() {
+            Some(record) if self.forwarder.get().is_some() && !self.hosts(record) => {
+                self.send_to_host(record, (vhost, queue.name().as_str()), message, None);
+                true
+            }
+            _ => false,
         }
-        forwarder.publish((shard, *timeout), (&vhost, &name), message, None);
-        true
     }
 
     fn write(&self, records: Vec<Record>, done: Option<Completion>) {

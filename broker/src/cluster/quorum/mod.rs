@@ -22,7 +22,7 @@ mod journal;
 mod shard;
 mod subscribe;
 
-pub use forward::Forwarder;
+pub(crate) use forward::Forwarder;
 pub(crate) use forward::QuorumServer;
 pub use holder::QuorumHolder;
 pub(crate) use hosting::{follow, host};
