@@ -119,6 +119,7 @@ fn topic_matching(c: &mut Criterion) {
             auto_delete: false,
             arguments: FieldTable::default(),
             declared_by: None,
+            home: None,
         };
         let q = vhost
             .declare_queue(spec, false, false, ConnectionId(1), || Ok(()), Now::read())
@@ -157,6 +158,7 @@ fn publish_path(c: &mut Criterion) {
         auto_delete: false,
         arguments: FieldTable::default(),
         declared_by: None,
+        home: None,
     };
     let q = vhost
         .declare_queue(spec, false, false, ConnectionId(1), || Ok(()), Now::read())

@@ -76,6 +76,8 @@ pub struct Broker {
     pub(crate) raft_records: Mutex<BTreeMap<String, Bytes>>,
     /// Where a cluster node's quorum queues journal their messages: their shard groups.
     pub shard_journal: Arc<crate::cluster::quorum::ShardJournal>,
+    /// What a cluster node's vhosts need from the cluster (None on a single node).
+    pub(crate) replication: Option<crate::vhost::Replication>,
     /// This broker's exclusive hold on its data directory, released when the broker is dropped.
     _dir_lock: DirLock,
 }
@@ -320,6 +322,13 @@ impl Broker {
             audit: audit.clone(),
         });
         let shard_journal = Arc::new(crate::cluster::quorum::ShardJournal::default());
+        let replication = config.cluster.as_ref().map(|c| crate::vhost::Replication {
+            node: c.node_id,
+            run: rand::random(),
+            quorum: shard_journal.clone(),
+            copies: Arc::new(crate::cluster::quorum::CopiesJournal(shard_journal.clone())),
+            proposer: shard_journal.clone(),
+        });
         let vhosts = DashMap::new();
         for name in &definitions.vhosts {
             let vhost = Vhost::new(
@@ -330,8 +339,8 @@ impl Broker {
                 route_guard.clone(),
                 Arc::new(crate::timers::RuntimeTimers),
             );
-            if config.cluster.is_some() {
-                vhost.set_replicated(shard_journal.clone(), shard_journal.clone());
+            if let Some(r) = &replication {
+                vhost.set_replicated(r.clone());
             }
             vhosts.insert(vhost.name.clone(), vhost);
         }
@@ -352,6 +361,7 @@ impl Broker {
             cluster: std::sync::OnceLock::new(),
             raft_records: Mutex::new(std::mem::take(&mut found.raft)),
             shard_journal,
+            replication,
             _dir_lock: dir_lock,
         });
         let disk_limit = broker
@@ -525,6 +535,20 @@ impl crate::cluster::quorum::QuorumHolder for Broker {
         out
     }
 
+    fn copies(&self) -> Vec<(String, Arc<Queue>)> {
+        let mut out = Vec::new();
+        for vhost in self.vhosts.iter() {
+            for queue in vhost.queue_list() {
+                if vhost.is_copy(&queue) {
+                    if let Some(name) = queue.record_name() {
+                        out.push((name.to_string(), queue));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     fn publish(
         &self,
         vhost: &str,
@@ -536,7 +560,7 @@ impl crate::cluster::quorum::QuorumHolder for Broker {
             .vhosts
             .get(vhost)
             .and_then(|v| v.find_queue(queue))
-            .filter(|q| q.args.quorum);
+            .filter(|q| q.is_replicated());
         match found {
             Some(q) => q.publish(message, Some(confirm), crate::time::Now::read()),
             None => crate::queue::Enqueued::Gone,
@@ -547,7 +571,7 @@ impl crate::cluster::quorum::QuorumHolder for Broker {
         self.vhosts
             .get(vhost)
             .and_then(|v| v.find_queue(queue))
-            .filter(|q| q.args.quorum)
+            .filter(|q| q.is_replicated())
     }
 
     fn message(&self, payload: &Bytes) -> Option<Arc<crate::message::Message>> {

@@ -113,13 +113,14 @@ impl Server {
                 let Some(cluster) = weak.upgrade() else { return };
                 tokio::spawn(async move {
                     if let Err(why) = cluster.meta.propose(vec![command.clone()]).await {
-                        tracing::warn!(?command, %why, "an expired queue's deletion was not made; it is tried again at its next check");
+                        tracing::warn!(?command, %why, "an unused queue's deletion was not made; it is tried again");
                     }
                 });
             }));
         if self.broker.cluster.set(cluster).is_err() {
             anyhow::bail!("the cluster was already started");
         }
+        tokio::spawn(crate::cluster::home::tend(Arc::downgrade(&self.broker)));
         Ok(())
     }
 

@@ -11,6 +11,12 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnectionId(pub u64);
 
+impl ConnectionId {
+    /// The owner of an exclusive queue whose connection is on another cluster node: no connection
+    /// here is it.
+    pub const ELSEWHERE: ConnectionId = ConnectionId(u64::MAX);
+}
+
 /// A channel of a connection (1 to 65535; 0 is the connection itself).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ChannelId(pub u16);

@@ -7,6 +7,7 @@ mod arguments;
 mod audit;
 mod basic;
 mod channel;
+mod cluster_classic;
 mod cluster_links;
 mod cluster_meta;
 mod cluster_quorum;

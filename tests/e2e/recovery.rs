@@ -161,6 +161,7 @@ async fn an_unreadable_command_record_loses_no_message() {
         auto_delete: false,
         arguments: FieldTable::default(),
         declared_by: None,
+        home: None,
     };
     let broker = broker
         .restart_after(|dir| put(dir, codec::encode(&declare)))

@@ -94,9 +94,8 @@ impl Broker {
                         self.route_guard.clone(),
                         Arc::new(crate::timers::RuntimeTimers),
                     );
-                    if self.config.cluster.is_some() {
-                        vhost
-                            .set_replicated(self.shard_journal.clone(), self.shard_journal.clone());
+                    if let Some(r) = &self.replication {
+                        vhost.set_replicated(r.clone());
                     }
                     self.vhosts.insert(vhost.name.clone(), vhost);
                 }
@@ -132,6 +131,7 @@ impl Broker {
             | MetaCommand::DeleteExchange { .. }
             | MetaCommand::DeclareQueue { .. }
             | MetaCommand::DeleteQueue { .. }
+            | MetaCommand::RetireQueue { .. }
             | MetaCommand::Bind { .. }
             | MetaCommand::Unbind { .. } => {}
         }

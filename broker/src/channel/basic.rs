@@ -126,6 +126,7 @@ impl Channel {
         let name = self.queue_name(c.queue.as_str())?;
         permissions::check(s, Access::Read, Kind::Queue, &name)?;
         let queue = s.vhost.queue(&name, s.id)?;
+        s.broker.check_home(&s.vhost, &queue)?;
         if queue.args.quorum && self.credit.global.limit() > 0 {
             // rabbit_quorum_queue:consume/3: a quorum queue's consumers have their own credit.
             return Err(AmqpError::not_implemented(format!(
@@ -198,6 +199,7 @@ impl Channel {
         let name = self.queue_name(g.queue.as_str())?;
         permissions::check(s, Access::Read, Kind::Queue, &name)?;
         let queue = s.vhost.queue(&name, s.id)?;
+        s.broker.check_home(&s.vhost, &queue)?;
         if queue.args.quorum && queue.args.single_active_consumer {
             return Err(AmqpError::resource_locked(format!(
                 "cannot obtain access to locked queue '{name}' in vhost '{}'. basic.get operations are not supported by quorum queues with single active consumer",

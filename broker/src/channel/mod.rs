@@ -56,6 +56,9 @@ pub struct Channel {
     /// The ready messages of a replicated queue this channel is deleting (replicated.rs), for its
     /// delete-ok.
     deleted_ready: Option<u32>,
+    /// The name this channel generated for a server-named queue whose declaration waits for the
+    /// cluster's metadata group (the method runs again with it).
+    server_named: Option<crate::ids::QueueName>,
 }
 
 impl Channel {
@@ -74,6 +77,7 @@ impl Channel {
             last_queue: None,
             needs_dispatch: false,
             deleted_ready: None,
+            server_named: None,
         }
     }
 
@@ -211,7 +215,7 @@ fn remove_consumer(s: &Session, reg: &Registration) {
     if reg.queue.remove_consumer(&reg.consumer, Now::read())
         == crate::queue::ConsumerRemoval::RemovedLastOfAutoDelete
     {
-        s.vhost.remove_queue(&reg.queue, Now::read());
+        s.vhost.retire_queue(&reg.queue, Now::read());
     }
 }
 

@@ -350,13 +350,23 @@ fn sender_selected(props: &BasicProperties<'_>) -> (Vec<String>, Vec<String>) {
     )
 }
 
-/// The record name of `q` when it is a quorum queue on a cluster node that does not host it.
-fn hosted_elsewhere<'q>(s: &Session, q: &'q crate::queue::Queue) -> Option<&'q str> {
+/// Where `q`'s live queue is when it is on another cluster node.
+enum Elsewhere<'q> {
+    /// A quorum queue whose shard another node leads (its record name).
+    Host(&'q str),
+    /// A classic queue of another node (its home).
+    Home(u64),
+}
+
+fn held_elsewhere<'q>(s: &Session, q: &'q crate::queue::Queue) -> Option<Elsewhere<'q>> {
+    if let Some(home) = q.spec.home {
+        return s.vhost.is_copy(q).then_some(Elsewhere::Home(home.node));
+    }
     if !q.args.quorum || !s.vhost.is_replicated() {
         return None;
     }
     let record = q.record_name()?;
-    (!s.broker.shard_journal.hosts(record)).then_some(record)
+    (!s.broker.shard_journal.hosts(record)).then_some(Elsewhere::Host(record))
 }
 
 impl Channel {
@@ -384,15 +394,17 @@ impl Channel {
         let mut routed = false;
         let mut accepted = true;
         for q in &queues {
-            if let Some(record) = hosted_elsewhere(s, q) {
-                // A quorum queue whose shard another node leads: the message goes there, and
-                // the confirm waits for that node's answer.
+            if let Some(elsewhere) = held_elsewhere(s, q) {
+                // A queue another node holds: the message goes there, and the confirm waits for
+                // that node's answer.
                 routed = true;
                 let done = holds.as_ref().map(|h| h.hold());
                 let names = (s.vhost.name.as_str(), q.name().as_str());
-                s.broker
-                    .shard_journal
-                    .send_to_host(record, names, message, done);
+                let journal = &s.broker.shard_journal;
+                match elsewhere {
+                    Elsewhere::Host(record) => journal.send_to_host(record, names, message, done),
+                    Elsewhere::Home(node) => journal.send_home(node, names, message, done),
+                }
                 continue;
             }
             match q.publish(

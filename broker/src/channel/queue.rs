@@ -54,8 +54,15 @@ impl Channel {
             }
         };
         match method {
-            queue::AMQPMethod::Declare(d) => {
-                let server_named = d.queue.as_str().is_empty() && !d.passive;
+            queue::AMQPMethod::Declare(mut d) => {
+                // A server-named declaration that waited for the metadata group runs again with
+                // the name generated the first time.
+                let rerun_name = self
+                    .server_named
+                    .take()
+                    .filter(|n| !d.passive && n.as_str() == d.queue.as_str());
+                let server_named =
+                    (d.queue.as_str().is_empty() && !d.passive) || rerun_name.is_some();
                 let quorum = d
                     .arguments
                     .inner()
@@ -68,10 +75,10 @@ impl Channel {
                         "Cannot declare a server-named queue for type rabbit_quorum_queue",
                     ));
                 }
-                let name = if server_named {
-                    generated_name("amq.gen").into()
-                } else {
-                    self.queue_name(d.queue.as_str())?
+                let name = match rerun_name {
+                    Some(name) => name,
+                    None if server_named => generated_name("amq.gen").into(),
+                    None => self.queue_name(d.queue.as_str())?,
                 };
                 if d.passive {
                     permissions::check_any(s, Kind::Queue, &name)?;
@@ -79,8 +86,11 @@ impl Channel {
                     // (A client-chosen amq.* name is refused by the vhost before any permission check.)
                     permissions::check(s, Access::Configure, Kind::Queue, &name)?;
                 }
-                // A cluster node declares a quorum queue through the metadata group.
-                let again = (quorum && !d.passive && s.vhost.is_replicated()).then(|| d.clone());
+                // A cluster node declares a queue through the metadata group.
+                if server_named && s.vhost.is_replicated() {
+                    d.queue = name.as_str().into();
+                }
+                let again = (!d.passive && s.vhost.is_replicated()).then(|| d.clone());
                 let spec = QueueSpec {
                     name,
                     durable: d.durable,
@@ -88,6 +98,7 @@ impl Channel {
                     auto_delete: d.auto_delete,
                     arguments: d.arguments,
                     declared_by: Some(s.publisher.clone()),
+                    home: None,
                 };
                 let dead_letter_exchange = spec
                     .arguments
@@ -125,12 +136,19 @@ impl Channel {
                         None => Ok(()),
                     }
                 };
+                let broker = s.broker.clone();
+                let stale = |q: &crate::queue::Queue| broker.home_lost(&vhost, q);
                 let q = match again {
                     Some(again) => {
                         let name = spec.name.clone();
-                        if let Some(command) = vhost.plan_declare_queue(spec, before_create)? {
+                        let commands =
+                            vhost.plan_declare_queue(spec, server_named, stale, before_create)?;
+                        if !commands.is_empty() {
+                            if server_named {
+                                self.server_named = Some(name);
+                            }
                             let again = AMQPClass::Queue(queue::AMQPMethod::Declare(again));
-                            return self.replicate(s, command, again);
+                            return self.replicate_all(s, commands, again);
                         }
                         vhost.queue(&name, s.id)?
                     }
@@ -147,6 +165,7 @@ impl Channel {
                             .queue
                     }
                 };
+                s.broker.check_home(&s.vhost, &q)?;
                 self.last_queue = Some(q.name().clone());
                 let ok = queue::DeclareOk {
                     queue: q.name().as_str().into(),
@@ -163,7 +182,8 @@ impl Channel {
                     s.vhost.exchange(b.exchange.as_str())?;
                 }
                 let q = s.vhost.queue(&name, s.id)?;
-                if s.vhost.is_replicated() && q.args.quorum {
+                s.broker.check_home(&s.vhost, &q)?;
+                if q.is_replicated() {
                     let plan = s.vhost.plan_binding(
                         b.exchange.as_str(),
                         Destination::Queue(q),
@@ -192,7 +212,7 @@ impl Channel {
                 let name = self.queue_name(u.queue.as_str())?;
                 check_queue_binding(s, u.exchange.as_str(), &name, u.routing_key.as_str())?;
                 match s.vhost.find_queue(&name) {
-                    Some(q) if s.vhost.is_replicated() && q.args.quorum => {
+                    Some(q) if q.is_replicated() => {
                         let plan = s.vhost.plan_binding(
                             u.exchange.as_str(),
                             Destination::Queue(q),
@@ -221,6 +241,7 @@ impl Channel {
                 let name = self.queue_name(p.queue.as_str())?;
                 permissions::check(s, Access::Read, Kind::Queue, &name)?;
                 let q = s.vhost.queue(&name, s.id)?;
+                s.broker.check_home(&s.vhost, &q)?;
                 let message_count = q.purge(Now::read());
                 reply(
                     s,
@@ -231,8 +252,7 @@ impl Channel {
             queue::AMQPMethod::Delete(d) => {
                 let name = self.queue_name(d.queue.as_str())?;
                 permissions::check(s, Access::Configure, Kind::Queue, &name)?;
-                let replicated = s.vhost.is_replicated()
-                    && s.vhost.find_queue(&name).is_some_and(|q| q.args.quorum);
+                let replicated = s.vhost.find_queue(&name).is_some_and(|q| q.is_replicated());
                 let message_count = if replicated {
                     let plan = s
                         .vhost

@@ -24,6 +24,16 @@ impl Channel {
         command: MetaCommand,
         again: AMQPClass,
     ) -> AmqpResult<()> {
+        self.replicate_all(s, vec![command], again)
+    }
+
+    /// Hands `commands` to the metadata group as one change; `again` as for [`Self::replicate`].
+    pub(super) fn replicate_all(
+        &self,
+        s: &mut Session,
+        commands: Vec<MetaCommand>,
+        again: AMQPClass,
+    ) -> AmqpResult<()> {
         if s.reruns >= MAX_RERUNS {
             return Err(AmqpError::internal(
                 "the cluster made the change, but other changes undid it before this node could answer; try again",
@@ -38,7 +48,7 @@ impl Channel {
             channel: self.id,
             method: again,
             ids: (0, 0),
-            done: Box::pin(async move { cluster.meta.propose(vec![command]).await }),
+            done: Box::pin(async move { cluster.meta.propose(commands).await }),
         });
         Ok(())
     }

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod dev;
+pub mod home;
 pub mod link;
 pub mod node;
 pub mod quorum;

@@ -276,7 +276,7 @@ impl Cluster {
         self.meta.raft.metrics().borrow_watched().clone()
     }
 
-    fn leads(&self) -> bool {
+    pub(crate) fn leads(&self) -> bool {
         self.metrics().current_leader == Some(self.meta.node_id)
     }
 

@@ -344,7 +344,7 @@ impl Connection {
         }
         let now = crate::time::Now::read();
         for queue in self.s.vhost.queues_owned_by(self.s.id) {
-            self.s.vhost.remove_queue(&queue, now);
+            self.s.vhost.retire_queue(&queue, now);
         }
         match ending {
             Some(Ending::Close(e)) => {

@@ -209,7 +209,7 @@ impl Exchange {
         self.bindings.lock().contains(binding)
     }
 
-    pub(crate) fn binding_count(&self) -> usize {
+    pub fn binding_count(&self) -> usize {
         self.bindings.lock().len()
     }
 

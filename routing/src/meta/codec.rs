@@ -8,7 +8,7 @@
 use amq_protocol::types::FieldTable;
 use warren_storage::definitions::{PermissionDefinition, TopicPermissionDefinition};
 
-use super::{DestinationKind, MetaCommand, StoredBinding};
+use super::{DestinationKind, MetaCommand, QueueHome, StoredBinding};
 
 /// The first octet of every command record. Records of earlier versions were JSON (`{` or `[`).
 pub const FORMAT: u8 = 0xC1;
@@ -32,6 +32,9 @@ const BIND: u8 = 16;
 const UNBIND: u8 = 17;
 /// A transient exchange: only a cluster node records one (every node must route through it).
 const DECLARE_TRANSIENT_EXCHANGE: u8 = 18;
+/// A cluster's classic queue: a queue declaration followed by its home.
+const DECLARE_HOMED_QUEUE: u8 = 19;
+const RETIRE_QUEUE: u8 = 20;
 
 /// Why a record does not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,6 +70,16 @@ impl Writer {
     }
     fn bool(&mut self, b: bool) {
         self.u8(u8::from(b));
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn home(&mut self, home: &QueueHome) {
+        self.u64(home.node);
+        self.u64(home.run);
+        self.bool(home.durable);
+        self.bool(home.owner.is_some());
+        self.u64(home.owner.unwrap_or(0));
     }
     fn opt(&mut self, s: Option<&str>) {
         self.bool(s.is_some());
@@ -201,18 +214,32 @@ pub fn encode(command: &MetaCommand) -> Vec<u8> {
             auto_delete,
             arguments,
             declared_by,
+            home,
         } => {
-            w.u8(DECLARE_QUEUE);
+            w.u8(if home.is_some() {
+                DECLARE_HOMED_QUEUE
+            } else {
+                DECLARE_QUEUE
+            });
             w.str(vhost);
             w.str(queue);
             w.bool(*auto_delete);
             w.table(arguments);
             w.opt(declared_by.as_deref());
+            if let Some(home) = home {
+                w.home(home);
+            }
         }
         MetaCommand::DeleteQueue { vhost, queue } => {
             w.u8(DELETE_QUEUE);
             w.str(vhost);
             w.str(queue);
+        }
+        MetaCommand::RetireQueue { vhost, queue, home } => {
+            w.u8(RETIRE_QUEUE);
+            w.str(vhost);
+            w.str(queue);
+            w.home(home);
         }
         MetaCommand::Bind { vhost, binding } => {
             w.u8(BIND);
@@ -241,6 +268,22 @@ impl<'a> Reader<'a> {
     }
     fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        let b = self.take(8)?;
+        let mut octets = [0; 8];
+        octets.copy_from_slice(b);
+        Ok(u64::from_be_bytes(octets))
+    }
+    fn home(&mut self) -> Result<QueueHome, DecodeError> {
+        let (node, run, durable) = (self.u64()?, self.u64()?, self.bool()?);
+        let (exclusive, owner) = (self.bool()?, self.u64()?);
+        Ok(QueueHome {
+            node,
+            run,
+            durable,
+            owner: exclusive.then_some(owner),
+        })
     }
     fn u32(&mut self) -> Result<usize, DecodeError> {
         let b = self.take(4)?;
@@ -365,16 +408,26 @@ pub fn decode(payload: &[u8]) -> Result<MetaCommand, DecodeError> {
             vhost: r.str()?.into(),
             exchange: r.str()?,
         },
-        DECLARE_QUEUE => MetaCommand::DeclareQueue {
+        DECLARE_QUEUE | DECLARE_HOMED_QUEUE => MetaCommand::DeclareQueue {
             vhost: r.str()?.into(),
             queue: r.str()?.into(),
             auto_delete: r.bool()?,
             arguments: r.table()?,
             declared_by: r.opt()?,
+            home: if tag == DECLARE_HOMED_QUEUE {
+                Some(r.home()?)
+            } else {
+                None
+            },
         },
         DELETE_QUEUE => MetaCommand::DeleteQueue {
             vhost: r.str()?.into(),
             queue: r.str()?.into(),
+        },
+        RETIRE_QUEUE => MetaCommand::RetireQueue {
+            vhost: r.str()?.into(),
+            queue: r.str()?.into(),
+            home: r.home()?,
         },
         BIND => MetaCommand::Bind {
             vhost: r.str()?.into(),

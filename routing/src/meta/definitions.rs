@@ -129,6 +129,7 @@ pub fn apply(defs: &mut Definitions, command: &MetaCommand) -> Result<(), String
         | MetaCommand::DeleteExchange { .. }
         | MetaCommand::DeclareQueue { .. }
         | MetaCommand::DeleteQueue { .. }
+        | MetaCommand::RetireQueue { .. }
         | MetaCommand::Bind { .. }
         | MetaCommand::Unbind { .. } => {}
     }

@@ -57,6 +57,7 @@ pub fn command(key: &str, value: &[u8]) -> Result<MetaCommand, String> {
                 auto_delete: q.auto_delete,
                 arguments: q.arguments,
                 declared_by: q.declared_by,
+                home: None,
             })
         }
         (Some("binding"), 7) => {

@@ -37,6 +37,19 @@ impl DestinationKind {
     }
 }
 
+/// Where a classic queue of a cluster lives, as its record says (RabbitMQ's home node: the queue
+/// and its messages are on that node only; the others know it exists and forward to it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueHome {
+    pub node: u64,
+    /// The home node's run (a random number per start) that declared it: a transient queue of an
+    /// earlier run of its home is gone, whatever the records say.
+    pub run: u64,
+    pub durable: bool,
+    /// The connection on the home node that owns it, when it is exclusive.
+    pub owner: Option<u64>,
+}
+
 /// A binding between durable objects, as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredBinding {
@@ -118,10 +131,21 @@ pub enum MetaCommand {
         arguments: FieldTable,
         /// Who declared it (absent for queues stored before it was recorded).
         declared_by: Option<String>,
+        /// A cluster's classic queue: the node it lives on (None for a single node's durable
+        /// queues and for quorum queues).
+        home: Option<QueueHome>,
     },
     DeleteQueue {
         vhost: VhostName,
         queue: QueueName,
+    },
+    /// A cluster's classic queue that its home (or the metadata leader, for a lost home) found
+    /// gone: deleted only if its record still names that home (the queue may have been declared
+    /// again meanwhile, elsewhere or by a later run of the same node).
+    RetireQueue {
+        vhost: VhostName,
+        queue: QueueName,
+        home: QueueHome,
     },
     Bind {
         vhost: VhostName,
@@ -141,6 +165,7 @@ impl MetaCommand {
             | MetaCommand::DeleteExchange { vhost, .. }
             | MetaCommand::DeclareQueue { vhost, .. }
             | MetaCommand::DeleteQueue { vhost, .. }
+            | MetaCommand::RetireQueue { vhost, .. }
             | MetaCommand::Bind { vhost, .. }
             | MetaCommand::Unbind { vhost, .. } => Some(vhost),
             _ => None,
@@ -161,7 +186,9 @@ impl MetaCommand {
             | MetaCommand::ClearTopicPermissions { .. }
             | MetaCommand::SeedUser { .. } => 2,
             MetaCommand::DeclareExchange { .. } | MetaCommand::DeleteExchange { .. } => 3,
-            MetaCommand::DeclareQueue { .. } | MetaCommand::DeleteQueue { .. } => 4,
+            MetaCommand::DeclareQueue { .. }
+            | MetaCommand::DeleteQueue { .. }
+            | MetaCommand::RetireQueue { .. } => 4,
             MetaCommand::Bind { .. } | MetaCommand::Unbind { .. } => 5,
         }
     }

@@ -179,7 +179,8 @@ pub fn record(command: &MetaCommand) -> Record {
         } => put(exchange_key(vhost, exchange), command),
         MetaCommand::DeleteExchange { vhost, exchange } => delete(exchange_key(vhost, exchange)),
         MetaCommand::DeclareQueue { vhost, queue, .. } => put(queue_key(vhost, queue), command),
-        MetaCommand::DeleteQueue { vhost, queue } => delete(queue_key(vhost, queue)),
+        MetaCommand::DeleteQueue { vhost, queue }
+        | MetaCommand::RetireQueue { vhost, queue, .. } => delete(queue_key(vhost, queue)),
         MetaCommand::Bind { vhost, binding } => put(binding_key(vhost, binding), command),
         MetaCommand::Unbind { vhost, binding } => delete(binding_key(vhost, binding)),
     }

@@ -52,6 +52,9 @@ pub struct QueueSpec {
     /// The user who declared it: a fixed `x-dead-letter-routing-key` routes on this user's behalf.
     /// None for queues stored before it was recorded (their dead letters go on the publisher's).
     pub declared_by: Option<Arc<str>>,
+    /// A cluster's classic queue: the node it lives on (None on a single node, and for quorum
+    /// queues, which live wherever their shard's leader is).
+    pub home: Option<crate::meta::QueueHome>,
 }
 
 /// The state and the effects of the command being applied (kept for their capacity).
@@ -141,6 +144,12 @@ impl Queue {
 
     pub fn name(&self) -> &QueueName {
         &self.spec.name
+    }
+
+    /// Whether its record is a cluster's metadata group's (a quorum queue, or a classic queue
+    /// with a home node) rather than a single node's.
+    pub fn is_replicated(&self) -> bool {
+        self.args.quorum || self.spec.home.is_some()
     }
 
     /// Arrival and departure counters, read without the lock (per-publisher flow control).
@@ -469,6 +478,11 @@ impl Queue {
 
     pub fn consumer_count(&self) -> u32 {
         self.locked.lock().state.consumer_count()
+    }
+
+    /// An auto-delete queue whose consumers have all left.
+    pub fn abandoned(&self) -> bool {
+        self.locked.lock().state.abandoned()
     }
 
     /// Drops every ready message (queue.purge); unacked deliveries are not touched, as in RabbitMQ.

@@ -52,11 +52,12 @@ pub trait Journal: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// How a cluster node's vhost asks the metadata group for a change it decides itself (a quorum
-/// queue that `x-expires` found unused is deleted on every node, not only here). The broker
-/// implements it; on a node that does not host the queue it does nothing (the host decides).
+/// How a cluster node's vhost asks the metadata group to delete a queue it found unused (expired
+/// by `x-expires`, its exclusive owner closed, its last consumer gone): on every node, not only
+/// here. The broker implements it, and does nothing on a node that does not hold the live queue
+/// (only that node knows whether the queue is in use: other nodes' consumers are subscribed there).
 pub trait MetaProposer: Send + Sync + std::fmt::Debug {
-    fn propose(&self, command: crate::meta::MetaCommand);
+    fn propose_deletion(&self, vhost: &str, queue: &Queue);
 }
 
 /// Wakes a queue when time has passed: at its head message's TTL deadline, and for its x-expires

@@ -483,6 +483,11 @@ impl<C: ConsumerHandle> QueueState<C> {
         self.consumers.len() as u32
     }
 
+    /// An auto-delete queue whose consumers have all left (it is deleted when one notices).
+    pub fn abandoned(&self) -> bool {
+        self.settings.auto_delete && self.had_consumer && self.consumers.is_empty() && !self.deleted
+    }
+
     /// The ready counters flow control reads without the queue's lock.
     pub fn flow(&self) -> &Arc<super::counters::ReadyCounters> {
         self.ready.flow()

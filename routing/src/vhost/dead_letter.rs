@@ -59,16 +59,19 @@ fn unchanged(
     }
 }
 
-/// Enqueues a dead letter into `target`, or, on a cluster node, sends it to the node hosting
-/// `target` when that is a quorum queue this node does not host (its copy here holds only what
-/// this node's consumers were handed). Dead-lettering is at most once, as RabbitMQ's default: the
+/// Enqueues a dead letter into `target`, or, on a cluster node, sends it to the node holding
+/// `target` when that is a quorum queue this node does not host or a classic queue of another
+/// node (its copy here holds only what this node's consumers were handed). Dead-lettering is at most once, as RabbitMQ's default: the
 /// letter is not confirmed to anyone.
 fn into(vhost: &Vhost, target: &Arc<Queue>, letter: Arc<Message>, now: Now) {
-    if target.args.quorum && vhost.is_replicated() {
-        if let Some(journal) = vhost.quorum_journal.get() {
-            if journal.forward(&vhost.name, target, &letter) {
-                return;
-            }
+    if let Some(r) = vhost.replication.get() {
+        let journal = match (target.args.quorum, r.is_copy(target)) {
+            (true, _) => Some(&r.quorum),
+            (false, true) => Some(&r.copies),
+            _ => None,
+        };
+        if journal.is_some_and(|j| j.forward(&vhost.name, target, &letter)) {
+            return;
         }
     }
     target.publish(letter, None, now);

@@ -7,7 +7,9 @@
 mod dead_letter;
 mod replicated;
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+pub use replicated::Replication;
+
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use amq_protocol::types::FieldTable;
@@ -55,13 +57,9 @@ pub struct Vhost {
     guard: Arc<dyn RouteGuard>,
     /// Wakes its queues for TTL and x-expires.
     timers: Arc<dyn QueueTimers>,
-    /// Set on a cluster node: exchanges, quorum queues and the bindings between them change
-    /// through the metadata group (replicated.rs), so every exchange is recorded, transient ones too.
-    replicated: AtomicBool,
-    /// A cluster node's: where quorum queues journal their messages (the queue shard groups).
-    quorum_journal: std::sync::OnceLock<Arc<dyn Journal>>,
-    /// A cluster node's: where changes the vhost decides itself go (replicated.rs).
-    proposer: std::sync::OnceLock<Arc<dyn crate::queue::sink::MetaProposer>>,
+    /// Set on a cluster node: exchanges, queues and the bindings between them change through the
+    /// metadata group (replicated.rs), so every exchange is recorded, transient ones too.
+    replication: std::sync::OnceLock<replicated::Replication>,
 }
 
 /// Per-vhost limits (RabbitMQ's vhost limits `max-queues` and `max-connections`).
@@ -107,9 +105,7 @@ impl Vhost {
             exchanges: DashMap::new(),
             queues: DashMap::new(),
             topology: Mutex::new(()),
-            replicated: AtomicBool::new(false),
-            quorum_journal: std::sync::OnceLock::new(),
-            proposer: std::sync::OnceLock::new(),
+            replication: std::sync::OnceLock::new(),
         };
         for (name, kind) in STANDARD_EXCHANGES {
             let spec = ExchangeSpec {
@@ -147,8 +143,12 @@ impl Vhost {
                 auto_delete,
                 arguments,
                 declared_by,
+                home,
                 ..
-            } => self.restore_queue(queue, auto_delete, arguments, declared_by, now),
+            } => {
+                let spec = self.stored_queue_spec(queue, auto_delete, arguments, declared_by, home);
+                self.restore_queue(spec, now)
+            }
             MetaCommand::Bind { binding, .. } => self.restore_binding(binding),
             other => {
                 tracing::error!(command = ?other, "not a declaration of an exchange, queue or binding: nothing restored")
@@ -190,15 +190,7 @@ impl Vhost {
     /// Re-creates a durable queue. Arguments that today's validation refuses are reported and not
     /// acted on, but the queue keeps them as stored (a redeclare compares against them) and keeps
     /// its messages.
-    fn restore_queue(
-        self: &Arc<Self>,
-        name: QueueName,
-        auto_delete: bool,
-        arguments: FieldTable,
-        declared_by: Option<String>,
-        now: Now,
-    ) {
-        let spec = stored_queue_spec(name, auto_delete, arguments, declared_by.as_deref());
+    fn restore_queue(self: &Arc<Self>, spec: QueueSpec, now: Now) {
         let (args, refused) =
             arguments::parse_stored(&spec.arguments, &self.resource("queue", &spec.name));
         for e in refused {
@@ -223,8 +215,13 @@ impl Vhost {
         now: Now,
     ) -> Arc<Queue> {
         let name = records::message_queue(&self.name, &spec.name);
-        let durability = match (&self.durability, self.quorum_journal.get()) {
-            (_, Some(shards)) if args.quorum => Some((shards.clone(), name)),
+        let durability = match (&self.durability, self.replication.get()) {
+            (_, Some(r)) if args.quorum => Some((r.quorum.clone(), name)),
+            // A copy of a classic queue another node holds: what its consumers were handed came
+            // from there, and their acks go there.
+            (_, Some(r)) if spec.home.is_some_and(|h| h.node != r.node) => {
+                Some((r.copies.clone(), name))
+            }
             (Some(d), _) if spec.durable => {
                 let journal: Arc<dyn Journal> = d.clone();
                 Some((journal, name))
@@ -314,7 +311,15 @@ impl Vhost {
         AmqpError::not_found(format!("no {}", self.resource("exchange", name)))
     }
 
-    pub(crate) fn no_queue(&self, name: &str) -> AmqpError {
+    /// RabbitMQ's 404 for a durable queue whose home node is down (`rabbit_amqqueue:absent/2`).
+    pub fn home_down(&self, name: &str, node: &str) -> AmqpError {
+        AmqpError::not_found(format!(
+            "home node '{node}' of durable {} is down or inaccessible",
+            self.resource("queue", name)
+        ))
+    }
+
+    pub fn no_queue(&self, name: &str) -> AmqpError {
         AmqpError::not_found(format!("no {}", self.resource("queue", name)))
     }
 
@@ -398,7 +403,7 @@ impl Vhost {
 
     /// Whether this is a cluster node's vhost (replicated.rs).
     pub fn is_replicated(&self) -> bool {
-        self.replicated.load(Ordering::Acquire)
+        self.replication.get().is_some()
     }
 
     /// A redeclare of an exchange must match it (406 otherwise).
@@ -663,7 +668,7 @@ impl Vhost {
     fn remove_queue_locked(&self, queue: &Arc<Queue>, now: Now) -> u32 {
         self.queues
             .remove_if(queue.name(), |_, q| Arc::ptr_eq(q, queue));
-        if let (Some(d), true) = (&self.durability, queue.spec.durable) {
+        if let (Some(d), true) = (&self.durability, records_queue(&queue.spec)) {
             d.write(
                 vec![
                     records::record(&MetaCommand::DeleteQueue {
@@ -703,16 +708,12 @@ impl Vhost {
         }
     }
 
-    /// An auto-delete exchange without bindings goes, except on a cluster node: its exchanges are
-    /// every node's, but a classic queue's bindings are its own node's, so "no bindings left" is a
-    /// different answer on each node and a local deletion would leave the nodes disagreeing. There
-    /// it stays until deleted explicitly (oslo declares its exchanges again before use anyway).
+    /// An auto-delete exchange without bindings goes. On a cluster node every binding is the
+    /// metadata group's (a classic queue's too), applied in the same order on every node, so every
+    /// node deletes it at the same point of the log.
     fn unused_auto_delete(&self, exchange: &Exchange) -> bool {
-        exchange.spec.auto_delete
-            && exchange.binding_count() == 0
-            && !self.replicated.load(Ordering::Acquire)
+        exchange.spec.auto_delete && exchange.binding_count() == 0
     }
-
     /// queue.bind / exchange.bind: both ends must exist; the default exchange takes no bindings.
     pub fn bind(
         &self,
@@ -908,21 +909,10 @@ fn binding_of(
     })
 }
 
-/// A durable queue as its `DeclareQueue` command stores it.
-fn stored_queue_spec(
-    name: QueueName,
-    auto_delete: bool,
-    arguments: FieldTable,
-    declared_by: Option<&str>,
-) -> QueueSpec {
-    QueueSpec {
-        name,
-        durable: true,
-        exclusive_owner: None,
-        auto_delete,
-        arguments,
-        declared_by: declared_by.map(Arc::from),
-    }
+/// Whether a queue has a record in the log: a durable one, and a cluster's classic queue (the
+/// metadata group's, transient or not).
+fn records_queue(spec: &QueueSpec) -> bool {
+    spec.durable || spec.home.is_some()
 }
 
 /// A binding as its command stores it.
@@ -954,7 +944,7 @@ impl Vhost {
         }
     }
 
-    /// The command that stores a durable queue.
+    /// The command that stores a queue.
     fn declare_queue_command(&self, spec: &QueueSpec) -> MetaCommand {
         MetaCommand::DeclareQueue {
             vhost: self.name.clone(),
@@ -962,6 +952,34 @@ impl Vhost {
             auto_delete: spec.auto_delete,
             arguments: spec.arguments.clone(),
             declared_by: spec.declared_by.as_deref().map(str::to_string),
+            home: spec.home,
+        }
+    }
+
+    /// A queue as its `DeclareQueue` command stores it: durable, unless it is a cluster's classic
+    /// queue declared transient; exclusive to its connection on its home node, and to no
+    /// connection of another node.
+    fn stored_queue_spec(
+        &self,
+        name: QueueName,
+        auto_delete: bool,
+        arguments: FieldTable,
+        declared_by: Option<String>,
+        home: Option<crate::meta::QueueHome>,
+    ) -> QueueSpec {
+        let here = self.replication.get().map(|r| r.node);
+        let exclusive_owner = home.and_then(|h| h.owner).map(|owner| match here {
+            Some(node) if node == home.map_or(0, |h| h.node) => ConnectionId(owner),
+            _ => ConnectionId::ELSEWHERE,
+        });
+        QueueSpec {
+            name,
+            durable: home.is_none_or(|h| h.durable),
+            exclusive_owner,
+            auto_delete,
+            arguments,
+            declared_by: declared_by.map(Arc::from),
+            home,
         }
     }
 }
@@ -973,15 +991,12 @@ impl QueueOwner for Vhost {
     }
 
     fn expire(&self, queue: &Arc<Queue>, now: Now) {
-        match self.proposer.get() {
+        match self.replication.get() {
             // A replicated queue goes through the metadata group, on every node at once, when its
             // host asks (the others do not know whether it is in use). Every node checks again
             // later: the host's proposal may fail, and another node may host it by then.
-            Some(proposer) if queue.args.quorum => {
-                proposer.propose(MetaCommand::DeleteQueue {
-                    vhost: self.name.clone(),
-                    queue: queue.name().clone(),
-                });
+            Some(r) if queue.is_replicated() => {
+                r.proposer.propose_deletion(&self.name, queue);
                 if let Some(ms) = queue.args.expires_ms {
                     let after = std::time::Duration::from_millis(ms);
                     let wake = crate::queue::Wake::Expiry(after);

@@ -10,22 +10,27 @@
 //! [`Vhost::apply_replicated`], in log order and idempotently: applying a declaration of something
 //! that exists, or a deletion of something that does not, changes nothing.
 //!
-//! Classic queues, and the bindings to them, stay on the node that declared them for now.
+//! A classic queue lives on its home node (the node whose client declared it), as in RabbitMQ:
+//! its record, with the home, is every node's, so every node routes to it and refuses a second
+//! declaration; the home holds the live queue, and every other node a copy that publishes and
+//! dead letters are forwarded through and that its own consumers take from (the broker's
+//! cluster/quorum, as for a quorum queue another node hosts). Only the home decides that such a
+//! queue is gone (its exclusive owner closed, its last consumer left, `x-expires`); it proposes the
+//! deletion like any other change.
 //! A snapshot of the metadata group carries [`Vhost::replicated_commands`]; installing one turns
 //! this node's replicated topology into it ([`Vhost::reconcile`]).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use amq_protocol::types::FieldTable;
 
-use super::{binding_of, stored_binding, stored_queue_spec, Vhost, STANDARD_EXCHANGES};
+use super::{binding_of, stored_binding, Vhost, STANDARD_EXCHANGES};
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Destination, ExchangeKind, ExchangeSpec};
 use crate::ids::ConnectionId;
 use crate::meta::MetaCommand;
 use crate::queue::sink::{Journal, MetaProposer};
-use crate::queue::{arguments, QueueSpec};
+use crate::queue::{arguments, Queue, QueueSpec};
 use crate::resource::check_name;
 use crate::time::Now;
 
@@ -33,22 +38,58 @@ use crate::time::Now;
 pub fn replicated_destination(destination: &Destination) -> bool {
     match destination {
         Destination::Exchange(_) => true,
-        Destination::Queue(q) => q.args.quorum,
+        Destination::Queue(q) => q.is_replicated(),
+    }
+}
+
+/// What a cluster node's vhost needs from its cluster.
+#[derive(Debug, Clone)]
+pub struct Replication {
+    /// This node's id.
+    pub node: u64,
+    /// This run of the node (random per start): the classic queues it declares carry it.
+    pub run: u64,
+    /// Where quorum queues journal their messages (the queue shard groups).
+    pub quorum: Arc<dyn Journal>,
+    /// The journal of this node's copies of classic queues other nodes hold: acks of what their
+    /// consumers were handed are settled at the home, dead letters into them are sent there.
+    pub copies: Arc<dyn Journal>,
+    /// Where changes the vhost decides itself go (deletions of queues it holds).
+    pub proposer: Arc<dyn MetaProposer>,
+}
+
+impl Replication {
+    /// Whether `queue` here is a copy of a classic queue another node holds.
+    pub fn is_copy(&self, queue: &Queue) -> bool {
+        queue.spec.home.is_some_and(|h| h.node != self.node)
     }
 }
 
 impl Vhost {
-    /// Makes this vhost a cluster node's: from now on its exchanges are all recorded, its quorum
-    /// queues journal their messages to `quorum_journal` (the queue shard groups), and a quorum
-    /// queue that `x-expires` finds unused is deleted through `proposer`.
-    pub fn set_replicated(
-        &self,
-        quorum_journal: Arc<dyn Journal>,
-        proposer: Arc<dyn MetaProposer>,
-    ) {
-        let _ = self.quorum_journal.set(quorum_journal);
-        let _ = self.proposer.set(proposer);
-        self.replicated.store(true, Ordering::Release);
+    /// Makes this vhost a cluster node's: from now on its exchanges and queues are all recorded
+    /// and change through the metadata group; see [`Replication`].
+    pub fn set_replicated(&self, replication: Replication) {
+        let _ = self.replication.set(replication);
+    }
+
+    /// This node's id and run on a cluster.
+    pub fn node(&self) -> Option<(u64, u64)> {
+        self.replication.get().map(|r| (r.node, r.run))
+    }
+
+    /// Whether `queue` is a copy of a classic queue another cluster node holds.
+    pub fn is_copy(&self, queue: &Queue) -> bool {
+        self.replication.get().is_some_and(|r| r.is_copy(queue))
+    }
+
+    /// A queue this node holds is no longer wanted (its exclusive owner closed, its last consumer
+    /// left): a single node's goes now; a cluster's goes through the metadata group, asked by its
+    /// home only (a copy's consumers are the home's through their subscription).
+    pub fn retire_queue(&self, queue: &Arc<Queue>, now: Now) {
+        match self.replication.get() {
+            Some(r) if queue.is_replicated() => r.proposer.propose_deletion(&self.name, queue),
+            _ => self.remove_queue(queue, now),
+        }
     }
 
     /// exchange.declare (not passive): the command that creates the exchange, or `None` when an
@@ -117,21 +158,46 @@ impl Vhost {
         )
     }
 
-    /// queue.declare (not passive) of a quorum queue: the command that creates it, or `None` when
-    /// an equivalent one exists; `before_create` runs for a new one as in [`Vhost::declare_queue`].
+    /// queue.declare (not passive): the commands that create the queue, or none when an
+    /// equivalent one exists; `before_create` runs for a new one as in [`Vhost::declare_queue`]. A
+    /// classic queue's home is this node. `stale` says whether an existing classic queue is gone
+    /// with its home (a transient one whose home is down): it is replaced by this declaration.
     pub fn plan_declare_queue(
         &self,
         mut spec: QueueSpec,
+        server_named: bool,
+        stale: impl FnOnce(&Queue) -> bool,
         before_create: impl FnOnce() -> AmqpResult<()>,
-    ) -> AmqpResult<Option<MetaCommand>> {
-        check_name("queue", &spec.name)?;
+    ) -> AmqpResult<Vec<MetaCommand>> {
+        if !server_named {
+            check_name("queue", &spec.name)?;
+        }
         spec.durable &= spec.exclusive_owner.is_none();
         let _topology = self.topology.lock();
+        let mut commands = Vec::new();
         if let Some(existing) = self.find_queue(&spec.name) {
-            return self.check_queue_equivalent(&existing, &spec).map(|()| None);
+            let Some(home) = existing.spec.home.filter(|_| stale(&existing)) else {
+                return self
+                    .check_queue_equivalent(&existing, &spec)
+                    .map(|()| Vec::new());
+            };
+            commands.push(MetaCommand::RetireQueue {
+                vhost: self.name.clone(),
+                queue: existing.name().clone(),
+                home,
+            });
         }
-        self.check_new_queue(&spec, before_create)?;
-        Ok(Some(self.declare_queue_command(&spec)))
+        let args = self.check_new_queue(&spec, before_create)?;
+        if !args.quorum {
+            spec.home = self.replication.get().map(|r| crate::meta::QueueHome {
+                node: r.node,
+                run: r.run,
+                durable: spec.durable,
+                owner: spec.exclusive_owner.map(|c| c.0),
+            });
+        }
+        commands.push(self.declare_queue_command(&spec));
+        Ok(commands)
     }
 
     /// queue.delete of a replicated queue: the command, or `None` when there is no such queue.
@@ -194,16 +260,18 @@ impl Vhost {
                 auto_delete,
                 arguments,
                 declared_by,
+                home,
                 ..
             } => {
                 if self.queues.contains_key(queue) {
                     return Ok(());
                 }
-                let spec = stored_queue_spec(
+                let spec = self.stored_queue_spec(
                     queue.clone(),
                     *auto_delete,
                     arguments.clone(),
-                    declared_by.as_deref(),
+                    declared_by.clone(),
+                    *home,
                 );
                 let (args, refused) =
                     arguments::parse_stored(&spec.arguments, &self.resource("queue", queue));
@@ -218,6 +286,14 @@ impl Vhost {
             }
             MetaCommand::DeleteQueue { queue, .. } => {
                 if let Some(q) = self.find_queue(queue) {
+                    self.remove_queue_locked(&q, now);
+                }
+            }
+            MetaCommand::RetireQueue { queue, home, .. } => {
+                if let Some(q) = self
+                    .find_queue(queue)
+                    .filter(|q| q.spec.home == Some(*home))
+                {
                     self.remove_queue_locked(&q, now);
                 }
             }
@@ -245,13 +321,13 @@ impl Vhost {
     }
 
     /// The replicated topology as the commands that build it: exchanges (not the standard ones),
-    /// quorum queues, then the bindings to them and between exchanges, each list in name order.
+    /// queues, then the bindings to them and between exchanges, each list in name order.
     pub fn replicated_commands(&self) -> Vec<MetaCommand> {
         let _topology = self.topology.lock();
         let mut exchanges = self.exchange_list();
         exchanges.sort_by(|a, b| a.name().cmp(b.name()));
         let mut queues = self.queue_list();
-        queues.retain(|q| q.args.quorum);
+        queues.retain(|q| q.is_replicated());
         queues.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out: Vec<MetaCommand> = exchanges
             .iter()

@@ -387,6 +387,20 @@ impl Links {
         &self.config
     }
 
+    /// Whether node `id`'s link is up.
+    pub fn connected(&self, id: u64) -> bool {
+        self.peers.lock().get(&id).is_some_and(|s| s.link.is_some())
+    }
+
+    /// The configured name of node `id` (its certificate's CN).
+    pub fn name_of(&self, id: u64) -> Option<&str> {
+        self.config
+            .peers
+            .iter()
+            .find(|p| p.id == id)
+            .map(|p| p.name.as_str())
+    }
+
     /// Every other node and its link.
     pub fn status(&self) -> Vec<PeerStatus> {
         let peers = self.peers.lock();

@@ -1,5 +1,6 @@
-//! Publishes forwarded to the node that hosts a quorum queue, and the node-link requests of this
-//! node's groups (Raft's, forwarded publishes, subscriptions).
+//! Publishes forwarded to the node that holds a queue (a quorum queue's host, a classic queue's
+//! home), and the node-link requests of this node's groups (Raft's, forwarded publishes,
+//! subscriptions).
 
 use std::collections::HashMap;
 use std::io;
@@ -37,8 +38,41 @@ struct Forward {
     group: u32,
     body: Bytes,
     done: Option<Completion>,
-    metrics: ShardMetrics,
+    /// A quorum queue's shard: its publishes fail once another node leads it.
+    metrics: Option<ShardMetrics>,
     timeout: Duration,
+}
+
+/// The node a forwarded publish goes to, and for a quorum queue its shard.
+pub(crate) struct Target {
+    pub node: u64,
+    pub group: u32,
+    pub metrics: Option<ShardMetrics>,
+}
+
+impl Target {
+    /// A quorum queue's host: the leader of its shard, when that is another node.
+    pub fn host(shard: &ShardGroup) -> Result<Target, &'static str> {
+        let me = shard.node_id();
+        let node = shard
+            .leader()
+            .filter(|l| *l != me)
+            .ok_or("the queue's shard has no leader on another node now")?;
+        Ok(Target {
+            node,
+            group: shard.group,
+            metrics: Some(shard.raft.metrics()),
+        })
+    }
+
+    /// A classic queue's home node.
+    pub fn home(node: u64) -> Target {
+        Target {
+            node,
+            group: 0,
+            metrics: None,
+        }
+    }
 }
 
 type ShardMetrics = openraft::type_config::alias::WatchReceiverOf<
@@ -54,32 +88,29 @@ impl Forwarder {
         }
     }
 
-    /// Sends a message published on this node to the node that hosts its quorum queue (the
-    /// shard's leader), in publish order; `done` (the publisher's confirm) is called with the
-    /// host's answer: ok once a majority has the message, an error (basic.nack) when there is no
-    /// leader to send it to, the link fails, the host refuses it, or another node leads the shard
-    /// before the host answers.
+    /// Sends a message published on this node to the node that holds its queue, in publish
+    /// order; `done` (the publisher's confirm) is called with that node's answer: ok once the
+    /// message is stored as the queue stores it (a quorum queue: by a majority), an error
+    /// (basic.nack) when the link fails, the node refuses it, or, for a quorum queue, another node
+    /// leads the shard before the host answers.
     pub fn publish(
         &self,
-        (shard, timeout): (&ShardGroup, Duration),
+        (target, timeout): (Target, Duration),
         (vhost, queue): (&str, &str),
         message: &Message,
         done: Option<Completion>,
     ) {
-        let me = shard.node_id();
-        let Some(leader) = shard.leader().filter(|l| *l != me) else {
-            return failed(done, "the queue's shard has no leader on another node now");
-        };
+        let leader = target.node;
         let body = Bytes::from(encode(|w| {
             w.bytes(vhost.as_bytes());
             w.bytes(queue.as_bytes());
             w.bytes(&message.stored_form());
         }));
         let forward = Forward {
-            group: shard.group,
+            group: target.group,
             body,
             done,
-            metrics: shard.raft.metrics(),
+            metrics: target.metrics,
             timeout,
         };
         let mut peers = self.peers.lock();
@@ -120,7 +151,7 @@ async fn forward_to(links: Arc<Links>, leader: u64, mut queue: mpsc::UnboundedRe
                         answer = call.answer(timeout) => {
                             answer.map(|_| ()).map_err(|e| e.to_string())
                         }
-                        () = leader_changed(&mut metrics, leader) => {
+                        () = leader_changed(metrics.as_mut(), leader) => {
                             Err("the queue's host changed before it answered".to_string())
                         }
                     };
@@ -134,9 +165,13 @@ async fn forward_to(links: Arc<Links>, leader: u64, mut queue: mpsc::UnboundedRe
     }
 }
 
-/// Done when the shard's metrics name a leader other than `leader` (never, if they stop).
-async fn leader_changed(metrics: &mut ShardMetrics, leader: u64) {
+/// Done when the shard's metrics name a leader other than `leader` (never, if they stop or there
+/// is no shard).
+async fn leader_changed(metrics: Option<&mut ShardMetrics>, leader: u64) {
     use openraft::async_runtime::WatchReceiver;
+    let Some(metrics) = metrics else {
+        return std::future::pending().await;
+    };
     loop {
         let current = metrics.borrow_watched().current_leader;
         if current.is_some() && current != Some(leader) {
@@ -181,11 +216,13 @@ impl QuorumServer {
             Ok((r.string()?, r.string()?, Bytes::copy_from_slice(r.bytes()?)))
         })
         .map_err(bad_request)?;
-        let record = crate::meta::records::message_queue(&vhost, &queue);
-        if !self.journal.hosts(&record) {
+        let holder = self.holder.upgrade().ok_or("the broker has stopped")?;
+        if !holder
+            .queue(&vhost, &queue)
+            .is_some_and(|q| self.journal.holds(&q))
+        {
             return Err(format!("{NOT_HOSTING}: queue '{queue}' in vhost '{vhost}'"));
         }
-        let holder = self.holder.upgrade().ok_or("the broker has stopped")?;
         let message = holder
             .message(&payload)
             .ok_or("the forwarded message does not decode")?;
@@ -227,7 +264,7 @@ impl crate::cluster::link::RequestHandler for QuorumServer {
             rpc::PUBLISH => {}
             rpc::SUBSCRIBE => {
                 return done(holder().and_then(|h| {
-                    subs.subscribe(from, group, &body, |r| self.journal.hosts(r), &*h)
+                    subs.subscribe(from, group, &body, |q| self.journal.holds(q), &*h)
                 }))
             }
             rpc::SETTLE => return done(subs.settle(from, &body)),

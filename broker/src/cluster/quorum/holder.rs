@@ -13,11 +13,14 @@ use crate::queue::{Enqueued, Queue};
 pub trait QuorumHolder: Send + Sync + 'static {
     /// Every quorum queue of every vhost, with its record name.
     fn quorum_queues(&self) -> Vec<(String, Arc<Queue>)>;
+    /// This node's copies of classic queues other nodes hold, with their record names.
+    fn copies(&self) -> Vec<(String, Arc<Queue>)>;
     /// A message as a queue holds it, from its stored form.
     fn message(&self, payload: &Bytes) -> Option<Arc<Message>>;
-    /// Quorum queue `queue` of `vhost`.
+    /// Quorum queue or cluster classic queue `queue` of `vhost`.
     fn queue(&self, vhost: &str, queue: &str) -> Option<Arc<Queue>>;
-    /// Publishes a message forwarded by another node into quorum queue `queue` of `vhost`.
+    /// Publishes a message forwarded by another node into queue `queue` of `vhost` (quorum or
+    /// classic).
     fn publish(
         &self,
         vhost: &str,

@@ -195,7 +195,8 @@ impl ShardJournal {
 }
 
 /// Keeps this node subscribed at the host of every quorum queue it has consumers of and does not
-/// host, and the host's side clear of gone nodes.
+/// host, and at the home of every classic queue of another node it has consumers of, and the
+/// host's side clear of gone nodes.
 pub(crate) async fn follow(
     journal: Arc<ShardJournal>,
     holder: Weak<dyn QuorumHolder>,
@@ -209,7 +210,13 @@ pub(crate) async fn follow(
             return;
         };
         let queues = holder_now.quorum_queues();
+        let copies = holder_now.copies();
         drop(holder_now);
+        for (record, queue) in copies {
+            let home = queue.spec.home.map(|h| h.node);
+            let wanted = (queue.consumer_count() > 0).then_some(home).flatten();
+            subs.sync(&links, 0, &record, &queue, wanted).await;
+        }
         for (record, queue) in queues {
             if journal.hosts(&record) {
                 continue;

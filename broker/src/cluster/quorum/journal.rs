@@ -26,6 +26,8 @@ pub struct ShardJournal {
     proposer: OnceLock<Propose>,
     /// Where messages for queues hosted elsewhere leave, and how long their answer may take.
     forwarder: OnceLock<(super::Forwarder, std::time::Duration)>,
+    /// This node's id (set when the cluster starts).
+    node: OnceLock<u64>,
 }
 
 impl std::fmt::Debug for ShardJournal {
@@ -36,20 +38,29 @@ impl std::fmt::Debug for ShardJournal {
     }
 }
 
-/// How this node proposes a metadata change it decides itself (an expired quorum queue's deletion).
+/// How this node proposes a metadata change it decides itself (an unused queue's deletion).
 pub(crate) type Propose = Box<dyn Fn(crate::meta::MetaCommand) + Send + Sync>;
 
-/// An expired quorum queue is deleted through the metadata group, by the node that hosts it only
-/// (its copy alone knows whether the queue is in use: other nodes' consumers are subscribed there).
+/// A queue found unused is deleted through the metadata group, by the node that holds it only
+/// (its live queue alone knows whether it is in use: other nodes' consumers are subscribed there).
 impl crate::queue::sink::MetaProposer for ShardJournal {
-    fn propose(&self, command: crate::meta::MetaCommand) {
-        if let crate::meta::MetaCommand::DeleteQueue { vhost, queue } = &command {
-            if !self.hosts(&crate::meta::records::message_queue(vhost, queue)) {
-                return;
-            }
+    fn propose_deletion(&self, vhost: &str, queue: &crate::queue::Queue) {
+        if !self.holds(queue) {
+            return;
         }
         if let Some(propose) = self.proposer.get() {
-            propose(command);
+            let (vhost, queue_name) = (vhost.into(), queue.name().clone());
+            propose(match queue.spec.home {
+                Some(home) => crate::meta::MetaCommand::RetireQueue {
+                    vhost,
+                    queue: queue_name,
+                    home,
+                },
+                None => crate::meta::MetaCommand::DeleteQueue {
+                    vhost,
+                    queue: queue_name,
+                },
+            });
         }
     }
 }
@@ -65,8 +76,41 @@ impl ShardJournal {
         forwarder: super::Forwarder,
         timeout: std::time::Duration,
     ) {
+        if let Some(shard) = shards.first() {
+            let _ = self.node.set(shard.node_id());
+        }
         let _ = self.shards.set(shards);
         let _ = self.forwarder.set((forwarder, timeout));
+    }
+
+    /// Whether this node holds the live `queue`: a quorum queue whose shard it leads, a classic
+    /// queue whose home it is.
+    pub fn holds(&self, queue: &crate::queue::Queue) -> bool {
+        match (queue.spec.home, queue.record_name()) {
+            (Some(home), _) => self.node.get() == Some(&home.node),
+            (None, Some(record)) if queue.args.quorum => self.hosts(record),
+            _ => false,
+        }
+    }
+
+    /// Sends a message for classic queue `queue` of `vhost`, whose home is `node`, there; `done`
+    /// (a publisher's confirm) gets the home's answer.
+    pub(crate) fn send_home(
+        &self,
+        node: u64,
+        names: (&str, &str),
+        message: &crate::message::Message,
+        done: Option<Completion>,
+    ) {
+        match self.forwarder.get() {
+            Some((forwarder, timeout)) => forwarder.publish(
+                (super::forward::Target::home(node), *timeout),
+                names,
+                message,
+                done,
+            ),
+            None => super::shard::failed(done, "this node has not joined its cluster yet"),
+        }
     }
 
     /// Sends a message for quorum queue `queue` of `vhost` (record name `record`), which another
@@ -80,7 +124,10 @@ impl ShardJournal {
     ) {
         match (self.shard(record), self.forwarder.get()) {
             (Some(shard), Some((forwarder, timeout))) => {
-                forwarder.publish((shard, *timeout), names, message, done)
+                match super::forward::Target::host(shard) {
+                    Ok(target) => forwarder.publish((target, *timeout), names, message, done),
+                    Err(why) => failed(done, why),
+                }
             }
             _ => super::shard::failed(done, "this node has not joined its cluster yet"),
         }
@@ -169,5 +216,55 @@ fn op_queue(op: &QueueOp) -> &str {
         QueueOp::Enqueue { queue, .. }
         | QueueOp::Remove { queue, .. }
         | QueueOp::Drop { queue } => queue,
+    }
+}
+
+/// The journal of this node's copies of classic queues other nodes hold (their home): a copy
+/// holds only what its consumers were handed from the home, so an acknowledgement of it is a
+/// settle sent there, and a dead letter into it goes there.
+#[derive(Debug)]
+pub struct CopiesJournal(pub Arc<ShardJournal>);
+
+impl Journal for CopiesJournal {
+    fn next_id(&self) -> u64 {
+        self.0.next_id()
+    }
+
+    fn forward(
+        &self,
+        vhost: &str,
+        queue: &crate::queue::Queue,
+        message: &Arc<crate::message::Message>,
+    ) -> bool {
+        let Some(home) = queue.spec.home else {
+            return false;
+        };
+        self.0
+            .send_home(home.node, (vhost, queue.name().as_str()), message, None);
+        true
+    }
+
+    fn write(&self, records: Vec<Record>, done: Option<Completion>) {
+        let mut settles: Vec<(String, Vec<u64>)> = Vec::new();
+        for record in records {
+            match record {
+                Record::Remove { queue, id } => match settles.iter_mut().find(|(q, _)| *q == queue)
+                {
+                    Some((_, ids)) => ids.push(id),
+                    None => settles.push((queue, vec![id])),
+                },
+                // A copy deleted by the metadata group: the home drops the messages.
+                Record::DropQueue { .. } => {}
+                other => {
+                    tracing::error!(record = ?other, "a copy of another node's queue stores nothing");
+                }
+            }
+        }
+        for (queue, ids) in settles {
+            self.0.subscriptions.settle_at_host(&queue, ids);
+        }
+        if let Some(done) = done {
+            done(Ok(()));
+        }
     }
 }

@@ -26,7 +26,7 @@ pub(crate) use forward::Forwarder;
 pub(crate) use forward::QuorumServer;
 pub use holder::QuorumHolder;
 pub(crate) use hosting::{follow, host};
-pub use journal::ShardJournal;
+pub use journal::{CopiesJournal, ShardJournal};
 pub(crate) use shard::propose_writes;
 pub use shard::{Epoch, ShardGroup};
 pub use subscribe::Subscriptions;

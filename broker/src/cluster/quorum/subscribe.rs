@@ -89,9 +89,7 @@ fn names_body(vhost: &str, queue: &str, w: &mut crate::cluster::raft::codec::Wri
 
 impl DeliverySink for RemoteSink {
     fn deliver(&self, delivery: Delivery) -> Result<(), Delivery> {
-        let Some(id) = delivery.entry.store_id else {
-            return Err(delivery);
-        };
+        let id = delivery_id(&delivery.entry);
         let body = Bytes::from(encode(|w| {
             names_body(&self.vhost, &self.queue, w);
             w.u64(id);
@@ -137,6 +135,13 @@ impl DeliverySink for RemoteSink {
     }
 }
 
+/// What the host and the subscriber call a message handed over: its id in the log, or for one the
+/// queue does not store (a classic queue's transient message) its place in the queue, marked so
+/// the two never meet (log ids stay far below 2^63).
+fn delivery_id(entry: &Entry) -> u64 {
+    entry.store_id.unwrap_or(entry.seq | 1 << 63)
+}
+
 /// Sends a request whose answer only needs collecting.
 fn send(links: &Arc<Links>, node: u64, group: u32, kind: u8, body: Bytes) {
     if let Ok(call) = links.start_call(node, group, kind, body) {
@@ -165,20 +170,20 @@ impl Subscriptions {
         from: u64,
         group: u32,
         body: &Bytes,
-        hosts: impl FnOnce(&str) -> bool,
+        holds: impl FnOnce(&Queue) -> bool,
         holder: &dyn QuorumHolder,
     ) -> Result<(), String> {
         let (vhost, name) = decode(body, read_names).map_err(bad_request)?;
         let record = crate::meta::records::message_queue(&vhost, &name);
-        if !hosts(&record) {
+        let queue = holder
+            .queue(&vhost, &name)
+            .ok_or_else(|| format!("no queue '{name}' in vhost '{vhost}'"))?;
+        if !holds(&queue) {
             return Err(format!(
                 "{}: queue '{name}' in vhost '{vhost}'",
                 NOT_HOSTING
             ));
         }
-        let queue = holder
-            .queue(&vhost, &name)
-            .ok_or_else(|| format!("no queue '{name}' in vhost '{vhost}'"))?;
         let links = self.links.get().ok_or("the node links are not up")?.clone();
         let mut remote = self.remote.lock();
         if let Some(existing) = remote.get(&(from, record.clone())) {

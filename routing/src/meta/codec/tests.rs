@@ -114,6 +114,33 @@ fn every_command() -> Vec<MetaCommand> {
             auto_delete: false,
             arguments: table(),
             declared_by: Some(s("nova")),
+            home: None,
+        },
+        MetaCommand::DeclareQueue {
+            vhost: s("/").into(),
+            queue: s("reply_1").into(),
+            auto_delete: true,
+            arguments: table(),
+            declared_by: Some(s("nova")),
+            home: Some(crate::meta::QueueHome {
+                node: 3,
+                run: u64::MAX - 1,
+                durable: false,
+                owner: Some(17),
+            }),
+        },
+        MetaCommand::DeclareQueue {
+            vhost: s("/").into(),
+            queue: s("durable_classic").into(),
+            auto_delete: false,
+            arguments: FieldTable::default(),
+            declared_by: None,
+            home: Some(crate::meta::QueueHome {
+                node: 1,
+                run: 0,
+                durable: true,
+                owner: None,
+            }),
         },
         MetaCommand::DeclareQueue {
             vhost: s("/").into(),
@@ -121,6 +148,17 @@ fn every_command() -> Vec<MetaCommand> {
             auto_delete: true,
             arguments: FieldTable::default(),
             declared_by: None,
+            home: None,
+        },
+        MetaCommand::RetireQueue {
+            vhost: s("/").into(),
+            queue: s("reply_1").into(),
+            home: crate::meta::QueueHome {
+                node: 2,
+                run: 7,
+                durable: false,
+                owner: None,
+            },
         },
         MetaCommand::DeleteQueue {
             vhost: s("/").into(),
@@ -179,6 +217,7 @@ fn the_deepest_tables_the_protocol_accepts_round_trip() {
         auto_delete: false,
         arguments: t,
         declared_by: None,
+        home: None,
     };
     assert_eq!(decode(&encode(&c)), Ok(c));
 }
