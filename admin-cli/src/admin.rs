@@ -217,6 +217,7 @@ impl AdminCommand {
                 json!({"command": "list_queues", "vhost": vhost}),
                 Layout::Table(&[
                     "name",
+                    "type",
                     "messages",
                     "consumers",
                     "durable",

@@ -120,6 +120,20 @@ class Cluster:
         assert cp.returncode == 0, cp.stderr
         return json.loads(cp.stdout)
 
+    def queues(self, i: int) -> list[dict]:
+        """``brokerctl list_queues`` on node ``i`` (vhost /), as JSON."""
+        ctl = Path(self.exe).with_name("brokerctl")
+        cp = subprocess.run(
+            [str(ctl), "--socket", str(self.data / f"n{i}" / "admin.sock"), "--format", "json",
+             "list_queues"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
+        assert cp.returncode == 0, cp.stderr
+        return json.loads(cp.stdout)
+
+    def name(self, i: int) -> str:
+        """Node ``i``'s name (its certificate's CN)."""
+        return self.status(i)["nodes"][0]["name"]
+
     def group(self, i: int, name: str) -> dict:
         return next(g for g in self.status(i)["groups"] if g["group"] == name)
 

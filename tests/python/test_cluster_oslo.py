@@ -1,8 +1,9 @@
 """oslo.messaging on a three-node Warren cluster as OpenStack deploys it (issue 13, HA11): quorum
-queues for topics and notifications (``rabbit_quorum_queue``) and for reply and fanout queues
-(``rabbit_transient_quorum_queue``), three hosts in the transport URL, and kill -9 of the node
-hosting the RPC topic's queue while calls, casts and notifications go on: calls succeed again
-within the failover window, and every notification the notifier sent arrives.
+queues for topics and notifications (``rabbit_quorum_queue``), reply and fanout queues as quorum
+queues too (``rabbit_transient_quorum_queue``) or as classic queues on the node the service is
+connected to, three hosts in the transport URL, and kill -9 of a node while calls, casts and
+notifications go on: calls succeed again within the failover window, and every notification the
+notifier sent arrives.
 
 Warren only (it starts its own processes)."""
 
@@ -50,7 +51,7 @@ class Notifications:
         return messaging.NotificationResult.HANDLED
 
 
-def conf_for(cluster: Cluster, tmp_path):
+def conf_for(cluster: Cluster, tmp_path, transient_quorum: bool):
     broker = cluster.broker(1)
     hosts = ",".join(f"{broker.server_name}:{cluster.port(i)}" for i in range(1, NODES + 1))
     path = tmp_path / "oslo.conf"
@@ -67,7 +68,7 @@ ssl_cert_file = {broker.cert_file}
 ssl_key_file = {broker.key_file}
 rabbit_login_method = EXTERNAL
 rabbit_quorum_queue = True
-rabbit_transient_quorum_queue = True
+rabbit_transient_quorum_queue = {transient_quorum}
 rabbit_retry_interval = 1
 rabbit_retry_backoff = 1
 rabbit_interval_max = 2
@@ -90,10 +91,13 @@ def call_until_ok(client, deadline: float, **kw) -> int:
     raise AssertionError(f"no call succeeded in time: {last!r}")
 
 
-@pytest.mark.parametrize("victim", ["topic-host", "first-host"])
-def test_openstack_services_keep_working_when_a_node_is_killed(tmp_path, victim):
+@pytest.mark.parametrize("victim,transient_quorum", [
+    ("topic-host", True), ("first-host", True), ("reply-home", False)])
+def test_openstack_services_keep_working_when_a_node_is_killed(tmp_path, victim, transient_quorum):
     """``topic-host``: the node hosting the RPC topic's queue; ``first-host``: the first host of
-    the transport URL, where kombu connects the services first."""
+    the transport URL, where kombu connects the services first; ``reply-home``, with classic reply
+    and fanout queues: the home of the RPC client's reply queue (the node it is connected to), so
+    the client declares it again on the node it fails over to."""
     cluster = Cluster(tmp_path)
     cluster.configure()
     started = []
@@ -101,7 +105,7 @@ def test_openstack_services_keep_working_when_a_node_is_killed(tmp_path, victim)
     try:
         for i in range(1, NODES + 1):
             cluster.start(i)
-        conf = conf_for(cluster, tmp_path)
+        conf = conf_for(cluster, tmp_path, transient_quorum)
         rpc = messaging.get_rpc_transport(conf)
         notify = messaging.get_notification_transport(conf)
         transports += [rpc, notify]
@@ -132,6 +136,13 @@ def test_openstack_services_keep_working_when_a_node_is_killed(tmp_path, victim)
         host = wait(lambda: cluster.group(1, shard)["leader"], 30, f"{shard} has a leader")
         if victim == "first-host":
             host = 1
+        if victim == "reply-home":
+            # The RPC client's reply queue is a classic queue whose home is the node the client
+            # is connected to: that node is killed.
+            replies = [q for q in cluster.queues(2) if q["name"].startswith("reply_")]
+            assert [q["type"] for q in replies] == ["classic"], replies
+            names = {cluster.name(i): i for i in range(1, NODES + 1)}
+            host = names[replies[0]["node"]]
         cluster.kill(host)
         killed = time.monotonic()
         assert call_until_ok(client, killed + FAILOVER, a=1, b=2) == 3

@@ -183,7 +183,7 @@ impl Channel {
                 }
                 let q = s.vhost.queue(&name, s.id)?;
                 s.broker.check_home(&s.vhost, &q)?;
-                if q.is_replicated() {
+                if s.vhost.replicates(&q) {
                     let plan = s.vhost.plan_binding(
                         b.exchange.as_str(),
                         Destination::Queue(q),
@@ -212,7 +212,7 @@ impl Channel {
                 let name = self.queue_name(u.queue.as_str())?;
                 check_queue_binding(s, u.exchange.as_str(), &name, u.routing_key.as_str())?;
                 match s.vhost.find_queue(&name) {
-                    Some(q) if q.is_replicated() => {
+                    Some(q) if s.vhost.replicates(&q) => {
                         let plan = s.vhost.plan_binding(
                             u.exchange.as_str(),
                             Destination::Queue(q),
@@ -252,7 +252,10 @@ impl Channel {
             queue::AMQPMethod::Delete(d) => {
                 let name = self.queue_name(d.queue.as_str())?;
                 permissions::check(s, Access::Configure, Kind::Queue, &name)?;
-                let replicated = s.vhost.find_queue(&name).is_some_and(|q| q.is_replicated());
+                let replicated = s
+                    .vhost
+                    .find_queue(&name)
+                    .is_some_and(|q| s.vhost.replicates(&q));
                 let message_count = if replicated {
                     let plan = s
                         .vhost

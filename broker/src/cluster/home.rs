@@ -58,6 +58,22 @@ impl Broker {
         !queue.spec.durable && self.unreachable_home(vhost, queue).is_some()
     }
 
+    /// The name of the node holding `queue` on a cluster (its home, or its shard's leader), as
+    /// `list_queues` shows it (RabbitMQ's `node` column).
+    pub(crate) fn queue_node(&self, queue: &Queue) -> Option<String> {
+        let cluster = self.cluster()?;
+        let node = match (queue.spec.home, queue.record_name()) {
+            (Some(home), _) => home.node,
+            (None, Some(record)) if queue.args.quorum => cluster.shard(record).leader()?,
+            _ => return None,
+        };
+        let config = cluster.links.config();
+        match config.me() {
+            Some(me) if me.id == node => Some(me.name.clone()),
+            _ => cluster.links.name_of(node).map(str::to_string),
+        }
+    }
+
     /// Why classic queue `queue`, homed here or (for the metadata leader) on a node down for
     /// long, is to be deleted.
     fn gone_because(&self, queue: &Queue, me: (u64, u64), lost: &[u64]) -> Option<&'static str> {

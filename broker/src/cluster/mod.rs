@@ -1,7 +1,8 @@
-//! Warren as a cluster node (opt-in with `[cluster]`; HA.md is the design). So far: the cluster's
-//! configuration and the node links between its nodes, mutually authenticated over TLS 1.3 with node
-//! certificates only. Replicated definitions and quorum queues (openraft groups) run over these
-//! links next.
+//! Warren as a cluster node (opt-in with `[cluster]`; HA.md is the design, docs/cluster.md what
+//! an operator sees): the configuration, the node links (mutual TLS 1.3, node certificates only),
+//! the Raft groups over them (raft: the metadata group and the queue shards), quorum queues hosted
+//! by their shard's leader and classic queues by their home node (quorum: forwarding and
+//! subscriptions for both; home: what follows from a home node), and `warren --dev --cluster`.
 
 pub mod config;
 pub mod dev;

@@ -77,6 +77,11 @@ impl Vhost {
         self.replication.get().map(|r| (r.node, r.run))
     }
 
+    /// Whether `queue`'s record is this cluster's metadata group's (so are the bindings to it).
+    pub fn replicates(&self, queue: &Queue) -> bool {
+        self.is_replicated() && queue.is_replicated()
+    }
+
     /// Whether `queue` is a copy of a classic queue another cluster node holds.
     pub fn is_copy(&self, queue: &Queue) -> bool {
         self.replication.get().is_some_and(|r| r.is_copy(queue))

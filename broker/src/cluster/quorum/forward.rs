@@ -13,7 +13,8 @@ use warren_storage::store::Completion;
 
 use super::holder::{QuorumHolder, NOT_HOSTING};
 use super::journal::ShardJournal;
-use super::shard::{failed, ShardGroup};
+use super::shard::failed;
+use super::target::{ShardMetrics, Target};
 use crate::cluster::link::Links;
 use crate::cluster::raft::codec::{decode, encode};
 use crate::cluster::raft::network::bad_request;
@@ -42,43 +43,6 @@ struct Forward {
     metrics: Option<ShardMetrics>,
     timeout: Duration,
 }
-
-/// The node a forwarded publish goes to, and for a quorum queue its shard.
-pub(crate) struct Target {
-    pub node: u64,
-    pub group: u32,
-    pub metrics: Option<ShardMetrics>,
-}
-
-impl Target {
-    /// A quorum queue's host: the leader of its shard, when that is another node.
-    pub fn host(shard: &ShardGroup) -> Result<Target, &'static str> {
-        let me = shard.node_id();
-        let node = shard
-            .leader()
-            .filter(|l| *l != me)
-            .ok_or("the queue's shard has no leader on another node now")?;
-        Ok(Target {
-            node,
-            group: shard.group,
-            metrics: Some(shard.raft.metrics()),
-        })
-    }
-
-    /// A classic queue's home node.
-    pub fn home(node: u64) -> Target {
-        Target {
-            node,
-            group: 0,
-            metrics: None,
-        }
-    }
-}
-
-type ShardMetrics = openraft::type_config::alias::WatchReceiverOf<
-    crate::cluster::raft::Types,
-    openraft::RaftMetrics<crate::cluster::raft::Types>,
->;
 
 impl Forwarder {
     pub fn new(links: Arc<Links>) -> Self {

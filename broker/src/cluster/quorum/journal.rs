@@ -104,7 +104,7 @@ impl ShardJournal {
     ) {
         match self.forwarder.get() {
             Some((forwarder, timeout)) => forwarder.publish(
-                (super::forward::Target::home(node), *timeout),
+                (super::target::Target::home(node), *timeout),
                 names,
                 message,
                 done,
@@ -123,12 +123,10 @@ impl ShardJournal {
         done: Option<Completion>,
     ) {
         match (self.shard(record), self.forwarder.get()) {
-            (Some(shard), Some((forwarder, timeout))) => {
-                match super::forward::Target::host(shard) {
-                    Ok(target) => forwarder.publish((target, *timeout), names, message, done),
-                    Err(why) => failed(done, why),
-                }
-            }
+            (Some(shard), Some((forwarder, timeout))) => match super::target::Target::host(shard) {
+                Ok(target) => forwarder.publish((target, *timeout), names, message, done),
+                Err(why) => failed(done, why),
+            },
             _ => super::shard::failed(done, "this node has not joined its cluster yet"),
         }
     }

@@ -14,6 +14,11 @@
 //! nodes' subscriptions; its own consumers stay and, like every other node's, are fed through a
 //! subscription at the shard's new leader, which carries on from its replica (subscribe.rs). A
 //! consumer sees a failover as redeliveries, as with RabbitMQ's quorum queues.
+//!
+//! A classic queue of a cluster is held the same way by a fixed node, its home (cluster/home.rs):
+//! the other nodes' copies forward publishes there ([`Forwarder`], [`CopiesJournal`]) and
+//! subscribe their consumers there, with the same code; only nothing is journaled to a shard (a
+//! durable classic queue's messages are in its home's own log).
 
 mod forward;
 mod holder;
@@ -21,6 +26,7 @@ mod hosting;
 mod journal;
 mod shard;
 mod subscribe;
+mod target;
 
 pub(crate) use forward::Forwarder;
 pub(crate) use forward::QuorumServer;

@@ -11,8 +11,8 @@
 //! definitions and the replicated topology as commands; installing one turns this node's into it
 //! (`meta::definitions::replacing`, `Vhost::reconcile`).
 //!
-//! Exchanges, quorum queues and the bindings to them and between exchanges go through the group
-//! too (routing's vhost/replicated.rs); classic queues stay on the node that declared them.
+//! Exchanges, queues (quorum queues, and classic queues with their home node) and every binding go
+//! through the group too (routing's vhost/replicated.rs).
 
 use std::collections::BTreeMap;
 use std::io;
