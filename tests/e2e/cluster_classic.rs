@@ -93,6 +93,11 @@ async fn a_classic_queue_lives_on_its_home_and_every_node_publishes_to_it_and_co
     publish_all(&pch2, "compute", "p2", 5).await;
     assert_eq!(b1.queue("compute").unwrap().message_count(), 6);
     assert_eq!(b2.queue("compute").unwrap().message_count(), 0);
+    // A declare on another node answers the home's counts (its copy holds none of them).
+    let (_, count, _) = pch2
+        .declare(QueueDeclareArguments::durable_client_named("compute"))
+        .await;
+    assert_eq!(count, 6);
 
     // A consumer on node 3 takes them (in order) from the home; its acks settle them there.
     let c3 = b3.connect().await;
@@ -133,6 +138,21 @@ async fn a_classic_queue_lives_on_its_home_and_every_node_publishes_to_it_and_co
         .await
         .expect("basic.cancel");
     hc.close().await;
+    // A purge on another node purges the home's queue (once node 3's subscription has ended,
+    // so that the home keeps what is published).
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while b1.queue("compute").unwrap().consumer_count() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "still subscribed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    publish_all(&pch2, "compute", "x", 2).await;
+    let purged = pch2
+        .queue_purge(amqprs::channel::QueuePurgeArguments::new("compute"))
+        .timely()
+        .await
+        .expect("queue.purge");
+    assert_eq!(purged, Some(2));
+    assert_eq!(b1.queue("compute").unwrap().message_count(), 0);
 
     // The bindings are every node's: deleting the queue on node 3 removes it and them everywhere.
     for b in all {

@@ -269,6 +269,33 @@ async fn consumers_on_any_node_take_messages_and_keep_consuming_across_a_failove
 }
 
 #[tokio::test]
+async fn a_node_that_does_not_host_the_queue_answers_its_hosts_counts_and_purges_there() {
+    let cluster = LinkCluster::new(3);
+    let [b1, b2, b3] = three_nodes(&cluster).await;
+    let all = [&b1, &b2, &b3];
+    agreed_leader(&all).await;
+    declare_quorum(&b1, QUEUE, []).await;
+    host(&all).await;
+    let follower = all.iter().copied().find(|b| !hosts(b)).unwrap();
+    let (fc, _, fch) = follower.connect_with_confirming_channel().await;
+    publish_all(&fch, "c", 5).await;
+    assert_eq!(follower.queue(QUEUE).unwrap().message_count(), 0);
+    let mut passive = QueueDeclareArguments::durable_client_named(QUEUE);
+    passive.passive(true);
+    let (_, count, _) = fch.declare(passive).await;
+    assert_eq!(count, 5);
+    let purged = fch
+        .queue_purge(amqprs::channel::QueuePurgeArguments::new(QUEUE))
+        .await
+        .expect("queue.purge");
+    assert_eq!(purged, Some(5));
+    for b in all {
+        wait_for_replica(b, 0).await;
+    }
+    fc.close().await;
+}
+
+#[tokio::test]
 async fn an_unused_quorum_queue_expires_on_every_node_and_one_consumed_elsewhere_does_not() {
     let cluster = LinkCluster::new(3);
     let brokers = three_nodes(&cluster).await;

@@ -6,6 +6,7 @@ mod confirm;
 mod exchange;
 mod publish;
 mod queue;
+mod remote;
 mod replicated;
 mod tx;
 pub mod unacked;
@@ -59,6 +60,8 @@ pub struct Channel {
     /// The name this channel generated for a server-named queue whose declaration waits for the
     /// cluster's metadata group (the method runs again with it).
     server_named: Option<crate::ids::QueueName>,
+    /// The answer of the node holding a queue to what this channel asked it (channel/remote.rs).
+    asked: remote::Slot,
 }
 
 impl Channel {
@@ -78,6 +81,7 @@ impl Channel {
             needs_dispatch: false,
             deleted_ready: None,
             server_named: None,
+            asked: Default::default(),
         }
     }
 

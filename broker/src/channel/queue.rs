@@ -90,6 +90,7 @@ impl Channel {
                 if server_named && s.vhost.is_replicated() {
                     d.queue = name.as_str().into();
                 }
+                let rerun = d.clone();
                 let again = (!d.passive && s.vhost.is_replicated()).then(|| d.clone());
                 let spec = QueueSpec {
                     name,
@@ -166,11 +167,28 @@ impl Channel {
                     }
                 };
                 s.broker.check_home(&s.vhost, &q)?;
+                let again = AMQPClass::Queue(queue::AMQPMethod::Declare(rerun));
+                let counts = if d.nowait {
+                    // No declare-ok: nothing to ask the queue's node.
+                    Some(crate::cluster::quorum::Counts {
+                        messages: 0,
+                        consumers: 0,
+                    })
+                } else {
+                    self.counts(s, &q, again)
+                };
+                let Some(counts) = counts else {
+                    // A server-named queue runs again under the name it was given.
+                    if server_named {
+                        self.server_named = Some(q.name().clone());
+                    }
+                    return Ok(());
+                };
                 self.last_queue = Some(q.name().clone());
                 let ok = queue::DeclareOk {
                     queue: q.name().as_str().into(),
-                    message_count: q.message_count(),
-                    consumer_count: q.consumer_count(),
+                    message_count: counts.messages,
+                    consumer_count: counts.consumers,
                 };
                 reply(s, d.nowait, queue::AMQPMethod::DeclareOk(ok));
             }
@@ -242,7 +260,10 @@ impl Channel {
                 permissions::check(s, Access::Read, Kind::Queue, &name)?;
                 let q = s.vhost.queue(&name, s.id)?;
                 s.broker.check_home(&s.vhost, &q)?;
-                let message_count = q.purge(Now::read());
+                let again = AMQPClass::Queue(queue::AMQPMethod::Purge(p.clone()));
+                let Some(message_count) = self.purge(s, &q, again)? else {
+                    return Ok(());
+                };
                 reply(
                     s,
                     p.nowait,

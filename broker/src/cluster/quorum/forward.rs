@@ -45,6 +45,11 @@ struct Forward {
 }
 
 impl Forwarder {
+    /// The node links the publishes leave through.
+    pub fn links(&self) -> &Arc<Links> {
+        &self.links
+    }
+
     pub fn new(links: Arc<Links>) -> Self {
         Forwarder {
             links,
@@ -235,6 +240,11 @@ impl crate::cluster::link::RequestHandler for QuorumServer {
             rpc::UNSUBSCRIBE => return done(subs.unsubscribe(from, &body)),
             rpc::DELIVER => return done(holder().and_then(|h| subs.deliver(from, &body, &*h))),
             rpc::CANCELLED => return done(holder().and_then(|h| subs.cancelled(from, &body, &*h))),
+            rpc::COUNT | rpc::PURGE => {
+                let answer =
+                    holder().and_then(|h| super::remote::answer(&self.journal, &*h, kind, &body));
+                return Box::pin(async move { answer });
+            }
             _ => return self.groups.handle(from, group, kind, body),
         }
         let answer = self.publish(&body);

@@ -25,9 +25,9 @@ pub struct ShardJournal {
     /// How a change this node decides itself reaches the metadata group (set when it starts).
     proposer: OnceLock<Propose>,
     /// Where messages for queues hosted elsewhere leave, and how long their answer may take.
-    forwarder: OnceLock<(super::Forwarder, std::time::Duration)>,
+    pub(super) forwarder: OnceLock<(super::Forwarder, std::time::Duration)>,
     /// This node's id (set when the cluster starts).
-    node: OnceLock<u64>,
+    pub(super) node: OnceLock<u64>,
 }
 
 impl std::fmt::Debug for ShardJournal {

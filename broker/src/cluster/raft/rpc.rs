@@ -26,6 +26,9 @@ pub const SETTLE: u8 = 9;
 pub const UNSUBSCRIBE: u8 = 10;
 pub const DELIVER: u8 = 11;
 pub const CANCELLED: u8 = 12;
+/// What a node asks the node holding a queue about it (cluster/quorum/remote.rs).
+pub const COUNT: u8 = 13;
+pub const PURGE: u8 = 14;
 
 /// A group's snapshot as it travels: the vote of the leader sending it, its metadata and its data.
 pub type Snapshot = SnapshotOf<Types, Vec<u8>>;
