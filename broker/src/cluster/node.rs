@@ -30,6 +30,13 @@ fn raft_config(config: &ClusterConfig) -> anyhow::Result<openraft::Config> {
         election_timeout_min: 1000,
         election_timeout_max: 2000,
         enable_pre_vote: Some(true),
+        // A restarted node is a follower until an election says otherwise, as in standard Raft.
+        // With openraft's default it resumed as the leader of every group it led before a crash
+        // (its committed vote on disk), with the others long since led by a new leader: in the
+        // fault suite, two groups of a node killed while leading them never caught up again
+        // after it stepped down (every answer between it and the new leader timed out, for
+        // minutes), and meanwhile its hosting took the groups' queues over for nothing.
+        enable_leader_restore: Some(false),
         install_snapshot_timeout: 30_000,
         ..Default::default()
     }
