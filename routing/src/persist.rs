@@ -78,7 +78,13 @@ impl Durability {
         self.store.stalled_for()
     }
 
-    /// Blocks until everything written is durable (shutdown).
+    /// Closes the log once everything written is durable (shutdown): its files are not touched
+    /// again, however long other holders of it live; later writes fail.
+    pub fn close(&self) {
+        self.store.close();
+    }
+
+    /// Blocks until everything written is durable.
     pub fn flush(&self) -> std::io::Result<()> {
         self.store.flush()
     }

@@ -38,6 +38,8 @@ enum Command {
         ids: Vec<u64>,
         reply: Sender<io::Result<Vec<(u64, Bytes)>>>,
     },
+    /// Stops the thread once what was queued before is durable; answered when it has stopped.
+    Close(Sender<()>),
 }
 
 /// Tuning for the store.
@@ -112,6 +114,17 @@ impl Store {
             },
             recovered,
         ))
+    }
+
+    /// Stops the commit thread once everything queued so far is durable, and waits for it: the
+    /// log's files are no longer touched (a broker that stops closes its log before it releases
+    /// the data directory, however long other holders of the store live). Later writes fail.
+    pub fn close(&self) {
+        let Some(tx) = &self.tx else { return };
+        let (reply, closed) = mpsc::channel();
+        if tx.send(Command::Close(reply)).is_ok() {
+            let _ = closed.recv();
+        }
     }
 
     /// Queues records; `done` runs once they are durable (or have failed).
@@ -210,6 +223,7 @@ fn run<M: Medium>(mut log: Log<M>, rx: Receiver<Command>, max_batch: usize, busy
         let mut records = Vec::new();
         let mut completions = Vec::new();
         let mut reads = Vec::new();
+        let mut close = None;
         for command in batch {
             match command {
                 Command::Write { records: r, done } => {
@@ -218,6 +232,7 @@ fn run<M: Medium>(mut log: Log<M>, rx: Receiver<Command>, max_batch: usize, busy
                 }
                 Command::Barrier(done) => completions.push(done),
                 Command::Read { queue, ids, reply } => reads.push((queue, ids, reply)),
+                Command::Close(reply) => close = Some(reply),
             }
         }
         let result = match &poisoned {
@@ -263,10 +278,17 @@ fn run<M: Medium>(mut log: Log<M>, rx: Receiver<Command>, max_batch: usize, busy
             }
             let _ = reply.send(result.map(|()| out));
         }
-        if ok {
+        if ok && close.is_none() {
             let _ = log.reclaim();
         }
         busy.end();
+        if let Some(reply) = close {
+            let _ = log.sync();
+            // The receiver goes with the thread: every later write fails at once.
+            drop(rx);
+            let _ = reply.send(());
+            return;
+        }
     }
     let _ = log.sync();
 }

@@ -423,3 +423,109 @@ async fn a_dead_letter_into_a_quorum_queue_hosted_elsewhere_reaches_its_host() {
     hc.close().await;
     fc.close().await;
 }
+
+/// Starts node `id` of `cluster` with room for messages of `max_message` bytes.
+async fn start_node_for(cluster: &LinkCluster, id: u64, max_message: u64) -> TestBroker {
+    let config = cluster.config(id);
+    TestBroker::start_with(move |c| {
+        c.cluster = Some(config);
+        c.limits.max_message_size = max_message;
+    })
+    .await
+}
+
+/// A body of `len` bytes that says which message it is everywhere in it.
+fn big_body(tag: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| tag.wrapping_add((i % 251) as u8))
+        .collect()
+}
+
+#[tokio::test]
+async fn messages_and_snapshots_larger_than_a_link_frame_are_replicated_and_caught_up() {
+    const MIB: usize = 1024 * 1024;
+    let cluster = LinkCluster::new(3);
+    let mut brokers = Vec::new();
+    for id in 1..=3 {
+        brokers.push(Some(start_node_for(&cluster, id, 40 * MIB as u64).await));
+    }
+    let all: Vec<&TestBroker> = brokers.iter().flatten().collect();
+    agreed_leader(&all).await;
+    declare_quorum(all[0], QUEUE, []).await;
+    let first_id = node_id(host(&all).await);
+    let followers: Vec<u64> = all
+        .iter()
+        .filter(|b| !hosts(b))
+        .map(|b| node_id(b))
+        .collect();
+    let (lagging_id, publishing_id) = (followers[0], followers[1]);
+    let publishing = all[(publishing_id - 1) as usize];
+
+    // Two messages larger than a node link's frame, published on a node that does not host the
+    // queue: forwarded to the host and replicated in parts, confirmed.
+    let (pc, _, pch) = publishing.connect_with_confirming_channel().await;
+    for tag in [1u8, 2] {
+        let props = BasicProperties::default().with_delivery_mode(2).finish();
+        pch.publish_acked("", QUEUE, props, &big_body(tag, 20 * MIB))
+            .await;
+    }
+    for b in &all {
+        wait_for_replica(b, 2).await;
+    }
+
+    // A follower stops; 20 MiB more arrive, and the host's shard snapshots and purges its log, so
+    // the follower can only catch up from a snapshot larger than a frame.
+    pc.close().await;
+    let stopped = brokers[(lagging_id - 1) as usize]
+        .take()
+        .unwrap()
+        .stop_keeping_data()
+        .await;
+    let first = brokers[(first_id - 1) as usize].as_ref().unwrap();
+    let (hc, _, hch) = first.connect_with_confirming_channel().await;
+    for i in 0..20u8 {
+        let props = BasicProperties::default().with_delivery_mode(2).finish();
+        hch.publish_acked("", QUEUE, props, &big_body(10 + i, MIB))
+            .await;
+    }
+    hc.close().await;
+    let record = message_queue("/", QUEUE);
+    let shard = first
+        .server
+        .broker
+        .cluster()
+        .unwrap()
+        .shard(&record)
+        .clone();
+    shard.raft.trigger().snapshot().await.expect("snapshot");
+    let built = shard
+        .raft
+        .wait(Some(SETTLE))
+        .metrics(|m| m.snapshot.is_some(), "snapshot built")
+        .await
+        .expect("a snapshot");
+    let upto = built.snapshot.unwrap().index;
+    shard.raft.trigger().purge_log(upto).await.expect("purge");
+    shard
+        .raft
+        .wait(Some(SETTLE))
+        .metrics(|m| m.purged.map(|p| p.index) >= Some(upto), "purged")
+        .await
+        .expect("purged");
+
+    let back = stopped.start().await;
+    wait_for_replica(&back, 22).await;
+
+    // Everything comes out intact, on the node that caught up.
+    let bc = back.connect().await;
+    let bch = bc.channel().await;
+    let (_, mut consumer) = bch.consume(QUEUE, "all", false).await;
+    let got = consumer.recv_n(22).await;
+    let sizes: Vec<usize> = got.iter().map(|d| d.body.len()).collect();
+    let mut expected = vec![20 * MIB, 20 * MIB];
+    expected.extend(std::iter::repeat_n(MIB, 20));
+    assert_eq!(sizes, expected);
+    assert_eq!(got[0].body, big_body(1, 20 * MIB));
+    assert_eq!(got[21].body, big_body(29, MIB));
+    bc.close().await;
+}

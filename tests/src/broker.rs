@@ -177,6 +177,9 @@ impl TestBroker {
                 .durability
                 .flush()
                 .expect("log flushed at shutdown");
+            // Tasks may outlive the broker a moment with the store in hand: its files must not
+            // be touched once the next broker has the directory.
+            self.server.broker.durability.close();
         }
     }
 }

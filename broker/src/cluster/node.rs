@@ -38,6 +38,9 @@ fn raft_config(config: &ClusterConfig) -> anyhow::Result<openraft::Config> {
         // minutes), and meanwhile its hosting took the groups' queues over for nothing.
         enable_leader_restore: Some(false),
         install_snapshot_timeout: 30_000,
+        // With proposals of at most about 1 MiB of messages (quorum/shard.rs), a catch-up request
+        // carries at most some 64 MiB.
+        max_payload_entries: 64,
         ..Default::default()
     }
     .validate()?)

@@ -658,3 +658,32 @@ fn a_stalled_disk_shows_as_a_growing_stall_until_it_completes() {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
+
+#[test]
+fn a_closed_store_has_written_everything_and_touches_its_files_no_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(
+        DiskMedium::new(dir.path()).unwrap(),
+        StoreOptions::default(),
+    )
+    .unwrap();
+    store.write(vec![put("kept", "1")], None);
+    store.close();
+    let (tx, rx) = std::sync::mpsc::channel();
+    store.write(
+        vec![put("late", "2")],
+        Some(Box::new(move |result| {
+            let _ = tx.send(result);
+        })),
+    );
+    assert!(rx.recv().unwrap().is_err(), "a write after close fails");
+    // Another store may now own the directory: the closed one is still alive and writes nothing.
+    let (_, recovered) = Store::open(
+        DiskMedium::new(dir.path()).unwrap(),
+        StoreOptions::default(),
+    )
+    .unwrap();
+    assert!(recovered.definitions.contains_key("kept"));
+    assert!(!recovered.definitions.contains_key("late"));
+    drop(store);
+}

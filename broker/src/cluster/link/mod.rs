@@ -342,20 +342,33 @@ impl Links {
             .and_then(|s| s.link.as_ref().map(|l| l.tx.clone()))
             .ok_or(CallError::NoLink(peer))?;
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
-        let frame = Frame::Request {
-            id,
-            group,
-            kind,
-            body,
-        };
-        if !frame.fits() {
+        if body.len() > wire::MAX_REQUEST {
             return Err(CallError::Busy(peer));
         }
+        // A body larger than a frame goes in parts, the last in the request frame; all of them
+        // take their places in the send queue at once, or none does.
+        let parts = body.len().div_ceil(wire::MAX_PART).max(1);
+        let Ok(mut permits) = tx.try_reserve_many(parts) else {
+            return Err(CallError::Busy(peer));
+        };
         let (reply, answer) = oneshot::channel();
         self.pending.lock().insert(id, Pending { peer, reply });
-        if tx.try_send(frame).is_err() {
-            self.pending.lock().remove(&id);
-            return Err(CallError::Busy(peer));
+        let last = (parts - 1) * wire::MAX_PART;
+        for start in (0..last).step_by(wire::MAX_PART) {
+            if let Some(permit) = permits.next() {
+                permit.send(Frame::RequestPart {
+                    id,
+                    body: body.slice(start..start + wire::MAX_PART),
+                });
+            }
+        }
+        if let Some(permit) = permits.next() {
+            permit.send(Frame::Request {
+                id,
+                group,
+                kind,
+                body: body.slice(last..),
+            });
         }
         Ok(StartedCall {
             links: self.clone(),
@@ -451,7 +464,7 @@ impl Links {
                 match admitted {
                     Ok(Ok((stream, peer, hello))) => {
                         let chain = peer_chain(stream.get_ref().1.peer_certificates());
-                        links.run(stream, peer, hello, chain).await
+                        links.run(stream, peer, hello, chain, BytesMut::new()).await
                     }
                     Ok(Err(e)) => {
                         info!(%from, error = %e, "node link refused");
@@ -560,10 +573,10 @@ impl Links {
         let mut backoff = REDIAL_MIN;
         while !self.stopped() {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.dial(&peer)).await {
-                Ok(Ok((stream, hello))) => {
+                Ok(Ok((stream, hello, read))) => {
                     backoff = REDIAL_MIN;
                     let chain = peer_chain(stream.get_ref().1.peer_certificates());
-                    self.run(stream, peer.clone(), hello, chain).await;
+                    self.run(stream, peer.clone(), hello, chain, read).await;
                 }
                 Ok(Err(e)) => self.record_error(&peer, &e.to_string()),
                 Err(_) => self.record_error(&peer, "link handshake timed out"),
@@ -586,6 +599,7 @@ impl Links {
         (
             tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
             Hello,
+            BytesMut,
         ),
         LinkError,
     > {
@@ -631,16 +645,19 @@ impl Links {
             }
         }
         self.check_hello(&hello, peer).map_err(refused)?;
-        Ok((stream, hello))
+        // What the peer sent after its welcome (it may start at once) belongs to the session.
+        Ok((stream, hello, buf))
     }
 
-    /// Registers a link (replacing an older one to the same peer) and serves it until it ends.
+    /// Registers a link (replacing an older one to the same peer) and serves it until it ends;
+    /// `read` is what was read from the stream beyond the handshake.
     async fn run<S>(
         &self,
         stream: S,
         peer: PeerConfig,
         hello: Hello,
         chain: Vec<CertificateDer<'static>>,
+        read: BytesMut,
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -663,7 +680,7 @@ impl Links {
             });
         }
         info!(peer = %peer.name, id = peer.id, "node link up");
-        let ended = self.serve(stream, &peer, tx, rx, closed).await;
+        let ended = self.serve(stream, &peer, (tx, rx, read), closed).await;
         let why = match &ended {
             Ok(()) => "closed".to_string(),
             Err(e) => e.to_string(),
@@ -687,8 +704,7 @@ impl Links {
         &self,
         stream: S,
         peer: &PeerConfig,
-        tx: mpsc::Sender<Frame>,
-        mut rx: mpsc::Receiver<Frame>,
+        (tx, mut rx, mut buf): (mpsc::Sender<Frame>, mpsc::Receiver<Frame>, BytesMut),
         mut closed: oneshot::Receiver<()>,
     ) -> Result<(), LinkError>
     where
@@ -712,15 +728,27 @@ impl Links {
         tokio::pin!(write);
         let mut stop = self.stop.subscribe();
         let mut ping = tokio::time::interval(PING_INTERVAL);
-        let mut buf = BytesMut::with_capacity(64 * 1024);
+        buf.reserve(64 * 1024);
         let mut heard = Instant::now();
         let requests = Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS_PER_LINK));
+        // The leading parts of requests larger than a frame, joined as they come.
+        let mut partial: HashMap<u64, BytesMut> = HashMap::new();
+        let mut partial_bytes = 0usize;
         loop {
             while let Some(frame) = Frame::decode(&mut buf).map_err(LinkError::Protocol)? {
                 heard = Instant::now();
                 match frame {
                     Frame::Ping(n) => send(&tx, Frame::Pong(n))?,
                     Frame::Pong(n) => self.record_rtt(peer, n),
+                    Frame::RequestPart { id, body } => {
+                        partial_bytes += body.len();
+                        if partial_bytes > wire::MAX_REQUEST {
+                            return Err(LinkError::Protocol(
+                                "unfinished requests beyond the link's bound".into(),
+                            ));
+                        }
+                        partial.entry(id).or_default().extend_from_slice(&body);
+                    }
                     Frame::Request {
                         id,
                         group,
@@ -728,16 +756,29 @@ impl Links {
                         body,
                     } => match requests.clone().try_acquire_owned() {
                         Ok(permit) => {
+                            let body = match partial.remove(&id) {
+                                Some(mut head) => {
+                                    partial_bytes -= head.len();
+                                    head.extend_from_slice(&body);
+                                    head.freeze()
+                                }
+                                None => body,
+                            };
                             let request = (id, group, kind, body);
                             self.serve_request(peer.id, request, tx.clone(), permit)
                         }
-                        Err(_) => send(
-                            &tx,
-                            Frame::Response {
-                                id,
-                                answer: Err("busy: too many requests in progress".into()),
-                            },
-                        )?,
+                        Err(_) => {
+                            if let Some(head) = partial.remove(&id) {
+                                partial_bytes -= head.len();
+                            }
+                            send(
+                                &tx,
+                                Frame::Response {
+                                    id,
+                                    answer: Err("busy: too many requests in progress".into()),
+                                },
+                            )?
+                        }
                     },
                     Frame::Response { id, answer } => {
                         // Only the peer a request went to may answer it.

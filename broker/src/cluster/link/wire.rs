@@ -6,7 +6,9 @@
 //! misconfigured node says why in both logs.
 //!
 //! A frame is `length (u32, big-endian) | kind (u8) | payload`; the length counts kind and payload
-//! and is bounded, so a peer cannot make this node buffer without limit.
+//! and is bounded, so a peer cannot make this node buffer without limit. A request larger than a
+//! frame (a big message forwarded or replicated, a snapshot) travels as `RequestPart` frames
+//! followed by its `Request` frame, and the receiver joins them (bounded by `MAX_REQUEST`).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -17,6 +19,11 @@ const VERSION: u8 = 1;
 pub(crate) const HELLO_LEN: usize = 4 + 1 + 8 + 8 + 8;
 /// The largest frame accepted (kind and payload).
 pub(crate) const MAX_FRAME: u32 = 16 * 1024 * 1024;
+/// The most a request's body may carry in one frame (the rest of the frame is its head).
+pub(crate) const MAX_PART: usize = MAX_FRAME as usize - 64;
+/// The largest request body a link joins from parts (a 512 MiB message, RabbitMQ's ceiling and
+/// Warren's, with room for its envelope), and the most a link buffers of unfinished requests.
+pub(crate) const MAX_REQUEST: usize = 768 * 1024 * 1024;
 
 /// A node introducing itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +83,11 @@ pub(crate) enum Frame {
         kind: u8,
         body: Bytes,
     },
+    /// A leading piece of request `id`'s body (the `Request` frame carries the last piece).
+    RequestPart {
+        id: u64,
+        body: Bytes,
+    },
     /// The answer to request `id`: its body, or why it failed.
     Response {
         id: u64,
@@ -89,6 +101,7 @@ const PING: u8 = 3;
 const PONG: u8 = 4;
 const REQUEST: u8 = 5;
 const RESPONSE: u8 = 6;
+const REQUEST_PART: u8 = 7;
 
 impl Frame {
     pub fn encode(&self, out: &mut BytesMut) {
@@ -108,6 +121,7 @@ impl Frame {
                 head.push(*kind);
                 (REQUEST, head, body)
             }
+            Frame::RequestPart { id, body } => (REQUEST_PART, id.to_be_bytes().to_vec(), body),
             Frame::Response { id, answer } => {
                 let mut head = id.to_be_bytes().to_vec();
                 head.push(u8::from(answer.is_ok()));
@@ -127,7 +141,7 @@ impl Frame {
     /// Whether the frame fits the bound a receiver enforces.
     pub fn fits(&self) -> bool {
         let body = match self {
-            Frame::Request { body, .. } => body.len(),
+            Frame::Request { body, .. } | Frame::RequestPart { body, .. } => body.len(),
             Frame::Response {
                 answer: Ok(body), ..
             } => body.len(),
@@ -176,6 +190,10 @@ impl Frame {
                 kind: payload[12],
                 body: payload.slice(13..),
             })),
+            REQUEST_PART if payload.len() >= 8 => Ok(Some(Frame::RequestPart {
+                id: number(&payload.slice(..8))?,
+                body: payload.slice(8..),
+            })),
             RESPONSE if payload.len() >= 9 => {
                 let id = number(&payload.slice(..8))?;
                 let answer = match payload[8] {
@@ -222,6 +240,10 @@ mod tests {
                 group: 3,
                 kind: 2,
                 body: Bytes::from_static(b"append"),
+            },
+            Frame::RequestPart {
+                id: 9,
+                body: Bytes::from_static(b"the first part"),
             },
             Frame::Response {
                 id: 9,

@@ -16,6 +16,10 @@ pub type Epoch = openraft::type_config::alias::CommittedLeaderIdOf<Types>;
 
 /// Writes taken into one proposal at most.
 const BATCH: usize = 512;
+/// Message bytes after which a proposal takes no more writes: an entry stays well inside a link
+/// frame, so a lagging follower's catch-up (up to `max_payload_entries` entries per request) is a
+/// few frames, not a joined request of hundreds of megabytes.
+const BATCH_BYTES: usize = 1024 * 1024;
 
 /// This node's member of a queue shard group.
 pub struct ShardGroup {
@@ -94,6 +98,19 @@ pub(crate) struct Write {
     epoch: Epoch,
 }
 
+impl Write {
+    /// The message bytes it carries.
+    fn bytes(&self) -> usize {
+        self.ops
+            .iter()
+            .map(|op| match op {
+                QueueOp::Enqueue { payload, .. } => payload.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+}
+
 pub(crate) fn failed(done: Option<Completion>, why: &str) {
     if let Some(done) = done {
         done(Err(io::Error::other(why.to_string())));
@@ -121,10 +138,14 @@ pub(crate) async fn propose_writes(
 ) {
     let mut pending: Vec<Write> = Vec::new();
     while let Some(first) = writes.recv().await {
+        let mut bytes = first.bytes();
         pending.push(first);
-        while pending.len() < BATCH {
+        while pending.len() < BATCH && bytes < BATCH_BYTES {
             match writes.try_recv() {
-                Ok(more) => pending.push(more),
+                Ok(more) => {
+                    bytes += more.bytes();
+                    pending.push(more);
+                }
                 Err(_) => break,
             }
         }
