@@ -49,8 +49,9 @@ struct Segment {
     /// Messages enqueued in this segment and not yet removed, and their payload bytes.
     live_messages: u64,
     live_bytes: u64,
-    /// Definitions whose current value was written in this segment.
+    /// Definitions whose current value was written in this segment, and their bytes.
     live_definitions: u64,
+    live_definition_bytes: u64,
 }
 
 /// The log over a medium. Not thread-safe by itself: the store (`store.rs`, its thread) owns it on one thread.
@@ -193,9 +194,10 @@ impl<M: Medium> Log<M> {
         }
     }
 
-    fn release_definition(&mut self, segment: u64) {
+    fn release_definition(&mut self, segment: u64, bytes: u64) {
         if let Some(s) = self.segments.get_mut(&segment) {
             s.live_definitions = s.live_definitions.saturating_sub(1);
+            s.live_definition_bytes = s.live_definition_bytes.saturating_sub(bytes);
         }
     }
 
@@ -231,17 +233,19 @@ impl<M: Medium> Log<M> {
         let segment = place.segment;
         match record {
             Record::Put { key, value } => {
-                if let Some((_, old)) = self
+                if let Some((old_value, old)) = self
                     .definitions
                     .insert(key.clone(), (Bytes::copy_from_slice(value), segment))
                 {
-                    self.release_definition(old);
+                    self.release_definition(old, (key.len() + old_value.len()) as u64);
                 }
-                self.segments.entry(segment).or_default().live_definitions += 1;
+                let seg = self.segments.entry(segment).or_default();
+                seg.live_definitions += 1;
+                seg.live_definition_bytes += (key.len() + value.len()) as u64;
             }
             Record::Delete { key } => {
-                if let Some((_, old)) = self.definitions.remove(key) {
-                    self.release_definition(old);
+                if let Some((old_value, old)) = self.definitions.remove(key) {
+                    self.release_definition(old, (key.len() + old_value.len()) as u64);
                 }
             }
             Record::Enqueue { queue, id, .. } => {
@@ -367,9 +371,13 @@ impl<M: Medium> Log<M> {
                 self.segments.remove(&oldest);
                 continue;
             }
-            // Only definitions left (tiny): always worth copying. A few live messages: only once enough
-            // segments wait behind this one.
-            let only_definitions = seg.live_messages == 0;
+            // Only a few definitions left: always worth copying. Not many: a cluster node's Raft
+            // entries are definitions until their group purges them, and copying a segment full of
+            // them forward at every reclaim would rewrite the log over and over; such a segment
+            // goes when the purge comes. A few live messages: only once enough segments wait
+            // behind this one.
+            let only_definitions =
+                seg.live_messages == 0 && seg.live_definition_bytes < self.segment_limit / 4;
             let sparse = seg.live_bytes < self.segment_limit / 4;
             let crowded = self.segments.len() > self.compact_after + 1;
             if copied || !(only_definitions || sparse && crowded) {
@@ -450,6 +458,7 @@ impl<M: Medium> Log<M> {
             s.live_messages = 0;
             s.live_bytes = 0;
             s.live_definitions = 0;
+            s.live_definition_bytes = 0;
         }
         Ok(())
     }

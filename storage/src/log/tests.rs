@@ -687,3 +687,47 @@ fn a_closed_store_has_written_everything_and_touches_its_files_no_more() {
     assert!(!recovered.definitions.contains_key("late"));
     drop(store);
 }
+
+#[test]
+fn a_segment_full_of_live_definitions_waits_for_their_deletion_instead_of_being_copied() {
+    let big = |k: &str| Record::Put {
+        key: k.into(),
+        value: Bytes::from(vec![7u8; 1500]),
+    };
+    let (mut log, _) = Log::open(MemoryMedium::default(), 4096).unwrap();
+    // Segment 1: two large live definitions (a cluster node's Raft entries, say).
+    log.append(&[big("raft/1/entry/1"), big("raft/1/entry/2")])
+        .unwrap();
+    // Segment 2 takes what comes next.
+    log.append(&[big("raft/1/entry/3"), big("raft/1/entry/4")])
+        .unwrap();
+    log.sync().unwrap();
+    log.reclaim().unwrap();
+    assert!(
+        log.segment_ids().contains(&1),
+        "not copied forward while its definitions live"
+    );
+    log.append(&[
+        Record::Delete {
+            key: "raft/1/entry/1".into(),
+        },
+        Record::Delete {
+            key: "raft/1/entry/2".into(),
+        },
+    ])
+    .unwrap();
+    log.sync().unwrap();
+    log.reclaim().unwrap();
+    assert!(
+        !log.segment_ids().contains(&1),
+        "gone once they are deleted"
+    );
+
+    // A segment with only a small definition left is copied forward and goes.
+    let (mut log, _) = Log::open(MemoryMedium::default(), 4096).unwrap();
+    log.append(&[put("vhost", "/")]).unwrap();
+    log.append(&[big("a"), big("b"), big("c")]).unwrap();
+    log.sync().unwrap();
+    log.reclaim().unwrap();
+    assert!(!log.segment_ids().contains(&1));
+}
