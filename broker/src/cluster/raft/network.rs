@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -51,6 +52,14 @@ fn unreachable(e: impl std::error::Error + 'static) -> Unreachable<Types> {
     Unreachable::new(&e)
 }
 
+/// How long an append carrying entries may wait for its answer. openraft gives a replication
+/// stream's appends the heartbeat's timeout (187.5 ms here), and a follower that answers later —
+/// busy writing a large batch, on a loaded machine — is taken for unreachable and backed off from
+/// for up to a second, which stalled commits under load (the quorum benchmark's 1 s confirms). A
+/// follower that is really gone loses its link, which fails the call at once; heartbeats keep
+/// their own short timeout (openraft's).
+const APPEND_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl PeerClient {
     async fn call(
         &self,
@@ -58,14 +67,12 @@ impl PeerClient {
         body: Vec<u8>,
         option: &RPCOption,
     ) -> Result<Bytes, Unreachable<Types>> {
+        let timeout = match kind {
+            rpc::APPEND => option.soft_ttl().max(APPEND_TIMEOUT),
+            _ => option.soft_ttl(),
+        };
         self.links
-            .call(
-                self.target,
-                self.group,
-                kind,
-                Bytes::from(body),
-                option.soft_ttl(),
-            )
+            .call(self.target, self.group, kind, Bytes::from(body), timeout)
             .await
             .map_err(unreachable)
     }
