@@ -349,7 +349,7 @@ impl<M: Medium> Log<M> {
         if let Some(seg) = self.segments.get(&active) {
             if due
                 && seg.len > (self.segment_limit / 4).min(1 << 20)
-                && seg.live_bytes < seg.len / 8
+                && seg.live_bytes + seg.live_definition_bytes < seg.len / 8
             {
                 self.last_retired = Some(Instant::now());
                 self.medium.create(active + 1)?;
@@ -378,7 +378,7 @@ impl<M: Medium> Log<M> {
             // behind this one.
             let only_definitions =
                 seg.live_messages == 0 && seg.live_definition_bytes < self.segment_limit / 4;
-            let sparse = seg.live_bytes < self.segment_limit / 4;
+            let sparse = seg.live_bytes + seg.live_definition_bytes < self.segment_limit / 4;
             let crowded = self.segments.len() > self.compact_after + 1;
             if copied || !(only_definitions || sparse && crowded) {
                 return Ok(());

@@ -731,3 +731,29 @@ fn a_segment_full_of_live_definitions_waits_for_their_deletion_instead_of_being_
     log.reclaim().unwrap();
     assert!(!log.segment_ids().contains(&1));
 }
+
+#[test]
+fn segments_of_live_definitions_are_neither_retired_nor_copied_as_if_they_were_dead() {
+    let big = |k: String| Record::Put {
+        key: k,
+        value: Bytes::from(vec![7u8; 1500]),
+    };
+    let (mut log, _) = Log::open(MemoryMedium::default(), 4096).unwrap();
+    // Many segments, each two large live definitions: crowded, and free of messages.
+    for i in 0..8 {
+        log.append(&[
+            big(format!("raft/1/entry/{}", 2 * i)),
+            big(format!("raft/1/entry/{}", 2 * i + 1)),
+        ])
+        .unwrap();
+    }
+    log.sync().unwrap();
+    let before = log.segment_ids();
+    std::thread::sleep(super::RETIRE_INTERVAL);
+    log.reclaim().unwrap();
+    assert_eq!(
+        log.segment_ids(),
+        before,
+        "live definitions are live bytes: no segment is sparse, the active one is not dead"
+    );
+}
