@@ -292,6 +292,13 @@ async fn a_node_that_does_not_host_the_queue_answers_its_hosts_counts_and_purges
     for b in all {
         wait_for_replica(b, 0).await;
     }
+    // queue.delete-ok counts what the host held.
+    publish_all(&fch, "d", 3).await;
+    let deleted = fch
+        .queue_delete(amqprs::channel::QueueDeleteArguments::new(QUEUE))
+        .await
+        .expect("queue.delete");
+    assert_eq!(deleted, Some(3));
     fc.close().await;
 }
 

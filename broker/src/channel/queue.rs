@@ -273,17 +273,26 @@ impl Channel {
             queue::AMQPMethod::Delete(d) => {
                 let name = self.queue_name(d.queue.as_str())?;
                 permissions::check(s, Access::Configure, Kind::Queue, &name)?;
-                let replicated = s
-                    .vhost
-                    .find_queue(&name)
-                    .is_some_and(|q| s.vhost.replicates(&q));
+                // (The run after a replicated deletion finds no queue, and what it held waiting.)
+                let replicated = match s.vhost.find_queue(&name) {
+                    Some(q) => s.vhost.replicates(&q),
+                    None => s.vhost.is_replicated() && self.deleted_ready.is_some(),
+                };
                 let message_count = if replicated {
                     let plan = s
                         .vhost
                         .plan_delete_queue(&name, d.if_unused, d.if_empty, s.id)?;
                     if let Some(command) = plan {
-                        self.deleted_ready = s.vhost.find_queue(&name).map(|q| q.message_count());
-                        let again = AMQPClass::Queue(queue::AMQPMethod::Delete(d));
+                        let again = AMQPClass::Queue(queue::AMQPMethod::Delete(d.clone()));
+                        // What the queue holds is its holder's to say (asked first when that is
+                        // another node; the method runs again with the answer).
+                        self.deleted_ready = match s.vhost.find_queue(&name) {
+                            Some(q) if !d.nowait => match self.counts(s, &q, again.clone()) {
+                                Some(counts) => Some(counts.messages),
+                                None => return Ok(()),
+                            },
+                            _ => None,
+                        };
                         return self.replicate(s, command, again);
                     }
                     // The run after the deletion reports what the queue held when it was asked.
