@@ -167,30 +167,24 @@ impl Channel {
                     }
                 };
                 s.broker.check_home(&s.vhost, &q)?;
-                let again = AMQPClass::Queue(queue::AMQPMethod::Declare(rerun));
-                let counts = if d.nowait {
-                    // No declare-ok: nothing to ask the queue's node.
-                    Some(crate::cluster::quorum::Counts {
-                        messages: 0,
-                        consumers: 0,
-                    })
-                } else {
-                    self.counts(s, &q, again)
-                };
-                let Some(counts) = counts else {
-                    // A server-named queue runs again under the name it was given.
-                    if server_named {
-                        self.server_named = Some(q.name().clone());
-                    }
-                    return Ok(());
-                };
+                // The declare-ok's counts (none to ask another node for without one).
+                if !d.nowait {
+                    let again = AMQPClass::Queue(queue::AMQPMethod::Declare(rerun));
+                    let Some(counts) = self.counts(s, &q, again) else {
+                        // A server-named queue runs again under the name it was given.
+                        if server_named {
+                            self.server_named = Some(q.name().clone());
+                        }
+                        return Ok(());
+                    };
+                    let ok = queue::DeclareOk {
+                        queue: q.name().as_str().into(),
+                        message_count: counts.messages,
+                        consumer_count: counts.consumers,
+                    };
+                    s.send(id, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok)));
+                }
                 self.last_queue = Some(q.name().clone());
-                let ok = queue::DeclareOk {
-                    queue: q.name().as_str().into(),
-                    message_count: counts.messages,
-                    consumer_count: counts.consumers,
-                };
-                reply(s, d.nowait, queue::AMQPMethod::DeclareOk(ok));
             }
             queue::AMQPMethod::Bind(b) => {
                 let name = self.queue_name(b.queue.as_str())?;

@@ -62,11 +62,7 @@ impl Broker {
     /// `list_queues` shows it (RabbitMQ's `node` column).
     pub(crate) fn queue_node(&self, queue: &Queue) -> Option<String> {
         let cluster = self.cluster()?;
-        let node = match (queue.spec.home, queue.record_name()) {
-            (Some(home), _) => home.node,
-            (None, Some(record)) if queue.args.quorum => cluster.shard(record).leader()?,
-            _ => return None,
-        };
+        let node = self.shard_journal.holder(queue)?;
         let config = cluster.links.config();
         match config.me() {
             Some(me) if me.id == node => Some(me.name.clone()),

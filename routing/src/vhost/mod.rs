@@ -968,9 +968,13 @@ impl Vhost {
         home: Option<crate::meta::QueueHome>,
     ) -> QueueSpec {
         let here = self.replication.get().map(|r| r.node);
-        let exclusive_owner = home.and_then(|h| h.owner).map(|owner| match here {
-            Some(node) if node == home.map_or(0, |h| h.node) => ConnectionId(owner),
-            _ => ConnectionId::ELSEWHERE,
+        let exclusive_owner = home.and_then(|h| {
+            let owner = h.owner?;
+            Some(if here == Some(h.node) {
+                ConnectionId(owner)
+            } else {
+                ConnectionId::ELSEWHERE
+            })
         });
         QueueSpec {
             name,

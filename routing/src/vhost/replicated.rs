@@ -72,11 +72,6 @@ impl Vhost {
         let _ = self.replication.set(replication);
     }
 
-    /// This node's id and run on a cluster.
-    pub fn node(&self) -> Option<(u64, u64)> {
-        self.replication.get().map(|r| (r.node, r.run))
-    }
-
     /// Whether `queue`'s record is this cluster's metadata group's (so are the bindings to it).
     pub fn replicates(&self, queue: &Queue) -> bool {
         self.is_replicated() && queue.is_replicated()

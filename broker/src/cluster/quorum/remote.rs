@@ -49,12 +49,17 @@ impl ShardJournal {
     /// single node's queue).
     pub(crate) fn holder_of(&self, queue: &Queue) -> Option<u64> {
         let me = *self.node.get()?;
-        let node = match (queue.spec.home, queue.record_name()) {
-            (Some(home), _) => home.node,
-            (None, Some(record)) if queue.args.quorum => self.shard(record)?.leader()?,
-            _ => return None,
-        };
-        (node != me).then_some(node)
+        self.holder(queue).filter(|node| *node != me)
+    }
+
+    /// The node holding `queue` on a cluster, this one included: a classic queue's home, a
+    /// quorum queue's shard leader (None when it has none, and for a single node's queue).
+    pub(crate) fn holder(&self, queue: &Queue) -> Option<u64> {
+        match (queue.spec.home, queue.record_name()) {
+            (Some(home), _) => Some(home.node),
+            (None, Some(record)) if queue.args.quorum => self.shard(record)?.leader(),
+            _ => None,
+        }
     }
 
     fn ask(
