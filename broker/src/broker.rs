@@ -78,8 +78,10 @@ pub struct Broker {
     pub shard_journal: Arc<crate::cluster::quorum::ShardJournal>,
     /// What a cluster node's vhosts need from the cluster (None on a single node).
     pub(crate) replication: Option<crate::vhost::Replication>,
-    /// This broker's exclusive hold on its data directory, released when the broker is dropped.
-    _dir_lock: DirLock,
+    /// This broker's exclusive hold on its data directory, released by [`Broker::close`] (or when
+    /// the broker is dropped): tasks that outlive a stopped broker a moment must not keep the
+    /// directory from the next one.
+    dir_lock: Mutex<Option<DirLock>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -214,6 +216,14 @@ impl Broker {
     /// This node in its cluster (None for a single node, or before the cluster has started).
     pub fn cluster(&self) -> Option<&Arc<crate::cluster::node::Cluster>> {
         self.cluster.get()
+    }
+
+    /// The last step of a shutdown: the log stops once what was queued is durable, then the data
+    /// directory is released for the next broker (even while tasks that outlive this one a moment
+    /// still hold it: their writes now fail instead of reaching the next broker's files).
+    pub fn close(&self) {
+        self.durability.close();
+        self.dir_lock.lock().take();
     }
 
     /// Opens the broker on `config`'s data directory, taking its lock unless `lock` is the lock
@@ -362,7 +372,7 @@ impl Broker {
             raft_records: Mutex::new(std::mem::take(&mut found.raft)),
             shard_journal,
             replication,
-            _dir_lock: dir_lock,
+            dir_lock: Mutex::new(Some(dir_lock)),
         });
         let disk_limit = broker
             .config

@@ -194,7 +194,7 @@ async fn serve(config: Arc<Config>, dev: bool, lock: Option<DirLock>) -> anyhow:
     if let Err(e) = server.broker.durability.flush() {
         tracing::error!(error = %e, "could not flush the log at shutdown");
     }
-    server.broker.durability.close();
+    server.broker.close();
     Ok(())
 }
 

@@ -49,6 +49,37 @@ async fn a_second_broker_on_the_same_data_directory_refuses_to_start() {
 }
 
 #[tokio::test]
+async fn a_closed_broker_releases_its_data_directory_while_a_task_still_holds_it() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    DevPki::ensure(&dir.path().join("tls")).expect("dev PKI");
+    let config = Arc::new(Config::dev(
+        dir.path(),
+        "127.0.0.1:0".parse().expect("address"),
+    ));
+    let first = Server::new(config.clone()).expect("the first broker starts");
+    // A task that outlives the broker a moment keeps its state alive.
+    let lingering = first.broker.clone();
+    drop(first);
+    assert!(start_error(&config).contains("another Warren broker is using the data directory"));
+    lingering.close();
+    let second = Server::new(config).expect("the next broker starts once the first has closed");
+    // The closed broker's log takes no more writes: they cannot reach the next broker's files.
+    let error = lingering
+        .durability
+        .flush()
+        .expect_err("a closed log is flushed");
+    assert!(
+        error.to_string().contains("the store has stopped"),
+        "{error}"
+    );
+    second
+        .broker
+        .durability
+        .flush()
+        .expect("the next broker's log works");
+}
+
+#[tokio::test]
 async fn trusted_files_and_the_data_directory_must_not_be_writable_by_others() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let (pki, _) = DevPki::ensure(&dir.path().join("tls")).expect("dev PKI");

@@ -178,8 +178,8 @@ impl TestBroker {
                 .flush()
                 .expect("log flushed at shutdown");
             // Tasks may outlive the broker a moment with the store in hand: its files must not
-            // be touched once the next broker has the directory.
-            self.server.broker.durability.close();
+            // be touched, nor its directory kept, once the next broker wants it.
+            self.server.broker.close();
         }
     }
 }
