@@ -134,6 +134,22 @@ pub enum AdminCommand {
         #[arg(long)]
         to: Option<u64>,
     },
+    /// Add a node started with `join = true` to the cluster: every group makes it a learner, waits
+    /// for it to catch up, then makes it a voter (also `brokerctl cluster add-node`).
+    #[command(name = "add_node", alias = "add-node")]
+    AddNode {
+        /// Its node id (never one a removed node had).
+        id: u64,
+        /// Its name: its node certificate's CN.
+        name: String,
+        /// Its node-link address (host:port).
+        addr: String,
+    },
+    /// Remove a node from the cluster; its classic queues are deleted (run it on another node).
+    #[command(name = "remove_node", alias = "remove-node")]
+    RemoveNode {
+        id: u64,
+    },
 }
 
 impl AdminCommand {
@@ -254,6 +270,11 @@ impl AdminCommand {
                 json!({"command": "transfer_leadership", "to": to}),
                 Layout::Plain,
             ),
+            AddNode { id, name, addr } => (
+                json!({"command": "add_node", "id": id, "name": name, "addr": addr}),
+                Layout::Plain,
+            ),
+            RemoveNode { id } => (json!({"command": "remove_node", "id": id}), Layout::Plain),
             ClusterStatus => (
                 json!({"command": "cluster_status"}),
                 Layout::Sections(&[
@@ -338,7 +359,12 @@ fn call(socket: &PathBuf, request: &Value) -> anyhow::Result<Value> {
             socket.display()
         ))
     })?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    // A node's catch-up while it is added, or a removal, may take minutes on a loaded cluster.
+    let patience = match request["command"].as_str() {
+        Some("add_node" | "remove_node") => Duration::from_secs(600),
+        _ => Duration::from_secs(30),
+    };
+    stream.set_read_timeout(Some(patience))?;
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
     stream.write_all(&line)?;

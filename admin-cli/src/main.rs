@@ -52,29 +52,42 @@ enum ClusterCommand {
         #[arg(long)]
         to: Option<u64>,
     },
+    /// Add a node started with `join = true` to every group (as `add_node`).
+    #[command(name = "add-node", alias = "add_node")]
+    AddNode {
+        /// Its node id (never one a removed node had).
+        id: u64,
+        /// Its name: its node certificate's CN.
+        name: String,
+        /// Its node-link address (host:port).
+        addr: String,
+    },
+    /// Remove a node from every group (as `remove_node`); run it on another node.
+    #[command(name = "remove-node", alias = "remove_node")]
+    RemoveNode { id: u64 },
+}
+
+impl From<ClusterCommand> for admin::AdminCommand {
+    fn from(command: ClusterCommand) -> Self {
+        match command {
+            ClusterCommand::Status => admin::AdminCommand::ClusterStatus,
+            ClusterCommand::Snapshot => admin::AdminCommand::ClusterSnapshot,
+            ClusterCommand::TransferLeadership { to } => {
+                admin::AdminCommand::TransferLeadership { to }
+            }
+            ClusterCommand::AddNode { id, name, addr } => {
+                admin::AdminCommand::AddNode { id, name, addr }
+            }
+            ClusterCommand::RemoveNode { id } => admin::AdminCommand::RemoveNode { id },
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let result = match args.command {
         Command::Ca { command } => ca::run(command),
-        Command::Cluster {
-            command: ClusterCommand::Status,
-        } => admin::run(args.socket, args.format, admin::AdminCommand::ClusterStatus),
-        Command::Cluster {
-            command: ClusterCommand::Snapshot,
-        } => admin::run(
-            args.socket,
-            args.format,
-            admin::AdminCommand::ClusterSnapshot,
-        ),
-        Command::Cluster {
-            command: ClusterCommand::TransferLeadership { to },
-        } => admin::run(
-            args.socket,
-            args.format,
-            admin::AdminCommand::TransferLeadership { to },
-        ),
+        Command::Cluster { command } => admin::run(args.socket, args.format, command.into()),
         Command::Admin(command) => admin::run(args.socket, args.format, command),
     };
     // Exit codes: 0 done, 1 refused or failed, 2 usage (clap), 69 the broker is unreachable.

@@ -9,6 +9,7 @@ mod basic;
 mod channel;
 mod cluster_classic;
 mod cluster_links;
+mod cluster_members;
 mod cluster_meta;
 mod cluster_quorum;
 mod cluster_shards;

@@ -81,6 +81,11 @@ impl CtlOutput {
 impl Admin {
     /// Sends one request line; `Ok(result)` for `{"ok":true,...}`, `Err(error)` for `{"ok":false,...}`.
     pub async fn call(&self, request: Value) -> Result<Value, String> {
+        self.call_within(request, crate::TIMEOUT).await
+    }
+
+    /// [`Self::call`] for a request that may take up to `limit` (a cluster's membership change).
+    pub async fn call_within(&self, request: Value, limit: Duration) -> Result<Value, String> {
         let exchange = async {
             let mut stream = UnixStream::connect(&self.socket)
                 .await
@@ -95,7 +100,9 @@ impl Admin {
                 .expect("answer read");
             answer
         };
-        let answer = exchange.timely().await;
+        let answer = tokio::time::timeout(limit, exchange)
+            .await
+            .unwrap_or_else(|_| panic!("the broker did not answer within {limit:?}"));
         let answer: Value = serde_json::from_str(&answer)
             .unwrap_or_else(|e| panic!("the admin answer {answer:?} is not JSON: {e}"));
         match answer["ok"] {

@@ -82,6 +82,7 @@ impl LinkCluster {
             cluster_name: "test".into(),
             listen: me.addr,
             peers: self.peers.clone(),
+            join: false,
             replicas: self.peers.len().min(3) as u8,
             queue_shards: 4,
             // Short, so a test of a cut-off minority need not wait 15 s.
@@ -94,6 +95,19 @@ impl LinkCluster {
                 crls: vec![],
             },
         }
+    }
+
+    /// Node `id`'s configuration in a cluster started by nodes 1..=`initial`: those list only
+    /// each other, and a later node lists them all and joins (`join = true`).
+    pub fn config_started_by(&self, id: u64, initial: usize) -> ClusterConfig {
+        let mut config = self.config(id);
+        if id as usize <= initial {
+            config.peers.truncate(initial);
+            config.replicas = initial.min(3) as u8;
+        } else {
+            config.join = true;
+        }
+        config
     }
 
     pub async fn start(&self, id: u64) -> Arc<Links> {

@@ -90,6 +90,14 @@ pub(crate) enum Request {
         to: Option<u64>,
     },
     ClusterSnapshot,
+    AddNode {
+        id: u64,
+        name: String,
+        addr: String,
+    },
+    RemoveNode {
+        id: u64,
+    },
 }
 
 impl Request {
@@ -296,6 +304,25 @@ async fn execute(broker: &Broker, request: Request) -> Result<Value, AdminError>
                 .map_err(AdminError)?;
             Ok(json!({ "leader": leader }))
         }
+        Request::AddNode { id, name, addr } => {
+            let addr = addr.parse().map_err(|_| {
+                AdminError(format!(
+                    "{addr:?} is not a node-link address (host:port, as in cluster.peers)"
+                ))
+            })?;
+            cluster_of(broker)?
+                .add_node(id, &name, addr)
+                .await
+                .map_err(AdminError)?;
+            Ok(json!({ "added": id }))
+        }
+        Request::RemoveNode { id } => {
+            cluster_of(broker)?
+                .remove_node(id)
+                .await
+                .map_err(AdminError)?;
+            Ok(json!({ "removed": id }))
+        }
         Request::ClusterSnapshot => {
             let index = cluster_of(broker)?.compact().await.map_err(AdminError)?;
             Ok(json!({ "snapshot_index": index }))
@@ -325,7 +352,13 @@ fn cluster_status(broker: &Broker) -> Result<Value, AdminError> {
     let config = cluster.links.config();
     let meta = cluster.meta_status();
     let leader = meta["leader"].as_u64();
-    let role = |id: u64| if leader == Some(id) { "leader" } else { "" };
+    let membership = cluster.meta_membership();
+    let role = |id: u64| match () {
+        _ if leader == Some(id) => "leader",
+        _ if membership.voter_ids().any(|v| v == id) => "voter",
+        _ if membership.get_node(&id).is_some() => "learner",
+        _ => "not a member",
+    };
     let mut nodes = vec![json!({
         "id": config.node_id,
         "name": config.me().map(|p| p.name.clone()),

@@ -2,8 +2,12 @@
 //! material of the node links. Without the section Warren is a single node, exactly as before.
 //!
 //! Node ids are never reused (HA.md §1.5): a replaced node joins with a new id. The peer list seeds
-//! addresses only; every node must be given the same list, and the cluster id derived from it (with
-//! the cluster's name) is checked on every link, so two differently configured nodes never talk.
+//! the cluster: the nodes that start it must be given the same list (they make it the first
+//! membership of every group); after that the groups' membership is the truth (`brokerctl cluster
+//! add_node` / `remove_node` change it), and the list only tells a node where to find the others
+//! before it has a membership of its own. A node that joins a running cluster says `join = true`
+//! and waits to be added. The cluster id, derived from the cluster's name, is checked on every
+//! link, so nodes of two clusters never talk.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -21,8 +25,13 @@ pub struct ClusterConfig {
     pub cluster_name: String,
     /// Where the node-link listener binds (TLS 1.3, node certificates only).
     pub listen: SocketAddr,
-    /// Every node of the cluster, this one included.
+    /// Every node of the cluster, this one included: the first membership of a new cluster, and
+    /// where a node finds the others until it has a membership of its own.
     pub peers: Vec<PeerConfig>,
+    /// This node joins a cluster that is running: it does not start the groups with `peers` as
+    /// their members, and waits for `brokerctl cluster add_node` on a member to add it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub join: bool,
     /// Replicas of each quorum queue (a majority of them confirms a message).
     #[serde(default = "default_replicas")]
     pub replicas: u8,
@@ -169,16 +178,11 @@ impl ClusterConfig {
         self.peers.iter().filter(move |p| p.id != self.node_id)
     }
 
-    /// Names the cluster: its name and its sorted node list (id, name, address), hashed. Two nodes
-    /// link only when their ids agree, so a node given another peer list or name is refused.
+    /// Names the cluster: its name, hashed. Two nodes link only when their ids agree, so a node
+    /// configured for another cluster is refused. (The node list is not part of it: membership
+    /// changes make the nodes' lists differ, and the groups' membership decides who is a node.)
     pub fn cluster_id(&self) -> u64 {
-        let mut peers: Vec<&PeerConfig> = self.peers.iter().collect();
-        peers.sort_by_key(|p| p.id);
-        let mut text = format!("warren-cluster\0{}", self.cluster_name);
-        for p in peers {
-            text.push_str(&format!("\0{}\0{}\0{}", p.id, p.name, p.addr));
-        }
-        fnv1a(text.as_bytes())
+        fnv1a(format!("warren-cluster\0{}", self.cluster_name).as_bytes())
     }
 }
 
@@ -206,6 +210,7 @@ mod tests {
                     addr: format!("127.0.0.1{i}:25672").parse().unwrap(),
                 })
                 .collect(),
+            join: false,
             replicas: 3,
             queue_shards: 16,
             change_timeout_ms: 15_000,
@@ -250,17 +255,15 @@ mod tests {
     }
 
     #[test]
-    fn the_cluster_id_depends_on_the_name_and_the_node_list_not_its_order() {
+    fn the_cluster_id_depends_on_the_name_only() {
         let a = three_nodes();
-        let mut reordered = a.clone();
-        reordered.peers.reverse();
-        reordered.node_id = 2;
-        assert_eq!(a.cluster_id(), reordered.cluster_id());
+        let mut other_node = a.clone();
+        other_node.peers.reverse();
+        other_node.node_id = 2;
+        other_node.peers[0].addr = "127.0.0.14:25672".parse().unwrap();
+        assert_eq!(a.cluster_id(), other_node.cluster_id());
         let mut renamed = a.clone();
         renamed.cluster_name = "other".into();
         assert_ne!(a.cluster_id(), renamed.cluster_id());
-        let mut moved = a.clone();
-        moved.peers[2].addr = "127.0.0.14:25672".parse().unwrap();
-        assert_ne!(a.cluster_id(), moved.cluster_id());
     }
 }

@@ -8,7 +8,7 @@
 //! A durable classic queue stays while its home is down: using it gets RabbitMQ's 404 until the
 //! home is back with its messages.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -47,7 +47,7 @@ impl Broker {
         }
         let name = self
             .cluster()
-            .and_then(|c| c.links.name_of(node).map(str::to_string))
+            .and_then(|c| c.links.name_of(node))
             .unwrap_or_else(|| format!("node {node}"));
         Err(vhost.home_down(queue.name(), &name))
     }
@@ -63,18 +63,26 @@ impl Broker {
     pub(crate) fn queue_node(&self, queue: &Queue) -> Option<String> {
         let cluster = self.cluster()?;
         let node = self.shard_journal.holder(queue)?;
-        let config = cluster.links.config();
-        match config.me() {
-            Some(me) if me.id == node => Some(me.name.clone()),
-            _ => cluster.links.name_of(node).map(str::to_string),
-        }
+        cluster.links.name_of(node)
     }
 
-    /// Why classic queue `queue`, homed here or (for the metadata leader) on a node down for
-    /// long, is to be deleted.
-    fn gone_because(&self, queue: &Queue, me: (u64, u64), lost: &[u64]) -> Option<&'static str> {
+    /// Why classic queue `queue`, homed here or (for the metadata leader, which knows the `lost`
+    /// nodes and the `members`) on a node down for long or removed from the cluster, is to be
+    /// deleted.
+    fn gone_because(
+        &self,
+        queue: &Queue,
+        me: (u64, u64),
+        lost: &[u64],
+        members: Option<&HashSet<u64>>,
+    ) -> Option<&'static str> {
         let home = queue.spec.home?;
         if home.node != me.0 {
+            // As RabbitMQ's forget_cluster_node: the queues of a removed node go, durable ones
+            // too (their messages went with the node).
+            if members.is_some_and(|m| !m.contains(&home.node)) {
+                return Some("its home node was removed from the cluster");
+            }
             return (!home.durable && lost.contains(&home.node))
                 .then_some("its home node has been down too long");
         }
@@ -114,6 +122,7 @@ pub(crate) async fn tend(broker: Weak<Broker>) {
                 down_since.entry(peer.id).or_insert(now);
             }
         }
+        let members = cluster.leads().then(|| cluster.links.member_ids());
         let lost: Vec<u64> = if cluster.leads() {
             down_since
                 .iter()
@@ -128,7 +137,7 @@ pub(crate) async fn tend(broker: Weak<Broker>) {
         for vhost in broker.vhosts.iter() {
             for queue in vhost.queue_list() {
                 let (Some(why), Some(home)) = (
-                    broker.gone_because(&queue, (r.node, r.run), &lost),
+                    broker.gone_because(&queue, (r.node, r.run), &lost, members.as_ref()),
                     queue.spec.home,
                 ) else {
                     continue;

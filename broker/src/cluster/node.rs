@@ -8,10 +8,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use openraft::errors::{InitializeError, RaftError};
-use openraft::BasicNode;
 use serde_json::{json, Value};
 
-use super::config::ClusterConfig;
+use super::config::{ClusterConfig, PeerConfig};
 use super::link::Links;
 use super::quorum::{QuorumHolder, ShardGroup, ShardJournal};
 use super::raft::log_store::{LogStore, RecordWriter};
@@ -56,7 +55,8 @@ pub struct Cluster {
 
 /// Starts a group's Raft on this node and initializes it with the configured voters the first
 /// time (the same set on every node, which is safe in Raft; a node with a log of its own was
-/// initialized before and resumes).
+/// initialized before and resumes). A node that joins a running cluster (`join`) does not: the
+/// group's leader adds it (`brokerctl cluster add_node`), and it learns the membership from it.
 async fn start_raft<SM>(
     config: &ClusterConfig,
     group: u32,
@@ -79,11 +79,11 @@ where
         machine,
     )
     .await?;
-    if !raft.is_initialized().await? {
-        let voters: BTreeMap<u64, BasicNode> = config
+    if !config.join && !raft.is_initialized().await? {
+        let voters: BTreeMap<u64, openraft::NodeInfo> = config
             .peers
             .iter()
-            .map(|p| (p.id, BasicNode::new(p.addr.to_string())))
+            .map(|p| (p.id, super::raft::node(p.addr, &p.name)))
             .collect();
         match raft.initialize(voters).await {
             Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
@@ -130,6 +130,44 @@ async fn watch_disk(
             _ => {}
         }
     }
+}
+
+/// Keeps the links' members those of the metadata group's membership (voters and learners) as it
+/// changes, until the group stops. Before the group has a membership (a node waiting to be added)
+/// the configured peers stay.
+async fn watch_members(raft: MetaRaft, links: Arc<Links>) {
+    use openraft::async_runtime::WatchReceiver;
+    let mut metrics = raft.metrics();
+    let mut seen = None;
+    loop {
+        let membership = metrics.borrow_watched().membership_config.clone();
+        if seen != Some(*membership.log_id()) {
+            seen = Some(*membership.log_id());
+            let members: Vec<PeerConfig> = membership
+                .membership()
+                .nodes()
+                .filter_map(|(id, node)| member(&links, *id, node))
+                .collect();
+            if !members.is_empty() {
+                links.set_members(members);
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A member of the membership as the links know nodes: its name is the one recorded with it, or
+/// (memberships written before names were recorded) the configured peer's.
+fn member(links: &Links, id: u64, node: &openraft::NodeInfo) -> Option<PeerConfig> {
+    let configured = links.config().peers.iter().find(|p| p.id == id);
+    let name = match node.data.as_str() {
+        "" => configured?.name.clone(),
+        name => name.to_string(),
+    };
+    let addr = node.raft_addr.parse().ok().or(configured.map(|p| p.addr))?;
+    Some(PeerConfig { id, name, addr })
 }
 
 impl Cluster {
@@ -215,6 +253,10 @@ impl Cluster {
             },
             links,
         });
+        tokio::spawn(watch_members(
+            cluster.meta.raft.clone(),
+            cluster.links.clone(),
+        ));
         tokio::spawn(watch_disk(
             Arc::downgrade(&cluster),
             writer,
@@ -372,6 +414,11 @@ impl Cluster {
             .await
             .map_err(|e| format!("the log was not purged within 10 s: {e}"))?;
         Ok(upto)
+    }
+
+    /// The metadata group's membership as this node knows it.
+    pub fn meta_membership(&self) -> super::raft::Membership {
+        self.metrics().membership_config.membership().clone()
     }
 
     /// The metadata group as this node sees it.

@@ -68,6 +68,7 @@ pub fn nodes(data_dir: &Path, listen: SocketAddr, count: u64) -> anyhow::Result<
             cluster_name: "warren-dev".into(),
             listen: peer.addr,
             peers: peers.clone(),
+            join: false,
             replicas: count.min(3) as u8,
             queue_shards: 4,
             change_timeout_ms: 15_000,

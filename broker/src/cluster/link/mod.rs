@@ -2,8 +2,12 @@
 //! the lower id (from its own node-link address, so that firewall rules can tell node pairs apart)
 //! and redialled with backoff while the cluster runs. A link is admitted only after TLS has verified
 //! the peer's chain (node CA, CRLs, validity; the dialled address against its SANs), the certificate
-//! has been found to be a node's whose name is a configured peer ([`identity`]), and the hellos agree
-//! on the cluster and the node ([`wire`]). Nothing a peer sends is read before that.
+//! has been found to be a node's whose name is a member's ([`identity`]), and the hellos agree on
+//! the cluster and the node ([`wire`]). Nothing a peer sends is read before that.
+//!
+//! The members are the configured peers until the cluster's membership is known, then the metadata
+//! group's membership ([`Links::set_members`]): a node added with `brokerctl cluster add_node` is
+//! dialled and admitted from then on, and a removed one is cut off and refused.
 //!
 //! Every link has a bounded send queue: a peer that stops reading (paused, partitioned, slow) fills
 //! it, and the link is dropped instead of ever blocking the sender (LavinMQ #884 in HA.md §3). Pings
@@ -14,7 +18,7 @@ pub(crate) mod identity;
 pub(crate) mod tls;
 pub(crate) mod wire;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -167,6 +171,11 @@ struct PeerState {
 /// This node's links to its peers.
 pub struct Links {
     config: ClusterConfig,
+    /// The cluster's nodes by id, this one included: `peers` of the configuration until the
+    /// cluster's membership replaces them ([`Links::set_members`]).
+    members: parking_lot::RwLock<BTreeMap<u64, PeerConfig>>,
+    /// Members this node has a dial loop for (those with a higher id).
+    dialling: Mutex<HashSet<u64>>,
     hello: Hello,
     /// Replaced as a whole on reload (SIGHUP); links already up keep their sessions.
     tls: parking_lot::RwLock<LinkTls>,
@@ -201,6 +210,10 @@ impl Links {
                 incarnation: incarnation(),
             },
             tls: parking_lot::RwLock::new(tls),
+            members: parking_lot::RwLock::new(
+                config.peers.iter().map(|p| (p.id, p.clone())).collect(),
+            ),
+            dialling: Mutex::new(HashSet::new()),
             peers: Mutex::new(HashMap::new()),
             next_serial: AtomicU64::new(1),
             handler: std::sync::OnceLock::new(),
@@ -217,16 +230,69 @@ impl Links {
         info!(listen = %links.config.listen, node = links.config.node_id, "node links listening");
         let accepting = tokio::spawn(links.clone().accept_loop(listener));
         *links.accepting.lock() = Some(accepting);
-        let dialled: Vec<PeerConfig> = links
-            .config
-            .others()
-            .filter(|p| p.id > links.config.node_id)
-            .cloned()
-            .collect();
-        for peer in dialled {
-            tokio::spawn(links.clone().dial_loop(peer));
-        }
+        links.dial_new_members();
         Ok(links)
+    }
+
+    /// Starts dialling every member with a higher id that has no dial loop yet.
+    fn dial_new_members(self: &Arc<Self>) {
+        let me = self.config.node_id;
+        let mut dialling = self.dialling.lock();
+        for id in self.members.read().keys().copied().filter(|id| *id > me) {
+            if dialling.insert(id) {
+                tokio::spawn(self.clone().dial_loop(id));
+            }
+        }
+    }
+
+    /// The cluster's nodes are now `members` (the metadata group's membership): new ones are
+    /// dialled and admitted, and the links of nodes no longer among them are closed (their
+    /// waiting calls fail) and refused from now on. This node stays whatever the list says.
+    pub fn set_members(self: &Arc<Self>, members: Vec<PeerConfig>) {
+        let mut fresh: BTreeMap<u64, PeerConfig> = members.into_iter().map(|p| (p.id, p)).collect();
+        if let Some(me) = self.config.me() {
+            fresh.entry(me.id).or_insert_with(|| me.clone());
+        }
+        let gone: Vec<u64> = {
+            let mut current = self.members.write();
+            if *current == fresh {
+                return;
+            }
+            let gone = current
+                .keys()
+                .filter(|id| !fresh.contains_key(id))
+                .copied()
+                .collect();
+            info!(members = ?fresh.keys().collect::<Vec<_>>(), "the cluster's members changed");
+            *current = fresh;
+            gone
+        };
+        if !gone.is_empty() {
+            let mut peers = self.peers.lock();
+            for id in &gone {
+                // Dropping the handle ends the link's session.
+                peers.remove(id);
+            }
+            drop(peers);
+            self.pending.lock().retain(|_, p| !gone.contains(&p.peer));
+            self.dialling.lock().retain(|id| !gone.contains(id));
+        }
+        self.dial_new_members();
+    }
+
+    /// The members, this node included.
+    pub fn members(&self) -> Vec<PeerConfig> {
+        self.members.read().values().cloned().collect()
+    }
+
+    /// The ids of the members, this node's included.
+    pub fn member_ids(&self) -> HashSet<u64> {
+        self.members.read().keys().copied().collect()
+    }
+
+    /// Member `id` as this node knows it.
+    pub fn member(&self, id: u64) -> Option<PeerConfig> {
+        self.members.read().get(&id).cloned()
     }
 
     /// Re-reads `[cluster.tls]` (SIGHUP): a renewed node certificate, a changed CA bundle, a new
@@ -405,20 +471,20 @@ impl Links {
         self.peers.lock().get(&id).is_some_and(|s| s.link.is_some())
     }
 
-    /// The configured name of node `id` (its certificate's CN).
-    pub fn name_of(&self, id: u64) -> Option<&str> {
-        self.config
-            .peers
-            .iter()
-            .find(|p| p.id == id)
-            .map(|p| p.name.as_str())
+    /// The name of node `id` (its certificate's CN), a member's or a configured peer's.
+    pub fn name_of(&self, id: u64) -> Option<String> {
+        self.member(id)
+            .or_else(|| self.config.peers.iter().find(|p| p.id == id).cloned())
+            .map(|p| p.name)
     }
 
-    /// Every other node and its link.
+    /// Every other member and its link.
     pub fn status(&self) -> Vec<PeerStatus> {
+        let members = self.members.read();
         let peers = self.peers.lock();
-        self.config
-            .others()
+        members
+            .values()
+            .filter(|p| p.id != self.config.node_id)
             .map(|p| {
                 let state = peers.get(&p.id);
                 PeerStatus {
@@ -539,16 +605,22 @@ impl Links {
             .and_then(|chain| chain.first())
             .ok_or_else(|| refused("no certificate"))?;
         let name = identity::node_name(cert).map_err(|e| refused(e.to_string()))?;
-        match self.config.peer_named(&name) {
+        let peer = self
+            .members
+            .read()
+            .values()
+            .find(|p| p.name == name)
+            .cloned();
+        match peer {
             Some(peer) if self.cut.lock().contains(&peer.id) => {
                 Err(refused(format!("node {name:?} is cut off")))
             }
-            Some(peer) if peer.id != self.config.node_id => Ok(peer.clone()),
+            Some(peer) if peer.id != self.config.node_id => Ok(peer),
             Some(_) => Err(refused(format!(
                 "the certificate of node {name:?} is this node's own"
             ))),
             None => Err(refused(format!(
-                "node {name:?} is not one of cluster.peers"
+                "node {name:?} is not a member of the cluster"
             ))),
         }
     }
@@ -556,22 +628,27 @@ impl Links {
     fn check_hello(&self, hello: &Hello, peer: &PeerConfig) -> Result<(), String> {
         if hello.cluster_id != self.hello.cluster_id {
             return Err(format!(
-                "cluster id {:016x} differs from this node's {:016x} (cluster_name or peers differ)",
+                "cluster id {:016x} differs from this node's {:016x} (cluster_name differs)",
                 hello.cluster_id, self.hello.cluster_id
             ));
         }
         if hello.node_id != peer.id {
             return Err(format!(
-                "node {:?} introduced itself as node {}, but cluster.peers gives it id {}",
+                "node {:?} introduced itself as node {}, but the cluster's members give it id {}",
                 peer.name, hello.node_id, peer.id
             ));
         }
         Ok(())
     }
 
-    async fn dial_loop(self: Arc<Self>, peer: PeerConfig) {
+    /// Dials member `id` and serves its link, again and again, until the node stops or `id` is no
+    /// longer a member.
+    async fn dial_loop(self: Arc<Self>, id: u64) {
         let mut backoff = REDIAL_MIN;
         while !self.stopped() {
+            let Some(peer) = self.member(id) else {
+                return;
+            };
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.dial(&peer)).await {
                 Ok(Ok((stream, hello, read))) => {
                     backoff = REDIAL_MIN;
@@ -661,6 +738,10 @@ impl Links {
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        if self.member(peer.id).is_none() {
+            info!(peer = %peer.name, "node link closed: no longer a member of the cluster");
+            return;
+        }
         let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(SEND_QUEUE);
         let (close, closed) = oneshot::channel();
@@ -812,6 +893,9 @@ impl Links {
                     return match (self.stopped(), self.cut.lock().contains(&peer.id)) {
                         (true, _) => Ok(()),
                         (false, true) => Err(refused("cut off")),
+                        (false, false) if self.member(peer.id).is_none() => {
+                            Err(refused("no longer a member of the cluster"))
+                        }
                         (false, false) => Err(refused("replaced by a newer link")),
                     };
                 }

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use openraft::entry::RaftEntry;
 use openraft::vote::leader_id_adv::LeaderId;
-use openraft::{BasicNode, EntryPayload};
+use openraft::{EntryPayload, NodeInfo};
 
 use super::{Entry, LogId, Membership, Proposal, QueueOp, StoredMembership, Vote};
 use crate::meta::codec as meta_codec;
@@ -80,7 +80,7 @@ impl Writer {
         self.u64(nodes.len() as u64);
         for (id, node) in nodes {
             self.u64(*id);
-            self.bytes(node.addr.as_bytes());
+            self.bytes(format!("{}\0{}", node.raft_addr, node.data).as_bytes());
         }
     }
     pub fn stored_membership(&mut self, m: &StoredMembership) {
@@ -214,8 +214,11 @@ impl<'a> Reader<'a> {
         let mut nodes = BTreeMap::new();
         for _ in 0..self.count(16)? {
             let id = self.u64()?;
-            let addr = std::str::from_utf8(self.bytes()?).map_err(|_| bad("node address"))?;
-            nodes.insert(id, BasicNode::new(addr));
+            // Its address, then after a NUL its name (memberships written before names were kept
+            // have none: the configured peer of that id names it).
+            let text = std::str::from_utf8(self.bytes()?).map_err(|_| bad("node address"))?;
+            let (addr, name) = text.split_once('\0').unwrap_or((text, ""));
+            nodes.insert(id, NodeInfo::new(addr, name));
         }
         Membership::new(configs, nodes).map_err(|e| bad(e.to_string()))
     }
@@ -317,8 +320,13 @@ mod tests {
     }
 
     fn entries() -> Vec<Entry> {
-        let members: BTreeMap<u64, BasicNode> = (1..=3)
-            .map(|i| (i, BasicNode::new(format!("127.0.0.1{i}:25672"))))
+        let members: BTreeMap<u64, NodeInfo> = (1..=3)
+            .map(|i| {
+                (
+                    i,
+                    NodeInfo::new(format!("127.0.0.1{i}:25672"), format!("n{i}")),
+                )
+            })
             .collect();
         vec![
             Entry::new_blank(log_id(1, 1, 1)),
@@ -382,6 +390,23 @@ mod tests {
                 id
             );
         }
+    }
+
+    #[test]
+    fn a_membership_written_before_names_were_kept_reads_with_empty_names() {
+        let mut w = Writer::default();
+        w.u64(1);
+        w.u64(1);
+        w.u64(1);
+        w.u64(1);
+        w.u64(1);
+        w.bytes(b"127.0.0.11:25672");
+        let m = decode(&w.0, |r| r.membership()).unwrap();
+        let node = m.get_node(&1).unwrap();
+        assert_eq!(
+            (node.raft_addr.as_str(), node.data.as_str()),
+            ("127.0.0.11:25672", "")
+        );
     }
 
     #[test]

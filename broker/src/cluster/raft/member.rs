@@ -1,12 +1,15 @@
 //! A node's member of any of its Raft groups as the other nodes reach it over the node links
-//! (network.rs's `GroupServer` hands it the requests for its group).
+//! (network.rs's `GroupServer` hands it the requests for its group), and the changes of a group's
+//! members its leader makes (`brokerctl cluster add_node` / `remove_node`).
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use openraft::errors::ClientWriteError;
 use openraft::storage::RaftStateMachine;
+use openraft::ChangeMembers;
 
 use super::codec::{decode, encode};
 use super::network::{bad_request, GroupMember};
@@ -81,9 +84,115 @@ impl<SM: RaftStateMachine<Types, SnapshotData = Vec<u8>>> GroupMember for Member
                         })
                     })
                 }
+                rpc::MEMBERS => {
+                    let change = decode(&body, |r| r.members_change()).map_err(bad_request)?;
+                    change_members(&raft, &change, timeout * 8).await?;
+                    Vec::new()
+                }
                 other => return Err(format!("unknown request kind {other}")),
             };
             Ok(Bytes::from(out))
         })
     }
+}
+
+/// A change of a group's members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembersChange {
+    /// Node `id`, reached at `addr` under `name`, becomes a voter (a learner first, until it has
+    /// caught up).
+    Add {
+        id: u64,
+        name: String,
+        addr: std::net::SocketAddr,
+    },
+    /// Node `id` leaves the group.
+    Remove { id: u64 },
+}
+
+impl std::fmt::Display for MembersChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MembersChange::Add { id, name, addr } => write!(f, "add node {id} ({name} at {addr})"),
+            MembersChange::Remove { id } => write!(f, "remove node {id}"),
+        }
+    }
+}
+
+/// Makes `change` to the group `raft` leads (an error says when it does not lead): a node is added
+/// as a learner, which this waits to catch up (within `timeout`), then made a voter; a node is
+/// removed entirely. A change already made is not made again, so a retried one is harmless.
+pub async fn change_members<SM>(
+    raft: &openraft::Raft<Types, SM>,
+    change: &MembersChange,
+    timeout: Duration,
+) -> Result<(), String>
+where
+    SM: RaftStateMachine<Types, SnapshotData = Vec<u8>>,
+{
+    use openraft::async_runtime::WatchReceiver;
+    let metrics = raft.metrics().borrow_watched().clone();
+    let membership = metrics.membership_config.membership();
+    let refusal =
+        |e: openraft::errors::RaftError<Types, ClientWriteError<Types>>| match e.api_error() {
+            Some(ClientWriteError::ForwardToLeader(_)) => format!("{NOT_LEADER}: {e}"),
+            _ => e.to_string(),
+        };
+    let within = |what: &'static str| format!("{what} did not finish within {timeout:?}");
+    match change {
+        MembersChange::Add { id, name, addr } => {
+            if membership.voter_ids().any(|v| v == *id) {
+                return Ok(());
+            }
+            let node = super::node(*addr, name);
+            let added = tokio::time::timeout(timeout, raft.add_learner(*id, node, false))
+                .await
+                .map_err(|_| within("adding the new node as a learner"))?
+                .map_err(refusal)?;
+            // openraft's blocking add_learner counts a learner within 5000 entries of the leader
+            // as caught up, even one that never answered: a node that is not running would
+            // become a voter the cluster needs for its majority. It must have acknowledged the
+            // log up to its own addition.
+            let at = added.log_id.index;
+            raft.wait(Some(timeout))
+                .metrics(
+                    |m| {
+                        m.replication
+                            .as_ref()
+                            .and_then(|r| r.get(id).cloned().flatten())
+                            .is_some_and(|matched| matched.index >= at)
+                    },
+                    "the new node caught up",
+                )
+                .await
+                .map_err(|e| {
+                    format!("node {id} did not catch up (is it running with join = true?): {e}")
+                })?;
+            let voters = ChangeMembers::AddVoterIds(BTreeSet::from([*id]));
+            tokio::time::timeout(timeout, raft.change_membership(voters, false))
+                .await
+                .map_err(|_| within("making the new node a voter"))?
+                .map_err(refusal)?;
+        }
+        MembersChange::Remove { id } => {
+            let voters: BTreeSet<u64> = membership.voter_ids().collect();
+            if voters.contains(id) {
+                if voters.len() == 1 {
+                    return Err(format!("node {id} is the group's only voter"));
+                }
+                let change = ChangeMembers::RemoveVoters(BTreeSet::from([*id]));
+                tokio::time::timeout(timeout, raft.change_membership(change, false))
+                    .await
+                    .map_err(|_| within("the removal"))?
+                    .map_err(refusal)?;
+            } else if membership.get_node(id).is_some() {
+                let change = ChangeMembers::RemoveNodes(BTreeSet::from([*id]));
+                tokio::time::timeout(timeout, raft.change_membership(change, false))
+                    .await
+                    .map_err(|_| within("the removal"))?
+                    .map_err(refusal)?;
+            }
+        }
+    }
+    Ok(())
 }

@@ -122,7 +122,7 @@ impl MetaMachine {
         &self,
         holder: &dyn DefinitionsHolder,
         log_id: LogId,
-        payload: EntryPayload<Proposal, u64, openraft::BasicNode>,
+        payload: EntryPayload<Proposal, u64, openraft::NodeInfo>,
     ) -> io::Result<Answer> {
         let mut applied = self.applied.lock();
         let answer = match payload {

@@ -65,18 +65,26 @@ impl fmt::Display for Proposal {
 pub struct Answer(pub Result<(), String>);
 
 openraft::declare_raft_types!(
-    /// The type configuration of Warren's Raft groups: node ids are `[cluster]` node ids, a node
-    /// is known by its node-link address.
+    /// The type configuration of Warren's Raft groups: node ids are `[cluster]` node ids, and a
+    /// member is known by its node-link address and its name (its node certificate's CN), so the
+    /// groups' membership is the list of nodes the links admit (see [`node`]).
     pub Types:
         D = Proposal,
         R = Answer,
+        Node = openraft::NodeInfo,
 );
+
+/// A member as the groups' membership records it: `raft_addr` its node-link address, `data` its
+/// name.
+pub fn node(addr: std::net::SocketAddr, name: &str) -> openraft::NodeInfo {
+    openraft::NodeInfo::new(addr, name)
+}
 
 /// Log ids, votes and entries of Warren's groups.
 pub type LogId = openraft::type_config::alias::LogIdOf<Types>;
 pub type Vote = openraft::type_config::alias::VoteOf<Types>;
 pub type Entry = openraft::type_config::alias::EntryOf<Types>;
-pub type Membership = openraft::Membership<u64, openraft::BasicNode>;
+pub type Membership = openraft::Membership<u64, openraft::NodeInfo>;
 pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<Types>;
 
 /// A group's state from its metrics, as `brokerctl cluster status` shows it.
@@ -89,5 +97,7 @@ pub fn group_status(m: &openraft::RaftMetrics<Types>) -> serde_json::Value {
         "applied_index": m.last_applied.map(|id| id.index),
         "snapshot_index": m.snapshot.map(|id| id.index),
         "purged_index": m.purged.map(|id| id.index),
+        "voters": m.membership_config.membership().voter_ids().collect::<Vec<_>>(),
+        "learners": m.membership_config.membership().learner_ids().collect::<Vec<_>>(),
     })
 }

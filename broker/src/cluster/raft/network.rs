@@ -15,7 +15,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
-use openraft::{BasicNode, OptionalSend};
+use openraft::{NodeInfo, OptionalSend};
 
 use super::codec::{decode, encode, DecodeError};
 use super::rpc::{self, Snapshot};
@@ -39,7 +39,7 @@ pub struct PeerClient {
 impl RaftNetworkFactory<Types> for Network {
     type Network = PeerClient;
 
-    async fn new_client(&mut self, target: u64, _node: &BasicNode) -> PeerClient {
+    async fn new_client(&mut self, target: u64, _node: &NodeInfo) -> PeerClient {
         PeerClient {
             links: self.links.clone(),
             group: self.group,

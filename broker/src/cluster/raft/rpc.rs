@@ -9,6 +9,7 @@ use openraft::raft::{
 use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf};
 
 use super::codec::{DecodeError, Reader, Writer};
+use super::member::MembersChange;
 use super::{Answer, LogId, Proposal, Types, Vote};
 
 pub const APPEND: u8 = 1;
@@ -29,6 +30,8 @@ pub const CANCELLED: u8 = 12;
 /// What a node asks the node holding a queue about it (cluster/quorum/remote.rs).
 pub const COUNT: u8 = 13;
 pub const PURGE: u8 = 14;
+/// A change of a group's members, run by its leader (cluster/raft/member.rs).
+pub const MEMBERS: u8 = 15;
 
 /// A group's snapshot as it travels: the vote of the leader sending it, its metadata and its data.
 pub type Snapshot = SnapshotOf<Types, Vec<u8>>;
@@ -86,6 +89,20 @@ impl Writer {
         self.opt_log_id(&meta.last_log_id);
         self.stored_membership(&meta.last_membership);
         self.bytes(data);
+    }
+    pub fn members_change(&mut self, c: &MembersChange) {
+        match c {
+            MembersChange::Add { id, name, addr } => {
+                self.u8(1);
+                self.u64(*id);
+                self.bytes(name.as_bytes());
+                self.bytes(addr.to_string().as_bytes());
+            }
+            MembersChange::Remove { id } => {
+                self.u8(2);
+                self.u64(*id);
+            }
+        }
     }
     pub fn transfer_request(&mut self, r: &TransferLeaderRequest<Types>) {
         self.vote(r.from_leader());
@@ -177,6 +194,20 @@ impl Reader<'_> {
     }
     pub fn snapshot_response(&mut self) -> Result<SnapshotResponse<Types>, DecodeError> {
         Ok(SnapshotResponse::new(self.vote()?))
+    }
+    pub fn members_change(&mut self) -> Result<MembersChange, DecodeError> {
+        Ok(match self.u8()? {
+            1 => MembersChange::Add {
+                id: self.u64()?,
+                name: self.string()?,
+                addr: self
+                    .string()?
+                    .parse()
+                    .map_err(|_| DecodeError("a node address".into()))?,
+            },
+            2 => MembersChange::Remove { id: self.u64()? },
+            other => return Err(DecodeError(format!("membership change {other}"))),
+        })
     }
     pub fn transfer_request(&mut self) -> Result<TransferLeaderRequest<Types>, DecodeError> {
         let from = self.vote()?;
@@ -293,6 +324,20 @@ mod tests {
             (v, back.meta, back.snapshot),
             (Vote::new(5, 3), snapshot.meta, snapshot.snapshot)
         );
+        for change in [
+            MembersChange::Add {
+                id: 4,
+                name: "rabbit4".into(),
+                addr: "[::1]:25672".parse().unwrap(),
+            },
+            MembersChange::Remove { id: 1 },
+        ] {
+            let bytes = encode(|w| w.members_change(&change));
+            assert_eq!(decode(&bytes, |r| r.members_change()).unwrap(), change);
+            for cut in 0..bytes.len() {
+                assert!(decode(&bytes[..cut], |r| r.members_change()).is_err());
+            }
+        }
         let transfer =
             TransferLeaderRequest::<Types>::new(Vote::new_committed(5, 3), 2, Some(log_id(9)));
         assert_eq!(
