@@ -174,8 +174,29 @@ async fn a_node_added_under_load_and_another_removed_keep_every_confirmed_messag
 
     // Node 1's links are refused from now on, and it is stopped; nodes 2 to 4 carry on.
     drop(n1);
+    // Node 3 restarts: its configuration still lists nodes 1 to 3, but the membership in its log
+    // has node 4 and not node 1, and its links follow the membership.
+    let n3 = n3.stop_keeping_data().await.start().await;
     let left = [&n2, &n3, &n4];
     agreed_leader(&left).await;
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let four = status(&n3).await["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == json!(4))
+            .map(|n| n["link"].clone());
+        if four == Some(json!("up")) && role(&n3, 1).await.is_none() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            status(&n3).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let deadline = tokio::time::Instant::now() + SETTLE;
     let host = loop {
         if let Some(host) = left.iter().copied().find(|b| hosts(b)) {
