@@ -28,6 +28,21 @@ fn hosts(b: &TestBroker) -> bool {
         .hosts(&message_queue("/", QUEUE))
 }
 
+/// The node among `brokers` that hosts the queue, once one does.
+async fn host_among<'a>(brokers: &[&'a TestBroker]) -> &'a TestBroker {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        if let Some(host) = brokers.iter().copied().find(|b| hosts(b)) {
+            return host;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nobody hosts the queue"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// What `b`'s cluster status says node `id` is in the metadata group.
 async fn role(b: &TestBroker, id: u64) -> Option<String> {
     let status = status(b).await;
@@ -197,17 +212,7 @@ async fn a_node_added_under_load_and_another_removed_keep_every_confirmed_messag
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let deadline = tokio::time::Instant::now() + SETTLE;
-    let host = loop {
-        if let Some(host) = left.iter().copied().find(|b| hosts(b)) {
-            break host;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nobody hosts the queue"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let host = host_among(&left).await;
     let c = host.connect().await;
     let ch = c.channel().await;
     let got = ch.get_n(QUEUE, acked.len(), Duration::from_secs(20)).await;
@@ -287,4 +292,52 @@ async fn membership_changes_that_cannot_be_made_are_refused_with_the_reason() {
         .await
         .expect("a learner that never came is removed");
     assert_eq!(role(&n3, 4).await, None);
+}
+
+#[tokio::test]
+async fn a_dead_node_is_replaced_by_a_new_one_with_a_new_id() {
+    let cluster = LinkCluster::new(4);
+    let n1 = start(&cluster, 1).await;
+    let n2 = start(&cluster, 2).await;
+    let n3 = start(&cluster, 3).await;
+    agreed_leader(&[&n1, &n2, &n3]).await;
+    let (c, ch, pch) = n1.connect_with_confirming_channel().await;
+    let mut args = QueueDeclareArguments::durable_client_named(QUEUE);
+    args.arguments(table([("x-queue-type", text("quorum"))]));
+    ch.declare(args).await;
+    host_among(&[&n1, &n2, &n3]).await;
+    for i in 0..20 {
+        pch.publish_acked(
+            "",
+            QUEUE,
+            BasicProperties::default(),
+            format!("m-{i}").as_bytes(),
+        )
+        .await;
+    }
+    c.close().await;
+
+    // Node 3 dies for good; node 4 takes its place, and node 3 is removed while it is down.
+    drop(n3.stop_keeping_data().await);
+    let n4 = start(&cluster, 4).await;
+    add_node(&n1, &cluster, 4).await.expect("node 4 added");
+    n2.admin()
+        .call_within(json!({"command": "remove_node", "id": 3}), CHANGE)
+        .await
+        .expect("the dead node removed");
+    for b in [&n1, &n2, &n4] {
+        wait_for_voters(b, &[1, 2, 4]).await;
+    }
+    // Node 1 stops too: nodes 2 and 4 are a majority of the new membership, not of the old one.
+    drop(n1.stop_keeping_data().await);
+    agreed_leader(&[&n2, &n4]).await;
+    let host = host_among(&[&n2, &n4]).await;
+    let c = host.connect().await;
+    let ch = c.channel().await;
+    let got = ch.get_n(QUEUE, 20, Duration::from_secs(20)).await;
+    let expected: Vec<String> = (0..20).map(|i| format!("m-{i}")).collect();
+    assert_eq!(warren_tests::client::bodies(&got), expected);
+    ch.declare(QueueDeclareArguments::durable_client_named("after"))
+        .await;
+    c.close().await;
 }
