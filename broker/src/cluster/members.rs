@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::node::Cluster;
-use super::raft::member::{change_members, MembersChange};
-use super::raft::{codec, rpc, Types};
+use super::raft::member::change_members;
+use super::raft::rpc::{self, MembersChange};
+use super::raft::{codec, Types};
 
 /// Between two tries of a group's change whose leader was unknown or moved.
 const RETRY: Duration = Duration::from_millis(300);

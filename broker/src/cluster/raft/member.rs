@@ -13,7 +13,7 @@ use openraft::ChangeMembers;
 
 use super::codec::{decode, encode};
 use super::network::{bad_request, GroupMember};
-use super::rpc::{self, Proposed};
+use super::rpc::{self, MembersChange, Proposed};
 use super::Types;
 
 /// How a member that is not the leader refuses a forwarded proposal.
@@ -93,29 +93,6 @@ impl<SM: RaftStateMachine<Types, SnapshotData = Vec<u8>>> GroupMember for Member
             };
             Ok(Bytes::from(out))
         })
-    }
-}
-
-/// A change of a group's members.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MembersChange {
-    /// Node `id`, reached at `addr` under `name`, becomes a voter (a learner first, until it has
-    /// caught up).
-    Add {
-        id: u64,
-        name: String,
-        addr: std::net::SocketAddr,
-    },
-    /// Node `id` leaves the group.
-    Remove { id: u64 },
-}
-
-impl std::fmt::Display for MembersChange {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            MembersChange::Add { id, name, addr } => write!(f, "add node {id} ({name} at {addr})"),
-            MembersChange::Remove { id } => write!(f, "remove node {id}"),
-        }
     }
 }
 

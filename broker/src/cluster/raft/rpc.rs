@@ -9,7 +9,6 @@ use openraft::raft::{
 use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf};
 
 use super::codec::{DecodeError, Reader, Writer};
-use super::member::MembersChange;
 use super::{Answer, LogId, Proposal, Types, Vote};
 
 pub const APPEND: u8 = 1;
@@ -42,6 +41,29 @@ pub type Snapshot = SnapshotOf<Types, Vec<u8>>;
 pub struct Proposed {
     pub answer: Answer,
     pub index: u64,
+}
+
+/// A change of a group's members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembersChange {
+    /// Node `id`, reached at `addr` under `name`, becomes a voter (a learner first, until it has
+    /// caught up).
+    Add {
+        id: u64,
+        name: String,
+        addr: std::net::SocketAddr,
+    },
+    /// Node `id` leaves the group.
+    Remove { id: u64 },
+}
+
+impl std::fmt::Display for MembersChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MembersChange::Add { id, name, addr } => write!(f, "add node {id} ({name} at {addr})"),
+            MembersChange::Remove { id } => write!(f, "remove node {id}"),
+        }
+    }
 }
 
 impl Writer {
