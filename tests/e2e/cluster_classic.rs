@@ -98,6 +98,29 @@ async fn a_classic_queue_lives_on_its_home_and_every_node_publishes_to_it_and_co
         .declare(QueueDeclareArguments::durable_client_named("compute"))
         .await;
     assert_eq!(count, 6);
+    // basic.get there takes the head message at the home, where it stays unacked until node 2
+    // settles it: requeued, it is back at the head.
+    let got = pch2
+        .get("compute", false)
+        .await
+        .expect("a message from the home");
+    assert_eq!(
+        (got.body.as_slice(), got.message_count),
+        (&b"bound-0"[..], Some(5))
+    );
+    assert_eq!(b1.queue("compute").unwrap().message_count(), 5);
+    pch2.basic_reject(amqprs::channel::BasicRejectArguments::new(got.tag, true))
+        .timely()
+        .await
+        .expect("basic.reject");
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while b1.queue("compute").unwrap().message_count() != 6 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not requeued at the home"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // A consumer on node 3 takes them (in order) from the home; its acks settle them there.
     let c3 = b3.connect().await;

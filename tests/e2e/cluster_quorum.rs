@@ -536,3 +536,73 @@ async fn messages_and_snapshots_larger_than_a_link_frame_are_replicated_and_caug
     assert_eq!(got[21].body, big_body(29, MIB));
     bc.close().await;
 }
+
+/// A delivery's `x-delivery-count` header.
+fn delivery_count(d: &warren_tests::client::Delivery) -> Option<i64> {
+    let key: amqprs::FieldName = "x-delivery-count".try_into().unwrap();
+    match d.properties.headers()?.get(&key)? {
+        amqprs::FieldValue::l(n) => Some(*n),
+        amqprs::FieldValue::I(n) => Some(i64::from(*n)),
+        amqprs::FieldValue::i(n) => Some(i64::from(*n)),
+        amqprs::FieldValue::s(n) => Some(i64::from(*n)),
+        amqprs::FieldValue::b(n) => Some(i64::from(*n)),
+        other => panic!("x-delivery-count of type {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn basic_get_on_a_node_that_does_not_host_the_queue_takes_from_its_host() {
+    use amqprs::channel::BasicRejectArguments;
+    use warren_tests::Timely;
+    let cluster = LinkCluster::new(3);
+    let brokers = three_nodes(&cluster).await;
+    let all: Vec<&TestBroker> = brokers.iter().collect();
+    agreed_leader(&all).await;
+    declare_quorum(all[0], QUEUE, []).await;
+    let first = host(&all).await;
+    let other = all.iter().copied().find(|b| !hosts(b)).unwrap();
+    let (c, ch, pch) = other.connect_with_confirming_channel().await;
+    for body in ["a", "b", "c", "d"] {
+        pch.publish_acked("", QUEUE, BasicProperties::default(), body.as_bytes())
+            .await;
+    }
+    // Taken at the host, with its count of what is left and the delivery count.
+    let a = ch.get(QUEUE, false).await.expect("a message from the host");
+    assert_eq!(
+        (a.body.as_slice(), a.redelivered, a.message_count),
+        (&b"a"[..], false, Some(3))
+    );
+    assert_eq!(delivery_count(&a), Some(0));
+    // Requeued there: the next get has it again, redelivered, counted.
+    ch.basic_reject(BasicRejectArguments::new(a.tag, true))
+        .timely()
+        .await
+        .unwrap();
+    let a = ch.get(QUEUE, false).await.expect("the requeued message");
+    assert_eq!((a.body.as_slice(), a.redelivered), (&b"a"[..], true));
+    assert_eq!(delivery_count(&a), Some(1));
+    ack(&ch, a.tag).await;
+    // With no-ack it is settled at once.
+    let b = ch.get(QUEUE, true).await.expect("b");
+    assert_eq!(b.body, b"b");
+    for b in &all {
+        wait_for_replica(b, 2).await;
+    }
+    // What a closed channel had not settled goes back to the host.
+    let c_got = ch.get(QUEUE, false).await.expect("c");
+    assert_eq!(c_got.body, b"c");
+    c.close().await;
+    let (hc, hch, _) = first.connect_with_confirming_channel().await;
+    let rest = hch.get_n(QUEUE, 2, Duration::from_secs(5)).await;
+    assert_eq!(bodies(&rest), ["c", "d"]);
+    assert!(rest[0].redelivered);
+    hc.close().await;
+    for b in &all {
+        wait_for_replica(b, 0).await;
+    }
+    // An empty queue is basic.get-empty there too.
+    let c = other.connect().await;
+    let ch = c.channel().await;
+    assert!(ch.get(QUEUE, false).await.is_none());
+    c.close().await;
+}

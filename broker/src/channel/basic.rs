@@ -9,6 +9,7 @@ use warren_protocol::method::{encode_deliver, encode_get_ok};
 use super::queue::generated_name;
 use super::unacked::Delivered;
 use super::{remove_consumer, requeue, settle_by_queue, Channel, Registration};
+use crate::cluster::quorum::How;
 use crate::connection::session::Session;
 use crate::error::{AmqpError, AmqpResult};
 use crate::ids::{ChannelId, ConsumerId, ConsumerTag, DeliveryTag, NodeId};
@@ -43,7 +44,7 @@ fn consumer_wants_publisher(args: &FieldTable, queue: &str, vhost: &str) -> Amqp
 }
 
 /// Whether every delivery from `queue` carries the publisher: its own argument or its vhost's setting.
-fn wants_publisher(s: &Session, queue: &Queue) -> bool {
+pub(super) fn wants_publisher(s: &Session, queue: &Queue) -> bool {
     queue.args.publisher_header
         || s.broker
             .config
@@ -206,11 +207,18 @@ impl Channel {
                 s.vhost.name
             )));
         }
+        if let Some(answer) = self.got_elsewhere() {
+            self.answer_got(s, queue, g.no_ack, answer);
+            return Ok(());
+        }
         let Some((entry, message_count)) = queue.get(Now::read()) else {
-            s.send(
-                self.id,
-                AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
-            );
+            // Nothing here; the node holding the queue may have some.
+            if !self.get_elsewhere(s, &queue, &g) {
+                s.send(
+                    self.id,
+                    AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
+                );
+            }
             return Ok(());
         };
         let tag = self.next_tag();
@@ -235,12 +243,13 @@ impl Channel {
                 queue,
                 entry,
                 consumer: None,
+                remote: None,
             });
         }
         Ok(())
     }
 
-    fn next_tag(&mut self) -> DeliveryTag {
+    pub(super) fn next_tag(&mut self) -> DeliveryTag {
         let tag = self.next_delivery_tag;
         self.next_delivery_tag = DeliveryTag(tag.0 + 1);
         tag
@@ -272,7 +281,11 @@ impl Channel {
             requeue(settled);
             return;
         }
-        for (queue, entries) in settle_by_queue(settled) {
+        let how = match requeue_to {
+            Some(false) => How::Reject,
+            _ => How::Ack,
+        };
+        for (queue, entries) in settle_by_queue(settled, how) {
             if requeue_to == Some(false) {
                 queue.reject(entries, Now::read());
             } else {
@@ -326,6 +339,7 @@ impl Channel {
                 queue,
                 entry,
                 consumer: Some(consumer),
+                remote: None,
             });
         }
     }

@@ -224,14 +224,20 @@ fn remove_consumer(s: &Session, reg: &Registration) {
 }
 
 /// Releases the credit of settled deliveries and groups their entries per queue (in order), so each
-/// queue is locked, and written to the log, once per settlement.
+/// queue is locked, and written to the log, once per settlement. Messages got from another node
+/// are settled there, `how` the caller settles the rest.
 fn settle_by_queue(
     deliveries: Vec<unacked::Delivered>,
+    how: crate::cluster::quorum::How,
 ) -> Vec<(Arc<Queue>, Vec<crate::queue::Entry>)> {
     let mut by_queue: Vec<(Arc<Queue>, Vec<crate::queue::Entry>)> = Vec::new();
     for d in deliveries {
         if let Some(c) = &d.consumer {
             c.release_credit(1);
+        }
+        if let Some(remote) = d.remote {
+            remote.settle(how);
+            continue;
         }
         match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &d.queue)) {
             Some((_, entries)) => entries.push(d.entry),
@@ -244,7 +250,7 @@ fn settle_by_queue(
 /// Returns settled-with-requeue deliveries to their queues, keeping their order.
 fn requeue(deliveries: Vec<unacked::Delivered>) {
     let now = Now::read();
-    for (queue, entries) in settle_by_queue(deliveries) {
+    for (queue, entries) in settle_by_queue(deliveries, crate::cluster::quorum::How::Requeue) {
         queue.requeue(entries, now);
     }
 }

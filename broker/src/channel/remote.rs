@@ -1,15 +1,18 @@
 //! A queue that another cluster node holds (a quorum queue's host, a classic queue's home): the
-//! channel asks that node what only it knows — the counts of queue.declare-ok, queue.purge —
-//! parking the connection meanwhile as for a replicated change (channel/replicated.rs: no other
-//! frame is handled, so AMQP's order holds), and answers when the method runs again.
+//! channel asks that node what only it knows — the counts of queue.declare-ok, queue.purge, the
+//! head message for a basic.get (cluster/quorum/get.rs) — parking the connection meanwhile as for
+//! a replicated change (channel/replicated.rs: no other frame is handled, so AMQP's order holds),
+//! and answers when the method runs again.
 
 use std::sync::Arc;
 
-use amq_protocol::protocol::AMQPClass;
+use amq_protocol::protocol::{basic, AMQPClass};
 use parking_lot::Mutex;
+use warren_protocol::method::encode_get_ok;
 
+use super::unacked::Delivered;
 use super::Channel;
-use crate::cluster::quorum::Counts;
+use crate::cluster::quorum::{Counts, Got};
 use crate::connection::session::{Session, Waiting};
 use crate::error::{AmqpError, AmqpResult};
 use crate::queue::Queue;
@@ -19,6 +22,16 @@ use crate::queue::Queue;
 pub(super) enum Asked {
     Counts(Result<Counts, String>),
     Purged(Result<u32, String>),
+    Got(Result<Option<Got>, String>),
+}
+
+impl std::fmt::Debug for Got {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Got")
+            .field("redelivered", &self.redelivered)
+            .field("count", &self.count)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Where the answer waits for the method's next run.
@@ -118,4 +131,91 @@ impl Channel {
         );
         Ok(None)
     }
+
+    /// The holder's answer to this channel's basic.get, when the method runs again after it.
+    pub(super) fn got_elsewhere(&self) -> Option<Result<Option<Got>, String>> {
+        match self.asked.lock().take() {
+            Some(Asked::Got(answer)) => Some(answer),
+            _ => None,
+        }
+    }
+
+    /// Asks the node holding `q` for its head message, for basic.get `g` (this node's copy had
+    /// none); false when this node holds it (the answer is basic.get-empty).
+    pub(super) fn get_elsewhere(&self, s: &mut Session, q: &Arc<Queue>, g: &basic::Get) -> bool {
+        let Some(node) = s.broker.shard_journal.holder_of(q) else {
+            return false;
+        };
+        let holder: Arc<dyn crate::cluster::quorum::QuorumHolder> = s.broker.clone();
+        let asking = s.broker.shard_journal.ask_get(
+            node,
+            (s.vhost.name.as_str(), q.name().as_str()),
+            g.no_ack,
+            holder,
+        );
+        self.ask(
+            s,
+            AMQPClass::Basic(basic::AMQPMethod::Get(g.clone())),
+            (60, 70),
+            async move { Asked::Got(asking.await) },
+        );
+        true
+    }
+
+    /// Answers basic.get with what the holder of `q` (this node's copy) handed over: get-ok, the
+    /// message kept unacked here unless `no_ack`, and settled at the holder; get-empty when it had
+    /// none or could not answer (a quorum queue's failover: the client asks again).
+    pub(super) fn answer_got(
+        &mut self,
+        s: &mut Session,
+        q: Arc<Queue>,
+        no_ack: bool,
+        answer: Result<Option<Got>, String>,
+    ) {
+        let got = match answer {
+            Ok(Some(got)) => got,
+            Ok(None) => return send_get_empty(s, self.id),
+            Err(why) => {
+                tracing::debug!(queue = %q.name(), %why, "the queue's node gave no message");
+                return send_get_empty(s, self.id);
+            }
+        };
+        let tag = self.next_tag();
+        let m = &got.message;
+        encode_get_ok(
+            &mut s.out,
+            self.id,
+            tag.0,
+            got.redelivered,
+            m.exchange.as_bytes(),
+            m.routing_key.as_bytes(),
+            got.count,
+        );
+        let count = q.args.quorum.then_some(got.returns);
+        s.send_delivery_content(self.id, m, super::basic::wants_publisher(s, &q), count);
+        if !no_ack {
+            self.unacked.push(Delivered {
+                tag,
+                queue: q,
+                entry: crate::queue::Entry {
+                    seq: 0,
+                    message: got.message.clone(),
+                    redelivered: got.redelivered,
+                    priority: 0,
+                    expires_at: None,
+                    returns: got.returns,
+                    store_id: None,
+                },
+                consumer: None,
+                remote: got.settle,
+            });
+        }
+    }
+}
+
+fn send_get_empty(s: &mut Session, channel: u16) {
+    s.send(
+        channel,
+        AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
+    );
 }

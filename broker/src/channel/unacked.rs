@@ -15,6 +15,9 @@ pub(crate) struct Delivered {
     pub entry: Entry,
     /// The consumer whose credit this delivery holds (None for basic.get).
     pub consumer: Option<Arc<Consumer>>,
+    /// For a basic.get answered by the node holding the queue: where it is settled (`queue` is
+    /// then this node's copy, which never had the message).
+    pub remote: Option<crate::cluster::quorum::RemoteGot>,
 }
 
 #[derive(Debug, Default)]

@@ -240,6 +240,12 @@ impl crate::cluster::link::RequestHandler for QuorumServer {
             rpc::UNSUBSCRIBE => return done(subs.unsubscribe(from, &body)),
             rpc::DELIVER => return done(holder().and_then(|h| subs.deliver(from, &body, &*h))),
             rpc::CANCELLED => return done(holder().and_then(|h| subs.cancelled(from, &body, &*h))),
+            rpc::GET => {
+                let answer = holder()
+                    .and_then(|h| subs.gets.get(from, |q| self.journal.holds(q), &*h, &body));
+                return Box::pin(async move { answer });
+            }
+            rpc::GOT => return done(subs.gets.settle(from, &body)),
             rpc::COUNT | rpc::PURGE => {
                 let answer =
                     holder().and_then(|h| super::remote::answer(&self.journal, &*h, kind, &body));

@@ -21,6 +21,7 @@
 //! durable classic queue's messages are in its home's own log).
 
 mod forward;
+mod get;
 mod holder;
 mod hosting;
 mod journal;
@@ -31,6 +32,7 @@ mod target;
 
 pub(crate) use forward::Forwarder;
 pub(crate) use forward::QuorumServer;
+pub(crate) use get::{Got, How, RemoteGot};
 pub use holder::QuorumHolder;
 pub(crate) use hosting::{follow, host};
 pub use journal::{CopiesJournal, ShardJournal};

@@ -101,6 +101,20 @@ impl ShardJournal {
         }
     }
 
+    /// Asks `node` for the head message of queue `names` (vhost, queue) for a basic.get (see
+    /// get.rs), handed out to this node unless `no_ack`; None when the queue is empty.
+    pub(crate) fn ask_get(
+        &self,
+        node: u64,
+        names: (&str, &str),
+        no_ack: bool,
+        holder: std::sync::Arc<dyn QuorumHolder>,
+    ) -> impl std::future::Future<Output = Result<Option<super::Got>, String>> + Send + 'static
+    {
+        let links = self.forwarder.get().map(|(f, _)| f.links().clone());
+        super::get::ask(links, node, names, no_ack, holder)
+    }
+
     /// Asks `node` to purge queue `names` (vhost, queue); how many messages went.
     pub(crate) fn ask_purge(
         &self,

@@ -56,6 +56,8 @@ pub struct Subscriptions {
     remote: Mutex<HashMap<(u64, String), Remote>>,
     /// As a subscriber: the host each queue's staged messages come from, by record name.
     local: Mutex<HashMap<String, u64>>,
+    /// As a host: what other nodes' basic.get took and have not settled.
+    pub(super) gets: super::get::Gets,
 }
 
 /// Times a settle is sent to its host before it is given up (about 10 s of retries; a link down
@@ -302,6 +304,7 @@ impl Subscriptions {
             .filter(|p| p.connected)
             .map(|p| p.id)
             .collect();
+        self.gets.sweep(&up);
         let now = Instant::now();
         let taken: Vec<Remote> = {
             let mut remote = self.remote.lock();
@@ -421,6 +424,7 @@ impl Subscriptions {
                 .collect();
             keys.iter().filter_map(|k| remote.remove(k)).collect()
         };
+        self.gets.drop_queue(record);
         let now = crate::time::Now::read();
         for sub in ended {
             sub.queue.remove_consumer(&sub.consumer, now);

@@ -31,6 +31,10 @@ pub const COUNT: u8 = 13;
 pub const PURGE: u8 = 14;
 /// A change of a group's members, run by its leader (cluster/raft/member.rs).
 pub const MEMBERS: u8 = 15;
+/// basic.get on a node that does not hold the queue, and the settlement of what it got
+/// (cluster/quorum/get.rs).
+pub const GET: u8 = 16;
+pub const GOT: u8 = 17;
 
 /// A group's snapshot as it travels: the vote of the leader sending it, its metadata and its data.
 pub type Snapshot = SnapshotOf<Types, Vec<u8>>;
