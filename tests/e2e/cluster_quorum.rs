@@ -606,3 +606,90 @@ async fn basic_get_on_a_node_that_does_not_host_the_queue_takes_from_its_host() 
     assert!(ch.get(QUEUE, false).await.is_none());
     c.close().await;
 }
+
+#[tokio::test]
+async fn a_messages_delivery_count_survives_its_hosts_loss_and_the_limit_holds() {
+    use amqprs::channel::BasicRejectArguments;
+    use warren_tests::Timely;
+    let cluster = LinkCluster::new(3);
+    let mut brokers = three_nodes(&cluster).await.map(Some);
+    let all: Vec<&TestBroker> = brokers.iter().flatten().collect();
+    agreed_leader(&all).await;
+    declare_quorum(all[0], "dead", []).await;
+    declare_quorum(
+        all[0],
+        QUEUE,
+        [
+            ("x-delivery-limit", amqprs::FieldValue::l(2)),
+            ("x-dead-letter-exchange", text("")),
+            ("x-dead-letter-routing-key", text("dead")),
+        ],
+    )
+    .await;
+    let first = host(&all).await;
+    let (c, ch, pch) = first.connect_with_confirming_channel().await;
+    pch.publish_acked("", QUEUE, BasicProperties::default(), b"poison")
+        .await;
+    // Returned twice at its first host.
+    for returned in 0..2 {
+        let d = ch.get(QUEUE, false).await.expect("the message");
+        assert_eq!(delivery_count(&d), Some(returned));
+        ch.basic_reject(BasicRejectArguments::new(d.tag, true))
+            .timely()
+            .await
+            .unwrap();
+    }
+    // Its count is in every replica before the host goes (the requeues are journaled).
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    let record = message_queue("/", QUEUE);
+    for b in &all {
+        loop {
+            let cluster = b.server.broker.cluster().unwrap();
+            let shard = cluster.shard(&record);
+            let (held, _) = shard.machine.messages(&record);
+            let counts = shard
+                .machine
+                .returns(&record, held.iter().map(|(id, _)| *id));
+            if counts == [2] {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {}: {counts:?}",
+                node_id(b)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    c.close().await;
+    let first_id = node_id(first);
+    brokers[(first_id - 1) as usize]
+        .take()
+        .unwrap()
+        .stop_keeping_data()
+        .await;
+    let left: Vec<&TestBroker> = brokers.iter().flatten().collect();
+    let next = host(&left).await;
+    let other = left.iter().copied().find(|b| !hosts(b)).unwrap();
+    // The new host counts on: the third delivery says 2, on any node, and one more return is
+    // over the limit: dead-lettered.
+    let (c, ch, _) = other.connect_with_confirming_channel().await;
+    let d = ch
+        .get(QUEUE, false)
+        .await
+        .expect("the message at the new host");
+    assert_eq!(
+        (d.body.as_slice(), delivery_count(&d)),
+        (&b"poison"[..], Some(2))
+    );
+    ch.basic_reject(BasicRejectArguments::new(d.tag, true))
+        .timely()
+        .await
+        .unwrap();
+    c.close().await;
+    let (c, ch, _) = next.connect_with_confirming_channel().await;
+    let dead = ch.get_n("dead", 1, Duration::from_secs(10)).await;
+    assert_eq!(bodies(&dead), ["poison"]);
+    assert!(ch.get(QUEUE, true).await.is_none());
+    c.close().await;
+}

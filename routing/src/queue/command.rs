@@ -31,6 +31,8 @@ pub enum Command<C> {
         id: u64,
         message: Arc<Message>,
         redelivered: bool,
+        /// How often it came back after a delivery before (a replicated queue's count).
+        returns: u64,
     },
     /// Hands the head to `consumer`, whose credit the caller has taken (expired heads go first;
     /// with nothing left, the credit comes back as `Effect::Refund`).
@@ -76,6 +78,9 @@ pub enum Effect<C> {
     Store { id: u64 },
     /// Write a `Remove` record for `id`: the message left the queue.
     Forget { id: u64 },
+    /// The message stored under `id` came back after a delivery (its count of returns grew): a
+    /// replicated queue records it, so `x-delivery-limit` counts across a failover.
+    Returned { id: u64 },
     /// Republish `entry` to the dead-letter exchange (it leaves the log too).
     DeadLetter { entry: Entry, reason: Reason },
     /// Apply `Woken { wake, at }` at `at`.

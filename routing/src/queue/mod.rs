@@ -305,6 +305,11 @@ impl Queue {
                     }
                 }
                 Effect::Forget { id } => after.forget.push(id),
+                Effect::Returned { id } => {
+                    if let Some((journal, name)) = &self.durability {
+                        journal.returned(name, id);
+                    }
+                }
                 Effect::DeadLetter { entry, reason } => {
                     after.forget.extend(entry.store_id);
                     after.dead.push((entry, reason));
@@ -372,13 +377,24 @@ impl Queue {
     /// Puts back messages recovered from the log at start-up: in id order, flagged redelivered (they
     /// may have been delivered before the crash), with TTL deadlines counted from their publish time.
     pub fn restore(self: &Arc<Self>, messages: Vec<(u64, Arc<Message>)>, now: Now) {
+        self.restore_counted(messages.into_iter().map(|(id, m)| (id, m, 0)), now);
+    }
+
+    /// [`Queue::restore`] of messages with their counts of returns (a replicated queue's new
+    /// host: `x-delivery-limit` and `x-delivery-count` carry on from the replica's counts).
+    pub fn restore_counted(
+        self: &Arc<Self>,
+        messages: impl IntoIterator<Item = (u64, Arc<Message>, u64)>,
+        now: Now,
+    ) {
         self.under_lock(now, |l, after| {
-            for (id, message) in messages {
+            for (id, message, returns) in messages {
                 l.apply(
                     Command::Restore {
                         id,
                         message,
                         redelivered: true,
+                        returns,
                     },
                     now,
                 );
@@ -509,13 +525,20 @@ impl Queue {
 
     /// Puts a message of a replicated queue that another node hosts into this node's copy, for
     /// this node's consumers (the broker's cluster/quorum/subscribe.rs); nothing is journaled: `id` is the host's.
-    pub fn stage(self: &Arc<Self>, id: u64, message: Arc<Message>, redelivered: bool, now: Now) {
+    pub fn stage(
+        self: &Arc<Self>,
+        id: u64,
+        message: Arc<Message>,
+        (redelivered, returns): (bool, u64),
+        now: Now,
+    ) {
         self.under_lock(now, |l, after| {
             l.apply(
                 Command::Restore {
                     id,
                     message,
                     redelivered,
+                    returns,
                 },
                 now,
             );

@@ -39,6 +39,10 @@ pub trait Journal: Send + Sync + std::fmt::Debug {
     /// Appends `records`; `done` is called once they are durable (or failed).
     fn write(&self, records: Vec<Record>, done: Option<Completion>);
 
+    /// The message of `queue` stored under `id` came back after a delivery. A single node's log
+    /// keeps no count (nor does RabbitMQ's classic queue); a quorum queue's shard does.
+    fn returned(&self, _queue: &str, _id: u64) {}
+
     /// A message the vhost itself publishes (a dead letter) into quorum queue `queue` of `vhost`,
     /// whose live copy another node hosts: sent there, and true; false when the copy here is the
     /// live one.

@@ -132,8 +132,9 @@ impl<C: ConsumerHandle> QueueState<C> {
                 id,
                 message,
                 redelivered,
+                returns,
             } => {
-                self.restore(id, message, redelivered, now);
+                self.restore(id, message, (redelivered, returns), now);
                 Outcome::Done
             }
             Command::Checkout { consumer } => {
@@ -175,6 +176,9 @@ impl<C: ConsumerHandle> QueueState<C> {
                             reason: Reason::DeliveryLimit,
                         });
                     } else {
+                        if let Some(id) = entry.store_id {
+                            fx.push(Effect::Returned { id });
+                        }
                         self.ready.insert(entry);
                     }
                 }
@@ -288,10 +292,17 @@ impl<C: ConsumerHandle> QueueState<C> {
 
     /// In id order, flagged redelivered (it may have been delivered before the crash), its TTL
     /// deadline counted from its publish time.
-    fn restore(&mut self, id: u64, message: Arc<Message>, redelivered: bool, now: Now) {
+    fn restore(
+        &mut self,
+        id: u64,
+        message: Arc<Message>,
+        (redelivered, returns): (bool, u64),
+        now: Now,
+    ) {
         let age = Duration::from_millis(now.wall_ms.saturating_sub(message.published_at_ms));
         let mut entry = self.entry(message, now.instant);
         entry.redelivered = redelivered;
+        entry.returns = returns;
         entry.store_id = Some(id);
         entry.expires_at = entry
             .expires_at

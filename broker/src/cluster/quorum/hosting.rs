@@ -122,10 +122,13 @@ fn restore(shard: &ShardGroup, holder: &dyn QuorumHolder, name: &str, queue: &Ar
     // What was staged here from the previous host is in the replica too.
     queue.unstage(crate::time::Now::read());
     let (stored, _) = shard.machine.messages(name);
+    let returns = shard
+        .machine
+        .returns(name, stored.iter().map(|(id, _)| *id));
     let mut batch = Vec::with_capacity(stored.len());
-    for (id, payload) in stored {
+    for ((id, payload), returns) in stored.into_iter().zip(returns) {
         match holder.message(&payload) {
-            Some(message) => batch.push((id, message)),
+            Some(message) => batch.push((id, message, returns)),
             None => {
                 tracing::error!(queue = %name, id, "a replicated message does not decode; skipped")
             }
@@ -133,7 +136,7 @@ fn restore(shard: &ShardGroup, holder: &dyn QuorumHolder, name: &str, queue: &Ar
     }
     let n = batch.len();
     let now = crate::time::Now::read();
-    queue.restore(batch, now);
+    queue.restore_counted(batch, now);
     // A new host counts x-expires from its take-over: the consumers of other nodes are only
     // subscribing to it now.
     queue.touch(now);

@@ -207,13 +207,25 @@ impl Journal for ShardJournal {
         }
         shard.submit(ops, done);
     }
+
+    fn returned(&self, queue: &str, id: u64) {
+        // Only the host's live queue counts; a copy's count is its own consumers' business.
+        if let Some(shard) = self.shard(queue).filter(|s| s.epoch().is_some()) {
+            let op = QueueOp::Returned {
+                queue: queue.to_string(),
+                id,
+            };
+            shard.submit(vec![op], None);
+        }
+    }
 }
 
 fn op_queue(op: &QueueOp) -> &str {
     match op {
         QueueOp::Enqueue { queue, .. }
         | QueueOp::Remove { queue, .. }
-        | QueueOp::Drop { queue } => queue,
+        | QueueOp::Drop { queue }
+        | QueueOp::Returned { queue, .. } => queue,
     }
 }
 

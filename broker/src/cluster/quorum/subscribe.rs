@@ -96,6 +96,7 @@ impl DeliverySink for RemoteSink {
             names_body(&self.vhost, &self.queue, w);
             w.u64(id);
             w.bool(delivery.entry.redelivered);
+            w.u64(delivery.entry.returns);
             w.bytes(&delivery.entry.message.stored_form());
         }));
         let Ok(call) = self
@@ -333,13 +334,13 @@ impl Subscriptions {
         body: &Bytes,
         holder: &dyn QuorumHolder,
     ) -> Result<(), String> {
-        let (vhost, name, id, redelivered, payload) = decode(body, |r| {
+        let (vhost, name, id, flags, payload) = decode(body, |r| {
             let (vhost, name) = read_names(r)?;
             Ok((
                 vhost,
                 name,
                 r.u64()?,
-                r.bool()?,
+                (r.bool()?, r.u64()?),
                 Bytes::copy_from_slice(r.bytes()?),
             ))
         })
@@ -352,7 +353,8 @@ impl Subscriptions {
         let message = holder
             .message(&payload)
             .ok_or("the message does not decode")?;
-        queue.stage(id, message, redelivered, crate::time::Now::read());
+        // (redelivered, returns): the host's, so x-delivery-count reads the same on every node.
+        queue.stage(id, message, flags, crate::time::Now::read());
         Ok(())
     }
 

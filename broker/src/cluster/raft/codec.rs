@@ -23,6 +23,7 @@ const MEMBERSHIP: u8 = 2;
 const OP_ENQUEUE: u8 = 1;
 const OP_REMOVE: u8 = 2;
 const OP_DROP: u8 = 3;
+const OP_RETURNED: u8 = 4;
 
 /// Why bytes are not the value they should be.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -114,6 +115,11 @@ impl Writer {
             QueueOp::Drop { queue } => {
                 self.u8(OP_DROP);
                 self.bytes(queue.as_bytes());
+            }
+            QueueOp::Returned { queue, id } => {
+                self.u8(OP_RETURNED);
+                self.bytes(queue.as_bytes());
+                self.u64(*id);
             }
         }
     }
@@ -261,6 +267,10 @@ impl<'a> Reader<'a> {
             OP_DROP => QueueOp::Drop {
                 queue: self.string()?,
             },
+            OP_RETURNED => QueueOp::Returned {
+                queue: self.string()?,
+                id: self.u64()?,
+            },
             other => return Err(bad(format!("queue operation {other}"))),
         })
     }
@@ -361,6 +371,10 @@ mod tests {
                         },
                         QueueOp::Drop {
                             queue: "/\nreply".into(),
+                        },
+                        QueueOp::Returned {
+                            queue: "/\ncompute".into(),
+                            id: 8,
                         },
                     ],
                 },

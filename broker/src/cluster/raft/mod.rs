@@ -45,6 +45,9 @@ pub enum QueueOp {
     Remove { queue: String, id: u64 },
     /// Every message of it is gone (deleted or purged).
     Drop { queue: String },
+    /// A message came back after a delivery (requeued, or its consumer went): its count of
+    /// returns, which `x-delivery-limit` and `x-delivery-count` use, grows by one.
+    Returned { queue: String, id: u64 },
 }
 
 impl fmt::Display for Proposal {

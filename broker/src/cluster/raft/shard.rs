@@ -38,10 +38,16 @@ pub fn shard_of(queue: &str, shards: u16) -> u32 {
     1 + (hash % u64::from(shards.max(1))) as u32
 }
 
+/// The first word of a replica's snapshot since it carries the counts of returns (before, the first
+/// word was the next id, which never comes near it).
+const SNAPSHOT_WITH_RETURNS: u64 = u64::MAX - 1;
+
 /// The messages of a shard's quorum queues, as applied so far.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Replica {
     queues: BTreeMap<String, BTreeMap<u64, Bytes>>,
+    /// The counts of returns of the messages that came back after a delivery (by queue and id).
+    returns: BTreeMap<String, BTreeMap<u64, u64>>,
     /// Above every message id applied (a new leader's live queues number from here).
     next_id: u64,
 }
@@ -63,9 +69,26 @@ impl Replica {
                         self.queues.remove(queue);
                     }
                 }
+                if let Some(counts) = self.returns.get_mut(queue) {
+                    counts.remove(id);
+                    if counts.is_empty() {
+                        self.returns.remove(queue);
+                    }
+                }
             }
             QueueOp::Drop { queue } => {
                 self.queues.remove(queue);
+                self.returns.remove(queue);
+            }
+            QueueOp::Returned { queue, id } => {
+                if self.queues.get(queue).is_some_and(|m| m.contains_key(id)) {
+                    *self
+                        .returns
+                        .entry(queue.clone())
+                        .or_default()
+                        .entry(*id)
+                        .or_default() += 1;
+                }
             }
         }
     }
@@ -76,6 +99,15 @@ impl Replica {
             .get(queue)
             .map(|m| m.iter().map(|(id, p)| (*id, p.clone())).collect())
             .unwrap_or_default()
+    }
+
+    /// How often message `id` of `queue` came back after a delivery.
+    pub fn returns(&self, queue: &str, id: u64) -> u64 {
+        self.returns
+            .get(queue)
+            .and_then(|counts| counts.get(&id))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// How many messages the replica holds, over all its queues.
@@ -92,6 +124,7 @@ impl Replica {
     }
 
     fn write(&self, w: &mut Writer) {
+        w.u64(SNAPSHOT_WITH_RETURNS);
         w.u64(self.next_id);
         w.u64(self.queues.len() as u64);
         for (queue, messages) in &self.queues {
@@ -102,10 +135,23 @@ impl Replica {
                 w.bytes(payload);
             }
         }
+        w.u64(self.returns.len() as u64);
+        for (queue, counts) in &self.returns {
+            w.bytes(queue.as_bytes());
+            w.u64(counts.len() as u64);
+            for (id, n) in counts {
+                w.u64(*id);
+                w.u64(*n);
+            }
+        }
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Replica, DecodeError> {
-        let next_id = r.u64()?;
+        // Snapshots written before the counts of returns were kept start with the next id, and
+        // end after the messages.
+        let first = r.u64()?;
+        let with_returns = first == SNAPSHOT_WITH_RETURNS;
+        let next_id = if with_returns { r.u64()? } else { first };
         let mut queues = BTreeMap::new();
         for _ in 0..r.count(16)? {
             let queue = r.string()?;
@@ -116,7 +162,22 @@ impl Replica {
             }
             queues.insert(queue, messages);
         }
-        Ok(Replica { queues, next_id })
+        let mut returns = BTreeMap::new();
+        if with_returns {
+            for _ in 0..r.count(16)? {
+                let queue = r.string()?;
+                let mut counts = BTreeMap::new();
+                for _ in 0..r.count(16)? {
+                    counts.insert(r.u64()?, r.u64()?);
+                }
+                returns.insert(queue, counts);
+            }
+        }
+        Ok(Replica {
+            queues,
+            returns,
+            next_id,
+        })
     }
 }
 
@@ -163,6 +224,12 @@ impl ShardMachine {
     pub fn messages(&self, queue: &str) -> (Vec<(u64, Bytes)>, u64) {
         let applied = self.applied.lock();
         (applied.replica.messages(queue), applied.replica.next_id())
+    }
+
+    /// How often each of `ids` of `queue` came back after a delivery, in their order.
+    pub fn returns(&self, queue: &str, ids: impl Iterator<Item = u64>) -> Vec<u64> {
+        let applied = self.applied.lock();
+        ids.map(|id| applied.replica.returns(queue, id)).collect()
     }
 
     /// The id new messages of the shard number from (above every id the replica has applied).

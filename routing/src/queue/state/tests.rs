@@ -181,6 +181,7 @@ enum Seen {
     Refund(u8),
     Store(u64),
     Forget(u64),
+    Returned(u64),
     Dead(u64, &'static str),
     WakeAt(Wake, Instant),
     Expired,
@@ -193,6 +194,7 @@ fn seen(effect: &Effect<Client>) -> Seen {
         Effect::Refund { consumer } => Seen::Refund(consumer.id),
         Effect::Store { id } => Seen::Store(*id),
         Effect::Forget { id } => Seen::Forget(*id),
+        Effect::Returned { id } => Seen::Returned(*id),
         Effect::DeadLetter { entry, reason } => Seen::Dead(entry.seq, reason.as_str()),
         Effect::WakeAt { wake, at } => Seen::WakeAt(*wake, *at),
         Effect::Expired => Seen::Expired,
@@ -354,7 +356,7 @@ impl Live {
                 Effect::Refund { consumer } => {
                     self.clients.entry(consumer.id).or_default().credit += 1
                 }
-                Effect::Store { .. } | Effect::Forget { .. } => {}
+                Effect::Store { .. } | Effect::Forget { .. } | Effect::Returned { .. } => {}
                 Effect::DeadLetter { .. } => self.tally.dead += 1,
                 Effect::WakeAt { wake, at } => self.timers.push((wake, at)),
                 Effect::Expired => {
@@ -624,7 +626,12 @@ proptest! {
             let wall = now.wall_ms - 1000 + i as u64 * 300;
             let message = message(1000 + i as u64, size, priority, ttl, true, wall);
             live.tally.accepted += 1;
-            live.apply(Command::Restore { id: 1000 + i as u64, message, redelivered: true });
+            live.apply(Command::Restore {
+                id: 1000 + i as u64,
+                message,
+                redelivered: true,
+                returns: 0,
+            });
         }
         live.dispatch();
         for op in ops {

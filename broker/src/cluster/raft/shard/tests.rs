@@ -18,7 +18,8 @@ fn op() -> impl Strategy<Value = QueueOp> {
             |(queue, id, body)| QueueOp::Enqueue { queue, id, payload: Bytes::from(body) }
         ),
         4 => (queue.clone(), 0u64..40).prop_map(|(queue, id)| QueueOp::Remove { queue, id }),
-        1 => queue.prop_map(|queue| QueueOp::Drop { queue }),
+        1 => queue.clone().prop_map(|queue| QueueOp::Drop { queue }),
+        3 => (queue, 0u64..40).prop_map(|(queue, id)| QueueOp::Returned { queue, id }),
     ]
 }
 
@@ -47,6 +48,7 @@ proptest! {
     fn the_replica_holds_what_was_enqueued_and_not_removed(ops in prop::collection::vec(op(), 0..200)) {
         let mut replica = Replica::default();
         let mut model: BTreeSet<(String, u64)> = BTreeSet::new();
+        let mut returns: std::collections::BTreeMap<(String, u64), u64> = Default::default();
         let mut max_id = None;
         for op in &ops {
             replica.apply(op);
@@ -57,9 +59,24 @@ proptest! {
                 }
                 QueueOp::Remove { queue, id } => {
                     model.remove(&(queue.clone(), *id));
+                    returns.remove(&(queue.clone(), *id));
                 }
-                QueueOp::Drop { queue } => model.retain(|(q, _)| q != queue),
+                QueueOp::Drop { queue } => {
+                    model.retain(|(q, _)| q != queue);
+                    returns.retain(|(q, _), _| q != queue);
+                }
+                QueueOp::Returned { queue, id } => {
+                    if model.contains(&(queue.clone(), *id)) {
+                        *returns.entry((queue.clone(), *id)).or_default() += 1;
+                    }
+                }
             }
+        }
+        for (queue, id) in &model {
+            prop_assert_eq!(
+                replica.returns(queue, *id),
+                returns.get(&(queue.clone(), *id)).copied().unwrap_or(0)
+            );
         }
         let held: BTreeSet<(String, u64)> = ["/\nq1", "/\nq2", "nova\nq1"]
             .iter()
@@ -82,12 +99,33 @@ fn shards_are_stable_and_in_range() {
 }
 
 #[test]
+fn a_snapshot_written_before_returns_were_counted_reads() {
+    let mut w = crate::cluster::raft::codec::Writer::default();
+    w.u64(8);
+    w.u64(1);
+    w.bytes(b"/\nq");
+    w.u64(1);
+    w.u64(7);
+    w.bytes(b"body");
+    let replica = decode(&w.0, Replica::read).unwrap();
+    assert_eq!(
+        replica.messages("/\nq"),
+        vec![(7, Bytes::from_static(b"body"))]
+    );
+    assert_eq!((replica.returns("/\nq", 7), replica.next_id()), (0, 8));
+}
+
+#[test]
 fn a_truncated_snapshot_is_refused() {
     let mut replica = Replica::default();
     replica.apply(&QueueOp::Enqueue {
         queue: "/\nq".into(),
         id: 3,
         payload: Bytes::from_static(b"body"),
+    });
+    replica.apply(&QueueOp::Returned {
+        queue: "/\nq".into(),
+        id: 3,
     });
     let bytes = encode(|w| replica.write(w));
     for len in 0..bytes.len() {
