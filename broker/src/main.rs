@@ -138,6 +138,32 @@ async fn serve(config: Arc<Config>, dev: bool, lock: Option<DirLock>) -> anyhow:
     let admin = warren_broker::admin::bind(&socket)
         .with_context(|| format!("cannot create the admin socket {}", socket.display()))?;
     tokio::spawn(warren_broker::admin::serve(server.broker.clone(), admin));
+    // A node that joins a running cluster serves clients only once it is a member: before, it has
+    // none of the cluster's definitions, and a client's declaration there could not be made.
+    if let Some(cluster) = server.broker.cluster() {
+        // (A member's groups report the membership from its log a moment after they start.)
+        let settled =
+            tokio::time::timeout(std::time::Duration::from_secs(2), cluster.until_member()).await;
+        if settled.is_err() {
+            let me = cluster.links.config().me().cloned();
+            tracing::warn!(
+                "this node waits to be added to its cluster before it serves clients: run \
+                 `brokerctl cluster add_node {} {} {}` on a member",
+                me.as_ref().map_or(0, |p| p.id),
+                me.as_ref().map_or("NAME", |p| p.name.as_str()),
+                me.as_ref()
+                    .map_or(String::from("ADDR"), |p| p.addr.to_string()),
+            );
+            tokio::select! {
+                () = cluster.until_member() => tracing::info!("added to the cluster: serving clients"),
+                () = shutdown_signal() => {
+                    server.stop_cluster().await;
+                    server.broker.close();
+                    return Ok(());
+                }
+            }
+        }
+    }
     let mut listeners = Vec::new();
     for addr in &config.listen {
         listeners.push(

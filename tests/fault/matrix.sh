@@ -6,7 +6,7 @@ set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 runs="${1:-50}"; seconds="${2:-180}"; out="${3:-$root/target/fault-matrix}"
 # WARREN_FAULT_FAMILIES="kill pause ... slowfollower longdown" picks others (the long ones need 180 s).
-read -r -a families <<<"${WARREN_FAULT_FAMILIES:-kill pause partition lossy fsfreeze powerloss}"
+read -r -a families <<<"${WARREN_FAULT_FAMILIES:-kill pause partition lossy fsfreeze powerloss members}"
 venv="${WARREN_VENV:-$root/target/python-venv}"
 mkdir -p "$out"
 (cd "$root" && cargo build -q --bin warren --bin brokerctl) || exit 1

@@ -10,6 +10,9 @@ node) let the checker judge what happened while a fault was on.
 * ``fsfreeze``: the queue's host's data directory (its own loop-mounted ext4) frozen for 15 s.
 * ``powerloss``: every node killed at once while holding unsynced writes in memory (a coordinated
   power failure), then all restarted.
+* ``members`` (HA12): a node is replaced under load, again and again: a new node (a new id) starts
+  with ``join = true`` and is added with ``brokerctl cluster add_node``, then the queue's host or a
+  random older node is removed with ``remove_node`` on another node, killed and wiped.
 
 Matrix only (their cycles are long):
 
@@ -26,7 +29,9 @@ from typing import Callable
 
 from netns_cluster import NetnsCluster
 
-FAMILIES = ("kill", "pause", "partition", "lossy", "fsfreeze", "powerloss")
+FAMILIES = ("kill", "pause", "partition", "lossy", "fsfreeze", "powerloss", "members")
+# How long a membership change may take (a new node's catch-up in every group, under load).
+CHANGE_TIMEOUT = 150
 LONG_FAMILIES = ("slowfollower", "longdown")
 
 
@@ -155,6 +160,34 @@ class Nemesis:
         self.events.append({"t": round(time.monotonic(), 3), "what": "caught-up", "node": node,
                             "seconds": self.caught_up(node, self.group, 90)})
         time.sleep(5)
+
+    def _members(self, until: float) -> None:
+        old = list(self.cluster.nodes)
+        new = self.cluster.join_new()
+        self.log("join", new)
+        by = self.rng.choice(old)
+        cp = self.cluster.ctl(by, "cluster", "add_node", str(new), f"n{new}",
+                              f"{self.cluster.addr_of(new)}", timeout=CHANGE_TIMEOUT)
+        if cp.returncode != 0:
+            self.log(f"membership change failed: add_node {new} on node {by}: {cp.stderr.strip()}", new)
+            return
+        self.cluster.nodes.append(new)
+        self.log("added", new)
+        self.cluster.wait_serving(new)
+        time.sleep(3)
+        victim = self.target() if self.cycle % 2 == 0 else self.rng.choice(old)
+        if victim == new:
+            victim = self.rng.choice(old)
+        by = self.rng.choice([i for i in self.cluster.nodes if i != victim])
+        self.log("remove", victim)
+        cp = self.cluster.ctl(by, "cluster", "remove_node", str(victim), timeout=CHANGE_TIMEOUT)
+        if cp.returncode != 0:
+            self.log(f"membership change failed: remove_node {victim} on node {by}: {cp.stderr.strip()}",
+                     victim)
+            return
+        self.log("removed", victim)
+        self.cluster.retire(victim)
+        time.sleep(8)
 
     def _powerloss(self, until: float) -> None:
         time.sleep(self.rng.uniform(2, 6))

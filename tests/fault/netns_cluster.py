@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -51,13 +52,16 @@ def sh(*cmd: str, check: bool = True, timeout: float = 30, input: str | None = N
 
 class NetnsCluster:
     def __init__(self, work: Path, exe: Path, nodes: int = 3, loop_mounts: bool = False,
-                 hold_unsynced: bool = False):
+                 hold_unsynced: bool = False, spares: int = 0):
         self.work = work
         self.exe = exe
-        self.ctl = exe.with_name("brokerctl")
+        self.ctl_exe = exe.with_name("brokerctl")
         self.data = work / "data"
         self.tls = self.data / "tls"
         self.nodes = list(range(1, nodes + 1))
+        # Ids (and addresses) kept for nodes that join later (the ``members`` family); clients
+        # know their addresses from the start, as an operator's host list would.
+        self.spares = list(range(nodes + 1, nodes + 1 + spares))
         self.loop_mounts = loop_mounts
         self.hold_unsynced = hold_unsynced
         self.procs: dict[int, subprocess.Popen] = {}
@@ -100,14 +104,67 @@ class NetnsCluster:
             (d / "warren.toml").write_text(text)
             for suffix in ("pem", "key"):
                 (self.tls / "nodes" / f"n{i}.{suffix}").unlink()
-            sh(str(self.ctl), "ca", "issue", "--dir", str(self.tls), "--name", f"n{i}", "--node",
+            sh(str(self.ctl_exe), "ca", "issue", "--dir", str(self.tls), "--name", f"n{i}", "--node",
                "--host", node_ip(i), "--out", str(self.tls / "nodes"))
+        # Node 1's configuration, the template of a node that joins later.
+        self.template = (self.node_dir(1) / "warren.toml").read_text()
 
     def node_dir(self, i: int) -> Path:
         return self.data / f"n{i}"
 
     def addrs(self) -> dict[int, tuple[str, int]]:
-        return {i: (node_ip(i), AMQP_PORT) for i in self.nodes}
+        return {i: (node_ip(i), AMQP_PORT) for i in self.nodes + self.spares}
+
+    # -- membership ------------------------------------------------------------------------------
+    def ctl(self, i: int, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        """brokerctl on node ``i``'s admin socket."""
+        return sh(str(self.ctl_exe), "--socket", str(self.node_dir(i) / "admin.sock"), *args,
+                  check=False, timeout=timeout)
+
+    def join_new(self) -> int:
+        """Configures the next spare node to join the cluster (``join = true``, a node certificate
+        of its own, every current member in its ``peers``), starts it, and returns its id."""
+        k = self.spares.pop(0)
+        text, first = self.template, 1
+        text = text.replace(f'"{node_ip(first)}:{AMQP_PORT}"', f'"{node_ip(k)}:{AMQP_PORT}"')
+        text = re.sub(rf'^listen = "{re.escape(node_ip(first))}:{LINK_PORT}"$',
+                      f'listen = "{node_ip(k)}:{LINK_PORT}"', text, flags=re.M)
+        text = re.sub(r"^node_id = \d+$", f"node_id = {k}\njoin = true", text, flags=re.M)
+        text = text.replace(f"/n{first}/", f"/n{k}/").replace(f'/n{first}"', f'/n{k}"')
+        text = text.replace(f"nodes/n{first}.", f"nodes/n{k}.")
+        peers = "".join(f'[[cluster.peers]]\nid = {i}\nname = "n{i}"\naddr = "{node_ip(i)}:{LINK_PORT}"\n\n'
+                        for i in self.nodes + [k])
+        text = re.sub(r"(\[\[cluster\.peers\]\]\n(?:[^\[\n].*\n|\n)*)+", peers, text)
+        d = self.node_dir(k)
+        d.mkdir(mode=0o700)
+        (d / "warren.toml").write_text(text)
+        sh(str(self.ctl_exe), "ca", "issue", "--dir", str(self.tls), "--name", f"n{k}", "--node",
+           "--host", node_ip(k), "--out", str(self.tls / "nodes"))
+        # It serves clients only once it is a member: its admin socket says it runs.
+        self.start(k, wait=False)
+        deadline = time.monotonic() + 60
+        while not (d / "admin.sock").exists():
+            if self.procs[k].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"node {k} did not start (status {self.procs[k].poll()})")
+            time.sleep(0.1)
+        return k
+
+    def wait_serving(self, i: int, timeout: float = 30) -> None:
+        wait_port(node_ip(i), AMQP_PORT, timeout, self.procs[i])
+
+    def addr_of(self, i: int) -> str:
+        """Node ``i``'s node-link address."""
+        return f"{node_ip(i)}:{LINK_PORT}"
+
+    def retire(self, i: int) -> None:
+        """A node removed from the cluster: killed, its data wiped, forgotten by this object."""
+        self.note(f"retire node {i}")
+        proc = self.procs.pop(i)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        self.nodes.remove(i)
+        shutil.rmtree(self.node_dir(i), ignore_errors=True)
 
     # -- processes -------------------------------------------------------------------------------
     def start(self, i: int, wait: bool = True) -> None:
@@ -192,7 +249,7 @@ class NetnsCluster:
         if not self.running(i) or i in self.paused or i in self.frozen:
             return None
         try:
-            cp = sh(str(self.ctl), "--socket", str(self.node_dir(i) / "admin.sock"), "--format", "json",
+            cp = sh(str(self.ctl_exe), "--socket", str(self.node_dir(i) / "admin.sock"), "--format", "json",
                     "cluster", "status", check=False, timeout=5)
         except subprocess.TimeoutExpired:
             return None

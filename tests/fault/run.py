@@ -87,7 +87,8 @@ def inside(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="warren-fault-", dir=args.work))
     rng = random.Random(args.seed)
     cluster = NetnsCluster(work, Path(args.bin).resolve(), loop_mounts=args.family == "fsfreeze",
-                           hold_unsynced=args.family == "powerloss")
+                           hold_unsynced=args.family == "powerloss",
+                           spares=min(200, max(4, args.seconds // 8)) if args.family == "members" else 0)
     result: dict = {"family": args.family, "seconds": args.seconds, "seed": args.seed, "failures": []}
     failures = result["failures"]
     group = shard_group("/", QUEUE)
@@ -176,6 +177,8 @@ def inside(args: argparse.Namespace) -> int:
                 failures.append(f"{len(checked[key])} {key}: {checked[key][:10]}")
         long_family_checks(out / "ops.jsonl", nemesis.events, result, failures)
         for e in nemesis.events:
+            if e["what"].startswith("membership change failed"):
+                failures.append(f"HA12: {e['what']}")
             # HA7: a frozen host's leadership has moved to another node within 10 s.
             if e["what"] == "frozen 10 s" and e["host"] in (e["node"], None):
                 failures.append(f"HA7: node {e['node']}'s disk frozen 10 s and the queue's host is {e['host']}")

@@ -22,6 +22,26 @@ use super::raft::{codec, Types};
 const RETRY: Duration = Duration::from_millis(300);
 
 impl Cluster {
+    /// Completes once this node is a voter of the metadata group (a node started with
+    /// `join = true` is not until it has been added; a removed one never again).
+    pub async fn until_member(&self) {
+        let me = self.meta.node_id;
+        let _ = self
+            .meta
+            .raft
+            .wait(None)
+            .metrics(
+                |m| {
+                    m.membership_config
+                        .membership()
+                        .voter_ids()
+                        .any(|id| id == me)
+                },
+                "this node is a member",
+            )
+            .await;
+    }
+
     /// Adds node `id`, known as `name` (its node certificate's CN) at node-link address `addr`,
     /// to every group. The node must be running with `join = true`.
     pub async fn add_node(

@@ -132,25 +132,52 @@ async fn watch_disk(
     }
 }
 
-/// Keeps the links' members those of the metadata group's membership (voters and learners) as it
-/// changes, until the group stops. Before the group has a membership (a node waiting to be added)
-/// the configured peers stay.
+/// Keeps the links' members up with the metadata group's membership (voters and learners) as it
+/// changes, until the group stops: the nodes of the latest membership, and the configured peers
+/// except those this node saw removed. A membership without this node only adds nodes: it is
+/// history a joining node replays (the cluster as it was before it joined: dropping the nodes
+/// missing from it would cut the joining node off from the leader feeding it that history), or
+/// the state after this node's own removal. The configured peers stay so that a node that was
+/// down while the membership changed still reaches a new leader listed there.
 async fn watch_members(raft: MetaRaft, links: Arc<Links>) {
     use openraft::async_runtime::WatchReceiver;
+    let me = links.config().node_id;
     let mut metrics = raft.metrics();
     let mut seen = None;
+    let mut last_with_me: Option<std::collections::BTreeSet<u64>> = None;
+    let mut removed = std::collections::BTreeSet::new();
     loop {
         let membership = metrics.borrow_watched().membership_config.clone();
         if seen != Some(*membership.log_id()) {
             seen = Some(*membership.log_id());
-            let members: Vec<PeerConfig> = membership
+            let nodes: Vec<PeerConfig> = membership
                 .membership()
                 .nodes()
                 .filter_map(|(id, node)| member(&links, *id, node))
                 .collect();
-            if !members.is_empty() {
-                links.set_members(members);
+            let ids: std::collections::BTreeSet<u64> = nodes.iter().map(|p| p.id).collect();
+            let mut members = nodes;
+            if ids.contains(&me) {
+                if let Some(before) = last_with_me.replace(ids.clone()) {
+                    removed.extend(before.difference(&ids));
+                }
+                removed.retain(|id| !ids.contains(id));
+            } else {
+                members.extend(links.members());
             }
+            members.extend(
+                links
+                    .config()
+                    .peers
+                    .iter()
+                    .filter(|p| !removed.contains(&p.id))
+                    .cloned(),
+            );
+            let mut by_id = BTreeMap::new();
+            for p in members {
+                by_id.entry(p.id).or_insert(p);
+            }
+            links.set_members(by_id.into_values().collect());
         }
         if metrics.changed().await.is_err() {
             return;
