@@ -174,7 +174,8 @@ pub struct Links {
     /// The cluster's nodes by id, this one included: `peers` of the configuration until the
     /// cluster's membership replaces them ([`Links::set_members`]).
     members: parking_lot::RwLock<BTreeMap<u64, PeerConfig>>,
-    /// Members this node has a dial loop for (those with a higher id).
+    /// Members this node has a dial loop for (those with a higher id); a loop takes its id out
+    /// when it ends (its node is no longer a member), so one added again gets a new loop.
     dialling: Mutex<HashSet<u64>>,
     hello: Hello,
     /// Replaced as a whole on reload (SIGHUP); links already up keep their sessions.
@@ -275,7 +276,6 @@ impl Links {
             }
             drop(peers);
             self.pending.lock().retain(|_, p| !gone.contains(&p.peer));
-            self.dialling.lock().retain(|id| !gone.contains(id));
         }
         self.dial_new_members();
     }
@@ -647,7 +647,13 @@ impl Links {
         let mut backoff = REDIAL_MIN;
         while !self.stopped() {
             let Some(peer) = self.member(id) else {
-                return;
+                let mut dialling = self.dialling.lock();
+                // (Checked again under the lock: a member added back meanwhile keeps this loop.)
+                if self.member(id).is_none() {
+                    dialling.remove(&id);
+                    return;
+                }
+                continue;
             };
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.dial(&peer)).await {
                 Ok(Ok((stream, hello, read))) => {
