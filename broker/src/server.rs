@@ -117,8 +117,12 @@ impl Server {
                     }
                 });
             }));
-        if self.broker.cluster.set(cluster).is_err() {
+        if self.broker.cluster.set(cluster.clone()).is_err() {
             anyhow::bail!("the cluster was already started");
+        }
+        // The removals recorded so far (those applied from now on reach the links themselves).
+        for id in self.broker.definitions().removed_nodes {
+            cluster.links.forget(id);
         }
         tokio::spawn(crate::cluster::home::tend(Arc::downgrade(&self.broker)));
         Ok(())

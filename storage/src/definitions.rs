@@ -50,6 +50,9 @@ pub struct Definitions {
     /// Users once created from the configuration file: never created again, even when deleted since.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub seeded_users: Vec<String>,
+    /// Ids of nodes removed from the cluster (never members again).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_nodes: Vec<u64>,
 }
 
 /// How a user of the configuration file compares with the broker's definitions at start.
@@ -141,6 +144,7 @@ mod tests {
                 password_hash: None,
             }],
             seeded_users: vec!["nova".into()],
+            removed_nodes: Vec::new(),
         };
         defs.save(&path).unwrap();
         assert_eq!(Definitions::load(&path).unwrap(), defs);
@@ -198,6 +202,7 @@ mod tests {
             vhosts: vec![],
             users: vec![user("nova", "^nova")],
             seeded_users: vec![],
+            removed_nodes: Vec::new(),
         };
         assert_eq!(
             old.seed_users(&configured[..1]),

@@ -125,6 +125,11 @@ impl Broker {
             | MetaCommand::ClearPermissions { user, .. }
             | MetaCommand::SetTopicPermissions { user, .. }
             | MetaCommand::ClearTopicPermissions { user, .. } => self.refresh_user(defs, user)?,
+            MetaCommand::RemovedNode { id } => {
+                if let Some(cluster) = self.cluster() {
+                    cluster.links.forget(*id);
+                }
+            }
             // Seeding is recorded only; exchanges, queues and bindings change through their vhost.
             MetaCommand::SeedUser { .. }
             | MetaCommand::DeclareExchange { .. }

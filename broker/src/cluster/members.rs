@@ -53,6 +53,12 @@ impl Cluster {
         if name.is_empty() {
             return Err("a node needs a name (its node certificate's CN)".into());
         }
+        if self.links.was_removed(id) {
+            return Err(format!(
+                "node id {id} was removed from this cluster: node ids are never reused, give \
+                 the new node a new one"
+            ));
+        }
         for other in self.links.members() {
             if other.id == id && (other.name != name || other.addr != addr) {
                 return Err(format!(
@@ -85,11 +91,21 @@ impl Cluster {
                 "node {id} is this node: run remove_node on another node of the cluster"
             ));
         }
-        if !self.links.member_ids().contains(&id) {
+        if !self.links.member_ids().contains(&id) && !self.links.was_removed(id) {
             return Err(format!("node {id} is not a member of the cluster"));
         }
         self.change_everywhere(&MembersChange::Remove { id }, true)
+            .await?;
+        // Recorded, so that no node admits it again (whatever its configured peers say, after a
+        // restart too) and its id is never given to another node.
+        self.meta
+            .propose(vec![crate::meta::MetaCommand::RemovedNode { id }])
             .await
+            .map_err(|why| {
+                format!(
+                    "node {id} was removed, but its removal was not recorded: {why} (run it again)"
+                )
+            })
     }
 
     /// Makes `change` in every group: the metadata group first, or last when `meta_last`.

@@ -35,6 +35,7 @@ const DECLARE_TRANSIENT_EXCHANGE: u8 = 18;
 /// A cluster's classic queue: a queue declaration followed by its home.
 const DECLARE_HOMED_QUEUE: u8 = 19;
 const RETIRE_QUEUE: u8 = 20;
+const REMOVED_NODE: u8 = 21;
 
 /// Why a record does not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -181,6 +182,10 @@ pub fn encode(command: &MetaCommand) -> Vec<u8> {
         MetaCommand::SeedUser { user } => {
             w.u8(SEED_USER);
             w.str(user);
+        }
+        MetaCommand::RemovedNode { id } => {
+            w.u8(REMOVED_NODE);
+            w.u64(*id);
         }
         MetaCommand::DeclareExchange {
             vhost,
@@ -395,6 +400,7 @@ pub fn decode(payload: &[u8]) -> Result<MetaCommand, DecodeError> {
             exchange: r.opt()?,
         },
         SEED_USER => MetaCommand::SeedUser { user: r.str()? },
+        REMOVED_NODE => MetaCommand::RemovedNode { id: r.u64()? },
         DECLARE_EXCHANGE | DECLARE_TRANSIENT_EXCHANGE => MetaCommand::DeclareExchange {
             vhost: r.str()?.into(),
             exchange: r.str()?,

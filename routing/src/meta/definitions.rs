@@ -125,6 +125,11 @@ pub fn apply(defs: &mut Definitions, command: &MetaCommand) -> Result<(), String
                 defs.seeded_users.push(user.clone());
             }
         }
+        MetaCommand::RemovedNode { id } => {
+            if !defs.removed_nodes.contains(id) {
+                defs.removed_nodes.push(*id);
+            }
+        }
         MetaCommand::DeclareExchange { .. }
         | MetaCommand::DeleteExchange { .. }
         | MetaCommand::DeclareQueue { .. }
@@ -185,6 +190,11 @@ pub fn commands_for(defs: &Definitions) -> Vec<MetaCommand> {
             .iter()
             .map(|u| MetaCommand::SeedUser { user: u.clone() }),
     );
+    out.extend(
+        defs.removed_nodes
+            .iter()
+            .map(|id| MetaCommand::RemovedNode { id: *id }),
+    );
     out
 }
 
@@ -216,6 +226,11 @@ pub fn replacing(current: &Definitions, target: &Definitions) -> Vec<MetaCommand
     for user in &target.seeded_users {
         if !current.seeded_users.contains(user) {
             out.push(MetaCommand::SeedUser { user: user.clone() });
+        }
+    }
+    for id in &target.removed_nodes {
+        if !current.removed_nodes.contains(id) {
+            out.push(MetaCommand::RemovedNode { id: *id });
         }
     }
     out
@@ -272,6 +287,7 @@ mod tests {
             vhosts: vec!["/".into(), "cinder".into()],
             users: vec![nova()],
             seeded_users: vec!["nova".into(), "glance".into()],
+            removed_nodes: Vec::new(),
         };
         let mut rebuilt = Definitions::default();
         for c in commands_for(&defs) {
@@ -297,11 +313,13 @@ mod tests {
             vhosts: vec!["/".into(), "old".into()],
             users: vec![nova(), glance.clone(), keystone.clone()],
             seeded_users: vec!["nova".into()],
+            removed_nodes: Vec::new(),
         };
         let target = Definitions {
             vhosts: vec!["/".into(), "cinder".into()],
             users: vec![changed, keystone],
             seeded_users: vec!["nova".into(), "glance".into()],
+            removed_nodes: Vec::new(),
         };
         let mut defs = current.clone();
         for c in replacing(&current, &target) {

@@ -110,6 +110,11 @@ pub enum MetaCommand {
     SeedUser {
         user: String,
     },
+    /// A cluster node was removed (`brokerctl cluster remove_node`): its id is never a member again
+    /// (node ids are never reused), and no node admits its links.
+    RemovedNode {
+        id: u64,
+    },
     /// A durable exchange, or (recorded only by a cluster node) a transient one.
     DeclareExchange {
         vhost: VhostName,
@@ -176,7 +181,9 @@ impl MetaCommand {
     /// users, then what hangs on users, exchanges, queues, and bindings between them).
     pub fn recovery_rank(&self) -> u8 {
         match self {
-            MetaCommand::AddVhost { .. } | MetaCommand::DeleteVhost { .. } => 0,
+            MetaCommand::AddVhost { .. }
+            | MetaCommand::DeleteVhost { .. }
+            | MetaCommand::RemovedNode { .. } => 0,
             MetaCommand::AddUser { .. } | MetaCommand::DeleteUser { .. } => 1,
             MetaCommand::SetUserTags { .. }
             | MetaCommand::SetPasswordHash { .. }

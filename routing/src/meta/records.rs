@@ -44,6 +44,10 @@ fn seeded_key(user: &str) -> String {
     key(&["seeded", user])
 }
 
+fn removed_node_key(id: u64) -> String {
+    key(&["removed-node", &id.to_string()])
+}
+
 pub fn exchange_key(vhost: &str, exchange: &str) -> String {
     key(&["exchange", vhost, exchange])
 }
@@ -174,6 +178,7 @@ pub fn record(command: &MetaCommand) -> Record {
             exchange.as_deref().unwrap_or_default(),
         )),
         MetaCommand::SeedUser { user } => put(seeded_key(user), command),
+        MetaCommand::RemovedNode { id } => put(removed_node_key(*id), command),
         MetaCommand::DeclareExchange {
             vhost, exchange, ..
         } => put(exchange_key(vhost, exchange), command),

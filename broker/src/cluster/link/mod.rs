@@ -174,6 +174,8 @@ pub struct Links {
     /// The cluster's nodes by id, this one included: `peers` of the configuration until the
     /// cluster's membership replaces them ([`Links::set_members`]).
     members: parking_lot::RwLock<BTreeMap<u64, PeerConfig>>,
+    /// Nodes removed from the cluster (the metadata group's record): never members again.
+    removed: parking_lot::RwLock<HashSet<u64>>,
     /// Members this node has a dial loop for (those with a higher id); a loop takes its id out
     /// when it ends (its node is no longer a member), so one added again gets a new loop.
     dialling: Mutex<HashSet<u64>>,
@@ -215,6 +217,7 @@ impl Links {
                 config.peers.iter().map(|p| (p.id, p.clone())).collect(),
             ),
             dialling: Mutex::new(HashSet::new()),
+            removed: parking_lot::RwLock::new(HashSet::new()),
             peers: Mutex::new(HashMap::new()),
             next_serial: AtomicU64::new(1),
             handler: std::sync::OnceLock::new(),
@@ -250,7 +253,12 @@ impl Links {
     /// dialled and admitted, and the links of nodes no longer among them are closed (their
     /// waiting calls fail) and refused from now on. This node stays whatever the list says.
     pub fn set_members(self: &Arc<Self>, members: Vec<PeerConfig>) {
-        let mut fresh: BTreeMap<u64, PeerConfig> = members.into_iter().map(|p| (p.id, p)).collect();
+        let removed = self.removed.read().clone();
+        let mut fresh: BTreeMap<u64, PeerConfig> = members
+            .into_iter()
+            .filter(|p| !removed.contains(&p.id))
+            .map(|p| (p.id, p))
+            .collect();
         if let Some(me) = self.config.me() {
             fresh.entry(me.id).or_insert_with(|| me.clone());
         }
@@ -278,6 +286,21 @@ impl Links {
             self.pending.lock().retain(|_, p| !gone.contains(&p.peer));
         }
         self.dial_new_members();
+    }
+
+    /// Node `id` was removed from the cluster (the metadata group recorded it): it is no member
+    /// from now on, whatever a membership or the configured peers say, and its link closes.
+    pub fn forget(self: &Arc<Self>, id: u64) {
+        if id == self.config.node_id || !self.removed.write().insert(id) {
+            return;
+        }
+        let members: Vec<PeerConfig> = self.members();
+        self.set_members(members);
+    }
+
+    /// Whether node `id` was removed from the cluster.
+    pub fn was_removed(&self, id: u64) -> bool {
+        self.removed.read().contains(&id)
     }
 
     /// The members, this node included.

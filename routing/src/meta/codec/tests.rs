@@ -150,6 +150,7 @@ fn every_command() -> Vec<MetaCommand> {
             declared_by: None,
             home: None,
         },
+        MetaCommand::RemovedNode { id: 7 },
         MetaCommand::RetireQueue {
             vhost: s("/").into(),
             queue: s("reply_1").into(),
