@@ -317,19 +317,29 @@ impl Cluster {
     /// Hands the leadership of every shard this node leads to the linked voter with the shortest
     /// round trip, and waits (at most 5 seconds) for them to move.
     async fn hand_over_shards(&self) {
+        use openraft::async_runtime::WatchReceiver;
         let me = self.meta.node_id;
-        let Some(to) = self
+        let mut linked: Vec<(u64, u64)> = self
             .links
             .status()
             .into_iter()
             .filter(|p| p.connected)
-            .min_by_key(|p| p.rtt_us.unwrap_or(u64::MAX))
-            .map(|p| p.id)
-        else {
-            return;
-        };
+            .map(|p| (p.rtt_us.unwrap_or(u64::MAX), p.id))
+            .collect();
+        linked.sort();
         let led: Vec<&Arc<ShardGroup>> = self.shards.iter().filter(|s| s.leads()).collect();
         for shard in &led {
+            // The nearest linked voter of this shard (a linked node may be a learner still being
+            // added, or a configured peer that is no member).
+            let metrics = shard.raft.metrics().borrow_watched().clone();
+            let membership = metrics.membership_config.membership();
+            let Some(to) = linked
+                .iter()
+                .map(|(_, id)| *id)
+                .find(|id| membership.voter_ids().any(|v| v == *id))
+            else {
+                continue;
+            };
             if let Err(e) = shard.raft.trigger().transfer_leader(to).await {
                 tracing::warn!(group = shard.group, %e, "shard leadership not handed over");
             }
