@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::node::Cluster;
-use super::raft::member::change_members;
+use super::raft::member::{change_members, removed_refusal, NEVER_REUSED};
 use super::raft::rpc::{self, MembersChange};
 use super::raft::{codec, Types};
 
@@ -54,10 +54,7 @@ impl Cluster {
             return Err("a node needs a name (its node certificate's CN)".into());
         }
         if self.links.was_removed(id) {
-            return Err(format!(
-                "node id {id} was removed from this cluster: node ids are never reused, give \
-                 the new node a new one"
-            ));
+            return Err(removed_refusal(id));
         }
         for other in self.links.members() {
             if other.id == id && (other.name != name || other.addr != addr) {
@@ -150,7 +147,7 @@ impl Cluster {
             let leader = raft.metrics().borrow_watched().current_leader;
             let tried = match leader {
                 Some(leader) if leader == self.meta.node_id => {
-                    change_members(raft, change, left).await
+                    change_members(raft, &self.links, change, left).await
                 }
                 Some(leader) => self
                     .links
@@ -162,6 +159,7 @@ impl Cluster {
             };
             match tried {
                 Ok(()) => return Ok(()),
+                Err(why) if why.contains(NEVER_REUSED) => return Err(why),
                 Err(why) if Instant::now() + RETRY >= deadline => {
                     return Err(format!(
                         "group {group}: {change} was not made: {why} (run it again to finish \

@@ -223,6 +223,7 @@ impl Cluster {
         let mut members: Vec<Arc<dyn GroupMember>> = vec![Arc::new(Member {
             raft: raft.clone(),
             timeout,
+            links: links.clone(),
         })];
         let mut shards = Vec::new();
         for group in 1..=u32::from(config.queue_shards) {
@@ -232,6 +233,7 @@ impl Cluster {
             members.push(Arc::new(Member {
                 raft: raft.clone(),
                 timeout,
+                links: links.clone(),
             }));
             let (writes, queued) = tokio::sync::mpsc::unbounded_channel();
             tokio::spawn(super::quorum::propose_writes(

@@ -3,6 +3,7 @@
 //! members its leader makes (`brokerctl cluster add_node` / `remove_node`).
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,6 +16,7 @@ use super::codec::{decode, encode};
 use super::network::{bad_request, GroupMember};
 use super::rpc::{self, MembersChange, Proposed};
 use super::Types;
+use crate::cluster::link::Links;
 
 /// How a member that is not the leader refuses a forwarded proposal.
 pub const NOT_LEADER: &str = "not the leader";
@@ -25,12 +27,15 @@ pub struct Member<SM: RaftStateMachine<Types, SnapshotData = Vec<u8>>> {
     pub raft: openraft::Raft<Types, SM>,
     /// How long a forwarded proposal may wait for its commit here.
     pub timeout: Duration,
+    /// Which nodes were removed from the cluster (a membership change refuses to add them).
+    pub links: Arc<Links>,
 }
 
 impl<SM: RaftStateMachine<Types, SnapshotData = Vec<u8>>> GroupMember for Member<SM> {
     fn serve(&self, kind: u8, body: Bytes) -> BoxFuture<'static, Result<Bytes, String>> {
         let raft = self.raft.clone();
         let timeout = self.timeout;
+        let links = self.links.clone();
         Box::pin(async move {
             let out = match kind {
                 rpc::APPEND => {
@@ -86,7 +91,7 @@ impl<SM: RaftStateMachine<Types, SnapshotData = Vec<u8>>> GroupMember for Member
                 }
                 rpc::MEMBERS => {
                     let change = decode(&body, |r| r.members_change()).map_err(bad_request)?;
-                    change_members(&raft, &change, timeout * 8).await?;
+                    change_members(&raft, &links, &change, timeout * 8).await?;
                     Vec::new()
                 }
                 other => return Err(format!("unknown request kind {other}")),
@@ -98,9 +103,12 @@ impl<SM: RaftStateMachine<Types, SnapshotData = Vec<u8>>> GroupMember for Member
 
 /// Makes `change` to the group `raft` leads (an error says when it does not lead): a node is added
 /// as a learner, which this waits to catch up (within `timeout`), then made a voter; a node is
-/// removed entirely. A change already made is not made again, so a retried one is harmless.
+/// removed entirely. A change already made is not made again, so a retried one is harmless. A node
+/// the metadata group recorded as removed is never added again: the leader checks, as the node
+/// asking it may not have applied the removal yet.
 pub async fn change_members<SM>(
     raft: &openraft::Raft<Types, SM>,
+    links: &Links,
     change: &MembersChange,
     timeout: Duration,
 ) -> Result<(), String>
@@ -118,6 +126,9 @@ where
     let within = |what: &'static str| format!("{what} did not finish within {timeout:?}");
     match change {
         MembersChange::Add { id, name, addr } => {
+            if links.was_removed(*id) {
+                return Err(removed_refusal(*id));
+            }
             if membership.voter_ids().any(|v| v == *id) {
                 return Ok(());
             }
@@ -172,4 +183,14 @@ where
         }
     }
     Ok(())
+}
+
+/// Part of every refusal to add a node id that was removed: such a refusal is final.
+pub const NEVER_REUSED: &str = "node ids are never reused";
+
+/// Why node `id` cannot be added: it was removed, and node ids are never reused.
+pub fn removed_refusal(id: u64) -> String {
+    format!(
+        "node id {id} was removed from this cluster: {NEVER_REUSED}, give the new node a new one"
+    )
 }
