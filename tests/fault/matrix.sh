@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
 # The long fault matrix (HA.md §4, HA1 nightly): RUNS runs of SECONDS each, cycling the fault
 # families, seeds 1..RUNS. Not CI (it takes hours); run it and report the summary it prints.
-#   tests/fault/matrix.sh [RUNS=50] [SECONDS=180] [OUT=target/fault-matrix]
+#   tests/fault/matrix.sh [RUNS=50] [SECONDS=180] [OUT=target/fault-matrix] [FIRST=1]
+# FIRST > 1 runs only runs FIRST..RUNS, so the matrix can be run in slices (each run's result is
+# the same whoever runs it: family and seed follow from its number). Every run's summary (with the
+# commit it ran) is also kept in tests/fault/results/matrix-<SECONDS>s/, which is committed, and the
+# summary printed at the end covers every run kept there.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-runs="${1:-50}"; seconds="${2:-180}"; out="${3:-$root/target/fault-matrix}"
+runs="${1:-50}"; seconds="${2:-180}"; out="${3:-$root/target/fault-matrix}"; first="${4:-1}"
+kept="$root/tests/fault/results/matrix-${seconds}s"
+commit="$(git -C "$root" rev-parse --short HEAD)$(git -C "$root" diff --quiet HEAD || echo +changes)"
 # WARREN_FAULT_FAMILIES="kill pause ... slowfollower longdown" picks others (the long ones need 180 s).
 read -r -a families <<<"${WARREN_FAULT_FAMILIES:-kill pause partition lossy fsfreeze powerloss members}"
 venv="${WARREN_VENV:-$root/target/python-venv}"
-mkdir -p "$out"
+mkdir -p "$out" "$kept"
 (cd "$root" && cargo build -q --bin warren --bin brokerctl) || exit 1
 passed=0; failed=0
-for ((i = 1; i <= runs; i++)); do
+for ((i = first; i <= runs; i++)); do
   family="${families[$(((i - 1) % ${#families[@]}))]}"
   dir="$out/run-$i-$family"
   rm -rf "$dir"
@@ -22,12 +28,24 @@ for ((i = 1; i <= runs; i++)); do
   else
     failed=$((failed + 1))
   fi
-  echo "run $i $family: $line"
-done
-python3 - "$out" <<'PY'
+  python3 - "$dir/result.json" "$kept/run-$i-$family.json" "$commit" "$family" "$i" <<'PY'
 import json, sys
 from pathlib import Path
-rows = [json.loads(p.read_text()) for p in sorted(Path(sys.argv[1]).glob("run-*/result.json"))]
+src, dst, commit = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+r = json.loads(src.read_text()) if src.exists() else {"passed": False, "failures": ["no result.json"]}
+keep = {k: (len(v) if isinstance(v, list) and k in ("lost", "unexpected", "corrupt") else v)
+        for k, v in r.items() if k not in ("events", "converged", "statuses")}
+keep["commit"] = commit
+keep.setdefault("family", sys.argv[4])
+keep.setdefault("seed", int(sys.argv[5]))
+dst.write_text(json.dumps(keep, indent=1, sort_keys=True) + "\n")
+PY
+  echo "run $i $family: $line"
+done
+python3 - "$kept" <<'PY'
+import json, sys
+from pathlib import Path
+rows = [json.loads(p.read_text()) for p in sorted(Path(sys.argv[1]).glob("run-*.json"))]
 tot = lambda k: sum((len(r[k]) if isinstance(r.get(k), list) else r.get(k, 0)) for r in rows)
 print(f"runs {len(rows)}, passed {sum(r['passed'] for r in rows)}, acked {tot('acked')}, "
       f"lost {tot('lost')}, unexpected {tot('unexpected')}, corrupt {tot('corrupt')}, "
