@@ -30,11 +30,7 @@ timeout 900 "$venv/bin/python" -m pytest tests/python -q -p no:cacheprovider
 step "Cluster fault suite: three nodes in a network namespace, one 60 s run per fault family"
 # kill -9, SIGSTOP, nftables partitions and packet loss, fsfreeze of a loop-mounted data dir, and a
 # coordinated power loss; no confirmed message may be lost (tests/fault/README.md). Root only.
-for tool in nft:nftables mkfs.ext4:e2fsprogs ip:iproute2; do
-  if [ "$(id -u)" = 0 ] && ! command -v "${tool%%:*}" >/dev/null; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${tool##*:}") >/dev/null
-  fi
-done
+bash tests/fault/setup_tools.sh
 timeout 1500 "$venv/bin/python" -m pytest tests/fault -q -p no:cacheprovider -c tests/fault/pytest.ini
 
 step "Differential run: the same Python suite against RabbitMQ (Debian's package, on loopback)"

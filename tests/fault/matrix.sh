@@ -15,6 +15,7 @@ commit="$(git -C "$root" rev-parse --short HEAD)$(git -C "$root" diff --quiet HE
 read -r -a families <<<"${WARREN_FAULT_FAMILIES:-kill pause partition lossy fsfreeze powerloss members}"
 venv="${WARREN_VENV:-$root/target/python-venv}"
 [ -x "$venv/bin/python" ] || bash "$root/tests/python/setup_venv.sh" || exit 1
+bash "$root/tests/fault/setup_tools.sh" || exit 1
 mkdir -p "$out" "$kept"
 (cd "$root" && cargo build -q --bin warren --bin brokerctl) || exit 1
 passed=0; failed=0
