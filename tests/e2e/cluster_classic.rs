@@ -10,13 +10,9 @@ use std::time::Duration;
 use amqprs::channel::{BasicCancelArguments, QueueBindArguments, QueueDeclareArguments};
 use amqprs::BasicProperties;
 use warren_tests::cluster::{
-    agreed_leader, agreed_leader_other_than, three_nodes, LinkCluster, SETTLE,
+    agreed_leader, agreed_leader_other_than, node_id, three_nodes, LinkCluster, SETTLE,
 };
 use warren_tests::{TestBroker, TestChannel, Timely};
-
-fn node_id(b: &TestBroker) -> u64 {
-    b.config.cluster.as_ref().unwrap().node_id
-}
 
 /// The home node `b` has for `queue`, once it knows the queue (None while it does not).
 fn home_on(b: &TestBroker, queue: &str) -> Option<u64> {

@@ -7,8 +7,7 @@ use std::time::Duration;
 use amqprs::channel::QueueDeclareArguments;
 use amqprs::BasicProperties;
 use serde_json::{json, Value};
-use warren_broker::meta::records::message_queue;
-use warren_tests::cluster::{agreed_leader, status, LinkCluster, SETTLE};
+use warren_tests::cluster::{agreed_leader, host_of, status, LinkCluster, SETTLE};
 use warren_tests::features::{table, text, Confirm};
 use warren_tests::TestBroker;
 
@@ -19,28 +18,6 @@ const CHANGE: Duration = Duration::from_secs(90);
 async fn start(cluster: &LinkCluster, id: u64) -> TestBroker {
     let config = cluster.config_started_by(id, 3);
     TestBroker::start_with(move |c| c.cluster = Some(config)).await
-}
-
-fn hosts(b: &TestBroker) -> bool {
-    b.server
-        .broker
-        .shard_journal
-        .hosts(&message_queue("/", QUEUE))
-}
-
-/// The node among `brokers` that hosts the queue, once one does.
-async fn host_among<'a>(brokers: &[&'a TestBroker]) -> &'a TestBroker {
-    let deadline = tokio::time::Instant::now() + SETTLE;
-    loop {
-        if let Some(host) = brokers.iter().copied().find(|b| hosts(b)) {
-            return host;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nobody hosts the queue"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// What `b`'s cluster status says node `id` is in the metadata group.
@@ -213,7 +190,7 @@ async fn a_node_added_under_load_and_another_removed_keep_every_confirmed_messag
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let host = host_among(&left).await;
+    let host = host_of(&left, QUEUE).await;
     let c = host.connect().await;
     let ch = c.channel().await;
     let got = ch.get_n(QUEUE, acked.len(), Duration::from_secs(20)).await;
@@ -314,7 +291,7 @@ async fn a_dead_node_is_replaced_by_a_new_one_with_a_new_id() {
     let mut args = QueueDeclareArguments::durable_client_named(QUEUE);
     args.arguments(table([("x-queue-type", text("quorum"))]));
     ch.declare(args).await;
-    host_among(&[&n1, &n2, &n3]).await;
+    host_of(&[&n1, &n2, &n3], QUEUE).await;
     for i in 0..20 {
         pch.publish_acked(
             "",
@@ -340,7 +317,7 @@ async fn a_dead_node_is_replaced_by_a_new_one_with_a_new_id() {
     // Node 1 stops too: nodes 2 and 4 are a majority of the new membership, not of the old one.
     drop(n1.stop_keeping_data().await);
     agreed_leader(&[&n2, &n4]).await;
-    let host = host_among(&[&n2, &n4]).await;
+    let host = host_of(&[&n2, &n4], QUEUE).await;
     let c = host.connect().await;
     let ch = c.channel().await;
     let got = ch.get_n(QUEUE, 20, Duration::from_secs(20)).await;
@@ -349,4 +326,49 @@ async fn a_dead_node_is_replaced_by_a_new_one_with_a_new_id() {
     ch.declare(QueueDeclareArguments::durable_client_named("after"))
         .await;
     c.close().await;
+}
+
+/// A node that was down while a node was added and the metadata group's leadership moved to the
+/// new node comes back with a log and configured peers that name neither: it would never dial the
+/// new node (the lower id dials) nor admit it. It learns it from a member it does reach, and
+/// catches up from it.
+#[tokio::test]
+async fn a_node_away_while_the_leader_joined_learns_it_from_another_member_and_catches_up() {
+    let cluster = LinkCluster::new(4);
+    let n1 = start(&cluster, 1).await;
+    let n2 = start(&cluster, 2).await;
+    let n3 = start(&cluster, 3).await;
+    agreed_leader(&[&n1, &n2, &n3]).await;
+    let away = n3.stop_keeping_data().await;
+    let n4 = start(&cluster, 4).await;
+    add_node(&n1, &cluster, 4).await.expect("node 4 added");
+    let leader = agreed_leader(&[&n1, &n2, &n4]).await;
+    if leader != 4 {
+        let on = [&n1, &n2][(leader - 1) as usize];
+        let moved = on
+            .brokerctl(&["cluster", "transfer-leadership", "--to", "4"])
+            .await;
+        assert!(moved.success, "{moved:?}");
+    }
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while agreed_leader(&[&n1, &n2, &n4]).await != 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 4 does not lead"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    n4.brokerctl(&["add_vhost", "while-away"]).await.ok();
+
+    let n3 = away.start().await;
+    let deadline = tokio::time::Instant::now() + SETTLE * 2;
+    while n3.server.broker.vhost("while-away").is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 3 did not catch up from node 4: {}",
+            status(&n3).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(agreed_leader(&[&n1, &n2, &n3, &n4]).await, 4);
 }

@@ -9,39 +9,13 @@ use std::time::Duration;
 use amqprs::channel::QueueDeclareArguments;
 use amqprs::BasicProperties;
 use warren_broker::meta::records::message_queue;
-use warren_tests::cluster::{agreed_leader, three_nodes, LinkCluster, SETTLE};
+use warren_tests::cluster::{
+    agreed_leader, host_of, hosts, node_id, stop_node, three_nodes, LinkCluster, SETTLE,
+};
 use warren_tests::features::{table, text};
 use warren_tests::{TestBroker, TestChannel};
 
 const QUEUE: &str = "jobs";
-
-fn node_id(b: &TestBroker) -> u64 {
-    b.config.cluster.as_ref().unwrap().node_id
-}
-
-fn hosts(b: &TestBroker) -> bool {
-    b.server
-        .broker
-        .shard_journal
-        .hosts(&message_queue("/", QUEUE))
-}
-
-/// The node (among `brokers`) that hosts the queue, once exactly one does.
-async fn host<'a>(brokers: &[&'a TestBroker]) -> &'a TestBroker {
-    let deadline = tokio::time::Instant::now() + SETTLE;
-    loop {
-        let hosting: Vec<&TestBroker> = brokers.iter().copied().filter(|b| hosts(b)).collect();
-        if let [one] = hosting[..] {
-            return one;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} nodes host the queue",
-            hosting.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// The messages `b`'s replica holds of the queue.
 fn replica_len(b: &TestBroker) -> usize {
@@ -115,8 +89,8 @@ async fn confirmed_messages_outlive_their_host_and_publishes_work_on_every_node(
     let all: Vec<&TestBroker> = brokers.iter().flatten().collect();
     agreed_leader(&all).await;
     declare_quorum(all[0], QUEUE, []).await;
-    let first = host(&all).await;
-    let follower = all.iter().copied().find(|b| !hosts(b)).unwrap();
+    let first = host_of(&all, QUEUE).await;
+    let follower = all.iter().copied().find(|b| !hosts(b, QUEUE)).unwrap();
 
     // Published on a node that does not host the queue (forwarded), then on its host: every
     // confirm is an ack, and every replica has the messages.
@@ -151,14 +125,9 @@ async fn confirmed_messages_outlive_their_host_and_publishes_work_on_every_node(
 
     // The host stops: the shard's new leader hosts the queue with all ten.
     let first_id = node_id(first);
-    brokers[(first_id - 1) as usize]
-        .take()
-        .unwrap()
-        .stop_keeping_data()
-        .await;
-    let left: Vec<&TestBroker> = brokers.iter().flatten().collect();
-    let next = host(&left).await;
-    let other = left.iter().copied().find(|b| !hosts(b)).unwrap();
+    let left = stop_node(&mut brokers, first_id).await;
+    let next = host_of(&left, QUEUE).await;
+    let other = left.iter().copied().find(|b| !hosts(b, QUEUE)).unwrap();
     // A publish on the other survivor reaches the new host.
     let (oc, _, och) = other.connect_with_confirming_channel().await;
     publish_all(&och, "o", 2).await;
@@ -190,9 +159,9 @@ async fn consumers_on_any_node_take_messages_and_keep_consuming_across_a_failove
     let all: Vec<&TestBroker> = brokers.iter().flatten().collect();
     agreed_leader(&all).await;
     declare_quorum(all[0], QUEUE, []).await;
-    let first = host(&all).await;
+    let first = host_of(&all, QUEUE).await;
     let first_id = node_id(first);
-    let followers: Vec<&TestBroker> = all.iter().copied().filter(|b| !hosts(b)).collect();
+    let followers: Vec<&TestBroker> = all.iter().copied().filter(|b| !hosts(b, QUEUE)).collect();
     let (consuming, publishing) = (followers[0], followers[1]);
 
     // A consumer on a node that does not host the queue gets what is published on the third
@@ -224,13 +193,8 @@ async fn consumers_on_any_node_take_messages_and_keep_consuming_across_a_failove
     pc.close().await;
     let held = consumer.recv_n(5).await;
     assert_eq!(bodies(&held), names("q", 0..5));
-    brokers[(first_id - 1) as usize]
-        .take()
-        .unwrap()
-        .stop_keeping_data()
-        .await;
-    let left: Vec<&TestBroker> = brokers.iter().flatten().collect();
-    host(&left).await;
+    let left = stop_node(&mut brokers, first_id).await;
+    host_of(&left, QUEUE).await;
     // The consumer acknowledges everything it gets from now on (what it held before the
     // failover too: those acks are void, the new host redelivers them).
     for d in &held {
@@ -275,8 +239,8 @@ async fn a_node_that_does_not_host_the_queue_answers_its_hosts_counts_and_purges
     let all = [&b1, &b2, &b3];
     agreed_leader(&all).await;
     declare_quorum(&b1, QUEUE, []).await;
-    host(&all).await;
-    let follower = all.iter().copied().find(|b| !hosts(b)).unwrap();
+    host_of(&all, QUEUE).await;
+    let follower = all.iter().copied().find(|b| !hosts(b, QUEUE)).unwrap();
     let (fc, _, fch) = follower.connect_with_confirming_channel().await;
     publish_all(&fch, "c", 5).await;
     assert_eq!(follower.queue(QUEUE).unwrap().message_count(), 0);
@@ -313,8 +277,7 @@ async fn an_unused_quorum_queue_expires_on_every_node_and_one_consumed_elsewhere
         declare_quorum(all[0], name, expires).await;
     }
     // "kept" is consumed on a node that does not host it: its host counts that consumer.
-    let kept = message_queue("/", "kept");
-    let hosted_kept = |b: &TestBroker| b.server.broker.shard_journal.hosts(&kept);
+    let hosted_kept = |b: &TestBroker| hosts(b, "kept");
     let deadline = tokio::time::Instant::now() + SETTLE;
     while !all.iter().any(|b| hosted_kept(b)) {
         assert!(tokio::time::Instant::now() < deadline, "kept is not hosted");
@@ -349,8 +312,8 @@ async fn a_window_of_forwarded_publishes_beyond_the_links_request_limit_is_acked
     let all: Vec<&TestBroker> = brokers.iter().collect();
     agreed_leader(&all).await;
     declare_quorum(all[0], QUEUE, []).await;
-    host(&all).await;
-    let follower = all.iter().copied().find(|b| !hosts(b)).unwrap();
+    host_of(&all, QUEUE).await;
+    let follower = all.iter().copied().find(|b| !hosts(b, QUEUE)).unwrap();
     // A publisher with 1,500 unconfirmed publishes on a node that does not host the queue: every
     // one is forwarded, more at once than a link serves, and every one is acked (they wait their
     // turn on this node rather than being refused).
@@ -400,8 +363,8 @@ async fn a_dead_letter_into_a_quorum_queue_hosted_elsewhere_reaches_its_host() {
     let all: Vec<&TestBroker> = brokers.iter().collect();
     agreed_leader(&all).await;
     declare_quorum(all[0], QUEUE, []).await;
-    host(&all).await;
-    let follower = all.iter().copied().find(|b| !hosts(b)).unwrap();
+    host_of(&all, QUEUE).await;
+    let follower = all.iter().copied().find(|b| !hosts(b, QUEUE)).unwrap();
     // A classic queue on a node that does not host the quorum queue dead-letters expired messages
     // into it: they reach the host (and so every replica), not only this node's copy.
     let (fc, _, fch) = follower.connect_with_confirming_channel().await;
@@ -424,7 +387,10 @@ async fn a_dead_letter_into_a_quorum_queue_hosted_elsewhere_reaches_its_host() {
     for b in &all {
         wait_for_replica(b, 3).await;
     }
-    let (hc, hch, _) = host(&all).await.connect_with_confirming_channel().await;
+    let (hc, hch, _) = host_of(&all, QUEUE)
+        .await
+        .connect_with_confirming_channel()
+        .await;
     let got = hch.get_n(QUEUE, 3, Duration::from_secs(5)).await;
     assert_eq!(bodies(&got), names("late", 0..3));
     hc.close().await;
@@ -459,10 +425,10 @@ async fn messages_and_snapshots_larger_than_a_link_frame_are_replicated_and_caug
     let all: Vec<&TestBroker> = brokers.iter().flatten().collect();
     agreed_leader(&all).await;
     declare_quorum(all[0], QUEUE, []).await;
-    let first_id = node_id(host(&all).await);
+    let first_id = node_id(host_of(&all, QUEUE).await);
     let followers: Vec<u64> = all
         .iter()
-        .filter(|b| !hosts(b))
+        .filter(|b| !hosts(b, QUEUE))
         .map(|b| node_id(b))
         .collect();
     let (lagging_id, publishing_id) = (followers[0], followers[1]);
@@ -559,8 +525,8 @@ async fn basic_get_on_a_node_that_does_not_host_the_queue_takes_from_its_host() 
     let all: Vec<&TestBroker> = brokers.iter().collect();
     agreed_leader(&all).await;
     declare_quorum(all[0], QUEUE, []).await;
-    let first = host(&all).await;
-    let other = all.iter().copied().find(|b| !hosts(b)).unwrap();
+    let first = host_of(&all, QUEUE).await;
+    let other = all.iter().copied().find(|b| !hosts(b, QUEUE)).unwrap();
     let (c, ch, pch) = other.connect_with_confirming_channel().await;
     for body in ["a", "b", "c", "d"] {
         pch.publish_acked("", QUEUE, BasicProperties::default(), body.as_bytes())
@@ -626,7 +592,7 @@ async fn a_messages_delivery_count_survives_its_hosts_loss_and_the_limit_holds()
         ],
     )
     .await;
-    let first = host(&all).await;
+    let first = host_of(&all, QUEUE).await;
     let (c, ch, pch) = first.connect_with_confirming_channel().await;
     pch.publish_acked("", QUEUE, BasicProperties::default(), b"poison")
         .await;
@@ -663,14 +629,9 @@ async fn a_messages_delivery_count_survives_its_hosts_loss_and_the_limit_holds()
     }
     c.close().await;
     let first_id = node_id(first);
-    brokers[(first_id - 1) as usize]
-        .take()
-        .unwrap()
-        .stop_keeping_data()
-        .await;
-    let left: Vec<&TestBroker> = brokers.iter().flatten().collect();
-    let next = host(&left).await;
-    let other = left.iter().copied().find(|b| !hosts(b)).unwrap();
+    let left = stop_node(&mut brokers, first_id).await;
+    let next = host_of(&left, QUEUE).await;
+    let other = left.iter().copied().find(|b| !hosts(b, QUEUE)).unwrap();
     // The new host counts on: the third delivery says 2, on any node, and one more return is
     // over the limit: dead-lettered.
     let (c, ch, _) = other.connect_with_confirming_channel().await;

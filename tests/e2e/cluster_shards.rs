@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use warren_broker::cluster::quorum::ShardGroup;
 use warren_broker::cluster::raft::QueueOp;
-use warren_tests::cluster::{status, three_nodes, LinkCluster, SETTLE};
+use warren_tests::cluster::{node_id, status, three_nodes, LinkCluster, SETTLE};
 use warren_tests::TestBroker;
 
 /// The record name of quorum queue `compute` in vhost `/`, which the test declares first (a node
@@ -23,10 +23,6 @@ fn shard(b: &TestBroker) -> &ShardGroup {
         .cluster()
         .expect("a cluster node")
         .shard(&queue())
-}
-
-fn node_id(b: &TestBroker) -> u64 {
-    b.config.cluster.as_ref().unwrap().node_id
 }
 
 /// Waits until every broker names the same leader for the queue's shard, other than `gone`.

@@ -194,6 +194,52 @@ pub async fn wait_for_link(links: &Links, id: u64, connected: bool, limit: Durat
 /// Long enough for an election and a commit on a loaded two-core machine.
 pub const SETTLE: Duration = Duration::from_secs(20);
 
+/// The cluster node id broker `b` runs as.
+pub fn node_id(b: &TestBroker) -> u64 {
+    b.config.cluster.as_ref().expect("a cluster node").node_id
+}
+
+/// Whether broker `b` hosts quorum queue `queue` of vhost `/` (leads its shard and holds it).
+pub fn hosts(b: &TestBroker, queue: &str) -> bool {
+    b.server
+        .broker
+        .shard_journal
+        .hosts(&warren_broker::meta::records::message_queue("/", queue))
+}
+
+/// The broker (among `brokers`) that hosts quorum queue `queue` of vhost `/`, once exactly one
+/// does.
+pub async fn host_of<'a>(brokers: &[&'a TestBroker], queue: &str) -> &'a TestBroker {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let hosting: Vec<&TestBroker> = brokers
+            .iter()
+            .copied()
+            .filter(|b| hosts(b, queue))
+            .collect();
+        if let [one] = hosting[..] {
+            return one;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} nodes host {queue}",
+            hosting.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Stops node `id` of `brokers` (node i at index i - 1; a stopped one is None), keeping its data
+/// directory; returns the brokers still running.
+pub async fn stop_node(brokers: &mut [Option<TestBroker>], id: u64) -> Vec<&TestBroker> {
+    brokers[(id - 1) as usize]
+        .take()
+        .expect("a running node")
+        .stop_keeping_data()
+        .await;
+    brokers.iter().flatten().collect()
+}
+
 pub async fn start_node(cluster: &LinkCluster, id: u64) -> TestBroker {
     let config = cluster.config(id);
     TestBroker::start_with(move |c| c.cluster = Some(config)).await

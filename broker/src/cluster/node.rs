@@ -138,7 +138,8 @@ async fn watch_disk(
 /// history a joining node replays (the cluster as it was before it joined: dropping the nodes
 /// missing from it would cut the joining node off from the leader feeding it that history), or
 /// the state after this node's own removal. The configured peers stay so that a node that was
-/// down while the membership changed still reaches a new leader listed there.
+/// down while the membership changed still reaches a new leader listed there (and one that is
+/// not listed there is learned from a member that knows it: members.rs `learn_members`).
 async fn watch_members(raft: MetaRaft, links: Arc<Links>) {
     use openraft::async_runtime::WatchReceiver;
     let me = links.config().node_id;
@@ -286,6 +287,7 @@ impl Cluster {
             cluster.meta.raft.clone(),
             cluster.links.clone(),
         ));
+        tokio::spawn(super::members::learn_members(Arc::downgrade(&cluster)));
         tokio::spawn(watch_disk(
             Arc::downgrade(&cluster),
             writer,

@@ -176,6 +176,9 @@ pub struct Links {
     members: parking_lot::RwLock<BTreeMap<u64, PeerConfig>>,
     /// Nodes removed from the cluster (the metadata group's record): never members again.
     removed: parking_lot::RwLock<HashSet<u64>>,
+    /// Nodes learned from another member's view ([`Links::learn`]): members whatever a
+    /// membership says, until their removal is recorded.
+    learned: parking_lot::RwLock<BTreeMap<u64, PeerConfig>>,
     /// Members this node has a dial loop for (those with a higher id); a loop takes its id out
     /// when it ends (its node is no longer a member), so one added again gets a new loop.
     dialling: Mutex<HashSet<u64>>,
@@ -218,6 +221,7 @@ impl Links {
             ),
             dialling: Mutex::new(HashSet::new()),
             removed: parking_lot::RwLock::new(HashSet::new()),
+            learned: parking_lot::RwLock::new(BTreeMap::new()),
             peers: Mutex::new(HashMap::new()),
             next_serial: AtomicU64::new(1),
             handler: std::sync::OnceLock::new(),
@@ -251,14 +255,17 @@ impl Links {
 
     /// The cluster's nodes are now `members` (the metadata group's membership): new ones are
     /// dialled and admitted, and the links of nodes no longer among them are closed (their
-    /// waiting calls fail) and refused from now on. This node stays whatever the list says.
+    /// waiting calls fail) and refused from now on. This node stays whatever the list says, and
+    /// so do the nodes it learned from another member's view.
     pub fn set_members(self: &Arc<Self>, members: Vec<PeerConfig>) {
         let removed = self.removed.read().clone();
-        let mut fresh: BTreeMap<u64, PeerConfig> = members
-            .into_iter()
-            .filter(|p| !removed.contains(&p.id))
-            .map(|p| (p.id, p))
-            .collect();
+        let learned: Vec<PeerConfig> = self.learned.read().values().cloned().collect();
+        let mut fresh: BTreeMap<u64, PeerConfig> = BTreeMap::new();
+        for p in members.into_iter().chain(learned) {
+            if !removed.contains(&p.id) {
+                fresh.entry(p.id).or_insert(p);
+            }
+        }
         if let Some(me) = self.config.me() {
             fresh.entry(me.id).or_insert_with(|| me.clone());
         }
@@ -288,12 +295,38 @@ impl Links {
         self.dial_new_members();
     }
 
+    /// Takes in another member's view of the cluster's members: the nodes in it this node does
+    /// not know, and did not see removed, become members here too (dialled and admitted) until
+    /// their removal is recorded. A node that was down while the membership changed so reaches a
+    /// leader that its log and its configured peers predate (and whose links it would refuse).
+    /// Returns the ids learned.
+    pub fn learn(self: &Arc<Self>, view: Vec<PeerConfig>) -> Vec<u64> {
+        let new: Vec<PeerConfig> = {
+            let removed = self.removed.read();
+            let known = self.members.read();
+            view.into_iter()
+                .filter(|p| p.id != self.config.node_id)
+                .filter(|p| !removed.contains(&p.id) && !known.contains_key(&p.id))
+                .collect()
+        };
+        if new.is_empty() {
+            return Vec::new();
+        }
+        info!(learned = ?new.iter().map(|p| p.id).collect::<Vec<_>>(), "members learned from another member");
+        self.learned
+            .write()
+            .extend(new.iter().map(|p| (p.id, p.clone())));
+        self.set_members(self.members());
+        new.iter().map(|p| p.id).collect()
+    }
+
     /// Node `id` was removed from the cluster (the metadata group recorded it): it is no member
     /// from now on, whatever a membership or the configured peers say, and its link closes.
     pub fn forget(self: &Arc<Self>, id: u64) {
         if id == self.config.node_id || !self.removed.write().insert(id) {
             return;
         }
+        self.learned.write().remove(&id);
         let members: Vec<PeerConfig> = self.members();
         self.set_members(members);
     }
@@ -993,7 +1026,7 @@ async fn stopping(stop: &mut watch::Receiver<bool>) {
 }
 
 /// A number for this run of the node: different at every start.
-fn incarnation() -> u64 {
+pub(crate) fn incarnation() -> u64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)

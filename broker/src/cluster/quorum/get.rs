@@ -19,6 +19,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::holder::{QuorumHolder, NOT_HOSTING};
+use super::resend::{send_until_answered, GONE_AFTER};
 use crate::cluster::link::Links;
 use crate::cluster::raft::codec::{decode, encode};
 use crate::cluster::raft::network::bad_request;
@@ -28,11 +29,6 @@ use crate::queue::{Entry, Queue};
 
 /// How long the holder may take to answer a get.
 const GET_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long an asking node's link may be down before what it got goes back to the queue.
-const GONE_AFTER: Duration = Duration::from_secs(5);
-/// Times a settlement is sent before it is given up (the holder takes the message back anyway
-/// once the link has been down for [`GONE_AFTER`]).
-const SETTLE_ATTEMPTS: u32 = 10;
 
 /// How a got message is settled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,24 +71,16 @@ impl std::fmt::Debug for RemoteGot {
 }
 
 /// A token for the next get: unique on this node, and across its restarts (the holder may still
-/// have what an earlier run of this node got).
+/// have what an earlier run of this node got), as counted on from this run's incarnation.
 fn next_token() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: std::sync::OnceLock<AtomicU64> = std::sync::OnceLock::new();
-    NEXT.get_or_init(|| {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or_default();
-        AtomicU64::new(nanos)
-    })
-    .fetch_add(1, Ordering::Relaxed)
+    NEXT.get_or_init(|| AtomicU64::new(crate::cluster::link::incarnation()))
+        .fetch_add(1, Ordering::Relaxed)
 }
 
 impl RemoteGot {
-    /// Settles it at the holder: sent now, so it reaches the holder before anything this channel
-    /// asks next (a basic.get after a requeue finds the message back), and sent again in the
-    /// background until answered (settling twice is harmless there).
+    /// Settles it at the holder (resend.rs: before anything this channel asks next).
     pub(crate) fn settle(self, how: How) {
         let body = Bytes::from(encode(|w| {
             w.bytes(self.vhost.as_bytes());
@@ -100,20 +88,13 @@ impl RemoteGot {
             w.u8(how as u8);
             w.u64(self.token);
         }));
-        let send = move |links: &Arc<Links>| links.start_call(self.node, 0, rpc::GOT, body.clone());
-        let mut call = send(&self.links).ok();
-        tokio::spawn(async move {
-            for attempt in 1..=SETTLE_ATTEMPTS {
-                if let Some(sent) = call.take() {
-                    if sent.answer(GET_TIMEOUT).await.is_ok() {
-                        return;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
-                call = send(&self.links).ok();
-            }
-            tracing::warn!(node = self.node, queue = %self.queue, "a got message's settlement did not reach its holder");
-        });
+        send_until_answered(
+            self.links,
+            self.node,
+            rpc::GOT,
+            body,
+            "a got message's settlement",
+        );
     }
 }
 

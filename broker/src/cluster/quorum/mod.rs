@@ -26,6 +26,7 @@ mod holder;
 mod hosting;
 mod journal;
 mod remote;
+mod resend;
 mod shard;
 mod subscribe;
 mod target;

@@ -22,6 +22,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::holder::{QuorumHolder, NOT_HOSTING};
+use super::resend::{send_until_answered, GONE_AFTER};
 use crate::cluster::link::Links;
 use crate::cluster::raft::codec::{decode, encode};
 use crate::cluster::raft::network::bad_request;
@@ -34,8 +35,6 @@ use crate::queue::{Entry, Queue};
 const WINDOW: u32 = 128;
 /// How often a node looks at what it should be subscribed to.
 pub(super) const TICK: Duration = Duration::from_millis(200);
-/// How long a subscriber's link may be down before the host takes its messages back.
-const GONE_AFTER: Duration = Duration::from_secs(5);
 /// How long a subscribe or a delivery may wait for its answer.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -59,10 +58,6 @@ pub struct Subscriptions {
     /// As a host: what other nodes' basic.get took and have not settled.
     pub(super) gets: super::get::Gets,
 }
-
-/// Times a settle is sent to its host before it is given up (about 10 s of retries; a link down
-/// longer than the sweep's 5 s has its messages taken back at the host anyway).
-const SETTLE_ATTEMPTS: u32 = 10;
 
 /// Where a host's proxy consumer sends what it is handed: the subscribed node.
 struct RemoteSink {
@@ -387,7 +382,6 @@ impl Subscriptions {
         let (Some(links), Some((vhost, name))) = (self.links.get(), split_record(record)) else {
             return false;
         };
-        let group = 0;
         let body = Bytes::from(encode(|w| {
             names_body(&vhost, &name, w);
             w.bool(false);
@@ -396,21 +390,14 @@ impl Subscriptions {
                 w.u64(*id);
             }
         }));
-        // A lost settle would leave the message held at the host for good (and its window one
-        // smaller), so it is sent again until answered; settling twice is harmless there.
-        let links = links.clone();
-        tokio::spawn(async move {
-            for attempt in 1..=SETTLE_ATTEMPTS {
-                if let Ok(call) = links.start_call(host, group, rpc::SETTLE, body.clone()) {
-                    if call.answer(CALL_TIMEOUT).await.is_ok() {
-                        return;
-                    }
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt)))
-                    .await;
-            }
-            tracing::warn!(host, "settles of a subscription not delivered to its host");
-        });
+        // A lost settle would also leave the subscription's window one smaller for good.
+        send_until_answered(
+            links.clone(),
+            host,
+            rpc::SETTLE,
+            body,
+            "a subscription's settles",
+        );
         true
     }
 

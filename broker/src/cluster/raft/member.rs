@@ -94,6 +94,7 @@ impl<SM: RaftStateMachine<Types, SnapshotData = Vec<u8>>> GroupMember for Member
                     change_members(&raft, &links, &change, timeout * 8).await?;
                     Vec::new()
                 }
+                rpc::VIEW => encode(|w| w.members_view(&links.members())),
                 other => return Err(format!("unknown request kind {other}")),
             };
             Ok(Bytes::from(out))

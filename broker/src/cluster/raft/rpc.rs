@@ -35,6 +35,9 @@ pub const MEMBERS: u8 = 15;
 /// (cluster/quorum/get.rs).
 pub const GET: u8 = 16;
 pub const GOT: u8 = 17;
+/// A member's view of the cluster's members, asked for by a node without a leader
+/// (cluster/node.rs `learn_members`).
+pub const VIEW: u8 = 18;
 
 /// A group's snapshot as it travels: the vote of the leader sending it, its metadata and its data.
 pub type Snapshot = SnapshotOf<Types, Vec<u8>>;
@@ -115,6 +118,14 @@ impl Writer {
         self.opt_log_id(&meta.last_log_id);
         self.stored_membership(&meta.last_membership);
         self.bytes(data);
+    }
+    pub fn members_view(&mut self, members: &[crate::cluster::config::PeerConfig]) {
+        self.u64(members.len() as u64);
+        for p in members {
+            self.u64(p.id);
+            self.bytes(p.name.as_bytes());
+            self.bytes(p.addr.to_string().as_bytes());
+        }
     }
     pub fn members_change(&mut self, c: &MembersChange) {
         match c {
@@ -220,6 +231,21 @@ impl Reader<'_> {
     }
     pub fn snapshot_response(&mut self) -> Result<SnapshotResponse<Types>, DecodeError> {
         Ok(SnapshotResponse::new(self.vote()?))
+    }
+    pub fn members_view(&mut self) -> Result<Vec<crate::cluster::config::PeerConfig>, DecodeError> {
+        let count = self.u64()?;
+        let mut view = Vec::new();
+        for _ in 0..count {
+            view.push(crate::cluster::config::PeerConfig {
+                id: self.u64()?,
+                name: self.string()?,
+                addr: self
+                    .string()?
+                    .parse()
+                    .map_err(|_| DecodeError("a node address".into()))?,
+            });
+        }
+        Ok(view)
     }
     pub fn members_change(&mut self) -> Result<MembersChange, DecodeError> {
         Ok(match self.u8()? {
