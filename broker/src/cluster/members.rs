@@ -25,53 +25,53 @@ const LEARN_TICK: Duration = Duration::from_secs(1);
 /// How long a node goes without one before it asks the members it reaches for their view.
 const LEADERLESS: Duration = Duration::from_secs(3);
 
-/// A node that was down while the membership changed restarts with a log and configured peers
-/// that may not name the metadata group's leader now (a node added meanwhile): it refuses that
-/// node's links and hears from no leader. So whenever this node has gone [`LEADERLESS`] without a
-/// leader it is linked to, it asks each member it is linked to for its view of the members and
-/// takes in the nodes it did not know (`Links::learn`); they are authenticated members of the
-/// same cluster, as trusted as the log they would send it. Runs until the cluster stops.
-pub(super) async fn learn_members(cluster: std::sync::Weak<Cluster>) {
-    use openraft::async_runtime::WatchReceiver;
-    let mut leaderless_since: Option<Instant> = None;
-    loop {
-        tokio::time::sleep(LEARN_TICK).await;
-        let Some(cluster) = cluster.upgrade() else {
-            return;
-        };
-        let me = cluster.meta.node_id;
-        let leader = cluster.meta.raft.metrics().borrow_watched().current_leader;
-        if leader.is_some_and(|l| l == me || cluster.links.connected(l)) {
+impl Cluster {
+    /// A node that was down while the membership changed restarts with a log and configured peers
+    /// that may not name the metadata group's leader now (a node added meanwhile): it refuses that
+    /// node's links and hears from no leader. So whenever this node has gone [`LEADERLESS`] without a
+    /// leader it is linked to, it asks each member it is linked to for its view of the members and
+    /// takes in the nodes it did not know (`Links::learn`); they are authenticated members of the
+    /// same cluster, as trusted as the log they would send it. Runs until the cluster stops.
+    pub(super) async fn learn_members(cluster: std::sync::Weak<Cluster>) {
+        use openraft::async_runtime::WatchReceiver;
+        let mut leaderless_since: Option<Instant> = None;
+        loop {
+            tokio::time::sleep(LEARN_TICK).await;
+            let Some(cluster) = cluster.upgrade() else {
+                return;
+            };
+            let me = cluster.meta.node_id;
+            let leader = cluster.meta.raft.metrics().borrow_watched().current_leader;
+            if leader.is_some_and(|l| l == me || cluster.links.connected(l)) {
+                leaderless_since = None;
+                continue;
+            }
+            if leaderless_since.get_or_insert_with(Instant::now).elapsed() < LEADERLESS {
+                continue;
+            }
             leaderless_since = None;
-            continue;
-        }
-        if leaderless_since.get_or_insert_with(Instant::now).elapsed() < LEADERLESS {
-            continue;
-        }
-        leaderless_since = None;
-        let linked: Vec<u64> = cluster
-            .links
-            .member_ids()
-            .into_iter()
-            .filter(|id| *id != me && cluster.links.connected(*id))
-            .collect();
-        for peer in linked {
-            let answer = cluster
+            let linked: Vec<u64> = cluster
                 .links
-                .call(peer, 0, rpc::VIEW, Bytes::new(), LEARN_TICK * 2)
-                .await;
-            match answer.map(|a| codec::decode(&a, |r| r.members_view())) {
-                Ok(Ok(view)) => {
-                    cluster.links.learn(view);
+                .member_ids()
+                .into_iter()
+                .filter(|id| *id != me && cluster.links.connected(*id))
+                .collect();
+            for peer in linked {
+                let answer = cluster
+                    .links
+                    .call(peer, 0, rpc::VIEW, Bytes::new(), LEARN_TICK * 2)
+                    .await;
+                match answer.map(|a| codec::decode(&a, |r| r.members_view())) {
+                    Ok(Ok(view)) => {
+                        cluster.links.learn(view);
+                    }
+                    Ok(Err(e)) => tracing::warn!(peer, %e, "a member's view does not decode"),
+                    Err(e) => tracing::debug!(peer, %e, "a member's view not had"),
                 }
-                Ok(Err(e)) => tracing::warn!(peer, %e, "a member's view does not decode"),
-                Err(e) => tracing::debug!(peer, %e, "a member's view not had"),
             }
         }
     }
-}
 
-impl Cluster {
     /// Completes once this node is a voter of the metadata group (a node started with
     /// `join = true` is not until it has been added; a removed one never again).
     pub async fn until_member(&self) {

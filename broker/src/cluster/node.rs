@@ -287,7 +287,7 @@ impl Cluster {
             cluster.meta.raft.clone(),
             cluster.links.clone(),
         ));
-        tokio::spawn(super::members::learn_members(Arc::downgrade(&cluster)));
+        tokio::spawn(Cluster::learn_members(Arc::downgrade(&cluster)));
         tokio::spawn(watch_disk(
             Arc::downgrade(&cluster),
             writer,
