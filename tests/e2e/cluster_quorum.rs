@@ -654,3 +654,35 @@ async fn a_messages_delivery_count_survives_its_hosts_loss_and_the_limit_holds()
     assert!(ch.get(QUEUE, true).await.is_none());
     c.close().await;
 }
+
+/// A node that does not host a queue is handed up to 1,024 of its messages for its consumers, but
+/// no more than 8 MiB of them: a consumer there that acknowledges nothing holds eight messages of
+/// 1 MiB, and one more comes for each it acknowledges.
+#[tokio::test]
+async fn a_node_consuming_from_another_nodes_host_is_handed_at_most_eight_mib() {
+    let cluster = LinkCluster::new(3);
+    let brokers = three_nodes(&cluster).await;
+    let all: Vec<&TestBroker> = brokers.iter().collect();
+    agreed_leader(&all).await;
+    declare_quorum(all[0], QUEUE, []).await;
+    let host = host_of(&all, QUEUE).await;
+    let other = all.iter().copied().find(|b| !hosts(b, QUEUE)).unwrap();
+    let (pc, _, pch) = host.connect_with_confirming_channel().await;
+    let big = vec![7u8; 1024 * 1024];
+    for _ in 0..12 {
+        pch.publish_acked("", QUEUE, BasicProperties::default(), &big)
+            .await;
+    }
+    pc.close().await;
+    let c = other.connect().await;
+    let ch = c.channel().await;
+    let (_, mut consumer) = ch.consume(QUEUE, "elsewhere", true).await;
+    let held = consumer.recv_n(8).await;
+    consumer.assert_quiet(Duration::from_secs(2)).await;
+    for d in &held[..3] {
+        ack(&ch, d.tag).await;
+    }
+    consumer.recv_n(3).await;
+    consumer.assert_quiet(Duration::from_secs(1)).await;
+    c.close().await;
+}

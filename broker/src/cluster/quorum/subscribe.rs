@@ -31,8 +31,15 @@ use crate::ids::{ChannelId, ConnectionId, ConsumerId, ConsumerTag, NodeId};
 use crate::queue::consumer::{ChannelCredit, Consumer, Delivery, DeliverySink, Limit};
 use crate::queue::{Entry, Queue};
 
-/// Messages a host hands a subscribed node before that node settles some.
+/// Messages a host hands a subscribed node before that node settles some. A larger window keeps a
+/// fast consumer there fed better (with 1,024 a consumer on another node than the host kept up
+/// with a confirming publisher that it fell behind with 128: benches/quorum.sh), but the messages
+/// staged at one node wait for its consumers while another node's may be idle; a window sized by
+/// the subscribing node's consumers' prefetch would have both.
 const WINDOW: u32 = 128;
+/// The message bytes a host hands a subscribed node before that node settles some (one message
+/// more at most): a window of large messages stops here, not at [`WINDOW`].
+const WINDOW_BYTES: u64 = 8 * 1024 * 1024;
 /// How often a node looks at what it should be subscribed to.
 pub(super) const TICK: Duration = Duration::from_millis(200);
 /// How long a subscribe or a delivery may wait for its answer.
@@ -66,8 +73,44 @@ struct RemoteSink {
     group: u32,
     vhost: String,
     queue: String,
-    /// Handed over and not yet settled, by message id.
-    outstanding: Arc<Mutex<HashMap<u64, Entry>>>,
+    /// Handed over and not yet settled.
+    outstanding: Arc<Mutex<Handed>>,
+}
+
+/// What a host handed a subscribed node and it has not settled, by message id, and their bytes.
+#[derive(Default)]
+struct Handed {
+    entries: HashMap<u64, Entry>,
+    bytes: u64,
+}
+
+impl Handed {
+    fn insert(&mut self, id: u64, entry: Entry) {
+        self.bytes += entry.message.body_size();
+        if let Some(old) = self.entries.insert(id, entry) {
+            self.bytes = self.bytes.saturating_sub(old.message.body_size());
+        }
+    }
+
+    fn remove(&mut self, id: &u64) -> Option<Entry> {
+        let entry = self.entries.remove(id)?;
+        self.bytes = self.bytes.saturating_sub(entry.message.body_size());
+        Some(entry)
+    }
+
+    fn drain(&mut self) -> Vec<Entry> {
+        self.bytes = 0;
+        self.entries.drain().map(|(_, e)| e).collect()
+    }
+
+    /// Holds the proxy consumer's deliveries while [`WINDOW_BYTES`] are handed out (its own
+    /// channel credit, which no client's channel.flow shares), and lets them go again below.
+    fn hold_at_bytes(&self, credit: &ChannelCredit) {
+        credit.flow_active.store(
+            self.bytes < WINDOW_BYTES,
+            std::sync::atomic::Ordering::Release,
+        );
+    }
 }
 
 impl std::fmt::Debug for RemoteSink {
@@ -100,14 +143,23 @@ impl DeliverySink for RemoteSink {
         else {
             return Err(delivery);
         };
-        self.outstanding.lock().insert(id, delivery.entry);
+        {
+            let mut handed = self.outstanding.lock();
+            handed.insert(id, delivery.entry);
+            handed.hold_at_bytes(&delivery.consumer.channel_credit);
+        }
         let outstanding = self.outstanding.clone();
         let (queue, consumer) = (delivery.queue, delivery.consumer);
         tokio::spawn(async move {
             if call.answer(CALL_TIMEOUT).await.is_err() {
                 // Not staged there: it comes back here. (The lock is released before the requeue,
                 // which may hand the message straight back to this sink.)
-                let entry = outstanding.lock().remove(&id);
+                let entry = {
+                    let mut handed = outstanding.lock();
+                    let entry = handed.remove(&id);
+                    handed.hold_at_bytes(&consumer.channel_credit);
+                    entry
+                };
                 if let Some(entry) = entry {
                     consumer.release_credit(1);
                     queue.requeue([entry], crate::time::Now::read());
@@ -117,10 +169,13 @@ impl DeliverySink for RemoteSink {
         Ok(())
     }
 
-    fn cancelled(&self, _consumer: Arc<Consumer>) {
+    fn cancelled(&self, consumer: Arc<Consumer>) {
         // The queue went, or this node stopped hosting it: what was handed out is void here, and
         // the subscriber drops what it staged.
-        self.outstanding.lock().clear();
+        let mut handed = self.outstanding.lock();
+        handed.drain();
+        handed.hold_at_bytes(&consumer.channel_credit);
+        drop(handed);
         let body = Bytes::from(encode(|w| names_body(&self.vhost, &self.queue, w)));
         if let Ok(call) = self
             .links
@@ -251,8 +306,10 @@ impl Subscriptions {
             return Ok(());
         };
         let entries: Vec<Entry> = {
-            let mut outstanding = sub.sink.outstanding.lock();
-            ids.iter().filter_map(|id| outstanding.remove(id)).collect()
+            let mut handed = sub.sink.outstanding.lock();
+            let entries = ids.iter().filter_map(|id| handed.remove(id)).collect();
+            handed.hold_at_bytes(&sub.consumer.channel_credit);
+            entries
         };
         let (queue, consumer) = (sub.queue.clone(), sub.consumer.clone());
         drop(remote);
@@ -282,13 +339,7 @@ impl Subscriptions {
     fn take_back(sub: Remote) {
         let now = crate::time::Now::read();
         sub.queue.remove_consumer(&sub.consumer, now);
-        let entries: Vec<Entry> = sub
-            .sink
-            .outstanding
-            .lock()
-            .drain()
-            .map(|(_, e)| e)
-            .collect();
+        let entries: Vec<Entry> = sub.sink.outstanding.lock().drain();
         sub.queue.requeue(entries, now);
     }
 
