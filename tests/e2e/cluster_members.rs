@@ -20,6 +20,17 @@ async fn start(cluster: &LinkCluster, id: u64) -> TestBroker {
     TestBroker::start_with(move |c| c.cluster = Some(config)).await
 }
 
+/// Nodes 1 to 3, which start the cluster, once they agree on a metadata leader.
+async fn first_three(cluster: &LinkCluster) -> [TestBroker; 3] {
+    let nodes = [
+        start(cluster, 1).await,
+        start(cluster, 2).await,
+        start(cluster, 3).await,
+    ];
+    agreed_leader(&[&nodes[0], &nodes[1], &nodes[2]]).await;
+    nodes
+}
+
 /// What `b`'s cluster status says node `id` is in the metadata group.
 async fn role(b: &TestBroker, id: u64) -> Option<String> {
     let status = status(b).await;
@@ -83,10 +94,7 @@ async fn add_node(on: &TestBroker, cluster: &LinkCluster, id: u64) -> Result<Val
 #[tokio::test]
 async fn a_node_added_under_load_and_another_removed_keep_every_confirmed_message() {
     let cluster = LinkCluster::new(4);
-    let n1 = start(&cluster, 1).await;
-    let n2 = start(&cluster, 2).await;
-    let n3 = start(&cluster, 3).await;
-    agreed_leader(&[&n1, &n2, &n3]).await;
+    let [n1, n2, n3] = first_three(&cluster).await;
     let c = n1.connect().await;
     let ch = c.channel().await;
     let mut args = QueueDeclareArguments::durable_client_named(QUEUE);
@@ -215,10 +223,7 @@ async fn a_node_added_under_load_and_another_removed_keep_every_confirmed_messag
 #[tokio::test]
 async fn membership_changes_that_cannot_be_made_are_refused_with_the_reason() {
     let cluster = LinkCluster::new(4);
-    let n1 = start(&cluster, 1).await;
-    let n2 = start(&cluster, 2).await;
-    let n3 = start(&cluster, 3).await;
-    agreed_leader(&[&n1, &n2, &n3]).await;
+    let [n1, n2, n3] = first_three(&cluster).await;
     let refused = |args: &'static [&'static str]| {
         let n1 = &n1;
         async move {
@@ -283,10 +288,7 @@ async fn membership_changes_that_cannot_be_made_are_refused_with_the_reason() {
 #[tokio::test]
 async fn a_dead_node_is_replaced_by_a_new_one_with_a_new_id() {
     let cluster = LinkCluster::new(4);
-    let n1 = start(&cluster, 1).await;
-    let n2 = start(&cluster, 2).await;
-    let n3 = start(&cluster, 3).await;
-    agreed_leader(&[&n1, &n2, &n3]).await;
+    let [n1, n2, n3] = first_three(&cluster).await;
     let (c, ch, pch) = n1.connect_with_confirming_channel().await;
     let mut args = QueueDeclareArguments::durable_client_named(QUEUE);
     args.arguments(table([("x-queue-type", text("quorum"))]));
@@ -335,10 +337,7 @@ async fn a_dead_node_is_replaced_by_a_new_one_with_a_new_id() {
 #[tokio::test]
 async fn a_node_away_while_the_leader_joined_learns_it_from_another_member_and_catches_up() {
     let cluster = LinkCluster::new(4);
-    let n1 = start(&cluster, 1).await;
-    let n2 = start(&cluster, 2).await;
-    let n3 = start(&cluster, 3).await;
-    agreed_leader(&[&n1, &n2, &n3]).await;
+    let [n1, n2, n3] = first_three(&cluster).await;
     let away = n3.stop_keeping_data().await;
     let n4 = start(&cluster, 4).await;
     add_node(&n1, &cluster, 4).await.expect("node 4 added");

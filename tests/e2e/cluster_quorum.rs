@@ -655,7 +655,7 @@ async fn a_messages_delivery_count_survives_its_hosts_loss_and_the_limit_holds()
     c.close().await;
 }
 
-/// A node that does not host a queue is handed up to 1,024 of its messages for its consumers, but
+/// A node that does not host a queue is handed up to 128 of its messages for its consumers, but
 /// no more than 8 MiB of them: a consumer there that acknowledges nothing holds eight messages of
 /// 1 MiB, and one more comes for each it acknowledges.
 #[tokio::test]

@@ -62,9 +62,7 @@ impl Cluster {
                     .call(peer, 0, rpc::VIEW, Bytes::new(), LEARN_TICK * 2)
                     .await;
                 match answer.map(|a| codec::decode(&a, |r| r.members_view())) {
-                    Ok(Ok(view)) => {
-                        cluster.links.learn(view);
-                    }
+                    Ok(Ok(view)) => cluster.links.learn(view),
                     Ok(Err(e)) => tracing::warn!(peer, %e, "a member's view does not decode"),
                     Err(e) => tracing::debug!(peer, %e, "a member's view not had"),
                 }

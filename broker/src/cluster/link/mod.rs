@@ -299,8 +299,7 @@ impl Links {
     /// not know, and did not see removed, become members here too (dialled and admitted) until
     /// their removal is recorded. A node that was down while the membership changed so reaches a
     /// leader that its log and its configured peers predate (and whose links it would refuse).
-    /// Returns the ids learned.
-    pub fn learn(self: &Arc<Self>, view: Vec<PeerConfig>) -> Vec<u64> {
+    pub fn learn(self: &Arc<Self>, view: Vec<PeerConfig>) {
         let new: Vec<PeerConfig> = {
             let removed = self.removed.read();
             let known = self.members.read();
@@ -310,14 +309,13 @@ impl Links {
                 .collect()
         };
         if new.is_empty() {
-            return Vec::new();
+            return;
         }
         info!(learned = ?new.iter().map(|p| p.id).collect::<Vec<_>>(), "members learned from another member");
         self.learned
             .write()
             .extend(new.iter().map(|p| (p.id, p.clone())));
         self.set_members(self.members());
-        new.iter().map(|p| p.id).collect()
     }
 
     /// Node `id` was removed from the cluster (the metadata group recorded it): it is no member

@@ -78,35 +78,46 @@ struct RemoteSink {
 }
 
 /// What a host handed a subscribed node and it has not settled, by message id, and their bytes.
-#[derive(Default)]
+/// While [`WINDOW_BYTES`] are handed out, the proxy consumer's deliveries are held (through its
+/// own channel credit, which no client's channel.flow shares); below, they go again.
 struct Handed {
     entries: HashMap<u64, Entry>,
     bytes: u64,
+    credit: Arc<ChannelCredit>,
 }
 
 impl Handed {
+    fn new(credit: Arc<ChannelCredit>) -> Self {
+        Handed {
+            entries: HashMap::new(),
+            bytes: 0,
+            credit,
+        }
+    }
+
     fn insert(&mut self, id: u64, entry: Entry) {
         self.bytes += entry.message.body_size();
         if let Some(old) = self.entries.insert(id, entry) {
             self.bytes = self.bytes.saturating_sub(old.message.body_size());
         }
+        self.hold_at_bytes();
     }
 
     fn remove(&mut self, id: &u64) -> Option<Entry> {
         let entry = self.entries.remove(id)?;
         self.bytes = self.bytes.saturating_sub(entry.message.body_size());
+        self.hold_at_bytes();
         Some(entry)
     }
 
     fn drain(&mut self) -> Vec<Entry> {
         self.bytes = 0;
+        self.hold_at_bytes();
         self.entries.drain().map(|(_, e)| e).collect()
     }
 
-    /// Holds the proxy consumer's deliveries while [`WINDOW_BYTES`] are handed out (its own
-    /// channel credit, which no client's channel.flow shares), and lets them go again below.
-    fn hold_at_bytes(&self, credit: &ChannelCredit) {
-        credit.flow_active.store(
+    fn hold_at_bytes(&self) {
+        self.credit.flow_active.store(
             self.bytes < WINDOW_BYTES,
             std::sync::atomic::Ordering::Release,
         );
@@ -143,23 +154,14 @@ impl DeliverySink for RemoteSink {
         else {
             return Err(delivery);
         };
-        {
-            let mut handed = self.outstanding.lock();
-            handed.insert(id, delivery.entry);
-            handed.hold_at_bytes(&delivery.consumer.channel_credit);
-        }
+        self.outstanding.lock().insert(id, delivery.entry);
         let outstanding = self.outstanding.clone();
         let (queue, consumer) = (delivery.queue, delivery.consumer);
         tokio::spawn(async move {
             if call.answer(CALL_TIMEOUT).await.is_err() {
                 // Not staged there: it comes back here. (The lock is released before the requeue,
                 // which may hand the message straight back to this sink.)
-                let entry = {
-                    let mut handed = outstanding.lock();
-                    let entry = handed.remove(&id);
-                    handed.hold_at_bytes(&consumer.channel_credit);
-                    entry
-                };
+                let entry = outstanding.lock().remove(&id);
                 if let Some(entry) = entry {
                     consumer.release_credit(1);
                     queue.requeue([entry], crate::time::Now::read());
@@ -169,13 +171,10 @@ impl DeliverySink for RemoteSink {
         Ok(())
     }
 
-    fn cancelled(&self, consumer: Arc<Consumer>) {
+    fn cancelled(&self, _consumer: Arc<Consumer>) {
         // The queue went, or this node stopped hosting it: what was handed out is void here, and
         // the subscriber drops what it staged.
-        let mut handed = self.outstanding.lock();
-        handed.drain();
-        handed.hold_at_bytes(&consumer.channel_credit);
-        drop(handed);
+        self.outstanding.lock().drain();
         let body = Bytes::from(encode(|w| names_body(&self.vhost, &self.queue, w)));
         if let Ok(call) = self
             .links
@@ -244,13 +243,14 @@ impl Subscriptions {
                 return Ok(());
             }
         }
+        let credit = Arc::new(ChannelCredit::default());
         let sink = Arc::new(RemoteSink {
             links,
             node: from,
             group,
             vhost,
             queue: name.clone(),
-            outstanding: Default::default(),
+            outstanding: Arc::new(Mutex::new(Handed::new(credit.clone()))),
         });
         let consumer = Arc::new(Consumer {
             id: ConsumerId {
@@ -264,7 +264,7 @@ impl Subscriptions {
             publisher_header: false,
             priority: 0,
             prefetch: Limit::new(WINDOW),
-            channel_credit: Arc::new(ChannelCredit::default()),
+            channel_credit: credit,
             write_budget: Arc::new(Limit::new(0)),
             sink: sink.clone(),
         });
@@ -307,9 +307,7 @@ impl Subscriptions {
         };
         let entries: Vec<Entry> = {
             let mut handed = sub.sink.outstanding.lock();
-            let entries = ids.iter().filter_map(|id| handed.remove(id)).collect();
-            handed.hold_at_bytes(&sub.consumer.channel_credit);
-            entries
+            ids.iter().filter_map(|id| handed.remove(id)).collect()
         };
         let (queue, consumer) = (sub.queue.clone(), sub.consumer.clone());
         drop(remote);

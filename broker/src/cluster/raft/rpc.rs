@@ -10,6 +10,7 @@ use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf};
 
 use super::codec::{DecodeError, Reader, Writer};
 use super::{Answer, LogId, Proposal, Types, Vote};
+use crate::cluster::config::PeerConfig;
 
 pub const APPEND: u8 = 1;
 pub const VOTE: u8 = 2;
@@ -119,21 +120,23 @@ impl Writer {
         self.stored_membership(&meta.last_membership);
         self.bytes(data);
     }
-    pub fn members_view(&mut self, members: &[crate::cluster::config::PeerConfig]) {
+    /// A node as membership calls name it: id, name and node-link address.
+    fn node(&mut self, id: u64, name: &str, addr: &std::net::SocketAddr) {
+        self.u64(id);
+        self.bytes(name.as_bytes());
+        self.bytes(addr.to_string().as_bytes());
+    }
+    pub fn members_view(&mut self, members: &[PeerConfig]) {
         self.u64(members.len() as u64);
         for p in members {
-            self.u64(p.id);
-            self.bytes(p.name.as_bytes());
-            self.bytes(p.addr.to_string().as_bytes());
+            self.node(p.id, &p.name, &p.addr);
         }
     }
     pub fn members_change(&mut self, c: &MembersChange) {
         match c {
             MembersChange::Add { id, name, addr } => {
                 self.u8(1);
-                self.u64(*id);
-                self.bytes(name.as_bytes());
-                self.bytes(addr.to_string().as_bytes());
+                self.node(*id, name, addr);
             }
             MembersChange::Remove { id } => {
                 self.u8(2);
@@ -232,31 +235,31 @@ impl Reader<'_> {
     pub fn snapshot_response(&mut self) -> Result<SnapshotResponse<Types>, DecodeError> {
         Ok(SnapshotResponse::new(self.vote()?))
     }
-    pub fn members_view(&mut self) -> Result<Vec<crate::cluster::config::PeerConfig>, DecodeError> {
+    /// A node as membership calls name it (`Writer::node`).
+    fn node(&mut self) -> Result<PeerConfig, DecodeError> {
+        Ok(PeerConfig {
+            id: self.u64()?,
+            name: self.string()?,
+            addr: self
+                .string()?
+                .parse()
+                .map_err(|_| DecodeError("a node address".into()))?,
+        })
+    }
+    pub fn members_view(&mut self) -> Result<Vec<PeerConfig>, DecodeError> {
         let count = self.u64()?;
         let mut view = Vec::new();
         for _ in 0..count {
-            view.push(crate::cluster::config::PeerConfig {
-                id: self.u64()?,
-                name: self.string()?,
-                addr: self
-                    .string()?
-                    .parse()
-                    .map_err(|_| DecodeError("a node address".into()))?,
-            });
+            view.push(self.node()?);
         }
         Ok(view)
     }
     pub fn members_change(&mut self) -> Result<MembersChange, DecodeError> {
         Ok(match self.u8()? {
-            1 => MembersChange::Add {
-                id: self.u64()?,
-                name: self.string()?,
-                addr: self
-                    .string()?
-                    .parse()
-                    .map_err(|_| DecodeError("a node address".into()))?,
-            },
+            1 => {
+                let PeerConfig { id, name, addr } = self.node()?;
+                MembersChange::Add { id, name, addr }
+            }
             2 => MembersChange::Remove { id: self.u64()? },
             other => return Err(DecodeError(format!("membership change {other}"))),
         })
