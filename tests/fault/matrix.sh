@@ -18,13 +18,16 @@ venv="${WARREN_VENV:-$root/target/python-venv}"
 bash "$root/tests/fault/setup_tools.sh" || exit 1
 mkdir -p "$out" "$kept"
 (cd "$root" && cargo build -q --bin warren --bin brokerctl) || exit 1
+# The runs use a copy of what was just built, so a build beside a long matrix changes none of them.
+bin="$out/bin"
+mkdir -p "$bin" && cp "$root/target/debug/warren" "$root/target/debug/brokerctl" "$bin/" || exit 1
 passed=0; failed=0
 for ((i = first; i <= runs; i++)); do
   family="${families[$(((i - 1) % ${#families[@]}))]}"
   dir="$out/run-$i-$family"
   rm -rf "$dir"
   line="$("$venv/bin/python" "$root/tests/fault/run.py" --family "$family" --seconds "$seconds" \
-    --seed "$i" --out "$dir" 2>&1 | tail -1)"
+    --seed "$i" --out "$dir" --bin "$bin/warren" 2>&1 | tail -1)"
   if [ -f "$dir/result.json" ] && python3 -c "import json,sys; sys.exit(0 if json.load(open('$dir/result.json'))['passed'] else 1)"; then
     passed=$((passed + 1))
   else
