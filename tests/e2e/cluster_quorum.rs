@@ -686,3 +686,64 @@ async fn a_node_consuming_from_another_nodes_host_is_handed_at_most_eight_mib() 
     consumer.assert_quiet(Duration::from_secs(1)).await;
     c.close().await;
 }
+
+/// Waits until the host `b` has `n` of the queue's messages ready (not handed to any consumer),
+/// and checks that it stays so for a second.
+async fn ready_settles_at(b: &TestBroker, n: u32) {
+    let ready = || b.queue(QUEUE).expect("the queue").message_count();
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while ready() != n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} ready at the host, not {n}",
+            ready()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(ready(), n, "ready at the host a second later");
+}
+
+/// A node that does not host a queue is handed what its consumers can hold, twice over and 8 more
+/// (so that they take more while their acks are settled at the host), and no more: a consumer with
+/// prefetch 5 there takes 18 of the host's ready messages, a second one with prefetch 10 widens
+/// that to 38, and when they are gone the host has every message ready again.
+#[tokio::test]
+async fn a_node_consuming_from_another_nodes_host_is_handed_what_its_consumers_can_hold() {
+    use amqprs::channel::BasicQosArguments;
+    use warren_tests::Timely;
+    let cluster = LinkCluster::new(3);
+    let brokers = three_nodes(&cluster).await;
+    let all: Vec<&TestBroker> = brokers.iter().collect();
+    agreed_leader(&all).await;
+    declare_quorum(all[0], QUEUE, []).await;
+    let host = host_of(&all, QUEUE).await;
+    let other = all.iter().copied().find(|b| !hosts(b, QUEUE)).unwrap();
+    let (pc, _, pch) = host.connect_with_confirming_channel().await;
+    for i in 0..100 {
+        pch.publish_acked(
+            "",
+            QUEUE,
+            BasicProperties::default(),
+            format!("m{i}").as_bytes(),
+        )
+        .await;
+    }
+    pc.close().await;
+    ready_settles_at(host, 100).await;
+    let c = other.connect().await;
+    let mut consumers = Vec::new();
+    for (prefetch, handed) in [(5, 18), (10, 38)] {
+        let ch = c.channel().await;
+        ch.basic_qos(BasicQosArguments::new(0, prefetch, false))
+            .timely()
+            .await
+            .unwrap();
+        let (_, mut consumer) = ch.consume(QUEUE, &format!("p{prefetch}"), true).await;
+        consumer.recv_n(usize::from(prefetch)).await;
+        ready_settles_at(host, 100 - handed).await;
+        consumers.push((ch, consumer));
+    }
+    c.close().await;
+    ready_settles_at(host, 100).await;
+}

@@ -132,6 +132,19 @@ impl Consumer {
         true
     }
 
+    /// How many messages it may hold unacknowledged: its prefetch, its channel's global prefetch
+    /// when lower, `unlimited` when neither limits it (or it acknowledges nothing).
+    pub fn capacity(&self, unlimited: u32) -> u32 {
+        if self.no_ack {
+            return unlimited;
+        }
+        [self.prefetch.limit(), self.channel_credit.global.limit()]
+            .into_iter()
+            .filter(|l| *l > 0)
+            .min()
+            .unwrap_or(unlimited)
+    }
+
     /// Returns the credit of `n` deliveries (acked, rejected, requeued, or written for no-ack).
     pub fn release_credit(&self, n: u32) {
         if self.no_ack {

@@ -496,6 +496,19 @@ impl Queue {
         self.locked.lock().state.consumer_count()
     }
 
+    /// How many messages its consumers may hold unacknowledged at once: each one's prefetch (its
+    /// channel's global prefetch when that is lower), and `unlimited` for one with neither or in
+    /// no-ack mode.
+    pub fn consumer_capacity(&self, unlimited: u32) -> u64 {
+        let locked = self.locked.lock();
+        locked
+            .state
+            .consumers()
+            .iter()
+            .map(|c| u64::from(c.capacity(unlimited)))
+            .sum()
+    }
+
     /// An auto-delete queue whose consumers have all left.
     pub fn abandoned(&self) -> bool {
         self.locked.lock().state.abandoned()

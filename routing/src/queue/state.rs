@@ -494,6 +494,11 @@ impl<C: ConsumerHandle> QueueState<C> {
         self.consumers.len() as u32
     }
 
+    /// Its consumers, highest priority first.
+    pub fn consumers(&self) -> &[C] {
+        &self.consumers
+    }
+
     /// An auto-delete queue whose consumers have all left (it is deleted when one notices).
     pub fn abandoned(&self) -> bool {
         self.settings.auto_delete && self.had_consumer && self.consumers.is_empty() && !self.deleted

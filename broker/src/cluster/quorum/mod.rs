@@ -28,6 +28,7 @@ mod journal;
 mod remote;
 mod resend;
 mod shard;
+mod sink;
 mod subscribe;
 mod target;
 

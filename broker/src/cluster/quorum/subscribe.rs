@@ -1,19 +1,20 @@
 //! Consumers of a quorum queue on a node that does not host it (HA.md §5.4, done the simple way).
 //!
 //! The consuming node subscribes at the host (the shard's leader): the host registers one proxy
-//! consumer for that node on its live queue, with a window of credit, and sends each message it
-//! hands to the proxy over the link. The consuming node stages what arrives in its own copy of
-//! the queue (`Queue::stage`, nothing journaled), where its local consumers take it exactly as from
-//! a single node's queue: prefetch, acks, requeues, priorities. An ack there journals `Remove` as
-//! always; on a node that does not host the queue that record becomes a settle sent to the host,
-//! which settles the proxy's message (journaled to the shard) and so gives the proxy its credit
-//! back. When the node's last consumer goes it unsubscribes and the host takes back everything
-//! the proxy still holds; when the host changes (its node stops leading the shard) the node drops
-//! what it staged (`Queue::unstage`: deliveries of it are void) and subscribes at the new host,
-//! which has every unsettled message in its replica. A consumer thus sees a failover as
-//! redeliveries, never as a loss. The host drops the subscriptions of a node whose link has been
-//! down for a while and takes their messages back.
-
+//! consumer for that node on its live queue, with a window of credit the node asks for by what
+//! its consumers can hold ([`window_for`]), and sends what it hands the proxy over the link
+//! (sink.rs). The consuming node stages what arrives in its own copy of the queue
+//! (`Queue::stage`, nothing journaled), where its local consumers take it exactly as from a single
+//! node's queue: prefetch, acks, requeues, priorities. An ack there journals `Remove` as always;
+//! on a node that does not host the queue that record becomes a settle sent to the host, which
+//! settles the proxy's message (journaled to the shard) and so gives the proxy its credit back.
+//! When the node's consumers change it asks for the window they call for now; when its last
+//! consumer goes it unsubscribes and the host takes back everything the proxy still holds; when
+//! the host changes (its node stops leading the shard) the node drops what it staged
+//! (`Queue::unstage`: deliveries of it are void) and subscribes at the new host, which has every
+//! unsettled message in its replica. A consumer thus sees a failover as redeliveries, never as a
+//! loss. The host drops the subscriptions of a node whose link has been down for a while and
+//! takes their messages back.
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -23,27 +24,36 @@ use parking_lot::Mutex;
 
 use super::holder::{QuorumHolder, NOT_HOSTING};
 use super::resend::{send_until_answered, GONE_AFTER};
+use super::sink::{names_body, read_names, RemoteSink, CALL_TIMEOUT};
 use crate::cluster::link::Links;
 use crate::cluster::raft::codec::{decode, encode};
 use crate::cluster::raft::network::bad_request;
 use crate::cluster::raft::rpc;
 use crate::ids::{ChannelId, ConnectionId, ConsumerId, ConsumerTag, NodeId};
-use crate::queue::consumer::{ChannelCredit, Consumer, Delivery, DeliverySink, Limit};
-use crate::queue::{Entry, Queue};
+use crate::queue::consumer::{ChannelCredit, Consumer, DeliverySink, Limit};
+use crate::queue::Queue;
 
-/// Messages a host hands a subscribed node before that node settles some. A larger window keeps a
-/// fast consumer there fed better (with 1,024 a consumer on another node than the host kept up
-/// with a confirming publisher that it fell behind with 128: benches/quorum.sh), but the messages
-/// staged at one node wait for its consumers while another node's may be idle; a window sized by
-/// the subscribing node's consumers' prefetch would have both.
-const WINDOW: u32 = 128;
-/// The message bytes a host hands a subscribed node before that node settles some (one message
-/// more at most): a window of large messages stops here, not at [`WINDOW`].
-const WINDOW_BYTES: u64 = 8 * 1024 * 1024;
+/// A consumer without a prefetch limit (or in no-ack mode) counts as this many in a window.
+const UNLIMITED_SHARE: u32 = 1024;
+/// The largest window a node asks for, and a host grants.
+const MAX_WINDOW: u32 = 8192;
+/// The messages a node asks a host to hand it before it settles some, for consumers that may hold
+/// `capacity` unacknowledged (`Queue::consumer_capacity`): twice that (what they hold, and as many
+/// again acknowledged and settling at the host, or on their way, while they take more), and 8 more
+/// so that a consumer with prefetch 1 does not wait a round trip for each message. Sized by the
+/// consumers, a window keeps a fast consumer on another node than the host fed as one on the host
+/// is, yet stages little beyond what they can hold: messages staged at one node wait for its
+/// consumers while another node's may be idle (a fixed window of 128 starved a prefetch-100
+/// consumer behind a confirming publisher, and one of 1,024 staged hundreds for prefetch 1).
+fn window_for(capacity: u64) -> u32 {
+    capacity
+        .saturating_mul(2)
+        .saturating_add(8)
+        .min(u64::from(MAX_WINDOW)) as u32
+}
+
 /// How often a node looks at what it should be subscribed to.
 pub(super) const TICK: Duration = Duration::from_millis(200);
-/// How long a subscribe or a delivery may wait for its answer.
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A subscription from another node to a queue this node hosts.
 struct Remote {
@@ -60,138 +70,18 @@ pub struct Subscriptions {
     links: OnceLock<Arc<Links>>,
     /// As a host: by (subscribing node, record name).
     remote: Mutex<HashMap<(u64, String), Remote>>,
-    /// As a subscriber: the host each queue's staged messages come from, by record name.
-    local: Mutex<HashMap<String, u64>>,
+    /// As a subscriber: the host each queue's staged messages come from and the window asked of
+    /// it, by record name.
+    local: Mutex<HashMap<String, Subscribed>>,
     /// As a host: what other nodes' basic.get took and have not settled.
     pub(super) gets: super::get::Gets,
 }
 
-/// Where a host's proxy consumer sends what it is handed: the subscribed node.
-struct RemoteSink {
-    links: Arc<Links>,
-    node: u64,
-    group: u32,
-    vhost: String,
-    queue: String,
-    /// Handed over and not yet settled.
-    outstanding: Arc<Mutex<Handed>>,
-}
-
-/// What a host handed a subscribed node and it has not settled, by message id, and their bytes.
-/// While [`WINDOW_BYTES`] are handed out, the proxy consumer's deliveries are held (through its
-/// own channel credit, which no client's channel.flow shares); below, they go again.
-struct Handed {
-    entries: HashMap<u64, Entry>,
-    bytes: u64,
-    credit: Arc<ChannelCredit>,
-}
-
-impl Handed {
-    fn new(credit: Arc<ChannelCredit>) -> Self {
-        Handed {
-            entries: HashMap::new(),
-            bytes: 0,
-            credit,
-        }
-    }
-
-    fn insert(&mut self, id: u64, entry: Entry) {
-        self.bytes += entry.message.body_size();
-        if let Some(old) = self.entries.insert(id, entry) {
-            self.bytes = self.bytes.saturating_sub(old.message.body_size());
-        }
-        self.hold_at_bytes();
-    }
-
-    fn remove(&mut self, id: &u64) -> Option<Entry> {
-        let entry = self.entries.remove(id)?;
-        self.bytes = self.bytes.saturating_sub(entry.message.body_size());
-        self.hold_at_bytes();
-        Some(entry)
-    }
-
-    fn drain(&mut self) -> Vec<Entry> {
-        self.bytes = 0;
-        self.hold_at_bytes();
-        self.entries.drain().map(|(_, e)| e).collect()
-    }
-
-    fn hold_at_bytes(&self) {
-        self.credit.flow_active.store(
-            self.bytes < WINDOW_BYTES,
-            std::sync::atomic::Ordering::Release,
-        );
-    }
-}
-
-impl std::fmt::Debug for RemoteSink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RemoteSink")
-            .field("node", &self.node)
-            .field("queue", &self.queue)
-            .finish_non_exhaustive()
-    }
-}
-
-fn names_body(vhost: &str, queue: &str, w: &mut crate::cluster::raft::codec::Writer) {
-    w.bytes(vhost.as_bytes());
-    w.bytes(queue.as_bytes());
-}
-
-impl DeliverySink for RemoteSink {
-    fn deliver(&self, delivery: Delivery) -> Result<(), Delivery> {
-        let id = delivery_id(&delivery.entry);
-        let body = Bytes::from(encode(|w| {
-            names_body(&self.vhost, &self.queue, w);
-            w.u64(id);
-            w.bool(delivery.entry.redelivered);
-            w.u64(delivery.entry.returns);
-            w.bytes(&delivery.entry.message.stored_form());
-        }));
-        let Ok(call) = self
-            .links
-            .start_call(self.node, self.group, rpc::DELIVER, body)
-        else {
-            return Err(delivery);
-        };
-        self.outstanding.lock().insert(id, delivery.entry);
-        let outstanding = self.outstanding.clone();
-        let (queue, consumer) = (delivery.queue, delivery.consumer);
-        tokio::spawn(async move {
-            if call.answer(CALL_TIMEOUT).await.is_err() {
-                // Not staged there: it comes back here. (The lock is released before the requeue,
-                // which may hand the message straight back to this sink.)
-                let entry = outstanding.lock().remove(&id);
-                if let Some(entry) = entry {
-                    consumer.release_credit(1);
-                    queue.requeue([entry], crate::time::Now::read());
-                }
-            }
-        });
-        Ok(())
-    }
-
-    fn cancelled(&self, _consumer: Arc<Consumer>) {
-        // The queue went, or this node stopped hosting it: what was handed out is void here, and
-        // the subscriber drops what it staged.
-        self.outstanding.lock().drain();
-        let body = Bytes::from(encode(|w| names_body(&self.vhost, &self.queue, w)));
-        if let Ok(call) = self
-            .links
-            .start_call(self.node, self.group, rpc::CANCELLED, body)
-        {
-            tokio::spawn(async move {
-                let _ = call.answer(CALL_TIMEOUT).await;
-            });
-        }
-    }
-}
-
-/// What the host and the subscriber call a message handed over: its id in the log, or for one the
-/// queue does not store (a classic queue's transient message) its place in the queue, marked so
-/// the two never meet (log ids stay far below 2^63).
-fn delivery_id(entry: &Entry) -> u64 {
-    entry.store_id.unwrap_or(entry.seq | 1 << 63)
+/// A subscriber's subscription: at which host, with which window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Subscribed {
+    host: u64,
+    window: u32,
 }
 
 /// Sends a request whose answer only needs collecting.
@@ -201,12 +91,6 @@ fn send(links: &Arc<Links>, node: u64, group: u32, kind: u8, body: Bytes) {
             let _ = call.answer(CALL_TIMEOUT).await;
         });
     }
-}
-
-fn read_names(
-    r: &mut crate::cluster::raft::codec::Reader<'_>,
-) -> Result<(String, String), crate::cluster::raft::codec::DecodeError> {
-    Ok((r.string()?, r.string()?))
 }
 
 impl Subscriptions {
@@ -225,7 +109,13 @@ impl Subscriptions {
         holds: impl FnOnce(&Queue) -> bool,
         holder: &dyn QuorumHolder,
     ) -> Result<(), String> {
-        let (vhost, name) = decode(body, read_names).map_err(bad_request)?;
+        let (vhost, name, window) = decode(body, |r| {
+            let (vhost, name) = read_names(r)?;
+            Ok((vhost, name, r.u64()?))
+        })
+        .map_err(bad_request)?;
+        // Never unlimited (0) nor larger than any node asks for: a window is memory held here.
+        let window = window.clamp(1, u64::from(MAX_WINDOW)) as u32;
         let record = crate::meta::records::message_queue(&vhost, &name);
         let queue = holder
             .queue(&vhost, &name)
@@ -240,18 +130,20 @@ impl Subscriptions {
         let mut remote = self.remote.lock();
         if let Some(existing) = remote.get(&(from, record.clone())) {
             if Arc::ptr_eq(&existing.queue, &queue) {
+                // The same subscription with a new window (its node's consumers changed).
+                existing.consumer.prefetch.set_limit(window);
+                drop(remote);
+                queue.dispatch(crate::time::Now::read());
                 return Ok(());
             }
         }
         let credit = Arc::new(ChannelCredit::default());
-        let sink = Arc::new(RemoteSink {
+        let sink = Arc::new(RemoteSink::new(
             links,
-            node: from,
-            group,
-            vhost,
-            queue: name.clone(),
-            outstanding: Arc::new(Mutex::new(Handed::new(credit.clone()))),
-        });
+            (from, group),
+            (vhost, name.clone()),
+            credit.clone(),
+        ));
         let consumer = Arc::new(Consumer {
             id: ConsumerId {
                 node: NodeId(from),
@@ -263,7 +155,7 @@ impl Subscriptions {
             exclusive: false,
             publisher_header: false,
             priority: 0,
-            prefetch: Limit::new(WINDOW),
+            prefetch: Limit::new(window),
             channel_credit: credit,
             write_budget: Arc::new(Limit::new(0)),
             sink: sink.clone(),
@@ -305,10 +197,7 @@ impl Subscriptions {
         let Some(sub) = remote.get(&(from, record)) else {
             return Ok(());
         };
-        let entries: Vec<Entry> = {
-            let mut handed = sub.sink.outstanding.lock();
-            ids.iter().filter_map(|id| handed.remove(id)).collect()
-        };
+        let entries = sub.sink.settled(&ids);
         let (queue, consumer) = (sub.queue.clone(), sub.consumer.clone());
         drop(remote);
         let n = entries.len() as u32;
@@ -337,7 +226,7 @@ impl Subscriptions {
     fn take_back(sub: Remote) {
         let now = crate::time::Now::read();
         sub.queue.remove_consumer(&sub.consumer, now);
-        let entries: Vec<Entry> = sub.sink.outstanding.lock().drain();
+        let entries = sub.sink.take_all();
         sub.queue.requeue(entries, now);
     }
 
@@ -378,27 +267,35 @@ impl Subscriptions {
         body: &Bytes,
         holder: &dyn QuorumHolder,
     ) -> Result<(), String> {
-        let (vhost, name, id, flags, payload) = decode(body, |r| {
+        let (vhost, name, handed) = decode(body, |r| {
             let (vhost, name) = read_names(r)?;
-            Ok((
-                vhost,
-                name,
-                r.u64()?,
-                (r.bool()?, r.u64()?),
-                Bytes::copy_from_slice(r.bytes()?),
-            ))
+            let mut handed = Vec::new();
+            for _ in 0..r.count(8 + 1 + 8 + 8)? {
+                handed.push((
+                    r.u64()?,
+                    (r.bool()?, r.u64()?),
+                    Bytes::copy_from_slice(r.bytes()?),
+                ));
+            }
+            Ok((vhost, name, handed))
         })
         .map_err(bad_request)?;
         let record = crate::meta::records::message_queue(&vhost, &name);
-        if self.local.lock().get(&record) != Some(&from) {
+        if self.local.lock().get(&record).map(|s| s.host) != Some(from) {
             return Err("not subscribed to that queue at that node".into());
         }
         let queue = holder.queue(&vhost, &name).ok_or("no such queue here")?;
-        let message = holder
-            .message(&payload)
-            .ok_or("the message does not decode")?;
-        // (redelivered, returns): the host's, so x-delivery-count reads the same on every node.
-        queue.stage(id, message, flags, crate::time::Now::read());
+        // All or none: the host takes back every message of a request that is not answered.
+        let messages = handed
+            .iter()
+            .map(|(_, _, payload)| holder.message(payload))
+            .collect::<Option<Vec<_>>>()
+            .ok_or("a message does not decode")?;
+        let now = crate::time::Now::read();
+        for ((id, flags, _), message) in handed.into_iter().zip(messages) {
+            // (redelivered, returns): the host's, so x-delivery-count reads the same everywhere.
+            queue.stage(id, message, flags, now);
+        }
         Ok(())
     }
 
@@ -412,7 +309,7 @@ impl Subscriptions {
         let (vhost, name) = decode(body, read_names).map_err(bad_request)?;
         let record = crate::meta::records::message_queue(&vhost, &name);
         let mut local = self.local.lock();
-        if local.get(&record) == Some(&from) {
+        if local.get(&record).map(|s| s.host) == Some(from) {
             local.remove(&record);
             drop(local);
             if let Some(queue) = holder.queue(&vhost, &name) {
@@ -425,7 +322,7 @@ impl Subscriptions {
     /// Settles at the host what this node's consumers acknowledged (a `Remove` journaled by this
     /// node's copy of a queue it does not host); false when the queue has no subscription here.
     pub(crate) fn settle_at_host(&self, record: &str, ids: Vec<u64>) -> bool {
-        let Some(host) = self.local.lock().get(record).copied() else {
+        let Some(host) = self.local.lock().get(record).map(|s| s.host) else {
             return false;
         };
         let (Some(links), Some((vhost, name))) = (self.links.get(), split_record(record)) else {
@@ -483,7 +380,8 @@ fn split_record(record: &str) -> Option<(String, String)> {
 
 impl Subscriptions {
     /// Subscribes this node's copy of `queue` (record name `record`) at `wanted` (None: nowhere),
-    /// ending its subscription elsewhere first: what it staged from there is dropped.
+    /// ending its subscription elsewhere first (what it staged from there is dropped), with the
+    /// window its consumers call for now: a changed window is asked of the same host again.
     pub(super) async fn sync(
         &self,
         links: &Arc<Links>,
@@ -492,6 +390,10 @@ impl Subscriptions {
         queue: &Arc<Queue>,
         wanted: Option<u64>,
     ) {
+        let wanted = wanted.map(|host| Subscribed {
+            host,
+            window: window_for(queue.consumer_capacity(UNLIMITED_SHARE)),
+        });
         let current = self.local.lock().get(record).copied();
         if current == wanted {
             return;
@@ -500,15 +402,21 @@ impl Subscriptions {
             return;
         };
         let body = Bytes::from(encode(|w| names_body(&vhost, &name, w)));
-        if let Some(old) = current {
+        let kept = current.filter(|old| Some(old.host) == wanted.map(|w| w.host));
+        if let Some(old) = current.filter(|_| kept.is_none()) {
             self.local.lock().remove(record);
-            send(links, old, group, rpc::UNSUBSCRIBE, body.clone());
+            send(links, old.host, group, rpc::UNSUBSCRIBE, body);
             queue.unstage(crate::time::Now::read());
         }
-        let Some(host) = wanted else {
+        let Some(want) = wanted else {
             return;
         };
-        self.local.lock().insert(record.to_string(), host);
+        self.local.lock().insert(record.to_string(), want);
+        let body = Bytes::from(encode(|w| {
+            names_body(&vhost, &name, w);
+            w.u64(u64::from(want.window));
+        }));
+        let host = want.host;
         let answer = match links.start_call(host, group, rpc::SUBSCRIBE, body) {
             Ok(call) => call
                 .answer(CALL_TIMEOUT)
@@ -519,9 +427,13 @@ impl Subscriptions {
         };
         if let Err(why) = answer {
             tracing::debug!(queue = %name, host, %why, "not subscribed yet");
+            // Asked again at the next tick: a new subscription as none, a new window as the old.
             let mut local = self.local.lock();
-            if local.get(record) == Some(&host) {
-                local.remove(record);
+            if local.get(record) == Some(&want) {
+                match kept {
+                    Some(old) => local.insert(record.to_string(), old),
+                    None => local.remove(record),
+                };
             }
         }
     }
