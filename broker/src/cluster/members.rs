@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::node::Cluster;
-use super::raft::member::{change_members, removed_refusal, NEVER_REUSED};
+use super::raft::member::{change_members, members_answer, removed_refusal, Refusal};
 use super::raft::rpc::{self, MembersChange};
 use super::raft::{codec, Types};
 
@@ -197,17 +197,19 @@ impl Cluster {
                 Some(leader) if leader == self.meta.node_id => {
                     change_members(raft, &self.links, change, left).await
                 }
-                Some(leader) => self
+                Some(leader) => match self
                     .links
                     .call(leader, group, rpc::MEMBERS, body.clone(), left)
                     .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-                None => Err("the group has no leader".into()),
+                {
+                    Ok(answer) => members_answer(&answer),
+                    Err(e) => Err(Refusal::NotNow(e.to_string())),
+                },
+                None => Err(Refusal::NotNow("the group has no leader".into())),
             };
             match tried {
                 Ok(()) => return Ok(()),
-                Err(why) if why.contains(NEVER_REUSED) => return Err(why),
+                Err(Refusal::Final(why)) => return Err(why),
                 Err(why) if Instant::now() + RETRY >= deadline => {
                     return Err(format!(
                         "group {group}: {change} was not made: {why} (run it again to finish \

@@ -91,8 +91,16 @@ impl<SM: RaftStateMachine<Types, SnapshotData = Vec<u8>>> GroupMember for Member
                 }
                 rpc::MEMBERS => {
                     let change = decode(&body, |r| r.members_change()).map_err(bad_request)?;
-                    change_members(&raft, &links, &change, timeout * 8).await?;
-                    Vec::new()
+                    // A final refusal is an answer (the asking node stops there); any other is
+                    // an error it may try again after.
+                    match change_members(&raft, &links, &change, timeout * 8).await {
+                        Ok(()) => encode(|w| w.bool(false)),
+                        Err(Refusal::Final(why)) => encode(|w| {
+                            w.bool(true);
+                            w.bytes(why.as_bytes());
+                        }),
+                        Err(Refusal::NotNow(why)) => return Err(why),
+                    }
                 }
                 rpc::VIEW => encode(|w| w.members_view(&links.members())),
                 other => return Err(format!("unknown request kind {other}")),
@@ -100,6 +108,42 @@ impl<SM: RaftStateMachine<Types, SnapshotData = Vec<u8>>> GroupMember for Member
             Ok(Bytes::from(out))
         })
     }
+}
+
+/// Why a membership change was not made.
+#[derive(Debug)]
+pub enum Refusal {
+    /// It never will be (a removed node id is never added again): asking again is pointless.
+    Final(String),
+    /// Not now (this node does not lead, a node has not caught up in time): it may be asked again.
+    NotNow(String),
+}
+
+impl From<String> for Refusal {
+    fn from(why: String) -> Self {
+        Refusal::NotNow(why)
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Final(why) | Refusal::NotNow(why) => f.write_str(why),
+        }
+    }
+}
+
+/// What the group's leader answered to a forwarded `MEMBERS` request: done, or a final refusal.
+pub fn members_answer(answer: &[u8]) -> Result<(), Refusal> {
+    let refused = decode(answer, |r| {
+        Ok(if r.bool()? {
+            Some(String::from_utf8_lossy(r.bytes()?).into_owned())
+        } else {
+            None
+        })
+    })
+    .map_err(|e| Refusal::NotNow(format!("an answer that does not decode: {e}")))?;
+    refused.map_or(Ok(()), |why| Err(Refusal::Final(why)))
 }
 
 /// Makes `change` to the group `raft` leads (an error says when it does not lead): a node is added
@@ -112,7 +156,7 @@ pub async fn change_members<SM>(
     links: &Links,
     change: &MembersChange,
     timeout: Duration,
-) -> Result<(), String>
+) -> Result<(), Refusal>
 where
     SM: RaftStateMachine<Types, SnapshotData = Vec<u8>>,
 {
@@ -128,7 +172,7 @@ where
     match change {
         MembersChange::Add { id, name, addr } => {
             if links.was_removed(*id) {
-                return Err(removed_refusal(*id));
+                return Err(Refusal::Final(removed_refusal(*id)));
             }
             if membership.voter_ids().any(|v| v == *id) {
                 return Ok(());
@@ -167,7 +211,7 @@ where
             let voters: BTreeSet<u64> = membership.voter_ids().collect();
             if voters.contains(id) {
                 if voters.len() == 1 {
-                    return Err(format!("node {id} is the group's only voter"));
+                    return Err(format!("node {id} is the group's only voter").into());
                 }
                 let change = ChangeMembers::RemoveVoters(BTreeSet::from([*id]));
                 tokio::time::timeout(timeout, raft.change_membership(change, false))
@@ -186,12 +230,10 @@ where
     Ok(())
 }
 
-/// Part of every refusal to add a node id that was removed: such a refusal is final.
-pub const NEVER_REUSED: &str = "node ids are never reused";
-
 /// Why node `id` cannot be added: it was removed, and node ids are never reused.
 pub fn removed_refusal(id: u64) -> String {
     format!(
-        "node id {id} was removed from this cluster: {NEVER_REUSED}, give the new node a new one"
+        "node id {id} was removed from this cluster: node ids are never reused, give the new \
+         node a new one"
     )
 }
