@@ -17,6 +17,19 @@ use warren_tests::{TestBroker, TestChannel};
 
 const QUEUE: &str = "jobs";
 
+/// Declares quorum queue `QUEUE` (with `extra` arguments) once the nodes `all` agree on a metadata
+/// leader, and returns its host and a node that does not host it.
+async fn quorum_queue<'a, const N: usize>(
+    all: &[&'a TestBroker],
+    extra: [(&str, amqprs::FieldValue); N],
+) -> (&'a TestBroker, &'a TestBroker) {
+    agreed_leader(all).await;
+    declare_quorum(all[0], QUEUE, extra).await;
+    let host = host_of(all, QUEUE).await;
+    let other = all.iter().copied().find(|b| !hosts(b, QUEUE)).unwrap();
+    (host, other)
+}
+
 /// The messages `b`'s replica holds of the queue.
 fn replica_len(b: &TestBroker) -> usize {
     let record = message_queue("/", QUEUE);
@@ -87,10 +100,7 @@ async fn confirmed_messages_outlive_their_host_and_publishes_work_on_every_node(
     let cluster = LinkCluster::new(3);
     let mut brokers = three_nodes(&cluster).await.map(Some);
     let all: Vec<&TestBroker> = brokers.iter().flatten().collect();
-    agreed_leader(&all).await;
-    declare_quorum(all[0], QUEUE, []).await;
-    let first = host_of(&all, QUEUE).await;
-    let follower = all.iter().copied().find(|b| !hosts(b, QUEUE)).unwrap();
+    let (first, follower) = quorum_queue(&all, []).await;
 
     // Published on a node that does not host the queue (forwarded), then on its host: every
     // confirm is an ack, and every replica has the messages.
@@ -237,10 +247,7 @@ async fn a_node_that_does_not_host_the_queue_answers_its_hosts_counts_and_purges
     let cluster = LinkCluster::new(3);
     let [b1, b2, b3] = three_nodes(&cluster).await;
     let all = [&b1, &b2, &b3];
-    agreed_leader(&all).await;
-    declare_quorum(&b1, QUEUE, []).await;
-    host_of(&all, QUEUE).await;
-    let follower = all.iter().copied().find(|b| !hosts(b, QUEUE)).unwrap();
+    let (_, follower) = quorum_queue(&all, []).await;
     let (fc, _, fch) = follower.connect_with_confirming_channel().await;
     publish_all(&fch, "c", 5).await;
     assert_eq!(follower.queue(QUEUE).unwrap().message_count(), 0);
@@ -310,10 +317,7 @@ async fn a_window_of_forwarded_publishes_beyond_the_links_request_limit_is_acked
     let cluster = LinkCluster::new(3);
     let brokers = three_nodes(&cluster).await;
     let all: Vec<&TestBroker> = brokers.iter().collect();
-    agreed_leader(&all).await;
-    declare_quorum(all[0], QUEUE, []).await;
-    host_of(&all, QUEUE).await;
-    let follower = all.iter().copied().find(|b| !hosts(b, QUEUE)).unwrap();
+    let (_, follower) = quorum_queue(&all, []).await;
     // A publisher with 1,500 unconfirmed publishes on a node that does not host the queue: every
     // one is forwarded, more at once than a link serves, and every one is acked (they wait their
     // turn on this node rather than being refused).
@@ -361,10 +365,7 @@ async fn a_dead_letter_into_a_quorum_queue_hosted_elsewhere_reaches_its_host() {
     let cluster = LinkCluster::new(3);
     let brokers = three_nodes(&cluster).await;
     let all: Vec<&TestBroker> = brokers.iter().collect();
-    agreed_leader(&all).await;
-    declare_quorum(all[0], QUEUE, []).await;
-    host_of(&all, QUEUE).await;
-    let follower = all.iter().copied().find(|b| !hosts(b, QUEUE)).unwrap();
+    let (_, follower) = quorum_queue(&all, []).await;
     // A classic queue on a node that does not host the quorum queue dead-letters expired messages
     // into it: they reach the host (and so every replica), not only this node's copy.
     let (fc, _, fch) = follower.connect_with_confirming_channel().await;
@@ -523,10 +524,7 @@ async fn basic_get_on_a_node_that_does_not_host_the_queue_takes_from_its_host() 
     let cluster = LinkCluster::new(3);
     let brokers = three_nodes(&cluster).await;
     let all: Vec<&TestBroker> = brokers.iter().collect();
-    agreed_leader(&all).await;
-    declare_quorum(all[0], QUEUE, []).await;
-    let first = host_of(&all, QUEUE).await;
-    let other = all.iter().copied().find(|b| !hosts(b, QUEUE)).unwrap();
+    let (first, other) = quorum_queue(&all, []).await;
     let (c, ch, pch) = other.connect_with_confirming_channel().await;
     for body in ["a", "b", "c", "d"] {
         pch.publish_acked("", QUEUE, BasicProperties::default(), body.as_bytes())
@@ -663,10 +661,7 @@ async fn a_node_consuming_from_another_nodes_host_is_handed_at_most_eight_mib() 
     let cluster = LinkCluster::new(3);
     let brokers = three_nodes(&cluster).await;
     let all: Vec<&TestBroker> = brokers.iter().collect();
-    agreed_leader(&all).await;
-    declare_quorum(all[0], QUEUE, []).await;
-    let host = host_of(&all, QUEUE).await;
-    let other = all.iter().copied().find(|b| !hosts(b, QUEUE)).unwrap();
+    let (host, other) = quorum_queue(&all, []).await;
     let (pc, _, pch) = host.connect_with_confirming_channel().await;
     let big = vec![7u8; 1024 * 1024];
     for _ in 0..12 {
@@ -715,10 +710,7 @@ async fn a_node_consuming_from_another_nodes_host_is_handed_what_its_consumers_c
     let cluster = LinkCluster::new(3);
     let brokers = three_nodes(&cluster).await;
     let all: Vec<&TestBroker> = brokers.iter().collect();
-    agreed_leader(&all).await;
-    declare_quorum(all[0], QUEUE, []).await;
-    let host = host_of(&all, QUEUE).await;
-    let other = all.iter().copied().find(|b| !hosts(b, QUEUE)).unwrap();
+    let (host, other) = quorum_queue(&all, []).await;
     let (pc, _, pch) = host.connect_with_confirming_channel().await;
     for i in 0..100 {
         pch.publish_acked(
