@@ -88,12 +88,8 @@ impl CrlNumbers {
         Ok(CrlNumbers(numbers))
     }
 
-    /// Keeps the highest number per issuer of `self` and `newer` at `path` (written atomically).
-    pub(crate) fn merge_and_write(
-        &self,
-        newer: &CrlNumbers,
-        path: &Path,
-    ) -> std::io::Result<CrlNumbers> {
+    /// The highest number per issuer of `self` and `newer`.
+    pub(crate) fn merged(&self, newer: &CrlNumbers) -> CrlNumbers {
         let mut merged = self.0.clone();
         for (issuer, number) in &newer.0 {
             let kept = merged.entry(issuer.clone()).or_default();
@@ -101,6 +97,16 @@ impl CrlNumbers {
                 *kept = number.clone();
             }
         }
+        CrlNumbers(merged)
+    }
+
+    /// Keeps the highest number per issuer of `self` and `newer` at `path` (written atomically).
+    pub(crate) fn merge_and_write(
+        &self,
+        newer: &CrlNumbers,
+        path: &Path,
+    ) -> std::io::Result<CrlNumbers> {
+        let merged = self.merged(newer).0;
         let text: HashMap<String, String> = merged
             .iter()
             .map(|(issuer, number)| (hex_encode(issuer), number.to_string()))

@@ -91,10 +91,19 @@ impl Server {
         let Some(config) = &self.broker.config.cluster else {
             return Ok(());
         };
+        // The node links check their CRLs against the numbers in force too, and what they load is
+        // kept with them: no reload or restart goes back to an older node CRL either.
+        let kept = self.crl_numbers.lock().clone();
+        let links = crate::cluster::link::Links::start_with(config.clone(), &kept).await?;
+        {
+            let mut in_force = self.crl_numbers.lock();
+            let path = self.broker.config.data_dir.join(crate::crl::NUMBERS_FILE);
+            *in_force = in_force.merge_and_write(&links.crl_numbers(), &path)?;
+        }
         let records = std::mem::take(&mut *self.broker.raft_records.lock());
         let holder: Arc<dyn crate::cluster::raft::meta::DefinitionsHolder> = self.broker.clone();
         let cluster = crate::cluster::node::Cluster::start(
-            config,
+            links,
             self.broker.durability.clone(),
             Arc::downgrade(&holder),
             &records,
@@ -144,14 +153,16 @@ impl Server {
         let cluster = self.broker.cluster();
         let links_tls = cluster.map(|c| c.links.load_tls()).transpose()?;
         let path = self.broker.config.data_dir.join(crate::crl::NUMBERS_FILE);
-        let merged = in_force
-            .merge_and_write(&tls.crl_numbers, &path)
-            .map_err(|e| {
-                crate::tls::TlsError::Crl(crate::crl::CrlError::Numbers {
-                    path,
-                    detail: format!("cannot write: {e}"),
-                })
-            })?;
+        let newer = match &links_tls {
+            Some(fresh) => tls.crl_numbers.merged(&fresh.crl_numbers),
+            None => tls.crl_numbers.clone(),
+        };
+        let merged = in_force.merge_and_write(&newer, &path).map_err(|e| {
+            crate::tls::TlsError::Crl(crate::crl::CrlError::Numbers {
+                path,
+                detail: format!("cannot write: {e}"),
+            })
+        })?;
         *self.acceptor.write() = TlsAcceptor::from(tls.config);
         *in_force = merged;
         if let (Some(cluster), Some(fresh)) = (cluster, links_tls) {

@@ -391,6 +391,47 @@ async fn a_node_certificate_revoked_on_reload_is_refused_from_then_on() {
     node.stop();
 }
 
+/// A node CRL cannot be rolled back, as a client CRL cannot: a reload refuses one older than the
+/// CRL in force (a lower CRL number) and keeps the revocations in force, and so does a restart (the
+/// numbers are kept in the data directory); a newer one is taken.
+#[tokio::test]
+async fn an_older_node_crl_is_refused_on_a_reload_and_on_a_restart() {
+    let cluster = LinkCluster::new(3);
+    let write_crl = |revoked: &[u64], number: u64| {
+        let crl = cluster
+            .ca
+            .revocation_list(number, revoked, Validity::days(1))
+            .unwrap();
+        std::fs::write(cluster.path("nodes.crl"), crl).unwrap();
+    };
+    let revoked = cluster
+        .ca
+        .issue_node_with_serial("n2", &["127.0.0.1"], Validity::days(1), Some(0x5555))
+        .unwrap();
+    write_crl(&[0x5555], 5);
+    let mut config = cluster.config(1);
+    config.tls.crls = vec![cluster.path("nodes.crl")];
+    let node = warren_tests::TestBroker::start_with(move |c| c.cluster = Some(config)).await;
+    let links = node.server.broker.cluster().unwrap().links.clone();
+    refused_before_any_message(&cluster, &links, &revoked, true).await;
+
+    // An older CRL, validly signed, from before n2's certificate was revoked.
+    write_crl(&[], 4);
+    let error = node.server.reload_tls().expect_err("an older node CRL");
+    assert!(error.to_string().contains("lower than"), "{error}");
+    refused_before_any_message(&cluster, &links, &revoked, true).await;
+    drop(links);
+    let stopped = node.stop_keeping_data().await;
+    let error = stopped.start_error().await;
+    assert!(error.contains("lower than"), "{error}");
+
+    // A newer one is taken, and its revocations hold.
+    write_crl(&[0x5555, 0x5556], 6);
+    let node = stopped.start().await;
+    let links = node.server.broker.cluster().unwrap().links.clone();
+    refused_before_any_message(&cluster, &links, &revoked, true).await;
+}
+
 /// Reads until `want` octets arrived or the node closed the connection.
 async fn read_until_closed_or(stream: &mut (impl AsyncRead + Unpin), want: usize) -> Vec<u8> {
     let mut got = Vec::new();

@@ -195,6 +195,18 @@ impl StoppedBroker {
     pub async fn start(self) -> TestBroker {
         TestBroker::launch(self.dir, self.config).await
     }
+
+    /// Why it does not start again as it is, its broker or its cluster node (panics if it starts).
+    pub async fn start_error(&self) -> String {
+        let server = match Server::new(self.config.clone()) {
+            Ok(server) => server,
+            Err(e) => return format!("{e:#}"),
+        };
+        match server.start_cluster().await {
+            Ok(()) => panic!("the broker and its cluster node started"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
 }
 
 impl Drop for TestBroker {

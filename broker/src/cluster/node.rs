@@ -205,7 +205,7 @@ impl Cluster {
     /// configured peers), which is safe in Raft; a node with a log of its own was initialized
     /// before and resumes.
     pub(crate) async fn start(
-        config: &ClusterConfig,
+        links: Arc<Links>,
         writer: Arc<dyn RecordWriter>,
         holder: std::sync::Weak<dyn DefinitionsHolder>,
         raft_records: &BTreeMap<String, Bytes>,
@@ -213,7 +213,7 @@ impl Cluster {
         journal: Arc<ShardJournal>,
         quorum: std::sync::Weak<dyn QuorumHolder>,
     ) -> anyhow::Result<Arc<Cluster>> {
-        let links = Links::start(config.clone()).await?;
+        let config = &links.config().clone();
         links.set_audit(audit);
         let writer: Arc<dyn RecordWriter> = Arc::new(super::raft::log_store::FailFast::new(writer));
         let timeout = std::time::Duration::from_millis(config.change_timeout_ms);

@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::cluster::config::{ClusterConfig, PeerConfig};
+use crate::crl::CrlNumbers;
 use tls::LinkTls;
 use wire::{Frame, Hello, HELLO_LEN};
 
@@ -185,6 +186,9 @@ pub struct Links {
     hello: Hello,
     /// Replaced as a whole on reload (SIGHUP); links already up keep their sessions.
     tls: parking_lot::RwLock<LinkTls>,
+    /// The highest CRL number seen per issuer, at start (with the numbers given) and since: a
+    /// reload refuses an older CRL.
+    crl_in_force: Mutex<CrlNumbers>,
     peers: Mutex<HashMap<u64, PeerState>>,
     next_serial: AtomicU64,
     handler: std::sync::OnceLock<Arc<dyn RequestHandler>>,
@@ -207,7 +211,17 @@ impl Links {
     /// Binds the node-link listener and starts accepting and dialling. Fails if the TLS material is
     /// unusable or the address cannot be bound.
     pub async fn start(config: ClusterConfig) -> anyhow::Result<Arc<Links>> {
-        let tls = tls::link_tls(&config.tls)?;
+        Self::start_with(config, &CrlNumbers::default()).await
+    }
+
+    /// [`Links::start`], refusing a CRL older than the one of its issuer `in_force` (the numbers a
+    /// broker keeps in its data directory): see [`Links::crl_numbers`].
+    pub(crate) async fn start_with(
+        config: ClusterConfig,
+        in_force: &CrlNumbers,
+    ) -> anyhow::Result<Arc<Links>> {
+        let tls = tls::link_tls(&config.tls, in_force)?;
+        let in_force = in_force.merged(&tls.crl_numbers);
         let listener = TcpListener::bind(config.listen).await?;
         let links = Arc::new(Links {
             hello: Hello {
@@ -216,6 +230,7 @@ impl Links {
                 incarnation: incarnation(),
             },
             tls: parking_lot::RwLock::new(tls),
+            crl_in_force: Mutex::new(in_force),
             members: parking_lot::RwLock::new(
                 config.peers.iter().map(|p| (p.id, p.clone())).collect(),
             ),
@@ -360,13 +375,22 @@ impl Links {
     /// `[cluster.tls]` read afresh, not yet in force (a reload checks everything before it changes
     /// anything).
     pub(crate) fn load_tls(&self) -> Result<LinkTls, crate::tls::TlsError> {
-        tls::link_tls(&self.config.tls)
+        tls::link_tls(&self.config.tls, &self.crl_in_force.lock())
+    }
+
+    /// The highest CRL number in force per issuer, for the broker to keep across restarts.
+    pub(crate) fn crl_numbers(&self) -> CrlNumbers {
+        self.crl_in_force.lock().clone()
     }
 
     /// Puts `fresh` in force, and drops every link whose peer certificate it refuses (a node
     /// revoked by a new CRL is cut off at once, not at its next reconnect).
     pub(crate) fn install_tls(&self, fresh: LinkTls) {
         let verifier = fresh.verifier.clone();
+        {
+            let mut in_force = self.crl_in_force.lock();
+            *in_force = in_force.merged(&fresh.crl_numbers);
+        }
         *self.tls.write() = fresh;
         let now = rustls::pki_types::UnixTime::now();
         for (id, state) in self.peers.lock().iter_mut() {

@@ -25,15 +25,19 @@ pub(crate) struct LinkTls {
     pub connector: TlsConnector,
     /// The chain, CA and CRL check of the acceptor, to re-check links already up on a reload.
     pub verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    /// The CRL numbers of the CRLs it checks against, per issuer.
+    pub crl_numbers: CrlNumbers,
 }
 
 /// Builds both ends from `[cluster.tls]`, refusing unsafe key files and untrusted paths as the AMQP
-/// listener does. A CRL past its nextUpdate is used (its revocations still hold) and warned about.
-pub(crate) fn link_tls(tls: &ClusterTlsConfig) -> Result<LinkTls, TlsError> {
+/// listener does. A CRL past its nextUpdate is used (its revocations still hold) and warned about;
+/// one older than the CRL of its issuer `in_force` (a lower CRL number) is refused, as on the AMQP
+/// listener, so that no reload or restart re-admits a revoked node.
+pub(crate) fn link_tls(tls: &ClusterTlsConfig, in_force: &CrlNumbers) -> Result<LinkTls, TlsError> {
     check_material(&tls.key, &tls.ca_bundle, &tls.crls)?;
     let (roots, cas) = read_roots(&tls.ca_bundle)?;
     let roots = Arc::new(roots);
-    let (crls, _) = crate::crl::load(&tls.crls, &cas, ExpiredCrl::Warn, &CrlNumbers::default())?;
+    let (crls, crl_numbers) = crate::crl::load(&tls.crls, &cas, ExpiredCrl::Warn, in_force)?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let bundle_error = |e: rustls::server::VerifierBuilderError| TlsError::CaBundle {
         path: tls.ca_bundle.clone(),
@@ -68,5 +72,6 @@ pub(crate) fn link_tls(tls: &ClusterTlsConfig) -> Result<LinkTls, TlsError> {
         acceptor: TlsAcceptor::from(Arc::new(server)),
         connector: TlsConnector::from(Arc::new(client)),
         verifier: client_verifier,
+        crl_numbers,
     })
 }
