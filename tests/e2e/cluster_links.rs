@@ -344,17 +344,19 @@ async fn cluster_status_on_a_single_node_says_so() {
     assert!(out.stderr.contains("not a cluster node"), "{out:?}");
 }
 
+/// Writes the node CA's CRL number `number`, revoking `revoked`, to `nodes.crl`.
+fn write_crl(cluster: &LinkCluster, revoked: &[u64], number: u64) {
+    let crl = cluster
+        .ca
+        .revocation_list(number, revoked, Validity::days(1))
+        .unwrap();
+    std::fs::write(cluster.path("nodes.crl"), crl).unwrap();
+}
+
 #[tokio::test]
 async fn a_node_certificate_revoked_on_reload_is_refused_from_then_on() {
     let cluster = LinkCluster::new(3);
-    let write_crl = |revoked: &[u64], number: u64| {
-        let crl = cluster
-            .ca
-            .revocation_list(number, revoked, Validity::days(1))
-            .unwrap();
-        std::fs::write(cluster.path("nodes.crl"), crl).unwrap();
-    };
-    write_crl(&[], 1);
+    write_crl(&cluster, &[], 1);
     let mut config = cluster.config(1);
     config.tls.crls = vec![cluster.path("nodes.crl")];
     let node = warren_broker::cluster::link::Links::start(config)
@@ -376,7 +378,7 @@ async fn a_node_certificate_revoked_on_reload_is_refused_from_then_on() {
 
     // Revoked in a new CRL, put in force by a reload: the link already up is dropped at once, and
     // the next link with the certificate is refused.
-    write_crl(&[0x4444], 2);
+    write_crl(&cluster, &[0x4444], 2);
     node.reload_tls().unwrap();
     let dropped = wait_for_link(&node, 2, false, UP).await;
     let why = dropped.last_error.unwrap_or_default();
@@ -397,18 +399,11 @@ async fn a_node_certificate_revoked_on_reload_is_refused_from_then_on() {
 #[tokio::test]
 async fn an_older_node_crl_is_refused_on_a_reload_and_on_a_restart() {
     let cluster = LinkCluster::new(3);
-    let write_crl = |revoked: &[u64], number: u64| {
-        let crl = cluster
-            .ca
-            .revocation_list(number, revoked, Validity::days(1))
-            .unwrap();
-        std::fs::write(cluster.path("nodes.crl"), crl).unwrap();
-    };
     let revoked = cluster
         .ca
         .issue_node_with_serial("n2", &["127.0.0.1"], Validity::days(1), Some(0x5555))
         .unwrap();
-    write_crl(&[0x5555], 5);
+    write_crl(&cluster, &[0x5555], 5);
     let mut config = cluster.config(1);
     config.tls.crls = vec![cluster.path("nodes.crl")];
     let node = warren_tests::TestBroker::start_with(move |c| c.cluster = Some(config)).await;
@@ -416,7 +411,7 @@ async fn an_older_node_crl_is_refused_on_a_reload_and_on_a_restart() {
     refused_before_any_message(&cluster, &links, &revoked, true).await;
 
     // An older CRL, validly signed, from before n2's certificate was revoked.
-    write_crl(&[], 4);
+    write_crl(&cluster, &[], 4);
     let error = node.server.reload_tls().expect_err("an older node CRL");
     assert!(error.to_string().contains("lower than"), "{error}");
     refused_before_any_message(&cluster, &links, &revoked, true).await;
@@ -426,7 +421,7 @@ async fn an_older_node_crl_is_refused_on_a_reload_and_on_a_restart() {
     assert!(error.contains("lower than"), "{error}");
 
     // A newer one is taken, and its revocations hold.
-    write_crl(&[0x5555, 0x5556], 6);
+    write_crl(&cluster, &[0x5555, 0x5556], 6);
     let node = stopped.start().await;
     let links = node.server.broker.cluster().unwrap().links.clone();
     refused_before_any_message(&cluster, &links, &revoked, true).await;
