@@ -536,25 +536,26 @@ impl Queue {
             .store(l.state.next_seq(), std::sync::atomic::Ordering::Release);
     }
 
-    /// Puts a message of a replicated queue that another node hosts into this node's copy, for
-    /// this node's consumers (the broker's cluster/quorum/subscribe.rs); nothing is journaled: `id` is the host's.
+    /// Puts messages of a replicated queue that another node hosts into this node's copy, in
+    /// order, for this node's consumers (the broker's cluster/quorum/subscribe.rs); nothing is
+    /// journaled: each one's id, redelivered flag and return count are the host's.
     pub fn stage(
         self: &Arc<Self>,
-        id: u64,
-        message: Arc<Message>,
-        (redelivered, returns): (bool, u64),
+        staged: impl IntoIterator<Item = (u64, Arc<Message>, (bool, u64))>,
         now: Now,
     ) {
         self.under_lock(now, |l, after| {
-            l.apply(
-                Command::Restore {
-                    id,
-                    message,
-                    redelivered,
-                    returns,
-                },
-                now,
-            );
+            for (id, message, (redelivered, returns)) in staged {
+                l.apply(
+                    Command::Restore {
+                        id,
+                        message,
+                        redelivered,
+                        returns,
+                    },
+                    now,
+                );
+            }
             self.perform(l, after, now, None);
             self.dispatch_locked(l, after, now);
         });

@@ -291,11 +291,12 @@ impl Subscriptions {
             .map(|(_, _, payload)| holder.message(payload))
             .collect::<Option<Vec<_>>>()
             .ok_or("a message does not decode")?;
-        let now = crate::time::Now::read();
-        for ((id, flags, _), message) in handed.into_iter().zip(messages) {
-            // (redelivered, returns): the host's, so x-delivery-count reads the same everywhere.
-            queue.stage(id, message, flags, now);
-        }
+        // (redelivered, returns): the host's, so x-delivery-count reads the same everywhere.
+        let staged = handed
+            .into_iter()
+            .zip(messages)
+            .map(|((id, flags, _), message)| (id, message, flags));
+        queue.stage(staged, crate::time::Now::read());
         Ok(())
     }
 
