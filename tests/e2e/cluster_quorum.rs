@@ -10,7 +10,7 @@ use amqprs::channel::QueueDeclareArguments;
 use amqprs::BasicProperties;
 use warren_broker::meta::records::message_queue;
 use warren_tests::cluster::{
-    agreed_leader, host_of, hosts, node_id, stop_node, three_nodes, LinkCluster, SETTLE,
+    agreed_leader, host_of, hosts, isolate, node_id, stop_node, three_nodes, LinkCluster, SETTLE,
 };
 use warren_tests::features::{table, text};
 use warren_tests::{TestBroker, TestChannel};
@@ -738,4 +738,37 @@ async fn a_node_consuming_from_another_nodes_host_is_handed_what_its_consumers_c
     }
     c.close().await;
     ready_settles_at(host, 100).await;
+}
+
+/// A node cut off from a queue's host for longer than the host waits for it (which takes back what
+/// it handed that node) subscribes afresh once the link is back: its consumer gets what is
+/// published then, and the message it held unacknowledged comes again.
+#[tokio::test]
+async fn a_node_cut_off_from_the_host_for_a_while_is_fed_again_when_the_link_is_back() {
+    let cluster = LinkCluster::new(3);
+    let brokers = three_nodes(&cluster).await;
+    let all: Vec<&TestBroker> = brokers.iter().collect();
+    let (host, other) = quorum_queue(&all, []).await;
+    let c = other.connect().await;
+    let ch = c.channel().await;
+    let (_, mut consumer) = ch.consume(QUEUE, "elsewhere", true).await;
+    let (pc, _, pch) = host.connect_with_confirming_channel().await;
+    pch.publish_acked("", QUEUE, BasicProperties::default(), b"before")
+        .await;
+    let held = consumer.recv().await;
+    assert_eq!(held.body, b"before");
+    isolate(host, &[node_id(other)]);
+    isolate(other, &[node_id(host)]);
+    // Longer than the host waits for a subscribed node's link (5 s) and its sweep.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    for b in [host, other] {
+        b.server.broker.cluster().unwrap().links.heal();
+    }
+    pch.publish_acked("", QUEUE, BasicProperties::default(), b"after")
+        .await;
+    let mut again = bodies(&consumer.recv_n(2).await);
+    again.sort();
+    assert_eq!(again, ["after", "before"]);
+    pc.close().await;
+    c.close().await;
 }

@@ -54,6 +54,8 @@ struct Handed {
     entries: HashMap<u64, Entry>,
     bytes: u64,
     credit: Arc<ChannelCredit>,
+    /// A request was not staged there a moment ago: the proxy is held for [`PAUSE`].
+    paused: bool,
 }
 
 impl Handed {
@@ -62,6 +64,7 @@ impl Handed {
             entries: HashMap::new(),
             bytes: 0,
             credit,
+            paused: false,
         }
     }
 
@@ -70,25 +73,26 @@ impl Handed {
         if let Some(old) = self.entries.insert(id, entry) {
             self.bytes = self.bytes.saturating_sub(old.message.body_size());
         }
-        self.hold_at_bytes();
+        self.hold();
     }
 
     fn remove(&mut self, id: &u64) -> Option<Entry> {
         let entry = self.entries.remove(id)?;
         self.bytes = self.bytes.saturating_sub(entry.message.body_size());
-        self.hold_at_bytes();
+        self.hold();
         Some(entry)
     }
 
     fn drain(&mut self) -> Vec<Entry> {
         self.bytes = 0;
-        self.hold_at_bytes();
+        self.hold();
         self.entries.drain().map(|(_, e)| e).collect()
     }
 
-    fn hold_at_bytes(&self) {
+    /// Holds the proxy's deliveries while [`WINDOW_BYTES`] are handed out, or while paused.
+    fn hold(&self) {
         self.credit.flow_active.store(
-            self.bytes < WINDOW_BYTES,
+            self.bytes < WINDOW_BYTES && !self.paused,
             std::sync::atomic::Ordering::Release,
         );
     }
@@ -108,6 +112,8 @@ pub(super) fn names_body(vhost: &str, queue: &str, w: &mut Writer) {
     w.bytes(queue.as_bytes());
 }
 
+/// How long a proxy is held after a request of its was not staged.
+const PAUSE: Duration = Duration::from_millis(200);
 /// The most messages, and message bytes (one message more at most), one delivery request carries.
 const BATCH: usize = 256;
 const BATCH_BYTES: u64 = 1024 * 1024;
@@ -212,22 +218,35 @@ impl RemoteSink {
     }
 
     /// Messages not staged there come back to the queue here (unless settled or taken back
-    /// meanwhile), with the proxy's credit.
+    /// meanwhile), with the proxy's credit; the proxy is held for [`PAUSE`], so that a link that
+    /// is down is not handed the same messages again and again (the queue's other consumers may
+    /// take them meanwhile).
     fn not_staged(
-        outstanding: &Mutex<Handed>,
+        outstanding: &Arc<Mutex<Handed>>,
         ids: &[u64],
         queue: &Arc<Queue>,
         consumer: &Consumer,
     ) {
-        // The lock is released before the requeue, which may hand them straight back to the sink.
+        // The lock is released before the requeue, which hands them to other consumers.
         let entries: Vec<Entry> = {
             let mut handed = outstanding.lock();
-            ids.iter().filter_map(|id| handed.remove(id)).collect()
+            handed.paused = true;
+            let entries = ids.iter().filter_map(|id| handed.remove(id)).collect();
+            handed.hold();
+            entries
         };
-        if !entries.is_empty() {
-            consumer.release_credit(entries.len() as u32);
-            queue.requeue(entries, crate::time::Now::read());
-        }
+        consumer.release_credit(entries.len() as u32);
+        queue.requeue(entries, crate::time::Now::read());
+        let (outstanding, queue) = (outstanding.clone(), queue.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(PAUSE).await;
+            {
+                let mut handed = outstanding.lock();
+                handed.paused = false;
+                handed.hold();
+            }
+            queue.dispatch(crate::time::Now::read());
+        });
     }
 }
 

@@ -14,7 +14,9 @@
 //! (`Queue::unstage`: deliveries of it are void) and subscribes at the new host, which has every
 //! unsettled message in its replica. A consumer thus sees a failover as redeliveries, never as a
 //! loss. The host drops the subscriptions of a node whose link has been down for a while and
-//! takes their messages back.
+//! takes their messages back; a node that sees its link to the host down drops what it staged and,
+//! once the link is back, subscribes afresh (the host then takes back what it handed before, if it
+//! had not yet), so no subscription is lost to a partition.
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -109,9 +111,9 @@ impl Subscriptions {
         holds: impl FnOnce(&Queue) -> bool,
         holder: &dyn QuorumHolder,
     ) -> Result<(), String> {
-        let (vhost, name, window) = decode(body, |r| {
+        let (vhost, name, window, fresh) = decode(body, |r| {
             let (vhost, name) = read_names(r)?;
-            Ok((vhost, name, r.u64()?))
+            Ok((vhost, name, r.u64()?, r.bool()?))
         })
         .map_err(bad_request)?;
         // Never unlimited (0) nor larger than any node asks for: a window is memory held here.
@@ -129,8 +131,9 @@ impl Subscriptions {
         let links = self.links.get().ok_or("the node links are not up")?.clone();
         let mut remote = self.remote.lock();
         if let Some(existing) = remote.get(&(from, record.clone())) {
-            if Arc::ptr_eq(&existing.queue, &queue) {
-                // The same subscription with a new window (its node's consumers changed).
+            if Arc::ptr_eq(&existing.queue, &queue) && !fresh {
+                // The same subscription with a new window (its node's consumers changed). A fresh
+                // one replaces it below: the node dropped what it staged, which comes back here.
                 existing.consumer.prefetch.set_limit(window);
                 drop(remote);
                 queue.dispatch(crate::time::Now::read());
@@ -395,7 +398,20 @@ impl Subscriptions {
             host,
             window: window_for(queue.consumer_capacity(UNLIMITED_SHARE)),
         });
-        let current = self.local.lock().get(record).copied();
+        let mut current = self.local.lock().get(record).copied();
+        if let Some(old) = current.filter(|old| !links.connected(old.host)) {
+            // The link to the host is down: what was staged from there is dropped (deliveries of
+            // it are void), and the host takes it back — when it gives the node up, or when the
+            // node subscribes afresh — and hands it again.
+            self.local.lock().remove(record);
+            queue.unstage(crate::time::Now::read());
+            tracing::debug!(
+                record,
+                host = old.host,
+                "the link to a subscription's host is down"
+            );
+            current = None;
+        }
         if current == wanted {
             return;
         }
@@ -416,6 +432,7 @@ impl Subscriptions {
         let body = Bytes::from(encode(|w| {
             names_body(&vhost, &name, w);
             w.u64(u64::from(want.window));
+            w.bool(kept.is_none());
         }));
         let host = want.host;
         let answer = match links.start_call(host, group, rpc::SUBSCRIBE, body) {
