@@ -79,7 +79,7 @@ def gaps(times: list[float], start: float, end: float) -> float:
 def inside(args: argparse.Namespace) -> int:
     from netns_cluster import NetnsCluster
     from nemesis import Nemesis
-    from workload import (QUEUE, Consumer, Endpoints, Publisher, Recorder, Watchdog, check, drain)
+    from workload import (QUEUE, Consumer, Endpoints, Publisher, Recorder, Watchdog, check, drain, probe)
     import pika
 
     out = Path(args.out)
@@ -161,6 +161,11 @@ def inside(args: argparse.Namespace) -> int:
             for i in cluster.nodes:
                 cluster.dump_stacks(i, "its replicas did not converge")
         result["converged"] = view
+        # Every consumer is fed again once the faults are over (a subscription lost to a fault
+        # would starve its consumer while the others take everything).
+        starved = probe(ends, rec, rng.choice(cluster.nodes), cons)
+        if starved:
+            failures.append(f"consumers {starved} received none of the messages published after the faults")
         con_stop.set()
         for c in cons:
             c.join(timeout=15)

@@ -182,6 +182,7 @@ class Consumer(threading.Thread):
         super().__init__(name=name, daemon=True)
         self.first, self.ends, self.rec, self.stop = first, ends, rec, stop
         self.last = time.monotonic()
+        self.probes = 0  # probe messages received (see ``probe``)
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -202,6 +203,8 @@ class Consumer(threading.Thread):
                              redelivered=method.redelivered, ok=body == body_of(props.message_id or ""))
                     ch.basic_ack(method.delivery_tag)
                     self.last = time.monotonic()
+                    if (props.message_id or "").startswith("probe-"):
+                        self.probes += 1
                 conn.close()
             except Exception as e:
                 self.rec(op="error", who=self.name, node=node, error=repr(e)[:200])
@@ -227,6 +230,40 @@ class Watchdog(threading.Thread):
                 started, conn = p.started, p.conn
                 if started is not None and conn is not None and now - started > CONFIRM_TIMEOUT:
                     _cut(conn)
+
+
+def probe(ends: Endpoints, rec: Recorder, node: int, consumers: list, limit: float = 20.0) -> list[str]:
+    """After the faults: publishes 10 confirmed messages a second from ``node`` until every consumer
+    has received one of them, or ``limit`` seconds passed; returns the names of the consumers that
+    received none (each should: a consumer whose node lost its feed from the queue's host for good
+    gets nothing while the others take everything)."""
+    stop = threading.Event()
+    deadline = time.monotonic() + limit
+    seq, ch, conn = 0, None, None
+    while time.monotonic() < deadline and any(c.probes == 0 for c in consumers):
+        try:
+            if ch is None:
+                conn, node = ends.connect(node, stop)
+                ch = conn.channel()
+                ch.confirm_delivery()
+            for _ in range(10):
+                mid = f"probe-{seq}"
+                seq += 1
+                rec(op="publish", id=mid, node=node)
+                start = time.monotonic()
+                ch.basic_publish("", QUEUE, body_of(mid),
+                                 pika.BasicProperties(delivery_mode=2, message_id=mid), mandatory=True)
+                rec(op="ack", id=mid, node=node, start=round(start, 4))
+        except Exception as e:
+            rec(op="error", who="probe", node=node, error=repr(e)[:200])
+            ch = None
+        time.sleep(1)
+    if conn is not None:
+        try:
+            conn.close()
+        except Exception:
+            pass
+    return [c.name for c in consumers if c.probes == 0]
 
 
 def drain(ends: Endpoints, rec: Recorder, node: int, acked: set[str], received: set[str],
