@@ -630,6 +630,9 @@ async fn a_messages_delivery_count_survives_its_hosts_loss_and_the_limit_holds()
     let left = stop_node(&mut brokers, first_id).await;
     let next = host_of(&left, QUEUE).await;
     let other = left.iter().copied().find(|b| !hosts(b, QUEUE)).unwrap();
+    // Dead-lettering is at most once (RabbitMQ's default): a dead letter into a queue whose shard
+    // has a new leader that does not host it yet is dropped, so the test waits for its host too.
+    host_of(&left, "dead").await;
     // The new host counts on: the third delivery says 2, on any node, and one more return is
     // over the limit: dead-lettered.
     let (c, ch, _) = other.connect_with_confirming_channel().await;
@@ -771,4 +774,102 @@ async fn a_node_cut_off_from_the_host_for_a_while_is_fed_again_when_the_link_is_
     assert_eq!(again, ["after", "before"]);
     pc.close().await;
     c.close().await;
+}
+
+/// Cuts the links between `a` and `b` both ways (as a firewall would), or heals every cut of both.
+fn cut(a: &TestBroker, b: &TestBroker, cut: bool) {
+    for (x, y) in [(a, b), (b, a)] {
+        if cut {
+            isolate(x, &[node_id(y)]);
+        } else {
+            x.server.broker.cluster().unwrap().links.heal();
+        }
+    }
+}
+
+/// Messages a host could not hand a node whose link is down are not counted as delivered: the only
+/// consumer is on that node, the link is down for 3 s while the host tries again and again, and
+/// afterwards the consumer gets every message uncounted (none went over a delivery limit of 2).
+#[tokio::test]
+async fn messages_a_host_could_not_hand_over_are_not_counted_as_delivered() {
+    let cluster = LinkCluster::new(3);
+    let brokers = three_nodes(&cluster).await;
+    let all: Vec<&TestBroker> = brokers.iter().collect();
+    agreed_leader(&all).await;
+    declare_quorum(all[0], "dead", []).await;
+    let limited = [
+        ("x-delivery-limit", amqprs::FieldValue::l(2)),
+        ("x-dead-letter-exchange", text("")),
+        ("x-dead-letter-routing-key", text("dead")),
+    ];
+    let (host, other) = quorum_queue(&all, limited).await;
+    let c = other.connect().await;
+    let ch = c.channel().await;
+    let (_, mut consumer) = ch.consume(QUEUE, "elsewhere", true).await;
+    // Subscribed before the cut (a message goes through).
+    let (pc, _, pch) = host.connect_with_confirming_channel().await;
+    pch.publish_acked("", QUEUE, BasicProperties::default(), b"first")
+        .await;
+    ack(&ch, consumer.recv().await.tag).await;
+    // Its settle reaches the host before the cut.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cut(host, other, true);
+    for i in 0..5 {
+        pch.publish_acked(
+            "",
+            QUEUE,
+            BasicProperties::default(),
+            format!("m{i}").as_bytes(),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cut(host, other, false);
+    let got = consumer.recv_n(5).await;
+    assert_eq!(bodies(&got), ["m0", "m1", "m2", "m3", "m4"]);
+    for d in &got {
+        assert!(
+            matches!(delivery_count(d), None | Some(0)),
+            "{:?}: x-delivery-count {:?}",
+            d.body,
+            delivery_count(d)
+        );
+        ack(&ch, d.tag).await;
+    }
+    assert!(pch.get("dead", true).await.is_none());
+    pc.close().await;
+    c.close().await;
+}
+
+/// A node whose link to a queue's host was down a moment, and whose consumers then left, tells the
+/// host once the link is back: what the host had handed it is ready there again (it would stay
+/// handed out to a subscription the node no longer has).
+#[tokio::test]
+async fn a_subscription_dropped_while_the_link_was_down_is_ended_at_the_host_after() {
+    let cluster = LinkCluster::new(3);
+    let brokers = three_nodes(&cluster).await;
+    let all: Vec<&TestBroker> = brokers.iter().collect();
+    let (host, other) = quorum_queue(&all, []).await;
+    let (pc, _, pch) = host.connect_with_confirming_channel().await;
+    for i in 0..10 {
+        pch.publish_acked(
+            "",
+            QUEUE,
+            BasicProperties::default(),
+            format!("m{i}").as_bytes(),
+        )
+        .await;
+    }
+    let c = other.connect().await;
+    let ch = c.channel().await;
+    let (_, mut consumer) = ch.consume(QUEUE, "elsewhere", true).await;
+    consumer.recv_n(10).await;
+    ready_settles_at(host, 0).await;
+    // Down for less than the host waits before it gives a node up (5 s).
+    cut(host, other, true);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.close().await;
+    cut(host, other, false);
+    ready_settles_at(host, 10).await;
+    pc.close().await;
 }

@@ -710,7 +710,7 @@ impl Connection {
                 // never reached the client, so it goes back as it was.
                 _ => {
                     consumer.release_credit(1);
-                    queue.return_undelivered(entry, crate::time::Now::read());
+                    queue.return_undelivered([entry], crate::time::Now::read());
                 }
             },
             Outbound::Cancelled { channel, consumer } => {

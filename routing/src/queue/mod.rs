@@ -416,11 +416,19 @@ impl Queue {
         });
     }
 
-    /// Puts back a message that was pushed to a consumer but never reached the client, unchanged.
-    pub fn return_undelivered(self: &Arc<Self>, entry: Entry, now: Now) {
-        if self.current(&entry) {
-            self.apply_and_dispatch(Command::Return { entry }, now);
-        }
+    /// Puts back messages that were pushed to a consumer but never reached the client, unchanged.
+    pub fn return_undelivered(
+        self: &Arc<Self>,
+        entries: impl IntoIterator<Item = Entry>,
+        now: Now,
+    ) {
+        self.under_lock(now, |l, after| {
+            for entry in entries.into_iter().filter(|e| self.current(e)) {
+                l.apply(Command::Return { entry }, now);
+            }
+            self.perform(l, after, now, None);
+            self.dispatch_locked(l, after, now);
+        });
     }
 
     /// Messages rejected or nacked without requeue: dead-lettered if the queue has a DLX.
@@ -538,13 +546,19 @@ impl Queue {
 
     /// Puts messages of a replicated queue that another node hosts into this node's copy, in
     /// order, for this node's consumers (the broker's cluster/quorum/subscribe.rs); nothing is
-    /// journaled: each one's id, redelivered flag and return count are the host's.
+    /// journaled: each one's id, redelivered flag and return count are the host's. Only if
+    /// `current` (asked under the queue's lock, so no [`Queue::unstage`] comes between) says they
+    /// still belong here; returns whether they were staged.
     pub fn stage(
         self: &Arc<Self>,
         staged: impl IntoIterator<Item = (u64, Arc<Message>, (bool, u64))>,
+        current: impl FnOnce() -> bool,
         now: Now,
-    ) {
+    ) -> bool {
         self.under_lock(now, |l, after| {
+            if !current() {
+                return false;
+            }
             for (id, message, (redelivered, returns)) in staged {
                 l.apply(
                     Command::Restore {
@@ -558,7 +572,8 @@ impl Queue {
             }
             self.perform(l, after, now, None);
             self.dispatch_locked(l, after, now);
-        });
+            true
+        })
     }
 
     /// Drops the messages staged on this node (their host takes them back) and voids what was

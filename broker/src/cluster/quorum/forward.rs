@@ -232,13 +232,17 @@ impl crate::cluster::link::RequestHandler for QuorumServer {
         match kind {
             rpc::PUBLISH => {}
             rpc::SUBSCRIBE => {
-                return done(holder().and_then(|h| {
+                let answer = holder().and_then(|h| {
                     subs.subscribe(from, group, &body, |q| self.journal.holds(q), &*h)
-                }))
+                });
+                return Box::pin(async move { answer });
             }
             rpc::SETTLE => return done(subs.settle(from, &body)),
             rpc::UNSUBSCRIBE => return done(subs.unsubscribe(from, &body)),
-            rpc::DELIVER => return done(holder().and_then(|h| subs.deliver(from, &body, &*h))),
+            rpc::DELIVER => {
+                let answer = holder().and_then(|h| subs.deliver(from, &body, &*h));
+                return Box::pin(async move { answer });
+            }
             rpc::CANCELLED => return done(holder().and_then(|h| subs.cancelled(from, &body, &*h))),
             rpc::GET => {
                 let answer = holder()

@@ -30,6 +30,7 @@ mod resend;
 mod shard;
 mod sink;
 mod subscribe;
+mod subscriber;
 mod target;
 
 pub(crate) use forward::Forwarder;

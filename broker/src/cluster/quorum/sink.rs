@@ -3,11 +3,17 @@
 //!
 //! A dispatch hands the proxy many messages at once; they go out as few requests (at most
 //! [`BATCH`] messages or [`BATCH_BYTES`] each, in order, from one task at a time), not one request
-//! and one task per message. Whatever a request does not get staged there (no answer, a refusal, a
-//! link that is down) comes back to the queue here with the proxy's credit. While [`WINDOW_BYTES`]
-//! are handed out and not settled, the proxy is held (through its own channel credit).
+//! and one task per message. Each request names the subscription (its epoch, chosen by the
+//! subscriber), so a node never stages what an older subscription of its sends late. What a
+//! request certainly did not get staged there (the link is down, the node answers it has no such
+//! subscription) comes back to the queue here unchanged; what it may have (no answer) comes back
+//! as a return (redelivered, counted), as an unacknowledged delivery does. Either way the proxy is
+//! held for [`PAUSE`], so that a node that cannot take them is not handed the same messages again
+//! and again. While [`WINDOW_BYTES`] are handed out and not settled, the proxy is held too
+//! (through its own channel credit).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,18 +31,33 @@ use crate::queue::{Entry, Queue};
 const WINDOW_BYTES: u64 = 8 * 1024 * 1024;
 /// How long a subscribe or a delivery may wait for its answer.
 pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// The answer to a subscription's request (a delivery, a window) that names a subscription the
+/// answering node does not have: nothing of it was taken. An empty answer is "done".
+pub(super) const UNKNOWN: &[u8] = &[1];
+/// How long a proxy is held after a request of its was not staged.
+const PAUSE: Duration = Duration::from_millis(200);
+/// The most messages, and message bytes (one message more at most), one delivery request carries.
+const BATCH: usize = 256;
+const BATCH_BYTES: u64 = 1024 * 1024;
 
 /// Where a host's proxy consumer sends what it is handed: the subscribed node.
-pub(super) struct RemoteSink {
+pub(super) struct RemoteSink(Arc<Shared>);
+
+/// A sink's state, shared with its sending task.
+struct Shared {
     links: Arc<Links>,
-    pub(super) node: u64,
+    node: u64,
     group: u32,
     vhost: String,
-    pub(super) queue: String,
+    queue: String,
+    /// The subscription's epoch, chosen by the subscriber: every delivery request carries it.
+    epoch: u64,
     /// Handed over and not yet settled.
-    outstanding: Arc<Mutex<Handed>>,
+    outstanding: Mutex<Handed>,
     /// Handed to the proxy and not sent yet.
-    unsent: Arc<Mutex<Unsent>>,
+    unsent: Mutex<Unsent>,
+    /// The subscriber answered that it has no such subscription: the host gives it up.
+    gone: AtomicBool,
 }
 
 /// Deliveries waiting for the one task that sends them, in order: the first of them starts it, and
@@ -48,14 +69,14 @@ struct Unsent {
 }
 
 /// What a host handed a subscribed node and it has not settled, by message id, and their bytes.
-/// While [`WINDOW_BYTES`] are handed out, the proxy consumer's deliveries are held (through its
-/// own channel credit, which no client's channel.flow shares); below, they go again.
+/// While [`WINDOW_BYTES`] are handed out, or while paused, the proxy consumer's deliveries are held
+/// (through its own channel credit, which no client's channel.flow shares).
 struct Handed {
     entries: HashMap<u64, Entry>,
     bytes: u64,
     credit: Arc<ChannelCredit>,
-    /// A request was not staged there a moment ago: the proxy is held for [`PAUSE`].
-    paused: bool,
+    /// Pauses in progress (each [`PAUSE`] long) after requests that were not staged.
+    pauses: u32,
 }
 
 impl Handed {
@@ -64,7 +85,7 @@ impl Handed {
             entries: HashMap::new(),
             bytes: 0,
             credit,
-            paused: false,
+            pauses: 0,
         }
     }
 
@@ -89,11 +110,10 @@ impl Handed {
         self.entries.drain().map(|(_, e)| e).collect()
     }
 
-    /// Holds the proxy's deliveries while [`WINDOW_BYTES`] are handed out, or while paused.
     fn hold(&self) {
         self.credit.flow_active.store(
-            self.bytes < WINDOW_BYTES && !self.paused,
-            std::sync::atomic::Ordering::Release,
+            self.bytes < WINDOW_BYTES && self.pauses == 0,
+            Ordering::Release,
         );
     }
 }
@@ -101,8 +121,9 @@ impl Handed {
 impl std::fmt::Debug for RemoteSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RemoteSink")
-            .field("node", &self.node)
-            .field("queue", &self.queue)
+            .field("node", &self.0.node)
+            .field("queue", &self.0.queue)
+            .field("epoch", &self.0.epoch)
             .finish_non_exhaustive()
     }
 }
@@ -112,81 +133,87 @@ pub(super) fn names_body(vhost: &str, queue: &str, w: &mut Writer) {
     w.bytes(queue.as_bytes());
 }
 
-/// How long a proxy is held after a request of its was not staged.
-const PAUSE: Duration = Duration::from_millis(200);
-/// The most messages, and message bytes (one message more at most), one delivery request carries.
-const BATCH: usize = 256;
-const BATCH_BYTES: u64 = 1024 * 1024;
+pub(super) fn read_names(r: &mut Reader<'_>) -> Result<(String, String), DecodeError> {
+    Ok((r.string()?, r.string()?))
+}
+
+/// How a delivery request ended.
+enum Sent {
+    Staged,
+    /// Certainly not staged: never sent, or refused.
+    NotStaged,
+    /// No answer: maybe staged.
+    Unknown,
+}
 
 impl RemoteSink {
     /// The sink of a proxy consumer for node `to.0` (reached in group `to.1`) of queue
-    /// `names.1` in vhost `names.0`, whose channel credit is `credit`.
+    /// `names.1` in vhost `names.0`, for its subscription `epoch`, whose channel credit is
+    /// `credit`.
     pub(super) fn new(
         links: Arc<Links>,
         (node, group): (u64, u32),
         (vhost, queue): (String, String),
+        epoch: u64,
         credit: Arc<ChannelCredit>,
     ) -> Self {
-        RemoteSink {
+        RemoteSink(Arc::new(Shared {
             links,
             node,
             group,
             vhost,
             queue,
-            outstanding: Arc::new(Mutex::new(Handed::new(credit))),
-            unsent: Arc::default(),
-        }
+            epoch,
+            outstanding: Mutex::new(Handed::new(credit)),
+            unsent: Mutex::default(),
+            gone: AtomicBool::new(false),
+        }))
+    }
+
+    pub(super) fn node(&self) -> u64 {
+        self.0.node
+    }
+
+    pub(super) fn queue(&self) -> &str {
+        &self.0.queue
+    }
+
+    pub(super) fn epoch(&self) -> u64 {
+        self.0.epoch
+    }
+
+    /// Whether the subscriber answered that it has no such subscription.
+    pub(super) fn gone(&self) -> bool {
+        self.0.gone.load(Ordering::Acquire)
     }
 
     /// The node settled these: they are no longer handed out (ids it was not handed are skipped).
     pub(super) fn settled(&self, ids: &[u64]) -> Vec<Entry> {
-        let mut handed = self.outstanding.lock();
+        let mut handed = self.0.outstanding.lock();
         ids.iter().filter_map(|id| handed.remove(id)).collect()
     }
 
     /// Everything handed out, no longer so (the queue takes it back, or it is void).
     pub(super) fn take_all(&self) -> Vec<Entry> {
-        self.outstanding.lock().drain()
+        self.0.outstanding.lock().drain()
     }
+}
 
+impl Shared {
     /// Sends what was handed to the proxy and not sent yet, in requests of at most [`BATCH`]
     /// messages; what a request does not get staged there comes back to the queue here.
-    async fn send_unsent(
-        links: Arc<Links>,
-        to: (u64, u32),
-        names: (String, String),
-        unsent: Arc<Mutex<Unsent>>,
-        outstanding: Arc<Mutex<Handed>>,
-    ) {
+    async fn send_unsent(self: Arc<Self>) {
         // Whatever the dispatch that started this task still hands over goes in the same request.
         tokio::task::yield_now().await;
-        loop {
-            let mut batch: Vec<Delivery> = {
-                let mut unsent = unsent.lock();
-                let waiting = &mut unsent.deliveries;
-                let (mut n, mut bytes) = (0, 0);
-                while n < waiting.len() && n < BATCH && bytes < BATCH_BYTES {
-                    bytes += waiting[n].entry.message.body_size();
-                    n += 1;
-                }
-                if n == 0 {
-                    unsent.sending = false;
-                    return;
-                }
-                waiting.drain(..n).collect()
-            };
-            // What the queue took back meanwhile (the node unsubscribed) is not sent.
-            {
-                let handed = outstanding.lock();
-                batch.retain(|d| handed.entries.contains_key(&delivery_id(&d.entry)));
-            }
+        while let Some(batch) = self.next_batch() {
             let Some(first) = batch.first() else {
                 continue;
             };
             let (queue, consumer) = (first.queue.clone(), first.consumer.clone());
             let ids: Vec<u64> = batch.iter().map(|d| delivery_id(&d.entry)).collect();
             let body = Bytes::from(encode(|w| {
-                names_body(&names.0, &names.1, w);
+                names_body(&self.vhost, &self.queue, w);
+                w.u64(self.epoch);
                 w.u64(batch.len() as u64);
                 for (d, id) in batch.iter().zip(&ids) {
                     w.u64(*id);
@@ -196,53 +223,91 @@ impl RemoteSink {
                 }
             }));
             drop(batch);
-            let staged = match links.start_call(to.0, to.1, rpc::DELIVER, body) {
-                Ok(call) => {
-                    let outstanding = outstanding.clone();
-                    let ids = ids.clone();
-                    let (queue, consumer) = (queue.clone(), consumer.clone());
-                    // Answered while the next request goes out.
-                    tokio::spawn(async move {
-                        if call.answer(CALL_TIMEOUT).await.is_err() {
-                            Self::not_staged(&outstanding, &ids, &queue, &consumer);
-                        }
-                    });
-                    true
-                }
-                Err(_) => false,
+            let call = if self.links.connected(self.node) {
+                self.links
+                    .start_call(self.node, self.group, rpc::DELIVER, body)
+                    .ok()
+            } else {
+                None
             };
-            if !staged {
-                Self::not_staged(&outstanding, &ids, &queue, &consumer);
-            }
+            let Some(call) = call else {
+                self.not_staged(&ids, &queue, &consumer, Sent::NotStaged);
+                continue;
+            };
+            // Answered while the next request goes out.
+            let shared = self.clone();
+            tokio::spawn(async move {
+                let sent = match call.answer(CALL_TIMEOUT).await {
+                    Ok(answer) if answer.is_empty() => Sent::Staged,
+                    Ok(answer) if answer.as_ref() == UNKNOWN => {
+                        shared.gone.store(true, Ordering::Release);
+                        Sent::NotStaged
+                    }
+                    // A refusal (the queue is not here, a message does not decode): none staged.
+                    Ok(_) | Err(crate::cluster::link::CallError::Remote(..)) => Sent::NotStaged,
+                    Err(_) => Sent::Unknown,
+                };
+                shared.not_staged(&ids, &queue, &consumer, sent);
+            });
         }
     }
 
-    /// Messages not staged there come back to the queue here (unless settled or taken back
-    /// meanwhile), with the proxy's credit; the proxy is held for [`PAUSE`], so that a link that
-    /// is down is not handed the same messages again and again (the queue's other consumers may
-    /// take them meanwhile).
+    /// The next request's deliveries, without those the queue took back meanwhile (None: nothing
+    /// is waiting, and the sending task ends).
+    fn next_batch(&self) -> Option<Vec<Delivery>> {
+        let mut batch: Vec<Delivery> = {
+            let mut unsent = self.unsent.lock();
+            let waiting = &mut unsent.deliveries;
+            let (mut n, mut bytes) = (0, 0);
+            while n < waiting.len() && n < BATCH && bytes < BATCH_BYTES {
+                bytes += waiting[n].entry.message.body_size();
+                n += 1;
+            }
+            if n == 0 {
+                unsent.sending = false;
+                return None;
+            }
+            waiting.drain(..n).collect()
+        };
+        let handed = self.outstanding.lock();
+        batch.retain(|d| handed.entries.contains_key(&delivery_id(&d.entry)));
+        Some(batch)
+    }
+
+    /// Messages of a request not staged there come back to the queue here (unless settled or
+    /// taken back meanwhile) with the proxy's credit — unchanged when they certainly were not
+    /// staged, as a return when they may have been — and the proxy is held for [`PAUSE`] (the
+    /// queue's other consumers may take them meanwhile).
     fn not_staged(
-        outstanding: &Arc<Mutex<Handed>>,
+        self: &Arc<Self>,
         ids: &[u64],
         queue: &Arc<Queue>,
         consumer: &Consumer,
+        sent: Sent,
     ) {
-        // The lock is released before the requeue, which hands them to other consumers.
+        if matches!(sent, Sent::Staged) {
+            return;
+        }
+        // The lock is released before they go back, which hands them to other consumers.
         let entries: Vec<Entry> = {
-            let mut handed = outstanding.lock();
-            handed.paused = true;
+            let mut handed = self.outstanding.lock();
+            handed.pauses += 1;
             let entries = ids.iter().filter_map(|id| handed.remove(id)).collect();
             handed.hold();
             entries
         };
         consumer.release_credit(entries.len() as u32);
-        queue.requeue(entries, crate::time::Now::read());
-        let (outstanding, queue) = (outstanding.clone(), queue.clone());
+        let now = crate::time::Now::read();
+        match sent {
+            Sent::Unknown => queue.requeue(entries, now),
+            _ => queue.return_undelivered(entries, now),
+        }
+        let (shared, queue) = (self.clone(), queue.clone());
         tokio::spawn(async move {
             tokio::time::sleep(PAUSE).await;
             {
-                let mut handed = outstanding.lock();
-                handed.paused = false;
+                let mut handed = shared.outstanding.lock();
+                handed.pauses -= 1;
                 handed.hold();
             }
             queue.dispatch(crate::time::Now::read());
@@ -253,20 +318,14 @@ impl RemoteSink {
 impl DeliverySink for RemoteSink {
     fn deliver(&self, delivery: Delivery) -> Result<(), Delivery> {
         let id = delivery_id(&delivery.entry);
-        self.outstanding.lock().insert(id, delivery.entry.clone());
+        self.0.outstanding.lock().insert(id, delivery.entry.clone());
         let start = {
-            let mut unsent = self.unsent.lock();
+            let mut unsent = self.0.unsent.lock();
             unsent.deliveries.push(delivery);
             !std::mem::replace(&mut unsent.sending, true)
         };
         if start {
-            tokio::spawn(Self::send_unsent(
-                self.links.clone(),
-                (self.node, self.group),
-                (self.vhost.clone(), self.queue.clone()),
-                self.unsent.clone(),
-                self.outstanding.clone(),
-            ));
+            tokio::spawn(self.0.clone().send_unsent());
         }
         Ok(())
     }
@@ -274,11 +333,15 @@ impl DeliverySink for RemoteSink {
     fn cancelled(&self, _consumer: Arc<Consumer>) {
         // The queue went, or this node stopped hosting it: what was handed out is void here, and
         // the subscriber drops what it staged.
-        self.outstanding.lock().drain();
-        let body = Bytes::from(encode(|w| names_body(&self.vhost, &self.queue, w)));
+        self.0.outstanding.lock().drain();
+        let body = Bytes::from(encode(|w| {
+            names_body(&self.0.vhost, &self.0.queue, w);
+            w.u64(self.0.epoch);
+        }));
         if let Ok(call) = self
+            .0
             .links
-            .start_call(self.node, self.group, rpc::CANCELLED, body)
+            .start_call(self.0.node, self.0.group, rpc::CANCELLED, body)
         {
             tokio::spawn(async move {
                 let _ = call.answer(CALL_TIMEOUT).await;
@@ -292,8 +355,4 @@ impl DeliverySink for RemoteSink {
 /// the two never meet (log ids stay far below 2^63).
 fn delivery_id(entry: &Entry) -> u64 {
     entry.store_id.unwrap_or(entry.seq | 1 << 63)
-}
-
-pub(super) fn read_names(r: &mut Reader<'_>) -> Result<(String, String), DecodeError> {
-    Ok((r.string()?, r.string()?))
 }

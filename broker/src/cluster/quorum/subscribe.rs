@@ -8,15 +8,20 @@
 //! node's queue: prefetch, acks, requeues, priorities. An ack there journals `Remove` as always;
 //! on a node that does not host the queue that record becomes a settle sent to the host, which
 //! settles the proxy's message (journaled to the shard) and so gives the proxy its credit back.
-//! When the node's consumers change it asks for the window they call for now; when its last
-//! consumer goes it unsubscribes and the host takes back everything the proxy still holds; when
-//! the host changes (its node stops leading the shard) the node drops what it staged
-//! (`Queue::unstage`: deliveries of it are void) and subscribes at the new host, which has every
-//! unsettled message in its replica. A consumer thus sees a failover as redeliveries, never as a
-//! loss. The host drops the subscriptions of a node whose link has been down for a while and
-//! takes their messages back; a node that sees its link to the host down drops what it staged and,
-//! once the link is back, subscribes afresh (the host then takes back what it handed before, if it
-//! had not yet), so no subscription is lost to a partition.
+//!
+//! Each subscription has an epoch the subscribing node chooses; its deliveries carry it, and the
+//! node stages only those of its current one. When the node's consumers change it asks for the
+//! window they call for now (and every few seconds asks again, so a subscription the host no
+//! longer has is noticed); when its last consumer goes it unsubscribes and the host takes back
+//! everything the proxy still holds; when the host changes (its node stops leading the shard), or
+//! the node sees its link to the host down, the node drops what it staged (`Queue::unstage`:
+//! deliveries of it are void) and subscribes afresh — at the new host, which has every unsettled
+//! message in its replica, or at the same one once the link is back, which then takes back what
+//! the old subscription held. A consumer thus sees a failover or a partition as redeliveries,
+//! never as a loss. The host also gives up the subscriptions of a node whose link has been down
+//! for a while, or that answers it has no such subscription, and takes their messages back.
+//! This file is the host's side; subscriber.rs the subscribing node's.
+
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -25,20 +30,20 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::holder::{QuorumHolder, NOT_HOSTING};
-use super::resend::{send_until_answered, GONE_AFTER};
-use super::sink::{names_body, read_names, RemoteSink, CALL_TIMEOUT};
+use super::resend::GONE_AFTER;
+use super::sink::{read_names, RemoteSink, UNKNOWN};
 use crate::cluster::link::Links;
-use crate::cluster::raft::codec::{decode, encode};
+use crate::cluster::raft::codec::decode;
 use crate::cluster::raft::network::bad_request;
-use crate::cluster::raft::rpc;
 use crate::ids::{ChannelId, ConnectionId, ConsumerId, ConsumerTag, NodeId};
 use crate::queue::consumer::{ChannelCredit, Consumer, DeliverySink, Limit};
 use crate::queue::Queue;
 
 /// A consumer without a prefetch limit (or in no-ack mode) counts as this many in a window.
-const UNLIMITED_SHARE: u32 = 1024;
+pub(super) const UNLIMITED_SHARE: u32 = 1024;
 /// The largest window a node asks for, and a host grants.
 const MAX_WINDOW: u32 = 8192;
+
 /// The messages a node asks a host to hand it before it settles some, for consumers that may hold
 /// `capacity` unacknowledged (`Queue::consumer_capacity`): twice that (what they hold, and as many
 /// again acknowledged and settling at the host, or on their way, while they take more), and 8 more
@@ -47,7 +52,7 @@ const MAX_WINDOW: u32 = 8192;
 /// is, yet stages little beyond what they can hold: messages staged at one node wait for its
 /// consumers while another node's may be idle (a fixed window of 128 starved a prefetch-100
 /// consumer behind a confirming publisher, and one of 1,024 staged hundreds for prefetch 1).
-fn window_for(capacity: u64) -> u32 {
+pub(super) fn window_for(capacity: u64) -> u32 {
     capacity
         .saturating_mul(2)
         .saturating_add(8)
@@ -69,30 +74,23 @@ struct Remote {
 /// Both sides of subscriptions on this node.
 #[derive(Default)]
 pub struct Subscriptions {
-    links: OnceLock<Arc<Links>>,
+    pub(super) links: OnceLock<Arc<Links>>,
     /// As a host: by (subscribing node, record name).
     remote: Mutex<HashMap<(u64, String), Remote>>,
-    /// As a subscriber: the host each queue's staged messages come from and the window asked of
-    /// it, by record name.
-    local: Mutex<HashMap<String, Subscribed>>,
+    /// As a subscriber (subscriber.rs).
+    pub(super) local: super::subscriber::Local,
     /// As a host: what other nodes' basic.get took and have not settled.
     pub(super) gets: super::get::Gets,
 }
 
-/// A subscriber's subscription: at which host, with which window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Subscribed {
-    host: u64,
+/// A subscription request: a queue, the subscriber's epoch for it, its window, and whether it is
+/// a new subscription (else a window for the one the host has).
+struct Request {
+    vhost: String,
+    name: String,
+    epoch: u64,
     window: u32,
-}
-
-/// Sends a request whose answer only needs collecting.
-fn send(links: &Arc<Links>, node: u64, group: u32, kind: u8, body: Bytes) {
-    if let Ok(call) = links.start_call(node, group, kind, body) {
-        tokio::spawn(async move {
-            let _ = call.answer(CALL_TIMEOUT).await;
-        });
-    }
+    fresh: bool,
 }
 
 impl Subscriptions {
@@ -100,9 +98,9 @@ impl Subscriptions {
         let _ = self.links.set(links);
     }
 
-    // ---- the host's side ----
-
-    /// Node `from` subscribes to a queue this node hosts.
+    /// Node `from` subscribes to a queue this node hosts (a fresh subscription replaces the one
+    /// it had, whose messages come back), or asks its subscription for another window; answered
+    /// [`UNKNOWN`] when that names a subscription this node does not have.
     pub(crate) fn subscribe(
         &self,
         from: u64,
@@ -110,41 +108,55 @@ impl Subscriptions {
         body: &Bytes,
         holds: impl FnOnce(&Queue) -> bool,
         holder: &dyn QuorumHolder,
-    ) -> Result<(), String> {
-        let (vhost, name, window, fresh) = decode(body, |r| {
+    ) -> Result<Bytes, String> {
+        let request = decode(body, |r| {
             let (vhost, name) = read_names(r)?;
-            Ok((vhost, name, r.u64()?, r.bool()?))
+            Ok(Request {
+                vhost,
+                name,
+                epoch: r.u64()?,
+                // Never unlimited (0) nor larger than any node asks for: a window is memory
+                // held here.
+                window: r.u64()?.clamp(1, u64::from(MAX_WINDOW)) as u32,
+                fresh: r.bool()?,
+            })
         })
         .map_err(bad_request)?;
-        // Never unlimited (0) nor larger than any node asks for: a window is memory held here.
-        let window = window.clamp(1, u64::from(MAX_WINDOW)) as u32;
-        let record = crate::meta::records::message_queue(&vhost, &name);
+        let Request { vhost, name, .. } = &request;
+        let key = (from, crate::meta::records::message_queue(vhost, name));
         let queue = holder
-            .queue(&vhost, &name)
+            .queue(vhost, name)
             .ok_or_else(|| format!("no queue '{name}' in vhost '{vhost}'"))?;
         if !holds(&queue) {
-            return Err(format!(
-                "{}: queue '{name}' in vhost '{vhost}'",
-                NOT_HOSTING
-            ));
+            return Err(format!("{NOT_HOSTING}: queue '{name}' in vhost '{vhost}'"));
         }
         let links = self.links.get().ok_or("the node links are not up")?.clone();
-        let mut remote = self.remote.lock();
-        if let Some(existing) = remote.get(&(from, record.clone())) {
-            if Arc::ptr_eq(&existing.queue, &queue) && !fresh {
-                // The same subscription with a new window (its node's consumers changed). A fresh
-                // one replaces it below: the node dropped what it staged, which comes back here.
-                existing.consumer.prefetch.set_limit(window);
-                drop(remote);
-                queue.dispatch(crate::time::Now::read());
-                return Ok(());
+        let old = {
+            let mut remote = self.remote.lock();
+            let same = remote.get(&key).filter(|existing| {
+                Arc::ptr_eq(&existing.queue, &queue) && existing.sink.epoch() == request.epoch
+            });
+            match (request.fresh, same) {
+                (false, Some(existing)) => {
+                    existing.consumer.prefetch.set_limit(request.window);
+                    drop(remote);
+                    queue.dispatch(crate::time::Now::read());
+                    return Ok(Bytes::new());
+                }
+                (false, None) => return Ok(Bytes::from_static(UNKNOWN)),
+                (true, _) => remote.remove(&key),
             }
+        };
+        // What the old subscription held comes back before the new one takes any.
+        if let Some(old) = old {
+            Self::take_back(old);
         }
         let credit = Arc::new(ChannelCredit::default());
         let sink = Arc::new(RemoteSink::new(
             links,
             (from, group),
-            (vhost, name.clone()),
+            (vhost.clone(), name.clone()),
+            request.epoch,
             credit.clone(),
         ));
         let consumer = Arc::new(Consumer {
@@ -158,7 +170,7 @@ impl Subscriptions {
             exclusive: false,
             publisher_header: false,
             priority: 0,
-            prefetch: Limit::new(window),
+            prefetch: Limit::new(request.window),
             channel_credit: credit,
             write_budget: Arc::new(Limit::new(0)),
             sink: sink.clone(),
@@ -167,8 +179,8 @@ impl Subscriptions {
         queue
             .add_consumer(consumer.clone(), now)
             .map_err(|_| format!("queue '{name}' has an exclusive consumer"))?;
-        let old = remote.insert(
-            (from, record),
+        let replaced = self.remote.lock().insert(
+            key,
             Remote {
                 consumer,
                 sink,
@@ -176,11 +188,10 @@ impl Subscriptions {
                 down_since: None,
             },
         );
-        drop(remote);
-        if let Some(old) = old {
-            Self::take_back(old);
+        if let Some(replaced) = replaced {
+            Self::take_back(replaced);
         }
-        Ok(())
+        Ok(Bytes::new())
     }
 
     /// Node `from` settles messages it was handed: acknowledged (or, with `requeue`, given back).
@@ -215,11 +226,22 @@ impl Subscriptions {
         Ok(())
     }
 
-    /// Node `from` no longer consumes from a queue: what its proxy still holds comes back.
+    /// Node `from` no longer consumes from a queue (its subscription of the epoch given): what
+    /// its proxy still holds comes back.
     pub(crate) fn unsubscribe(&self, from: u64, body: &Bytes) -> Result<(), String> {
-        let (vhost, name) = decode(body, read_names).map_err(bad_request)?;
-        let record = crate::meta::records::message_queue(&vhost, &name);
-        let removed = self.remote.lock().remove(&(from, record));
+        let (vhost, name, epoch) = decode(body, |r| {
+            let (vhost, name) = read_names(r)?;
+            Ok((vhost, name, r.u64()?))
+        })
+        .map_err(bad_request)?;
+        let key = (from, crate::meta::records::message_queue(&vhost, &name));
+        let removed = {
+            let mut remote = self.remote.lock();
+            match remote.get(&key) {
+                Some(sub) if sub.sink.epoch() == epoch => remote.remove(&key),
+                _ => None,
+            }
+        };
         if let Some(sub) = removed {
             Self::take_back(sub);
         }
@@ -233,7 +255,8 @@ impl Subscriptions {
         sub.queue.requeue(entries, now);
     }
 
-    /// Takes back the messages of nodes whose link has been down for [`GONE_AFTER`].
+    /// Takes back the messages of nodes whose link has been down for [`GONE_AFTER`], and of
+    /// subscriptions their node no longer has.
     pub(super) fn sweep(&self, links: &Links) {
         let up: Vec<u64> = links
             .status()
@@ -247,7 +270,9 @@ impl Subscriptions {
             let mut remote = self.remote.lock();
             let mut gone = Vec::new();
             for (key, sub) in remote.iter_mut() {
-                if up.contains(&key.0) {
+                if sub.sink.gone() {
+                    gone.push(key.clone());
+                } else if up.contains(&key.0) {
                     sub.down_since = None;
                 } else if now.duration_since(*sub.down_since.get_or_insert(now)) >= GONE_AFTER {
                     gone.push(key.clone());
@@ -256,99 +281,9 @@ impl Subscriptions {
             gone.iter().filter_map(|k| remote.remove(k)).collect()
         };
         for sub in taken {
-            tracing::warn!(node = sub.sink.node, queue = %sub.sink.queue, "a subscribed node is gone: its messages come back");
+            tracing::info!(node = sub.sink.node(), queue = %sub.sink.queue(), "a subscribed node is gone, or no longer subscribed: its messages come back");
             Self::take_back(sub);
         }
-    }
-
-    // ---- the subscriber's side ----
-
-    /// The host hands this node a message for its consumers.
-    pub(crate) fn deliver(
-        &self,
-        from: u64,
-        body: &Bytes,
-        holder: &dyn QuorumHolder,
-    ) -> Result<(), String> {
-        let (vhost, name, handed) = decode(body, |r| {
-            let (vhost, name) = read_names(r)?;
-            let mut handed = Vec::new();
-            for _ in 0..r.count(8 + 1 + 8 + 8)? {
-                handed.push((
-                    r.u64()?,
-                    (r.bool()?, r.u64()?),
-                    Bytes::copy_from_slice(r.bytes()?),
-                ));
-            }
-            Ok((vhost, name, handed))
-        })
-        .map_err(bad_request)?;
-        let record = crate::meta::records::message_queue(&vhost, &name);
-        if self.local.lock().get(&record).map(|s| s.host) != Some(from) {
-            return Err("not subscribed to that queue at that node".into());
-        }
-        let queue = holder.queue(&vhost, &name).ok_or("no such queue here")?;
-        // All or none: the host takes back every message of a request that is not answered.
-        let messages = handed
-            .iter()
-            .map(|(_, _, payload)| holder.message(payload))
-            .collect::<Option<Vec<_>>>()
-            .ok_or("a message does not decode")?;
-        // (redelivered, returns): the host's, so x-delivery-count reads the same everywhere.
-        let staged = handed
-            .into_iter()
-            .zip(messages)
-            .map(|((id, flags, _), message)| (id, message, flags));
-        queue.stage(staged, crate::time::Now::read());
-        Ok(())
-    }
-
-    /// The host dropped this node's subscription (the queue went, or it stopped hosting it).
-    pub(crate) fn cancelled(
-        &self,
-        from: u64,
-        body: &Bytes,
-        holder: &dyn QuorumHolder,
-    ) -> Result<(), String> {
-        let (vhost, name) = decode(body, read_names).map_err(bad_request)?;
-        let record = crate::meta::records::message_queue(&vhost, &name);
-        let mut local = self.local.lock();
-        if local.get(&record).map(|s| s.host) == Some(from) {
-            local.remove(&record);
-            drop(local);
-            if let Some(queue) = holder.queue(&vhost, &name) {
-                queue.unstage(crate::time::Now::read());
-            }
-        }
-        Ok(())
-    }
-
-    /// Settles at the host what this node's consumers acknowledged (a `Remove` journaled by this
-    /// node's copy of a queue it does not host); false when the queue has no subscription here.
-    pub(crate) fn settle_at_host(&self, record: &str, ids: Vec<u64>) -> bool {
-        let Some(host) = self.local.lock().get(record).map(|s| s.host) else {
-            return false;
-        };
-        let (Some(links), Some((vhost, name))) = (self.links.get(), split_record(record)) else {
-            return false;
-        };
-        let body = Bytes::from(encode(|w| {
-            names_body(&vhost, &name, w);
-            w.bool(false);
-            w.u64(ids.len() as u64);
-            for id in &ids {
-                w.u64(*id);
-            }
-        }));
-        // A lost settle would also leave the subscription's window one smaller for good.
-        send_until_answered(
-            links.clone(),
-            host,
-            rpc::SETTLE,
-            body,
-            "a subscription's settles",
-        );
-        true
     }
 
     /// Ends the other nodes' subscriptions to the queue named `record` (this node stops hosting
@@ -368,91 +303,6 @@ impl Subscriptions {
         for sub in ended {
             sub.queue.remove_consumer(&sub.consumer, now);
             sub.sink.cancelled(sub.consumer.clone());
-        }
-    }
-
-    /// Forgets this node's subscription to the queue named `record` (it now hosts it).
-    pub(crate) fn hosting(&self, record: &str) {
-        self.local.lock().remove(record);
-    }
-}
-
-/// The vhost and queue of a record name.
-fn split_record(record: &str) -> Option<(String, String)> {
-    crate::meta::records::split_message_queue(record)
-}
-
-impl Subscriptions {
-    /// Subscribes this node's copy of `queue` (record name `record`) at `wanted` (None: nowhere),
-    /// ending its subscription elsewhere first (what it staged from there is dropped), with the
-    /// window its consumers call for now: a changed window is asked of the same host again.
-    pub(super) async fn sync(
-        &self,
-        links: &Arc<Links>,
-        group: u32,
-        record: &str,
-        queue: &Arc<Queue>,
-        wanted: Option<u64>,
-    ) {
-        let wanted = wanted.map(|host| Subscribed {
-            host,
-            window: window_for(queue.consumer_capacity(UNLIMITED_SHARE)),
-        });
-        let mut current = self.local.lock().get(record).copied();
-        if let Some(old) = current.filter(|old| !links.connected(old.host)) {
-            // The link to the host is down: what was staged from there is dropped (deliveries of
-            // it are void), and the host takes it back — when it gives the node up, or when the
-            // node subscribes afresh — and hands it again.
-            self.local.lock().remove(record);
-            queue.unstage(crate::time::Now::read());
-            tracing::debug!(
-                record,
-                host = old.host,
-                "the link to a subscription's host is down"
-            );
-            current = None;
-        }
-        if current == wanted {
-            return;
-        }
-        let Some((vhost, name)) = split_record(record) else {
-            return;
-        };
-        let body = Bytes::from(encode(|w| names_body(&vhost, &name, w)));
-        let kept = current.filter(|old| Some(old.host) == wanted.map(|w| w.host));
-        if let Some(old) = current.filter(|_| kept.is_none()) {
-            self.local.lock().remove(record);
-            send(links, old.host, group, rpc::UNSUBSCRIBE, body);
-            queue.unstage(crate::time::Now::read());
-        }
-        let Some(want) = wanted else {
-            return;
-        };
-        self.local.lock().insert(record.to_string(), want);
-        let body = Bytes::from(encode(|w| {
-            names_body(&vhost, &name, w);
-            w.u64(u64::from(want.window));
-            w.bool(kept.is_none());
-        }));
-        let host = want.host;
-        let answer = match links.start_call(host, group, rpc::SUBSCRIBE, body) {
-            Ok(call) => call
-                .answer(CALL_TIMEOUT)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(why) = answer {
-            tracing::debug!(queue = %name, host, %why, "not subscribed yet");
-            // Asked again at the next tick: a new subscription as none, a new window as the old.
-            let mut local = self.local.lock();
-            if local.get(record) == Some(&want) {
-                match kept {
-                    Some(old) => local.insert(record.to_string(), old),
-                    None => local.remove(record),
-                };
-            }
         }
     }
 }
