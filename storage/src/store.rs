@@ -198,6 +198,8 @@ impl Drop for Store {
 
 fn run<M: Medium>(mut log: Log<M>, rx: Receiver<Command>, max_batch: usize, busy: &Busy) {
     let mut poisoned: Option<String> = None;
+    // Written and not yet synced (records nobody waited for).
+    let mut dirty = false;
     loop {
         let first = match rx.recv_timeout(IDLE_RECLAIM) {
             Ok(first) => first,
@@ -205,7 +207,11 @@ fn run<M: Medium>(mut log: Log<M>, rx: Receiver<Command>, max_batch: usize, busy
                 // A quiet log still gets its dead active segment retired (see Log::reclaim).
                 if poisoned.is_none() {
                     busy.start();
-                    let _ = log.reclaim();
+                    // Reclaiming expects what it counts as removed to be on disk.
+                    if !dirty || log.sync().is_ok() {
+                        dirty = false;
+                        let _ = log.reclaim();
+                    }
                     busy.end();
                 }
                 continue;
@@ -238,6 +244,15 @@ fn run<M: Medium>(mut log: Log<M>, rx: Receiver<Command>, max_batch: usize, busy
         let result = match &poisoned {
             _ if records.is_empty() && completions.is_empty() => Ok(()),
             Some(why) => Err(io::Error::other(why.clone())),
+            // Records nobody waits for (an ack's removal, Raft's committed index) are written and
+            // made durable by the next batch someone waits for: an fsync of their own would only
+            // delay that batch.
+            None if completions.is_empty() => log.append(&records).map_err(|e| {
+                if e.kind() != io::ErrorKind::StorageFull {
+                    poisoned = Some(format!("storage failed earlier: {e}"));
+                }
+                e
+            }),
             None => log.append(&records).and_then(|()| log.sync()).map_err(|e| {
                 if e.kind() != io::ErrorKind::StorageFull {
                     // After a failed fsync nothing written since the last good one can be trusted.
@@ -247,6 +262,8 @@ fn run<M: Medium>(mut log: Log<M>, rx: Receiver<Command>, max_batch: usize, busy
             }),
         };
         let ok = result.is_ok();
+        let synced = ok && !completions.is_empty();
+        dirty = (dirty || !records.is_empty()) && !synced;
         let error = result.err();
         if error
             .as_ref()
@@ -278,7 +295,7 @@ fn run<M: Medium>(mut log: Log<M>, rx: Receiver<Command>, max_batch: usize, busy
             }
             let _ = reply.send(result.map(|()| out));
         }
-        if ok && close.is_none() {
+        if synced && close.is_none() {
             let _ = log.reclaim();
         }
         busy.end();

@@ -757,3 +757,44 @@ fn segments_of_live_definitions_are_neither_retired_nor_copied_as_if_they_were_d
         "live definitions are live bytes: no segment is sparse, the active one is not dead"
     );
 }
+
+#[test]
+fn a_write_nobody_waits_for_is_synced_with_the_next_one_someone_does() {
+    let medium = StallingMedium::default();
+    let (store, _) = Store::open(medium.clone(), StoreOptions::default()).unwrap();
+    medium.set_frozen(true);
+    store.write(vec![enqueue("q", 1, "a")], None);
+    // Taken and written without a sync: a read after it is answered although the disk is frozen
+    // (reads are answered after their batch's writes).
+    let taken = std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let store = &store;
+        scope.spawn(move || {
+            let _ = tx.send(store.read("q", vec![1]).map(|r| r.len()));
+        });
+        let taken = rx.recv_timeout(std::time::Duration::from_secs(5));
+        // (Thawed before the scope joins its reader, should it still wait.)
+        if taken.is_err() {
+            medium.set_frozen(false);
+        }
+        taken
+    });
+    assert_eq!(
+        taken.ok().and_then(Result::ok),
+        Some(1),
+        "the read waited for a sync of a write nobody waits for"
+    );
+    // The next write someone waits for syncs both (a quiet store syncs what it wrote, too).
+    let (tx, rx) = std::sync::mpsc::channel();
+    store.write(
+        vec![enqueue("q", 2, "b")],
+        Some(Box::new(move |r| {
+            let _ = tx.send(r.is_ok());
+        })),
+    );
+    assert!(rx
+        .recv_timeout(std::time::Duration::from_millis(300))
+        .is_err());
+    medium.set_frozen(false);
+    assert!(rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap());
+}
