@@ -123,14 +123,19 @@ class Nemesis:
             return None
 
     def caught_up(self, node: int, group: str, limit: float) -> float | None:
-        """Seconds until ``node`` has applied what the leader of ``group`` has (None: not within)."""
+        """Seconds until ``node`` has applied what the leader of ``group`` had applied when this
+        was called: everything it missed (None: not within ``limit``). Not the leader's index of
+        the moment: under load a follower learns each commit a round trip later, so it is never
+        quite there."""
         start = time.monotonic()
+        idx = lambda st: next((g["applied_index"] for g in (st or {}).get("groups", [])
+                               if g["group"] == group), None)
+        target = None
         while time.monotonic() - start < limit:
-            mine = self.cluster.status(node)
-            lead = self.cluster.status(self.host_of() or node)
-            idx = lambda st: next((g["applied_index"] for g in (st or {}).get("groups", [])
-                                   if g["group"] == group), None)
-            if mine and lead and idx(mine) is not None and idx(mine) >= idx(lead):
+            if target is None:
+                target = idx(self.cluster.status(self.host_of() or node))
+            mine = idx(self.cluster.status(node))
+            if target is not None and mine is not None and mine >= target:
                 return round(time.monotonic() - start, 2)
             time.sleep(0.5)
         return None
