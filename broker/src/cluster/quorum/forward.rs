@@ -240,10 +240,12 @@ impl crate::cluster::link::RequestHandler for QuorumServer {
             rpc::SETTLE => return done(subs.settle(from, &body)),
             rpc::UNSUBSCRIBE => return done(subs.unsubscribe(from, &body)),
             rpc::DELIVER => {
-                let answer = holder().and_then(|h| subs.deliver(from, &body, &*h));
+                let answer = holder().and_then(|h| subs.subscriber.deliver(from, &body, &*h));
                 return Box::pin(async move { answer });
             }
-            rpc::CANCELLED => return done(holder().and_then(|h| subs.cancelled(from, &body, &*h))),
+            rpc::CANCELLED => {
+                return done(holder().and_then(|h| subs.subscriber.cancelled(from, &body, &*h)))
+            }
             rpc::GET => {
                 let answer = holder()
                     .and_then(|h| subs.gets.get(from, |q| self.journal.holds(q), &*h, &body));

@@ -103,7 +103,7 @@ fn take_over(
     let mut restored = 0;
     for (name, queue) in &queues {
         if hosted.insert(name.clone()) {
-            journal.subscriptions.hosting(name);
+            journal.subscriptions.subscriber.hosting(name);
             restored += restore(shard, holder, name, queue);
         }
     }
@@ -218,7 +218,9 @@ pub(crate) async fn follow(
         for (record, queue) in copies {
             let home = queue.spec.home.map(|h| h.node);
             let wanted = (queue.consumer_count() > 0).then_some(home).flatten();
-            subs.sync(&links, 0, &record, &queue, wanted).await;
+            subs.subscriber
+                .sync(&links, 0, &record, &queue, wanted)
+                .await;
         }
         for (record, queue) in queues {
             if journal.hosts(&record) {
@@ -229,7 +231,8 @@ pub(crate) async fn follow(
             };
             let host = shard.leader().filter(|h| *h != shard.node_id());
             let wanted = (queue.consumer_count() > 0).then_some(host).flatten();
-            subs.sync(&links, shard.group, &record, &queue, wanted)
+            subs.subscriber
+                .sync(&links, shard.group, &record, &queue, wanted)
                 .await;
         }
     }

@@ -198,7 +198,7 @@ impl Journal for ShardJournal {
                     _ => None,
                 })
                 .collect();
-            if self.subscriptions.settle_at_host(&queue, ids) {
+            if self.subscriptions.subscriber.settle_at_host(&queue, ids) {
                 if let Some(done) = done {
                     done(Ok(()));
                 }
@@ -271,7 +271,7 @@ impl Journal for CopiesJournal {
             }
         }
         for (queue, ids) in settles {
-            self.0.subscriptions.settle_at_host(&queue, ids);
+            self.0.subscriptions.subscriber.settle_at_host(&queue, ids);
         }
         if let Some(done) = done {
             done(Ok(()));

@@ -20,10 +20,10 @@
 //! the old subscription held. A consumer thus sees a failover or a partition as redeliveries,
 //! never as a loss. The host also gives up the subscriptions of a node whose link has been down
 //! for a while, or that answers it has no such subscription, and takes their messages back.
-//! This file is the host's side; subscriber.rs the subscribing node's.
+//! This file is the host's side; subscriber.rs the subscribing node's (which sizes the window).
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -32,32 +32,13 @@ use parking_lot::Mutex;
 use super::holder::{QuorumHolder, NOT_HOSTING};
 use super::resend::GONE_AFTER;
 use super::sink::{read_names, RemoteSink, UNKNOWN};
+use super::subscriber::{Subscriber, MAX_WINDOW};
 use crate::cluster::link::Links;
 use crate::cluster::raft::codec::decode;
 use crate::cluster::raft::network::bad_request;
 use crate::ids::{ChannelId, ConnectionId, ConsumerId, ConsumerTag, NodeId};
 use crate::queue::consumer::{ChannelCredit, Consumer, DeliverySink, Limit};
 use crate::queue::Queue;
-
-/// A consumer without a prefetch limit (or in no-ack mode) counts as this many in a window.
-pub(super) const UNLIMITED_SHARE: u32 = 1024;
-/// The largest window a node asks for, and a host grants.
-const MAX_WINDOW: u32 = 8192;
-
-/// The messages a node asks a host to hand it before it settles some, for consumers that may hold
-/// `capacity` unacknowledged (`Queue::consumer_capacity`): twice that (what they hold, and as many
-/// again acknowledged and settling at the host, or on their way, while they take more), and 8 more
-/// so that a consumer with prefetch 1 does not wait a round trip for each message. Sized by the
-/// consumers, a window keeps a fast consumer on another node than the host fed as one on the host
-/// is, yet stages little beyond what they can hold: messages staged at one node wait for its
-/// consumers while another node's may be idle (a fixed window of 128 starved a prefetch-100
-/// consumer behind a confirming publisher, and one of 1,024 staged hundreds for prefetch 1).
-pub(super) fn window_for(capacity: u64) -> u32 {
-    capacity
-        .saturating_mul(2)
-        .saturating_add(8)
-        .min(u64::from(MAX_WINDOW)) as u32
-}
 
 /// How often a node looks at what it should be subscribed to.
 pub(super) const TICK: Duration = Duration::from_millis(200);
@@ -74,11 +55,10 @@ struct Remote {
 /// Both sides of subscriptions on this node.
 #[derive(Default)]
 pub struct Subscriptions {
-    pub(super) links: OnceLock<Arc<Links>>,
     /// As a host: by (subscribing node, record name).
     remote: Mutex<HashMap<(u64, String), Remote>>,
     /// As a subscriber (subscriber.rs).
-    pub(super) local: super::subscriber::Local,
+    pub(super) subscriber: Subscriber,
     /// As a host: what other nodes' basic.get took and have not settled.
     pub(super) gets: super::get::Gets,
 }
@@ -95,7 +75,7 @@ struct Request {
 
 impl Subscriptions {
     pub(crate) fn attach(&self, links: Arc<Links>) {
-        let _ = self.links.set(links);
+        self.subscriber.attach(links);
     }
 
     /// Node `from` subscribes to a queue this node hosts (a fresh subscription replaces the one
@@ -130,7 +110,7 @@ impl Subscriptions {
         if !holds(&queue) {
             return Err(format!("{NOT_HOSTING}: queue '{name}' in vhost '{vhost}'"));
         }
-        let links = self.links.get().ok_or("the node links are not up")?.clone();
+        let links = self.subscriber.links().ok_or("the node links are not up")?;
         let old = {
             let mut remote = self.remote.lock();
             let same = remote.get(&key).filter(|existing| {

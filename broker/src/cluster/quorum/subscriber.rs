@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,12 +14,31 @@ use parking_lot::Mutex;
 use super::holder::QuorumHolder;
 use super::resend::send_until_answered;
 use super::sink::{names_body, read_names, CALL_TIMEOUT, UNKNOWN};
-use super::subscribe::{window_for, Subscriptions, UNLIMITED_SHARE};
 use crate::cluster::link::Links;
 use crate::cluster::raft::codec::{decode, encode};
 use crate::cluster::raft::network::bad_request;
 use crate::cluster::raft::rpc;
 use crate::queue::Queue;
+
+/// A consumer without a prefetch limit (or in no-ack mode) counts as this many in a window.
+const UNLIMITED_SHARE: u32 = 1024;
+/// The largest window a node asks for, and a host grants.
+pub(super) const MAX_WINDOW: u32 = 8192;
+
+/// The messages a node asks a host to hand it before it settles some, for consumers that may hold
+/// `capacity` unacknowledged (`Queue::consumer_capacity`): twice that (what they hold, and as many
+/// again acknowledged and settling at the host, or on their way, while they take more), and 8 more
+/// so that a consumer with prefetch 1 does not wait a round trip for each message. Sized by the
+/// consumers, a window keeps a fast consumer on another node than the host fed as one on the host
+/// is, yet stages little beyond what they can hold: messages staged at one node wait for its
+/// consumers while another node's may be idle (a fixed window of 128 starved a prefetch-100
+/// consumer behind a confirming publisher, and one of 1,024 staged hundreds for prefetch 1).
+fn window_for(capacity: u64) -> u32 {
+    capacity
+        .saturating_mul(2)
+        .saturating_add(8)
+        .min(u64::from(MAX_WINDOW)) as u32
+}
 
 /// How often a node asks a host again for the window it has (so that a subscription the host no
 /// longer has — a lost cancellation — is noticed and made afresh).
@@ -30,7 +49,8 @@ const KEEPALIVE: Duration = Duration::from_secs(5);
 const MAX_OWED: usize = 8;
 
 /// This node's subscriptions at other nodes.
-pub(super) struct Local {
+pub(super) struct Subscriber {
+    links: OnceLock<Arc<Links>>,
     subscribed: Mutex<HashMap<String, Subscribed>>,
     /// Subscriptions dropped while the link to their host was down, by record name (host, epoch):
     /// the host is told once the link is back, and takes back what it handed (it would not if the
@@ -39,9 +59,10 @@ pub(super) struct Local {
     next_epoch: AtomicU64,
 }
 
-impl Default for Local {
+impl Default for Subscriber {
     fn default() -> Self {
-        Local {
+        Subscriber {
+            links: OnceLock::new(),
             subscribed: Mutex::default(),
             owed: Mutex::default(),
             // Different at every start of the node, so no epoch of an earlier run comes again.
@@ -59,7 +80,15 @@ struct Subscribed {
     asked: Instant,
 }
 
-impl Local {
+impl Subscriber {
+    pub(super) fn attach(&self, links: Arc<Links>) {
+        let _ = self.links.set(links);
+    }
+
+    pub(super) fn links(&self) -> Option<Arc<Links>> {
+        self.links.get().cloned()
+    }
+
     fn get(&self, record: &str) -> Option<Subscribed> {
         self.subscribed.lock().get(record).copied()
     }
@@ -90,10 +119,10 @@ fn split_record(record: &str) -> Option<(String, String)> {
     crate::meta::records::split_message_queue(record)
 }
 
-impl Subscriptions {
+impl Subscriber {
     /// The host hands this node messages for its consumers; answered [`UNKNOWN`] (nothing staged)
     /// when they are not for its current subscription.
-    pub(crate) fn deliver(
+    pub(super) fn deliver(
         &self,
         from: u64,
         body: &Bytes,
@@ -128,7 +157,7 @@ impl Subscriptions {
             .map(|((id, flags, _), message)| (id, message, flags));
         // Asked under the copy's lock: an unstage for a subscription that ended comes before or
         // after, never between.
-        let current = || self.local.is(&record, from, epoch);
+        let current = || self.is(&record, from, epoch);
         if queue.stage(staged, current, crate::time::Now::read()) {
             Ok(Bytes::new())
         } else {
@@ -137,7 +166,7 @@ impl Subscriptions {
     }
 
     /// The host dropped this node's subscription (the queue went, or it stopped hosting it).
-    pub(crate) fn cancelled(
+    pub(super) fn cancelled(
         &self,
         from: u64,
         body: &Bytes,
@@ -149,7 +178,7 @@ impl Subscriptions {
         })
         .map_err(bad_request)?;
         let record = crate::meta::records::message_queue(&vhost, &name);
-        if self.local.is(&record, from, epoch) && self.local.end(&record, epoch) {
+        if self.is(&record, from, epoch) && self.end(&record, epoch) {
             if let Some(queue) = holder.queue(&vhost, &name) {
                 queue.unstage(crate::time::Now::read());
             }
@@ -159,8 +188,8 @@ impl Subscriptions {
 
     /// Settles at the host what this node's consumers acknowledged (a `Remove` journaled by this
     /// node's copy of a queue it does not host); false when the queue has no subscription here.
-    pub(crate) fn settle_at_host(&self, record: &str, ids: Vec<u64>) -> bool {
-        let Some(host) = self.local.host(record) else {
+    pub(super) fn settle_at_host(&self, record: &str, ids: Vec<u64>) -> bool {
+        let Some(host) = self.host(record) else {
             return false;
         };
         let (Some(links), Some((vhost, name))) = (self.links.get(), split_record(record)) else {
@@ -186,8 +215,8 @@ impl Subscriptions {
     }
 
     /// Forgets this node's subscription to the queue named `record` (it now hosts it).
-    pub(crate) fn hosting(&self, record: &str) {
-        self.local.subscribed.lock().remove(record);
+    pub(super) fn hosting(&self, record: &str) {
+        self.subscribed.lock().remove(record);
     }
 
     /// Ends this node's subscription `old` to `record` (what it staged is dropped) and tells its
@@ -199,7 +228,7 @@ impl Subscriptions {
         queue: &Arc<Queue>,
         old: Subscribed,
     ) {
-        if !self.local.end(record, old.epoch) {
+        if !self.end(record, old.epoch) {
             return;
         }
         queue.unstage(crate::time::Now::read());
@@ -211,7 +240,7 @@ impl Subscriptions {
                 host = old.host,
                 "the link to a subscription's host is down"
             );
-            let mut owed = self.local.owed.lock();
+            let mut owed = self.owed.lock();
             let owed = owed.entry(record.to_string()).or_default();
             if owed.len() >= MAX_OWED {
                 owed.remove(0);
@@ -251,7 +280,7 @@ impl Subscriptions {
         wanted: Option<u64>,
     ) {
         let due: Vec<(u64, u64)> = {
-            let mut owed = self.local.owed.lock();
+            let mut owed = self.owed.lock();
             let mut due = Vec::new();
             if let Some(list) = owed.get_mut(record) {
                 list.retain(|&(host, epoch)| {
@@ -270,7 +299,7 @@ impl Subscriptions {
         for (host, epoch) in due {
             self.send_unsubscribe(links, record, host, epoch);
         }
-        let mut current = self.local.get(record);
+        let mut current = self.get(record);
         if let Some(old) =
             current.filter(|old| Some(old.host) != wanted || !links.connected(old.host))
         {
@@ -286,7 +315,7 @@ impl Subscriptions {
         let asking = match current {
             None => Subscribed {
                 host,
-                epoch: self.local.next_epoch.fetch_add(1, Ordering::Relaxed),
+                epoch: self.next_epoch.fetch_add(1, Ordering::Relaxed),
                 window,
                 asked: now,
             },
@@ -300,10 +329,7 @@ impl Subscriptions {
             Some(_) => return,
         };
         let fresh = current.is_none();
-        self.local
-            .subscribed
-            .lock()
-            .insert(record.to_string(), asking);
+        self.subscribed.lock().insert(record.to_string(), asking);
         let Some((vhost, name)) = split_record(record) else {
             return;
         };
@@ -332,7 +358,7 @@ impl Subscriptions {
                 // Asked again at the next tick.
                 tracing::debug!(queue = %name, host, %why, "the window was not asked");
                 if let Some(old) = current {
-                    let mut subscribed = self.local.subscribed.lock();
+                    let mut subscribed = self.subscribed.lock();
                     if subscribed.get(record) == Some(&asking) {
                         subscribed.insert(record.to_string(), old);
                     }
