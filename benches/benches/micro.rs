@@ -91,6 +91,7 @@ fn memory_vhost() -> Arc<Vhost> {
         VhostLimits::default(),
         None,
         None,
+        None,
         Arc::new(AllowAll),
         Arc::new(RuntimeTimers),
     )

@@ -30,6 +30,7 @@ use crate::message::codec::decode_message;
 use crate::meta::{codec, legacy, records, MetaCommand};
 use crate::persist::Durability;
 use crate::queue::paging::Paging;
+use crate::queue::stream::Streams;
 use crate::queue::Queue;
 use crate::topic_guard::TopicGuard;
 use crate::users::User;
@@ -69,6 +70,8 @@ pub struct Broker {
     pub durability: Arc<Durability>,
     /// Spill files for queue backlogs past their memory budget.
     pub paging: Arc<Paging>,
+    /// Where stream queues keep their logs, and the thread that syncs them.
+    pub streams: Arc<Streams>,
     next_connection: AtomicU64,
     /// This node in its cluster, once started (a cluster node only).
     pub(crate) cluster: std::sync::OnceLock<Arc<crate::cluster::node::Cluster>>,
@@ -102,6 +105,11 @@ pub enum SetupError {
     Log(#[from] LogError),
     #[error("spill directory {path}: {source}")]
     Spill {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot use the stream directory {path}: {source}")]
+    Streams {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -311,6 +319,12 @@ impl Broker {
             path: spill_dir,
             source,
         })?;
+        let streams_dir = config.data_dir.join("streams");
+        let streams =
+            Streams::new(&streams_dir, alarms.clone()).map_err(|source| SetupError::Streams {
+                path: streams_dir,
+                source,
+            })?;
         let mut users = HashMap::new();
         for u in &definitions.users {
             let user = User::from_config(u).map_err(|source| SetupError::User {
@@ -346,6 +360,7 @@ impl Broker {
                 vhost_limits(&config),
                 Some(durability.clone()),
                 Some(paging.clone()),
+                Some(streams.clone()),
                 route_guard.clone(),
                 Arc::new(crate::timers::RuntimeTimers),
             );
@@ -367,6 +382,7 @@ impl Broker {
             connections: DashMap::new(),
             durability,
             paging,
+            streams,
             next_connection: AtomicU64::new(1),
             cluster: std::sync::OnceLock::new(),
             raft_records: Mutex::new(std::mem::take(&mut found.raft)),
@@ -401,7 +417,12 @@ impl Broker {
         let now = crate::time::Now::read();
         // Message-queue names of queue records that were not restored.
         let mut unrestored = std::collections::HashSet::new();
+        // The stream directories any stored queue may have (kept even if it is not restored).
+        let mut streams = Vec::new();
         for command in topology {
+            if let MetaCommand::DeclareQueue { vhost, queue, .. } = &command {
+                streams.push(self.streams.dir_for(vhost, queue));
+            }
             let Some(vhost) = command.vhost().and_then(|v| self.vhost(v)) else {
                 if let MetaCommand::DeclareQueue { vhost, queue, .. } = &command {
                     unrestored.insert(records::message_queue(vhost, queue));
@@ -413,6 +434,10 @@ impl Broker {
                 continue;
             };
             vhost.restore(command, now);
+        }
+        // Stream files without a queue record (a deletion cut short) are removed.
+        if !unreadable {
+            self.streams.sweep(&streams);
         }
         let mut by_stored_name = HashMap::new();
         for vhost in self.vhosts.iter() {

@@ -8,6 +8,7 @@
 //! - `log`: the command log (definitions and persistent messages as CRC-checked records in segments)
 //!   over a [`log::medium::Medium`]: files, memory, or a fault-injecting medium for crash tests.
 //! - `store`: the log on its own thread with group commit.
+//! - `stream`: append-only logs read by offset (RabbitMQ's stream queues), with retention.
 //! - `spill`: scratch FIFO files for queue backlogs past their memory budget (not durable).
 
 pub mod atomic_file;
@@ -18,5 +19,6 @@ pub mod log;
 pub mod names;
 pub mod spill;
 pub mod store;
+pub mod stream;
 
 pub use atomic_file::write_atomic;

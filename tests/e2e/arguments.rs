@@ -1,7 +1,7 @@
 //! Queue and consumer arguments as RabbitMQ 3.13 treats them: validation on declare (406 with
 //! RabbitMQ's exact texts, and no queue left behind), equivalence on redeclare (an existing queue is
-//! compared before the new arguments are validated), queue types (classic = none, quorum kept,
-//! stream refused naming the oslo option), the OpenStack arguments Warren accepts on purpose, and the
+//! compared before the new arguments are validated), queue types (classic = none, quorum kept;
+//! streams are tests/e2e/streams.rs), the OpenStack arguments Warren accepts on purpose, and the
 //! consumer arguments x-priority and x-cancel-on-ha-failover. Expectations are those of
 //! tests/python/test_queue_features.py and test_compat_arguments.py.
 
@@ -370,24 +370,6 @@ async fn quorum_queues_are_accepted_and_keep_their_type() {
         Ok(AMQPClass::Queue(queue::AMQPMethod::DeleteOk(_))) => {}
         other => panic!("expected queue.delete-ok, got {other:?}"),
     }
-}
-
-#[tokio::test]
-async fn stream_queues_are_refused_naming_the_oslo_option() {
-    let broker = TestBroker::start().await;
-    let mut raw = broker.raw_open().await;
-    let close = declare_flags(&mut raw, "st", true, &[("x-queue-type", s("stream"))])
-        .await
-        .expect_err("a stream queue is refused");
-    assert_eq!((close.code, close.class_id, close.method_id), (406, 50, 10));
-    assert!(
-        close
-            .text
-            .starts_with("PRECONDITION_FAILED - invalid arg 'x-queue-type'"),
-        "{close:?}"
-    );
-    assert!(close.text.contains("rabbit_stream_fanout"), "{close:?}");
-    assert!(!exists(&mut raw, "st").await);
 }
 
 #[tokio::test]

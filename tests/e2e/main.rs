@@ -35,6 +35,7 @@ mod queue;
 mod recovery;
 mod revocation;
 mod runaway;
+mod streams;
 mod tls;
 mod ttl;
 mod tx;

@@ -1,7 +1,7 @@
 """Arguments OpenStack deployments send that Warren accepts on purpose (DESIGN: "never fail a declare
-that RabbitMQ would accept"), the delivery limit Warren honours on every queue type, and the clear
-refusal of stream queues. Where RabbitMQ 3.10 behaves differently (it ignores x-delivery-limit on
-classic queues, and its stream refusal text is its own), the test runs against Warren only.
+that RabbitMQ would accept"), and the delivery limit Warren honours on every queue type (stream queues: test_streams.py).
+Where RabbitMQ 3.10 behaves differently (it ignores x-delivery-limit on classic queues), the test
+runs against Warren only.
 """
 
 from __future__ import annotations
@@ -63,16 +63,6 @@ def test_quorum_queue_is_accepted_and_keeps_its_type(ch, name):
     finally:
         ch2 = ch.connection.channel()
         ch2.queue_delete(q)
-
-
-@warren_only
-def test_stream_queues_are_refused_naming_the_oslo_option(ch, name):
-    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
-        ch.queue_declare(name("q"), durable=True, arguments={"x-queue-type": "stream"})
-    code, text = e.value.args
-    assert code == 406
-    assert text.startswith("PRECONDITION_FAILED - invalid arg 'x-queue-type'")
-    assert "rabbit_stream_fanout" in text
 
 
 @warren_only

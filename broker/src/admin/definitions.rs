@@ -91,6 +91,7 @@ impl Broker {
                         vhost_limits(&self.config),
                         Some(self.durability.clone()),
                         Some(self.paging.clone()),
+                        Some(self.streams.clone()),
                         self.route_guard.clone(),
                         Arc::new(crate::timers::RuntimeTimers),
                     );

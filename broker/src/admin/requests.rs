@@ -232,7 +232,13 @@ async fn execute(broker: &Broker, request: Request) -> Result<Value, AdminError>
                 .map(|q| {
                     json!({
                         "name": q.name(),
-                        "type": if q.args.quorum { "quorum" } else { "classic" },
+                        "type": if q.args.quorum {
+                            "quorum"
+                        } else if q.args.stream {
+                            "stream"
+                        } else {
+                            "classic"
+                        },
                         "node": broker.queue_node(q),
                         "messages": q.message_count(),
                         "messages_paged_out": q.paged_count(),

@@ -7,10 +7,11 @@ use amq_protocol::protocol::{basic, AMQPClass};
 use warren_protocol::method::{encode_deliver, encode_get_ok};
 
 use super::queue::generated_name;
+use super::stream;
 use super::unacked::Delivered;
 use super::{remove_consumer, requeue, settle_by_queue, Channel, Registration};
 use crate::cluster::quorum::How;
-use crate::connection::session::Session;
+use crate::connection::session::{Session, Stamp};
 use crate::error::{AmqpError, AmqpResult};
 use crate::ids::{ChannelId, ConsumerId, ConsumerTag, DeliveryTag, NodeId};
 use crate::permissions::{self, Access, Kind};
@@ -63,12 +64,14 @@ impl Channel {
     ) -> AmqpResult<()> {
         match method {
             basic::AMQPMethod::Publish(p) => self.start_publish(s, p),
-            basic::AMQPMethod::Ack(a) => self.settle(DeliveryTag(a.delivery_tag), a.multiple, None),
+            basic::AMQPMethod::Ack(a) => {
+                self.settle(s, DeliveryTag(a.delivery_tag), a.multiple, None)
+            }
             basic::AMQPMethod::Nack(n) => {
-                self.settle(DeliveryTag(n.delivery_tag), n.multiple, Some(n.requeue))
+                self.settle(s, DeliveryTag(n.delivery_tag), n.multiple, Some(n.requeue))
             }
             basic::AMQPMethod::Reject(r) => {
-                self.settle(DeliveryTag(r.delivery_tag), false, Some(r.requeue))
+                self.settle(s, DeliveryTag(r.delivery_tag), false, Some(r.requeue))
             }
             basic::AMQPMethod::Qos(q) => self.qos(s, q, payload),
             basic::AMQPMethod::Consume(c) => self.consume(s, c),
@@ -128,6 +131,14 @@ impl Channel {
         permissions::check(s, Access::Read, Kind::Queue, &name)?;
         let queue = s.vhost.queue(&name, s.id)?;
         s.broker.check_home(&s.vhost, &queue)?;
+        let start = stream::consume_start(
+            &queue,
+            &s.vhost.name,
+            &c.arguments,
+            c.no_ack,
+            self.consumer_prefetch,
+            self.credit.global.limit(),
+        )?;
         if queue.args.quorum && self.credit.global.limit() > 0 {
             // rabbit_quorum_queue:consume/3: a quorum queue's consumers have their own credit.
             return Err(AmqpError::not_implemented(format!(
@@ -178,7 +189,11 @@ impl Channel {
                 queue: queue.clone(),
             },
         );
-        if queue.add_consumer(consumer, Now::read()).is_err() {
+        let added = match start {
+            Some(start) => queue.add_stream_consumer(consumer, start, Now::read()),
+            None => queue.add_consumer(consumer, Now::read()),
+        };
+        if added.is_err() {
             self.consumers.remove(&tag);
             return Err(AmqpError::access_refused(format!(
                 "queue '{}' in vhost '{}' in exclusive use",
@@ -201,6 +216,7 @@ impl Channel {
         permissions::check(s, Access::Read, Kind::Queue, &name)?;
         let queue = s.vhost.queue(&name, s.id)?;
         s.broker.check_home(&s.vhost, &queue)?;
+        stream::refuse_get(&queue, &s.vhost.name)?;
         if queue.args.quorum && queue.args.single_active_consumer {
             return Err(AmqpError::resource_locked(format!(
                 "cannot obtain access to locked queue '{name}' in vhost '{}'. basic.get operations are not supported by quorum queues with single active consumer",
@@ -233,7 +249,10 @@ impl Channel {
             message_count,
         );
         // basic.get on a quorum queue always carries the count, 0 included (rabbit_fifo_client).
-        let count = queue.args.quorum.then_some(entry.returns);
+        let count = queue
+            .args
+            .quorum
+            .then_some(Stamp::DeliveryCount(entry.returns));
         s.send_delivery_content(self.id, m, wants_publisher(s, &queue), count);
         if g.no_ack {
             queue.settle([&entry]);
@@ -259,6 +278,7 @@ impl Channel {
     /// settlement waits for tx.commit, but an unknown tag fails at once, as in RabbitMQ.
     fn settle(
         &mut self,
+        s: &Session,
         tag: DeliveryTag,
         multiple: bool,
         requeue_to: Option<bool>,
@@ -267,6 +287,9 @@ impl Channel {
             .unacked
             .take(tag, multiple)
             .ok_or_else(|| AmqpError::precondition(format!("unknown delivery tag {tag}")))?;
+        if requeue_to.is_some() {
+            stream::refuse_return(settled.iter().map(|d| &*d.queue), &s.vhost.name)?;
+        }
         match &mut self.tx {
             Some(tx) => tx.settles.push((settled, requeue_to)),
             None => self.apply_settle(settled, requeue_to),
@@ -327,9 +350,14 @@ impl Channel {
             m.exchange.as_bytes(),
             m.routing_key.as_bytes(),
         );
-        // A quorum queue's delivery says how often the message came back (RabbitMQ: after a return).
-        let count = (queue.args.quorum && entry.returns > 0).then_some(entry.returns);
-        s.send_delivery_content(self.id, m, consumer.publisher_header, count);
+        // A quorum queue's delivery says how often the message came back (RabbitMQ: after a return),
+        // a stream's where it is.
+        let stamp = if queue.args.stream {
+            Some(Stamp::StreamOffset(entry.seq))
+        } else {
+            (queue.args.quorum && entry.returns > 0).then_some(Stamp::DeliveryCount(entry.returns))
+        };
+        s.send_delivery_content(self.id, m, consumer.publisher_header, stamp);
         if consumer.no_ack {
             consumer.release_credit(1);
             queue.settle([&entry]);

@@ -8,6 +8,7 @@ mod publish;
 mod queue;
 mod remote;
 mod replicated;
+mod stream;
 mod tx;
 pub mod unacked;
 

@@ -191,7 +191,12 @@ impl Channel {
             m.routing_key.as_bytes(),
             got.count,
         );
-        let count = q.args.quorum.then_some(got.returns);
+        let count = q
+            .args
+            .quorum
+            .then_some(crate::connection::session::Stamp::DeliveryCount(
+                got.returns,
+            ));
         s.send_delivery_content(self.id, m, super::basic::wants_publisher(s, &q), count);
         if !no_ack {
             self.unacked.push(Delivered {

@@ -22,6 +22,27 @@ use warren_protocol::content::{edit_headers, splice_properties};
 
 /// How many times a quorum queue's message came back before this delivery (RabbitMQ's header).
 const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
+const STREAM_OFFSET_HEADER: &str = "x-stream-offset";
+
+/// A header a delivery carries (a long, replacing any the publisher sent under that name).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Stamp {
+    /// A quorum queue's `x-delivery-count`: how often the message came back.
+    DeliveryCount(u64),
+    /// A stream's `x-stream-offset`: where the message is in the stream.
+    StreamOffset(u64),
+}
+
+impl Stamp {
+    fn header(self) -> (&'static str, i64) {
+        match self {
+            Stamp::DeliveryCount(n) => {
+                (DELIVERY_COUNT_HEADER, i64::try_from(n).unwrap_or(i64::MAX))
+            }
+            Stamp::StreamOffset(n) => (STREAM_OFFSET_HEADER, i64::try_from(n).unwrap_or(i64::MAX)),
+        }
+    }
+}
 
 /// Client capabilities from connection.start-ok that change what the broker sends.
 #[derive(Debug, Clone, Copy, Default)]
@@ -90,22 +111,23 @@ impl Session {
     }
 
     /// As [`Self::send_content`], with the headers a delivery adds: the publisher's identity when
-    /// `publisher` (see [`Self::send_content_with_publisher`]), and a quorum queue's
-    /// `x-delivery-count` (a long, replacing any the publisher sent) when `delivery_count` is given.
+    /// `publisher` (see [`Self::send_content_with_publisher`]), and `stamp` (a quorum queue's
+    /// delivery count, a stream's offset).
     pub(crate) fn send_delivery_content(
         &mut self,
         channel: u16,
         message: &Message,
         publisher: bool,
-        delivery_count: Option<u64>,
+        stamp: Option<Stamp>,
     ) {
-        let Some(count) = delivery_count else {
+        let Some(stamp) = stamp else {
             return match publisher {
                 true => self.send_content_with_publisher(channel, message),
                 false => self.send_content(channel, message),
             };
         };
-        let mut remove = vec![DELIVERY_COUNT_HEADER];
+        let (header, value) = stamp.header();
+        let mut remove = vec![header];
         let mut append = FieldTable::default();
         if publisher {
             remove.push(PUBLISHER_HEADER);
@@ -114,10 +136,7 @@ impl Session {
                 AMQPValue::LongString(message.publisher.as_bytes().to_vec().into()),
             );
         }
-        append.insert(
-            DELIVERY_COUNT_HEADER.into(),
-            AMQPValue::LongLongInt(i64::try_from(count).unwrap_or(i64::MAX)),
-        );
+        append.insert(header.into(), AMQPValue::LongLongInt(value));
         // As for the publisher header: the properties parsed at publish, so the edit cannot fail;
         // if it did, the message goes out as published rather than not at all.
         let edited = splice_properties(&message.properties, &remove, &append, false);

@@ -9,6 +9,8 @@ use warren_protocol::field::{as_int, as_text, type_name};
 use crate::error::{AmqpError, AmqpResult};
 use crate::resource::Resource;
 
+pub mod stream;
+
 /// What a queue does when a length limit is reached (`x-overflow`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Overflow {
@@ -40,6 +42,11 @@ pub struct QueueArguments {
     /// `x-warren-publisher: true`: every delivery from this queue (consumers and basic.get) carries
     /// the publisher's authenticated identity in the `x-warren-publisher` header.
     pub publisher_header: bool,
+    /// `x-queue-type: stream`, with its retention (`x-max-age`, and `max_length_bytes`) and
+    /// segment size.
+    pub stream: bool,
+    pub max_age_ms: Option<u64>,
+    pub stream_max_segment_bytes: Option<u64>,
 }
 
 /// The queue and consumer argument that asks for the publisher's identity in delivered headers.
@@ -169,14 +176,14 @@ pub fn parse(args: &FieldTable, resource: &Resource<'_>) -> AmqpResult<QueueArgu
         match text_arg("x-queue-type", v, resource)?.as_str() {
             "classic" => {}
             "quorum" => out.quorum = true,
-            "stream" => {
+            "stream" => return stream::parse(args, resource),
+            other => {
                 return Err(invalid(
                     "x-queue-type",
                     resource,
-                    "\"stream queues are not supported by Warren; set rabbit_stream_fanout = false in [oslo_messaging_rabbit]\"",
+                    format_args!("\"unsupported queue type '{other}'\""),
                 ))
             }
-            other => return Err(invalid("x-queue-type", resource, format_args!("\"unsupported queue type '{other}'\""))),
         }
     }
     if let Some(v) = get("x-expires") {
@@ -313,7 +320,22 @@ fn quorum_arguments(args: &FieldTable, resource: &Resource<'_>) -> AmqpResult<()
             _ => {}
         }
     }
-    if let Some(v) = get("x-queue-leader-locator") {
+    leader_locator(args, resource)?;
+    if let Some((key, _)) = args
+        .inner()
+        .iter()
+        .find(|(k, _)| NOT_QUORUM.contains(&k.as_str()))
+    {
+        return Err(AmqpError::precondition(format!(
+            "invalid arg '{key}' for {resource} of queue type rabbit_quorum_queue"
+        )));
+    }
+    Ok(())
+}
+
+/// `x-queue-leader-locator` (quorum queues and streams).
+fn leader_locator(args: &FieldTable, resource: &Resource<'_>) -> AmqpResult<()> {
+    if let Some(v) = args.inner().get("x-queue-leader-locator") {
         if !matches!(
             text_arg("x-queue-leader-locator", v, resource)?.as_str(),
             "client-local" | "balanced" | "random" | "least-leaders"
@@ -324,15 +346,6 @@ fn quorum_arguments(args: &FieldTable, resource: &Resource<'_>) -> AmqpResult<()
                 "invalid_queue_locator_arg",
             ));
         }
-    }
-    if let Some((key, _)) = args
-        .inner()
-        .iter()
-        .find(|(k, _)| NOT_QUORUM.contains(&k.as_str()))
-    {
-        return Err(AmqpError::precondition(format!(
-            "invalid arg '{key}' for {resource} of queue type rabbit_quorum_queue"
-        )));
     }
     Ok(())
 }
@@ -553,11 +566,44 @@ mod tests {
             "PRECONDITION_FAILED - invalid arg 'x-message-ttl' for queue 'q' in vhost '/': \"expected integer, got longstr\""
         );
         assert!(err(&[("x-expires", AMQPValue::LongInt(0))]).ends_with("{value_zero,0}"));
-        assert!(err(&[(
-            "x-queue-type",
-            AMQPValue::LongString(LongString::from("stream"))
-        )])
-        .contains("rabbit_stream_fanout"));
+        let stream = || {
+            (
+                "x-queue-type",
+                AMQPValue::LongString(LongString::from("stream")),
+            )
+        };
+        assert_eq!(
+            err(&[stream(), ("x-message-ttl", AMQPValue::LongInt(5))]),
+            "PRECONDITION_FAILED - invalid arg 'x-message-ttl' for queue 'q' in vhost '/' of queue type rabbit_stream_queue"
+        );
+        assert_eq!(
+            err(&[stream(), ("x-max-age", AMQPValue::LongString(LongString::from("10x")))]),
+            "PRECONDITION_FAILED - invalid arg 'x-max-age' for queue 'q' in vhost '/': invalid_max_age"
+        );
+        assert!(err(&[stream(), ("x-max-age", AMQPValue::LongInt(5))])
+            .contains(": {unacceptable_type,"));
+        let s = parse(
+            &table(&[
+                stream(),
+                ("x-max-age", AMQPValue::LongString(LongString::from("30m"))),
+                ("x-max-length-bytes", AMQPValue::LongInt(1000)),
+                (
+                    "x-stream-max-segment-size-bytes",
+                    AMQPValue::LongLongInt(4_000_000_000),
+                ),
+            ]),
+            &R,
+        )
+        .unwrap();
+        assert!(s.stream && !s.quorum);
+        assert_eq!(
+            (s.max_age_ms, s.max_length_bytes),
+            (Some(1_800_000), Some(1000))
+        );
+        assert_eq!(
+            stream::check_declare(&s).unwrap_err().text,
+            "PRECONDITION_FAILED - Exceeded max value for x-stream-max-segment-size-bytes"
+        );
         let ok = parse(
             &table(&[
                 ("x-message-ttl", AMQPValue::ShortShortUInt(200)),

@@ -20,6 +20,7 @@ pub mod paging;
 mod ready;
 pub mod sink;
 pub mod state;
+pub mod stream;
 
 use std::sync::{Arc, Weak};
 use std::time::Instant;
@@ -103,6 +104,20 @@ pub struct Queue {
     /// as another node's (`unstage`: a replicated queue whose host changed): settling,
     /// requeueing or rejecting them changes nothing, since the host holds those messages now.
     floor: std::sync::atomic::AtomicU64,
+    /// A stream queue's log and readers (its consumers are also attached to the state, which
+    /// counts them and holds nothing else).
+    stream: Option<stream::StreamQueue>,
+}
+
+/// Where a queue keeps what it holds beyond memory.
+#[derive(Debug, Default)]
+pub struct Storage {
+    /// Set for durable queues: where persistent messages are stored, and under which name.
+    pub durability: Option<(Arc<dyn sink::Journal>, String)>,
+    /// Where its backlog pages past its memory budget.
+    pub paging: Option<Arc<Paging>>,
+    /// A stream queue's log.
+    pub stream: Option<stream::StreamQueue>,
 }
 
 impl Queue {
@@ -110,11 +125,15 @@ impl Queue {
         owner: Weak<dyn sink::QueueOwner>,
         spec: QueueSpec,
         args: QueueArguments,
-        durability: Option<(Arc<dyn sink::Journal>, String)>,
-        paging: Option<Arc<Paging>>,
+        storage: Storage,
         timers: Arc<dyn sink::QueueTimers>,
         now: Now,
     ) -> Arc<Self> {
+        let Storage {
+            durability,
+            paging,
+            stream,
+        } = storage;
         let settings = Settings {
             args: args.clone(),
             auto_delete: spec.auto_delete,
@@ -131,6 +150,7 @@ impl Queue {
             locked: Mutex::new(Locked { state, fx }),
             timers,
             floor: std::sync::atomic::AtomicU64::new(0),
+            stream,
         });
         // Its first timer (x-expires), asked for when the state was made.
         queue.under_lock(now, |l, after| queue.perform(l, after, now, None));
@@ -148,6 +168,11 @@ impl Queue {
 
     /// Whether its record is a cluster's metadata group's (a quorum queue, or a classic queue
     /// with a home node) rather than a single node's.
+    /// A stream queue (`x-queue-type: stream`).
+    pub fn stream(&self) -> Option<&stream::StreamQueue> {
+        self.stream.as_ref()
+    }
+
     pub fn is_replicated(&self) -> bool {
         self.args.quorum || self.spec.home.is_some()
     }
@@ -165,6 +190,13 @@ impl Queue {
         confirm: Option<&dyn sink::WaitsForWrites>,
         now: Now,
     ) -> Enqueued {
+        if let Some(stream) = &self.stream {
+            if self.is_deleted() || !stream.append(&message, confirm, now.wall_ms as i64) {
+                return Enqueued::Gone;
+            }
+            stream.dispatch(self);
+            return Enqueued::Yes;
+        }
         let stored = match &self.durability {
             // A quorum queue keeps every message (RabbitMQ's quorum queues treat all as persistent).
             Some(_) if message.persistent || self.args.quorum => Some(Stored {
@@ -407,6 +439,10 @@ impl Queue {
     /// Puts delivered-but-unsettled messages back in their original positions, flagged redelivered;
     /// a message over its delivery limit is dead-lettered instead.
     pub fn requeue(self: &Arc<Self>, entries: impl IntoIterator<Item = Entry>, now: Now) {
+        if self.stream.is_some() {
+            // Nothing leaves a stream when it is delivered, so nothing comes back.
+            return;
+        }
         self.under_lock(now, |l, after| {
             for entry in entries.into_iter().filter(|e| self.current(e)) {
                 l.apply(Command::Requeue { entry }, now);
@@ -422,6 +458,9 @@ impl Queue {
         entries: impl IntoIterator<Item = Entry>,
         now: Now,
     ) {
+        if self.stream.is_some() {
+            return;
+        }
         self.under_lock(now, |l, after| {
             for entry in entries.into_iter().filter(|e| self.current(e)) {
                 l.apply(Command::Return { entry }, now);
@@ -433,6 +472,9 @@ impl Queue {
 
     /// Messages rejected or nacked without requeue: dead-lettered if the queue has a DLX.
     pub fn reject(self: &Arc<Self>, entries: Vec<Entry>, now: Now) {
+        if self.stream.is_some() {
+            return;
+        }
         self.under_lock(now, |l, after| {
             for entry in entries.into_iter().filter(|e| self.current(e)) {
                 l.apply(Command::Reject { entry }, now);
@@ -443,6 +485,9 @@ impl Queue {
 
     /// Takes the head message for basic.get, with the count of messages left.
     pub fn get(self: &Arc<Self>, now: Now) -> Option<(Entry, u32)> {
+        if self.stream.is_some() {
+            return None;
+        }
         match self.apply_alone(Command::Get, now) {
             Outcome::Got(got) => got,
             _ => None,
@@ -451,16 +496,48 @@ impl Queue {
 
     /// Pushes ready messages to consumers with credit (after an ack, qos change or flow resume).
     pub fn dispatch(self: &Arc<Self>, now: Now) {
+        if let Some(stream) = &self.stream {
+            return stream.dispatch(self);
+        }
         self.under_lock(now, |l, after| self.dispatch_locked(l, after, now));
     }
 
     /// Registers a consumer unless exclusivity forbids it (an exclusive consumer wants the queue alone,
-    /// and nobody joins a queue that has one), and pushes it what it can take.
+    /// and nobody joins a queue that has one), and pushes it what it can take. A stream's consumer
+    /// reads what is appended from now on (see [`Queue::add_stream_consumer`]).
     pub fn add_consumer(
         self: &Arc<Self>,
         consumer: Arc<Consumer>,
         now: Now,
     ) -> Result<(), ConsumeRefused> {
+        self.add_stream_consumer(consumer, stream::StartAt::Next, now)
+    }
+
+    /// As [`Queue::add_consumer`]; a stream's consumer reads from `start` on.
+    pub fn add_stream_consumer(
+        self: &Arc<Self>,
+        consumer: Arc<Consumer>,
+        start: stream::StartAt,
+        now: Now,
+    ) -> Result<(), ConsumeRefused> {
+        if let Some(stream) = &self.stream {
+            let attached = match self.apply_alone(
+                Command::Attach {
+                    consumer: consumer.clone(),
+                },
+                now,
+            ) {
+                Outcome::Attached(a) => a,
+                _ => Ok(()),
+            };
+            if attached.is_ok() {
+                if let Err(e) = stream.add_reader(consumer, start) {
+                    tracing::error!(queue = %self.name(), error = %e, "a stream could not be read from the offset asked: its consumer gets nothing");
+                }
+                stream.dispatch(self);
+            }
+            return attached;
+        }
         self.under_lock(now, |l, after| {
             let attached = match l.apply(Command::Attach { consumer }, now) {
                 Outcome::Attached(a) => a,
@@ -479,6 +556,9 @@ impl Queue {
         consumer: &Arc<Consumer>,
         now: Now,
     ) -> ConsumerRemoval {
+        if let Some(stream) = &self.stream {
+            stream.remove_reader(consumer);
+        }
         let consumer = consumer.clone();
         match self.apply_alone(Command::Detach { consumer }, now) {
             Outcome::Detached(removal) => removal,
@@ -492,6 +572,9 @@ impl Queue {
     }
 
     pub fn message_count(&self) -> u32 {
+        if let Some(stream) = &self.stream {
+            return u32::try_from(stream.len()).unwrap_or(u32::MAX);
+        }
         self.locked.lock().state.ready_len()
     }
 
@@ -524,6 +607,9 @@ impl Queue {
 
     /// Drops every ready message (queue.purge); unacked deliveries are not touched, as in RabbitMQ.
     pub fn purge(self: &Arc<Self>, now: Now) -> u32 {
+        if self.stream.is_some() {
+            return 0;
+        }
         match self.apply_alone(Command::Purge, now) {
             Outcome::Count(n) => n,
             _ => 0,
@@ -584,6 +670,11 @@ impl Queue {
 
     /// Marks the queue deleted, returning its ready count and the consumers to notify.
     pub(crate) fn mark_deleted(self: &Arc<Self>, now: Now) -> (u32, Vec<Arc<Consumer>>) {
+        if let Some(stream) = &self.stream {
+            let count = self.message_count();
+            self.apply_alone(Command::Delete, now);
+            return (count, stream.delete());
+        }
         self.under_lock(now, |l, after| {
             let count = match l.apply(Command::Delete, now) {
                 Outcome::Count(n) => n,

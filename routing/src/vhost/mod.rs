@@ -26,11 +26,13 @@ use crate::persist::Durability;
 use crate::queue::dead_letter::DeadLetters;
 use crate::queue::paging::Paging;
 use crate::queue::sink::{Journal, QueueOwner, QueueTimers};
+use crate::queue::stream::{StreamQueue, Streams};
 use crate::queue::{arguments, Queue, QueueSpec};
 use crate::resource::{check_name, ensure_same, Resource};
 use crate::time::Now;
 use warren_protocol::content::BasicProperties;
 use warren_storage::log::record::Record;
+use warren_storage::stream::Retention;
 
 /// The pre-declared exchanges of every vhost (RabbitMQ's `amq.*` set, minus the deprecated rabbitmq ones).
 const STANDARD_EXCHANGES: &[(&str, ExchangeKind)] = &[
@@ -48,6 +50,8 @@ pub struct Vhost {
     durability: Option<Arc<Durability>>,
     /// Where queues page their backlog past their memory budget (None: all in memory).
     paging: Option<Arc<Paging>>,
+    /// Where stream queues keep their logs (None: streams cannot be declared).
+    streams: Option<Arc<Streams>>,
     limits: VhostLimits,
     connections: AtomicU32,
     exchanges: DashMap<String, Arc<Exchange>>,
@@ -91,6 +95,7 @@ impl Vhost {
         limits: VhostLimits,
         durability: Option<Arc<Durability>>,
         paging: Option<Arc<Paging>>,
+        streams: Option<Arc<Streams>>,
         guard: Arc<dyn RouteGuard>,
         timers: Arc<dyn QueueTimers>,
     ) -> Arc<Self> {
@@ -100,6 +105,7 @@ impl Vhost {
             name: name.into(),
             durability,
             paging,
+            streams,
             limits,
             connections: AtomicU32::new(0),
             exchanges: DashMap::new(),
@@ -201,9 +207,56 @@ impl Vhost {
                 "a stored queue has an argument this version refuses: the queue and its messages are kept, the argument is not applied"
             );
         }
+        let stream = match self.open_stream(&spec, &args) {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::error!(
+                    queue = %spec.name,
+                    vhost = %self.name,
+                    error = %e.text,
+                    "a stored stream queue cannot be opened: it is not restored (its record and files stay)"
+                );
+                return;
+            }
+        };
         let name = spec.name.clone();
-        let queue = self.new_queue(spec, args, now);
+        let queue = self.new_queue(spec, args, stream, now);
         self.queues.insert(name, queue);
+    }
+
+    /// The log of stream queue `spec` (None for other queues), opened or created.
+    pub(crate) fn open_stream(
+        &self,
+        spec: &QueueSpec,
+        args: &arguments::QueueArguments,
+    ) -> AmqpResult<Option<StreamQueue>> {
+        if !args.stream {
+            return Ok(None);
+        }
+        let Some(streams) = &self.streams else {
+            return Err(AmqpError::internal(format!(
+                "cannot declare {}: this broker has no directory for streams",
+                self.resource("queue", &spec.name)
+            )));
+        };
+        let retention = Retention {
+            max_age_ms: args.max_age_ms,
+            max_bytes: args.max_length_bytes,
+        };
+        streams
+            .open(
+                &self.name,
+                &spec.name,
+                args.stream_max_segment_bytes,
+                retention,
+            )
+            .map(Some)
+            .map_err(|e| {
+                AmqpError::internal(format!(
+                    "cannot declare {}: its stream files: {e}",
+                    self.resource("queue", &spec.name)
+                ))
+            })
     }
 
     /// A queue of this vhost: stored messages go to the log when it is durable, and its backlog
@@ -212,6 +265,7 @@ impl Vhost {
         self: &Arc<Self>,
         spec: QueueSpec,
         args: arguments::QueueArguments,
+        stream: Option<StreamQueue>,
         now: Now,
     ) -> Arc<Queue> {
         let name = records::message_queue(&self.name, &spec.name);
@@ -233,8 +287,11 @@ impl Vhost {
             Arc::downgrade(&owner),
             spec,
             args,
-            durability,
-            self.paging.clone(),
+            crate::queue::Storage {
+                durability,
+                paging: self.paging.clone(),
+                stream,
+            },
             self.timers.clone(),
             now,
         )
@@ -539,10 +596,11 @@ impl Vhost {
             });
         }
         let args = self.check_new_queue(&spec, before_create)?;
+        let stream = self.open_stream(&spec, &args)?;
         if let (Some(d), true) = (&self.durability, spec.durable) {
             d.meta(&self.declare_queue_command(&spec));
         }
-        let queue = self.new_queue(spec, args, now);
+        let queue = self.new_queue(spec, args, stream, now);
         self.queues.insert(queue.name().clone(), queue.clone());
         Ok(DeclaredQueue {
             queue,
@@ -578,13 +636,16 @@ impl Vhost {
         before_create()?;
         let res = self.resource("queue", &spec.name);
         let args = arguments::parse(&spec.arguments, &res)?;
-        if args.quorum {
+        if args.quorum || args.stream {
             arguments::check_quorum_properties(
                 spec.durable,
                 spec.exclusive_owner.is_some(),
                 spec.auto_delete,
                 &res,
             )?;
+        }
+        if args.stream {
+            arguments::stream::check_declare(&args)?;
         }
         Ok(args)
     }

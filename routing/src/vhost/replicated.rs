@@ -188,6 +188,12 @@ impl Vhost {
             });
         }
         let args = self.check_new_queue(&spec, before_create)?;
+        if args.stream {
+            return Err(AmqpError::precondition(format!(
+                "cannot declare {}: stream queues are not yet supported on a Warren cluster (declare it on a single node, or set rabbit_stream_fanout = false)",
+                self.resource("queue", &spec.name)
+            )));
+        }
         if !args.quorum {
             spec.home = self.replication.get().map(|r| crate::meta::QueueHome {
                 node: r.node,
@@ -281,7 +287,7 @@ impl Vhost {
                 if let Some(d) = &self.durability {
                     d.meta(command);
                 }
-                let q = self.new_queue(spec, args, now);
+                let q = self.new_queue(spec, args, None, now);
                 self.queues.insert(queue.clone(), q);
             }
             MetaCommand::DeleteQueue { queue, .. } => {
