@@ -268,8 +268,8 @@ async fn run_async(args: RunArgs) -> Result<()> {
     for name in &args.scenarios {
         let sizes: Vec<usize> = match name.as_str() {
             "publish" | "pubsub" | "confirms" | "fanout" | "topic" | "persistent"
-            | "persistent-w1" | "quorum" | "quorum-w1" | "quorum-paced" | "rpc-1x1" | "rpc-8x2" | "latency"
-            | "floor-rpc" | "floor-latency" => args.sizes.clone(),
+            | "persistent-w1" | "quorum" | "quorum-w1" | "quorum-paced" | "rpc-1x1" | "rpc-8x2"
+            | "latency" | "floor-rpc" | "floor-latency" => args.sizes.clone(),
             "amqprs-publish" => vec![16],
             // One size: the row runs two windows, and its question is about backlogs, not bodies.
             "runaway" => vec![1024],
