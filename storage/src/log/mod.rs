@@ -78,6 +78,8 @@ const PLACE_READ_COST: u64 = 2048;
 
 /// Least time between two retirements of a mostly dead active segment (unless space is short).
 pub(crate) const RETIRE_INTERVAL: Duration = Duration::from_secs(1);
+/// The most definition bytes one reclaim copies forward (see `Log::copy_forward`).
+const COPY_BUDGET: u64 = 2 << 20;
 
 /// Where a record is: segment, offset and framed length.
 #[derive(Debug, Clone, Copy)]
@@ -394,19 +396,36 @@ impl<M: Medium> Log<M> {
     /// commit behind it by ~40 ms); with many live messages, one sequential read of the segment is
     /// cheaper.
     fn copy_forward(&mut self, id: u64) -> io::Result<()> {
-        let mut live: Vec<Record> = self
-            .definitions
-            .iter()
-            .filter(|(_, (_, seg))| *seg == id)
-            .map(|(key, (value, _))| Record::Put {
-                key: key.clone(),
-                value: value.clone(),
-            })
-            .collect();
         let (live_messages, len) = self
             .segments
             .get(&id)
             .map_or((0, 0), |s| (s.live_messages, s.len));
+        // Definitions only (a cluster node's Raft entries): at most COPY_BUDGET bytes of them
+        // per call, so one reclaim never holds the store thread (and every commit waiting on
+        // it) for a multi-MiB write; the rest move at the next reclaims, the segment going
+        // once nothing live is left in it.
+        let budget = if live_messages == 0 {
+            COPY_BUDGET
+        } else {
+            u64::MAX
+        };
+        let mut taken = 0u64;
+        let mut complete = true;
+        let mut live: Vec<Record> = Vec::new();
+        for (key, (value, seg)) in &self.definitions {
+            if *seg != id {
+                continue;
+            }
+            if taken > 0 && taken + (key.len() + value.len()) as u64 > budget {
+                complete = false;
+                break;
+            }
+            taken += (key.len() + value.len()) as u64;
+            live.push(Record::Put {
+                key: key.clone(),
+                value: value.clone(),
+            });
+        }
         if live_messages.saturating_mul(PLACE_READ_COST) > len {
             let data = self.medium.read(id)?;
             let mut offset = 0;
@@ -453,6 +472,10 @@ impl<M: Medium> Log<M> {
         }
         self.append(&live)?;
         self.sync()?;
+        if !complete {
+            // What was copied was released from the segment by `append` (track).
+            return Ok(());
+        }
         if let Some(s) = self.segments.get_mut(&id) {
             // Everything live was re-tracked in the active segment by `append`.
             s.live_messages = 0;

@@ -798,3 +798,54 @@ fn a_write_nobody_waits_for_is_synced_with_the_next_one_someone_does() {
     medium.set_frozen(false);
     assert!(rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap());
 }
+
+#[test]
+fn definitions_move_forward_a_bounded_amount_per_reclaim() {
+    // 3 MiB of live definitions (a cluster node's unpurged Raft entries) in the first segment,
+    // under a quarter of the 64 MiB segment limit: worth copying, but in COPY_BUDGET steps, so no
+    // single reclaim writes it all while commits wait.
+    let medium = MemoryMedium::default();
+    let (mut log, _) = Log::open(medium.clone(), 64 << 20).unwrap();
+    let value = "v".repeat(100 << 10);
+    for i in 0..30 {
+        log.append(&[put(&format!("keep/{i:02}"), &value)]).unwrap();
+    }
+    // Start a new segment so the first is no longer the active one.
+    log.append(&[put("big", &"x".repeat(62 << 20))]).unwrap();
+    log.append(&[put("after", "1")]).unwrap();
+    log.sync().unwrap();
+    assert!(log.segment_ids().len() >= 2, "{:?}", log.segment_ids());
+    let first = log.segment_ids()[0];
+    let len_before = medium_len(&medium);
+    log.reclaim().unwrap();
+    let copied = medium_len(&medium) - len_before;
+    assert!(
+        log.segment_ids().contains(&first),
+        "one reclaim did not copy everything"
+    );
+    assert!(
+        copied <= (2 << 20) + (200 << 10),
+        "{copied} bytes copied at once"
+    );
+    for _ in 0..4 {
+        log.reclaim().unwrap();
+    }
+    assert!(
+        !log.segment_ids().contains(&first),
+        "drained after a few reclaims"
+    );
+    drop(log);
+    let (_, r) = Log::open(medium, 64 << 20).unwrap();
+    for i in 0..30 {
+        assert_eq!(r.definitions[&format!("keep/{i:02}")].len(), 100 << 10);
+    }
+}
+
+fn medium_len(medium: &MemoryMedium) -> u64 {
+    let mut m = medium.clone();
+    m.list()
+        .unwrap()
+        .into_iter()
+        .map(|id| m.read(id).unwrap().len() as u64)
+        .sum()
+}
