@@ -96,6 +96,59 @@ pub enum AdminCommand {
         #[arg(short = 'p', long = "vhost", default_value = "/")]
         vhost: String,
     },
+    /// Set a policy: queues and exchanges whose name PATTERN matches (a regular expression) take the
+    /// keys of DEFINITION (a JSON object, e.g. '{"message-ttl":60000}').
+    #[command(name = "set_policy", alias = "set-policy")]
+    SetPolicy {
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        priority: i64,
+        /// queues, exchanges, all, classic_queues, quorum_queues or streams
+        #[arg(long = "apply-to", default_value = "all")]
+        apply_to: String,
+        name: String,
+        pattern: String,
+        #[arg(value_parser = json_object)]
+        definition: Value,
+    },
+    #[command(name = "clear_policy", alias = "clear-policy")]
+    ClearPolicy {
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+        name: String,
+    },
+    #[command(name = "list_policies", alias = "list-policies")]
+    ListPolicies {
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+    },
+    /// Set an operator policy: limits (expires, message-ttl, max-length, max-length-bytes,
+    /// max-in-memory-*, delivery-limit) that apply on top of users' policies, the lower value winning.
+    #[command(name = "set_operator_policy", alias = "set-operator-policy")]
+    SetOperatorPolicy {
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        priority: i64,
+        #[arg(long = "apply-to", default_value = "queues")]
+        apply_to: String,
+        name: String,
+        pattern: String,
+        #[arg(value_parser = json_object)]
+        definition: Value,
+    },
+    #[command(name = "clear_operator_policy", alias = "clear-operator-policy")]
+    ClearOperatorPolicy {
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+        name: String,
+    },
+    #[command(name = "list_operator_policies", alias = "list-operator-policies")]
+    ListOperatorPolicies {
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+    },
     #[command(name = "list_queues", alias = "list-queues")]
     ListQueues {
         #[arg(short = 'p', long = "vhost", default_value = "/")]
@@ -229,6 +282,44 @@ impl AdminCommand {
                 json!({"command": "list_topic_permissions", "vhost": vhost}),
                 Layout::Table(&["user", "exchange", "write", "read"]),
             ),
+            SetPolicy {
+                vhost,
+                priority,
+                apply_to,
+                name,
+                pattern,
+                definition,
+            }
+            | SetOperatorPolicy {
+                vhost,
+                priority,
+                apply_to,
+                name,
+                pattern,
+                definition,
+            } => (
+                json!({"command": "set_policy", "vhost": vhost, "name": name, "pattern": pattern,
+                       "definition": definition, "priority": priority, "apply_to": apply_to,
+                       "operator": matches!(self, SetOperatorPolicy { .. })}),
+                Layout::Plain,
+            ),
+            ClearPolicy { vhost, name } | ClearOperatorPolicy { vhost, name } => (
+                json!({"command": "clear_policy", "vhost": vhost, "name": name,
+                       "operator": matches!(self, ClearOperatorPolicy { .. })}),
+                Layout::Plain,
+            ),
+            ListPolicies { vhost } | ListOperatorPolicies { vhost } => (
+                json!({"command": "list_policies", "vhost": vhost,
+                       "operator": matches!(self, ListOperatorPolicies { .. })}),
+                Layout::Table(&[
+                    "vhost",
+                    "name",
+                    "pattern",
+                    "apply-to",
+                    "definition",
+                    "priority",
+                ]),
+            ),
             ListQueues { vhost } => (
                 json!({"command": "list_queues", "vhost": vhost}),
                 Layout::Table(&[
@@ -239,6 +330,7 @@ impl AdminCommand {
                     "durable",
                     "exclusive",
                     "auto_delete",
+                    "policy",
                 ]),
             ),
             ListExchanges { vhost } => (
@@ -405,6 +497,15 @@ fn escaped(s: &str) -> String {
         }
     }
     out
+}
+
+/// A policy definition on the command line: a JSON object.
+fn json_object(text: &str) -> Result<Value, String> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(other) => Err(format!("a policy definition is a JSON object, not {other}")),
+        Err(e) => Err(format!("not JSON: {e}")),
+    }
 }
 
 fn cell(v: &Value) -> String {

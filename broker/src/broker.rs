@@ -367,6 +367,7 @@ impl Broker {
             if let Some(r) = &replication {
                 vhost.set_replicated(r.clone());
             }
+            vhost.set_policies(&definitions, crate::time::Now::read());
             vhosts.insert(vhost.name.clone(), vhost);
         }
         let broker = Arc::new(Broker {

@@ -35,4 +35,6 @@ pub use server::{run, Server};
 pub use warren_pki as pki;
 
 // The routing core, under the paths the broker has always used for it.
-pub use warren_routing::{exchange, ids, message, meta, persist, queue, resource, time, vhost};
+pub use warren_routing::{
+    exchange, ids, message, meta, persist, policy, queue, resource, time, vhost,
+};

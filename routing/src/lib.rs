@@ -32,6 +32,7 @@ pub mod ids;
 pub mod message;
 pub mod meta;
 pub mod persist;
+pub mod policy;
 pub mod queue;
 pub mod resource;
 pub mod time;

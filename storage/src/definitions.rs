@@ -27,6 +27,21 @@ pub struct TopicPermissionDefinition {
     pub read: String,
 }
 
+/// A policy (RabbitMQ's `set_policy`, or `set_operator_policy`): queues and exchanges of `vhost`
+/// whose name `pattern` matches (unanchored) and whose kind `apply_to` names take the keys of
+/// `definition`; of several, the highest `priority` applies.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyDefinition {
+    pub vhost: String,
+    pub name: String,
+    pub pattern: String,
+    #[serde(rename = "apply-to")]
+    pub apply_to: String,
+    pub priority: i64,
+    pub definition: serde_json::Map<String, serde_json::Value>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct UserDefinition {
@@ -53,6 +68,27 @@ pub struct Definitions {
     /// Ids of nodes removed from the cluster (never members again).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removed_nodes: Vec<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<PolicyDefinition>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub operator_policies: Vec<PolicyDefinition>,
+}
+
+impl Definitions {
+    /// The policies of one kind: operator policies or the users' (vhost policies).
+    pub fn policies_of(&self, operator: bool) -> &[PolicyDefinition] {
+        match operator {
+            true => &self.operator_policies,
+            false => &self.policies,
+        }
+    }
+
+    pub fn policies_of_mut(&mut self, operator: bool) -> &mut Vec<PolicyDefinition> {
+        match operator {
+            true => &mut self.operator_policies,
+            false => &mut self.policies,
+        }
+    }
 }
 
 /// How a user of the configuration file compares with the broker's definitions at start.
@@ -145,6 +181,7 @@ mod tests {
             }],
             seeded_users: vec!["nova".into()],
             removed_nodes: Vec::new(),
+            ..Definitions::default()
         };
         defs.save(&path).unwrap();
         assert_eq!(Definitions::load(&path).unwrap(), defs);
@@ -203,6 +240,7 @@ mod tests {
             users: vec![user("nova", "^nova")],
             seeded_users: vec![],
             removed_nodes: Vec::new(),
+            ..Definitions::default()
         };
         assert_eq!(
             old.seed_users(&configured[..1]),

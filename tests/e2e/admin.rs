@@ -362,7 +362,7 @@ async fn listings_show_what_the_broker_holds() {
     );
     assert_eq!(
         broker.brokerctl(&["list_queues"]).await.ok(),
-        "name\ttype\tmessages\tconsumers\tdurable\texclusive\tauto_delete\njobs\tclassic\t2\t0\tfalse\tfalse\tfalse\n"
+        "name\ttype\tmessages\tconsumers\tdurable\texclusive\tauto_delete\tpolicy\njobs\tclassic\t2\t0\tfalse\tfalse\tfalse\t\n"
     );
     let exchanges = admin
         .ok(json!({"command": "list_exchanges", "vhost": "/"}))

@@ -30,6 +30,7 @@ mod limits;
 mod paging;
 mod password_bridge;
 mod permissions;
+mod policies;
 mod publisher;
 mod queue;
 mod recovery;

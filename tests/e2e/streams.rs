@@ -149,7 +149,7 @@ async fn a_stream_is_read_from_any_offset_and_acks_remove_nothing() {
     assert_eq!(stream(&mut raw, "s", &[]).await, 10);
     assert_eq!(
         broker.brokerctl(&["list_queues"]).await.ok(),
-        "name\ttype\tmessages\tconsumers\tdurable\texclusive\tauto_delete\ns\tstream\t10\t3\ttrue\tfalse\tfalse\n"
+        "name\ttype\tmessages\tconsumers\tdurable\texclusive\tauto_delete\tpolicy\ns\tstream\t10\t3\ttrue\tfalse\tfalse\t\n"
     );
 }
 

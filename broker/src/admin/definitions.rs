@@ -131,6 +131,16 @@ impl Broker {
                     cluster.links.forget(*id);
                 }
             }
+            MetaCommand::SetPolicy { policy, .. } => {
+                if let Some(vhost) = self.vhost(&policy.vhost) {
+                    vhost.set_policies(defs, crate::time::Now::read());
+                }
+            }
+            MetaCommand::ClearPolicy { vhost, .. } => {
+                if let Some(vhost) = self.vhost(vhost) {
+                    vhost.set_policies(defs, crate::time::Now::read());
+                }
+            }
             // Seeding is recorded only; exchanges, queues and bindings change through their vhost.
             MetaCommand::SeedUser { .. }
             | MetaCommand::DeclareExchange { .. }
@@ -224,6 +234,35 @@ impl Broker {
     pub async fn delete_vhost(&self, name: &str) -> Result<(), AdminError> {
         self.change(vec![MetaCommand::DeleteVhost { vhost: name.into() }])
             .await
+    }
+
+    /// set_policy (or set_operator_policy): validated as RabbitMQ validates it, stored, and put
+    /// in force on the vhost's queues at once.
+    pub async fn set_policy(
+        &self,
+        policy: warren_storage::definitions::PolicyDefinition,
+        operator: bool,
+    ) -> Result<(), AdminError> {
+        self.check_vhost(&policy.vhost)?;
+        crate::policy::validate(&policy, operator)
+            .map_err(|why| AdminError(format!("Validation failed\n\n{why}")))?;
+        self.change(vec![MetaCommand::SetPolicy { policy, operator }])
+            .await
+    }
+
+    pub async fn clear_policy(
+        &self,
+        vhost: &str,
+        name: &str,
+        operator: bool,
+    ) -> Result<(), AdminError> {
+        self.check_vhost(vhost)?;
+        self.change(vec![MetaCommand::ClearPolicy {
+            vhost: vhost.into(),
+            name: name.to_string(),
+            operator,
+        }])
+        .await
     }
 
     fn check_vhost(&self, vhost: &str) -> Result<(), AdminError> {

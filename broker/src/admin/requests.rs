@@ -72,6 +72,30 @@ pub(crate) enum Request {
     ListQueues {
         vhost: String,
     },
+    /// set_policy / set_operator_policy (`operator`): `definition` is RabbitMQ's JSON object.
+    SetPolicy {
+        vhost: String,
+        name: String,
+        pattern: String,
+        definition: Value,
+        #[serde(default)]
+        priority: i64,
+        #[serde(default = "all_kinds")]
+        apply_to: String,
+        #[serde(default)]
+        operator: bool,
+    },
+    ClearPolicy {
+        vhost: String,
+        name: String,
+        #[serde(default)]
+        operator: bool,
+    },
+    ListPolicies {
+        vhost: String,
+        #[serde(default)]
+        operator: bool,
+    },
     ListExchanges {
         vhost: String,
     },
@@ -100,6 +124,11 @@ pub(crate) enum Request {
     },
 }
 
+/// A policy's `apply-to` when not given: RabbitMQ's default.
+fn all_kinds() -> String {
+    "all".into()
+}
+
 impl Request {
     /// Changes are audited; listings are not.
     fn is_change(&self) -> bool {
@@ -110,6 +139,7 @@ impl Request {
                 | Request::ListPermissions { .. }
                 | Request::ListTopicPermissions { .. }
                 | Request::ListQueues { .. }
+                | Request::ListPolicies { .. }
                 | Request::ListExchanges { .. }
                 | Request::ListBindings { .. }
                 | Request::ListConnections
@@ -196,6 +226,41 @@ async fn execute(broker: &Broker, request: Request) -> Result<Value, AdminError>
         Request::ClearTopicPermissions { vhost, user, exchange } => {
             done(broker.clear_topic_permissions(&vhost, &user, exchange.as_deref()).await)
         }
+        Request::SetPolicy { vhost, name, pattern, definition, priority, apply_to, operator } => {
+            let Value::Object(definition) = definition else {
+                return Err(AdminError(format!(
+                    "definition must be a dictionary: {definition}"
+                )));
+            };
+            let policy = warren_storage::definitions::PolicyDefinition {
+                vhost,
+                name,
+                pattern,
+                apply_to,
+                priority,
+                definition,
+            };
+            done(broker.set_policy(policy, operator).await)
+        }
+        Request::ClearPolicy { vhost, name, operator } => {
+            done(broker.clear_policy(&vhost, &name, operator).await)
+        }
+        Request::ListPolicies { vhost: v, operator } => {
+            let defs = broker.definitions();
+            let mut rows: Vec<Value> = defs
+                .policies_of(operator)
+                .iter()
+                .filter(|p| p.vhost == v)
+                .map(|p| {
+                    json!({
+                        "vhost": p.vhost, "name": p.name, "pattern": p.pattern,
+                        "apply-to": p.apply_to, "definition": p.definition, "priority": p.priority,
+                    })
+                })
+                .collect();
+            rows.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+            Ok(Value::Array(rows))
+        }
         Request::ListUsers => Ok(Value::Array(
             broker
                 .definitions()
@@ -246,6 +311,8 @@ async fn execute(broker: &Broker, request: Request) -> Result<Value, AdminError>
                         "durable": q.spec.durable,
                         "exclusive": q.spec.exclusive_owner.is_some(),
                         "auto_delete": q.spec.auto_delete,
+                        "policy": q.applied().policy,
+                        "operator_policy": q.applied().operator_policy,
                     })
                 })
                 .collect();

@@ -36,6 +36,8 @@ const DECLARE_TRANSIENT_EXCHANGE: u8 = 18;
 const DECLARE_HOMED_QUEUE: u8 = 19;
 const RETIRE_QUEUE: u8 = 20;
 const REMOVED_NODE: u8 = 21;
+const SET_POLICY: u8 = 22;
+const CLEAR_POLICY: u8 = 23;
 
 /// Why a record does not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,6 +58,8 @@ pub enum DecodeError {
     Destination(u8),
     #[error("a flag octet is {0}, not 0 or 1")]
     Flag(u8),
+    #[error("a policy definition is not a JSON object")]
+    Policy,
 }
 
 struct Writer(Vec<u8>);
@@ -186,6 +190,26 @@ pub fn encode(command: &MetaCommand) -> Vec<u8> {
         MetaCommand::RemovedNode { id } => {
             w.u8(REMOVED_NODE);
             w.u64(*id);
+        }
+        MetaCommand::SetPolicy { policy, operator } => {
+            w.u8(SET_POLICY);
+            w.bool(*operator);
+            w.str(&policy.vhost);
+            w.str(&policy.name);
+            w.str(&policy.pattern);
+            w.str(&policy.apply_to);
+            w.u64(policy.priority as u64);
+            w.str(serde_json::Value::Object(policy.definition.clone()).to_string());
+        }
+        MetaCommand::ClearPolicy {
+            vhost,
+            name,
+            operator,
+        } => {
+            w.u8(CLEAR_POLICY);
+            w.bool(*operator);
+            w.str(vhost);
+            w.str(name);
         }
         MetaCommand::DeclareExchange {
             vhost,
@@ -401,6 +425,26 @@ pub fn decode(payload: &[u8]) -> Result<MetaCommand, DecodeError> {
         },
         SEED_USER => MetaCommand::SeedUser { user: r.str()? },
         REMOVED_NODE => MetaCommand::RemovedNode { id: r.u64()? },
+        SET_POLICY => {
+            let operator = r.bool()?;
+            let policy = warren_storage::definitions::PolicyDefinition {
+                vhost: r.str()?,
+                name: r.str()?,
+                pattern: r.str()?,
+                apply_to: r.str()?,
+                priority: r.u64()? as i64,
+                definition: match serde_json::from_str(&r.str()?) {
+                    Ok(serde_json::Value::Object(map)) => map,
+                    _ => return Err(DecodeError::Policy),
+                },
+            };
+            MetaCommand::SetPolicy { policy, operator }
+        }
+        CLEAR_POLICY => MetaCommand::ClearPolicy {
+            operator: r.bool()?,
+            vhost: r.str()?.into(),
+            name: r.str()?,
+        },
         DECLARE_EXCHANGE | DECLARE_TRANSIENT_EXCHANGE => MetaCommand::DeclareExchange {
             vhost: r.str()?.into(),
             exchange: r.str()?,

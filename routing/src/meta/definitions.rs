@@ -67,6 +67,8 @@ pub fn apply(defs: &mut Definitions, command: &MetaCommand) -> Result<(), String
                 u.permissions.retain(|p| p.vhost != *vhost);
                 u.topic_permissions.retain(|p| p.vhost != *vhost);
             }
+            defs.policies.retain(|p| p.vhost != *vhost);
+            defs.operator_policies.retain(|p| p.vhost != *vhost);
         }
         MetaCommand::AddUser { user, tags } => {
             if defs.users.iter().any(|u| &u.name == user) {
@@ -128,6 +130,37 @@ pub fn apply(defs: &mut Definitions, command: &MetaCommand) -> Result<(), String
         MetaCommand::RemovedNode { id } => {
             if !defs.removed_nodes.contains(id) {
                 defs.removed_nodes.push(*id);
+            }
+        }
+        MetaCommand::SetPolicy { policy, operator } => {
+            if !defs.vhosts.contains(&policy.vhost) {
+                return Err(format!("no such vhost '{}'", policy.vhost));
+            }
+            crate::policy::validate(policy, *operator)?;
+            let list = defs.policies_of_mut(*operator);
+            match list
+                .iter_mut()
+                .find(|p| p.vhost == policy.vhost && p.name == policy.name)
+            {
+                Some(existing) => *existing = policy.clone(),
+                None => list.push(policy.clone()),
+            }
+        }
+        MetaCommand::ClearPolicy {
+            vhost,
+            name,
+            operator,
+        } => {
+            let list = defs.policies_of_mut(*operator);
+            let before = list.len();
+            list.retain(|p| !(p.vhost == **vhost && p.name == *name));
+            if list.len() == before {
+                let kind = if *operator {
+                    "operator policy"
+                } else {
+                    "policy"
+                };
+                return Err(format!("no {kind} '{name}' in vhost '{vhost}'"));
             }
         }
         MetaCommand::DeclareExchange { .. }
@@ -195,7 +228,20 @@ pub fn commands_for(defs: &Definitions) -> Vec<MetaCommand> {
             .iter()
             .map(|id| MetaCommand::RemovedNode { id: *id }),
     );
+    out.extend(policy_commands(defs));
     out
+}
+
+/// The commands that set every policy of `defs`.
+fn policy_commands(defs: &Definitions) -> impl Iterator<Item = MetaCommand> + '_ {
+    [false, true].into_iter().flat_map(move |operator| {
+        defs.policies_of(operator)
+            .iter()
+            .map(move |p| MetaCommand::SetPolicy {
+                policy: p.clone(),
+                operator,
+            })
+    })
 }
 
 /// The commands that turn `current` into `target` (a replicated snapshot installed on a node):
@@ -233,6 +279,29 @@ pub fn replacing(current: &Definitions, target: &Definitions) -> Vec<MetaCommand
             out.push(MetaCommand::RemovedNode { id: *id });
         }
     }
+    // Policies: the ones `target` lacks are cleared (those of deleted vhosts went with them),
+    // then the ones `current` lacks or has otherwise are set.
+    for operator in [false, true] {
+        for p in current.policies_of(operator) {
+            let kept = target
+                .policies_of(operator)
+                .iter()
+                .any(|t| t.vhost == p.vhost && t.name == p.name);
+            if !kept && target.vhosts.contains(&p.vhost) {
+                out.push(MetaCommand::ClearPolicy {
+                    vhost: p.vhost.as_str().into(),
+                    name: p.name.clone(),
+                    operator,
+                });
+            }
+        }
+    }
+    out.extend(policy_commands(target).filter(|c| match c {
+        MetaCommand::SetPolicy { policy, operator } => {
+            !current.policies_of(*operator).contains(policy)
+        }
+        _ => true,
+    }));
     out
 }
 
@@ -281,6 +350,20 @@ mod tests {
         }
     }
 
+    fn ttl_policy(vhost: &str, name: &str) -> warren_storage::definitions::PolicyDefinition {
+        warren_storage::definitions::PolicyDefinition {
+            vhost: vhost.into(),
+            name: name.into(),
+            pattern: "^(?!amq\\.).*".into(),
+            apply_to: "queues".into(),
+            priority: 1,
+            definition: serde_json::json!({"message-ttl": 60000})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        }
+    }
+
     #[test]
     fn the_commands_for_a_definitions_file_rebuild_it() {
         let defs = Definitions {
@@ -288,6 +371,8 @@ mod tests {
             users: vec![nova()],
             seeded_users: vec!["nova".into(), "glance".into()],
             removed_nodes: Vec::new(),
+            policies: vec![ttl_policy("/", "ttl")],
+            operator_policies: vec![ttl_policy("cinder", "cap")],
         };
         let mut rebuilt = Definitions::default();
         for c in commands_for(&defs) {
@@ -314,12 +399,16 @@ mod tests {
             users: vec![nova(), glance.clone(), keystone.clone()],
             seeded_users: vec!["nova".into()],
             removed_nodes: Vec::new(),
+            policies: vec![ttl_policy("/", "gone"), ttl_policy("old", "with-its-vhost")],
+            operator_policies: Vec::new(),
         };
         let target = Definitions {
             vhosts: vec!["/".into(), "cinder".into()],
             users: vec![changed, keystone],
             seeded_users: vec!["nova".into(), "glance".into()],
             removed_nodes: Vec::new(),
+            policies: vec![ttl_policy("/", "ttl")],
+            operator_policies: vec![ttl_policy("cinder", "cap")],
         };
         let mut defs = current.clone();
         for c in replacing(&current, &target) {

@@ -110,6 +110,16 @@ pub enum MetaCommand {
     SeedUser {
         user: String,
     },
+    /// A policy (operator policy when `operator`), created or replaced (same vhost and name).
+    SetPolicy {
+        policy: warren_storage::definitions::PolicyDefinition,
+        operator: bool,
+    },
+    ClearPolicy {
+        vhost: VhostName,
+        name: String,
+        operator: bool,
+    },
     /// A cluster node was removed (`brokerctl cluster remove_node`): its id is never a member again
     /// (node ids are never reused), and no node admits its links.
     RemovedNode {
@@ -191,7 +201,9 @@ impl MetaCommand {
             | MetaCommand::ClearPermissions { .. }
             | MetaCommand::SetTopicPermissions { .. }
             | MetaCommand::ClearTopicPermissions { .. }
-            | MetaCommand::SeedUser { .. } => 2,
+            | MetaCommand::SeedUser { .. }
+            | MetaCommand::SetPolicy { .. }
+            | MetaCommand::ClearPolicy { .. } => 2,
             MetaCommand::DeclareExchange { .. } | MetaCommand::DeleteExchange { .. } => 3,
             MetaCommand::DeclareQueue { .. }
             | MetaCommand::DeleteQueue { .. }

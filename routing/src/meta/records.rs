@@ -44,6 +44,18 @@ fn seeded_key(user: &str) -> String {
     key(&["seeded", user])
 }
 
+fn policy_key(vhost: &str, name: &str, operator: bool) -> String {
+    key(&[
+        if operator {
+            "operator-policy"
+        } else {
+            "policy"
+        },
+        vhost,
+        name,
+    ])
+}
+
 fn removed_node_key(id: u64) -> String {
     key(&["removed-node", &id.to_string()])
 }
@@ -128,6 +140,13 @@ pub fn records(command: &MetaCommand, defs: &Definitions) -> Vec<Record> {
                     topic.map(|p| delete(topic_permission_key(&u.name, &p.vhost, &p.exchange))),
                 );
             }
+            for operator in [false, true] {
+                let policies = defs
+                    .policies_of(operator)
+                    .iter()
+                    .filter(|p| &p.vhost == vhost);
+                out.extend(policies.map(|p| delete(policy_key(&p.vhost, &p.name, operator))));
+            }
             out
         }
         MetaCommand::ClearTopicPermissions {
@@ -179,6 +198,14 @@ pub fn record(command: &MetaCommand) -> Record {
         )),
         MetaCommand::SeedUser { user } => put(seeded_key(user), command),
         MetaCommand::RemovedNode { id } => put(removed_node_key(*id), command),
+        MetaCommand::SetPolicy { policy, operator } => {
+            put(policy_key(&policy.vhost, &policy.name, *operator), command)
+        }
+        MetaCommand::ClearPolicy {
+            vhost,
+            name,
+            operator,
+        } => delete(policy_key(vhost, name, *operator)),
         MetaCommand::DeclareExchange {
             vhost, exchange, ..
         } => put(exchange_key(vhost, exchange), command),

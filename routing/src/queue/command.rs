@@ -64,6 +64,12 @@ pub enum Command<C> {
     Delete,
     /// A timer the queue asked for (`Effect::WakeAt`) went off.
     Woken { wake: Wake, at: Instant },
+    /// Its arguments changed (a policy was set, changed or cleared): from now on it acts on
+    /// `args`; messages over a lower length limit go as `Trim` drops them, a new `x-expires`
+    /// starts its checks, and messages already queued keep their deadlines (as in RabbitMQ).
+    Reconfigure {
+        args: super::arguments::QueueArguments,
+    },
 }
 
 /// What a command asks its caller to do, in order.

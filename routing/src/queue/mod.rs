@@ -107,6 +107,16 @@ pub struct Queue {
     /// A stream queue's log and readers (its consumers are also attached to the state, which
     /// counts them and holds nothing else).
     stream: Option<stream::StreamQueue>,
+    /// The policies that apply to it and the arguments it acts on with them (`args` are its own).
+    applied: Mutex<Applied>,
+}
+
+/// What policies made of a queue's arguments.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Applied {
+    pub policy: Option<String>,
+    pub operator_policy: Option<String>,
+    pub args: Arc<QueueArguments>,
 }
 
 /// Where a queue keeps what it holds beyond memory.
@@ -134,6 +144,7 @@ impl Queue {
             paging,
             stream,
         } = storage;
+        let args_for_applied = args.clone();
         let settings = Settings {
             args: args.clone(),
             auto_delete: spec.auto_delete,
@@ -151,6 +162,11 @@ impl Queue {
             timers,
             floor: std::sync::atomic::AtomicU64::new(0),
             stream,
+            applied: Mutex::new(Applied {
+                policy: None,
+                operator_policy: None,
+                args: Arc::new(args_for_applied),
+            }),
         });
         // Its first timer (x-expires), asked for when the state was made.
         queue.under_lock(now, |l, after| queue.perform(l, after, now, None));
@@ -168,6 +184,36 @@ impl Queue {
 
     /// Whether its record is a cluster's metadata group's (a quorum queue, or a classic queue
     /// with a home node) rather than a single node's.
+    /// The arguments it acts on: its own with its policies applied.
+    pub fn live_args(&self) -> Arc<QueueArguments> {
+        self.applied.lock().args.clone()
+    }
+
+    /// The policies that apply to it and what they made of its arguments.
+    pub fn applied(&self) -> Applied {
+        self.applied.lock().clone()
+    }
+
+    /// Makes `applied` (computed by its vhost from its policies) the arguments it acts on.
+    pub fn apply_policies(self: &Arc<Self>, applied: Applied, now: Now) {
+        {
+            let mut current = self.applied.lock();
+            if *current == applied {
+                return;
+            }
+            *current = applied.clone();
+        }
+        if let Some(stream) = &self.stream {
+            stream.set_retention(warren_storage::stream::Retention {
+                max_age_ms: applied.args.max_age_ms,
+                max_bytes: applied.args.max_length_bytes,
+            });
+            return;
+        }
+        let args = (*applied.args).clone();
+        self.apply_and_dispatch(Command::Reconfigure { args }, now);
+    }
+
     /// A stream queue (`x-queue-type: stream`).
     pub fn stream(&self) -> Option<&stream::StreamQueue> {
         self.stream.as_ref()
@@ -358,7 +404,7 @@ impl Queue {
     /// the queue has no dead-letter exchange).
     fn finish(self: &Arc<Self>, after: After, now: Now) {
         self.forget_ids(after.forget);
-        if !after.dead.is_empty() && self.args.dead_letter_exchange.is_some() {
+        if !after.dead.is_empty() && self.live_args().dead_letter_exchange.is_some() {
             if let Some(owner) = self.owner.upgrade() {
                 owner.dead_letter(self, after.dead, now);
             }

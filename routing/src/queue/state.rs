@@ -152,6 +152,23 @@ impl<C: ConsumerHandle> QueueState<C> {
                 self.arm_ttl(fx);
                 Outcome::Done
             }
+            Command::Reconfigure { args } => {
+                let expiry = args
+                    .expires_ms
+                    .filter(|ms| Some(*ms) != self.settings.args.expires_ms);
+                self.settings.args = args;
+                if let Some(ms) = expiry {
+                    let after = Duration::from_millis(ms);
+                    fx.push(Effect::WakeAt {
+                        wake: Wake::Expiry(after),
+                        at: at + after,
+                    });
+                }
+                self.trim(fx);
+                self.expire_head(at, fx);
+                self.arm_ttl(fx);
+                Outcome::Done
+            }
             Command::Get => {
                 self.last_used = at;
                 self.expire_head(at, fx);

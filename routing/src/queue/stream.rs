@@ -159,7 +159,7 @@ impl Streams {
         Ok(StreamQueue {
             streams: self.clone(),
             dir,
-            retention,
+            retention: Mutex::new(retention),
             state: Mutex::new(State {
                 log: Some(log),
                 readers: Vec::new(),
@@ -204,13 +204,18 @@ struct State {
 pub struct StreamQueue {
     streams: Arc<Streams>,
     dir: PathBuf,
-    retention: Retention,
+    retention: Mutex<Retention>,
     state: Mutex<State>,
 }
 
 impl StreamQueue {
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// What it keeps from now on (a policy changed); applied at the next append.
+    pub fn set_retention(&self, retention: Retention) {
+        *self.retention.lock() = retention;
     }
 
     /// Appends `message`; `confirm` waits until it is on disk. False if the stream is deleted or
@@ -227,7 +232,7 @@ impl StreamQueue {
             return false;
         };
         let written = log.append(now_ms, &payload).and_then(|_| {
-            log.apply_retention(now_ms, &self.retention)?;
+            log.apply_retention(now_ms, &self.retention.lock())?;
             Ok(())
         });
         match written {

@@ -19,7 +19,10 @@ use crate::time::Now;
 /// with a fixed x-dead-letter-routing-key, the queue's declarer, whose choice that key was (checked
 /// at queue.declare, and again here so that narrowing their permission takes effect).
 fn on_behalf_of(queue: &Queue, publisher: &Arc<str>) -> Arc<str> {
-    match (&queue.args.dead_letter_routing_key, &queue.spec.declared_by) {
+    match (
+        &queue.live_args().dead_letter_routing_key,
+        &queue.spec.declared_by,
+    ) {
         (Some(_), Some(declarer)) => declarer.clone(),
         _ => publisher.clone(),
     }
@@ -42,7 +45,8 @@ fn unchanged(
         why,
         "a dead letter's properties cannot take x-death: it is dead-lettered unchanged"
     );
-    let fixed = queue.args.dead_letter_routing_key.as_deref();
+    let args = queue.live_args();
+    let fixed = args.dead_letter_routing_key.as_deref();
     let key = fixed.unwrap_or(&old.routing_key);
     let on_behalf_of = on_behalf_of(queue, &old.publisher);
     let targets = super::route_keys(
@@ -79,7 +83,8 @@ fn into(vhost: &Vhost, target: &Arc<Queue>, letter: Arc<Message>, now: Now) {
 
 /// Republishes `letters` to `queue`'s dead-letter exchange; without one (or if it is gone) they are dropped.
 pub(crate) fn republish(vhost: &Vhost, queue: &Arc<Queue>, letters: DeadLetters, now: Now) {
-    let Some(dlx) = &queue.args.dead_letter_exchange else {
+    let args = queue.live_args();
+    let Some(dlx) = &args.dead_letter_exchange else {
         return;
     };
     let exchange = if dlx.is_empty() {
@@ -103,8 +108,8 @@ pub(crate) fn republish(vhost: &Vhost, queue: &Arc<Queue>, letters: DeadLetters,
         let headers = with_death(old, Some(found), queue.name(), reason, now.wall_ms);
         // RabbitMQ routes a dead letter by the DLX routing key alone when one is set (dropping CC),
         // otherwise by its original routing key and CC keys.
-        let fixed = queue.args.dead_letter_routing_key.is_some();
-        let keys: Vec<String> = match &queue.args.dead_letter_routing_key {
+        let fixed = args.dead_letter_routing_key.is_some();
+        let keys: Vec<String> = match &args.dead_letter_routing_key {
             Some(key) => vec![key.clone()],
             None => std::iter::once(old.routing_key.clone())
                 .chain(string_list(&headers, "CC"))

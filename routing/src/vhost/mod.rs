@@ -23,6 +23,7 @@ use crate::exchange::{
 use crate::ids::{ConnectionId, QueueName, VhostName};
 use crate::meta::{records, DestinationKind, MetaCommand, StoredBinding};
 use crate::persist::Durability;
+use crate::policy::{self, Policy};
 use crate::queue::dead_letter::DeadLetters;
 use crate::queue::paging::Paging;
 use crate::queue::sink::{Journal, QueueOwner, QueueTimers};
@@ -52,6 +53,8 @@ pub struct Vhost {
     paging: Option<Arc<Paging>>,
     /// Where stream queues keep their logs (None: streams cannot be declared).
     streams: Option<Arc<Streams>>,
+    /// Its policies and operator policies, compiled (policy.rs).
+    policies: parking_lot::RwLock<policy::InForce>,
     limits: VhostLimits,
     connections: AtomicU32,
     exchanges: DashMap<String, Arc<Exchange>>,
@@ -106,6 +109,7 @@ impl Vhost {
             durability,
             paging,
             streams,
+            policies: Default::default(),
             limits,
             connections: AtomicU32::new(0),
             exchanges: DashMap::new(),
@@ -239,6 +243,7 @@ impl Vhost {
                 self.resource("queue", &spec.name)
             )));
         };
+        let args = self.applied_for(&spec.name, args).args;
         let retention = Retention {
             max_age_ms: args.max_age_ms,
             max_bytes: args.max_length_bytes,
@@ -283,7 +288,8 @@ impl Vhost {
             _ => None,
         };
         let owner: Arc<dyn QueueOwner> = self.clone();
-        Queue::new(
+        let applied = self.applied_for(&spec.name, &args);
+        let queue = Queue::new(
             Arc::downgrade(&owner),
             spec,
             args,
@@ -294,7 +300,67 @@ impl Vhost {
             },
             self.timers.clone(),
             now,
-        )
+        );
+        queue.apply_policies(applied, now);
+        queue
+    }
+
+    /// What the policies in force make of queue `name`'s own arguments `args`.
+    fn applied_for(&self, name: &str, args: &arguments::QueueArguments) -> crate::queue::Applied {
+        let in_force = self.policies.read().clone();
+        let kind = policy::Kind::of_queue(args);
+        let p = policy::select(&in_force.policies, name, kind);
+        let op = policy::select(&in_force.operator, name, kind);
+        crate::queue::Applied {
+            policy: p.map(|p| p.def.name.clone()),
+            operator_policy: op.map(|p| p.def.name.clone()),
+            args: Arc::new(policy::effective(
+                args,
+                p.map(|p| &p.def),
+                op.map(|p| &p.def),
+            )),
+        }
+    }
+
+    /// Puts this vhost's policies of `defs` in force and applies them to every queue (RabbitMQ
+    /// re-applies policies to existing queues whenever they change).
+    pub fn set_policies(&self, defs: &warren_storage::definitions::Definitions, now: Now) {
+        let compile = |operator: bool| -> Arc<Vec<Policy>> {
+            Arc::new(
+                defs.policies_of(operator)
+                    .iter()
+                    .filter(|p| p.vhost == *self.name)
+                    .filter_map(|p| {
+                        let compiled = Policy::new(p.clone());
+                        if compiled.is_none() {
+                            tracing::error!(vhost = %self.name, policy = %p.name, "a stored policy's pattern does not compile: it is not applied");
+                        }
+                        if p.definition.keys().any(|k| policy::is_mirroring_key(k)) {
+                            tracing::warn!(vhost = %self.name, policy = %p.name, "the policy's ha-* keys are ignored: Warren has no classic queue mirroring (use quorum queues)");
+                        }
+                        compiled
+                    })
+                    .collect(),
+            )
+        };
+        let next = policy::InForce {
+            policies: compile(false),
+            operator: compile(true),
+        };
+        {
+            let mut current = self.policies.write();
+            let same = |a: &[Policy], b: &[Policy]| {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.def == y.def)
+            };
+            if same(&current.policies, &next.policies) && same(&current.operator, &next.operator) {
+                return;
+            }
+            *current = next;
+        }
+        for queue in self.queue_list() {
+            let applied = self.applied_for(queue.name(), &queue.args);
+            queue.apply_policies(applied, now);
+        }
     }
 
     /// Re-creates a binding between durable objects.
@@ -1062,7 +1128,7 @@ impl QueueOwner for Vhost {
             // later: the host's proposal may fail, and another node may host it by then.
             Some(r) if queue.is_replicated() => {
                 r.proposer.propose_deletion(&self.name, queue);
-                if let Some(ms) = queue.args.expires_ms {
+                if let Some(ms) = queue.live_args().expires_ms {
                     let after = std::time::Duration::from_millis(ms);
                     let wake = crate::queue::Wake::Expiry(after);
                     self.timers.wake_at(queue, wake, now.instant + after);

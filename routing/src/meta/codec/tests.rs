@@ -151,6 +151,25 @@ fn every_command() -> Vec<MetaCommand> {
             home: None,
         },
         MetaCommand::RemovedNode { id: 7 },
+        MetaCommand::SetPolicy {
+            policy: warren_storage::definitions::PolicyDefinition {
+                vhost: "/".into(),
+                name: "ttl".into(),
+                pattern: "^(?!amq\\.).*".into(),
+                apply_to: "queues".into(),
+                priority: -3,
+                definition: serde_json::json!({"message-ttl": 60000, "ha-mode": "all"})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            },
+            operator: true,
+        },
+        MetaCommand::ClearPolicy {
+            vhost: "/".into(),
+            name: "ttl".into(),
+            operator: false,
+        },
         MetaCommand::RetireQueue {
             vhost: s("/").into(),
             queue: s("reply_1").into(),
