@@ -115,14 +115,22 @@ class WarrenProcess:
 class Broker:
     """Where the broker under test listens, and how each client library reaches it."""
 
-    def __init__(self, kind: str, port: int, data_dir: Path, log_paths=(), version=None):
+    def __init__(self, kind: str, port: int, data_dir: Path, log_paths=(), version=None, ctl=None):
         self.kind = kind
+        self._ctl = ctl
         self.host = HOST
         self.server_name = SERVER_NAME
         self.port = port
         self.data_dir = Path(data_dir)
         self.log_paths = list(log_paths)
         self.version = version
+
+    def ctl(self, *args: str) -> tuple[int, str]:
+        """The broker's command-line tool (rabbitmqctl, or brokerctl on Warren, which takes the
+        same verbs and flags): its exit code and output."""
+        if self._ctl is None:
+            pytest.skip(f"no command-line tool for a {self.kind} target")
+        return self._ctl(*args)
 
     # -- TLS material -------------------------------------------------------
     @property
@@ -251,7 +259,14 @@ def broker(tmp_path_factory):
             error = str(e)
         if error is not None:
             pytest.fail(f"warren did not start:\n{error}", pytrace=False)
-        b = Broker("warren", proc.port, proc.data_dir, [proc.stdout_path, proc.stderr_path])
+        def brokerctl(*args: str) -> tuple[int, str]:
+            exe = str(Path(_warren_exe()).with_name("brokerctl"))
+            cp = subprocess.run([exe, "--socket", str(proc.data_dir / "admin.sock"), *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+            return cp.returncode, cp.stdout
+
+        b = Broker("warren", proc.port, proc.data_dir, [proc.stdout_path, proc.stderr_path],
+                   ctl=brokerctl)
         _session_broker = b
         try:
             yield b
@@ -272,7 +287,11 @@ def broker(tmp_path_factory):
         if error is not None:
             pytest.fail(f"RabbitMQ did not start:\n{error}", pytrace=False)
         logs = [node.stdout_path, node.stderr_path]
-        b = Broker("rabbitmq", node.port, node.base, logs, version=node.version)
+        def rabbitmqctl(*args: str) -> tuple[int, str]:
+            cp = node.ctl(*args, check=False)
+            return cp.returncode, cp.stdout
+
+        b = Broker("rabbitmq", node.port, node.base, logs, version=node.version, ctl=rabbitmqctl)
         _session_broker = b
         try:
             yield b
