@@ -149,6 +149,20 @@ pub enum AdminCommand {
         #[arg(short = 'p', long = "vhost", default_value = "/")]
         vhost: String,
     },
+    /// Write the broker's definitions (users, vhosts, permissions, policies, durable exchanges,
+    /// queues and bindings) to FILE ("-": standard output) in RabbitMQ's format.
+    #[command(name = "export_definitions", alias = "export-definitions")]
+    ExportDefinitions {
+        file: PathBuf,
+    },
+    /// Apply a RabbitMQ definitions file; what already exists is kept. Nothing is applied if any
+    /// of it is refused (the error names its JSON path).
+    #[command(name = "import_definitions", alias = "import-definitions")]
+    ImportDefinitions {
+        file: PathBuf,
+        #[arg(skip)]
+        definitions: Option<Value>,
+    },
     #[command(name = "list_queues", alias = "list-queues")]
     ListQueues {
         #[arg(short = 'p', long = "vhost", default_value = "/")]
@@ -319,6 +333,11 @@ impl AdminCommand {
                     "definition",
                     "priority",
                 ]),
+            ),
+            ExportDefinitions { .. } => (json!({"command": "export_definitions"}), Layout::Plain),
+            ImportDefinitions { definitions, .. } => (
+                json!({"command": "import_definitions", "definitions": definitions}),
+                Layout::Plain,
             ),
             ListQueues { vhost } => (
                 json!({"command": "list_queues", "vhost": vhost}),
@@ -545,8 +564,45 @@ pub fn run(
             *password = Some(password_from_stdin()?);
         }
     }
+    if let AdminCommand::ImportDefinitions { file, definitions } = &mut command {
+        let text = std::fs::read_to_string(&*file)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+        let doc: Value = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{} is not JSON: {e}", file.display()))?;
+        *definitions = Some(doc);
+    }
     let (request, layout) = command.request();
     let result = call(&socket_path(socket), &request)?;
+    if let AdminCommand::ExportDefinitions { file } = &command {
+        let text = serde_json::to_string_pretty(&result)? + "\n";
+        if file.as_os_str() == "-" {
+            print!("{text}");
+        } else {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(file)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", file.display()))?;
+            f.write_all(text.as_bytes())?;
+            println!("Exported definitions to {}", file.display());
+        }
+        return Ok(());
+    }
+    if let AdminCommand::ImportDefinitions { file, .. } = &command {
+        for w in result["warnings"].as_array().into_iter().flatten() {
+            eprintln!("warning: {}", cell(w));
+        }
+        println!(
+            "Imported definitions from {} ({} kept as they were)",
+            file.display(),
+            result["kept"]
+        );
+        return Ok(());
+    }
     if format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&result)?);
         return Ok(());

@@ -31,6 +31,18 @@ pub struct Config {
     /// A cluster node (opt-in; without it Warren is a single node).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<crate::cluster::config::ClusterConfig>,
+    /// A RabbitMQ definitions file imported at every start (what exists is kept).
+    pub definitions: DefinitionsConfig,
+}
+
+/// `[definitions]`: `load_at_boot = "FILE"`, a RabbitMQ definitions file (admin/import.rs)
+/// imported at every start, after the broker's own definitions; what already exists is kept, so
+/// changes made since with brokerctl stand.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DefinitionsConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_at_boot: Option<PathBuf>,
 }
 
 /// Per-publisher flow control (broker/src/flow.rs, docs/operations.md): a connection publishing into
@@ -233,6 +245,7 @@ impl Default for Config {
             users: Vec::new(),
             publisher_header: PublisherHeaderConfig::default(),
             flow: FlowConfig::default(),
+            definitions: DefinitionsConfig::default(),
             cluster: None,
         }
     }
@@ -453,6 +466,7 @@ impl Config {
             }],
             publisher_header: PublisherHeaderConfig::default(),
             flow: FlowConfig::default(),
+            definitions: DefinitionsConfig::default(),
             cluster: None,
         }
     }

@@ -86,8 +86,40 @@ impl Server {
 
     /// Starts this broker as a cluster node when `[cluster]` says so (node links, then the metadata
     /// group): before the AMQP listeners, so that peers are reachable before any client can ask
-    /// for a replicated change.
+    /// for a replicated change. Then imports `[definitions] load_at_boot`.
     pub async fn start_cluster(&self) -> anyhow::Result<()> {
+        if self.broker.config.cluster.is_some() {
+            self.start_cluster_node().await?;
+        }
+        self.load_definitions_at_boot().await
+    }
+
+    /// `[definitions] load_at_boot`: a RabbitMQ definitions file applied at every start (what
+    /// exists is kept). A file that cannot be read or is refused stops the start with its error.
+    async fn load_definitions_at_boot(&self) -> anyhow::Result<()> {
+        let Some(path) = &self.broker.config.definitions.load_at_boot else {
+            return Ok(());
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("[definitions] load_at_boot {}: {e}", path.display()))?;
+        let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "[definitions] load_at_boot {}: not JSON: {e}",
+                path.display()
+            )
+        })?;
+        let result =
+            self.broker.import_definitions(&doc).await.map_err(|e| {
+                anyhow::anyhow!("[definitions] load_at_boot {}: {e}", path.display())
+            })?;
+        for w in result["warnings"].as_array().into_iter().flatten() {
+            tracing::warn!(file = %path.display(), "{}", w.as_str().unwrap_or_default());
+        }
+        tracing::info!(file = %path.display(), kept = %result["kept"], "definitions loaded at boot");
+        Ok(())
+    }
+
+    async fn start_cluster_node(&self) -> anyhow::Result<()> {
         let Some(config) = &self.broker.config.cluster else {
             return Ok(());
         };

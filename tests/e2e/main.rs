@@ -17,6 +17,7 @@ mod cluster_topology;
 mod confirm;
 mod data_dir;
 mod dead_letter;
+mod definitions_files;
 mod errors;
 mod exchange;
 mod exchanges;

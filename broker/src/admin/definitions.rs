@@ -45,7 +45,7 @@ fn check_pattern(pattern: &str) -> Result<(), AdminError> {
 impl Broker {
     /// Carries out an administrative change: through the cluster's metadata group when this broker
     /// is a cluster node (every node applies it, this one before it returns), else here.
-    async fn change(&self, commands: Vec<MetaCommand>) -> Result<(), AdminError> {
+    pub(super) async fn change(&self, commands: Vec<MetaCommand>) -> Result<(), AdminError> {
         match self.cluster.get() {
             Some(cluster) => cluster.meta.propose(commands).await.map_err(AdminError),
             None => self.apply_definitions(&commands),

@@ -3,6 +3,9 @@
 //! Every change is audited.
 
 pub mod definitions;
+mod export;
+mod import;
+mod json_table;
 pub mod requests;
 
 use std::path::Path;
@@ -14,8 +17,10 @@ use tracing::warn;
 
 use crate::broker::Broker;
 
-/// Longest request line accepted (a request is a few hundred bytes; this bounds a misbehaving client).
-const MAX_REQUEST: usize = 64 * 1024;
+/// Longest request line accepted: a request is a few hundred bytes, an imported definitions file
+/// (the one large request) some megabytes; this bounds a misbehaving client of root's or the
+/// broker's own user (nobody else gets this far).
+const MAX_REQUEST: usize = 32 << 20;
 
 /// Binds the admin socket at `path` (replacing a stale one) with mode 0600. A socket some process
 /// still answers on is never unlinked: that would hand its brokerctl users to this broker.
@@ -43,7 +48,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 async fn refuse(stream: UnixStream, uid: u32, me: u32) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
+    let mut reader = BufReader::new(read).take(64 << 10);
     let _ = tokio::time::timeout(
         std::time::Duration::from_secs(1),
         reader.read_line(&mut line),
@@ -83,7 +88,7 @@ async fn client(broker: Arc<Broker>, stream: UnixStream) {
         Err(_) => return,
     };
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).take(MAX_REQUEST as u64 * 16);
+    let mut lines = BufReader::new(read).take(MAX_REQUEST as u64 * 4);
     let mut line = String::new();
     loop {
         line.clear();

@@ -96,6 +96,11 @@ pub(crate) enum Request {
         #[serde(default)]
         operator: bool,
     },
+    ExportDefinitions,
+    /// A RabbitMQ definitions document (the file's content, parsed by brokerctl).
+    ImportDefinitions {
+        definitions: Value,
+    },
     ListExchanges {
         vhost: String,
     },
@@ -140,6 +145,7 @@ impl Request {
                 | Request::ListTopicPermissions { .. }
                 | Request::ListQueues { .. }
                 | Request::ListPolicies { .. }
+                | Request::ExportDefinitions
                 | Request::ListExchanges { .. }
                 | Request::ListBindings { .. }
                 | Request::ListConnections
@@ -152,6 +158,8 @@ impl Request {
     fn describe(&self) -> String {
         match self {
             Request::ChangePassword { name, .. } => format!("change_password {name}"),
+            // The document may hold passwords.
+            Request::ImportDefinitions { .. } => "import_definitions".into(),
             other => format!("{other:?}"),
         }
     }
@@ -261,6 +269,8 @@ async fn execute(broker: &Broker, request: Request) -> Result<Value, AdminError>
             rows.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
             Ok(Value::Array(rows))
         }
+        Request::ExportDefinitions => Ok(broker.export_definitions()),
+        Request::ImportDefinitions { definitions } => broker.import_definitions(&definitions).await,
         Request::ListUsers => Ok(Value::Array(
             broker
                 .definitions()
