@@ -339,3 +339,68 @@ async fn policies_survive_a_restart_and_apply_to_recovered_queues() {
     fill(&mut raw, "kept", 4).await;
     assert_eq!(count(&mut raw, "kept").await, 2);
 }
+
+#[tokio::test]
+async fn an_alternate_exchange_by_policy_takes_what_an_exchange_cannot_route_and_its_own_argument_wins(
+) {
+    let broker = TestBroker::start().await;
+    let mut raw = broker.raw_open().await;
+    let exchange = |name: &str, kind: &str, args: &[(&str, AMQPValue)]| {
+        let mut t = FieldTable::default();
+        for (k, v) in args {
+            t.insert((*k).into(), v.clone());
+        }
+        warren_tests::raw::exchange_declare_with(name, kind, false, t)
+    };
+    raw.attempt(exchange("ae", "fanout", &[]))
+        .await
+        .expect("declare-ok");
+    raw.attempt(exchange("own-ae", "fanout", &[]))
+        .await
+        .expect("declare-ok");
+    raw.attempt(exchange("orders", "direct", &[]))
+        .await
+        .expect("declare-ok");
+    raw.attempt(exchange(
+        "billing",
+        "direct",
+        &[("alternate-exchange", AMQPValue::LongString("own-ae".into()))],
+    ))
+    .await
+    .expect("declare-ok");
+    for (q, x) in [("unrouted", "ae"), ("own-unrouted", "own-ae")] {
+        raw.attempt(queue_declare(q)).await.expect("declare-ok");
+        raw.attempt(warren_tests::raw::queue_bind(q, x, ""))
+            .await
+            .expect("bind-ok");
+    }
+    broker
+        .brokerctl(&[
+            "set_policy",
+            "--apply-to",
+            "exchanges",
+            "ae",
+            "^(orders|billing)$",
+            r#"{"alternate-exchange":"ae"}"#,
+        ])
+        .await
+        .ok();
+    for x in ["orders", "billing"] {
+        raw.attempt_publish(x, "nobody", NO_PROPERTIES, b"lost?")
+            .await
+            .expect("confirmed");
+    }
+    assert_eq!(
+        (
+            count(&mut raw, "unrouted").await,
+            count(&mut raw, "own-unrouted").await
+        ),
+        (1, 1)
+    );
+    // Cleared: unroutable again.
+    broker.brokerctl(&["clear_policy", "ae"]).await.ok();
+    raw.attempt_publish("orders", "nobody", NO_PROPERTIES, b"dropped")
+        .await
+        .expect("confirmed");
+    assert_eq!(count(&mut raw, "unrouted").await, 1);
+}

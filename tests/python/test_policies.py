@@ -120,3 +120,26 @@ def test_invalid_policies_are_refused(broker):
         assert text in out, out
     code, out = broker.ctl("set_policy", "--apply-to", "nothing", "bad", ".*", '{"max-length":1}')
     assert code != 0 and "apply-to 'nothing' unrecognised" in out, out
+
+
+def test_an_alternate_exchange_by_policy_and_the_exchanges_own_argument_wins(ch, name, policies):
+    orders, billing, ae, own_ae = name("orders"), name("billing"), name("ae"), name("own-ae")
+    unrouted, own_unrouted = name("unrouted"), name("own-unrouted")
+    ch.exchange_declare(ae, "fanout", auto_delete=True)
+    ch.exchange_declare(own_ae, "fanout", auto_delete=True)
+    ch.exchange_declare(orders, "direct", auto_delete=True)
+    ch.exchange_declare(billing, "direct", auto_delete=True, arguments={"alternate-exchange": own_ae})
+    for q, x in ((unrouted, ae), (own_unrouted, own_ae)):
+        ch.queue_declare(q, exclusive=True)
+        ch.queue_bind(q, x)
+    policies("ae", rf"^{prefix_of(orders)}\d+\.(orders|billing)$", f'{{"alternate-exchange":"{ae}"}}',
+             "--apply-to", "exchanges")
+
+    def routed():
+        ch.basic_publish(orders, "nobody", b"x")
+        return count(ch, unrouted) > 0
+
+    settle(routed)  # RabbitMQ applies the policy a moment after set_policy returns
+    ch.basic_publish(billing, "nobody", b"x")
+    settle(lambda: count(ch, own_unrouted) == 1)
+    assert count(ch, own_unrouted) == 1

@@ -96,6 +96,8 @@ pub struct Exchange {
     pub spec: ExchangeSpec,
     /// The `alternate-exchange` argument: where unroutable messages go.
     pub alternate: Option<Arc<str>>,
+    /// An `alternate-exchange` from the policy that applies to it (its own argument wins).
+    policy_alternate: RwLock<Option<Arc<str>>>,
     /// Bindings in declaration order; the writer side of `routes`.
     bindings: Mutex<Vec<Binding>>,
     routes: RwLock<Routes>,
@@ -146,6 +148,7 @@ impl Exchange {
             .map(Arc::from);
         Arc::new(Exchange {
             alternate,
+            policy_alternate: RwLock::new(None),
             spec,
             bindings: Mutex::new(Vec::new()),
             routes: RwLock::new(routes),
@@ -154,6 +157,19 @@ impl Exchange {
 
     pub fn name(&self) -> &str {
         &self.spec.name
+    }
+
+    /// Where messages its bindings do not route go: its `alternate-exchange` argument, else its
+    /// policy's (RabbitMQ: the argument wins).
+    pub fn alternate(&self) -> Option<Arc<str>> {
+        self.alternate
+            .clone()
+            .or_else(|| self.policy_alternate.read().clone())
+    }
+
+    /// The `alternate-exchange` of the policy that applies to it now (None: no policy sets one).
+    pub fn set_policy_alternate(&self, alternate: Option<Arc<str>>) {
+        *self.policy_alternate.write() = alternate;
     }
 
     /// Adds a binding; binding twice is a no-op (RabbitMQ bindings are a set). Returns whether it was new.

@@ -194,7 +194,9 @@ impl Vhost {
             internal,
             arguments,
         };
-        self.exchanges.insert(name, Exchange::new(spec));
+        let exchange = Exchange::new(spec);
+        self.apply_exchange_policy(&exchange);
+        self.exchanges.insert(name, exchange);
     }
 
     /// Re-creates a durable queue. Arguments that today's validation refuses are reported and not
@@ -361,6 +363,19 @@ impl Vhost {
             let applied = self.applied_for(queue.name(), &queue.args);
             queue.apply_policies(applied, now);
         }
+        for exchange in self.exchange_list() {
+            self.apply_exchange_policy(&exchange);
+        }
+    }
+
+    /// Gives `exchange` the `alternate-exchange` of the policy that applies to it, if any.
+    fn apply_exchange_policy(&self, exchange: &Exchange) {
+        let in_force = self.policies.read().clone();
+        let alternate = policy::select(&in_force.policies, exchange.name(), policy::Kind::Exchange)
+            .and_then(|p| p.def.definition.get("alternate-exchange"))
+            .and_then(|v| v.as_str())
+            .map(Arc::from);
+        exchange.set_policy_alternate(alternate);
     }
 
     /// Re-creates a binding between durable objects.
@@ -511,6 +526,7 @@ impl Vhost {
     /// Makes a new exchange, with its record when it is one.
     fn create_exchange(&self, spec: ExchangeSpec) -> Arc<Exchange> {
         let exchange = Exchange::new(spec);
+        self.apply_exchange_policy(&exchange);
         if let (Some(d), true) = (&self.durability, self.records_exchange(&exchange.spec)) {
             d.meta(&self.declare_exchange_command(&exchange.spec));
         }
@@ -934,8 +950,8 @@ impl Vhost {
             x.route(input, &mut hits);
             // An exchange whose own bindings match nothing hands the message to its alternate exchange.
             if hits.is_empty() {
-                if let Some(ae) = &x.alternate {
-                    hits.push(Destination::Exchange(ae.clone()));
+                if let Some(ae) = x.alternate() {
+                    hits.push(Destination::Exchange(ae));
                 }
             }
             for hit in hits.drain(..) {
