@@ -41,6 +41,69 @@ impl Kind {
         }
     }
 
+    /// The policy keys this kind does not support: a policy with any of them does not apply to it
+    /// at all (RabbitMQ 3.10's `unsupported_policies` of each queue type; `ha-mode` keeps a
+    /// legacy mirroring policy off quorum queues and streams, `delivery-limit` off classic ones).
+    fn unsupported(self) -> &'static [&'static str] {
+        const MIRRORING: [&str; 6] = [
+            "ha-mode",
+            "ha-params",
+            "ha-sync-mode",
+            "ha-promote-on-shutdown",
+            "ha-promote-on-failure",
+            "queue-master-locator",
+        ];
+        const STREAM: [&str; 19] = [
+            "expires",
+            "message-ttl",
+            "dead-letter-exchange",
+            "dead-letter-routing-key",
+            "max-length",
+            "max-in-memory-length",
+            "max-in-memory-bytes",
+            "max-priority",
+            "overflow",
+            "queue-mode",
+            "single-active-consumer",
+            "delivery-limit",
+            "dead-letter-strategy",
+            MIRRORING[0],
+            MIRRORING[1],
+            MIRRORING[2],
+            MIRRORING[3],
+            MIRRORING[4],
+            MIRRORING[5],
+        ];
+        const QUORUM: [&str; 12] = [
+            "max-priority",
+            "queue-mode",
+            "single-active-consumer",
+            "max-age",
+            "stream-max-segment-size-bytes",
+            "initial-cluster-size",
+            MIRRORING[0],
+            MIRRORING[1],
+            MIRRORING[2],
+            MIRRORING[3],
+            MIRRORING[4],
+            MIRRORING[5],
+        ];
+        const CLASSIC: [&str; 6] = [
+            "max-age",
+            "stream-max-segment-size-bytes",
+            "queue-leader-locator",
+            "initial-cluster-size",
+            "delivery-limit",
+            "dead-letter-strategy",
+        ];
+        match self {
+            Kind::Stream => &STREAM,
+            Kind::QuorumQueue => &QUORUM,
+            Kind::ClassicQueue => &CLASSIC,
+            Kind::Exchange => &[],
+        }
+    }
+
     fn selected_by(self, apply_to: &str) -> bool {
         match apply_to {
             "all" => true,
@@ -246,7 +309,13 @@ impl Policy {
 
     /// Whether it applies to `name` of `kind`.
     pub fn matches(&self, name: &str, kind: Kind) -> bool {
-        kind.selected_by(&self.def.apply_to) && self.regex.is_match(name).unwrap_or(false)
+        kind.selected_by(&self.def.apply_to)
+            && !self
+                .def
+                .definition
+                .keys()
+                .any(|k| kind.unsupported().contains(&k.as_str()))
+            && self.regex.is_match(name).unwrap_or(false)
     }
 }
 
@@ -418,6 +487,17 @@ mod tests {
         assert_eq!(name("amq.gen-1", Kind::ClassicQueue), None);
         assert_eq!(name("x", Kind::Exchange), Some("p9".into()));
         assert_eq!(name("fanout", Kind::Stream), Some("p9".into()));
+        // A policy with a key the queue type does not support does not apply to it at all.
+        let ha = [policy(
+            ".*",
+            "queues",
+            0,
+            json!({"ha-mode": "all", "message-ttl": 5}),
+        )];
+        let ha: Vec<Policy> = ha.into_iter().filter_map(Policy::new).collect();
+        assert!(select(&ha, "q", Kind::ClassicQueue).is_some());
+        assert!(select(&ha, "q", Kind::QuorumQueue).is_none());
+        assert!(select(&ha, "q", Kind::Stream).is_none());
     }
 
     #[test]

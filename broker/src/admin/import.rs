@@ -95,6 +95,25 @@ fn pattern(o: &Map<String, Value>, key: &str, path: &str) -> Result<String, Stri
     Ok(p)
 }
 
+/// A policy's definition: an object, or (RabbitMQ 3.10's export of an operator policy) a list of
+/// `[key, value]` pairs.
+fn definition(v: Option<&Value>, path: &str) -> Result<Map<String, Value>, String> {
+    match v {
+        Some(Value::Object(d)) => Ok(d.clone()),
+        Some(Value::Array(pairs)) => pairs
+            .iter()
+            .enumerate()
+            .map(|(i, pair)| match pair.as_array().map(Vec::as_slice) {
+                Some([Value::String(k), v]) => Ok((k.clone(), v.clone())),
+                _ => Err(format!(
+                    "{path}.definition[{i}]: expected a [key, value] pair"
+                )),
+            })
+            .collect(),
+        _ => Err(format!("{path}.definition: expected an object")),
+    }
+}
+
 /// Fields of each section that are read; the others are warned about once.
 fn unread(plan: &mut Plan, section: &str, o: &Map<String, Value>, read: &[&str]) {
     for key in o.keys().filter(|k| !read.contains(&k.as_str())) {
@@ -332,10 +351,7 @@ impl Broker {
             if !vhosts.contains(&vhost) {
                 return Err(format!("{path}.vhost: no such vhost '{vhost}'"));
             }
-            let definition = match o.get("definition") {
-                Some(Value::Object(d)) => d.clone(),
-                _ => return Err(format!("{path}.definition: expected an object")),
-            };
+            let definition = definition(o.get("definition"), path)?;
             let priority = match o.get("priority") {
                 None => 0,
                 Some(v) => v
