@@ -383,7 +383,7 @@ pub fn effective(
             out.dead_letter_exchange = text("dead-letter-exchange", &declared.dead_letter_exchange);
             out.dead_letter_routing_key =
                 text("dead-letter-routing-key", &declared.dead_letter_routing_key);
-            if !declared_has_overflow(declared) {
+            if !declared.overflow_declared {
                 if let Some(o) = get("overflow").and_then(Value::as_str) {
                     out.overflow = match o {
                         "reject-publish" => Overflow::RejectPublish,
@@ -399,12 +399,6 @@ pub fn effective(
         Kind::Exchange => {}
     }
     out
-}
-
-/// The queue's own `x-overflow` is whatever `declared` says unless it is the default, which a
-/// policy may change (RabbitMQ: the argument wins when the queue has one).
-fn declared_has_overflow(declared: &QueueArguments) -> bool {
-    declared.overflow != Overflow::DropHead
 }
 
 #[cfg(test)]
@@ -523,6 +517,12 @@ mod tests {
         assert_eq!(e.dead_letter_routing_key.as_deref(), Some("rk"));
         assert_eq!(e.overflow, Overflow::RejectPublish);
         assert_eq!(effective(&declared, None, None), declared);
+        // The queue's own x-overflow wins, even when it says the default.
+        let own = QueueArguments {
+            overflow_declared: true,
+            ..QueueArguments::default()
+        };
+        assert_eq!(effective(&own, Some(&p), None).overflow, Overflow::DropHead);
     }
 
     #[test]

@@ -464,3 +464,30 @@ async fn consumers_gets_and_nacks_are_refused_as_rabbitmq_refuses_them() {
         vec![("m".to_string(), 0)]
     );
 }
+
+#[tokio::test]
+async fn an_idle_stream_drops_its_segments_past_their_age() {
+    let broker = TestBroker::start().await;
+    let mut raw = broker.raw_open().await;
+    let limits = [
+        ("x-max-age", text("1s")),
+        ("x-stream-max-segment-size-bytes", AMQPValue::LongInt(4096)),
+    ];
+    stream(&mut raw, "s", &limits).await;
+    publish(&mut raw, "s", &vec!["x".repeat(500); 60]).await;
+    assert_eq!(stream(&mut raw, "s", &limits).await, 60);
+    // Nothing is published from now on: the retention timer alone removes the old segments.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let kept = stream(&mut raw, "s", &limits).await;
+        if kept < 60 {
+            assert!(kept <= 10, "{kept} kept: only the active segment's");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "old segments were never removed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -30,6 +30,8 @@ pub struct QueueArguments {
     pub max_length: Option<u64>,
     pub max_length_bytes: Option<u64>,
     pub overflow: Overflow,
+    /// Whether the queue has its own `x-overflow` (which a policy's `overflow` does not change).
+    pub overflow_declared: bool,
     pub max_priority: Option<u8>,
     pub single_active_consumer: bool,
     pub delivery_limit: Option<u64>,
@@ -241,6 +243,7 @@ pub fn parse(args: &FieldTable, resource: &Resource<'_>) -> AmqpResult<QueueArgu
         out.max_priority = Some(n as u8);
     }
     if let Some(v) = get("x-overflow") {
+        out.overflow_declared = true;
         out.overflow = match text_arg("x-overflow", v, resource)?.as_str() {
             "drop-head" => Overflow::DropHead,
             "reject-publish" => Overflow::RejectPublish,

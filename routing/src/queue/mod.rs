@@ -109,7 +109,12 @@ pub struct Queue {
     stream: Option<stream::StreamQueue>,
     /// The policies that apply to it and the arguments it acts on with them (`args` are its own).
     applied: Mutex<Applied>,
+    /// A stream's retention timer is running (one chain of wakes at a time).
+    retention_timer: std::sync::atomic::AtomicBool,
 }
+
+/// The longest a stream with an age limit goes without a retention check.
+const STREAM_RETENTION_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What policies made of a queue's arguments.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -167,9 +172,11 @@ impl Queue {
                 operator_policy: None,
                 args: Arc::new(args_for_applied),
             }),
+            retention_timer: std::sync::atomic::AtomicBool::new(false),
         });
         // Its first timer (x-expires), asked for when the state was made.
         queue.under_lock(now, |l, after| queue.perform(l, after, now, None));
+        queue.arm_stream_retention(now);
         queue
     }
 
@@ -208,10 +215,31 @@ impl Queue {
                 max_age_ms: applied.args.max_age_ms,
                 max_bytes: applied.args.max_length_bytes,
             });
+            self.arm_stream_retention(now);
             return;
         }
         let args = (*applied.args).clone();
         self.apply_and_dispatch(Command::Reconfigure { args }, now);
+    }
+
+    /// A stream with `x-max-age` checks its retention at least every [`STREAM_RETENTION_CHECK`]
+    /// (and at most as often as its age limit), so an idle stream's old segments go too.
+    fn arm_stream_retention(self: &Arc<Self>, now: Now) {
+        let Some(age) = self
+            .live_args()
+            .max_age_ms
+            .filter(|_| self.stream.is_some())
+        else {
+            return;
+        };
+        if self
+            .retention_timer
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        let period = STREAM_RETENTION_CHECK.min(std::time::Duration::from_millis(age.max(100)));
+        self.timers.wake_at(self, Wake::Ttl, now.instant + period);
     }
 
     /// A stream queue (`x-queue-type: stream`).
@@ -739,6 +767,14 @@ impl Queue {
     /// is `now`: expires what is due and sets the next TTL timer, or deletes the queue if x-expires
     /// finds it unused (else sets the next check).
     pub fn woken(self: &Arc<Self>, wake: Wake, at: Instant, now: Now) {
+        if let Some(stream) = &self.stream {
+            // A stream's only timer: retention by age, also while nothing is published.
+            stream.retain(now.wall_ms as i64);
+            self.retention_timer
+                .store(false, std::sync::atomic::Ordering::Release);
+            self.arm_stream_retention(now);
+            return;
+        }
         match wake {
             Wake::Ttl => {
                 self.apply_and_dispatch(Command::Woken { wake, at }, now);

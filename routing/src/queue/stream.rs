@@ -213,6 +213,17 @@ impl StreamQueue {
         &self.dir
     }
 
+    /// Applies its retention now (its timer, for a stream nobody publishes to).
+    pub fn retain(&self, now_ms: i64) {
+        let retention = *self.retention.lock();
+        let mut state = self.state.lock();
+        if let Some(log) = state.log.as_mut() {
+            if let Err(e) = log.apply_retention(now_ms, &retention) {
+                tracing::error!(dir = %self.dir.display(), error = %e, "a stream's old segments could not be removed");
+            }
+        }
+    }
+
     /// What it keeps from now on (a policy changed); applied at the next append.
     pub fn set_retention(&self, retention: Retention) {
         *self.retention.lock() = retention;
