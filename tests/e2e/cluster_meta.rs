@@ -343,3 +343,75 @@ async fn a_configured_vhost_deleted_through_the_group_stays_deleted_after_a_rest
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn a_definitions_file_imported_on_one_node_is_on_every_node() {
+    let cluster = LinkCluster::new(3);
+    let [b1, b2, b3] = three_nodes(&cluster).await;
+    agreed_leader(&[&b1, &b2, &b3]).await;
+    let file = b2.dir().join("defs.json");
+    let doc = json!({
+        "users": [{"name": "glance", "tags": "monitoring"}],
+        "vhosts": [{"name": "/"}],
+        "permissions": [{"user": "glance", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}],
+        "policies": [{"vhost": "/", "name": "limit", "pattern": "^images", "apply-to": "queues",
+                      "definition": {"max-length": 10}, "priority": 0}],
+        "exchanges": [{"name": "glance", "vhost": "/", "type": "topic", "durable": true,
+                       "auto_delete": false, "internal": false, "arguments": {}}],
+        "queues": [{"name": "images", "vhost": "/", "durable": true, "auto_delete": false,
+                    "arguments": {"x-queue-type": "quorum"}},
+                   {"name": "images-classic", "vhost": "/", "durable": true, "auto_delete": false,
+                    "arguments": {}}],
+        "bindings": [{"source": "glance", "vhost": "/", "destination": "images",
+                      "destination_type": "queue", "routing_key": "images.#", "arguments": {}}]
+    });
+    std::fs::write(&file, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let out = b2
+        .brokerctl(&["import_definitions", file.to_str().unwrap()])
+        .await;
+    assert!(out.success, "{out:?}");
+    for b in [&b1, &b2, &b3] {
+        wait_for_user(b, "glance").await;
+        let deadline = tokio::time::Instant::now() + SETTLE;
+        loop {
+            let queues: serde_json::Value =
+                serde_json::from_str(&b.brokerctl(&["--format", "json", "list_queues"]).await.ok())
+                    .unwrap();
+            let bindings: serde_json::Value = serde_json::from_str(
+                &b.brokerctl(&["--format", "json", "list_bindings"])
+                    .await
+                    .ok(),
+            )
+            .unwrap();
+            let images = queues
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|q| q["name"] == "images")
+                .cloned();
+            let bound = bindings
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["source"] == "glance" && x["destination"] == "images");
+            let classic = queues
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|q| q["name"] == "images-classic");
+            if let (Some(q), true, true) = (images, bound, classic) {
+                assert_eq!(
+                    (q["type"].clone(), q["policy"].clone()),
+                    (json!("quorum"), json!("limit"))
+                );
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {:?}: {queues} {bindings}",
+                b.dir()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

@@ -122,6 +122,67 @@ fn unread(plan: &mut Plan, section: &str, o: &Map<String, Value>, read: &[&str])
     }
 }
 
+/// The metadata commands that declare `exchanges`, `queues` and `bindings` on a cluster: classic
+/// queues homed on this node (as a client's declaration here would be), quorum queues on their
+/// shards.
+fn cluster_topology(
+    r: &crate::vhost::Replication,
+    exchanges: Vec<(String, ExchangeSpec)>,
+    queues: Vec<(String, QueueSpec)>,
+    bindings: Vec<Binding>,
+) -> Vec<MetaCommand> {
+    let mut out = Vec::new();
+    for (vhost, x) in exchanges {
+        out.push(MetaCommand::DeclareExchange {
+            vhost: vhost.as_str().into(),
+            exchange: x.name,
+            kind: x.kind.as_str().to_string(),
+            durable: x.durable,
+            auto_delete: x.auto_delete,
+            internal: x.internal,
+            arguments: x.arguments,
+        });
+    }
+    for (vhost, q) in queues {
+        let quorum = q
+            .arguments
+            .inner()
+            .get("x-queue-type")
+            .and_then(warren_protocol::field::as_text)
+            .is_some_and(|t| t == "quorum");
+        let home = (!quorum).then_some(crate::meta::QueueHome {
+            node: r.node,
+            run: r.run,
+            durable: q.durable,
+            owner: None,
+        });
+        out.push(MetaCommand::DeclareQueue {
+            vhost: vhost.as_str().into(),
+            queue: q.name,
+            auto_delete: q.auto_delete,
+            arguments: q.arguments,
+            declared_by: None,
+            home,
+        });
+    }
+    for b in bindings {
+        out.push(MetaCommand::Bind {
+            vhost: b.vhost.as_str().into(),
+            binding: crate::meta::StoredBinding {
+                source: b.source,
+                kind: match b.to_queue {
+                    true => crate::meta::DestinationKind::Queue,
+                    false => crate::meta::DestinationKind::Exchange,
+                },
+                destination: b.destination,
+                routing_key: b.routing_key,
+                arguments: b.arguments,
+            },
+        });
+    }
+    out
+}
+
 impl Broker {
     /// Applies a RabbitMQ definitions document; returns what was created, kept and warned about.
     pub(crate) async fn import_definitions(&self, doc: &Value) -> Result<Value, AdminError> {
@@ -134,6 +195,19 @@ impl Broker {
         });
         if !plan.commands.is_empty() {
             self.change(plan.commands).await?;
+        }
+        if let Some(r) = &self.replication {
+            // A cluster node: exchanges, queues and bindings go through the metadata group, as
+            // clients' declarations do, and every node creates them.
+            let topology = cluster_topology(r, plan.exchanges, plan.queues, plan.bindings);
+            if !topology.is_empty() {
+                self.change(topology).await?;
+            }
+            return Ok(json!({
+                "created": created,
+                "kept": plan.kept,
+                "warnings": plan.warnings.into_iter().collect::<Vec<_>>(),
+            }));
         }
         let now = crate::time::Now::read();
         for (vhost, spec) in plan.exchanges {
@@ -409,14 +483,6 @@ impl Broker {
             |vhost: &str, x: &str| self.vhost(vhost).is_some_and(|v| v.exchange(x).is_ok());
         let exists_q =
             |vhost: &str, q: &str| self.vhost(vhost).is_some_and(|v| v.find_queue(q).is_some());
-        let topology = ["exchanges", "queues", "bindings"].iter().any(|k| {
-            doc.get(*k)
-                .and_then(Value::as_array)
-                .is_some_and(|a| !a.is_empty())
-        });
-        if topology && self.cluster().is_some() {
-            return Err("importing exchanges, queues and bindings on a cluster node is not supported yet: import them on a single node, or declare them from clients".into());
-        }
         let mut new_x: BTreeSet<(String, String)> = BTreeSet::new();
         for (path, o) in items(doc, "exchanges")? {
             let (n, vhost) = (string(o, "name", &path)?, string(o, "vhost", &path)?);
@@ -471,6 +537,11 @@ impl Broker {
             if args.quorum || args.stream {
                 crate::queue::arguments::check_quorum_properties(durable, false, auto_delete, &res)
                     .map_err(|e| format!("{path}: {}", e.text))?;
+            }
+            if args.stream && self.replication.is_some() {
+                return Err(format!(
+                    "{path}: stream queues are not yet supported on a Warren cluster"
+                ));
             }
             unread(
                 &mut plan,
