@@ -304,25 +304,7 @@ fn quorum_arguments(args: &FieldTable, resource: &Resource<'_>) -> AmqpResult<()
             ));
         }
     }
-    if let Some(v) = get("x-quorum-initial-group-size") {
-        match int_arg("x-quorum-initial-group-size", v, resource)? {
-            0 => {
-                return Err(invalid(
-                    "x-quorum-initial-group-size",
-                    resource,
-                    "{value_zero,0}",
-                ))
-            }
-            n if n < 0 => {
-                return Err(invalid(
-                    "x-quorum-initial-group-size",
-                    resource,
-                    format_args!("{{value_negative,{n}}}"),
-                ))
-            }
-            _ => {}
-        }
-    }
+    cluster_size(args, "x-quorum-initial-group-size", resource)?;
     leader_locator(args, resource)?;
     if let Some((key, _)) = args
         .inner()
@@ -334,6 +316,23 @@ fn quorum_arguments(args: &FieldTable, resource: &Resource<'_>) -> AmqpResult<()
         )));
     }
     Ok(())
+}
+
+/// An initial cluster size (`x-quorum-initial-group-size`, a stream's `x-initial-cluster-size`):
+/// a positive integer (RabbitMQ's `check_initial_cluster_size_arg`).
+fn cluster_size(args: &FieldTable, key: &str, resource: &Resource<'_>) -> AmqpResult<()> {
+    let Some(v) = args.inner().get(key) else {
+        return Ok(());
+    };
+    match int_arg(key, v, resource)? {
+        0 => Err(invalid(key, resource, "{value_zero,0}")),
+        n if n < 0 => Err(invalid(
+            key,
+            resource,
+            format_args!("{{value_negative,{n}}}"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// `x-queue-leader-locator` (quorum queues and streams).

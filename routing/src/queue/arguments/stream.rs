@@ -5,7 +5,7 @@
 
 use amq_protocol::types::FieldTable;
 
-use super::{int_arg, invalid, leader_locator, non_negative, text_arg, QueueArguments};
+use super::{cluster_size, invalid, leader_locator, non_negative, text_arg, QueueArguments};
 use crate::error::{AmqpError, AmqpResult};
 use crate::queue::stream::max_age_ms;
 use crate::resource::Resource;
@@ -56,25 +56,7 @@ pub(super) fn parse(args: &FieldTable, resource: &Resource<'_>) -> AmqpResult<Qu
             resource,
         )?);
     }
-    if let Some(v) = get("x-initial-cluster-size") {
-        match int_arg("x-initial-cluster-size", v, resource)? {
-            0 => {
-                return Err(invalid(
-                    "x-initial-cluster-size",
-                    resource,
-                    "{value_zero,0}",
-                ))
-            }
-            n if n < 0 => {
-                return Err(invalid(
-                    "x-initial-cluster-size",
-                    resource,
-                    format_args!("{{value_negative,{n}}}"),
-                ))
-            }
-            _ => {}
-        }
-    }
+    cluster_size(args, "x-initial-cluster-size", resource)?;
     leader_locator(args, resource)?;
     if let Some((key, _)) = args
         .inner()
