@@ -404,3 +404,62 @@ async fn an_alternate_exchange_by_policy_takes_what_an_exchange_cannot_route_and
         .expect("confirmed");
     assert_eq!(count(&mut raw, "unrouted").await, 1);
 }
+
+#[tokio::test]
+async fn queue_mode_and_segment_size_by_policy_apply_to_existing_queues_from_then_on() {
+    let broker = TestBroker::start().await;
+    let mut raw = broker.raw_open().await;
+    raw.attempt(queue_declare("backlog"))
+        .await
+        .expect("declare-ok");
+    let stream = AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+        queue: "fanout".into(),
+        durable: true,
+        arguments: {
+            let mut t = FieldTable::default();
+            t.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("stream".into()),
+            );
+            t
+        },
+        ..Default::default()
+    }));
+    raw.attempt(stream).await.expect("declare-ok");
+    broker
+        .brokerctl(&[
+            "set_policy",
+            "--apply-to",
+            "classic_queues",
+            "lazy",
+            "^backlog$",
+            r#"{"queue-mode":"lazy"}"#,
+        ])
+        .await
+        .ok();
+    broker
+        .brokerctl(&[
+            "set_policy",
+            "--apply-to",
+            "streams",
+            "small",
+            "^fanout$",
+            r#"{"stream-max-segment-size-bytes":4096}"#,
+        ])
+        .await
+        .ok();
+    fill(&mut raw, "backlog", 10).await;
+    let paged = queue_row(&queues(&broker).await, "backlog")["messages_paged_out"].clone();
+    assert!(paged.as_u64().unwrap() >= 8, "paged out: {paged}");
+    for i in 0..40 {
+        raw.attempt_publish("", "fanout", NO_PROPERTIES, format!("{i:0>500}").as_bytes())
+            .await
+            .expect("confirmed");
+    }
+    let segments = std::fs::read_dir(broker.path("streams"))
+        .unwrap()
+        .flatten()
+        .map(|d| std::fs::read_dir(d.path()).unwrap().count())
+        .sum::<usize>();
+    assert!(segments > 3, "{segments} segment files");
+}

@@ -211,10 +211,13 @@ impl Queue {
             *current = applied.clone();
         }
         if let Some(stream) = &self.stream {
-            stream.set_retention(warren_storage::stream::Retention {
-                max_age_ms: applied.args.max_age_ms,
-                max_bytes: applied.args.max_length_bytes,
-            });
+            stream.set_limits(
+                warren_storage::stream::Retention {
+                    max_age_ms: applied.args.max_age_ms,
+                    max_bytes: applied.args.max_length_bytes,
+                },
+                applied.args.stream_max_segment_bytes,
+            );
             self.arm_stream_retention(now);
             return;
         }

@@ -45,6 +45,14 @@ fn position(memory: &VecDeque<Entry>, entry: &Entry) -> usize {
 }
 
 impl Ready {
+    /// Its budget from now on, for these arguments (a policy changed `queue-mode` or the
+    /// in-memory limits): new arrivals page past it; what is in memory stays there.
+    pub fn rebudget(&mut self, lazy: bool, max_bytes: Option<u64>, max_length: Option<u64>) {
+        if let Some((paging, budget)) = &mut self.paging {
+            *budget = paging.budget(lazy, max_bytes, max_length);
+        }
+    }
+
     /// Without `paging`, everything stays in memory (unit tests, benchmarks).
     pub fn new(paging: Option<(Arc<Paging>, Budget)>) -> Self {
         Ready {

@@ -156,6 +156,11 @@ impl<C: ConsumerHandle> QueueState<C> {
                 let expiry = args
                     .expires_ms
                     .filter(|ms| Some(*ms) != self.settings.args.expires_ms);
+                self.ready.rebudget(
+                    args.lazy,
+                    args.max_in_memory_bytes,
+                    args.max_in_memory_length,
+                );
                 self.settings.args = args;
                 if let Some(ms) = expiry {
                     let after = Duration::from_millis(ms);

@@ -224,9 +224,13 @@ impl StreamQueue {
         }
     }
 
-    /// What it keeps from now on (a policy changed); applied at the next append.
-    pub fn set_retention(&self, retention: Retention) {
+    /// What it keeps and how large its segments grow from now on (a policy changed); applied at
+    /// the next append.
+    pub fn set_limits(&self, retention: Retention, max_segment_bytes: Option<u64>) {
         *self.retention.lock() = retention;
+        if let Some(log) = self.state.lock().log.as_mut() {
+            log.set_max_segment_bytes(max_segment_bytes.unwrap_or(DEFAULT_MAX_SEGMENT_BYTES));
+        }
     }
 
     /// Appends `message`; `confirm` waits until it is on disk. False if the stream is deleted or

@@ -149,6 +149,11 @@ impl StreamLog {
         self.sealed.len() + 1
     }
 
+    /// The size after which a new segment is started, from the next append on.
+    pub fn set_max_segment_bytes(&mut self, bytes: u64) {
+        self.max_segment_bytes = bytes.max(4096);
+    }
+
     /// The file the latest appends went to, for the [`syncer::Syncer`].
     pub fn active_file(&self) -> Arc<File> {
         self.active.file.clone()
