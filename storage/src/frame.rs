@@ -24,6 +24,14 @@ pub fn declared_len(head: &[u8]) -> usize {
     u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize
 }
 
+/// `len` bytes of `file` from `offset` (framed records read back from a spill run or a stream).
+pub(crate) fn read_at(file: &std::fs::File, offset: u64, len: usize) -> std::io::Result<Bytes> {
+    use std::os::unix::fs::FileExt as _;
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, offset)?;
+    Ok(Bytes::from(buf))
+}
+
 /// What is at an offset.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame {

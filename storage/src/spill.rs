@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::frame::{self, Frame, HEADER};
+use crate::frame::{self, read_at, Frame, HEADER};
 
 /// Buffered bytes written out at once.
 const WRITE_BATCH: usize = 64 << 10;
@@ -287,13 +287,6 @@ impl Drop for Spill {
     fn drop(&mut self) {
         self.clear();
     }
-}
-
-/// `len` bytes of `file` from `offset`.
-fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Bytes> {
-    let mut buf = vec![0u8; len];
-    file.read_exact_at(&mut buf, offset)?;
-    Ok(Bytes::from(buf))
 }
 
 /// Deletes spill files left by an earlier run of the broker (they are scratch space).

@@ -114,6 +114,14 @@ fn definition(v: Option<&Value>, path: &str) -> Result<Map<String, Value>, Strin
     }
 }
 
+/// That `name`, referred to at `path`.`field`, is a user or vhost of the broker or the file.
+fn must_exist(names: &BTreeSet<String>, name: &str, path: &str, field: &str) -> Result<(), String> {
+    match names.contains(name) {
+        true => Ok(()),
+        false => Err(format!("{path}.{field}: no such {field} '{name}'")),
+    }
+}
+
 /// Fields of each section that are read; the others are warned about once.
 fn unread(plan: &mut Plan, section: &str, o: &Map<String, Value>, read: &[&str]) {
     for key in o.keys().filter(|k| !read.contains(&k.as_str())) {
@@ -369,12 +377,8 @@ impl Broker {
         };
         for (path, o) in items(doc, "permissions")? {
             let (user, vhost) = (string(o, "user", &path)?, string(o, "vhost", &path)?);
-            if !users.contains(&user) {
-                return Err(format!("{path}.user: no such user '{user}'"));
-            }
-            if !vhosts.contains(&vhost) {
-                return Err(format!("{path}.vhost: no such vhost '{vhost}'"));
-            }
+            must_exist(&users, &user, &path, "user")?;
+            must_exist(&vhosts, &vhost, &path, "vhost")?;
             let permission = PermissionDefinition {
                 vhost: vhost.clone(),
                 configure: pattern(o, "configure", &path)?,
@@ -390,12 +394,8 @@ impl Broker {
         }
         for (path, o) in items(doc, "topic_permissions")? {
             let (user, vhost) = (string(o, "user", &path)?, string(o, "vhost", &path)?);
-            if !users.contains(&user) {
-                return Err(format!("{path}.user: no such user '{user}'"));
-            }
-            if !vhosts.contains(&vhost) {
-                return Err(format!("{path}.vhost: no such vhost '{vhost}'"));
-            }
+            must_exist(&users, &user, &path, "user")?;
+            must_exist(&vhosts, &vhost, &path, "vhost")?;
             let permission = TopicPermissionDefinition {
                 vhost,
                 exchange: string(o, "exchange", &path)?,
@@ -422,9 +422,7 @@ impl Broker {
                       path: &str,
                       operator: bool|
          -> Result<(), String> {
-            if !vhosts.contains(&vhost) {
-                return Err(format!("{path}.vhost: no such vhost '{vhost}'"));
-            }
+            must_exist(&vhosts, &vhost, path, "vhost")?;
             let definition = definition(o.get("definition"), path)?;
             let priority = match o.get("priority") {
                 None => 0,
@@ -486,9 +484,7 @@ impl Broker {
         let mut new_x: BTreeSet<(String, String)> = BTreeSet::new();
         for (path, o) in items(doc, "exchanges")? {
             let (n, vhost) = (string(o, "name", &path)?, string(o, "vhost", &path)?);
-            if !vhosts.contains(&vhost) {
-                return Err(format!("{path}.vhost: no such vhost '{vhost}'"));
-            }
+            must_exist(&vhosts, &vhost, &path, "vhost")?;
             let kind_name = string(o, "type", &path)?;
             let kind = ExchangeKind::parse(&kind_name)
                 .ok_or(format!("{path}.type: unknown exchange type '{kind_name}'"))?;
@@ -517,9 +513,7 @@ impl Broker {
         let mut new_q: BTreeSet<(String, String)> = BTreeSet::new();
         for (path, o) in items(doc, "queues")? {
             let (n, vhost) = (string(o, "name", &path)?, string(o, "vhost", &path)?);
-            if !vhosts.contains(&vhost) {
-                return Err(format!("{path}.vhost: no such vhost '{vhost}'"));
-            }
+            must_exist(&vhosts, &vhost, &path, "vhost")?;
             crate::resource::check_name("queue", &n)
                 .map_err(|e| format!("{path}.name: {}", e.text))?;
             let arguments = o.get("arguments").map_or(Ok(Default::default()), |a| {

@@ -305,6 +305,7 @@ async fn execute(broker: &Broker, request: Request) -> Result<Value, AdminError>
                 .queue_list()
                 .iter()
                 .map(|q| {
+                    let applied = q.applied();
                     json!({
                         "name": q.name(),
                         "type": if q.args.quorum {
@@ -321,8 +322,8 @@ async fn execute(broker: &Broker, request: Request) -> Result<Value, AdminError>
                         "durable": q.spec.durable,
                         "exclusive": q.spec.exclusive_owner.is_some(),
                         "auto_delete": q.spec.auto_delete,
-                        "policy": q.applied().policy,
-                        "operator_policy": q.applied().operator_policy,
+                        "policy": applied.policy,
+                        "operator_policy": applied.operator_policy,
                     })
                 })
                 .collect();

@@ -268,7 +268,8 @@ impl Queue {
         now: Now,
     ) -> Enqueued {
         if let Some(stream) = &self.stream {
-            if self.is_deleted() || !stream.append(&message, confirm, now.wall_ms as i64) {
+            // A deleted stream has no log: its append refuses.
+            if !stream.append(&message, confirm, now.wall_ms as i64) {
                 return Enqueued::Gone;
             }
             stream.dispatch(self);

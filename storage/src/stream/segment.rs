@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
 
-use crate::frame::{self, Frame, HEADER};
+use crate::frame::{self, read_at, Frame, HEADER};
 
 /// Bytes between two index entries.
 pub(super) const INDEX_EVERY: u64 = 64 << 10;
@@ -98,7 +98,12 @@ impl Segment {
             .create_new(true)
             .mode(0o600)
             .open(&path)?;
-        Ok(Segment {
+        Ok(Segment::empty(first, path, file))
+    }
+
+    /// A segment of no records yet, over `file`.
+    fn empty(first: u64, path: PathBuf, file: File) -> Segment {
+        Segment {
             first,
             path,
             file: Arc::new(file),
@@ -106,7 +111,7 @@ impl Segment {
             next: first,
             last_ts: i64::MIN,
             index: Vec::new(),
-        })
+        }
     }
 
     /// Opens an existing segment and reads it through, rebuilding its index. A torn tail (a crash
@@ -116,15 +121,7 @@ impl Segment {
     pub fn open(path: PathBuf, first: u64, tail: bool) -> io::Result<(Segment, Option<Repaired>)> {
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
         let size = file.metadata()?.len();
-        let mut seg = Segment {
-            first,
-            path,
-            file: Arc::new(file),
-            len: 0,
-            next: first,
-            last_ts: i64::MIN,
-            index: Vec::new(),
-        };
+        let mut seg = Segment::empty(first, path, file);
         let mut position = 0u64;
         let mut broken = None;
         // Where the broken record would end, if it declares a length.
@@ -322,11 +319,4 @@ fn zeros_from(file: &File, from: u64, to: u64) -> io::Result<bool> {
         at += n as u64;
     }
     Ok(true)
-}
-
-/// `len` bytes of `file` from `offset`.
-pub(super) fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Bytes> {
-    let mut buf = vec![0u8; len];
-    file.read_exact_at(&mut buf, offset)?;
-    Ok(Bytes::from(buf))
 }
