@@ -64,11 +64,14 @@ async fn wait_for_replica(b: &TestBroker, ids: &[u64]) {
             assert!(ids.iter().all(|id| *id < next_id), "next id {next_id}");
             return;
         }
+        // (The shard's Raft metrics say why, should a replica not catch up: its vote, leader,
+        // log and applied index.)
         assert!(
             tokio::time::Instant::now() < deadline,
-            "node {} holds {:?}, not {ids:?}",
+            "node {} holds {:?}, not {ids:?}; its shard: {}",
             node_id(b),
-            held.iter().map(|(id, _)| id).collect::<Vec<_>>()
+            held.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+            shard(b).metrics()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

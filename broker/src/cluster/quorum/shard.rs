@@ -67,7 +67,8 @@ impl ShardGroup {
             .map_err(|e| e.to_string())
     }
 
-    fn metrics(&self) -> openraft::RaftMetrics<crate::cluster::raft::Types> {
+    /// The group's Raft metrics on this node (vote, leader, log and applied index).
+    pub fn metrics(&self) -> openraft::RaftMetrics<crate::cluster::raft::Types> {
         use openraft::async_runtime::WatchReceiver;
         self.raft.metrics().borrow_watched().clone()
     }
