@@ -352,6 +352,7 @@ impl Broker {
             quorum: shard_journal.clone(),
             copies: Arc::new(crate::cluster::quorum::CopiesJournal(shard_journal.clone())),
             proposer: shard_journal.clone(),
+            streams: Arc::new(shard_journal.streams.clone()),
         });
         let vhosts = DashMap::new();
         for name in &definitions.vhosts {
@@ -575,7 +576,8 @@ impl crate::cluster::quorum::QuorumHolder for Broker {
         let mut out = Vec::new();
         for vhost in self.vhosts.iter() {
             for queue in vhost.queue_list() {
-                if vhost.is_copy(&queue) {
+                // (A stream's copy reads at its home by itself: cluster/quorum/stream.rs.)
+                if vhost.is_copy(&queue) && !queue.args.stream {
                     if let Some(name) = queue.record_name() {
                         out.push((name.to_string(), queue));
                     }

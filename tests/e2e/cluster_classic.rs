@@ -21,7 +21,12 @@ fn home_on(b: &TestBroker, queue: &str) -> Option<u64> {
 }
 
 /// Waits until every broker says `queue`'s home is `home` (None: the queue is gone everywhere).
-async fn wait_for_home(brokers: &[&TestBroker], queue: &str, home: Option<u64>, within: Duration) {
+pub(crate) async fn wait_for_home(
+    brokers: &[&TestBroker],
+    queue: &str,
+    home: Option<u64>,
+    within: Duration,
+) {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let seen: Vec<Option<u64>> = brokers.iter().map(|b| home_on(b, queue)).collect();

@@ -13,6 +13,7 @@ mod cluster_members;
 mod cluster_meta;
 mod cluster_quorum;
 mod cluster_shards;
+mod cluster_streams;
 mod cluster_topology;
 mod confirm;
 mod data_dir;

@@ -10,7 +10,7 @@ use warren_protocol::content::BasicProperties;
 use warren_tests::raw::{basic_ack, basic_qos, queue_delete, NO_PROPERTIES};
 use warren_tests::{CloseInfo, RawClient, TestBroker};
 
-fn text(v: &str) -> AMQPValue {
+pub(crate) fn text(v: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(v))
 }
 
@@ -41,7 +41,7 @@ fn declare(
     }))
 }
 
-fn consume(queue: &str, no_ack: bool, args: &[(&str, AMQPValue)]) -> AMQPClass {
+pub(crate) fn consume(queue: &str, no_ack: bool, args: &[(&str, AMQPValue)]) -> AMQPClass {
     AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
         queue: queue.into(),
         consumer_tag: "".into(),
@@ -52,7 +52,7 @@ fn consume(queue: &str, no_ack: bool, args: &[(&str, AMQPValue)]) -> AMQPClass {
 }
 
 /// Declares stream `name` (durable, with `args`); its message count.
-async fn stream(raw: &mut RawClient, name: &str, args: &[(&str, AMQPValue)]) -> u32 {
+pub(crate) async fn stream(raw: &mut RawClient, name: &str, args: &[(&str, AMQPValue)]) -> u32 {
     match raw.attempt(declare(name, true, false, false, args)).await {
         Ok(AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok))) => ok.message_count,
         other => panic!("expected queue.declare-ok, got {other:?}"),
@@ -60,7 +60,7 @@ async fn stream(raw: &mut RawClient, name: &str, args: &[(&str, AMQPValue)]) -> 
 }
 
 /// Publishes `bodies` to `queue` on a confirming channel and waits for every confirm.
-async fn publish(raw: &mut RawClient, queue: &str, bodies: &[String]) {
+pub(crate) async fn publish(raw: &mut RawClient, queue: &str, bodies: &[String]) {
     for b in bodies {
         raw.attempt_publish("", queue, NO_PROPERTIES, b.as_bytes())
             .await
@@ -69,7 +69,7 @@ async fn publish(raw: &mut RawClient, queue: &str, bodies: &[String]) {
 }
 
 /// Consumes `n` messages from `queue` on channel `ch` (prefetch `n`) from `offset`; (body, offset).
-async fn read(
+pub(crate) async fn read(
     raw: &mut RawClient,
     ch: u16,
     queue: &str,
@@ -100,11 +100,11 @@ async fn read(
     out
 }
 
-fn numbered(prefix: &str, n: usize) -> Vec<String> {
+pub(crate) fn numbered(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i}")).collect()
 }
 
-fn stream_files(broker: &TestBroker) -> usize {
+pub(crate) fn stream_files(broker: &TestBroker) -> usize {
     walk(&broker.path("streams"))
 }
 

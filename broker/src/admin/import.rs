@@ -532,11 +532,6 @@ impl Broker {
                 crate::queue::arguments::check_quorum_properties(durable, false, auto_delete, &res)
                     .map_err(|e| format!("{path}: {}", e.text))?;
             }
-            if args.stream && self.replication.is_some() {
-                return Err(format!(
-                    "{path}: stream queues are not yet supported on a Warren cluster"
-                ));
-            }
             unread(
                 &mut plan,
                 "queues",

@@ -309,6 +309,7 @@ impl Cluster {
         let forwarder = super::quorum::Forwarder::new(links.clone());
         journal.attach(shards.clone(), forwarder, timeout);
         journal.subscriptions.attach(links.clone());
+        journal.streams.attach(links.clone(), quorum.clone());
         tokio::spawn(super::quorum::follow(
             journal.clone(),
             quorum.clone(),

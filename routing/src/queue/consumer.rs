@@ -115,7 +115,7 @@ pub struct Consumer {
 
 impl Consumer {
     /// Takes the credit one delivery needs; false if the consumer must wait.
-    pub(crate) fn try_take_credit(&self) -> bool {
+    pub fn try_take_credit(&self) -> bool {
         if !self.channel_credit.flow_active.load(Ordering::Acquire) {
             return false;
         }

@@ -21,6 +21,8 @@ mod ready;
 pub mod sink;
 pub mod state;
 pub mod stream;
+pub mod stream_copy;
+pub mod stream_read;
 
 use std::sync::{Arc, Weak};
 use std::time::Instant;
@@ -107,6 +109,8 @@ pub struct Queue {
     /// A stream queue's log and readers (its consumers are also attached to the state, which
     /// counts them and holds nothing else).
     stream: Option<stream::StreamQueue>,
+    /// A cluster node's copy of a stream another node holds: where its consumers read.
+    remote_stream: Option<Arc<dyn stream_copy::RemoteStream>>,
     /// The policies that apply to it and the arguments it acts on with them (`args` are its own).
     applied: Mutex<Applied>,
     /// A stream's retention timer is running (one chain of wakes at a time).
@@ -133,6 +137,8 @@ pub struct Storage {
     pub paging: Option<Arc<Paging>>,
     /// A stream queue's log.
     pub stream: Option<stream::StreamQueue>,
+    /// A copy of a stream another cluster node holds: where its consumers read it.
+    pub remote_stream: Option<Arc<dyn stream_copy::RemoteStream>>,
 }
 
 impl Queue {
@@ -148,6 +154,7 @@ impl Queue {
             durability,
             paging,
             stream,
+            remote_stream,
         } = storage;
         let args_for_applied = args.clone();
         let settings = Settings {
@@ -167,6 +174,7 @@ impl Queue {
             timers,
             floor: std::sync::atomic::AtomicU64::new(0),
             stream,
+            remote_stream,
             applied: Mutex::new(Applied {
                 policy: None,
                 operator_policy: None,
@@ -517,7 +525,7 @@ impl Queue {
     /// Puts delivered-but-unsettled messages back in their original positions, flagged redelivered;
     /// a message over its delivery limit is dead-lettered instead.
     pub fn requeue(self: &Arc<Self>, entries: impl IntoIterator<Item = Entry>, now: Now) {
-        if self.stream.is_some() {
+        if self.args.stream {
             // Nothing leaves a stream when it is delivered, so nothing comes back.
             return;
         }
@@ -536,7 +544,7 @@ impl Queue {
         entries: impl IntoIterator<Item = Entry>,
         now: Now,
     ) {
-        if self.stream.is_some() {
+        if self.args.stream {
             return;
         }
         self.under_lock(now, |l, after| {
@@ -550,7 +558,7 @@ impl Queue {
 
     /// Messages rejected or nacked without requeue: dead-lettered if the queue has a DLX.
     pub fn reject(self: &Arc<Self>, entries: Vec<Entry>, now: Now) {
-        if self.stream.is_some() {
+        if self.args.stream {
             return;
         }
         self.under_lock(now, |l, after| {
@@ -563,7 +571,7 @@ impl Queue {
 
     /// Takes the head message for basic.get, with the count of messages left.
     pub fn get(self: &Arc<Self>, now: Now) -> Option<(Entry, u32)> {
-        if self.stream.is_some() {
+        if self.args.stream {
             return None;
         }
         match self.apply_alone(Command::Get, now) {
@@ -576,6 +584,9 @@ impl Queue {
     pub fn dispatch(self: &Arc<Self>, now: Now) {
         if let Some(stream) = &self.stream {
             return stream.dispatch(self);
+        }
+        if let Some(remote) = &self.remote_stream {
+            return remote.wake(self);
         }
         self.under_lock(now, |l, after| self.dispatch_locked(l, after, now));
     }
@@ -616,6 +627,21 @@ impl Queue {
             }
             return attached;
         }
+        if let Some(remote) = &self.remote_stream {
+            let attached = match self.apply_alone(
+                Command::Attach {
+                    consumer: consumer.clone(),
+                },
+                now,
+            ) {
+                Outcome::Attached(a) => a,
+                _ => Ok(()),
+            };
+            if attached.is_ok() {
+                remote.read(self, consumer, start);
+            }
+            return attached;
+        }
         self.under_lock(now, |l, after| {
             let attached = match l.apply(Command::Attach { consumer }, now) {
                 Outcome::Attached(a) => a,
@@ -636,6 +662,9 @@ impl Queue {
     ) -> ConsumerRemoval {
         if let Some(stream) = &self.stream {
             stream.remove_reader(consumer);
+        }
+        if let Some(remote) = &self.remote_stream {
+            remote.stop(consumer);
         }
         let consumer = consumer.clone();
         match self.apply_alone(Command::Detach { consumer }, now) {
@@ -685,7 +714,7 @@ impl Queue {
 
     /// Drops every ready message (queue.purge); unacked deliveries are not touched, as in RabbitMQ.
     pub fn purge(self: &Arc<Self>, now: Now) -> u32 {
-        if self.stream.is_some() {
+        if self.args.stream {
             return 0;
         }
         match self.apply_alone(Command::Purge, now) {
@@ -753,17 +782,23 @@ impl Queue {
             self.apply_alone(Command::Delete, now);
             return (count, stream.delete());
         }
-        self.under_lock(now, |l, after| {
+        let (count, cancelled) = self.under_lock(now, |l, after| {
             let count = match l.apply(Command::Delete, now) {
                 Outcome::Count(n) => n,
                 _ => 0,
             };
             self.perform(l, after, now, None);
             (count, std::mem::take(&mut after.cancelled))
-        })
+        });
+        if let Some(remote) = &self.remote_stream {
+            for consumer in &cancelled {
+                remote.stop(consumer);
+            }
+        }
+        (count, cancelled)
     }
 
-    pub(crate) fn is_deleted(&self) -> bool {
+    pub fn is_deleted(&self) -> bool {
         self.locked.lock().state.is_deleted()
     }
 

@@ -16,9 +16,10 @@ use warren_protocol::field::{as_int, as_text};
 use warren_storage::stream::syncer::Syncer;
 use warren_storage::stream::{Cursor, Retention, StreamLog, DEFAULT_MAX_SEGMENT_BYTES};
 
-use super::consumer::{Consumer, Delivery};
+use super::consumer::Consumer;
 use super::sink::WaitsForWrites;
-use super::{Entry, Queue};
+use super::stream_read::{stream_delivery, TailWaiters};
+use super::Queue;
 use crate::message::codec::decode_message;
 use crate::message::memory::MemoryAccount;
 use crate::message::Message;
@@ -164,6 +165,7 @@ impl Streams {
                 log: Some(log),
                 readers: Vec::new(),
             }),
+            tail: TailWaiters::default(),
         })
     }
 
@@ -183,6 +185,17 @@ impl Streams {
             }
         }
     }
+}
+
+/// A cursor at where `start` says.
+fn cursor_for(log: &StreamLog, start: StartAt) -> io::Result<Cursor> {
+    Ok(match start {
+        StartAt::First => log.cursor_at(0),
+        StartAt::Last => log.cursor_at(log.next_offset().saturating_sub(1)),
+        StartAt::Next => log.cursor_at(log.next_offset()),
+        StartAt::Offset(n) => log.cursor_at(n),
+        StartAt::Time(ms) => log.cursor_at_time(ms)?,
+    })
 }
 
 /// A stream reader: a consumer and where it is.
@@ -206,6 +219,16 @@ pub struct StreamQueue {
     dir: PathBuf,
     retention: Mutex<Retention>,
     state: Mutex<State>,
+    /// Other nodes' readers waiting for the next append (stream_read.rs).
+    tail: TailWaiters,
+}
+
+/// Records read for a reader on another node (stream_copy.rs).
+#[derive(Debug)]
+pub struct RemoteRead {
+    /// The offset to read from next (where the start resolved to, when nothing was read).
+    pub resume: u64,
+    pub records: Vec<warren_storage::stream::StreamRecord>,
 }
 
 impl StreamQueue {
@@ -255,6 +278,8 @@ impl StreamQueue {
                 if let Some(c) = confirm {
                     self.streams.syncer.sync(log.active_file(), c.hold());
                 }
+                drop(state);
+                self.tail.wake_all();
                 true
             }
             Err(e) => {
@@ -273,15 +298,50 @@ impl StreamQueue {
         let Some(log) = state.log.as_ref() else {
             return Ok(());
         };
-        let cursor = match start {
-            StartAt::First => log.cursor_at(0),
-            StartAt::Last => log.cursor_at(log.next_offset().saturating_sub(1)),
-            StartAt::Next => log.cursor_at(log.next_offset()),
-            StartAt::Offset(n) => log.cursor_at(n),
-            StartAt::Time(ms) => log.cursor_at_time(ms)?,
-        };
+        let cursor = cursor_for(log, start)?;
         state.readers.push(Reader { consumer, cursor });
         Ok(())
+    }
+
+    /// For a reader on another node: up to `max_records` (about `max_bytes`) from `start` on.
+    /// None once the stream is deleted.
+    pub fn read_from(
+        &self,
+        start: StartAt,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> io::Result<Option<RemoteRead>> {
+        let state = self.state.lock();
+        let Some(log) = state.log.as_ref() else {
+            return Ok(None);
+        };
+        let mut cursor = cursor_for(log, start)?;
+        let records = log.read(&mut cursor, max_records.min(READ_BATCH), max_bytes)?;
+        Ok(Some(RemoteRead {
+            resume: cursor.offset,
+            records,
+        }))
+    }
+
+    /// The offset the next append gets.
+    pub fn next_offset(&self) -> u64 {
+        self.state
+            .lock()
+            .log
+            .as_ref()
+            .map_or(0, StreamLog::next_offset)
+    }
+
+    /// Resolves once a record at `offset` or later exists, or the stream is deleted.
+    pub async fn appended(&self, offset: u64) {
+        let passed = || {
+            let state = self.state.lock();
+            state
+                .log
+                .as_ref()
+                .is_none_or(|log| log.next_offset() > offset)
+        };
+        self.tail.until(passed).await
     }
 
     /// Removes `consumer`'s reader; true if it had one.
@@ -356,19 +416,8 @@ impl StreamQueue {
                     continue;
                 };
                 let message = stored.into_message(self.streams.account.clone(), true, None);
-                let delivery = Delivery {
-                    consumer: consumer.clone(),
-                    queue: queue.clone(),
-                    entry: Entry {
-                        seq: r.offset,
-                        message: Arc::new(message),
-                        redelivered: false,
-                        priority: 0,
-                        expires_at: None,
-                        returns: 0,
-                        store_id: None,
-                    },
-                };
+                let delivery =
+                    stream_delivery(consumer.clone(), queue.clone(), r.offset, Arc::new(message));
                 if let Err(back) = consumer.sink.deliver(delivery) {
                     back.consumer.release_credit(1);
                     return false;
@@ -386,6 +435,8 @@ impl StreamQueue {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "could not remove a deleted stream's files");
             }
         }
+        drop(state);
+        self.tail.wake_all();
         readers.into_iter().map(|r| r.consumer).collect()
     }
 }

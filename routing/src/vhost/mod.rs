@@ -236,7 +236,8 @@ impl Vhost {
         spec: &QueueSpec,
         args: &arguments::QueueArguments,
     ) -> AmqpResult<Option<StreamQueue>> {
-        if !args.stream {
+        let copy = self.replication.get().is_some_and(|r| r.is_copy_spec(spec));
+        if !args.stream || copy {
             return Ok(None);
         }
         let Some(streams) = &self.streams else {
@@ -280,13 +281,15 @@ impl Vhost {
             (_, Some(r)) if args.quorum => Some((r.quorum.clone(), name)),
             // A copy of a classic queue another node holds: what its consumers were handed came
             // from there, and their acks go there.
-            (_, Some(r)) if spec.home.is_some_and(|h| h.node != r.node) => {
-                Some((r.copies.clone(), name))
-            }
+            (_, Some(r)) if r.is_copy_spec(&spec) => Some((r.copies.clone(), name)),
             (Some(d), _) if spec.durable => {
                 let journal: Arc<dyn Journal> = d.clone();
                 Some((journal, name))
             }
+            _ => None,
+        };
+        let remote_stream = match self.replication.get() {
+            Some(r) if args.stream && r.is_copy_spec(&spec) => Some(r.streams.clone()),
             _ => None,
         };
         let owner: Arc<dyn QueueOwner> = self.clone();
@@ -299,6 +302,7 @@ impl Vhost {
                 durability,
                 paging: self.paging.clone(),
                 stream,
+                remote_stream,
             },
             self.timers.clone(),
             now,

@@ -10,7 +10,8 @@
 //! [`Vhost::apply_replicated`], in log order and idempotently: applying a declaration of something
 //! that exists, or a deletion of something that does not, changes nothing.
 //!
-//! A classic queue lives on its home node (the node whose client declared it), as in RabbitMQ:
+//! A classic queue (and a stream: queue/stream_copy.rs) lives on its home node (the node whose
+//! client declared it), as in RabbitMQ:
 //! its record, with the home, is every node's, so every node routes to it and refuses a second
 //! declaration; the home holds the live queue, and every other node a copy that publishes and
 //! dead letters are forwarded through and that its own consumers take from (the broker's
@@ -30,6 +31,7 @@ use crate::exchange::{Destination, ExchangeKind, ExchangeSpec};
 use crate::ids::ConnectionId;
 use crate::meta::MetaCommand;
 use crate::queue::sink::{Journal, MetaProposer};
+use crate::queue::stream_copy::RemoteStream;
 use crate::queue::{arguments, Queue, QueueSpec};
 use crate::resource::check_name;
 use crate::time::Now;
@@ -56,12 +58,19 @@ pub struct Replication {
     pub copies: Arc<dyn Journal>,
     /// Where changes the vhost decides itself go (deletions of queues it holds).
     pub proposer: Arc<dyn MetaProposer>,
+    /// How the consumers of this node's copies of streams other nodes hold read them there.
+    pub streams: Arc<dyn RemoteStream>,
 }
 
 impl Replication {
     /// Whether `queue` here is a copy of a classic queue another node holds.
     pub fn is_copy(&self, queue: &Queue) -> bool {
-        queue.spec.home.is_some_and(|h| h.node != self.node)
+        self.is_copy_spec(&queue.spec)
+    }
+
+    /// Whether a queue of `spec` is, here, a copy of a classic queue or stream another node holds.
+    pub fn is_copy_spec(&self, spec: &QueueSpec) -> bool {
+        spec.home.is_some_and(|h| h.node != self.node)
     }
 }
 
@@ -188,12 +197,6 @@ impl Vhost {
             });
         }
         let args = self.check_new_queue(&spec, before_create)?;
-        if args.stream {
-            return Err(AmqpError::precondition(format!(
-                "cannot declare {}: stream queues are not yet supported on a Warren cluster (declare it on a single node, or set rabbit_stream_fanout = false)",
-                self.resource("queue", &spec.name)
-            )));
-        }
         if !args.quorum {
             spec.home = self.replication.get().map(|r| crate::meta::QueueHome {
                 node: r.node,
@@ -284,10 +287,12 @@ impl Vhost {
                 if let Some(e) = refused.first() {
                     return Err(e.text.clone());
                 }
+                // The home of a stream opens its log; other nodes' copies read it there.
+                let stream = self.open_stream(&spec, &args).map_err(|e| e.text)?;
                 if let Some(d) = &self.durability {
                     d.meta(command);
                 }
-                let q = self.new_queue(spec, args, None, now);
+                let q = self.new_queue(spec, args, stream, now);
                 self.queues.insert(queue.clone(), q);
             }
             MetaCommand::DeleteQueue { queue, .. } => {

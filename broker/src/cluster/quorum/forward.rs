@@ -252,6 +252,18 @@ impl crate::cluster::link::RequestHandler for QuorumServer {
                 return Box::pin(async move { answer });
             }
             rpc::GOT => return done(subs.gets.settle(from, &body)),
+            rpc::STREAM_READ => {
+                let answer = holder().and_then(|h| {
+                    super::stream::answer_read(&*h, |q| self.journal.holds(q), &body)
+                });
+                return Box::pin(async move { answer });
+            }
+            rpc::STREAM_TAIL => {
+                return match holder() {
+                    Ok(h) => super::stream::answer_tail(&*h, |q| self.journal.holds(q), &body),
+                    Err(e) => Box::pin(async move { Err(e) }),
+                }
+            }
             rpc::COUNT | rpc::PURGE => {
                 let answer =
                     holder().and_then(|h| super::remote::answer(&self.journal, &*h, kind, &body));

@@ -20,6 +20,8 @@ pub struct ShardJournal {
     shards: OnceLock<Vec<Arc<ShardGroup>>>,
     /// Consumers of queues this node does not host, and other nodes' of queues it hosts.
     pub subscriptions: super::subscribe::Subscriptions,
+    /// This node's consumers of streams other nodes hold.
+    pub streams: super::StreamReads,
     /// Message ids for every shard this node leads: above each shard's replica when it took over.
     pub(super) next_id: AtomicU64,
     /// How a change this node decides itself reaches the metadata group (set when it starts).

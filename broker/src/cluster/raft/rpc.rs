@@ -39,6 +39,10 @@ pub const GOT: u8 = 17;
 /// A member's view of the cluster's members, asked for by a node without a leader
 /// (cluster/node.rs `learn_members`).
 pub const VIEW: u8 = 18;
+/// A consumer's read of a stream another node holds, and the wait for its tail
+/// (cluster/quorum/stream.rs).
+pub const STREAM_READ: u8 = 19;
+pub const STREAM_TAIL: u8 = 20;
 
 /// A group's snapshot as it travels: the vote of the leader sending it, its metadata and its data.
 pub type Snapshot = SnapshotOf<Types, Vec<u8>>;
