@@ -144,6 +144,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "delivery_mode 2 into a quorum queue, confirms (window 1000) at 2,000 msg/s + manual ack",
     ),
     (
+        "stream",
+        "delivery_mode 2 into a stream, confirms (window 1000), 3 consumers each reading every message (prefetch 100, manual ack)",
+    ),
+    (
         "runaway",
         "isolation: a publisher/consumer pair alone, then beside a confirming publisher 10x faster than its consumer",
     ),
@@ -268,8 +272,8 @@ async fn run_async(args: RunArgs) -> Result<()> {
     for name in &args.scenarios {
         let sizes: Vec<usize> = match name.as_str() {
             "publish" | "pubsub" | "confirms" | "fanout" | "topic" | "persistent"
-            | "persistent-w1" | "quorum" | "quorum-w1" | "quorum-paced" | "rpc-1x1" | "rpc-8x2"
-            | "latency" | "floor-rpc" | "floor-latency" => args.sizes.clone(),
+            | "persistent-w1" | "quorum" | "quorum-w1" | "quorum-paced" | "stream" | "rpc-1x1"
+            | "rpc-8x2" | "latency" | "floor-rpc" | "floor-latency" => args.sizes.clone(),
             "amqprs-publish" => vec![16],
             // One size: the row runs two windows, and its question is about backlogs, not bodies.
             "runaway" => vec![1024],
@@ -321,7 +325,9 @@ async fn run_one(ctx: &Ctx, name: &str, size: usize) -> Result<Outcome> {
         "publish" => scenarios::publish_only(ctx, size, false).await,
         "amqprs-publish" => scenarios::publish_only(ctx, size, true).await,
         "pubsub" | "confirms" | "fanout" | "topic" | "persistent" | "persistent-w1" | "quorum"
-        | "quorum-w1" | "quorum-paced" | "latency" => scenarios::pubsub(ctx, name, size).await,
+        | "quorum-w1" | "quorum-paced" | "stream" | "latency" => {
+            scenarios::pubsub(ctx, name, size).await
+        }
         "runaway" => scenarios::runaway(ctx, size).await,
         "rpc-1x1" => scenarios::rpc(ctx, 1, 1, size).await,
         "rpc-8x2" => scenarios::rpc(ctx, 8, 2, size).await,

@@ -202,6 +202,7 @@ pub fn report(args: ReportArgs) -> Result<()> {
         "persistent-w1",
         "quorum",
         "quorum-w1",
+        "stream",
         "rpc-1x1",
         "rpc-8x2",
         "amqprs-publish",
@@ -257,7 +258,7 @@ pub fn report(args: ReportArgs) -> Result<()> {
     // (row, fields): delivery/call latency in `p50_us` …, confirm latency in `confirm_p50_us` ….
     let latency_rows = keys.iter().filter_map(|k| match k.0.as_str() {
         "latency" | "rpc-1x1" | "rpc-8x2" => Some((k, k.0.clone(), "")),
-        "confirms" | "persistent" | "persistent-w1" | "quorum" | "quorum-w1" => {
+        "confirms" | "persistent" | "persistent-w1" | "quorum" | "quorum-w1" | "stream" => {
             Some((k, format!("{} confirm", k.0), "confirm_"))
         }
         _ => None,

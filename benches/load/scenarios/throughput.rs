@@ -208,6 +208,8 @@ pub async fn pubsub(ctx: &Ctx, scenario: &str, size: usize) -> Result<Outcome> {
     let mut manual_ack = false;
     let mut latency = false;
     let mut paced = false;
+    // Consumers per queue (a stream's each read every message).
+    let mut readers = 1;
     let spec = match scenario {
         "pubsub" => {
             let q = format!("bench-{tag}");
@@ -215,15 +217,15 @@ pub async fn pubsub(ctx: &Ctx, scenario: &str, size: usize) -> Result<Outcome> {
             queues.push(q.clone());
             transient_spec(ctx, "", vec![q], size)
         }
-        "confirms" | "persistent" | "persistent-w1" | "quorum" | "quorum-w1" | "quorum-paced" => {
+        "confirms" | "persistent" | "persistent-w1" | "quorum" | "quorum-w1" | "quorum-paced"
+        | "stream" => {
             let q = format!("bench-{tag}");
             let persistent = scenario != "confirms";
             let mut arguments = FieldTable::default();
-            if scenario.starts_with("quorum") {
-                arguments.insert(
-                    "x-queue-type".into(),
-                    AMQPValue::LongString("quorum".into()),
-                );
+            for kind in ["quorum", "stream"] {
+                if scenario.starts_with(kind) {
+                    arguments.insert("x-queue-type".into(), AMQPValue::LongString(kind.into()));
+                }
             }
             control
                 .declare_queue_with(
@@ -240,6 +242,12 @@ pub async fn pubsub(ctx: &Ctx, scenario: &str, size: usize) -> Result<Outcome> {
             manual_ack = true;
             let mut spec = transient_spec(ctx, "", vec![q], size);
             spec.confirms = true;
+            if scenario == "stream" {
+                // Three independent readers from `next` (each consumer starts before the publisher),
+                // as oslo's stream fanout has one per service instance.
+                readers = 3;
+                spec.fanout = 3;
+            }
             if scenario.ends_with("-w1") {
                 spec.window = 1;
             }
@@ -317,9 +325,11 @@ pub async fn pubsub(ctx: &Ctx, scenario: &str, size: usize) -> Result<Outcome> {
     };
     let mut tasks = Vec::new();
     for q in &queues {
-        tasks.push(
-            start_consumer(ctx, q, manual_ack, latency, counters.clone(), stop.clone()).await?,
-        );
+        for _ in 0..readers {
+            tasks.push(
+                start_consumer(ctx, q, manual_ack, latency, counters.clone(), stop.clone()).await?,
+            );
+        }
     }
     let done = Arc::new(Notify::new());
     tasks.push(start_publisher(ctx, spec, counters.clone(), stop.clone(), done).await?);
