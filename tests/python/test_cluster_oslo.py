@@ -51,10 +51,14 @@ class Notifications:
         return messaging.NotificationResult.HANDLED
 
 
-def conf_for(cluster: Cluster, tmp_path, transient_quorum: bool):
+def conf_for(cluster: Cluster, tmp_path, transient_quorum: bool, first: int = 1,
+             kolla: str = ""):
+    """A service's configuration: the transport URL lists every node, ``first`` first (where
+    kombu connects); ``kolla`` adds settings to [oslo_messaging_rabbit]."""
     broker = cluster.broker(1)
-    hosts = ",".join(f"{broker.server_name}:{cluster.port(i)}" for i in range(1, NODES + 1))
-    path = tmp_path / "oslo.conf"
+    order = [first] + [i for i in range(1, NODES + 1) if i != first]
+    hosts = ",".join(f"{broker.server_name}:{cluster.port(i)}" for i in order)
+    path = tmp_path / f"oslo-{first}.conf"
     path.write_text(f"""\
 [DEFAULT]
 transport_url = rabbit://{hosts}/
@@ -74,7 +78,7 @@ rabbit_retry_backoff = 1
 rabbit_interval_max = 2
 kombu_reconnect_delay = 0.5
 heartbeat_timeout_threshold = 10
-""")
+{kolla}""")
     conf = cfg.ConfigOpts()
     conf(args=[], project="warren-ha", default_config_files=[str(path)])
     conffixture.ConfFixture(conf)
@@ -158,6 +162,70 @@ def test_openstack_services_keep_working_when_a_node_is_killed(tmp_path, victim,
         print(f"calls work again {recovered:.2f}s after kill -9 of node {host}; "
               f"notifications sent {len(sent)}, received {len(notes.seen)} "
               f"(duplicates {len(notes.seen) - len(set(notes.seen))})")
+    finally:
+        for s in started:
+            s.stop()
+        for s in started:
+            t = threading.Thread(target=s.wait, daemon=True)
+            t.start()
+            t.join(10)
+        for t in transports:
+            t.cleanup()
+        cluster.stop_all()
+
+
+#: What kolla-ansible adds to the settings above today (test_oslo_kolla.py runs them on one node).
+KOLLA = """\
+use_queue_manager = true
+rabbit_stream_fanout = true
+rabbit_qos_prefetch_count = 10
+"""
+
+
+def test_kolla_stream_fanout_reaches_servers_connected_to_every_node(tmp_path):
+    """kolla's settings on a cluster: the topic's fanout is one stream queue, whose home is the
+    node of the service that declared it; servers connected to the other nodes read it there, and
+    a client on a third node publishes to it."""
+    from oslo_concurrency import lockutils
+
+    lockutils.set_defaults(str(tmp_path))
+    cluster = Cluster(tmp_path)
+    cluster.configure()
+    started = []
+    transports = []
+    try:
+        for i in range(1, NODES + 1):
+            cluster.start(i)
+        rpc = {}
+        for first in range(1, NODES + 1):
+            rpc[first] = messaging.get_rpc_transport(
+                conf_for(cluster, tmp_path, True, first=first, kolla=KOLLA))
+            transports.append(rpc[first])
+        topic = f"compute_{uuid.uuid4().hex[:8]}"
+        eps = {}
+        for node in (2, 3):
+            eps[node] = Endpoint()
+            server = messaging.get_rpc_server(
+                rpc[node], messaging.Target(topic=topic, server=f"c{node}"), [eps[node]],
+                executor="threading")
+            server.start()
+            started.append(server)
+        client = messaging.get_rpc_client(rpc[1], messaging.Target(topic=topic),
+                                          timeout=CALL_TIMEOUT)
+        assert call_until_ok(client, time.monotonic() + FAILOVER, a=2, b=40) == 42
+        streams = [q for q in cluster.queues(1) if q["type"] == "stream"]
+        assert [q["name"] for q in streams] == [f"{topic}_fanout"], streams
+        names = {cluster.name(i): i for i in range(1, NODES + 1)}
+        assert names[streams[0]["node"]] in (2, 3), streams
+        fanout = client.prepare(fanout=True)
+        sent = [f"m{i}" for i in range(20)]
+        for value in sent:
+            fanout.cast({}, "record", value=value)
+        for node, ep in eps.items():
+            wait(lambda ep=ep: len(ep.casts) >= len(sent), 30, f"the fanout casts at c{node}")
+        time.sleep(1)  # anything repeated would arrive meanwhile
+        for ep in eps.values():
+            assert ep.casts == sent
     finally:
         for s in started:
             s.stop()
