@@ -446,7 +446,7 @@ fn print_table(rows: &[Value], columns: &[&str]) {
     }
 }
 
-fn socket_path(flag: Option<PathBuf>) -> PathBuf {
+pub(crate) fn socket_path(flag: Option<PathBuf>) -> PathBuf {
     flag.or_else(|| std::env::var_os("WARREN_ADMIN_SOCKET").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("/var/lib/warren/admin.sock"))
 }
@@ -463,7 +463,20 @@ pub enum Failure {
 }
 
 /// Sends one request and returns the broker's `result`, or its error as this command's error.
-fn call(socket: &PathBuf, request: &Value) -> anyhow::Result<Value> {
+/// Writes `data` to `file`, readable by its owner only (definitions hold password hashes).
+pub(crate) fn write_private(file: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(file)?;
+    f.write_all(data)
+}
+
+pub(crate) fn call(socket: &PathBuf, request: &Value) -> anyhow::Result<Value> {
     let mut stream = UnixStream::connect(socket).map_err(|e| {
         Failure::Unavailable(format!(
             "cannot reach the broker's admin socket {}: {e}",
@@ -578,16 +591,8 @@ pub fn run(
         if file.as_os_str() == "-" {
             print!("{text}");
         } else {
-            use std::io::Write as _;
-            use std::os::unix::fs::OpenOptionsExt as _;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(file)
+            write_private(file, text.as_bytes())
                 .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", file.display()))?;
-            f.write_all(text.as_bytes())?;
             println!("Exported definitions to {}", file.display());
         }
         return Ok(());

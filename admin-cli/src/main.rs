@@ -6,6 +6,7 @@
 
 mod admin;
 mod ca;
+mod rabbit;
 
 use std::path::PathBuf;
 
@@ -84,6 +85,15 @@ impl From<ClusterCommand> for admin::AdminCommand {
 }
 
 fn main() -> std::process::ExitCode {
+    // Installed as rabbitmqctl and rabbitmq-diagnostics too: then it reads RabbitMQ's command lines.
+    let mut argv = std::env::args_os();
+    if let Some(tool) = argv.next().as_deref().and_then(rabbit::Tool::of) {
+        let Ok(words) = argv.map(|a| a.into_string()).collect::<Result<Vec<_>, _>>() else {
+            eprintln!("Error:\narguments must be UTF-8");
+            return std::process::ExitCode::from(64);
+        };
+        return rabbit::main(tool, admin::socket_path(None), words);
+    }
     let args = Args::parse();
     let result = match args.command {
         Command::Ca { command } => ca::run(command),

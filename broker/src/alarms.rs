@@ -85,6 +85,14 @@ impl Alarms {
         self.used.load(Ordering::Relaxed)
     }
 
+    pub fn memory_alarm(&self) -> bool {
+        self.memory.load(Ordering::Acquire)
+    }
+
+    pub fn disk_alarm(&self) -> bool {
+        self.disk.load(Ordering::Acquire)
+    }
+
     pub fn in_alarm(&self) -> bool {
         self.memory.load(Ordering::Acquire) || self.disk.load(Ordering::Acquire)
     }

@@ -85,6 +85,8 @@ pub struct Broker {
     /// the broker is dropped): tasks that outlive a stopped broker a moment must not keep the
     /// directory from the next one.
     dir_lock: Mutex<Option<DirLock>>,
+    /// When it started (uptime, as status shows it).
+    pub(crate) started: std::time::Instant,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -391,6 +393,7 @@ impl Broker {
             shard_journal,
             replication,
             dir_lock: Mutex::new(Some(dir_lock)),
+            started: std::time::Instant::now(),
         });
         let disk_limit = broker
             .config

@@ -115,9 +115,11 @@ class WarrenProcess:
 class Broker:
     """Where the broker under test listens, and how each client library reaches it."""
 
-    def __init__(self, kind: str, port: int, data_dir: Path, log_paths=(), version=None, ctl=None):
+    def __init__(self, kind: str, port: int, data_dir: Path, log_paths=(), version=None, ctl=None,
+                 rabbit_tool=None):
         self.kind = kind
         self._ctl = ctl
+        self._rabbit_tool = rabbit_tool
         self.host = HOST
         self.server_name = SERVER_NAME
         self.port = port
@@ -131,6 +133,13 @@ class Broker:
         if self._ctl is None:
             pytest.skip(f"no command-line tool for a {self.kind} target")
         return self._ctl(*args)
+
+    def rabbit_tool(self, tool: str, *args: str) -> subprocess.CompletedProcess:
+        """``rabbitmqctl`` or ``rabbitmq-diagnostics`` (``tool``) with ``args``, as deployment tools
+        run them: RabbitMQ's own against RabbitMQ, brokerctl under those names against Warren."""
+        if self._rabbit_tool is None:
+            pytest.skip(f"no RabbitMQ command-line tools for a {self.kind} target")
+        return self._rabbit_tool(tool, *args)
 
     # -- TLS material -------------------------------------------------------
     @property
@@ -265,8 +274,18 @@ def broker(tmp_path_factory):
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
             return cp.returncode, cp.stdout
 
+        tools = base / "rabbit-tools"
+        tools.mkdir()
+        for name in ("rabbitmqctl", "rabbitmq-diagnostics"):
+            (tools / name).symlink_to(Path(_warren_exe()).with_name("brokerctl"))
+
+        def rabbit_tool(tool: str, *args: str) -> subprocess.CompletedProcess:
+            env = dict(os.environ, WARREN_ADMIN_SOCKET=str(proc.data_dir / "admin.sock"))
+            return subprocess.run([str(tools / tool), *args], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, timeout=60)
+
         b = Broker("warren", proc.port, proc.data_dir, [proc.stdout_path, proc.stderr_path],
-                   ctl=brokerctl)
+                   ctl=brokerctl, rabbit_tool=rabbit_tool)
         _session_broker = b
         try:
             yield b
@@ -291,7 +310,13 @@ def broker(tmp_path_factory):
             cp = node.ctl(*args, check=False)
             return cp.returncode, cp.stdout
 
-        b = Broker("rabbitmq", node.port, node.base, logs, version=node.version, ctl=rabbitmqctl)
+        def rabbit_tool(tool: str, *args: str) -> subprocess.CompletedProcess:
+            return subprocess.run([str(Path(node.sbin) / tool), "-n", node.nodename, *args],
+                                  env=node.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, timeout=120)
+
+        b = Broker("rabbitmq", node.port, node.base, logs, version=node.version, ctl=rabbitmqctl,
+                   rabbit_tool=rabbit_tool)
         _session_broker = b
         try:
             yield b

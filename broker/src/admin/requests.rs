@@ -32,6 +32,12 @@ pub(crate) enum Request {
     ClearPassword {
         name: String,
     },
+    /// Whether `password` is the user's password for the password bridge (rabbitmqctl
+    /// authenticate_user); refused when the bridge is off, as no password logs anyone in then.
+    AuthenticateUser {
+        name: String,
+        password: String,
+    },
     AddVhost {
         name: String,
     },
@@ -101,6 +107,20 @@ pub(crate) enum Request {
     ImportDefinitions {
         definitions: Value,
     },
+    /// Drops a queue's ready messages (rabbitmqctl purge_queue).
+    PurgeQueue {
+        vhost: String,
+        name: String,
+    },
+    /// Deletes a queue (rabbitmqctl delete_queue), with queue.delete's conditions.
+    DeleteQueue {
+        vhost: String,
+        name: String,
+        #[serde(default)]
+        if_unused: bool,
+        #[serde(default)]
+        if_empty: bool,
+    },
     ListExchanges {
         vhost: String,
     },
@@ -158,6 +178,7 @@ impl Request {
     fn describe(&self) -> String {
         match self {
             Request::ChangePassword { name, .. } => format!("change_password {name}"),
+            Request::AuthenticateUser { name, .. } => format!("authenticate_user {name}"),
             // The document may hold passwords.
             Request::ImportDefinitions { .. } => "import_definitions".into(),
             other => format!("{other:?}"),
@@ -222,6 +243,22 @@ async fn execute(broker: &Broker, request: Request) -> Result<Value, AdminError>
             done(broker.set_password_hash(&name, Some(hash)).await)
         }
         Request::ClearPassword { name } => done(broker.set_password_hash(&name, None).await),
+        Request::AuthenticateUser { name, password } => {
+            if !broker.config.auth.password_bridge {
+                return Err(AdminError(
+                    "password login ([auth] password_bridge) is off: no password logs anyone in".into(),
+                ));
+            }
+            let users = broker.definitions().users;
+            let user = users
+                .iter()
+                .find(|u| u.name == name)
+                .ok_or_else(|| AdminError(format!("no such user '{name}'")))?;
+            match user.password_hash.as_deref() {
+                Some(hash) if crate::password::verify(hash, &password) => Ok(json!("Success")),
+                _ => Err(AdminError(format!("Error: failed to authenticate user \"{name}\""))),
+            }
+        }
         Request::AddVhost { name } => done(broker.add_vhost(&name).await),
         Request::DeleteVhost { name } => done(broker.delete_vhost(&name).await),
         Request::SetPermissions { vhost, user, configure, write, read } => {
@@ -270,6 +307,40 @@ async fn execute(broker: &Broker, request: Request) -> Result<Value, AdminError>
             Ok(Value::Array(rows))
         }
         Request::ExportDefinitions => Ok(broker.export_definitions()),
+        Request::PurgeQueue { vhost: v, name } => {
+            let vhost = vhost(broker, &v)?;
+            let queue = vhost
+                .find_queue(&name)
+                .ok_or_else(|| AdminError(no_queue(&v, &name)))?;
+            if broker.cluster().is_some() && !broker.shard_journal.holds(&queue) {
+                return Err(AdminError(format!(
+                    "queue '{name}' in vhost '{v}' is held by node {}: purge it there",
+                    broker.queue_node(&queue).unwrap_or_else(|| "?".into())
+                )));
+            }
+            Ok(json!(queue.purge(crate::time::Now::read())))
+        }
+        Request::DeleteQueue { vhost: v, name, if_unused, if_empty } => {
+            let vhost = vhost(broker, &v)?;
+            let nobody = crate::ids::ConnectionId(0);
+            if vhost.is_replicated() {
+                let command = vhost
+                    .plan_delete_queue(&name, if_unused, if_empty, nobody)
+                    .map_err(|e| AdminError(e.text))?;
+                let count = vhost.find_queue(&name).map_or(0, |q| q.message_count());
+                if let Some(command) = command {
+                    broker.change(vec![command]).await?;
+                }
+                return Ok(json!(count));
+            }
+            if vhost.find_queue(&name).is_none() {
+                return Err(AdminError(no_queue(&v, &name)));
+            }
+            let count = vhost
+                .delete_queue(&name, if_unused, if_empty, nobody, crate::time::Now::read())
+                .map_err(|e| AdminError(e.text))?;
+            Ok(json!(count))
+        }
         Request::ImportDefinitions { definitions } => broker.import_definitions(&definitions).await,
         Request::ListUsers => Ok(Value::Array(
             broker
@@ -317,7 +388,10 @@ async fn execute(broker: &Broker, request: Request) -> Result<Value, AdminError>
                         },
                         "node": broker.queue_node(q),
                         "messages": q.message_count(),
+                        "messages_unacknowledged": q.unacknowledged(),
+                        "message_bytes": q.ready_bytes(),
                         "messages_paged_out": q.paged_count(),
+                        "arguments": super::json_table::to_json(&q.spec.arguments),
                         "consumers": q.consumer_count(),
                         "durable": q.spec.durable,
                         "exclusive": q.spec.exclusive_owner.is_some(),
@@ -342,6 +416,7 @@ async fn execute(broker: &Broker, request: Request) -> Result<Value, AdminError>
                         "auto_delete": x.spec.auto_delete,
                         "internal": x.spec.internal,
                         "alternate_exchange": x.spec.arguments.inner().get("alternate-exchange").and_then(as_text),
+                        "arguments": super::json_table::to_json(&x.spec.arguments),
                     })
                 })
                 .collect();
@@ -414,13 +489,25 @@ async fn execute(broker: &Broker, request: Request) -> Result<Value, AdminError>
         Request::Status => Ok(json!({
             "product": "Warren",
             "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
             "listeners": broker.config.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "connections": broker.connections.len(),
             "vhosts": broker.definitions().vhosts,
             "memory_used": broker.alarms.used(),
-            "memory_alarm": broker.alarms.in_alarm(),
+            "memory_limit": broker.alarms.high_watermark(),
+            "memory_alarm": broker.alarms.memory_alarm(),
+            "disk_alarm": broker.alarms.disk_alarm(),
+            "disk_free": crate::alarms::free_disk(&broker.config.data_dir),
+            "data_dir": broker.config.data_dir,
+            "password_bridge": broker.config.auth.password_bridge,
+            "cluster_node": broker.cluster().map(|c| c.links.config().me().map(|p| p.name.clone())),
+            "uptime_ms": broker.started.elapsed().as_millis() as u64,
         })),
     }
+}
+
+fn no_queue(vhost: &str, name: &str) -> String {
+    format!("no queue '{name}' in vhost '{vhost}'")
 }
 
 fn cluster_of(broker: &Broker) -> Result<&crate::cluster::node::Cluster, AdminError> {

@@ -690,6 +690,26 @@ impl Queue {
         self.locked.lock().state.paged()
     }
 
+    /// Bytes of what it holds ready (a stream: its files).
+    pub fn ready_bytes(&self) -> u64 {
+        if let Some(stream) = &self.stream {
+            return stream.bytes();
+        }
+        self.locked.lock().state.ready_bytes()
+    }
+
+    /// Deliveries to its consumers not yet acknowledged (what their prefetch counts).
+    pub fn unacknowledged(&self) -> u64 {
+        let locked = self.locked.lock();
+        locked
+            .state
+            .consumers()
+            .iter()
+            .filter(|c| !c.no_ack)
+            .map(|c| u64::from(c.prefetch.used()))
+            .sum()
+    }
+
     pub fn consumer_count(&self) -> u32 {
         self.locked.lock().state.consumer_count()
     }

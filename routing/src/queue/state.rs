@@ -503,6 +503,11 @@ impl<C: ConsumerHandle> QueueState<C> {
     }
 
     /// Ready messages held in spill files rather than memory.
+    /// Bytes of the ready messages' bodies and properties.
+    pub fn ready_bytes(&self) -> u64 {
+        self.ready.bytes()
+    }
+
     pub fn paged(&self) -> u64 {
         self.ready.paged()
     }

@@ -1,0 +1,137 @@
+"""RabbitMQ's command-line tools as OpenStack's deployment tools run them (issue 15): brokerctl
+installed as ``rabbitmqctl`` and ``rabbitmq-diagnostics`` against Warren, RabbitMQ's own against
+RabbitMQ (WARREN_TEST_TARGET=rabbitmq), the same command lines and the same expectations: exit
+codes and the parsed shapes of what they print.
+
+The command lines are the ones kolla-ansible's health check and precheck, the community.rabbitmq
+Ansible modules, openstack-ansible and openstack-helm run."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from conftest import TARGET
+
+
+def run(broker, tool, *args):
+    return broker.rabbit_tool(tool, *args)
+
+
+def ok(broker, tool, *args) -> str:
+    cp = run(broker, tool, *args)
+    assert cp.returncode == 0, f"{tool} {' '.join(args)}: {cp.returncode}\n{cp.stdout}\n{cp.stderr}"
+    return cp.stdout
+
+
+def as_json(broker, tool, *args):
+    out = ok(broker, tool, *args)
+    return json.loads(out)
+
+
+@pytest.mark.parametrize("check", [
+    "ping", "check_running", "check_local_alarms", "check_port_connectivity",
+    "check_virtual_hosts", "status"])
+def test_kolla_health_check_commands_succeed(broker, check):
+    """kolla-ansible's rabbitmq health check: each ``rabbitmq-diagnostics -q`` check exits 0."""
+    out = ok(broker, "rabbitmq-diagnostics", "-q", check)
+    if check == "ping":
+        assert "Ping succeeded" in out
+
+
+def test_status_as_json_has_what_openstack_ansible_reads(broker):
+    status = as_json(broker, "rabbitmqctl", "status", "--formatter", "json")
+    assert isinstance(status["rabbitmq_version"], str) and status["rabbitmq_version"].count(".") == 2
+    assert isinstance(status["pid"], int)
+    assert any(l["protocol"] == "amqp/ssl" and l["port"] == broker.port for l in status["listeners"])
+    assert status["alarms"] == []
+
+
+def test_kolla_precheck_lists_queue_names_and_types(broker):
+    conn = broker.pika_connection()
+    ch = conn.channel()
+    quorum, stream = f"pq-{uuid.uuid4().hex[:8]}", f"ps-{uuid.uuid4().hex[:8]}"
+    ch.queue_declare(quorum, durable=True, arguments={"x-queue-type": "quorum"})
+    ch.queue_declare(stream, durable=True, arguments={"x-queue-type": "stream"})
+    try:
+        rows = as_json(broker, "rabbitmqctl", "list_queues", "--silent", "name", "type",
+                       "--formatter", "json")
+        assert all(set(r) == {"name", "type"} for r in rows), rows
+        types = {r["name"]: r["type"] for r in rows}
+        assert (types[quorum], types[stream]) == ("quorum", "stream")
+        # The table: no header with --silent, one tab-separated row per queue.
+        lines = ok(broker, "rabbitmqctl", "list_queues", "--silent", "name", "type").splitlines()
+        assert f"{quorum}\tquorum" in lines and "name\ttype" not in lines
+        lines = ok(broker, "rabbitmqctl", "-q", "list_queues", "name", "durable").splitlines()
+        assert lines[0] == "name\tdurable" and f"{quorum}\ttrue" in lines
+    finally:
+        ch.queue_delete(quorum)
+        ch.queue_delete(stream)
+        conn.close()
+
+
+def test_the_ansible_user_module_command_lines(broker):
+    """community.rabbitmq's rabbitmq_user: add, tag, permit, list as JSON, delete."""
+    user = f"svc-{uuid.uuid4().hex[:8]}"
+    ok(broker, "rabbitmqctl", "-q", "add_user", user, "not-a-login-on-warren")
+    ok(broker, "rabbitmqctl", "-q", "set_user_tags", user, "monitoring")
+    users = {u["user"]: u["tags"] for u in as_json(broker, "rabbitmqctl", "-q", "list_users",
+                                                      "--formatter", "json")}
+    assert users[user] == ["monitoring"]
+    assert as_json(broker, "rabbitmqctl", "-q", "list_user_permissions", user,
+                   "--formatter", "json") == []
+    ok(broker, "rabbitmqctl", "-q", "set_permissions", "-p", "/", user, ".*", "^amq\\.", "^$")
+    perms = as_json(broker, "rabbitmqctl", "-q", "list_user_permissions", user, "--formatter", "json")
+    assert perms == [{"vhost": "/", "configure": ".*", "write": "^amq\\.", "read": "^$"}]
+    listed = as_json(broker, "rabbitmqctl", "-q", "list_permissions", "-p", "/", "--formatter", "json")
+    assert {"user": user, "configure": ".*", "write": "^amq\\.", "read": "^$"} in listed
+    ok(broker, "rabbitmqctl", "-q", "clear_permissions", "-p", "/", user)
+    ok(broker, "rabbitmqctl", "-q", "delete_user", user)
+    cp = run(broker, "rabbitmqctl", "-q", "list_user_permissions", user)
+    assert cp.returncode != 0
+    assert run(broker, "rabbitmqctl", "-q", "delete_user", user).returncode != 0
+
+
+def test_vhosts_and_policies_as_the_ansible_modules_read_them(broker):
+    rows = as_json(broker, "rabbitmqctl", "-q", "list_vhosts", "name", "tracing", "--formatter", "json")
+    assert {"name": "/", "tracing": False} in rows
+    name = f"ttl-{uuid.uuid4().hex[:8]}"
+    ok(broker, "rabbitmqctl", "-q", "set_policy", "--apply-to", "queues", "--priority", "1",
+       name, "^ttl\\.", '{"message-ttl":60000}')
+    policies = as_json(broker, "rabbitmqctl", "-q", "list_policies", "-p", "/", "--formatter", "json")
+    mine = [p for p in policies if p["name"] == name]
+    assert len(mine) == 1, policies
+    definition = mine[0]["definition"]
+    if isinstance(definition, str):  # RabbitMQ 3.10 prints it as a JSON string
+        definition = json.loads(definition)
+    assert (mine[0]["pattern"], mine[0]["apply-to"], int(mine[0]["priority"]), definition) == (
+        "^ttl\\.", "queues", 1, {"message-ttl": 60000})
+    ok(broker, "rabbitmqctl", "-q", "clear_policy", name)
+    policies = as_json(broker, "rabbitmqctl", "-q", "list_policies", "--formatter", "json")
+    assert all(p["name"] != name for p in policies)
+
+
+def test_feature_flags_and_versions(broker):
+    ok(broker, "rabbitmqctl", "-q", "list_feature_flags")
+    ok(broker, "rabbitmqctl", "-q", "enable_feature_flag", "all")
+    assert ok(broker, "rabbitmqctl", "version").strip().count(".") >= 2
+
+
+def test_an_unknown_command_is_a_usage_error(broker):
+    cp = run(broker, "rabbitmqctl", "no_such_command_at_all")
+    assert cp.returncode == 64, (cp.stdout, cp.stderr)
+
+
+@pytest.mark.skipif(TARGET != "warren", reason="Warren's refusal of password login")
+def test_password_commands_say_why_they_fail_without_the_password_bridge(broker):
+    user = f"pw-{uuid.uuid4().hex[:8]}"
+    ok(broker, "rabbitmqctl", "-q", "add_user", user, "secret")
+    for verb in ("authenticate_user", "change_password"):
+        cp = run(broker, "rabbitmqctl", verb, user, "secret")
+        assert cp.returncode != 0
+        assert "certificate" in cp.stderr and "password_bridge" in cp.stderr, cp.stderr
+    ok(broker, "rabbitmqctl", "-q", "delete_user", user)
+    cp = run(broker, "rabbitmqctl", "stop_app_and_more")
+    assert cp.returncode == 64 and "not supported by Warren" in cp.stderr
