@@ -87,6 +87,8 @@ pub struct Broker {
     dir_lock: Mutex<Option<DirLock>>,
     /// When it started (uptime, as status shows it).
     pub(crate) started: std::time::Instant,
+    /// Whether it serves clients (`rabbitmqctl stop_app` / `start_app`).
+    serving: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -223,6 +225,29 @@ pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
 }
 
 impl Broker {
+    /// Whether it serves clients (false after `rabbitmqctl stop_app`, until `start_app`).
+    pub fn serving(&self) -> bool {
+        self.serving.load(Ordering::Acquire)
+    }
+
+    /// Stops serving clients, closing every connection with 320 as a shutdown does (stop_app),
+    /// or serves them again (start_app); the broker itself and its cluster node go on.
+    pub(crate) fn set_serving(&self, serving: bool) {
+        self.serving.store(serving, Ordering::Release);
+        if !serving {
+            for c in self.connections.iter() {
+                let _ = c
+                    .outbox
+                    .send(crate::connection::outbound::Outbound::ForceClose(
+                        crate::error::AmqpError::new(
+                            warren_protocol::constants::reply::CONNECTION_FORCED,
+                            "broker forced connection closure with reason 'shutdown'",
+                        ),
+                    ));
+            }
+        }
+    }
+
     /// This node in its cluster (None for a single node, or before the cluster has started).
     pub fn cluster(&self) -> Option<&Arc<crate::cluster::node::Cluster>> {
         self.cluster.get()
@@ -394,6 +419,7 @@ impl Broker {
             replication,
             dir_lock: Mutex::new(Some(dir_lock)),
             started: std::time::Instant::now(),
+            serving: std::sync::atomic::AtomicBool::new(true),
         });
         let disk_limit = broker
             .config

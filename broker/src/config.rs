@@ -155,6 +155,10 @@ pub struct AdminConfig {
     /// Unix socket path (mode 0600); default `DATA_DIR/admin.sock`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket: Option<PathBuf>,
+    /// A file Warren writes its process id to once its listeners are bound (and removes at
+    /// shutdown), for `rabbitmqctl wait PIDFILE` and init systems; none by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid_file: Option<PathBuf>,
 }
 
 impl Config {

@@ -176,6 +176,10 @@ async fn serve(config: Arc<Config>, dev: bool, lock: Option<DirLock>) -> anyhow:
     if dev {
         print_dev_instructions(&config, bound);
     }
+    if let Some(pid_file) = &config.admin.pid_file {
+        std::fs::write(pid_file, format!("{}\n", std::process::id()))
+            .with_context(|| format!("cannot write the pid file {}", pid_file.display()))?;
+    }
     println!("Warren listening on {bound} (TLS only, client certificates required)");
     tracing::info!(%addr, "listening");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -221,6 +225,9 @@ async fn serve(config: Arc<Config>, dev: bool, lock: Option<DirLock>) -> anyhow:
         tracing::error!(error = %e, "could not flush the log at shutdown");
     }
     server.broker.close();
+    if let Some(pid_file) = &config.admin.pid_file {
+        let _ = std::fs::remove_file(pid_file);
+    }
     Ok(())
 }
 

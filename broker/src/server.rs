@@ -223,6 +223,11 @@ impl Server {
                             continue;
                         }
                     };
+                    if !self.broker.serving() {
+                        // Stopped with `rabbitmqctl stop_app`: no client is served until start_app.
+                        info!(%peer, "connection refused: the broker is stopped (stop_app)");
+                        continue;
+                    }
                     let slot = match self.admission.admit(peer.ip()) {
                         Ok(slot) => slot,
                         Err(why) => {

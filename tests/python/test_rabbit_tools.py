@@ -135,3 +135,34 @@ def test_password_commands_say_why_they_fail_without_the_password_bridge(broker)
     ok(broker, "rabbitmqctl", "-q", "delete_user", user)
     cp = run(broker, "rabbitmqctl", "stop_app_and_more")
     assert cp.returncode == 64 and "not supported by Warren" in cp.stderr
+
+
+def test_list_consumers_shows_a_consumers_queue_tag_and_prefetch(broker):
+    conn = broker.pika_connection()
+    ch = conn.channel()
+    queue = f"lc-{uuid.uuid4().hex[:8]}"
+    ch.queue_declare(queue, auto_delete=True)
+    ch.basic_qos(prefetch_count=7)
+    tag = ch.basic_consume(queue, lambda *a: None, consumer_tag=f"tag-{queue}")
+    try:
+        rows = as_json(broker, "rabbitmqctl", "-q", "list_consumers", "queue_name", "consumer_tag",
+                       "ack_required", "prefetch_count", "--formatter", "json")
+        assert {"queue_name": queue, "consumer_tag": tag, "ack_required": True,
+                "prefetch_count": 7} in rows, rows
+    finally:
+        conn.close()
+
+
+def test_stop_app_stops_serving_clients_until_start_app(broker):
+    ok(broker, "rabbitmqctl", "-q", "stop_app")
+    try:
+        cp = run(broker, "rabbitmq-diagnostics", "-q", "check_running")
+        assert cp.returncode == 69, (cp.stdout, cp.stderr)
+        with pytest.raises(Exception):
+            broker.pika_connection().close()
+        # The node itself still answers.
+        ok(broker, "rabbitmq-diagnostics", "-q", "ping")
+    finally:
+        ok(broker, "rabbitmqctl", "-q", "start_app")
+    ok(broker, "rabbitmq-diagnostics", "-q", "check_running")
+    broker.pika_connection().close()

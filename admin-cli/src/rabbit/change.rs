@@ -32,6 +32,8 @@ const VERBS: &[&str] = &[
     "import_definitions",
     "cluster_status",
     "enable_feature_flag",
+    "stop_app",
+    "start_app",
 ];
 
 /// Runs `verb` if it is one of these; None if not.
@@ -303,6 +305,14 @@ pub fn run(ctx: &Ctx, verb: &str) -> Option<Result<(), Fail>> {
                 out.insert("warren".into(), status);
                 output::object(&ctx.line, &out);
                 Ok(())
+            }
+            "stop_app" | "start_app" => {
+                let serving = verb == "start_app";
+                let what = if serving { "Starting" } else { "Stopping" };
+                simple(
+                    format!("{what} node {} ...", ctx.node()),
+                    json!({"command": "set_serving", "serving": serving}),
+                )
             }
             "enable_feature_flag" => {
                 arg(0, "a feature flag name (or all)")?;

@@ -14,12 +14,7 @@ pub fn run(ctx: &Ctx, verb: &str) -> Option<Result<(), Fail>> {
     Some(match verb {
         "ping" => ping(ctx),
         "status" => status(ctx),
-        "check_running" => status_of(ctx).map(|_| {
-            say!(
-                "RabbitMQ on node {} is fully booted and running",
-                ctx.node()
-            )
-        }),
+        "check_running" => check_running(ctx),
         "check_local_alarms" | "check_alarms" => alarms(ctx, verb == "check_local_alarms"),
         "check_port_connectivity" => ports(ctx),
         "check_virtual_hosts" => status_of(ctx).map(|_| {
@@ -36,6 +31,19 @@ fn status_of(ctx: &Ctx) -> Result<Map<String, Value>, Fail> {
     match ctx.call(json!({"command": "status"}))? {
         Value::Object(m) => Ok(m),
         other => Err(Fail::data(format!("unexpected status answer: {other}"))),
+    }
+}
+
+fn check_running(ctx: &Ctx) -> Result<(), Fail> {
+    match status_of(ctx)?.get("serving") {
+        Some(Value::Bool(false)) => Err(Fail::unavailable(format!(
+            "RabbitMQ on node {} is not running or has not fully booted yet (stopped with stop_app)",
+            ctx.node()
+        ))),
+        _ => {
+            say!("RabbitMQ on node {} is fully booted and running", ctx.node());
+            Ok(())
+        }
     }
 }
 

@@ -174,6 +174,29 @@ const LISTINGS: &[Listing] = &[
         per_user: false,
     },
     Listing {
+        verb: "list_consumers",
+        keys: &[
+            "queue_name",
+            "channel_pid",
+            "consumer_tag",
+            "ack_required",
+            "prefetch_count",
+            "active",
+            "activity_status",
+            "arguments",
+        ],
+        defaults: &[
+            "queue_name",
+            "channel_pid",
+            "consumer_tag",
+            "ack_required",
+            "prefetch_count",
+            "active",
+            "arguments",
+        ],
+        per_user: false,
+    },
+    Listing {
         verb: "list_feature_flags",
         keys: &[
             "name",
@@ -268,6 +291,13 @@ fn list(ctx: &Ctx, listing: &Listing) -> Result<(), Fail> {
             ),
         ),
         "list_connections" => ("Listing connections ...".into(), connections(ctx)?),
+        "list_consumers" => (
+            format!("Listing consumers in vhost {vhost} ..."),
+            rename(
+                ctx.call(json!({"command": "list_consumers", "vhost": vhost}))?,
+                &[],
+            ),
+        ),
         // Warren has no feature flags: everything RabbitMQ gates behind one is simply there.
         _ => ("Listing feature flags ...".into(), Vec::new()),
     };

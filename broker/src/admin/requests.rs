@@ -133,6 +133,14 @@ pub(crate) enum Request {
         reason: String,
     },
     Status,
+    /// rabbitmqctl stop_app / start_app: stop or resume serving clients.
+    SetServing {
+        serving: bool,
+    },
+    /// Every consumer of the vhost's queues (rabbitmqctl list_consumers).
+    ListConsumers {
+        vhost: String,
+    },
     ClusterStatus,
     TransferLeadership {
         #[serde(default)]
@@ -170,6 +178,7 @@ impl Request {
                 | Request::ListBindings { .. }
                 | Request::ListConnections
                 | Request::Status
+                | Request::ListConsumers { .. }
                 | Request::ClusterStatus
         )
     }
@@ -456,6 +465,34 @@ async fn execute(broker: &Broker, request: Request) -> Result<Value, AdminError>
             Ok(json!(closed))
         }
         Request::ClusterStatus => cluster_status(broker),
+        Request::SetServing { serving } => {
+            broker.set_serving(serving);
+            Ok(Value::Null)
+        }
+        Request::ListConsumers { vhost: v } => {
+            let peers: std::collections::HashMap<u64, String> = broker
+                .connections
+                .iter()
+                .map(|c| (c.key().0, c.peer.to_string()))
+                .collect();
+            let mut rows = Vec::new();
+            for q in vhost(broker, &v)?.queue_list() {
+                for c in q.consumers() {
+                    let peer = peers.get(&c.id.connection.0).cloned().unwrap_or_default();
+                    rows.push(json!({
+                        "queue_name": q.name(),
+                        "channel_pid": format!("{peer}/{}", c.id.channel.0),
+                        "consumer_tag": c.id.tag.to_string(),
+                        "ack_required": !c.no_ack,
+                        "prefetch_count": c.prefetch.limit(),
+                        "active": true,
+                        "activity_status": "up",
+                        "arguments": [],
+                    }));
+                }
+            }
+            Ok(Value::Array(rows))
+        }
         Request::TransferLeadership { to } => {
             let leader = cluster_of(broker)?
                 .transfer_leadership(to)
@@ -502,6 +539,7 @@ async fn execute(broker: &Broker, request: Request) -> Result<Value, AdminError>
             "password_bridge": broker.config.auth.password_bridge,
             "cluster_node": broker.cluster().map(|c| c.links.config().me().map(|p| p.name.clone())),
             "uptime_ms": broker.started.elapsed().as_millis() as u64,
+            "serving": broker.serving(),
         })),
     }
 }

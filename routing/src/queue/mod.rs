@@ -710,6 +710,11 @@ impl Queue {
             .sum()
     }
 
+    /// Its consumers now (a copy of the list).
+    pub fn consumers(&self) -> Vec<Arc<Consumer>> {
+        self.locked.lock().state.consumers().to_vec()
+    }
+
     pub fn consumer_count(&self) -> u32 {
         self.locked.lock().state.consumer_count()
     }
