@@ -166,3 +166,29 @@ def test_stop_app_stops_serving_clients_until_start_app(broker):
         ok(broker, "rabbitmqctl", "-q", "start_app")
     ok(broker, "rabbitmq-diagnostics", "-q", "check_running")
     broker.pika_connection().close()
+
+
+def test_list_channels_counts_consumers_and_unacknowledged_messages(broker):
+    conn = broker.pika_connection()
+    idle, busy = conn.channel(), conn.channel()
+    queue = f"lch-{uuid.uuid4().hex[:8]}"
+    busy.queue_declare(queue, auto_delete=True)
+    busy.confirm_delivery()
+    for i in range(2):
+        busy.basic_publish("", queue, f"m{i}".encode())
+    busy.basic_qos(prefetch_count=5)
+    got = []
+    busy.basic_consume(queue, lambda ch, method, props, body: got.append(body))
+    deadline = 50
+    while len(got) < 2 and deadline:
+        conn.process_data_events(time_limit=0.1)
+        deadline -= 1
+    try:
+        rows = as_json(broker, "rabbitmqctl", "-q", "list_channels", "consumer_count",
+                       "messages_unacknowledged", "prefetch_count", "confirm", "--formatter", "json")
+        assert {"consumer_count": 1, "messages_unacknowledged": 2, "prefetch_count": 5,
+                "confirm": True} in rows, rows
+        assert {"consumer_count": 0, "messages_unacknowledged": 0, "prefetch_count": 0,
+                "confirm": False} in rows, rows
+    finally:
+        conn.close()

@@ -174,6 +174,25 @@ const LISTINGS: &[Listing] = &[
         per_user: false,
     },
     Listing {
+        verb: "list_channels",
+        keys: &[
+            "pid",
+            "name",
+            "connection",
+            "number",
+            "user",
+            "vhost",
+            "transactional",
+            "confirm",
+            "consumer_count",
+            "messages_unacknowledged",
+            "prefetch_count",
+            "global_prefetch_count",
+        ],
+        defaults: &["pid", "user", "consumer_count", "messages_unacknowledged"],
+        per_user: false,
+    },
+    Listing {
         verb: "list_consumers",
         keys: &[
             "queue_name",
@@ -291,6 +310,10 @@ fn list(ctx: &Ctx, listing: &Listing) -> Result<(), Fail> {
             ),
         ),
         "list_connections" => ("Listing connections ...".into(), connections(ctx)?),
+        "list_channels" => (
+            "Listing channels ...".into(),
+            rename(ctx.call(json!({"command": "list_channels"}))?, &[]),
+        ),
         "list_consumers" => (
             format!("Listing consumers in vhost {vhost} ..."),
             rename(

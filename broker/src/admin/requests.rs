@@ -137,6 +137,8 @@ pub(crate) enum Request {
     SetServing {
         serving: bool,
     },
+    /// Every open channel of every connection (rabbitmqctl list_channels).
+    ListChannels,
     /// Every consumer of the vhost's queues (rabbitmqctl list_consumers).
     ListConsumers {
         vhost: String,
@@ -179,6 +181,7 @@ impl Request {
                 | Request::ListConnections
                 | Request::Status
                 | Request::ListConsumers { .. }
+                | Request::ListChannels
                 | Request::ClusterStatus
         )
     }
@@ -468,6 +471,39 @@ async fn execute(broker: &Broker, request: Request) -> Result<Value, AdminError>
         Request::SetServing { serving } => {
             broker.set_serving(serving);
             Ok(Value::Null)
+        }
+        Request::ListChannels => {
+            // Each connection's task answers for its channels (nothing shared on the hot path);
+            // one that does not answer within a second is left out.
+            let asked: Vec<_> = broker
+                .connections
+                .iter()
+                .filter_map(|c| {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    c.outbox
+                        .send(crate::connection::outbound::Outbound::Report(tx))
+                        .ok()?;
+                    Some((c.peer.to_string(), c.user.clone(), c.vhost.to_string(), rx))
+                })
+                .collect();
+            let mut rows = Vec::new();
+            for (peer, user, vhost, rx) in asked {
+                let Ok(Ok(channels)) =
+                    tokio::time::timeout(std::time::Duration::from_secs(1), rx).await
+                else {
+                    continue;
+                };
+                for mut ch in channels {
+                    let number = ch["number"].clone();
+                    ch["name"] = json!(format!("{peer} ({number})"));
+                    ch["pid"] = json!(format!("{peer}/{number}"));
+                    ch["connection"] = json!(peer);
+                    ch["user"] = json!(user);
+                    ch["vhost"] = json!(vhost);
+                    rows.push(ch);
+                }
+            }
+            Ok(Value::Array(rows))
         }
         Request::ListConsumers { vhost: v } => {
             let peers: std::collections::HashMap<u64, String> = broker

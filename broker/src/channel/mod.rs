@@ -155,6 +155,19 @@ impl Channel {
         }
     }
 
+    /// What `rabbitmqctl list_channels` shows of it.
+    pub(crate) fn report(&self) -> serde_json::Value {
+        serde_json::json!({
+            "number": self.id,
+            "consumer_count": self.consumers.len(),
+            "messages_unacknowledged": self.unacked.len(),
+            "prefetch_count": self.consumer_prefetch,
+            "global_prefetch_count": self.credit.global.limit(),
+            "confirm": self.confirms.is_some(),
+            "transactional": self.tx.is_some(),
+        })
+    }
+
     pub(crate) fn handle_header(&mut self, s: &mut Session, payload: Bytes) -> AmqpResult<()> {
         self.content_header(s, payload)
     }

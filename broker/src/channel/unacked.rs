@@ -26,6 +26,10 @@ pub(crate) struct Unacked {
 }
 
 impl Unacked {
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
     pub fn push(&mut self, d: Delivered) {
         self.list.push_back(d);
     }

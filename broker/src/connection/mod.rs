@@ -744,6 +744,18 @@ impl Connection {
                 }
             }
             Outbound::ForceClose(e) => return Some(Ending::Close(e)),
+            Outbound::Report(answer) => {
+                let mut channels: Vec<serde_json::Value> = self
+                    .channels
+                    .values()
+                    .filter_map(|slot| match slot {
+                        Slot::Open(ch) => Some(ch.report()),
+                        _ => None,
+                    })
+                    .collect();
+                channels.sort_by_key(|c| c["number"].as_u64());
+                let _ = answer.send(channels);
+            }
         }
         None
     }

@@ -35,6 +35,8 @@ pub(crate) enum Outbound {
     },
     /// An operator closes the connection (its user or vhost was deleted): connection.close with this.
     ForceClose(AmqpError),
+    /// `rabbitmqctl list_channels` asks what its open channels are (channel/mod.rs `report`).
+    Report(tokio::sync::oneshot::Sender<Vec<serde_json::Value>>),
 }
 
 /// A connection's outbox, where its consumers' queues deliver.
