@@ -89,6 +89,10 @@ pub struct Broker {
     pub(crate) started: std::time::Instant,
     /// Whether it serves clients (`rabbitmqctl stop_app` / `start_app`).
     serving: std::sync::atomic::AtomicBool,
+    /// What the metrics count (metrics/counters.rs).
+    pub metrics: crate::metrics::Counters,
+    /// Free disk space below which the disk alarm is raised.
+    pub disk_free_limit: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -381,6 +385,10 @@ impl Broker {
             proposer: shard_journal.clone(),
             streams: Arc::new(shard_journal.streams.clone()),
         });
+        let disk_limit = config
+            .limits
+            .disk_free_limit_bytes
+            .unwrap_or(threshold.max(1 << 30));
         let vhosts = DashMap::new();
         for name in &definitions.vhosts {
             let vhost = Vhost::new(
@@ -420,12 +428,9 @@ impl Broker {
             dir_lock: Mutex::new(Some(dir_lock)),
             started: std::time::Instant::now(),
             serving: std::sync::atomic::AtomicBool::new(true),
+            metrics: crate::metrics::Counters::default(),
+            disk_free_limit: disk_limit,
         });
-        let disk_limit = broker
-            .config
-            .limits
-            .disk_free_limit_bytes
-            .unwrap_or(threshold.max(1 << 30));
         crate::alarms::spawn_disk_monitor(
             &broker.alarms,
             broker.config.data_dir.clone(),
@@ -559,6 +564,7 @@ impl Broker {
         info: ConnectionInfo,
     ) -> Registered {
         self.connections.insert(id, info);
+        crate::metrics::Counters::inc(&self.metrics.connections_opened);
         Registered {
             broker: self.clone(),
             id,
@@ -582,6 +588,7 @@ pub struct Registered {
 impl Drop for Registered {
     fn drop(&mut self) {
         self.broker.connections.remove(&self.id);
+        crate::metrics::Counters::inc(&self.broker.metrics.connections_closed);
     }
 }
 

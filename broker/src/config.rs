@@ -33,6 +33,17 @@ pub struct Config {
     pub cluster: Option<crate::cluster::config::ClusterConfig>,
     /// A RabbitMQ definitions file imported at every start (what exists is kept).
     pub definitions: DefinitionsConfig,
+    /// The Prometheus endpoint (off unless `listen` is set; `warren --dev` turns it on).
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: where Prometheus scrapes `/metrics` and `/metrics/per-object` (plain HTTP: put it
+/// on the management network or loopback; it serves read-only figures, never AMQP).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[definitions]`: `load_at_boot = "FILE"`, a RabbitMQ definitions file (admin/import.rs)
@@ -250,6 +261,7 @@ impl Default for Config {
             publisher_header: PublisherHeaderConfig::default(),
             flow: FlowConfig::default(),
             definitions: DefinitionsConfig::default(),
+            metrics: MetricsConfig::default(),
             cluster: None,
         }
     }
@@ -471,6 +483,10 @@ impl Config {
             publisher_header: PublisherHeaderConfig::default(),
             flow: FlowConfig::default(),
             definitions: DefinitionsConfig::default(),
+            // RabbitMQ's Prometheus port (the next free one when it is taken, see main.rs).
+            metrics: MetricsConfig {
+                listen: Some(SocketAddr::from(([127, 0, 0, 1], 15692))),
+            },
             cluster: None,
         }
     }

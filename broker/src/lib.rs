@@ -21,6 +21,7 @@ pub mod crl;
 pub mod error;
 pub mod flow;
 pub mod identity;
+pub mod metrics;
 pub mod password;
 pub mod permissions;
 pub mod sasl;
@@ -31,6 +32,10 @@ pub mod topic_guard;
 pub mod users;
 
 pub use server::{run, Server};
+
+/// The RabbitMQ release whose behaviour Warren's tools and metrics follow where they report a
+/// RabbitMQ version (`rabbitmq_build_info`, `rabbitmqctl status`).
+pub const RABBITMQ_COMPAT: &str = "3.13.7";
 /// The internal CA, re-exported for `--dev` and for tests that issue their own certificates.
 pub use warren_pki as pki;
 

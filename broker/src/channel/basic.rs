@@ -230,6 +230,8 @@ impl Channel {
         let Some((entry, message_count)) = queue.get(Now::read()) else {
             // Nothing here; the node holding the queue may have some.
             if !self.get_elsewhere(s, &queue, &g) {
+                s.counts.get_empty += 1;
+                s.counts.note();
                 s.send(
                     self.id,
                     AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
@@ -239,6 +241,7 @@ impl Channel {
         };
         let tag = self.next_tag();
         let m = &entry.message;
+        s.counts.delivered(true, !g.no_ack, entry.redelivered);
         encode_get_ok(
             &mut s.out,
             self.id,
@@ -278,7 +281,7 @@ impl Channel {
     /// settlement waits for tx.commit, but an unknown tag fails at once, as in RabbitMQ.
     fn settle(
         &mut self,
-        s: &Session,
+        s: &mut Session,
         tag: DeliveryTag,
         multiple: bool,
         requeue_to: Option<bool>,
@@ -287,6 +290,10 @@ impl Channel {
             .unacked
             .take(tag, multiple)
             .ok_or_else(|| AmqpError::precondition(format!("unknown delivery tag {tag}")))?;
+        if requeue_to.is_none() {
+            s.counts.acknowledged += settled.len() as u64;
+            s.counts.note();
+        }
         if requeue_to.is_some() {
             stream::refuse_return(settled.iter().map(|d| &*d.queue), &s.vhost.name)?;
         }
@@ -339,6 +346,8 @@ impl Channel {
         queue: Arc<Queue>,
         entry: Entry,
     ) {
+        s.counts
+            .delivered(false, !consumer.no_ack, entry.redelivered);
         let tag = self.next_tag();
         let m = &entry.message;
         encode_deliver(

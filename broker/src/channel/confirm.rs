@@ -62,6 +62,7 @@ impl Confirms {
         let ready: Vec<(u64, bool)> = self.decided.range(..limit).map(|(k, v)| (*k, *v)).collect();
         for (seq, ok) in ready {
             self.decided.remove(&seq);
+            s.counts.confirmed += u64::from(ok);
             if ok {
                 run = Some(run.map_or((seq, seq), |(first, _)| (first, seq)));
             } else {

@@ -214,6 +214,7 @@ impl Channel {
     /// Releases everything the channel holds: consumers leave their queues (auto-delete queues may go)
     /// and unacked deliveries return to their queues, redelivered, in order.
     pub(crate) fn close(&mut self, s: &mut Session) {
+        crate::metrics::Counters::inc(&s.broker.metrics.channels_closed);
         for (_, reg) in self.consumers.drain() {
             remove_consumer(s, &reg);
         }

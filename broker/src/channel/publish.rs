@@ -242,7 +242,12 @@ impl Channel {
                 .during(PUBLISH)
             })?),
         };
+        if !s.published_ever {
+            s.published_ever = true;
+            crate::metrics::Counters::inc(&s.broker.metrics.publishers);
+        }
         s.published = true;
+        s.counts.received(body.len(), self.confirms.is_some());
         // Sender-selected distribution (RabbitMQ): CC and BCC headers add routing keys; BCC is not
         // delivered.
         let (cc, bcc) = sender_selected(&props);
@@ -424,6 +429,12 @@ impl Channel {
                 Enqueued::Gone => {}
             }
         }
+        match (routed, p.mandatory) {
+            (true, _) => s.counts.routed += 1,
+            (false, true) => s.counts.unroutable_returned += 1,
+            (false, false) => s.counts.unroutable_dropped += 1,
+        }
+        s.counts.note();
         if !routed && p.mandatory {
             let ret = basic::Return {
                 reply_code: warren_protocol::constants::reply::NO_ROUTE,

@@ -145,6 +145,7 @@ impl Channel {
                         let commands =
                             vhost.plan_declare_queue(spec, server_named, stale, before_create)?;
                         if !commands.is_empty() {
+                            crate::metrics::Counters::inc(&s.broker.metrics.queues_created);
                             if server_named {
                                 self.server_named = Some(name);
                             }
@@ -154,18 +155,21 @@ impl Channel {
                         vhost.queue(&name, s.id)?
                     }
                     None => {
-                        vhost
-                            .declare_queue(
-                                spec,
-                                d.passive,
-                                server_named,
-                                s.id,
-                                before_create,
-                                Now::read(),
-                            )?
-                            .queue
+                        let declared = vhost.declare_queue(
+                            spec,
+                            d.passive,
+                            server_named,
+                            s.id,
+                            before_create,
+                            Now::read(),
+                        )?;
+                        if declared.created {
+                            crate::metrics::Counters::inc(&s.broker.metrics.queues_created);
+                        }
+                        declared.queue
                     }
                 };
+                crate::metrics::Counters::inc(&s.broker.metrics.queues_declared);
                 s.broker.check_home(&s.vhost, &q)?;
                 // The declare-ok's counts (none to ask another node for without one).
                 if !d.nowait {
@@ -277,6 +281,7 @@ impl Channel {
                         .vhost
                         .plan_delete_queue(&name, d.if_unused, d.if_empty, s.id)?;
                     if let Some(command) = plan {
+                        crate::metrics::Counters::inc(&s.broker.metrics.queues_deleted);
                         let again = AMQPClass::Queue(queue::AMQPMethod::Delete(d.clone()));
                         // What the queue holds is its holder's to say (asked first when that is
                         // another node; the method runs again with the answer).
@@ -292,8 +297,14 @@ impl Channel {
                     // The run after the deletion reports what the queue held when it was asked.
                     self.deleted_ready.take().unwrap_or(0)
                 } else {
-                    s.vhost
-                        .delete_queue(&name, d.if_unused, d.if_empty, s.id, Now::read())?
+                    let existed = s.vhost.find_queue(&name).is_some();
+                    let n =
+                        s.vhost
+                            .delete_queue(&name, d.if_unused, d.if_empty, s.id, Now::read())?;
+                    if existed {
+                        crate::metrics::Counters::inc(&s.broker.metrics.queues_deleted);
+                    }
+                    n
                 };
                 reply(
                     s,

@@ -326,6 +326,7 @@ fn authenticate(
         });
     };
     let refuse = |user: &str, detail: &str| {
+        crate::metrics::Counters::inc(&broker.metrics.auth_failed);
         warn!(%peer, user, reason = detail, "login refused");
         audit(user, "failure", Some(detail));
         HandshakeError::Refused(AmqpError::access_refused(format!(
@@ -372,5 +373,6 @@ fn authenticate(
         }
     }
     audit(&name, "success", None);
+    crate::metrics::Counters::inc(&broker.metrics.auth_succeeded);
     Ok((name, user))
 }

@@ -125,6 +125,8 @@ pub(crate) async fn serve(
                     flow: Default::default(),
                     waiting: None,
                     reruns: 0,
+                    counts: Default::default(),
+                    published_ever: false,
                 };
                 let conn = Connection {
                     s: session,
@@ -286,6 +288,8 @@ impl Connection {
                         }
                     }
                     self.s.flow.end_burst(&self.s.broker.flow_activity, Instant::now());
+                    // (Deliveries and confirms of this burst, for the metrics.)
+                    self.s.broker.metrics.add(&mut self.s.counts);
                 }
                 _ = tokio::time::sleep(flow::POLL), if self.paused.is_some() => {
                     let now = Instant::now();
@@ -477,6 +481,7 @@ impl Connection {
                 ch.after_batch(&mut self.s);
             }
         }
+        self.s.broker.metrics.add(&mut self.s.counts);
     }
 
     /// Runs a method again once its change through the metadata group is applied on this node
@@ -600,6 +605,7 @@ impl Connection {
             Ok(AMQPClass::Channel(chan::AMQPMethod::Open(_))) => {
                 self.incarnations += 1;
                 let channel = Channel::new(frame.channel, self.incarnations);
+                crate::metrics::Counters::inc(&self.s.broker.metrics.channels_opened);
                 self.channels
                     .insert(frame.channel, Slot::Open(Box::new(channel)));
                 self.s.send(

@@ -77,6 +77,10 @@ pub(crate) struct Session {
     pub waiting: Option<Waiting>,
     /// How many times the method being handled has run again after a replicated change.
     pub reruns: u8,
+    /// Messages counted for the metrics since the last input batch (added to the broker's then).
+    pub counts: crate::metrics::SessionCounts,
+    /// It has published (counted once among the metrics' publishers).
+    pub published_ever: bool,
 }
 
 /// A method whose change is being made through the metadata group.

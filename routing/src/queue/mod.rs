@@ -115,6 +115,9 @@ pub struct Queue {
     applied: Mutex<Applied>,
     /// A stream's retention timer is running (one chain of wakes at a time).
     retention_timer: std::sync::atomic::AtomicBool,
+    /// Deliveries and gets not settled yet (acked, rejected or put back): the unacknowledged
+    /// messages `list_queues` and the metrics show.
+    handed_out: std::sync::atomic::AtomicU64,
 }
 
 /// The longest a stream with an age limit goes without a retention check.
@@ -181,6 +184,7 @@ impl Queue {
                 args: Arc::new(args_for_applied),
             }),
             retention_timer: std::sync::atomic::AtomicBool::new(false),
+            handed_out: std::sync::atomic::AtomicU64::new(0),
         });
         // Its first timer (x-expires), asked for when the state was made.
         queue.under_lock(now, |l, after| queue.perform(l, after, now, None));
@@ -401,7 +405,9 @@ impl Queue {
                         queue: self.clone(),
                         entry,
                     };
+                    self.handed_over(1);
                     if let Err(back) = sink.deliver(delivery) {
+                        self.taken_back(1);
                         // The connection is gone; its cleanup would remove the consumer too.
                         back.consumer.release_credit(1);
                         let mut none = Vec::new();
@@ -478,12 +484,17 @@ impl Queue {
     /// [`QueueState::settled`], performed without the queue's lock or the time (a no-ack consumer
     /// settles every delivery).
     pub fn settle<'a>(&self, entries: impl IntoIterator<Item = &'a Entry>) {
-        if self.durability.is_none() {
-            return;
-        }
         let mut fx = Vec::new();
-        for entry in entries.into_iter().filter(|e| self.current(e)) {
-            QueueState::settled(entry, &mut fx);
+        let mut n = 0;
+        for entry in entries {
+            n += 1;
+            if self.durability.is_some() && self.current(entry) {
+                QueueState::settled(entry, &mut fx);
+            }
+        }
+        self.taken_back(n);
+        if fx.is_empty() {
+            return;
         }
         let ids = fx.into_iter().filter_map(|effect| match effect {
             Effect::<Arc<Consumer>>::Forget { id } => Some(id),
@@ -525,6 +536,8 @@ impl Queue {
     /// Puts delivered-but-unsettled messages back in their original positions, flagged redelivered;
     /// a message over its delivery limit is dead-lettered instead.
     pub fn requeue(self: &Arc<Self>, entries: impl IntoIterator<Item = Entry>, now: Now) {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        self.taken_back(entries.len());
         if self.args.stream {
             // Nothing leaves a stream when it is delivered, so nothing comes back.
             return;
@@ -544,6 +557,8 @@ impl Queue {
         entries: impl IntoIterator<Item = Entry>,
         now: Now,
     ) {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        self.taken_back(entries.len());
         if self.args.stream {
             return;
         }
@@ -558,6 +573,7 @@ impl Queue {
 
     /// Messages rejected or nacked without requeue: dead-lettered if the queue has a DLX.
     pub fn reject(self: &Arc<Self>, entries: Vec<Entry>, now: Now) {
+        self.taken_back(entries.len());
         if self.args.stream {
             return;
         }
@@ -575,9 +591,29 @@ impl Queue {
             return None;
         }
         match self.apply_alone(Command::Get, now) {
-            Outcome::Got(got) => got,
+            Outcome::Got(got) => {
+                if got.is_some() {
+                    self.handed_over(1);
+                }
+                got
+            }
             _ => None,
         }
+    }
+
+    /// `n` of its messages were handed to consumers (a stream's readers count theirs here).
+    pub fn handed_over(&self, n: u64) {
+        self.handed_out
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `n` handed-out messages were settled or put back.
+    fn taken_back(&self, n: usize) {
+        let _ = self.handed_out.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |v| Some(v.saturating_sub(n as u64)),
+        );
     }
 
     /// Pushes ready messages to consumers with credit (after an ack, qos change or flow resume).
@@ -698,16 +734,9 @@ impl Queue {
         self.locked.lock().state.ready_bytes()
     }
 
-    /// Deliveries to its consumers not yet acknowledged (what their prefetch counts).
+    /// Messages handed to consumers and gets and not settled yet.
     pub fn unacknowledged(&self) -> u64 {
-        let locked = self.locked.lock();
-        locked
-            .state
-            .consumers()
-            .iter()
-            .filter(|c| !c.no_ack)
-            .map(|c| u64::from(c.prefetch.used()))
-            .sum()
+        self.handed_out.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Its consumers now (a copy of the list).

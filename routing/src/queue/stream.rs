@@ -422,6 +422,7 @@ impl StreamQueue {
                     back.consumer.release_credit(1);
                     return false;
                 }
+                queue.handed_over(1);
             }
         }
     }

@@ -57,10 +57,20 @@ pub fn nodes(data_dir: &Path, listen: SocketAddr, count: u64) -> anyhow::Result<
         });
     }
     let mut nodes = Vec::new();
+    let mut metrics_port = 15692;
     for peer in &peers {
         let dir = data_dir.join(&peer.name);
         let (cert, key) = pki.ensure_node(&peer.name)?;
         let mut config = Config::dev(&dir, addr(peer.id, 0)?);
+        // Each node's Prometheus endpoint on the next free port from 15692 (a node process reads
+        // its configuration file, so the port is chosen here).
+        while metrics_port < 15792
+            && std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, metrics_port)).is_err()
+        {
+            metrics_port += 1;
+        }
+        config.metrics.listen = Some(SocketAddr::from(([127, 0, 0, 1], metrics_port)));
+        metrics_port += 1;
         // Every node trusts and is served by the one dev PKI (the cluster's clients use one CA).
         config.tls = Config::dev(data_dir, listen).tls;
         config.cluster = Some(ClusterConfig {

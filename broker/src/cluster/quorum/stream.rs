@@ -280,6 +280,7 @@ async fn read_loop(
                 reads.forget(&copy, &reading);
                 return;
             }
+            copy.handed_over(1);
         }
     }
 }
