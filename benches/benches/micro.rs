@@ -214,5 +214,70 @@ fn publish_path(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, frames, topic_matching, publish_path);
+/// A Prometheus scrape of a broker with 10,000 queues (issue 15: "a scrape over 10,000 queues
+/// stays cheap"): both endpoints, with a few messages in every queue.
+fn metrics_scrape(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _guard = runtime.enter();
+    let dir = std::env::temp_dir().join(format!("warren-bench-scrape-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    warren_broker::pki::DevPki::ensure_fresh(&dir.join("tls")).unwrap();
+    let config = warren_broker::config::Config::dev(&dir, "127.0.0.1:0".parse().unwrap());
+    let server = warren_broker::Server::new(Arc::new(config)).unwrap();
+    let broker = server.broker.clone();
+    let vhost = broker.vhost("/").unwrap();
+    for i in 0..10_000 {
+        let spec = QueueSpec {
+            name: format!("q{i}").into(),
+            durable: false,
+            exclusive_owner: None,
+            auto_delete: false,
+            arguments: FieldTable::default(),
+            declared_by: None,
+            home: None,
+        };
+        let q = vhost
+            .declare_queue(spec, false, false, ConnectionId(1), || Ok(()), Now::read())
+            .unwrap()
+            .queue;
+        for _ in 0..3 {
+            let m = Arc::new(Message {
+                exchange: "".into(),
+                routing_key: format!("q{i}").into(),
+                publisher: Arc::from("nova"),
+                properties: Bytes::from_static(&[0, 0]),
+                body: Bytes::from_static(b"message"),
+                priority: 0,
+                expiration_ms: None,
+                charge: None,
+                persistent: false,
+                published_at_ms: 0,
+                stored: Default::default(),
+            });
+            q.publish(m, None, Now::read());
+        }
+    }
+    let mut group = c.benchmark_group("metrics_scrape_10k_queues");
+    for per_object in [false, true] {
+        let name = if per_object {
+            "per_object"
+        } else {
+            "aggregated"
+        };
+        group.bench_function(name, |b| {
+            b.iter(|| warren_broker::metrics::scrape::render(&broker, per_object).len())
+        });
+    }
+    group.finish();
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group!(
+    benches,
+    frames,
+    topic_matching,
+    publish_path,
+    metrics_scrape
+);
 criterion_main!(benches);
