@@ -243,7 +243,7 @@ fn metrics_scrape(c: &mut Criterion) {
         for _ in 0..3 {
             let m = Arc::new(Message {
                 exchange: "".into(),
-                routing_key: format!("q{i}").into(),
+                routing_key: format!("q{i}"),
                 publisher: Arc::from("nova"),
                 properties: Bytes::from_static(&[0, 0]),
                 body: Bytes::from_static(b"message"),
