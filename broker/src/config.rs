@@ -44,6 +44,9 @@ pub struct Config {
 pub struct MetricsConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
+    /// Serve it over TLS with the broker's certificate, requiring a client certificate from the
+    /// broker's CA as AMQP does (Prometheus's `tls_config` with `cert_file` and `key_file`).
+    pub tls: bool,
 }
 
 /// `[definitions]`: `load_at_boot = "FILE"`, a RabbitMQ definitions file (admin/import.rs)
@@ -486,6 +489,7 @@ impl Config {
             // RabbitMQ's Prometheus port (the next free one when it is taken, see main.rs).
             metrics: MetricsConfig {
                 listen: Some(SocketAddr::from(([127, 0, 0, 1], 15692))),
+                tls: false,
             },
             cluster: None,
         }

@@ -176,18 +176,11 @@ async fn serve(config: Arc<Config>, dev: bool, lock: Option<DirLock>) -> anyhow:
     if dev {
         print_dev_instructions(&config, bound);
     }
-    if let Some(addr) = config.metrics.listen {
-        let metrics = warren_broker::metrics::http::bind(addr, dev)
-            .await
-            .with_context(|| format!("cannot listen for Prometheus on {addr}"))?;
+    if let Some(bound) = server.serve_metrics(dev).await? {
         println!(
-            "Prometheus metrics: http://{}/metrics (and /metrics/per-object)",
-            metrics.local_addr()?
+            "Prometheus metrics: {}://{bound}/metrics (and /metrics/per-object)",
+            if config.metrics.tls { "https" } else { "http" },
         );
-        tokio::spawn(warren_broker::metrics::http::serve(
-            metrics,
-            Arc::downgrade(&server.broker),
-        ));
     }
     if let Some(pid_file) = &config.admin.pid_file {
         std::fs::write(pid_file, format!("{}\n", std::process::id()))

@@ -53,6 +53,37 @@ fn audit_refused_certificate(broker: &Broker, peer: std::net::SocketAddr, error:
 }
 
 impl Server {
+    /// The TLS acceptor in force (the one a SIGHUP reload last installed).
+    pub fn tls_acceptor(&self) -> TlsAcceptor {
+        self.acceptor.read().clone()
+    }
+
+    /// Starts the Prometheus listener when `[metrics] listen` is set (`next_free`: on the next
+    /// free port when that one is taken); the address it listens on.
+    pub async fn serve_metrics(
+        self: &Arc<Self>,
+        next_free: bool,
+    ) -> anyhow::Result<Option<std::net::SocketAddr>> {
+        let Some(addr) = self.broker.config.metrics.listen else {
+            return Ok(None);
+        };
+        let listener = crate::metrics::http::bind(addr, next_free)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen for Prometheus on {addr}: {e}"))?;
+        let bound = listener.local_addr()?;
+        let tls = self.broker.config.metrics.tls.then(|| {
+            let server = self.clone();
+            let acceptor: crate::metrics::http::Tls = Arc::new(move || server.tls_acceptor());
+            acceptor
+        });
+        tokio::spawn(crate::metrics::http::serve(
+            listener,
+            Arc::downgrade(&self.broker),
+            tls,
+        ));
+        Ok(Some(bound))
+    }
+
     /// Loads TLS material (refusing unsafe key files) and builds the broker state.
     pub fn new(config: Arc<Config>) -> anyhow::Result<Self> {
         Self::open(config, None)

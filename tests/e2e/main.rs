@@ -29,6 +29,7 @@ mod hardening;
 mod hostile_tables;
 mod identity;
 mod limits;
+mod metrics;
 mod paging;
 mod password_bridge;
 mod permissions;

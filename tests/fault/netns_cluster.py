@@ -132,6 +132,9 @@ class NetnsCluster:
         text = re.sub(r"^node_id = \d+$", f"node_id = {k}\njoin = true", text, flags=re.M)
         text = text.replace(f"/n{first}/", f"/n{k}/").replace(f'/n{first}"', f'/n{k}"')
         text = text.replace(f"nodes/n{first}.", f"nodes/n{k}.")
+        # Its own Prometheus endpoint (node 1's port is node 1's): none, as a copied template's
+        # would refuse to start on a taken port.
+        text = re.sub(r"^\[metrics\]\n(?:[^\[\n].*\n)*", "", text, flags=re.M)
         peers = "".join(f'[[cluster.peers]]\nid = {i}\nname = "n{i}"\naddr = "{node_ip(i)}:{LINK_PORT}"\n\n'
                         for i in self.nodes + [k])
         text = re.sub(r"(\[\[cluster\.peers\]\]\n(?:[^\[\n].*\n|\n)*)+", peers, text)

@@ -29,8 +29,14 @@ pub async fn bind(addr: SocketAddr, next_free: bool) -> std::io::Result<TcpListe
     Err(last.unwrap_or_else(|| std::io::Error::other("no port to bind")))
 }
 
-/// Serves scrapes on `listener` until the broker is gone.
-pub async fn serve(listener: TcpListener, broker: Weak<Broker>) {
+/// Where a TLS listener gets its acceptor (the broker's, as reloaded).
+pub type Tls = std::sync::Arc<dyn Fn() -> tokio_rustls::TlsAcceptor + Send + Sync>;
+
+/// How long a scraper has to finish its TLS handshake.
+const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves scrapes on `listener` until the broker is gone; over TLS with `tls`.
+pub async fn serve(listener: TcpListener, broker: Weak<Broker>, tls: Option<Tls>) {
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -40,11 +46,23 @@ pub async fn serve(listener: TcpListener, broker: Weak<Broker>) {
             return;
         }
         let broker = broker.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| answer(broker.clone(), req));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
+            let http = hyper::server::conn::http1::Builder::new();
+            match tls {
+                None => {
+                    let _ = http.serve_connection(TokioIo::new(tcp), service).await;
+                }
+                Some(tls) => {
+                    let Ok(Ok(stream)) =
+                        tokio::time::timeout(TLS_HANDSHAKE, tls().accept(tcp)).await
+                    else {
+                        return;
+                    };
+                    let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                }
+            }
         });
     }
 }
