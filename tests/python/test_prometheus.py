@@ -9,6 +9,8 @@ import re
 import shutil
 import subprocess
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 
@@ -128,3 +130,79 @@ def test_other_paths_and_methods_are_refused(broker):
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(req, timeout=10)
     assert e.value.code == 405
+
+
+def test_a_prometheus_server_scrapes_warren_and_the_dashboard_queries_return_series(broker, tmp_path):
+    """A real Prometheus (Debian's) scrapes Warren on loopback; PromQL from Grafana's
+    RabbitMQ-Overview dashboard (every panel joins on rabbitmq_identity_info) and from RabbitMQ's
+    alert rules returns series for it."""
+    if promtool() is None or shutil.which("prometheus") is None:
+        pytest.skip("prometheus is not installed and cannot be installed here")
+    import json as _json
+    import socket
+
+    target = metrics_url(broker).split("//", 1)[1].rsplit("/metrics", 1)[0]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "prometheus.yml").write_text(f"""\
+global:
+  scrape_interval: 1s
+scrape_configs:
+  - job_name: warren
+    static_configs:
+      - targets: ["{target}"]
+""")
+    proc = subprocess.Popen(
+        ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+         f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    conn = broker.pika_connection()
+    ch = conn.channel()
+    queue = f"prom-dash-{uuid.uuid4().hex[:8]}"
+    ch.queue_declare(queue)
+    ch.basic_publish("", queue, b"ready")
+
+    def query(promql: str) -> list:
+        q = urllib.parse.quote(promql)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/query?query={q}", timeout=10) as r:
+            body = _json.loads(r.read())
+        assert body["status"] == "success", body
+        return body["data"]["result"]
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if query('rabbitmq_identity_info{job="warren"}'):
+                    break
+            except (OSError, urllib.error.URLError):
+                pass
+            assert time.monotonic() < deadline, "Prometheus never scraped Warren"
+            time.sleep(0.5)
+        time.sleep(2.5)  # two more scrapes, for rate()
+        join = "* on(instance, job) group_left(rabbitmq_cluster, rabbitmq_node) rabbitmq_identity_info"
+        dashboard = [
+            f"sum(rabbitmq_queue_messages_ready {join})",
+            f"sum(rabbitmq_queue_messages_unacked {join})",
+            f"sum(rate(rabbitmq_global_messages_received_total[60s]) {join})",
+            f"sum(rabbitmq_connections {join}) by(rabbitmq_node)",
+            f"sum(rabbitmq_queues {join}) by(rabbitmq_node)",
+            f"sum(rabbitmq_process_resident_memory_bytes {join}) by(rabbitmq_node)",
+            f"(rabbitmq_resident_memory_limit_bytes {join}) - (rabbitmq_process_resident_memory_bytes {join})",
+            f"rabbitmq_disk_space_available_bytes {join}",
+            f"(rabbitmq_process_max_fds {join}) - (rabbitmq_process_open_fds {join})",
+        ]
+        for promql in dashboard:
+            assert query(promql), f"no series for {promql}"
+        assert query(f"sum(rabbitmq_queue_messages_ready {join})")[0]["value"][1] != "0"
+        # RabbitMQ's alert rules evaluate (no alarm: no series, but a valid query).
+        for rule in ("rabbitmq_alarms_memory_used_watermark > 0",
+                     "rabbitmq_alarms_free_disk_space_watermark > 0",
+                     "rabbitmq_alarms_file_descriptor_limit > 0"):
+            assert query(rule) == []
+    finally:
+        ch.queue_delete(queue)
+        conn.close()
+        proc.terminate()
+        proc.wait(timeout=30)
