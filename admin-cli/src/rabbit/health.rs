@@ -60,6 +60,18 @@ fn ping(ctx: &Ctx) -> Result<(), Fail> {
     Ok(())
 }
 
+/// The AMQP listeners' addresses the broker's status names.
+fn listeners(status: &Map<String, Value>) -> Vec<String> {
+    status
+        .get("listeners")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(String::from)
+        .collect()
+}
+
 /// The alarms in force: RabbitMQ's resource alarm names.
 fn alarms_in(status: &Map<String, Value>) -> Vec<&'static str> {
     let mut out = Vec::new();
@@ -74,12 +86,8 @@ fn alarms_in(status: &Map<String, Value>) -> Vec<&'static str> {
 
 fn status(ctx: &Ctx) -> Result<(), Fail> {
     let s = status_of(ctx)?;
-    let listeners: Vec<Value> = s
-        .get("listeners")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
+    let listeners: Vec<Value> = listeners(&s)
+        .iter()
         .map(|addr| {
             let (interface, port) = addr.rsplit_once(':').unwrap_or((addr, "0"));
             json!({"node": ctx.node(), "protocol": "amqp/ssl",
@@ -113,10 +121,9 @@ fn status(ctx: &Ctx) -> Result<(), Fail> {
         "vm_memory_high_watermark_limit",
         s.get("memory_limit").cloned().unwrap_or(Value::Null),
     );
-    let pid = s.get("pid").and_then(Value::as_u64).unwrap_or(0);
     put(
         "memory",
-        json!({"total": {"rss": rss_bytes(pid)},
+        json!({"total": {"rss": s.get("rss_bytes").cloned().unwrap_or(Value::Null)},
                          "messages": s.get("memory_used").cloned().unwrap_or(Value::Null)}),
     );
     put(
@@ -170,15 +177,7 @@ fn alarms(ctx: &Ctx, local: bool) -> Result<(), Fail> {
 }
 
 fn ports(ctx: &Ctx) -> Result<(), Fail> {
-    let s = status_of(ctx)?;
-    let listeners: Vec<String> = s
-        .get("listeners")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .map(String::from)
-        .collect();
+    let listeners = listeners(&status_of(ctx)?);
     output::banner(
         &ctx.line,
         &format!(
@@ -262,18 +261,4 @@ fn wait(ctx: &Ctx) -> Result<(), Fail> {
     };
     output::banner(&ctx.line, &format!("pid is {pid}"));
     await_startup(ctx, Some(deadline))
-}
-
-/// The resident memory of process `pid` (None when /proc does not show it to this user).
-fn rss_bytes(pid: u64) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
 }

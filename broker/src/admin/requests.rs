@@ -567,6 +567,7 @@ async fn execute(broker: &Broker, request: Request) -> Result<Value, AdminError>
             "connections": broker.connections.len(),
             "vhosts": broker.definitions().vhosts,
             "memory_used": broker.alarms.used(),
+            "rss_bytes": crate::metrics::process::resident_bytes(),
             "memory_limit": broker.alarms.high_watermark(),
             "memory_alarm": broker.alarms.memory_alarm(),
             "disk_alarm": broker.alarms.disk_alarm(),

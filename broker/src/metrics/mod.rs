@@ -7,7 +7,7 @@
 pub mod counters;
 mod family;
 pub mod http;
-mod process;
+pub mod process;
 pub mod scrape;
 
 pub use counters::{Counters, SessionCounts};

@@ -645,7 +645,8 @@ impl Queue {
         start: stream::StartAt,
         now: Now,
     ) -> Result<(), ConsumeRefused> {
-        if let Some(stream) = &self.stream {
+        if self.stream.is_some() || self.remote_stream.is_some() {
+            // A stream's state only counts its consumers; its log (or its home) feeds them.
             let attached = match self.apply_alone(
                 Command::Attach {
                     consumer: consumer.clone(),
@@ -655,28 +656,16 @@ impl Queue {
                 Outcome::Attached(a) => a,
                 _ => Ok(()),
             };
-            if attached.is_ok() {
+            attached?;
+            if let Some(stream) = &self.stream {
                 if let Err(e) = stream.add_reader(consumer, start) {
                     tracing::error!(queue = %self.name(), error = %e, "a stream could not be read from the offset asked: its consumer gets nothing");
                 }
                 stream.dispatch(self);
-            }
-            return attached;
-        }
-        if let Some(remote) = &self.remote_stream {
-            let attached = match self.apply_alone(
-                Command::Attach {
-                    consumer: consumer.clone(),
-                },
-                now,
-            ) {
-                Outcome::Attached(a) => a,
-                _ => Ok(()),
-            };
-            if attached.is_ok() {
+            } else if let Some(remote) = &self.remote_stream {
                 remote.read(self, consumer, start);
             }
-            return attached;
+            return Ok(());
         }
         self.under_lock(now, |l, after| {
             let attached = match l.apply(Command::Attach { consumer }, now) {
