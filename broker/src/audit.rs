@@ -66,6 +66,10 @@ impl serde_json::ser::Formatter for EscapeInvisible {
 
 pub(crate) struct AuditLog {
     sink: Mutex<Box<dyn Write + Send>>,
+    /// On stderr beside a log in RabbitMQ's line format: that line's prefix before each JSON
+    /// object (`... [info] <0.PID.0> audit {...}`), so a pipeline parsing the stream parses these
+    /// too. A file keeps bare JSON lines.
+    prefix: Option<crate::logging::RabbitLine>,
     /// Per source of repeatable events (a user's dropped hops, a peer's refused handshakes): the
     /// current one-second window and how many lines it wrote and suppressed.
     limits: Mutex<std::collections::HashMap<String, Window>>,
@@ -83,9 +87,15 @@ struct Window {
 }
 
 impl AuditLog {
-    /// `"stderr"` or a file path (created 0600, appended to).
-    pub fn open(target: &str) -> std::io::Result<Self> {
-        let sink: Box<dyn Write + Send> = if target == "stderr" {
+    /// `"stderr"` or a file path (created 0600, appended to); `log` is the format of Warren's log
+    /// on stderr.
+    pub fn open(target: &str, log: crate::config::LogFormat) -> std::io::Result<Self> {
+        let on_stderr = target == "stderr";
+        let prefix = match (on_stderr, log) {
+            (true, crate::config::LogFormat::Warren) | (false, _) => None,
+            (true, rabbit) => Some(crate::logging::RabbitLine::new(rabbit)),
+        };
+        let sink: Box<dyn Write + Send> = if on_stderr {
             Box::new(std::io::stderr())
         } else {
             Box::new(
@@ -98,6 +108,7 @@ impl AuditLog {
         };
         Ok(AuditLog {
             sink: Mutex::new(sink),
+            prefix,
             limits: Mutex::default(),
         })
     }
@@ -106,6 +117,7 @@ impl AuditLog {
     pub(crate) fn to_writer(writer: Box<dyn Write + Send>) -> Self {
         AuditLog {
             sink: Mutex::new(writer),
+            prefix: None,
             limits: Mutex::default(),
         }
     }
@@ -150,10 +162,13 @@ impl AuditLog {
     }
 
     pub fn record(&self, event: &Event<'_>) {
-        let time = OffsetDateTime::now_utc()
-            .format(&Rfc3339)
-            .unwrap_or_default();
+        let now = OffsetDateTime::now_utc();
+        let time = now.format(&Rfc3339).unwrap_or_default();
         let mut line = Vec::with_capacity(256);
+        if let Some(prefix) = &self.prefix {
+            line.extend_from_slice(prefix.prefix(now, &tracing::Level::INFO).as_bytes());
+            line.extend_from_slice(b"audit ");
+        }
         let mut json = serde_json::Serializer::with_formatter(&mut line, EscapeInvisible);
         if serde::Serialize::serialize(&Line { time, event }, &mut json).is_err() {
             return;

@@ -364,13 +364,14 @@ impl Broker {
             })?;
             users.insert(u.name.clone(), Arc::new(user));
         }
-        let audit =
-            Arc::new(
-                AuditLog::open(&config.audit.path).map_err(|e| SetupError::Audit {
+        let audit = Arc::new(
+            AuditLog::open(&config.audit.path, config.log.format).map_err(|e| {
+                SetupError::Audit {
                     path: config.audit.path.clone(),
                     source: e,
-                })?,
-            );
+                }
+            })?,
+        );
         let users = Arc::new(RwLock::new(users));
         let route_guard: Arc<dyn RouteGuard> = Arc::new(TopicGuard {
             users: users.clone(),

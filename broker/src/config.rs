@@ -35,6 +35,47 @@ pub struct Config {
     pub definitions: DefinitionsConfig,
     /// The Prometheus endpoint (off unless `listen` is set; `warren --dev` turns it on).
     pub metrics: MetricsConfig,
+    /// How Warren's own log lines look and where they go besides stderr.
+    pub log: LogConfig,
+}
+
+/// `[log]`: the line format on stderr (the journal under systemd) and an optional log file, for log
+/// pipelines written for RabbitMQ. The level is `WARREN_LOG` (an env-filter: `info`, `warren=debug`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// The lines on stderr.
+    pub format: LogFormat,
+    /// Also append lines to this file (created 0640; reopened on SIGHUP, for logrotate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// The lines in `file` (default: RabbitMQ 3.13's, as in `/var/log/rabbitmq/rabbit@HOST.log`).
+    pub file_format: FileLogFormat,
+}
+
+/// A log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Warren's structured lines: RFC 3339 time, level, target, message, `key=value` fields.
+    #[default]
+    Warren,
+    /// RabbitMQ 3.9+'s default: `2026-12-07 01:24:47.123456+00:00 [info] <0.1234.0> message`.
+    Rabbitmq,
+    /// RabbitMQ 3.7/3.8's (lager): `2026-12-07 01:24:47.123 [info] <0.1234.0> message`.
+    #[serde(rename = "rabbitmq-3.8")]
+    Rabbitmq38,
+}
+
+/// The log file's format: a [`LogFormat`] whose default is RabbitMQ's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct FileLogFormat(pub LogFormat);
+
+impl Default for FileLogFormat {
+    fn default() -> Self {
+        FileLogFormat(LogFormat::Rabbitmq)
+    }
 }
 
 /// `[metrics]`: where Prometheus scrapes `/metrics` and `/metrics/per-object` (plain HTTP: put it
@@ -265,6 +306,7 @@ impl Default for Config {
             flow: FlowConfig::default(),
             definitions: DefinitionsConfig::default(),
             metrics: MetricsConfig::default(),
+            log: LogConfig::default(),
             cluster: None,
         }
     }
@@ -491,6 +533,7 @@ impl Config {
                 listen: Some(SocketAddr::from(([127, 0, 0, 1], 15692))),
                 tls: false,
             },
+            log: LogConfig::default(),
             cluster: None,
         }
     }

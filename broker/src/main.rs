@@ -69,15 +69,8 @@ fn run() -> anyhow::Result<()> {
         print!("{}", toml::to_string_pretty(&Config::default())?);
         return Ok(());
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     if let (true, Some(count)) = (args.dev, args.cluster) {
+        warren_broker::logging::init(&Default::default())?;
         // The PKI and the parent directory's lock first, as for a single dev broker.
         let (_, _lock) = dev_config(&args.data_dir, args.listen)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -99,6 +92,7 @@ fn run() -> anyhow::Result<()> {
             "nothing to run: pass --dev for the embedded development broker or --config FILE"
         );
     };
+    warren_broker::logging::init(&config.log).context("cannot open the log file")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -154,6 +148,9 @@ async fn serve(config: Arc<Config>, dev: bool, lock: Option<DirLock>) -> anyhow:
                 me.as_ref()
                     .map_or(String::from("ADDR"), |p| p.addr.to_string()),
             );
+            warren_broker::service_manager::status(
+                "waiting to be added to the cluster (brokerctl cluster add_node on a member)",
+            );
             tokio::select! {
                 () = cluster.until_member() => tracing::info!("added to the cluster: serving clients"),
                 () = shutdown_signal() => {
@@ -188,6 +185,7 @@ async fn serve(config: Arc<Config>, dev: bool, lock: Option<DirLock>) -> anyhow:
     }
     println!("Warren listening on {bound} (TLS only, client certificates required)");
     tracing::info!(%addr, "listening");
+    warren_broker::service_manager::ready(&format!("serving AMQP over TLS on {bound}"));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let reloader = server.clone();
     tokio::spawn(async move {
@@ -196,6 +194,9 @@ async fn serve(config: Arc<Config>, dev: bool, lock: Option<DirLock>) -> anyhow:
             return;
         };
         while hangup.recv().await.is_some() {
+            if let Err(e) = warren_broker::logging::reopen() {
+                tracing::error!(error = %e, "SIGHUP: cannot reopen the log file; logging on to the old one");
+            }
             match reloader.reload_tls() {
                 Ok(()) => {
                     let crls = reloader.broker.config.tls.crls.len();
@@ -224,6 +225,7 @@ async fn serve(config: Arc<Config>, dev: bool, lock: Option<DirLock>) -> anyhow:
     }
     shutdown_signal().await;
     tracing::info!("shutting down");
+    warren_broker::service_manager::stopping();
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
     server.stop_cluster().await;
