@@ -86,15 +86,27 @@ permissions = [{{ vhost = "/", configure = ".*", write = ".*", read = ".*" }}]
         """The session broker's client certificates (the same CA) pointed at this broker."""
         return conftest.Broker("warren", self.port, self.session.data_dir)
 
-    def signal(self, sig: int) -> None:
+    def broker_pid(self) -> int:
+        """The broker's pid: the process started, or under a wrapper (strace) the one it wrote to
+        its pid file (remembered, as the broker removes the file when it stops)."""
         assert self.proc is not None
-        self.proc.send_signal(sig)
+        if not self.wrapper:
+            return self.proc.pid
+        if getattr(self, "_pid", None) is None:
+            self._pid = int((self.run_dir / "warren.pid").read_text())
+        return self._pid
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.broker_pid(), sig)
 
     def stop(self, timeout: float = 30) -> int | None:
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.signal(signal.SIGTERM)
+            except (OSError, ValueError):
+                self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
