@@ -8,7 +8,7 @@
 #
 # --profile debug packages the (stripped) debug build, for the test suite, which has it at hand;
 # a release package is built from the release profile (the default). Prints the .deb's path.
-# The maintainer field is $DEBFULLNAME <$DEBEMAIL> when those are set.
+# The maintainer field is $DEBFULLNAME <$DEBEMAIL> when set, else the commit's author.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -35,7 +35,10 @@ fi
 bin="$root/target/$profile"
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)-1"
 arch="$(dpkg --print-architecture)"
-maintainer="${DEBFULLNAME:-Warren developers} <${DEBEMAIL:-warren-packaging@lists.openstack.org}>"
+# The maintainer: $DEBFULLNAME <$DEBEMAIL> (as dch takes it), else the author of the commit built.
+maintainer="$(git log -1 --format='%an <%ae>' 2>/dev/null || true)"
+if [ -n "${DEBEMAIL:-}" ]; then maintainer="${DEBFULLNAME:-Warren developers} <$DEBEMAIL>"; fi
+[ -n "$maintainer" ] || { echo "build-deb.sh: set DEBEMAIL (and DEBFULLNAME) outside a git checkout" >&2; exit 1; }
 src="$root/packaging/debian"
 stage="$(mktemp -d "${TMPDIR:-/tmp}/warren-deb.XXXXXX")"
 trap 'rm -rf "$stage"' EXIT
@@ -54,6 +57,7 @@ install -m 0644 "$src/warren.toml" "$pkg/etc/warren/warren.toml"
 install -m 0644 "$src/warren.service" "$pkg/lib/systemd/system/warren.service"
 install -m 0644 "$src/usr.sbin.warren" "$pkg/etc/apparmor.d/usr.sbin.warren"
 install -m 0644 "$src/warren.logrotate" "$pkg/etc/logrotate.d/warren"
+install -D -m 0644 "$src/warren.tmpfiles" "$pkg/usr/lib/tmpfiles.d/warren.conf"
 install -m 0644 "$src/copyright" "$src/README.Debian" "$pkg/usr/share/doc/warren/"
 install -m 0644 docs/operations.md "$pkg/usr/share/doc/warren/operations.md"
 gzip -9n "$pkg/usr/share/doc/warren/operations.md"
