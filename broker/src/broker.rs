@@ -391,6 +391,7 @@ impl Broker {
             .disk_free_limit_bytes
             .unwrap_or(threshold.max(1 << 30));
         let vhosts = DashMap::new();
+        let metrics = crate::metrics::Counters::default();
         for name in &definitions.vhosts {
             let vhost = Vhost::new(
                 name,
@@ -404,6 +405,7 @@ impl Broker {
             if let Some(r) = &replication {
                 vhost.set_replicated(r.clone());
             }
+            vhost.count_deletions_in(metrics.queues_deleted.clone());
             vhost.set_policies(&definitions, crate::time::Now::read());
             vhosts.insert(vhost.name.clone(), vhost);
         }
@@ -429,7 +431,7 @@ impl Broker {
             dir_lock: Mutex::new(Some(dir_lock)),
             started: std::time::Instant::now(),
             serving: std::sync::atomic::AtomicBool::new(true),
-            metrics: crate::metrics::Counters::default(),
+            metrics,
             disk_free_limit: disk_limit,
         });
         crate::alarms::spawn_disk_monitor(

@@ -83,7 +83,8 @@ def test_contents_conffiles_and_control(deb, tmp_path):
                        ("/etc/logrotate.d/warren", "-rw-r--r--"),
                        ("/usr/share/man/man8/warren.8.gz", "-rw-r--r--"),
                        ("/usr/share/man/man1/brokerctl.1.gz", "-rw-r--r--"),
-                       ("/usr/share/doc/warren/copyright", "-rw-r--r--")):
+                       ("/usr/share/doc/warren/copyright", "-rw-r--r--"),
+                       ("/usr/lib/tmpfiles.d/warren.conf", "-rw-r--r--")):
         assert path in entries, f"{path} not in the package:\n{listing}"
         assert entries[path][0] == mode and entries[path][1] == "root/root", (path, entries[path])
     for alias in ("rabbitmqctl", "rabbitmq-diagnostics"):

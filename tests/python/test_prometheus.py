@@ -108,6 +108,41 @@ def test_metrics_count_real_traffic_under_rabbitmqs_names(broker):
         conn.close()
 
 
+def test_every_way_a_queue_goes_is_a_deletion(broker):
+    """rabbitmq_queues_deleted_total counts queue.delete and also what RabbitMQ counts besides:
+    x-expires, auto-delete after the last consumer, an exclusive queue's connection closing."""
+    url = metrics_url(broker)
+
+    def deleted() -> float:
+        return value(scrape(url), "rabbitmq_queues_deleted_total")
+
+    def counted(before: float, what: str) -> float:
+        deadline = time.monotonic() + 10
+        while (now := deleted()) < before + 1:
+            assert time.monotonic() < deadline, f"{what} is not counted as a deletion"
+            time.sleep(0.05)
+        return now
+
+    tag = uuid.uuid4().hex[:8]
+    conn = broker.pika_connection()
+    ch = conn.channel()
+    n = deleted()
+    ch.queue_declare(f"prom-del-{tag}")
+    ch.queue_delete(f"prom-del-{tag}")
+    n = counted(n, "queue.delete")
+    ch.queue_declare(f"prom-exp-{tag}", arguments={"x-expires": 200})
+    n = counted(n, "x-expires")
+    ch.queue_declare(f"prom-auto-{tag}", auto_delete=True)
+    consumer = ch.basic_consume(f"prom-auto-{tag}", lambda *a: None)
+    ch.basic_cancel(consumer)
+    n = counted(n, "auto-delete")
+    other = broker.pika_connection()
+    other.channel().queue_declare(f"prom-excl-{tag}", exclusive=True)
+    other.close()
+    counted(n, "an exclusive queue's owner closing")
+    conn.close()
+
+
 def test_promtool_accepts_both_endpoints(broker):
     tool = promtool()
     if tool is None:

@@ -98,6 +98,7 @@ impl Broker {
                     if let Some(r) = &self.replication {
                         vhost.set_replicated(r.clone());
                     }
+                    vhost.count_deletions_in(self.metrics.queues_deleted.clone());
                     self.vhosts.insert(vhost.name.clone(), vhost);
                 }
             }

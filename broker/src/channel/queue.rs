@@ -297,14 +297,9 @@ impl Channel {
                     // The run after the deletion reports what the queue held when it was asked.
                     self.deleted_ready.take().unwrap_or(0)
                 } else {
-                    let existed = s.vhost.find_queue(&name).is_some();
-                    let n =
-                        s.vhost
-                            .delete_queue(&name, d.if_unused, d.if_empty, s.id, Now::read())?;
-                    if existed {
-                        crate::metrics::Counters::inc(&s.broker.metrics.queues_deleted);
-                    }
-                    n
+                    // (Counted by the vhost, as every other way a queue goes.)
+                    s.vhost
+                        .delete_queue(&name, d.if_unused, d.if_empty, s.id, Now::read())?
                 };
                 reply(
                     s,

@@ -86,7 +86,8 @@ pub struct Counters {
     pub channels_closed: AtomicU64,
     pub queues_declared: AtomicU64,
     pub queues_created: AtomicU64,
-    pub queues_deleted: AtomicU64,
+    /// Shared with every vhost, which counts its deletions (routing's `Vhost::count_deletions_in`).
+    pub queues_deleted: std::sync::Arc<AtomicU64>,
     pub auth_succeeded: AtomicU64,
     pub auth_failed: AtomicU64,
     /// Connections that have published (RabbitMQ's `publishers` gauge counts publishing channels).

@@ -57,6 +57,11 @@ pub struct Vhost {
     policies: parking_lot::RwLock<policy::InForce>,
     limits: VhostLimits,
     connections: AtomicU32,
+    /// Queues this node deleted (rabbitmq_queues_deleted_total): on a single node every deletion
+    /// (queue.delete, x-expires, auto-delete, an exclusive owner gone, the vhost deleted); on a
+    /// cluster node the expiries and auto-deletions it proposed (the channel counts queue.delete).
+    /// (The broker's counter, shared: a deleted vhost's deletions stay counted.)
+    queues_deleted: std::sync::OnceLock<Arc<std::sync::atomic::AtomicU64>>,
     exchanges: DashMap<String, Arc<Exchange>>,
     queues: DashMap<QueueName, Arc<Queue>>,
     topology: Mutex<()>,
@@ -112,6 +117,7 @@ impl Vhost {
             policies: Default::default(),
             limits,
             connections: AtomicU32::new(0),
+            queues_deleted: Default::default(),
             exchanges: DashMap::new(),
             queues: DashMap::new(),
             topology: Mutex::new(()),
@@ -812,9 +818,24 @@ impl Vhost {
         }
     }
 
+    /// Counts the queues this node deletes in this vhost into `counter` (see the field).
+    pub fn count_deletions_in(&self, counter: Arc<std::sync::atomic::AtomicU64>) {
+        let _ = self.queues_deleted.set(counter);
+    }
+
+    fn count_deletion(&self) {
+        if let Some(counter) = self.queues_deleted.get() {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn remove_queue_locked(&self, queue: &Arc<Queue>, now: Now) -> u32 {
-        self.queues
+        let removed = self
+            .queues
             .remove_if(queue.name(), |_, q| Arc::ptr_eq(q, queue));
+        if removed.is_some() && !self.is_replicated() {
+            self.count_deletion();
+        }
         if let (Some(d), true) = (&self.durability, records_queue(&queue.spec)) {
             d.write(
                 vec![
@@ -1148,6 +1169,7 @@ impl QueueOwner for Vhost {
             // later: the host's proposal may fail, and another node may host it by then.
             Some(r) if queue.is_replicated() => {
                 r.proposer.propose_deletion(&self.name, queue);
+                self.count_deletion();
                 if let Some(ms) = queue.live_args().expires_ms {
                     let after = std::time::Duration::from_millis(ms);
                     let wake = crate::queue::Wake::Expiry(after);

@@ -96,7 +96,10 @@ impl Vhost {
     /// home only (a copy's consumers are the home's through their subscription).
     pub fn retire_queue(&self, queue: &Arc<Queue>, now: Now) {
         match self.replication.get() {
-            Some(r) if queue.is_replicated() => r.proposer.propose_deletion(&self.name, queue),
+            Some(r) if queue.is_replicated() => {
+                r.proposer.propose_deletion(&self.name, queue);
+                self.count_deletion();
+            }
             _ => self.remove_queue(queue, now),
         }
     }
