@@ -192,3 +192,102 @@ def test_list_channels_counts_consumers_and_unacknowledged_messages(broker):
                 "confirm": False} in rows, rows
     finally:
         conn.close()
+
+
+def test_versions_alarms_startup_and_a_single_nodes_cluster_status(broker):
+    # (`--version` is 3.13's spelling; the 3.10 of the differential run knows only `version`.)
+    for spelling in (["--version"] if TARGET == "warren" else []) + ["version"]:
+        out = ok(broker, "rabbitmqctl", spelling).strip()
+        assert out.count(".") == 2 and out[0].isdigit(), out
+    ok(broker, "rabbitmq-diagnostics", "-q", "check_alarms")
+    ok(broker, "rabbitmqctl", "-q", "await_startup")
+    status = as_json(broker, "rabbitmqctl", "-q", "cluster_status", "--formatter", "json")
+    assert len(status["running_nodes"]) == 1 and status["running_nodes"] == status["disk_nodes"], status
+
+
+def test_exchanges_bindings_and_topic_permissions_as_listed(broker):
+    vhost = f"vh-{uuid.uuid4().hex[:8]}"
+    user = f"tp-{uuid.uuid4().hex[:8]}"
+    ok(broker, "rabbitmqctl", "-q", "add_vhost", vhost)
+    try:
+        assert {"name": vhost, "tracing": False} in as_json(
+            broker, "rabbitmqctl", "-q", "list_vhosts", "name", "tracing", "--formatter", "json")
+        exchanges = as_json(broker, "rabbitmqctl", "-q", "list_exchanges", "-p", vhost, "name", "type",
+                            "--formatter", "json")
+        assert {"name": "amq.topic", "type": "topic"} in exchanges, exchanges
+        ok(broker, "rabbitmqctl", "-q", "add_user", user, "unused")
+        ok(broker, "rabbitmqctl", "-q", "set_topic_permissions", "-p", vhost, user, "amq.topic",
+           "^nova\\.", "^nova\\.")
+        rows = as_json(broker, "rabbitmqctl", "-q", "list_user_topic_permissions", user,
+                       "--formatter", "json")
+        assert rows == [{"vhost": vhost, "exchange": "amq.topic", "write": "^nova\\.",
+                         "read": "^nova\\."}], rows
+        ok(broker, "rabbitmqctl", "-q", "delete_user", user)
+    finally:
+        ok(broker, "rabbitmqctl", "-q", "delete_vhost", vhost)
+    names = [v["name"] for v in as_json(broker, "rabbitmqctl", "-q", "list_vhosts", "--formatter", "json")]
+    assert vhost not in names
+
+    conn = broker.pika_connection()
+    ch = conn.channel()
+    queue = f"lb-{uuid.uuid4().hex[:8]}"
+    ch.queue_declare(queue)
+    ch.queue_bind(queue, "amq.topic", routing_key=f"{queue}.#")
+    ch.confirm_delivery()
+    for _ in range(3):
+        ch.basic_publish("", queue, b"x")
+    try:
+        bindings = as_json(broker, "rabbitmqctl", "-q", "list_bindings", "source_name",
+                           "destination_name", "destination_kind", "routing_key", "--formatter", "json")
+        assert {"source_name": "amq.topic", "destination_name": queue, "destination_kind": "queue",
+                "routing_key": f"{queue}.#"} in bindings, bindings
+        out = ok(broker, "rabbitmqctl", "purge_queue", queue)
+        assert queue in out
+        counts = {r["name"]: r["messages"] for r in as_json(
+            broker, "rabbitmqctl", "-q", "list_queues", "name", "messages", "--formatter", "json")}
+        assert counts[queue] == 0, counts
+        ok(broker, "rabbitmqctl", "-q", "delete_queue", queue)
+        names = [r["name"] for r in as_json(broker, "rabbitmqctl", "-q", "list_queues", "name",
+                                            "--formatter", "json")]
+        assert queue not in names
+    finally:
+        conn.close()
+
+
+def test_list_connections_and_close_connection(broker):
+    conn = broker.pika_connection()
+    try:
+        # As a script closes them: the table's pids (RabbitMQ's `<rabbit@host.N.M>`, Warren's
+        # peer address), which close_connection takes.
+        lines = ok(broker, "rabbitmqctl", "--silent", "list_connections", "pid", "user", "peer_host",
+                   "state").splitlines()
+        rows = [dict(zip(("pid", "user", "peer_host", "state"), l.split("\t"))) for l in lines]
+        mine = [r for r in rows if r["user"] == "admin" and r["peer_host"] == "127.0.0.1"
+                and r["state"] == "running"]
+        assert mine, rows
+        for row in mine:
+            ok(broker, "rabbitmqctl", "-q", "close_connection", row["pid"], "closed by the test")
+        with pytest.raises(Exception):
+            for _ in range(50):
+                conn.process_data_events(time_limit=0.1)
+                conn.channel()
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
+def test_definitions_export_and_import(broker, tmp_path):
+    user = f"def-{uuid.uuid4().hex[:8]}"
+    path = tmp_path / "definitions.json"
+    ok(broker, "rabbitmqctl", "-q", "export_definitions", str(path))
+    exported = json.loads(path.read_text())
+    assert {"users", "vhosts", "permissions", "queues", "exchanges", "bindings"} <= set(exported)
+    exported["users"].append({"name": user, "tags": [], "password_hash": "",
+                              "hashing_algorithm": "rabbit_password_hashing_sha256"})
+    path.write_text(json.dumps(exported))
+    ok(broker, "rabbitmqctl", "-q", "import_definitions", str(path))
+    try:
+        users = [u["user"] for u in as_json(broker, "rabbitmqctl", "-q", "list_users", "--formatter", "json")]
+        assert user in users
+    finally:
+        ok(broker, "rabbitmqctl", "-q", "delete_user", user)

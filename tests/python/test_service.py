@@ -4,10 +4,13 @@ log line format on stderr and in a log file that logrotate can rotate. Warren on
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -33,8 +36,17 @@ def test_ready_is_sent_once_clients_can_connect_and_stopping_at_shutdown(broker,
     listener.settimeout(3 * conftest.STARTUP_TIMEOUT)
     service = ServiceBroker(conftest._warren_exe(), tmp_path / "root", broker,
                             env={"NOTIFY_SOCKET": str(notify_path)})
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "rabbitmqctl").symlink_to(Path(conftest._warren_exe()).with_name("brokerctl"))
+    waiter = None
     try:
         service.start(wait=False)
+        # `rabbitmqctl wait PIDFILE`, as init scripts and kolla run it, started before the broker is up.
+        waiter = subprocess.Popen([str(tools / "rabbitmqctl"), "wait", "--timeout", "60",
+                                   str(service.run_dir / "warren.pid")],
+                                  env=dict(os.environ, WARREN_ADMIN_SOCKET=str(service.state / "admin.sock")),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         message = listener.recv(4096).decode()
         # At the moment READY=1 arrives the AMQP port accepts connections: nothing was polled.
         probe = socket.create_connection((conftest.HOST, service.port), timeout=5)
@@ -44,6 +56,9 @@ def test_ready_is_sent_once_clients_can_connect_and_stopping_at_shutdown(broker,
         assert fields["MAINPID"] == str(service.proc.pid), message
         assert str(service.port) in fields["STATUS"], message
         assert (service.run_dir / "warren.pid").read_text().strip() == str(service.proc.pid)
+        out, err = waiter.communicate(timeout=60)
+        assert waiter.returncode == 0, (out, err)
+        assert f"pid is {service.proc.pid}" in out, out
         conn = service.client().pika_connection()
         conn.channel().queue_declare("", exclusive=True)
         conn.close()
@@ -52,6 +67,8 @@ def test_ready_is_sent_once_clients_can_connect_and_stopping_at_shutdown(broker,
         assert "STOPPING=1" in stopping.splitlines(), stopping
         assert service.proc.wait(30) == 0, service.output()
     finally:
+        if waiter is not None and waiter.poll() is None:
+            waiter.kill()
         service.stop()
         listener.close()
 
@@ -127,7 +144,6 @@ def test_the_rabbitmq_3_8_format_and_a_clear_error_for_an_unknown_one(broker, tm
     bad = ServiceBroker(conftest._warren_exe(), tmp_path / "bad", broker,
                         extra_toml='\n[log]\nformat = "syslog"\n')
     bad.write_layout()
-    import subprocess
     cp = subprocess.run([bad.exe, "--config", str(bad.config_path)], capture_output=True, text=True,
                         timeout=30)
     assert cp.returncode != 0

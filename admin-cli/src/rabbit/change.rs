@@ -232,13 +232,15 @@ pub fn run(ctx: &Ctx, verb: &str) -> Option<Result<(), Fail>> {
                 Ok(())
             }
             "close_connection" => {
-                let name = arg(0, "a connection name")?;
+                let name = arg(0, "a connection pid")?;
                 let reason = a
                     .get(1)
                     .cloned()
                     .unwrap_or_else(|| "Closed via rabbitmqctl".into());
-                // A connection's name is `peer -> local` (list_connections); the peer names it.
-                let peer = name.split(" -> ").next().unwrap_or(&name).to_string();
+                // A connection's pid is its peer (list_connections pid); its name, `peer ->
+                // local`, and an Erlang-looking `<peer>` name it too.
+                let peer = name.trim_start_matches('<').trim_end_matches('>');
+                let peer = peer.split(" -> ").next().unwrap_or(peer).to_string();
                 simple(
                     format!("Closing connection {name}, reason: {reason}..."),
                     json!({"command": "close_connection", "peer": peer, "reason": reason}),

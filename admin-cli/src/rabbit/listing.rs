@@ -161,6 +161,7 @@ const LISTINGS: &[Listing] = &[
     Listing {
         verb: "list_connections",
         keys: &[
+            "pid",
             "name",
             "user",
             "peer_host",
@@ -470,6 +471,8 @@ fn connections(ctx: &Ctx) -> Result<Vec<Map<String, Value>>, Fail> {
             ),
             None => (peer.clone(), None),
         };
+        // (A connection's pid, as its channels' are `PEER/N`: what close_connection takes.)
+        r.insert("pid".into(), json!(peer));
         r.insert("name".into(), json!(peer));
         r.insert("peer_host".into(), json!(host));
         r.insert("peer_port".into(), json!(port));

@@ -22,7 +22,7 @@ mod output;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::admin::Failure;
 pub use args::Line;
@@ -105,6 +105,8 @@ impl Fail {
 pub struct Ctx {
     pub line: Line,
     socket: PathBuf,
+    /// The node's name, asked once (see [`Ctx::node`]).
+    node: std::cell::OnceCell<String>,
 }
 
 impl Ctx {
@@ -127,12 +129,29 @@ impl Ctx {
         })
     }
 
-    /// The node's name as RabbitMQ's tools print it.
+    /// The node's name as RabbitMQ's tools print it: on a cluster node its name in the cluster
+    /// (the one `cluster_status` lists), else `warren@HOST` as RabbitMQ's `rabbit@HOST`.
     pub fn node(&self) -> String {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "localhost".into());
-        format!("warren@{host}")
+        self.node
+            .get_or_init(|| {
+                let status =
+                    crate::admin::call(&self.socket, &json!({"command": "cluster_status"}));
+                let own = status.ok().and_then(|s| {
+                    s["nodes"]
+                        .as_array()?
+                        .iter()
+                        .find(|n| n["link"] == json!("self"))?["name"]
+                        .as_str()
+                        .map(str::to_string)
+                });
+                own.unwrap_or_else(|| {
+                    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .map(|h| h.trim().to_string())
+                        .unwrap_or_else(|_| "localhost".into());
+                    format!("warren@{host}")
+                })
+            })
+            .clone()
     }
 }
 
@@ -152,7 +171,11 @@ pub fn main(tool: Tool, socket: PathBuf, args: Vec<String>) -> ExitCode {
             tool.name()
         )));
     };
-    let ctx = Ctx { line, socket };
+    let ctx = Ctx {
+        line,
+        socket,
+        node: Default::default(),
+    };
     let result = listing::run(&ctx, &verb)
         .or_else(|| health::run(&ctx, &verb))
         .or_else(|| change::run(&ctx, &verb))
