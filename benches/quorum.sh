@@ -13,12 +13,13 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-duration=10 sizes=1024 brokers="warren-1,warren-3,rabbitmq-3"
+duration=10 sizes=1024 brokers="warren-1,warren-3,rabbitmq-3" prefetch=100
 while [ $# -gt 0 ]; do
     case "$1" in
         --duration) duration="$2"; shift 2 ;;
         --sizes) sizes="$2"; shift 2 ;;
         --brokers) brokers="$2"; shift 2 ;;
+        --prefetch) prefetch="$2"; shift 2 ;;
         *) sed -n '2,14p' "$0"; exit 2 ;;
     esac
 done
@@ -69,7 +70,7 @@ wait_port() { # wait_port PORT SECONDS
 run_load() { # run_load BROKER PORT PID SCENARIOS
     log "$1: $4"
     taskset -c 1 "$LOAD" run --broker "$1" --port "$2" --pid "$3" --tls-dir "$TMP/tls" \
-        --scenarios "$4" --sizes "$sizes" --duration "$duration" --out "$RAW" >&2
+        --scenarios "$4" --sizes "$sizes" --duration "$duration" --prefetch "$prefetch" --out "$RAW" >&2
 }
 want() { [[ ",$brokers," == *",$1,"* ]]; }
 

@@ -96,6 +96,9 @@ struct RunArgs {
     /// consumer (what ideal flow control would do); 0, the default, is the row as defined.
     #[arg(long, default_value_t = 0)]
     runaway_ahead: u64,
+    /// Prefetch (basic.qos) of the acking consumers of the publish + consume scenarios.
+    #[arg(long, default_value_t = 100)]
+    prefetch: u16,
     /// File the JSON lines are appended to.
     #[arg(long)]
     out: PathBuf,
@@ -241,6 +244,7 @@ async fn run_async(args: RunArgs) -> Result<()> {
         inflight_cap: (args.inflight_cap > 0).then_some(args.inflight_cap),
         admin_socket: args.admin_socket.clone(),
         runaway_ahead: (args.runaway_ahead > 0).then_some(args.runaway_ahead),
+        prefetch: args.prefetch,
     };
     let mut out = std::fs::OpenOptions::new()
         .create(true)

@@ -14,7 +14,7 @@ pub(super) async fn start_consumer(
 ) -> Result<JoinHandle<Result<TaskOut>>> {
     let mut conn = channel(ctx).await?;
     if manual_ack {
-        conn.qos(1, PREFETCH).await?;
+        conn.qos(1, ctx.prefetch).await?;
     }
     conn.consume(1, queue, "bench", !manual_ack).await?;
     Ok(tokio::spawn(async move {

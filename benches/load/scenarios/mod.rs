@@ -78,6 +78,8 @@ pub struct Ctx {
     /// `runaway` diagnostics: keep A's publisher this many messages ahead of its consumer at most
     /// (None: the row as defined, no cap).
     pub runaway_ahead: Option<u64>,
+    /// The acking consumers' prefetch (`--prefetch`, default [`PREFETCH`]).
+    pub prefetch: u16,
 }
 
 /// One scenario's result: one JSON line.
