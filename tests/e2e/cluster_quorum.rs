@@ -361,6 +361,61 @@ async fn a_window_of_forwarded_publishes_beyond_the_links_request_limit_is_acked
 }
 
 #[tokio::test]
+async fn a_burst_of_forwarded_publishes_gets_each_its_own_outcome() {
+    use std::collections::BTreeMap;
+    use warren_tests::client::ChannelEvent;
+    let cluster = LinkCluster::new(3);
+    let brokers = three_nodes(&cluster).await;
+    let all: Vec<&TestBroker> = brokers.iter().collect();
+    let (_, follower) = quorum_queue(
+        &all,
+        [
+            ("x-max-length", amqprs::FieldValue::l(10)),
+            ("x-overflow", text("reject-publish")),
+        ],
+    )
+    .await;
+    // 50 publishes written at once on a node that does not host the queue travel to the host
+    // together (forward.rs batches them); the host takes the first 10 and refuses the rest, and
+    // each publisher confirm says which: acks for 1..=10, nacks for 11..=50, none lost or mixed.
+    const N: u64 = 50;
+    let (fc, _, fch) = follower.connect_with_confirming_channel().await;
+    for i in 0..N {
+        let body = format!("b-{i}");
+        fch.publish_with(
+            "",
+            QUEUE,
+            BasicProperties::default(),
+            body.as_bytes(),
+            false,
+        )
+        .await;
+    }
+    let mut outcome = BTreeMap::new();
+    while outcome.len() < N as usize {
+        let (tag, multiple, ack) = match fch.next_event().await {
+            ChannelEvent::Ack { tag, multiple } => (tag, multiple, true),
+            ChannelEvent::Nack { tag, multiple } => (tag, multiple, false),
+            other => panic!("expected a confirm, got {other:?}"),
+        };
+        let first = if multiple { 1 } else { tag };
+        for t in first..=tag {
+            outcome.entry(t).or_insert(ack);
+        }
+    }
+    let acked: Vec<u64> = outcome
+        .iter()
+        .filter(|(_, a)| **a)
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(acked, (1..=10).collect::<Vec<_>>(), "{outcome:?}");
+    for b in &all {
+        wait_for_replica(b, 10).await;
+    }
+    fc.close().await;
+}
+
+#[tokio::test]
 async fn a_dead_letter_into_a_quorum_queue_hosted_elsewhere_reaches_its_host() {
     let cluster = LinkCluster::new(3);
     let brokers = three_nodes(&cluster).await;

@@ -27,6 +27,12 @@ use crate::queue::Enqueued;
 /// requests must always find room beside a publisher's window of a thousand.
 const FORWARDS_IN_FLIGHT: usize = 512;
 
+/// Consecutive publishes for one shard sent in one request at most (`PUBLISH_BATCH`), and the
+/// bytes after which a request takes no more: one request, one task and one answer for a burst
+/// instead of one each per message.
+const FORWARD_BATCH: usize = 128;
+const FORWARD_BATCH_BYTES: usize = 256 * 1024;
+
 /// Publishes on their way to the nodes hosting their quorum queues: one ordered queue per peer,
 /// drained by one task that keeps at most [`FORWARDS_IN_FLIGHT`] of them unanswered.
 pub struct Forwarder {
@@ -94,44 +100,121 @@ impl Forwarder {
     }
 }
 
-/// Drains one peer's queue of forwarded publishes in order, [`FORWARDS_IN_FLIGHT`] at a time.
+/// Drains one peer's queue of forwarded publishes in order, [`FORWARDS_IN_FLIGHT`] at a time,
+/// consecutive ones for the same shard together (up to [`FORWARD_BATCH`]).
 async fn forward_to(links: Arc<Links>, leader: u64, mut queue: mpsc::UnboundedReceiver<Forward>) {
     let permits = Arc::new(tokio::sync::Semaphore::new(FORWARDS_IN_FLIGHT));
-    while let Some(forward) = queue.recv().await {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
+    let mut next: Option<Forward> = None;
+    loop {
+        let first = match next.take() {
+            Some(forward) => forward,
+            None => match queue.recv().await {
+                Some(forward) => forward,
+                None => return,
+            },
         };
-        let Forward {
-            group,
-            body,
-            done,
-            mut metrics,
-            timeout,
-        } = forward;
-        match links.start_call(leader, group, rpc::PUBLISH, body) {
-            Err(e) => failed(done, &e.to_string()),
-            Ok(call) => {
-                tokio::spawn(async move {
-                    // A host that stops leading (paused, cut off) may never answer: its publishes
-                    // get basic.nack as soon as this node sees another leader, so the client
-                    // sends them again to the new host (a message the old one did commit comes
-                    // twice, never 0 times).
-                    let answer = tokio::select! {
-                        answer = call.answer(timeout) => {
-                            answer.map(|_| ()).map_err(|e| e.to_string())
-                        }
-                        () = leader_changed(metrics.as_mut(), leader) => {
-                            Err("the queue's host changed before it answered".to_string())
-                        }
-                    };
-                    drop(permit);
-                    if let Some(done) = done {
-                        done(answer.map_err(io::Error::other));
-                    }
-                });
+        let mut bytes = first.body.len();
+        let mut batch = vec![first];
+        while batch.len() < FORWARD_BATCH && bytes < FORWARD_BATCH_BYTES {
+            match queue.try_recv() {
+                Ok(more) if more.group == batch[0].group => {
+                    bytes += more.body.len();
+                    batch.push(more);
+                }
+                Ok(other) => {
+                    next = Some(other);
+                    break;
+                }
+                Err(_) => break,
             }
         }
+        let Ok(permit) = permits.clone().acquire_many_owned(batch.len() as u32).await else {
+            return;
+        };
+        send_batch(&links, leader, batch, permit);
     }
+}
+
+/// Sends `batch` (one shard's publishes, in order) as one request; each publisher's confirm gets
+/// its message's outcome, or all of them the request's failure.
+fn send_batch(
+    links: &Arc<Links>,
+    leader: u64,
+    mut batch: Vec<Forward>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let group = batch[0].group;
+    let timeout = batch.iter().map(|f| f.timeout).max().unwrap_or_default();
+    let mut metrics = batch[0].metrics.take();
+    let (kind, body) = match batch.len() {
+        1 => (rpc::PUBLISH, batch[0].body.clone()),
+        n => (
+            rpc::PUBLISH_BATCH,
+            Bytes::from(encode(|w| {
+                w.u64(n as u64);
+                for forward in &batch {
+                    w.bytes(&forward.body);
+                }
+            })),
+        ),
+    };
+    let dones: Vec<Option<Completion>> = batch.into_iter().map(|f| f.done).collect();
+    let call = match links.start_call(leader, group, kind, body) {
+        Ok(call) => call,
+        Err(e) => {
+            let why = e.to_string();
+            return dones.into_iter().for_each(|done| failed(done, &why));
+        }
+    };
+    tokio::spawn(async move {
+        // A host that stops leading (paused, cut off) may never answer: its publishes get
+        // basic.nack as soon as this node sees another leader, so the client sends them again to
+        // the new host (a message the old one did commit comes twice, never 0 times).
+        let answer = tokio::select! {
+            answer = call.answer(timeout) => answer.map_err(|e| e.to_string()),
+            () = leader_changed(metrics.as_mut(), leader) => {
+                Err("the queue's host changed before it answered".to_string())
+            }
+        };
+        drop(permit);
+        let outcomes = answer.and_then(|body| match kind {
+            rpc::PUBLISH => Ok(vec![Ok(())]),
+            _ => decode_outcomes(&body, dones.len()),
+        });
+        match outcomes {
+            Ok(outcomes) => {
+                for (done, outcome) in dones.into_iter().zip(outcomes) {
+                    if let Some(done) = done {
+                        done(outcome.map_err(io::Error::other));
+                    }
+                }
+            }
+            Err(why) => dones.into_iter().for_each(|done| failed(done, &why)),
+        }
+    });
+}
+
+/// A batch's answer: each message's outcome, in order (`expected` of them).
+fn decode_outcomes(body: &Bytes, expected: usize) -> Result<Vec<Result<(), String>>, String> {
+    decode(body, |r| {
+        let n = r.count(1)?;
+        let mut outcomes = Vec::with_capacity(n);
+        for _ in 0..n {
+            outcomes.push(match r.u8()? {
+                0 => Ok(()),
+                _ => Err(r.string()?),
+            });
+        }
+        Ok(outcomes)
+    })
+    .map_err(|e| format!("the queue's host answered a batch of publishes badly: {e}"))
+    .and_then(|outcomes| match outcomes.len() == expected {
+        true => Ok(outcomes),
+        false => Err(format!(
+            "the queue's host answered {} of {expected} publishes",
+            outcomes.len()
+        )),
+    })
 }
 
 /// Done when the shard's metrics name a leader other than `leader` (never, if they stop or there
@@ -230,7 +313,7 @@ impl crate::cluster::link::RequestHandler for QuorumServer {
                 .ok_or_else(|| "the broker has stopped".to_string())
         };
         match kind {
-            rpc::PUBLISH => {}
+            rpc::PUBLISH | rpc::PUBLISH_BATCH => {}
             rpc::SUBSCRIBE => {
                 let answer = holder().and_then(|h| {
                     subs.subscribe(from, group, &body, |q| self.journal.holds(q), &*h)
@@ -271,13 +354,62 @@ impl crate::cluster::link::RequestHandler for QuorumServer {
             }
             _ => return self.groups.handle(from, group, kind, body),
         }
+        if kind == rpc::PUBLISH_BATCH {
+            return self.publish_batch(&body);
+        }
         let answer = self.publish(&body);
-        Box::pin(async move {
-            match answer?.await {
-                Ok(Ok(())) => Ok(Bytes::new()),
-                Ok(Err(e)) => Err(format!("not stored: {e}")),
-                Err(_) => Err("the queue stopped before answering".into()),
+        Box::pin(async move { outcome(answer).await.map(|()| Bytes::new()) })
+    }
+}
+
+/// What a forwarded publish came to: stored as its queue stores messages, or why not.
+async fn outcome(
+    answer: Result<tokio::sync::oneshot::Receiver<io::Result<()>>, String>,
+) -> Result<(), String> {
+    match answer?.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("not stored: {e}")),
+        Err(_) => Err("the queue stopped before answering".into()),
+    }
+}
+
+impl QuorumServer {
+    /// A batch of forwarded publishes: each published now, in order, as `PUBLISH` would; the
+    /// answer lists each one's outcome once all are known.
+    fn publish_batch(
+        &self,
+        body: &Bytes,
+    ) -> futures_util::future::BoxFuture<'static, Result<Bytes, String>> {
+        let bodies = decode(body, |r| {
+            let n = r.count(8)?;
+            (0..n)
+                .map(|_| Ok(Bytes::copy_from_slice(r.bytes()?)))
+                .collect::<Result<Vec<_>, _>>()
+        });
+        let answers: Vec<_> = match bodies {
+            Ok(bodies) => bodies.iter().map(|b| self.publish(b)).collect(),
+            Err(e) => {
+                let e = bad_request(e);
+                return Box::pin(async move { Err(e) });
             }
+        };
+        Box::pin(async move {
+            let mut outcomes = Vec::with_capacity(answers.len());
+            for answer in answers {
+                outcomes.push(outcome(answer).await);
+            }
+            Ok(Bytes::from(encode(|w| {
+                w.u64(outcomes.len() as u64);
+                for outcome in &outcomes {
+                    match outcome {
+                        Ok(()) => w.u8(0),
+                        Err(why) => {
+                            w.u8(1);
+                            w.bytes(why.as_bytes());
+                        }
+                    }
+                }
+            })))
         })
     }
 }

@@ -20,6 +20,8 @@ pub const PROPOSE: u8 = 5;
 pub const TRANSFER: u8 = 6;
 /// A message published on another node, for a quorum queue this node hosts (cluster/quorum/forward.rs).
 pub const PUBLISH: u8 = 7;
+/// Several such messages, for one shard, in one request; answered with each one's outcome.
+pub const PUBLISH_BATCH: u8 = 21;
 /// Subscriptions of another node's consumers to a quorum queue this node hosts, and what goes
 /// with them (cluster/quorum/subscribe.rs).
 pub const SUBSCRIBE: u8 = 8;
