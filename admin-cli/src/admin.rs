@@ -194,12 +194,15 @@ pub enum AdminCommand {
     /// Snapshot the metadata group on this node and purge its log up to the snapshot.
     #[command(name = "cluster_snapshot", alias = "cluster-snapshot")]
     ClusterSnapshot,
-    /// Hand this node's leadership of the metadata group to another node (run it on the leader).
+    /// Hand this node's leadership of a group to another node (run it on the group's leader).
     #[command(name = "transfer_leadership", alias = "transfer-leadership")]
     TransferLeadership {
         /// The node to lead next (default: the linked node with the shortest round trip).
         #[arg(long)]
         to: Option<u64>,
+        /// The group: `metadata` (default) or `shard-N`, as `cluster status` lists them.
+        #[arg(long)]
+        group: Option<String>,
     },
     /// Add a node started with `join = true` to the cluster: every group makes it a learner, waits
     /// for it to catch up, then makes it a voter (also `brokerctl cluster add-node`).
@@ -377,8 +380,8 @@ impl AdminCommand {
             ),
             Status => (json!({"command": "status"}), Layout::Plain),
             ClusterSnapshot => (json!({"command": "cluster_snapshot"}), Layout::Plain),
-            TransferLeadership { to } => (
-                json!({"command": "transfer_leadership", "to": to}),
+            TransferLeadership { to, group } => (
+                json!({"command": "transfer_leadership", "to": to, "group": group}),
                 Layout::Plain,
             ),
             AddNode { id, name, addr } => (

@@ -47,11 +47,14 @@ enum ClusterCommand {
     Status,
     /// Snapshot the metadata group here and purge its log (as `cluster_snapshot`).
     Snapshot,
-    /// Hand the metadata group's leadership to another node (as `transfer_leadership`).
+    /// Hand a group's leadership to another node (as `transfer_leadership`).
     #[command(name = "transfer-leadership", alias = "transfer_leadership")]
     TransferLeadership {
         #[arg(long)]
         to: Option<u64>,
+        /// `metadata` (default) or `shard-N` (as `cluster status` lists them).
+        #[arg(long)]
+        group: Option<String>,
     },
     /// Add a node started with `join = true` to every group (as `add_node`).
     #[command(name = "add-node", alias = "add_node")]
@@ -73,8 +76,8 @@ impl From<ClusterCommand> for admin::AdminCommand {
         match command {
             ClusterCommand::Status => admin::AdminCommand::ClusterStatus,
             ClusterCommand::Snapshot => admin::AdminCommand::ClusterSnapshot,
-            ClusterCommand::TransferLeadership { to } => {
-                admin::AdminCommand::TransferLeadership { to }
+            ClusterCommand::TransferLeadership { to, group } => {
+                admin::AdminCommand::TransferLeadership { to, group }
             }
             ClusterCommand::AddNode { id, name, addr } => {
                 admin::AdminCommand::AddNode { id, name, addr }

@@ -200,3 +200,58 @@ async fn shard_groups_replicate_what_their_leader_writes() {
     let back = gone.start().await;
     wait_for_replica(&back, &[1, 3, 4, next_id]).await;
 }
+
+#[tokio::test]
+async fn a_shards_leadership_moves_on_request_to_the_node_asked() {
+    let cluster = LinkCluster::new(3);
+    let brokers = three_nodes(&cluster).await;
+    let all: Vec<&TestBroker> = brokers.iter().collect();
+    let leader = shard_leader(&all, None).await;
+    let group = format!("shard-{}", shard(all[0]).group);
+    let to = leader % 3 + 1;
+    let on_leader = all[(leader - 1) as usize];
+    // Only the shard's leader can hand it over; an unknown group is named as such.
+    let follower = all[(to - 1) as usize];
+    let refused = follower
+        .brokerctl(&["cluster", "transfer-leadership", "--group", &group])
+        .await;
+    assert!(!refused.success, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains(&format!("node {leader} leads group {group}")),
+        "{refused:?}"
+    );
+    let unknown = on_leader
+        .brokerctl(&["cluster", "transfer-leadership", "--group", "shard-99"])
+        .await;
+    assert!(
+        !unknown.success
+            && unknown
+                .stderr
+                .contains("the groups are metadata and shard-1"),
+        "{unknown:?}"
+    );
+    let moved = on_leader
+        .brokerctl(&[
+            "cluster",
+            "transfer-leadership",
+            "--group",
+            &group,
+            "--to",
+            &to.to_string(),
+        ])
+        .await
+        .ok();
+    assert!(moved.contains(&format!("\"leader\": {to}")), "{moved}");
+    assert_eq!(shard_leader(&all, Some(leader)).await, to);
+    // cluster status shows it.
+    let shown = status(all[0]).await["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["group"] == group.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(shown["leader"], to, "{shown}");
+}

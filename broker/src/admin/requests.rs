@@ -147,6 +147,9 @@ pub(crate) enum Request {
     TransferLeadership {
         #[serde(default)]
         to: Option<u64>,
+        /// `metadata` (the default) or `shard-N`.
+        #[serde(default)]
+        group: Option<String>,
     },
     ClusterSnapshot,
     AddNode {
@@ -529,9 +532,9 @@ async fn execute(broker: &Broker, request: Request) -> Result<Value, AdminError>
             }
             Ok(Value::Array(rows))
         }
-        Request::TransferLeadership { to } => {
+        Request::TransferLeadership { to, group } => {
             let leader = cluster_of(broker)?
-                .transfer_leadership(to)
+                .transfer_leadership(to, group.as_deref())
                 .await
                 .map_err(AdminError)?;
             Ok(json!({ "leader": leader }))

@@ -350,7 +350,7 @@ impl Cluster {
     async fn step_down(&self) {
         self.hand_over_shards().await;
         if self.leads() {
-            if let Err(why) = self.transfer_leadership(None).await {
+            if let Err(why) = self.transfer_leadership(None, None).await {
                 tracing::warn!(%why, "the metadata group's leadership was not handed over");
             }
         }
@@ -422,56 +422,32 @@ impl Cluster {
         self.metrics().current_leader == Some(self.meta.node_id)
     }
 
-    /// Hands this node's leadership of the metadata group to voter `to` (or the linked voter with
-    /// the shortest round trip) and waits, at most 10 seconds, until another node leads; returns
-    /// the new leader.
-    pub async fn transfer_leadership(&self, to: Option<u64>) -> Result<u64, String> {
-        let me = self.meta.node_id;
-        let metrics = self.metrics();
-        match metrics.current_leader {
-            Some(leader) if leader == me => {}
-            Some(leader) => {
-                return Err(format!(
-                    "node {leader} leads the metadata group, not this node: run this there"
-                ))
+    /// Hands this node's leadership of `group` (`metadata`, the default, or `shard-N`) to voter
+    /// `to` (or the linked voter with the shortest round trip) and waits, at most 10 seconds, until
+    /// another node leads it; returns the new leader. Moving shards' leaderships spreads the
+    /// quorum queues' hosts over the nodes (a node leads none after the others won the first
+    /// elections, say).
+    pub async fn transfer_leadership(
+        &self,
+        to: Option<u64>,
+        group: Option<&str>,
+    ) -> Result<u64, String> {
+        match group.unwrap_or("metadata") {
+            "metadata" => transfer(&self.meta.raft, &self.links, to, "the metadata group").await,
+            name => {
+                let shard = self
+                    .shards
+                    .iter()
+                    .find(|s| format!("shard-{}", s.group) == name)
+                    .ok_or_else(|| {
+                        format!(
+                            "no group {name:?}: the groups are metadata and shard-1 to shard-{}",
+                            self.shards.len()
+                        )
+                    })?;
+                transfer(&shard.raft, &self.links, to, &format!("group {name}")).await
             }
-            None => return Err("the metadata group has no leader now".into()),
         }
-        let voters: Vec<u64> = metrics
-            .membership_config
-            .membership()
-            .voter_ids()
-            .filter(|id| *id != me)
-            .collect();
-        let target = match to {
-            Some(id) if voters.contains(&id) => id,
-            Some(id) => return Err(format!("node {id} is not a voter of the metadata group")),
-            None => self
-                .links
-                .status()
-                .into_iter()
-                .filter(|p| p.connected && voters.contains(&p.id))
-                .min_by_key(|p| p.rtt_us.unwrap_or(u64::MAX))
-                .map(|p| p.id)
-                .ok_or("no other voter of the metadata group is linked to this node")?,
-        };
-        self.meta
-            .raft
-            .trigger()
-            .transfer_leader(target)
-            .await
-            .map_err(|e| e.to_string())?;
-        let moved = self
-            .meta
-            .raft
-            .wait(Some(std::time::Duration::from_secs(10)))
-            .metrics(
-                |m| m.current_leader.is_some() && m.current_leader != Some(me),
-                "leadership moved",
-            )
-            .await
-            .map_err(|e| format!("the leadership did not move within 10 s: {e}"))?;
-        Ok(moved.current_leader.unwrap_or(target))
     }
 
     /// Takes a snapshot of the metadata group on this node (its definitions as of the last applied
@@ -523,4 +499,58 @@ impl Cluster {
         let n = super::raft::shard::shard_of(queue, self.shards.len() as u16);
         &self.shards[(n - 1) as usize]
     }
+}
+
+/// [`Cluster::transfer_leadership`] for one group's Raft (`what` names it in errors).
+async fn transfer<SM>(
+    raft: &openraft::Raft<super::raft::Types, SM>,
+    links: &Links,
+    to: Option<u64>,
+    what: &str,
+) -> Result<u64, String>
+where
+    SM: openraft::storage::RaftStateMachine<super::raft::Types>,
+{
+    use openraft::async_runtime::WatchReceiver;
+    let metrics = raft.metrics().borrow_watched().clone();
+    let me = metrics.id;
+    match metrics.current_leader {
+        Some(leader) if leader == me => {}
+        Some(leader) => {
+            return Err(format!(
+                "node {leader} leads {what}, not this node: run this there"
+            ))
+        }
+        None => return Err(format!("{what} has no leader now")),
+    }
+    let voters: Vec<u64> = metrics
+        .membership_config
+        .membership()
+        .voter_ids()
+        .filter(|id| *id != me)
+        .collect();
+    let target = match to {
+        Some(id) if voters.contains(&id) => id,
+        Some(id) => return Err(format!("node {id} is not a voter of {what}")),
+        None => links
+            .status()
+            .into_iter()
+            .filter(|p| p.connected && voters.contains(&p.id))
+            .min_by_key(|p| p.rtt_us.unwrap_or(u64::MAX))
+            .map(|p| p.id)
+            .ok_or_else(|| format!("no other voter of {what} is linked to this node"))?,
+    };
+    raft.trigger()
+        .transfer_leader(target)
+        .await
+        .map_err(|e| e.to_string())?;
+    let moved = raft
+        .wait(Some(std::time::Duration::from_secs(10)))
+        .metrics(
+            |m| m.current_leader.is_some() && m.current_leader != Some(me),
+            "leadership moved",
+        )
+        .await
+        .map_err(|e| format!("the leadership did not move within 10 s: {e}"))?;
+    Ok(moved.current_leader.unwrap_or(target))
 }
