@@ -87,6 +87,41 @@ async fn publish_all(ch: &TestChannel, prefix: &str, n: usize) {
     }
 }
 
+/// Publishes `n` messages (`prefix-i`) without waiting on confirming channel `ch`, then reads its
+/// confirms until each delivery tag has one: whether it was acked, by tag (a multiple confirm
+/// covers every tag up to its own not confirmed before).
+async fn publish_unconfirmed(
+    ch: &TestChannel,
+    prefix: &str,
+    n: u64,
+) -> std::collections::BTreeMap<u64, bool> {
+    use warren_tests::client::ChannelEvent;
+    for i in 0..n {
+        let body = format!("{prefix}-{i}");
+        ch.publish_with(
+            "",
+            QUEUE,
+            BasicProperties::default(),
+            body.as_bytes(),
+            false,
+        )
+        .await;
+    }
+    let mut acked = std::collections::BTreeMap::new();
+    while acked.len() < n as usize {
+        let (tag, multiple, ack) = match ch.next_event().await {
+            ChannelEvent::Ack { tag, multiple } => (tag, multiple, true),
+            ChannelEvent::Nack { tag, multiple } => (tag, multiple, false),
+            other => panic!("expected a confirm, got {other:?}"),
+        };
+        let first = if multiple { 1 } else { tag };
+        for t in first..=tag {
+            acked.entry(t).or_insert(ack);
+        }
+    }
+    acked
+}
+
 fn bodies(deliveries: &[warren_tests::client::Delivery]) -> Vec<String> {
     warren_tests::client::bodies(deliveries)
 }
@@ -312,8 +347,6 @@ async fn an_unused_quorum_queue_expires_on_every_node_and_one_consumed_elsewhere
 
 #[tokio::test]
 async fn a_window_of_forwarded_publishes_beyond_the_links_request_limit_is_acked_in_full() {
-    use std::collections::BTreeSet;
-    use warren_tests::client::ChannelEvent;
     let cluster = LinkCluster::new(3);
     let brokers = three_nodes(&cluster).await;
     let all: Vec<&TestBroker> = brokers.iter().collect();
@@ -323,37 +356,9 @@ async fn a_window_of_forwarded_publishes_beyond_the_links_request_limit_is_acked
     // turn on this node rather than being refused).
     const N: u64 = 1_500;
     let (fc, _, fch) = follower.connect_with_confirming_channel().await;
-    for i in 0..N {
-        let body = format!("w-{i}");
-        fch.publish_with(
-            "",
-            QUEUE,
-            BasicProperties::default(),
-            body.as_bytes(),
-            false,
-        )
-        .await;
-    }
-    let (mut acked, mut nacked) = (BTreeSet::new(), BTreeSet::new());
-    while (acked.len() + nacked.len()) < N as usize {
-        let (tag, multiple, ack) = match fch.next_event().await {
-            ChannelEvent::Ack { tag, multiple } => (tag, multiple, true),
-            ChannelEvent::Nack { tag, multiple } => (tag, multiple, false),
-            other => panic!("expected a confirm, got {other:?}"),
-        };
-        // A multiple confirm covers every tag up to its own not confirmed before.
-        let first = if multiple { 1 } else { tag };
-        for t in first..=tag {
-            if !acked.contains(&t) && !nacked.contains(&t) {
-                if ack {
-                    acked.insert(t);
-                } else {
-                    nacked.insert(t);
-                }
-            }
-        }
-    }
-    assert!(nacked.is_empty(), "{} publishes nacked", nacked.len());
+    let acked = publish_unconfirmed(&fch, "w", N).await;
+    let nacked = acked.values().filter(|ack| !**ack).count();
+    assert_eq!(nacked, 0, "{nacked} publishes nacked");
     for b in &all {
         wait_for_replica(b, N as usize).await;
     }
@@ -362,8 +367,6 @@ async fn a_window_of_forwarded_publishes_beyond_the_links_request_limit_is_acked
 
 #[tokio::test]
 async fn a_burst_of_forwarded_publishes_gets_each_its_own_outcome() {
-    use std::collections::BTreeMap;
-    use warren_tests::client::ChannelEvent;
     let cluster = LinkCluster::new(3);
     let brokers = three_nodes(&cluster).await;
     let all: Vec<&TestBroker> = brokers.iter().collect();
@@ -380,29 +383,7 @@ async fn a_burst_of_forwarded_publishes_gets_each_its_own_outcome() {
     // each publisher confirm says which: acks for 1..=10, nacks for 11..=50, none lost or mixed.
     const N: u64 = 50;
     let (fc, _, fch) = follower.connect_with_confirming_channel().await;
-    for i in 0..N {
-        let body = format!("b-{i}");
-        fch.publish_with(
-            "",
-            QUEUE,
-            BasicProperties::default(),
-            body.as_bytes(),
-            false,
-        )
-        .await;
-    }
-    let mut outcome = BTreeMap::new();
-    while outcome.len() < N as usize {
-        let (tag, multiple, ack) = match fch.next_event().await {
-            ChannelEvent::Ack { tag, multiple } => (tag, multiple, true),
-            ChannelEvent::Nack { tag, multiple } => (tag, multiple, false),
-            other => panic!("expected a confirm, got {other:?}"),
-        };
-        let first = if multiple { 1 } else { tag };
-        for t in first..=tag {
-            outcome.entry(t).or_insert(ack);
-        }
-    }
+    let outcome = publish_unconfirmed(&fch, "b", N).await;
     let acked: Vec<u64> = outcome
         .iter()
         .filter(|(_, a)| **a)

@@ -438,7 +438,7 @@ impl Cluster {
                 let shard = self
                     .shards
                     .iter()
-                    .find(|s| format!("shard-{}", s.group) == name)
+                    .find(|s| s.name() == name)
                     .ok_or_else(|| {
                         format!(
                             "no group {name:?}: the groups are metadata and shard-1 to shard-{}",

@@ -383,7 +383,7 @@ impl QuorumServer {
         let bodies = decode(body, |r| {
             let n = r.count(8)?;
             (0..n)
-                .map(|_| Ok(Bytes::copy_from_slice(r.bytes()?)))
+                .map(|_| Ok(body.slice_ref(r.bytes()?)))
                 .collect::<Result<Vec<_>, _>>()
         });
         let answers: Vec<_> = match bodies {

@@ -82,11 +82,16 @@ impl ShardGroup {
         self.metrics().current_leader
     }
 
+    /// The group's name in `cluster status` and `transfer-leadership --group`.
+    pub fn name(&self) -> String {
+        format!("shard-{}", self.group)
+    }
+
     /// The group as this node sees it, with the messages its replica holds.
     pub fn status(&self) -> Value {
         let (messages, _) = self.machine.summary();
         let mut status = crate::cluster::raft::group_status(&self.metrics());
-        status["group"] = json!(format!("shard-{}", self.group));
+        status["group"] = json!(self.name());
         status["messages"] = json!(messages);
         status
     }
