@@ -68,6 +68,12 @@ impl Durability {
         self.store.write(records, done);
     }
 
+    /// Writes records nobody waits to be durable, reporting the outcome of writing them to
+    /// `written` (see [`Store::write_unsynced`]).
+    pub fn write_unsynced(&self, records: Vec<Record>, written: Completion) {
+        self.store.write_unsynced(records, written);
+    }
+
     /// Reads back stored messages of `queue` (start-up), in the order of `ids`.
     pub fn read(&self, queue: &str, ids: Vec<u64>) -> std::io::Result<Vec<(u64, Bytes)>> {
         self.store.read(queue, ids)

@@ -30,6 +30,11 @@ enum Command {
         records: Vec<Record>,
         done: Option<Completion>,
     },
+    /// Records nobody waits to be durable, whose writer still wants to know if they failed.
+    WriteUnsynced {
+        records: Vec<Record>,
+        written: Completion,
+    },
     /// Runs after everything queued before it is durable.
     Barrier(Completion),
     /// Reads back live messages (recovery), after the writes queued before it.
@@ -142,6 +147,23 @@ impl Store {
         }
     }
 
+    /// Queues records nobody waits to be durable (they are made so by the next batch someone waits
+    /// for, in order after what was queued before), for a writer that must still learn of a
+    /// failure: `written` runs once they are appended, with the outcome (a failed fsync of their
+    /// batch, if there is one, included). Unlike a write with a completion, they never cost an
+    /// fsync of their own.
+    pub fn write_unsynced(&self, records: Vec<Record>, written: Completion) {
+        let command = Command::WriteUnsynced { records, written };
+        if let Some(Command::WriteUnsynced { written, .. }) = self
+            .tx
+            .as_ref()
+            .and_then(|tx| tx.send(command).err())
+            .map(|e| e.0)
+        {
+            written(Err(io::Error::other("the store has stopped")));
+        }
+    }
+
     /// Reads back the live messages among `ids` of `queue` (blocking): those still stored, in the
     /// order asked.
     pub fn read(&self, queue: &str, ids: Vec<u64>) -> io::Result<Vec<(u64, Bytes)>> {
@@ -228,6 +250,8 @@ fn run<M: Medium>(mut log: Log<M>, rx: Receiver<Command>, max_batch: usize, busy
         }
         let mut records = Vec::new();
         let mut completions = Vec::new();
+        // Told of the outcome, but not waiting for a sync.
+        let mut observers = Vec::new();
         let mut reads = Vec::new();
         let mut close = None;
         for command in batch {
@@ -235,6 +259,13 @@ fn run<M: Medium>(mut log: Log<M>, rx: Receiver<Command>, max_batch: usize, busy
                 Command::Write { records: r, done } => {
                     records.extend(r);
                     completions.extend(done);
+                }
+                Command::WriteUnsynced {
+                    records: r,
+                    written,
+                } => {
+                    records.extend(r);
+                    observers.push(written);
                 }
                 Command::Barrier(done) => completions.push(done),
                 Command::Read { queue, ids, reply } => reads.push((queue, ids, reply)),
@@ -272,7 +303,7 @@ fn run<M: Medium>(mut log: Log<M>, rx: Receiver<Command>, max_batch: usize, busy
             log.account_unwritten_removals(&records);
             let _ = log.reclaim();
         }
-        for done in completions {
+        for done in completions.into_iter().chain(observers) {
             done(match &error {
                 None => Ok(()),
                 Some(e) => Err(io::Error::new(e.kind(), e.to_string())),

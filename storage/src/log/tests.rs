@@ -849,3 +849,40 @@ fn medium_len(medium: &MemoryMedium) -> u64 {
         .map(|id| m.read(id).unwrap().len() as u64)
         .sum()
 }
+
+#[test]
+fn a_write_unsynced_is_reported_once_written_without_a_sync_of_its_own() {
+    let medium = StallingMedium::default();
+    let (store, _) = Store::open(medium.clone(), StoreOptions::default()).unwrap();
+    medium.set_frozen(true);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reported = tx.clone();
+    store.write_unsynced(
+        vec![enqueue("q", 1, "a")],
+        Box::new(move |r| {
+            let _ = reported.send(r.is_ok());
+        }),
+    );
+    // Reported while the disk cannot sync: nothing waited for an fsync.
+    let outcome = rx.recv_timeout(std::time::Duration::from_secs(5));
+    if outcome.is_err() {
+        medium.set_frozen(false); // (so the store can stop)
+    }
+    assert_eq!(
+        outcome.ok(),
+        Some(true),
+        "the unsynced write waited for a sync"
+    );
+    // A write someone waits for still waits for the sync that makes both durable.
+    store.write(
+        vec![enqueue("q", 2, "b")],
+        Some(Box::new(move |r| {
+            let _ = tx.send(r.is_ok());
+        })),
+    );
+    assert!(rx
+        .recv_timeout(std::time::Duration::from_millis(300))
+        .is_err());
+    medium.set_frozen(false);
+    assert!(rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap());
+}

@@ -299,3 +299,56 @@ async fn after_a_failed_write_nobody_waited_for_every_operation_fails() {
     assert!(error.to_string().contains("disk full"), "{error}");
     assert!(store.save_vote(&Vote::new(2, 1)).await.is_err());
 }
+
+/// Notes which writes asked to be waited for (a sync) and which did not.
+#[derive(Default)]
+struct SyncSpy(Mutex<Vec<(&'static str, bool)>>);
+
+impl RecordWriter for SyncSpy {
+    fn write(&self, records: Vec<Record>, done: Option<Completion>) {
+        self.note(&records, done.is_some());
+        if let Some(done) = done {
+            done(Ok(()));
+        }
+    }
+    fn write_unsynced(&self, records: Vec<Record>, written: Completion) {
+        self.note(&records, false);
+        written(Err(io::Error::other("disk full")));
+    }
+}
+
+impl SyncSpy {
+    fn note(&self, records: &[Record], waits: bool) {
+        let kind = match &records[0] {
+            Record::Put { key, .. } if key.contains("/entry/") => "entry",
+            Record::Put { key, .. } if key.ends_with("committed") => "committed",
+            Record::Put { key, .. } if key.ends_with("vote") => "vote",
+            _ => "other",
+        };
+        self.0.lock().push((kind, waits));
+    }
+}
+
+#[tokio::test]
+async fn only_what_openraft_waits_for_costs_a_sync_and_a_failure_of_the_rest_is_still_seen() {
+    let spy = Arc::new(SyncSpy::default());
+    let writer = Arc::new(super::FailFast::new(spy.clone()));
+    let mut store = LogStore::recover(0, writer, &BTreeMap::new()).unwrap();
+    store.save_vote(&Vote::new(1, 1)).await.unwrap();
+    store
+        .append(
+            vec![Entry::new_blank(log_id(1, 0))],
+            openraft::storage::IOFlushed::noop(),
+        )
+        .await
+        .unwrap();
+    // The committed index after every commit: nothing waits for it (it doubled the fsyncs).
+    store.save_committed(Some(log_id(1, 0))).await.unwrap();
+    assert_eq!(
+        *spy.0.lock(),
+        vec![("vote", true), ("entry", true), ("committed", false)]
+    );
+    // Its (reported) failure stops the group all the same.
+    let error = store.save_vote(&Vote::new(2, 1)).await.unwrap_err();
+    assert!(error.to_string().contains("disk full"), "{error}");
+}
