@@ -121,6 +121,7 @@ fn topic_matching(c: &mut Criterion) {
             arguments: FieldTable::default(),
             declared_by: None,
             home: None,
+            shard: None,
         };
         let q = vhost
             .declare_queue(spec, false, false, ConnectionId(1), || Ok(()), Now::read())
@@ -160,6 +161,7 @@ fn publish_path(c: &mut Criterion) {
         arguments: FieldTable::default(),
         declared_by: None,
         home: None,
+        shard: None,
     };
     let q = vhost
         .declare_queue(spec, false, false, ConnectionId(1), || Ok(()), Now::read())
@@ -235,6 +237,7 @@ fn metrics_scrape(c: &mut Criterion) {
             arguments: FieldTable::default(),
             declared_by: None,
             home: None,
+            shard: None,
         };
         let q = vhost
             .declare_queue(spec, false, false, ConnectionId(1), || Ok(()), Now::read())

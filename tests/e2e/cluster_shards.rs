@@ -255,3 +255,144 @@ async fn a_shards_leadership_moves_on_request_to_the_node_asked() {
         .unwrap();
     assert_eq!(shown["leader"], to, "{shown}");
 }
+
+/// Each shard's leader as every node of `all` agrees, once they do.
+async fn shard_leaders(all: &[&TestBroker]) -> Vec<u64> {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let seen: Vec<Vec<Option<u64>>> = all
+            .iter()
+            .map(|b| {
+                let c = b.server.broker.cluster().expect("a cluster node");
+                c.shards.iter().map(|s| s.leader()).collect()
+            })
+            .collect();
+        if seen.iter().all(|s| *s == seen[0]) && seen[0].iter().all(Option::is_some) {
+            return seen[0].iter().flatten().copied().collect();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no agreed shard leaders: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Declares quorum queue `name` on `b` (with `x-queue-leader-locator` `locator` if given) and
+/// returns the shard group `b` lists it in.
+async fn declare_placed(b: &TestBroker, name: &str, locator: Option<&str>) -> u32 {
+    use warren_tests::features::{table, text};
+    let c = b.connect().await;
+    let ch = c.channel().await;
+    let mut arguments = table([("x-queue-type", text("quorum"))]);
+    if let Some(l) = locator {
+        arguments.insert("x-queue-leader-locator".try_into().unwrap(), text(l));
+    }
+    let mut args = amqprs::channel::QueueDeclareArguments::durable_client_named(name);
+    args.arguments(arguments);
+    ch.declare(args).await;
+    c.close().await;
+    let listed = b.brokerctl(&["--format", "json", "list_queues"]).await.ok();
+    let rows: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("{name} not listed: {listed}"));
+    row["shard"].as_str().unwrap()["shard-".len()..]
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_quorum_queue_goes_to_a_shard_its_declaring_node_leads_and_every_node_agrees() {
+    let cluster = LinkCluster::new(3);
+    let brokers = three_nodes(&cluster).await;
+    let all: Vec<&TestBroker> = brokers.iter().collect();
+    // Node 2 leads shard 3 and no other (whatever the elections chose), node 1 the rest.
+    for g in 1..=4u32 {
+        let to = if g == 3 { 2 } else { 1 };
+        let leader = shard_leaders(&all).await[(g - 1) as usize];
+        if leader != to {
+            all[(leader - 1) as usize]
+                .brokerctl(&[
+                    "cluster",
+                    "transfer-leadership",
+                    "--group",
+                    &format!("shard-{g}"),
+                    "--to",
+                    &to.to_string(),
+                ])
+                .await
+                .ok();
+        }
+    }
+    assert_eq!(shard_leaders(&all).await, vec![1, 1, 2, 1]);
+    // RabbitMQ's default locator (client-local): the declaring node's shard, for every name.
+    for name in ["a", "b", "c", "d", "e"] {
+        assert_eq!(declare_placed(all[1], name, None).await, 3, "{name}");
+    }
+    assert_eq!(
+        declare_placed(all[1], "explicit", Some("client-local")).await,
+        3
+    );
+    // Node 3 leads nothing: where the name hashes to, as `balanced` asks everywhere.
+    let hashed = |name: &str| {
+        warren_broker::cluster::raft::shard::shard_of(
+            &warren_broker::meta::records::message_queue("/", name),
+            4,
+        )
+    };
+    assert_eq!(declare_placed(all[2], "f", None).await, hashed("f"));
+    let names: Vec<String> = (0..12).map(|i| format!("spread-{i}")).collect();
+    for name in &names {
+        assert_eq!(
+            declare_placed(all[1], name, Some("balanced")).await,
+            hashed(name)
+        );
+    }
+    // The record carries the placement: every node puts the queue in that shard, and its host
+    // is that shard's leader.
+    let record = warren_broker::meta::records::message_queue("/", "a");
+    for b in &all {
+        let c = b.server.broker.cluster().unwrap();
+        let deadline = tokio::time::Instant::now() + SETTLE;
+        while c.shard(&record).group != 3 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {}",
+                node_id(b)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    warren_tests::cluster::host_of(&all, "a").await;
+    assert!(warren_tests::cluster::hosts(all[1], "a"));
+}
+
+#[tokio::test]
+async fn shard_leaderships_move_to_their_preferred_nodes_so_every_node_leads_some() {
+    let cluster = LinkCluster::new(3);
+    let start = |id: u64| {
+        let mut config = cluster.config(id);
+        config.balance_leaders = true;
+        TestBroker::start_with(move |c| c.cluster = Some(config))
+    };
+    let brokers = [start(1).await, start(2).await, start(3).await];
+    let all: Vec<&TestBroker> = brokers.iter().collect();
+    // Shard g prefers voter (g - 1) mod 3 in id order; checks run every few seconds.
+    let deadline = tokio::time::Instant::now() + SETTLE + SETTLE;
+    loop {
+        let leaders = shard_leaders(&all).await;
+        if leaders == vec![1, 2, 3, 1] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "shard leaders stay {leaders:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

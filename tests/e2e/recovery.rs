@@ -162,6 +162,7 @@ async fn an_unreadable_command_record_loses_no_message() {
         arguments: FieldTable::default(),
         declared_by: None,
         home: None,
+        shard: None,
     };
     let broker = broker
         .restart_after(|dir| put(dir, codec::encode(&declare)))

@@ -260,6 +260,14 @@ class NetnsCluster:
             return None
         return json.loads(cp.stdout)
 
+    def shard_of(self, i: int, queue: str) -> str | None:
+        """The shard group (``shard-N``) quorum queue ``queue`` of vhost / was placed in, as node
+        ``i`` lists it (None until it knows the queue)."""
+        cp = self.ctl(i, "--format", "json", "list_queues")
+        if cp.returncode != 0:
+            return None
+        return next((q.get("shard") for q in json.loads(cp.stdout) if q["name"] == queue), None)
+
     def leader(self, group: str) -> int | None:
         """The leader of ``group`` as the node with the highest term knows it."""
         best = None

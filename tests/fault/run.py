@@ -32,23 +32,8 @@ sys.path.insert(0, str(HERE))
 
 from nemesis import FAMILIES, LONG_FAMILIES  # noqa: E402
 
-SHARDS = 4  # warren --dev --cluster's queue_shards
 ELECTION_MAX = 2.0  # seconds: a cut-off leader's lease has lapsed by then
 CONFIRM_JOIN = 15  # seconds a stopping publisher may take to finish its last publish
-
-
-def fnv1a(data: bytes) -> int:
-    h = 0xCBF29CE484222325
-    for b in data:
-        h ^= b
-        h = (h * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return h
-
-
-def shard_group(vhost: str, queue: str) -> str:
-    """The shard group of a quorum queue, as Warren computes it (its record name hashed)."""
-    record = json.dumps([vhost, queue], separators=(",", ":"), ensure_ascii=False)
-    return f"shard-{1 + fnv1a(record.encode()) % SHARDS}"
 
 
 def outside(args: argparse.Namespace) -> int:
@@ -91,7 +76,7 @@ def inside(args: argparse.Namespace) -> int:
                            spares=min(200, max(4, args.seconds // 8)) if args.family == "members" else 0)
     result: dict = {"family": args.family, "seconds": args.seconds, "seed": args.seed, "failures": []}
     failures = result["failures"]
-    group = shard_group("/", QUEUE)
+    group = None
     rec = Recorder(out / "ops.jsonl")
     try:
         cluster.configure()
@@ -109,6 +94,11 @@ def inside(args: argparse.Namespace) -> int:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
+        # The shard its declaration placed it in (one node 1 leads, if it leads one).
+        while group is None:
+            assert time.monotonic() < deadline, "node 1 does not list the queue's shard"
+            group = cluster.shard_of(1, QUEUE)
+            time.sleep(0.1 if group is None else 0)
         while cluster.leader(group) is None:
             assert time.monotonic() < deadline, f"{group} has no leader"
             time.sleep(0.2)

@@ -21,23 +21,8 @@ from conftest import HOST, TARGET, Broker, _warren_exe
 pytestmark = pytest.mark.skipif(TARGET != "warren", reason="starts its own Warren cluster")
 
 NODES = 3
-SHARDS = 4  # warren --dev --cluster's queue_shards
 LINK_OFFSET = 20000
 QUEUE = "ha-jobs"
-
-
-def _fnv1a(data: bytes) -> int:
-    h = 0xCBF29CE484222325
-    for b in data:
-        h ^= b
-        h = (h * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return h
-
-
-def shard_of(vhost: str, queue: str) -> int:
-    """The shard group of a quorum queue, as Warren computes it (its record name hashed)."""
-    record = json.dumps([vhost, queue], separators=(",", ":"), ensure_ascii=False)
-    return 1 + _fnv1a(record.encode()) % SHARDS
 
 
 def _free_base() -> int:

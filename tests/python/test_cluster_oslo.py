@@ -20,7 +20,7 @@ import oslo_messaging as messaging
 from oslo_messaging import conffixture
 
 from conftest import TARGET
-from cluster_processes import NODES, Cluster, shard_of, wait
+from cluster_processes import NODES, Cluster, wait
 
 pytestmark = pytest.mark.skipif(TARGET != "warren", reason="starts its own Warren cluster")
 
@@ -136,7 +136,8 @@ def test_openstack_services_keep_working_when_a_node_is_killed(tmp_path, victim,
         client.cast({}, "record", value="before")
 
         # The node hosting the topic's queue (oslo's topic queue is named after the topic).
-        shard = f"shard-{shard_of('/', topic)}"
+        shard = wait(lambda: next((q["shard"] for q in cluster.queues(1) if q["name"] == topic), None),
+                     30, "node 1 lists the topic queue's shard")
         host = wait(lambda: cluster.group(1, shard)["leader"], 30, f"{shard} has a leader")
         if victim == "first-host":
             host = 1

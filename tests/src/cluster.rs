@@ -88,6 +88,8 @@ impl LinkCluster {
             // Short, so a test of a cut-off minority need not wait 15 s.
             change_timeout_ms: 3_000,
             disk_stall_timeout_ms: 5_000,
+            // Off, so that a test's leaders stay where it put them (cluster_shards turns it on).
+            balance_leaders: false,
             tls: ClusterTlsConfig {
                 cert: self.path(&format!("{}.pem", me.name)),
                 key: self.path(&format!("{}.key", me.name)),

@@ -171,6 +171,8 @@ fn cluster_topology(
             arguments: q.arguments,
             declared_by: None,
             home,
+            // Imported quorum queues go where their names hash to (`balanced`).
+            shard: None,
         });
     }
     for b in bindings {
@@ -553,6 +555,7 @@ impl Broker {
                 arguments,
                 declared_by: None,
                 home: None,
+                shard: None,
             };
             if exists_q(&vhost, &n) || !new_q.insert((vhost.clone(), n)) {
                 plan.kept += 1;

@@ -402,6 +402,7 @@ async fn execute(broker: &Broker, request: Request) -> Result<Value, AdminError>
                             "classic"
                         },
                         "node": broker.queue_node(q),
+                        "shard": broker.queue_shard(q),
                         "messages": q.message_count(),
                         "messages_unacknowledged": q.unacknowledged(),
                         "message_bytes": q.ready_bytes(),

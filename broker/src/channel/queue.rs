@@ -100,6 +100,7 @@ impl Channel {
                     arguments: d.arguments,
                     declared_by: Some(s.publisher.clone()),
                     home: None,
+                    shard: None,
                 };
                 let dead_letter_exchange = spec
                     .arguments

@@ -45,6 +45,11 @@ pub struct ClusterConfig {
     /// group it leads to another node (a stalled disk must not hold the cluster's writes hostage).
     #[serde(default = "default_disk_stall_timeout_ms")]
     pub disk_stall_timeout_ms: u64,
+    /// Hand each shard's leadership to its preferred node (the voters in turn) once that node is
+    /// up and caught up, so that every node hosts quorum queues (cluster::balance). Off, shards
+    /// stay where elections put them until `brokerctl cluster transfer-leadership` moves them.
+    #[serde(default = "default_balance_leaders")]
+    pub balance_leaders: bool,
     pub tls: ClusterTlsConfig,
 }
 
@@ -89,6 +94,10 @@ fn default_change_timeout_ms() -> u64 {
 
 fn default_disk_stall_timeout_ms() -> u64 {
     5_000
+}
+
+fn default_balance_leaders() -> bool {
+    true
 }
 
 impl ClusterConfig {
@@ -215,6 +224,7 @@ mod tests {
             queue_shards: 16,
             change_timeout_ms: 15_000,
             disk_stall_timeout_ms: 5_000,
+            balance_leaders: true,
             tls: ClusterTlsConfig {
                 cert: "node.pem".into(),
                 key: "node.key".into(),

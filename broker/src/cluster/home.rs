@@ -66,6 +66,13 @@ impl Broker {
         cluster.links.name_of(node)
     }
 
+    /// The shard group of quorum queue `queue` (`shard-N`) on a cluster node; None otherwise.
+    pub(crate) fn queue_shard(&self, queue: &Queue) -> Option<String> {
+        let cluster = self.cluster()?;
+        let record = queue.record_name().filter(|_| queue.args.quorum)?;
+        Some(cluster.shard(record).name())
+    }
+
     /// Why classic queue `queue`, homed here or (for the metadata leader, which knows the `lost`
     /// nodes and the `members`) on a node down for long or removed from the cluster, is to be
     /// deleted.

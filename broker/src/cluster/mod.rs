@@ -5,6 +5,7 @@
 //! subscriptions for both; home: what follows from a home node), adding and removing nodes
 //! (members), and `warren --dev --cluster`.
 
+pub mod balance;
 pub mod config;
 pub mod dev;
 pub mod home;

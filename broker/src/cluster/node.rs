@@ -97,6 +97,8 @@ pub struct Cluster {
     pub meta: MetaGroup,
     /// The queue shard groups, shard `n` at `n - 1` (`[cluster] queue_shards` of them).
     pub shards: Vec<Arc<ShardGroup>>,
+    /// Every quorum queue's journal here, which knows the shard each was placed in.
+    journal: Arc<ShardJournal>,
 }
 
 /// Starts a group's Raft on this node and initializes it with the configured voters the first
@@ -324,6 +326,7 @@ impl Cluster {
         }
         let cluster = Arc::new(Cluster {
             shards,
+            journal: journal.clone(),
             meta: MetaGroup {
                 raft,
                 links: links.clone(),
@@ -337,6 +340,12 @@ impl Cluster {
             cluster.links.clone(),
         ));
         tokio::spawn(Cluster::learn_members(Arc::downgrade(&cluster)));
+        if config.balance_leaders {
+            let weak = Arc::downgrade(&cluster);
+            tokio::spawn(super::balance::run(move || {
+                weak.upgrade().map(|c| c.shards.clone())
+            }));
+        }
         tokio::spawn(watch_disk(
             Arc::downgrade(&cluster),
             writer,
@@ -496,7 +505,7 @@ impl Cluster {
 
     /// The shard group a quorum queue (its record name: vhost and queue) belongs to.
     pub fn shard(&self, queue: &str) -> &Arc<ShardGroup> {
-        let n = super::raft::shard::shard_of(queue, self.shards.len() as u16);
+        let n = self.journal.shard_number(queue, self.shards.len());
         &self.shards[(n - 1) as usize]
     }
 }

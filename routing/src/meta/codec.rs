@@ -38,6 +38,8 @@ const RETIRE_QUEUE: u8 = 20;
 const REMOVED_NODE: u8 = 21;
 const SET_POLICY: u8 = 22;
 const CLEAR_POLICY: u8 = 23;
+/// A cluster's quorum queue: a queue declaration followed by the shard group it was placed in.
+const DECLARE_PLACED_QUEUE: u8 = 24;
 
 /// Why a record does not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -77,6 +79,9 @@ impl Writer {
         self.u8(u8::from(b));
     }
     fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn u32(&mut self, v: u32) {
         self.0.extend_from_slice(&v.to_be_bytes());
     }
     fn home(&mut self, home: &QueueHome) {
@@ -244,19 +249,23 @@ pub fn encode(command: &MetaCommand) -> Vec<u8> {
             arguments,
             declared_by,
             home,
+            shard,
         } => {
-            w.u8(if home.is_some() {
-                DECLARE_HOMED_QUEUE
-            } else {
-                DECLARE_QUEUE
+            // A queue has a home (classic) or a shard (quorum) in a cluster, never both.
+            w.u8(match (home, shard) {
+                (Some(_), _) => DECLARE_HOMED_QUEUE,
+                (None, Some(_)) => DECLARE_PLACED_QUEUE,
+                (None, None) => DECLARE_QUEUE,
             });
             w.str(vhost);
             w.str(queue);
             w.bool(*auto_delete);
             w.table(arguments);
             w.opt(declared_by.as_deref());
-            if let Some(home) = home {
-                w.home(home);
+            match (home, shard) {
+                (Some(home), _) => w.home(home),
+                (None, Some(shard)) => w.u32(*shard),
+                (None, None) => {}
             }
         }
         MetaCommand::DeleteQueue { vhost, queue } => {
@@ -458,7 +467,7 @@ pub fn decode(payload: &[u8]) -> Result<MetaCommand, DecodeError> {
             vhost: r.str()?.into(),
             exchange: r.str()?,
         },
-        DECLARE_QUEUE | DECLARE_HOMED_QUEUE => MetaCommand::DeclareQueue {
+        DECLARE_QUEUE | DECLARE_HOMED_QUEUE | DECLARE_PLACED_QUEUE => MetaCommand::DeclareQueue {
             vhost: r.str()?.into(),
             queue: r.str()?.into(),
             auto_delete: r.bool()?,
@@ -466,6 +475,11 @@ pub fn decode(payload: &[u8]) -> Result<MetaCommand, DecodeError> {
             declared_by: r.opt()?,
             home: if tag == DECLARE_HOMED_QUEUE {
                 Some(r.home()?)
+            } else {
+                None
+            },
+            shard: if tag == DECLARE_PLACED_QUEUE {
+                Some(r.u32()? as u32)
             } else {
                 None
             },

@@ -58,6 +58,7 @@ pub fn command(key: &str, value: &[u8]) -> Result<MetaCommand, String> {
                 arguments: q.arguments,
                 declared_by: q.declared_by,
                 home: None,
+                shard: None,
             })
         }
         (Some("binding"), 7) => {

@@ -149,6 +149,10 @@ pub enum MetaCommand {
         /// A cluster's classic queue: the node it lives on (None for a single node's durable
         /// queues and for quorum queues).
         home: Option<QueueHome>,
+        /// A cluster's quorum queue: the shard group it was placed in when declared (None for
+        /// other queues, and for quorum queues recorded before placement, whose shard is the hash
+        /// of their name).
+        shard: Option<u32>,
     },
     DeleteQueue {
         vhost: VhostName,

@@ -58,6 +58,9 @@ pub struct QueueSpec {
     /// A cluster's classic queue: the node it lives on (None on a single node, and for quorum
     /// queues, which live wherever their shard's leader is).
     pub home: Option<crate::meta::QueueHome>,
+    /// A cluster's quorum queue: the shard group its declaration placed it in (None elsewhere, and
+    /// for quorum queues recorded before placement: the hash of their name picks their shard).
+    pub shard: Option<u32>,
 }
 
 /// The state and the effects of the command being applied (kept for their capacity).

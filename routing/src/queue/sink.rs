@@ -43,6 +43,15 @@ pub trait Journal: Send + Sync + std::fmt::Debug {
     /// keeps no count (nor does RabbitMQ's classic queue); a quorum queue's shard does.
     fn returned(&self, _queue: &str, _id: u64) {}
 
+    /// The shard group a new quorum queue whose record name is `queue` goes to, as its
+    /// `x-queue-leader-locator` (`locator`) asks: None where queues have no shards.
+    fn place(&self, _queue: &str, _locator: Option<&str>) -> Option<u32> {
+        None
+    }
+
+    /// Quorum queue `queue` (its record name) exists here, placed in shard group `shard`.
+    fn placed(&self, _queue: &str, _shard: u32) {}
+
     /// A message the vhost itself publishes (a dead letter) into quorum queue `queue` of `vhost`,
     /// whose live copy another node hosts: sent there, and true; false when the copy here is the
     /// live one.

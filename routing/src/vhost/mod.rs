@@ -160,9 +160,11 @@ impl Vhost {
                 arguments,
                 declared_by,
                 home,
+                shard,
                 ..
             } => {
-                let spec = self.stored_queue_spec(queue, auto_delete, arguments, declared_by, home);
+                let spec =
+                    self.stored_queue_spec(queue, auto_delete, arguments, declared_by, home, shard);
                 self.restore_queue(spec, now)
             }
             MetaCommand::Bind { binding, .. } => self.restore_binding(binding),
@@ -284,7 +286,12 @@ impl Vhost {
     ) -> Arc<Queue> {
         let name = records::message_queue(&self.name, &spec.name);
         let durability = match (&self.durability, self.replication.get()) {
-            (_, Some(r)) if args.quorum => Some((r.quorum.clone(), name)),
+            (_, Some(r)) if args.quorum => {
+                if let Some(shard) = spec.shard {
+                    r.quorum.placed(&name, shard);
+                }
+                Some((r.quorum.clone(), name))
+            }
             // A copy of a classic queue another node holds: what its consumers were handed came
             // from there, and their acks go there.
             (_, Some(r)) if r.is_copy_spec(&spec) => Some((r.copies.clone(), name)),
@@ -1121,6 +1128,7 @@ impl Vhost {
             arguments: spec.arguments.clone(),
             declared_by: spec.declared_by.as_deref().map(str::to_string),
             home: spec.home,
+            shard: spec.shard,
         }
     }
 
@@ -1134,6 +1142,7 @@ impl Vhost {
         arguments: FieldTable,
         declared_by: Option<String>,
         home: Option<crate::meta::QueueHome>,
+        shard: Option<u32>,
     ) -> QueueSpec {
         let here = self.replication.get().map(|r| r.node);
         let exclusive_owner = home.and_then(|h| {
@@ -1152,6 +1161,7 @@ impl Vhost {
             arguments,
             declared_by: declared_by.map(Arc::from),
             home,
+            shard,
         }
     }
 }

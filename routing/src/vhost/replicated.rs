@@ -23,7 +23,7 @@
 
 use std::sync::Arc;
 
-use amq_protocol::types::FieldTable;
+use amq_protocol::types::{AMQPValue, FieldTable};
 
 use super::{binding_of, stored_binding, Vhost, STANDARD_EXCHANGES};
 use crate::error::{AmqpError, AmqpResult};
@@ -200,13 +200,28 @@ impl Vhost {
             });
         }
         let args = self.check_new_queue(&spec, before_create)?;
-        if !args.quorum {
-            spec.home = self.replication.get().map(|r| crate::meta::QueueHome {
-                node: r.node,
-                run: r.run,
-                durable: spec.durable,
-                owner: spec.exclusive_owner.map(|c| c.0),
-            });
+        match self.replication.get() {
+            Some(r) if args.quorum => {
+                // RabbitMQ's `x-queue-leader-locator` (its `client-local` default: this node) is
+                // advisory for shards: a shard this node leads, when it leads one.
+                let locator = spec.arguments.inner().get("x-queue-leader-locator");
+                let locator = match locator {
+                    Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+                    Some(AMQPValue::ShortString(s)) => Some(s.to_string()),
+                    _ => None,
+                };
+                let record = crate::meta::records::message_queue(&self.name, &spec.name);
+                spec.shard = r.quorum.place(&record, locator.as_deref());
+            }
+            Some(r) => {
+                spec.home = Some(crate::meta::QueueHome {
+                    node: r.node,
+                    run: r.run,
+                    durable: spec.durable,
+                    owner: spec.exclusive_owner.map(|c| c.0),
+                });
+            }
+            None => {}
         }
         commands.push(self.declare_queue_command(&spec));
         Ok(commands)
@@ -273,6 +288,7 @@ impl Vhost {
                 arguments,
                 declared_by,
                 home,
+                shard,
                 ..
             } => {
                 if self.queues.contains_key(queue) {
@@ -284,6 +300,7 @@ impl Vhost {
                     arguments.clone(),
                     declared_by.clone(),
                     *home,
+                    *shard,
                 );
                 let (args, refused) =
                     arguments::parse_stored(&spec.arguments, &self.resource("queue", queue));

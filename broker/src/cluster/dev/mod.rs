@@ -83,6 +83,7 @@ pub fn nodes(data_dir: &Path, listen: SocketAddr, count: u64) -> anyhow::Result<
             queue_shards: 4,
             change_timeout_ms: 15_000,
             disk_stall_timeout_ms: 5_000,
+            balance_leaders: true,
             tls: ClusterTlsConfig {
                 cert,
                 key,

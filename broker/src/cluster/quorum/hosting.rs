@@ -74,7 +74,13 @@ fn queues_of(shard: &ShardGroup, holder: &dyn QuorumHolder) -> Vec<(String, Arc<
     holder
         .quorum_queues()
         .into_iter()
-        .filter(|(name, _)| shard_of(name, shards) == shard.group)
+        .filter(|(name, queue)| {
+            let placed = queue
+                .spec
+                .shard
+                .filter(|n| (1..=u32::from(shards)).contains(n));
+            placed.unwrap_or_else(|| shard_of(name, shards)) == shard.group
+        })
         .collect()
 }
 

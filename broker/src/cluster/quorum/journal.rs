@@ -30,6 +30,9 @@ pub struct ShardJournal {
     pub(super) forwarder: OnceLock<(super::Forwarder, std::time::Duration)>,
     /// This node's id (set when the cluster starts).
     pub(super) node: OnceLock<u64>,
+    /// The shard group each of this node's quorum queues (by record name) was placed in, as its
+    /// record says; a queue recorded before placement is in the group its name hashes to.
+    placements: dashmap::DashMap<String, u32>,
 }
 
 impl std::fmt::Debug for ShardJournal {
@@ -136,8 +139,16 @@ impl ShardJournal {
     /// The shard of the queue whose record name is `queue`.
     pub fn shard(&self, queue: &str) -> Option<&Arc<ShardGroup>> {
         let shards = self.shards.get()?;
-        let n = shard_of(queue, shards.len() as u16);
-        shards.get((n - 1) as usize)
+        shards.get((self.shard_number(queue, shards.len()) - 1) as usize)
+    }
+
+    /// The shard group (1..=`shards`) of the queue whose record name is `queue`: where its record
+    /// placed it, or where its name hashes to.
+    pub fn shard_number(&self, queue: &str, shards: usize) -> u32 {
+        match self.placements.get(queue).map(|p| *p) {
+            Some(n) if n >= 1 && n as usize <= shards => n,
+            _ => shard_of(queue, shards as u16),
+        }
     }
 
     /// Whether this node hosts the queue whose record name is `queue` (leads its shard).
@@ -191,6 +202,10 @@ impl Journal for ShardJournal {
         let Some(shard) = self.shard(&queue) else {
             return failed(done, "this node has not joined its cluster yet");
         };
+        if ops.iter().any(|op| matches!(op, QueueOp::Drop { .. })) {
+            // The queue is gone (its drop goes to the shard found above).
+            self.placements.remove(&queue);
+        }
         if shard.epoch().is_none() && ops.iter().all(|op| matches!(op, QueueOp::Remove { .. })) {
             // This node's consumers settled messages staged from the queue's host.
             let ids = ops
@@ -208,6 +223,31 @@ impl Journal for ShardJournal {
             }
         }
         shard.submit(ops, done);
+    }
+
+    /// `client-local` (RabbitMQ's default) places a new queue in a shard this node leads, so its
+    /// publishers and consumers here need no hop to another node; spread over those shards by the
+    /// name's hash. `balanced`, the others, and a node that leads no shard: the name's hash over
+    /// every shard (the leaders of which are spread over the nodes).
+    fn place(&self, queue: &str, locator: Option<&str>) -> Option<u32> {
+        let shards = self.shards.get()?;
+        let hashed = shard_of(queue, shards.len() as u16);
+        // Led, whether or not it hosts their queues yet (it will once its first entry applies).
+        let led: Vec<u32> = shards
+            .iter()
+            .filter(|s| s.leads())
+            .map(|s| s.group)
+            .collect();
+        Some(match locator {
+            None | Some("client-local") if !led.is_empty() => {
+                led[(shard_of(queue, led.len() as u16) - 1) as usize]
+            }
+            _ => hashed,
+        })
+    }
+
+    fn placed(&self, queue: &str, shard: u32) {
+        self.placements.insert(queue.to_string(), shard);
     }
 
     fn returned(&self, queue: &str, id: u64) {

@@ -115,6 +115,7 @@ fn every_command() -> Vec<MetaCommand> {
             arguments: table(),
             declared_by: Some(s("nova")),
             home: None,
+            shard: None,
         },
         MetaCommand::DeclareQueue {
             vhost: s("/").into(),
@@ -128,6 +129,7 @@ fn every_command() -> Vec<MetaCommand> {
                 durable: false,
                 owner: Some(17),
             }),
+            shard: None,
         },
         MetaCommand::DeclareQueue {
             vhost: s("/").into(),
@@ -141,6 +143,16 @@ fn every_command() -> Vec<MetaCommand> {
                 durable: true,
                 owner: None,
             }),
+            shard: None,
+        },
+        MetaCommand::DeclareQueue {
+            vhost: s("/").into(),
+            queue: s("placed_quorum").into(),
+            auto_delete: false,
+            arguments: table(),
+            declared_by: Some(s("nova")),
+            home: None,
+            shard: Some(u32::MAX),
         },
         MetaCommand::DeclareQueue {
             vhost: s("/").into(),
@@ -149,6 +161,7 @@ fn every_command() -> Vec<MetaCommand> {
             arguments: FieldTable::default(),
             declared_by: None,
             home: None,
+            shard: None,
         },
         MetaCommand::RemovedNode { id: 7 },
         MetaCommand::SetPolicy {
@@ -238,6 +251,7 @@ fn the_deepest_tables_the_protocol_accepts_round_trip() {
         arguments: t,
         declared_by: None,
         home: None,
+        shard: None,
     };
     assert_eq!(decode(&encode(&c)), Ok(c));
 }
