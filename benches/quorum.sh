@@ -99,7 +99,13 @@ if want warren-3; then
     for i in 0 1 2; do wait_port $((port + i)) 60; done
     n1=$(pgrep -f "$TMP/w3/n1/warren.toml" | head -1)
     for p in $(pgrep -f "$TMP/w3/n"); do taskset -acp 0 "$p" >/dev/null; done
-    sleep 3 # every shard has elected its leader
+    # Every shard has elected its leader and node 1, where the client declares the queue (and
+    # RabbitMQ's client-local locator puts its leader), leads one (cluster::balance spreads them).
+    for _ in $(seq 1 60); do
+        "$root/target/release/brokerctl" --socket "$TMP/w3/n1/admin.sock" cluster status 2>/dev/null |
+            awk '$1 ~ /^shard-/ && $3 == 1 { found = 1 } END { exit !found }' && break
+        sleep 0.5
+    done
     run_load warren-3 "$port" "$n1" quorum-w1,quorum,quorum-paced
     kill -INT "$sup"; wait "$sup" || true
 fi
