@@ -99,11 +99,13 @@ if want warren-3; then
     for i in 0 1 2; do wait_port $((port + i)) 60; done
     n1=$(pgrep -f "$TMP/w3/n1/warren.toml" | head -1)
     for p in $(pgrep -f "$TMP/w3/n"); do taskset -acp 0 "$p" >/dev/null; done
-    # Every shard has elected its leader and node 1, where the client declares the queue (and
-    # RabbitMQ's client-local locator puts its leader), leads one (cluster::balance spreads them).
+    # Every shard is led by its preferred node (cluster::balance: shard g by node (g-1) mod 3 + 1),
+    # so node 1, where the client declares the queue (and RabbitMQ's client-local locator puts its
+    # leader), leads shards that stay there.
     for _ in $(seq 1 60); do
         "$root/target/release/brokerctl" --socket "$TMP/w3/n1/admin.sock" cluster status 2>/dev/null |
-            awk '$1 ~ /^shard-/ && $3 == 1 { found = 1 } END { exit !found }' && break
+            awk '$1 ~ /^shard-/ { n++; g = substr($1, 7); if ($3 != (g - 1) % 3 + 1) bad = 1 }
+                 END { exit !(n > 0 && !bad) }' && break
         sleep 0.5
     done
     run_load warren-3 "$port" "$n1" quorum-w1,quorum,quorum-paced

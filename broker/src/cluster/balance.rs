@@ -23,6 +23,9 @@ use super::quorum::ShardGroup;
 /// How often a node looks at the shards it leads.
 pub const INTERVAL: Duration = Duration::from_secs(5);
 
+/// A node more entries behind than this is not handed anything.
+const CAUGHT_UP_WITHIN: u64 = 256;
+
 /// A node whose last heartbeat answer is older than this is not handed anything.
 const ANSWERED_WITHIN: Duration = Duration::from_millis(500);
 
@@ -33,6 +36,12 @@ pub fn preferred(group: u32, voters: impl IntoIterator<Item = u64>) -> Option<u6
     voters.dedup();
     let n = voters.len();
     (n > 0).then(|| voters[(group as usize).saturating_sub(1) % n])
+}
+
+/// Whether this node is the preferred leader of `shard` (as its membership on this node says).
+pub fn prefers_me(shard: &ShardGroup) -> bool {
+    let m = shard.raft.metrics().borrow_watched().clone();
+    preferred(shard.group, m.membership_config.membership().voter_ids()) == Some(m.id)
 }
 
 /// Where this node, leading `shard`, should hand its leadership now, if anywhere.
@@ -55,7 +64,11 @@ pub fn hand_to(shard: &ShardGroup) -> Option<u64> {
         .as_ref()
         .and_then(|r| r.get(&to).cloned().flatten())
         .map(|l| l.index);
-    let caught_up = matched.is_some() && matched >= m.last_log_index;
+    // Within a few entries of the end: a busy shard's log grows while its followers answer, and
+    // openraft's transfer has the target wait for the leader's last entry before it campaigns.
+    let caught_up = matched
+        .zip(m.last_log_index)
+        .is_some_and(|(matched, last)| matched + CAUGHT_UP_WITHIN >= last);
     (answered && caught_up).then_some(to)
 }
 

@@ -232,10 +232,16 @@ impl Journal for ShardJournal {
     fn place(&self, queue: &str, locator: Option<&str>) -> Option<u32> {
         let shards = self.shards.get()?;
         let hashed = shard_of(queue, shards.len() as u16);
-        // Led, whether or not it hosts their queues yet (it will once its first entry applies).
-        let led: Vec<u32> = shards
+        // Led, whether or not it hosts their queues yet (it will once its first entry applies);
+        // those it is the preferred leader of first, which cluster::balance does not move away.
+        let led: Vec<&Arc<ShardGroup>> = shards.iter().filter(|s| s.leads()).collect();
+        let kept: Vec<&Arc<ShardGroup>> = led
             .iter()
-            .filter(|s| s.leads())
+            .copied()
+            .filter(|s| crate::cluster::balance::prefers_me(s))
+            .collect();
+        let led: Vec<u32> = if kept.is_empty() { led } else { kept }
+            .iter()
             .map(|s| s.group)
             .collect();
         Some(match locator {
