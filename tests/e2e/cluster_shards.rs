@@ -338,7 +338,14 @@ async fn a_quorum_queue_goes_to_a_shard_its_declaring_node_leads_and_every_node_
         declare_placed(all[1], "explicit", Some("client-local")).await,
         3
     );
-    // Node 3 leads nothing: where the name hashes to, as `balanced` asks everywhere.
+    // Node 1 leads shards 1, 2 and 4 but is the preferred leader of 1 and 4 only (shard g prefers
+    // voter (g - 1) mod 3): its queues go there, where cluster::balance leaves them.
+    let mut on_node_1 = std::collections::BTreeSet::new();
+    for i in 0..8 {
+        on_node_1.insert(declare_placed(all[0], &format!("one-{i}"), None).await);
+    }
+    assert_eq!(on_node_1, [1, 4].into());
+        // Node 3 leads nothing: where the name hashes to, as `balanced` asks everywhere.
     let hashed = |name: &str| {
         warren_broker::cluster::raft::shard::shard_of(
             &warren_broker::meta::records::message_queue("/", name),
