@@ -101,11 +101,16 @@ if want warren-3; then
     for p in $(pgrep -f "$TMP/w3/n"); do taskset -acp 0 "$p" >/dev/null; done
     # Every shard is led by its preferred node (cluster::balance: shard g by node (g-1) mod 3 + 1),
     # so node 1, where the client declares the queue (and RabbitMQ's client-local locator puts its
-    # leader), leads shards that stay there.
+    # leader), leads shards that stay there, and hosts them (a new leader refuses publishes until
+    # its first entry is applied).
     for _ in $(seq 1 60); do
-        "$root/target/release/brokerctl" --socket "$TMP/w3/n1/admin.sock" cluster status 2>/dev/null |
-            awk '$1 ~ /^shard-/ { n++; g = substr($1, 7); if ($3 != (g - 1) % 3 + 1) bad = 1 }
-                 END { exit !(n > 0 && !bad) }' && break
+        "$root/target/release/brokerctl" --socket "$TMP/w3/n1/admin.sock" --format json cluster status \
+            2>/dev/null | python3 -c '
+import json, sys
+shards = [g for g in json.load(sys.stdin)["groups"] if g["group"].startswith("shard-")]
+ok = shards and all(g.get("leader") == (int(g["group"][6:]) - 1) % 3 + 1 for g in shards)
+ok = ok and all(g.get("hosting") for g in shards if g.get("leader") == 1)
+sys.exit(0 if ok else 1)' && break
         sleep 0.5
     done
     run_load warren-3 "$port" "$n1" quorum-w1,quorum,quorum-paced

@@ -93,6 +93,9 @@ impl ShardGroup {
         let mut status = crate::cluster::raft::group_status(&self.metrics());
         status["group"] = json!(self.name());
         status["messages"] = json!(messages);
+        // A new leader hosts the shard's queues once its first entry is applied; until then
+        // publishes on it are refused.
+        status["hosting"] = json!(self.epoch().is_some());
         status
     }
 }
