@@ -345,7 +345,7 @@ async fn a_quorum_queue_goes_to_a_shard_its_declaring_node_leads_and_every_node_
         on_node_1.insert(declare_placed(all[0], &format!("one-{i}"), None).await);
     }
     assert_eq!(on_node_1, [1, 4].into());
-        // Node 3 leads nothing: where the name hashes to, as `balanced` asks everywhere.
+    // Node 3 leads nothing: where the name hashes to, as `balanced` asks everywhere.
     let hashed = |name: &str| {
         warren_broker::cluster::raft::shard::shard_of(
             &warren_broker::meta::records::message_queue("/", name),
