@@ -377,6 +377,32 @@ async fn a_quorum_queue_goes_to_a_shard_its_declaring_node_leads_and_every_node_
     }
     warren_tests::cluster::host_of(&all, "a").await;
     assert!(warren_tests::cluster::hosts(all[1], "a"));
+    // A deleted queue's placement goes with it on every node (oslo deletes thousands a day).
+    let gone = ["a", "b", "c", "d", "e"]
+        .into_iter()
+        .find(|n| hashed(n) != 3)
+        .expect("a name that does not hash to shard 3");
+    {
+        let c = all[1].connect().await;
+        let ch = c.channel().await;
+        ch.queue_delete(amqprs::channel::QueueDeleteArguments::new(gone))
+            .await
+            .expect("queue.delete");
+        c.close().await;
+    }
+    let record = warren_broker::meta::records::message_queue("/", gone);
+    for b in &all {
+        let c = b.server.broker.cluster().unwrap();
+        let deadline = tokio::time::Instant::now() + SETTLE;
+        while c.shard(&record).group != hashed(gone) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {}",
+                node_id(b)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 #[tokio::test]

@@ -52,6 +52,9 @@ pub trait Journal: Send + Sync + std::fmt::Debug {
     /// Quorum queue `queue` (its record name) exists here, placed in shard group `shard`.
     fn placed(&self, _queue: &str, _shard: u32) {}
 
+    /// Quorum queue `queue` (its record name) is gone from here.
+    fn unplaced(&self, _queue: &str) {}
+
     /// A message the vhost itself publishes (a dead letter) into quorum queue `queue` of `vhost`,
     /// whose live copy another node hosts: sent there, and true; false when the copy here is the
     /// live one.

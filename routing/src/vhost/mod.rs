@@ -843,6 +843,13 @@ impl Vhost {
         if removed.is_some() && !self.is_replicated() {
             self.count_deletion();
         }
+        if let (Some(r), true) = (
+            self.replication.get(),
+            queue.args.quorum && removed.is_some(),
+        ) {
+            r.quorum
+                .unplaced(&records::message_queue(&self.name, queue.name()));
+        }
         if let (Some(d), true) = (&self.durability, records_queue(&queue.spec)) {
             d.write(
                 vec![

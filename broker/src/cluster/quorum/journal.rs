@@ -202,10 +202,6 @@ impl Journal for ShardJournal {
         let Some(shard) = self.shard(&queue) else {
             return failed(done, "this node has not joined its cluster yet");
         };
-        if ops.iter().any(|op| matches!(op, QueueOp::Drop { .. })) {
-            // The queue is gone (its drop goes to the shard found above).
-            self.placements.remove(&queue);
-        }
         if shard.epoch().is_none() && ops.iter().all(|op| matches!(op, QueueOp::Remove { .. })) {
             // This node's consumers settled messages staged from the queue's host.
             let ids = ops
@@ -254,6 +250,10 @@ impl Journal for ShardJournal {
 
     fn placed(&self, queue: &str, shard: u32) {
         self.placements.insert(queue.to_string(), shard);
+    }
+
+    fn unplaced(&self, queue: &str) {
+        self.placements.remove(queue);
     }
 
     fn returned(&self, queue: &str, id: u64) {
