@@ -134,14 +134,9 @@ impl Store {
 
     /// Queues records; `done` runs once they are durable (or have failed).
     pub fn write(&self, records: Vec<Record>, done: Option<Completion>) {
-        let command = Command::Write { records, done };
         if let Some(Command::Write {
             done: Some(done), ..
-        }) = self
-            .tx
-            .as_ref()
-            .and_then(|tx| tx.send(command).err())
-            .map(|e| e.0)
+        }) = self.unsent(Command::Write { records, done })
         {
             done(Err(io::Error::other("the store has stopped")));
         }
@@ -153,15 +148,19 @@ impl Store {
     /// batch, if there is one, included). Unlike a write with a completion, they never cost an
     /// fsync of their own.
     pub fn write_unsynced(&self, records: Vec<Record>, written: Completion) {
-        let command = Command::WriteUnsynced { records, written };
-        if let Some(Command::WriteUnsynced { written, .. }) = self
-            .tx
-            .as_ref()
-            .and_then(|tx| tx.send(command).err())
-            .map(|e| e.0)
+        if let Some(Command::WriteUnsynced { written, .. }) =
+            self.unsent(Command::WriteUnsynced { records, written })
         {
             written(Err(io::Error::other("the store has stopped")));
         }
+    }
+
+    /// Hands `command` to the store thread; gives it back if the thread has stopped.
+    fn unsent(&self, command: Command) -> Option<Command> {
+        self.tx
+            .as_ref()
+            .and_then(|tx| tx.send(command).err())
+            .map(|e| e.0)
     }
 
     /// Reads back the live messages among `ids` of `queue` (blocking): those still stored, in the

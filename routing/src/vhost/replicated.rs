@@ -23,7 +23,7 @@
 
 use std::sync::Arc;
 
-use amq_protocol::types::{AMQPValue, FieldTable};
+use amq_protocol::types::FieldTable;
 
 use super::{binding_of, stored_binding, Vhost, STANDARD_EXCHANGES};
 use crate::error::{AmqpError, AmqpResult};
@@ -204,12 +204,11 @@ impl Vhost {
             Some(r) if args.quorum => {
                 // RabbitMQ's `x-queue-leader-locator` (its `client-local` default: this node) is
                 // advisory for shards: a shard this node leads, when it leads one.
-                let locator = spec.arguments.inner().get("x-queue-leader-locator");
-                let locator = match locator {
-                    Some(AMQPValue::LongString(s)) => Some(s.to_string()),
-                    Some(AMQPValue::ShortString(s)) => Some(s.to_string()),
-                    _ => None,
-                };
+                let locator = spec
+                    .arguments
+                    .inner()
+                    .get("x-queue-leader-locator")
+                    .and_then(warren_protocol::field::as_text);
                 let record = crate::meta::records::message_queue(&self.name, &spec.name);
                 spec.shard = r.quorum.place(&record, locator.as_deref());
             }

@@ -13,7 +13,7 @@ use super::journal::ShardJournal;
 use super::shard::{Epoch, ShardGroup};
 use super::subscribe::{self as subs_mod};
 use crate::cluster::link::Links;
-use crate::cluster::raft::shard::shard_of;
+use crate::cluster::raft::shard::placed_shard;
 use crate::cluster::raft::QueueOp;
 use crate::queue::Queue;
 
@@ -74,13 +74,7 @@ fn queues_of(shard: &ShardGroup, holder: &dyn QuorumHolder) -> Vec<(String, Arc<
     holder
         .quorum_queues()
         .into_iter()
-        .filter(|(name, queue)| {
-            let placed = queue
-                .spec
-                .shard
-                .filter(|n| (1..=u32::from(shards)).contains(n));
-            placed.unwrap_or_else(|| shard_of(name, shards)) == shard.group
-        })
+        .filter(|(name, queue)| placed_shard(queue.spec.shard, name, shards) == shard.group)
         .collect()
 }
 

@@ -8,7 +8,7 @@ use warren_storage::log::record::Record;
 use warren_storage::store::Completion;
 
 use super::shard::{failed, ShardGroup};
-use crate::cluster::raft::shard::shard_of;
+use crate::cluster::raft::shard::{placed_shard, shard_of};
 use crate::cluster::raft::QueueOp;
 use crate::queue::sink::Journal;
 
@@ -145,10 +145,8 @@ impl ShardJournal {
     /// The shard group (1..=`shards`) of the queue whose record name is `queue`: where its record
     /// placed it, or where its name hashes to.
     pub fn shard_number(&self, queue: &str, shards: usize) -> u32 {
-        match self.placements.get(queue).map(|p| *p) {
-            Some(n) if n >= 1 && n as usize <= shards => n,
-            _ => shard_of(queue, shards as u16),
-        }
+        let placed = self.placements.get(queue).map(|p| *p);
+        placed_shard(placed, queue, shards as u16)
     }
 
     /// Whether this node hosts the queue whose record name is `queue` (leads its shard).

@@ -38,6 +38,15 @@ pub fn shard_of(queue: &str, shards: u16) -> u32 {
     1 + (hash % u64::from(shards.max(1))) as u32
 }
 
+/// The shard group (1..=shards) of a quorum queue whose record placed it in `placed` (None for a
+/// queue recorded before placement, and for a number outside the shards): that, or [`shard_of`].
+pub fn placed_shard(placed: Option<u32>, queue: &str, shards: u16) -> u32 {
+    match placed {
+        Some(n) if (1..=u32::from(shards)).contains(&n) => n,
+        _ => shard_of(queue, shards),
+    }
+}
+
 /// The first word of a replica's snapshot since it carries the counts of returns (before, the first
 /// word was the next id, which never comes near it).
 const SNAPSHOT_WITH_RETURNS: u64 = u64::MAX - 1;
