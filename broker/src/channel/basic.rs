@@ -369,6 +369,10 @@ impl Channel {
         s.send_delivery_content(self.id, m, consumer.publisher_header, stamp);
         if consumer.no_ack {
             consumer.release_credit(1);
+            // A queue that found the connection's no-ack budget spent stopped pushing; nothing
+            // but this write gives the budget back, so the queue is asked to go on (at the end of
+            // the burst).
+            self.needs_dispatch = true;
             queue.settle([&entry]);
         } else {
             self.unacked.push(Delivered {

@@ -288,8 +288,9 @@ impl Connection {
                         }
                     }
                     self.s.flow.end_burst(&self.s.broker.flow_activity, Instant::now());
-                    // (Deliveries and confirms of this burst, for the metrics.)
-                    self.s.broker.metrics.add(&mut self.s.counts);
+                    // Queues push on to no-ack consumers whose deliveries this burst wrote, and
+                    // the burst's deliveries and confirms are counted.
+                    self.after_batch();
                 }
                 _ = tokio::time::sleep(flow::POLL), if self.paused.is_some() => {
                     let now = Instant::now();

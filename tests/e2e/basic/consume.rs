@@ -25,6 +25,23 @@ async fn no_ack_consumer_leaves_nothing_behind() {
     assert_eq!(ch.declare_queue("noack-q").await.1, 0);
 }
 
+/// A no-ack consumer that joins a queue holding more messages than its connection may have in
+/// flight to the socket (2,048) gets all of them: the queue goes on pushing as the connection
+/// writes them, with nothing else (no publish, no ack) to wake it.
+#[tokio::test]
+async fn a_no_ack_consumer_drains_a_backlog_larger_than_its_write_budget() {
+    let broker = TestBroker::start().await;
+    let client = broker.connect().await;
+    let ch = client.channel().await;
+    ch.declare_queue("backlog-q").await;
+    let bodies_sent: Vec<String> = (0..5_000).map(|i| i.to_string()).collect();
+    let refs: Vec<&str> = bodies_sent.iter().map(String::as_str).collect();
+    publish_all(&ch, "backlog-q", &refs).await;
+    let (_, mut consumer) = ch.consume("backlog-q", "", false).await;
+    assert_eq!(bodies(&consumer.recv_n(5_000).await), bodies_sent);
+    consumer.assert_quiet(Duration::from_millis(200)).await;
+}
+
 #[tokio::test]
 async fn client_and_server_consumer_tags() {
     let broker = TestBroker::start().await;
