@@ -88,15 +88,19 @@ async fn publish_all(ch: &TestChannel, prefix: &str, n: usize) {
 }
 
 /// Publishes `n` messages (`prefix-i`) without waiting on confirming channel `ch`, then reads its
-/// confirms until each delivery tag has one: whether it was acked, by tag (a multiple confirm
-/// covers every tag up to its own not confirmed before).
+/// confirms until each delivery tag has one: whether it was acked, by tag.
 async fn publish_unconfirmed(
     ch: &TestChannel,
     prefix: &str,
     n: u64,
 ) -> std::collections::BTreeMap<u64, bool> {
-    use warren_tests::client::ChannelEvent;
-    for i in 0..n {
+    publish_only(ch, prefix, 0..n).await;
+    confirms(ch, n).await
+}
+
+/// Publishes `prefix-i` for each i of `range` on `ch`, reading no confirm.
+async fn publish_only(ch: &TestChannel, prefix: &str, range: std::ops::Range<u64>) {
+    for i in range {
         let body = format!("{prefix}-{i}");
         ch.publish_with(
             "",
@@ -107,6 +111,13 @@ async fn publish_unconfirmed(
         )
         .await;
     }
+}
+
+/// Reads confirming channel `ch`'s confirms until each of its first `n` delivery tags has one:
+/// whether it was acked, by tag (a multiple confirm covers every tag up to its own not confirmed
+/// before).
+async fn confirms(ch: &TestChannel, n: u64) -> std::collections::BTreeMap<u64, bool> {
+    use warren_tests::client::ChannelEvent;
     let mut acked = std::collections::BTreeMap::new();
     while acked.len() < n as usize {
         let (tag, multiple, ack) = match ch.next_event().await {
@@ -120,6 +131,32 @@ async fn publish_unconfirmed(
         }
     }
     acked
+}
+
+/// The tags of `outcome` that were nacked.
+fn nacked(outcome: &std::collections::BTreeMap<u64, bool>) -> Vec<u64> {
+    outcome
+        .iter()
+        .filter(|(_, ack)| !**ack)
+        .map(|(t, _)| *t)
+        .collect()
+}
+
+/// Consumes every message of the queue from `b` and checks that they are exactly `expected`,
+/// each once (in any order: publishes that failed over may overtake others).
+async fn drain_exactly(b: &TestBroker, expected: Vec<String>) {
+    let c = b.connect().await;
+    let ch = c.channel().await;
+    let (_, mut consumer) = ch.consume(QUEUE, "drain", false).await;
+    let mut got = bodies(&consumer.recv_n(expected.len()).await);
+    consumer.assert_quiet(Duration::from_millis(300)).await;
+    got.sort();
+    let mut expected = expected;
+    expected.sort();
+    let duplicates = got.windows(2).filter(|w| w[0] == w[1]).count();
+    assert_eq!(duplicates, 0, "{duplicates} messages stored twice");
+    assert_eq!(got, expected);
+    c.close().await;
 }
 
 fn bodies(deliveries: &[warren_tests::client::Delivery]) -> Vec<String> {
@@ -357,12 +394,131 @@ async fn a_window_of_forwarded_publishes_beyond_the_links_request_limit_is_acked
     const N: u64 = 1_500;
     let (fc, _, fch) = follower.connect_with_confirming_channel().await;
     let acked = publish_unconfirmed(&fch, "w", N).await;
-    let nacked = acked.values().filter(|ack| !**ack).count();
-    assert_eq!(nacked, 0, "{nacked} publishes nacked");
+    assert_eq!(nacked(&acked), [0u64; 0], "publishes nacked");
     for b in &all {
         wait_for_replica(b, N as usize).await;
     }
     fc.close().await;
+}
+
+/// Waits until `b`'s replica holds at least `n` of the queue's messages.
+async fn wait_stored(b: &TestBroker, n: usize) {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while replica_len(b) < n {
+        assert!(tokio::time::Instant::now() < deadline, "{n} not stored");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Publishes forwarded to a host that stops while storing them go to the shard's next host (as
+/// RabbitMQ's channel resends to a quorum queue's new leader): the publisher gets an ack for every
+/// one, none a basic.nack, and each is stored once, whether the old host stored it or not.
+#[tokio::test]
+async fn forwarded_publishes_whose_host_stops_are_stored_once_by_the_next_host() {
+    let cluster = LinkCluster::new(3);
+    let mut brokers = three_nodes(&cluster).await.map(Some);
+    let all: Vec<&TestBroker> = brokers.iter().flatten().collect();
+    let (host, follower) = quorum_queue(&all, []).await;
+    let host_id = node_id(host);
+    let (fc, _, fch) = follower.connect_with_confirming_channel().await;
+    const N: u64 = 5_000;
+    publish_only(&fch, "a", 0..N).await;
+    wait_stored(host, 100).await;
+    let stored_when_stopped = replica_len(host);
+    let left = stop_node(&mut brokers, host_id).await;
+    publish_only(&fch, "b", 0..N).await;
+    let outcome = confirms(&fch, 2 * N).await;
+    assert_eq!(nacked(&outcome), [0u64; 0], "publishes nacked");
+    fc.close().await;
+    assert!(
+        stored_when_stopped < N as usize,
+        "all were stored before the stop"
+    );
+    let next = host_of(&left, QUEUE).await;
+    let mut expected = names("a", 0..N as usize);
+    expected.extend(names("b", 0..N as usize));
+    drain_exactly(next, expected).await;
+}
+
+/// The shard's leadership moves twice while a node that does not host the queue has publishes
+/// in flight to it, the second time to that node itself: every publish is acked and stored once.
+#[tokio::test]
+async fn forwarded_publishes_follow_the_shards_leadership_and_are_stored_once() {
+    let cluster = LinkCluster::new(3);
+    let brokers = three_nodes(&cluster).await;
+    let all: Vec<&TestBroker> = brokers.iter().collect();
+    let (host, follower) = quorum_queue(&all, []).await;
+    let third = all
+        .iter()
+        .copied()
+        .find(|b| node_id(b) != node_id(host) && node_id(b) != node_id(follower))
+        .unwrap();
+    let record = message_queue("/", QUEUE);
+    let group = host.server.broker.cluster().unwrap().shard(&record).name();
+    let (fc, _, fch) = follower.connect_with_confirming_channel().await;
+    const N: u64 = 5_000;
+    let mut published = Vec::new();
+    let mut in_flight = Vec::new();
+    for (round, (prefix, from, to)) in [("a", host, third), ("b", third, follower)]
+        .into_iter()
+        .enumerate()
+    {
+        publish_only(&fch, prefix, 0..N).await;
+        published.extend(names(prefix, 0..N as usize));
+        wait_stored(from, round * N as usize + 100).await;
+        in_flight.push(published.len() - replica_len(from));
+        let to = node_id(to).to_string();
+        from.brokerctl(&[
+            "cluster",
+            "transfer-leadership",
+            "--group",
+            &group,
+            "--to",
+            &to,
+        ])
+        .await
+        .ok();
+    }
+    publish_only(&fch, "c", 0..N).await;
+    published.extend(names("c", 0..N as usize));
+    let outcome = confirms(&fch, 3 * N).await;
+    assert_eq!(nacked(&outcome), [0u64; 0], "publishes nacked");
+    fc.close().await;
+    assert!(in_flight.iter().all(|n| *n > 0), "{in_flight:?}");
+    assert_eq!(node_id(host_of(&all, QUEUE).await), node_id(follower));
+    for b in &all {
+        wait_for_replica(b, 3 * N as usize).await;
+    }
+    drain_exactly(follower, published).await;
+}
+
+/// The link between a publishing node and the queue's host goes down while the host is storing
+/// that node's publishes and comes back a second later: the host stored some whose answers were
+/// lost, and when they come again it answers them as stored instead of storing them twice. Every
+/// publish is acked, each message held once.
+#[tokio::test]
+async fn a_forwarded_publish_sent_again_after_its_answer_was_lost_is_stored_once() {
+    let cluster = LinkCluster::new(3);
+    let brokers = three_nodes(&cluster).await;
+    let all: Vec<&TestBroker> = brokers.iter().collect();
+    let (host, follower) = quorum_queue(&all, []).await;
+    let (fc, _, fch) = follower.connect_with_confirming_channel().await;
+    const N: u64 = 5_000;
+    publish_only(&fch, "l", 0..N).await;
+    wait_stored(host, 100).await;
+    cut(host, follower, true);
+    let stored_when_cut = replica_len(host);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cut(host, follower, false);
+    let outcome = confirms(&fch, N).await;
+    assert_eq!(nacked(&outcome), [0u64; 0], "publishes nacked");
+    fc.close().await;
+    assert!(
+        stored_when_cut < N as usize,
+        "all were stored before the cut"
+    );
+    wait_for_replica(host, N as usize).await;
+    drain_exactly(host, names("l", 0..N as usize)).await;
 }
 
 #[tokio::test]

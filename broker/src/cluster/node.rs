@@ -303,12 +303,14 @@ impl Cluster {
                 writes,
             }));
         }
-        links.set_handler(Arc::new(super::quorum::QuorumServer {
+        let server = Arc::new(super::quorum::QuorumServer {
             groups: GroupServer { members },
             journal: journal.clone(),
             holder: quorum.clone(),
-        }));
-        let forwarder = super::quorum::Forwarder::new(links.clone());
+        });
+        let forwarder =
+            super::quorum::Forwarder::new(links.clone(), config.node_id, Arc::downgrade(&server));
+        links.set_handler(server);
         journal.attach(shards.clone(), forwarder, timeout);
         journal.subscriptions.attach(links.clone());
         journal.streams.attach(links.clone(), quorum.clone());

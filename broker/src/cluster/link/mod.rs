@@ -419,6 +419,9 @@ impl Links {
                 state.link = None;
             }
         }
+        // Calls waiting on them fail now, as when a link goes down (the session's end no longer
+        // finds its handle to do it).
+        self.pending.lock().retain(|_, p| !peers.contains(&p.peer));
     }
 
     /// Ends every cut made with [`Links::cut_off`].

@@ -27,12 +27,14 @@ pub struct ShardJournal {
     /// How a change this node decides itself reaches the metadata group (set when it starts).
     proposer: OnceLock<Propose>,
     /// Where messages for queues hosted elsewhere leave, and how long their answer may take.
-    pub(super) forwarder: OnceLock<(super::Forwarder, std::time::Duration)>,
+    pub(super) forwarder: OnceLock<(Arc<super::Forwarder>, std::time::Duration)>,
     /// This node's id (set when the cluster starts).
     pub(super) node: OnceLock<u64>,
     /// The shard group each of this node's quorum queues (by record name) was placed in, as its
     /// record says; a queue recorded before placement is in the group its name hashes to.
     placements: dashmap::DashMap<String, u32>,
+    /// The publishes other nodes forwarded that this node is storing now (sent.rs).
+    pub(super) storing: super::sent::Storing,
 }
 
 impl std::fmt::Debug for ShardJournal {
@@ -78,7 +80,7 @@ impl ShardJournal {
     pub(crate) fn attach(
         &self,
         shards: Vec<Arc<ShardGroup>>,
-        forwarder: super::Forwarder,
+        forwarder: Arc<super::Forwarder>,
         timeout: std::time::Duration,
     ) {
         if let Some(shard) = shards.first() {
@@ -128,10 +130,12 @@ impl ShardJournal {
         done: Option<Completion>,
     ) {
         match (self.shard(record), self.forwarder.get()) {
-            (Some(shard), Some((forwarder, timeout))) => match super::target::Target::host(shard) {
-                Ok(target) => forwarder.publish((target, *timeout), names, message, done),
-                Err(why) => failed(done, why),
-            },
+            (Some(shard), Some((forwarder, timeout))) => forwarder.publish(
+                (super::target::Target::host(shard), *timeout),
+                names,
+                message,
+                done,
+            ),
             _ => super::shard::failed(done, "this node has not joined its cluster yet"),
         }
     }
@@ -188,7 +192,9 @@ impl Journal for ShardJournal {
                     continue;
                 }
             };
-            queue.get_or_insert_with(|| op_queue(&op).to_string());
+            if let Some(name) = op_queue(&op) {
+                queue.get_or_insert_with(|| name.to_string());
+            }
             ops.push(op);
         }
         let Some(queue) = queue else {
@@ -197,6 +203,9 @@ impl Journal for ShardJournal {
             }
             return;
         };
+        if let Some(mark) = super::sent::take_mark(&queue, &ops) {
+            ops.push(mark);
+        }
         let Some(shard) = self.shard(&queue) else {
             return failed(done, "this node has not joined its cluster yet");
         };
@@ -266,12 +275,13 @@ impl Journal for ShardJournal {
     }
 }
 
-fn op_queue(op: &QueueOp) -> &str {
+fn op_queue(op: &QueueOp) -> Option<&str> {
     match op {
         QueueOp::Enqueue { queue, .. }
         | QueueOp::Remove { queue, .. }
         | QueueOp::Drop { queue }
-        | QueueOp::Returned { queue, .. } => queue,
+        | QueueOp::Returned { queue, .. } => Some(queue),
+        QueueOp::Sent { .. } => None,
     }
 }
 

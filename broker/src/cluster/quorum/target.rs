@@ -5,30 +5,28 @@ use super::shard::ShardGroup;
 
 /// The node a forwarded publish goes to, and for a quorum queue its shard.
 pub(crate) struct Target {
-    pub node: u64,
+    /// None: a quorum queue whose shard has no leader now, or whose leader is this node but does
+    /// not host its queues yet (the publish waits for the shard's next host).
+    pub node: Option<u64>,
     pub group: u32,
     pub metrics: Option<ShardMetrics>,
 }
 
 impl Target {
     /// A quorum queue's host: the leader of its shard, when that is another node.
-    pub fn host(shard: &ShardGroup) -> Result<Target, &'static str> {
+    pub fn host(shard: &ShardGroup) -> Target {
         let me = shard.node_id();
-        let node = shard
-            .leader()
-            .filter(|l| *l != me)
-            .ok_or("the queue's shard has no leader on another node now")?;
-        Ok(Target {
-            node,
+        Target {
+            node: shard.leader().filter(|l| *l != me),
             group: shard.group,
             metrics: Some(shard.raft.metrics()),
-        })
+        }
     }
 
     /// A classic queue's home node.
     pub fn home(node: u64) -> Target {
         Target {
-            node,
+            node: Some(node),
             group: 0,
             metrics: None,
         }

@@ -24,6 +24,7 @@ const OP_ENQUEUE: u8 = 1;
 const OP_REMOVE: u8 = 2;
 const OP_DROP: u8 = 3;
 const OP_RETURNED: u8 = 4;
+const OP_SENT: u8 = 5;
 
 /// Why bytes are not the value they should be.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -120,6 +121,13 @@ impl Writer {
                 self.u8(OP_RETURNED);
                 self.bytes(queue.as_bytes());
                 self.u64(*id);
+            }
+            QueueOp::Sent { from, seq, floor } => {
+                self.u8(OP_SENT);
+                self.u64(from.node);
+                self.u64(from.incarnation);
+                self.u64(*seq);
+                self.u64(*floor);
             }
         }
     }
@@ -271,6 +279,14 @@ impl<'a> Reader<'a> {
                 queue: self.string()?,
                 id: self.u64()?,
             },
+            OP_SENT => QueueOp::Sent {
+                from: crate::cluster::raft::Sender {
+                    node: self.u64()?,
+                    incarnation: self.u64()?,
+                },
+                seq: self.u64()?,
+                floor: self.u64()?,
+            },
             other => return Err(bad(format!("queue operation {other}"))),
         })
     }
@@ -375,6 +391,14 @@ mod tests {
                         QueueOp::Returned {
                             queue: "/\ncompute".into(),
                             id: 8,
+                        },
+                        QueueOp::Sent {
+                            from: crate::cluster::raft::Sender {
+                                node: 2,
+                                incarnation: 1_765_000_000_000_000_000,
+                            },
+                            seq: 41,
+                            floor: 39,
                         },
                     ],
                 },

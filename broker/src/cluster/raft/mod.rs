@@ -48,6 +48,19 @@ pub enum QueueOp {
     /// A message came back after a delivery (requeued, or its consumer went): its count of
     /// returns, which `x-delivery-limit` and `x-delivery-count` use, grows by one.
     Returned { queue: String, id: u64 },
+    /// The enqueue before it in the same proposal is message `seq` a node forwarded to the
+    /// queue's host (its [`Sender`]): a resend of it is answered as stored instead of stored
+    /// twice. `floor` is the lowest of that sender's messages it may still send again (below
+    /// it, the shard need remember none).
+    Sent { from: Sender, seq: u64, floor: u64 },
+}
+
+/// A node, in one run of its process, as the sender of forwarded publishes: its sequence numbers
+/// restart with the process, so the run (`incarnation`, its start time) tells them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Sender {
+    pub node: u64,
+    pub incarnation: u64,
 }
 
 impl fmt::Display for Proposal {

@@ -18,9 +18,9 @@ pub const PRE_VOTE: u8 = 3;
 pub const SNAPSHOT: u8 = 4;
 pub const PROPOSE: u8 = 5;
 pub const TRANSFER: u8 = 6;
-/// A message published on another node, for a quorum queue this node hosts (cluster/quorum/forward.rs).
-pub const PUBLISH: u8 = 7;
-/// Several such messages, for one shard, in one request; answered with each one's outcome.
+// 7 was a single forwarded publish; every one now goes as PUBLISH_BATCH (7 is not reused).
+/// Messages published on another node, for a queue this node holds (cluster/quorum/forward.rs):
+/// in one request, for one shard; answered with each one's outcome.
 pub const PUBLISH_BATCH: u8 = 21;
 /// Subscriptions of another node's consumers to a quorum queue this node hosts, and what goes
 /// with them (cluster/quorum/subscribe.rs).

@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 
 use super::codec::{decode, encode, DecodeError, Reader, Writer};
 use super::log_store::{check_writes, snapshot_key, snapshot_record, write_durable, RecordWriter};
-use super::{Answer, LogId, QueueOp, StoredMembership, Types};
+use super::{Answer, LogId, QueueOp, Sender, StoredMembership, Types};
 
 pub type ShardRaft = openraft::Raft<Types, ShardMachine>;
 
@@ -50,6 +50,9 @@ pub fn placed_shard(placed: Option<u32>, queue: &str, shards: u16) -> u32 {
 /// The first word of a replica's snapshot since it carries the counts of returns (before, the first
 /// word was the next id, which never comes near it).
 const SNAPSHOT_WITH_RETURNS: u64 = u64::MAX - 1;
+/// The first word of a replica's snapshot since it also carries what each sender's forwarded
+/// publishes it has applied (after the counts of returns).
+const SNAPSHOT_WITH_SENT: u64 = u64::MAX - 2;
 
 /// The messages of a shard's quorum queues, as applied so far.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -59,6 +62,17 @@ pub struct Replica {
     returns: BTreeMap<String, BTreeMap<u64, u64>>,
     /// Above every message id applied (a new leader's live queues number from here).
     next_id: u64,
+    /// The forwarded publishes applied, by sending node: what a new host checks a resend against.
+    sent: BTreeMap<u64, SentBy>,
+}
+
+/// The forwarded publishes of one node's current run that a shard has applied: those at or above
+/// the lowest its sender may still send again (`floor`); every one below it is settled there.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct SentBy {
+    incarnation: u64,
+    floor: u64,
+    seqs: std::collections::BTreeSet<u64>,
 }
 
 impl Replica {
@@ -99,7 +113,35 @@ impl Replica {
                         .or_default() += 1;
                 }
             }
+            QueueOp::Sent { from, seq, floor } => {
+                let by = self.sent.entry(from.node).or_default();
+                if from.incarnation < by.incarnation {
+                    // A late entry of the node's previous run: nothing of that run is resent.
+                    return;
+                }
+                if from.incarnation > by.incarnation {
+                    *by = SentBy {
+                        incarnation: from.incarnation,
+                        ..SentBy::default()
+                    };
+                }
+                if *floor > by.floor {
+                    by.floor = *floor;
+                    by.seqs = by.seqs.split_off(floor);
+                }
+                if *seq >= by.floor {
+                    by.seqs.insert(*seq);
+                }
+            }
         }
+    }
+
+    /// Whether forwarded publish `seq` of `from` is applied already (or below what its sender
+    /// may still send, so settled).
+    pub fn was_sent(&self, from: &Sender, seq: u64) -> bool {
+        self.sent.get(&from.node).is_some_and(|by| {
+            by.incarnation == from.incarnation && (seq < by.floor || by.seqs.contains(&seq))
+        })
     }
 
     /// The messages `queue` holds, in id order (stored form).
@@ -133,7 +175,7 @@ impl Replica {
     }
 
     fn write(&self, w: &mut Writer) {
-        w.u64(SNAPSHOT_WITH_RETURNS);
+        w.u64(SNAPSHOT_WITH_SENT);
         w.u64(self.next_id);
         w.u64(self.queues.len() as u64);
         for (queue, messages) in &self.queues {
@@ -153,13 +195,24 @@ impl Replica {
                 w.u64(*n);
             }
         }
+        w.u64(self.sent.len() as u64);
+        for (node, by) in &self.sent {
+            w.u64(*node);
+            w.u64(by.incarnation);
+            w.u64(by.floor);
+            w.u64(by.seqs.len() as u64);
+            for seq in &by.seqs {
+                w.u64(*seq);
+            }
+        }
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Replica, DecodeError> {
         // Snapshots written before the counts of returns were kept start with the next id, and
         // end after the messages.
         let first = r.u64()?;
-        let with_returns = first == SNAPSHOT_WITH_RETURNS;
+        let with_sent = first == SNAPSHOT_WITH_SENT;
+        let with_returns = with_sent || first == SNAPSHOT_WITH_RETURNS;
         let next_id = if with_returns { r.u64()? } else { first };
         let mut queues = BTreeMap::new();
         for _ in 0..r.count(16)? {
@@ -182,10 +235,29 @@ impl Replica {
                 returns.insert(queue, counts);
             }
         }
+        let mut sent = BTreeMap::new();
+        if with_sent {
+            for _ in 0..r.count(32)? {
+                let node = r.u64()?;
+                let (incarnation, floor) = (r.u64()?, r.u64()?);
+                let seqs = (0..r.count(8)?)
+                    .map(|_| r.u64())
+                    .collect::<Result<_, _>>()?;
+                sent.insert(
+                    node,
+                    SentBy {
+                        incarnation,
+                        floor,
+                        seqs,
+                    },
+                );
+            }
+        }
         Ok(Replica {
             queues,
             returns,
             next_id,
+            sent,
         })
     }
 }
@@ -239,6 +311,11 @@ impl ShardMachine {
     pub fn returns(&self, queue: &str, ids: impl Iterator<Item = u64>) -> Vec<u64> {
         let applied = self.applied.lock();
         ids.map(|id| applied.replica.returns(queue, id)).collect()
+    }
+
+    /// Whether forwarded publish `seq` of `from` is applied here already.
+    pub fn was_sent(&self, from: &Sender, seq: u64) -> bool {
+        self.applied.lock().replica.was_sent(from, seq)
     }
 
     /// The id new messages of the shard number from (above every id the replica has applied).

@@ -9,7 +9,7 @@ use proptest::prelude::*;
 
 use super::{shard_of, Replica};
 use crate::cluster::raft::codec::{decode, encode};
-use crate::cluster::raft::QueueOp;
+use crate::cluster::raft::{QueueOp, Sender};
 
 fn op() -> impl Strategy<Value = QueueOp> {
     let queue = prop::sample::select(vec!["/\nq1", "/\nq2", "nova\nq1"]).prop_map(str::to_string);
@@ -20,10 +20,53 @@ fn op() -> impl Strategy<Value = QueueOp> {
         4 => (queue.clone(), 0u64..40).prop_map(|(queue, id)| QueueOp::Remove { queue, id }),
         1 => queue.clone().prop_map(|queue| QueueOp::Drop { queue }),
         3 => (queue, 0u64..40).prop_map(|(queue, id)| QueueOp::Returned { queue, id }),
+        3 => sent(),
     ]
 }
 
+/// A forwarded publish's mark: three nodes, each in one of three runs.
+fn sent() -> impl Strategy<Value = QueueOp> {
+    (1u64..4, 1u64..4, 0u64..60, 0u64..50).prop_map(|(node, incarnation, seq, floor)| {
+        QueueOp::Sent {
+            from: Sender { node, incarnation },
+            seq,
+            floor: floor.min(seq),
+        }
+    })
+}
+
 proptest! {
+    /// A resend is recognised exactly when its sender's current run sent it before (or it is
+    /// below what that run may still send): never a message that was not applied, so a resend is
+    /// never dropped in place of storing it.
+    #[test]
+    fn a_resend_is_recognised_exactly_when_it_was_applied(ops in prop::collection::vec(sent(), 0..300)) {
+        let mut replica = Replica::default();
+        for op in &ops {
+            replica.apply(op);
+        }
+        let marks: Vec<(Sender, u64, u64)> = ops
+            .iter()
+            .map(|op| match op {
+                QueueOp::Sent { from, seq, floor } => (*from, *seq, *floor),
+                _ => unreachable!("only marks"),
+            })
+            .collect();
+        for node in 1u64..4 {
+            let latest = marks.iter().filter(|(f, ..)| f.node == node).map(|(f, ..)| f.incarnation).max();
+            for incarnation in 1u64..4 {
+                let from = Sender { node, incarnation };
+                let this_run: Vec<_> = marks.iter().filter(|(f, ..)| *f == from).collect();
+                let floor = this_run.iter().map(|(_, _, floor)| *floor).max().unwrap_or(0);
+                for seq in 0u64..60 {
+                    let expected = latest == Some(incarnation)
+                        && (seq < floor || this_run.iter().any(|(_, s, _)| *s == seq));
+                    prop_assert_eq!(replica.was_sent(&from, seq), expected, "{:?} seq {}", from, seq);
+                }
+            }
+        }
+    }
+
     #[test]
     fn replay_equals_snapshot_plus_replay(ops in prop::collection::vec(op(), 0..200), cut in 0usize..200) {
         let cut = cut.min(ops.len());
@@ -70,6 +113,7 @@ proptest! {
                         *returns.entry((queue.clone(), *id)).or_default() += 1;
                     }
                 }
+                QueueOp::Sent { .. } => {}
             }
         }
         for (queue, id) in &model {
@@ -131,4 +175,31 @@ fn a_truncated_snapshot_is_refused() {
     for len in 0..bytes.len() {
         assert!(decode(&bytes[..len], Replica::read).is_err(), "{len}");
     }
+}
+
+#[test]
+fn a_resend_that_a_later_message_overtook_is_still_stored() {
+    let from = Sender {
+        node: 2,
+        incarnation: 7,
+    };
+    let mut replica = Replica::default();
+    replica.apply(&QueueOp::Sent {
+        from,
+        seq: 7,
+        floor: 6,
+    });
+    assert!(replica.was_sent(&from, 7));
+    assert!(!replica.was_sent(&from, 6), "6 was never applied");
+    let next_run = Sender {
+        incarnation: 8,
+        ..from
+    };
+    assert!(!replica.was_sent(&next_run, 7), "a new run numbers afresh");
+    replica.apply(&QueueOp::Sent {
+        from: next_run,
+        seq: 0,
+        floor: 0,
+    });
+    assert!(!replica.was_sent(&from, 7), "the old run is forgotten");
 }
