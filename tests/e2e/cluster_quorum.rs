@@ -492,6 +492,46 @@ async fn forwarded_publishes_follow_the_shards_leadership_and_are_stored_once() 
     drain_exactly(follower, published).await;
 }
 
+/// The shard's leadership moves away from the host while its own clients' publishes are being
+/// stored there: they go to the new host instead of getting basic.nack, and each is stored once
+/// (the old host had stored some of them when it let the leadership go).
+#[tokio::test]
+async fn publishes_on_the_host_follow_the_leadership_when_it_moves_and_are_stored_once() {
+    let cluster = LinkCluster::new(3);
+    let brokers = three_nodes(&cluster).await;
+    let all: Vec<&TestBroker> = brokers.iter().collect();
+    let (host, other) = quorum_queue(&all, []).await;
+    let record = message_queue("/", QUEUE);
+    let group = host.server.broker.cluster().unwrap().shard(&record).name();
+    let (hc, _, hch) = host.connect_with_confirming_channel().await;
+    const N: u64 = 5_000;
+    publish_only(&hch, "h", 0..N).await;
+    wait_stored(host, 100).await;
+    let stored_when_moved = replica_len(host);
+    let to = node_id(other).to_string();
+    host.brokerctl(&[
+        "cluster",
+        "transfer-leadership",
+        "--group",
+        &group,
+        "--to",
+        &to,
+    ])
+    .await
+    .ok();
+    let outcome = confirms(&hch, N).await;
+    assert_eq!(nacked(&outcome), [0u64; 0], "publishes nacked");
+    hc.close().await;
+    assert!(
+        stored_when_moved < N as usize,
+        "all were stored before the move"
+    );
+    for b in &all {
+        wait_for_replica(b, N as usize).await;
+    }
+    drain_exactly(other, names("h", 0..N as usize)).await;
+}
+
 /// The link between a publishing node and the queue's host goes down while the host is storing
 /// that node's publishes and comes back a second later: the host stored some whose answers were
 /// lost, and when they come again it answers them as stored instead of storing them twice. Every

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use warren_storage::store::Completion;
 
 use super::receive::{decode_outcomes, encode_publish, outcome, QuorumServer, Refusal};
-use super::sent::Sequences;
+use super::sent::{Numbered, Sequences};
 use super::shard::failed;
 use super::target::{ShardMetrics, Target};
 use crate::cluster::link::Links;
@@ -104,16 +104,7 @@ impl Forwarder {
             .then(|| self.sequences.number(target.group));
         let body = encode_publish(names, &message.stored_form(), number.as_ref());
         let done = match number {
-            // Settled (never sent again) once answered, whatever the answer.
-            Some(number) => {
-                let (sequences, group) = (self.sequences.clone(), target.group);
-                Some(Box::new(move |result| {
-                    sequences.settled(group, number.seq);
-                    if let Some(done) = done {
-                        done(result);
-                    }
-                }) as Completion)
-            }
+            Some(number) => Some(self.settling(target.group, number.seq, done)),
             None => done,
         };
         let forward = Forward {
@@ -131,6 +122,53 @@ impl Forwarder {
                 self.resend(me, vec![forward], "the queue's shard has no host".into());
             }
         }
+    }
+
+    /// The next number for a publish into shard `group`.
+    pub(crate) fn number(&self, group: u32) -> Numbered {
+        self.sequences.number(group)
+    }
+
+    /// `done`, after which publish `seq` of shard `group` is settled (never sent again),
+    /// whatever its answer.
+    fn settling(&self, group: u32, seq: u64, done: Option<Completion>) -> Completion {
+        let sequences = self.sequences.clone();
+        Box::new(move |result| {
+            sequences.settled(group, seq);
+            if let Some(done) = done {
+                done(result);
+            }
+        })
+    }
+
+    /// The confirm of publish `number` (a message of `payload` into queue `names`) that this node
+    /// stores as the host of shard `group` (watched through `shard`): when the write fails, the
+    /// publish goes to the shard's next host, within `timeout`, as a forwarded one would.
+    pub(crate) fn resend_on_failure(
+        self: &Arc<Self>,
+        (group, shard, timeout): (u32, ShardMetrics, Duration),
+        number: Numbered,
+        (vhost, queue): (String, String),
+        payload: Bytes,
+        done: Completion,
+    ) -> Completion {
+        let forwarder = Arc::downgrade(self);
+        let deadline = Instant::now() + timeout;
+        let done = self.settling(group, number.seq, Some(done));
+        Box::new(move |result| match (result, forwarder.upgrade()) {
+            (Err(e), Some(forwarder)) if Instant::now() < deadline => {
+                let forward = Forward {
+                    group,
+                    body: encode_publish((&vhost, &queue), &payload, Some(&number)),
+                    done: Some(done),
+                    shard: Some(shard),
+                    deadline,
+                };
+                let me = forwarder.node();
+                forwarder.resend(me, vec![forward], e.to_string());
+            }
+            (result, _) => done(result),
+        })
     }
 
     /// Queues `forwards` (in order) for node `node`.

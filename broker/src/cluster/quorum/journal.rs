@@ -140,6 +140,38 @@ impl ShardJournal {
         }
     }
 
+    /// A publisher's confirm of a message this node stores as its queue's host (`ops`: its
+    /// enqueue): numbered like a forwarded publish, so that if the write fails (this node lost
+    /// the shard's leadership) the publish goes to the shard's next host instead of failing, and
+    /// is stored there once. Other writes keep `done` as it is.
+    fn resendable(
+        &self,
+        shard: &ShardGroup,
+        queue: &str,
+        ops: &mut Vec<QueueOp>,
+        done: Completion,
+    ) -> Completion {
+        let (Some((forwarder, timeout)), [QueueOp::Enqueue { payload, .. }]) =
+            (self.forwarder.get(), &ops[..])
+        else {
+            return done;
+        };
+        let Some(names) = crate::meta::records::split_message_queue(queue) else {
+            return done;
+        };
+        let payload = payload.clone();
+        let number = forwarder.number(shard.group);
+        ops.push(number.mark());
+        let metrics = shard.raft.metrics();
+        forwarder.resend_on_failure(
+            (shard.group, metrics, *timeout),
+            number,
+            names,
+            payload,
+            done,
+        )
+    }
+
     /// The shard of the queue whose record name is `queue`.
     pub fn shard(&self, queue: &str) -> Option<&Arc<ShardGroup>> {
         let shards = self.shards.get()?;
@@ -203,11 +235,16 @@ impl Journal for ShardJournal {
             }
             return;
         };
-        if let Some(mark) = super::sent::take_mark(&queue, &ops) {
-            ops.push(mark);
-        }
         let Some(shard) = self.shard(&queue) else {
             return failed(done, "this node has not joined its cluster yet");
+        };
+        let done = match super::sent::take_mark(&queue, &ops) {
+            // A publish another node forwarded: its number goes with it.
+            Some(mark) => {
+                ops.push(mark);
+                done
+            }
+            None => done.map(|done| self.resendable(shard, &queue, &mut ops, done)),
         };
         if shard.epoch().is_none() && ops.iter().all(|op| matches!(op, QueueOp::Remove { .. })) {
             // This node's consumers settled messages staged from the queue's host.

@@ -27,6 +27,17 @@ pub(crate) struct Numbered {
     pub floor: u64,
 }
 
+impl Numbered {
+    /// The mark that goes into the shard with the publish's enqueue.
+    pub fn mark(&self) -> QueueOp {
+        QueueOp::Sent {
+            from: self.from,
+            seq: self.seq,
+            floor: self.floor,
+        }
+    }
+}
+
 thread_local! {
     /// The forwarded publish this thread is publishing into its queue, with the queue's record
     /// name: the queue journals its enqueue on this thread, and the journal adds the mark.
@@ -54,11 +65,7 @@ pub(super) fn take_mark(queue: &str, ops: &[QueueOp]) -> Option<QueueOp> {
     PUBLISHING.with(|p| {
         let mut p = p.borrow_mut();
         match p.as_ref() {
-            Some((record, _)) if record == queue => p.take().map(|(_, n)| QueueOp::Sent {
-                from: n.from,
-                seq: n.seq,
-                floor: n.floor,
-            }),
+            Some((record, _)) if record == queue => p.take().map(|(_, n)| n.mark()),
             _ => None,
         }
     })
