@@ -3,11 +3,12 @@
 # window 1 and window 1000, a manual-ack consumer keeping up, into
 #   warren-1     a single-node Warren durable queue            (scenarios persistent-w1, persistent)
 #   warren-3     a three-node Warren quorum queue              (quorum-w1, quorum)
+#   rabbitmq-1   a single-node RabbitMQ durable queue           (scenarios persistent-w1, persistent)
 #   rabbitmq-3   a three-node RabbitMQ quorum queue (Debian's 3.10, joined with join_cluster)
 # in one run, on loopback, every broker process on core 0 and the client (warren-load) on core 1, the
 # same TLS material (Warren's dev CA), EXTERNAL login. Records confirm p50/p99 and msg/s.
 #
-#   benches/quorum.sh [--duration SECS] [--sizes 1024] [--brokers warren-1,warren-3,rabbitmq-3]
+#   benches/quorum.sh [--duration SECS] [--sizes 1024] [--brokers warren-1,warren-3,rabbitmq-1,rabbitmq-3]
 #                     [--prefetch 1000]
 #
 # Output: a table on stdout and in benches/results/quorum-<date>.md; raw JSON lines beside it.
@@ -17,7 +18,7 @@ cd "$root"
 # The consumer's prefetch: 1000 lets either broker's quorum-queue consumer keep up (the issue's
 # condition for the window-1000 row); at 100 neither does on this machine, a settle's round trip
 # through Raft holding each message's credit, and the row measures the consumer instead.
-duration=10 sizes=1024 brokers="warren-1,warren-3,rabbitmq-3" prefetch=1000
+duration=10 sizes=1024 brokers="warren-1,warren-3,rabbitmq-1,rabbitmq-3" prefetch=1000
 while [ $# -gt 0 ]; do
     case "$1" in
         --duration) duration="$2"; shift 2 ;;
@@ -117,7 +118,7 @@ sys.exit(0 if ok else 1)' && break
     kill -INT "$sup"; wait "$sup" || true
 fi
 
-if want rabbitmq-3; then
+if want rabbitmq-1 || want rabbitmq-3; then
     RMQ_BIN=/usr/lib/rabbitmq/bin
     if [ ! -x "$RMQ_BIN/rabbitmq-server" ]; then
         log "installing rabbitmq-server from Debian's packages (its service is not started)"
@@ -144,7 +145,8 @@ if want rabbitmq-3; then
             ERL_EPMD_ADDRESS=127.0.0.1 ERL_EPMD_PORT="$EPMD_PORT" LANG=C.UTF-8 LC_ALL=C.UTF-8 "$@"
     }
     rmqctl() { local n=$1; shift; rmq_env "$n" timeout 120 "$RMQ_BIN/rabbitmqctl" -n "rq$n@localhost" "$@"; }
-    for n in 1 2 3; do
+    nodes="1"; if want rabbitmq-3; then nodes="1 2 3"; fi
+    for n in $nodes; do
         base="$TMP/rmq$n"; mkdir -p "$base"/{mnesia,log}
         AMQP[$n]=$(free_port 20000 26000); DIST[$n]=$(free_port 27000 29000); CTL[$n]=$(free_port 29000 31000 11)
         echo "# empty" >"$base/rabbitmq-env.conf"
@@ -176,12 +178,20 @@ EOF
         fi
         wait_port "${AMQP[$n]}" 60
         taskset -acp 0 "$(cat "$base/rabbitmq.pid")" >/dev/null
+        if [ "$n" = 1 ]; then
+            rmqctl 1 add_user admin "$(head -c 18 /dev/urandom | base64)" >/dev/null
+            rmqctl 1 set_permissions -p / admin '.*' '.*' '.*' >/dev/null
+            # RabbitMQ's own single node before the others join: the same HA9 ratios for RabbitMQ.
+            if want rabbitmq-1; then
+                run_load rabbitmq-1 "${AMQP[1]}" "$(cat "$base/rabbitmq.pid")" persistent-w1,persistent
+            fi
+        fi
     done
-    rmqctl 1 add_user admin "$(head -c 18 /dev/urandom | base64)" >/dev/null
-    rmqctl 1 set_permissions -p / admin '.*' '.*' '.*' >/dev/null
-    rmqctl 1 cluster_status | grep -A4 -i "running nodes" >&2 || true
-    run_load rabbitmq-3 "${AMQP[1]}" "$(cat "$TMP/rmq1/rabbitmq.pid")" quorum-w1,quorum,quorum-paced
-    for n in 3 2 1; do rmqctl "$n" stop >/dev/null 2>&1 || true; done
+    if want rabbitmq-3; then
+        rmqctl 1 cluster_status | grep -A4 -i "running nodes" >&2 || true
+        run_load rabbitmq-3 "${AMQP[1]}" "$(cat "$TMP/rmq1/rabbitmq.pid")" quorum-w1,quorum,quorum-paced
+    fi
+    for n in $nodes; do rmqctl "$n" stop >/dev/null 2>&1 || true; done
 fi
 
 python3 - "$RAW" "$MD" "$duration" "$prefetch" <<'PY'
@@ -216,7 +226,9 @@ def ratio(a, b, f):
 out.append("")
 out.append(f"- Warren QQ ÷ RabbitMQ QQ msg/s at window 1000: {ratio(('warren-3','quorum'), ('rabbitmq-3','quorum'), 'rate')} (target ≥ 3)")
 out.append(f"- Warren QQ ÷ RabbitMQ QQ confirm p50, window 1: {ratio(('warren-3','quorum-w1'), ('rabbitmq-3','quorum-w1'), 'confirm_p50_us')}, window 1000: {ratio(('warren-3','quorum'), ('rabbitmq-3','quorum'), 'confirm_p50_us')}, window 1000 at the same offered load: {ratio(('warren-3','quorum-paced'), ('rabbitmq-3','quorum-paced'), 'confirm_p50_us')} (target < 1)")
-out.append(f"- Warren QQ ÷ Warren single-node durable, window-1 p50: {ratio(('warren-3','quorum-w1'), ('warren-1','persistent-w1'), 'confirm_p50_us')}, p99: {ratio(('warren-3','quorum-w1'), ('warren-1','persistent-w1'), 'confirm_p99_us')}; window-1000 msg/s: {ratio(('warren-3','quorum'), ('warren-1','persistent'), 'rate')} (HA9 budget: ≤ 2.5, ≤ 3, ≥ 0.33)")
+for b in ("warren", "rabbitmq"):
+    three, one = f"{b}-3", f"{b}-1"
+    out.append(f"- {b} QQ ÷ {b} single-node durable, window-1 p50: {ratio((three,'quorum-w1'), (one,'persistent-w1'), 'confirm_p50_us')}, p99: {ratio((three,'quorum-w1'), (one,'persistent-w1'), 'confirm_p99_us')}; window-1000 msg/s: {ratio((three,'quorum'), (one,'persistent'), 'rate')}" + (" (HA9 budget: ≤ 2.5, ≤ 3, ≥ 0.33)" if b == "warren" else " (the same ratios for RabbitMQ)"))
 text = "\n".join(out) + "\n"
 open(sys.argv[2], "w").write(text)
 print(text)

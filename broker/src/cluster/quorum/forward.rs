@@ -141,15 +141,15 @@ impl Forwarder {
         })
     }
 
-    /// The confirm of publish `number` (a message of `payload` into queue `names`) that this node
-    /// stores as the host of shard `group` (watched through `shard`): when the write fails, the
-    /// publish goes to the shard's next host, within `timeout`, as a forwarded one would.
+    /// The confirm of publish `number` (a message of `payload` into the queue whose record name
+    /// is `record`) that this node stores as the host of shard `group` (watched through `shard`):
+    /// when the write fails, the publish goes to the shard's next host, within `timeout`, as a
+    /// forwarded one would.
     pub(crate) fn resend_on_failure(
         self: &Arc<Self>,
         (group, shard, timeout): (u32, ShardMetrics, Duration),
         number: Numbered,
-        (vhost, queue): (String, String),
-        payload: Bytes,
+        (record, payload): (String, Bytes),
         done: Completion,
     ) -> Completion {
         let forwarder = Arc::downgrade(self);
@@ -157,6 +157,10 @@ impl Forwarder {
         let done = self.settling(group, number.seq, Some(done));
         Box::new(move |result| match (result, forwarder.upgrade()) {
             (Err(e), Some(forwarder)) if Instant::now() < deadline => {
+                let Some((vhost, queue)) = crate::meta::records::split_message_queue(&record)
+                else {
+                    return done(Err(e));
+                };
                 let forward = Forward {
                     group,
                     body: encode_publish((&vhost, &queue), &payload, Some(&number)),

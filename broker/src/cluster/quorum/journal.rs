@@ -156,20 +156,11 @@ impl ShardJournal {
         else {
             return done;
         };
-        let Some(names) = crate::meta::records::split_message_queue(queue) else {
-            return done;
-        };
         let payload = payload.clone();
         let number = forwarder.number(shard.group);
         ops.push(number.mark());
-        let metrics = shard.raft.metrics();
-        forwarder.resend_on_failure(
-            (shard.group, metrics, *timeout),
-            number,
-            names,
-            payload,
-            done,
-        )
+        let at = (shard.group, shard.raft.metrics(), *timeout);
+        forwarder.resend_on_failure(at, number, (queue.to_string(), payload), done)
     }
 
     /// The shard of the queue whose record name is `queue`.
