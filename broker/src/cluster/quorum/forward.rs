@@ -15,7 +15,7 @@ use warren_storage::store::Completion;
 
 use super::receive::{decode_outcomes, encode_publish, outcome, QuorumServer, Refusal};
 use super::sent::{Numbered, Sequences};
-use super::shard::failed;
+use super::shard::{failed, ShardGroup};
 use super::target::{ShardMetrics, Target};
 use crate::cluster::link::Links;
 use crate::cluster::raft::codec::encode;
@@ -142,36 +142,43 @@ impl Forwarder {
     }
 
     /// The confirm of publish `number` (a message of `payload` into the queue whose record name
-    /// is `record`) that this node stores as the host of shard `group` (watched through `shard`):
-    /// when the write fails, the publish goes to the shard's next host, within `timeout`, as a
-    /// forwarded one would.
+    /// is `record`) that this node stores as the host of `shard`: when the write fails, the
+    /// publish goes to the shard's next host, within `timeout`, as a forwarded one would. (Built
+    /// for every publish a host stores: what a resend needs is worked out only when one is.)
     pub(crate) fn resend_on_failure(
         self: &Arc<Self>,
-        (group, shard, timeout): (u32, ShardMetrics, Duration),
+        (shard, timeout): (&Arc<ShardGroup>, Duration),
         number: Numbered,
-        (record, payload): (String, Bytes),
+        (record, payload): (&str, Bytes),
         done: Completion,
     ) -> Completion {
         let forwarder = Arc::downgrade(self);
         let deadline = Instant::now() + timeout;
-        let done = self.settling(group, number.seq, Some(done));
-        Box::new(move |result| match (result, forwarder.upgrade()) {
-            (Err(e), Some(forwarder)) if Instant::now() < deadline => {
-                let Some((vhost, queue)) = crate::meta::records::split_message_queue(&record)
-                else {
-                    return done(Err(e));
-                };
-                let forward = Forward {
-                    group,
-                    body: encode_publish((&vhost, &queue), &payload, Some(&number)),
-                    done: Some(done),
-                    shard: Some(shard),
-                    deadline,
-                };
-                let me = forwarder.node();
-                forwarder.resend(me, vec![forward], e.to_string());
-            }
-            (result, _) => done(result),
+        let (shard, record) = (shard.clone(), record.to_string());
+        Box::new(move |result| {
+            let forwarder = forwarder.upgrade();
+            let resend = match (&result, &forwarder) {
+                (Err(e), Some(_)) if Instant::now() < deadline => {
+                    crate::meta::records::split_message_queue(&record).map(|n| (n, e.to_string()))
+                }
+                _ => None,
+            };
+            let Some(forwarder) = forwarder else {
+                return done(result);
+            };
+            let Some(((vhost, queue), why)) = resend else {
+                forwarder.sequences.settled(shard.group, number.seq);
+                return done(result);
+            };
+            let forward = Forward {
+                group: shard.group,
+                body: encode_publish((&vhost, &queue), &payload, Some(&number)),
+                done: Some(forwarder.settling(shard.group, number.seq, Some(done))),
+                shard: Some(shard.raft.metrics()),
+                deadline,
+            };
+            let me = forwarder.node();
+            forwarder.resend(me, vec![forward], why);
         })
     }
 

@@ -146,7 +146,7 @@ impl ShardJournal {
     /// is stored there once. Other writes keep `done` as it is.
     fn resendable(
         &self,
-        shard: &ShardGroup,
+        shard: &Arc<ShardGroup>,
         queue: &str,
         ops: &mut Vec<QueueOp>,
         done: Completion,
@@ -159,8 +159,7 @@ impl ShardJournal {
         let payload = payload.clone();
         let number = forwarder.number(shard.group);
         ops.push(number.mark());
-        let at = (shard.group, shard.raft.metrics(), *timeout);
-        forwarder.resend_on_failure(at, number, (queue.to_string(), payload), done)
+        forwarder.resend_on_failure((shard, *timeout), number, (queue, payload), done)
     }
 
     /// The shard of the queue whose record name is `queue`.
