@@ -70,6 +70,9 @@ pub struct Log<M: Medium> {
     last_retired: Option<Instant>,
     /// The last write failed for lack of space: reclaim without waiting.
     space_short: bool,
+    /// The buffer each append encodes its records into, kept: a batch of Raft entries is a
+    /// megabyte or more, and a fresh buffer that size is fresh pages the kernel zeroes each time.
+    encoded: Vec<u8>,
 }
 
 /// Reading one record at its place costs about as much as reading this many bytes sequentially;
@@ -78,6 +81,8 @@ const PLACE_READ_COST: u64 = 2048;
 
 /// Least time between two retirements of a mostly dead active segment (unless space is short).
 pub(crate) const RETIRE_INTERVAL: Duration = Duration::from_secs(1);
+/// The largest encode buffer an append keeps for the next one.
+const KEPT_ENCODE_BUFFER: usize = 16 << 20;
 /// The most definition bytes one reclaim copies forward (see `Log::copy_forward`).
 const COPY_BUDGET: u64 = 2 << 20;
 
@@ -113,6 +118,7 @@ impl<M: Medium> Log<M> {
             compact_after: 3,
             last_retired: None,
             space_short: false,
+            encoded: Vec::new(),
         };
         let mut recovered = Recovered::default();
         for (i, id) in ids.iter().enumerate() {
@@ -162,13 +168,18 @@ impl<M: Medium> Log<M> {
 
     /// Tracks a record written at `place` (during replay also builds `recovered`).
     fn apply(&mut self, place: Place, record: &Record, recovered: &mut Recovered, payloads: bool) {
-        self.track(place, record);
+        // A definition's value is copied: a slice would keep the whole segment read at replay in
+        // memory.
+        let owned = match record {
+            Record::Put { value, .. } => Some(Bytes::copy_from_slice(value)),
+            _ => None,
+        };
+        self.track(place, record, owned.clone());
         match record {
-            Record::Put { key, value } => {
-                // Copied: a slice would keep the whole segment read at replay in memory.
+            Record::Put { key, .. } => {
                 recovered
                     .definitions
-                    .insert(key.clone(), Bytes::copy_from_slice(value));
+                    .insert(key.clone(), owned.unwrap_or_default());
             }
             Record::Delete { key } => {
                 recovered.definitions.remove(key);
@@ -231,13 +242,15 @@ impl<M: Medium> Log<M> {
         }
     }
 
-    fn track(&mut self, place: Place, record: &Record) {
+    /// Tracks a record written at `place`; a definition's value is kept as `owned` when given
+    /// (a copy made at replay), else as the appended record holds it (no copy).
+    fn track(&mut self, place: Place, record: &Record, owned: Option<Bytes>) {
         let segment = place.segment;
         match record {
             Record::Put { key, value } => {
-                if let Some((old_value, old)) = self
-                    .definitions
-                    .insert(key.clone(), (Bytes::copy_from_slice(value), segment))
+                let kept = owned.unwrap_or_else(|| value.clone());
+                if let Some((old_value, old)) =
+                    self.definitions.insert(key.clone(), (kept, segment))
                 {
                     self.release_definition(old, (key.len() + old_value.len()) as u64);
                 }
@@ -279,11 +292,21 @@ impl<M: Medium> Log<M> {
     /// Appends records to the active segment (starting a new one when it is full). Not durable until
     /// [`Log::sync`]. On a failed write the segment is cut back, so the log stays well-formed.
     pub fn append(&mut self, records: &[Record]) -> io::Result<()> {
-        let mut buf = Vec::new();
+        let mut buf = std::mem::take(&mut self.encoded);
+        buf.clear();
+        let appended = self.append_encoded(records, &mut buf);
+        // Kept unless a rare huge write grew it (a large message): that goes back to the allocator.
+        if buf.capacity() <= KEPT_ENCODE_BUFFER {
+            self.encoded = buf;
+        }
+        appended
+    }
+
+    fn append_encoded(&mut self, records: &[Record], buf: &mut Vec<u8>) -> io::Result<()> {
         let mut spans = Vec::with_capacity(records.len());
         for r in records {
             let start = buf.len();
-            r.encode(&mut buf);
+            r.encode(buf);
             spans.push((start as u64, (buf.len() - start) as u64));
         }
         let mut active = self.active();
@@ -295,7 +318,7 @@ impl<M: Medium> Log<M> {
             self.segments.insert(active, Segment::default());
         }
         let len = self.segments.get(&active).map_or(0, |s| s.len);
-        if let Err(e) = self.medium.append(active, &buf) {
+        if let Err(e) = self.medium.append(active, buf) {
             let _ = self.medium.truncate(active, len);
             return Err(e);
         }
@@ -308,7 +331,7 @@ impl<M: Medium> Log<M> {
                 offset: len + start,
                 len: size,
             };
-            self.track(place, r);
+            self.track(place, r, None);
         }
         self.space_short = false;
         Ok(())
@@ -327,7 +350,7 @@ impl<M: Medium> Log<M> {
                     offset: 0,
                     len: 0,
                 };
-                self.track(place, r);
+                self.track(place, r, None);
             }
         }
     }

@@ -280,10 +280,13 @@ impl Keys {
     }
 }
 
+/// A record of `value` under `key`. The log keeps the value as it is until its key is written
+/// again or deleted (an entry until it is purged), so it holds no spare capacity (shrinking a
+/// large allocation in place does not copy it).
 fn put(key: String, value: Vec<u8>) -> Record {
     Record::Put {
         key,
-        value: Bytes::from(value),
+        value: Bytes::from(value.into_boxed_slice()),
     }
 }
 
