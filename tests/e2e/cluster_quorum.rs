@@ -159,6 +159,27 @@ async fn drain_exactly(b: &TestBroker, expected: Vec<String>) {
     c.close().await;
 }
 
+/// The end of a run whose fault struck while publishes were in flight: `outcome` acks every one;
+/// the fault struck before all were stored (each of `stored_then` below `sent`); every node of
+/// `replicas` holds `expected`, which `drain_from` delivers each once.
+async fn acked_and_held_once(
+    outcome: &std::collections::BTreeMap<u64, bool>,
+    (stored_then, sent): (&[usize], usize),
+    replicas: &[&TestBroker],
+    drain_from: &TestBroker,
+    expected: Vec<String>,
+) {
+    assert_eq!(nacked(outcome), [0u64; 0], "publishes nacked");
+    assert!(
+        stored_then.iter().all(|n| *n < sent),
+        "all were stored before the fault: {stored_then:?} of {sent}"
+    );
+    for b in replicas {
+        wait_for_replica(b, expected.len()).await;
+    }
+    drain_exactly(drain_from, expected).await;
+}
+
 fn bodies(deliveries: &[warren_tests::client::Delivery]) -> Vec<String> {
     warren_tests::client::bodies(deliveries)
 }
@@ -428,16 +449,12 @@ async fn forwarded_publishes_whose_host_stops_are_stored_once_by_the_next_host()
     let left = stop_node(&mut brokers, host_id).await;
     publish_only(&fch, "b", 0..N).await;
     let outcome = confirms(&fch, 2 * N).await;
-    assert_eq!(nacked(&outcome), [0u64; 0], "publishes nacked");
     fc.close().await;
-    assert!(
-        stored_when_stopped < N as usize,
-        "all were stored before the stop"
-    );
     let next = host_of(&left, QUEUE).await;
     let mut expected = names("a", 0..N as usize);
     expected.extend(names("b", 0..N as usize));
-    drain_exactly(next, expected).await;
+    let stopped = [stored_when_stopped];
+    acked_and_held_once(&outcome, (&stopped, N as usize), &left, next, expected).await;
 }
 
 /// The shard's leadership moves twice while a node that does not host the queue has publishes
@@ -458,7 +475,7 @@ async fn forwarded_publishes_follow_the_shards_leadership_and_are_stored_once() 
     let (fc, _, fch) = follower.connect_with_confirming_channel().await;
     const N: u64 = 5_000;
     let mut published = Vec::new();
-    let mut in_flight = Vec::new();
+    let mut stored_then = Vec::new();
     for (round, (prefix, from, to)) in [("a", host, third), ("b", third, follower)]
         .into_iter()
         .enumerate()
@@ -466,7 +483,7 @@ async fn forwarded_publishes_follow_the_shards_leadership_and_are_stored_once() 
         publish_only(&fch, prefix, 0..N).await;
         published.extend(names(prefix, 0..N as usize));
         wait_stored(from, round * N as usize + 100).await;
-        in_flight.push(published.len() - replica_len(from));
+        stored_then.push(replica_len(from) - round * N as usize);
         let to = node_id(to).to_string();
         from.brokerctl(&[
             "cluster",
@@ -482,14 +499,16 @@ async fn forwarded_publishes_follow_the_shards_leadership_and_are_stored_once() 
     publish_only(&fch, "c", 0..N).await;
     published.extend(names("c", 0..N as usize));
     let outcome = confirms(&fch, 3 * N).await;
-    assert_eq!(nacked(&outcome), [0u64; 0], "publishes nacked");
     fc.close().await;
-    assert!(in_flight.iter().all(|n| *n > 0), "{in_flight:?}");
     assert_eq!(node_id(host_of(&all, QUEUE).await), node_id(follower));
-    for b in &all {
-        wait_for_replica(b, 3 * N as usize).await;
-    }
-    drain_exactly(follower, published).await;
+    acked_and_held_once(
+        &outcome,
+        (&stored_then, N as usize),
+        &all,
+        follower,
+        published,
+    )
+    .await;
 }
 
 /// The shard's leadership moves away from the host while its own clients' publishes are being
@@ -520,16 +539,10 @@ async fn publishes_on_the_host_follow_the_leadership_when_it_moves_and_are_store
     .await
     .ok();
     let outcome = confirms(&hch, N).await;
-    assert_eq!(nacked(&outcome), [0u64; 0], "publishes nacked");
     hc.close().await;
-    assert!(
-        stored_when_moved < N as usize,
-        "all were stored before the move"
-    );
-    for b in &all {
-        wait_for_replica(b, N as usize).await;
-    }
-    drain_exactly(other, names("h", 0..N as usize)).await;
+    let moved = [stored_when_moved];
+    let expected = names("h", 0..N as usize);
+    acked_and_held_once(&outcome, (&moved, N as usize), &all, other, expected).await;
 }
 
 /// The link between a publishing node and the queue's host goes down while the host is storing
@@ -551,14 +564,10 @@ async fn a_forwarded_publish_sent_again_after_its_answer_was_lost_is_stored_once
     tokio::time::sleep(Duration::from_secs(1)).await;
     cut(host, follower, false);
     let outcome = confirms(&fch, N).await;
-    assert_eq!(nacked(&outcome), [0u64; 0], "publishes nacked");
     fc.close().await;
-    assert!(
-        stored_when_cut < N as usize,
-        "all were stored before the cut"
-    );
-    wait_for_replica(host, N as usize).await;
-    drain_exactly(host, names("l", 0..N as usize)).await;
+    let cut_then = [stored_when_cut];
+    let expected = names("l", 0..N as usize);
+    acked_and_held_once(&outcome, (&cut_then, N as usize), &all, host, expected).await;
 }
 
 #[tokio::test]
