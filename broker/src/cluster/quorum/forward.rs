@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use warren_storage::store::Completion;
 
-use super::receive::{decode_outcomes, encode_publish, outcome, QuorumServer, Refusal};
+use super::receive::{decode_outcomes, encode_publish, outcomes, QuorumServer, Refusal};
 use super::sent::{Numbered, Sequences};
 use super::shard::{failed, ShardGroup};
 use super::target::{ShardMetrics, Target};
@@ -156,20 +156,20 @@ impl Forwarder {
         let deadline = Instant::now() + timeout;
         let (shard, record) = (shard.clone(), record.to_string());
         Box::new(move |result| {
-            let forwarder = forwarder.upgrade();
-            let resend = match (&result, &forwarder) {
-                (Err(e), Some(_)) if Instant::now() < deadline => {
-                    crate::meta::records::split_message_queue(&record).map(|n| (n, e.to_string()))
+            let Some(forwarder) = forwarder.upgrade() else {
+                return done(result);
+            };
+            let names = match &result {
+                Err(_) if Instant::now() < deadline => {
+                    crate::meta::records::split_message_queue(&record)
                 }
                 _ => None,
             };
-            let Some(forwarder) = forwarder else {
-                return done(result);
-            };
-            let Some(((vhost, queue), why)) = resend else {
+            let (Err(e), Some((vhost, queue))) = (&result, names) else {
                 forwarder.sequences.settled(shard.group, number.seq);
                 return done(result);
             };
+            let why = e.to_string();
             let forward = Forward {
                 group: shard.group,
                 body: encode_publish((&vhost, &queue), &payload, Some(&number)),
@@ -232,10 +232,7 @@ impl Forwarder {
         let answers: Vec<_> = forwards.iter().map(|f| server.publish(&f.body)).collect();
         let forwarder = self.clone();
         tokio::spawn(async move {
-            let mut outcomes = Vec::with_capacity(answers.len());
-            for answer in answers {
-                outcomes.push(outcome(answer).await);
-            }
+            let outcomes = outcomes(answers).await;
             let me = forwarder.node();
             forwarder.settle(me, forwards, outcomes);
         });
@@ -273,22 +270,21 @@ impl Forwarder {
 /// The node to send a shard's publishes to after node `failed` did not store them: the shard's
 /// leader once it is another node, or, after [`RESEND_PAUSE`], whichever node leads it.
 async fn next_host(shard: &mut ShardMetrics, failed: u64) -> u64 {
+    match tokio::time::timeout(RESEND_PAUSE, leader_where(shard, |l| l != failed)).await {
+        Ok(other) => other,
+        Err(_) => leader_where(shard, |_| true).await,
+    }
+}
+
+/// The shard's leader once it is one that `wanted` accepts (never, if its metrics stop).
+async fn leader_where(shard: &mut ShardMetrics, wanted: impl Fn(u64) -> bool) -> u64 {
     use openraft::async_runtime::WatchReceiver;
-    let pause = tokio::time::sleep(RESEND_PAUSE);
-    tokio::pin!(pause);
-    let mut paused = false;
     loop {
-        match shard.borrow_watched().current_leader {
-            Some(leader) if leader != failed || paused => return leader,
-            _ => {}
+        if let Some(leader) = shard.borrow_watched().current_leader.filter(|l| wanted(*l)) {
+            return leader;
         }
-        tokio::select! {
-            changed = shard.changed() => {
-                if changed.is_err() {
-                    return std::future::pending().await;
-                }
-            }
-            () = &mut pause, if !paused => paused = true,
+        if shard.changed().await.is_err() {
+            return std::future::pending().await;
         }
     }
 }
@@ -385,17 +381,10 @@ fn send_batch(
 /// Done when the shard's metrics name a leader other than `leader` (never, if they stop or there
 /// is no shard).
 async fn leader_changed(metrics: Option<&mut ShardMetrics>, leader: u64) {
-    use openraft::async_runtime::WatchReceiver;
-    let Some(metrics) = metrics else {
-        return std::future::pending().await;
-    };
-    loop {
-        let current = metrics.borrow_watched().current_leader;
-        if current.is_some() && current != Some(leader) {
-            return;
+    match metrics {
+        Some(metrics) => {
+            leader_where(metrics, |l| l != leader).await;
         }
-        if metrics.changed().await.is_err() {
-            return std::future::pending().await;
-        }
+        None => std::future::pending().await,
     }
 }

@@ -239,10 +239,7 @@ impl QuorumServer {
             }
         };
         Box::pin(async move {
-            let mut outcomes = Vec::with_capacity(answers.len());
-            for answer in answers {
-                outcomes.push(outcome(answer).await);
-            }
+            let outcomes = outcomes(answers).await;
             Ok(Bytes::from(encode(|w| {
                 w.u64(outcomes.len() as u64);
                 for outcome in &outcomes {
@@ -262,9 +259,18 @@ impl QuorumServer {
     }
 }
 
+/// What each of `answers` came to, in order.
+pub(crate) async fn outcomes(answers: Vec<Answer>) -> Vec<Result<(), Refusal>> {
+    let mut outcomes = Vec::with_capacity(answers.len());
+    for answer in answers {
+        outcomes.push(outcome(answer).await);
+    }
+    outcomes
+}
+
 /// What a forwarded publish came to. A write that failed is one its host could not make under its
 /// leadership (lost, or the node stopping): the next host may store it.
-pub(crate) async fn outcome(answer: Answer) -> Result<(), Refusal> {
+async fn outcome(answer: Answer) -> Result<(), Refusal> {
     match answer?.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(Refusal::Again(format!("not stored: {e}"))),
