@@ -360,6 +360,29 @@ async fn a_quorum_queue_goes_to_a_shard_its_declaring_node_leads_and_every_node_
             hashed(name)
         );
     }
+    // A policy's `queue-leader-locator` places the queues it matches, over their own argument
+    // (RabbitMQ's args_policy_lookup lets the policy win).
+    all[1]
+        .brokerctl(&[
+            "set_policy",
+            "spread",
+            "^pol-",
+            r#"{"queue-leader-locator":"balanced"}"#,
+            "--apply-to",
+            "queues",
+        ])
+        .await
+        .ok();
+    let names: Vec<String> = (0..12).map(|i| format!("pol-{i}")).collect();
+    assert!(names.iter().any(|n| hashed(n) != 3));
+    for (i, name) in names.iter().enumerate() {
+        let own = (i % 2 == 0).then_some("client-local");
+        assert_eq!(
+            declare_placed(all[1], name, own).await,
+            hashed(name),
+            "{name}"
+        );
+    }
     // The record carries the placement: every node puts the queue in that shard, and its host
     // is that shard's leader.
     let record = warren_broker::meta::records::message_queue("/", "a");

@@ -324,6 +324,20 @@ impl Vhost {
         queue
     }
 
+    /// The text value of `key` in the policy that applies to queue `name` (arguments `args`).
+    pub(crate) fn policy_text(
+        &self,
+        name: &str,
+        args: &arguments::QueueArguments,
+        key: &str,
+    ) -> Option<String> {
+        let in_force = self.policies.read().clone();
+        policy::select(&in_force.policies, name, policy::Kind::of_queue(args))
+            .and_then(|p| p.def.definition.get(key))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    }
+
     /// What the policies in force make of queue `name`'s own arguments `args`.
     fn applied_for(&self, name: &str, args: &arguments::QueueArguments) -> crate::queue::Applied {
         let in_force = self.policies.read().clone();

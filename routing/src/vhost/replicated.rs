@@ -203,12 +203,16 @@ impl Vhost {
         match self.replication.get() {
             Some(r) if args.quorum => {
                 // RabbitMQ's `x-queue-leader-locator` (its `client-local` default: this node) is
-                // advisory for shards: a shard this node leads, when it leads one.
-                let locator = spec
-                    .arguments
-                    .inner()
-                    .get("x-queue-leader-locator")
-                    .and_then(warren_protocol::field::as_text);
+                // advisory for shards: a shard this node leads, when it leads one. A policy's
+                // `queue-leader-locator` wins over the argument, as in RabbitMQ.
+                let locator = self
+                    .policy_text(&spec.name, &args, "queue-leader-locator")
+                    .or_else(|| {
+                        spec.arguments
+                            .inner()
+                            .get("x-queue-leader-locator")
+                            .and_then(warren_protocol::field::as_text)
+                    });
                 let record = crate::meta::records::message_queue(&self.name, &spec.name);
                 spec.shard = r.quorum.place(&record, locator.as_deref());
             }
