@@ -371,7 +371,7 @@ fn held_elsewhere<'q>(s: &Session, q: &'q crate::queue::Queue) -> Option<Elsewhe
         return None;
     }
     let record = q.record_name()?;
-    (!s.broker.shard_journal.hosts(record)).then_some(Elsewhere::Host(record))
+    (!s.broker.shard_journal.publishes_here(record)).then_some(Elsewhere::Host(record))
 }
 
 impl Channel {

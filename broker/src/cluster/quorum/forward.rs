@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use warren_storage::store::Completion;
 
+use super::lanes::{leader_where, Forward, Lanes, Outlet};
 use super::receive::{decode_outcomes, encode_publish, outcomes, QuorumServer, Refusal};
 use super::sent::{Numbered, Sequences};
 use super::shard::{failed, ShardGroup};
@@ -33,10 +34,6 @@ const FORWARDS_IN_FLIGHT: usize = 512;
 const FORWARD_BATCH: usize = 128;
 const FORWARD_BATCH_BYTES: usize = 256 * 1024;
 
-/// How long a publish whose host failed waits before it goes to the same node again (one that
-/// was not hosting yet, or whose link dropped); to another leader it goes at once.
-const RESEND_PAUSE: Duration = Duration::from_millis(100);
-
 /// Publishes on their way to the nodes holding their queues: one ordered queue per peer, drained
 /// by one task that keeps at most [`FORWARDS_IN_FLIGHT`] of them unanswered.
 pub struct Forwarder {
@@ -46,24 +43,8 @@ pub struct Forwarder {
     sequences: Arc<Sequences>,
     /// This node's own server: a resend whose shard this node now hosts is published here.
     here: Weak<QuorumServer>,
-}
-
-/// One publish to forward.
-struct Forward {
-    group: u32,
-    body: Bytes,
-    done: Option<Completion>,
-    /// A quorum queue's shard, watched for its leader: its publishes fail over to the next one.
-    shard: Option<ShardMetrics>,
-    /// After this the publish is not sent again, and its publisher gets basic.nack.
-    deadline: Instant,
-}
-
-impl Forward {
-    /// Whether it may be sent again now.
-    fn may_resend(&self) -> bool {
-        self.shard.is_some() && Instant::now() < self.deadline
-    }
+    /// Keeps each shard's publishes in number order across a change of host (lanes.rs).
+    lanes: Lanes,
 }
 
 impl Forwarder {
@@ -79,11 +60,14 @@ impl Forwarder {
             peers: Default::default(),
             sequences: Arc::new(Sequences::new(node)),
             here,
+            lanes: Lanes::default(),
         })
     }
 
-    fn node(&self) -> u64 {
-        self.sequences.from.node
+    /// Whether a publish of shard `group`, which this node hosts, may go into its queue here now
+    /// (lanes.rs).
+    pub(crate) fn in_order_here(&self, group: u32) -> bool {
+        self.lanes.in_order_here(group, self.node())
     }
 
     /// Sends a message published on this node to the node that holds its queue, in publish
@@ -109,24 +93,26 @@ impl Forwarder {
         };
         let forward = Forward {
             group: target.group,
+            seq: number.map(|n| n.seq),
             body,
             done,
             shard: target.metrics,
             deadline: Instant::now() + timeout,
         };
-        match target.node {
-            Some(node) => self.send(node, vec![forward]),
-            // No host now: it goes to the next one (after a pause, if that is this node).
-            None => {
-                let me = self.node();
-                self.resend(me, vec![forward], "the queue's shard has no host".into());
-            }
+        match (forward.seq, target.node) {
+            // A quorum queue's: after every earlier one of its shard (with no host now, it waits
+            // for the next one).
+            (Some(_), node) => self.lanes.send_in_order(self, node, forward),
+            (None, Some(node)) => self.send(node, vec![forward]),
+            (None, None) => failed(forward.done, "the queue's home is not known"),
         }
     }
 
-    /// The next number for a publish into shard `group`.
-    pub(crate) fn number(&self, group: u32) -> Numbered {
-        self.sequences.number(group)
+    /// The number of a publish into shard `group` that this node stores as the shard's host.
+    pub(crate) fn number_here(&self, group: u32) -> Numbered {
+        let number = self.sequences.number(group);
+        self.lanes.storing_here(group, self.node());
+        number
     }
 
     /// `done`, after which publish `seq` of shard `group` is settled (never sent again),
@@ -165,20 +151,27 @@ impl Forwarder {
                 }
                 _ => None,
             };
+            let me = forwarder.node();
             let (Err(e), Some((vhost, queue))) = (&result, names) else {
                 forwarder.sequences.settled(shard.group, number.seq);
+                let answered = (me, String::new());
+                forwarder
+                    .lanes
+                    .answered(&forwarder, shard.group, 1, Vec::new(), answered);
                 return done(result);
             };
             let why = e.to_string();
             let forward = Forward {
                 group: shard.group,
+                seq: Some(number.seq),
                 body: encode_publish((&vhost, &queue), &payload, Some(&number)),
                 done: Some(forwarder.settling(shard.group, number.seq, Some(done))),
                 shard: Some(shard.raft.metrics()),
                 deadline,
             };
-            let me = forwarder.node();
-            forwarder.resend(me, vec![forward], why);
+            forwarder
+                .lanes
+                .answered(&forwarder, shard.group, 1, vec![forward], (me, why));
         })
     }
 
@@ -197,37 +190,12 @@ impl Forwarder {
         }
     }
 
-    /// Sends `forwards` (one shard's, in order), which node `from` did not store, to the shard's
-    /// next host: another leader at once, the same node after [`RESEND_PAUSE`], this node
-    /// through its own server; each gets basic.nack (`why`) if none comes before its deadline.
-    fn resend(self: &Arc<Self>, from: u64, forwards: Vec<Forward>, why: String) {
-        let forwarder = self.clone();
-        tokio::spawn(async move {
-            let Some(deadline) = forwards.iter().map(|f| f.deadline).min() else {
-                return;
-            };
-            let next = match forwards[0].shard.clone() {
-                Some(mut shard) => tokio::time::timeout_at(deadline, next_host(&mut shard, from))
-                    .await
-                    .ok(),
-                None => None,
-            };
-            match next {
-                Some(node) if node == forwarder.node() => forwarder.publish_here(forwards),
-                Some(node) => forwarder.send(node, forwards),
-                None => forwards
-                    .into_iter()
-                    .for_each(|f| failed(f.done, &format!("no node stored it: {why}"))),
-            }
-        });
-    }
-
     /// Publishes `forwards` (one shard's, in order) into the queues this node now hosts.
     fn publish_here(self: &Arc<Self>, forwards: Vec<Forward>) {
         let Some(server) = self.here.upgrade() else {
-            return forwards
-                .into_iter()
-                .for_each(|f| failed(f.done, "this node is stopping"));
+            let outcomes =
+                vec![Err(Refusal::Final("this node is stopping".into())); forwards.len()];
+            return self.settle(self.node(), forwards, outcomes);
         };
         let answers: Vec<_> = forwards.iter().map(|f| server.publish(&f.body)).collect();
         let forwarder = self.clone();
@@ -245,6 +213,8 @@ impl Forwarder {
         forwards: Vec<Forward>,
         outcomes: Vec<Result<(), Refusal>>,
     ) {
+        let group = forwards.first().map_or(0, |f| f.group);
+        let numbered = forwards.iter().filter(|f| f.seq.is_some()).count();
         let mut again = Vec::new();
         let mut last_why = String::new();
         for (forward, outcome) in forwards.into_iter().zip(outcomes) {
@@ -254,37 +224,34 @@ impl Forwarder {
                         done(Ok(()));
                     }
                 }
-                Err(Refusal::Again(why)) if forward.may_resend() => {
+                Err(Refusal::Again(why)) if forward.seq.is_some() && forward.may_resend() => {
                     last_why = why;
                     again.push(forward);
                 }
                 Err(refusal) => failed(forward.done, refusal.why()),
             }
         }
-        if !again.is_empty() {
-            self.resend(from, again, last_why);
+        if numbered > 0 {
+            self.lanes
+                .answered(self, group, numbered, again, (from, last_why));
         }
     }
 }
 
-/// The node to send a shard's publishes to after node `failed` did not store them: the shard's
-/// leader once it is another node, or, after [`RESEND_PAUSE`], whichever node leads it.
-async fn next_host(shard: &mut ShardMetrics, failed: u64) -> u64 {
-    match tokio::time::timeout(RESEND_PAUSE, leader_where(shard, |l| l != failed)).await {
-        Ok(other) => other,
-        Err(_) => leader_where(shard, |_| true).await,
+impl Outlet for Forwarder {
+    fn node(&self) -> u64 {
+        self.sequences.from.node
     }
-}
 
-/// The shard's leader once it is one that `wanted` accepts (never, if its metrics stop).
-async fn leader_where(shard: &mut ShardMetrics, wanted: impl Fn(u64) -> bool) -> u64 {
-    use openraft::async_runtime::WatchReceiver;
-    loop {
-        if let Some(leader) = shard.borrow_watched().current_leader.filter(|l| wanted(*l)) {
-            return leader;
-        }
-        if shard.changed().await.is_err() {
-            return std::future::pending().await;
+    fn lanes(&self) -> &Lanes {
+        &self.lanes
+    }
+
+    fn dispatch(self: &Arc<Self>, node: u64, batch: Vec<Forward>) {
+        if node == self.node() {
+            self.publish_here(batch);
+        } else {
+            self.send(node, batch);
         }
     }
 }

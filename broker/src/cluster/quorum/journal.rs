@@ -157,7 +157,7 @@ impl ShardJournal {
             return done;
         };
         let payload = payload.clone();
-        let number = forwarder.number(shard.group);
+        let number = forwarder.number_here(shard.group);
         ops.push(number.mark());
         forwarder.resend_on_failure((shard, *timeout), number, (queue, payload), done)
     }
@@ -179,6 +179,18 @@ impl ShardJournal {
     pub fn hosts(&self, queue: &str) -> bool {
         self.shard(queue).is_some_and(|s| s.epoch().is_some())
     }
+
+    /// Whether a message published on this node into the queue whose record name is `queue` goes
+    /// into the queue here: this node hosts it, and none of its shard's earlier publishes from
+    /// here is still on its way to the previous host (lanes.rs).
+    pub fn publishes_here(&self, queue: &str) -> bool {
+        let Some(shard) = self.shard(queue).filter(|s| s.epoch().is_some()) else {
+            return false;
+        };
+        self.forwarder
+            .get()
+            .is_none_or(|(f, _)| f.in_order_here(shard.group))
+    }
 }
 
 impl Journal for ShardJournal {
@@ -193,7 +205,7 @@ impl Journal for ShardJournal {
         message: &Arc<crate::message::Message>,
     ) -> bool {
         match queue.record_name() {
-            Some(record) if self.forwarder.get().is_some() && !self.hosts(record) => {
+            Some(record) if self.forwarder.get().is_some() && !self.publishes_here(record) => {
                 self.send_to_host(record, (vhost, queue.name().as_str()), message, None);
                 true
             }

@@ -25,6 +25,7 @@ mod get;
 mod holder;
 mod hosting;
 mod journal;
+mod lanes;
 mod receive;
 mod remote;
 mod resend;
