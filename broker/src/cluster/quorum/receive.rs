@@ -14,7 +14,7 @@ use super::journal::ShardJournal;
 use super::sent::{Arrival, Numbered};
 use crate::cluster::raft::codec::{decode, encode, DecodeError, Reader};
 use crate::cluster::raft::network::bad_request;
-use crate::cluster::raft::{rpc, Sender};
+use crate::cluster::raft::rpc;
 use crate::queue::Enqueued;
 
 /// Why a forwarded publish was not stored, as its sender acts on it.
@@ -55,27 +55,18 @@ pub(crate) fn encode_publish(
             None => w.u8(0),
             Some(n) => {
                 w.u8(1);
-                w.u64(n.from.node);
-                w.u64(n.from.incarnation);
-                w.u64(n.seq);
-                w.u64(n.floor);
+                w.number(&n.from, n.seq, n.floor);
             }
         }
     }))
 }
 
 fn read_number(r: &mut Reader<'_>) -> Result<Option<Numbered>, DecodeError> {
-    Ok(match r.bool()? {
-        false => None,
-        true => Some(Numbered {
-            from: Sender {
-                node: r.u64()?,
-                incarnation: r.u64()?,
-            },
-            seq: r.u64()?,
-            floor: r.u64()?,
-        }),
-    })
+    if !r.bool()? {
+        return Ok(None);
+    }
+    let (from, seq, floor) = r.number()?;
+    Ok(Some(Numbered { from, seq, floor }))
 }
 
 /// A batch's answer: each message's outcome, in order (`expected` of them).

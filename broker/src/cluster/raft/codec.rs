@@ -124,12 +124,17 @@ impl Writer {
             }
             QueueOp::Sent { from, seq, floor } => {
                 self.u8(OP_SENT);
-                self.u64(from.node);
-                self.u64(from.incarnation);
-                self.u64(*seq);
-                self.u64(*floor);
+                self.number(from, *seq, *floor);
             }
         }
+    }
+    /// A publish's number (its sender, sequence and floor): in a shard's `QueueOp::Sent` and in
+    /// a forwarded publish alike.
+    pub fn number(&mut self, from: &crate::cluster::raft::Sender, seq: u64, floor: u64) {
+        self.u64(from.node);
+        self.u64(from.incarnation);
+        self.u64(seq);
+        self.u64(floor);
     }
     pub fn entry(&mut self, e: &Entry) {
         self.u8(ENTRY_FORMAT);
@@ -279,16 +284,20 @@ impl<'a> Reader<'a> {
                 queue: self.string()?,
                 id: self.u64()?,
             },
-            OP_SENT => QueueOp::Sent {
-                from: crate::cluster::raft::Sender {
-                    node: self.u64()?,
-                    incarnation: self.u64()?,
-                },
-                seq: self.u64()?,
-                floor: self.u64()?,
-            },
+            OP_SENT => {
+                let (from, seq, floor) = self.number()?;
+                QueueOp::Sent { from, seq, floor }
+            }
             other => return Err(bad(format!("queue operation {other}"))),
         })
+    }
+    /// What [`Writer::number`] wrote: sender, sequence, floor.
+    pub fn number(&mut self) -> Result<(crate::cluster::raft::Sender, u64, u64), DecodeError> {
+        let from = crate::cluster::raft::Sender {
+            node: self.u64()?,
+            incarnation: self.u64()?,
+        };
+        Ok((from, self.u64()?, self.u64()?))
     }
     pub fn entry(&mut self) -> Result<Entry, DecodeError> {
         let format = self.u8()?;
