@@ -7,9 +7,11 @@
 #   rabbitmq-3   a three-node RabbitMQ quorum queue (Debian's 3.10, joined with join_cluster)
 # in one run, on loopback, every broker process on core 0 and the client (warren-load) on core 1, the
 # same TLS material (Warren's dev CA), EXTERNAL login. Records confirm p50/p99 and msg/s.
+# `--cores spread` lets every process (brokers and client) run on both cores instead: the one
+# broker and the three nodes then get the same two cores, not one core each.
 #
 #   benches/quorum.sh [--duration SECS] [--sizes 1024] [--brokers warren-1,warren-3,rabbitmq-1,rabbitmq-3]
-#                     [--prefetch 1000]
+#                     [--prefetch 1000] [--cores pinned|spread]
 #
 # Output: a table on stdout and in benches/results/quorum-<date>.md; raw JSON lines beside it.
 set -euo pipefail
@@ -18,16 +20,22 @@ cd "$root"
 # The consumer's prefetch: 1000 lets either broker's quorum-queue consumer keep up (the issue's
 # condition for the window-1000 row); at 100 neither does on this machine, a settle's round trip
 # through Raft holding each message's credit, and the row measures the consumer instead.
-duration=10 sizes=1024 brokers="warren-1,warren-3,rabbitmq-1,rabbitmq-3" prefetch=1000
+duration=10 sizes=1024 brokers="warren-1,warren-3,rabbitmq-1,rabbitmq-3" prefetch=1000 cores=pinned
 while [ $# -gt 0 ]; do
     case "$1" in
         --duration) duration="$2"; shift 2 ;;
         --sizes) sizes="$2"; shift 2 ;;
         --brokers) brokers="$2"; shift 2 ;;
         --prefetch) prefetch="$2"; shift 2 ;;
-        *) sed -n '2,15p' "$0"; exit 2 ;;
+        --cores) cores="$2"; shift 2 ;;
+        *) sed -n '2,17p' "$0"; exit 2 ;;
     esac
 done
+case "$cores" in
+    pinned) BROKER_CPUS=0 CLIENT_CPUS=1 placement="Every broker process on core 0, the client on core 1" ;;
+    spread) BROKER_CPUS=0,1 CLIENT_CPUS=0,1 placement="Every process (brokers and client) on both cores" ;;
+    *) echo "--cores is pinned or spread" >&2; exit 2 ;;
+esac
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 cargo build -q --release --bin warren --bin brokerctl
@@ -72,9 +80,10 @@ wait_port() { # wait_port PORT SECONDS
     done
     echo "port $1 did not open within $2 s" >&2; return 1
 }
-run_load() { # run_load BROKER PORT PID SCENARIOS
+run_load() { # run_load BROKER PORT PIDS SCENARIOS (PIDS: every node's, comma-separated)
     log "$1: $4"
-    taskset -c 1 "$LOAD" run --broker "$1" --port "$2" --pid "$3" --tls-dir "$TMP/tls" \
+    taskset -c "$CLIENT_CPUS" "$LOAD" run --broker "$1" --port "$2" --pid "$3" \
+        --broker-cpus "$BROKER_CPUS" --tls-dir "$TMP/tls" \
         --scenarios "$4" --sizes "$sizes" --duration "$duration" --prefetch "$prefetch" --out "$RAW" >&2
 }
 want() { [[ ",$brokers," == *",$1,"* ]]; }
@@ -86,7 +95,7 @@ settle_disk() { sync; sleep "${SETTLE_SECS:-30}"; }
 # The dev CA (and the single node, if asked for).
 mkdir -p "$TMP/w1"
 port=$(free_port 12000 12500 1)
-taskset -c 0 "$WARREN" --dev --data-dir "$TMP/w1" --listen "127.0.0.1:$port" >"$TMP/w1.log" 2>&1 &
+taskset -c "$BROKER_CPUS" "$WARREN" --dev --data-dir "$TMP/w1" --listen "127.0.0.1:$port" >"$TMP/w1.log" 2>&1 &
 pid=$!; PIDS+=("$pid")
 wait_port "$port" 30
 cp -a "$TMP/w1/tls" "$TMP/tls"
@@ -99,12 +108,12 @@ settle_disk
 if want warren-3; then
     mkdir -p "$TMP/w3"; cp -a "$TMP/tls" "$TMP/w3/tls"
     port=$(free_port 12000 12500 3)
-    setsid taskset -c 0 "$WARREN" --dev --cluster 3 --data-dir "$TMP/w3" --listen "127.0.0.1:$port" \
+    setsid taskset -c "$BROKER_CPUS" "$WARREN" --dev --cluster 3 --data-dir "$TMP/w3" --listen "127.0.0.1:$port" \
         >"$TMP/w3.log" 2>&1 </dev/null &
     sup=$!; PGIDS+=("$sup")
     for i in 0 1 2; do wait_port $((port + i)) 60; done
     n1=$(pgrep -f "$TMP/w3/n1/warren.toml" | head -1)
-    for p in $(pgrep -f "$TMP/w3/n"); do taskset -acp 0 "$p" >/dev/null; done
+    for p in $(pgrep -f "$TMP/w3/n"); do taskset -acp "$BROKER_CPUS" "$p" >/dev/null; done
     # Every shard is led by its preferred node (cluster::balance: shard g by node (g-1) mod 3 + 1),
     # so node 1, where the client declares the queue (and RabbitMQ's client-local locator puts its
     # leader), leads shards that stay there, and hosts them (a new leader refuses publishes until
@@ -119,7 +128,8 @@ ok = ok and all(g.get("hosting") for g in shards if g.get("leader") == 1)
 sys.exit(0 if ok else 1)' && break
         sleep 0.5
     done
-    run_load warren-3 "$port" "$n1" quorum-w1,quorum,quorum-paced
+    others=$(pgrep -f "$TMP/w3/n[23]/warren.toml" | paste -sd, -)
+    run_load warren-3 "$port" "$n1,$others" quorum-w1,quorum,quorum-paced
     kill -INT "$sup"; wait "$sup" || true
     settle_disk
 fi
@@ -174,7 +184,7 @@ log.console = false
 log.file.level = info
 disk_free_limit.absolute = 64MB
 EOF
-        rmq_env "$n" setsid taskset -c 0 "$RMQ_BIN/rabbitmq-server" >"$base/stdout" 2>"$base/stderr" </dev/null &
+        rmq_env "$n" setsid taskset -c "$BROKER_CPUS" "$RMQ_BIN/rabbitmq-server" >"$base/stdout" 2>"$base/stderr" </dev/null &
         PGIDS+=("$!")
         rmqctl "$n" wait --timeout 120 "$base/rabbitmq.pid" >/dev/null
         if [ "$n" != 1 ]; then
@@ -183,7 +193,7 @@ EOF
             rmqctl "$n" start_app >/dev/null
         fi
         wait_port "${AMQP[$n]}" 60
-        taskset -acp 0 "$(cat "$base/rabbitmq.pid")" >/dev/null
+        taskset -acp "$BROKER_CPUS" "$(cat "$base/rabbitmq.pid")" >/dev/null
         if [ "$n" = 1 ]; then
             rmqctl 1 add_user admin "$(head -c 18 /dev/urandom | base64)" >/dev/null
             rmqctl 1 set_permissions -p / admin '.*' '.*' '.*' >/dev/null
@@ -195,21 +205,22 @@ EOF
     done
     if want rabbitmq-3; then
         rmqctl 1 cluster_status | grep -A4 -i "running nodes" >&2 || true
-        run_load rabbitmq-3 "${AMQP[1]}" "$(cat "$TMP/rmq1/rabbitmq.pid")" quorum-w1,quorum,quorum-paced
+        rpids=$(for n in $nodes; do echo "$(cat "$TMP/rmq$n/rabbitmq.pid")"; done | paste -sd, -)
+        run_load rabbitmq-3 "${AMQP[1]}" "$rpids" quorum-w1,quorum,quorum-paced
     fi
     for n in $nodes; do rmqctl "$n" stop >/dev/null 2>&1 || true; done
 fi
 
-python3 - "$RAW" "$MD" "$duration" "$prefetch" <<'PY'
+python3 - "$RAW" "$MD" "$duration" "$prefetch" "$placement" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if '"scenario":"_meta"' not in l]
 out = [f"# Quorum queues: 1 KiB persistent publishes with confirms, consumer acking with prefetch {sys.argv[4]} ({sys.argv[3]} s windows)\n",
-       "Every broker process on core 0, the client on core 1; confirm latency: publish written → ack read.",
+       f"{sys.argv[5]}; confirm latency: publish written → ack read.",
        "Consumer behind: published − consumed at the end; the load client publishes at most 10,000 ahead,",
        "so a row at 10,000 ran at its consumer's pace with the publisher's window mostly not full. A",
        "publisher that keeps its window full waits window ÷ rate on average (Little's law): with the",
        "consumer keeping up, the window-1000 p50 is about 1000 ÷ msg/s.\n",
-       "| broker | queue | window | msg/s | confirm p50 µs | confirm p99 µs | consumer behind | broker µs CPU/msg |",
+       "| broker | queue | window | msg/s | confirm p50 µs | confirm p99 µs | consumer behind | broker µs CPU/msg (all its nodes) |",
        "|---|---|--:|--:|--:|--:|--:|--:|"]
 by = {}
 for r in rows:

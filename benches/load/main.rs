@@ -52,9 +52,13 @@ struct RunArgs {
     broker: String,
     #[arg(long)]
     port: u16,
-    /// The broker's (or echo server's) process id (CPU and RSS are read from /proc/PID).
-    #[arg(long)]
-    pid: u32,
+    /// The broker's (or echo server's) process id (CPU and RSS are read from /proc/PID); for a
+    /// cluster, every node's, comma-separated: CPU is their sum, RSS and threads the first's.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pid: Vec<u32>,
+    /// The cores every broker process is pinned to before each run (`taskset -acp` list).
+    #[arg(long, default_value = "0")]
+    broker_cpus: String,
     /// Directory with ca.pem, admin.pem, admin.key.
     #[arg(long)]
     tls_dir: PathBuf,
@@ -224,7 +228,8 @@ async fn run_async(args: RunArgs) -> Result<()> {
     let ctx = Ctx {
         broker: args.broker.clone(),
         target: target.clone(),
-        pid: args.pid,
+        pid: args.pid[0],
+        pids: args.pid.clone(),
         port: args.port,
         tls_dir: args.tls_dir.clone(),
         warmup: Duration::from_secs_f64(args.warmup),
@@ -267,7 +272,7 @@ async fn run_async(args: RunArgs) -> Result<()> {
     };
     let meta = json!({
         "broker": args.broker, "scenario": "_meta", "tls_version": tls_version, "cipher": cipher,
-        "broker_threads": procfs::threads(args.pid), "loadavg_at_start": procfs::loadavg(),
+        "broker_threads": procfs::threads(args.pid[0]), "loadavg_at_start": procfs::loadavg(),
         "duration": args.duration, "warmup": args.warmup,
     });
     writeln!(out, "{meta}")?;
@@ -288,8 +293,10 @@ async fn run_async(args: RunArgs) -> Result<()> {
                 tokio::time::sleep(Duration::from_secs_f64(args.gap)).await;
             }
             first = false;
-            // Re-apply the pinning: every thread of the broker on core 0.
-            procfs::pin(args.pid, 0)?;
+            // Re-apply the pinning: every thread of the broker on its cores.
+            for pid in &args.pid {
+                procfs::pin(*pid, &args.broker_cpus)?;
+            }
             let load = procfs::loadavg();
             let r = tokio::time::timeout(
                 2 * (ctx.warmup + ctx.duration) + ctx.open_budget + Duration::from_secs(240),

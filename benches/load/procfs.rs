@@ -75,15 +75,16 @@ pub fn threads(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
 }
 
-/// `taskset -acp CORE PID`: pins every thread of `pid` to `core` (threads created later inherit it).
-pub fn pin(pid: u32, core: u32) -> Result<()> {
+/// `taskset -acp CORES PID`: pins every thread of `pid` to `cores` (a list such as `0` or `0,1`;
+/// threads created later inherit it).
+pub fn pin(pid: u32, cores: &str) -> Result<()> {
     let out = Command::new("taskset")
-        .args(["-acp", &core.to_string(), &pid.to_string()])
+        .args(["-acp", cores, &pid.to_string()])
         .output()
         .context("running taskset")?;
     if !out.status.success() {
         anyhow::bail!(
-            "taskset -acp {core} {pid}: {}",
+            "taskset -acp {cores} {pid}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }

@@ -54,7 +54,11 @@ pub(super) struct Snap {
 pub(super) fn snap(ctx: &Ctx, count: u64) -> Result<Snap> {
     Ok(Snap {
         t: Instant::now(),
-        broker: procfs::cpu_secs(ctx.pid)?,
+        broker: ctx
+            .pids
+            .iter()
+            .map(|p| procfs::cpu_secs(*p))
+            .sum::<Result<f64>>()?,
         client: procfs::self_cpu_secs(),
         count,
     })

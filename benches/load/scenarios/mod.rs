@@ -61,6 +61,8 @@ pub struct Ctx {
     pub broker: String,
     pub target: Arc<Target>,
     pub pid: u32,
+    /// Every broker process (a cluster's nodes): their CPU is summed.
+    pub pids: Vec<u32>,
     pub port: u16,
     pub tls_dir: std::path::PathBuf,
     pub warmup: Duration,

@@ -247,3 +247,109 @@ pub(super) async fn leader_where(shard: &mut ShardMetrics, wanted: impl Fn(u64) 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::raft::Types;
+    use openraft::async_runtime::WatchSender;
+    use openraft::type_config::alias::{WatchOf, WatchSenderOf};
+    use openraft::RaftMetrics;
+
+    type Metrics = WatchSenderOf<Types, RaftMetrics<Types>>;
+
+    /// An outlet that records what went where and keeps it for the test to answer.
+    struct Recorder {
+        lanes: Lanes,
+        sent: parking_lot::Mutex<Vec<(u64, Vec<Forward>)>>,
+    }
+
+    impl Outlet for Recorder {
+        fn node(&self) -> u64 {
+            1
+        }
+        fn lanes(&self) -> &Lanes {
+            &self.lanes
+        }
+        fn dispatch(self: &Arc<Self>, node: u64, batch: Vec<Forward>) {
+            self.sent.lock().push((node, batch));
+        }
+    }
+
+    impl Recorder {
+        /// Where each dispatch went, with its sequence numbers.
+        fn log(&self) -> Vec<(u64, Vec<u64>)> {
+            let sent = self.sent.lock();
+            let seqs = |b: &Vec<Forward>| b.iter().map(|f| f.seq.unwrap()).collect();
+            sent.iter().map(|(n, b)| (*n, seqs(b))).collect()
+        }
+
+        /// Takes dispatch `i`'s publishes back (to answer them).
+        fn take(&self, i: usize) -> Vec<Forward> {
+            std::mem::take(&mut self.sent.lock()[i].1)
+        }
+
+        async fn wait_for(&self, dispatches: usize) {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while self.sent.lock().len() < dispatches {
+                assert!(Instant::now() < deadline, "dispatches: {:?}", self.log());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+
+    fn leader(metrics: &Metrics, node: u64) {
+        metrics.send_if_modified(|m| {
+            m.current_leader = Some(node);
+            true
+        });
+    }
+
+    fn publish(seq: u64, metrics: &Metrics) -> Forward {
+        Forward {
+            group: 1,
+            seq: Some(seq),
+            body: Bytes::new(),
+            done: None,
+            shard: Some(metrics.subscribe()),
+            deadline: Instant::now() + Duration::from_secs(10),
+        }
+    }
+
+    #[tokio::test]
+    async fn publishes_for_a_new_host_wait_for_the_old_hosts_answers_and_go_after_its_resends() {
+        use openraft::async_runtime::watch::Watch;
+        let (metrics, _watching) = WatchOf::<Types>::channel(RaftMetrics::new_initial(1));
+        leader(&metrics, 2);
+        let out = Arc::new(Recorder {
+            lanes: Lanes::default(),
+            sent: Default::default(),
+        });
+        // Node 2 hosts: publishes go straight there, one after another.
+        out.lanes.send_in_order(&out, Some(2), publish(0, &metrics));
+        out.lanes.send_in_order(&out, Some(2), publish(1, &metrics));
+        // Node 3 takes over: a publish for it waits while 0 and 1 are unanswered, and so does
+        // this node's own one (it must not overtake them into a queue here either).
+        leader(&metrics, 3);
+        out.lanes.send_in_order(&out, Some(3), publish(2, &metrics));
+        assert!(!out.lanes.in_order_here(1, 1));
+        assert_eq!(out.log(), [(2, vec![0]), (2, vec![1])]);
+        // 0 was stored; 1 was not and comes back: it goes to node 3 ahead of 2.
+        out.take(0);
+        out.lanes
+            .answered(&out, 1, 1, Vec::new(), (2, String::new()));
+        assert_eq!(out.log().len(), 2, "nothing is sent while 1 is unanswered");
+        let again = out.take(1);
+        out.lanes.answered(&out, 1, 1, again, (2, "lost".into()));
+        out.wait_for(3).await;
+        assert_eq!(out.log()[2], (3, vec![1, 2]));
+        // The lane is open to node 3 again: the next publish goes straight after them.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while out.lanes.lane(1, |l| l.draining) {
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        out.lanes.send_in_order(&out, Some(3), publish(3, &metrics));
+        assert_eq!(out.log()[3], (3, vec![3]));
+    }
+}
