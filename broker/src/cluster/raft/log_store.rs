@@ -161,6 +161,8 @@ impl RecordWriter for crate::persist::Durability {
 struct State {
     vote: Option<Vote>,
     committed: Option<LogId>,
+    /// A queue shard's `committed` not written yet: it goes with the next append.
+    committed_unwritten: bool,
     purged: Option<LogId>,
     entries: BTreeMap<u64, Entry>,
     /// The stored size of `entries` (what they hold in memory, about).
@@ -334,6 +336,19 @@ impl RaftLogStorage<Types> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         check_writes(&*self.writer)?;
+        if self.group != super::meta::GROUP {
+            // A queue shard commits an entry per publish or batch: its `committed` is written
+            // with the next append instead of waking the store thread once more per commit (on
+            // the commit's path: about a tenth of a window-1 confirm on a shared core). After a
+            // restart the shard's replica may be that far behind until this node sees the next
+            // commit, which openraft allows (it only hosts after committing an entry of its own
+            // term, and a follower's replica is read by nobody). The metadata group's is
+            // written at once, so a restarted node's definitions are as it last applied them.
+            let mut state = self.state.lock();
+            state.committed = committed;
+            state.committed_unwritten = true;
+            return Ok(());
+        }
         self.state.lock().committed = committed;
         let record = put(
             self.keys().named("committed"),
@@ -363,6 +378,11 @@ impl RaftLogStorage<Types> for LogStore {
                 state.note(entry.log_id.index, value.len() as u64);
                 records.push(put(keys.entry(entry.log_id.index), value));
                 state.entries.insert(entry.log_id.index, entry);
+            }
+            if std::mem::take(&mut state.committed_unwritten) {
+                // After the entries: never ahead of what this log holds.
+                let committed = encode(|w| w.opt_log_id(&state.committed));
+                records.push(put(keys.named("committed"), committed));
             }
         }
         self.writer.write(

@@ -172,7 +172,7 @@ async fn a_reopened_log_has_what_was_appended_voted_committed_truncated_and_purg
     let dir = tempfile::tempdir().unwrap();
     {
         let (writer, recovered) = open(DiskMedium::new(dir.path()).unwrap());
-        let mut store = LogStore::recover(3, writer.clone(), &recovered).unwrap();
+        let mut store = LogStore::recover(0, writer.clone(), &recovered).unwrap();
         let (tx, rx) = <Types as openraft::type_config::TypeConfigExt>::oneshot();
         let entries: Vec<Entry> = (0..10).map(|i| Entry::new_blank(log_id(1, i))).collect();
         store
@@ -181,6 +181,7 @@ async fn a_reopened_log_has_what_was_appended_voted_committed_truncated_and_purg
             .unwrap();
         rx.await.unwrap().unwrap();
         store.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+        // The metadata group's: written at once (a shard's goes with its next append).
         store.save_committed(Some(log_id(1, 6))).await.unwrap();
         store.truncate_after(Some(log_id(1, 7))).await.unwrap();
         store.purge(log_id(1, 2)).await.unwrap();
@@ -190,7 +191,7 @@ async fn a_reopened_log_has_what_was_appended_voted_committed_truncated_and_purg
         writer.0.flush().unwrap();
     }
     let (writer, recovered) = open(DiskMedium::new(dir.path()).unwrap());
-    let mut store = LogStore::recover(3, writer.clone(), &recovered).unwrap();
+    let mut store = LogStore::recover(0, writer.clone(), &recovered).unwrap();
     let state = store.get_log_state().await.unwrap();
     assert_eq!(state.last_purged_log_id, Some(log_id(1, 2)));
     assert_eq!(state.last_log_id, Some(log_id(1, 7)));
@@ -351,4 +352,48 @@ async fn only_what_openraft_waits_for_costs_a_sync_and_a_failure_of_the_rest_is_
     // Its (reported) failure stops the group all the same.
     let error = store.save_vote(&Vote::new(2, 1)).await.unwrap_err();
     assert!(error.to_string().contains("disk full"), "{error}");
+}
+
+/// The keys `spy` was given, in order, and forgets them.
+fn written_keys(spy: &Spy) -> Vec<String> {
+    std::mem::take(&mut *spy.0.lock())
+        .into_iter()
+        .map(|r| match r {
+            Record::Put { key, .. } | Record::Delete { key } => key,
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_shards_committed_goes_with_its_next_append_and_the_metadata_groups_at_once() {
+    let spy = Arc::new(Spy::default());
+    let mut shard = LogStore::recover(3, spy.clone(), &BTreeMap::new()).unwrap();
+    let append = |i: u64| vec![Entry::new_blank(log_id(1, i))];
+    let noop = openraft::storage::IOFlushed::noop;
+    shard.append(append(0), noop()).await.unwrap();
+    written_keys(&spy);
+    shard.save_committed(Some(log_id(1, 0))).await.unwrap();
+    assert_eq!(written_keys(&spy), Vec::<String>::new());
+    assert_eq!(shard.read_committed().await.unwrap(), Some(log_id(1, 0)));
+    shard.append(append(1), noop()).await.unwrap();
+    assert_eq!(
+        written_keys(&spy),
+        ["raft/3/entry/00000000000000000001", "raft/3/committed"]
+    );
+    // Once written, it is not written again with the next append.
+    shard.append(append(2), noop()).await.unwrap();
+    assert_eq!(written_keys(&spy), ["raft/3/entry/00000000000000000002"]);
+    let recovered: BTreeMap<String, bytes::Bytes> = BTreeMap::from([(
+        "raft/3/committed".to_string(),
+        bytes::Bytes::from(encode(|w| w.opt_log_id(&Some(log_id(1, 0))))),
+    )]);
+    let mut again = LogStore::recover(3, spy.clone(), &recovered).unwrap();
+    assert_eq!(again.read_committed().await.unwrap(), Some(log_id(1, 0)));
+
+    let mut meta = LogStore::recover(0, spy.clone(), &BTreeMap::new()).unwrap();
+    meta.append(append(0), noop()).await.unwrap();
+    written_keys(&spy);
+    meta.save_committed(Some(log_id(1, 0))).await.unwrap();
+    assert_eq!(written_keys(&spy), ["raft/0/committed"]);
 }
