@@ -276,7 +276,8 @@ impl Cluster {
         })];
         let mut shards = Vec::new();
         for group in 1..=u32::from(config.queue_shards) {
-            let log = LogStore::recover(group, writer.clone(), raft_records)?;
+            let log =
+                LogStore::recover(group, writer.clone(), raft_records)?.committed_with_appends();
             let machine = ShardMachine::recover(group, writer.clone(), raft_records)?;
             let raft: ShardRaft =
                 start_raft(config, group, &links, log.clone(), machine.clone()).await?;

@@ -199,6 +199,8 @@ pub struct LogStore {
     group: u32,
     state: Arc<Mutex<State>>,
     writer: Arc<dyn RecordWriter>,
+    /// The committed index is written with the next append rather than at once (queue shards).
+    committed_with_appends: bool,
 }
 
 impl LogStore {
@@ -252,7 +254,20 @@ impl LogStore {
             group,
             state: Arc::new(Mutex::new(state)),
             writer,
+            committed_with_appends: false,
         })
+    }
+
+    /// Writes the committed index with the next append instead of at once: a queue shard
+    /// commits an entry per publish or batch, and waking the store thread for each sits on the
+    /// confirm's path. After a restart the group's state machine may then be that far behind
+    /// until this node sees the next commit, which openraft allows; for a shard it is harmless
+    /// (a node hosts only after committing an entry of its own term, and nobody reads a
+    /// follower's replica). The metadata group keeps writing it at once, so a restarted node
+    /// serves the definitions it had applied.
+    pub fn committed_with_appends(mut self) -> Self {
+        self.committed_with_appends = true;
+        self
     }
 
     fn keys(&self) -> Keys {
@@ -336,14 +351,7 @@ impl RaftLogStorage<Types> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         check_writes(&*self.writer)?;
-        if self.group != super::meta::GROUP {
-            // A queue shard commits an entry per publish or batch: its `committed` is written
-            // with the next append instead of waking the store thread once more per commit (on
-            // the commit's path: about a tenth of a window-1 confirm on a shared core). After a
-            // restart the shard's replica may be that far behind until this node sees the next
-            // commit, which openraft allows (it only hosts after committing an entry of its own
-            // term, and a follower's replica is read by nobody). The metadata group's is
-            // written at once, so a restarted node's definitions are as it last applied them.
+        if self.committed_with_appends {
             let mut state = self.state.lock();
             state.committed = committed;
             state.committed_unwritten = true;

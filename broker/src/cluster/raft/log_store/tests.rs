@@ -172,7 +172,7 @@ async fn a_reopened_log_has_what_was_appended_voted_committed_truncated_and_purg
     let dir = tempfile::tempdir().unwrap();
     {
         let (writer, recovered) = open(DiskMedium::new(dir.path()).unwrap());
-        let mut store = LogStore::recover(0, writer.clone(), &recovered).unwrap();
+        let mut store = LogStore::recover(3, writer.clone(), &recovered).unwrap();
         let (tx, rx) = <Types as openraft::type_config::TypeConfigExt>::oneshot();
         let entries: Vec<Entry> = (0..10).map(|i| Entry::new_blank(log_id(1, i))).collect();
         store
@@ -181,7 +181,6 @@ async fn a_reopened_log_has_what_was_appended_voted_committed_truncated_and_purg
             .unwrap();
         rx.await.unwrap().unwrap();
         store.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
-        // The metadata group's: written at once (a shard's goes with its next append).
         store.save_committed(Some(log_id(1, 6))).await.unwrap();
         store.truncate_after(Some(log_id(1, 7))).await.unwrap();
         store.purge(log_id(1, 2)).await.unwrap();
@@ -191,7 +190,7 @@ async fn a_reopened_log_has_what_was_appended_voted_committed_truncated_and_purg
         writer.0.flush().unwrap();
     }
     let (writer, recovered) = open(DiskMedium::new(dir.path()).unwrap());
-    let mut store = LogStore::recover(0, writer.clone(), &recovered).unwrap();
+    let mut store = LogStore::recover(3, writer.clone(), &recovered).unwrap();
     let state = store.get_log_state().await.unwrap();
     assert_eq!(state.last_purged_log_id, Some(log_id(1, 2)));
     assert_eq!(state.last_log_id, Some(log_id(1, 7)));
@@ -366,9 +365,11 @@ fn written_keys(spy: &Spy) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn a_shards_committed_goes_with_its_next_append_and_the_metadata_groups_at_once() {
+async fn a_shards_committed_goes_with_its_next_append_and_otherwise_at_once() {
     let spy = Arc::new(Spy::default());
-    let mut shard = LogStore::recover(3, spy.clone(), &BTreeMap::new()).unwrap();
+    let mut shard = LogStore::recover(3, spy.clone(), &BTreeMap::new())
+        .unwrap()
+        .committed_with_appends();
     let append = |i: u64| vec![Entry::new_blank(log_id(1, i))];
     let noop = openraft::storage::IOFlushed::noop;
     shard.append(append(0), noop()).await.unwrap();
