@@ -324,15 +324,10 @@ impl Vhost {
         queue
     }
 
-    /// The text value of `key` in the policy that applies to queue `name` (arguments `args`).
-    pub(crate) fn policy_text(
-        &self,
-        name: &str,
-        args: &arguments::QueueArguments,
-        key: &str,
-    ) -> Option<String> {
+    /// The text value of `key` in the policy that applies to `name` of `kind`.
+    pub(crate) fn policy_text(&self, name: &str, kind: policy::Kind, key: &str) -> Option<String> {
         let in_force = self.policies.read().clone();
-        policy::select(&in_force.policies, name, policy::Kind::of_queue(args))
+        policy::select(&in_force.policies, name, kind)
             .and_then(|p| p.def.definition.get(key))
             .and_then(|v| v.as_str())
             .map(str::to_string)
@@ -401,10 +396,12 @@ impl Vhost {
 
     /// Gives `exchange` the `alternate-exchange` of the policy that applies to it, if any.
     fn apply_exchange_policy(&self, exchange: &Exchange) {
-        let in_force = self.policies.read().clone();
-        let alternate = policy::select(&in_force.policies, exchange.name(), policy::Kind::Exchange)
-            .and_then(|p| p.def.definition.get("alternate-exchange"))
-            .and_then(|v| v.as_str())
+        let alternate = self
+            .policy_text(
+                exchange.name(),
+                policy::Kind::Exchange,
+                "alternate-exchange",
+            )
             .map(Arc::from);
         exchange.set_policy_alternate(alternate);
     }

@@ -206,7 +206,11 @@ impl Vhost {
                 // advisory for shards: a shard this node leads, when it leads one. A policy's
                 // `queue-leader-locator` wins over the argument, as in RabbitMQ.
                 let locator = self
-                    .policy_text(&spec.name, &args, "queue-leader-locator")
+                    .policy_text(
+                        &spec.name,
+                        crate::policy::Kind::of_queue(&args),
+                        "queue-leader-locator",
+                    )
                     .or_else(|| {
                         spec.arguments
                             .inner()
