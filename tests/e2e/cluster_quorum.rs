@@ -1119,3 +1119,41 @@ async fn a_subscription_dropped_while_the_link_was_down_is_ended_at_the_host_aft
     ready_settles_at(host, 10).await;
     pc.close().await;
 }
+
+/// A message reaches a consumer on its queue's host only once a majority has it, as RabbitMQ's
+/// quorum queue delivers only what its log applied: while the host is cut off from both other
+/// nodes its consumer gets nothing (a failed host could otherwise hand out a message it never
+/// committed); once the links are back the message comes, once, and its confirm with it.
+#[tokio::test]
+async fn a_consumer_on_the_host_gets_a_message_only_once_a_majority_has_it() {
+    use warren_tests::client::ChannelEvent;
+    let cluster = LinkCluster::new(3);
+    let brokers = three_nodes(&cluster).await;
+    let all: Vec<&TestBroker> = brokers.iter().collect();
+    let (host, _) = quorum_queue(&all, []).await;
+    let c = host.connect().await;
+    let ch = c.channel().await;
+    let (_, mut consumer) = ch.consume(QUEUE, "here", true).await;
+    let (pc, _, pch) = host.connect_with_confirming_channel().await;
+    pch.publish_acked("", QUEUE, BasicProperties::default(), b"before")
+        .await;
+    ack(&ch, consumer.recv().await.tag).await;
+    for b in all.iter().filter(|b| node_id(b) != node_id(host)) {
+        cut(host, b, true);
+    }
+    publish_only(&pch, "cut", 0..1).await;
+    consumer.assert_quiet(Duration::from_millis(800)).await;
+    for b in &all {
+        cut(host, b, false);
+    }
+    let got = consumer.recv().await;
+    assert_eq!(got.body, b"cut-0");
+    match pch.next_event().await {
+        ChannelEvent::Ack { tag: 2, .. } => {}
+        other => panic!("expected the ack of the second publish, got {other:?}"),
+    }
+    ack(&ch, got.tag).await;
+    consumer.assert_quiet(Duration::from_millis(300)).await;
+    pc.close().await;
+    c.close().await;
+}

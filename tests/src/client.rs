@@ -514,14 +514,28 @@ impl Consumer {
         out
     }
 
-    /// Asserts nothing more is delivered for `wait`.
-    pub async fn assert_quiet(&mut self, wait: Duration) {
+    /// Asserts a consumer cancelled before gets nothing more within `wait`.
+    pub async fn assert_ended(&mut self, wait: Duration) {
         if let Ok(Some(msg)) = tokio::time::timeout(wait, self.rx.recv()).await {
             panic!(
-                "unexpected delivery: {:?}",
+                "a delivery after the cancel: {:?}",
                 msg.content
                     .map(|c| String::from_utf8_lossy(&c).into_owned())
             );
+        }
+    }
+
+    /// Asserts nothing more is delivered for `wait`, and that the consumer is still there (one
+    /// whose channel closed meanwhile would be quiet too).
+    pub async fn assert_quiet(&mut self, wait: Duration) {
+        match tokio::time::timeout(wait, self.rx.recv()).await {
+            Ok(Some(msg)) => panic!(
+                "unexpected delivery: {:?}",
+                msg.content
+                    .map(|c| String::from_utf8_lossy(&c).into_owned())
+            ),
+            Ok(None) => panic!("the consumer ended while it was expected to be quiet"),
+            Err(_) => {}
         }
     }
 }

@@ -58,6 +58,9 @@ pub enum Command<C> {
     Detach { consumer: C },
     /// A redeclare: counts as use for `x-expires`.
     Touch,
+    /// The records of the messages stored under ids up to `id` are committed: with
+    /// `Settings::delivers_committed`, they may be handed out now.
+    Committed { id: u64 },
     /// queue.purge: drops every ready message.
     Purge,
     /// queue.delete: the queue stops taking messages and its consumers are cancelled.

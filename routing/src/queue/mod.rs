@@ -167,6 +167,9 @@ impl Queue {
             args: args.clone(),
             auto_delete: spec.auto_delete,
             stores: durability.is_some(),
+            delivers_committed: durability
+                .as_ref()
+                .is_some_and(|(journal, _)| journal.delivers_committed()),
         };
         let mut fx = Vec::new();
         let state = QueueState::new(settings, paging, now, &mut fx);
@@ -333,6 +336,12 @@ impl Queue {
         result
     }
 
+    /// The records of the messages stored under ids up to `id` are committed: a queue that
+    /// `delivers_committed` hands them out now.
+    fn committed(self: &Arc<Self>, id: u64, now: Now) {
+        self.apply_and_dispatch(Command::Committed { id }, now);
+    }
+
     /// Applies `command` and what follows any change of the ready list (a dispatch).
     fn apply_and_dispatch(self: &Arc<Self>, command: Command<Arc<Consumer>>, now: Now) -> Outcome {
         self.under_lock(now, |l, after| {
@@ -428,7 +437,18 @@ impl Queue {
                             id,
                             payload: s.payload,
                         };
-                        journal.write(vec![record], s.confirm.map(|c| c.hold()));
+                        let done = s.confirm.map(|c| c.hold());
+                        if journal.delivers_committed() {
+                            let queue = Arc::downgrade(self);
+                            let applied = Box::new(move |now| {
+                                if let Some(queue) = queue.upgrade() {
+                                    queue.committed(id, now);
+                                }
+                            });
+                            journal.write_applied(vec![record], done, applied);
+                        } else {
+                            journal.write(vec![record], done);
+                        }
                     }
                 }
                 Effect::Forget { id } => after.forget.push(id),

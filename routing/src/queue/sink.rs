@@ -39,6 +39,22 @@ pub trait Journal: Send + Sync + std::fmt::Debug {
     /// Appends `records`; `done` is called once they are durable (or failed).
     fn write(&self, records: Vec<Record>, done: Option<Completion>);
 
+    /// Whether a queue may hand out a message written here only once its record is committed and
+    /// applied (a quorum queue's shard: RabbitMQ's quorum queue delivers only what its log
+    /// applied, so no consumer sees a message a failed leader never committed). Such a queue
+    /// writes its messages with [`Journal::write_applied`].
+    fn delivers_committed(&self) -> bool {
+        false
+    }
+
+    /// [`Journal::write`], then `applied` with the time once the records are applied here; never
+    /// when the write fails (nor for a copy resent elsewhere: the queue here does not hold it),
+    /// and never before this returns (the queue calls it under its lock). Only a journal that
+    /// `delivers_committed` is asked; for others it is `write`.
+    fn write_applied(&self, records: Vec<Record>, done: Option<Completion>, _applied: Applied) {
+        self.write(records, done);
+    }
+
     /// The message of `queue` stored under `id` came back after a delivery. A single node's log
     /// keeps no count (nor does RabbitMQ's classic queue); a quorum queue's shard does.
     fn returned(&self, _queue: &str, _id: u64) {}
@@ -67,6 +83,9 @@ pub trait Journal: Send + Sync + std::fmt::Debug {
         false
     }
 }
+
+/// What a queue is told once its records are applied (`Journal::write_applied`), with the time.
+pub type Applied = Box<dyn FnOnce(crate::time::Now) + Send>;
 
 /// How a cluster node's vhost asks the metadata group to delete a queue it found unused (expired
 /// by `x-expires`, its exclusive owner closed, its last consumer gone): on every node, not only

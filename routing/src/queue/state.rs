@@ -42,6 +42,9 @@ pub struct Settings {
     pub auto_delete: bool,
     /// Persistent messages are stored in the log (a durable queue).
     pub stores: bool,
+    /// A stored message is handed out only once its record is committed (`Command::Committed`): a
+    /// replicated queue's host, as RabbitMQ's quorum queue delivers only what its log applied.
+    pub delivers_committed: bool,
 }
 
 #[derive(Debug)]
@@ -59,9 +62,15 @@ pub struct QueueState<C> {
     last_used: Instant,
     /// The head deadline a timer is set for (None: no timer).
     ttl_armed: Option<Instant>,
+    /// The store ids of enqueued messages whose records are not committed yet, in the order they
+    /// were written (increasing), with `delivers_committed`: none of these is handed out, and
+    /// since a log commits in order, neither is anything behind the first of them.
+    uncommitted: std::collections::VecDeque<u64>,
 }
 
 /// A queue's whole state as values: what a replica is sent instead of the commands before it.
+/// Which of its messages wait for their commit is not part of it: that is the host's own
+/// knowledge of its log, and a replica's messages are all committed.
 #[derive(Debug, Clone)]
 pub struct Snapshot<C> {
     /// Ready messages in delivery order.
@@ -115,6 +124,7 @@ impl<C: ConsumerHandle> QueueState<C> {
             had_consumer: false,
             last_used: now,
             ttl_armed: None,
+            uncommitted: std::collections::VecDeque::new(),
         }
     }
 
@@ -177,7 +187,7 @@ impl<C: ConsumerHandle> QueueState<C> {
             Command::Get => {
                 self.last_used = at;
                 self.expire_head(at, fx);
-                let got = self.ready.pop_front().map(|e| (e, self.ready.len_u32()));
+                let got = self.pop_committed().map(|e| (e, self.ready.len_u32()));
                 self.arm_ttl(fx);
                 Outcome::Got(got)
             }
@@ -223,7 +233,14 @@ impl<C: ConsumerHandle> QueueState<C> {
                 self.last_used = at;
                 Outcome::Done
             }
+            Command::Committed { id } => {
+                while self.uncommitted.front().is_some_and(|&first| first <= id) {
+                    self.uncommitted.pop_front();
+                }
+                Outcome::Done
+            }
             Command::Purge => {
+                self.uncommitted.clear();
                 let count = self.ready.len_u32();
                 let (entries, paged_ids) = self.ready.clear(self.settings.stores);
                 // In id order: which entries were paged is this node's business, not the effects'.
@@ -235,6 +252,7 @@ impl<C: ConsumerHandle> QueueState<C> {
             }
             Command::Delete => {
                 self.deleted = true;
+                self.uncommitted.clear();
                 let count = self.ready.len_u32();
                 self.ready.clear(false);
                 let consumers = std::mem::take(&mut self.consumers);
@@ -287,6 +305,9 @@ impl<C: ConsumerHandle> QueueState<C> {
         if let Some(id) = store_id {
             entry.store_id = Some(id);
             fx.push(Effect::Store { id });
+            if self.settings.delivers_committed {
+                self.uncommitted.push_back(id);
+            }
         }
         self.ready.push(entry);
         Enqueued::Yes
@@ -372,7 +393,7 @@ impl<C: ConsumerHandle> QueueState<C> {
         self.expire_head(now, fx);
         // Not a consumer of this queue (a command out of order) gets nothing, like an empty queue.
         let idx = self.consumers.iter().position(|c| c.is(&consumer));
-        match idx.and_then(|idx| Some((idx, self.ready.pop_front()?))) {
+        match idx.and_then(|idx| Some((idx, self.pop_committed()?))) {
             Some((idx, entry)) => {
                 self.next_consumer = idx + 1;
                 fx.push(Effect::Deliver { consumer, entry });
@@ -489,9 +510,27 @@ impl<C: ConsumerHandle> QueueState<C> {
         None
     }
 
-    /// Whether a dispatch could hand anything out (ready messages and consumers both).
-    pub fn can_dispatch(&self) -> bool {
-        !self.ready.is_empty() && !self.consumers.is_empty()
+    /// Whether a dispatch could hand anything out (a committed head and consumers both).
+    pub fn can_dispatch(&mut self) -> bool {
+        !self.consumers.is_empty() && self.head_committed()
+    }
+
+    /// Whether there is a head and its record is committed (or needs no commit). Messages enqueued
+    /// here carry increasing ids and are committed in that order; whatever else is ready (restored,
+    /// returned, staged) was committed before any of them was written.
+    fn head_committed(&mut self) -> bool {
+        let first = self.uncommitted.front().copied();
+        self.ready
+            .front()
+            .is_some_and(|head| first.is_none_or(|first| head.store_id.is_none_or(|id| id < first)))
+    }
+
+    /// Takes the head, unless it waits for its commit.
+    fn pop_committed(&mut self) -> Option<Entry> {
+        if !self.head_committed() {
+            return None;
+        }
+        self.ready.pop_front()
     }
 
     pub fn is_deleted(&self) -> bool {

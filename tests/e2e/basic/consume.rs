@@ -93,7 +93,7 @@ async fn cancel_stops_deliveries() {
         .unwrap();
     assert_eq!(cancelled, tag);
     ch.publish("", "cancel-q", b"kept").await;
-    consumer.assert_quiet(QUIET).await;
+    consumer.assert_ended(QUIET).await;
     assert_eq!(bodies(&ch.drain("cancel-q").await), ["kept"]);
     // Cancelling an unknown tag is not an error.
     ch.basic_cancel(BasicCancelArguments::new("no-such-tag"))

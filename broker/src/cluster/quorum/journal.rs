@@ -214,6 +214,78 @@ impl Journal for ShardJournal {
     }
 
     fn write(&self, records: Vec<Record>, done: Option<Completion>) {
+        self.write_to_shard(records, done, None);
+    }
+
+    fn delivers_committed(&self) -> bool {
+        true
+    }
+
+    fn write_applied(
+        &self,
+        records: Vec<Record>,
+        done: Option<Completion>,
+        applied: crate::queue::sink::Applied,
+    ) {
+        self.write_to_shard(records, done, Some(applied));
+    }
+
+    /// `client-local` (RabbitMQ's default) places a new queue in a shard this node leads, so its
+    /// publishers and consumers here need no hop to another node; spread over those shards by the
+    /// name's hash. `balanced`, the others, and a node that leads no shard: the name's hash over
+    /// every shard (the leaders of which are spread over the nodes).
+    fn place(&self, queue: &str, locator: Option<&str>) -> Option<u32> {
+        let shards = self.shards.get()?;
+        let hashed = shard_of(queue, shards.len() as u16);
+        // Led, whether or not it hosts their queues yet (it will once its first entry applies);
+        // those it is the preferred leader of first, which cluster::balance does not move away.
+        let led: Vec<&Arc<ShardGroup>> = shards.iter().filter(|s| s.leads()).collect();
+        let kept: Vec<&Arc<ShardGroup>> = led
+            .iter()
+            .copied()
+            .filter(|s| crate::cluster::balance::prefers_me(s))
+            .collect();
+        let led: Vec<u32> = if kept.is_empty() { led } else { kept }
+            .iter()
+            .map(|s| s.group)
+            .collect();
+        Some(match locator {
+            None | Some("client-local") if !led.is_empty() => {
+                led[(shard_of(queue, led.len() as u16) - 1) as usize]
+            }
+            _ => hashed,
+        })
+    }
+
+    fn placed(&self, queue: &str, shard: u32) {
+        self.placements.insert(queue.to_string(), shard);
+    }
+
+    fn unplaced(&self, queue: &str) {
+        self.placements.remove(queue);
+    }
+
+    fn returned(&self, queue: &str, id: u64) {
+        // Only the host's live queue counts; a copy's count is its own consumers' business.
+        if let Some(shard) = self.shard(queue).filter(|s| s.epoch().is_some()) {
+            let op = QueueOp::Returned {
+                queue: queue.to_string(),
+                id,
+            };
+            shard.submit(vec![op], None);
+        }
+    }
+}
+
+impl ShardJournal {
+    /// Writes `records` to their queue's shard; `done` gets the answer, and `applied` (with
+    /// [`Journal::write_applied`]) is told once this node applied them.
+    fn write_to_shard(
+        &self,
+        records: Vec<Record>,
+        done: Option<Completion>,
+        applied: Option<crate::queue::sink::Applied>,
+    ) {
         let mut ops = Vec::with_capacity(records.len());
         let mut queue = None;
         for record in records {
@@ -264,53 +336,21 @@ impl Journal for ShardJournal {
                 return;
             }
         }
+        let done = match applied {
+            None => done,
+            // The queue here hands the message out once this shard applied it (a resend to
+            // another host on failure is that host's to deliver).
+            Some(applied) => Some(Box::new(move |result: std::io::Result<()>| {
+                let ok = result.is_ok();
+                if let Some(done) = done {
+                    done(result);
+                }
+                if ok {
+                    applied(crate::time::Now::read());
+                }
+            }) as Completion),
+        };
         shard.submit(ops, done);
-    }
-
-    /// `client-local` (RabbitMQ's default) places a new queue in a shard this node leads, so its
-    /// publishers and consumers here need no hop to another node; spread over those shards by the
-    /// name's hash. `balanced`, the others, and a node that leads no shard: the name's hash over
-    /// every shard (the leaders of which are spread over the nodes).
-    fn place(&self, queue: &str, locator: Option<&str>) -> Option<u32> {
-        let shards = self.shards.get()?;
-        let hashed = shard_of(queue, shards.len() as u16);
-        // Led, whether or not it hosts their queues yet (it will once its first entry applies);
-        // those it is the preferred leader of first, which cluster::balance does not move away.
-        let led: Vec<&Arc<ShardGroup>> = shards.iter().filter(|s| s.leads()).collect();
-        let kept: Vec<&Arc<ShardGroup>> = led
-            .iter()
-            .copied()
-            .filter(|s| crate::cluster::balance::prefers_me(s))
-            .collect();
-        let led: Vec<u32> = if kept.is_empty() { led } else { kept }
-            .iter()
-            .map(|s| s.group)
-            .collect();
-        Some(match locator {
-            None | Some("client-local") if !led.is_empty() => {
-                led[(shard_of(queue, led.len() as u16) - 1) as usize]
-            }
-            _ => hashed,
-        })
-    }
-
-    fn placed(&self, queue: &str, shard: u32) {
-        self.placements.insert(queue.to_string(), shard);
-    }
-
-    fn unplaced(&self, queue: &str) {
-        self.placements.remove(queue);
-    }
-
-    fn returned(&self, queue: &str, id: u64) {
-        // Only the host's live queue counts; a copy's count is its own consumers' business.
-        if let Some(shard) = self.shard(queue).filter(|s| s.epoch().is_some()) {
-            let op = QueueOp::Returned {
-                queue: queue.to_string(),
-                id,
-            };
-            shard.submit(vec![op], None);
-        }
     }
 }
 

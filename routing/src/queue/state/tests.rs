@@ -152,6 +152,7 @@ fn settings() -> impl Strategy<Value = Settings> {
                 },
                 auto_delete,
                 stores: true,
+                delivers_committed: false,
             },
         )
 }
@@ -667,6 +668,7 @@ fn a_consumer_gets_messages_in_order_and_acks_forget_stored_ones() {
         args: QueueArguments::default(),
         auto_delete: false,
         stores: true,
+        delivers_committed: false,
     };
     let mut live = Live::new(settings, None, now);
     live.run(Op::Consume {
@@ -714,6 +716,7 @@ fn a_purge_forgets_in_id_order_whether_or_not_messages_were_paged() {
         },
         auto_delete: false,
         stores: true,
+        delivers_committed: false,
     };
     let paging = Paging::new(
         &dir.path().join("spill"),
@@ -749,4 +752,76 @@ fn a_purge_forgets_in_id_order_whether_or_not_messages_were_paged() {
         [Seen::Forget(5), Seen::Forget(7), Seen::Forget(10)]
     );
     assert_eq!(forgotten[0], forgotten[1]);
+}
+
+/// A replicated queue's host hands a message out (to a consumer or basic.get) only once its record
+/// is committed, in order; a commit of a later id covers the earlier ones (a log commits in order).
+#[test]
+fn a_queue_that_delivers_committed_holds_each_message_until_its_commit() {
+    let (_, now) = start();
+    let settings = Settings {
+        args: QueueArguments::default(),
+        auto_delete: false,
+        stores: true,
+        delivers_committed: true,
+    };
+    let mut live = Live::new(settings, None, now);
+    live.run(Op::Consume {
+        id: 1,
+        priority: 0,
+        exclusive: false,
+        prefetch: 10,
+    });
+    for size in [10, 20, 30] {
+        live.run(Op::Publish {
+            size,
+            priority: 0,
+            ttl_ms: None,
+            persistent: true,
+        });
+    }
+    let stored: Vec<u64> = live
+        .effects
+        .iter()
+        .flatten()
+        .filter_map(|s| match s {
+            Seen::Store(id) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stored.len(), 3);
+    assert!(live.clients[&1].unacked.is_empty(), "nothing is committed");
+    assert!(matches!(live.apply(Command::Get), Outcome::Got(None)));
+
+    live.apply(Command::Committed { id: stored[0] });
+    live.dispatch();
+    let delivered: Vec<u64> = live.clients[&1].unacked.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        delivered,
+        [0],
+        "the first one's commit hands out the first only"
+    );
+
+    live.apply(Command::Committed { id: stored[2] });
+    live.dispatch();
+    let delivered: Vec<u64> = live.clients[&1].unacked.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        delivered,
+        [0, 1, 2],
+        "the last one's commit covers the one before"
+    );
+
+    // A message back from its consumer was committed: it goes out again at once, ahead of a new
+    // one still waiting for its commit.
+    live.run(Op::Publish {
+        size: 40,
+        priority: 0,
+        ttl_ms: None,
+        persistent: true,
+    });
+    let back = live.take(1, 1);
+    live.requeue(back);
+    let delivered: Vec<u64> = live.clients[&1].unacked.iter().map(|e| e.seq).collect();
+    assert_eq!(delivered, [1, 2, 0]);
+    assert_eq!(live.state.ready_len(), 1, "the new one waits");
 }
