@@ -40,7 +40,7 @@ log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 cargo build -q --release --bin warren --bin brokerctl
 cargo build -q --release -p warren-benches --bin warren-load
-WARREN="$root/target/release/warren" LOAD="$root/target/release/warren-load"
+WARREN="${WARREN:-$root/target/release/warren}" LOAD="$root/target/release/warren-load"
 TMP="$(mktemp -d /tmp/warren-quorum-bench.XXXXXX)"
 stamp="$(date +%Y-%m-%d-%H%M%S)"
 mkdir -p benches/results

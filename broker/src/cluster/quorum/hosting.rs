@@ -99,7 +99,6 @@ fn take_over(
         .fetch_max(shard.machine.next_id(), Ordering::AcqRel);
     let mut hosted = shard.hosted.lock();
     hosted.clear();
-    shard.set_epoch(Some(epoch));
     let mut restored = 0;
     for (name, queue) in &queues {
         if hosted.insert(name.clone()) {
@@ -107,6 +106,11 @@ fn take_over(
             restored += restore(shard, holder, name, queue);
         }
     }
+    // Publishes go into the queues only once they hold the replica's messages: one taken in
+    // before its queue's restore would be dropped with what was staged there (its entry committed
+    // in the shard, but in no live queue), or restored a second time from the replica. Until now
+    // they wait for this node to host, as from its election to its blank entry's apply.
+    shard.set_epoch(Some(epoch));
     drop(hosted);
     tracing::info!(
         group = shard.group,
