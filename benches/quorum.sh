@@ -12,6 +12,8 @@
 #
 #   benches/quorum.sh [--duration SECS] [--sizes 1024] [--brokers warren-1,warren-3,rabbitmq-1,rabbitmq-3]
 #                     [--prefetch 1000] [--cores pinned|spread]
+# WARREN=/path/to/warren runs another build of Warren (an A/B of two commits); the load client is
+# always this tree's.
 #
 # Output: a table on stdout and in benches/results/quorum-<date>.md; raw JSON lines beside it.
 set -euo pipefail
