@@ -462,6 +462,23 @@ async fn forwarded_publishes_whose_host_stops_are_stored_once_by_the_next_host()
     acked_and_held_once(&outcome, (&stopped, N as usize), &left, next, expected).await;
 }
 
+/// Asks `from` (the queue's host) to hand its shard's leadership to `to`; its answer may be lost
+/// in the move.
+async fn transfer_shard(from: &TestBroker, to: &TestBroker) {
+    let record = message_queue("/", QUEUE);
+    let group = from.server.broker.cluster().unwrap().shard(&record).name();
+    let to = node_id(to).to_string();
+    let asked = [
+        "cluster",
+        "transfer-leadership",
+        "--group",
+        &group,
+        "--to",
+        &to,
+    ];
+    from.brokerctl(&asked).await.ok();
+}
+
 /// The shard's leadership moves twice while a node that does not host the queue has publishes
 /// in flight to it, the second time to that node itself: every publish is acked and stored once.
 #[tokio::test]
@@ -475,8 +492,6 @@ async fn forwarded_publishes_follow_the_shards_leadership_and_are_stored_once() 
         .copied()
         .find(|b| node_id(b) != node_id(host) && node_id(b) != node_id(follower))
         .unwrap();
-    let record = message_queue("/", QUEUE);
-    let group = host.server.broker.cluster().unwrap().shard(&record).name();
     let (fc, _, fch) = follower.connect_with_confirming_channel().await;
     const N: u64 = 5_000;
     let mut published = Vec::new();
@@ -489,17 +504,7 @@ async fn forwarded_publishes_follow_the_shards_leadership_and_are_stored_once() 
         published.extend(names(prefix, 0..N as usize));
         wait_stored(from, round * N as usize + 100).await;
         stored_then.push(replica_len(from) - round * N as usize);
-        let to = node_id(to).to_string();
-        from.brokerctl(&[
-            "cluster",
-            "transfer-leadership",
-            "--group",
-            &group,
-            "--to",
-            &to,
-        ])
-        .await
-        .ok();
+        transfer_shard(from, to).await;
     }
     publish_only(&fch, "c", 0..N).await;
     published.extend(names("c", 0..N as usize));
@@ -525,24 +530,12 @@ async fn publishes_on_the_host_follow_the_leadership_when_it_moves_and_are_store
     let brokers = three_nodes(&cluster).await;
     let all: Vec<&TestBroker> = brokers.iter().collect();
     let (host, other) = quorum_queue(&all, []).await;
-    let record = message_queue("/", QUEUE);
-    let group = host.server.broker.cluster().unwrap().shard(&record).name();
     let (hc, _, hch) = host.connect_with_confirming_channel().await;
     const N: u64 = 5_000;
     publish_only(&hch, "h", 0..N).await;
     wait_stored(host, 100).await;
     let stored_when_moved = replica_len(host);
-    let to = node_id(other).to_string();
-    host.brokerctl(&[
-        "cluster",
-        "transfer-leadership",
-        "--group",
-        &group,
-        "--to",
-        &to,
-    ])
-    .await
-    .ok();
+    transfer_shard(host, other).await;
     let outcome = confirms(&hch, N).await;
     hc.close().await;
     let moved = [stored_when_moved];

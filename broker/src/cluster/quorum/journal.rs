@@ -177,14 +177,19 @@ impl ShardJournal {
 
     /// Whether this node hosts the queue whose record name is `queue` (leads its shard).
     pub fn hosts(&self, queue: &str) -> bool {
-        self.shard(queue).is_some_and(|s| s.epoch().is_some())
+        self.hosted_shard(queue).is_some()
+    }
+
+    /// The shard of the queue whose record name is `queue`, when this node hosts it.
+    fn hosted_shard(&self, queue: &str) -> Option<&Arc<ShardGroup>> {
+        self.shard(queue).filter(|s| s.epoch().is_some())
     }
 
     /// Whether a message published on this node into the queue whose record name is `queue` goes
     /// into the queue here: this node hosts it, and none of its shard's earlier publishes from
     /// here is still on its way to the previous host (lanes.rs).
     pub fn publishes_here(&self, queue: &str) -> bool {
-        let Some(shard) = self.shard(queue).filter(|s| s.epoch().is_some()) else {
+        let Some(shard) = self.hosted_shard(queue) else {
             return false;
         };
         self.forwarder
@@ -267,7 +272,7 @@ impl Journal for ShardJournal {
 
     fn returned(&self, queue: &str, id: u64) {
         // Only the host's live queue counts; a copy's count is its own consumers' business.
-        if let Some(shard) = self.shard(queue).filter(|s| s.epoch().is_some()) {
+        if let Some(shard) = self.hosted_shard(queue) {
             let op = QueueOp::Returned {
                 queue: queue.to_string(),
                 id,

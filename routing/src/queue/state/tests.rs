@@ -661,21 +661,22 @@ proptest! {
     }
 }
 
-#[test]
-fn a_consumer_gets_messages_in_order_and_acks_forget_stored_ones() {
+/// A durable queue (handing out only committed messages, or not) with consumer 1 of `prefetch`,
+/// after three persistent messages were published to it.
+fn consumer_and_three_published(delivers_committed: bool, prefetch: u8) -> Live {
     let (_, now) = start();
     let settings = Settings {
         args: QueueArguments::default(),
         auto_delete: false,
         stores: true,
-        delivers_committed: false,
+        delivers_committed,
     };
     let mut live = Live::new(settings, None, now);
     live.run(Op::Consume {
         id: 1,
         priority: 0,
         exclusive: false,
-        prefetch: 2,
+        prefetch,
     });
     for size in [10, 20, 30] {
         live.run(Op::Publish {
@@ -685,6 +686,12 @@ fn a_consumer_gets_messages_in_order_and_acks_forget_stored_ones() {
             persistent: true,
         });
     }
+    live
+}
+
+#[test]
+fn a_consumer_gets_messages_in_order_and_acks_forget_stored_ones() {
+    let mut live = consumer_and_three_published(false, 2);
     let delivered: Vec<u64> = live.clients[&1].unacked.iter().map(|e| e.seq).collect();
     assert_eq!(delivered, [0, 1], "prefetch 2 holds the third back");
     assert_eq!(live.state.ready_len(), 1);
@@ -758,28 +765,7 @@ fn a_purge_forgets_in_id_order_whether_or_not_messages_were_paged() {
 /// is committed, in order; a commit of a later id covers the earlier ones (a log commits in order).
 #[test]
 fn a_queue_that_delivers_committed_holds_each_message_until_its_commit() {
-    let (_, now) = start();
-    let settings = Settings {
-        args: QueueArguments::default(),
-        auto_delete: false,
-        stores: true,
-        delivers_committed: true,
-    };
-    let mut live = Live::new(settings, None, now);
-    live.run(Op::Consume {
-        id: 1,
-        priority: 0,
-        exclusive: false,
-        prefetch: 10,
-    });
-    for size in [10, 20, 30] {
-        live.run(Op::Publish {
-            size,
-            priority: 0,
-            ttl_ms: None,
-            persistent: true,
-        });
-    }
+    let mut live = consumer_and_three_published(true, 10);
     let stored: Vec<u64> = live
         .effects
         .iter()
