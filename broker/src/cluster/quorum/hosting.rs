@@ -94,16 +94,18 @@ fn take_over(
         return Err("the leadership changed while taking over".into());
     }
     let queues = queues_of(shard, holder);
-    journal
-        .next_id
-        .fetch_max(shard.machine.next_id(), Ordering::AcqRel);
+    let first_id = shard.machine.next_id();
+    journal.next_id.fetch_max(first_id, Ordering::AcqRel);
     let mut hosted = shard.hosted.lock();
-    hosted.clear();
+    hosted.queues.clear();
+    hosted.first_id = first_id;
     let mut restored = 0;
     for (name, queue) in &queues {
-        if hosted.insert(name.clone()) {
+        if hosted.queues.insert(name.clone()) {
             journal.subscriptions.subscriber.hosting(name);
-            restored += restore(shard, holder, name, queue);
+            // What was staged here from the previous host is in the replica too.
+            queue.unstage(crate::time::Now::read());
+            restored += restore(shard, holder, (name, queue), u64::MAX);
         }
     }
     // Publishes go into the queues only once they hold the replica's messages: one taken in
@@ -121,11 +123,16 @@ fn take_over(
     Ok(())
 }
 
-/// Puts the replica's messages of `queue` (record name `name`) into its live copy; how many.
-fn restore(shard: &ShardGroup, holder: &dyn QuorumHolder, name: &str, queue: &Arc<Queue>) -> usize {
-    // What was staged here from the previous host is in the replica too.
-    queue.unstage(crate::time::Now::read());
-    let (stored, _) = shard.machine.messages(name);
+/// Puts the replica's messages of `queue` (record name `name`) whose ids are below `below` into
+/// its live copy; how many.
+fn restore(
+    shard: &ShardGroup,
+    holder: &dyn QuorumHolder,
+    (name, queue): (&str, &Arc<Queue>),
+    below: u64,
+) -> usize {
+    let (mut stored, _) = shard.machine.messages(name);
+    stored.retain(|(id, _)| *id < below);
     let returns = shard
         .machine
         .returns(name, stored.iter().map(|(id, _)| *id));
@@ -149,7 +156,7 @@ fn restore(shard: &ShardGroup, holder: &dyn QuorumHolder, name: &str, queue: &Ar
 
 fn give_up(shard: &ShardGroup, journal: &ShardJournal, holder: &dyn QuorumHolder) {
     let mut hosted = shard.hosted.lock();
-    hosted.clear();
+    hosted.queues.clear();
     shard.set_epoch(None);
     drop(hosted);
     let now = crate::time::Now::read();
@@ -168,7 +175,9 @@ fn give_up(shard: &ShardGroup, journal: &ShardJournal, holder: &dyn QuorumHolder
 impl ShardJournal {
     /// A quorum queue this node now has (its declaration was applied here): when this node hosts
     /// its shard and has not restored it yet (the declaration was applied after the take-over),
-    /// the replica's messages go into it.
+    /// the replica's messages of earlier hosts go into it. Publishes may have gone in already
+    /// (the queue takes them from its creation while this node hosts the shard): they stay, and
+    /// their copies in the replica (ids from the take-over on) are not restored a second time.
     pub fn adopt(&self, holder: &dyn QuorumHolder, queue: &Arc<Queue>) {
         let Some(name) = queue.record_name() else {
             return;
@@ -177,8 +186,9 @@ impl ShardJournal {
             return;
         };
         let mut hosted = shard.hosted.lock();
-        if shard.epoch().is_some() && hosted.insert(name.to_string()) {
-            restore(shard, holder, name, queue);
+        if shard.epoch().is_some() && hosted.queues.insert(name.to_string()) {
+            let first_id = hosted.first_id;
+            restore(shard, holder, (name, queue), first_id);
         }
     }
 
@@ -190,7 +200,7 @@ impl ShardJournal {
         };
         let mut hosted = shard.hosted.lock();
         if shard.epoch().is_some() {
-            hosted.remove(name);
+            hosted.queues.remove(name);
             shard.submit(
                 vec![QueueOp::Drop {
                     queue: name.to_string(),

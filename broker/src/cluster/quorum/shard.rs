@@ -21,6 +21,16 @@ const BATCH: usize = 512;
 /// few frames, not a joined request of hundreds of megabytes.
 const BATCH_BYTES: usize = 1024 * 1024;
 
+/// The queues a node restored under its current leadership of a shard, and where that
+/// leadership's own message ids start.
+#[derive(Default)]
+pub(crate) struct Hosted {
+    pub(crate) queues: HashSet<String>,
+    /// The replica's next message id when this node took the shard over: every message of an
+    /// earlier host is below it, every one this node stores at or above it.
+    pub(crate) first_id: u64,
+}
+
 /// This node's member of a queue shard group.
 pub struct ShardGroup {
     pub group: u32,
@@ -33,7 +43,7 @@ pub struct ShardGroup {
     pub(crate) epoch: parking_lot::Mutex<Option<Epoch>>,
     /// The queues restored under the current leadership (held while restoring, so a queue is
     /// restored once: by the take-over, or when its declaration is applied after it).
-    pub(crate) hosted: parking_lot::Mutex<HashSet<String>>,
+    pub(crate) hosted: parking_lot::Mutex<Hosted>,
     /// The journal writes of the hosted queues, proposed in order (below).
     pub(crate) writes: tokio::sync::mpsc::UnboundedSender<Write>,
 }
