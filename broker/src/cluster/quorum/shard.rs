@@ -31,6 +31,14 @@ pub(crate) struct Hosted {
     pub(crate) first_id: u64,
 }
 
+/// How long settles (a consumer's acks, returns) with nothing else to propose wait for a write
+/// that cannot (a publish), to share its entry. A consumer's ack and the next publish reach the
+/// host together (it sent the confirm and the delivery together); proposed one after the other
+/// they are two rounds of appends and fsyncs on every node, the publish's waiting for the
+/// settle's. Nothing waits on a settle: a settle held when this node stops leading is a
+/// redelivery after the failover, as one not yet committed is.
+const SETTLE_HOLD: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// This node's member of a queue shard group.
 pub struct ShardGroup {
     pub group: u32,
@@ -118,6 +126,15 @@ pub(crate) struct Write {
 }
 
 impl Write {
+    /// Whether its proposal may wait: nobody waits on it, and it only settles messages.
+    fn can_wait(&self) -> bool {
+        self.done.is_none()
+            && self
+                .ops
+                .iter()
+                .all(|op| matches!(op, QueueOp::Remove { .. } | QueueOp::Returned { .. }))
+    }
+
     /// The message bytes it carries.
     fn bytes(&self) -> usize {
         self.ops
@@ -159,14 +176,20 @@ pub(crate) async fn propose_writes(
     while let Some(first) = writes.recv().await {
         let mut bytes = first.bytes();
         pending.push(first);
+        let hold = tokio::time::Instant::now() + SETTLE_HOLD;
         while pending.len() < BATCH && bytes < BATCH_BYTES {
-            match writes.try_recv() {
-                Ok(more) => {
-                    bytes += more.bytes();
-                    pending.push(more);
+            let more = match writes.try_recv() {
+                Ok(more) => more,
+                Err(mpsc::error::TryRecvError::Empty) if pending.iter().all(Write::can_wait) => {
+                    match tokio::time::timeout_at(hold, writes.recv()).await {
+                        Ok(Some(more)) => more,
+                        _ => break,
+                    }
                 }
                 Err(_) => break,
-            }
+            };
+            bytes += more.bytes();
+            pending.push(more);
         }
         let mut batch = Vec::new();
         for write in pending.drain(..) {
