@@ -25,17 +25,11 @@ pub(crate) async fn host(
     journal: Arc<ShardJournal>,
     holder: Weak<dyn QuorumHolder>,
 ) {
-    let mut metrics = shard.raft.metrics();
+    // Server metrics change with the vote, the state and the leader only, not with every entry
+    // as the group's full metrics do (this task would wake on each, on every node).
+    let mut metrics = shard.raft.server_metrics();
     loop {
-        let leading = {
-            let m = metrics.borrow_watched();
-            m.current_leader == Some(shard.node_id()) && m.state.is_leader()
-        };
-        let epoch = shard
-            .raft
-            .as_leader()
-            .ok()
-            .map(|l| l.to_committed_leader_id());
+        let (leading, epoch) = leadership(&shard);
         let hosted = shard.epoch();
         if hosted.is_some() && (!leading || epoch != hosted) {
             let Some(holder) = holder.upgrade() else {
@@ -68,6 +62,20 @@ pub(crate) async fn host(
     }
 }
 
+/// Whether this node leads the shard, and the leadership it holds if its vote is committed: both
+/// from one reading of its server metrics (`Raft::as_leader` reads the full metrics, which openraft
+/// sends after these).
+fn leadership(shard: &ShardGroup) -> (bool, Option<Epoch>) {
+    use openraft::vote::RaftLeaderId;
+    let metrics = shard.raft.server_metrics();
+    let m = metrics.borrow_watched();
+    let me = shard.node_id();
+    let leading = m.current_leader == Some(me) && m.state.is_leader();
+    let leader = m.vote.leader_id();
+    let epoch = (m.vote.is_committed() && *leader.node_id() == me).then(|| leader.to_committed());
+    (leading, epoch)
+}
+
 /// The shard's quorum queues on this node.
 fn queues_of(shard: &ShardGroup, holder: &dyn QuorumHolder) -> Vec<(String, Arc<Queue>)> {
     let shards = shard.shards;
@@ -85,12 +93,7 @@ fn take_over(
     holder: &dyn QuorumHolder,
     epoch: Epoch,
 ) -> Result<(), String> {
-    let still = shard
-        .raft
-        .as_leader()
-        .ok()
-        .map(|l| l.to_committed_leader_id());
-    if still.as_ref() != Some(&epoch) {
+    if leadership(shard).1 != Some(epoch) {
         return Err("the leadership changed while taking over".into());
     }
     let queues = queues_of(shard, holder);

@@ -97,7 +97,8 @@ impl ShardGroup {
 
     /// The shard's leader as this node knows it.
     pub fn leader(&self) -> Option<u64> {
-        self.metrics().current_leader
+        use openraft::async_runtime::WatchReceiver;
+        self.raft.server_metrics().borrow_watched().current_leader
     }
 
     /// The group's name in `cluster status` and `transfer-leadership --group`.
