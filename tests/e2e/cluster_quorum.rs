@@ -4,10 +4,12 @@
 //! new leader hosts the queue with every confirmed message not yet taken, and publishes on any
 //! node reach it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use amqprs::channel::QueueDeclareArguments;
 use amqprs::BasicProperties;
+use warren_broker::cluster::quorum::ShardGroup;
 use warren_broker::meta::records::message_queue;
 use warren_tests::cluster::{
     agreed_leader, host_of, hosts, isolate, node_id, stop_node, three_nodes, LinkCluster, SETTLE,
@@ -30,28 +32,33 @@ async fn quorum_queue<'a, const N: usize>(
     (host, other)
 }
 
+/// `b`'s member of the queue's shard group.
+fn queue_shard(b: &TestBroker) -> &Arc<ShardGroup> {
+    b.server
+        .broker
+        .cluster()
+        .unwrap()
+        .shard(&message_queue("/", QUEUE))
+}
+
 /// The messages `b`'s replica holds of the queue.
 fn replica_len(b: &TestBroker) -> usize {
     let record = message_queue("/", QUEUE);
-    let cluster = b.server.broker.cluster().unwrap();
-    cluster.shard(&record).machine.messages(&record).0.len()
+    queue_shard(b).machine.messages(&record).0.len()
 }
 
 /// Waits until `b`'s replica of the queue's shard holds `n` messages of it.
 async fn wait_for_replica(b: &TestBroker, n: usize) {
-    let record = message_queue("/", QUEUE);
     let deadline = tokio::time::Instant::now() + SETTLE;
     loop {
-        let cluster = b.server.broker.cluster().unwrap();
-        let (held, _) = cluster.shard(&record).machine.messages(&record);
-        if held.len() == n {
+        let held = replica_len(b);
+        if held == n {
             return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "node {} holds {} messages, not {n}",
+            "node {} holds {held} messages, not {n}",
             node_id(b),
-            held.len()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -465,8 +472,7 @@ async fn forwarded_publishes_whose_host_stops_are_stored_once_by_the_next_host()
 /// Asks `from` (the queue's host) to hand its shard's leadership to `to`; its answer may be lost
 /// in the move.
 async fn transfer_shard(from: &TestBroker, to: &TestBroker) {
-    let record = message_queue("/", QUEUE);
-    let group = from.server.broker.cluster().unwrap().shard(&record).name();
+    let group = queue_shard(from).name();
     let to = node_id(to).to_string();
     let asked = [
         "cluster",
@@ -702,14 +708,7 @@ async fn messages_and_snapshots_larger_than_a_link_frame_are_replicated_and_caug
             .await;
     }
     hc.close().await;
-    let record = message_queue("/", QUEUE);
-    let shard = first
-        .server
-        .broker
-        .cluster()
-        .unwrap()
-        .shard(&record)
-        .clone();
+    let shard = queue_shard(first).clone();
     shard.raft.trigger().snapshot().await.expect("snapshot");
     let built = shard
         .raft
@@ -847,8 +846,7 @@ async fn a_messages_delivery_count_survives_its_hosts_loss_and_the_limit_holds()
     let record = message_queue("/", QUEUE);
     for b in &all {
         loop {
-            let cluster = b.server.broker.cluster().unwrap();
-            let shard = cluster.shard(&record);
+            let shard = queue_shard(b);
             let (held, _) = shard.machine.messages(&record);
             let counts = shard
                 .machine
@@ -1153,9 +1151,7 @@ async fn a_consumer_on_the_host_gets_a_message_only_once_a_majority_has_it() {
 
 /// The host's shard log: its last entry's index.
 fn last_entry(host: &TestBroker) -> u64 {
-    let record = message_queue("/", QUEUE);
-    let cluster = host.server.broker.cluster().unwrap();
-    cluster.shard(&record).metrics().last_log_index.unwrap_or(0)
+    queue_shard(host).metrics().last_log_index.unwrap_or(0)
 }
 
 /// A consumer's ack and the next publish share one shard entry: a settle with nothing else to

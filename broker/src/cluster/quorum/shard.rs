@@ -176,12 +176,14 @@ pub(crate) async fn propose_writes(
     let mut pending: Vec<Write> = Vec::new();
     while let Some(first) = writes.recv().await {
         let mut bytes = first.bytes();
+        // Whether every write gathered so far may wait (for a publish to share their entry).
+        let mut can_wait = first.can_wait();
         pending.push(first);
         let hold = tokio::time::Instant::now() + SETTLE_HOLD;
         while pending.len() < BATCH && bytes < BATCH_BYTES {
             let more = match writes.try_recv() {
                 Ok(more) => more,
-                Err(mpsc::error::TryRecvError::Empty) if pending.iter().all(Write::can_wait) => {
+                Err(mpsc::error::TryRecvError::Empty) if can_wait => {
                     match tokio::time::timeout_at(hold, writes.recv()).await {
                         Ok(Some(more)) => more,
                         _ => break,
@@ -190,6 +192,7 @@ pub(crate) async fn propose_writes(
                 Err(_) => break,
             };
             bytes += more.bytes();
+            can_wait &= more.can_wait();
             pending.push(more);
         }
         let mut batch = Vec::new();
