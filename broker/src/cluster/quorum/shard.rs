@@ -76,8 +76,7 @@ impl ShardGroup {
         let proposal = Proposal {
             origin: self.node_id,
             commands: Vec::new(),
-            ops: ops.into(),
-            ..Default::default()
+            ops,
         };
         self.raft
             .client_write(proposal)
@@ -223,8 +222,7 @@ async fn propose(raft: &crate::cluster::raft::shard::ShardRaft, node_id: u64, ba
     let proposal = Proposal {
         origin: node_id,
         commands: Vec::new(),
-        ops: ops.into(),
-        ..Default::default()
+        ops,
     };
     let (responder, answer) = ProgressResponder::complete_only();
     let sent = raft

@@ -148,8 +148,7 @@ fn snapshot_data(commands: Vec<MetaCommand>) -> Vec<u8> {
         w.proposal(&Proposal {
             origin: 0,
             commands,
-            ops: Arc::from([]),
-            ..Default::default()
+            ops: Vec::new(),
         })
     })
 }
@@ -288,8 +287,7 @@ impl MetaGroup {
         let proposal = Proposal {
             origin: self.node_id,
             commands,
-            ops: Arc::from([]),
-            ..Default::default()
+            ops: Vec::new(),
         };
         let mut last_problem = String::from("no leader yet");
         while tokio::time::Instant::now() < deadline {

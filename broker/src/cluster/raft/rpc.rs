@@ -8,9 +8,7 @@ use openraft::raft::{
 };
 use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf};
 
-use bytes::Bytes;
-
-use super::codec::{DecodeError, Encoded, Reader, Writer};
+use super::codec::{DecodeError, Reader, Writer};
 use super::{Answer, LogId, Proposal, Types, Vote};
 use crate::cluster::config::PeerConfig;
 
@@ -89,12 +87,9 @@ impl Writer {
         self.opt_log_id(&r.leader_commit);
         self.u64(r.entries.len() as u64);
         for entry in &r.entries {
-            // Each entry length-prefixed, written in place (kept encodings copied as they are).
-            let at = self.0.len();
-            self.u64(0);
-            self.entry(entry);
-            let len = (self.0.len() - at - 8) as u64;
-            self.0[at..at + 8].copy_from_slice(&len.to_be_bytes());
+            let mut one = Writer::default();
+            one.entry(entry);
+            self.bytes(&one.0);
         }
     }
     pub fn append_response(&mut self, r: &AppendEntriesResponse<Types>) {
@@ -188,13 +183,7 @@ impl Writer {
 }
 
 impl Reader<'_> {
-    /// An AppendEntries request read from `source` (when given, the bytes this reader reads):
-    /// each entry keeps its encoding as a slice of `source`, so the log store writes it without
-    /// encoding it again (`codec::Encoded`).
-    pub fn append_request(
-        &mut self,
-        source: Option<&Bytes>,
-    ) -> Result<AppendEntriesRequest<Types>, DecodeError> {
+    pub fn append_request(&mut self) -> Result<AppendEntriesRequest<Types>, DecodeError> {
         let vote = self.vote()?;
         let prev_log_id = self.opt_log_id()?;
         let leader_commit = self.opt_log_id()?;
@@ -203,12 +192,8 @@ impl Reader<'_> {
         for _ in 0..count {
             let bytes = self.bytes()?;
             let mut one = Reader(bytes);
-            let mut entry = one.entry()?;
+            entries.push(one.entry()?);
             one.end()?;
-            if let Some(source) = source {
-                Encoded::keep(&mut entry, source.slice_ref(bytes));
-            }
-            entries.push(entry);
         }
         Ok(AppendEntriesRequest {
             vote,
@@ -352,7 +337,7 @@ mod tests {
             leader_commit: Some(log_id(4)),
         };
         let back = decode(&encode(|w| w.append_request(&request)), |r| {
-            r.append_request(None)
+            r.append_request()
         })
         .unwrap();
         assert_eq!(back.entries, request.entries);

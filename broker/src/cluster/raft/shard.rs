@@ -382,7 +382,7 @@ impl RaftStateMachine<Types> for ShardMachine {
                 let mut applied = self.applied.lock();
                 match entry.payload {
                     EntryPayload::Normal(proposal) => {
-                        for op in proposal.ops.iter() {
+                        for op in &proposal.ops {
                             applied.replica.apply(op);
                         }
                     }
