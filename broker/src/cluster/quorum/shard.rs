@@ -76,7 +76,8 @@ impl ShardGroup {
         let proposal = Proposal {
             origin: self.node_id,
             commands: Vec::new(),
-            ops,
+            ops: ops.into(),
+            ..Default::default()
         };
         self.raft
             .client_write(proposal)
@@ -222,7 +223,8 @@ async fn propose(raft: &crate::cluster::raft::shard::ShardRaft, node_id: u64, ba
     let proposal = Proposal {
         origin: node_id,
         commands: Vec::new(),
-        ops,
+        ops: ops.into(),
+        ..Default::default()
     };
     let (responder, answer) = ProgressResponder::complete_only();
     let sent = raft

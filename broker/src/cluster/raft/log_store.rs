@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 use warren_storage::log::record::Record;
 use warren_storage::store::Completion;
 
-use super::codec::{decode, encode, DecodeError};
+use super::codec::{decode, encode, DecodeError, Encoded};
 use super::{Entry, LogId, Types, Vote};
 
 /// Every key of every group starts with this; nothing else in the log does.
@@ -225,7 +225,8 @@ impl LogStore {
                 // The group's state machine keeps its own records beside the log.
                 _ if name.starts_with("sm/") => {}
                 _ if name.starts_with("entry/") => {
-                    let entry = decode(value, |r| r.entry())?;
+                    let mut entry = decode(value, |r| r.entry())?;
+                    Encoded::keep(&mut entry, value.clone());
                     state.note(entry.log_id.index, value.len() as u64);
                     state.entries.insert(entry.log_id.index, entry);
                 }
@@ -381,10 +382,16 @@ impl RaftLogStorage<Types> for LogStore {
         let mut records = Vec::new();
         {
             let mut state = self.state.lock();
-            for entry in entries {
-                let value = encode(|w| w.entry(&entry));
+            for mut entry in entries {
+                // A follower's entry arrives encoded; the leader's is encoded here, once, and
+                // kept for the AppendEntries that carry it.
+                let value = Encoded::entry(&entry);
+                Encoded::keep(&mut entry, value.clone());
                 state.note(entry.log_id.index, value.len() as u64);
-                records.push(put(keys.entry(entry.log_id.index), value));
+                records.push(Record::Put {
+                    key: keys.entry(entry.log_id.index),
+                    value,
+                });
                 state.entries.insert(entry.log_id.index, entry);
             }
             if std::mem::take(&mut state.committed_unwritten) {

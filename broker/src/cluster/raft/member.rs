@@ -39,7 +39,8 @@ impl<SM: RaftStateMachine<Types, SnapshotData = Vec<u8>>> GroupMember for Member
         Box::pin(async move {
             let out = match kind {
                 rpc::APPEND => {
-                    let request = decode(&body, |r| r.append_request()).map_err(bad_request)?;
+                    let request =
+                        decode(&body, |r| r.append_request(Some(&body))).map_err(bad_request)?;
                     let response = raft
                         .append_entries(request)
                         .await

@@ -148,7 +148,8 @@ fn snapshot_data(commands: Vec<MetaCommand>) -> Vec<u8> {
         w.proposal(&Proposal {
             origin: 0,
             commands,
-            ops: Vec::new(),
+            ops: Arc::from([]),
+            ..Default::default()
         })
     })
 }
@@ -287,7 +288,8 @@ impl MetaGroup {
         let proposal = Proposal {
             origin: self.node_id,
             commands,
-            ops: Vec::new(),
+            ops: Arc::from([]),
+            ..Default::default()
         };
         let mut last_problem = String::from("no leader yet");
         while tokio::time::Instant::now() < deadline {

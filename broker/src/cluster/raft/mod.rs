@@ -15,6 +15,7 @@ pub mod rpc;
 pub mod shard;
 
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -27,7 +28,14 @@ use crate::meta::MetaCommand;
 pub struct Proposal {
     pub origin: u64,
     pub commands: Vec<MetaCommand>,
-    pub ops: Vec<QueueOp>,
+    /// Shared: openraft clones an entry for each follower it replicates to and for applying it,
+    /// and a shard's entry holds hundreds of operations at window 1000.
+    pub ops: Arc<[QueueOp]>,
+    /// The entry carrying this proposal as it was first encoded (by the leader's log store) or
+    /// received (by a follower), kept so that the log and every follower's AppendEntries reuse
+    /// those bytes instead of encoding the proposal again (see [`codec::Encoded`]). Not part of
+    /// the proposal's value: equal proposals may differ in it.
+    pub encoded: codec::Encoded,
 }
 
 /// A change to the messages of a quorum queue, as its leader's live queue journals it (routing's

@@ -17,7 +17,7 @@ use openraft::raft::{
 };
 use openraft::{NodeInfo, OptionalSend};
 
-use super::codec::{decode, encode, DecodeError};
+use super::codec::{decode, encode, DecodeError, Encoded};
 use super::rpc::{self, Snapshot};
 use super::{Types, Vote};
 use crate::cluster::link::{CallError, Links};
@@ -86,7 +86,10 @@ impl RaftNetworkV2<Types> for PeerClient {
         request: AppendEntriesRequest<Types>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<Types>, RPCError<Types>> {
-        let body = encode(|w| w.append_request(&request));
+        let body = encode(|w| {
+            w.0.reserve(64 + request.entries.iter().map(Encoded::len_hint).sum::<usize>());
+            w.append_request(&request)
+        });
         let answer = self.call(rpc::APPEND, body, &option).await?;
         decode(&answer, |r| r.append_response()).map_err(|e| RPCError::Unreachable(unreachable(e)))
     }

@@ -8,7 +8,9 @@ use openraft::raft::{
 };
 use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf};
 
-use super::codec::{DecodeError, Reader, Writer};
+use bytes::Bytes;
+
+use super::codec::{DecodeError, Encoded, Reader, Writer};
 use super::{Answer, LogId, Proposal, Types, Vote};
 use crate::cluster::config::PeerConfig;
 
@@ -87,9 +89,12 @@ impl Writer {
         self.opt_log_id(&r.leader_commit);
         self.u64(r.entries.len() as u64);
         for entry in &r.entries {
-            let mut one = Writer::default();
-            one.entry(entry);
-            self.bytes(&one.0);
+            // Each entry length-prefixed, written in place (kept encodings copied as they are).
+            let at = self.0.len();
+            self.u64(0);
+            self.entry(entry);
+            let len = (self.0.len() - at - 8) as u64;
+            self.0[at..at + 8].copy_from_slice(&len.to_be_bytes());
         }
     }
     pub fn append_response(&mut self, r: &AppendEntriesResponse<Types>) {
@@ -183,7 +188,13 @@ impl Writer {
 }
 
 impl Reader<'_> {
-    pub fn append_request(&mut self) -> Result<AppendEntriesRequest<Types>, DecodeError> {
+    /// An AppendEntries request read from `source` (when given, the bytes this reader reads):
+    /// each entry keeps its encoding as a slice of `source`, so the log store writes it without
+    /// encoding it again (`codec::Encoded`).
+    pub fn append_request(
+        &mut self,
+        source: Option<&Bytes>,
+    ) -> Result<AppendEntriesRequest<Types>, DecodeError> {
         let vote = self.vote()?;
         let prev_log_id = self.opt_log_id()?;
         let leader_commit = self.opt_log_id()?;
@@ -192,8 +203,12 @@ impl Reader<'_> {
         for _ in 0..count {
             let bytes = self.bytes()?;
             let mut one = Reader(bytes);
-            entries.push(one.entry()?);
+            let mut entry = one.entry()?;
             one.end()?;
+            if let Some(source) = source {
+                Encoded::keep(&mut entry, source.slice_ref(bytes));
+            }
+            entries.push(entry);
         }
         Ok(AppendEntriesRequest {
             vote,
@@ -337,7 +352,7 @@ mod tests {
             leader_commit: Some(log_id(4)),
         };
         let back = decode(&encode(|w| w.append_request(&request)), |r| {
-            r.append_request()
+            r.append_request(None)
         })
         .unwrap();
         assert_eq!(back.entries, request.entries);

@@ -382,7 +382,7 @@ impl RaftStateMachine<Types> for ShardMachine {
                 let mut applied = self.applied.lock();
                 match entry.payload {
                     EntryPayload::Normal(proposal) => {
-                        for op in &proposal.ops {
+                        for op in proposal.ops.iter() {
                             applied.replica.apply(op);
                         }
                     }

@@ -398,3 +398,74 @@ async fn a_shards_committed_goes_with_its_next_append_and_otherwise_at_once() {
     meta.save_committed(Some(log_id(1, 0))).await.unwrap();
     assert_eq!(written_keys(&spy), ["raft/0/committed"]);
 }
+
+/// The record values `spy` was given, and forgets them.
+fn written_values(spy: &Spy) -> Vec<bytes::Bytes> {
+    std::mem::take(&mut *spy.0.lock())
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Put { value, .. } => Some(value),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_entry_is_encoded_once_for_the_leaders_log_the_request_and_the_followers_log() {
+    use crate::cluster::raft::codec::Encoded;
+    use crate::cluster::raft::{Proposal, QueueOp};
+    use openraft::raft::AppendEntriesRequest;
+
+    let proposal = Proposal {
+        origin: 1,
+        ops: vec![QueueOp::Enqueue {
+            queue: "/\nnotifications.info".into(),
+            id: 9,
+            payload: bytes::Bytes::from(vec![7u8; 1024]),
+        }]
+        .into(),
+        ..Default::default()
+    };
+    let entry = Entry::new_normal(log_id(2, 0), proposal.clone());
+    let noop = openraft::storage::IOFlushed::noop;
+
+    // The leader's log encodes the entry and keeps that encoding with it.
+    let leader_spy = Arc::new(Spy::default());
+    let mut leader = LogStore::recover(3, leader_spy.clone(), &BTreeMap::new()).unwrap();
+    leader.append(vec![entry.clone()], noop()).await.unwrap();
+    let [logged] = <[bytes::Bytes; 1]>::try_from(written_values(&leader_spy)).unwrap();
+    assert_eq!(decode(&logged, |r| r.entry()).unwrap(), entry);
+    let read = leader.try_get_log_entries(0..1).await.unwrap();
+    assert_eq!(Encoded::entry(&read[0]).as_ptr(), logged.as_ptr());
+
+    // The request carries those bytes; the follower keeps them as a slice of what it received
+    // and writes that slice as its record.
+    let request = AppendEntriesRequest::<Types> {
+        vote: Vote::new_committed(2, 1),
+        prev_log_id: None,
+        entries: read,
+        leader_commit: None,
+    };
+    let body = bytes::Bytes::from(encode(|w| w.append_request(&request)));
+    let received = decode(&body, |r| r.append_request(Some(&body))).unwrap();
+    assert_eq!(received.entries, vec![entry.clone()]);
+    let follower_spy = Arc::new(Spy::default());
+    let mut follower = LogStore::recover(3, follower_spy.clone(), &BTreeMap::new()).unwrap();
+    follower.append(received.entries, noop()).await.unwrap();
+    let [stored] = <[bytes::Bytes; 1]>::try_from(written_values(&follower_spy)).unwrap();
+    assert_eq!(stored, logged);
+    let within = body.as_ptr_range();
+    assert!(
+        within.contains(&stored.as_ptr()),
+        "the follower copied the entry"
+    );
+
+    // The same proposal in another entry (a new leader's) is encoded for that entry.
+    let moved = Entry::new_normal(log_id(3, 0), proposal);
+    let mut carried = moved.clone();
+    Encoded::keep(&mut carried, logged.clone());
+    let again = Encoded::entry(&carried);
+    assert_ne!(again, logged);
+    assert_eq!(decode(&again, |r| r.entry()).unwrap(), moved);
+    assert_eq!(encode(|w| w.entry(&carried)), again.to_vec());
+}
