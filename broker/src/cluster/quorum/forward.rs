@@ -14,12 +14,13 @@ use tokio::time::Instant;
 use warren_storage::store::Completion;
 
 use super::lanes::{leader_where, Forward, Lanes, Outlet};
-use super::receive::{decode_outcomes, encode_publish, outcomes, QuorumServer, Refusal};
+use super::receive::{
+    decode_outcomes, encode_batch, encode_publish, outcomes, QuorumServer, Refusal,
+};
 use super::sent::{Numbered, Sequences};
 use super::shard::{failed, ShardGroup};
 use super::target::{ShardMetrics, Target};
 use crate::cluster::link::Links;
-use crate::cluster::raft::codec::encode;
 use crate::cluster::raft::rpc;
 use crate::message::Message;
 
@@ -197,13 +198,26 @@ impl Forwarder {
                 vec![Err(Refusal::Final("this node is stopping".into())); forwards.len()];
             return self.settle(self.node(), forwards, outcomes);
         };
-        let answers: Vec<_> = forwards.iter().map(|f| server.publish(&f.body)).collect();
+        let floor = self.floor(&forwards);
+        let answers: Vec<_> = forwards
+            .iter()
+            .map(|f| server.publish(floor, &f.body))
+            .collect();
         let forwarder = self.clone();
         tokio::spawn(async move {
             let outcomes = outcomes(answers).await;
             let me = forwarder.node();
             forwarder.settle(me, forwards, outcomes);
         });
+    }
+
+    /// The floor that goes with `forwards` (one shard's): this node's lowest unsettled number in
+    /// their shard (order.rs), 0 for a classic queue's.
+    fn floor(&self, forwards: &[Forward]) -> u64 {
+        match forwards.first() {
+            Some(f) if f.seq.is_some() => self.sequences.floor(f.group),
+            _ => 0,
+        }
     }
 
     /// Calls each publish's confirm with its outcome from node `from`, or sends it again.
@@ -315,12 +329,7 @@ fn send_batch(
         .max()
         .unwrap_or_default();
     let mut shard = batch[0].shard.clone();
-    let body = Bytes::from(encode(|w| {
-        w.u64(batch.len() as u64);
-        for forward in &batch {
-            w.bytes(&forward.body);
-        }
-    }));
+    let body = encode_batch(forwarder.floor(&batch), batch.iter().map(|f| &f.body));
     let call = forwarder
         .links
         .start_call(peer, batch[0].group, rpc::PUBLISH_BATCH, body);

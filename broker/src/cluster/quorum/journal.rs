@@ -35,6 +35,8 @@ pub struct ShardJournal {
     placements: dashmap::DashMap<String, u32>,
     /// The publishes other nodes forwarded that this node is storing now (sent.rs).
     pub(super) storing: super::sent::Storing,
+    /// The next number this node expects from each sender of publishes into a shard (order.rs).
+    pub(super) arrivals: super::order::Arrivals,
 }
 
 impl std::fmt::Debug for ShardJournal {

@@ -10,6 +10,10 @@
 //! to be sent again), and once every sent one has its answer the held ones go to the shard's next
 //! host in number order; publishes arriving meanwhile follow them to the same node. A lane only
 //! ever holds publishes around a change of host; the steady state costs a counter.
+//!
+//! What the sender cannot see (a new host taking a burst's later requests after refusing its
+//! first ones) the host catches: it refuses a publish that overtook an earlier one (order.rs),
+//! and that one comes back here like any other refused for now.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -26,6 +26,7 @@ mod holder;
 mod hosting;
 mod journal;
 mod lanes;
+mod order;
 mod receive;
 mod remote;
 mod resend;

@@ -61,6 +61,21 @@ pub(crate) fn encode_publish(
     }))
 }
 
+/// A request of forwarded publishes (`bodies`, each as [`encode_publish`] made it, in order) from
+/// a sender whose lowest unsettled number in their shard is `floor`.
+pub(crate) fn encode_batch<'a>(
+    floor: u64,
+    bodies: impl ExactSizeIterator<Item = &'a Bytes>,
+) -> Bytes {
+    Bytes::from(encode(|w| {
+        w.u64(floor);
+        w.u64(bodies.len() as u64);
+        for body in bodies {
+            w.bytes(body);
+        }
+    }))
+}
+
 fn read_number(r: &mut Reader<'_>) -> Result<Option<Numbered>, DecodeError> {
     if !r.bool()? {
         return Ok(None);
@@ -111,6 +126,9 @@ impl Forwarded {
         let (number, journal) = (self.number, self.journal.clone());
         Some(Box::new(move |result| {
             if let Some((group, number)) = number {
+                if result.is_err() {
+                    journal.arrivals.lost(group, number.from, number.seq);
+                }
                 journal.storing.stored(group, &number, &result);
             }
             let _ = reply.send(result);
@@ -137,9 +155,10 @@ pub(crate) type Answer = Result<oneshot::Receiver<io::Result<()>>, Refusal>;
 
 impl QuorumServer {
     /// Publishes a forwarded message (`body`, as [`encode_publish`] made it) into its queue now,
-    /// in the order requests arrive, unless it is a resend of one stored or being stored; the
-    /// answer waits for the queue's journal.
-    pub(crate) fn publish(&self, body: &Bytes) -> Answer {
+    /// in the order requests arrive, unless it is a resend of one stored or being stored, or a
+    /// numbered one whose sender's earlier unsettled one (its `floor` or above) has not come
+    /// (order.rs); the answer waits for the queue's journal.
+    pub(crate) fn publish(&self, floor: u64, body: &Bytes) -> Answer {
         let (vhost, queue, payload, number) = decode(body, |r| {
             Ok((
                 r.string()?,
@@ -169,6 +188,13 @@ impl QuorumServer {
             Some((record.to_string(), self.journal.shard(record)?.clone(), n))
         });
         if let Some((_, shard, n)) = &numbered {
+            let arrivals = &self.journal.arrivals;
+            if let Err(expected) = arrivals.admit(shard.group, n.from, (n.seq, floor)) {
+                return Err(Refusal::Again(format!(
+                    "publish {} from node {} came before its publish {expected}",
+                    n.seq, n.from.node
+                )));
+            }
             let applied = || shard.machine.was_sent(&n.from, n.seq);
             match self.journal.storing.arrive(shard.group, n, applied) {
                 Arrival::Store => {}
@@ -210,20 +236,22 @@ impl QuorumServer {
         }
     }
 
-    /// A batch of forwarded publishes: each published now, in order; the answer lists each one's
-    /// outcome once all are known.
+    /// A batch of forwarded publishes (after its sender's floor, [`encode_batch`]): each
+    /// published now, in order; the answer lists each one's outcome once all are known.
     fn publish_batch(
         &self,
         body: &Bytes,
     ) -> futures_util::future::BoxFuture<'static, Result<Bytes, String>> {
         let bodies = decode(body, |r| {
+            let floor = r.u64()?;
             let n = r.count(8)?;
-            (0..n)
+            let bodies = (0..n)
                 .map(|_| Ok(body.slice_ref(r.bytes()?)))
-                .collect::<Result<Vec<_>, _>>()
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((floor, bodies))
         });
         let answers: Vec<_> = match bodies {
-            Ok(bodies) => bodies.iter().map(|b| self.publish(b)).collect(),
+            Ok((floor, bodies)) => bodies.iter().map(|b| self.publish(floor, b)).collect(),
             Err(e) => {
                 let e = bad_request(e);
                 return Box::pin(async move { Err(e) });

@@ -112,6 +112,14 @@ impl Sequences {
         }
     }
 
+    /// The lowest number of shard `group` not settled yet: every one below it has its answer.
+    pub fn floor(&self, group: u32) -> u64 {
+        let shards = self.shards.lock();
+        shards
+            .get(&group)
+            .map_or(0, |s| s.open.first().copied().unwrap_or(s.next))
+    }
+
     /// Publish `seq` of shard `group` has its answer: it is never sent again.
     pub fn settled(&self, group: u32, seq: u64) {
         if let Some(shard) = self.shards.lock().get_mut(&group) {
