@@ -15,7 +15,8 @@ use warren_storage::store::Completion;
 
 use super::lanes::{leader_where, Forward, Lanes, Outlet};
 use super::receive::{
-    decode_outcomes, encode_batch, encode_publish, outcomes, QuorumServer, Refusal,
+    decode_outcomes, encode_batch, encode_publish, finish_publish, outcomes,
+    publish_without_number, QuorumServer, Refusal,
 };
 use super::sent::{Numbered, Sequences};
 use super::shard::{failed, ShardGroup};
@@ -83,30 +84,36 @@ impl Forwarder {
         message: &Message,
         done: Option<Completion>,
     ) {
-        let number = target
-            .metrics
-            .is_some()
-            .then(|| self.sequences.number(target.group));
-        let body = encode_publish(names, &message.stored_form(), number.as_ref());
-        let done = match number {
-            Some(number) => Some(self.settling(target.group, number.seq, done)),
-            None => done,
+        let body = publish_without_number(names, &message.stored_form());
+        let deadline = Instant::now() + timeout;
+        let Some(shard) = target.metrics else {
+            let forward = Forward {
+                group: target.group,
+                seq: None,
+                body: finish_publish(body, None),
+                done,
+                shard: None,
+                deadline,
+            };
+            return match target.node {
+                Some(node) => self.send(node, vec![forward]),
+                None => failed(forward.done, "the queue's home is not known"),
+            };
         };
-        let forward = Forward {
-            group: target.group,
-            seq: number.map(|n| n.seq),
-            body,
-            done,
-            shard: target.metrics,
-            deadline: Instant::now() + timeout,
-        };
-        match (forward.seq, target.node) {
-            // A quorum queue's: after every earlier one of its shard (with no host now, it waits
-            // for the next one).
-            (Some(_), node) => self.lanes.send_in_order(self, node, forward),
-            (None, Some(node)) => self.send(node, vec![forward]),
-            (None, None) => failed(forward.done, "the queue's home is not known"),
-        }
+        // A quorum queue's: numbered, and after every earlier one of its shard (with no host
+        // now, it waits for the next one).
+        let group = target.group;
+        self.lanes.send_in_order(self, target.node, group, || {
+            let number = self.sequences.number(group);
+            Forward {
+                group,
+                seq: Some(number.seq),
+                body: finish_publish(body, Some(&number)),
+                done: Some(self.settling(group, number.seq, done)),
+                shard: Some(shard),
+                deadline,
+            }
+        });
     }
 
     /// The number of a publish into shard `group` that this node stores as the shard's host.
@@ -178,16 +185,8 @@ impl Forwarder {
 
     /// Queues `forwards` (in order) for node `node`.
     fn send(self: &Arc<Self>, node: u64, forwards: Vec<Forward>) {
-        let mut peers = self.peers.lock();
-        let queue = peers.entry(node).or_insert_with(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(forward_to(Arc::downgrade(self), node, rx));
-            tx
-        });
-        for forward in forwards {
-            if let Err(unsent) = queue.send(forward) {
-                failed(unsent.0.done, "this node is stopping");
-            }
+        for unsent in self.queue(node, forwards) {
+            failed(unsent.done, "this node is stopping");
         }
     }
 
@@ -267,6 +266,22 @@ impl Outlet for Forwarder {
         } else {
             self.send(node, batch);
         }
+    }
+
+    fn queue(self: &Arc<Self>, node: u64, batch: Vec<Forward>) -> Vec<Forward> {
+        let mut peers = self.peers.lock();
+        let queue = peers.entry(node).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(forward_to(Arc::downgrade(self), node, rx));
+            tx
+        });
+        let mut unsent = Vec::new();
+        for forward in batch {
+            if let Err(mpsc::error::SendError(forward)) = queue.send(forward) {
+                unsent.push(forward);
+            }
+        }
+        unsent
     }
 }
 

@@ -59,6 +59,9 @@ pub(super) trait Outlet: Send + Sync + 'static {
     /// Sends `batch` (one shard's, in order) to `node`, or into this node's queues when it is
     /// this node; their answers come back through [`Lanes::answered`].
     fn dispatch(self: &Arc<Self>, node: u64, batch: Vec<Forward>);
+    /// Queues `batch` for another node, `node`, as [`Outlet::dispatch`] does, but without calling
+    /// anything back (it runs under the lanes' lock); gives back what it could not queue.
+    fn queue(self: &Arc<Self>, node: u64, batch: Vec<Forward>) -> Vec<Forward>;
 }
 
 /// Every shard's lane on this node.
@@ -87,18 +90,34 @@ impl Lane {
 }
 
 impl Lanes {
-    /// Sends numbered publish `forward` to `node`, its shard's host, unless an earlier publish of
-    /// the shard is on its way to another node (or there is no host now): then it is held.
-    pub fn send_in_order<O: Outlet>(&self, out: &Arc<O>, node: Option<u64>, forward: Forward) {
-        let group = forward.group;
+    /// Sends a publish of shard `group`, numbered by `numbered`, to `node`, its shard's host,
+    /// unless an earlier publish of the shard is on its way to another node (or there is no host
+    /// now): then it is held. It is numbered and queued for its host under the lanes' lock, so
+    /// publishes of channels on other threads reach the host in number order too, which the host
+    /// holds them to (order.rs).
+    pub fn send_in_order<O: Outlet>(
+        &self,
+        out: &Arc<O>,
+        node: Option<u64>,
+        group: u32,
+        numbered: impl FnOnce() -> Forward,
+    ) {
         let mut lanes = self.0.lock();
         let lane = lanes.entry(group).or_default();
+        let forward = numbered();
         match node {
             Some(node) if lane.open_to(node) => {
                 lane.to = Some(node);
                 lane.unanswered += 1;
+                if node == out.node() {
+                    drop(lanes);
+                    return out.dispatch(node, vec![forward]);
+                }
+                let unsent = out.queue(node, vec![forward]);
                 drop(lanes);
-                out.dispatch(node, vec![forward]);
+                for forward in unsent {
+                    failed(forward.done, "this node is stopping");
+                }
             }
             _ => {
                 lane.held.push(forward);
@@ -278,6 +297,10 @@ mod tests {
         fn dispatch(self: &Arc<Self>, node: u64, batch: Vec<Forward>) {
             self.sent.lock().push((node, batch));
         }
+        fn queue(self: &Arc<Self>, node: u64, batch: Vec<Forward>) -> Vec<Forward> {
+            self.dispatch(node, batch);
+            Vec::new()
+        }
     }
 
     impl Recorder {
@@ -320,6 +343,34 @@ mod tests {
         }
     }
 
+    #[test]
+    fn publishes_numbered_on_several_threads_are_queued_for_their_host_in_number_order() {
+        use openraft::async_runtime::watch::Watch;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let (metrics, _watching) = WatchOf::<Types>::channel(RaftMetrics::new_initial(1));
+        let out = Arc::new(Recorder {
+            lanes: Lanes::default(),
+            sent: Default::default(),
+        });
+        let next = AtomicU64::new(0);
+        std::thread::scope(|threads| {
+            for _ in 0..4 {
+                threads.spawn(|| {
+                    for _ in 0..5_000 {
+                        let number = || publish(next.fetch_add(1, Ordering::Relaxed), &metrics);
+                        out.lanes.send_in_order(&out, Some(2), 1, number);
+                    }
+                });
+            }
+        });
+        let queued: Vec<u64> = out.log().into_iter().flat_map(|(_, s)| s).collect();
+        assert_eq!(queued.len(), 20_000);
+        assert!(
+            queued.windows(2).all(|w| w[0] < w[1]),
+            "the host would refuse those after a gap (order.rs)"
+        );
+    }
+
     #[tokio::test]
     async fn publishes_for_a_new_host_wait_for_the_old_hosts_answers_and_go_after_its_resends() {
         use openraft::async_runtime::watch::Watch;
@@ -330,12 +381,15 @@ mod tests {
             sent: Default::default(),
         });
         // Node 2 hosts: publishes go straight there, one after another.
-        out.lanes.send_in_order(&out, Some(2), publish(0, &metrics));
-        out.lanes.send_in_order(&out, Some(2), publish(1, &metrics));
+        out.lanes
+            .send_in_order(&out, Some(2), 1, || publish(0, &metrics));
+        out.lanes
+            .send_in_order(&out, Some(2), 1, || publish(1, &metrics));
         // Node 3 takes over: a publish for it waits while 0 and 1 are unanswered, and so does
         // this node's own one (it must not overtake them into a queue here either).
         leader(&metrics, 3);
-        out.lanes.send_in_order(&out, Some(3), publish(2, &metrics));
+        out.lanes
+            .send_in_order(&out, Some(3), 1, || publish(2, &metrics));
         assert!(!out.lanes.in_order_here(1, 1));
         assert_eq!(out.log(), [(2, vec![0]), (2, vec![1])]);
         // 0 was stored; 1 was not and comes back: it goes to node 3 ahead of 2.
@@ -353,7 +407,8 @@ mod tests {
             assert!(Instant::now() < deadline);
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        out.lanes.send_in_order(&out, Some(3), publish(3, &metrics));
+        out.lanes
+            .send_in_order(&out, Some(3), 1, || publish(3, &metrics));
         assert_eq!(out.log()[3], (3, vec![3]));
     }
 }

@@ -12,7 +12,7 @@ use warren_storage::store::Completion;
 use super::holder::{QuorumHolder, NOT_HOSTING};
 use super::journal::ShardJournal;
 use super::sent::{Arrival, Numbered};
-use crate::cluster::raft::codec::{decode, encode, DecodeError, Reader};
+use crate::cluster::raft::codec::{decode, encode, DecodeError, Reader, Writer};
 use crate::cluster::raft::network::bad_request;
 use crate::cluster::raft::rpc;
 use crate::queue::Enqueued;
@@ -43,22 +43,35 @@ const FINAL: u8 = 2;
 /// One forwarded publish as it travels: the queue's vhost and name, the message's stored form,
 /// and for a quorum queue its number.
 pub(crate) fn encode_publish(
-    (vhost, queue): (&str, &str),
+    names: (&str, &str),
     stored: &[u8],
     number: Option<&Numbered>,
 ) -> Bytes {
-    Bytes::from(encode(|w| {
-        w.bytes(vhost.as_bytes());
-        w.bytes(queue.as_bytes());
-        w.bytes(stored);
-        match number {
-            None => w.u8(0),
-            Some(n) => {
-                w.u8(1);
-                w.number(&n.from, n.seq, n.floor);
-            }
+    finish_publish(publish_without_number(names, stored), number)
+}
+
+/// A forwarded publish but its number ([`finish_publish`] adds it): what can be encoded before
+/// the number is taken.
+pub(crate) fn publish_without_number((vhost, queue): (&str, &str), stored: &[u8]) -> Writer {
+    let mut w = Writer(Vec::with_capacity(
+        vhost.len() + queue.len() + stored.len() + 64,
+    ));
+    w.bytes(vhost.as_bytes());
+    w.bytes(queue.as_bytes());
+    w.bytes(stored);
+    w
+}
+
+/// A forwarded publish from [`publish_without_number`] with its number (or none).
+pub(crate) fn finish_publish(mut w: Writer, number: Option<&Numbered>) -> Bytes {
+    match number {
+        None => w.u8(0),
+        Some(n) => {
+            w.u8(1);
+            w.number(&n.from, n.seq, n.floor);
         }
-    }))
+    }
+    Bytes::from(w.0)
 }
 
 /// A request of forwarded publishes (`bodies`, each as [`encode_publish`] made it, in order) from
