@@ -84,6 +84,13 @@ struct Unsettled {
     open: BTreeSet<u64>,
 }
 
+impl Unsettled {
+    /// The lowest number not settled yet (the next one when all are).
+    fn floor(&self) -> u64 {
+        self.open.first().copied().unwrap_or(self.next)
+    }
+}
+
 impl Sequences {
     pub fn new(node: u64) -> Self {
         // The run's start time tells this run's numbers from a previous run's.
@@ -104,20 +111,16 @@ impl Sequences {
         let seq = shard.next;
         shard.next += 1;
         shard.open.insert(seq);
-        let floor = *shard.open.first().unwrap_or(&seq);
         Numbered {
             from: self.from,
             seq,
-            floor,
+            floor: shard.floor(),
         }
     }
 
     /// The lowest number of shard `group` not settled yet: every one below it has its answer.
     pub fn floor(&self, group: u32) -> u64 {
-        let shards = self.shards.lock();
-        shards
-            .get(&group)
-            .map_or(0, |s| s.open.first().copied().unwrap_or(s.next))
+        self.shards.lock().get(&group).map_or(0, Unsettled::floor)
     }
 
     /// Publish `seq` of shard `group` has its answer: it is never sent again.

@@ -79,13 +79,12 @@ fn kept(entry: &Entry) -> Option<&Bytes> {
         return None;
     };
     let bytes = p.encoded.0.as_ref()?;
-    let mut head = [0u8; 26];
-    head[0] = ENTRY_FORMAT;
-    head[1..9].copy_from_slice(&entry.log_id.leader_id.term.to_be_bytes());
-    head[9..17].copy_from_slice(&entry.log_id.leader_id.node_id.to_be_bytes());
-    head[17..25].copy_from_slice(&entry.log_id.index.to_be_bytes());
-    head[25] = NORMAL;
-    bytes.starts_with(&head).then_some(bytes)
+    // Its head, read as `Reader::entry` reads it: the format, the log id, a normal entry.
+    let mut head = Reader(bytes);
+    let made_for_it = head.u8().ok() == Some(ENTRY_FORMAT)
+        && head.log_id().ok().as_ref() == Some(&entry.log_id)
+        && head.u8().ok() == Some(NORMAL);
+    made_for_it.then_some(bytes)
 }
 
 /// About the size of `entry` encoded, so that encoding it does not grow its buffer step by step.
